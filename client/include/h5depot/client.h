@@ -1,0 +1,197 @@
+// h5depot::Client: push, fetch and manage HDF5 file images held by h5depotd.
+//
+// The client speaks gRPC underneath; nothing of gRPC or protobuf appears
+// here. Every call returns an absl::Status whose code says what to do next:
+//
+//   NOT_FOUND            no such image (or no longer that generation)
+//   ALREADY_EXISTS       if_generation_match was 0 and the image exists
+//   FAILED_PRECONDITION  if_generation_match did not match: somebody else
+//                        changed the image; re-read and retry the operation
+//   INVALID_ARGUMENT     bad image id, not an HDF5 image, bad range
+//   RESOURCE_EXHAUSTED   over the server's memory or image size limits
+//   DATA_LOSS            the bytes did not match their checksum
+//   DEADLINE_EXCEEDED    a wait or call timed out
+//   UNAVAILABLE          the server cannot be reached; retrying may work
+//
+// Example:
+//   auto client = h5depot::Client::Connect("unix:/run/h5depot.sock");
+//   if (!client.ok()) return client.status();
+//   auto info = (*client)->Push("run-42/packet", bytes.data(), bytes.size());
+//   auto image = (*client)->Fetch("run-42/packet");
+//
+// A Client is thread-safe: any number of threads may call it at once.
+#ifndef H5DEPOT_CLIENT_CLIENT_H_
+#define H5DEPOT_CLIENT_CLIENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "h5depot/image_buffer.h"
+
+namespace h5depot {
+
+// What the server knows about one stored generation of an image.
+struct ImageInfo {
+  std::string image_id;
+  uint64_t size = 0;
+  uint64_t generation = 0;
+  uint64_t checksum = 0;  // XXH3-64 of the whole image
+  absl::Time created = absl::InfinitePast();
+  absl::Time expires = absl::InfiniteFuture();  // InfiniteFuture: never
+};
+
+// Called as bytes move: `done` of `total` so far. Called from the calling
+// thread, in order, at most once per chunk.
+using ProgressCallback = std::function<void(uint64_t done, uint64_t total)>;
+
+struct ClientOptions {
+  // Size of the chunks a push sends; the server's limit caps it.
+  size_t chunk_bytes = size_t{1} << 20;
+  // How long Connect waits for the server to answer before UNAVAILABLE.
+  absl::Duration connect_timeout = absl::Seconds(10);
+  // Deadline of each call that is not a wait; InfiniteDuration for none.
+  absl::Duration call_timeout = absl::InfiniteDuration();
+};
+
+struct PushOptions {
+  // Absent: push unconditionally. 0: only if the image does not exist yet
+  // (else ALREADY_EXISTS). N: only if generation N is current (else
+  // FAILED_PRECONDITION).
+  std::optional<uint64_t> if_generation_match;
+  // The image is deleted this long after it was published; zero: never.
+  absl::Duration ttl = absl::ZeroDuration();
+  ProgressCallback progress;
+};
+
+struct FetchOptions {
+  // Zero: NOT_FOUND at once when the image does not exist. Otherwise wait
+  // up to this long for another client to push it (DEADLINE_EXCEEDED).
+  absl::Duration wait = absl::ZeroDuration();
+  ProgressCallback progress;
+};
+
+// A fetched image: its bytes in one malloc'ed buffer (which may be handed to
+// HDF5 with H5LT_FILE_IMAGE_DONT_COPY via buffer.Release()) and its info.
+struct FetchedImage {
+  ImageInfo info;
+  ImageBuffer buffer;
+};
+
+struct ReadResult {
+  ImageInfo info;         // of the generation that was read
+  size_t bytes_read = 0;  // less than asked only at the end of the image
+};
+
+struct ListOptions {
+  std::string prefix;      // only ids that start with this
+  uint32_t page_size = 0;  // 0: the server's default
+  std::string page_token;  // from the previous page; empty for the first
+};
+
+struct ListPage {
+  std::vector<ImageInfo> images;  // sorted by image id
+  std::string next_page_token;    // empty after the last page
+};
+
+struct ServerLimits {
+  uint64_t max_image_bytes = 0;
+  uint64_t max_memory_bytes = 0;
+  uint64_t max_chunk_bytes = 0;
+  uint64_t stored_bytes = 0;
+};
+
+// A read-only view of one generation of an image. The server keeps that
+// generation readable for as long as the reader lives, even if the image is
+// replaced or deleted meanwhile; its memory still counts against the
+// server's limit. Not thread-safe: one Read at a time (callers serialise).
+class ImageReader {
+ public:
+  virtual ~ImageReader() = default;
+
+  // The generation this reader sees, fixed for its whole life.
+  virtual const ImageInfo& info() const = 0;
+
+  // Reads up to `length` bytes at `offset` into `out`; returns how many were
+  // read, fewer only at the end of the image. UNAVAILABLE if the server went
+  // away (the reader is then unusable).
+  virtual absl::StatusOr<size_t> Read(uint64_t offset, void* out,
+                                      size_t length) = 0;
+};
+
+class Client {
+ public:
+  // Connects to h5depotd at `target`: "host:port", "unix:/path/to/socket"
+  // or any gRPC target. UNAVAILABLE if the server does not answer within
+  // options.connect_timeout; INVALID_ARGUMENT for a malformed target.
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(
+      std::string_view target, const ClientOptions& options = {});
+
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // The target this client was connected to.
+  const std::string& target() const;
+
+  // Pushes `size` bytes at `data` (borrowed for the duration of the call) as
+  // a new generation of `image_id`. The image is visible to others only
+  // once all of it arrived intact. Returns the published generation's info.
+  absl::StatusOr<ImageInfo> Push(std::string_view image_id, const void* data,
+                                 size_t size, const PushOptions& options = {});
+
+  // Pushes the contents of the file at `path` (memory-mapped, not copied).
+  // NOT_FOUND or PERMISSION_DENIED if the file cannot be read.
+  absl::StatusOr<ImageInfo> PushFile(std::string_view image_id,
+                                     const std::string& path,
+                                     const PushOptions& options = {});
+
+  // Fetches the current generation of `image_id` into one new buffer. The
+  // bytes are verified against the checksum before this returns.
+  absl::StatusOr<FetchedImage> Fetch(std::string_view image_id,
+                                     const FetchOptions& options = {});
+
+  // Reads up to `length` bytes at `offset` of `generation` (0: current)
+  // into `out`. A range past the end is clamped; an offset past the end
+  // reads nothing. NOT_FOUND if that generation is no longer stored.
+  absl::StatusOr<ReadResult> Read(std::string_view image_id,
+                                  uint64_t generation, uint64_t offset,
+                                  void* out, size_t length);
+
+  // Opens a reader pinned to `generation` of `image_id` (0: the current
+  // one). NOT_FOUND if the image or that generation is not stored.
+  absl::StatusOr<std::unique_ptr<ImageReader>> OpenReader(
+      std::string_view image_id, uint64_t generation = 0);
+
+  // The current generation's info. With `wait` > 0, waits up to that long
+  // for the image to be pushed (DEADLINE_EXCEEDED if it is not).
+  absl::StatusOr<ImageInfo> Stat(std::string_view image_id,
+                                 absl::Duration wait = absl::ZeroDuration());
+
+  // One page of the images whose ids start with options.prefix.
+  absl::StatusOr<ListPage> List(const ListOptions& options = {});
+
+  // Deletes `image_id`; with if_generation_match, only if that generation
+  // is current (else FAILED_PRECONDITION). NOT_FOUND if absent.
+  absl::Status Delete(std::string_view image_id,
+                      std::optional<uint64_t> if_generation_match = {});
+
+  absl::StatusOr<ServerLimits> GetLimits();
+
+ private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace h5depot
+
+#endif  // H5DEPOT_CLIENT_CLIENT_H_

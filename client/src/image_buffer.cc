@@ -1,0 +1,45 @@
+#include "h5depot/image_buffer.h"
+
+#include <cstdlib>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace h5depot {
+
+absl::StatusOr<ImageBuffer> ImageBuffer::Allocate(size_t size) {
+  if (size == 0) return ImageBuffer();
+  void* data = std::malloc(size);
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", size, " bytes for an image"));
+  }
+  return ImageBuffer(data, size);
+}
+
+ImageBuffer ImageBuffer::Adopt(void* data, size_t size) {
+  return ImageBuffer(data, size);
+}
+
+ImageBuffer::~ImageBuffer() { std::free(data_); }
+
+ImageBuffer::ImageBuffer(ImageBuffer&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)) {}
+
+ImageBuffer& ImageBuffer::operator=(ImageBuffer&& other) noexcept {
+  if (this != &other) {
+    std::free(data_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+void* ImageBuffer::Release() {
+  size_ = 0;
+  return std::exchange(data_, nullptr);
+}
+
+}  // namespace h5depot

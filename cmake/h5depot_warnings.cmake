@@ -1,0 +1,16 @@
+# Warning and sanitizer flags for the project's own targets only; generated
+# protobuf code is compiled without -Werror (its warnings are not ours).
+function(h5depot_target_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic
+      -Wshadow -Wnon-virtual-dtor -Wcast-align -Wformat=2)
+  if(H5DEPOT_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+endfunction()
+
+if(H5DEPOT_SANITIZE)
+  list(JOIN H5DEPOT_SANITIZE "," _h5depot_sanitizers)
+  add_compile_options(-fsanitize=${_h5depot_sanitizers} -fno-omit-frame-pointer
+                      -fno-sanitize-recover=all)
+  add_link_options(-fsanitize=${_h5depot_sanitizers})
+endif()

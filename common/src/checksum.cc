@@ -1,0 +1,30 @@
+#include "h5depot/internal/checksum.h"
+
+#define XXH_STATIC_LINKING_ONLY  // for the size of XXH3_state_t
+#include <xxhash.h>
+
+namespace h5depot::internal {
+
+uint64_t Checksum(const void* data, size_t size) {
+  return XXH3_64bits(data, size);
+}
+
+struct StreamingChecksum::State {
+  XXH3_state_t xxh;
+};
+
+StreamingChecksum::StreamingChecksum() : state_(std::make_unique<State>()) {
+  XXH3_64bits_reset(&state_->xxh);
+}
+
+StreamingChecksum::~StreamingChecksum() = default;
+
+void StreamingChecksum::Update(const void* data, size_t size) {
+  XXH3_64bits_update(&state_->xxh, data, size);
+}
+
+uint64_t StreamingChecksum::Digest() const {
+  return XXH3_64bits_digest(&state_->xxh);
+}
+
+}  // namespace h5depot::internal

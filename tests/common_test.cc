@@ -1,0 +1,56 @@
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "h5depot/internal/checksum.h"
+#include "h5depot/internal/hdf5_signature.h"
+#include "h5depot/internal/image_id.h"
+
+namespace h5depot::internal {
+namespace {
+
+TEST(ChecksumTest, StreamingEqualsOneShotWhateverTheSplit) {
+  std::vector<unsigned char> bytes(100000);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = (i * 131) & 0xff;
+  const uint64_t whole = Checksum(bytes.data(), bytes.size());
+  for (size_t split : {size_t{1}, size_t{7}, size_t{4096}, size_t{65536}}) {
+    StreamingChecksum streaming;
+    for (size_t at = 0; at < bytes.size(); at += split) {
+      streaming.Update(bytes.data() + at, std::min(split, bytes.size() - at));
+    }
+    EXPECT_EQ(streaming.Digest(), whole) << "split " << split;
+  }
+  EXPECT_NE(Checksum(bytes.data(), bytes.size() - 1), whole);
+}
+
+TEST(ImageIdTest, AcceptsPathLikeIds) {
+  for (const char* id : {"a", "run-42/packet.h5", "A_b.c-d/e/f", "x..y"}) {
+    EXPECT_TRUE(ValidateImageId(id).ok()) << id;
+  }
+}
+
+TEST(ImageIdTest, RejectsWithAMessageSayingWhatIsAllowed) {
+  for (std::string id :
+       {std::string(""), std::string("a b"), std::string("/abs"),
+        std::string("a//b"), std::string("a/../b"), std::string("trail/"),
+        std::string("."), std::string(256, 'x'), std::string("nul\0x", 5)}) {
+    absl::Status status = ValidateImageId(id);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << id;
+    EXPECT_NE(status.message().find("A-Z a-z 0-9"), std::string::npos)
+        << status.message();
+  }
+}
+
+TEST(Hdf5SignatureTest, FindsTheSuperblockAfterAUserBlock) {
+  std::vector<unsigned char> image(4096, 0);
+  EXPECT_FALSE(FindSuperblock(image.data(), image.size()).has_value());
+  std::memcpy(image.data() + 1024, kHdf5Signature, sizeof(kHdf5Signature));
+  EXPECT_EQ(FindSuperblock(image.data(), image.size()), 1024u);
+  std::memcpy(image.data(), kHdf5Signature, sizeof(kHdf5Signature));
+  EXPECT_EQ(FindSuperblock(image.data(), image.size()), 0u);
+  EXPECT_FALSE(FindSuperblock(image.data(), 7).has_value());
+}
+
+}  // namespace
+}  // namespace h5depot::internal
