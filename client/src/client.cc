@@ -1,6 +1,7 @@
 #include "h5depot/client.h"
 
 #include <fcntl.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -12,9 +13,12 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "chunk_codec_internal.h"
 #include "grpc_runtime_internal.h"
 #include "grpc_status_internal.h"
 #include "h5depot/internal/checksum.h"
+#include "h5depot/internal/huge_pages.h"
 #include "h5depot/internal/image_id.h"
 #include "h5depot/v1/depot.grpc.pb.h"
 
@@ -83,6 +87,171 @@ absl::Status ReceiveChunks(Stream* stream, uint8_t* out, uint64_t expected,
   return absl::OkStatus();
 }
 
+template <typename Message>
+bool ParseMessage(const grpc::ByteBuffer& buffer, Message* message) {
+  grpc::ByteBuffer copy(buffer);  // shares the slices; Deserialize eats it
+  return grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok();
+}
+
+template <typename Message>
+grpc::ByteBuffer Serialize(const Message& message) {
+  grpc::ByteBuffer buffer;
+  bool own_buffer = false;
+  grpc::SerializationTraits<Message>::Serialize(message, &buffer, &own_buffer)
+      .IgnoreError();
+  return buffer;
+}
+
+// One call through the generic stub, driven synchronously on a completion
+// queue of its own (the model of gRPC's sync API), so that messages arrive
+// as raw byte buffers: chunk payloads are then copied once, from the
+// received slices straight to their destination. Each method waits for its
+// operation to complete and returns whether the stream is still good.
+//
+// The call's initial metadata is corked: it leaves with the first message,
+// which must therefore be written before anything is read.
+class RawCall {
+ public:
+  // `context` must be fresh and outlive the call.
+  RawCall(grpc::GenericStub* stub, grpc::ClientContext* context,
+          const char* method) {
+    context->set_initial_metadata_corked(true);
+    stream_ = stub->PrepareCall(context, method, &queue_);
+    // Corked, the start completes nothing: it joins the first write.
+    stream_->StartCall(this);
+  }
+
+  ~RawCall() {
+    stream_.reset();
+    queue_.Shutdown();
+    void* tag;
+    bool ok;
+    while (queue_.Next(&tag, &ok)) {
+    }
+  }
+  RawCall(const RawCall&) = delete;
+  RawCall& operator=(const RawCall&) = delete;
+
+  bool Write(const grpc::ByteBuffer& message,
+             grpc::WriteOptions options = grpc::WriteOptions()) {
+    if (good_) {
+      stream_->Write(message, options, this);
+      good_ = Await();
+    }
+    return good_;
+  }
+
+  // Writes `message` and half-closes the stream in one go.
+  bool WriteLast(const grpc::ByteBuffer& message) {
+    if (good_) {
+      stream_->WriteLast(message, grpc::WriteOptions(), this);
+      good_ = Await();
+    }
+    return good_;
+  }
+
+  bool WritesDone() {
+    if (good_) {
+      stream_->WritesDone(this);
+      good_ = Await();
+    }
+    return good_;
+  }
+
+  bool ReadInitialMetadata() {
+    if (good_) {
+      stream_->ReadInitialMetadata(this);
+      good_ = Await();
+    }
+    return good_;
+  }
+
+  // False at the end of the stream or when it broke; Finish() says which.
+  bool Read(grpc::ByteBuffer* message) {
+    if (!good_) return false;
+    stream_->Read(message, this);
+    return Await();
+  }
+
+  absl::Status Finish() {
+    grpc::Status status;
+    stream_->Finish(&status, this);
+    Await();
+    return FromGrpcStatus(status);
+  }
+
+ private:
+  bool Await() {
+    void* tag = nullptr;
+    bool ok = false;
+    return queue_.Next(&tag, &ok) && ok;
+  }
+
+  grpc::CompletionQueue queue_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream_;
+  bool good_ = true;
+};
+
+// Receives `expected` bytes of chunk messages (of type Response) from
+// `call` into `out`.
+template <typename Response>
+absl::Status ReceiveRawChunks(RawCall* call, uint8_t* out, uint64_t expected,
+                              const ProgressCallback& progress,
+                              internal::StreamingChecksum* checksum) {
+  uint64_t received = 0;
+  grpc::ByteBuffer message;
+  internal::ChunkPayload chunk;
+  while (received < expected) {
+    if (!call->Read(&message)) {
+      return absl::UnavailableError(absl::StrCat(
+          "the stream ended after ", received, " of ", expected, " bytes"));
+    }
+    const uint64_t left = expected - received;
+    auto take = [&](const uint8_t* data, size_t size) {
+      std::memcpy(out + received, data, size);
+      if (checksum != nullptr) checksum->Update(out + received, size);
+      received += size;
+    };
+    if (chunk.Parse(message)) {
+      if (chunk.size() > left) {
+        return absl::InternalError("the server sent more bytes than announced");
+      }
+      chunk.ForEachPiece([&](const uint8_t* data, size_t size) {
+        take(data, size);
+        return true;
+      });
+    } else {
+      Response response;
+      if (!ParseMessage(message, &response) || !response.has_chunk() ||
+          response.chunk().size() > left) {
+        return absl::InternalError("the server sent an unexpected message");
+      }
+      take(reinterpret_cast<const uint8_t*>(response.chunk().data()),
+           response.chunk().size());
+    }
+    if (progress) progress(received, expected);
+  }
+  return absl::OkStatus();
+}
+
+// Reads the first message of a streamed response, which must carry the
+// image's info.
+template <typename Response>
+absl::StatusOr<ImageInfo> ReceiveInfo(RawCall* call) {
+  grpc::ByteBuffer message;
+  Response response;
+  if (!call->Read(&message)) {
+    absl::Status status = call->Finish();
+    if (status.ok()) status = absl::InternalError("no image info received");
+    return status;
+  }
+  if (!ParseMessage(message, &response) || !response.has_info()) {
+    call->Finish().IgnoreError();
+    return absl::InternalError("no image info received");
+  }
+  return ToImageInfo(response.info());
+}
+
 // A read-only mapping of a whole file, unmapped on destruction.
 class MappedFile {
  public:
@@ -143,7 +312,15 @@ struct Client::Impl {
   ClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Depot::Stub> stub;
+  // Push, Fetch and Read, which move image bytes, go through this one.
+  std::unique_ptr<grpc::GenericStub> generic_stub;
   uint64_t chunk_bytes = 0;
+
+  // Push with `bytes` borrowed until every copy of `lease` is gone.
+  absl::StatusOr<ImageInfo> PushBorrowed(std::string_view image_id,
+                                         const uint8_t* bytes, size_t size,
+                                         const PushOptions& push_options,
+                                         std::shared_ptr<const void> lease);
 
   // A context carrying the call timeout, if any, plus `extra` (for waits).
   void PrepareContext(grpc::ClientContext* context,
@@ -248,6 +425,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
         absl::StrCat("cannot use '", impl->target, "' as a server address"));
   }
   impl->stub = v1::Depot::NewStub(impl->channel);
+  impl->generic_stub = std::make_unique<grpc::GenericStub>(impl->channel);
 
   // Asking for the limits proves the server is there and speaks h5depot.
   grpc::ClientContext context;
@@ -289,38 +467,76 @@ absl::StatusOr<ImageInfo> Client::Push(std::string_view image_id,
     return absl::InvalidArgumentError(absl::StrCat(what, ": no data"));
   }
   const auto* bytes = static_cast<const uint8_t*>(data);
+  // Chunks are sent from slices that reference the caller's bytes. Those
+  // are only borrowed for this call, so it returns only once gRPC has let
+  // go of every such slice: each holds a copy of `lease`, and the last one
+  // released signals `released`. gRPC releases them when it has written
+  // them or when the call is over, whichever comes first.
+  absl::Notification released;
+  absl::StatusOr<ImageInfo> result;
+  {
+    std::shared_ptr<const void> lease(
+        data != nullptr ? data : &released,
+        [&released](const void*) { released.Notify(); });
+    result = impl_->PushBorrowed(image_id, bytes, size, options, lease);
+  }
+  released.WaitForNotification();
+  if (!result.ok()) return Annotate(result.status(), what);
+  return result;
+}
+
+absl::StatusOr<ImageInfo> Client::Impl::PushBorrowed(
+    std::string_view image_id, const uint8_t* bytes, size_t size,
+    const PushOptions& push_options, std::shared_ptr<const void> lease) {
   grpc::ClientContext context;
-  impl_->PrepareContext(&context);
-  v1::PushResponse response;
-  std::unique_ptr<grpc::ClientWriter<v1::PushRequest>> writer =
-      impl_->stub->Push(&context, &response);
+  PrepareContext(&context);
+  RawCall call(generic_stub.get(), &context, "/h5depot.v1.Depot/Push");
 
   v1::PushRequest request;
   v1::PushHeader* header = request.mutable_header();
   header->set_image_id(std::string(image_id));
   header->set_size(size);
-  header->set_checksum(internal::Checksum(data, size));
-  if (options.if_generation_match.has_value()) {
-    header->set_if_generation_match(*options.if_generation_match);
+  header->set_checksum(internal::Checksum(bytes, size));
+  if (push_options.if_generation_match.has_value()) {
+    header->set_if_generation_match(*push_options.if_generation_match);
   }
-  header->set_ttl_ms(ToMillis(options.ttl));
-  bool stream_ok = writer->Write(request);
-  // Before streaming more than one chunk, wait for the server to accept the
-  // header, so that a refused push (too large, out of memory, generation
-  // mismatch) costs one round trip and no data.
-  if (stream_ok && size > impl_->chunk_bytes) {
-    writer->WaitForInitialMetadata();
+  header->set_ttl_ms(ToMillis(push_options.ttl));
+  auto chunk = [&](size_t offset, size_t n) {
+    return internal::ChunkMessageReferencing(bytes + offset, n, lease);
+  };
+  if (size <= chunk_bytes) {
+    // Header, data and end of stream leave together.
+    if (size == 0) {
+      call.Write(Serialize(request)) && call.WritesDone();
+    } else {
+      call.Write(Serialize(request), grpc::WriteOptions().set_buffer_hint()) &&
+          call.WriteLast(chunk(0, size));
+    }
+  } else {
+    // Before streaming more than one chunk, wait for the server to accept
+    // the header, so that a refused push (too large, out of memory,
+    // generation mismatch) costs one round trip and no data.
+    bool good = call.Write(Serialize(request)) && call.ReadInitialMetadata();
+    for (size_t sent = 0; good && sent < size;) {
+      const size_t n = std::min<size_t>(chunk_bytes, size - sent);
+      grpc::ByteBuffer message = chunk(sent, n);
+      sent += n;
+      good = sent < size ? call.Write(message) : call.WriteLast(message);
+      if (good && push_options.progress) push_options.progress(sent, size);
+    }
   }
-  for (size_t sent = 0; stream_ok && sent < size;) {
-    const size_t n = std::min<size_t>(impl_->chunk_bytes, size - sent);
-    request.set_chunk(bytes + sent, n);
-    stream_ok = writer->Write(request);
-    sent += n;
-    if (stream_ok && options.progress) options.progress(sent, size);
+  lease.reset();
+  grpc::ByteBuffer reply;
+  const bool replied = call.Read(&reply);
+  absl::Status status = call.Finish();
+  v1::PushResponse response;
+  if (status.ok() && (!replied || !ParseMessage(reply, &response))) {
+    status = absl::InternalError("the server did not confirm the push");
   }
-  if (stream_ok) writer->WritesDone();
-  absl::Status status = FromGrpcStatus(writer->Finish());
-  if (!status.ok()) return Annotate(status, what);
+  if (!status.ok()) return status;
+  if (size <= chunk_bytes && size > 0 && push_options.progress) {
+    push_options.progress(size, size);
+  }
   return ToImageInfo(response.info());
 }
 
@@ -339,33 +555,30 @@ absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
   const std::string what = absl::StrCat("fetch ", Quoted(image_id));
   grpc::ClientContext context;
   impl_->PrepareContext(&context, options.wait);
+  RawCall call(impl_->generic_stub.get(), &context, "/h5depot.v1.Depot/Fetch");
   v1::FetchRequest request;
   request.set_image_id(std::string(image_id));
   request.set_wait_timeout_ms(ToMillis(options.wait));
-  std::unique_ptr<grpc::ClientReader<v1::FetchResponse>> reader =
-      impl_->stub->Fetch(&context, request);
+  call.WriteLast(Serialize(request));
 
-  v1::FetchResponse response;
-  if (!reader->Read(&response) || !response.has_info()) {
-    absl::Status status = FromGrpcStatus(reader->Finish());
-    if (status.ok()) status = absl::InternalError("no image info received");
-    return Annotate(status, what);
-  }
+  absl::StatusOr<ImageInfo> info = ReceiveInfo<v1::FetchResponse>(&call);
+  if (!info.ok()) return Annotate(info.status(), what);
   FetchedImage fetched;
-  fetched.info = ToImageInfo(response.info());
+  fetched.info = *std::move(info);
   absl::StatusOr<ImageBuffer> buffer = ImageBuffer::Allocate(fetched.info.size);
   if (!buffer.ok()) {
     context.TryCancel();
-    reader->Finish().ok();
+    call.Finish().IgnoreError();
     return Annotate(buffer.status(), what);
   }
   fetched.buffer = *std::move(buffer);
+  internal::AdviseHugePages(fetched.buffer.data(), fetched.buffer.size());
   internal::StreamingChecksum checksum;
-  absl::Status status =
-      ReceiveChunks(reader.get(), static_cast<uint8_t*>(fetched.buffer.data()),
-                    fetched.info.size, &response, options.progress, &checksum);
+  absl::Status status = ReceiveRawChunks<v1::FetchResponse>(
+      &call, static_cast<uint8_t*>(fetched.buffer.data()), fetched.info.size,
+      options.progress, &checksum);
   if (!status.ok()) context.TryCancel();
-  absl::Status final_status = FromGrpcStatus(reader->Finish());
+  absl::Status final_status = call.Finish();
   if (!final_status.ok() &&
       (status.ok() || final_status.code() != absl::StatusCode::kCancelled)) {
     status = final_status;
@@ -384,30 +597,25 @@ absl::StatusOr<ReadResult> Client::Read(std::string_view image_id,
   const std::string what = absl::StrCat("read ", Quoted(image_id));
   grpc::ClientContext context;
   impl_->PrepareContext(&context);
+  RawCall call(impl_->generic_stub.get(), &context, "/h5depot.v1.Depot/Read");
   v1::ReadRequest request;
   request.set_image_id(std::string(image_id));
   request.set_generation(generation);
   request.set_offset(offset);
   request.set_length(length);
-  std::unique_ptr<grpc::ClientReader<v1::ReadResponse>> reader =
-      impl_->stub->Read(&context, request);
-  v1::ReadResponse response;
-  if (!reader->Read(&response) || !response.has_info()) {
-    absl::Status status = FromGrpcStatus(reader->Finish());
-    if (status.ok()) status = absl::InternalError("no image info received");
-    return Annotate(status, what);
-  }
+  call.WriteLast(Serialize(request));
+  absl::StatusOr<ImageInfo> info = ReceiveInfo<v1::ReadResponse>(&call);
+  if (!info.ok()) return Annotate(info.status(), what);
   ReadResult result;
-  result.info = ToImageInfo(response.info());
+  result.info = *std::move(info);
   result.bytes_read =
       offset >= result.info.size
           ? 0
           : std::min<uint64_t>(length, result.info.size - offset);
-  absl::Status status =
-      ReceiveChunks(reader.get(), static_cast<uint8_t*>(out), result.bytes_read,
-                    &response, nullptr, nullptr);
+  absl::Status status = ReceiveRawChunks<v1::ReadResponse>(
+      &call, static_cast<uint8_t*>(out), result.bytes_read, nullptr, nullptr);
   if (!status.ok()) context.TryCancel();
-  absl::Status final_status = FromGrpcStatus(reader->Finish());
+  absl::Status final_status = call.Finish();
   if (!final_status.ok() &&
       (status.ok() || final_status.code() != absl::StatusCode::kCancelled)) {
     status = final_status;
