@@ -1,0 +1,597 @@
+// End-to-end tests of the remote driver: HDF5 calls through H5FD_REMOTE
+// against a real server (in-process, or the h5depotd binary where the test
+// is about the process going away), with other processes and h5py on the
+// other side.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "H5FDremote.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "h5depot/client.h"
+#include "h5depot/server/depot_server.h"
+#include "remote_driver_content.h"
+
+extern char** environ;
+
+namespace h5depot {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::CheckContent;
+using testing::ExpectedDump;
+using testing::OverwriteInts;
+using testing::WriteContent;
+
+// Everything on the calling thread's HDF5 error stack, one entry a line:
+// "class | major | minor | description".
+std::string ErrorStack() {
+  std::string text;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_DOWNWARD,
+      [](unsigned, const H5E_error2_t* error, void* data) -> herr_t {
+        char cls[128] = "", major[128] = "", minor[128] = "";
+        H5Eget_class_name(error->cls_id, cls, sizeof(cls));
+        H5Eget_msg(error->maj_num, nullptr, major, sizeof(major));
+        H5Eget_msg(error->min_num, nullptr, minor, sizeof(minor));
+        absl::StrAppend(static_cast<std::string*>(data), cls, " | ", major,
+                        " | ", minor, " | ", error->desc, "\n");
+        return 0;
+      },
+      &text);
+  return text;
+}
+
+struct ProcessResult {
+  int exit_code = -1;
+  std::string output;  // stdout
+};
+
+// Runs `args` to completion, capturing stdout; stderr passes through.
+ProcessResult Run(const std::vector<std::string>& args) {
+  int pipe_fds[2];
+  if (pipe(pipe_fds) != 0) return {};
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addclose(&actions, pipe_fds[0]);
+  std::vector<char*> argv;
+  for (const std::string& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid;
+  const int spawned =
+      posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  close(pipe_fds[1]);
+  ProcessResult result;
+  if (spawned != 0) {
+    close(pipe_fds[0]);
+    return result;
+  }
+  char buffer[4096];
+  for (ssize_t n; (n = read(pipe_fds[0], buffer, sizeof(buffer))) > 0;) {
+    result.output.append(buffer, n);
+  }
+  close(pipe_fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+ProcessResult RunHelper(const std::vector<std::string>& args) {
+  std::vector<std::string> full = {H5DEPOT_REMOTE_DRIVER_HELPER};
+  full.insert(full.end(), args.begin(), args.end());
+  return Run(full);
+}
+
+// h5depotd as a child process, for the tests where the server dies.
+class ServerProcess {
+ public:
+  // Starts h5depotd on a free loopback port; an empty target on failure.
+  ServerProcess() {
+    int pipe_fds[2];
+    if (pipe(pipe_fds) != 0) return;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&actions, pipe_fds[0]);
+    std::string binary = H5DEPOTD_PATH;
+    std::string listen = "--listen=127.0.0.1:0";
+    char* argv[] = {binary.data(), listen.data(), nullptr};
+    const int spawned =
+        posix_spawn(&pid_, argv[0], &actions, nullptr, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(pipe_fds[1]);
+    if (spawned != 0) {
+      pid_ = -1;
+      close(pipe_fds[0]);
+      return;
+    }
+    stdout_ = pipe_fds[0];
+    // The daemon announces itself once it accepts calls. The poll timeout
+    // only keeps a broken daemon from hanging the test.
+    const std::string marker = "h5depotd listening on ";
+    std::string seen;
+    pollfd fd = {stdout_, POLLIN, 0};
+    while (seen.find('\n', seen.find(marker)) == std::string::npos &&
+           poll(&fd, 1, 30000) == 1) {
+      char buffer[256];
+      const ssize_t n = read(stdout_, buffer, sizeof(buffer));
+      if (n <= 0) break;
+      seen.append(buffer, n);
+    }
+    const size_t at = seen.find(marker);
+    if (at == std::string::npos) return;
+    const size_t end = seen.find('\n', at);
+    if (end == std::string::npos) return;
+    target_ = seen.substr(at + marker.size(), end - at - marker.size());
+  }
+
+  ~ServerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGCONT);
+      Kill();
+    }
+    if (stdout_ >= 0) close(stdout_);
+  }
+
+  const std::string& target() const { return target_; }
+
+  void Kill() {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+  void Stop() { kill(pid_, SIGSTOP); }
+
+ private:
+  pid_t pid_ = -1;
+  int stdout_ = -1;
+  std::string target_;
+};
+
+class RemoteDriverTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    server::ServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    auto server = server::DepotServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    target_ = server_->targets().front();
+    auto client = Client::Connect(target_);
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = std::move(*client);
+  }
+
+  void TearDown() override {
+    for (hid_t fapl : fapls_) H5Pclose(fapl);
+  }
+
+  // A file access property list for the test server (closed at the end).
+  hid_t Fapl(const H5FD_remote_config_t* config = nullptr,
+             const std::string& target = "") {
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    EXPECT_GE(H5Pset_fapl_remote(
+                  fapl, (target.empty() ? target_ : target).c_str(), config),
+              0)
+        << ErrorStack();
+    fapls_.push_back(fapl);
+    return fapl;
+  }
+
+  // Creates `id` through the driver, holding WriteContent(seed).
+  void CreateImage(const std::string& id, int seed) {
+    hid_t file = H5Fcreate(id.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, Fapl());
+    ASSERT_GE(file, 0) << ErrorStack();
+    ASSERT_TRUE(WriteContent(file, seed));
+    ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
+  }
+
+  uint64_t CurrentGeneration(const std::string& id) {
+    auto info = client_->Stat(id);
+    EXPECT_TRUE(info.ok()) << info.status();
+    return info.ok() ? info->generation : 0;
+  }
+
+  H5FD_remote_file_info_t FileInfo(hid_t file) {
+    H5FD_remote_file_info_t info{};
+    EXPECT_GE(H5FD_remote_get_file_info(file, &info), 0) << ErrorStack();
+    return info;
+  }
+
+  std::unique_ptr<server::DepotServer> server_;
+  std::string target_;
+  std::unique_ptr<Client> client_;
+  std::vector<hid_t> fapls_;
+};
+
+TEST_F(RemoteDriverTest, AnImageCreatedInOneProcessOpensInAnother) {
+  ASSERT_EQ(RunHelper({"create", target_, "runs/from-helper", "3"}).exit_code,
+            0);
+
+  hid_t file = H5Fopen("runs/from-helper", H5F_ACC_RDONLY, Fapl());
+  ASSERT_GE(file, 0) << ErrorStack();
+  EXPECT_EQ(CheckContent(file, 3), "");
+  EXPECT_EQ(FileInfo(file).generation, CurrentGeneration("runs/from-helper"));
+  EXPECT_GE(H5Fclose(file), 0);
+
+  // And the other way round: what this process creates, the helper reads.
+  CreateImage("runs/from-test", 4);
+  EXPECT_EQ(RunHelper({"check", target_, "runs/from-test", "4", "4"}).exit_code,
+            0);
+}
+
+TEST_F(RemoteDriverTest, WhatTheDriverCommittedIsWhatH5pySees) {
+  CreateImage("h5py/check", 5);
+  hid_t file = H5Fopen("h5py/check", H5F_ACC_RDWR, Fapl());
+  ASSERT_GE(file, 0) << ErrorStack();
+  ASSERT_TRUE(OverwriteInts(file, 9));
+  ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
+
+  auto fetched = client_->Fetch("h5py/check");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  const std::string path = ::testing::TempDir() + "/h5py_check.h5";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(static_cast<const char*>(fetched->buffer.data()),
+              fetched->buffer.size());
+  }
+  ProcessResult dump = Run({H5DEPOT_SYSTEM_PYTHON3, H5PY_DUMP_SCRIPT, path});
+  EXPECT_EQ(dump.exit_code, 0);
+  EXPECT_EQ(dump.output, ExpectedDump(5, 9));
+  std::remove(path.c_str());
+}
+
+TEST_F(RemoteDriverTest, AFileKeepsReadingItsGenerationWhileTheImageIsReplaced) {
+  CreateImage("replaced", 1);
+  CreateImage("replacement", 2);
+  // One small page and no readahead: every object is fetched when read.
+  H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
+  config.page_size = 4096;
+  config.cache_size = 4096;
+  config.readahead = 0;
+  hid_t file = H5Fopen("replaced", H5F_ACC_RDONLY, Fapl(&config));
+  ASSERT_GE(file, 0) << ErrorStack();
+  const uint64_t opened_at = FileInfo(file).generation;
+
+  auto replacement = client_->Fetch("replacement");
+  ASSERT_TRUE(replacement.ok());
+  auto pushed = client_->Push("replaced", replacement->buffer.data(),
+                              replacement->buffer.size());
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  ASSERT_GT(pushed->generation, opened_at);
+
+  EXPECT_EQ(CheckContent(file, 1), "");
+  EXPECT_EQ(FileInfo(file).generation, opened_at);
+
+  // A new open is a different file: it sees the new generation.
+  hid_t reopened = H5Fopen("replaced", H5F_ACC_RDONLY, Fapl(&config));
+  ASSERT_GE(reopened, 0) << ErrorStack();
+  EXPECT_EQ(CheckContent(reopened, 2), "");
+  EXPECT_EQ(FileInfo(reopened).generation, pushed->generation);
+  EXPECT_GE(H5Fclose(reopened), 0);
+  EXPECT_GE(H5Fclose(file), 0);
+}
+
+TEST_F(RemoteDriverTest, OfTwoWritersOfOneGenerationTheSecondToCommitFails) {
+  CreateImage("contended", 1);
+  hid_t file = H5Fopen("contended", H5F_ACC_RDWR, Fapl());
+  ASSERT_GE(file, 0) << ErrorStack();
+  ASSERT_TRUE(OverwriteInts(file, 5));
+
+  // Another process opens the same generation, writes and commits first.
+  ASSERT_EQ(RunHelper({"overwrite-ints", target_, "contended", "7"}).exit_code,
+            0);
+  const uint64_t winner = CurrentGeneration("contended");
+
+  EXPECT_LT(H5Fflush(file, H5F_SCOPE_GLOBAL), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("Commit conflict"));
+  EXPECT_THAT(ErrorStack(), HasSubstr("another client published"));
+  EXPECT_LT(H5Fclose(file), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("nothing was published"));
+
+  EXPECT_EQ(CurrentGeneration("contended"), winner);
+  EXPECT_EQ(RunHelper({"check", target_, "contended", "1", "7"}).exit_code, 0);
+}
+
+TEST_F(RemoteDriverTest, CreatingAnIdThatAnotherClientCreatedMeanwhileFails) {
+  hid_t file = H5Fcreate("raced", H5F_ACC_EXCL, H5P_DEFAULT, Fapl());
+  ASSERT_GE(file, 0) << ErrorStack();
+  ASSERT_TRUE(WriteContent(file, 1));
+  ASSERT_EQ(RunHelper({"create", target_, "raced", "3"}).exit_code, 0);
+
+  EXPECT_LT(H5Fclose(file), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("created the image"));
+  EXPECT_EQ(RunHelper({"check", target_, "raced", "3", "3"}).exit_code, 0);
+}
+
+TEST_F(RemoteDriverTest, CreateRefusesAnExistingIdUnlessAskedToTruncate) {
+  CreateImage("existing", 1);
+  const uint64_t before = CurrentGeneration("existing");
+  EXPECT_LT(H5Fcreate("existing", H5F_ACC_EXCL, H5P_DEFAULT, Fapl()), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("already exists"));
+  EXPECT_EQ(CurrentGeneration("existing"), before);
+
+  hid_t file = H5Fcreate("existing", H5F_ACC_TRUNC, H5P_DEFAULT, Fapl());
+  ASSERT_GE(file, 0) << ErrorStack();
+  ASSERT_TRUE(WriteContent(file, 6));
+  ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
+  EXPECT_GT(CurrentGeneration("existing"), before);
+  EXPECT_EQ(RunHelper({"check", target_, "existing", "6", "6"}).exit_code, 0);
+}
+
+TEST_F(RemoteDriverTest, FlushPublishesAGenerationAndTheFileGoesOnFromIt) {
+  CreateImage("flushed", 1);
+  const uint64_t created = CurrentGeneration("flushed");
+  hid_t file = H5Fopen("flushed", H5F_ACC_RDWR, Fapl());
+  ASSERT_GE(file, 0) << ErrorStack();
+
+  ASSERT_TRUE(OverwriteInts(file, 4));
+  ASSERT_GE(H5Fflush(file, H5F_SCOPE_GLOBAL), 0) << ErrorStack();
+  const uint64_t flushed = CurrentGeneration("flushed");
+  EXPECT_GT(flushed, created);
+  EXPECT_EQ(FileInfo(file).generation, flushed);
+  EXPECT_EQ(RunHelper({"check", target_, "flushed", "1", "4"}).exit_code, 0);
+
+  ASSERT_TRUE(OverwriteInts(file, 6));
+  EXPECT_EQ(CheckContent(file, 1, 6), "");
+  ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
+  EXPECT_GT(CurrentGeneration("flushed"), flushed);
+  EXPECT_EQ(RunHelper({"check", target_, "flushed", "1", "6"}).exit_code, 0);
+}
+
+TEST_F(RemoteDriverTest, OpeningReadWriteWithoutWritingPublishesNothing) {
+  CreateImage("untouched", 1);
+  const uint64_t before = CurrentGeneration("untouched");
+  hid_t file = H5Fopen("untouched", H5F_ACC_RDWR, Fapl());
+  ASSERT_GE(file, 0) << ErrorStack();
+  EXPECT_EQ(CheckContent(file, 1), "");
+  ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
+  EXPECT_EQ(CurrentGeneration("untouched"), before);
+}
+
+TEST_F(RemoteDriverTest, AnUnknownImageFailsToOpenWithImageNotFound) {
+  EXPECT_LT(H5Fopen("no/such/image", H5F_ACC_RDONLY, Fapl()), 0);
+  const std::string errors = ErrorStack();
+  EXPECT_THAT(errors, HasSubstr("h5depot remote driver"));
+  EXPECT_THAT(errors, HasSubstr("Image not found"));
+  EXPECT_THAT(errors, HasSubstr("no/such/image"));
+}
+
+TEST_F(RemoteDriverTest, AnInvalidImageIdIsRefusedWithTheRules) {
+  EXPECT_LT(H5Fopen("a//b", H5F_ACC_RDONLY, Fapl()), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("not a valid image id"));
+}
+
+TEST_F(RemoteDriverTest, AnUnreachableServerFailsToOpenWithServerUnavailable) {
+  H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
+  config.connect_timeout_ms = 500;
+  const std::string nowhere =
+      "unix:" + ::testing::TempDir() + "/no-server-here.sock";
+  EXPECT_LT(H5Fopen("anything", H5F_ACC_RDONLY, Fapl(&config, nowhere)), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("Server unavailable"));
+  EXPECT_THAT(ErrorStack(), HasSubstr("cannot reach h5depotd"));
+}
+
+TEST_F(RemoteDriverTest, FaplSettingsRoundTripAndBadOnesAreRefused) {
+  H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
+  config.readahead = 0;
+  config.call_timeout_ms = 1234;
+  hid_t fapl = Fapl(&config);
+  char target[256];
+  H5FD_remote_config_t back;
+  ASSERT_GE(H5Pget_fapl_remote(fapl, target, sizeof(target), &back), 0);
+  EXPECT_EQ(target, target_);
+  EXPECT_EQ(back.readahead, 0u);
+  EXPECT_EQ(back.call_timeout_ms, 1234u);
+
+  // A copy of the list (as H5Fget_access_plist makes) keeps them.
+  hid_t copy = H5Pcopy(fapl);
+  ASSERT_GE(H5Pget_fapl_remote(copy, nullptr, 0, &back), 0);
+  EXPECT_EQ(back.call_timeout_ms, 1234u);
+  H5Pclose(copy);
+
+  struct Case {
+    const char* what;
+    void (*spoil)(H5FD_remote_config_t*);
+    const char* message;
+  };
+  const Case cases[] = {
+      {"version", [](H5FD_remote_config_t* c) { c->version = 99; },
+       "version"},
+      {"page", [](H5FD_remote_config_t* c) { c->page_size = 5000; },
+       "power of two"},
+      {"cache", [](H5FD_remote_config_t* c) { c->cache_size = 1; },
+       "at least one page"},
+      {"timeout", [](H5FD_remote_config_t* c) { c->call_timeout_ms = 0; },
+       "hang forever"},
+  };
+  for (const Case& c : cases) {
+    H5FD_remote_config_t bad = H5FD_REMOTE_CONFIG_INIT;
+    c.spoil(&bad);
+    hid_t list = H5Pcreate(H5P_FILE_ACCESS);
+    EXPECT_LT(H5Pset_fapl_remote(list, target_.c_str(), &bad), 0) << c.what;
+    EXPECT_THAT(ErrorStack(), HasSubstr(c.message)) << c.what;
+    EXPECT_NE(H5Pget_driver(list), H5FD_REMOTE) << c.what;
+    H5Pclose(list);
+  }
+  hid_t list = H5Pcreate(H5P_FILE_ACCESS);
+  EXPECT_LT(H5Pset_fapl_remote(list, "", nullptr), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("target is empty"));
+  H5Pclose(list);
+}
+
+TEST_F(RemoteDriverTest, ReadsBetweenEofAndEoaAreZerosAndReadsPastEoaFail) {
+  CreateImage("eof", 1);
+  H5FD_t* file = H5FDopen("eof", H5F_ACC_RDONLY, Fapl(), HADDR_MAX);
+  ASSERT_NE(file, nullptr) << ErrorStack();
+  const haddr_t eof = H5FDget_eof(file, H5FD_MEM_DEFAULT);
+  ASSERT_GT(eof, 100u);
+  ASSERT_GE(H5FDset_eoa(file, H5FD_MEM_DEFAULT, eof + 1000), 0);
+
+  std::vector<unsigned char> bytes(600, 0xAB);
+  ASSERT_GE(H5FDread(file, H5FD_MEM_DRAW, H5P_DEFAULT, eof - 100, 600,
+                     bytes.data()),
+            0)
+      << ErrorStack();
+  EXPECT_NE(std::vector<unsigned char>(bytes.begin(), bytes.begin() + 100),
+            std::vector<unsigned char>(100, 0));  // the image's last bytes
+  EXPECT_EQ(std::vector<unsigned char>(bytes.begin() + 100, bytes.end()),
+            std::vector<unsigned char>(500, 0));
+
+  EXPECT_LT(H5FDread(file, H5FD_MEM_DRAW, H5P_DEFAULT, eof + 900, 200,
+                     bytes.data()),
+            0);
+  EXPECT_GE(H5FDclose(file), 0);
+}
+
+// An image much larger than anything read from it: /big (64 MiB of bytes)
+// written first, /small (100 ints) after it, so that its object header and
+// data lie past the big dataset, as in files that grow over a run.
+void WriteLargeImage(hid_t file, std::vector<unsigned char>* big) {
+  big->resize(64 << 20);
+  for (size_t i = 0; i < big->size(); ++i) (*big)[i] = (i * 7 + i / 4096) & 0xff;
+  const hsize_t big_dims[1] = {big->size()};
+  ASSERT_GE(H5LTmake_dataset(file, "big", 1, big_dims, H5T_NATIVE_UCHAR,
+                             big->data()),
+            0);
+  std::vector<int> small(100);
+  for (int i = 0; i < 100; ++i) small[i] = i * i;
+  const hsize_t small_dims[1] = {100};
+  ASSERT_GE(H5LTmake_dataset_int(file, "small", 1, small_dims, small.data()),
+            0);
+}
+
+TEST_F(RemoteDriverTest, ReadingASmallDatasetOfALargeImageFetchesLittle) {
+  std::vector<unsigned char> big;
+  {
+    hid_t file = H5Fcreate("large", H5F_ACC_EXCL, H5P_DEFAULT, Fapl());
+    ASSERT_GE(file, 0) << ErrorStack();
+    WriteLargeImage(file, &big);
+    ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
+  }
+  hid_t file = H5Fopen("large", H5F_ACC_RDONLY, Fapl());
+  ASSERT_GE(file, 0) << ErrorStack();
+  std::vector<int> small(100);
+  ASSERT_GE(H5LTread_dataset_int(file, "small", small.data()), 0);
+  EXPECT_EQ(small[99], 99 * 99);
+
+  const H5FD_remote_file_info_t info = FileInfo(file);
+  const uint64_t pages = (64 << 20) / (64 << 10);
+  EXPECT_LE(info.round_trips, 6u);  // the open, then a few reads
+  EXPECT_LT(info.page_misses, pages / 50);
+  EXPECT_LT(info.bytes_fetched, uint64_t{2} << 20);
+
+  // Then the whole big dataset, in a handful of requests, not per page.
+  std::vector<unsigned char> read_back(big.size());
+  ASSERT_GE(H5LTread_dataset(file, "big", H5T_NATIVE_UCHAR, read_back.data()),
+            0);
+  EXPECT_TRUE(read_back == big);
+  EXPECT_LE(FileInfo(file).round_trips, info.round_trips + 4);
+  EXPECT_GE(H5Fclose(file), 0);
+}
+
+TEST_F(RemoteDriverTest, ManyThreadsReadThroughTheDriverAtOnce) {
+  constexpr int kImages = 4;
+  constexpr int kThreads = 8;
+  for (int i = 0; i < kImages; ++i) CreateImage(absl::StrCat("threads/", i), i);
+  H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
+  config.page_size = 4096;
+  config.cache_size = 16384;  // small, so threads keep going to the server
+  hid_t fapl = Fapl(&config);
+
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 10; ++round) {
+        const int image = (t + round) % kImages;
+        hid_t file = H5Fopen(absl::StrCat("threads/", image).c_str(),
+                             H5F_ACC_RDONLY, fapl);
+        if (file < 0 || CheckContent(file, image) != "") ++failures;
+        if (file >= 0 && H5Fclose(file) < 0) ++failures;
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST(RemoteDriverServerProcessTest, AServerKilledMidReadFailsTheRead) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  ServerProcess server;
+  ASSERT_FALSE(server.target().empty());
+  H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
+  config.page_size = 4096;
+  config.cache_size = 4096;
+  config.readahead = 0;
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  ASSERT_GE(H5Pset_fapl_remote(fapl, server.target().c_str(), &config), 0);
+  {
+    hid_t file = H5Fcreate("doomed", H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+    ASSERT_GE(file, 0) << ErrorStack();
+    ASSERT_TRUE(WriteContent(file, 1));
+    ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
+  }
+  hid_t file = H5Fopen("doomed", H5F_ACC_RDONLY, fapl);
+  ASSERT_GE(file, 0) << ErrorStack();
+  std::vector<int> ints(testing::kInts);
+  ASSERT_GE(H5LTread_dataset_int(file, "ints", ints.data()), 0);
+
+  server.Kill();
+  std::vector<double> matrix(testing::kRows * testing::kCols);
+  EXPECT_LT(H5LTread_dataset_double(file, "group/matrix", matrix.data()), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("Server unavailable"));
+  EXPECT_THAT(ErrorStack(), HasSubstr("doomed"));
+  H5Fclose(file);  // read-only: nothing to lose, whatever it returns
+  H5Pclose(fapl);
+}
+
+TEST(RemoteDriverServerProcessTest, AStoppedServerFailsReadsWithATimeout) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  ServerProcess server;
+  ASSERT_FALSE(server.target().empty());
+  H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
+  config.page_size = 4096;
+  config.cache_size = 4096;
+  config.readahead = 0;
+  config.call_timeout_ms = 1000;
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  ASSERT_GE(H5Pset_fapl_remote(fapl, server.target().c_str(), &config), 0);
+  {
+    hid_t file = H5Fcreate("stalled", H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+    ASSERT_GE(file, 0) << ErrorStack();
+    ASSERT_TRUE(WriteContent(file, 1));
+    ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
+  }
+  hid_t file = H5Fopen("stalled", H5F_ACC_RDONLY, fapl);
+  ASSERT_GE(file, 0) << ErrorStack();
+
+  server.Stop();
+  std::vector<double> matrix(testing::kRows * testing::kCols);
+  EXPECT_LT(H5LTread_dataset_double(file, "group/matrix", matrix.data()), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("Timed out"));
+  H5Fclose(file);
+  H5Pclose(fapl);
+}
+
+}  // namespace
+}  // namespace h5depot
