@@ -180,8 +180,8 @@ Sample ReadBig(const Driver& driver, hsize_t slab, unsigned char* buffer) {
   for (hsize_t offset = 0; offset < kBigBytes; offset += slab) {
     H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &offset, nullptr, &slab,
                         nullptr);
-    if (H5Dread(dset, H5T_NATIVE_UCHAR, memory_space, file_space,
-                H5P_DEFAULT, buffer + offset) < 0) {
+    if (H5Dread(dset, H5T_NATIVE_UCHAR, memory_space, file_space, H5P_DEFAULT,
+                buffer + offset) < 0) {
       Die("cannot read /big");
     }
   }
@@ -202,8 +202,9 @@ Sample ReadBig(const Driver& driver, hsize_t slab, unsigned char* buffer) {
 }
 
 Sample Median(std::vector<Sample> samples) {
-  std::sort(samples.begin(), samples.end(),
-            [](const Sample& a, const Sample& b) { return a.seconds < b.seconds; });
+  std::sort(
+      samples.begin(), samples.end(),
+      [](const Sample& a, const Sample& b) { return a.seconds < b.seconds; });
   return samples[samples.size() / 2];
 }
 
@@ -237,26 +238,27 @@ int main(int argc, char** argv) {
     if (!pushed.ok()) Die(std::string(pushed.status().ToString()).c_str());
   }
 
-  Driver remote{"remote", kImageId,
-                [&] {
-                  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-                  if (H5Pset_fapl_remote(fapl, args.target.c_str(), nullptr) < 0) {
-                    Die("H5Pset_fapl_remote failed");
-                  }
-                  return fapl;
-                },
-                [](hid_t file) {
-                  LogTotals totals;
-                  if (file < 0) return totals;
-                  H5FD_remote_file_info_t info;
-                  if (H5FD_remote_get_file_info(file, &info) < 0) {
-                    Die("no file info");
-                  }
-                  // The connection's GetLimits call counts as one request.
-                  totals.requests = info.round_trips + 1;
-                  totals.bytes = info.bytes_fetched;
-                  return totals;
-                }};
+  Driver remote{
+      "remote", kImageId,
+      [&] {
+        hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+        if (H5Pset_fapl_remote(fapl, args.target.c_str(), nullptr) < 0) {
+          Die("H5Pset_fapl_remote failed");
+        }
+        return fapl;
+      },
+      [](hid_t file) {
+        LogTotals totals;
+        if (file < 0) return totals;
+        H5FD_remote_file_info_t info;
+        if (H5FD_remote_get_file_info(file, &info) < 0) {
+          Die("no file info");
+        }
+        // The connection's GetLimits call counts as one request.
+        totals.requests = info.round_trips + 1;
+        totals.bytes = info.bytes_fetched;
+        return totals;
+      }};
   Driver ros3{"ros3", args.url,
               [] {
                 hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
@@ -277,9 +279,10 @@ int main(int argc, char** argv) {
   std::vector<unsigned char> buffer(kBigBytes);
   std::memset(buffer.data(), 0, buffer.size());  // fault the pages in once
 
-  std::printf("| driver | operation | time (median of %d) | requests | bytes "
-              "moved | throughput |\n",
-              args.repeat);
+  std::printf(
+      "| driver | operation | time (median of %d) | requests | bytes "
+      "moved | throughput |\n",
+      args.repeat);
   std::printf("|---|---|---|---|---|---|\n");
   struct Operation {
     const char* name;
@@ -298,7 +301,8 @@ int main(int argc, char** argv) {
   for (const Operation& operation : operations) {
     for (const Driver* driver : {&remote, &ros3}) {
       std::vector<Sample> samples;
-      for (int i = 0; i < args.repeat; ++i) samples.push_back(operation.run(*driver));
+      for (int i = 0; i < args.repeat; ++i)
+        samples.push_back(operation.run(*driver));
       const Sample m = Median(samples);
       char throughput[32] = "";
       if (operation.throughput) {

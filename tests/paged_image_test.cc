@@ -274,6 +274,18 @@ TEST(PagedImageTest, OnlyPartlyWrittenPagesAreFetchedBeforeAWrite) {
   EXPECT_EQ(f.reads, 2);  // whole pages need nothing
 }
 
+TEST(PagedImageTest, RewritingCachedBytesWithThemselvesChangesNothing) {
+  Fixture f(Pattern(8 * kPage, 18), Options(8, 0));
+  const std::string head = f.Read(0, 96);
+  ASSERT_TRUE(f.image->Write(0, head.data(), head.size()).ok());
+  EXPECT_FALSE(f.image->modified());
+  std::string changed = head;
+  changed[50] ^= 1;
+  ASSERT_TRUE(f.image->Write(0, changed.data(), changed.size()).ok());
+  EXPECT_TRUE(f.image->modified());
+  EXPECT_EQ(f.Read(0, 96), changed);
+}
+
 TEST(PagedImageTest, AnEmptyImageHoldsWhatWasWritten) {
   auto image = PagedImage::CreateEmpty(Options(4, 1));
   EXPECT_EQ(image->size(), 0u);

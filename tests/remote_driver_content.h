@@ -39,13 +39,13 @@ inline bool WriteContent(hid_t file, int seed) {
   const hsize_t matrix_dims[2] = {kRows, kCols};
   const std::vector<int> ints = Ints(seed);
   const std::vector<double> matrix = Matrix(seed);
-  hid_t group = H5Gcreate2(file, "group", H5P_DEFAULT, H5P_DEFAULT,
-                           H5P_DEFAULT);
+  hid_t group =
+      H5Gcreate2(file, "group", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
   if (group < 0) return false;
   const bool ok =
       H5LTmake_dataset_int(file, "ints", 1, ints_dims, ints.data()) >= 0 &&
-      H5LTmake_dataset_double(group, "matrix", 2, matrix_dims,
-                              matrix.data()) >= 0 &&
+      H5LTmake_dataset_double(group, "matrix", 2, matrix_dims, matrix.data()) >=
+          0 &&
       H5LTset_attribute_string(file, "/", "title", Title(seed).c_str()) >= 0;
   H5Gclose(group);
   return ok;
@@ -56,8 +56,8 @@ inline bool OverwriteInts(hid_t file, int seed) {
   const std::vector<int> ints = Ints(seed);
   hid_t dset = H5Dopen2(file, "ints", H5P_DEFAULT);
   if (dset < 0) return false;
-  const bool ok = H5Dwrite(dset, H5T_NATIVE_INT, H5S_ALL, H5S_ALL,
-                           H5P_DEFAULT, ints.data()) >= 0;
+  const bool ok = H5Dwrite(dset, H5T_NATIVE_INT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                           ints.data()) >= 0;
   H5Dclose(dset);
   return ok;
 }

@@ -31,19 +31,21 @@ extern char** environ;
 namespace h5depot {
 namespace {
 
-using ::testing::HasSubstr;
-using ::testing::Not;
 using testing::CheckContent;
 using testing::ExpectedDump;
+using ::testing::HasSubstr;
+using ::testing::Not;
 using testing::OverwriteInts;
 using testing::WriteContent;
 
-// Everything on the calling thread's HDF5 error stack, one entry a line:
-// "class | major | minor | description".
+// Takes everything off the calling thread's HDF5 error stack, one entry a
+// line: "class | major | minor | description". (A copy is walked: the
+// H5Eget_* calls would clear the live stack under the walk.)
 std::string ErrorStack() {
   std::string text;
+  hid_t stack = H5Eget_current_stack();
   H5Ewalk2(
-      H5E_DEFAULT, H5E_WALK_DOWNWARD,
+      stack, H5E_WALK_DOWNWARD,
       [](unsigned, const H5E_error2_t* error, void* data) -> herr_t {
         char cls[128] = "", major[128] = "", minor[128] = "";
         H5Eget_class_name(error->cls_id, cls, sizeof(cls));
@@ -54,6 +56,7 @@ std::string ErrorStack() {
         return 0;
       },
       &text);
+  H5Eclose_stack(stack);
   return text;
 }
 
@@ -63,7 +66,7 @@ struct ProcessResult {
 };
 
 // Runs `args` to completion, capturing stdout; stderr passes through.
-ProcessResult Run(const std::vector<std::string>& args) {
+ProcessResult RunProcess(const std::vector<std::string>& args) {
   int pipe_fds[2];
   if (pipe(pipe_fds) != 0) return {};
   posix_spawn_file_actions_t actions;
@@ -71,7 +74,8 @@ ProcessResult Run(const std::vector<std::string>& args) {
   posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
   posix_spawn_file_actions_addclose(&actions, pipe_fds[0]);
   std::vector<char*> argv;
-  for (const std::string& arg : args) argv.push_back(const_cast<char*>(arg.c_str()));
+  for (const std::string& arg : args)
+    argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);
   pid_t pid;
   const int spawned =
@@ -97,7 +101,7 @@ ProcessResult Run(const std::vector<std::string>& args) {
 ProcessResult RunHelper(const std::vector<std::string>& args) {
   std::vector<std::string> full = {H5DEPOT_REMOTE_DRIVER_HELPER};
   full.insert(full.end(), args.begin(), args.end());
-  return Run(full);
+  return RunProcess(full);
 }
 
 // h5depotd as a child process, for the tests where the server dies.
@@ -254,13 +258,15 @@ TEST_F(RemoteDriverTest, WhatTheDriverCommittedIsWhatH5pySees) {
     out.write(static_cast<const char*>(fetched->buffer.data()),
               fetched->buffer.size());
   }
-  ProcessResult dump = Run({H5DEPOT_SYSTEM_PYTHON3, H5PY_DUMP_SCRIPT, path});
+  ProcessResult dump =
+      RunProcess({H5DEPOT_SYSTEM_PYTHON3, H5PY_DUMP_SCRIPT, path});
   EXPECT_EQ(dump.exit_code, 0);
   EXPECT_EQ(dump.output, ExpectedDump(5, 9));
   std::remove(path.c_str());
 }
 
-TEST_F(RemoteDriverTest, AFileKeepsReadingItsGenerationWhileTheImageIsReplaced) {
+TEST_F(RemoteDriverTest,
+       AFileKeepsReadingItsGenerationWhileTheImageIsReplaced) {
   CreateImage("replaced", 1);
   CreateImage("replacement", 2);
   // One small page and no readahead: every object is fetched when read.
@@ -303,8 +309,9 @@ TEST_F(RemoteDriverTest, OfTwoWritersOfOneGenerationTheSecondToCommitFails) {
   const uint64_t winner = CurrentGeneration("contended");
 
   EXPECT_LT(H5Fflush(file, H5F_SCOPE_GLOBAL), 0);
-  EXPECT_THAT(ErrorStack(), HasSubstr("Commit conflict"));
-  EXPECT_THAT(ErrorStack(), HasSubstr("another client published"));
+  const std::string errors = ErrorStack();
+  EXPECT_THAT(errors, HasSubstr("Commit conflict"));
+  EXPECT_THAT(errors, HasSubstr("another client published"));
   EXPECT_LT(H5Fclose(file), 0);
   EXPECT_THAT(ErrorStack(), HasSubstr("nothing was published"));
 
@@ -387,8 +394,9 @@ TEST_F(RemoteDriverTest, AnUnreachableServerFailsToOpenWithServerUnavailable) {
   const std::string nowhere =
       "unix:" + ::testing::TempDir() + "/no-server-here.sock";
   EXPECT_LT(H5Fopen("anything", H5F_ACC_RDONLY, Fapl(&config, nowhere)), 0);
-  EXPECT_THAT(ErrorStack(), HasSubstr("Server unavailable"));
-  EXPECT_THAT(ErrorStack(), HasSubstr("cannot reach h5depotd"));
+  const std::string errors = ErrorStack();
+  EXPECT_THAT(errors, HasSubstr("Server unavailable"));
+  EXPECT_THAT(errors, HasSubstr("cannot reach h5depotd"));
 }
 
 TEST_F(RemoteDriverTest, FaplSettingsRoundTripAndBadOnesAreRefused) {
@@ -415,8 +423,7 @@ TEST_F(RemoteDriverTest, FaplSettingsRoundTripAndBadOnesAreRefused) {
     const char* message;
   };
   const Case cases[] = {
-      {"version", [](H5FD_remote_config_t* c) { c->version = 99; },
-       "version"},
+      {"version", [](H5FD_remote_config_t* c) { c->version = 99; }, "version"},
       {"page", [](H5FD_remote_config_t* c) { c->page_size = 5000; },
        "power of two"},
       {"cache", [](H5FD_remote_config_t* c) { c->cache_size = 1; },
@@ -448,18 +455,18 @@ TEST_F(RemoteDriverTest, ReadsBetweenEofAndEoaAreZerosAndReadsPastEoaFail) {
   ASSERT_GE(H5FDset_eoa(file, H5FD_MEM_DEFAULT, eof + 1000), 0);
 
   std::vector<unsigned char> bytes(600, 0xAB);
-  ASSERT_GE(H5FDread(file, H5FD_MEM_DRAW, H5P_DEFAULT, eof - 100, 600,
-                     bytes.data()),
-            0)
+  ASSERT_GE(
+      H5FDread(file, H5FD_MEM_DRAW, H5P_DEFAULT, eof - 100, 600, bytes.data()),
+      0)
       << ErrorStack();
   EXPECT_NE(std::vector<unsigned char>(bytes.begin(), bytes.begin() + 100),
             std::vector<unsigned char>(100, 0));  // the image's last bytes
   EXPECT_EQ(std::vector<unsigned char>(bytes.begin() + 100, bytes.end()),
             std::vector<unsigned char>(500, 0));
 
-  EXPECT_LT(H5FDread(file, H5FD_MEM_DRAW, H5P_DEFAULT, eof + 900, 200,
-                     bytes.data()),
-            0);
+  EXPECT_LT(
+      H5FDread(file, H5FD_MEM_DRAW, H5P_DEFAULT, eof + 900, 200, bytes.data()),
+      0);
   EXPECT_GE(H5FDclose(file), 0);
 }
 
@@ -468,11 +475,12 @@ TEST_F(RemoteDriverTest, ReadsBetweenEofAndEoaAreZerosAndReadsPastEoaFail) {
 // data lie past the big dataset, as in files that grow over a run.
 void WriteLargeImage(hid_t file, std::vector<unsigned char>* big) {
   big->resize(64 << 20);
-  for (size_t i = 0; i < big->size(); ++i) (*big)[i] = (i * 7 + i / 4096) & 0xff;
+  for (size_t i = 0; i < big->size(); ++i)
+    (*big)[i] = (i * 7 + i / 4096) & 0xff;
   const hsize_t big_dims[1] = {big->size()};
-  ASSERT_GE(H5LTmake_dataset(file, "big", 1, big_dims, H5T_NATIVE_UCHAR,
-                             big->data()),
-            0);
+  ASSERT_GE(
+      H5LTmake_dataset(file, "big", 1, big_dims, H5T_NATIVE_UCHAR, big->data()),
+      0);
   std::vector<int> small(100);
   for (int i = 0; i < 100; ++i) small[i] = i * i;
   const hsize_t small_dims[1] = {100};
@@ -516,6 +524,7 @@ TEST_F(RemoteDriverTest, ManyThreadsReadThroughTheDriverAtOnce) {
   H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
   config.page_size = 4096;
   config.cache_size = 16384;  // small, so threads keep going to the server
+  config.readahead = 4096;
   hid_t fapl = Fapl(&config);
 
   std::atomic<int> failures{0};
@@ -559,8 +568,9 @@ TEST(RemoteDriverServerProcessTest, AServerKilledMidReadFailsTheRead) {
   server.Kill();
   std::vector<double> matrix(testing::kRows * testing::kCols);
   EXPECT_LT(H5LTread_dataset_double(file, "group/matrix", matrix.data()), 0);
-  EXPECT_THAT(ErrorStack(), HasSubstr("Server unavailable"));
-  EXPECT_THAT(ErrorStack(), HasSubstr("doomed"));
+  const std::string errors = ErrorStack();
+  EXPECT_THAT(errors, HasSubstr("Server unavailable"));
+  EXPECT_THAT(errors, HasSubstr("doomed"));
   H5Fclose(file);  // read-only: nothing to lose, whatever it returns
   H5Pclose(fapl);
 }
@@ -589,6 +599,10 @@ TEST(RemoteDriverServerProcessTest, AStoppedServerFailsReadsWithATimeout) {
   std::vector<double> matrix(testing::kRows * testing::kCols);
   EXPECT_LT(H5LTread_dataset_double(file, "group/matrix", matrix.data()), 0);
   EXPECT_THAT(ErrorStack(), HasSubstr("Timed out"));
+  // Closing ends the reader that pins the generation, which waits for the
+  // server's goodbye; a stopped server would only be given up on by the
+  // connection's keepalive, so let it die first.
+  server.Kill();
   H5Fclose(file);
   H5Pclose(fapl);
 }

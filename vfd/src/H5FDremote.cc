@@ -122,6 +122,50 @@ absl::Status Annotate(const absl::Status& status, const std::string& what) {
                       absl::StrCat(what, ": ", status.message()));
 }
 
+// One generation of an image as the file's base. `pin` (an ImageReader)
+// keeps that generation stored on the server for the file's whole life;
+// the byte ranges themselves are read with Client::Read, whose calls carry
+// the configured deadline, in pieces of at most kMaxReadPiece so that the
+// deadline bounds each piece rather than a whole huge read. (A read on the
+// pinning reader's own stream has no deadline: it would wait for as long
+// as the connection lives.)
+class PinnedGeneration final : public ImageReader {
+ public:
+  static constexpr size_t kMaxReadPiece = size_t{64} << 20;
+
+  // Counts the requests it sends into `*calls`, which must outlive it.
+  PinnedGeneration(std::shared_ptr<Client> client, std::string image_id,
+                   std::unique_ptr<ImageReader> pin, uint64_t* calls)
+      : client_(std::move(client)),
+        image_id_(std::move(image_id)),
+        pin_(std::move(pin)),
+        calls_(calls) {}
+
+  const h5depot::ImageInfo& info() const override { return pin_->info(); }
+
+  absl::StatusOr<size_t> Read(uint64_t offset, void* out,
+                              size_t length) override {
+    size_t done = 0;
+    while (done < length) {
+      const size_t piece = std::min(length - done, kMaxReadPiece);
+      ++*calls_;
+      absl::StatusOr<h5depot::ReadResult> read =
+          client_->Read(image_id_, pin_->info().generation, offset + done,
+                        static_cast<char*>(out) + done, piece);
+      if (!read.ok()) return read.status();
+      done += read->bytes_read;
+      if (read->bytes_read < piece) break;  // the end of the image
+    }
+    return done;
+  }
+
+ private:
+  const std::shared_ptr<Client> client_;
+  const std::string image_id_;
+  const std::unique_ptr<ImageReader> pin_;
+  uint64_t* const calls_;
+};
+
 // One open file: an image id on one server, bound to one generation.
 class RemoteFile {
  public:
@@ -166,15 +210,16 @@ class RemoteFile {
 
  private:
   RemoteFile(const std::string& image_id, const RemoteFapl& fapl, bool writable,
-             std::shared_ptr<Client> client, uint64_t generation,
-             std::unique_ptr<PagedImage> image, uint64_t round_trips)
+             std::shared_ptr<Client> client, uint64_t generation)
       : fapl_(fapl),
         image_id_(image_id),
         writable_(writable),
         client_(std::move(client)),
-        generation_(generation),
-        image_(std::move(image)),
-        round_trips_(round_trips) {}
+        generation_(generation) {}
+
+  // Opens a reader pinning `generation` (0: the current one) as a base.
+  absl::StatusOr<std::unique_ptr<ImageReader>> PinGeneration(
+      uint64_t generation) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::string Describe() const {
     return absl::StrCat("image '", image_id_, "' on ", fapl_.target);
@@ -196,7 +241,8 @@ class RemoteFile {
   // Set when a commit lost a race; later commits repeat it without asking
   // the server again, since the loss is permanent for this file.
   absl::Status conflict_ ABSL_GUARDED_BY(mu_);
-  uint64_t round_trips_ ABSL_GUARDED_BY(mu_) = 0;  // besides image_ reads
+  uint64_t round_trips_ ABSL_GUARDED_BY(mu_) = 0;  // opens, stats, pushes
+  uint64_t read_calls_ ABSL_GUARDED_BY(mu_) = 0;   // by the base readers
   uint64_t reads_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_pushed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t commits_ ABSL_GUARDED_BY(mu_) = 0;
@@ -219,8 +265,6 @@ absl::StatusOr<std::unique_ptr<RemoteFile>> RemoteFile::Open(
   }
   absl::StatusOr<std::shared_ptr<Client>> client = SharedClient(fapl);
   if (!client.ok()) return client.status();
-  const std::string where =
-      absl::StrCat("image '", image_id, "' on ", fapl.target);
   const bool writable = (flags & H5F_ACC_RDWR) != 0;
 
   if ((flags & H5F_ACC_CREAT) != 0) {
@@ -229,29 +273,53 @@ absl::StatusOr<std::unique_ptr<RemoteFile>> RemoteFile::Open(
     if (existing.ok()) {
       if ((flags & H5F_ACC_TRUNC) == 0) {
         return absl::AlreadyExistsError(absl::StrCat(
-            where, " already exists (generation ", existing->generation,
+            "image '", image_id, "' on ", fapl.target,
+            " already exists (generation ", existing->generation,
             "); open it, or create it with H5F_ACC_TRUNC to replace it"));
       }
       generation = existing->generation;
     } else if (existing.status().code() != absl::StatusCode::kNotFound) {
-      return Annotate(existing.status(), absl::StrCat("looking up ", where));
+      return Annotate(
+          existing.status(),
+          absl::StrCat("looking up image '", image_id, "' on ", fapl.target));
     }
-    return std::unique_ptr<RemoteFile>(
-        new RemoteFile(image_id, fapl, writable, std::move(*client), generation,
-                       PagedImage::CreateEmpty(ImageOptions(fapl.config)),
-                       /*round_trips=*/1));
+    std::unique_ptr<RemoteFile> file(new RemoteFile(
+        image_id, fapl, writable, std::move(*client), generation));
+    absl::MutexLock lock(&file->mu_);
+    file->round_trips_ = 1;
+    file->image_ = PagedImage::CreateEmpty(ImageOptions(fapl.config));
+    return file;
   }
 
-  absl::StatusOr<std::unique_ptr<ImageReader>> reader =
-      (*client)->OpenReader(image_id);
-  if (!reader.ok()) {
-    return Annotate(reader.status(), absl::StrCat("opening ", where));
+  std::unique_ptr<RemoteFile> file(new RemoteFile(
+      image_id, fapl, writable, std::move(*client), /*generation=*/0));
+  absl::MutexLock lock(&file->mu_);
+  absl::StatusOr<std::unique_ptr<ImageReader>> base = file->PinGeneration(0);
+  if (!base.ok()) {
+    return Annotate(base.status(), absl::StrCat("opening ", file->Describe()));
   }
-  const uint64_t generation = (*reader)->info().generation;
-  return std::unique_ptr<RemoteFile>(new RemoteFile(
-      image_id, fapl, writable, std::move(*client), generation,
-      PagedImage::Open(std::move(*reader), ImageOptions(fapl.config)),
-      /*round_trips=*/1));
+  file->generation_ = (*base)->info().generation;
+  file->image_ = PagedImage::Open(std::move(*base), ImageOptions(fapl.config));
+  return file;
+}
+
+absl::StatusOr<std::unique_ptr<ImageReader>> RemoteFile::PinGeneration(
+    uint64_t generation) {
+  ++round_trips_;
+  absl::StatusOr<std::unique_ptr<ImageReader>> pin =
+      client_->OpenReader(image_id_, generation);
+  if (!pin.ok()) {
+    if (pin.status().code() == absl::StatusCode::kCancelled) {
+      // The client may report a refused open as CANCELLED; asking for the
+      // image's info names the actual reason (NOT_FOUND, mostly).
+      ++round_trips_;
+      absl::StatusOr<h5depot::ImageInfo> info = client_->Stat(image_id_);
+      if (!info.ok()) return info.status();
+    }
+    return pin.status();
+  }
+  return std::unique_ptr<ImageReader>(
+      new PinnedGeneration(client_, image_id_, std::move(*pin), &read_calls_));
 }
 
 absl::Status RemoteFile::Read(haddr_t addr, size_t size, void* buf) {
@@ -348,9 +416,8 @@ absl::Status RemoteFile::Commit(bool closing) {
   // local pages still hold exactly what was committed.
   std::unique_ptr<ImageReader> committed;
   if (!closing) {
-    ++round_trips_;
     absl::StatusOr<std::unique_ptr<ImageReader>> reader =
-        client_->OpenReader(image_id_, generation_);
+        PinGeneration(generation_);
     if (reader.ok()) committed = std::move(*reader);
   }
   image_->Rebase(std::move(committed));
@@ -361,7 +428,7 @@ H5FD_remote_file_info_t RemoteFile::Info() const {
   absl::MutexLock lock(&mu_);
   H5FD_remote_file_info_t info{};
   info.generation = generation_;
-  info.round_trips = round_trips_ + image_->stats().base_reads;
+  info.round_trips = round_trips_ + read_calls_;
   info.bytes_fetched = image_->stats().bytes_fetched;
   info.bytes_pushed = bytes_pushed_;
   info.reads = reads_;

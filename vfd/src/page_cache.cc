@@ -16,6 +16,11 @@ const char* PageCache::Find(uint64_t page) {
   return it->second->bytes.get();
 }
 
+const char* PageCache::Peek(uint64_t page) const {
+  auto it = index_.find(page);
+  return it == index_.end() ? nullptr : it->second->bytes.get();
+}
+
 void PageCache::Insert(uint64_t page, PageBuffer bytes) {
   auto it = index_.find(page);
   if (it != index_.end()) {

@@ -35,6 +35,9 @@ class PageCache {
   // Whether page `page` is cached, without touching the eviction order.
   bool Contains(uint64_t page) const { return index_.contains(page); }
 
+  // Like Find, without touching the eviction order.
+  const char* Peek(uint64_t page) const;
+
   // Stores `bytes` (page_size of them) as page `page`, the most recently
   // used, replacing any cached copy and evicting the least recently used
   // pages beyond capacity.

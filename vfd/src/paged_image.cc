@@ -169,10 +169,42 @@ absl::Status PagedImage::MakeLocal(uint64_t page) {
   return absl::OkStatus();
 }
 
+bool PagedImage::AlreadyHolds(uint64_t offset, const char* data,
+                              size_t length) const {
+  const uint64_t end = offset + length;
+  if (end > size_) return false;
+  for (uint64_t page = offset / page_size_; PageStart(page) < end; ++page) {
+    const uint64_t lo = std::max(offset, PageStart(page));
+    const uint64_t hi = std::min(end, PageStart(page + 1));
+    const char* wanted = data + (lo - offset);
+    if (auto it = local_.find(page); it != local_.end()) {
+      if (std::memcmp(it->second.get() + (lo - PageStart(page)), wanted,
+                      hi - lo) != 0) {
+        return false;
+      }
+      continue;
+    }
+    // Base bytes below base_limit_ (if cached), zeros above it.
+    const uint64_t base_hi = std::clamp(base_limit_, lo, hi);
+    if (lo < base_hi) {
+      const char* cached = cache_.Peek(page);
+      if (cached == nullptr || std::memcmp(cached + (lo - PageStart(page)),
+                                           wanted, base_hi - lo) != 0) {
+        return false;
+      }
+    }
+    for (uint64_t at = base_hi; at < hi; ++at) {
+      if (data[at - offset] != 0) return false;
+    }
+  }
+  return true;
+}
+
 absl::Status PagedImage::Write(uint64_t offset, const void* data,
                                size_t length) {
   if (length == 0) return absl::OkStatus();
   const char* src = static_cast<const char*>(data);
+  if (AlreadyHolds(offset, src, length)) return absl::OkStatus();
   const uint64_t end = offset + length;
   const uint64_t first = offset / page_size_;
   const uint64_t last = (end - 1) / page_size_;

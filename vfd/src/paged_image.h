@@ -73,6 +73,9 @@ class PagedImage {
 
   // Stores `length` bytes at `offset` in local pages, growing size() if the
   // range ends past it. May read the base for partly overwritten pages.
+  // Rewriting bytes with what they already hold (HDF5 rewrites the
+  // superblock of every file opened read-write) changes nothing, as long as
+  // those bytes are at hand without a round trip.
   absl::Status Write(uint64_t offset, const void* data, size_t length);
 
   // Sets size() to `size`. Shrinking discards what lies past the new end;
@@ -107,6 +110,10 @@ class PagedImage {
   // from the cache) into `out`, fetching through the cache or directly.
   absl::Status FetchMissing(uint64_t first, uint64_t last, uint64_t lo,
                             uint64_t hi, char* out);
+
+  // Whether [offset, offset + length) certainly holds `data` already,
+  // judged from local and cached pages only.
+  bool AlreadyHolds(uint64_t offset, const char* data, size_t length) const;
 
   // Makes page `page` local, holding the current logical contents.
   absl::Status MakeLocal(uint64_t page);
