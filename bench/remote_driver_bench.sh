@@ -14,6 +14,8 @@ build=$(cd "${1:-build}" && pwd)
 repeat=${2:-5}
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 work=$(mktemp -d "${TMPDIR:-/tmp}/h5depot-bench.XXXXXX")
+# nginx workers may run as another user (nobody, when started as root).
+chmod 755 "$work"
 nginx_pid=""
 depot_pid=""
 
@@ -21,7 +23,7 @@ cleanup() {
   [ -n "$nginx_pid" ] && kill "$nginx_pid" 2>/dev/null || true
   [ -n "$depot_pid" ] && kill "$depot_pid" 2>/dev/null || true
   wait 2>/dev/null || true
-  rm -rf "$work"
+  [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 

@@ -62,7 +62,7 @@ typedef struct H5FD_remote_config_t {
    * says. Default 64 MiB. */
   size_t cache_size;
   /* Bytes read past a cache miss, in the same round trip. Doubles while
-   * misses are sequential, up to a quarter of the cache. Default 256 KiB;
+   * misses are sequential, up to a quarter of the cache. Default 64 KiB;
    * 0 turns readahead off. */
   size_t readahead;
   /* How long to wait for the server to answer when first connecting.
@@ -78,7 +78,7 @@ typedef struct H5FD_remote_config_t {
 #define H5FD_REMOTE_CONFIG_INIT                                              \
   {                                                                          \
     H5FD_REMOTE_CONFIG_VERSION, (size_t)64 * 1024, (size_t)64 * 1024 * 1024, \
-        (size_t)256 * 1024, 10000u, 30000u                                   \
+        (size_t)64 * 1024, 10000u, 30000u                                    \
   }
 
 /* Counters of one open file, for tuning and for tests. */

@@ -20,7 +20,9 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -85,21 +87,22 @@ absl::Status ValidateConfig(const H5FD_remote_config_t& config) {
   return absl::OkStatus();
 }
 
-// One Client per (target, timeouts), shared by the files that use it and
-// dropped when the last of them closes, so that a restarted server is
-// reached afresh by the next open.
+// One Client per (target, timeouts) for the life of the process, shared by
+// every file that uses it: connecting costs about as much as opening a file
+// and reading a dataset, so it is paid once. (The connection re-establishes
+// itself if the server restarts.)
 absl::StatusOr<std::shared_ptr<Client>> SharedClient(const RemoteFapl& fapl) {
   static absl::Mutex mu(absl::kConstInit);
   // Leaked on purpose: files may still be closed by HDF5's exit handler
   // after static destructors ran.
-  static auto* clients = new std::map<std::string, std::weak_ptr<Client>>;
+  static auto* clients = new std::map<std::string, std::shared_ptr<Client>>;
 
   const std::string target = fapl.target;
   const std::string key =
       absl::StrCat(target, "\n", fapl.config.connect_timeout_ms, "\n",
                    fapl.config.call_timeout_ms);
   absl::MutexLock lock(&mu);
-  if (std::shared_ptr<Client> client = (*clients)[key].lock()) return client;
+  if (auto it = clients->find(key); it != clients->end()) return it->second;
 
   h5depot::ClientOptions options;
   options.connect_timeout = absl::Milliseconds(fapl.config.connect_timeout_ms);
@@ -112,7 +115,7 @@ absl::StatusOr<std::shared_ptr<Client>> SharedClient(const RemoteFapl& fapl) {
                                      "': ", connected.status().message()));
   }
   std::shared_ptr<Client> client = std::move(*connected);
-  (*clients)[key] = client;
+  clients->emplace(key, client);
   return client;
 }
 
@@ -125,17 +128,23 @@ absl::Status Annotate(const absl::Status& status, const std::string& what) {
 // One generation of an image as the file's base. `pin` (an ImageReader)
 // keeps that generation stored on the server for the file's whole life;
 // the byte ranges themselves are read with Client::Read, whose calls carry
-// the configured deadline, in pieces of at most kMaxReadPiece so that the
-// deadline bounds each piece rather than a whole huge read. (A read on the
-// pinning reader's own stream has no deadline: it would wait for as long
-// as the connection lives.)
+// the configured deadline. (A read on the pinning reader's own stream has
+// no deadline: it would wait for as long as the connection lives.)
+//
+// Large reads are split: into pieces of at most kMaxPiece, so that the
+// deadline bounds each piece rather than a whole huge read, and over up to
+// kStreams concurrent calls, since one call's stream is limited by the
+// one thread that copies its chunks.
 class PinnedGeneration final : public ImageReader {
  public:
-  static constexpr size_t kMaxReadPiece = size_t{64} << 20;
+  static constexpr size_t kMaxPiece = size_t{64} << 20;
+  static constexpr size_t kMinParallelPiece = size_t{8} << 20;
+  static constexpr size_t kStreams = 4;
 
   // Counts the requests it sends into `*calls`, which must outlive it.
   PinnedGeneration(std::shared_ptr<Client> client, std::string image_id,
-                   std::unique_ptr<ImageReader> pin, uint64_t* calls)
+                   std::unique_ptr<ImageReader> pin,
+                   std::atomic<uint64_t>* calls)
       : client_(std::move(client)),
         image_id_(std::move(image_id)),
         pin_(std::move(pin)),
@@ -145,25 +154,60 @@ class PinnedGeneration final : public ImageReader {
 
   absl::StatusOr<size_t> Read(uint64_t offset, void* out,
                               size_t length) override {
-    size_t done = 0;
-    while (done < length) {
-      const size_t piece = std::min(length - done, kMaxReadPiece);
-      ++*calls_;
-      absl::StatusOr<h5depot::ReadResult> read =
-          client_->Read(image_id_, pin_->info().generation, offset + done,
-                        static_cast<char*>(out) + done, piece);
-      if (!read.ok()) return read.status();
-      done += read->bytes_read;
-      if (read->bytes_read < piece) break;  // the end of the image
+    const uint64_t size = pin_->info().size;
+    if (offset >= size) return 0;
+    length = std::min<uint64_t>(length, size - offset);
+    char* const bytes = static_cast<char*>(out);
+    const size_t streams =
+        std::min(kStreams, std::max<size_t>(1, length / kMinParallelPiece));
+    if (streams == 1) {
+      absl::Status status = ReadRange(offset, bytes, length);
+      if (!status.ok()) return status;
+      return length;
     }
-    return done;
+    // Equal shares, on page-friendly 1 MiB boundaries.
+    const size_t share =
+        ((length / streams) + (size_t{1} << 20) - 1) & ~((size_t{1} << 20) - 1);
+    std::vector<absl::Status> results(streams);
+    std::vector<std::thread> threads;
+    for (size_t i = 1; i < streams; ++i) {
+      const size_t from = std::min(length, i * share);
+      const size_t to = std::min(length, (i + 1) * share);
+      threads.emplace_back([&, i, from, to] {
+        results[i] = ReadRange(offset + from, bytes + from, to - from);
+      });
+    }
+    results[0] = ReadRange(offset, bytes, std::min(length, share));
+    for (std::thread& thread : threads) thread.join();
+    for (const absl::Status& status : results) {
+      if (!status.ok()) return status;
+    }
+    return length;
   }
 
  private:
+  // Reads exactly [offset, offset + length), which lies within the image.
+  absl::Status ReadRange(uint64_t offset, char* out, size_t length) {
+    for (size_t done = 0; done < length;) {
+      const size_t piece = std::min(length - done, kMaxPiece);
+      calls_->fetch_add(1, std::memory_order_relaxed);
+      absl::StatusOr<h5depot::ReadResult> read = client_->Read(
+          image_id_, pin_->info().generation, offset + done, out + done, piece);
+      if (!read.ok()) return read.status();
+      if (read->bytes_read != piece) {
+        return absl::DataLossError(
+            absl::StrCat("the server returned ", read->bytes_read, " of ",
+                         piece, " bytes at offset ", offset + done));
+      }
+      done += piece;
+    }
+    return absl::OkStatus();
+  }
+
   const std::shared_ptr<Client> client_;
   const std::string image_id_;
   const std::unique_ptr<ImageReader> pin_;
-  uint64_t* const calls_;
+  std::atomic<uint64_t>* const calls_;
 };
 
 // One open file: an image id on one server, bound to one generation.
@@ -242,7 +286,7 @@ class RemoteFile {
   // the server again, since the loss is permanent for this file.
   absl::Status conflict_ ABSL_GUARDED_BY(mu_);
   uint64_t round_trips_ ABSL_GUARDED_BY(mu_) = 0;  // opens, stats, pushes
-  uint64_t read_calls_ ABSL_GUARDED_BY(mu_) = 0;   // by the base readers
+  std::atomic<uint64_t> read_calls_{0};            // by the base readers
   uint64_t reads_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_pushed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t commits_ ABSL_GUARDED_BY(mu_) = 0;
@@ -294,12 +338,27 @@ absl::StatusOr<std::unique_ptr<RemoteFile>> RemoteFile::Open(
   std::unique_ptr<RemoteFile> file(new RemoteFile(
       image_id, fapl, writable, std::move(*client), /*generation=*/0));
   absl::MutexLock lock(&file->mu_);
+
+  // HDF5 begins every open by reading the superblock at offset 0. Fetching
+  // the first pages while the generation is being pinned takes the round
+  // trip that read would cost off the open.
+  const size_t head_size = fapl.config.page_size + fapl.config.readahead;
+  std::unique_ptr<char[]> head(new char[head_size]);
+  absl::StatusOr<h5depot::ReadResult> head_read;
+  std::thread fetch_head([&] {
+    head_read = file->client_->Read(image_id, 0, 0, head.get(), head_size);
+  });
   absl::StatusOr<std::unique_ptr<ImageReader>> base = file->PinGeneration(0);
+  fetch_head.join();
+  ++file->round_trips_;
   if (!base.ok()) {
     return Annotate(base.status(), absl::StrCat("opening ", file->Describe()));
   }
   file->generation_ = (*base)->info().generation;
   file->image_ = PagedImage::Open(std::move(*base), ImageOptions(fapl.config));
+  if (head_read.ok() && head_read->info.generation == file->generation_) {
+    file->image_->Prefill(head.get(), head_read->bytes_read);
+  }
   return file;
 }
 
@@ -428,7 +487,7 @@ H5FD_remote_file_info_t RemoteFile::Info() const {
   absl::MutexLock lock(&mu_);
   H5FD_remote_file_info_t info{};
   info.generation = generation_;
-  info.round_trips = round_trips_ + read_calls_;
+  info.round_trips = round_trips_ + read_calls_.load();
   info.bytes_fetched = image_->stats().bytes_fetched;
   info.bytes_pushed = bytes_pushed_;
   info.reads = reads_;

@@ -160,6 +160,20 @@ absl::Status PagedImage::FetchMissing(uint64_t first, uint64_t last,
   return absl::OkStatus();
 }
 
+void PagedImage::Prefill(const char* data, size_t length) {
+  length = std::min<uint64_t>(length, base_limit_);
+  stats_.bytes_fetched += length;
+  for (uint64_t page = 0; PageStart(page) < length; ++page) {
+    const uint64_t n = std::min<uint64_t>(page_size_, length - PageStart(page));
+    if (n < page_size_ && PageStart(page) + n < base_limit_) break;
+    PageBuffer bytes = NewPage();
+    std::memcpy(bytes.get(), data + PageStart(page), n);
+    std::memset(bytes.get() + n, 0, page_size_ - n);
+    cache_.Insert(page, std::move(bytes));
+  }
+  next_sequential_ = length;
+}
+
 absl::Status PagedImage::MakeLocal(uint64_t page) {
   PageBuffer bytes = NewPage();
   absl::Status status = Read(PageStart(page), bytes.get(), page_size_);

@@ -34,7 +34,7 @@ struct PagedImageOptions {
   size_t cache_bytes = size_t{64} << 20;
   // Bytes fetched past a miss; doubles while misses are sequential, up to
   // max(readahead_bytes, cache_bytes / 4). 0: none.
-  size_t readahead_bytes = size_t{256} << 10;
+  size_t readahead_bytes = size_t{64} << 10;
 };
 
 struct PagedImageStats {
@@ -70,6 +70,10 @@ class PagedImage {
   // DEADLINE_EXCEEDED, ...) or DATA_LOSS if the base is shorter than it
   // said; `out` is then partly written.
   absl::Status Read(uint64_t offset, void* out, size_t length);
+
+  // Caches the first `length` bytes of the base, fetched by the caller.
+  // Whole pages are kept, and a last partial page if it ends the base.
+  void Prefill(const char* data, size_t length);
 
   // Stores `length` bytes at `offset` in local pages, growing size() if the
   // range ends past it. May read the base for partly overwritten pages.
