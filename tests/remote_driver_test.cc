@@ -162,7 +162,12 @@ class ServerProcess {
     waitpid(pid_, nullptr, 0);
     pid_ = -1;
   }
-  void Stop() { kill(pid_, SIGSTOP); }
+  // Returns once the daemon is actually stopped.
+  void Stop() {
+    kill(pid_, SIGSTOP);
+    int status = 0;
+    waitpid(pid_, &status, WUNTRACED);
+  }
 
  private:
   pid_t pid_ = -1;
@@ -326,7 +331,9 @@ TEST_F(RemoteDriverTest, CreatingAnIdThatAnotherClientCreatedMeanwhileFails) {
   ASSERT_EQ(RunHelper({"create", target_, "raced", "3"}).exit_code, 0);
 
   EXPECT_LT(H5Fclose(file), 0);
-  EXPECT_THAT(ErrorStack(), HasSubstr("created the image"));
+  const std::string errors = ErrorStack();
+  EXPECT_THAT(errors, HasSubstr("Commit conflict"));
+  EXPECT_THAT(errors, HasSubstr("created the image"));
   EXPECT_EQ(RunHelper({"check", target_, "raced", "3", "3"}).exit_code, 0);
 }
 
@@ -334,7 +341,7 @@ TEST_F(RemoteDriverTest, CreateRefusesAnExistingIdUnlessAskedToTruncate) {
   CreateImage("existing", 1);
   const uint64_t before = CurrentGeneration("existing");
   EXPECT_LT(H5Fcreate("existing", H5F_ACC_EXCL, H5P_DEFAULT, Fapl()), 0);
-  EXPECT_THAT(ErrorStack(), HasSubstr("already exists"));
+  EXPECT_THAT(ErrorStack(), HasSubstr("Image already exists"));
   EXPECT_EQ(CurrentGeneration("existing"), before);
 
   hid_t file = H5Fcreate("existing", H5F_ACC_TRUNC, H5P_DEFAULT, Fapl());

@@ -448,17 +448,16 @@ absl::Status RemoteFile::Commit(bool closing) {
     const absl::StatusCode code = pushed.status().code();
     if (code == absl::StatusCode::kAlreadyExists ||
         code == absl::StatusCode::kFailedPrecondition) {
-      conflict_ = absl::Status(
-          code,
-          absl::StrCat(
-              "commit of ", Describe(), " rejected: ",
-              generation_ == 0
-                  ? std::string("another client created the image after "
-                                "this file was created")
-                  : absl::StrCat("another client published a new generation "
-                                 "after generation ",
-                                 generation_, ", which this file is based on"),
-              "; nothing was published (", pushed.status().message(), ")"));
+      // ABORTED: the whole open-modify-commit has to be redone.
+      conflict_ = absl::AbortedError(absl::StrCat(
+          "commit of ", Describe(), " rejected: ",
+          generation_ == 0
+              ? std::string("another client created the image after this "
+                            "file was created")
+              : absl::StrCat("another client published a new generation "
+                             "after generation ",
+                             generation_, ", which this file is based on"),
+          "; nothing was published (", pushed.status().message(), ")"));
       return conflict_;
     }
     return Annotate(pushed.status(),

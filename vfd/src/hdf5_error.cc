@@ -10,20 +10,23 @@ namespace {
 enum Minor {
   kUnavailable,
   kNotFound,
+  kAlreadyExists,
   kConflict,
   kTimedOut,
   kBadArgument,
   kOutOfResources,
   kDataLoss,
   kReadOnly,
+  kRefused,
   kInternal,
   kMinorCount,
 };
 
 constexpr const char* kMinorText[kMinorCount] = {
-    "Server unavailable", "Image not found",  "Commit conflict",
-    "Timed out",          "Invalid argument", "Out of resources",
-    "Data corrupted",     "Read-only file",   "Internal error",
+    "Server unavailable", "Image not found", "Image already exists",
+    "Commit conflict",    "Timed out",       "Invalid argument",
+    "Out of resources",   "Data corrupted",  "Read-only file",
+    "Operation refused",  "Internal error",
 };
 
 // Read by callbacks on any thread without a lock; written only by
@@ -40,9 +43,11 @@ Minor MinorFor(absl::StatusCode code) {
     case absl::StatusCode::kNotFound:
       return kNotFound;
     case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kAborted:
+      return kAlreadyExists;
+    case absl::StatusCode::kAborted:  // what a lost commit race is reported as
       return kConflict;
+    case absl::StatusCode::kFailedPrecondition:
+      return kRefused;
     case absl::StatusCode::kDeadlineExceeded:
       return kTimedOut;
     case absl::StatusCode::kInvalidArgument:

@@ -15,8 +15,10 @@ namespace h5depot::vfd {
 herr_t RegisterErrorClass();
 
 // Pushes `status` (which must not be OK) on the error stack, with a minor
-// message chosen by its code: "Server unavailable", "Image not found",
-// "Commit conflict", "Timed out", ... Returns -1, HDF5's FAIL.
+// message chosen by its code: "Server unavailable" (UNAVAILABLE), "Image
+// not found" (NOT_FOUND), "Image already exists" (ALREADY_EXISTS), "Commit
+// conflict" (ABORTED), "Timed out" (DEADLINE_EXCEEDED), ... Returns -1,
+// HDF5's FAIL.
 herr_t PushError(const char* file, const char* function, unsigned line,
                  const absl::Status& status);
 
