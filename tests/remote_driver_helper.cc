@@ -23,6 +23,14 @@ int Usage() {
   return 1;
 }
 
+// Commits and closes `file` as an application should: H5Fflush reports a
+// failed commit; H5Fclose cannot (see H5FDremote.h).
+bool Commit(hid_t file) {
+  const bool flushed = H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0;
+  const bool closed = H5Fclose(file) >= 0;
+  return flushed && closed;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -39,15 +47,13 @@ int main(int argc, char** argv) {
     hid_t file = H5Fcreate(image_id, H5F_ACC_EXCL, H5P_DEFAULT, fapl);
     if (file < 0) return 2;
     const bool written = h5depot::testing::WriteContent(file, seed);
-    const bool closed = H5Fclose(file) >= 0;
-    return written && closed ? 0 : 4;
+    return Commit(file) && written ? 0 : 4;
   }
   if (command == "overwrite-ints") {
     hid_t file = H5Fopen(image_id, H5F_ACC_RDWR, fapl);
     if (file < 0) return 2;
     const bool written = h5depot::testing::OverwriteInts(file, seed);
-    const bool closed = H5Fclose(file) >= 0;
-    return written && closed ? 0 : 4;
+    return Commit(file) && written ? 0 : 4;
   }
   if (command == "check" && argc == 6) {
     hid_t file = H5Fopen(image_id, H5F_ACC_RDONLY, fapl);

@@ -18,6 +18,13 @@
  * the image id exists; with H5F_ACC_TRUNC it replaces the image, on the
  * same condition: that nobody pushed it after H5Fcreate looked.
  *
+ * Call H5Fflush(file, H5F_SCOPE_GLOBAL) before H5Fclose to learn whether
+ * the commit succeeded: HDF5 1.10 cannot survive a failing close (the file
+ * id would stay registered after the file was freed), so H5Fclose never
+ * fails because of the driver. A commit that fails inside H5Fclose is
+ * passed to the automatic error handler (by default printed to stderr) and
+ * left on the error stack, and nothing is published.
+ *
  * Errors are reported on the HDF5 error stack under the error class
  * "h5depot remote driver", with a message saying what happened (server
  * unreachable, image not found, commit conflict, timeout, ...).

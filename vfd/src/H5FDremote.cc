@@ -247,7 +247,8 @@ class RemoteFile {
   absl::Status Truncate();
 
   // Publishes the local writes, if any, as a new generation, conditional on
-  // the current one; `closing` skips re-pinning the new generation.
+  // the current one; `closing` skips re-pinning the new generation. After
+  // a failure while closing, later calls do nothing.
   absl::Status Commit(bool closing);
 
   H5FD_remote_file_info_t Info() const;
@@ -260,6 +261,8 @@ class RemoteFile {
         writable_(writable),
         client_(std::move(client)),
         generation_(generation) {}
+
+  absl::Status CommitLocked(bool closing) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Opens a reader pinning `generation` (0: the current one) as a base.
   absl::StatusOr<std::unique_ptr<ImageReader>> PinGeneration(
@@ -285,6 +288,7 @@ class RemoteFile {
   // Set when a commit lost a race; later commits repeat it without asking
   // the server again, since the loss is permanent for this file.
   absl::Status conflict_ ABSL_GUARDED_BY(mu_);
+  bool abandoned_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t round_trips_ ABSL_GUARDED_BY(mu_) = 0;  // opens, stats, pushes
   std::atomic<uint64_t> read_calls_{0};            // by the base readers
   uint64_t reads_ ABSL_GUARDED_BY(mu_) = 0;
@@ -423,7 +427,15 @@ absl::Status RemoteFile::Truncate() {
 
 absl::Status RemoteFile::Commit(bool closing) {
   absl::MutexLock lock(&mu_);
-  if (!writable_ || !image_->modified()) return absl::OkStatus();
+  if (!writable_ || !image_->modified() || abandoned_) return absl::OkStatus();
+  absl::Status status = CommitLocked(closing);
+  // A failure while closing has been reported; the rest of the close must
+  // not repeat the attempt (and its wait, if the server is gone).
+  if (!status.ok() && closing) abandoned_ = true;
+  return status;
+}
+
+absl::Status RemoteFile::CommitLocked(bool closing) {
   if (!conflict_.ok()) return conflict_;
 
   absl::StatusOr<h5depot::ImageBuffer> image = image_->Assemble();
@@ -576,13 +588,30 @@ H5FD_t* RemoteOpen(const char* name, unsigned flags, hid_t fapl_id,
   return result;
 }
 
+// HDF5 1.10 cannot survive a failing file close: H5F__dest frees the file
+// whatever happens, but the file id stays registered when the close fails,
+// and H5close (at exit, at the latest) then closes it again -- a crash. So a
+// commit that fails while closing is reported on the error stack (and to
+// the automatic error handler) without failing the close; H5Fflush is where
+// a commit can fail safely.
+herr_t ReportWhileClosing(const char* function, unsigned line,
+                          const absl::Status& status) {
+  if (!status.ok()) {
+    h5depot::vfd::ReportWithoutFailing(__FILE__, function, line, status);
+  }
+  return 0;
+}
+
 herr_t RemoteClose(H5FD_t* file) {
-  return Guarded(__func__, __LINE__, [&] {
-    auto* handle = reinterpret_cast<H5FD_remote_t*>(file);
-    std::unique_ptr<RemoteFile> owned(handle->file);
-    delete handle;
-    return owned->Commit(/*closing=*/true);
+  auto* handle = reinterpret_cast<H5FD_remote_t*>(file);
+  std::unique_ptr<RemoteFile> owned(handle->file);
+  delete handle;
+  absl::Status status;
+  Guarded(__func__, __LINE__, [&] {
+    status = owned->Commit(/*closing=*/true);
+    return absl::OkStatus();
   });
+  return ReportWhileClosing(__func__, __LINE__, status);
 }
 
 int RemoteCmp(const H5FD_t* f1, const H5FD_t* f2) {
@@ -649,8 +678,16 @@ herr_t RemoteWrite(H5FD_t* file, H5FD_mem_t, hid_t, haddr_t addr, size_t size,
 }
 
 herr_t RemoteFlush(H5FD_t* file, hid_t, hbool_t closing) {
-  return Guarded(__func__, __LINE__,
-                 [&] { return FileOf(file).Commit(closing != 0); });
+  if (!closing) {
+    return Guarded(__func__, __LINE__,
+                   [&] { return FileOf(file).Commit(/*closing=*/false); });
+  }
+  absl::Status status;
+  Guarded(__func__, __LINE__, [&] {
+    status = FileOf(file).Commit(/*closing=*/true);
+    return absl::OkStatus();
+  });
+  return ReportWhileClosing(__func__, __LINE__, status);
 }
 
 herr_t RemoteTruncate(H5FD_t* file, hid_t, hbool_t) {
@@ -673,7 +710,7 @@ const H5FD_class_t kRemoteClass = {
     nullptr,               // dxpl_copy
     nullptr,               // dxpl_free
     RemoteOpen,            // open: pin or create the image
-    RemoteClose,           // close: commit if modified, free
+    RemoteClose,           // close: commit if still modified, free
     RemoteCmp,             // cmp: target, image id, generation
     RemoteQuery,           // query: feature flags
     nullptr,               // get_type_map: default

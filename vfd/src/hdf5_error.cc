@@ -91,4 +91,14 @@ herr_t PushError(const char* file, const char* function, unsigned line,
   return -1;
 }
 
+void ReportWithoutFailing(const char* file, const char* function, unsigned line,
+                          const absl::Status& status) {
+  // Asked first: H5Eget_auto2, unlike H5Epush2, clears the stack.
+  H5E_auto2_t handler = nullptr;
+  void* handler_data = nullptr;
+  H5Eget_auto2(H5E_DEFAULT, &handler, &handler_data);
+  PushError(file, function, line, status);
+  if (handler != nullptr) handler(H5E_DEFAULT, handler_data);
+}
+
 }  // namespace h5depot::vfd

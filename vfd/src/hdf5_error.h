@@ -22,6 +22,13 @@ herr_t RegisterErrorClass();
 herr_t PushError(const char* file, const char* function, unsigned line,
                  const absl::Status& status);
 
+// For a failure the caller must not pass on to HDF5 (in a file close, see
+// H5FDremote.cc): pushes `status` as PushError does and then invokes the
+// thread's automatic error handler (H5Eset_auto2; by default it prints the
+// stack to stderr), as a failing API call would have.
+void ReportWithoutFailing(const char* file, const char* function, unsigned line,
+                          const absl::Status& status);
+
 }  // namespace h5depot::vfd
 
 // Reports `status` from the current function; evaluates to -1.
