@@ -26,6 +26,7 @@ PagedImage::PagedImage(std::unique_ptr<ImageReader> base,
           options.readahead_bytes == 0
               ? 0
               : std::max(options.readahead_bytes, options.cache_bytes / 4)),
+      direct_read_bytes_(std::max(max_readahead_, 4 * options.page_size)),
       base_(std::move(base)),
       cache_(options.page_size, options.cache_bytes / options.page_size),
       readahead_(options.readahead_bytes) {
@@ -108,14 +109,16 @@ absl::Status PagedImage::Read(uint64_t offset, void* out, size_t length) {
     const uint64_t hi =
         std::min({data_end, base_limit_, PageStart(run.last + 1)});
     absl::Status status =
-        FetchMissing(run.first, run.last, lo, hi, dst + (lo - offset));
+        FetchMissing(run.first, run.last, lo, hi, dst + (lo - offset),
+                     /*direct=*/length >= direct_read_bytes_);
     if (!status.ok()) return status;
   }
   return absl::OkStatus();
 }
 
 absl::Status PagedImage::FetchMissing(uint64_t first, uint64_t last,
-                                      uint64_t lo, uint64_t hi, char* out) {
+                                      uint64_t lo, uint64_t hi, char* out,
+                                      bool direct) {
   // Readahead grows while misses continue where the last fetch ended and
   // falls back to its initial size on a jump.
   if (lo == next_sequential_ && lo != 0) {
@@ -125,10 +128,12 @@ absl::Status PagedImage::FetchMissing(uint64_t first, uint64_t last,
   }
 
   const uint64_t wanted = hi - lo;
-  if (max_readahead_ == 0 ? wanted >= 4 * page_size_
-                          : wanted >= max_readahead_) {
+  if (direct) {
     // Large reads stream into the caller's buffer: caching them would only
-    // evict pages worth keeping, and copying them would halve the speed.
+    // evict pages worth keeping, and copying them twice more would halve
+    // the speed. (Smaller ones are better served by readahead: each new
+    // request starts with a small transport window, so requests of a few
+    // MiB are much slower per byte than larger ones.)
     next_sequential_ = hi;
     return ReadBase(lo, out, wanted);
   }
@@ -158,20 +163,6 @@ absl::Status PagedImage::FetchMissing(uint64_t first, uint64_t last,
     cache_.Insert(page, std::move(bytes));
   }
   return absl::OkStatus();
-}
-
-void PagedImage::Prefill(const char* data, size_t length) {
-  length = std::min<uint64_t>(length, base_limit_);
-  stats_.bytes_fetched += length;
-  for (uint64_t page = 0; PageStart(page) < length; ++page) {
-    const uint64_t n = std::min<uint64_t>(page_size_, length - PageStart(page));
-    if (n < page_size_ && PageStart(page) + n < base_limit_) break;
-    PageBuffer bytes = NewPage();
-    std::memcpy(bytes.get(), data + PageStart(page), n);
-    std::memset(bytes.get() + n, 0, page_size_ - n);
-    cache_.Insert(page, std::move(bytes));
-  }
-  next_sequential_ = length;
 }
 
 absl::Status PagedImage::MakeLocal(uint64_t page) {

@@ -4,9 +4,10 @@
 // server, read lazily through an ImageReader -- overlaid with local pages
 // that this process wrote and has not committed yet. Clean base pages are
 // kept in a PageCache; a miss fetches the missing pages of the request in as
-// few reads as there are gaps between cached pages, plus readahead. Reads of
-// more missing bytes than the largest readahead go straight from the server
-// into the caller's buffer without passing through the cache.
+// few reads as there are gaps between cached pages, plus readahead. Reads
+// at least as large as the largest readahead (and four pages) take what is
+// cached and read the rest straight from the server into the caller's
+// buffer, without readahead and without passing through the cache.
 //
 // Knows nothing of HDF5 or of how the base is reached, so that it can be
 // tested alone. Not thread-safe: the owner serialises calls.
@@ -71,10 +72,6 @@ class PagedImage {
   // said; `out` is then partly written.
   absl::Status Read(uint64_t offset, void* out, size_t length);
 
-  // Caches the first `length` bytes of the base, fetched by the caller.
-  // Whole pages are kept, and a last partial page if it ends the base.
-  void Prefill(const char* data, size_t length);
-
   // Stores `length` bytes at `offset` in local pages, growing size() if the
   // range ends past it. May read the base for partly overwritten pages.
   // Rewriting bytes with what they already hold (HDF5 rewrites the
@@ -111,9 +108,10 @@ class PagedImage {
   absl::Status ReadBase(uint64_t offset, char* out, size_t length);
 
   // Serves [lo, hi) (all below base_limit_, pages first..last all missing
-  // from the cache) into `out`, fetching through the cache or directly.
+  // from the cache) into `out`, fetching through the cache with readahead,
+  // or, if `direct`, straight into `out`.
   absl::Status FetchMissing(uint64_t first, uint64_t last, uint64_t lo,
-                            uint64_t hi, char* out);
+                            uint64_t hi, char* out, bool direct);
 
   // Whether [offset, offset + length) certainly holds `data` already,
   // judged from local and cached pages only.
@@ -127,6 +125,7 @@ class PagedImage {
   const size_t page_size_;
   const size_t initial_readahead_;
   const size_t max_readahead_;
+  const size_t direct_read_bytes_;     // reads this large bypass the cache
   std::unique_ptr<ImageReader> base_;  // null: no base
   // Base bytes at or past this offset are not part of the image any more
   // (the image was shrunk) and read as zeros. Never above size_.
