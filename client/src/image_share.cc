@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <string>
 #include <unordered_map>
@@ -22,7 +23,7 @@ constexpr char kNamePrefix[] = "/dev/null/h5depot-image-";
 // Every live share by serial, so that a file id can be traced back to the
 // share that OpenFileImage gave its core driver. Holds no references.
 struct Registry {
-  absl::Mutex mu;
+  std::mutex mu;
   uint64_t next_serial ABSL_GUARDED_BY(mu) = 1;
   std::unordered_map<uint64_t, ImageShare*> shares ABSL_GUARDED_BY(mu);
 };
@@ -65,7 +66,7 @@ ImageShare::~ImageShare() {
 absl::StatusOr<ImageShareRef> ImageShare::Create(void* buffer, size_t size,
                                                  BufferOwner owner) {
   Registry& registry = GetRegistry();
-  absl::MutexLock lock(&registry.mu);
+  std::lock_guard<std::mutex> lock(registry.mu);
   const uint64_t serial = registry.next_serial++;
   auto* share = new (std::nothrow) ImageShare(buffer, size, owner, serial);
   if (share == nullptr) {
@@ -91,7 +92,7 @@ std::optional<ImageShareRef> ImageShare::Find(hid_t file_id) {
   ImageShareRef share;
   {
     Registry& registry = GetRegistry();
-    absl::MutexLock lock(&registry.mu);
+    std::lock_guard<std::mutex> lock(registry.mu);
     auto it = registry.shares.find(serial);
     if (it == registry.shares.end() || !it->second->TryRef()) {
       return std::nullopt;
@@ -112,7 +113,7 @@ std::optional<ImageShareRef> ImageShare::Find(hid_t file_id) {
   }
   void* driver_memory = *static_cast<void**>(handle);
   {
-    absl::MutexLock lock(&share->mu_);
+    std::lock_guard<std::mutex> lock(share->mu_);
     if (!share->driver_open_ || share->driver_buffer_ != driver_memory) {
       return std::nullopt;
     }
@@ -122,7 +123,7 @@ std::optional<ImageShareRef> ImageShare::Find(hid_t file_id) {
 
 size_t ImageShare::LiveCount() {
   Registry& registry = GetRegistry();
-  absl::MutexLock lock(&registry.mu);
+  std::lock_guard<std::mutex> lock(registry.mu);
   return registry.shares.size();
 }
 
@@ -145,7 +146,7 @@ void ImageShare::Unref() {
   // registry lock; so once it is out of the registry nobody can reach it.
   {
     Registry& registry = GetRegistry();
-    absl::MutexLock lock(&registry.mu);
+    std::lock_guard<std::mutex> lock(registry.mu);
     registry.shares.erase(serial_);
   }
   delete this;
@@ -164,17 +165,17 @@ H5FD_file_image_callbacks_t ImageShare::callbacks() {
 }
 
 bool ImageShare::driver_open() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return driver_open_;
 }
 
 void ImageShare::KeepFinalImage() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   keep_final_ = true;
 }
 
 std::optional<ImageBuffer> ImageShare::TakeFinalImage() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   if (final_ == nullptr) return std::nullopt;
   return ImageBuffer::Adopt(std::exchange(final_, nullptr),
                             std::exchange(final_size_, 0));
@@ -192,7 +193,7 @@ void* ImageShare::ImageMalloc(size_t size, H5FD_file_image_op_t op,
   switch (op) {
     case H5FD_FILE_IMAGE_OP_PROPERTY_LIST_SET:
     case H5FD_FILE_IMAGE_OP_PROPERTY_LIST_COPY: {
-      absl::MutexLock lock(&share->mu_);
+      std::lock_guard<std::mutex> lock(share->mu_);
       if (share->initial_ != nullptr && size == share->initial_size_) {
         ++share->initial_refs_;
         result = share->initial_;
@@ -210,7 +211,7 @@ void* ImageShare::ImageMalloc(size_t size, H5FD_file_image_op_t op,
       }
       break;
     case H5FD_FILE_IMAGE_OP_FILE_OPEN: {
-      absl::MutexLock lock(&share->mu_);
+      std::lock_guard<std::mutex> lock(share->mu_);
       if (share->driver_open_) {
         error = "the image is already open";
       } else if (share->initial_ == nullptr || size != share->initial_size_) {
@@ -263,7 +264,7 @@ void* ImageShare::Resize(void* ptr, size_t size) {
   std::string error;
   void* result = nullptr;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (!driver_open_ || ptr != driver_buffer_) {
       error = "the core driver resized a buffer that is not its image";
     } else if (size == 0) {
@@ -314,7 +315,7 @@ herr_t ImageShare::ImageFree(void* ptr, H5FD_file_image_op_t op, void* udata) {
   std::string error;
   switch (op) {
     case H5FD_FILE_IMAGE_OP_PROPERTY_LIST_CLOSE: {
-      absl::MutexLock lock(&share->mu_);
+      std::lock_guard<std::mutex> lock(share->mu_);
       if (share->initial_ != nullptr && ptr == share->initial_ &&
           share->initial_refs_ > 0) {
         --share->initial_refs_;
@@ -344,7 +345,7 @@ herr_t ImageShare::ImageFree(void* ptr, H5FD_file_image_op_t op, void* udata) {
 bool ImageShare::ReleaseDriverBuffer(void* ptr) {
   void* unwanted = nullptr;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (!driver_open_ || ptr != driver_buffer_) return false;
     driver_open_ = false;
     const bool keep = keep_final_ && owner_ == BufferOwner::kHdf5;
