@@ -692,6 +692,7 @@ TEST_F(FileImageTest, ManyImagesOpenFromManyThreadsNeverAlias) {
   constexpr int kOpenAtOnce = 4;
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([t, &failures] {
       for (int round = 0; round < kRounds; ++round) {
@@ -762,6 +763,90 @@ TEST_F(FileImageTest, AFileClosedWhileADatasetIsOpenKeepsItsImageUntilThen) {
             0);
   EXPECT_EQ(values, Values(52, 100));
   H5Dclose(dataset);
+}
+
+// ---------------------------------------------------------------------------
+// ImageShare: the file image callbacks with property lists kept alive
+
+// A file access property list holding `share`'s image, as OpenFileImage
+// builds it.
+hid_t ImageFapl(internal::ImageShare& share, void* buffer, size_t size) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_fapl_core(fapl, 64 << 10, /*backing_store=*/false);
+  H5FD_file_image_callbacks_t callbacks = share.callbacks();
+  EXPECT_GE(H5Pset_file_image_callbacks(fapl, &callbacks), 0);
+  EXPECT_GE(H5Pset_file_image(fapl, buffer, size), 0);
+  return fapl;
+}
+
+TEST_F(FileImageTest, PropertyListsShareTheImageAndKeepItWhenTheDriverGrows) {
+  ImageBuffer original = MakeImage(91);
+  const std::vector<unsigned char> bytes =
+      Bytes(original.data(), original.size());
+  void* buffer = MallocCopy(original);
+  absl::StatusOr<internal::ImageShareRef> share = internal::ImageShare::Create(
+      buffer, bytes.size(), internal::BufferOwner::kHdf5);
+  ASSERT_TRUE(share.ok());
+  hid_t fapl = ImageFapl(**share, buffer, bytes.size());
+  hid_t copy = H5Pcopy(fapl);
+
+  // H5Pget_file_image hands out a copy of its own, which the caller frees.
+  void* got = nullptr;
+  size_t got_size = 0;
+  ASSERT_GE(H5Pget_file_image(copy, &got, &got_size), 0);
+  EXPECT_NE(got, buffer);
+  EXPECT_EQ(Bytes(got, got_size), bytes);
+  std::free(got);
+
+  hid_t file = H5Fopen((*share)->file_name().c_str(), H5F_ACC_RDWR, fapl);
+  ASSERT_GE(file, 0);
+  EXPECT_EQ(DriverBuffer(file), buffer);  // shared, not copied
+  // Growing while property lists hold the image moves the driver to a
+  // buffer of its own; theirs stays where it is and no longer sees the
+  // driver's writes. (Before the move they shared them: the superblock
+  // now says "open for writing".)
+  ASSERT_TRUE(WriteDataset(file, "big", Values(92, 100000)));
+  EXPECT_NE(DriverBuffer(file), buffer);
+  ASSERT_GE(H5Pget_file_image(copy, &got, &got_size), 0);
+  EXPECT_EQ(got_size, bytes.size());
+  EXPECT_EQ(ValuesInImage(got, got_size), Values(91, 100));
+  {
+    absl::StatusOr<hid_t> image = OpenFileImage(got, got_size, 0);
+    ASSERT_TRUE(image.ok()) << image.status();
+    EXPECT_EQ(H5Lexists(*image, "big", H5P_DEFAULT), 0);
+    H5Fclose(*image);
+  }
+  std::free(got);
+  EXPECT_EQ(ReadDataset(file, "big"), Values(92, 100000));
+  EXPECT_GE(H5Fclose(file), 0);
+
+  // The share lives as long as a property list holds it.
+  share->Reset();
+  EXPECT_EQ(internal::ImageShare::LiveCount(), baseline_ + 1);
+  H5Pclose(fapl);
+  H5Pclose(copy);
+  EXPECT_EQ(internal::ImageShare::LiveCount(), baseline_);
+}
+
+TEST_F(FileImageTest, AKeptFinalImageIsCopiedOnlyIfPropertyListsStillHoldIt) {
+  ImageBuffer original = MakeImage(93);
+  void* buffer = MallocCopy(original);
+  absl::StatusOr<internal::ImageShareRef> share = internal::ImageShare::Create(
+      buffer, original.size(), internal::BufferOwner::kHdf5);
+  ASSERT_TRUE(share.ok());
+  hid_t fapl = ImageFapl(**share, buffer, original.size());
+  hid_t file = H5Fopen((*share)->file_name().c_str(), H5F_ACC_RDONLY, fapl);
+  ASSERT_GE(file, 0);
+  (*share)->KeepFinalImage();
+  EXPECT_FALSE((*share)->TakeFinalImage().has_value());  // still open
+  EXPECT_GE(H5Fclose(file), 0);
+  std::optional<ImageBuffer> final_image = (*share)->TakeFinalImage();
+  ASSERT_TRUE(final_image.has_value());
+  EXPECT_NE(final_image->data(), buffer);  // the property list keeps its own
+  EXPECT_EQ(Bytes(final_image->data(), final_image->size()),
+            Bytes(original.data(), original.size()));
+  H5Pclose(fapl);
+  share->Reset();
 }
 
 // ---------------------------------------------------------------------------

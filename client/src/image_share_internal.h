@@ -17,6 +17,10 @@
 //                   to a buffer of its own (property lists still hold the
 //                   initial one).
 //
+// As in the guide's scheme, the illusion has one hole: until the driver
+// moves, property lists holding the image see the driver's writes. h5depot
+// closes its property list as soon as the file is open, so nobody looks.
+//
 // The ImageShare itself (HDF5's "udata") is reference counted: h5depot
 // holds a reference while it uses one, every property list holding the
 // callbacks holds one (udata_copy / udata_free), and the core driver holds
