@@ -11,9 +11,11 @@
 //   DONT_COPY | DONT_RELEASE     no      yes          no           no (*)
 //     (| OPEN_RW)
 //
-// (*) Writes that fit in the buffer succeed; one that needs more room fails
-// with an error on the HDF5 error stack. Without OPEN_RW the buffer is only
-// read.
+// (*) With OPEN_RW, writes that fit in the buffer succeed (a buffer larger
+// than the image leaves room to grow into); anything that needs more room
+// fails in the HDF5 call that needs it (H5Dcreate, H5Dwrite, ...), with
+// HDF5's "file allocation request failed" on the error stack, and the file
+// still flushes and closes. Without OPEN_RW the buffer is only read.
 //
 // Ownership is decided by the flags when the call is made, whatever its
 // outcome: with DONT_COPY and without DONT_RELEASE the buffer belongs to
@@ -71,10 +73,12 @@ absl::StatusOr<ImageBuffer> TakeFileImage(hid_t file_id);
 // keep it until HDF5 has closed the file: until the file id and every
 // object opened in the file are closed.
 //
-// Errors, all INVALID_ARGUMENT: `buffer` is null, `size` is 0, unknown
-// flags, DONT_RELEASE without DONT_COPY, bytes that are not an HDF5 file
-// image ("cannot open file image: <HDF5's reason>"). RESOURCE_EXHAUSTED if
-// a copy cannot be allocated.
+// Errors: INVALID_ARGUMENT if `buffer` is null, `size` is 0, the flags are
+// unknown or DONT_RELEASE lacks DONT_COPY, or the bytes are not an HDF5
+// file image that opens ("cannot open file image: <HDF5's reason>");
+// RESOURCE_EXHAUSTED if a copy cannot be allocated; UNIMPLEMENTED for
+// DONT_COPY | DONT_RELEASE | OPEN_RW if this HDF5's core driver cannot be
+// kept within the buffer (see docs/FILE_IMAGES.md).
 absl::StatusOr<hid_t> OpenFileImage(void* buffer, size_t size, unsigned flags);
 
 // Opens `image` in place: OpenFileImage with DONT_COPY. `flags` may add
