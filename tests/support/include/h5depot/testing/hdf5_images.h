@@ -1,6 +1,6 @@
 // Real HDF5 file images for tests, made in memory (no file on disk).
-#ifndef H5DEPOT_TESTING_TEST_IMAGES_H_
-#define H5DEPOT_TESTING_TEST_IMAGES_H_
+#ifndef H5DEPOT_TESTING_HDF5_IMAGES_H_
+#define H5DEPOT_TESTING_HDF5_IMAGES_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -16,4 +16,4 @@ std::string MakeHdf5Image(size_t data_bytes, uint32_t seed = 0);
 
 }  // namespace h5depot::testing
 
-#endif  // H5DEPOT_TESTING_TEST_IMAGES_H_
+#endif  // H5DEPOT_TESTING_HDF5_IMAGES_H_

@@ -1,4 +1,4 @@
-#include "h5depot/testing/test_images.h"
+#include "h5depot/testing/hdf5_images.h"
 
 #include <atomic>
 #include <vector>
