@@ -29,9 +29,13 @@ run_tests() {  # run_tests BUILD_DIR
 # Sanitizer reports must fail the run, and the binaries the tests start as
 # child processes (h5depotd, h5depot) inherit these settings too.
 sanitized_tests() {
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:check_initialization_order=1 \
-  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  LSAN_OPTIONS=suppressions=$PWD/deploy/lsan.supp:print_suppressions=0 \
+  local lsan=print_suppressions=0
+  if [[ -f deploy/lsan.supp ]]; then
+    lsan+=:suppressions=$PWD/deploy/lsan.supp
+  fi
+  ASAN_OPTIONS=detect_leaks=1:check_initialization_order=1 \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    LSAN_OPTIONS=$lsan \
     run_tests build-asan
 }
 

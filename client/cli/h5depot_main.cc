@@ -118,7 +118,9 @@ int ExitCodeFor(absl::StatusCode code) {
   }
 }
 
-// Prints "h5depot: <what>: <why>" and returns the matching exit code.
+// Prints "h5depot: <what>: <why>" and returns the matching exit code. The
+// client library's messages already name the operation, the image id and
+// the server, so <what> is just the command that failed.
 int Fail(const std::string& what, const absl::Status& status) {
   std::fprintf(stderr, "h5depot: %s: %s\n", what.c_str(),
                OneLine(status).c_str());
@@ -191,6 +193,7 @@ void PrintTable(const std::vector<ImageInfo>& images) {
 
 // What a command needs besides its own arguments.
 struct Invocation {
+  std::string command;  // "get", "put", ...
   std::string server;
   absl::Duration connect_timeout = kDefaultConnectTimeout;
   ParsedArgs args;  // the command's positionals and options
@@ -202,16 +205,13 @@ absl::StatusOr<std::unique_ptr<Client>> Connect(const Invocation& call) {
   return Client::Connect(call.server, options);
 }
 
-int ConnectFailure(const Invocation& call, const absl::Status& status) {
-  return Fail(absl::StrCat("cannot reach h5depotd at ", call.server), status);
-}
-
-// Checks the id locally: the same message the server would give, without a
-// round trip, and with a usage exit code.
-int BadImageId(const std::string& id, const std::string& hint = "") {
-  const absl::Status status = internal::ValidateImageId(id);
-  return UsageError(
-      absl::StrCat("bad image id ", Quoted(id), ": ", OneLine(status), hint));
+// Refuses a malformed id locally: the message the server would give, without
+// a round trip, and the exit code of a bad command line.
+int BadImageId(const Invocation& call, const std::string& id,
+               const std::string& hint = "") {
+  std::fprintf(stderr, "h5depot: %s: %s%s\n", call.command.c_str(),
+               OneLine(internal::ValidateImageId(id)).c_str(), hint.c_str());
+  return kExitUsage;
 }
 
 // Reads the optional --name N option into `out`; false (after printing the
@@ -276,10 +276,10 @@ int RunPut(const Invocation& call) {
   }
   const std::string id = given_id.value_or(BaseName(file));
   if (!internal::ValidateImageId(id).ok()) {
-    return BadImageId(id, given_id.has_value()
-                              ? ""
-                              : "; the id is the file's name unless --id "
-                                "gives one");
+    return BadImageId(call, id,
+                      given_id.has_value()
+                          ? ""
+                          : " (the id is the file's name; give one with --id)");
   }
   PushOptions options;
   int exit_code = kExitOk;
@@ -291,12 +291,12 @@ int RunPut(const Invocation& call) {
   std::string data;
   if (file == "-") {
     absl::StatusOr<std::string> read = ReadStdin();
-    if (!read.ok()) return Fail("cannot put from stdin", read.status());
+    if (!read.ok()) return Fail(call.command, read.status());
     data = *std::move(read);
   }
 
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
-  if (!client.ok()) return ConnectFailure(call, client.status());
+  if (!client.ok()) return Fail(call.command, client.status());
   absl::StatusOr<ImageInfo> info;
   {
     ProgressBar bar(absl::StrCat("put ", id));
@@ -305,9 +305,7 @@ int RunPut(const Invocation& call) {
                        : (*client)->PushFile(id, file, options);
   }
   if (!info.ok()) {
-    return Fail(absl::StrCat("cannot put ", file == "-" ? "stdin" : file,
-                             " as ", Quoted(id)),
-                info.status());
+    return Fail(call.command, info.status());
   }
   PrintInfo(*info);
   return kExitOk;
@@ -317,7 +315,7 @@ int RunGet(const Invocation& call) {
   const auto& pos = call.args.positionals;
   if (pos.size() != 1) return UsageError("get takes exactly one image ID");
   const std::string& id = pos[0];
-  if (!internal::ValidateImageId(id).ok()) return BadImageId(id);
+  if (!internal::ValidateImageId(id).ok()) return BadImageId(call, id);
   FetchOptions options;
   int exit_code = kExitOk;
   if (!OptionalDuration(call.args, "wait", &options.wait, &exit_code)) {
@@ -335,13 +333,13 @@ int RunGet(const Invocation& call) {
     absl::StatusOr<std::unique_ptr<AtomicFile>> created =
         AtomicFile::Create(*output);
     if (!created.ok()) {
-      return Fail(absl::StrCat("cannot get ", Quoted(id)), created.status());
+      return Fail(call.command, created.status());
     }
     file = *std::move(created);
   }
 
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
-  if (!client.ok()) return ConnectFailure(call, client.status());
+  if (!client.ok()) return Fail(call.command, client.status());
   absl::StatusOr<FetchedImage> image;
   {
     ProgressBar bar(absl::StrCat("get ", id));
@@ -349,7 +347,7 @@ int RunGet(const Invocation& call) {
     image = (*client)->Fetch(id, options);
   }
   if (!image.ok()) {
-    return Fail(absl::StrCat("cannot get ", Quoted(id)), image.status());
+    return Fail(call.command, image.status());
   }
   const absl::Status written =
       to_stdout ? WriteAll(STDOUT_FILENO, image->buffer.data(),
@@ -357,7 +355,7 @@ int RunGet(const Invocation& call) {
                 : file->Write(image->buffer.data(), image->buffer.size());
   absl::Status done = written.ok() && file ? file->Commit() : written;
   if (!done.ok()) {
-    return Fail(absl::StrCat("cannot get ", Quoted(id)), done);
+    return Fail(call.command, done);
   }
   return kExitOk;
 }
@@ -366,17 +364,14 @@ int RunLs(const Invocation& call) {
   const auto& pos = call.args.positionals;
   if (pos.size() > 1) return UsageError("ls takes at most one PREFIX");
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
-  if (!client.ok()) return ConnectFailure(call, client.status());
+  if (!client.ok()) return Fail(call.command, client.status());
   ListOptions options;
   if (!pos.empty()) options.prefix = pos[0];
   std::vector<ImageInfo> images;
   do {
     absl::StatusOr<ListPage> page = (*client)->List(options);
     if (!page.ok()) {
-      return Fail(pos.empty() ? std::string("cannot list images")
-                              : absl::StrCat("cannot list images under ",
-                                             Quoted(options.prefix)),
-                  page.status());
+      return Fail(call.command, page.status());
     }
     images.insert(images.end(), page->images.begin(), page->images.end());
     options.page_token = page->next_page_token;
@@ -389,17 +384,17 @@ int RunStat(const Invocation& call) {
   const auto& pos = call.args.positionals;
   if (pos.size() != 1) return UsageError("stat takes exactly one image ID");
   const std::string& id = pos[0];
-  if (!internal::ValidateImageId(id).ok()) return BadImageId(id);
+  if (!internal::ValidateImageId(id).ok()) return BadImageId(call, id);
   absl::Duration wait = absl::ZeroDuration();
   int exit_code = kExitOk;
   if (!OptionalDuration(call.args, "wait", &wait, &exit_code)) {
     return exit_code;
   }
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
-  if (!client.ok()) return ConnectFailure(call, client.status());
+  if (!client.ok()) return Fail(call.command, client.status());
   absl::StatusOr<ImageInfo> info = (*client)->Stat(id, wait);
   if (!info.ok()) {
-    return Fail(absl::StrCat("cannot stat ", Quoted(id)), info.status());
+    return Fail(call.command, info.status());
   }
   PrintInfo(*info);
   return kExitOk;
@@ -409,17 +404,17 @@ int RunRm(const Invocation& call) {
   const auto& pos = call.args.positionals;
   if (pos.size() != 1) return UsageError("rm takes exactly one image ID");
   const std::string& id = pos[0];
-  if (!internal::ValidateImageId(id).ok()) return BadImageId(id);
+  if (!internal::ValidateImageId(id).ok()) return BadImageId(call, id);
   std::optional<uint64_t> generation;
   int exit_code = kExitOk;
   if (!OptionalGeneration(call.args, &generation, &exit_code)) {
     return exit_code;
   }
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
-  if (!client.ok()) return ConnectFailure(call, client.status());
+  if (!client.ok()) return Fail(call.command, client.status());
   const absl::Status deleted = (*client)->Delete(id, generation);
   if (!deleted.ok()) {
-    return Fail(absl::StrCat("cannot rm ", Quoted(id)), deleted);
+    return Fail(call.command, deleted);
   }
   return kExitOk;
 }
@@ -484,6 +479,7 @@ int Main(int argc, char** argv) {
   parsed->options.insert(global->options.begin(), global->options.end());
 
   Invocation call;
+  call.command = name;
   const char* env_server = std::getenv("H5DEPOT_SERVER");
   call.server = parsed->Get("server").value_or(
       env_server != nullptr && *env_server != '\0' ? env_server
