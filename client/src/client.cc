@@ -1,0 +1,505 @@
+#include "h5depot/client.h"
+
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "grpc_runtime_internal.h"
+#include "grpc_status_internal.h"
+#include "h5depot/internal/checksum.h"
+#include "h5depot/internal/image_id.h"
+#include "h5depot/v1/depot.grpc.pb.h"
+
+namespace h5depot {
+namespace {
+
+using internal::FromGrpcStatus;
+
+ImageInfo ToImageInfo(const v1::ImageInfo& info) {
+  ImageInfo result;
+  result.image_id = info.image_id();
+  result.size = info.size();
+  result.generation = info.generation();
+  result.checksum = info.checksum();
+  result.created = absl::FromUnixMicros(info.created_unix_micros());
+  result.expires = info.expires_unix_micros() == 0
+                       ? absl::InfiniteFuture()
+                       : absl::FromUnixMicros(info.expires_unix_micros());
+  return result;
+}
+
+uint64_t ToMillis(absl::Duration duration) {
+  if (duration <= absl::ZeroDuration()) return 0;
+  // A wait shorter than a millisecond still waits; an infinite one is capped
+  // at about 35 years.
+  return std::max<int64_t>(
+      1, absl::ToInt64Milliseconds(std::min(duration, absl::Hours(300000))));
+}
+
+// Prefixes a failed call's message with what was being done, keeping the
+// code, so that errors read "fetch 'x': no image 'x'".
+absl::Status Annotate(const absl::Status& status, std::string_view what) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(),
+                      absl::StrCat(std::string(what), ": ",
+                                   std::string(status.message().data(),
+                                               status.message().size())));
+}
+
+std::string Quoted(std::string_view image_id) {
+  return absl::StrCat("'", std::string(image_id), "'");
+}
+
+// Receives a stream of {info, chunk, chunk, ...} messages into `out`,
+// expecting exactly `expected` bytes of chunks after the info.
+template <typename Response, typename Stream>
+absl::Status ReceiveChunks(Stream* stream, uint8_t* out, uint64_t expected,
+                           Response* scratch, const ProgressCallback& progress,
+                           internal::StreamingChecksum* checksum) {
+  uint64_t received = 0;
+  while (received < expected) {
+    if (!stream->Read(scratch)) {
+      return absl::UnavailableError(absl::StrCat(
+          "the stream ended after ", received, " of ", expected, " bytes"));
+    }
+    if (!scratch->has_chunk() ||
+        scratch->chunk().size() > expected - received) {
+      return absl::InternalError("the server sent an unexpected message");
+    }
+    const std::string& chunk = scratch->chunk();
+    std::memcpy(out + received, chunk.data(), chunk.size());
+    if (checksum != nullptr) checksum->Update(chunk.data(), chunk.size());
+    received += chunk.size();
+    if (progress) progress(received, expected);
+  }
+  return absl::OkStatus();
+}
+
+// A read-only mapping of a whole file, unmapped on destruction.
+class MappedFile {
+ public:
+  static absl::StatusOr<MappedFile> Open(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      const int error = errno;
+      return absl::Status(
+          error == ENOENT   ? absl::StatusCode::kNotFound
+          : error == EACCES ? absl::StatusCode::kPermissionDenied
+                            : absl::StatusCode::kInvalidArgument,
+          absl::StrCat("cannot open ", path, ": ", std::strerror(error)));
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      ::close(fd);
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, " is not a regular file"));
+    }
+    MappedFile file;
+    file.size_ = static_cast<size_t>(st.st_size);
+    if (file.size_ > 0) {
+      void* data = mmap(nullptr, file.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (data == MAP_FAILED) {
+        const int error = errno;
+        ::close(fd);
+        return absl::InternalError(
+            absl::StrCat("cannot map ", path, ": ", std::strerror(error)));
+      }
+      madvise(data, file.size_, MADV_SEQUENTIAL);
+      file.data_ = data;
+    }
+    ::close(fd);
+    return file;
+  }
+
+  MappedFile() = default;
+  MappedFile(MappedFile&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)),
+        size_(std::exchange(other.size_, 0)) {}
+  MappedFile& operator=(MappedFile&&) = delete;
+  ~MappedFile() {
+    if (data_ != nullptr) munmap(data_, size_);
+  }
+
+  const void* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace
+
+struct Client::Impl {
+  std::string target;
+  ClientOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Depot::Stub> stub;
+  uint64_t chunk_bytes = 0;
+
+  // A context carrying the call timeout, if any, plus `extra` (for waits).
+  void PrepareContext(grpc::ClientContext* context,
+                      absl::Duration extra = absl::ZeroDuration()) const {
+    if (options.call_timeout != absl::InfiniteDuration()) {
+      context->set_deadline(
+          absl::ToChronoTime(absl::Now() + options.call_timeout + extra));
+    }
+  }
+};
+
+class GrpcImageReader final : public ImageReader {
+ public:
+  GrpcImageReader(std::unique_ptr<grpc::ClientContext> context,
+                  std::unique_ptr<grpc::ClientReaderWriter<v1::ReaderRequest,
+                                                           v1::ReaderResponse>>
+                      stream,
+                  ImageInfo info)
+      : context_(std::move(context)),
+        stream_(std::move(stream)),
+        info_(std::move(info)) {}
+
+  ~GrpcImageReader() override {
+    if (!broken_) {
+      stream_->WritesDone();
+      stream_->Finish().ok();
+    } else {
+      context_->TryCancel();
+    }
+  }
+
+  const ImageInfo& info() const override { return info_; }
+
+  absl::StatusOr<size_t> Read(uint64_t offset, void* out,
+                              size_t length) override {
+    if (broken_) {
+      return absl::UnavailableError(
+          absl::StrCat("reader of ", Quoted(info_.image_id),
+                       " is unusable after an earlier failure"));
+    }
+    const uint64_t expected =
+        offset >= info_.size ? 0
+                             : std::min<uint64_t>(length, info_.size - offset);
+    if (expected == 0) return 0;
+    v1::ReaderRequest request;
+    request.mutable_range()->set_offset(offset);
+    request.mutable_range()->set_length(expected);
+    absl::Status status;
+    if (!stream_->Write(request)) {
+      status = absl::UnavailableError("the server closed the reader");
+    } else {
+      v1::ReaderResponse response;
+      status = ReceiveChunks(stream_.get(), static_cast<uint8_t*>(out),
+                             expected, &response, nullptr, nullptr);
+    }
+    if (!status.ok()) {
+      broken_ = true;
+      context_->TryCancel();
+      absl::Status final_status = FromGrpcStatus(stream_->Finish());
+      if (!final_status.ok() &&
+          final_status.code() != absl::StatusCode::kCancelled) {
+        status = final_status;
+      }
+      return Annotate(status, absl::StrCat("read ", Quoted(info_.image_id)));
+    }
+    return expected;
+  }
+
+ private:
+  std::unique_ptr<grpc::ClientContext> context_;
+  std::unique_ptr<
+      grpc::ClientReaderWriter<v1::ReaderRequest, v1::ReaderResponse>>
+      stream_;
+  const ImageInfo info_;
+  bool broken_ = false;
+};
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
+    std::string_view target, const ClientOptions& options) {
+  if (target.empty()) {
+    return absl::InvalidArgumentError(
+        "no server given: expected host:port or unix:/path/to/socket");
+  }
+  if (options.chunk_bytes == 0) {
+    return absl::InvalidArgumentError("chunk size must be positive");
+  }
+  internal::KeepGrpcRuntimeAlive();
+  auto impl = std::make_unique<Impl>();
+  impl->target = std::string(target);
+  impl->options = options;
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(-1);
+  arguments.SetMaxSendMessageSize(-1);
+  // Pings on an idle connection notice a server that vanished without
+  // closing it (a dead host, a cut cable), so no read waits forever.
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  impl->channel = grpc::CreateCustomChannel(
+      impl->target, grpc::InsecureChannelCredentials(), arguments);
+  if (impl->channel == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot use '", impl->target, "' as a server address"));
+  }
+  impl->stub = v1::Depot::NewStub(impl->channel);
+
+  // Asking for the limits proves the server is there and speaks h5depot.
+  grpc::ClientContext context;
+  context.set_deadline(
+      absl::ToChronoTime(absl::Now() + options.connect_timeout));
+  v1::ServerLimits limits;
+  grpc::Status status =
+      impl->stub->GetLimits(&context, v1::GetLimitsRequest(), &limits);
+  if (!status.ok()) {
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+        status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot reach h5depotd at ", impl->target,
+                       " (is it running, and is this the right address?): ",
+                       status.error_message()));
+    }
+    return Annotate(FromGrpcStatus(status),
+                    absl::StrCat("connect to ", impl->target));
+  }
+  impl->chunk_bytes = std::max<uint64_t>(
+      1, std::min<uint64_t>(options.chunk_bytes, limits.max_chunk_bytes()));
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Client::~Client() = default;
+
+const std::string& Client::target() const { return impl_->target; }
+
+absl::StatusOr<ImageInfo> Client::Push(std::string_view image_id,
+                                       const void* data, size_t size,
+                                       const PushOptions& options) {
+  const std::string what = absl::StrCat("push ", Quoted(image_id));
+  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
+    return Annotate(status, what);
+  }
+  if (data == nullptr && size > 0) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": no data"));
+  }
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  grpc::ClientContext context;
+  impl_->PrepareContext(&context);
+  v1::PushResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::PushRequest>> writer =
+      impl_->stub->Push(&context, &response);
+
+  v1::PushRequest request;
+  v1::PushHeader* header = request.mutable_header();
+  header->set_image_id(std::string(image_id));
+  header->set_size(size);
+  header->set_checksum(internal::Checksum(data, size));
+  if (options.if_generation_match.has_value()) {
+    header->set_if_generation_match(*options.if_generation_match);
+  }
+  header->set_ttl_ms(ToMillis(options.ttl));
+  bool stream_ok = writer->Write(request);
+  // Before streaming more than one chunk, wait for the server to accept the
+  // header, so that a refused push (too large, out of memory, generation
+  // mismatch) costs one round trip and no data.
+  if (stream_ok && size > impl_->chunk_bytes) {
+    writer->WaitForInitialMetadata();
+  }
+  for (size_t sent = 0; stream_ok && sent < size;) {
+    const size_t n = std::min<size_t>(impl_->chunk_bytes, size - sent);
+    request.set_chunk(bytes + sent, n);
+    stream_ok = writer->Write(request);
+    sent += n;
+    if (stream_ok && options.progress) options.progress(sent, size);
+  }
+  if (stream_ok) writer->WritesDone();
+  absl::Status status = FromGrpcStatus(writer->Finish());
+  if (!status.ok()) return Annotate(status, what);
+  return ToImageInfo(response.info());
+}
+
+absl::StatusOr<ImageInfo> Client::PushFile(std::string_view image_id,
+                                           const std::string& path,
+                                           const PushOptions& options) {
+  absl::StatusOr<MappedFile> file = MappedFile::Open(path);
+  if (!file.ok()) {
+    return Annotate(file.status(), absl::StrCat("push ", Quoted(image_id)));
+  }
+  return Push(image_id, file->data(), file->size(), options);
+}
+
+absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
+                                           const FetchOptions& options) {
+  const std::string what = absl::StrCat("fetch ", Quoted(image_id));
+  grpc::ClientContext context;
+  impl_->PrepareContext(&context, options.wait);
+  v1::FetchRequest request;
+  request.set_image_id(std::string(image_id));
+  request.set_wait_timeout_ms(ToMillis(options.wait));
+  std::unique_ptr<grpc::ClientReader<v1::FetchResponse>> reader =
+      impl_->stub->Fetch(&context, request);
+
+  v1::FetchResponse response;
+  if (!reader->Read(&response) || !response.has_info()) {
+    absl::Status status = FromGrpcStatus(reader->Finish());
+    if (status.ok()) status = absl::InternalError("no image info received");
+    return Annotate(status, what);
+  }
+  FetchedImage fetched;
+  fetched.info = ToImageInfo(response.info());
+  absl::StatusOr<ImageBuffer> buffer = ImageBuffer::Allocate(fetched.info.size);
+  if (!buffer.ok()) {
+    context.TryCancel();
+    reader->Finish().ok();
+    return Annotate(buffer.status(), what);
+  }
+  fetched.buffer = *std::move(buffer);
+  internal::StreamingChecksum checksum;
+  absl::Status status =
+      ReceiveChunks(reader.get(), static_cast<uint8_t*>(fetched.buffer.data()),
+                    fetched.info.size, &response, options.progress, &checksum);
+  if (!status.ok()) context.TryCancel();
+  absl::Status final_status = FromGrpcStatus(reader->Finish());
+  if (!final_status.ok() &&
+      (status.ok() || final_status.code() != absl::StatusCode::kCancelled)) {
+    status = final_status;
+  }
+  if (!status.ok()) return Annotate(status, what);
+  if (checksum.Digest() != fetched.info.checksum) {
+    return absl::DataLossError(absl::StrCat(
+        what, ": the received bytes do not match the image's checksum"));
+  }
+  return fetched;
+}
+
+absl::StatusOr<ReadResult> Client::Read(std::string_view image_id,
+                                        uint64_t generation, uint64_t offset,
+                                        void* out, size_t length) {
+  const std::string what = absl::StrCat("read ", Quoted(image_id));
+  grpc::ClientContext context;
+  impl_->PrepareContext(&context);
+  v1::ReadRequest request;
+  request.set_image_id(std::string(image_id));
+  request.set_generation(generation);
+  request.set_offset(offset);
+  request.set_length(length);
+  std::unique_ptr<grpc::ClientReader<v1::ReadResponse>> reader =
+      impl_->stub->Read(&context, request);
+  v1::ReadResponse response;
+  if (!reader->Read(&response) || !response.has_info()) {
+    absl::Status status = FromGrpcStatus(reader->Finish());
+    if (status.ok()) status = absl::InternalError("no image info received");
+    return Annotate(status, what);
+  }
+  ReadResult result;
+  result.info = ToImageInfo(response.info());
+  result.bytes_read =
+      offset >= result.info.size
+          ? 0
+          : std::min<uint64_t>(length, result.info.size - offset);
+  absl::Status status =
+      ReceiveChunks(reader.get(), static_cast<uint8_t*>(out), result.bytes_read,
+                    &response, nullptr, nullptr);
+  if (!status.ok()) context.TryCancel();
+  absl::Status final_status = FromGrpcStatus(reader->Finish());
+  if (!final_status.ok() &&
+      (status.ok() || final_status.code() != absl::StatusCode::kCancelled)) {
+    status = final_status;
+  }
+  if (!status.ok()) return Annotate(status, what);
+  return result;
+}
+
+absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
+    std::string_view image_id, uint64_t generation) {
+  const std::string what = absl::StrCat("open reader on ", Quoted(image_id));
+  auto context = std::make_unique<grpc::ClientContext>();
+  auto stream = impl_->stub->OpenReader(context.get());
+  v1::ReaderRequest request;
+  request.mutable_open()->set_image_id(std::string(image_id));
+  request.mutable_open()->set_generation(generation);
+  v1::ReaderResponse response;
+  if (!stream->Write(request) || !stream->Read(&response) ||
+      !response.has_info()) {
+    context->TryCancel();
+    absl::Status status = FromGrpcStatus(stream->Finish());
+    if (status.ok()) status = absl::InternalError("no image info received");
+    return Annotate(status, what);
+  }
+  return std::unique_ptr<ImageReader>(new GrpcImageReader(
+      std::move(context), std::move(stream), ToImageInfo(response.info())));
+}
+
+absl::StatusOr<ImageInfo> Client::Stat(std::string_view image_id,
+                                       absl::Duration wait) {
+  grpc::ClientContext context;
+  impl_->PrepareContext(&context, wait);
+  v1::StatRequest request;
+  request.set_image_id(std::string(image_id));
+  request.set_wait_timeout_ms(ToMillis(wait));
+  v1::ImageInfo info;
+  absl::Status status =
+      FromGrpcStatus(impl_->stub->Stat(&context, request, &info));
+  if (!status.ok()) {
+    return Annotate(status, absl::StrCat("stat ", Quoted(image_id)));
+  }
+  return ToImageInfo(info);
+}
+
+absl::StatusOr<ListPage> Client::List(const ListOptions& options) {
+  grpc::ClientContext context;
+  impl_->PrepareContext(&context);
+  v1::ListRequest request;
+  request.set_prefix(options.prefix);
+  request.set_page_size(options.page_size);
+  request.set_page_token(options.page_token);
+  v1::ListResponse response;
+  absl::Status status =
+      FromGrpcStatus(impl_->stub->List(&context, request, &response));
+  if (!status.ok()) return Annotate(status, "list");
+  ListPage page;
+  page.images.reserve(response.images_size());
+  for (const v1::ImageInfo& info : response.images()) {
+    page.images.push_back(ToImageInfo(info));
+  }
+  page.next_page_token = response.next_page_token();
+  return page;
+}
+
+absl::Status Client::Delete(std::string_view image_id,
+                            std::optional<uint64_t> if_generation_match) {
+  grpc::ClientContext context;
+  impl_->PrepareContext(&context);
+  v1::DeleteRequest request;
+  request.set_image_id(std::string(image_id));
+  if (if_generation_match.has_value()) {
+    request.set_if_generation_match(*if_generation_match);
+  }
+  v1::DeleteResponse response;
+  return Annotate(
+      FromGrpcStatus(impl_->stub->Delete(&context, request, &response)),
+      absl::StrCat("delete ", Quoted(image_id)));
+}
+
+absl::StatusOr<ServerLimits> Client::GetLimits() {
+  grpc::ClientContext context;
+  impl_->PrepareContext(&context);
+  v1::ServerLimits limits;
+  absl::Status status = FromGrpcStatus(
+      impl_->stub->GetLimits(&context, v1::GetLimitsRequest(), &limits));
+  if (!status.ok()) return Annotate(status, "get limits");
+  ServerLimits result;
+  result.max_image_bytes = limits.max_image_bytes();
+  result.max_memory_bytes = limits.max_memory_bytes();
+  result.max_chunk_bytes = limits.max_chunk_bytes();
+  result.stored_bytes = limits.stored_bytes();
+  return result;
+}
+
+}  // namespace h5depot

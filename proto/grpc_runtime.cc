@@ -1,0 +1,13 @@
+#include <grpc/grpc.h>
+
+#include "grpc_runtime_internal.h"
+
+namespace h5depot::internal {
+
+void KeepGrpcRuntimeAlive() {
+  // The matching grpc_shutdown() is deliberately never called.
+  static const bool initialised = (grpc_init(), true);
+  (void)initialised;
+}
+
+}  // namespace h5depot::internal

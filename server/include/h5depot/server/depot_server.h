@@ -1,0 +1,76 @@
+// h5depot::server::DepotServer: h5depotd's gRPC front end around an
+// ImageStore, as a handle that tests and the daemon start alike.
+//
+// Example:
+//   ServerOptions options;
+//   options.listen_address = "127.0.0.1:0";  // any free port
+//   auto server = DepotServer::Start(options);
+//   if (!server.ok()) return server.status();
+//   std::string target = (*server)->targets().front();  // "127.0.0.1:40123"
+//   ...
+//   (*server)->Shutdown(absl::Seconds(5));
+#ifndef H5DEPOT_SERVER_DEPOT_SERVER_H_
+#define H5DEPOT_SERVER_DEPOT_SERVER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "h5depot/server/image_store.h"
+
+namespace h5depot::server {
+
+struct ServerOptions {
+  // "host:port" to listen on over TCP (port 0: pick a free one); empty for
+  // no TCP listener.
+  std::string listen_address = "127.0.0.1:7878";
+  // Path of a Unix domain socket to listen on; empty for none.
+  std::string unix_socket_path;
+  // Largest chunk a client may send in one message; clients learn it from
+  // GetLimits and size their chunks to fit.
+  uint64_t max_chunk_bytes = uint64_t{4} << 20;
+  // Size of the chunks the server sends.
+  uint64_t send_chunk_bytes = uint64_t{1} << 20;
+  StoreOptions store;
+};
+
+class DepotServer {
+ public:
+  // Binds every requested address and starts serving. UNAVAILABLE if an
+  // address cannot be bound (in use, bad path); INVALID_ARGUMENT if no
+  // address was requested.
+  static absl::StatusOr<std::unique_ptr<DepotServer>> Start(
+      const ServerOptions& options);
+
+  // Shuts down (with a short grace period) if still running.
+  ~DepotServer();
+  DepotServer(const DepotServer&) = delete;
+  DepotServer& operator=(const DepotServer&) = delete;
+
+  // The TCP port actually bound (0 if none).
+  int port() const;
+
+  // Client targets for every listener: "127.0.0.1:40123", "unix:/path".
+  const std::vector<std::string>& targets() const;
+
+  ImageStore& store();
+
+  // Stops accepting calls, ends waits with UNAVAILABLE, lets calls under way
+  // finish for up to `grace`, then cancels the rest. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+  // Blocks until Shutdown() has completed.
+  void Wait();
+
+ private:
+  struct Impl;
+  explicit DepotServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace h5depot::server
+
+#endif  // H5DEPOT_SERVER_DEPOT_SERVER_H_

@@ -1,0 +1,230 @@
+// h5depot::server::ImageStore: the in-RAM image store at the heart of
+// h5depotd. It knows nothing of gRPC and can be used, tested and
+// benchmarked alone.
+//
+// Images are immutable, reference-counted buffers. A push writes into a
+// PendingImage that nobody else can see; Publish() verifies it and swaps it
+// in atomically as a new generation. Anyone holding an ImageRef keeps
+// reading the generation they got, whatever happens to the image id later.
+//
+// Memory: every byte of every image, pending or published, pinned by a
+// reader or current, counts against StoreOptions::max_memory_bytes until
+// its buffer is freed. A push that would exceed the limit is refused when it
+// begins, before any data is accepted.
+//
+// Thread safety: all methods may be called concurrently.
+#ifndef H5DEPOT_SERVER_IMAGE_STORE_H_
+#define H5DEPOT_SERVER_IMAGE_STORE_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace h5depot::server {
+
+class MemoryBudget;
+
+struct StoreOptions {
+  // Bytes of image data the store may hold at once, pending pushes included.
+  uint64_t max_memory_bytes = uint64_t{1} << 30;
+  // Largest single image accepted.
+  uint64_t max_image_bytes = uint64_t{1} << 30;
+  // Refuse images without an HDF5 signature (at 0, 512, 1024, ...).
+  bool require_hdf5 = true;
+  // The store's notion of now; replaceable so tests can move time.
+  std::function<absl::Time()> clock = [] { return absl::Now(); };
+  // Run a thread that deletes expired images when they expire. Expired
+  // images are invisible from their expiry time on either way.
+  bool start_reaper = true;
+};
+
+// One published generation of an image. Immutable; shared by the store and
+// every call reading it.
+class StoredImage {
+ public:
+  ~StoredImage();
+  StoredImage(const StoredImage&) = delete;
+  StoredImage& operator=(const StoredImage&) = delete;
+
+  const std::string& image_id() const { return image_id_; }
+  uint64_t generation() const { return generation_; }
+  uint64_t checksum() const { return checksum_; }
+  absl::Time created() const { return created_; }
+  absl::Time expires() const { return expires_; }  // InfiniteFuture: never
+  const uint8_t* data() const { return data_; }
+  uint64_t size() const { return size_; }
+
+ private:
+  friend class ImageStore;
+  friend class PendingImage;
+  StoredImage() = default;
+
+  std::string image_id_;
+  uint64_t generation_ = 0;
+  uint64_t checksum_ = 0;
+  absl::Time created_;
+  absl::Time expires_ = absl::InfiniteFuture();
+  uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+  std::shared_ptr<MemoryBudget> budget_;
+};
+
+using ImageRef = std::shared_ptr<const StoredImage>;
+
+// What a push declares before sending data.
+struct PushRequest {
+  std::string image_id;
+  uint64_t size = 0;
+  uint64_t checksum = 0;                        // XXH3-64 of the whole image
+  std::optional<uint64_t> if_generation_match;  // 0: only if absent
+  absl::Duration ttl = absl::ZeroDuration();    // zero: never expires
+};
+
+class ImageStore;
+
+// An image being received. Invisible to everyone until Publish() succeeds;
+// destroying it unpublished frees its buffer and its memory reservation.
+// Used by one thread at a time.
+class PendingImage {
+ public:
+  ~PendingImage();
+  PendingImage(const PendingImage&) = delete;
+  PendingImage& operator=(const PendingImage&) = delete;
+
+  // Appends the next `size` bytes. INVALID_ARGUMENT (and the push is
+  // spoiled) if they would exceed the declared size.
+  absl::Status Append(const void* data, size_t size);
+
+  uint64_t received() const { return received_; }
+  uint64_t declared_size() const { return request_.size; }
+
+  // Verifies size, checksum, format and the generation precondition, then
+  // makes the image current. The PendingImage is spent afterwards, whatever
+  // the outcome: INVALID_ARGUMENT (size, not HDF5), DATA_LOSS (checksum),
+  // ALREADY_EXISTS / FAILED_PRECONDITION (generation), UNAVAILABLE (store
+  // shutting down).
+  absl::StatusOr<ImageRef> Publish();
+
+ private:
+  friend class ImageStore;
+  PendingImage(ImageStore* store, PushRequest request,
+               std::unique_ptr<StoredImage> image);
+
+  ImageStore* store_;
+  PushRequest request_;
+  std::unique_ptr<StoredImage> image_;  // null once spent
+  uint64_t received_ = 0;
+  struct ChecksumState;
+  std::unique_ptr<ChecksumState> checksum_;
+};
+
+struct ListResult {
+  std::vector<ImageRef> images;  // sorted by image id
+  std::string next_page_token;   // empty after the last page
+};
+
+struct StoreStats {
+  uint64_t image_count = 0;
+  uint64_t stored_bytes = 0;    // current generations
+  uint64_t reserved_bytes = 0;  // everything counted against the limit
+};
+
+class ImageStore {
+ public:
+  explicit ImageStore(StoreOptions options);
+  ~ImageStore();
+  ImageStore(const ImageStore&) = delete;
+  ImageStore& operator=(const ImageStore&) = delete;
+
+  const StoreOptions& options() const { return options_; }
+
+  // Starts a push: validates the id, the size against the limits, reserves
+  // the memory and checks the generation precondition, so that a push bound
+  // to fail is refused before its data moves. INVALID_ARGUMENT,
+  // RESOURCE_EXHAUSTED, ALREADY_EXISTS, FAILED_PRECONDITION, UNAVAILABLE.
+  absl::StatusOr<std::unique_ptr<PendingImage>> BeginPush(PushRequest request);
+
+  // The current generation of `image_id`; NOT_FOUND if absent or expired.
+  absl::StatusOr<ImageRef> Get(std::string_view image_id) const;
+
+  // Like Get, but waits until `deadline` for the image to be published.
+  // DEADLINE_EXCEEDED when it passes, CANCELLED when `is_cancelled` turns
+  // true (polled a few times a second), UNAVAILABLE on shutdown.
+  absl::StatusOr<ImageRef> WaitFor(std::string_view image_id,
+                                   absl::Time deadline,
+                                   const std::function<bool()>& is_cancelled);
+
+  // `generation` of `image_id` if it is current or still held by a reader
+  // (0 means current). NOT_FOUND otherwise.
+  absl::StatusOr<ImageRef> GetGeneration(std::string_view image_id,
+                                         uint64_t generation) const;
+
+  // Removes `image_id`. NOT_FOUND if absent; FAILED_PRECONDITION if
+  // `if_generation_match` is given and is not the current generation.
+  absl::Status Delete(std::string_view image_id,
+                      std::optional<uint64_t> if_generation_match);
+
+  // Images whose ids start with `prefix`, after `page_token`, at most
+  // `page_size` (0: 1000) of them.
+  ListResult List(std::string_view prefix, size_t page_size,
+                  std::string_view page_token) const;
+
+  // Deletes the images whose expiry time has come; returns how many.
+  size_t RemoveExpired();
+
+  StoreStats Stats() const;
+
+  // Refuses new pushes and wakes every waiter with UNAVAILABLE. Idempotent.
+  void Shutdown();
+
+ private:
+  friend class PendingImage;
+
+  absl::StatusOr<ImageRef> Install(std::unique_ptr<StoredImage> image,
+                                   const PushRequest& request);
+  absl::Status CheckGeneration(std::string_view image_id,
+                               std::optional<uint64_t> if_generation_match)
+      const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  ImageRef FindLive(std::string_view image_id) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  void Retire(const ImageRef& image) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void ReaperLoop();
+
+  const StoreOptions options_;
+  const std::shared_ptr<MemoryBudget> budget_;
+
+  mutable absl::Mutex mutex_;
+  std::map<std::string, ImageRef, std::less<>> images_ ABSL_GUARDED_BY(mutex_);
+  // Replaced or deleted generations that a reader may still hold.
+  std::unordered_map<uint64_t, std::weak_ptr<const StoredImage>> retired_
+      ABSL_GUARDED_BY(mutex_);
+  std::set<std::pair<absl::Time, std::string>> expiry_queue_
+      ABSL_GUARDED_BY(mutex_);
+  uint64_t next_generation_ ABSL_GUARDED_BY(mutex_);
+  uint64_t stored_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t publish_count_ ABSL_GUARDED_BY(mutex_) = 0;
+  bool shutting_down_ ABSL_GUARDED_BY(mutex_) = false;
+
+  std::thread reaper_;
+};
+
+}  // namespace h5depot::server
+
+#endif  // H5DEPOT_SERVER_IMAGE_STORE_H_

@@ -1,0 +1,125 @@
+#include "h5depot/server/depot_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "depot_service_internal.h"
+#include "grpc_runtime_internal.h"
+
+namespace h5depot::server {
+
+struct DepotServer::Impl {
+  std::unique_ptr<ImageStore> store;
+  std::unique_ptr<DepotService> service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  std::vector<std::string> targets;
+
+  absl::Mutex mutex;
+  bool shut_down ABSL_GUARDED_BY(mutex) = false;
+};
+
+absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
+    const ServerOptions& options) {
+  if (options.listen_address.empty() && options.unix_socket_path.empty()) {
+    return absl::InvalidArgumentError(
+        "nothing to listen on: give a TCP address or a Unix socket path");
+  }
+  if (options.max_chunk_bytes == 0 || options.send_chunk_bytes == 0) {
+    return absl::InvalidArgumentError("chunk sizes must be positive");
+  }
+  internal::KeepGrpcRuntimeAlive();
+  auto impl = std::make_unique<Impl>();
+  impl->store = std::make_unique<ImageStore>(options.store);
+  impl->service = std::make_unique<DepotService>(
+      impl->store.get(), options.max_chunk_bytes, options.send_chunk_bytes);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  // A chunk plus its framing must fit in one message; anything larger is
+  // refused by gRPC with RESOURCE_EXHAUSTED before it reaches the service.
+  builder.SetMaxReceiveMessageSize(static_cast<int>(
+      std::min<uint64_t>(options.max_chunk_bytes + 4096, INT32_MAX)));
+  builder.SetMaxSendMessageSize(-1);
+  // Clients ping idle connections every 20 s to notice a vanished server;
+  // allow that rather than answering with GOAWAY.
+  builder.AddChannelArgument(
+      GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  // Without this gRPC sets SO_REUSEPORT, and a second server on the same
+  // port would silently share the traffic instead of failing to start.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Idle request threads poll this often; it bounds how long a shutdown
+  // can linger after the last call (gRPC's default is 10 s).
+  builder.SetSyncServerOption(
+      grpc::ServerBuilder::SyncServerOption::CQ_TIMEOUT_MSEC, 250);
+  builder.RegisterService(impl->service.get());
+  if (!options.listen_address.empty()) {
+    builder.AddListeningPort(options.listen_address,
+                             grpc::InsecureServerCredentials(), &impl->port);
+  }
+  if (!options.unix_socket_path.empty()) {
+    builder.AddListeningPort("unix:" + options.unix_socket_path,
+                             grpc::InsecureServerCredentials());
+  }
+  impl->server = builder.BuildAndStart();
+  if (impl->server == nullptr) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ",
+        options.listen_address.empty() ? "" : options.listen_address,
+        options.listen_address.empty() || options.unix_socket_path.empty()
+            ? ""
+            : " and ",
+        options.unix_socket_path.empty() ? "" : "unix:",
+        options.unix_socket_path,
+        " (address in use, or a bad address or socket path?)"));
+  }
+  if (!options.listen_address.empty()) {
+    if (impl->port == 0) {
+      return absl::UnavailableError(absl::StrCat(
+          "cannot listen on ", options.listen_address,
+          " (address in use, or not an address of this machine?)"));
+    }
+    const size_t colon = options.listen_address.rfind(':');
+    impl->targets.push_back(
+        absl::StrCat(options.listen_address.substr(0, colon), ":", impl->port));
+  }
+  if (!options.unix_socket_path.empty()) {
+    impl->targets.push_back("unix:" + options.unix_socket_path);
+  }
+  return std::unique_ptr<DepotServer>(new DepotServer(std::move(impl)));
+}
+
+DepotServer::DepotServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+DepotServer::~DepotServer() { Shutdown(absl::Seconds(1)); }
+
+int DepotServer::port() const { return impl_->port; }
+
+const std::vector<std::string>& DepotServer::targets() const {
+  return impl_->targets;
+}
+
+ImageStore& DepotServer::store() { return *impl_->store; }
+
+void DepotServer::Shutdown(absl::Duration grace) {
+  {
+    absl::MutexLock lock(&impl_->mutex);
+    if (impl_->shut_down) return;
+    impl_->shut_down = true;
+  }
+  // Waits end first, so that they do not hold the grace period hostage.
+  impl_->store->Shutdown();
+  impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+}
+
+void DepotServer::Wait() { impl_->server->Wait(); }
+
+}  // namespace h5depot::server

@@ -1,0 +1,133 @@
+// h5depotd: holds HDF5 file images in RAM and serves them over gRPC.
+//
+// On start it prints one "h5depotd listening on <target>" line per address
+// to stdout; SIGINT or SIGTERM stop it gracefully (exit status 0).
+
+#include <grpc/support/log.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "h5depot/internal/byte_size.h"
+#include "h5depot/server/depot_server.h"
+
+namespace {
+
+// A byte count flag value: "4G", "512M", "1048576".
+struct ByteSizeFlag {
+  uint64_t bytes = 0;
+};
+
+bool AbslParseFlag(absl::string_view text, ByteSizeFlag* flag,
+                   std::string* error) {
+  std::optional<uint64_t> bytes = h5depot::internal::ParseByteSize(
+      std::string_view(text.data(), text.size()));
+  if (!bytes.has_value()) {
+    *error = "expected a byte count such as 1048576, 512M or 8G";
+    return false;
+  }
+  flag->bytes = *bytes;
+  return true;
+}
+
+std::string AbslUnparseFlag(ByteSizeFlag flag) {
+  return std::to_string(flag.bytes);
+}
+
+// Flags are documented with dashes (--max-memory) as users expect; Abseil
+// names them with underscores. Rewrites the names, never the values.
+void AcceptDashedFlagNames(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (arg.size() < 3 || arg.substr(0, 2) != "--") continue;
+    for (char* c = argv[i] + 2; *c != '\0' && *c != '='; ++c) {
+      if (*c == '-') *c = '_';
+    }
+  }
+}
+
+// gRPC's own log lines repeat, in a form meant for its developers, what
+// h5depotd reports itself; they are shown only when GRPC_VERBOSITY asks.
+void QuietGrpcLogging() {
+  if (std::getenv("GRPC_VERBOSITY") == nullptr) {
+    gpr_set_log_function([](gpr_log_func_args*) {});
+  }
+}
+
+uint64_t HalfOfPhysicalMemory() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page_size <= 0) return uint64_t{1} << 30;
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) / 2;
+}
+
+}  // namespace
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7878",
+          "TCP address to listen on, host:port (port 0 picks a free port); "
+          "empty for none");
+ABSL_FLAG(std::string, unix, "", "Unix domain socket path to listen on");
+ABSL_FLAG(ByteSizeFlag, max_memory, ByteSizeFlag{},
+          "memory for image data, e.g. 8G (default: half of physical RAM)");
+ABSL_FLAG(ByteSizeFlag, max_image_size, ByteSizeFlag{},
+          "largest single image, e.g. 2G (default: --max-memory)");
+ABSL_FLAG(bool, allow_non_hdf5, false,
+          "store any bytes, not only HDF5 file images");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "holds HDF5 file images in RAM and serves them over gRPC.\n"
+      "usage: h5depotd [--listen=HOST:PORT] [--unix=PATH] "
+      "[--max-memory=SIZE] [--max-image-size=SIZE] [--allow-non-hdf5]");
+  AcceptDashedFlagNames(argc, argv);
+  absl::ParseCommandLine(argc, argv);
+  QuietGrpcLogging();
+
+  // Signals are taken synchronously by this thread; block them before any
+  // other thread exists so that they all inherit the mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  h5depot::server::ServerOptions options;
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.unix_socket_path = absl::GetFlag(FLAGS_unix);
+  uint64_t max_memory = absl::GetFlag(FLAGS_max_memory).bytes;
+  if (max_memory == 0) max_memory = HalfOfPhysicalMemory();
+  uint64_t max_image = absl::GetFlag(FLAGS_max_image_size).bytes;
+  if (max_image == 0 || max_image > max_memory) max_image = max_memory;
+  options.store.max_memory_bytes = max_memory;
+  options.store.max_image_bytes = max_image;
+  options.store.require_hdf5 = !absl::GetFlag(FLAGS_allow_non_hdf5);
+
+  auto server = h5depot::server::DepotServer::Start(options);
+  if (!server.ok()) {
+    std::cerr << "h5depotd: " << server.status().message() << "\n";
+    return 1;
+  }
+  for (const std::string& target : (*server)->targets()) {
+    std::cout << "h5depotd listening on " << target << "\n";
+  }
+  std::cout << "h5depotd holds up to "
+            << h5depot::internal::HumanSize(max_memory) << " of images ("
+            << h5depot::internal::HumanSize(max_image) << " each)" << std::endl;
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  std::cerr << "h5depotd: " << strsignal(signal_number) << ", shutting down\n";
+  (*server)->Shutdown(absl::Seconds(5));
+  (*server)->Wait();
+  return 0;
+}

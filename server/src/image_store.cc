@@ -1,0 +1,430 @@
+#include "h5depot/server/image_store.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "h5depot/internal/byte_size.h"
+#include "h5depot/internal/checksum.h"
+#include "h5depot/internal/hdf5_signature.h"
+#include "h5depot/internal/image_id.h"
+
+namespace h5depot::server {
+
+// Counts every byte of image data the store is responsible for, against one
+// limit. Shared with each image so that a buffer still pinned by a reader
+// keeps counting until it is actually freed.
+class MemoryBudget {
+ public:
+  explicit MemoryBudget(uint64_t limit) : limit_(limit) {}
+
+  bool TryReserve(uint64_t bytes) {
+    uint64_t used = used_.load(std::memory_order_relaxed);
+    do {
+      if (bytes > limit_ || used > limit_ - bytes) return false;
+    } while (!used_.compare_exchange_weak(used, used + bytes,
+                                          std::memory_order_relaxed));
+    return true;
+  }
+
+  void Release(uint64_t bytes) {
+    used_.fetch_sub(bytes, std::memory_order_relaxed);
+  }
+
+  uint64_t used() const { return used_.load(std::memory_order_relaxed); }
+  uint64_t limit() const { return limit_; }
+
+ private:
+  const uint64_t limit_;
+  std::atomic<uint64_t> used_{0};
+};
+
+namespace {
+
+// Large buffers come straight from the kernel so that freeing an image
+// returns its memory at once, whatever the allocator's heuristics.
+constexpr uint64_t kMmapThreshold = uint64_t{1} << 20;
+
+uint8_t* AllocateImageBytes(uint64_t size) {
+  if (size == 0) return nullptr;
+  if (size >= kMmapThreshold) {
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : static_cast<uint8_t*>(p);
+  }
+  return static_cast<uint8_t*>(std::malloc(size));
+}
+
+void FreeImageBytes(uint8_t* data, uint64_t size) {
+  if (data == nullptr) return;
+  if (size >= kMmapThreshold) {
+    munmap(data, size);
+  } else {
+    std::free(data);
+  }
+}
+
+bool IsExpired(const StoredImage& image, absl::Time now) {
+  return image.expires() <= now;
+}
+
+}  // namespace
+
+StoredImage::~StoredImage() {
+  FreeImageBytes(data_, size_);
+  if (budget_ != nullptr) budget_->Release(size_);
+}
+
+struct PendingImage::ChecksumState {
+  internal::StreamingChecksum checksum;
+};
+
+PendingImage::PendingImage(ImageStore* store, PushRequest request,
+                           std::unique_ptr<StoredImage> image)
+    : store_(store),
+      request_(std::move(request)),
+      image_(std::move(image)),
+      checksum_(std::make_unique<ChecksumState>()) {}
+
+PendingImage::~PendingImage() = default;
+
+absl::Status PendingImage::Append(const void* data, size_t size) {
+  if (image_ == nullptr) {
+    return absl::FailedPreconditionError("push was already finished");
+  }
+  if (size > request_.size - received_) {
+    image_.reset();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "push of '", request_.image_id, "' sent more than the declared ",
+        request_.size, " bytes"));
+  }
+  std::memcpy(image_->data_ + received_, data, size);
+  checksum_->checksum.Update(data, size);
+  received_ += size;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ImageRef> PendingImage::Publish() {
+  std::unique_ptr<StoredImage> image = std::move(image_);
+  if (image == nullptr) {
+    return absl::FailedPreconditionError("push was already finished");
+  }
+  if (received_ != request_.size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "push of '", request_.image_id, "' ended after ", received_,
+        " of the declared ", request_.size, " bytes; nothing was stored"));
+  }
+  const uint64_t checksum = checksum_->checksum.Digest();
+  if (checksum != request_.checksum) {
+    return absl::DataLossError(absl::StrCat(
+        "push of '", request_.image_id, "': the received bytes have checksum ",
+        absl::Hex(checksum, absl::kZeroPad16), ", not the declared ",
+        absl::Hex(request_.checksum, absl::kZeroPad16),
+        "; nothing was stored"));
+  }
+  if (store_->options_.require_hdf5 &&
+      !internal::FindSuperblock(image->data_, image->size_).has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", request_.image_id,
+        "' is not an HDF5 file image: no HDF5 signature at offset 0, 512, "
+        "1024, ... (start the server with --allow-non-hdf5 to store any "
+        "bytes)"));
+  }
+  image->checksum_ = checksum;
+  return store_->Install(std::move(image), request_);
+}
+
+ImageStore::ImageStore(StoreOptions options)
+    : options_(std::move(options)),
+      budget_(std::make_shared<MemoryBudget>(options_.max_memory_bytes)),
+      // Generations start at the current time in microseconds so that they
+      // stay unique and increasing across restarts of the server.
+      next_generation_(
+          std::max<uint64_t>(1, absl::ToUnixMicros(options_.clock()))) {
+  if (options_.start_reaper) reaper_ = std::thread([this] { ReaperLoop(); });
+}
+
+ImageStore::~ImageStore() {
+  Shutdown();
+  if (reaper_.joinable()) reaper_.join();
+}
+
+absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
+    PushRequest request) {
+  if (absl::Status status = internal::ValidateImageId(request.image_id);
+      !status.ok()) {
+    return status;
+  }
+  if (request.size > options_.max_image_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "image '", request.image_id, "' is ", internal::HumanSize(request.size),
+        ", larger than this server's limit of ",
+        internal::HumanSize(options_.max_image_bytes), " per image"));
+  }
+  if (request.ttl < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("time to live must not be negative");
+  }
+  {
+    absl::MutexLock lock(&mutex_);
+    if (shutting_down_) {
+      return absl::UnavailableError("server is shutting down");
+    }
+    if (absl::Status status =
+            CheckGeneration(request.image_id, request.if_generation_match);
+        !status.ok()) {
+      return status;
+    }
+  }
+  if (!budget_->TryReserve(request.size)) {
+    const uint64_t used = budget_->used();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "image '", request.image_id, "' needs ",
+        internal::HumanSize(request.size), " but only ",
+        internal::HumanSize(budget_->limit() -
+                            std::min(used, budget_->limit())),
+        " of this server's ", internal::HumanSize(budget_->limit()),
+        " memory limit is free"));
+  }
+  auto image = std::unique_ptr<StoredImage>(new StoredImage());
+  image->budget_ = budget_;  // from here on the destructor releases it
+  image->size_ = request.size;
+  image->data_ = AllocateImageBytes(request.size);
+  if (request.size > 0 && image->data_ == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", internal::HumanSize(request.size),
+                     " for image '", request.image_id, "'"));
+  }
+  image->image_id_ = request.image_id;
+  return std::unique_ptr<PendingImage>(
+      new PendingImage(this, std::move(request), std::move(image)));
+}
+
+absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
+                                             const PushRequest& request) {
+  ImageRef replaced;  // released after the lock, it may be large
+  absl::MutexLock lock(&mutex_);
+  if (shutting_down_) return absl::UnavailableError("server is shutting down");
+  if (absl::Status status =
+          CheckGeneration(request.image_id, request.if_generation_match);
+      !status.ok()) {
+    return status;
+  }
+  image->generation_ = next_generation_++;
+  image->created_ = options_.clock();
+  if (request.ttl > absl::ZeroDuration()) {
+    image->expires_ = image->created_ + request.ttl;
+    expiry_queue_.emplace(image->expires_, image->image_id_);
+  }
+  ImageRef published(std::move(image));
+  auto [it, inserted] = images_.try_emplace(published->image_id(), published);
+  if (!inserted) {
+    replaced = std::move(it->second);
+    Retire(replaced);
+    it->second = published;
+  }
+  stored_bytes_ += published->size();
+  ++publish_count_;
+  return published;
+}
+
+absl::Status ImageStore::CheckGeneration(
+    std::string_view image_id,
+    std::optional<uint64_t> if_generation_match) const {
+  if (!if_generation_match.has_value()) return absl::OkStatus();
+  ImageRef current = FindLive(image_id);
+  if (*if_generation_match == 0) {
+    if (current == nullptr) return absl::OkStatus();
+    return absl::AlreadyExistsError(absl::StrCat(
+        "image '", std::string(image_id), "' already exists (generation ",
+        current->generation(), ")"));
+  }
+  if (current == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "image '", std::string(image_id), "' does not exist, so generation ",
+        *if_generation_match, " is not current"));
+  }
+  if (current->generation() != *if_generation_match) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("image '", std::string(image_id), "' is at generation ",
+                     current->generation(), ", not ", *if_generation_match,
+                     "; it was changed by someone else"));
+  }
+  return absl::OkStatus();
+}
+
+ImageRef ImageStore::FindLive(std::string_view image_id) const {
+  auto it = images_.find(image_id);
+  if (it == images_.end() || IsExpired(*it->second, options_.clock())) {
+    return nullptr;
+  }
+  return it->second;
+}
+
+void ImageStore::Retire(const ImageRef& image) {
+  stored_bytes_ -= image->size();
+  if (image->expires() != absl::InfiniteFuture()) {
+    expiry_queue_.erase({image->expires(), image->image_id()});
+  }
+  retired_[image->generation()] = image;
+  // Forget generations nobody holds any more, in batches.
+  if (retired_.size() > 64 && retired_.size() > 2 * images_.size()) {
+    for (auto it = retired_.begin(); it != retired_.end();) {
+      it = it->second.expired() ? retired_.erase(it) : std::next(it);
+    }
+  }
+}
+
+absl::StatusOr<ImageRef> ImageStore::Get(std::string_view image_id) const {
+  absl::ReaderMutexLock lock(&mutex_);
+  ImageRef image = FindLive(image_id);
+  if (image == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("no image '", std::string(image_id), "'"));
+  }
+  return image;
+}
+
+absl::StatusOr<ImageRef> ImageStore::WaitFor(
+    std::string_view image_id, absl::Time deadline,
+    const std::function<bool()>& is_cancelled) {
+  // Cancellation is not an event the store can wait on, so waits wake up
+  // this often to look at it.
+  constexpr absl::Duration kCancellationPoll = absl::Milliseconds(200);
+  absl::MutexLock lock(&mutex_);
+  ImageRef image;
+  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    image = FindLive(image_id);
+    return image != nullptr || shutting_down_;
+  };
+  while (!ready()) {
+    if (is_cancelled && is_cancelled()) {
+      return absl::CancelledError("wait was cancelled by the client");
+    }
+    const absl::Time now = absl::Now();
+    if (now >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "image '", std::string(image_id), "' did not appear in time"));
+    }
+    mutex_.AwaitWithDeadline(absl::Condition(&ready),
+                             std::min(deadline, now + kCancellationPoll));
+  }
+  if (image == nullptr)
+    return absl::UnavailableError("server is shutting down");
+  return image;
+}
+
+absl::StatusOr<ImageRef> ImageStore::GetGeneration(std::string_view image_id,
+                                                   uint64_t generation) const {
+  absl::ReaderMutexLock lock(&mutex_);
+  ImageRef current = FindLive(image_id);
+  if (generation == 0 ||
+      (current != nullptr && current->generation() == generation)) {
+    if (current != nullptr) return current;
+  } else if (auto it = retired_.find(generation); it != retired_.end()) {
+    if (ImageRef held = it->second.lock();
+        held != nullptr && held->image_id() == image_id) {
+      return held;
+    }
+  }
+  if (generation == 0 || current == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("no image '", std::string(image_id), "'"));
+  }
+  return absl::NotFoundError(absl::StrCat(
+      "generation ", generation, " of image '", std::string(image_id),
+      "' is no longer stored (current: ", current->generation(), ")"));
+}
+
+absl::Status ImageStore::Delete(std::string_view image_id,
+                                std::optional<uint64_t> if_generation_match) {
+  ImageRef deleted;  // released after the lock, it may be large
+  absl::MutexLock lock(&mutex_);
+  ImageRef current = FindLive(image_id);
+  if (current == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("no image '", std::string(image_id), "'"));
+  }
+  if (if_generation_match.has_value() &&
+      *if_generation_match != current->generation()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("image '", std::string(image_id), "' is at generation ",
+                     current->generation(), ", not ", *if_generation_match));
+  }
+  auto it = images_.find(image_id);
+  deleted = std::move(it->second);
+  images_.erase(it);
+  Retire(deleted);
+  return absl::OkStatus();
+}
+
+ListResult ImageStore::List(std::string_view prefix, size_t page_size,
+                            std::string_view page_token) const {
+  constexpr size_t kDefaultPageSize = 1000;
+  if (page_size == 0) page_size = kDefaultPageSize;
+  ListResult result;
+  absl::ReaderMutexLock lock(&mutex_);
+  const absl::Time now = options_.clock();
+  auto it = page_token.empty() ? images_.lower_bound(prefix)
+                               : images_.upper_bound(page_token);
+  if (it != images_.end() && it->first < prefix)
+    it = images_.lower_bound(prefix);
+  for (;
+       it != images_.end() && it->first.compare(0, prefix.size(), prefix) == 0;
+       ++it) {
+    if (IsExpired(*it->second, now)) continue;
+    if (result.images.size() == page_size) {
+      result.next_page_token = result.images.back()->image_id();
+      break;
+    }
+    result.images.push_back(it->second);
+  }
+  return result;
+}
+
+size_t ImageStore::RemoveExpired() {
+  std::vector<ImageRef> expired;  // released after the lock
+  absl::MutexLock lock(&mutex_);
+  const absl::Time now = options_.clock();
+  while (!expiry_queue_.empty() && expiry_queue_.begin()->first <= now) {
+    auto it = images_.find(expiry_queue_.begin()->second);
+    if (it != images_.end() && IsExpired(*it->second, now)) {
+      expired.push_back(std::move(it->second));
+      images_.erase(it);
+      Retire(expired.back());  // also pops the queue entry
+    } else {
+      expiry_queue_.erase(expiry_queue_.begin());
+    }
+  }
+  return expired.size();
+}
+
+void ImageStore::ReaperLoop() {
+  while (true) {
+    RemoveExpired();
+    absl::MutexLock lock(&mutex_);
+    if (shutting_down_) return;
+    const absl::Time next_expiry = expiry_queue_.empty()
+                                       ? absl::InfiniteFuture()
+                                       : expiry_queue_.begin()->first;
+    const uint64_t publishes_seen = publish_count_;
+    auto woken = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return shutting_down_ || publish_count_ != publishes_seen;
+    };
+    mutex_.AwaitWithDeadline(absl::Condition(&woken), next_expiry);
+  }
+}
+
+StoreStats ImageStore::Stats() const {
+  absl::ReaderMutexLock lock(&mutex_);
+  return {images_.size(), stored_bytes_, budget_->used()};
+}
+
+void ImageStore::Shutdown() {
+  absl::MutexLock lock(&mutex_);
+  shutting_down_ = true;
+}
+
+}  // namespace h5depot::server

@@ -1,0 +1,357 @@
+#include "h5depot/server/image_store.h"
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "h5depot/internal/checksum.h"
+#include "test_images.h"
+
+namespace h5depot::server {
+namespace {
+
+using ::h5depot::testing::MakeTestImage;
+
+class ImageStoreTest : public ::testing::Test {
+ protected:
+  ImageStoreTest() { store_ = MakeStore(StoreOptions{}); }
+
+  std::unique_ptr<ImageStore> MakeStore(StoreOptions options) {
+    options.clock = [this] { return now_; };
+    options.start_reaper = false;
+    return std::make_unique<ImageStore>(std::move(options));
+  }
+
+  static PushRequest RequestFor(const std::string& id,
+                                const std::vector<uint8_t>& bytes) {
+    PushRequest request;
+    request.image_id = id;
+    request.size = bytes.size();
+    request.checksum = internal::Checksum(bytes.data(), bytes.size());
+    return request;
+  }
+
+  absl::StatusOr<ImageRef> PushWhole(ImageStore& store, PushRequest request,
+                                     const std::vector<uint8_t>& bytes) {
+    auto pending = store.BeginPush(std::move(request));
+    if (!pending.ok()) return pending.status();
+    if (absl::Status s = (*pending)->Append(bytes.data(), bytes.size());
+        !s.ok()) {
+      return s;
+    }
+    return (*pending)->Publish();
+  }
+
+  absl::StatusOr<ImageRef> Push(const std::string& id,
+                                const std::vector<uint8_t>& bytes) {
+    return PushWhole(*store_, RequestFor(id, bytes), bytes);
+  }
+
+  absl::Time now_ = absl::FromUnixSeconds(1'800'000'000);
+  std::unique_ptr<ImageStore> store_;
+};
+
+TEST_F(ImageStoreTest, PublishedImageIsReadableByteForByte) {
+  const auto bytes = MakeTestImage(10000);
+  auto published = Push("a/b", bytes);
+  ASSERT_TRUE(published.ok()) << published.status();
+  auto got = store_->Get("a/b");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*got)->generation(), (*published)->generation());
+  ASSERT_EQ((*got)->size(), bytes.size());
+  EXPECT_EQ(0, std::memcmp((*got)->data(), bytes.data(), bytes.size()));
+  EXPECT_EQ(store_->Stats().stored_bytes, bytes.size());
+}
+
+TEST_F(ImageStoreTest, PendingImageIsInvisibleUntilPublished) {
+  const auto bytes = MakeTestImage(4096);
+  auto pending = store_->BeginPush(RequestFor("x", bytes));
+  ASSERT_TRUE(pending.ok());
+  ASSERT_TRUE((*pending)->Append(bytes.data(), bytes.size()).ok());
+  EXPECT_EQ(store_->Get("x").status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE((*pending)->Publish().ok());
+  EXPECT_TRUE(store_->Get("x").ok());
+}
+
+TEST_F(ImageStoreTest, AbandonedPushLeavesNothingAndFreesItsMemory) {
+  const auto bytes = MakeTestImage(1 << 20);
+  {
+    auto pending = store_->BeginPush(RequestFor("x", bytes));
+    ASSERT_TRUE(pending.ok());
+    ASSERT_TRUE((*pending)->Append(bytes.data(), bytes.size() / 2).ok());
+    EXPECT_EQ(store_->Stats().reserved_bytes, bytes.size());
+  }
+  EXPECT_EQ(store_->Get("x").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Stats().reserved_bytes, 0u);
+}
+
+TEST_F(ImageStoreTest, ShortPushIsRefusedAndLeavesNothing) {
+  const auto bytes = MakeTestImage(4096);
+  auto pending = store_->BeginPush(RequestFor("x", bytes));
+  ASSERT_TRUE(pending.ok());
+  ASSERT_TRUE((*pending)->Append(bytes.data(), 100).ok());
+  auto published = (*pending)->Publish();
+  EXPECT_EQ(published.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(published.status().message().find("100 of the declared 4096"),
+            std::string::npos)
+      << published.status();
+  EXPECT_FALSE(store_->Get("x").ok());
+  pending->reset();
+  EXPECT_EQ(store_->Stats().reserved_bytes, 0u);
+}
+
+TEST_F(ImageStoreTest, OverlongPushIsRefused) {
+  const auto bytes = MakeTestImage(4096);
+  PushRequest request = RequestFor("x", bytes);
+  request.size = 100;
+  auto pending = store_->BeginPush(request);
+  ASSERT_TRUE(pending.ok());
+  EXPECT_EQ((*pending)->Append(bytes.data(), 101).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE((*pending)->Publish().ok());
+  EXPECT_FALSE(store_->Get("x").ok());
+}
+
+TEST_F(ImageStoreTest, WrongChecksumIsDataLossAndLeavesNothing) {
+  const auto bytes = MakeTestImage(4096);
+  PushRequest request = RequestFor("x", bytes);
+  request.checksum ^= 1;
+  auto published = PushWhole(*store_, request, bytes);
+  EXPECT_EQ(published.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(store_->Get("x").ok());
+  EXPECT_EQ(store_->Stats().reserved_bytes, 0u);
+}
+
+TEST_F(ImageStoreTest, NonHdf5BytesAreRefusedUnlessAllowed) {
+  std::vector<uint8_t> bytes(4096, 'x');
+  auto refused = Push("blob", bytes);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("not an HDF5 file image"),
+            std::string::npos);
+
+  StoreOptions options;
+  options.require_hdf5 = false;
+  auto lenient = MakeStore(options);
+  EXPECT_TRUE(PushWhole(*lenient, RequestFor("blob", bytes), bytes).ok());
+}
+
+TEST_F(ImageStoreTest, BadIdIsRefusedBeforeAnyData) {
+  const auto bytes = MakeTestImage(64);
+  auto pending = store_->BeginPush(RequestFor("../etc", bytes));
+  EXPECT_EQ(pending.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ImageStoreTest, PushOverMemoryLimitIsRefusedUpFront) {
+  StoreOptions options;
+  options.max_memory_bytes = 10000;
+  options.max_image_bytes = 10000;
+  auto store = MakeStore(options);
+  const auto first = MakeTestImage(6000);
+  ASSERT_TRUE(PushWhole(*store, RequestFor("a", first), first).ok());
+  const auto second = MakeTestImage(6000, 2);
+  auto pending = store->BeginPush(RequestFor("b", second));
+  EXPECT_EQ(pending.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(pending.status().message().find("memory limit"), std::string::npos)
+      << pending.status();
+  // Deleting the first makes room.
+  ASSERT_TRUE(store->Delete("a", std::nullopt).ok());
+  EXPECT_TRUE(PushWhole(*store, RequestFor("b", second), second).ok());
+}
+
+TEST_F(ImageStoreTest, ImageOverSizeLimitIsRefusedUpFront) {
+  StoreOptions options;
+  options.max_image_bytes = 1000;
+  auto store = MakeStore(options);
+  const auto bytes = MakeTestImage(1001);
+  EXPECT_EQ(store->BeginPush(RequestFor("a", bytes)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+}
+
+TEST_F(ImageStoreTest, ReplacingAnImageKeepsOldReadersConsistent) {
+  const auto v1 = MakeTestImage(5000, 1);
+  const auto v2 = MakeTestImage(7000, 2);
+  auto first = Push("x", v1);
+  ASSERT_TRUE(first.ok());
+  ImageRef reader = *store_->Get("x");
+  auto second = Push("x", v2);
+  ASSERT_TRUE(second.ok());
+  EXPECT_GT((*second)->generation(), (*first)->generation());
+  // The old reader still sees all of the first generation.
+  ASSERT_EQ(reader->size(), v1.size());
+  EXPECT_EQ(0, std::memcmp(reader->data(), v1.data(), v1.size()));
+  // And it can still be found by generation while held.
+  EXPECT_TRUE(store_->GetGeneration("x", (*first)->generation()).ok());
+  EXPECT_EQ((*store_->Get("x"))->size(), v2.size());
+  EXPECT_EQ(store_->Stats().reserved_bytes, v1.size() + v2.size());
+  reader.reset();
+  first->reset();
+  EXPECT_EQ(store_->GetGeneration("x", 1).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->Stats().reserved_bytes, v2.size());
+}
+
+TEST_F(ImageStoreTest, GenerationsIncreaseAndAreNeverReused) {
+  const auto bytes = MakeTestImage(100);
+  uint64_t last = 0;
+  for (int i = 0; i < 5; ++i) {
+    auto a = Push("a", bytes);
+    auto b = Push("b", bytes);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_GT((*a)->generation(), last);
+    EXPECT_GT((*b)->generation(), (*a)->generation());
+    last = (*b)->generation();
+    ASSERT_TRUE(store_->Delete("a", std::nullopt).ok());
+  }
+}
+
+TEST_F(ImageStoreTest, IfGenerationMatchZeroMeansOnlyIfAbsent) {
+  const auto bytes = MakeTestImage(100);
+  PushRequest request = RequestFor("x", bytes);
+  request.if_generation_match = 0;
+  ASSERT_TRUE(PushWhole(*store_, request, bytes).ok());
+  EXPECT_EQ(store_->BeginPush(request).status().code(),
+            absl::StatusCode::kAlreadyExists);
+}
+
+TEST_F(ImageStoreTest, IfGenerationMatchIsCheckedAgainAtPublish) {
+  const auto bytes = MakeTestImage(100);
+  auto first = Push("x", bytes);
+  ASSERT_TRUE(first.ok());
+  PushRequest request = RequestFor("x", bytes);
+  request.if_generation_match = (*first)->generation();
+  auto slow = store_->BeginPush(request);
+  ASSERT_TRUE(slow.ok());
+  // Someone else replaces the image while the slow push is under way.
+  ASSERT_TRUE(Push("x", bytes).ok());
+  ASSERT_TRUE((*slow)->Append(bytes.data(), bytes.size()).ok());
+  EXPECT_EQ((*slow)->Publish().status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ImageStoreTest, ConcurrentConditionalPushesHaveExactlyOneWinner) {
+  const auto bytes = MakeTestImage(20000);
+  auto base = Push("x", bytes);
+  ASSERT_TRUE(base.ok());
+  constexpr int kWriters = 8;
+  std::atomic<int> winners{0};
+  std::atomic<int> conflicts{0};
+  std::vector<std::thread> writers;
+  for (int i = 0; i < kWriters; ++i) {
+    writers.emplace_back([&] {
+      PushRequest request = RequestFor("x", bytes);
+      request.if_generation_match = (*base)->generation();
+      auto result = PushWhole(*store_, request, bytes);
+      if (result.ok()) {
+        ++winners;
+      } else if (result.status().code() ==
+                 absl::StatusCode::kFailedPrecondition) {
+        ++conflicts;
+      }
+    });
+  }
+  for (auto& t : writers) t.join();
+  EXPECT_EQ(winners.load(), 1);
+  EXPECT_EQ(conflicts.load(), kWriters - 1);
+}
+
+TEST_F(ImageStoreTest, DeleteHonoursGeneration) {
+  const auto bytes = MakeTestImage(100);
+  auto image = Push("x", bytes);
+  ASSERT_TRUE(image.ok());
+  EXPECT_EQ(store_->Delete("x", (*image)->generation() + 1).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(store_->Delete("x", (*image)->generation()).ok());
+  EXPECT_EQ(store_->Delete("x", std::nullopt).code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(ImageStoreTest, ExpiredImagesDisappearOnTime) {
+  const auto bytes = MakeTestImage(100);
+  PushRequest request = RequestFor("short", bytes);
+  request.ttl = absl::Seconds(10);
+  ASSERT_TRUE(PushWhole(*store_, request, bytes).ok());
+  ASSERT_TRUE(Push("forever", bytes).ok());
+  now_ += absl::Seconds(9);
+  EXPECT_TRUE(store_->Get("short").ok());
+  EXPECT_EQ(store_->RemoveExpired(), 0u);
+  now_ += absl::Seconds(1);
+  // Invisible from the expiry time on, even before it is reaped.
+  EXPECT_EQ(store_->Get("short").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->List("", 0, "").images.size(), 1u);
+  EXPECT_EQ(store_->RemoveExpired(), 1u);
+  EXPECT_TRUE(store_->Get("forever").ok());
+  EXPECT_EQ(store_->Stats().reserved_bytes, bytes.size());
+}
+
+TEST_F(ImageStoreTest, ReplacingAnImageResetsItsExpiry) {
+  const auto bytes = MakeTestImage(100);
+  PushRequest request = RequestFor("x", bytes);
+  request.ttl = absl::Seconds(10);
+  ASSERT_TRUE(PushWhole(*store_, request, bytes).ok());
+  ASSERT_TRUE(Push("x", bytes).ok());  // no ttl now
+  now_ += absl::Hours(1);
+  EXPECT_EQ(store_->RemoveExpired(), 0u);
+  EXPECT_TRUE(store_->Get("x").ok());
+}
+
+TEST_F(ImageStoreTest, ListFiltersByPrefixAndPages) {
+  const auto bytes = MakeTestImage(100);
+  for (const char* id : {"run1/a", "run1/b", "run1/c", "run2/a", "other"}) {
+    ASSERT_TRUE(Push(id, bytes).ok());
+  }
+  ListResult first = store_->List("run1/", 2, "");
+  ASSERT_EQ(first.images.size(), 2u);
+  EXPECT_EQ(first.images[0]->image_id(), "run1/a");
+  EXPECT_EQ(first.images[1]->image_id(), "run1/b");
+  ASSERT_FALSE(first.next_page_token.empty());
+  ListResult second = store_->List("run1/", 2, first.next_page_token);
+  ASSERT_EQ(second.images.size(), 1u);
+  EXPECT_EQ(second.images[0]->image_id(), "run1/c");
+  EXPECT_TRUE(second.next_page_token.empty());
+  EXPECT_EQ(store_->List("", 0, "").images.size(), 5u);
+}
+
+TEST_F(ImageStoreTest, WaitIsSatisfiedByALaterPush) {
+  StoreOptions options;
+  options.start_reaper = false;
+  ImageStore store(options);  // real clock: WaitFor uses real deadlines
+  const auto bytes = MakeTestImage(100);
+  std::thread pusher;
+  auto result = store.WaitFor("late", absl::Now() + absl::Seconds(30), [&] {
+    // The waiter is parked; now let the push happen.
+    if (!pusher.joinable()) {
+      pusher = std::thread([&] {
+        ASSERT_TRUE(PushWhole(store, RequestFor("late", bytes), bytes).ok());
+      });
+    }
+    return false;
+  });
+  pusher.join();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ((*result)->image_id(), "late");
+}
+
+TEST_F(ImageStoreTest, WaitTimesOutWithDeadlineExceeded) {
+  auto result =
+      store_->WaitFor("never", absl::Now() + absl::Milliseconds(50), nullptr);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(ImageStoreTest, ShutdownWakesWaitersAndRefusesPushes) {
+  std::thread stopper;
+  auto result = store_->WaitFor("never", absl::Now() + absl::Seconds(30), [&] {
+    if (!stopper.joinable()) stopper = std::thread([&] { store_->Shutdown(); });
+    return false;
+  });
+  stopper.join();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable);
+  const auto bytes = MakeTestImage(100);
+  EXPECT_EQ(store_->BeginPush(RequestFor("x", bytes)).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace h5depot::server

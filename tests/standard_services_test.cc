@@ -1,0 +1,95 @@
+// h5depotd serves the standard gRPC health and reflection services, so that
+// ordinary gRPC tooling (grpc_health_probe, grpcurl, grpc_cli) works. These
+// tests speak to them as such tools do: raw bytes, no h5depot code.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <future>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "h5depot/server/depot_server.h"
+
+namespace h5depot {
+namespace {
+
+grpc::ByteBuffer BytesToBuffer(const std::string& bytes) {
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+std::string BufferToBytes(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(buffer.Dump(&slices).ok());
+  std::string bytes;
+  for (const grpc::Slice& slice : slices) {
+    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  }
+  return bytes;
+}
+
+class StandardServicesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server::ServerOptions options;
+    options.listen_address = "127.0.0.1:0";
+    auto server = server::DepotServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    stub_ = std::make_unique<grpc::GenericStub>(grpc::CreateChannel(
+        server_->targets().front(), grpc::InsecureChannelCredentials()));
+  }
+
+  std::unique_ptr<server::DepotServer> server_;
+  std::unique_ptr<grpc::GenericStub> stub_;
+};
+
+TEST_F(StandardServicesTest, HealthCheckReportsServing) {
+  grpc::ClientContext context;
+  grpc::ByteBuffer request = BytesToBuffer("");  // service "" = whole server
+  grpc::ByteBuffer response;
+  std::promise<grpc::Status> done;
+  stub_->UnaryCall(&context, "/grpc.health.v1.Health/Check",
+                   grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status status) { done.set_value(status); });
+  grpc::Status status = done.get_future().get();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  // HealthCheckResponse{status: SERVING (1)}: field 1, varint 1.
+  EXPECT_EQ(BufferToBytes(response), std::string("\x08\x01", 2));
+}
+
+TEST_F(StandardServicesTest, ReflectionListsTheDepotService) {
+  grpc::CompletionQueue queue;
+  grpc::ClientContext context;
+  auto call = stub_->PrepareCall(
+      &context,
+      "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &queue);
+  void* tag = nullptr;
+  bool ok = false;
+  auto step = [&](void* expected) {
+    ASSERT_TRUE(queue.Next(&tag, &ok));
+    ASSERT_EQ(tag, expected);
+    ASSERT_TRUE(ok);
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  step(reinterpret_cast<void*>(1));
+  // ServerReflectionRequest{list_services: ""}: field 7, empty string.
+  call->Write(BytesToBuffer(std::string("\x3a\x00", 2)),
+              reinterpret_cast<void*>(2));
+  step(reinterpret_cast<void*>(2));
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(3));
+  step(reinterpret_cast<void*>(3));
+  call->WritesDone(reinterpret_cast<void*>(4));
+  step(reinterpret_cast<void*>(4));
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  ASSERT_TRUE(queue.Next(&tag, &ok));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  const std::string bytes = BufferToBytes(response);
+  EXPECT_NE(bytes.find("h5depot.v1.Depot"), std::string::npos);
+  EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace h5depot
