@@ -13,17 +13,46 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 timings=()
-phase() {  # phase NAME COMMAND...: runs COMMAND and records how long it took
-  local name=$1 start=$SECONDS
+report() {  # on exit, pass or fail: how long each phase took
+  local status=$?
+  if ((${#timings[@]} > 0)); then
+    echo "==> time per phase:"
+    printf '    %s\n' "${timings[@]}"
+  fi
+  echo "tests: $passed passed, $failed failed"
+  if ((status == 0)); then
+    echo "==> all tests passed"
+  else
+    echo "==> FAILED (exit status $status)"
+  fi
+}
+trap report EXIT
+
+phase() {  # phase NAME COMMAND...: runs COMMAND, records how long it took
+  local name=$1 start=$SECONDS status=0
   shift
   echo "==> $name"
-  "$@"
-  timings+=("$(printf '%-28s %4ds' "$name" $((SECONDS - start)))")
+  "$@" || status=$?
+  timings+=("$(printf '%-24s %4ds%s' "$name" $((SECONDS - start)) \
+    "$( ((status == 0)) || echo '  FAILED')")")
+  return "$status"
 }
 
-run_tests() {  # run_tests BUILD_DIR
+passed=0
+failed=0
+run_tests() {  # run_tests BUILD_DIR: ctest, counting what passed and failed
+  local log=$1/ctest-summary.log status=0 summary total bad
   ctest --test-dir "$1" --output-on-failure --timeout 600 \
-    --parallel "${TEST_JOBS:-2}"
+    --parallel "${TEST_JOBS:-2}" | tee "$log" || status=$?
+  # "100% tests passed, 0 tests failed out of 104"
+  summary=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" |
+    tail -n1)
+  if [[ $summary =~ ([0-9]+)\ tests?\ failed\ out\ of\ ([0-9]+) ]]; then
+    bad=${BASH_REMATCH[1]} total=${BASH_REMATCH[2]}
+    passed=$((passed + total - bad))
+    failed=$((failed + bad))
+  fi
+  return "$status"
 }
 
 # Sanitizer reports must fail the run, and the binaries the tests start as
@@ -48,6 +77,3 @@ else
   phase "build (asan+ubsan)" deploy/build.sh asan
   phase "test (asan+ubsan)" sanitized_tests
 fi
-
-echo "==> all tests passed; time per phase:"
-printf '    %s\n' "${timings[@]}"
