@@ -26,7 +26,6 @@ using ::h5depot::testing::CommandOptions;
 using ::h5depot::testing::CommandResult;
 using ::h5depot::testing::H5depotCliPath;
 using ::h5depot::testing::MakeHdf5Image;
-using ::h5depot::testing::PathExists;
 using ::h5depot::testing::ReadFile;
 using ::h5depot::testing::RunCommand;
 using ::h5depot::testing::ServerProcess;
@@ -102,11 +101,11 @@ class CliTest : public ::testing::Test {
                     CommandOptions options = {}) {
     args.insert(args.begin(),
                 {H5depotCliPath(), "--server", server_->target()});
-    return RunBare(std::move(args), std::move(options));
+    return RunBare(args, std::move(options));
   }
 
   // Runs exactly `argv` (no --server added).
-  static CommandResult RunBare(std::vector<std::string> argv,
+  static CommandResult RunBare(const std::vector<std::string>& argv,
                                CommandOptions options = {}) {
     options.env.emplace("H5DEPOT_SERVER", std::nullopt);
     return RunCommand(argv, options);
