@@ -69,8 +69,9 @@ void ProgressBar::Draw(uint64_t done, uint64_t total, absl::Time now) {
                               : static_cast<double>(std::min(done, total)) /
                                     static_cast<double>(total);
   const double seconds = absl::ToDoubleSeconds(now - start_);
+  // Fixed widths, so the bar does not jitter as the numbers grow.
   const std::string numbers = absl::StrFormat(
-      " %3d%%  %s / %s  %s/s", static_cast<int>(fraction * 100),
+      " %3d%%  %10s / %-10s %10s/s", static_cast<int>(fraction * 100),
       HumanBytes(done), HumanBytes(total),
       HumanBytes(seconds > 0 ? static_cast<uint64_t>(done / seconds) : 0));
   const int room = TerminalColumns() - 1 -
