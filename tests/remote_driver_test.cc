@@ -2,17 +2,12 @@
 // against a real server (in-process, or the h5depotd binary where the test
 // is about the process going away), with other processes and h5py on the
 // other side.
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -24,9 +19,10 @@
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
 #include "h5depot/server/depot_server.h"
+#include "h5depot/testing/server_process.h"
+#include "h5depot/testing/subprocess.h"
+#include "h5depot/testing/temp_dir.h"
 #include "remote_driver_content.h"
-
-extern char** environ;
 
 namespace h5depot {
 namespace {
@@ -60,120 +56,22 @@ std::string ErrorStack() {
   return text;
 }
 
-struct ProcessResult {
-  int exit_code = -1;
-  std::string output;  // stdout
-};
+// Runs the helper (a second application using the driver) to completion
+// and expects it to succeed.
+void ExpectHelperSucceeds(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {H5DEPOT_REMOTE_DRIVER_HELPER};
+  argv.insert(argv.end(), args.begin(), args.end());
+  testing::CommandResult result = testing::RunCommand(argv);
+  ASSERT_EQ(result.exit_code, 0) << args.front() << ": " << result.stderr_text;
+}
 
-// Runs `args` to completion, capturing stdout; stderr passes through.
-ProcessResult RunProcess(const std::vector<std::string>& args) {
-  int pipe_fds[2];
-  if (pipe(pipe_fds) != 0) return {};
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&actions, pipe_fds[0]);
-  std::vector<char*> argv;
-  for (const std::string& arg : args)
-    argv.push_back(const_cast<char*>(arg.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid;
-  const int spawned =
-      posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  close(pipe_fds[1]);
-  ProcessResult result;
-  if (spawned != 0) {
-    close(pipe_fds[0]);
-    return result;
-  }
-  char buffer[4096];
-  for (ssize_t n; (n = read(pipe_fds[0], buffer, sizeof(buffer))) > 0;) {
-    result.output.append(buffer, n);
-  }
-  close(pipe_fds[0]);
+// Stops `server` (SIGSTOP) and returns once it is stopped: it then accepts
+// connections and requests but answers none.
+void Freeze(const testing::ServerProcess& server) {
+  kill(server.pid(), SIGSTOP);
   int status = 0;
-  waitpid(pid, &status, 0);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  waitpid(server.pid(), &status, WUNTRACED);
 }
-
-ProcessResult RunHelper(const std::vector<std::string>& args) {
-  std::vector<std::string> full = {H5DEPOT_REMOTE_DRIVER_HELPER};
-  full.insert(full.end(), args.begin(), args.end());
-  return RunProcess(full);
-}
-
-// h5depotd as a child process, for the tests where the server dies.
-class ServerProcess {
- public:
-  // Starts h5depotd on a free loopback port; an empty target on failure.
-  ServerProcess() {
-    int pipe_fds[2];
-    if (pipe(pipe_fds) != 0) return;
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, pipe_fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&actions, pipe_fds[0]);
-    std::string binary = H5DEPOTD_PATH;
-    std::string listen = "--listen=127.0.0.1:0";
-    char* argv[] = {binary.data(), listen.data(), nullptr};
-    const int spawned =
-        posix_spawn(&pid_, argv[0], &actions, nullptr, argv, environ);
-    posix_spawn_file_actions_destroy(&actions);
-    close(pipe_fds[1]);
-    if (spawned != 0) {
-      pid_ = -1;
-      close(pipe_fds[0]);
-      return;
-    }
-    stdout_ = pipe_fds[0];
-    // The daemon announces itself once it accepts calls. The poll timeout
-    // only keeps a broken daemon from hanging the test.
-    const std::string marker = "h5depotd listening on ";
-    std::string seen;
-    pollfd fd = {stdout_, POLLIN, 0};
-    while (seen.find('\n', seen.find(marker)) == std::string::npos &&
-           poll(&fd, 1, 30000) == 1) {
-      char buffer[256];
-      const ssize_t n = read(stdout_, buffer, sizeof(buffer));
-      if (n <= 0) break;
-      seen.append(buffer, n);
-    }
-    const size_t at = seen.find(marker);
-    if (at == std::string::npos) return;
-    const size_t end = seen.find('\n', at);
-    if (end == std::string::npos) return;
-    target_ = seen.substr(at + marker.size(), end - at - marker.size());
-  }
-
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGCONT);
-      Kill();
-    }
-    if (stdout_ >= 0) close(stdout_);
-  }
-
-  const std::string& target() const { return target_; }
-
-  void Kill() {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    pid_ = -1;
-  }
-  // Returns once the daemon is actually stopped.
-  void Stop() {
-    kill(pid_, SIGSTOP);
-    int status = 0;
-    waitpid(pid_, &status, WUNTRACED);
-  }
-
- private:
-  pid_t pid_ = -1;
-  int stdout_ = -1;
-  std::string target_;
-};
 
 class RemoteDriverTest : public ::testing::Test {
  protected:
@@ -233,8 +131,7 @@ class RemoteDriverTest : public ::testing::Test {
 };
 
 TEST_F(RemoteDriverTest, AnImageCreatedInOneProcessOpensInAnother) {
-  ASSERT_EQ(RunHelper({"create", target_, "runs/from-helper", "3"}).exit_code,
-            0);
+  ExpectHelperSucceeds({"create", target_, "runs/from-helper", "3"});
 
   hid_t file = H5Fopen("runs/from-helper", H5F_ACC_RDONLY, Fapl());
   ASSERT_GE(file, 0) << ErrorStack();
@@ -244,8 +141,7 @@ TEST_F(RemoteDriverTest, AnImageCreatedInOneProcessOpensInAnother) {
 
   // And the other way round: what this process creates, the helper reads.
   CreateImage("runs/from-test", 4);
-  EXPECT_EQ(RunHelper({"check", target_, "runs/from-test", "4", "4"}).exit_code,
-            0);
+  ExpectHelperSucceeds({"check", target_, "runs/from-test", "4", "4"});
 }
 
 TEST_F(RemoteDriverTest, WhatTheDriverCommittedIsWhatH5pySees) {
@@ -257,17 +153,17 @@ TEST_F(RemoteDriverTest, WhatTheDriverCommittedIsWhatH5pySees) {
 
   auto fetched = client_->Fetch("h5py/check");
   ASSERT_TRUE(fetched.ok()) << fetched.status();
-  const std::string path = ::testing::TempDir() + "/h5py_check.h5";
-  {
-    std::ofstream out(path, std::ios::binary);
-    out.write(static_cast<const char*>(fetched->buffer.data()),
-              fetched->buffer.size());
-  }
-  ProcessResult dump =
-      RunProcess({H5DEPOT_SYSTEM_PYTHON3, H5PY_DUMP_SCRIPT, path});
-  EXPECT_EQ(dump.exit_code, 0);
-  EXPECT_EQ(dump.output, ExpectedDump(5, 9));
-  std::remove(path.c_str());
+  auto dir = testing::TempDir::Create();
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  const std::string path = dir->File("fetched.h5");
+  ASSERT_TRUE(testing::WriteFile(path, std::string(static_cast<const char*>(
+                                                       fetched->buffer.data()),
+                                                   fetched->buffer.size()))
+                  .ok());
+  testing::CommandResult dump =
+      testing::RunCommand({H5DEPOT_H5PY_PYTHON, H5PY_DUMP_SCRIPT, path});
+  EXPECT_EQ(dump.exit_code, 0) << dump.stderr_text;
+  EXPECT_EQ(dump.stdout_text, ExpectedDump(5, 9));
 }
 
 TEST_F(RemoteDriverTest,
@@ -309,8 +205,7 @@ TEST_F(RemoteDriverTest, OfTwoWritersOfOneGenerationTheSecondToCommitFails) {
   ASSERT_TRUE(OverwriteInts(file, 5));
 
   // Another process opens the same generation, writes and commits first.
-  ASSERT_EQ(RunHelper({"overwrite-ints", target_, "contended", "7"}).exit_code,
-            0);
+  ExpectHelperSucceeds({"overwrite-ints", target_, "contended", "7"});
   const uint64_t winner = CurrentGeneration("contended");
 
   EXPECT_LT(H5Fflush(file, H5F_SCOPE_GLOBAL), 0);
@@ -336,20 +231,20 @@ TEST_F(RemoteDriverTest, OfTwoWritersOfOneGenerationTheSecondToCommitFails) {
   EXPECT_THAT(ErrorStack(), HasSubstr("Commit conflict"));
 
   EXPECT_EQ(CurrentGeneration("contended"), winner);
-  EXPECT_EQ(RunHelper({"check", target_, "contended", "1", "7"}).exit_code, 0);
+  ExpectHelperSucceeds({"check", target_, "contended", "1", "7"});
 }
 
 TEST_F(RemoteDriverTest, CreatingAnIdThatAnotherClientCreatedMeanwhileFails) {
   hid_t file = H5Fcreate("raced", H5F_ACC_EXCL, H5P_DEFAULT, Fapl());
   ASSERT_GE(file, 0) << ErrorStack();
   ASSERT_TRUE(WriteContent(file, 1));
-  ASSERT_EQ(RunHelper({"create", target_, "raced", "3"}).exit_code, 0);
+  ExpectHelperSucceeds({"create", target_, "raced", "3"});
 
   EXPECT_GE(H5Fclose(file), 0);
   const std::string errors = ErrorStack();
   EXPECT_THAT(errors, HasSubstr("Commit conflict"));
   EXPECT_THAT(errors, HasSubstr("created the image"));
-  EXPECT_EQ(RunHelper({"check", target_, "raced", "3", "3"}).exit_code, 0);
+  ExpectHelperSucceeds({"check", target_, "raced", "3", "3"});
 }
 
 TEST_F(RemoteDriverTest, CreateRefusesAnExistingIdUnlessAskedToTruncate) {
@@ -364,7 +259,7 @@ TEST_F(RemoteDriverTest, CreateRefusesAnExistingIdUnlessAskedToTruncate) {
   ASSERT_TRUE(WriteContent(file, 6));
   ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
   EXPECT_GT(CurrentGeneration("existing"), before);
-  EXPECT_EQ(RunHelper({"check", target_, "existing", "6", "6"}).exit_code, 0);
+  ExpectHelperSucceeds({"check", target_, "existing", "6", "6"});
 }
 
 TEST_F(RemoteDriverTest, FlushPublishesAGenerationAndTheFileGoesOnFromIt) {
@@ -378,13 +273,13 @@ TEST_F(RemoteDriverTest, FlushPublishesAGenerationAndTheFileGoesOnFromIt) {
   const uint64_t flushed = CurrentGeneration("flushed");
   EXPECT_GT(flushed, created);
   EXPECT_EQ(FileInfo(file).generation, flushed);
-  EXPECT_EQ(RunHelper({"check", target_, "flushed", "1", "4"}).exit_code, 0);
+  ExpectHelperSucceeds({"check", target_, "flushed", "1", "4"});
 
   ASSERT_TRUE(OverwriteInts(file, 6));
   EXPECT_EQ(CheckContent(file, 1, 6), "");
   ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
   EXPECT_GT(CurrentGeneration("flushed"), flushed);
-  EXPECT_EQ(RunHelper({"check", target_, "flushed", "1", "6"}).exit_code, 0);
+  ExpectHelperSucceeds({"check", target_, "flushed", "1", "6"});
 }
 
 TEST_F(RemoteDriverTest, OpeningReadWriteWithoutWritingPublishesNothing) {
@@ -602,8 +497,9 @@ TEST_F(RemoteDriverTest, ManyThreadsReadThroughTheDriverAtOnce) {
 
 TEST(RemoteDriverServerProcessTest, AServerKilledMidReadFailsTheRead) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  ServerProcess server;
-  ASSERT_FALSE(server.target().empty());
+  auto started = testing::ServerProcess::Start();
+  ASSERT_TRUE(started.ok()) << started.status();
+  testing::ServerProcess& server = **started;
   H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
   config.page_size = 4096;
   config.cache_size = 4096;
@@ -633,8 +529,9 @@ TEST(RemoteDriverServerProcessTest, AServerKilledMidReadFailsTheRead) {
 
 TEST(RemoteDriverServerProcessTest, AStoppedServerFailsReadsWithATimeout) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  ServerProcess server;
-  ASSERT_FALSE(server.target().empty());
+  auto started = testing::ServerProcess::Start();
+  ASSERT_TRUE(started.ok()) << started.status();
+  testing::ServerProcess& server = **started;
   H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
   config.page_size = 4096;
   config.cache_size = 4096;
@@ -651,7 +548,7 @@ TEST(RemoteDriverServerProcessTest, AStoppedServerFailsReadsWithATimeout) {
   hid_t file = H5Fopen("stalled", H5F_ACC_RDONLY, fapl);
   ASSERT_GE(file, 0) << ErrorStack();
 
-  server.Stop();
+  Freeze(server);
   std::vector<double> matrix(testing::kRows * testing::kCols);
   EXPECT_LT(H5LTread_dataset_double(file, "group/matrix", matrix.data()), 0);
   EXPECT_THAT(ErrorStack(), HasSubstr("Timed out"));
