@@ -75,9 +75,10 @@ typedef struct H5FD_remote_config_t {
   /* How long to wait for the server to answer when first connecting.
    * Default 10000; must be positive. */
   uint32_t connect_timeout_ms;
-  /* Deadline of each request to the server: a read, an open, or a commit
-   * of at most 1 GiB (larger commits get proportionally longer). Default
-   * 30000; must be positive, so that no call can hang forever. */
+  /* Deadline of each request to the server: an open, a read (reads are
+   * split into requests of at most 64 MiB), a commit (one request carrying
+   * the whole image: raise this for images of many GiB). Default 30000;
+   * must be positive, so that no request can hang forever. */
   uint32_t call_timeout_ms;
 } H5FD_remote_config_t;
 

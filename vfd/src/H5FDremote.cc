@@ -20,6 +20,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -172,12 +173,18 @@ class PinnedGeneration final : public ImageReader {
         ((length / streams) + (size_t{1} << 20) - 1) & ~((size_t{1} << 20) - 1);
     std::vector<absl::Status> results(streams);
     std::vector<std::thread> threads;
+    threads.reserve(streams);
     for (size_t i = 1; i < streams; ++i) {
       const size_t from = std::min(length, i * share);
       const size_t to = std::min(length, (i + 1) * share);
-      threads.emplace_back([&, i, from, to] {
+      auto read_share = [&, i, from, to] {
         results[i] = ReadRange(offset + from, bytes + from, to - from);
-      });
+      };
+      try {
+        threads.emplace_back(read_share);
+      } catch (const std::system_error&) {
+        read_share();  // no thread to be had: read it here instead
+      }
     }
     results[0] = ReadRange(offset, bytes, std::min(length, share));
     for (std::thread& thread : threads) thread.join();
