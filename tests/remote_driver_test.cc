@@ -30,7 +30,6 @@ namespace {
 using testing::CheckContent;
 using testing::ExpectedDump;
 using ::testing::HasSubstr;
-using ::testing::Not;
 using testing::OverwriteInts;
 using testing::WriteContent;
 

@@ -66,7 +66,8 @@ typedef struct H5FD_remote_config_t {
   size_t page_size;
   /* Bytes of clean pages each open file keeps; at least one page. Pages
    * written but not yet committed are kept in addition, whatever this
-   * says. Default 64 MiB. */
+   * says, and so is a buffer for readahead of up to a quarter of this.
+   * Default 64 MiB. */
   size_t cache_size;
   /* Bytes read past a cache miss, in the same round trip. Doubles while
    * misses are sequential, up to a quarter of the cache. Default 64 KiB;
