@@ -494,6 +494,20 @@ TEST_F(RemoteDriverTest, ManyThreadsReadThroughTheDriverAtOnce) {
   EXPECT_EQ(failures.load(), 0);
 }
 
+TEST(RemoteDriverRegistrationTest, ThreadsRacingToRegisterGetOneDriverId) {
+  std::vector<hid_t> ids(8, H5I_INVALID_HID);
+  std::vector<std::thread> threads;
+  for (hid_t& id : ids) {
+    threads.emplace_back([&id] { id = H5FD_remote_init(); });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (hid_t id : ids) {
+    EXPECT_GE(id, 0);
+    EXPECT_EQ(id, ids.front());
+  }
+  EXPECT_EQ(H5FD_REMOTE, ids.front());
+}
+
 TEST(RemoteDriverServerProcessTest, AServerKilledMidReadFailsTheRead) {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   auto started = testing::ServerProcess::Start();
