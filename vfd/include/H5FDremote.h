@@ -58,6 +58,8 @@ extern "C" {
 
 /* Tuning of one file access property list. Start from
  * H5FD_REMOTE_CONFIG_INIT (the defaults) and change what you need. */
+/* HDF5 names, not the project style:
+ * NOLINTNEXTLINE(readability-identifier-naming) */
 typedef struct H5FD_remote_config_t {
   /* H5FD_REMOTE_CONFIG_VERSION. */
   int32_t version;
@@ -91,6 +93,7 @@ typedef struct H5FD_remote_config_t {
   }
 
 /* Counters of one open file, for tuning and for tests. */
+/* NOLINTNEXTLINE(readability-identifier-naming) */
 typedef struct H5FD_remote_file_info_t {
   /* The generation the file reads from: the one it was opened at, or the
    * one it last committed. 0 for a created file not yet committed. */

@@ -504,7 +504,7 @@ H5FD_remote_file_info_t RemoteFile::Info() const {
 }
 
 // What HDF5 holds: its public part first, as the VFL requires, and our file.
-struct H5FD_remote_t {
+struct H5FD_remote_t {  // NOLINT(readability-identifier-naming): as HDF5
   H5FD_t pub;
   RemoteFile* file;
 };
@@ -623,6 +623,7 @@ int RemoteCmp(const H5FD_t* f1, const H5FD_t* f2) {
   return ga < gb ? -1 : (ga > gb ? 1 : 0);
 }
 
+// NOLINTNEXTLINE(google-runtime-int): HDF5's signature
 herr_t RemoteQuery(const H5FD_t*, unsigned long* flags) {
   if (flags != nullptr) {
     // The same library-side optimisations as sec2 and core: they batch
