@@ -1,0 +1,201 @@
+// The C API (h5depot/h5depot.h) over h5depot::Client. No C++ exception
+// crosses this boundary: every entry point catches everything and turns it
+// into a result code plus a thread-local message.
+
+#include <exception>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "c_api_internal.h"
+#include "h5depot/client.h"
+#include "h5depot/h5depot.h"
+
+namespace h5depot::c_api {
+namespace {
+
+thread_local std::string last_error_message;
+thread_local int last_error_code = H5DEPOT_OK;
+
+}  // namespace
+
+int Fail(const absl::Status& status) {
+  last_error_code = static_cast<int>(status.code());
+  last_error_message = std::string(status.message());
+  return last_error_code;
+}
+
+int Succeed() {
+  last_error_code = H5DEPOT_OK;
+  last_error_message.clear();
+  return H5DEPOT_OK;
+}
+
+int FailInvalid(const char* message) {
+  return Fail(absl::InvalidArgumentError(message));
+}
+
+int FailFromException() {
+  try {
+    throw;
+  } catch (const std::bad_alloc&) {
+    return Fail(absl::ResourceExhaustedError("out of memory"));
+  } catch (const std::exception& e) {
+    return Fail(absl::InternalError(e.what()));
+  } catch (...) {
+    return Fail(absl::InternalError("unknown error"));
+  }
+}
+
+}  // namespace h5depot::c_api
+
+using h5depot::c_api::Fail;
+using h5depot::c_api::FailFromException;
+using h5depot::c_api::FailInvalid;
+using h5depot::c_api::Succeed;
+
+extern "C" {
+
+const char* h5depot_errmsg(void) {
+  return h5depot::c_api::last_error_message.c_str();
+}
+
+int h5depot_errcode(void) { return h5depot::c_api::last_error_code; }
+
+h5depot_client* h5depot_connect(const char* target) {
+  try {
+    if (target == nullptr) {
+      FailInvalid("no server given: expected host:port or unix:/path");
+      return nullptr;
+    }
+    auto client = h5depot::Client::Connect(target);
+    if (!client.ok()) {
+      Fail(client.status());
+      return nullptr;
+    }
+    Succeed();
+    return new h5depot_client{*std::move(client)};
+  } catch (...) {
+    FailFromException();
+    return nullptr;
+  }
+}
+
+void h5depot_disconnect(h5depot_client* client) {
+  try {
+    delete client;
+  } catch (...) {
+    FailFromException();
+  }
+}
+
+int h5depot_push_buffer(h5depot_client* client, const char* image_id,
+                        const void* buf, size_t len, uint64_t* generation) {
+  return h5depot_push_buffer_ex(client, image_id, buf, len, nullptr,
+                                generation);
+}
+
+int h5depot_push_buffer_ex(h5depot_client* client, const char* image_id,
+                           const void* buf, size_t len,
+                           const h5depot_push_options* options,
+                           uint64_t* generation) {
+  try {
+    if (client == nullptr || image_id == nullptr) {
+      return FailInvalid("client and image id must not be NULL");
+    }
+    if (buf == nullptr && len > 0) {
+      return FailInvalid("buffer is NULL");
+    }
+    h5depot::PushOptions push_options;
+    if (options != nullptr) {
+      if (options->use_if_generation_match) {
+        push_options.if_generation_match = options->if_generation_match;
+      }
+      push_options.ttl = absl::Milliseconds(options->ttl_ms);
+    }
+    auto info = client->client->Push(image_id, buf, len, push_options);
+    if (!info.ok()) return Fail(info.status());
+    if (generation != nullptr) *generation = info->generation;
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+int h5depot_fetch(h5depot_client* client, const char* image_id, void** buf,
+                  size_t* len, uint64_t* generation) {
+  try {
+    if (buf != nullptr) *buf = nullptr;
+    if (len != nullptr) *len = 0;
+    if (client == nullptr || image_id == nullptr || buf == nullptr ||
+        len == nullptr) {
+      return FailInvalid("client, image id, buf and len must not be NULL");
+    }
+    auto fetched = client->client->Fetch(image_id);
+    if (!fetched.ok()) return Fail(fetched.status());
+    *len = fetched->buffer.size();
+    *buf = fetched->buffer.Release();
+    if (generation != nullptr) *generation = fetched->info.generation;
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+int h5depot_wait(h5depot_client* client, const char* image_id,
+                 int64_t timeout_ms) {
+  try {
+    if (client == nullptr || image_id == nullptr) {
+      return FailInvalid("client and image id must not be NULL");
+    }
+    if (timeout_ms < 0) return FailInvalid("timeout must not be negative");
+    // A zero timeout still asks once; Stat with no wait does exactly that.
+    auto info = client->client->Stat(image_id, absl::Milliseconds(timeout_ms));
+    if (!info.ok()) {
+      if (timeout_ms == 0 &&
+          info.status().code() == absl::StatusCode::kNotFound) {
+        return Fail(absl::DeadlineExceededError(std::string("image '") +
+                                                image_id + "' does not exist"));
+      }
+      return Fail(info.status());
+    }
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+int h5depot_stat(h5depot_client* client, const char* image_id,
+                 h5depot_image_info* info) {
+  try {
+    if (client == nullptr || image_id == nullptr || info == nullptr) {
+      return FailInvalid("client, image id and info must not be NULL");
+    }
+    auto stat = client->client->Stat(image_id);
+    if (!stat.ok()) return Fail(stat.status());
+    info->size = stat->size;
+    info->generation = stat->generation;
+    info->checksum = stat->checksum;
+    info->created_unix_micros = absl::ToUnixMicros(stat->created);
+    info->expires_unix_micros = stat->expires == absl::InfiniteFuture()
+                                    ? 0
+                                    : absl::ToUnixMicros(stat->expires);
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+int h5depot_delete(h5depot_client* client, const char* image_id) {
+  try {
+    if (client == nullptr || image_id == nullptr) {
+      return FailInvalid("client and image id must not be NULL");
+    }
+    absl::Status status = client->client->Delete(image_id);
+    return status.ok() ? Succeed() : Fail(status);
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+}  // extern "C"

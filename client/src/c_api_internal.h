@@ -1,0 +1,33 @@
+// Shared plumbing of the C API's translation units: the opaque client
+// struct and the one place that turns a failure into a result code plus
+// the thread-local message h5depot_errmsg() returns.
+#ifndef H5DEPOT_CLIENT_C_API_INTERNAL_H_
+#define H5DEPOT_CLIENT_C_API_INTERNAL_H_
+
+#include <memory>
+
+#include "absl/status/status.h"
+#include "h5depot/client.h"
+#include "h5depot/h5depot.h"
+
+struct h5depot_client {
+  std::unique_ptr<h5depot::Client> client;
+};
+
+namespace h5depot::c_api {
+
+// Records `status` as the calling thread's last failure; returns its code.
+int Fail(const absl::Status& status);
+
+// Records INVALID_ARGUMENT with `message`; returns its code.
+int FailInvalid(const char* message);
+
+// Inside a catch block: records the exception in flight as a failure.
+int FailFromException();
+
+// Clears the calling thread's last failure; returns H5DEPOT_OK.
+int Succeed();
+
+}  // namespace h5depot::c_api
+
+#endif  // H5DEPOT_CLIENT_C_API_INTERNAL_H_

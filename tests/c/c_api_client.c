@@ -1,0 +1,104 @@
+/* A plain C program using the installed h5depot C API; built by
+ * install_test.sh exactly as an application would be:
+ *   cc c_api_client.c $(pkg-config --cflags --libs h5depot)
+ * Usage: c_api_client TARGET. Exits 0 when every check passes. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "h5depot/h5depot.h"
+
+static int failures = 0;
+
+#define CHECK(condition)                                                      \
+  do {                                                                        \
+    if (!(condition)) {                                                       \
+      fprintf(stderr, "%s:%d: check failed: %s (last error: %s)\n", __FILE__, \
+              __LINE__, #condition, h5depot_errmsg());                        \
+      ++failures;                                                             \
+    }                                                                         \
+  } while (0)
+
+/* An HDF5 file built in memory with the core driver, as a malloc'ed image. */
+static void* make_image(size_t* len) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_fapl_core(fapl, 1 << 16, 0);
+  hid_t file = H5Fcreate("c-api-image.h5", H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  hsize_t dims[1] = {100};
+  hid_t space = H5Screate_simple(1, dims, NULL);
+  hid_t dset = H5Dcreate2(file, "values", H5T_NATIVE_INT, space, H5P_DEFAULT,
+                          H5P_DEFAULT, H5P_DEFAULT);
+  int values[100];
+  for (int i = 0; i < 100; ++i) values[i] = i * i;
+  H5Dwrite(dset, H5T_NATIVE_INT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values);
+  H5Dclose(dset);
+  H5Sclose(space);
+  H5Fflush(file, H5F_SCOPE_GLOBAL);
+  ssize_t size = H5Fget_file_image(file, NULL, 0);
+  void* image = malloc((size_t)size);
+  H5Fget_file_image(file, image, (size_t)size);
+  H5Fclose(file);
+  H5Pclose(fapl);
+  *len = (size_t)size;
+  return image;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: %s TARGET\n", argv[0]);
+    return 2;
+  }
+  h5depot_client* client = h5depot_connect(argv[1]);
+  if (client == NULL) {
+    fprintf(stderr, "connect: %s\n", h5depot_errmsg());
+    return 1;
+  }
+
+  size_t len = 0;
+  void* image = make_image(&len);
+  uint64_t pushed_generation = 0;
+  CHECK(h5depot_push_buffer(client, "c/packet", image, len,
+                            &pushed_generation) == H5DEPOT_OK);
+  CHECK(pushed_generation > 0);
+
+  h5depot_image_info info;
+  CHECK(h5depot_stat(client, "c/packet", &info) == H5DEPOT_OK);
+  CHECK(info.size == len && info.generation == pushed_generation);
+
+  void* fetched = NULL;
+  size_t fetched_len = 0;
+  uint64_t fetched_generation = 0;
+  CHECK(h5depot_fetch(client, "c/packet", &fetched, &fetched_len,
+                      &fetched_generation) == H5DEPOT_OK);
+  CHECK(fetched_len == len && fetched != NULL &&
+        memcmp(fetched, image, len) == 0);
+  CHECK(fetched_generation == pushed_generation);
+  free(fetched);
+
+  /* A create-only push of an existing id fails with ALREADY_EXISTS. */
+  h5depot_push_options options;
+  memset(&options, 0, sizeof options);
+  options.use_if_generation_match = 1;
+  options.if_generation_match = 0;
+  CHECK(h5depot_push_buffer_ex(client, "c/packet", image, len, &options,
+                               NULL) == H5DEPOT_ALREADY_EXISTS);
+  CHECK(h5depot_errcode() == H5DEPOT_ALREADY_EXISTS);
+  CHECK(strlen(h5depot_errmsg()) > 0);
+
+  CHECK(h5depot_wait(client, "c/packet", 0) == H5DEPOT_OK);
+  CHECK(h5depot_wait(client, "c/never", 50) == H5DEPOT_DEADLINE_EXCEEDED);
+  CHECK(h5depot_delete(client, "c/packet") == H5DEPOT_OK);
+  CHECK(h5depot_fetch(client, "c/packet", &fetched, &fetched_len, NULL) ==
+        H5DEPOT_NOT_FOUND);
+  CHECK(fetched == NULL && fetched_len == 0);
+  CHECK(strstr(h5depot_errmsg(), "c/packet") != NULL);
+  CHECK(h5depot_push_buffer(client, "bad id", image, len, NULL) ==
+        H5DEPOT_INVALID_ARGUMENT);
+
+  free(image);
+  h5depot_disconnect(client);
+  CHECK(h5depot_connect("unix:/nonexistent/h5depot.sock") == NULL);
+  CHECK(h5depot_errcode() == H5DEPOT_UNAVAILABLE);
+  if (failures == 0) printf("c_api_client: all checks passed\n");
+  return failures == 0 ? 0 : 1;
+}

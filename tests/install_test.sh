@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs the build into a temporary prefix, builds a plain C client
+# against it with nothing but pkg-config (as an application would), starts
+# the installed h5depotd on a Unix socket, and runs the client against it.
+# Usage: install_test.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+build_dir=$1
+source_dir=$(cd "$2" && pwd)
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+  if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cmake --install "$build_dir" --prefix "$work/prefix" > "$work/install.log"
+pc_file=$(find "$work/prefix" -name h5depot.pc)
+[[ -n "$pc_file" ]] || { echo "h5depot.pc was not installed"; exit 1; }
+export PKG_CONFIG_PATH=$(dirname "$pc_file")
+libdir=$(pkg-config --variable=libdir h5depot)
+
+cc -std=c11 -Wall -Wextra -Werror -o "$work/c_api_client" \
+  "$source_dir/tests/c/c_api_client.c" \
+  $(pkg-config --cflags --libs h5depot) -Wl,-rpath,"$libdir"
+
+# The installed daemon; it says where it listens once it is ready.
+mkfifo "$work/server.out"
+"$work/prefix/bin/h5depotd" --listen= --unix="$work/h5depot.sock" \
+  > "$work/server.out" 2> "$work/server.err" &
+server_pid=$!
+exec 3< "$work/server.out"
+read -r -t 30 ready_line <&3 || { echo "h5depotd did not start:"; cat "$work/server.err"; exit 1; }
+[[ "$ready_line" == "h5depotd listening on unix:$work/h5depot.sock" ]] || {
+  echo "unexpected first line from h5depotd: $ready_line"; exit 1; }
+
+"$work/c_api_client" "unix:$work/h5depot.sock"
+
+# And a CMake project finds the package.
+mkdir -p "$work/cmake-app"
+cat > "$work/cmake-app/CMakeLists.txt" <<CMAKE
+cmake_minimum_required(VERSION 3.25)
+project(app C)
+find_package(h5depot REQUIRED)
+add_executable(app "$source_dir/tests/c/c_api_client.c")
+target_link_libraries(app PRIVATE h5depot::h5depot)
+CMAKE
+cmake -S "$work/cmake-app" -B "$work/cmake-app/build" \
+  -DCMAKE_PREFIX_PATH="$work/prefix" > "$work/cmake-app.log" 2>&1 ||
+  { cat "$work/cmake-app.log"; exit 1; }
+cmake --build "$work/cmake-app/build" > "$work/cmake-build.log" 2>&1 ||
+  { cat "$work/cmake-build.log"; exit 1; }
+"$work/cmake-app/build/app" "unix:$work/h5depot.sock"
+echo "install test passed"
