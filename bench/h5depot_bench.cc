@@ -16,7 +16,6 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <hdf5.h>
-#include <hdf5_hl.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -52,6 +51,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "h5depot/client.h"
+#include "h5depot/file_image.h"
 #include "h5depot/internal/byte_size.h"
 
 namespace {
@@ -193,14 +193,13 @@ void CaseFetch(const Args& args, double min_seconds, bool open) {
     auto fetched = client->Fetch(id);
     if (!fetched.ok()) Die(std::string(fetched.status().message()));
     if (!open) return;
-    const size_t size = fetched->buffer.size();
-    // HDF5 takes the malloc'ed buffer and frees it when the file closes.
-    hid_t file = H5LTopen_file_image(fetched->buffer.Release(), size,
-                                     H5LT_FILE_IMAGE_DONT_COPY);
-    if (file < 0 || H5Lexists(file, "payload", H5P_DEFAULT) <= 0) {
+    // Opened in place: HDF5 takes the buffer and frees it at H5Fclose.
+    absl::StatusOr<hid_t> file =
+        h5depot::OpenFileImage(std::move(fetched->buffer));
+    if (!file.ok() || H5Lexists(*file, "payload", H5P_DEFAULT) <= 0) {
       Die("HDF5 cannot open the fetched image");
     }
-    H5Fclose(file);
+    H5Fclose(*file);
   });
   std::printf("seconds=%.9f\nbest=%.9f\n", seconds, g_best_seconds);
 }

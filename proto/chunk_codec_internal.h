@@ -12,6 +12,8 @@
 #define H5DEPOT_PROTO_CHUNK_CODEC_INTERNAL_H_
 
 #include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
 #include <grpcpp/support/slice.h>
 
 #include <cstddef>
@@ -62,6 +64,23 @@ class ChunkPayload {
   size_t first_offset_ = 0;  // within that slice
   uint64_t size_ = 0;
 };
+
+// Protobuf messages to and from raw byte buffers, for the other messages of
+// calls that move chunks raw (headers, infos, requests).
+template <typename Message>
+bool ParseMessage(const grpc::ByteBuffer& buffer, Message* message) {
+  grpc::ByteBuffer copy(buffer);  // shares the slices; Deserialize eats it
+  return grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok();
+}
+
+template <typename Message>
+grpc::ByteBuffer SerializeMessage(const Message& message) {
+  grpc::ByteBuffer buffer;
+  bool own_buffer = false;
+  grpc::SerializationTraits<Message>::Serialize(message, &buffer, &own_buffer)
+      .IgnoreError();
+  return buffer;
+}
 
 }  // namespace h5depot::internal
 

@@ -26,6 +26,8 @@ namespace h5depot {
 namespace {
 
 using internal::FromGrpcStatus;
+using internal::ParseMessage;
+using internal::SerializeMessage;
 
 ImageInfo ToImageInfo(const v1::ImageInfo& info) {
   ImageInfo result;
@@ -85,21 +87,6 @@ absl::Status ReceiveChunks(Stream* stream, uint8_t* out, uint64_t expected,
     if (progress) progress(received, expected);
   }
   return absl::OkStatus();
-}
-
-template <typename Message>
-bool ParseMessage(const grpc::ByteBuffer& buffer, Message* message) {
-  grpc::ByteBuffer copy(buffer);  // shares the slices; Deserialize eats it
-  return grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok();
-}
-
-template <typename Message>
-grpc::ByteBuffer Serialize(const Message& message) {
-  grpc::ByteBuffer buffer;
-  bool own_buffer = false;
-  grpc::SerializationTraits<Message>::Serialize(message, &buffer, &own_buffer)
-      .IgnoreError();
-  return buffer;
 }
 
 // One call through the generic stub, driven synchronously on a completion
@@ -507,16 +494,18 @@ absl::StatusOr<ImageInfo> Client::Impl::PushBorrowed(
   if (size <= chunk_bytes) {
     // Header, data and end of stream leave together.
     if (size == 0) {
-      call.Write(Serialize(request)) && call.WritesDone();
+      call.Write(SerializeMessage(request)) && call.WritesDone();
     } else {
-      call.Write(Serialize(request), grpc::WriteOptions().set_buffer_hint()) &&
+      call.Write(SerializeMessage(request),
+                 grpc::WriteOptions().set_buffer_hint()) &&
           call.WriteLast(chunk(0, size));
     }
   } else {
     // Before streaming more than one chunk, wait for the server to accept
     // the header, so that a refused push (too large, out of memory,
     // generation mismatch) costs one round trip and no data.
-    bool good = call.Write(Serialize(request)) && call.ReadInitialMetadata();
+    bool good =
+        call.Write(SerializeMessage(request)) && call.ReadInitialMetadata();
     for (size_t sent = 0; good && sent < size;) {
       const size_t n = std::min<size_t>(chunk_bytes, size - sent);
       grpc::ByteBuffer message = chunk(sent, n);
@@ -559,7 +548,7 @@ absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
   v1::FetchRequest request;
   request.set_image_id(std::string(image_id));
   request.set_wait_timeout_ms(ToMillis(options.wait));
-  call.WriteLast(Serialize(request));
+  call.WriteLast(SerializeMessage(request));
 
   absl::StatusOr<ImageInfo> info = ReceiveInfo<v1::FetchResponse>(&call);
   if (!info.ok()) return Annotate(info.status(), what);
@@ -603,7 +592,7 @@ absl::StatusOr<ReadResult> Client::Read(std::string_view image_id,
   request.set_generation(generation);
   request.set_offset(offset);
   request.set_length(length);
-  call.WriteLast(Serialize(request));
+  call.WriteLast(SerializeMessage(request));
   absl::StatusOr<ImageInfo> info = ReceiveInfo<v1::ReadResponse>(&call);
   if (!info.ok()) return Annotate(info.status(), what);
   ReadResult result;

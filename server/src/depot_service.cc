@@ -13,6 +13,8 @@
 namespace h5depot::server {
 namespace {
 
+using internal::ParseMessage;
+using internal::SerializeMessage;
 using internal::ToGrpcStatus;
 
 void FillImageInfo(const StoredImage& image, v1::ImageInfo* info) {
@@ -67,27 +69,12 @@ std::optional<uint64_t> OptionalGeneration(bool has, uint64_t value) {
   return has ? std::optional<uint64_t>(value) : std::nullopt;
 }
 
-template <typename Message>
-bool ParseMessage(const grpc::ByteBuffer& buffer, Message* message) {
-  grpc::ByteBuffer copy(buffer);  // shares the slices; Deserialize eats it
-  return grpc::SerializationTraits<Message>::Deserialize(&copy, message).ok();
-}
-
-template <typename Message>
-grpc::ByteBuffer Serialize(const Message& message) {
-  grpc::ByteBuffer buffer;
-  bool own_buffer = false;
-  grpc::SerializationTraits<Message>::Serialize(message, &buffer, &own_buffer)
-      .IgnoreError();
-  return buffer;
-}
-
 // A response message of type Response carrying only `image`'s info.
 template <typename Response>
 grpc::ByteBuffer InfoMessage(const StoredImage& image) {
   Response response;
   FillImageInfo(image, response.mutable_info());
-  return Serialize(response);
+  return SerializeMessage(response);
 }
 
 // Receives one push: the header, then chunks straight into the
@@ -177,7 +164,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     }
     v1::PushResponse response;
     FillImageInfo(**published, response.mutable_info());
-    *response_ = Serialize(response);
+    *response_ = SerializeMessage(response);
     Finish(grpc::Status::OK);
   }
 
