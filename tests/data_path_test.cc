@@ -1,7 +1,7 @@
 // The zero-copy data path through a real server: chunk boundaries that do
 // not line up between the two ends, empty images, bytes borrowed from the
-// caller, generations that vanish while they are being sent, and clients
-// that speak plain generated protobuf.
+// caller, generations that vanish while they are being sent or read, and
+// clients that speak plain generated protobuf.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
@@ -122,6 +122,41 @@ TEST_P(DataPathTest, ReadsAcrossChunkBoundariesReturnExactlyTheRange) {
     EXPECT_EQ(0, std::memcmp(out.data(), bytes.data() + offset, expected));
     EXPECT_EQ(out[expected], 0xee) << "wrote past the range";
   }
+  // The same ranges through one reader, in one stream.
+  auto reader = client_->OpenReader("ranges");
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  for (const auto& [offset, length] : ranges) {
+    SCOPED_TRACE(absl::StrCat("reader ", offset, "+", length));
+    std::vector<uint8_t> out(length + 1, 0xee);
+    auto read = (*reader)->Read(offset, out.data(), length);
+    ASSERT_TRUE(read.ok()) << read.status();
+    const size_t expected =
+        offset >= bytes.size() ? 0 : std::min(length, bytes.size() - offset);
+    ASSERT_EQ(*read, expected);
+    EXPECT_EQ(0, std::memcmp(out.data(), bytes.data() + offset, expected));
+    EXPECT_EQ(out[expected], 0xee) << "wrote past the range";
+  }
+}
+
+TEST_P(DataPathTest, ReaderKeepsReadingAGenerationDeletedUnderIt) {
+  const auto bytes = MakeTestImage(3 * kSendChunk + 1, 5);
+  ASSERT_TRUE(client_->Push("pinned", bytes.data(), bytes.size()).ok());
+  auto reader = client_->OpenReader("pinned");
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  ASSERT_TRUE(client_->Delete("pinned").ok());
+  std::vector<uint8_t> out(bytes.size());
+  auto read = (*reader)->Read(0, out.data(), out.size());
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(*read, bytes.size());
+  EXPECT_EQ(out, bytes);
+  reader->reset();
+  // Closing the reader lets the last reference, and its memory, go.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (server_->store().Stats().reserved_bytes != 0 &&
+         absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(server_->store().Stats().reserved_bytes, 0u);
 }
 
 TEST_P(DataPathTest, CallersBytesAreFreeToReuseWhenPushReturns) {

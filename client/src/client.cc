@@ -64,31 +64,6 @@ std::string Quoted(std::string_view image_id) {
   return absl::StrCat("'", std::string(image_id), "'");
 }
 
-// Receives a stream of {info, chunk, chunk, ...} messages into `out`,
-// expecting exactly `expected` bytes of chunks after the info.
-template <typename Response, typename Stream>
-absl::Status ReceiveChunks(Stream* stream, uint8_t* out, uint64_t expected,
-                           Response* scratch, const ProgressCallback& progress,
-                           internal::StreamingChecksum* checksum) {
-  uint64_t received = 0;
-  while (received < expected) {
-    if (!stream->Read(scratch)) {
-      return absl::UnavailableError(absl::StrCat(
-          "the stream ended after ", received, " of ", expected, " bytes"));
-    }
-    if (!scratch->has_chunk() ||
-        scratch->chunk().size() > expected - received) {
-      return absl::InternalError("the server sent an unexpected message");
-    }
-    const std::string& chunk = scratch->chunk();
-    std::memcpy(out + received, chunk.data(), chunk.size());
-    if (checksum != nullptr) checksum->Update(chunk.data(), chunk.size());
-    received += chunk.size();
-    if (progress) progress(received, expected);
-  }
-  return absl::OkStatus();
-}
-
 // One call through the generic stub, driven synchronously on a completion
 // queue of its own (the model of gRPC's sync API), so that messages arrive
 // as raw byte buffers: chunk payloads are then copied once, from the
@@ -101,7 +76,8 @@ class RawCall {
  public:
   // `context` must be fresh and outlive the call.
   RawCall(grpc::GenericStub* stub, grpc::ClientContext* context,
-          const char* method) {
+          const char* method)
+      : context_(context) {
     context->set_initial_metadata_corked(true);
     stream_ = stub->PrepareCall(context, method, &queue_);
     // Corked, the start completes nothing: it joins the first write.
@@ -160,6 +136,10 @@ class RawCall {
     return Await();
   }
 
+  // Ends the call early; Finish() then reports CANCELLED (or the error
+  // that came first).
+  void Cancel() { context_->TryCancel(); }
+
   absl::Status Finish() {
     grpc::Status status;
     stream_->Finish(&status, this);
@@ -174,6 +154,7 @@ class RawCall {
     return queue_.Next(&tag, &ok) && ok;
   }
 
+  grpc::ClientContext* const context_;
   grpc::CompletionQueue queue_;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream_;
   bool good_ = true;
@@ -233,6 +214,7 @@ absl::StatusOr<ImageInfo> ReceiveInfo(RawCall* call) {
     return status;
   }
   if (!ParseMessage(message, &response) || !response.has_info()) {
+    call->Cancel();
     call->Finish().IgnoreError();
     return absl::InternalError("no image info received");
   }
@@ -322,21 +304,19 @@ struct Client::Impl {
 class GrpcImageReader final : public ImageReader {
  public:
   GrpcImageReader(std::unique_ptr<grpc::ClientContext> context,
-                  std::unique_ptr<grpc::ClientReaderWriter<v1::ReaderRequest,
-                                                           v1::ReaderResponse>>
-                      stream,
-                  ImageInfo info)
+                  std::unique_ptr<RawCall> call, ImageInfo info)
       : context_(std::move(context)),
-        stream_(std::move(stream)),
+        call_(std::move(call)),
         info_(std::move(info)) {}
 
   ~GrpcImageReader() override {
     if (!broken_) {
-      stream_->WritesDone();
-      stream_->Finish().ok();
+      call_->WritesDone();
+      call_->Finish().IgnoreError();
     } else {
       context_->TryCancel();
     }
+    call_.reset();  // before the context it uses
   }
 
   const ImageInfo& info() const override { return info_; }
@@ -356,17 +336,16 @@ class GrpcImageReader final : public ImageReader {
     request.mutable_range()->set_offset(offset);
     request.mutable_range()->set_length(expected);
     absl::Status status;
-    if (!stream_->Write(request)) {
+    if (!call_->Write(SerializeMessage(request))) {
       status = absl::UnavailableError("the server closed the reader");
     } else {
-      v1::ReaderResponse response;
-      status = ReceiveChunks(stream_.get(), static_cast<uint8_t*>(out),
-                             expected, &response, nullptr, nullptr);
+      status = ReceiveRawChunks<v1::ReaderResponse>(
+          call_.get(), static_cast<uint8_t*>(out), expected, nullptr, nullptr);
     }
     if (!status.ok()) {
       broken_ = true;
       context_->TryCancel();
-      absl::Status final_status = FromGrpcStatus(stream_->Finish());
+      absl::Status final_status = call_->Finish();
       if (!final_status.ok() &&
           final_status.code() != absl::StatusCode::kCancelled) {
         status = final_status;
@@ -378,9 +357,7 @@ class GrpcImageReader final : public ImageReader {
 
  private:
   std::unique_ptr<grpc::ClientContext> context_;
-  std::unique_ptr<
-      grpc::ClientReaderWriter<v1::ReaderRequest, v1::ReaderResponse>>
-      stream_;
+  std::unique_ptr<RawCall> call_;
   const ImageInfo info_;
   bool broken_ = false;
 };
@@ -617,20 +594,19 @@ absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
     std::string_view image_id, uint64_t generation) {
   const std::string what = absl::StrCat("open reader on ", Quoted(image_id));
   auto context = std::make_unique<grpc::ClientContext>();
-  auto stream = impl_->stub->OpenReader(context.get());
+  auto call = std::make_unique<RawCall>(
+      impl_->generic_stub.get(), context.get(), "/h5depot.v1.Depot/OpenReader");
   v1::ReaderRequest request;
   request.mutable_open()->set_image_id(std::string(image_id));
   request.mutable_open()->set_generation(generation);
-  v1::ReaderResponse response;
-  if (!stream->Write(request) || !stream->Read(&response) ||
-      !response.has_info()) {
-    context->TryCancel();
-    absl::Status status = FromGrpcStatus(stream->Finish());
-    if (status.ok()) status = absl::InternalError("no image info received");
-    return Annotate(status, what);
+  call->Write(SerializeMessage(request));
+  absl::StatusOr<ImageInfo> info = ReceiveInfo<v1::ReaderResponse>(call.get());
+  if (!info.ok()) {
+    call.reset();
+    return Annotate(info.status(), what);
   }
   return std::unique_ptr<ImageReader>(new GrpcImageReader(
-      std::move(context), std::move(stream), ToImageInfo(response.info())));
+      std::move(context), std::move(call), *std::move(info)));
 }
 
 absl::StatusOr<ImageInfo> Client::Stat(std::string_view image_id,

@@ -41,23 +41,6 @@ absl::StatusOr<ImageRef> GetOrWait(ImageStore& store,
                        [context] { return context->IsCancelled(); });
 }
 
-// Sends bytes [offset, offset + length) of `image` as chunk messages of at
-// most `chunk_bytes`. The range must lie within the image.
-template <typename Response, typename Writer>
-absl::Status SendRange(const StoredImage& image, uint64_t offset,
-                       uint64_t length, uint64_t chunk_bytes, Writer* writer) {
-  Response response;
-  const uint64_t end = offset + length;
-  for (uint64_t at = offset; at < end; at += chunk_bytes) {
-    const uint64_t n = std::min(chunk_bytes, end - at);
-    response.set_chunk(image.data() + at, n);
-    if (!writer->Write(response)) {
-      return absl::CancelledError("the client went away during the transfer");
-    }
-  }
-  return absl::OkStatus();
-}
-
 // The part of [offset, offset + length) that lies within `image`.
 uint64_t ClampedLength(const StoredImage& image, uint64_t offset,
                        uint64_t length) {
@@ -265,6 +248,89 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   grpc::ByteBuffer message_;
   std::thread waiter_;
 };
+// Serves one reader: the open message pins a generation, and each range
+// after it is answered with its bytes as chunk messages built from slices
+// of the stored buffer. One operation at a time: the next request is read
+// once the previous range is sent.
+class ReaderReactor final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  ReaderReactor(ImageStore* store, uint64_t chunk_bytes)
+      : store_(store), chunk_bytes_(chunk_bytes) {
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client closed the reader
+      Finish(grpc::Status::OK);
+      return;
+    }
+    v1::ReaderRequest request;
+    const bool parsed = ParseMessage(in_, &request);
+    in_.Clear();
+    absl::Status status =
+        image_ == nullptr ? Open(parsed, request) : StartRange(parsed, request);
+    if (!status.ok()) Finish(ToGrpcStatus(status));
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(ToGrpcStatus(
+          absl::CancelledError("the client went away during the transfer")));
+      return;
+    }
+    SendNextOrRead();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Open(bool parsed, const v1::ReaderRequest& request) {
+    if (!parsed || !request.has_open()) {
+      return absl::InvalidArgumentError(
+          "a reader must start with an open message");
+    }
+    // Holding the reference pins this generation for the life of the call.
+    absl::StatusOr<ImageRef> image = store_->GetGeneration(
+        request.open().image_id(), request.open().generation());
+    if (!image.ok()) return image.status();
+    image_ = *std::move(image);
+    out_ = InfoMessage<v1::ReaderResponse>(*image_);
+    StartWrite(&out_);
+    return absl::OkStatus();
+  }
+
+  absl::Status StartRange(bool parsed, const v1::ReaderRequest& request) {
+    if (!parsed || !request.has_range()) {
+      return absl::InvalidArgumentError(
+          "a reader sends one open message, then only ranges");
+    }
+    next_ = request.range().offset();
+    end_ = next_ + ClampedLength(*image_, next_, request.range().length());
+    SendNextOrRead();
+    return absl::OkStatus();
+  }
+
+  void SendNextOrRead() {
+    if (next_ == end_) {
+      StartRead(&in_);
+      return;
+    }
+    const uint64_t n = std::min(chunk_bytes_, end_ - next_);
+    out_ = internal::ChunkMessageReferencing(image_->data() + next_, n, image_);
+    next_ += n;
+    StartWrite(&out_);
+  }
+
+  ImageStore* const store_;
+  const uint64_t chunk_bytes_;
+  ImageRef image_;
+  uint64_t next_ = 0;
+  uint64_t end_ = 0;
+  grpc::ByteBuffer in_;
+  grpc::ByteBuffer out_;
+};
+
 }  // namespace
 
 DepotService::DepotService(ImageStore* store, uint64_t max_chunk_bytes,
@@ -327,36 +393,9 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Read(
   return reactor;
 }
 
-grpc::Status DepotService::OpenReader(
-    grpc::ServerContext* /*context*/,
-    grpc::ServerReaderWriter<v1::ReaderResponse, v1::ReaderRequest>* stream) {
-  v1::ReaderRequest request;
-  if (!stream->Read(&request) || !request.has_open()) {
-    return ToGrpcStatus(
-        absl::InvalidArgumentError("a reader must start with an open message"));
-  }
-  // Holding the reference pins this generation for the life of the stream.
-  absl::StatusOr<ImageRef> image = store_->GetGeneration(
-      request.open().image_id(), request.open().generation());
-  if (!image.ok()) return ToGrpcStatus(image.status());
-  v1::ReaderResponse head;
-  FillImageInfo(**image, head.mutable_info());
-  if (!stream->Write(head)) return grpc::Status::CANCELLED;
-  while (stream->Read(&request)) {
-    if (!request.has_range()) {
-      return ToGrpcStatus(absl::InvalidArgumentError(
-          "a reader sends one open message, then only ranges"));
-    }
-    const uint64_t offset = request.range().offset();
-    if (absl::Status status = SendRange<v1::ReaderResponse>(
-            **image, offset,
-            ClampedLength(**image, offset, request.range().length()),
-            send_chunk_bytes_, stream);
-        !status.ok()) {
-      return ToGrpcStatus(status);
-    }
-  }
-  return grpc::Status::OK;
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
+DepotService::OpenReader(grpc::CallbackServerContext* /*context*/) {
+  return new ReaderReactor(store_, send_chunk_bytes_);
 }
 
 grpc::Status DepotService::Stat(grpc::ServerContext* context,

@@ -10,14 +10,16 @@
 
 namespace h5depot::server {
 
-// Push, Fetch and Read, which move image bytes, use the callback API with
-// raw byte buffers: chunks are sent from slices that reference the stored
-// image and received straight into the pending one, never through a
-// protobuf string. The other methods are ordinary synchronous handlers.
+// Push, Fetch, Read and OpenReader, which move image bytes, use the
+// callback API with raw byte buffers: chunks are sent from slices that
+// reference the stored image and received straight into the pending one,
+// never through a protobuf string. The other methods are ordinary
+// synchronous handlers.
 using DepotServiceBase = h5depot::v1::Depot::WithRawCallbackMethod_Push<
     h5depot::v1::Depot::WithRawCallbackMethod_Fetch<
         h5depot::v1::Depot::WithRawCallbackMethod_Read<
-            h5depot::v1::Depot::Service>>>;
+            h5depot::v1::Depot::WithRawCallbackMethod_OpenReader<
+                h5depot::v1::Depot::Service>>>>;
 
 class DepotService final : public DepotServiceBase {
  public:
@@ -34,10 +36,8 @@ class DepotService final : public DepotServiceBase {
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Read(
       grpc::CallbackServerContext* context,
       const grpc::ByteBuffer* request) override;
-  grpc::Status OpenReader(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<h5depot::v1::ReaderResponse,
-                               h5depot::v1::ReaderRequest>* stream) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OpenReader(
+      grpc::CallbackServerContext* context) override;
   grpc::Status Stat(grpc::ServerContext* context,
                     const h5depot::v1::StatRequest* request,
                     h5depot::v1::ImageInfo* response) override;
