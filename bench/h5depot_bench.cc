@@ -647,7 +647,8 @@ std::pair<double, double> RedisBenchmark(const std::vector<std::string>& where,
 }
 
 struct Row {
-  std::string transport, size, operation, time, rate, peer, peer_rate, ratio;
+  std::string transport, size, operation, time, rate, peer, peer_time,
+      peer_rate, ratio;
 };
 
 std::string Rate(double bytes_per_second) {
@@ -858,23 +859,29 @@ int RunDriver(const Args& args) {
       const auto [write_s, open_s] = handoff[size];
 
       const std::string label = SizeLabel(size);
+      // A peer given by its time per operation, or (iperf3, memcpy) by
+      // its rate alone.
       auto add = [&](const std::string& op, double seconds,
-                     const std::string& peer, double peer_rate) {
+                     const std::string& peer, double peer_seconds,
+                     double peer_rate = 0) {
         const double rate = bytes / seconds;
+        if (peer_rate == 0) peer_rate = bytes / peer_seconds;
         rows.push_back({transport.name, label, op, Duration(seconds),
-                        Rate(rate), peer, Rate(peer_rate),
-                        Ratio(rate, peer_rate)});
+                        Rate(rate), peer,
+                        peer_seconds > 0 ? Duration(peer_seconds) : "",
+                        Rate(peer_rate), Ratio(rate, peer_rate)});
         return rate / peer_rate;
       };
-      const double push_iperf = add("push", push, "iperf3", iperf);
-      const double push_redis = add("push", push, "redis SET", bytes / set);
-      const double fetch_iperf = add("fetch", fetch, "iperf3", iperf);
-      const double fetch_redis = add("fetch", fetch, "redis GET", bytes / get);
-      add("fetch", fetch, "memcpy", memcpy_rate[size]);
-      add("fetch+open", fetch_open, "redis GET", bytes / get);
-      add("fetch+open", fetch_open, "file open (sec2)", bytes / open_s);
-      add("push+fetch+open", push + fetch_open, "file write+open",
-          bytes / (write_s + open_s));
+      const double push_iperf = add("push", push, "iperf3", 0, iperf);
+      const double push_redis = add("push", push, "redis SET", set);
+      const double fetch_iperf = add("fetch", fetch, "iperf3", 0, iperf);
+      const double fetch_redis = add("fetch", fetch, "redis GET", get);
+      add("fetch", fetch, "memcpy", 0, memcpy_rate[size]);
+      add("fetch+open", fetch_open, "redis GET", get);
+      // The whole handoff, producer to consumer: through h5depot, or by
+      // writing a file to /dev/shm that the consumer opens with sec2.
+      add("push+fetch+open", push + fetch_open, "shm write+sec2 open",
+          write_s + open_s);
       if (size >= (uint64_t{64} << 20)) {
         const std::string where = absl::StrCat(transport.name, " ", label);
         check(push_iperf >= 0.5,
@@ -929,13 +936,13 @@ int RunDriver(const Args& args) {
     const double fetch_ops = ours.values["fetch_ops"];
     const std::string label = SizeLabel(small_size);
     small_rows.push_back(
-        {transport.name, label, "push x16 clients",
-         absl::StrFormat("%.0f ops/s", push_ops), "", "redis-benchmark SET",
-         absl::StrFormat("%.0f ops/s", set_rps), Ratio(push_ops, set_rps)});
+        {transport.name, label, "push, 16 clients", "",
+         absl::StrFormat("%.0f op/s", push_ops), "redis-benchmark SET", "",
+         absl::StrFormat("%.0f op/s", set_rps), Ratio(push_ops, set_rps)});
     small_rows.push_back(
-        {transport.name, label, "fetch x16 clients",
-         absl::StrFormat("%.0f ops/s", fetch_ops), "", "redis-benchmark GET",
-         absl::StrFormat("%.0f ops/s", get_rps), Ratio(fetch_ops, get_rps)});
+        {transport.name, label, "fetch, 16 clients", "",
+         absl::StrFormat("%.0f op/s", fetch_ops), "redis-benchmark GET", "",
+         absl::StrFormat("%.0f op/s", get_rps), Ratio(fetch_ops, get_rps)});
     check(push_ops >= set_rps,
           absl::StrFormat("%s small push ops/s >= redis SET (%.2fx)",
                           transport.name, push_ops / set_rps));
@@ -955,12 +962,13 @@ int RunDriver(const Args& args) {
       "GiB/s at start (the peer), %.2f GiB/s at end.\n\n",
       sysconf(_SC_NPROCESSORS_ONLN), iperf / kGiB, iperf_again / kGiB);
   auto print = [](const Row& row) {
-    std::printf("%-5s %-8s %-16s %11s %12s  %-20s %12s %8s\n",
+    std::printf("%-5s %-8s %-17s %10s %12s  %-20s %10s %12s %7s\n",
                 row.transport.c_str(), row.size.c_str(), row.operation.c_str(),
                 row.time.c_str(), row.rate.c_str(), row.peer.c_str(),
-                row.peer_rate.c_str(), row.ratio.c_str());
+                row.peer_time.c_str(), row.peer_rate.c_str(),
+                row.ratio.c_str());
   };
-  print({"via", "size", "operation", "time/op", "h5depot", "peer", "peer",
+  print({"via", "size", "h5depot", "time/op", "rate", "peer", "time/op", "rate",
          "ratio"});
   std::string previous;
   for (const Row& row : rows) {

@@ -382,6 +382,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   // closing it (a dead host, a cut cable), so no read waits forever.
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  // A connection of its own: gRPC would otherwise share one connection
+  // among all clients of a process that name the same server, and one
+  // connection is handled by one thread at a time on each end (about a
+  // third more small-image operations per second with 16 clients).
+  arguments.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   impl->channel = grpc::CreateCustomChannel(
       impl->target, grpc::InsecureChannelCredentials(), arguments);
   if (impl->channel == nullptr) {
