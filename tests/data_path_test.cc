@@ -73,17 +73,11 @@ class DataPathTest : public ::testing::TestWithParam<Transport> {
 };
 
 TEST_P(DataPathTest, ImagesAroundChunkBoundariesSurviveTheRoundTrip) {
-  const size_t sizes[] = {0,
-                          1,
-                          kSendChunk - 1,
-                          kSendChunk,
-                          kSendChunk + 1,
-                          kPushChunk - 1,
-                          kPushChunk,
-                          kPushChunk + 1,
-                          3 * kPushChunk,
-                          3 * kSendChunk + 5,
-                          (1 << 20) + 3};
+  const size_t sizes[] = {0, 1, kSendChunk - 1, kSendChunk, kSendChunk + 1,
+                          kPushChunk - 1, kPushChunk, kPushChunk + 1,
+                          3 * kPushChunk, 3 * kSendChunk + 5, (1 << 20) + 3,
+                          // Large enough for the server's append thread.
+                          (17 << 20) + 11};
   uint32_t seed = 1;
   for (size_t size : sizes) {
     SCOPED_TRACE(size);
@@ -213,6 +207,75 @@ TEST_P(DataPathTest, FetchGetsTheWholeGenerationEvenIfDeletedMidway) {
     absl::SleepFor(absl::Milliseconds(1));
   }
   EXPECT_EQ(server_->store().Stats().reserved_bytes, 0u);
+}
+
+// Pushes `bytes` through the generated stub declaring `declared_size` and
+// `checksum`, optionally cancelling after `cancel_after` bytes. Returns the
+// call's status.
+grpc::Status RawPush(const std::string& target, const std::string& id,
+                     const std::vector<uint8_t>& bytes, uint64_t declared_size,
+                     uint64_t checksum, size_t cancel_after = SIZE_MAX) {
+  auto channel =
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  auto stub = v1::Depot::NewStub(channel);
+  grpc::ClientContext context;
+  v1::PushResponse response;
+  auto writer = stub->Push(&context, &response);
+  v1::PushRequest request;
+  request.mutable_header()->set_image_id(id);
+  request.mutable_header()->set_size(declared_size);
+  request.mutable_header()->set_checksum(checksum);
+  if (writer->Write(request)) {
+    writer->WaitForInitialMetadata();
+    for (size_t sent = 0; sent < bytes.size();) {
+      if (sent >= cancel_after) {
+        context.TryCancel();
+        break;
+      }
+      const size_t n = std::min<size_t>(kPushChunk, bytes.size() - sent);
+      request.set_chunk(bytes.data() + sent, n);
+      if (!writer->Write(request)) break;
+      sent += n;
+    }
+    writer->WritesDone();
+  }
+  return writer->Finish();
+}
+
+// Waits (boundedly) for the server to have released every reservation.
+void ExpectNothingReserved(server::DepotServer& server) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (server.store().Stats().reserved_bytes != 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_EQ(server.store().Stats().reserved_bytes, 0u);
+}
+
+TEST_P(DataPathTest, LargePushesThatGoWrongLeaveNothingBehind) {
+  // Large enough to be appended by the server's append thread.
+  const auto bytes = MakeTestImage((20 << 20) + 3, 13);
+  const uint64_t checksum = internal::Checksum(bytes.data(), bytes.size());
+  const std::string target = server_->targets().front();
+  EXPECT_EQ(
+      RawPush(target, "bad", bytes, bytes.size(), checksum ^ 1).error_code(),
+      grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(
+      RawPush(target, "bad", bytes, bytes.size() - 5, checksum).error_code(),
+      grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(
+      RawPush(target, "bad", bytes, bytes.size() + 5, checksum).error_code(),
+      grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(RawPush(target, "bad", bytes, bytes.size(), checksum, 8 << 20)
+                .error_code(),
+            grpc::StatusCode::CANCELLED);
+  EXPECT_EQ(client_->Stat("bad").status().code(), absl::StatusCode::kNotFound);
+  ExpectNothingReserved(*server_);
+  // And a good one still goes through.
+  EXPECT_TRUE(RawPush(target, "bad", bytes, bytes.size(), checksum).ok());
+  auto fetched = client_->Fetch("bad");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  EXPECT_EQ(internal::Checksum(fetched->buffer.data(), fetched->buffer.size()),
+            checksum);
 }
 
 TEST_P(DataPathTest, GeneratedStubPushIsStoredAndFetchedIntact) {

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <deque>
 #include <functional>
 #include <optional>
 #include <string>
@@ -6,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "chunk_codec_internal.h"
 #include "depot_service_internal.h"
 #include "grpc_status_internal.h"
@@ -71,22 +73,89 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   }
 
   void OnReadDone(bool ok) override {
+    if (worker_.joinable()) {
+      Enqueue(ok);
+      return;
+    }
     if (!ok) {
       Complete();
       return;
     }
-    absl::Status status = pending_ == nullptr ? Begin() : Append();
+    absl::Status status = pending_ == nullptr ? Begin() : Append(message_);
     message_.Clear();
     if (!status.ok()) {
       Finish(ToGrpcStatus(status));
       return;
     }
+    if (pending_->declared_size() >= kWorkerMinBytes) {
+      worker_ = std::thread([this] { AppendLoop(); });
+    }
     StartRead(&message_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    if (worker_.joinable()) {
+      // The worker may itself be running this, having finished the call.
+      if (worker_.get_id() == std::this_thread::get_id()) {
+        worker_.detach();
+      } else {
+        worker_.join();
+      }
+    }
+    delete this;
+  }
 
  private:
+  // Large pushes copy and hash their chunks on a thread of their own, so
+  // that gRPC's threads go on receiving meanwhile instead of doing both in
+  // turn. At most kMaxQueued chunks wait for it; beyond that reading pauses.
+  static constexpr uint64_t kWorkerMinBytes = uint64_t{16} << 20;
+  static constexpr size_t kMaxQueued = 4;
+
+  void Enqueue(bool ok) {
+    absl::MutexLock lock(&mutex_);
+    if (!ok) {
+      ended_ = true;
+      return;
+    }
+    grpc::ByteBuffer message;
+    message.Swap(&message_);
+    queue_.push_back(std::move(message));
+    if (queue_.size() < kMaxQueued && !failed_) {
+      StartRead(&message_);
+    } else {
+      reading_ = false;
+    }
+  }
+
+  void AppendLoop() {
+    while (true) {
+      grpc::ByteBuffer message;
+      {
+        absl::MutexLock lock(&mutex_);
+        mutex_.Await(absl::Condition(
+            +[](PushReactor* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
+              return !self->queue_.empty() || self->ended_;
+            },
+            this));
+        if (queue_.empty()) break;  // ended, and every chunk appended
+        message.Swap(&queue_.front());
+        queue_.pop_front();
+        if (!reading_ && !ended_) {
+          reading_ = true;
+          StartRead(&message_);
+        }
+      }
+      if (absl::Status status = Append(message); !status.ok()) {
+        absl::MutexLock lock(&mutex_);
+        failed_ = true;
+        Finish(ToGrpcStatus(status));
+        return;  // `this` may be gone
+      }
+    }
+    Complete();  // `this` may be gone afterwards
+  }
+
   absl::Status Begin() {
     v1::PushRequest request;
     if (!ParseMessage(message_, &request) || !request.has_header()) {
@@ -111,9 +180,9 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     return absl::OkStatus();
   }
 
-  absl::Status Append() {
+  absl::Status Append(const grpc::ByteBuffer& message) {
     internal::ChunkPayload chunk;
-    if (chunk.Parse(message_)) {
+    if (chunk.Parse(message)) {
       absl::Status status;
       chunk.ForEachPiece([&](const uint8_t* data, size_t size) {
         status = pending_->Append(data, size);
@@ -122,7 +191,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       return status;
     }
     v1::PushRequest request;
-    if (!ParseMessage(message_, &request) || !request.has_chunk()) {
+    if (!ParseMessage(message, &request) || !request.has_chunk()) {
       return absl::InvalidArgumentError(
           "a push sends one header, then only chunks");
     }
@@ -154,8 +223,14 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   ImageStore* const store_;
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const response_;
-  grpc::ByteBuffer message_;
+  grpc::ByteBuffer message_;  // the read under way
   std::unique_ptr<PendingImage> pending_;
+  std::thread worker_;
+  absl::Mutex mutex_;
+  std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mutex_);
+  bool reading_ ABSL_GUARDED_BY(mutex_) = true;  // a read is under way
+  bool ended_ ABSL_GUARDED_BY(mutex_) = false;   // the client is done
+  bool failed_ ABSL_GUARDED_BY(mutex_) = false;  // finished with an error
 };
 
 // Sends an info message, then a byte range of an image as chunk messages
