@@ -476,11 +476,10 @@ absl::StatusOr<ImageInfo> Client::Impl::PushBorrowed(
   if (size <= chunk_bytes) {
     // Header, data and end of stream leave together.
     if (size == 0) {
-      call.Write(SerializeMessage(request)) && call.WritesDone();
-    } else {
-      call.Write(SerializeMessage(request),
-                 grpc::WriteOptions().set_buffer_hint()) &&
-          call.WriteLast(chunk(0, size));
+      if (call.Write(SerializeMessage(request))) call.WritesDone();
+    } else if (call.Write(SerializeMessage(request),
+                          grpc::WriteOptions().set_buffer_hint())) {
+      call.WriteLast(chunk(0, size));
     }
   } else {
     // Before streaming more than one chunk, wait for the server to accept

@@ -1,13 +1,14 @@
 #include <algorithm>
+#include <condition_variable>
 #include <deque>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "chunk_codec_internal.h"
 #include "depot_service_internal.h"
 #include "grpc_status_internal.h"
@@ -112,43 +113,45 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   static constexpr uint64_t kWorkerMinBytes = uint64_t{16} << 20;
   static constexpr size_t kMaxQueued = 4;
 
+  // Runs in OnReadDone. StartRead is called outside the lock: gRPC may
+  // run the next OnReadDone before StartRead returns.
   void Enqueue(bool ok) {
-    absl::MutexLock lock(&mutex_);
-    if (!ok) {
-      ended_ = true;
-      return;
+    bool read_more = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (ok) {
+        grpc::ByteBuffer message;
+        message.Swap(&message_);
+        queue_.push_back(std::move(message));
+        read_more = queue_.size() < kMaxQueued && !failed_;
+        reading_ = read_more;
+      } else {
+        ended_ = true;
+      }
     }
-    grpc::ByteBuffer message;
-    message.Swap(&message_);
-    queue_.push_back(std::move(message));
-    if (queue_.size() < kMaxQueued && !failed_) {
-      StartRead(&message_);
-    } else {
-      reading_ = false;
-    }
+    queued_.notify_one();
+    if (read_more) StartRead(&message_);
   }
 
   void AppendLoop() {
     while (true) {
       grpc::ByteBuffer message;
+      bool resume_reading = false;
       {
-        absl::MutexLock lock(&mutex_);
-        mutex_.Await(absl::Condition(
-            +[](PushReactor* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mutex_) {
-              return !self->queue_.empty() || self->ended_;
-            },
-            this));
+        std::unique_lock<std::mutex> lock(mutex_);
+        queued_.wait(lock, [this] { return !queue_.empty() || ended_; });
         if (queue_.empty()) break;  // ended, and every chunk appended
         message.Swap(&queue_.front());
         queue_.pop_front();
-        if (!reading_ && !ended_) {
-          reading_ = true;
-          StartRead(&message_);
-        }
+        resume_reading = !reading_ && !ended_;
+        if (resume_reading) reading_ = true;
       }
+      if (resume_reading) StartRead(&message_);
       if (absl::Status status = Append(message); !status.ok()) {
-        absl::MutexLock lock(&mutex_);
-        failed_ = true;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          failed_ = true;
+        }
         Finish(ToGrpcStatus(status));
         return;  // `this` may be gone
       }
@@ -226,7 +229,10 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   grpc::ByteBuffer message_;  // the read under way
   std::unique_ptr<PendingImage> pending_;
   std::thread worker_;
-  absl::Mutex mutex_;
+  // A std::mutex rather than absl::Mutex so that ThreadSanitizer sees it
+  // (Debian's Abseil is not instrumented).
+  std::mutex mutex_;
+  std::condition_variable queued_;
   std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mutex_);
   bool reading_ ABSL_GUARDED_BY(mutex_) = true;  // a read is under way
   bool ended_ ABSL_GUARDED_BY(mutex_) = false;   // the client is done
