@@ -37,8 +37,8 @@ static int write_string_attribute(hid_t object, const char* name,
 static int write_int64_attribute(hid_t object, const char* name,
                                  int64_t value) {
   hid_t space = H5Screate(H5S_SCALAR);
-  hid_t attribute = H5Acreate2(object, name, H5T_STD_I64LE, space,
-                               H5P_DEFAULT, H5P_DEFAULT);
+  hid_t attribute =
+      H5Acreate2(object, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
   herr_t written =
       attribute < 0 ? -1 : H5Awrite(attribute, H5T_NATIVE_INT64, &value);
   if (attribute >= 0) H5Aclose(attribute);
@@ -54,8 +54,8 @@ static int write_adc(hid_t detector) {
   }
   hsize_t dims[2] = {ADC_ROWS, ADC_COLUMNS};
   hid_t space = H5Screate_simple(2, dims, NULL);
-  hid_t dataset = H5Dcreate2(detector, "adc", H5T_STD_U16LE, space,
-                             H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t dataset = H5Dcreate2(detector, "adc", H5T_STD_U16LE, space, H5P_DEFAULT,
+                             H5P_DEFAULT, H5P_DEFAULT);
   herr_t written = dataset < 0 ? -1
                                : H5Dwrite(dataset, H5T_NATIVE_UINT16, H5S_ALL,
                                           H5S_ALL, H5P_DEFAULT, adc);
