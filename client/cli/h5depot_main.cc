@@ -1,0 +1,499 @@
+// h5depot: the command-line client of h5depotd.
+//
+// Every failure ends with exactly one line on stderr,
+// "h5depot: <what failed>: <why>", and an exit code a script can test
+// (see kUsageText). Standard output carries only results: image bytes for
+// `get`, image info for `put`, `stat` and `ls`.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/time.h"
+#include "atomic_file.h"
+#include "command_line.h"
+#include "h5depot/client.h"
+#include "h5depot/internal/image_id.h"
+#include "progress_bar.h"
+
+namespace h5depot::cli {
+namespace {
+
+constexpr char kDefaultServer[] = "127.0.0.1:7878";
+constexpr absl::Duration kDefaultConnectTimeout = absl::Seconds(5);
+
+// Exit codes, so that scripts can tell what happened without parsing text.
+enum ExitCode : int {
+  kExitOk = 0,
+  kExitFailed = 1,       // anything not listed below
+  kExitUsage = 2,        // the command line is wrong
+  kExitNotFound = 3,     // no such image (or file)
+  kExitConflict = 4,     // exists already / generation did not match
+  kExitUnavailable = 5,  // the server cannot be reached
+  kExitTimedOut = 6,     // a --wait or connection timed out
+};
+
+constexpr char kUsageText[] = R"(usage: h5depot [--server=TARGET] COMMAND [ARGS]
+
+Push, fetch and manage HDF5 file images held in RAM by h5depotd.
+
+Commands:
+  put FILE [--id ID] [--ttl DURATION] [--if-generation-match N]
+      Push FILE (or stdin if FILE is -, which then needs --id) as a new
+      generation of image ID (default: FILE's base name). Prints its info.
+      --ttl: delete the image this long after the push (e.g. 30s, 2h).
+      --if-generation-match: push only if generation N is current; 0 means
+      only if the image does not exist yet.
+  get ID [-o FILE|-] [--wait DURATION]
+      Fetch image ID into FILE (written whole or not at all) or to stdout.
+      --wait: if ID does not exist yet, wait this long for it to be pushed.
+  ls [PREFIX]
+      List the images whose ids start with PREFIX (default: all).
+  stat ID [--wait DURATION]
+      Print the info of image ID.
+  rm ID [--if-generation-match N]
+      Delete image ID (only if generation N is current, when given).
+
+Options:
+  --server=TARGET           h5depotd to talk to: HOST:PORT or unix:/PATH
+                            (default: $H5DEPOT_SERVER, else 127.0.0.1:7878)
+  --connect-timeout=DURATION  give up connecting after this long (default 5s)
+  -h, --help                print this help
+  --version                 print the version
+
+Image ids: 1 to 255 characters from A-Z a-z 0-9 . _ - /, as '/'-separated
+segments that are neither empty nor "." nor "..".
+
+Exit status: 0 success, 1 failure, 2 bad command line, 3 image or file not
+found, 4 image exists / generation did not match, 5 server unreachable,
+6 timed out.
+)";
+
+// Options every command accepts, before or after the command name.
+const std::vector<OptionSpec>& GlobalOptions() {
+  static const auto* const options = new std::vector<OptionSpec>{
+      {"server", true},
+      {"connect-timeout", true},
+      {"help", false, 'h'},
+      {"version", false},
+  };
+  return *options;
+}
+
+// A status message as one line, so that errors stay one line on stderr.
+std::string OneLine(const absl::Status& status) {
+  std::string message = status.message().empty()
+                            ? absl::StatusCodeToString(status.code())
+                            : std::string(status.message());
+  return absl::StrReplaceAll(message,
+                             {{"\r\n", " "}, {"\n", " "}, {"\r", " "}});
+}
+
+int ExitCodeFor(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kNotFound:
+      return kExitNotFound;
+    case absl::StatusCode::kAlreadyExists:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kAborted:
+      return kExitConflict;
+    case absl::StatusCode::kUnavailable:
+      return kExitUnavailable;
+    case absl::StatusCode::kDeadlineExceeded:
+      return kExitTimedOut;
+    default:
+      return kExitFailed;
+  }
+}
+
+// Prints "h5depot: <what>: <why>" and returns the matching exit code. The
+// client library's messages already name the operation, the image id and
+// the server, so <what> is just the command that failed.
+int Fail(const std::string& what, const absl::Status& status) {
+  std::fprintf(stderr, "h5depot: %s: %s\n", what.c_str(),
+               OneLine(status).c_str());
+  return ExitCodeFor(status.code());
+}
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "h5depot: %s (see h5depot --help)\n", message.c_str());
+  return kExitUsage;
+}
+
+std::string Quoted(const std::string& text) {
+  return absl::StrCat("\"", text, "\"");
+}
+
+std::string TimeText(absl::Time time) {
+  if (time == absl::InfiniteFuture()) return "never";
+  if (time == absl::InfinitePast()) return "-";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", time, absl::UTCTimeZone());
+}
+
+std::string FormatChecksum(uint64_t checksum) {
+  return absl::StrFormat("%016x", checksum);
+}
+
+// The `stat` (and `put`) format: one "key: value" per line, stable order.
+void PrintInfo(const ImageInfo& info) {
+  std::printf(
+      "id:          %s\n"
+      "size:        %s\n"
+      "generation:  %s\n"
+      "checksum:    %s\n"
+      "created:     %s\n"
+      "expires:     %s\n",
+      info.image_id.c_str(), absl::StrCat(info.size).c_str(),
+      absl::StrCat(info.generation).c_str(),
+      FormatChecksum(info.checksum).c_str(), TimeText(info.created).c_str(),
+      TimeText(info.expires).c_str());
+}
+
+// The `ls` format: a header, then one image per line in columns.
+void PrintTable(const std::vector<ImageInfo>& images) {
+  std::vector<std::vector<std::string>> rows = {
+      {"ID", "SIZE", "GENERATION", "CHECKSUM", "CREATED", "EXPIRES"}};
+  for (const ImageInfo& info : images) {
+    rows.push_back({info.image_id, absl::StrCat(info.size),
+                    absl::StrCat(info.generation),
+                    FormatChecksum(info.checksum), TimeText(info.created),
+                    TimeText(info.expires)});
+  }
+  std::vector<size_t> widths(rows[0].size(), 0);
+  for (const auto& row : rows) {
+    for (size_t i = 0; i < row.size(); ++i) {
+      widths[i] = std::max(widths[i], row[i].size());
+    }
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      const bool last = i + 1 == row.size();
+      // Numbers are right-aligned, text left-aligned.
+      const bool right = i == 1 || i == 2;
+      const std::string pad(widths[i] - row[i].size(), ' ');
+      absl::StrAppend(&line, right ? pad : "", row[i], right || last ? "" : pad,
+                      last ? "" : "  ");
+    }
+    std::printf("%s\n", line.c_str());
+  }
+}
+
+// What a command needs besides its own arguments.
+struct Invocation {
+  std::string command;  // "get", "put", ...
+  std::string server;
+  absl::Duration connect_timeout = kDefaultConnectTimeout;
+  ParsedArgs args;  // the command's positionals and options
+};
+
+absl::StatusOr<std::unique_ptr<Client>> Connect(const Invocation& call) {
+  ClientOptions options;
+  options.connect_timeout = call.connect_timeout;
+  return Client::Connect(call.server, options);
+}
+
+// Refuses a malformed id locally: the message the server would give, without
+// a round trip, and the exit code of a bad command line.
+int BadImageId(const Invocation& call, const std::string& id,
+               const std::string& hint = "") {
+  std::fprintf(stderr, "h5depot: %s: %s%s\n", call.command.c_str(),
+               OneLine(internal::ValidateImageId(id)).c_str(), hint.c_str());
+  return kExitUsage;
+}
+
+// Reads the optional --name N option into `out`; false (after printing the
+// usage error into `exit_code`) if it is malformed.
+bool OptionalGeneration(const ParsedArgs& args, std::optional<uint64_t>* out,
+                        int* exit_code) {
+  std::optional<std::string> text = args.Get("if-generation-match");
+  if (!text.has_value()) return true;
+  absl::StatusOr<uint64_t> value =
+      ParseUint64Arg("--if-generation-match", *text);
+  if (!value.ok()) {
+    *exit_code = UsageError(OneLine(value.status()));
+    return false;
+  }
+  *out = *value;
+  return true;
+}
+
+bool OptionalDuration(const ParsedArgs& args, const std::string& name,
+                      absl::Duration* out, int* exit_code) {
+  std::optional<std::string> text = args.Get(name);
+  if (!text.has_value()) return true;
+  absl::StatusOr<absl::Duration> value =
+      ParseDurationArg(absl::StrCat("--", name), *text);
+  if (!value.ok()) {
+    *exit_code = UsageError(OneLine(value.status()));
+    return false;
+  }
+  *out = *value;
+  return true;
+}
+
+absl::StatusOr<std::string> ReadStdin() {
+  std::string data;
+  char buffer[1 << 16];
+  while (true) {
+    const ssize_t got = read(STDIN_FILENO, buffer, sizeof(buffer));
+    if (got == 0) return data;
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return absl::InternalError(
+          absl::StrCat("cannot read stdin: ", std::strerror(errno)));
+    }
+    data.append(buffer, static_cast<size_t>(got));
+  }
+}
+
+std::string BaseName(const std::string& path) {
+  std::string trimmed = path;
+  while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
+  const size_t slash = trimmed.rfind('/');
+  return slash == std::string::npos ? trimmed : trimmed.substr(slash + 1);
+}
+
+int RunPut(const Invocation& call) {
+  const auto& pos = call.args.positionals;
+  if (pos.size() != 1) return UsageError("put takes exactly one FILE");
+  const std::string& file = pos[0];
+  const std::optional<std::string> given_id = call.args.Get("id");
+  if (file == "-" && !given_id.has_value()) {
+    return UsageError("put - (from stdin) needs --id ID");
+  }
+  const std::string id = given_id.value_or(BaseName(file));
+  if (!internal::ValidateImageId(id).ok()) {
+    return BadImageId(call, id,
+                      given_id.has_value()
+                          ? ""
+                          : " (the id is the file's name; give one with --id)");
+  }
+  PushOptions options;
+  int exit_code = kExitOk;
+  if (!OptionalGeneration(call.args, &options.if_generation_match,
+                          &exit_code) ||
+      !OptionalDuration(call.args, "ttl", &options.ttl, &exit_code)) {
+    return exit_code;
+  }
+  std::string data;
+  if (file == "-") {
+    absl::StatusOr<std::string> read = ReadStdin();
+    if (!read.ok()) return Fail(call.command, read.status());
+    data = *std::move(read);
+  }
+
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  absl::StatusOr<ImageInfo> info;
+  {
+    ProgressBar bar(absl::StrCat("put ", id));
+    options.progress = bar.Callback();
+    info = file == "-" ? (*client)->Push(id, data.data(), data.size(), options)
+                       : (*client)->PushFile(id, file, options);
+  }
+  if (!info.ok()) {
+    return Fail(call.command, info.status());
+  }
+  PrintInfo(*info);
+  return kExitOk;
+}
+
+int RunGet(const Invocation& call) {
+  const auto& pos = call.args.positionals;
+  if (pos.size() != 1) return UsageError("get takes exactly one image ID");
+  const std::string& id = pos[0];
+  if (!internal::ValidateImageId(id).ok()) return BadImageId(call, id);
+  FetchOptions options;
+  int exit_code = kExitOk;
+  if (!OptionalDuration(call.args, "wait", &options.wait, &exit_code)) {
+    return exit_code;
+  }
+  const std::optional<std::string> output = call.args.Get("output");
+  const bool to_stdout = !output.has_value() || *output == "-";
+  if (!output.has_value() && isatty(STDOUT_FILENO) == 1) {
+    return UsageError(
+        "not writing an image to a terminal; use -o FILE, or -o - to insist");
+  }
+  // Created before the fetch so that an unwritable destination fails fast.
+  std::unique_ptr<AtomicFile> file;
+  if (!to_stdout) {
+    absl::StatusOr<std::unique_ptr<AtomicFile>> created =
+        AtomicFile::Create(*output);
+    if (!created.ok()) {
+      return Fail(call.command, created.status());
+    }
+    file = *std::move(created);
+  }
+
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  absl::StatusOr<FetchedImage> image;
+  {
+    ProgressBar bar(absl::StrCat("get ", id));
+    options.progress = bar.Callback();
+    image = (*client)->Fetch(id, options);
+  }
+  if (!image.ok()) {
+    return Fail(call.command, image.status());
+  }
+  const absl::Status written =
+      to_stdout ? WriteAll(STDOUT_FILENO, image->buffer.data(),
+                           image->buffer.size(), "cannot write to stdout")
+                : file->Write(image->buffer.data(), image->buffer.size());
+  absl::Status done = written.ok() && file ? file->Commit() : written;
+  if (!done.ok()) {
+    return Fail(call.command, done);
+  }
+  return kExitOk;
+}
+
+int RunLs(const Invocation& call) {
+  const auto& pos = call.args.positionals;
+  if (pos.size() > 1) return UsageError("ls takes at most one PREFIX");
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  ListOptions options;
+  if (!pos.empty()) options.prefix = pos[0];
+  std::vector<ImageInfo> images;
+  do {
+    absl::StatusOr<ListPage> page = (*client)->List(options);
+    if (!page.ok()) {
+      return Fail(call.command, page.status());
+    }
+    images.insert(images.end(), page->images.begin(), page->images.end());
+    options.page_token = page->next_page_token;
+  } while (!options.page_token.empty());
+  PrintTable(images);
+  return kExitOk;
+}
+
+int RunStat(const Invocation& call) {
+  const auto& pos = call.args.positionals;
+  if (pos.size() != 1) return UsageError("stat takes exactly one image ID");
+  const std::string& id = pos[0];
+  if (!internal::ValidateImageId(id).ok()) return BadImageId(call, id);
+  absl::Duration wait = absl::ZeroDuration();
+  int exit_code = kExitOk;
+  if (!OptionalDuration(call.args, "wait", &wait, &exit_code)) {
+    return exit_code;
+  }
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  absl::StatusOr<ImageInfo> info = (*client)->Stat(id, wait);
+  if (!info.ok()) {
+    return Fail(call.command, info.status());
+  }
+  PrintInfo(*info);
+  return kExitOk;
+}
+
+int RunRm(const Invocation& call) {
+  const auto& pos = call.args.positionals;
+  if (pos.size() != 1) return UsageError("rm takes exactly one image ID");
+  const std::string& id = pos[0];
+  if (!internal::ValidateImageId(id).ok()) return BadImageId(call, id);
+  std::optional<uint64_t> generation;
+  int exit_code = kExitOk;
+  if (!OptionalGeneration(call.args, &generation, &exit_code)) {
+    return exit_code;
+  }
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  const absl::Status deleted = (*client)->Delete(id, generation);
+  if (!deleted.ok()) {
+    return Fail(call.command, deleted);
+  }
+  return kExitOk;
+}
+
+struct Command {
+  const char* name;
+  int (*run)(const Invocation&);
+  std::vector<OptionSpec> options;  // besides GlobalOptions()
+};
+
+const std::vector<Command>& Commands() {
+  static const auto* const commands = new std::vector<Command>{
+      {"put",
+       RunPut,
+       {{"id", true}, {"ttl", true}, {"if-generation-match", true}}},
+      {"get", RunGet, {{"output", true, 'o'}, {"wait", true}}},
+      {"ls", RunLs, {}},
+      {"stat", RunStat, {{"wait", true}}},
+      {"rm", RunRm, {{"if-generation-match", true}}},
+  };
+  return *commands;
+}
+
+int Main(int argc, char** argv) {
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  size_t command_at = 0;
+  absl::StatusOr<ParsedArgs> global =
+      ParseLeadingOptions(args, GlobalOptions(), &command_at);
+  if (!global.ok()) return UsageError(OneLine(global.status()));
+  if (global->Has("version")) {
+    std::printf("h5depot %s\n", H5DEPOT_VERSION);
+    return kExitOk;
+  }
+  if (global->Has("help") ||
+      (command_at < args.size() && args[command_at] == "help")) {
+    std::fputs(kUsageText, stdout);
+    return kExitOk;
+  }
+  if (command_at == args.size()) return UsageError("no command given");
+
+  const std::string& name = args[command_at];
+  const Command* command = nullptr;
+  for (const Command& candidate : Commands()) {
+    if (name == candidate.name) command = &candidate;
+  }
+  if (command == nullptr) {
+    return UsageError(absl::StrCat("unknown command ", Quoted(name)));
+  }
+  std::vector<OptionSpec> specs = GlobalOptions();
+  specs.insert(specs.end(), command->options.begin(), command->options.end());
+  absl::StatusOr<ParsedArgs> parsed = ParseArgs(
+      std::vector<std::string>(args.begin() + command_at + 1, args.end()),
+      specs);
+  if (!parsed.ok()) {
+    return UsageError(absl::StrCat(name, ": ", OneLine(parsed.status())));
+  }
+  if (parsed->Has("help")) {
+    std::fputs(kUsageText, stdout);
+    return kExitOk;
+  }
+  // Options given after the command win over those before it.
+  parsed->options.insert(global->options.begin(), global->options.end());
+
+  Invocation call;
+  call.command = name;
+  const char* env_server = std::getenv("H5DEPOT_SERVER");
+  call.server = parsed->Get("server").value_or(
+      env_server != nullptr && *env_server != '\0' ? env_server
+                                                   : kDefaultServer);
+  int exit_code = kExitOk;
+  if (!OptionalDuration(*parsed, "connect-timeout", &call.connect_timeout,
+                        &exit_code)) {
+    return exit_code;
+  }
+  call.args = *std::move(parsed);
+  return command->run(call);
+}
+
+}  // namespace
+}  // namespace h5depot::cli
+
+int main(int argc, char** argv) { return h5depot::cli::Main(argc, argv); }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Configures and builds h5depot with one of the presets in CMakePresets.json.
+#
+#   deploy/build.sh [PRESET] [CMAKE_ARGS...]
+#
+#   PRESET      dev (default; warnings are errors), release, or asan
+#               (AddressSanitizer + UndefinedBehaviorSanitizer)
+#   CMAKE_ARGS  passed to the configure step, e.g. -DH5DEPOT_BUILD_TESTS=OFF
+#
+# Environment: JOBS parallel compile jobs (default 2: building gRPC code is
+# memory-hungry and machines are shared); BUILD_DIR overrides the preset's
+# build directory. Run deploy/setup.sh first on a fresh machine.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+preset=${1:-dev}
+(($# > 0)) && shift
+case $preset in
+  dev) dir=build ;;
+  release | asan) dir=build-$preset ;;
+  *)
+    echo "build: unknown preset '$preset' (dev, release, asan)" >&2
+    exit 2
+    ;;
+esac
+dir=${BUILD_DIR:-$dir}
+
+cmake --preset "$preset" -B "$dir" "$@"
+cmake --build "$dir" --parallel "${JOBS:-2}"

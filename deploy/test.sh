@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Sets up this machine, then builds and runs the whole test suite twice:
+#   1. the dev preset (warnings are errors), under ctest;
+#   2. the asan preset (AddressSanitizer + UndefinedBehaviorSanitizer, with
+#      LeakSanitizer), under ctest, in its own build directory.
+# Exits non-zero if any step or any test fails.
+#
+# Environment:
+#   H5DEPOT_SKIP_SANITIZERS=1  skip pass 2 (it runs by default)
+#   JOBS                       parallel compile jobs (default 2)
+#   TEST_JOBS                  tests run in parallel (default 2)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+timings=()
+report() {  # on exit, pass or fail: how long each phase took
+  local status=$?
+  if ((${#timings[@]} > 0)); then
+    echo "==> time per phase:"
+    printf '    %s\n' "${timings[@]}"
+  fi
+  echo "tests: $passed passed, $failed failed"
+  if ((status == 0)); then
+    echo "==> all tests passed"
+  else
+    echo "==> FAILED (exit status $status)"
+  fi
+}
+trap report EXIT
+
+phase() {  # phase NAME COMMAND...: runs COMMAND, records how long it took
+  local name=$1 start=$SECONDS status=0
+  shift
+  echo "==> $name"
+  "$@" || status=$?
+  timings+=("$(printf '%-24s %4ds%s' "$name" $((SECONDS - start)) \
+    "$( ((status == 0)) || echo '  FAILED')")")
+  return "$status"
+}
+
+passed=0
+failed=0
+run_tests() {  # run_tests BUILD_DIR: ctest, counting what passed and failed
+  local log=$1/ctest-summary.log status=0 summary total bad
+  ctest --test-dir "$1" --output-on-failure --timeout 600 \
+    --parallel "${TEST_JOBS:-2}" | tee "$log" || status=$?
+  # "100% tests passed, 0 tests failed out of 104"
+  summary=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" |
+    tail -n1)
+  if [[ $summary =~ ([0-9]+)\ tests?\ failed\ out\ of\ ([0-9]+) ]]; then
+    bad=${BASH_REMATCH[1]} total=${BASH_REMATCH[2]}
+    passed=$((passed + total - bad))
+    failed=$((failed + bad))
+  fi
+  return "$status"
+}
+
+# Sanitizer reports must fail the run, and the binaries the tests start as
+# child processes (h5depotd, h5depot) inherit these settings too.
+sanitized_tests() {
+  local lsan=print_suppressions=0
+  if [[ -f deploy/lsan.supp ]]; then
+    lsan+=:suppressions=$PWD/deploy/lsan.supp
+  fi
+  ASAN_OPTIONS=detect_leaks=1:check_initialization_order=1 \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    LSAN_OPTIONS=$lsan \
+    run_tests build-asan
+}
+
+phase "setup" deploy/setup.sh
+phase "build (dev, -Werror)" deploy/build.sh dev
+phase "test (dev)" run_tests build
+if [[ ${H5DEPOT_SKIP_SANITIZERS:-0} == 1 ]]; then
+  echo "==> skipping the ASan+UBSan pass (H5DEPOT_SKIP_SANITIZERS=1)"
+else
+  phase "build (asan+ubsan)" deploy/build.sh asan
+  phase "test (asan+ubsan)" sanitized_tests
+fi

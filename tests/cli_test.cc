@@ -1,0 +1,432 @@
+// The h5depot command-line tool, run as a real process against a real
+// h5depotd: what a user types and what a script relies on (stdout, the
+// one-line error on stderr, the exit code, files left behind or not).
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "h5depot/client.h"
+#include "h5depot/internal/checksum.h"
+#include "h5depot/testing/hdf5_images.h"
+#include "h5depot/testing/server_process.h"
+#include "h5depot/testing/subprocess.h"
+#include "h5depot/testing/temp_dir.h"
+
+namespace h5depot {
+namespace {
+
+using ::h5depot::testing::CommandOptions;
+using ::h5depot::testing::CommandResult;
+using ::h5depot::testing::H5depotCliPath;
+using ::h5depot::testing::MakeHdf5Image;
+using ::h5depot::testing::ReadFile;
+using ::h5depot::testing::RunCommand;
+using ::h5depot::testing::ServerProcess;
+using ::h5depot::testing::ServerProcessOptions;
+using ::h5depot::testing::TempDir;
+using ::h5depot::testing::WriteFile;
+
+// The exit codes `h5depot --help` documents.
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitNotFound = 3;
+constexpr int kExitConflict = 4;
+constexpr int kExitUnavailable = 5;
+constexpr int kExitTimedOut = 6;
+
+// A failure is reported as exactly one line "h5depot: ...".
+::testing::AssertionResult IsOneErrorLine(const std::string& text) {
+  if (absl::StartsWith(text, "h5depot: ") && absl::EndsWith(text, "\n") &&
+      text.find('\n') == text.size() - 1) {
+    return ::testing::AssertionSuccess();
+  }
+  return ::testing::AssertionFailure()
+         << "not one \"h5depot: ...\" line: \"" << text << "\"";
+}
+
+// The "key: value" lines of `stat` / `put` output.
+std::string Field(const std::string& info, const std::string& key) {
+  for (absl::string_view line : absl::StrSplit(info, '\n')) {
+    if (absl::ConsumePrefix(&line, key + ":")) {
+      return std::string(absl::StripAsciiWhitespace(line));
+    }
+  }
+  return "<no " + key + ">";
+}
+
+// The ids column of `ls` output, without the header.
+std::vector<std::string> ListedIds(const std::string& table) {
+  std::vector<std::string> ids;
+  for (absl::string_view line :
+       absl::StrSplit(table, '\n', absl::SkipEmpty())) {
+    std::vector<std::string> columns =
+        absl::StrSplit(line, ' ', absl::SkipEmpty());
+    ids.push_back(columns.empty() ? "" : columns[0]);
+  }
+  if (!ids.empty() && ids[0] == "ID") ids.erase(ids.begin());
+  return ids;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerProcessOptions options;
+    options.unix_socket = true;
+    auto server = ServerProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto dir = TempDir::Create();
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = std::make_unique<TempDir>(*std::move(dir));
+  }
+
+  void TearDown() override {
+    // The server must also stop cleanly (and, in sanitizer builds, leak-free).
+    if (server_ != nullptr) {
+      const absl::Status stopped = server_->Terminate();
+      EXPECT_TRUE(stopped.ok()) << stopped;
+    }
+  }
+
+  // Runs `h5depot --server <the test server> args...`, with
+  // H5DEPOT_SERVER unset so the developer's environment cannot interfere.
+  CommandResult Cli(std::vector<std::string> args,
+                    CommandOptions options = {}) {
+    args.insert(args.begin(),
+                {H5depotCliPath(), "--server", server_->target()});
+    return RunBare(args, std::move(options));
+  }
+
+  // Runs exactly `argv` (no --server added).
+  static CommandResult RunBare(const std::vector<std::string>& argv,
+                               CommandOptions options = {}) {
+    options.env.emplace("H5DEPOT_SERVER", std::nullopt);
+    return RunCommand(argv, options);
+  }
+
+  // Writes an HDF5 image into the temp dir as `name`; returns its bytes.
+  std::string MakeImageFile(const std::string& name, size_t data_bytes,
+                            uint32_t seed) {
+    std::string image = MakeHdf5Image(data_bytes, seed);
+    EXPECT_FALSE(image.empty());
+    EXPECT_TRUE(WriteFile(dir_->File(name), image).ok());
+    return image;
+  }
+
+  // Pushes `image` as `id` through stdin; fails the test if that fails.
+  void Put(const std::string& id, const std::string& image) {
+    CommandOptions options;
+    options.stdin_data = image;
+    CommandResult put = Cli({"put", "-", "--id", id}, options);
+    ASSERT_EQ(put.exit_code, 0) << put.stderr_text;
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<TempDir> dir_;
+};
+
+TEST_F(CliTest, PutThenGetIntoAFileIsByteIdentical) {
+  // Several MiB, so the image crosses many chunks each way.
+  const std::string image = MakeImageFile("packet.h5", 5 << 20, 1);
+  CommandResult put = Cli({"put", dir_->File("packet.h5")});
+  ASSERT_EQ(put.exit_code, 0) << put.stderr_text;
+  EXPECT_EQ(put.stderr_text, "");
+  // The id defaults to the file's base name.
+  EXPECT_EQ(Field(put.stdout_text, "id"), "packet.h5");
+  EXPECT_EQ(Field(put.stdout_text, "size"), absl::StrCat(image.size()));
+
+  CommandResult get = Cli({"get", "packet.h5", "-o", dir_->File("copy.h5")});
+  ASSERT_EQ(get.exit_code, 0) << get.stderr_text;
+  EXPECT_EQ(get.stdout_text, "");
+  auto copy = ReadFile(dir_->File("copy.h5"));
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  EXPECT_TRUE(*copy == image) << "the fetched file differs from the pushed one";
+}
+
+TEST_F(CliTest, GetWritesTheImageToStdout) {
+  const std::string image = MakeHdf5Image(3 << 20, 2);
+  Put("run-1/packet", image);
+  CommandResult get = Cli({"get", "run-1/packet"});
+  ASSERT_EQ(get.exit_code, 0) << get.stderr_text;
+  EXPECT_TRUE(get.stdout_text == image) << "stdout differs from the image";
+  CommandResult dash = Cli({"get", "run-1/packet", "-o", "-"});
+  ASSERT_EQ(dash.exit_code, 0) << dash.stderr_text;
+  EXPECT_TRUE(dash.stdout_text == image) << "-o - differs from the image";
+}
+
+TEST_F(CliTest, PutWithIdReplacesTheImageWithANewGeneration) {
+  const std::string first = MakeImageFile("a.h5", 1000, 3);
+  const std::string second = MakeImageFile("b.h5", 2000, 4);
+  CommandResult put1 = Cli({"put", dir_->File("a.h5"), "--id", "shared"});
+  ASSERT_EQ(put1.exit_code, 0) << put1.stderr_text;
+  CommandResult put2 = Cli({"put", dir_->File("b.h5"), "--id=shared"});
+  ASSERT_EQ(put2.exit_code, 0) << put2.stderr_text;
+  EXPECT_LT(std::stoull(Field(put1.stdout_text, "generation")),
+            std::stoull(Field(put2.stdout_text, "generation")));
+  CommandResult get = Cli({"get", "shared"});
+  ASSERT_EQ(get.exit_code, 0) << get.stderr_text;
+  EXPECT_TRUE(get.stdout_text == second);
+}
+
+TEST_F(CliTest, LsListsTheImagesUnderAPrefixInIdOrder) {
+  const std::string image = MakeHdf5Image(100, 5);
+  for (const char* id : {"run-2/b", "run-1/x", "run-2/a", "other"}) {
+    Put(id, image);
+  }
+  CommandResult some = Cli({"ls", "run-2/"});
+  ASSERT_EQ(some.exit_code, 0) << some.stderr_text;
+  EXPECT_EQ(ListedIds(some.stdout_text),
+            (std::vector<std::string>{"run-2/a", "run-2/b"}))
+      << some.stdout_text;
+  EXPECT_TRUE(absl::StartsWith(some.stdout_text, "ID "));
+
+  CommandResult all = Cli({"ls"});
+  ASSERT_EQ(all.exit_code, 0) << all.stderr_text;
+  EXPECT_EQ(
+      ListedIds(all.stdout_text),
+      (std::vector<std::string>{"other", "run-1/x", "run-2/a", "run-2/b"}))
+      << all.stdout_text;
+
+  CommandResult none = Cli({"ls", "nothing-here"});
+  ASSERT_EQ(none.exit_code, 0) << none.stderr_text;
+  EXPECT_TRUE(ListedIds(none.stdout_text).empty()) << none.stdout_text;
+}
+
+TEST_F(CliTest, LsPagesThroughManyImages) {
+  // More images than the server returns in one page; pushed through the
+  // library, since 1200 CLI processes would only make the test slow.
+  auto client = Client::Connect(server_->target());
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::string image = MakeHdf5Image(10, 6);
+  std::vector<std::string> expected;
+  for (int i = 0; i < 1200; ++i) {
+    expected.push_back(absl::StrFormat("many/%04d", i));
+    auto pushed = (*client)->Push(expected.back(), image.data(), image.size());
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+  }
+  CommandResult ls = Cli({"ls", "many/"});
+  ASSERT_EQ(ls.exit_code, 0) << ls.stderr_text;
+  EXPECT_EQ(ListedIds(ls.stdout_text), expected);
+}
+
+TEST_F(CliTest, StatShowsSizeGenerationChecksumAndExpiry) {
+  const std::string image = MakeImageFile("s.h5", 4096, 7);
+  CommandResult put = Cli({"put", dir_->File("s.h5"), "--id", "s"});
+  ASSERT_EQ(put.exit_code, 0) << put.stderr_text;
+  CommandResult stat = Cli({"stat", "s"});
+  ASSERT_EQ(stat.exit_code, 0) << stat.stderr_text;
+  EXPECT_EQ(Field(stat.stdout_text, "id"), "s");
+  EXPECT_EQ(Field(stat.stdout_text, "size"), absl::StrCat(image.size()));
+  EXPECT_EQ(Field(stat.stdout_text, "generation"),
+            Field(put.stdout_text, "generation"));
+  EXPECT_EQ(
+      Field(stat.stdout_text, "checksum"),
+      absl::StrFormat("%016x", internal::Checksum(image.data(), image.size())));
+  EXPECT_EQ(Field(stat.stdout_text, "expires"), "never");
+  EXPECT_TRUE(absl::EndsWith(Field(stat.stdout_text, "created"), "Z"));
+
+  CommandResult with_ttl =
+      Cli({"put", dir_->File("s.h5"), "--id", "t", "--ttl", "1h"});
+  ASSERT_EQ(with_ttl.exit_code, 0) << with_ttl.stderr_text;
+  EXPECT_NE(Field(with_ttl.stdout_text, "expires"), "never");
+  EXPECT_GT(Field(with_ttl.stdout_text, "expires"),
+            Field(with_ttl.stdout_text, "created"));
+}
+
+TEST_F(CliTest, RmThenGetFailsWithOneLineError) {
+  Put("doomed", MakeHdf5Image(100, 8));
+  CommandResult rm = Cli({"rm", "doomed"});
+  ASSERT_EQ(rm.exit_code, 0) << rm.stderr_text;
+  EXPECT_EQ(rm.stdout_text, "");
+
+  CommandResult get = Cli({"get", "doomed"});
+  EXPECT_EQ(get.exit_code, kExitNotFound);
+  EXPECT_TRUE(IsOneErrorLine(get.stderr_text));
+  EXPECT_NE(get.stderr_text.find("doomed"), std::string::npos);
+  EXPECT_EQ(get.stdout_text, "");
+
+  CommandResult again = Cli({"rm", "doomed"});
+  EXPECT_EQ(again.exit_code, kExitNotFound);
+  EXPECT_TRUE(IsOneErrorLine(again.stderr_text));
+}
+
+TEST_F(CliTest, GenerationMismatchIsAConflict) {
+  const std::string image = MakeHdf5Image(100, 9);
+  Put("g", image);
+  CommandOptions options;
+  options.stdin_data = image;
+  CommandResult create_only =
+      Cli({"put", "-", "--id", "g", "--if-generation-match", "0"}, options);
+  EXPECT_EQ(create_only.exit_code, kExitConflict);
+  EXPECT_TRUE(IsOneErrorLine(create_only.stderr_text));
+
+  CommandResult stat = Cli({"stat", "g"});
+  ASSERT_EQ(stat.exit_code, 0) << stat.stderr_text;
+  const uint64_t generation =
+      std::stoull(Field(stat.stdout_text, "generation"));
+  CommandResult wrong_rm = Cli(
+      {"rm", "g", "--if-generation-match", absl::StrCat(generation + 1000)});
+  EXPECT_EQ(wrong_rm.exit_code, kExitConflict);
+  EXPECT_TRUE(IsOneErrorLine(wrong_rm.stderr_text));
+  CommandResult right_rm =
+      Cli({"rm", "g", "--if-generation-match", absl::StrCat(generation)});
+  EXPECT_EQ(right_rm.exit_code, 0) << right_rm.stderr_text;
+}
+
+TEST_F(CliTest, GetOfAMissingImageIntoAFileLeavesNothingBehind) {
+  auto out_dir = TempDir::Create(dir_->path());
+  ASSERT_TRUE(out_dir.ok());
+  CommandResult get =
+      Cli({"get", "never-pushed", "-o", out_dir->File("out.h5")});
+  EXPECT_EQ(get.exit_code, kExitNotFound);
+  EXPECT_TRUE(IsOneErrorLine(get.stderr_text));
+  for (const auto& entry :
+       std::filesystem::directory_iterator(out_dir->path())) {
+    ADD_FAILURE() << "left behind: " << entry.path();
+  }
+}
+
+TEST_F(CliTest, FailedGetKeepsAnExistingFileUnchanged) {
+  ASSERT_TRUE(WriteFile(dir_->File("keep.h5"), "old contents").ok());
+  CommandResult get = Cli({"get", "never-pushed", "-o", dir_->File("keep.h5")});
+  EXPECT_EQ(get.exit_code, kExitNotFound);
+  auto kept = ReadFile(dir_->File("keep.h5"));
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(*kept, "old contents");
+}
+
+TEST_F(CliTest, GetWaitGivesUpWithTimedOut) {
+  CommandResult get = Cli({"get", "late", "--wait", "200ms"});
+  EXPECT_EQ(get.exit_code, kExitTimedOut);
+  EXPECT_TRUE(IsOneErrorLine(get.stderr_text));
+}
+
+TEST_F(CliTest, BadImageIdIsRefusedWithTheRules) {
+  CommandResult get = Cli({"get", "../etc/passwd"});
+  EXPECT_EQ(get.exit_code, kExitUsage);
+  EXPECT_TRUE(IsOneErrorLine(get.stderr_text));
+  EXPECT_NE(get.stderr_text.find("../etc/passwd"), std::string::npos)
+      << get.stderr_text;
+
+  // A file name that is not a valid id needs --id, and the error says so.
+  MakeImageFile("has space.h5", 100, 10);
+  CommandResult put = Cli({"put", dir_->File("has space.h5")});
+  EXPECT_EQ(put.exit_code, kExitUsage);
+  EXPECT_TRUE(IsOneErrorLine(put.stderr_text));
+  EXPECT_NE(put.stderr_text.find("--id"), std::string::npos) << put.stderr_text;
+  CommandResult put_with_id =
+      Cli({"put", dir_->File("has space.h5"), "--id", "no-space.h5"});
+  EXPECT_EQ(put_with_id.exit_code, 0) << put_with_id.stderr_text;
+}
+
+TEST_F(CliTest, NonHdf5FileIsRefused) {
+  ASSERT_TRUE(WriteFile(dir_->File("notes.txt"), "just some text\n").ok());
+  CommandResult put = Cli({"put", dir_->File("notes.txt")});
+  EXPECT_EQ(put.exit_code, kExitFailed);
+  EXPECT_TRUE(IsOneErrorLine(put.stderr_text));
+  CommandResult ls = Cli({"ls"});
+  EXPECT_TRUE(ListedIds(ls.stdout_text).empty()) << ls.stdout_text;
+}
+
+TEST_F(CliTest, MissingFileIsNotFound) {
+  CommandResult put = Cli({"put", dir_->File("absent.h5")});
+  EXPECT_EQ(put.exit_code, kExitNotFound);
+  EXPECT_TRUE(IsOneErrorLine(put.stderr_text));
+  EXPECT_NE(put.stderr_text.find("absent.h5"), std::string::npos);
+}
+
+TEST_F(CliTest, UnreachableServerIsReportedClearly) {
+  // A port nothing listens on any more: the test server's, once it is gone.
+  const std::string target = server_->tcp_target();
+  server_->Kill();
+  CommandResult ls = RunBare(
+      {H5depotCliPath(), "--server", target, "--connect-timeout", "2s", "ls"});
+  EXPECT_EQ(ls.exit_code, kExitUnavailable);
+  EXPECT_TRUE(IsOneErrorLine(ls.stderr_text));
+  EXPECT_NE(ls.stderr_text.find(target), std::string::npos) << ls.stderr_text;
+
+  CommandResult no_socket =
+      RunBare({H5depotCliPath(), "--server", "unix:" + dir_->File("no.sock"),
+               "--connect-timeout", "2s", "stat", "x"});
+  EXPECT_EQ(no_socket.exit_code, kExitUnavailable);
+  EXPECT_TRUE(IsOneErrorLine(no_socket.stderr_text));
+}
+
+TEST_F(CliTest, ServerComesFromTheEnvironmentUnlessGiven) {
+  Put("env-image", MakeHdf5Image(100, 11));
+  CommandOptions from_env;
+  from_env.env["H5DEPOT_SERVER"] = server_->target();
+  CommandResult stat =
+      RunCommand({H5depotCliPath(), "stat", "env-image"}, from_env);
+  EXPECT_EQ(stat.exit_code, 0) << stat.stderr_text;
+  EXPECT_EQ(Field(stat.stdout_text, "id"), "env-image");
+
+  // --server wins over the environment.
+  CommandOptions wrong_env;
+  wrong_env.env["H5DEPOT_SERVER"] = "unix:" + dir_->File("no.sock");
+  CommandResult overridden = RunCommand(
+      {H5depotCliPath(), "stat", "env-image", "--server", server_->target()},
+      wrong_env);
+  EXPECT_EQ(overridden.exit_code, 0) << overridden.stderr_text;
+}
+
+TEST_F(CliTest, WorksOverTheUnixSocket) {
+  const std::string image = MakeImageFile("u.h5", 1 << 20, 12);
+  const std::string socket = server_->unix_target();
+  CommandResult put = RunBare(
+      {H5depotCliPath(), "--server", socket, "put", dir_->File("u.h5")});
+  ASSERT_EQ(put.exit_code, 0) << put.stderr_text;
+  CommandResult get =
+      RunBare({H5depotCliPath(), "--server=" + socket, "get", "u.h5"});
+  ASSERT_EQ(get.exit_code, 0) << get.stderr_text;
+  EXPECT_TRUE(get.stdout_text == image);
+  // Same store behind both addresses.
+  CommandResult tcp_stat = Cli({"stat", "u.h5"});
+  EXPECT_EQ(tcp_stat.exit_code, 0) << tcp_stat.stderr_text;
+}
+
+TEST_F(CliTest, CommandLineMistakesAreUsageErrors) {
+  for (const std::vector<std::string>& args :
+       std::vector<std::vector<std::string>>{
+           {},
+           {"frobnicate"},
+           {"get"},
+           {"get", "a", "b"},
+           {"get", "a", "--bogus"},
+           {"get", "a", "--wait", "soon"},
+           {"rm", "a", "--if-generation-match", "-1"},
+           {"put", "-"},
+           {"ls", "--server"},
+       }) {
+    std::vector<std::string> argv = {H5depotCliPath()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    CommandResult result = RunBare(argv);
+    EXPECT_EQ(result.exit_code, kExitUsage)
+        << absl::StrJoin(args, " ") << ": " << result.stderr_text;
+    EXPECT_TRUE(IsOneErrorLine(result.stderr_text)) << absl::StrJoin(args, " ");
+  }
+}
+
+TEST_F(CliTest, HelpAndVersion) {
+  CommandResult help = RunBare({H5depotCliPath(), "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_TRUE(absl::StartsWith(help.stdout_text, "usage: h5depot"));
+  for (const char* command : {"put", "get", "ls", "stat", "rm"}) {
+    EXPECT_NE(help.stdout_text.find(absl::StrCat("  ", command, " ")),
+              std::string::npos)
+        << command;
+  }
+  CommandResult version = RunBare({H5depotCliPath(), "--version"});
+  EXPECT_EQ(version.exit_code, 0);
+  EXPECT_TRUE(absl::StartsWith(version.stdout_text, "h5depot "));
+}
+
+}  // namespace
+}  // namespace h5depot

@@ -1,0 +1,19 @@
+// Real HDF5 file images for tests, made in memory (no file on disk).
+#ifndef H5DEPOT_TESTING_HDF5_IMAGES_H_
+#define H5DEPOT_TESTING_HDF5_IMAGES_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace h5depot::testing {
+
+// The bytes of a valid HDF5 file holding one 1-D uint8 dataset "/data" of
+// `data_bytes` pseudo-random bytes derived from `seed`: the image is a
+// little larger than `data_bytes`, and different seeds give different
+// images. Returns an empty string only if HDF5 itself fails. Thread-safe.
+std::string MakeHdf5Image(size_t data_bytes, uint32_t seed = 0);
+
+}  // namespace h5depot::testing
+
+#endif  // H5DEPOT_TESTING_HDF5_IMAGES_H_

@@ -1,0 +1,103 @@
+// h5depot::testing::ServerProcess: a real h5depotd, started as a child
+// process for one test or test suite.
+//
+// Start() returns only once the server printed that it is listening, so the
+// target can be used at once: no sleeps, no polling. The server's stderr
+// goes to the test's stderr, where ctest shows it when a test fails.
+//
+// Example:
+//   ServerProcessOptions options;
+//   options.unix_socket = true;
+//   auto server = ServerProcess::Start(options);
+//   ASSERT_TRUE(server.ok()) << server.status();
+//   auto client = h5depot::Client::Connect((*server)->unix_target());
+#ifndef H5DEPOT_TESTING_SERVER_PROCESS_H_
+#define H5DEPOT_TESTING_SERVER_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "h5depot/testing/temp_dir.h"
+
+namespace h5depot::testing {
+
+struct ServerProcessOptions {
+  // Listen on 127.0.0.1 on a free port the server picks (--listen=...:0).
+  bool tcp = true;
+  // Also (or instead) listen on a unix socket in a new private directory.
+  bool unix_socket = false;
+  // Further flags, passed as given, e.g. "--max-memory=1M".
+  std::vector<std::string> extra_flags;
+  // The binary to run; empty: H5depotdPath().
+  std::string binary;
+  // How long Start() waits for the "listening on" lines before it gives up
+  // and kills the server (generous: sanitizer builds start slowly).
+  absl::Duration start_timeout = absl::Seconds(60);
+};
+
+class ServerProcess {
+ public:
+  // Starts h5depotd and waits until it listens on every requested address.
+  // INVALID_ARGUMENT if neither tcp nor unix_socket is set; INTERNAL if the
+  // process cannot be started, exits, or is not ready within start_timeout
+  // (the message then carries its exit status). The server is killed if
+  // the thread that started it exits, or this process dies: start it from
+  // the test (or fixture) that uses it.
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
+      const ServerProcessOptions& options = {});
+
+  // Stops the server (SIGTERM, SIGKILL if it is not gone within 30 s) and
+  // reaps it. Removes the unix socket's directory.
+  ~ServerProcess();
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  // A target for Client::Connect and `h5depot --server`: tcp_target() if
+  // the server listens on TCP, else unix_target(). Still valid (and then
+  // unreachable) after the server stopped.
+  const std::string& target() const;
+  // "127.0.0.1:PORT", or empty when not listening on TCP.
+  const std::string& tcp_target() const { return tcp_target_; }
+  // "unix:/path/to/h5depotd.sock", or empty when not listening on a socket.
+  const std::string& unix_target() const { return unix_target_; }
+  // The socket's file system path (unix_target() without "unix:").
+  const std::string& unix_socket_path() const { return unix_socket_path_; }
+
+  pid_t pid() const { return pid_; }
+  bool running() const { return pid_ > 0; }
+
+  // SIGKILLs the server and reaps it now: the server dies as it would in a
+  // crash, with calls still under way. No-op if it is not running.
+  void Kill();
+
+  // SIGTERMs the server and waits up to `timeout` for it to exit. OK if it
+  // exited with status 0; INTERNAL with how it ended otherwise (after a
+  // timeout it is killed). No-op returning OK if it is not running.
+  absl::Status Terminate(absl::Duration timeout = absl::Seconds(30));
+
+ private:
+  ServerProcess() = default;
+
+  // Waits up to `timeout` for the server to exit and reaps it. Returns its
+  // wait status, or nullopt if it is still running.
+  std::optional<int> WaitForExit(absl::Duration timeout);
+
+  pid_t pid_ = -1;      // -1 once reaped
+  int pid_fd_ = -1;     // pidfd of the server: waits with a timeout
+  int stdout_fd_ = -1;  // kept open so late output never hits a closed pipe
+  std::string tcp_target_;
+  std::string unix_target_;
+  std::string unix_socket_path_;
+  std::optional<TempDir> socket_dir_;
+};
+
+}  // namespace h5depot::testing
+
+#endif  // H5DEPOT_TESTING_SERVER_PROCESS_H_

@@ -1,0 +1,152 @@
+// The test support library keeps its promises: RunCommand captures exactly
+// what a process wrote and how it ended, ServerProcess hands out a server
+// that is ready, and TempDir cleans up after itself.
+#include <signal.h>
+
+#include <string>
+
+#include "gtest/gtest.h"
+#include "h5depot/internal/hdf5_signature.h"
+#include "h5depot/testing/server_process.h"
+#include "h5depot/testing/subprocess.h"
+#include "h5depot/testing/temp_dir.h"
+#include "h5depot/testing/hdf5_images.h"
+
+namespace h5depot::testing {
+namespace {
+
+TEST(RunCommandTest, CapturesStdoutStderrAndExitCode) {
+  CommandResult result =
+      RunCommand({"/bin/sh", "-c", "printf 'out\\n'; printf err >&2; exit 3"});
+  EXPECT_EQ(result.exit_code, 3);
+  EXPECT_EQ(result.stdout_text, "out\n");
+  EXPECT_EQ(result.stderr_text, "err");
+  EXPECT_FALSE(result.timed_out);
+}
+
+TEST(RunCommandTest, FeedsStdinByteForByte) {
+  std::string input(1 << 20, '\0');  // larger than a pipe's buffer
+  for (size_t i = 0; i < input.size(); ++i) input[i] = static_cast<char>(i);
+  CommandOptions options;
+  options.stdin_data = input;
+  CommandResult result = RunCommand({"cat"}, options);
+  EXPECT_EQ(result.exit_code, 0) << result.stderr_text;
+  EXPECT_TRUE(result.stdout_text == input);
+}
+
+TEST(RunCommandTest, ChildThatIgnoresStdinDoesNotHurtTheCaller) {
+  CommandOptions options;
+  options.stdin_data = std::string(1 << 20, 'x');
+  CommandResult result = RunCommand({"/bin/sh", "-c", "exit 0"}, options);
+  EXPECT_EQ(result.exit_code, 0);
+}
+
+TEST(RunCommandTest, SetsAndRemovesEnvironmentVariables) {
+  setenv("H5DEPOT_TEST_REMOVED", "still here", 1);
+  CommandOptions options;
+  options.env["H5DEPOT_TEST_SET"] = "hello";
+  options.env["H5DEPOT_TEST_REMOVED"] = std::nullopt;
+  CommandResult result = RunCommand({"/bin/sh", "-c",
+                                     "printf '%s|%s' \"$H5DEPOT_TEST_SET\" "
+                                     "\"${H5DEPOT_TEST_REMOVED-unset}\""},
+                                    options);
+  EXPECT_EQ(result.stdout_text, "hello|unset");
+}
+
+TEST(RunCommandTest, ReportsAProgramThatCannotStart) {
+  CommandResult result = RunCommand({"/nonexistent/h5depot-no-such-binary"});
+  EXPECT_EQ(result.exit_code, 127);
+  EXPECT_NE(result.stderr_text.find("No such file"), std::string::npos)
+      << result.stderr_text;
+}
+
+TEST(RunCommandTest, ReportsDeathBySignal) {
+  CommandResult result = RunCommand({"/bin/sh", "-c", "kill -TERM $$"});
+  EXPECT_EQ(result.exit_code, -1);
+  EXPECT_EQ(result.term_signal, SIGTERM);
+}
+
+TEST(RunCommandTest, KillsAChildThatOutlivesItsTimeout) {
+  CommandOptions options;
+  options.timeout = absl::Milliseconds(100);
+  CommandResult result =
+      RunCommand({"/bin/sh", "-c", "printf started; exec sleep 1000"}, options);
+  EXPECT_TRUE(result.timed_out);
+  EXPECT_EQ(result.term_signal, SIGKILL);
+  EXPECT_EQ(result.stdout_text, "started");
+}
+
+TEST(TempDirTest, IsRemovedWithEverythingInIt) {
+  std::string path;
+  {
+    auto dir = TempDir::Create();
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    path = dir->path();
+    ASSERT_TRUE(WriteFile(dir->File("a"), "bytes").ok());
+    auto read = ReadFile(dir->File("a"));
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_EQ(*read, "bytes");
+    auto other = TempDir::Create();
+    ASSERT_TRUE(other.ok());
+    EXPECT_NE(other->path(), path);
+  }
+  EXPECT_FALSE(PathExists(path));
+  EXPECT_EQ(ReadFile(path + "/a").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(TestImagesTest, MakesDistinctValidHdf5Images) {
+  const std::string a = MakeHdf5Image(100000, 1);
+  const std::string b = MakeHdf5Image(100000, 2);
+  ASSERT_GT(a.size(), 100000u);
+  EXPECT_EQ(internal::FindSuperblock(a.data(), a.size()), uint64_t{0});
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a, MakeHdf5Image(100000, 1));
+}
+
+TEST(ServerProcessTest, StartsReadyOnTcpAndUnixSocket) {
+  ServerProcessOptions options;
+  options.unix_socket = true;
+  auto server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_TRUE((*server)->running());
+  EXPECT_EQ((*server)->tcp_target().rfind("127.0.0.1:", 0), 0u)
+      << (*server)->tcp_target();
+  EXPECT_NE((*server)->tcp_target(), "127.0.0.1:0");
+  EXPECT_EQ((*server)->target(), (*server)->tcp_target());
+  EXPECT_EQ((*server)->unix_target(), "unix:" + (*server)->unix_socket_path());
+  EXPECT_TRUE(PathExists((*server)->unix_socket_path()));
+  EXPECT_TRUE((*server)->Terminate().ok());
+  EXPECT_FALSE((*server)->running());
+}
+
+TEST(ServerProcessTest, UnixSocketOnlyServerHasAUnixTarget) {
+  ServerProcessOptions options;
+  options.tcp = false;
+  options.unix_socket = true;
+  auto server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_TRUE((*server)->tcp_target().empty());
+  EXPECT_EQ((*server)->target(), (*server)->unix_target());
+}
+
+TEST(ServerProcessTest, KillStopsTheServerAtOnce) {
+  auto server = ServerProcess::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  const pid_t pid = (*server)->pid();
+  (*server)->Kill();
+  EXPECT_FALSE((*server)->running());
+  EXPECT_NE(kill(pid, 0), 0);  // reaped: the pid is gone
+}
+
+TEST(ServerProcessTest, ReportsAServerThatExitsBeforeListening) {
+  ServerProcessOptions options;
+  options.extra_flags = {"--no-such-flag-for-h5depotd"};
+  auto server = ServerProcess::Start(options);
+  ASSERT_FALSE(server.ok());
+  EXPECT_NE(server.status().message().find("before it was listening"),
+            absl::string_view::npos)
+      << server.status();
+}
+
+}  // namespace
+}  // namespace h5depot::testing
