@@ -150,7 +150,7 @@ class ImageUpdate {
   // Returns the new generation's info; the update is then done.
   //
   // options.if_generation_match must be unset (or base().generation):
-  // anything else is INVALID_ARGUMENT. Their ttl, progress and validate
+  // anything else is INVALID_ARGUMENT. Its ttl, progress and validate
   // apply.
   //
   // Errors:
