@@ -262,6 +262,17 @@ TEST_P(ClientServerTest, PinnedReaderKeepsItsGenerationAcrossAReplace) {
   EXPECT_EQ(gone.status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST_P(ClientServerTest, OpeningAReaderOnAMissingImageIsNotFound) {
+  auto reader = client_->OpenReader("missing");
+  EXPECT_EQ(reader.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(reader.status().message().find("missing"), std::string::npos);
+  const auto bytes = MakeTestImage(100);
+  auto pushed = client_->Push("present", bytes.data(), bytes.size());
+  ASSERT_TRUE(pushed.ok());
+  auto stale = client_->OpenReader("present", pushed->generation + 1);
+  EXPECT_EQ(stale.status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_P(ClientServerTest, ReadReturnsTheRangeOfTheCurrentGeneration) {
   const auto bytes = MakeTestImage(5 << 20);
   auto pushed = client_->Push("x", bytes.data(), bytes.size());

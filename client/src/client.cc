@@ -166,13 +166,12 @@ class GrpcImageReader final : public ImageReader {
         stream_(std::move(stream)),
         info_(std::move(info)) {}
 
+  // Cancels rather than closing politely: a polite close waits for the
+  // server's answer, which a stopped or unreachable server never gives.
+  // Either way the server drops its pin on the generation.
   ~GrpcImageReader() override {
-    if (!broken_) {
-      stream_->WritesDone();
-      stream_->Finish().ok();
-    } else {
-      context_->TryCancel();
-    }
+    context_->TryCancel();
+    stream_->Finish().ok();
   }
 
   const ImageInfo& info() const override { return info_; }
@@ -427,7 +426,9 @@ absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
   v1::ReaderResponse response;
   if (!stream->Write(request) || !stream->Read(&response) ||
       !response.has_info()) {
-    context->TryCancel();
+    // When the server ended the call (say NOT_FOUND), Finish reports why;
+    // cancel only a stream that is still open but said something odd.
+    if (!response.has_info() && response.has_chunk()) context->TryCancel();
     absl::Status status = FromGrpcStatus(stream->Finish());
     if (status.ok()) status = absl::InternalError("no image info received");
     return Annotate(status, what);

@@ -1,0 +1,79 @@
+#!/bin/sh
+# The remote driver against HDF5's ROS3 driver, reading the same 256 MiB
+# file: from h5depotd over loopback TCP, and from nginx over loopback HTTP.
+# Starts both servers on free ports under a temporary directory, runs
+# remote_driver_bench, and stops them again.
+#
+#   bench/remote_driver_bench.sh [BUILD_DIR] [REPEAT]
+#
+# Needs nginx (Debian: nginx-light) and a build with remote_driver_bench
+# and h5depotd.
+set -eu
+
+build=$(cd "${1:-build}" && pwd)
+repeat=${2:-5}
+nginx=$(command -v nginx || echo /usr/sbin/nginx)
+work=$(mktemp -d "${TMPDIR:-/tmp}/h5depot-bench.XXXXXX")
+# nginx workers may run as another user (nobody, when started as root).
+chmod 755 "$work"
+nginx_pid=""
+depot_pid=""
+
+cleanup() {
+  [ -n "$nginx_pid" ] && kill "$nginx_pid" 2>/dev/null || true
+  [ -n "$depot_pid" ] && kill "$depot_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# nginx: serve $work/www on 127.0.0.1, logging one line per request ending
+# in the body bytes sent, in the foreground with unprivileged paths.
+http_port=$(free_port)
+mkdir -p "$work/www" "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 64; }
+http {
+  log_format bench '\$request_method \$status \$body_bytes_sent';
+  access_log $work/nginx/access.log bench;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  sendfile on;
+  keepalive_requests 100000;
+  server {
+    listen 127.0.0.1:$http_port;
+    root $work/www;
+  }
+}
+CONF
+"$nginx" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+nginx_pid=$!
+
+# h5depotd on a free loopback port; it prints its address once ready.
+"$build/server/h5depotd" --listen=127.0.0.1:0 > "$work/h5depotd.out" &
+depot_pid=$!
+target=""
+for _ in $(seq 1 100); do
+  target=$(sed -n 's/^h5depotd listening on //p' "$work/h5depotd.out" | head -n 1)
+  [ -n "$target" ] && break
+  sleep 0.1
+done
+[ -n "$target" ] || { echo "h5depotd did not start" >&2; exit 1; }
+
+"$build/bench/remote_driver_bench" \
+  --file="$work/www/bench.h5" \
+  --target="$target" \
+  --url="http://127.0.0.1:$http_port/bench.h5" \
+  --access-log="$work/nginx/access.log" \
+  --repeat="$repeat"
