@@ -692,6 +692,7 @@ TEST_F(Hdf5TransferTest, ManyThreadsFetchAndOpenAtOnceAndNeverSeeAnotherImage) {
   }
   std::atomic<int> mismatches{0};
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       // Each thread holds a few files open at a time.
