@@ -2,7 +2,8 @@
 # protobuf code is compiled without -Werror (its warnings are not ours).
 function(h5depot_target_warnings target)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic
-      -Wshadow -Wnon-virtual-dtor -Wcast-align -Wformat=2)
+      -Wshadow $<$<COMPILE_LANGUAGE:CXX>:-Wnon-virtual-dtor> -Wcast-align
+      -Wformat=2)
   if(H5DEPOT_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
   endif()

@@ -24,6 +24,10 @@ cc -std=c11 -Wall -Wextra -Werror -o "$work/c_api_client" \
   "$source_dir/tests/c/c_api_client.c" \
   $(pkg-config --cflags --libs h5depot) -Wl,-rpath,"$libdir"
 
+cc -std=c11 -Wall -Wextra -Werror -o "$work/remote_driver_client" \
+  "$source_dir/tests/c/remote_driver_client.c" \
+  $(pkg-config --cflags --libs h5depot) -Wl,-rpath,"$libdir"
+
 # The installed daemon; it says where it listens once it is ready.
 mkfifo "$work/server.out"
 "$work/prefix/bin/h5depotd" --listen= --unix="$work/h5depot.sock" \
@@ -35,6 +39,7 @@ read -r -t 30 ready_line <&3 || { echo "h5depotd did not start:"; cat "$work/ser
   echo "unexpected first line from h5depotd: $ready_line"; exit 1; }
 
 "$work/c_api_client" "unix:$work/h5depot.sock"
+"$work/remote_driver_client" "unix:$work/h5depot.sock"
 
 # And a CMake project finds the package.
 mkdir -p "$work/cmake-app"

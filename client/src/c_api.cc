@@ -10,6 +10,7 @@
 #include "c_api_internal.h"
 #include "h5depot/client.h"
 #include "h5depot/h5depot.h"
+#include "h5depot/hdf5_transfer.h"
 
 namespace h5depot::c_api {
 namespace {
@@ -45,6 +46,18 @@ int FailFromException() {
   } catch (...) {
     return Fail(absl::InternalError("unknown error"));
   }
+}
+
+ImagePushOptions ToPushOptions(const h5depot_push_options* options) {
+  ImagePushOptions push_options;
+  if (options != nullptr) {
+    if (options->use_if_generation_match) {
+      push_options.if_generation_match = options->if_generation_match;
+    }
+    push_options.ttl = absl::Milliseconds(options->ttl_ms);
+    push_options.validate = options->validate != 0;
+  }
+  return push_options;
 }
 
 }  // namespace h5depot::c_api
@@ -106,14 +119,8 @@ int h5depot_push_buffer_ex(h5depot_client* client, const char* image_id,
     if (buf == nullptr && len > 0) {
       return FailInvalid("buffer is NULL");
     }
-    h5depot::PushOptions push_options;
-    if (options != nullptr) {
-      if (options->use_if_generation_match) {
-        push_options.if_generation_match = options->if_generation_match;
-      }
-      push_options.ttl = absl::Milliseconds(options->ttl_ms);
-    }
-    auto info = client->client->Push(image_id, buf, len, push_options);
+    auto info = h5depot::PushImage(*client->client, image_id, buf, len,
+                                   h5depot::c_api::ToPushOptions(options));
     if (!info.ok()) return Fail(info.status());
     if (generation != nullptr) *generation = info->generation;
     return Succeed();

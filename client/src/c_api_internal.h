@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "h5depot/client.h"
 #include "h5depot/h5depot.h"
+#include "h5depot/hdf5_transfer.h"
 
 struct h5depot_client {
   std::unique_ptr<h5depot::Client> client;
@@ -27,6 +28,9 @@ int FailFromException();
 
 // Clears the calling thread's last failure; returns H5DEPOT_OK.
 int Succeed();
+
+// The C++ push options for `options` (NULL: the defaults).
+ImagePushOptions ToPushOptions(const h5depot_push_options* options);
 
 }  // namespace h5depot::c_api
 

@@ -309,14 +309,13 @@ class GrpcImageReader final : public ImageReader {
         call_(std::move(call)),
         info_(std::move(info)) {}
 
+  // Cancels rather than closing politely: a polite close waits for the
+  // server's answer, which a stopped or unreachable server never gives.
+  // Either way the server drops its pin on the generation.
   ~GrpcImageReader() override {
-    if (!broken_) {
-      call_->WritesDone();
-      call_->Finish().IgnoreError();
-    } else {
-      context_->TryCancel();
-    }
-    call_.reset();  // before the context it uses
+    context_->TryCancel();
+    if (!broken_) call_->Finish().IgnoreError();  // else finished already
+    call_.reset();                                // before the context it uses
   }
 
   const ImageInfo& info() const override { return info_; }

@@ -43,6 +43,119 @@ static void* make_image(size_t* len) {
   return image;
 }
 
+/* The 100 ints of dataset `name` of `file` into `values`; 0 on success. */
+static int read_values(hid_t file, const char* name, int values[100]) {
+  hid_t dset = H5Dopen2(file, name, H5P_DEFAULT);
+  if (dset < 0) return -1;
+  herr_t read =
+      H5Dread(dset, H5T_NATIVE_INT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values);
+  H5Dclose(dset);
+  return read < 0 ? -1 : 0;
+}
+
+/* Whether dataset `name` of `file` holds i * i + offset at i. */
+static int has_squares(hid_t file, const char* name, int offset) {
+  int values[100];
+  if (read_values(file, name, values) != 0) return 0;
+  for (int i = 0; i < 100; ++i) {
+    if (values[i] != i * i + offset) return 0;
+  }
+  return 1;
+}
+
+static int write_squares(hid_t file, const char* name, int offset) {
+  hsize_t dims[1] = {100};
+  int values[100];
+  for (int i = 0; i < 100; ++i) values[i] = i * i + offset;
+  hid_t space = H5Screate_simple(1, dims, NULL);
+  hid_t dset = H5Dcreate2(file, name, H5T_NATIVE_INT, space, H5P_DEFAULT,
+                          H5P_DEFAULT, H5P_DEFAULT);
+  herr_t written = dset < 0 ? -1
+                            : H5Dwrite(dset, H5T_NATIVE_INT, H5S_ALL, H5S_ALL,
+                                       H5P_DEFAULT, values);
+  if (dset >= 0) H5Dclose(dset);
+  H5Sclose(space);
+  return written < 0 ? -1 : 0;
+}
+
+/* Pushing an open file, opening images with the ownership flags, fetch and
+ * open, and the round trip with its conflict. */
+static void check_file_images(h5depot_client* client) {
+  /* An open core file, pushed as it is. */
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_fapl_core(fapl, 1 << 16, 0);
+  hid_t file = H5Fcreate("c-api-push.h5", H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  H5Pclose(fapl);
+  CHECK(write_squares(file, "values", 0) == 0);
+  uint64_t generation = 0;
+  CHECK(h5depot_push_file(client, "c/file", file, &generation) == H5DEPOT_OK);
+  CHECK(generation > 0);
+  CHECK(h5depot_push_file(client, "c/file", -1, NULL) ==
+        H5DEPOT_INVALID_ARGUMENT);
+  H5Fclose(file);
+
+  /* Fetch and open in one call, read-only and read/write. */
+  hid_t opened = h5depot_open(client, "c/file", 0);
+  CHECK(opened >= 0);
+  CHECK(has_squares(opened, "values", 0));
+  H5Fclose(opened);
+  CHECK(h5depot_open(client, "c/file",
+                     H5LT_FILE_IMAGE_DONT_COPY | H5LT_FILE_IMAGE_DONT_RELEASE) <
+        0);
+  CHECK(h5depot_errcode() == H5DEPOT_INVALID_ARGUMENT);
+  CHECK(h5depot_open(client, "c/none", 0) < 0);
+  CHECK(h5depot_errcode() == H5DEPOT_NOT_FOUND);
+
+  /* h5depot_open_image on a fetched buffer: a copy, then handed over. */
+  void* buf = NULL;
+  size_t len = 0;
+  uint64_t fetched_generation = 0;
+  CHECK(h5depot_fetch(client, "c/file", &buf, &len, &fetched_generation) ==
+        H5DEPOT_OK);
+  CHECK(fetched_generation == generation);
+  opened = h5depot_open_image(buf, len, 0);
+  CHECK(opened >= 0);
+  CHECK(has_squares(opened, "values", 0));
+  H5Fclose(opened);
+  CHECK(h5depot_open_image(NULL, len, 0) < 0);
+  CHECK(h5depot_errcode() == H5DEPOT_INVALID_ARGUMENT);
+
+  /* The round trip: opened read/write in the fetched buffer, written,
+   * closed keeping the final buffer, pushed on condition. */
+  opened = h5depot_open_image(
+      buf, len, H5LT_FILE_IMAGE_OPEN_RW | H5LT_FILE_IMAGE_DONT_COPY);
+  CHECK(opened >= 0);
+  CHECK(write_squares(opened, "more", 1) == 0);
+  buf = NULL;
+  CHECK(h5depot_close_image(opened, &buf, &len) == H5DEPOT_OK);
+  CHECK(buf != NULL && len > 0);
+
+  h5depot_push_options options;
+  memset(&options, 0, sizeof options);
+  options.use_if_generation_match = 1;
+  options.if_generation_match = fetched_generation;
+  options.validate = 1;
+  uint64_t new_generation = 0;
+  CHECK(h5depot_push_buffer_ex(client, "c/file", buf, len, &options,
+                               &new_generation) == H5DEPOT_OK);
+  CHECK(new_generation > fetched_generation);
+  /* The same condition again: the generation has moved on. */
+  CHECK(h5depot_push_buffer_ex(client, "c/file", buf, len, &options, NULL) ==
+        H5DEPOT_FAILED_PRECONDITION);
+  free(buf);
+
+  opened = h5depot_open(client, "c/file", H5LT_FILE_IMAGE_OPEN_RW);
+  CHECK(opened >= 0);
+  CHECK(has_squares(opened, "values", 0));
+  CHECK(has_squares(opened, "more", 1));
+  buf = NULL;
+  CHECK(h5depot_close_image(opened, &buf, &len) == H5DEPOT_OK);
+  free(buf);
+  CHECK(h5depot_close_image(-1, &buf, &len) == H5DEPOT_INVALID_ARGUMENT);
+  CHECK(buf == NULL && len == 0);
+  CHECK(h5depot_delete(client, "c/file") == H5DEPOT_OK);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s TARGET\n", argv[0]);
@@ -96,6 +209,7 @@ int main(int argc, char** argv) {
         H5DEPOT_INVALID_ARGUMENT);
 
   free(image);
+  check_file_images(client);
   h5depot_disconnect(client);
   CHECK(h5depot_connect("unix:/nonexistent/h5depot.sock") == NULL);
   CHECK(h5depot_errcode() == H5DEPOT_UNAVAILABLE);

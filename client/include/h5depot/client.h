@@ -112,7 +112,9 @@ struct ServerLimits {
 // A read-only view of one generation of an image. The server keeps that
 // generation readable for as long as the reader lives, even if the image is
 // replaced or deleted meanwhile; its memory still counts against the
-// server's limit. Not thread-safe: one Read at a time (callers serialise).
+// server's limit. Destroying the reader cancels its stream without waiting
+// for the server, which releases the generation as soon as it sees that.
+// Not thread-safe: one Read at a time (callers serialise).
 class ImageReader {
  public:
   virtual ~ImageReader() = default;

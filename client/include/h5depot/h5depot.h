@@ -23,6 +23,21 @@
  *   uint64_t generation;
  *   h5depot_push_file(c, "run-42/packet", file_id, &generation);  // A
  *   hid_t f = h5depot_open(c, "run-42/packet", 0);               // B
+ *
+ * HDF5 file images: the ownership flags are the H5LT_FILE_IMAGE_* values
+ * of H5LTpublic.h (OPEN_RW 0x1, DONT_COPY 0x2, DONT_RELEASE 0x4), with the
+ * meaning the HDF5 file image guide gives them:
+ *
+ *   flags                       copied   who frees the buffer    may grow
+ *   0 / OPEN_RW                 yes      the caller, at once     yes
+ *   DONT_COPY (| OPEN_RW)       no       HDF5, when the file     yes
+ *                                        closes (or the call
+ *                                        fails)
+ *   DONT_COPY | DONT_RELEASE    no       the caller, once HDF5   no
+ *     (| OPEN_RW)                        has closed the file
+ *
+ * A file image opened by h5depot is closed with H5Fclose, or with
+ * h5depot_close_image to keep its final buffer. See docs/FILE_IMAGES.md.
  */
 #ifndef H5DEPOT_CLIENT_H5DEPOT_H_
 #define H5DEPOT_CLIENT_H5DEPOT_H_
@@ -31,6 +46,8 @@
 #include <stdint.h>
 
 #include "hdf5.h"
+/* The H5LT_FILE_IMAGE_* ownership flags; needs hdf5.h first. */
+#include "H5LTpublic.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -75,6 +92,10 @@ typedef struct h5depot_push_options {
   /* Delete the image this many milliseconds after it is published;
    * 0: never. */
   uint64_t ttl_ms;
+  /* Non-zero: before sending, open the image read-only and read every
+   * object header; an image that fails is H5DEPOT_INVALID_ARGUMENT and
+   * nothing is sent. (The server only checks for the HDF5 signature.) */
+  int validate;
 } h5depot_push_options;
 
 /* Describes the calling thread's last failure; "" if there was none. */
@@ -120,6 +141,78 @@ int h5depot_stat(h5depot_client* client, const char* image_id,
 
 /* Deletes `image_id`. H5DEPOT_NOT_FOUND if it does not exist. */
 int h5depot_delete(h5depot_client* client, const char* image_id);
+
+/* --- HDF5 files and file images ------------------------------------- */
+
+/* Pushes the image of `file_id`, an open HDF5 file of the core, sec2 or
+ * stdio driver, as a new generation of `image_id`. The file is flushed and
+ * its image taken in one copy (images of every superblock version open
+ * again), which is streamed and freed; the file stays open and unchanged.
+ * Stores the generation in *generation if not NULL.
+ * H5DEPOT_INVALID_ARGUMENT if `file_id` is not an open file or its driver
+ * cannot give an image. */
+int h5depot_push_file(h5depot_client* client, const char* image_id,
+                      hid_t file_id, uint64_t* generation);
+
+/* h5depot_push_file with options (NULL: defaults). */
+int h5depot_push_file_ex(h5depot_client* client, const char* image_id,
+                         hid_t file_id, const h5depot_push_options* options,
+                         uint64_t* generation);
+
+/* Opens `len` bytes at `buf` as an HDF5 file in memory: the thread-safe
+ * replacement of H5LTopen_file_image(buf, len, flags), with the same flags
+ * and the ownership of the table above. Images opened at once, from any
+ * threads, never alias one another, no file on disk interferes, and
+ * nothing is left behind when the file closes.
+ *
+ * With DONT_COPY the buffer must come from malloc (e.g. h5depot_fetch):
+ * HDF5 may realloc it, and frees it when the file closes; also when this
+ * call fails, so the caller never frees it. With DONT_RELEASE the caller
+ * keeps it until HDF5 has closed the file (the file id and every object
+ * opened in it), and with OPEN_RW a write that needs more room than the
+ * buffer fails in the HDF5 call that needs it.
+ *
+ * Returns the file id, or H5I_INVALID_HID: H5DEPOT_INVALID_ARGUMENT for a
+ * NULL buffer, zero length, unknown flags, DONT_RELEASE without DONT_COPY,
+ * or bytes that HDF5 cannot open (the message gives HDF5's reason). */
+hid_t h5depot_open_image(void* buf, size_t len, unsigned flags);
+
+/* Fetches the current generation of `image_id` and opens it as an HDF5
+ * file in memory without copying it: the fetched buffer goes to HDF5 as
+ * with DONT_COPY, and HDF5 frees it when the file closes. `flags` is 0 or
+ * H5LT_FILE_IMAGE_OPEN_RW (DONT_COPY may be given; it is implied).
+ * DONT_RELEASE is H5DEPOT_INVALID_ARGUMENT: to keep the buffer, use
+ * h5depot_fetch and h5depot_open_image. Returns the file id, or
+ * H5I_INVALID_HID (H5DEPOT_NOT_FOUND if there is no such image, and the
+ * errors of h5depot_fetch and h5depot_open_image). */
+hid_t h5depot_open(h5depot_client* client, const char* image_id,
+                   unsigned flags);
+
+/* Closes `file_id`, a file that h5depot_open or h5depot_open_image opened
+ * without DONT_RELEASE, and hands its final image to the caller instead of
+ * letting HDF5 free it: *buf (malloc'ed: the caller frees it, or pushes it
+ * and then frees it) and *len receive the buffer HDF5 used, after any
+ * growth, trimmed to the image's size. Nothing is copied.
+ *
+ * The round trip, with no copy after the fetch:
+ *
+ *   void *buf; size_t len; uint64_t generation;
+ *   h5depot_fetch(c, "id", &buf, &len, &generation);
+ *   hid_t f = h5depot_open_image(buf, len, H5LT_FILE_IMAGE_OPEN_RW |
+ *                                          H5LT_FILE_IMAGE_DONT_COPY);
+ *   ... write through f, close what was opened in it ...
+ *   h5depot_close_image(f, &buf, &len);
+ *   h5depot_push_options o = {0};
+ *   o.use_if_generation_match = 1;
+ *   o.if_generation_match = generation;
+ *   rc = h5depot_push_buffer_ex(c, "id", buf, len, &o, &generation);
+ *   free(buf);  // rc H5DEPOT_FAILED_PRECONDITION: changed meanwhile
+ *
+ * On failure *buf is NULL and *len 0. H5DEPOT_INVALID_ARGUMENT if
+ * `file_id` is not such a file; H5DEPOT_FAILED_PRECONDITION if it was
+ * opened with DONT_RELEASE (close it with H5Fclose), or if objects are
+ * still open in it: the file then stays open; close them and call again. */
+int h5depot_close_image(hid_t file_id, void** buf, size_t* len);
 
 #ifdef __cplusplus
 } /* extern "C" */

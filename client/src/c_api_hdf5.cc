@@ -1,0 +1,101 @@
+// The C API's HDF5 part (h5depot/h5depot.h): pushing open files, opening
+// file images with the ownership flags, fetch-and-open and getting the
+// final image of a file back. A thin shim over file_image.h and
+// hdf5_transfer.h. No C++ exception crosses this boundary: every entry
+// point catches everything and turns it into a result code plus the
+// thread-local message.
+
+#include <cstdlib>
+#include <utility>
+
+#include "c_api_internal.h"
+#include "h5depot/file_image.h"
+#include "h5depot/h5depot.h"
+#include "h5depot/hdf5_transfer.h"
+
+using h5depot::c_api::Fail;
+using h5depot::c_api::FailFromException;
+using h5depot::c_api::FailInvalid;
+using h5depot::c_api::Succeed;
+
+extern "C" {
+
+int h5depot_push_file(h5depot_client* client, const char* image_id,
+                      hid_t file_id, uint64_t* generation) {
+  return h5depot_push_file_ex(client, image_id, file_id, nullptr, generation);
+}
+
+int h5depot_push_file_ex(h5depot_client* client, const char* image_id,
+                         hid_t file_id, const h5depot_push_options* options,
+                         uint64_t* generation) {
+  try {
+    if (client == nullptr || image_id == nullptr) {
+      return FailInvalid("client and image id must not be NULL");
+    }
+    auto info = h5depot::PushFileImage(*client->client, image_id, file_id,
+                                       h5depot::c_api::ToPushOptions(options));
+    if (!info.ok()) return Fail(info.status());
+    if (generation != nullptr) *generation = info->generation;
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+hid_t h5depot_open_image(void* buf, size_t len, unsigned flags) {
+  try {
+    absl::StatusOr<hid_t> file = h5depot::OpenFileImage(buf, len, flags);
+    if (!file.ok()) {
+      Fail(file.status());
+      return H5I_INVALID_HID;
+    }
+    Succeed();
+    return *file;
+  } catch (...) {
+    // Only std::bad_alloc gets here. A handed-over buffer that the image
+    // share had taken was freed as the share unwound; one taken earlier
+    // is leaked rather than risk freeing it twice.
+    FailFromException();
+    return H5I_INVALID_HID;
+  }
+}
+
+hid_t h5depot_open(h5depot_client* client, const char* image_id,
+                   unsigned flags) {
+  try {
+    if (client == nullptr || image_id == nullptr) {
+      FailInvalid("client and image id must not be NULL");
+      return H5I_INVALID_HID;
+    }
+    auto fetched = h5depot::FetchAndOpen(*client->client, image_id, flags);
+    if (!fetched.ok()) {
+      Fail(fetched.status());
+      return H5I_INVALID_HID;
+    }
+    Succeed();
+    return fetched->file;
+  } catch (...) {
+    FailFromException();
+    return H5I_INVALID_HID;
+  }
+}
+
+int h5depot_close_image(hid_t file_id, void** buf, size_t* len) {
+  try {
+    if (buf != nullptr) *buf = nullptr;
+    if (len != nullptr) *len = 0;
+    if (buf == nullptr || len == nullptr) {
+      return FailInvalid("buf and len must not be NULL");
+    }
+    absl::StatusOr<h5depot::ImageBuffer> image =
+        h5depot::CloseFileImage(file_id);
+    if (!image.ok()) return Fail(image.status());
+    *len = image->size();
+    *buf = image->Release();
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,142 @@
+#include "h5depot/hdf5_transfer.h"
+
+#include <string>
+#include <utility>
+
+#include "H5LTpublic.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "h5depot/internal/image_id.h"
+
+namespace h5depot {
+namespace {
+
+constexpr unsigned kFetchFlags =
+    H5LT_FILE_IMAGE_OPEN_RW | H5LT_FILE_IMAGE_DONT_COPY;
+
+std::string Quoted(std::string_view image_id) {
+  return absl::StrCat("'", std::string(image_id), "'");
+}
+
+// Keeps the code, prefixes the message with what was being done.
+absl::Status Annotate(const absl::Status& status, const std::string& what) {
+  return absl::Status(status.code(),
+                      absl::StrCat(what, ": ",
+                                   std::string(status.message().data(),
+                                               status.message().size())));
+}
+
+absl::Status CheckFetchFlags(unsigned flags) {
+  if ((flags & H5LT_FILE_IMAGE_DONT_RELEASE) != 0) {
+    return absl::InvalidArgumentError(
+        "a fetched image is always handed over to HDF5: "
+        "H5LT_FILE_IMAGE_DONT_RELEASE does not apply (to keep the buffer, "
+        "fetch it and open it with OpenFileImage)");
+  }
+  if ((flags & ~kFetchFlags) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown file image flags 0x", absl::Hex(flags & ~kFetchFlags),
+        "; a fetched image opens with H5LT_FILE_IMAGE_OPEN_RW or without"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ImageInfo> PushImage(Client& client, std::string_view image_id,
+                                    const void* data, size_t size,
+                                    const ImagePushOptions& options) {
+  if (options.validate) {
+    if (absl::Status valid = ValidateImage(data, size); !valid.ok()) {
+      return Annotate(valid, absl::StrCat("push ", Quoted(image_id)));
+    }
+  }
+  return client.Push(image_id, data, size, options);
+}
+
+absl::StatusOr<ImageInfo> PushFileImage(Client& client,
+                                        std::string_view image_id,
+                                        hid_t file_id,
+                                        const ImagePushOptions& options) {
+  const std::string what = absl::StrCat("push ", Quoted(image_id));
+  // A bad id must not cost a copy of the file.
+  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
+    return Annotate(status, what);
+  }
+  absl::StatusOr<ImageBuffer> image = TakeFileImage(file_id);
+  if (!image.ok()) return Annotate(image.status(), what);
+  return PushImage(client, image_id, image->data(), image->size(), options);
+}
+
+absl::StatusOr<FetchedFile> FetchAndOpen(Client& client,
+                                         std::string_view image_id,
+                                         unsigned flags,
+                                         const FetchOptions& options) {
+  const std::string what = absl::StrCat("open ", Quoted(image_id));
+  if (absl::Status status = CheckFetchFlags(flags); !status.ok()) {
+    return Annotate(status, what);
+  }
+  absl::StatusOr<FetchedImage> fetched = client.Fetch(image_id, options);
+  if (!fetched.ok()) return fetched.status();
+  absl::StatusOr<hid_t> file = OpenFileImage(std::move(fetched->buffer), flags);
+  if (!file.ok()) {
+    return Annotate(file.status(), absl::StrCat(what, " (generation ",
+                                                fetched->info.generation, ")"));
+  }
+  FetchedFile result;
+  result.info = std::move(fetched->info);
+  result.file = *file;
+  return result;
+}
+
+ImageUpdate::ImageUpdate(Client& client, ImageInfo base,
+                         std::unique_ptr<WritableImage> image)
+    : client_(client), base_(std::move(base)), image_(std::move(image)) {}
+
+// WritableImage's destructor closes a file still open, discarding it.
+ImageUpdate::~ImageUpdate() = default;
+
+absl::StatusOr<std::unique_ptr<ImageUpdate>> ImageUpdate::Begin(
+    Client& client, std::string_view image_id, const FetchOptions& options) {
+  absl::StatusOr<FetchedImage> fetched = client.Fetch(image_id, options);
+  if (!fetched.ok()) return fetched.status();
+  absl::StatusOr<std::unique_ptr<WritableImage>> image =
+      WritableImage::Open(std::move(fetched->buffer));
+  if (!image.ok()) {
+    return Annotate(image.status(),
+                    absl::StrCat("open ", Quoted(image_id), " (generation ",
+                                 fetched->info.generation, ")"));
+  }
+  return std::unique_ptr<ImageUpdate>(
+      new ImageUpdate(client, std::move(fetched->info), *std::move(image)));
+}
+
+absl::StatusOr<ImageInfo> ImageUpdate::Commit(const ImagePushOptions& options) {
+  const std::string what = absl::StrCat("push ", Quoted(base_.image_id));
+  if (committed_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": this update was already pushed"));
+  }
+  if (options.if_generation_match.has_value() &&
+      *options.if_generation_match != base_.generation) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": an update pushes only over the generation it fetched (",
+        base_.generation, "), not ", *options.if_generation_match));
+  }
+  if (!final_image_.has_value()) {
+    absl::StatusOr<ImageBuffer> closed = image_->Close();
+    if (!closed.ok()) return Annotate(closed.status(), what);
+    final_image_ = *std::move(closed);
+  }
+  ImagePushOptions conditional = options;
+  conditional.if_generation_match = base_.generation;
+  absl::StatusOr<ImageInfo> pushed =
+      PushImage(client_, base_.image_id, final_image_->data(),
+                final_image_->size(), conditional);
+  if (!pushed.ok()) return pushed.status();
+  committed_ = true;
+  final_image_.reset();
+  return pushed;
+}
+
+}  // namespace h5depot
