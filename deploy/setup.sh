@@ -10,6 +10,9 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libhdf5-dev libxxhash-dev libgtest-dev
   python3-h5py python3-numpy
+  # bench/run.sh: its peers (iperf3, Redis with redis-benchmark) and the C
+  # Redis client it measures them with.
+  iperf3 redis-server redis-tools libhiredis-dev
 )
 
 installed() {

@@ -19,8 +19,10 @@ inline std::vector<uint8_t> MakeTestImage(size_t size, uint32_t seed = 1) {
     state = state * 1664525u + 1013904223u;
     image[i] = static_cast<uint8_t>(state >> 24);
   }
-  std::memcpy(image.data(), internal::kHdf5Signature,
-              std::min(size, sizeof(internal::kHdf5Signature)));
+  if (size > 0) {  // an empty vector's data() may be null
+    std::memcpy(image.data(), internal::kHdf5Signature,
+                std::min(size, sizeof(internal::kHdf5Signature)));
+  }
   return image;
 }
 

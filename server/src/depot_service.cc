@@ -1,15 +1,23 @@
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "chunk_codec_internal.h"
 #include "depot_service_internal.h"
 #include "grpc_status_internal.h"
 
 namespace h5depot::server {
 namespace {
 
+using internal::ParseMessage;
+using internal::SerializeMessage;
 using internal::ToGrpcStatus;
 
 void FillImageInfo(const StoredImage& image, v1::ImageInfo* info) {
@@ -25,7 +33,7 @@ void FillImageInfo(const StoredImage& image, v1::ImageInfo* info) {
 
 // The image, waiting up to `wait_timeout_ms` for it to be pushed.
 absl::StatusOr<ImageRef> GetOrWait(ImageStore& store,
-                                   grpc::ServerContext* context,
+                                   grpc::ServerContextBase* context,
                                    const std::string& image_id,
                                    uint64_t wait_timeout_ms) {
   if (wait_timeout_ms == 0) return store.Get(image_id);
@@ -34,23 +42,6 @@ absl::StatusOr<ImageRef> GetOrWait(ImageStore& store,
                         std::min<uint64_t>(wait_timeout_ms, uint64_t{1} << 40));
   return store.WaitFor(image_id, deadline,
                        [context] { return context->IsCancelled(); });
-}
-
-// Sends bytes [offset, offset + length) of `image` as chunk messages of at
-// most `chunk_bytes`. The range must lie within the image.
-template <typename Response, typename Writer>
-absl::Status SendRange(const StoredImage& image, uint64_t offset,
-                       uint64_t length, uint64_t chunk_bytes, Writer* writer) {
-  Response response;
-  const uint64_t end = offset + length;
-  for (uint64_t at = offset; at < end; at += chunk_bytes) {
-    const uint64_t n = std::min(chunk_bytes, end - at);
-    response.set_chunk(image.data() + at, n);
-    if (!writer->Write(response)) {
-      return absl::CancelledError("the client went away during the transfer");
-    }
-  }
-  return absl::OkStatus();
 }
 
 // The part of [offset, offset + length) that lies within `image`.
@@ -64,6 +55,363 @@ std::optional<uint64_t> OptionalGeneration(bool has, uint64_t value) {
   return has ? std::optional<uint64_t>(value) : std::nullopt;
 }
 
+// A response message of type Response carrying only `image`'s info.
+template <typename Response>
+grpc::ByteBuffer InfoMessage(const StoredImage& image) {
+  Response response;
+  FillImageInfo(image, response.mutable_info());
+  return SerializeMessage(response);
+}
+
+// Receives one push: the header, then chunks straight into the
+// PendingImage, then publishes.
+class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
+ public:
+  PushReactor(ImageStore* store, grpc::CallbackServerContext* context,
+              grpc::ByteBuffer* response)
+      : store_(store), context_(context), response_(response) {
+    StartRead(&message_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (worker_.joinable()) {
+      Enqueue(ok);
+      return;
+    }
+    if (!ok) {
+      Complete();
+      return;
+    }
+    absl::Status status = pending_ == nullptr ? Begin() : Append(message_);
+    message_.Clear();
+    if (!status.ok()) {
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    if (pending_->declared_size() >= kWorkerMinBytes) {
+      worker_ = std::thread([this] { AppendLoop(); });
+    }
+    StartRead(&message_);
+  }
+
+  void OnDone() override {
+    if (worker_.joinable()) {
+      // The worker may itself be running this, having finished the call.
+      if (worker_.get_id() == std::this_thread::get_id()) {
+        worker_.detach();
+      } else {
+        worker_.join();
+      }
+    }
+    delete this;
+  }
+
+ private:
+  // Large pushes copy and hash their chunks on a thread of their own, so
+  // that gRPC's threads go on receiving meanwhile instead of doing both in
+  // turn. At most kMaxQueued chunks wait for it; beyond that reading pauses.
+  static constexpr uint64_t kWorkerMinBytes = uint64_t{16} << 20;
+  static constexpr size_t kMaxQueued = 4;
+
+  // Runs in OnReadDone. StartRead is called outside the lock: gRPC may
+  // run the next OnReadDone before StartRead returns.
+  void Enqueue(bool ok) {
+    bool read_more = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (ok) {
+        grpc::ByteBuffer message;
+        message.Swap(&message_);
+        queue_.push_back(std::move(message));
+        read_more = queue_.size() < kMaxQueued && !failed_;
+        reading_ = read_more;
+      } else {
+        ended_ = true;
+      }
+    }
+    queued_.notify_one();
+    if (read_more) StartRead(&message_);
+  }
+
+  void AppendLoop() {
+    while (true) {
+      grpc::ByteBuffer message;
+      bool resume_reading = false;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        queued_.wait(lock, [this] { return !queue_.empty() || ended_; });
+        if (queue_.empty()) break;  // ended, and every chunk appended
+        message.Swap(&queue_.front());
+        queue_.pop_front();
+        resume_reading = !reading_ && !ended_;
+        if (resume_reading) reading_ = true;
+      }
+      if (resume_reading) StartRead(&message_);
+      if (absl::Status status = Append(message); !status.ok()) {
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          failed_ = true;
+        }
+        Finish(ToGrpcStatus(status));
+        return;  // `this` may be gone
+      }
+    }
+    Complete();  // `this` may be gone afterwards
+  }
+
+  absl::Status Begin() {
+    v1::PushRequest request;
+    if (!ParseMessage(message_, &request) || !request.has_header()) {
+      return absl::InvalidArgumentError(
+          "a push must start with a header message");
+    }
+    const v1::PushHeader& header = request.header();
+    PushRequest push;
+    push.image_id = header.image_id();
+    push.size = header.size();
+    push.checksum = header.checksum();
+    push.if_generation_match = OptionalGeneration(
+        header.has_if_generation_match(), header.if_generation_match());
+    push.ttl = absl::Milliseconds(
+        std::min<uint64_t>(header.ttl_ms(), uint64_t{1} << 50));
+    absl::StatusOr<std::unique_ptr<PendingImage>> pending =
+        store_->BeginPush(std::move(push));
+    if (!pending.ok()) return pending.status();
+    pending_ = *std::move(pending);
+    // Tells a client waiting before it streams a large image to go ahead.
+    StartSendInitialMetadata();
+    return absl::OkStatus();
+  }
+
+  absl::Status Append(const grpc::ByteBuffer& message) {
+    internal::ChunkPayload chunk;
+    if (chunk.Parse(message)) {
+      absl::Status status;
+      chunk.ForEachPiece([&](const uint8_t* data, size_t size) {
+        status = pending_->Append(data, size);
+        return status.ok();
+      });
+      return status;
+    }
+    v1::PushRequest request;
+    if (!ParseMessage(message, &request) || !request.has_chunk()) {
+      return absl::InvalidArgumentError(
+          "a push sends one header, then only chunks");
+    }
+    return pending_->Append(request.chunk().data(), request.chunk().size());
+  }
+
+  void Complete() {
+    if (context_->IsCancelled()) {
+      Finish(ToGrpcStatus(absl::CancelledError(
+          "the push was cancelled before it completed; nothing was stored")));
+      return;
+    }
+    if (pending_ == nullptr) {
+      Finish(ToGrpcStatus(absl::InvalidArgumentError(
+          "a push must start with a header message")));
+      return;
+    }
+    absl::StatusOr<ImageRef> published = pending_->Publish();
+    if (!published.ok()) {
+      Finish(ToGrpcStatus(published.status()));
+      return;
+    }
+    v1::PushResponse response;
+    FillImageInfo(**published, response.mutable_info());
+    *response_ = SerializeMessage(response);
+    Finish(grpc::Status::OK);
+  }
+
+  ImageStore* const store_;
+  grpc::CallbackServerContext* const context_;
+  grpc::ByteBuffer* const response_;
+  grpc::ByteBuffer message_;  // the read under way
+  std::unique_ptr<PendingImage> pending_;
+  std::thread worker_;
+  // A std::mutex rather than absl::Mutex so that ThreadSanitizer sees it
+  // (Debian's Abseil is not instrumented).
+  std::mutex mutex_;
+  std::condition_variable queued_;
+  std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mutex_);
+  bool reading_ ABSL_GUARDED_BY(mutex_) = true;  // a read is under way
+  bool ended_ ABSL_GUARDED_BY(mutex_) = false;   // the client is done
+  bool failed_ ABSL_GUARDED_BY(mutex_) = false;  // finished with an error
+};
+
+// Sends an info message, then a byte range of an image as chunk messages
+// built from slices of the stored buffer itself: each holds a reference to
+// the image, so a generation replaced or deleted meanwhile stays intact
+// until gRPC has sent the last byte of it.
+class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  explicit SendReactor(uint64_t chunk_bytes) : chunk_bytes_(chunk_bytes) {}
+
+  // Sends `info`, then bytes [offset, offset + length) of `image` (which
+  // must lie within it), then OK.
+  void Send(ImageRef image, grpc::ByteBuffer info, uint64_t offset,
+            uint64_t length) {
+    image_ = std::move(image);
+    next_ = offset;
+    end_ = offset + length;
+    message_ = std::move(info);
+    if (next_ == end_) {
+      finishing_ = true;
+      StartWriteAndFinish(&message_, grpc::WriteOptions(), grpc::Status::OK);
+    } else {
+      StartWrite(&message_);
+    }
+  }
+
+  void Fail(const absl::Status& status) {
+    finishing_ = true;
+    Finish(ToGrpcStatus(status));
+  }
+
+  // Runs `wait` on a thread of its own (waits block, reactors must not),
+  // then sends the whole image it returns with the info message `info_of`
+  // makes, or fails with its error.
+  void SendWholeImageAfter(
+      std::function<absl::StatusOr<ImageRef>()> wait,
+      std::function<grpc::ByteBuffer(const StoredImage&)> info_of) {
+    // gRPC calls OnDone only after this handler returned, so waiter_ is
+    // set before anyone can look at it.
+    waiter_ = std::thread(
+        [this, wait = std::move(wait), info_of = std::move(info_of)] {
+          absl::StatusOr<ImageRef> image = wait();
+          // `this` may be gone as soon as Send or Fail returns.
+          if (!image.ok()) {
+            Fail(image.status());
+          } else {
+            const uint64_t size = (*image)->size();
+            grpc::ByteBuffer info = info_of(**image);
+            Send(*std::move(image), std::move(info), 0, size);
+          }
+        });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (finishing_) return;
+    if (!ok) {
+      Fail(absl::CancelledError("the client went away during the transfer"));
+      return;
+    }
+    const uint64_t n = std::min(chunk_bytes_, end_ - next_);
+    message_ =
+        internal::ChunkMessageReferencing(image_->data() + next_, n, image_);
+    next_ += n;
+    if (next_ == end_) {
+      finishing_ = true;
+      StartWriteAndFinish(&message_, grpc::WriteOptions(), grpc::Status::OK);
+    } else {
+      StartWrite(&message_);
+    }
+  }
+
+  void OnDone() override {
+    if (waiter_.joinable()) {
+      // The waiter may itself be running this, having finished the call.
+      if (waiter_.get_id() == std::this_thread::get_id()) {
+        waiter_.detach();
+      } else {
+        waiter_.join();
+      }
+    }
+    delete this;
+  }
+
+ private:
+  const uint64_t chunk_bytes_;
+  ImageRef image_;
+  uint64_t next_ = 0;
+  uint64_t end_ = 0;
+  bool finishing_ = false;
+  grpc::ByteBuffer message_;
+  std::thread waiter_;
+};
+// Serves one reader: the open message pins a generation, and each range
+// after it is answered with its bytes as chunk messages built from slices
+// of the stored buffer. One operation at a time: the next request is read
+// once the previous range is sent.
+class ReaderReactor final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  ReaderReactor(ImageStore* store, uint64_t chunk_bytes)
+      : store_(store), chunk_bytes_(chunk_bytes) {
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client closed the reader
+      Finish(grpc::Status::OK);
+      return;
+    }
+    v1::ReaderRequest request;
+    const bool parsed = ParseMessage(in_, &request);
+    in_.Clear();
+    absl::Status status =
+        image_ == nullptr ? Open(parsed, request) : StartRange(parsed, request);
+    if (!status.ok()) Finish(ToGrpcStatus(status));
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(ToGrpcStatus(
+          absl::CancelledError("the client went away during the transfer")));
+      return;
+    }
+    SendNextOrRead();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Open(bool parsed, const v1::ReaderRequest& request) {
+    if (!parsed || !request.has_open()) {
+      return absl::InvalidArgumentError(
+          "a reader must start with an open message");
+    }
+    // Holding the reference pins this generation for the life of the call.
+    absl::StatusOr<ImageRef> image = store_->GetGeneration(
+        request.open().image_id(), request.open().generation());
+    if (!image.ok()) return image.status();
+    image_ = *std::move(image);
+    out_ = InfoMessage<v1::ReaderResponse>(*image_);
+    StartWrite(&out_);
+    return absl::OkStatus();
+  }
+
+  absl::Status StartRange(bool parsed, const v1::ReaderRequest& request) {
+    if (!parsed || !request.has_range()) {
+      return absl::InvalidArgumentError(
+          "a reader sends one open message, then only ranges");
+    }
+    next_ = request.range().offset();
+    end_ = next_ + ClampedLength(*image_, next_, request.range().length());
+    SendNextOrRead();
+    return absl::OkStatus();
+  }
+
+  void SendNextOrRead() {
+    if (next_ == end_) {
+      StartRead(&in_);
+      return;
+    }
+    const uint64_t n = std::min(chunk_bytes_, end_ - next_);
+    out_ = internal::ChunkMessageReferencing(image_->data() + next_, n, image_);
+    next_ += n;
+    StartWrite(&out_);
+  }
+
+  ImageStore* const store_;
+  const uint64_t chunk_bytes_;
+  ImageRef image_;
+  uint64_t next_ = 0;
+  uint64_t end_ = 0;
+  grpc::ByteBuffer in_;
+  grpc::ByteBuffer out_;
+};
+
 }  // namespace
 
 DepotService::DepotService(ImageStore* store, uint64_t max_chunk_bytes,
@@ -72,108 +420,63 @@ DepotService::DepotService(ImageStore* store, uint64_t max_chunk_bytes,
       max_chunk_bytes_(max_chunk_bytes),
       send_chunk_bytes_(send_chunk_bytes) {}
 
-grpc::Status DepotService::Push(grpc::ServerContext* context,
-                                grpc::ServerReader<v1::PushRequest>* reader,
-                                v1::PushResponse* response) {
-  v1::PushRequest request;
-  if (!reader->Read(&request) || !request.has_header()) {
-    return ToGrpcStatus(
-        absl::InvalidArgumentError("a push must start with a header message"));
-  }
-  const v1::PushHeader& header = request.header();
-  PushRequest push;
-  push.image_id = header.image_id();
-  push.size = header.size();
-  push.checksum = header.checksum();
-  push.if_generation_match = OptionalGeneration(
-      header.has_if_generation_match(), header.if_generation_match());
-  push.ttl = absl::Milliseconds(
-      std::min<uint64_t>(header.ttl_ms(), uint64_t{1} << 50));
-  absl::StatusOr<std::unique_ptr<PendingImage>> pending =
-      store_->BeginPush(std::move(push));
-  if (!pending.ok()) return ToGrpcStatus(pending.status());
-
-  // Tells a client waiting before it streams a large image to go ahead.
-  reader->SendInitialMetadata();
-  while (reader->Read(&request)) {
-    if (!request.has_chunk()) {
-      return ToGrpcStatus(absl::InvalidArgumentError(
-          "a push sends one header, then only chunks"));
-    }
-    if (absl::Status status =
-            (*pending)->Append(request.chunk().data(), request.chunk().size());
-        !status.ok()) {
-      return ToGrpcStatus(status);
-    }
-  }
-  if (context->IsCancelled()) {
-    return ToGrpcStatus(absl::CancelledError(
-        "the push was cancelled before it completed; nothing was stored"));
-  }
-  absl::StatusOr<ImageRef> published = (*pending)->Publish();
-  if (!published.ok()) return ToGrpcStatus(published.status());
-  FillImageInfo(**published, response->mutable_info());
-  return grpc::Status::OK;
+grpc::ServerReadReactor<grpc::ByteBuffer>* DepotService::Push(
+    grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
+  return new PushReactor(store_, context, response);
 }
 
-grpc::Status DepotService::Fetch(
-    grpc::ServerContext* context, const v1::FetchRequest* request,
-    grpc::ServerWriter<v1::FetchResponse>* writer) {
-  absl::StatusOr<ImageRef> image = GetOrWait(
-      *store_, context, request->image_id(), request->wait_timeout_ms());
-  if (!image.ok()) return ToGrpcStatus(image.status());
-  v1::FetchResponse head;
-  FillImageInfo(**image, head.mutable_info());
-  if (!writer->Write(head)) return grpc::Status::CANCELLED;
-  return ToGrpcStatus(SendRange<v1::FetchResponse>(**image, 0, (*image)->size(),
-                                                   send_chunk_bytes_, writer));
+grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Fetch(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+  auto* reactor = new SendReactor(send_chunk_bytes_);
+  v1::FetchRequest fetch;
+  if (!ParseMessage(*request, &fetch)) {
+    reactor->Fail(absl::InvalidArgumentError("malformed fetch request"));
+    return reactor;
+  }
+  if (fetch.wait_timeout_ms() > 0) {
+    reactor->SendWholeImageAfter(
+        [store = store_, context, fetch] {
+          return GetOrWait(*store, context, fetch.image_id(),
+                           fetch.wait_timeout_ms());
+        },
+        InfoMessage<v1::FetchResponse>);
+    return reactor;
+  }
+  absl::StatusOr<ImageRef> image = store_->Get(fetch.image_id());
+  if (!image.ok()) {
+    reactor->Fail(image.status());
+  } else {
+    grpc::ByteBuffer info = InfoMessage<v1::FetchResponse>(**image);
+    const uint64_t size = (*image)->size();
+    reactor->Send(*std::move(image), std::move(info), 0, size);
+  }
+  return reactor;
 }
 
-grpc::Status DepotService::Read(grpc::ServerContext* /*context*/,
-                                const v1::ReadRequest* request,
-                                grpc::ServerWriter<v1::ReadResponse>* writer) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Read(
+    grpc::CallbackServerContext* /*context*/, const grpc::ByteBuffer* request) {
+  auto* reactor = new SendReactor(send_chunk_bytes_);
+  v1::ReadRequest read;
+  if (!ParseMessage(*request, &read)) {
+    reactor->Fail(absl::InvalidArgumentError("malformed read request"));
+    return reactor;
+  }
   absl::StatusOr<ImageRef> image =
-      store_->GetGeneration(request->image_id(), request->generation());
-  if (!image.ok()) return ToGrpcStatus(image.status());
-  v1::ReadResponse head;
-  FillImageInfo(**image, head.mutable_info());
-  if (!writer->Write(head)) return grpc::Status::CANCELLED;
-  return ToGrpcStatus(SendRange<v1::ReadResponse>(
-      **image, request->offset(),
-      ClampedLength(**image, request->offset(), request->length()),
-      send_chunk_bytes_, writer));
+      store_->GetGeneration(read.image_id(), read.generation());
+  if (!image.ok()) {
+    reactor->Fail(image.status());
+  } else {
+    grpc::ByteBuffer info = InfoMessage<v1::ReadResponse>(**image);
+    const uint64_t length =
+        ClampedLength(**image, read.offset(), read.length());
+    reactor->Send(*std::move(image), std::move(info), read.offset(), length);
+  }
+  return reactor;
 }
 
-grpc::Status DepotService::OpenReader(
-    grpc::ServerContext* /*context*/,
-    grpc::ServerReaderWriter<v1::ReaderResponse, v1::ReaderRequest>* stream) {
-  v1::ReaderRequest request;
-  if (!stream->Read(&request) || !request.has_open()) {
-    return ToGrpcStatus(
-        absl::InvalidArgumentError("a reader must start with an open message"));
-  }
-  // Holding the reference pins this generation for the life of the stream.
-  absl::StatusOr<ImageRef> image = store_->GetGeneration(
-      request.open().image_id(), request.open().generation());
-  if (!image.ok()) return ToGrpcStatus(image.status());
-  v1::ReaderResponse head;
-  FillImageInfo(**image, head.mutable_info());
-  if (!stream->Write(head)) return grpc::Status::CANCELLED;
-  while (stream->Read(&request)) {
-    if (!request.has_range()) {
-      return ToGrpcStatus(absl::InvalidArgumentError(
-          "a reader sends one open message, then only ranges"));
-    }
-    const uint64_t offset = request.range().offset();
-    if (absl::Status status = SendRange<v1::ReaderResponse>(
-            **image, offset,
-            ClampedLength(**image, offset, request.range().length()),
-            send_chunk_bytes_, stream);
-        !status.ok()) {
-      return ToGrpcStatus(status);
-    }
-  }
-  return grpc::Status::OK;
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
+DepotService::OpenReader(grpc::CallbackServerContext* /*context*/) {
+  return new ReaderReactor(store_, send_chunk_bytes_);
 }
 
 grpc::Status DepotService::Stat(grpc::ServerContext* context,

@@ -10,25 +10,34 @@
 
 namespace h5depot::server {
 
-class DepotService final : public h5depot::v1::Depot::Service {
+// Push, Fetch, Read and OpenReader, which move image bytes, use the
+// callback API with raw byte buffers: chunks are sent from slices that
+// reference the stored image and received straight into the pending one,
+// never through a protobuf string. The other methods are ordinary
+// synchronous handlers.
+using DepotServiceBase = h5depot::v1::Depot::WithRawCallbackMethod_Push<
+    h5depot::v1::Depot::WithRawCallbackMethod_Fetch<
+        h5depot::v1::Depot::WithRawCallbackMethod_Read<
+            h5depot::v1::Depot::WithRawCallbackMethod_OpenReader<
+                h5depot::v1::Depot::Service>>>>;
+
+class DepotService final : public DepotServiceBase {
  public:
   // `store` must outlive the service.
   DepotService(ImageStore* store, uint64_t max_chunk_bytes,
                uint64_t send_chunk_bytes);
 
-  grpc::Status Push(grpc::ServerContext* context,
-                    grpc::ServerReader<h5depot::v1::PushRequest>* reader,
-                    h5depot::v1::PushResponse* response) override;
-  grpc::Status Fetch(
-      grpc::ServerContext* context, const h5depot::v1::FetchRequest* request,
-      grpc::ServerWriter<h5depot::v1::FetchResponse>* writer) override;
-  grpc::Status Read(
-      grpc::ServerContext* context, const h5depot::v1::ReadRequest* request,
-      grpc::ServerWriter<h5depot::v1::ReadResponse>* writer) override;
-  grpc::Status OpenReader(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<h5depot::v1::ReaderResponse,
-                               h5depot::v1::ReaderRequest>* stream) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* Push(
+      grpc::CallbackServerContext* context,
+      grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Fetch(
+      grpc::CallbackServerContext* context,
+      const grpc::ByteBuffer* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Read(
+      grpc::CallbackServerContext* context,
+      const grpc::ByteBuffer* request) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OpenReader(
+      grpc::CallbackServerContext* context) override;
   grpc::Status Stat(grpc::ServerContext* context,
                     const h5depot::v1::StatRequest* request,
                     h5depot::v1::ImageInfo* response) override;

@@ -10,6 +10,7 @@
 #include "h5depot/internal/byte_size.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/hdf5_signature.h"
+#include "h5depot/internal/huge_pages.h"
 #include "h5depot/internal/image_id.h"
 
 namespace h5depot::server {
@@ -53,7 +54,9 @@ uint8_t* AllocateImageBytes(uint64_t size) {
   if (size >= kMmapThreshold) {
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? nullptr : static_cast<uint8_t*>(p);
+    if (p == MAP_FAILED) return nullptr;
+    internal::AdviseHugePages(p, size);
+    return static_cast<uint8_t*>(p);
   }
   return static_cast<uint8_t*>(std::malloc(size));
 }

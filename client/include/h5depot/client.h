@@ -132,8 +132,9 @@ class ImageReader {
 class Client {
  public:
   // Connects to h5depotd at `target`: "host:port", "unix:/path/to/socket"
-  // or any gRPC target. UNAVAILABLE if the server does not answer within
-  // options.connect_timeout; INVALID_ARGUMENT for a malformed target.
+  // or any gRPC target. Each Client has a connection of its own. UNAVAILABLE if
+  // the server does not answer within options.connect_timeout; INVALID_ARGUMENT
+  // for a malformed target.
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       std::string_view target, const ClientOptions& options = {});
 
