@@ -286,8 +286,9 @@ int main(int argc, char** argv) {
   std::vector<unsigned char> buffer(kBigBytes);
   std::memset(buffer.data(), 0, buffer.size());  // fault the pages in once
 
-  std::printf("| driver | operation (run) | time | requests | bytes moved | "
-              "throughput |\n");
+  std::printf(
+      "| driver | operation (run) | time | requests | bytes moved | "
+      "throughput |\n");
   std::printf("|---|---|---|---|---|---|\n");
   struct Operation {
     const char* name;

@@ -7,10 +7,10 @@
 
 #include "gtest/gtest.h"
 #include "h5depot/internal/hdf5_signature.h"
+#include "h5depot/testing/hdf5_images.h"
 #include "h5depot/testing/server_process.h"
 #include "h5depot/testing/subprocess.h"
 #include "h5depot/testing/temp_dir.h"
-#include "h5depot/testing/hdf5_images.h"
 
 namespace h5depot::testing {
 namespace {

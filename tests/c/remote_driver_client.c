@@ -6,7 +6,7 @@
 
 #include "H5FDremote.h"
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if (argc != 2) return 2;
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   if (H5Pset_fapl_remote(fapl, argv[1], NULL) < 0) return 1;
@@ -15,12 +15,12 @@ int main(int argc, char **argv) {
   if (file < 0) return 1;
   hsize_t dims[1] = {1000};
   hid_t space = H5Screate_simple(1, dims, NULL);
-  hid_t dset = H5Dcreate2(file, "squares", H5T_NATIVE_LONG, space,
-                          H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t dset = H5Dcreate2(file, "squares", H5T_NATIVE_LONG, space, H5P_DEFAULT,
+                          H5P_DEFAULT, H5P_DEFAULT);
   long values[1000];
   for (long i = 0; i < 1000; ++i) values[i] = i * i;
-  if (H5Dwrite(dset, H5T_NATIVE_LONG, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-               values) < 0) {
+  if (H5Dwrite(dset, H5T_NATIVE_LONG, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) <
+      0) {
     return 1;
   }
   H5Dclose(dset);
@@ -31,8 +31,8 @@ int main(int argc, char **argv) {
   if (file < 0) return 1;
   dset = H5Dopen2(file, "squares", H5P_DEFAULT);
   long read_back[1000];
-  if (H5Dread(dset, H5T_NATIVE_LONG, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-              read_back) < 0) {
+  if (H5Dread(dset, H5T_NATIVE_LONG, H5S_ALL, H5S_ALL, H5P_DEFAULT, read_back) <
+      0) {
     return 1;
   }
   for (long i = 0; i < 1000; ++i) {
