@@ -464,6 +464,17 @@ TEST_P(ClientServerTest, WireProtocolStreamsInfoThenChunks) {
   EXPECT_GE(chunks, 2);
 }
 
+TEST(ServerShutdownTest, UnixSocketFileIsRemovedOnShutdown) {
+  server::ServerOptions options;
+  options.listen_address = "";
+  options.unix_socket_path = UniqueSocketPath();
+  auto server = server::DepotServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(access(options.unix_socket_path.c_str(), F_OK), 0);
+  (*server)->Shutdown(absl::Seconds(1));
+  EXPECT_NE(access(options.unix_socket_path.c_str(), F_OK), 0);
+}
+
 TEST(ClientConnectTest, UnreachableServerIsUnavailableWithTheAddress) {
   auto client = Client::Connect("unix:/nonexistent/h5depot.sock");
   EXPECT_EQ(client.status().code(), absl::StatusCode::kUnavailable);

@@ -5,6 +5,7 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
+#include <unistd.h>
 
 #include <utility>
 
@@ -21,6 +22,7 @@ struct DepotServer::Impl {
   std::unique_ptr<grpc::Server> server;
   int port = 0;
   std::vector<std::string> targets;
+  std::string unix_socket_path;  // removed from the file system on shutdown
 
   absl::Mutex mutex;
   bool shut_down ABSL_GUARDED_BY(mutex) = false;
@@ -92,6 +94,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
         absl::StrCat(options.listen_address.substr(0, colon), ":", impl->port));
   }
   if (!options.unix_socket_path.empty()) {
+    impl->unix_socket_path = options.unix_socket_path;
     impl->targets.push_back("unix:" + options.unix_socket_path);
   }
   return std::unique_ptr<DepotServer>(new DepotServer(std::move(impl)));
@@ -118,6 +121,11 @@ void DepotServer::Shutdown(absl::Duration grace) {
   // Waits end first, so that they do not hold the grace period hostage.
   impl_->store->Shutdown();
   impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  // A stopped server leaves no socket file behind for the next one to trip
+  // over or for a client to mistake for a live server.
+  if (!impl_->unix_socket_path.empty()) {
+    unlink(impl_->unix_socket_path.c_str());
+  }
 }
 
 void DepotServer::Wait() { impl_->server->Wait(); }
