@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "chunk_codec_internal.h"
+#include "data_lane_internal.h"
 #include "grpc_runtime_internal.h"
 #include "grpc_status_internal.h"
 #include "h5depot/internal/checksum.h"
@@ -285,6 +286,29 @@ struct Client::Impl {
   std::unique_ptr<grpc::GenericStub> generic_stub;
   uint64_t chunk_bytes = 0;
 
+  // The server's data lane, if it offers one and options allow.
+  absl::Mutex lane_mutex;
+  std::shared_ptr<internal::DataLane> lane ABSL_GUARDED_BY(lane_mutex);
+  // After the lane could not be reached, calls use gRPC until then.
+  absl::Time lane_retry_after ABSL_GUARDED_BY(lane_mutex) =
+      absl::InfinitePast();
+
+  // A data lane connection for one call, and its lane; both null when the
+  // call is to go over gRPC.
+  struct LaneCall {
+    std::shared_ptr<internal::DataLane> lane;
+    std::unique_ptr<internal::DataLane::Connection> connection;
+  };
+  LaneCall StartLaneCall(absl::Time deadline);
+
+  // The deadline of a call starting now: the call timeout plus `extra`.
+  absl::Time Deadline(absl::Duration extra = absl::ZeroDuration()) const {
+    if (options.call_timeout == absl::InfiniteDuration()) {
+      return absl::InfiniteFuture();
+    }
+    return absl::Now() + options.call_timeout + extra;
+  }
+
   // Push with `bytes` borrowed until every copy of `lease` is gone.
   absl::StatusOr<ImageInfo> PushBorrowed(std::string_view image_id,
                                          const uint8_t* bytes, size_t size,
@@ -300,6 +324,38 @@ struct Client::Impl {
     }
   }
 };
+
+Client::Impl::LaneCall Client::Impl::StartLaneCall(absl::Time deadline) {
+  // How long calls use gRPC after the lane could not be reached.
+  constexpr absl::Duration kLaneRetryInterval = absl::Seconds(30);
+  std::shared_ptr<internal::DataLane> current;
+  {
+    absl::MutexLock lock(&lane_mutex);
+    if (lane == nullptr || absl::Now() < lane_retry_after) return {};
+    current = lane;
+  }
+  const absl::Time connect_deadline =
+      std::min(deadline, absl::Now() + options.connect_timeout);
+  auto connection = current->Connect(connect_deadline);
+  if (connection.ok()) return {current, *std::move(connection)};
+  // A restarted server may have its lane elsewhere: ask where, once.
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(connect_deadline));
+  v1::ServerLimits limits;
+  if (!stub->GetLimits(&context, v1::GetLimitsRequest(), &limits).ok()) {
+    return {};  // the gRPC call will say what is wrong
+  }
+  std::shared_ptr<internal::DataLane> fresh = internal::DataLane::ForServer(
+      target, limits.data_lane_port(), limits.data_lane_unix_path());
+  if (fresh != nullptr) connection = fresh->Connect(connect_deadline);
+  absl::MutexLock lock(&lane_mutex);
+  lane = fresh;
+  if (fresh != nullptr && connection.ok()) {
+    return {fresh, *std::move(connection)};
+  }
+  lane_retry_after = absl::Now() + kLaneRetryInterval;
+  return {};
+}
 
 class GrpcImageReader final : public ImageReader {
  public:
@@ -415,6 +471,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   }
   impl->chunk_bytes = std::max<uint64_t>(
       1, std::min<uint64_t>(options.chunk_bytes, limits.max_chunk_bytes()));
+  if (options.use_data_lane) {
+    absl::MutexLock lock(&impl->lane_mutex);
+    impl->lane = internal::DataLane::ForServer(
+        impl->target, limits.data_lane_port(), limits.data_lane_unix_path());
+  }
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
@@ -435,6 +496,14 @@ absl::StatusOr<ImageInfo> Client::Push(std::string_view image_id,
     return absl::InvalidArgumentError(absl::StrCat(what, ": no data"));
   }
   const auto* bytes = static_cast<const uint8_t*>(data);
+  const absl::Time deadline = impl_->Deadline();
+  if (Impl::LaneCall lane = impl_->StartLaneCall(deadline);
+      lane.connection != nullptr) {
+    absl::StatusOr<ImageInfo> result = lane.lane->Push(
+        std::move(lane.connection), image_id, bytes, size, options, deadline);
+    if (!result.ok()) return Annotate(result.status(), what);
+    return result;
+  }
   // Chunks are sent from slices that reference the caller's bytes. Those
   // are only borrowed for this call, so it returns only once gRPC has let
   // go of every such slice: each holds a copy of `lease`, and the last one
@@ -522,6 +591,14 @@ absl::StatusOr<ImageInfo> Client::PushFile(std::string_view image_id,
 absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
                                            const FetchOptions& options) {
   const std::string what = absl::StrCat("fetch ", Quoted(image_id));
+  const absl::Time deadline = impl_->Deadline(options.wait);
+  if (Impl::LaneCall lane = impl_->StartLaneCall(deadline);
+      lane.connection != nullptr) {
+    absl::StatusOr<FetchedImage> result = lane.lane->Fetch(
+        std::move(lane.connection), image_id, options, deadline);
+    if (!result.ok()) return Annotate(result.status(), what);
+    return result;
+  }
   grpc::ClientContext context;
   impl_->PrepareContext(&context, options.wait);
   RawCall call(impl_->generic_stub.get(), &context, "/h5depot.v1.Depot/Fetch");

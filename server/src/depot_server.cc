@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "data_lane_internal.h"
 #include "depot_service_internal.h"
 #include "grpc_runtime_internal.h"
 
@@ -18,6 +19,7 @@ namespace h5depot::server {
 
 struct DepotServer::Impl {
   std::unique_ptr<ImageStore> store;
+  std::unique_ptr<DataLaneServer> data_lane;  // null when turned off
   std::unique_ptr<DepotService> service;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
@@ -40,8 +42,28 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   internal::KeepGrpcRuntimeAlive();
   auto impl = std::make_unique<Impl>();
   impl->store = std::make_unique<ImageStore>(options.store);
-  impl->service = std::make_unique<DepotService>(
-      impl->store.get(), options.max_chunk_bytes, options.send_chunk_bytes);
+  DataLaneAddresses lane_addresses;
+  if (options.data_lane) {
+    // Started first, so that GetLimits names it from the first call on.
+    DataLaneOptions lane_options;
+    if (!options.listen_address.empty()) {
+      lane_options.tcp_host =
+          options.listen_address.substr(0, options.listen_address.rfind(':'));
+      lane_options.tcp_port = options.data_lane_port;
+    }
+    if (!options.unix_socket_path.empty()) {
+      lane_options.unix_path = options.unix_socket_path + ".data";
+    }
+    absl::StatusOr<std::unique_ptr<DataLaneServer>> lane =
+        DataLaneServer::Start(impl->store.get(), lane_options);
+    if (!lane.ok()) return lane.status();
+    impl->data_lane = *std::move(lane);
+    lane_addresses.tcp_port = impl->data_lane->tcp_port();
+    lane_addresses.unix_path = impl->data_lane->unix_path();
+  }
+  impl->service =
+      std::make_unique<DepotService>(impl->store.get(), options.max_chunk_bytes,
+                                     options.send_chunk_bytes, lane_addresses);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -106,6 +128,15 @@ DepotServer::~DepotServer() { Shutdown(absl::Seconds(1)); }
 
 int DepotServer::port() const { return impl_->port; }
 
+int DepotServer::data_lane_port() const {
+  return impl_->data_lane == nullptr ? 0 : impl_->data_lane->tcp_port();
+}
+
+const std::string& DepotServer::data_lane_unix_path() const {
+  static const std::string* const kNone = new std::string();
+  return impl_->data_lane == nullptr ? *kNone : impl_->data_lane->unix_path();
+}
+
 const std::vector<std::string>& DepotServer::targets() const {
   return impl_->targets;
 }
@@ -120,7 +151,9 @@ void DepotServer::Shutdown(absl::Duration grace) {
   }
   // Waits end first, so that they do not hold the grace period hostage.
   impl_->store->Shutdown();
-  impl_->server->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  const absl::Time deadline = absl::Now() + grace;
+  if (impl_->data_lane != nullptr) impl_->data_lane->Shutdown(grace);
+  impl_->server->Shutdown(absl::ToChronoTime(deadline));
   // A stopped server leaves no socket file behind for the next one to trip
   // over or for a client to mistake for a live server.
   if (!impl_->unix_socket_path.empty()) {

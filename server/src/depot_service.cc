@@ -415,10 +415,12 @@ class ReaderReactor final
 }  // namespace
 
 DepotService::DepotService(ImageStore* store, uint64_t max_chunk_bytes,
-                           uint64_t send_chunk_bytes)
+                           uint64_t send_chunk_bytes,
+                           DataLaneAddresses data_lane)
     : store_(store),
       max_chunk_bytes_(max_chunk_bytes),
-      send_chunk_bytes_(send_chunk_bytes) {}
+      send_chunk_bytes_(send_chunk_bytes),
+      data_lane_(std::move(data_lane)) {}
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* DepotService::Push(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
@@ -517,6 +519,8 @@ grpc::Status DepotService::GetLimits(grpc::ServerContext* /*context*/,
   response->set_max_memory_bytes(store_->options().max_memory_bytes);
   response->set_max_chunk_bytes(max_chunk_bytes_);
   response->set_stored_bytes(store_->Stats().stored_bytes);
+  response->set_data_lane_port(static_cast<uint32_t>(data_lane_.tcp_port));
+  response->set_data_lane_unix_path(data_lane_.unix_path);
   return grpc::Status::OK;
 }
 

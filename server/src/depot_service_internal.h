@@ -4,6 +4,7 @@
 #define H5DEPOT_SERVER_DEPOT_SERVICE_INTERNAL_H_
 
 #include <cstdint>
+#include <string>
 
 #include "h5depot/server/image_store.h"
 #include "h5depot/v1/depot.grpc.pb.h"
@@ -21,11 +22,17 @@ using DepotServiceBase = h5depot::v1::Depot::WithRawCallbackMethod_Push<
             h5depot::v1::Depot::WithRawCallbackMethod_OpenReader<
                 h5depot::v1::Depot::Service>>>>;
 
+// Where the data lane listens, as GetLimits tells clients.
+struct DataLaneAddresses {
+  int tcp_port = 0;       // 0: no TCP lane
+  std::string unix_path;  // empty: no Unix lane
+};
+
 class DepotService final : public DepotServiceBase {
  public:
   // `store` must outlive the service.
   DepotService(ImageStore* store, uint64_t max_chunk_bytes,
-               uint64_t send_chunk_bytes);
+               uint64_t send_chunk_bytes, DataLaneAddresses data_lane);
 
   grpc::ServerReadReactor<grpc::ByteBuffer>* Push(
       grpc::CallbackServerContext* context,
@@ -55,6 +62,7 @@ class DepotService final : public DepotServiceBase {
   ImageStore* const store_;
   const uint64_t max_chunk_bytes_;
   const uint64_t send_chunk_bytes_;
+  const DataLaneAddresses data_lane_;
 };
 
 }  // namespace h5depot::server

@@ -1,4 +1,5 @@
-// h5depotd: holds HDF5 file images in RAM and serves them over gRPC.
+// h5depotd: holds HDF5 file images in RAM and serves them over gRPC, with
+// the data lane beside it for image bytes.
 //
 // On start it prints one "h5depotd listening on <target>" line per address
 // to stdout; SIGINT or SIGTERM stop it gracefully (exit status 0).
@@ -81,6 +82,12 @@ ABSL_FLAG(ByteSizeFlag, max_memory, ByteSizeFlag{},
           "memory for image data, e.g. 8G (default: half of physical RAM)");
 ABSL_FLAG(ByteSizeFlag, max_image_size, ByteSizeFlag{},
           "largest single image, e.g. 2G (default: --max-memory)");
+ABSL_FLAG(int, data_port, 0,
+          "TCP port of the data lane, the fast path for image bytes beside "
+          "gRPC, on the --listen host (0: any free port; clients learn it "
+          "from the server)");
+ABSL_FLAG(bool, data_lane, true,
+          "serve the data lane (--nodata-lane: image bytes over gRPC only)");
 ABSL_FLAG(bool, allow_non_hdf5, false,
           "store any bytes, not only HDF5 file images");
 
@@ -88,7 +95,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "holds HDF5 file images in RAM and serves them over gRPC.\n"
       "usage: h5depotd [--listen=HOST:PORT] [--unix=PATH] "
-      "[--max-memory=SIZE] [--max-image-size=SIZE] [--allow-non-hdf5]");
+      "[--max-memory=SIZE] [--max-image-size=SIZE] [--data-port=PORT]\n"
+      "                [--nodata-lane] [--allow-non-hdf5]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   QuietGrpcLogging();
@@ -109,6 +117,8 @@ int main(int argc, char** argv) {
   h5depot::server::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
   options.unix_socket_path = absl::GetFlag(FLAGS_unix);
+  options.data_lane = absl::GetFlag(FLAGS_data_lane);
+  options.data_lane_port = absl::GetFlag(FLAGS_data_port);
   uint64_t max_memory = absl::GetFlag(FLAGS_max_memory).bytes;
   if (max_memory == 0) max_memory = HalfOfPhysicalMemory();
   uint64_t max_image = absl::GetFlag(FLAGS_max_image_size).bytes;
@@ -124,6 +134,14 @@ int main(int argc, char** argv) {
   }
   for (const std::string& target : (*server)->targets()) {
     std::cout << "h5depotd listening on " << target << "\n";
+  }
+  if ((*server)->data_lane_port() != 0) {
+    std::cout << "h5depotd data lane on port " << (*server)->data_lane_port()
+              << "\n";
+  }
+  if (!(*server)->data_lane_unix_path().empty()) {
+    std::cout << "h5depotd data lane on unix:"
+              << (*server)->data_lane_unix_path() << "\n";
   }
   std::cout << "h5depotd holds up to "
             << h5depot::internal::HumanSize(max_memory) << " of images ("

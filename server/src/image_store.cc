@@ -110,7 +110,30 @@ absl::Status PendingImage::Append(const void* data, size_t size) {
   return absl::OkStatus();
 }
 
+uint8_t* PendingImage::Unreceived() {
+  return image_ == nullptr ? nullptr : image_->data_ + received_;
+}
+
+absl::Status PendingImage::CommitReceived(size_t size) {
+  if (image_ == nullptr) {
+    return absl::FailedPreconditionError("push was already finished");
+  }
+  if (size > request_.size - received_) {
+    image_.reset();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "push of '", request_.image_id, "' received more than the declared ",
+        request_.size, " bytes"));
+  }
+  checksum_->checksum.Update(image_->data_ + received_, size);
+  received_ += size;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ImageRef> PendingImage::Publish() {
+  return Publish(request_.checksum);
+}
+
+absl::StatusOr<ImageRef> PendingImage::Publish(uint64_t expected_checksum) {
   std::unique_ptr<StoredImage> image = std::move(image_);
   if (image == nullptr) {
     return absl::FailedPreconditionError("push was already finished");
@@ -121,11 +144,11 @@ absl::StatusOr<ImageRef> PendingImage::Publish() {
         " of the declared ", request_.size, " bytes; nothing was stored"));
   }
   const uint64_t checksum = checksum_->checksum.Digest();
-  if (checksum != request_.checksum) {
+  if (checksum != expected_checksum) {
     return absl::DataLossError(absl::StrCat(
         "push of '", request_.image_id, "': the received bytes have checksum ",
         absl::Hex(checksum, absl::kZeroPad16), ", not the declared ",
-        absl::Hex(request_.checksum, absl::kZeroPad16),
+        absl::Hex(expected_checksum, absl::kZeroPad16),
         "; nothing was stored"));
   }
   if (store_->options_.require_hdf5 &&

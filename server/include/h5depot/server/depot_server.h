@@ -34,6 +34,13 @@ struct ServerOptions {
   uint64_t max_chunk_bytes = uint64_t{4} << 20;
   // Size of the chunks the server sends.
   uint64_t send_chunk_bytes = uint64_t{1} << 20;
+  // The data lane (docs/ARCHITECTURE.md): push and fetch on plain sockets
+  // beside the gRPC listeners, much faster for image bytes; clients find it
+  // through GetLimits and fall back to gRPC without it. Over TCP on the
+  // listen address's host at data_lane_port (0: any free port), and at
+  // unix_socket_path + ".data" beside a Unix socket.
+  bool data_lane = true;
+  int data_lane_port = 0;
   StoreOptions store;
 };
 
@@ -52,6 +59,11 @@ class DepotServer {
 
   // The TCP port actually bound (0 if none).
   int port() const;
+
+  // The data lane's TCP port (0 if none) and Unix socket path (empty if
+  // none).
+  int data_lane_port() const;
+  const std::string& data_lane_unix_path() const;
 
   // Client targets for every listener: "127.0.0.1:40123", "unix:/path".
   const std::vector<std::string>& targets() const;

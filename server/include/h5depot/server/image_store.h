@@ -112,6 +112,12 @@ class PendingImage {
   // spoiled) if they would exceed the declared size.
   absl::Status Append(const void* data, size_t size);
 
+  // Receiving in place, with no copy: the bytes still to come are written
+  // straight into Unreceived() (by recv(), say), then counted, in order,
+  // with CommitReceived(n), which checksums them.
+  uint8_t* Unreceived();
+  absl::Status CommitReceived(size_t size);
+
   uint64_t received() const { return received_; }
   uint64_t declared_size() const { return request_.size; }
 
@@ -121,6 +127,9 @@ class PendingImage {
   // ALREADY_EXISTS / FAILED_PRECONDITION (generation), UNAVAILABLE (store
   // shutting down).
   absl::StatusOr<ImageRef> Publish();
+  // The same, checked against `checksum`, sent after the data, instead of
+  // the request's.
+  absl::StatusOr<ImageRef> Publish(uint64_t checksum);
 
  private:
   friend class ImageStore;

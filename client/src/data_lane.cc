@@ -1,0 +1,298 @@
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "data_lane_internal.h"
+#include "h5depot/internal/checksum.h"
+#include "h5depot/internal/huge_pages.h"
+#include "h5depot/internal/lane_protocol.h"
+
+namespace h5depot::internal {
+namespace {
+
+using lane::LaneReader;
+using lane::LaneSocket;
+
+// Image bytes are checksummed and sent, or received and checksummed, this
+// much at a time, so that the checksum reads them while they are in cache.
+constexpr size_t kPieceBytes = size_t{1} << 20;
+
+// Idle connections kept per lane; more are closed when given back.
+constexpr size_t kMaxIdleConnections = 64;
+
+uint64_t ToMillis(absl::Duration duration) {
+  if (duration <= absl::ZeroDuration()) return 0;
+  return std::max<int64_t>(
+      1, absl::ToInt64Milliseconds(std::min(duration, absl::Hours(300000))));
+}
+
+ImageInfo ToImageInfo(const lane::Response& response,
+                      std::string_view image_id) {
+  ImageInfo info;
+  info.image_id = std::string(image_id);
+  info.size = response.size;
+  info.generation = response.generation;
+  info.checksum = response.checksum;
+  info.created = absl::FromUnixMicros(response.created_unix_micros);
+  info.expires = response.expires_unix_micros == 0
+                     ? absl::InfiniteFuture()
+                     : absl::FromUnixMicros(response.expires_unix_micros);
+  return info;
+}
+
+bool StartsWith(std::string_view text, std::string_view prefix) {
+  return text.substr(0, prefix.size()) == prefix;
+}
+
+// The host part of a gRPC target ("dns:///h:1", "ipv4:h:1", "h:1", "[::1]:1"),
+// without brackets; empty if there is none to follow.
+std::string TargetHost(std::string_view target) {
+  for (std::string_view scheme : {"dns:///", "dns:", "ipv4:", "ipv6:"}) {
+    if (StartsWith(target, scheme)) {
+      target.remove_prefix(scheme.size());
+      break;
+    }
+  }
+  if (target.find(':') == std::string_view::npos &&
+      target.find('/') == std::string_view::npos) {
+    return std::string(target);  // a host alone, default port
+  }
+  if (StartsWith(target, "[")) {
+    const size_t end = target.find(']');
+    if (end == std::string_view::npos) return "";
+    return std::string(target.substr(1, end - 1));
+  }
+  const size_t colon = target.rfind(':');
+  if (target.find(':') != colon) return "";  // several addresses, or IPv6
+  std::string_view host = target.substr(0, colon);
+  if (host.empty() || host.find('/') != std::string_view::npos ||
+      host.find(',') != std::string_view::npos) {
+    return "";
+  }
+  return std::string(host);
+}
+
+}  // namespace
+
+absl::StatusOr<lane::Response> DataLane::Connection::ReadResponse(
+    absl::Time deadline, absl::Status* refusal) {
+  uint8_t header[lane::kResponseHeaderBytes];
+  if (absl::Status status = reader_.Read(header, sizeof(header), deadline);
+      !status.ok()) {
+    return status;
+  }
+  lane::Response response;
+  if (absl::Status status = lane::DecodeResponse(header, &response);
+      !status.ok()) {
+    return absl::InternalError(std::string(status.message()));
+  }
+  std::string message(response.message_bytes, '\0');
+  if (absl::Status status =
+          reader_.Read(message.data(), message.size(), deadline);
+      !status.ok()) {
+    return status;
+  }
+  *refusal = absl::Status(response.code, message);
+  return response;
+}
+
+std::shared_ptr<DataLane> DataLane::ForServer(std::string_view target,
+                                              uint32_t tcp_port,
+                                              std::string_view unix_path) {
+  for (std::string_view scheme : {"unix://", "unix:"}) {
+    if (!StartsWith(target, scheme)) continue;
+    if (unix_path.empty()) return nullptr;
+    // A relative path means the server's working directory; the client
+    // found the server's socket by its own path, and the lane is beside it.
+    std::string path(unix_path);
+    if (!StartsWith(path, "/")) {
+      path = absl::StrCat(std::string(target.substr(scheme.size())), ".data");
+    }
+    return std::shared_ptr<DataLane>(new DataLane("", 0, std::move(path)));
+  }
+  if (tcp_port == 0) return nullptr;
+  std::string host = TargetHost(target);
+  if (host.empty()) return nullptr;
+  return std::shared_ptr<DataLane>(
+      new DataLane(std::move(host), static_cast<int>(tcp_port), ""));
+}
+
+DataLane::DataLane(std::string host, int port, std::string unix_path)
+    : host_(std::move(host)),
+      port_(port),
+      unix_path_(std::move(unix_path)),
+      address_(host_.empty() ? absl::StrCat("unix:", unix_path_)
+                             : absl::StrCat(host_, ":", port_)) {}
+
+DataLane::~DataLane() = default;
+
+absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
+    absl::Time deadline) {
+  {
+    absl::MutexLock lock(&mutex_);
+    while (!idle_.empty()) {
+      std::unique_ptr<Connection> connection = std::move(idle_.back());
+      idle_.pop_back();
+      // One the server closed meanwhile (it restarted, or it stopped
+      // idle connections on shutdown) is dropped, not used.
+      if (!connection->socket().PeerHungUp()) return connection;
+    }
+  }
+  absl::StatusOr<LaneSocket> socket =
+      host_.empty() ? lane::ConnectUnix(unix_path_, deadline)
+                    : lane::ConnectTcp(host_, port_, deadline);
+  if (!socket.ok()) return absl::UnavailableError(socket.status().message());
+  auto connection = std::make_unique<Connection>(*std::move(socket));
+  uint8_t hello[lane::kHelloBytes];
+  lane::EncodeHello(hello);
+  absl::Status status =
+      connection->socket().Send(hello, sizeof(hello), deadline);
+  if (status.ok()) {
+    status = connection->reader().Read(hello, sizeof(hello), deadline);
+  }
+  if (status.ok()) status = lane::DecodeHello(hello);
+  if (!status.ok()) {
+    return absl::UnavailableError(absl::StrCat("data lane at ", address_, ": ",
+                                               std::string(status.message())));
+  }
+  return connection;
+}
+
+void DataLane::GiveBack(std::unique_ptr<Connection> connection) {
+  absl::MutexLock lock(&mutex_);
+  if (idle_.size() < kMaxIdleConnections)
+    idle_.push_back(std::move(connection));
+}
+
+absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
+                                         std::string_view image_id,
+                                         const uint8_t* data, size_t size,
+                                         const PushOptions& options,
+                                         absl::Time deadline) {
+  lane::RequestHeader request;
+  request.op = lane::Op::kPut;
+  request.image_id_bytes = static_cast<uint16_t>(image_id.size());
+  request.size = size;
+  request.if_generation_match = options.if_generation_match;
+  request.ttl_ms = ToMillis(options.ttl);
+  uint8_t header[lane::kRequestHeaderBytes];
+  lane::EncodeRequestHeader(request, header);
+  LaneSocket& socket = connection->socket();
+  absl::Status refusal;
+
+  if (size <= lane::kEagerPutBytes) {
+    // Header, bytes and checksum leave in one system call.
+    uint8_t trailer[8];
+    lane::EncodeU64(Checksum(data, size), trailer);
+    iovec iov[4] = {{header, sizeof(header)},
+                    {const_cast<char*>(image_id.data()), image_id.size()},
+                    {const_cast<uint8_t*>(data), size},
+                    {trailer, sizeof(trailer)}};
+    if (absl::Status status = socket.SendAll(iov, 4, deadline); !status.ok()) {
+      return status;
+    }
+  } else {
+    iovec iov[2] = {{header, sizeof(header)},
+                    {const_cast<char*>(image_id.data()), image_id.size()}};
+    if (absl::Status status = socket.SendAll(iov, 2, deadline); !status.ok()) {
+      return status;
+    }
+    // The server refuses here, before any data, or says to go ahead.
+    absl::StatusOr<lane::Response> go_ahead =
+        connection->ReadResponse(deadline, &refusal);
+    if (!go_ahead.ok()) return go_ahead.status();
+    if (go_ahead->kind != lane::ResponseKind::kContinue) {
+      if (refusal.ok()) return absl::InternalError("unexpected lane response");
+      GiveBack(std::move(connection));
+      return refusal;
+    }
+    StreamingChecksum checksum;
+    for (size_t sent = 0; sent < size;) {
+      const size_t n = std::min(kPieceBytes, size - sent);
+      checksum.Update(data + sent, n);
+      if (absl::Status status = socket.Send(data + sent, n, deadline);
+          !status.ok()) {
+        return status;
+      }
+      sent += n;
+      if (options.progress) options.progress(sent, size);
+    }
+    uint8_t trailer[8];
+    lane::EncodeU64(checksum.Digest(), trailer);
+    if (absl::Status status = socket.Send(trailer, sizeof(trailer), deadline);
+        !status.ok()) {
+      return status;
+    }
+  }
+  absl::StatusOr<lane::Response> response =
+      connection->ReadResponse(deadline, &refusal);
+  if (!response.ok()) return response.status();
+  if (response->kind != lane::ResponseKind::kFinal) {
+    return absl::InternalError("unexpected lane response");
+  }
+  GiveBack(std::move(connection));
+  if (!refusal.ok()) return refusal;
+  if (size <= lane::kEagerPutBytes && size > 0 && options.progress) {
+    options.progress(size, size);
+  }
+  return ToImageInfo(*response, image_id);
+}
+
+absl::StatusOr<FetchedImage> DataLane::Fetch(
+    std::unique_ptr<Connection> connection, std::string_view image_id,
+    const FetchOptions& options, absl::Time deadline) {
+  lane::RequestHeader request;
+  request.op = lane::Op::kGet;
+  request.image_id_bytes = static_cast<uint16_t>(image_id.size());
+  request.wait_ms = ToMillis(options.wait);
+  uint8_t header[lane::kRequestHeaderBytes];
+  lane::EncodeRequestHeader(request, header);
+  iovec iov[2] = {{header, sizeof(header)},
+                  {const_cast<char*>(image_id.data()), image_id.size()}};
+  if (absl::Status status = connection->socket().SendAll(iov, 2, deadline);
+      !status.ok()) {
+    return status;
+  }
+  absl::Status refusal;
+  absl::StatusOr<lane::Response> response =
+      connection->ReadResponse(deadline, &refusal);
+  if (!response.ok()) return response.status();
+  if (response->kind != lane::ResponseKind::kFinal) {
+    return absl::InternalError("unexpected lane response");
+  }
+  if (!refusal.ok()) {
+    GiveBack(std::move(connection));
+    return refusal;
+  }
+  FetchedImage fetched;
+  fetched.info = ToImageInfo(*response, image_id);
+  // Without a buffer the bytes on their way cannot be read past cheaply:
+  // the connection is dropped with them.
+  absl::StatusOr<ImageBuffer> buffer = ImageBuffer::Allocate(fetched.info.size);
+  if (!buffer.ok()) return buffer.status();
+  fetched.buffer = *std::move(buffer);
+  AdviseHugePages(fetched.buffer.data(), fetched.buffer.size());
+  auto* out = static_cast<uint8_t*>(fetched.buffer.data());
+  StreamingChecksum checksum;
+  for (uint64_t received = 0; received < fetched.info.size;) {
+    const size_t n = static_cast<size_t>(
+        std::min<uint64_t>(kPieceBytes, fetched.info.size - received));
+    if (absl::Status status =
+            connection->reader().Read(out + received, n, deadline);
+        !status.ok()) {
+      return status;
+    }
+    checksum.Update(out + received, n);
+    received += n;
+    if (options.progress) options.progress(received, fetched.info.size);
+  }
+  GiveBack(std::move(connection));
+  if (checksum.Digest() != fetched.info.checksum) {
+    return absl::DataLossError(
+        "the received bytes do not match the image's checksum");
+  }
+  return fetched;
+}
+
+}  // namespace h5depot::internal

@@ -1,0 +1,91 @@
+// The client end of the data lane (h5depot/internal/lane_protocol.h): push
+// and fetch on a plain socket to h5depotd, sending straight from the
+// caller's bytes and receiving straight into the fetched image's buffer.
+// Client uses it whenever the server offers a lane it can reach, and gRPC
+// otherwise. Internal to the client.
+#ifndef H5DEPOT_CLIENT_DATA_LANE_INTERNAL_H_
+#define H5DEPOT_CLIENT_DATA_LANE_INTERNAL_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "h5depot/client.h"
+#include "h5depot/internal/lane_protocol.h"
+#include "h5depot/internal/lane_socket.h"
+
+namespace h5depot::internal {
+
+// One server's data lane, with a pool of idle connections to it.
+// Thread-safe; each call uses a connection of its own.
+class DataLane {
+ public:
+  // The lane of a server reached at gRPC `target`, given the port and Unix
+  // path its GetLimits named; null when none applies (no lane offered, or a
+  // target the lane cannot follow, such as an abstract socket).
+  static std::shared_ptr<DataLane> ForServer(std::string_view target,
+                                             uint32_t tcp_port,
+                                             std::string_view unix_path);
+
+  // "host:port" or "unix:/path", for messages.
+  const std::string& address() const { return address_; }
+
+  // A connection in step with the server: an idle one from the pool, or a
+  // new one (connected and greeted by `deadline`). UNAVAILABLE if the lane
+  // cannot be reached: the call may then go over gRPC, nothing was sent.
+  class Connection {
+   public:
+    explicit Connection(lane::LaneSocket socket)
+        : socket_(std::move(socket)), reader_(&socket_) {}
+
+    lane::LaneSocket& socket() { return socket_; }
+    lane::LaneReader& reader() { return reader_; }
+
+    // Reads a response header and its message into `*refusal` (OK for a
+    // success). Errors are transport or protocol failures, after which the
+    // connection is unusable.
+    absl::StatusOr<lane::Response> ReadResponse(absl::Time deadline,
+                                                absl::Status* refusal);
+
+   private:
+    lane::LaneSocket socket_;
+    lane::LaneReader reader_;
+  };
+  absl::StatusOr<std::unique_ptr<Connection>> Connect(absl::Time deadline);
+
+  // The calls. Each takes a connection from Connect() and gives it back to
+  // the pool when the exchange completed (refusals included); after a
+  // transport failure the connection is dropped.
+  absl::StatusOr<ImageInfo> Push(std::unique_ptr<Connection> connection,
+                                 std::string_view image_id, const uint8_t* data,
+                                 size_t size, const PushOptions& options,
+                                 absl::Time deadline);
+  absl::StatusOr<FetchedImage> Fetch(std::unique_ptr<Connection> connection,
+                                     std::string_view image_id,
+                                     const FetchOptions& options,
+                                     absl::Time deadline);
+
+  ~DataLane();
+
+ private:
+  DataLane(std::string host, int port, std::string unix_path);
+  void GiveBack(std::unique_ptr<Connection> connection);
+
+  const std::string host_;  // TCP; empty for a Unix socket
+  const int port_;
+  const std::string unix_path_;
+  const std::string address_;
+
+  absl::Mutex mutex_;
+  std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace h5depot::internal
+
+#endif  // H5DEPOT_CLIENT_DATA_LANE_INTERNAL_H_

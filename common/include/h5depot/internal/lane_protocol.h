@@ -1,0 +1,96 @@
+// The data lane: a plain stream socket (TCP or Unix) beside gRPC over which
+// push and fetch move image bytes straight between the image buffers at
+// both ends, with one kernel copy each way and nothing in between. gRPC
+// stays the control plane: clients learn the lane's address from
+// GetLimits, and everything else (Stat, List, Delete, readers, health) is
+// served there. docs/ARCHITECTURE.md describes the exchange; this header is
+// its one encoding and decoding.
+//
+// All integers are little-endian. A connection starts with a Hello each way
+// (client first); then the client sends requests one at a time, each
+// answered in full before the next:
+//
+//   PUT  client: RequestHeader, image id
+//        if size > kEagerPutBytes: server: Continue, or a final Response
+//                                  refusing the push (and nothing more)
+//        client: `size` image bytes, then the 8-byte XXH3-64 of them
+//        server: Response (the published generation, or why not)
+//   GET  client: RequestHeader, image id
+//        server: Response; if it says OK, `size` image bytes follow
+//
+// A refused eager PUT is still read to its end, so the connection stays
+// usable after any refusal. Anything malformed closes the connection.
+#ifndef H5DEPOT_COMMON_LANE_PROTOCOL_H_
+#define H5DEPOT_COMMON_LANE_PROTOCOL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace h5depot::internal::lane {
+
+// "H5DL" as it appears on the wire.
+inline constexpr uint32_t kMagic = 0x4c443548;
+inline constexpr uint16_t kVersion = 1;
+inline constexpr size_t kHelloBytes = 8;
+
+// A PUT of at most this many bytes sends them right behind its header; a
+// larger one waits for the server's Continue first, so that a push bound to
+// be refused (too large, out of memory, wrong generation) moves no data.
+inline constexpr uint64_t kEagerPutBytes = uint64_t{1} << 20;
+
+// Longest status message a Response carries.
+inline constexpr size_t kMaxMessageBytes = 4096;
+
+enum class Op : uint8_t { kPut = 1, kGet = 2 };
+
+struct RequestHeader {
+  Op op = Op::kGet;
+  uint16_t image_id_bytes = 0;                  // the id follows the header
+  uint64_t size = 0;                            // PUT: image bytes to follow
+  std::optional<uint64_t> if_generation_match;  // PUT
+  uint64_t ttl_ms = 0;                          // PUT; 0: never expires
+  uint64_t wait_ms = 0;                         // GET; 0: do not wait
+};
+inline constexpr size_t kRequestHeaderBytes = 40;
+
+enum class ResponseKind : uint8_t { kContinue = 1, kFinal = 2 };
+
+// What the server says about a request; for a success, the image's info.
+struct Response {
+  ResponseKind kind = ResponseKind::kFinal;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  uint16_t message_bytes = 0;  // the message follows the header
+  uint64_t size = 0;
+  uint64_t generation = 0;
+  uint64_t checksum = 0;
+  int64_t created_unix_micros = 0;
+  int64_t expires_unix_micros = 0;  // 0: never
+};
+inline constexpr size_t kResponseHeaderBytes = 48;
+
+void EncodeHello(uint8_t out[kHelloBytes]);
+// INVALID_ARGUMENT naming what is wrong (not a lane, other version).
+absl::Status DecodeHello(const uint8_t in[kHelloBytes]);
+
+void EncodeRequestHeader(const RequestHeader& header,
+                         uint8_t out[kRequestHeaderBytes]);
+// INVALID_ARGUMENT for an unknown op or flags.
+absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
+                                 RequestHeader* header);
+
+void EncodeResponse(const Response& response,
+                    uint8_t out[kResponseHeaderBytes]);
+// INVALID_ARGUMENT for an unknown kind or code.
+absl::Status DecodeResponse(const uint8_t in[kResponseHeaderBytes],
+                            Response* response);
+
+void EncodeU64(uint64_t value, uint8_t out[8]);
+uint64_t DecodeU64(const uint8_t in[8]);
+
+}  // namespace h5depot::internal::lane
+
+#endif  // H5DEPOT_COMMON_LANE_PROTOCOL_H_

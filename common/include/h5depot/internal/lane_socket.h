@@ -1,0 +1,116 @@
+// A connected stream socket of the data lane (lane_protocol.h), moving whole
+// buffers: each call returns only when every byte went or came, or with the
+// reason it could not.
+#ifndef H5DEPOT_COMMON_LANE_SOCKET_H_
+#define H5DEPOT_COMMON_LANE_SOCKET_H_
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace h5depot::internal::lane {
+
+// Errors: UNAVAILABLE when the peer closed or reset the connection,
+// DEADLINE_EXCEEDED when `deadline` passed or the stall timeout set with
+// SetStallTimeout() ran out with no progress. After any error the socket is
+// out of step with its peer and only good for closing.
+class LaneSocket {
+ public:
+  LaneSocket() = default;
+  explicit LaneSocket(int fd) : fd_(fd) {}  // takes ownership
+  ~LaneSocket();
+  LaneSocket(LaneSocket&& other) noexcept;
+  LaneSocket& operator=(LaneSocket&& other) noexcept;
+  LaneSocket(const LaneSocket&) = delete;
+  LaneSocket& operator=(const LaneSocket&) = delete;
+
+  bool is_open() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
+
+  // Sends the `count` buffers of `iov` in order, in as few system calls as
+  // the kernel allows. `iov` is modified.
+  absl::Status SendAll(struct iovec* iov, int count,
+                       absl::Time deadline = absl::InfiniteFuture());
+  absl::Status Send(const void* data, size_t size,
+                    absl::Time deadline = absl::InfiniteFuture());
+
+  // Receives exactly `size` bytes into `data`.
+  absl::Status Receive(void* data, size_t size,
+                       absl::Time deadline = absl::InfiniteFuture());
+
+  // Receives up to `size` bytes, at least one, as they come.
+  absl::StatusOr<size_t> ReceiveSome(
+      void* data, size_t size, absl::Time deadline = absl::InfiniteFuture());
+
+  // Each later send or receive fails with DEADLINE_EXCEEDED when no byte
+  // moves for `timeout`; InfiniteDuration (the default) to wait forever.
+  absl::Status SetStallTimeout(absl::Duration timeout);
+
+  // Waits until the peer sent something or hung up.
+  void WaitReadable();
+
+  // True once the peer has closed or reset its end (data still unread does
+  // not count). Does not block.
+  bool PeerHungUp() const;
+
+  // Wakes every thread blocked on this socket with an error; the descriptor
+  // stays open until destruction. Thread-safe against the socket's user.
+  void Shutdown();
+
+  void Close();
+
+ private:
+  absl::Status AwaitReady(short events, absl::Time deadline);
+
+  int fd_ = -1;
+};
+
+// Receives from a LaneSocket through a small buffer, so that a header and
+// a small payload behind it arrive in one system call, while large reads go
+// straight from the kernel into their destination. It may read ahead into
+// the next message; use one reader per socket for the socket's whole life.
+class LaneReader {
+ public:
+  explicit LaneReader(LaneSocket* socket);
+
+  // Receives exactly `size` bytes into `out`.
+  absl::Status Read(void* out, size_t size,
+                    absl::Time deadline = absl::InfiniteFuture());
+  // Receives and discards `size` bytes.
+  absl::Status Skip(uint64_t size,
+                    absl::Time deadline = absl::InfiniteFuture());
+
+  // Bytes received but not read yet.
+  size_t buffered() const { return end_ - begin_; }
+
+ private:
+  static constexpr size_t kBufferBytes = size_t{64} << 10;
+
+  LaneSocket* socket_;
+  std::unique_ptr<uint8_t[]> buffer_;
+  size_t begin_ = 0;
+  size_t end_ = 0;
+};
+
+// Connects to a TCP `host` (name or address) and `port`, with TCP_NODELAY
+// and keepalive on. UNAVAILABLE if nothing answers by `deadline`.
+absl::StatusOr<LaneSocket> ConnectTcp(const std::string& host, int port,
+                                      absl::Time deadline);
+// Connects to the Unix domain socket at `path`.
+absl::StatusOr<LaneSocket> ConnectUnix(const std::string& path,
+                                       absl::Time deadline);
+
+// Turns on TCP_NODELAY and keepalive probes on a TCP socket (a peer host
+// that vanished is noticed within about a minute); harmless on others.
+void TuneSocket(int fd);
+
+}  // namespace h5depot::internal::lane
+
+#endif  // H5DEPOT_COMMON_LANE_SOCKET_H_

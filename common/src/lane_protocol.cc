@@ -1,0 +1,139 @@
+#include "h5depot/internal/lane_protocol.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace h5depot::internal::lane {
+namespace {
+
+// Request flag bits.
+constexpr uint8_t kHasGenerationMatch = 1;
+
+void Put16(uint16_t value, uint8_t* out) {
+  out[0] = static_cast<uint8_t>(value);
+  out[1] = static_cast<uint8_t>(value >> 8);
+}
+
+void Put32(uint32_t value, uint8_t* out) {
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<uint8_t>(value >> (8 * i));
+}
+
+uint16_t Get16(const uint8_t* in) {
+  return static_cast<uint16_t>(in[0] | (in[1] << 8));
+}
+
+uint32_t Get32(const uint8_t* in) {
+  uint32_t value = 0;
+  for (int i = 0; i < 4; ++i) value |= uint32_t{in[i]} << (8 * i);
+  return value;
+}
+
+}  // namespace
+
+void EncodeU64(uint64_t value, uint8_t out[8]) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(value >> (8 * i));
+}
+
+uint64_t DecodeU64(const uint8_t in[8]) {
+  uint64_t value = 0;
+  for (int i = 0; i < 8; ++i) value |= uint64_t{in[i]} << (8 * i);
+  return value;
+}
+
+void EncodeHello(uint8_t out[kHelloBytes]) {
+  Put32(kMagic, out);
+  Put16(kVersion, out + 4);
+  Put16(0, out + 6);
+}
+
+absl::Status DecodeHello(const uint8_t in[kHelloBytes]) {
+  if (Get32(in) != kMagic) {
+    return absl::InvalidArgumentError("the peer does not speak the data lane");
+  }
+  if (Get16(in + 4) != kVersion) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the peer speaks data lane version ", Get16(in + 4),
+                     ", not ", kVersion));
+  }
+  return absl::OkStatus();
+}
+
+//  0 op  1 flags  2 image_id_bytes  4 reserved  8 size
+// 16 if_generation_match  24 ttl_ms  32 wait_ms
+void EncodeRequestHeader(const RequestHeader& header,
+                         uint8_t out[kRequestHeaderBytes]) {
+  std::memset(out, 0, kRequestHeaderBytes);
+  out[0] = static_cast<uint8_t>(header.op);
+  out[1] = header.if_generation_match.has_value() ? kHasGenerationMatch : 0;
+  Put16(header.image_id_bytes, out + 2);
+  EncodeU64(header.size, out + 8);
+  EncodeU64(header.if_generation_match.value_or(0), out + 16);
+  EncodeU64(header.ttl_ms, out + 24);
+  EncodeU64(header.wait_ms, out + 32);
+}
+
+absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
+                                 RequestHeader* header) {
+  if (in[0] != static_cast<uint8_t>(Op::kPut) &&
+      in[0] != static_cast<uint8_t>(Op::kGet)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown data lane request ", in[0]));
+  }
+  if ((in[1] & ~kHasGenerationMatch) != 0 || Get32(in + 4) != 0) {
+    return absl::InvalidArgumentError("unknown data lane request flags");
+  }
+  header->op = static_cast<Op>(in[0]);
+  header->image_id_bytes = Get16(in + 2);
+  header->size = DecodeU64(in + 8);
+  header->if_generation_match.reset();
+  if ((in[1] & kHasGenerationMatch) != 0) {
+    header->if_generation_match = DecodeU64(in + 16);
+  }
+  header->ttl_ms = DecodeU64(in + 24);
+  header->wait_ms = DecodeU64(in + 32);
+  return absl::OkStatus();
+}
+
+//  0 kind  1 reserved  2 code  4 message_bytes  6 reserved  8 size
+// 16 generation  24 checksum  32 created_unix_micros  40 expires_unix_micros
+void EncodeResponse(const Response& response,
+                    uint8_t out[kResponseHeaderBytes]) {
+  std::memset(out, 0, kResponseHeaderBytes);
+  out[0] = static_cast<uint8_t>(response.kind);
+  Put16(static_cast<uint16_t>(response.code), out + 2);
+  Put16(response.message_bytes, out + 4);
+  EncodeU64(response.size, out + 8);
+  EncodeU64(response.generation, out + 16);
+  EncodeU64(response.checksum, out + 24);
+  EncodeU64(static_cast<uint64_t>(response.created_unix_micros), out + 32);
+  EncodeU64(static_cast<uint64_t>(response.expires_unix_micros), out + 40);
+}
+
+absl::Status DecodeResponse(const uint8_t in[kResponseHeaderBytes],
+                            Response* response) {
+  if (in[0] != static_cast<uint8_t>(ResponseKind::kContinue) &&
+      in[0] != static_cast<uint8_t>(ResponseKind::kFinal)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown data lane response ", in[0]));
+  }
+  const uint16_t code = Get16(in + 2);
+  if (code > static_cast<uint16_t>(absl::StatusCode::kUnauthenticated)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown status code ", code, " on the data lane"));
+  }
+  response->kind = static_cast<ResponseKind>(in[0]);
+  response->code = static_cast<absl::StatusCode>(code);
+  response->message_bytes = Get16(in + 4);
+  if (response->message_bytes > kMaxMessageBytes) {
+    return absl::InvalidArgumentError("data lane status message too long");
+  }
+  response->size = DecodeU64(in + 8);
+  response->generation = DecodeU64(in + 16);
+  response->checksum = DecodeU64(in + 24);
+  response->created_unix_micros = static_cast<int64_t>(DecodeU64(in + 32));
+  response->expires_unix_micros = static_cast<int64_t>(DecodeU64(in + 40));
+  return absl::OkStatus();
+}
+
+}  // namespace h5depot::internal::lane

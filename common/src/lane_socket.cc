@@ -1,0 +1,331 @@
+#include "h5depot/internal/lane_socket.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace h5depot::internal::lane {
+namespace {
+
+absl::Status ErrnoStatus(int error, std::string_view what) {
+  if (error == EAGAIN || error == EWOULDBLOCK) {
+    return absl::DeadlineExceededError(
+        absl::StrCat(std::string(what), ": the peer stalled"));
+  }
+  return absl::UnavailableError(
+      absl::StrCat(std::string(what), ": ", std::strerror(error)));
+}
+
+absl::Status PeerClosed() {
+  return absl::UnavailableError("the data lane connection was closed");
+}
+
+// Milliseconds for poll() until `deadline`, rounded up; -1 for none.
+int PollTimeout(absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return -1;
+  const absl::Duration left = deadline - absl::Now();
+  if (left <= absl::ZeroDuration()) return 0;
+  return static_cast<int>(std::min<int64_t>(
+      INT_MAX,
+      absl::ToInt64Milliseconds(absl::Ceil(left, absl::Milliseconds(1)))));
+}
+
+absl::Status ConnectAddress(int fd, const sockaddr* address,
+                            socklen_t address_bytes, absl::Time deadline,
+                            const std::string& name) {
+  if (::connect(fd, address, address_bytes) == 0) return absl::OkStatus();
+  if (errno != EINPROGRESS && errno != EINTR) {
+    return ErrnoStatus(errno, absl::StrCat("connect to ", name));
+  }
+  pollfd entry{fd, POLLOUT, 0};
+  while (true) {
+    const int ready = ::poll(&entry, 1, PollTimeout(deadline));
+    if (ready > 0) break;
+    if (ready == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("connect to ", name, ": timed out"));
+    }
+    if (errno != EINTR) return ErrnoStatus(errno, "poll");
+  }
+  int error = 0;
+  socklen_t error_bytes = sizeof(error);
+  ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &error_bytes);
+  if (error != 0) return ErrnoStatus(error, absl::StrCat("connect to ", name));
+  return absl::OkStatus();
+}
+
+// A socket connected to `address` by `deadline`, blocking again afterwards.
+absl::StatusOr<LaneSocket> Connect(int family, const sockaddr* address,
+                                   socklen_t address_bytes, absl::Time deadline,
+                                   const std::string& name) {
+  LaneSocket socket(
+      ::socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!socket.is_open()) return ErrnoStatus(errno, "socket");
+  if (absl::Status status =
+          ConnectAddress(socket.fd(), address, address_bytes, deadline, name);
+      !status.ok()) {
+    return status;
+  }
+  const int flags = ::fcntl(socket.fd(), F_GETFL);
+  ::fcntl(socket.fd(), F_SETFL, flags & ~O_NONBLOCK);
+  TuneSocket(socket.fd());
+  return socket;
+}
+
+}  // namespace
+
+LaneSocket::~LaneSocket() { Close(); }
+
+LaneSocket::LaneSocket(LaneSocket&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)) {}
+
+LaneSocket& LaneSocket::operator=(LaneSocket&& other) noexcept {
+  if (this != &other) {
+    Close();
+    fd_ = std::exchange(other.fd_, -1);
+  }
+  return *this;
+}
+
+void LaneSocket::Close() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+void LaneSocket::Shutdown() {
+  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+}
+
+absl::Status LaneSocket::AwaitReady(short events, absl::Time deadline) {
+  if (deadline == absl::InfiniteFuture()) return absl::OkStatus();
+  pollfd entry{fd_, events, 0};
+  while (true) {
+    const int ready = ::poll(&entry, 1, PollTimeout(deadline));
+    if (ready > 0) return absl::OkStatus();
+    if (ready == 0) {
+      return absl::DeadlineExceededError("the data lane call timed out");
+    }
+    if (errno != EINTR) return ErrnoStatus(errno, "poll");
+  }
+}
+
+absl::Status LaneSocket::SendAll(struct iovec* iov, int count,
+                                 absl::Time deadline) {
+  const int flags =
+      MSG_NOSIGNAL | (deadline == absl::InfiniteFuture() ? 0 : MSG_DONTWAIT);
+  while (count > 0) {
+    if (iov->iov_len == 0) {
+      ++iov;
+      --count;
+      continue;
+    }
+    msghdr message{};
+    message.msg_iov = iov;
+    message.msg_iovlen = static_cast<size_t>(std::min(count, IOV_MAX));
+    const ssize_t sent = ::sendmsg(fd_, &message, flags);
+    if (sent < 0) {
+      if (errno == EINTR) continue;
+      if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
+          deadline != absl::InfiniteFuture()) {
+        if (absl::Status status = AwaitReady(POLLOUT, deadline); !status.ok())
+          return status;
+        continue;
+      }
+      return ErrnoStatus(errno, "send on the data lane");
+    }
+    for (size_t left = static_cast<size_t>(sent); left > 0;) {
+      const size_t n = std::min(left, iov->iov_len);
+      iov->iov_base = static_cast<uint8_t*>(iov->iov_base) + n;
+      iov->iov_len -= n;
+      left -= n;
+      if (iov->iov_len == 0) {
+        ++iov;
+        --count;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LaneSocket::Send(const void* data, size_t size,
+                              absl::Time deadline) {
+  iovec iov{const_cast<void*>(data), size};
+  return SendAll(&iov, 1, deadline);
+}
+
+absl::StatusOr<size_t> LaneSocket::ReceiveSome(void* data, size_t size,
+                                               absl::Time deadline) {
+  const int flags = deadline == absl::InfiniteFuture() ? 0 : MSG_DONTWAIT;
+  while (true) {
+    const ssize_t received = ::recv(fd_, data, size, flags);
+    if (received > 0) return static_cast<size_t>(received);
+    if (received == 0) return PeerClosed();
+    if (errno == EINTR) continue;
+    if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
+        deadline != absl::InfiniteFuture()) {
+      if (absl::Status status = AwaitReady(POLLIN, deadline); !status.ok())
+        return status;
+      continue;
+    }
+    return ErrnoStatus(errno, "receive on the data lane");
+  }
+}
+
+absl::Status LaneSocket::Receive(void* data, size_t size, absl::Time deadline) {
+  auto* out = static_cast<uint8_t*>(data);
+  while (size > 0) {
+    if (deadline == absl::InfiniteFuture()) {
+      // One call for the whole buffer when nothing needs polling.
+      const ssize_t received = ::recv(fd_, out, size, MSG_WAITALL);
+      if (received > 0) {
+        out += received;
+        size -= static_cast<size_t>(received);
+        continue;
+      }
+      if (received == 0) return PeerClosed();
+      if (errno == EINTR) continue;
+      return ErrnoStatus(errno, "receive on the data lane");
+    }
+    absl::StatusOr<size_t> received = ReceiveSome(out, size, deadline);
+    if (!received.ok()) return received.status();
+    out += *received;
+    size -= *received;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LaneSocket::SetStallTimeout(absl::Duration timeout) {
+  timeval value{};
+  if (timeout != absl::InfiniteDuration()) {
+    value = absl::ToTimeval(std::max(timeout, absl::Milliseconds(1)));
+  }
+  if (::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &value, sizeof(value)) != 0 ||
+      ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &value, sizeof(value)) != 0) {
+    return ErrnoStatus(errno, "setsockopt");
+  }
+  return absl::OkStatus();
+}
+
+void LaneSocket::WaitReadable() {
+  pollfd entry{fd_, POLLIN, 0};
+  while (::poll(&entry, 1, -1) < 0 && errno == EINTR) {
+  }
+}
+
+bool LaneSocket::PeerHungUp() const {
+  pollfd entry{fd_, POLLRDHUP, 0};
+  return ::poll(&entry, 1, 0) > 0 &&
+         (entry.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+LaneReader::LaneReader(LaneSocket* socket)
+    : socket_(socket), buffer_(new uint8_t[kBufferBytes]) {}
+
+absl::Status LaneReader::Read(void* out, size_t size, absl::Time deadline) {
+  auto* to = static_cast<uint8_t*>(out);
+  while (size > 0) {
+    if (buffered() > 0) {
+      const size_t n = std::min(size, buffered());
+      std::memcpy(to, buffer_.get() + begin_, n);
+      begin_ += n;
+      to += n;
+      size -= n;
+      continue;
+    }
+    if (size >= kBufferBytes / 4) return socket_->Receive(to, size, deadline);
+    absl::StatusOr<size_t> received =
+        socket_->ReceiveSome(buffer_.get(), kBufferBytes, deadline);
+    if (!received.ok()) return received.status();
+    begin_ = 0;
+    end_ = *received;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LaneReader::Skip(uint64_t size, absl::Time deadline) {
+  while (size > 0) {
+    if (buffered() == 0) {
+      absl::StatusOr<size_t> received =
+          socket_->ReceiveSome(buffer_.get(), kBufferBytes, deadline);
+      if (!received.ok()) return received.status();
+      begin_ = 0;
+      end_ = *received;
+    }
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(size, buffered()));
+    begin_ += n;
+    size -= n;
+  }
+  return absl::OkStatus();
+}
+
+void TuneSocket(int fd) {
+  int on = 1;
+  // Both fail harmlessly on a Unix socket.
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+  if (::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) == 0) {
+    int idle_seconds = 20, interval_seconds = 10, probes = 4;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_seconds,
+                 sizeof(idle_seconds));
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_seconds,
+                 sizeof(interval_seconds));
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+  }
+}
+
+absl::StatusOr<LaneSocket> ConnectTcp(const std::string& host, int port,
+                                      absl::Time deadline) {
+  const std::string name = absl::StrCat(host, ":", port);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* addresses = nullptr;
+  const std::string service = std::to_string(port);
+  if (const int error =
+          ::getaddrinfo(host.c_str(), service.c_str(), &hints, &addresses);
+      error != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot resolve ", host, ": ", ::gai_strerror(error)));
+  }
+  absl::Status last =
+      absl::UnavailableError(absl::StrCat("no address for ", host));
+  for (addrinfo* a = addresses; a != nullptr; a = a->ai_next) {
+    absl::StatusOr<LaneSocket> socket =
+        Connect(a->ai_family, a->ai_addr, a->ai_addrlen, deadline, name);
+    if (socket.ok()) {
+      ::freeaddrinfo(addresses);
+      return socket;
+    }
+    last = socket.status();
+  }
+  ::freeaddrinfo(addresses);
+  return last;
+}
+
+absl::StatusOr<LaneSocket> ConnectUnix(const std::string& path,
+                                       absl::Time deadline) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(address.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad Unix socket path '", path, "'"));
+  }
+  std::memcpy(address.sun_path, path.data(), path.size());
+  return Connect(AF_UNIX, reinterpret_cast<const sockaddr*>(&address),
+                 sizeof(address), deadline, path);
+}
+
+}  // namespace h5depot::internal::lane

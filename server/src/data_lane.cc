@@ -1,0 +1,436 @@
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <list>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "data_lane_internal.h"
+#include "h5depot/internal/image_id.h"
+#include "h5depot/internal/lane_protocol.h"
+#include "h5depot/internal/lane_socket.h"
+
+namespace h5depot::server {
+namespace {
+
+using internal::lane::LaneReader;
+using internal::lane::LaneSocket;
+namespace lane = internal::lane;
+
+// Pushed bytes are received and checksummed this much at a time, so that
+// the checksum reads them while they are still in the cache.
+constexpr size_t kReceivePieceBytes = size_t{1} << 20;
+
+absl::Status ErrnoError(std::string_view what) {
+  return absl::UnavailableError(
+      absl::StrCat(std::string(what), ": ", std::strerror(errno)));
+}
+
+absl::StatusOr<LaneSocket> ListenTcp(const std::string& host, int port,
+                                     int* bound_port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* addresses = nullptr;
+  const std::string service = std::to_string(port);
+  // gRPC's notation for "every address" and bracketed IPv6 literals.
+  std::string name = host;
+  if (name.size() >= 2 && name.front() == '[' && name.back() == ']') {
+    name = name.substr(1, name.size() - 2);
+  }
+  if (const int error = ::getaddrinfo(name.empty() ? nullptr : name.c_str(),
+                                      service.c_str(), &hints, &addresses);
+      error != 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "data lane: cannot resolve '", host, "': ", ::gai_strerror(error)));
+  }
+  absl::Status last = absl::UnavailableError(
+      absl::StrCat("data lane: no address for '", host, "'"));
+  for (addrinfo* a = addresses; a != nullptr; a = a->ai_next) {
+    LaneSocket listener(
+        ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, 0));
+    if (!listener.is_open()) {
+      last = ErrnoError("data lane: socket");
+      continue;
+    }
+    int on = 1;
+    ::setsockopt(listener.fd(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    if (::bind(listener.fd(), a->ai_addr, a->ai_addrlen) != 0 ||
+        ::listen(listener.fd(), 128) != 0) {
+      last = ErrnoError(
+          absl::StrCat("data lane: cannot listen on ", host, ":", port));
+      continue;
+    }
+    sockaddr_storage bound{};
+    socklen_t bound_bytes = sizeof(bound);
+    ::getsockname(listener.fd(), reinterpret_cast<sockaddr*>(&bound),
+                  &bound_bytes);
+    *bound_port =
+        bound.ss_family == AF_INET6
+            ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+            : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    ::freeaddrinfo(addresses);
+    return listener;
+  }
+  ::freeaddrinfo(addresses);
+  return last;
+}
+
+absl::StatusOr<LaneSocket> ListenUnix(const std::string& path) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(address.sun_path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data lane: Unix socket path '", path, "' is too long"));
+  }
+  std::memcpy(address.sun_path, path.data(), path.size());
+  LaneSocket listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!listener.is_open()) return ErrnoError("data lane: socket");
+  ::unlink(path.c_str());  // a stale file from a server that died
+  if (::bind(listener.fd(), reinterpret_cast<const sockaddr*>(&address),
+             sizeof(address)) != 0 ||
+      ::listen(listener.fd(), 128) != 0) {
+    return ErrnoError(absl::StrCat("data lane: cannot listen on ", path));
+  }
+  return listener;
+}
+
+// The image's info in a final response.
+void DescribeImage(const StoredImage& image, lane::Response* response) {
+  response->size = image.size();
+  response->generation = image.generation();
+  response->checksum = image.checksum();
+  response->created_unix_micros = absl::ToUnixMicros(image.created());
+  response->expires_unix_micros = image.expires() == absl::InfiniteFuture()
+                                      ? 0
+                                      : absl::ToUnixMicros(image.expires());
+}
+
+// Sends the final response for `status`; with an image, its info, and with
+// `send_bytes` its bytes too, straight from the stored buffer.
+absl::Status SendFinal(LaneSocket& socket, const absl::Status& status,
+                       const StoredImage* image, bool send_bytes) {
+  lane::Response response;
+  response.kind = lane::ResponseKind::kFinal;
+  response.code = status.code();
+  const size_t message_bytes =
+      std::min(status.message().size(), lane::kMaxMessageBytes);
+  response.message_bytes = static_cast<uint16_t>(message_bytes);
+  if (image != nullptr) DescribeImage(*image, &response);
+  uint8_t header[lane::kResponseHeaderBytes];
+  lane::EncodeResponse(response, header);
+  iovec iov[3] = {{header, sizeof(header)},
+                  {const_cast<char*>(status.message().data()), message_bytes},
+                  {nullptr, 0}};
+  if (send_bytes && image != nullptr) {
+    iov[2] = {const_cast<uint8_t*>(image->data()), image->size()};
+  }
+  return socket.SendAll(iov, 3);
+}
+
+absl::Status SendContinue(LaneSocket& socket) {
+  lane::Response response;
+  response.kind = lane::ResponseKind::kContinue;
+  uint8_t header[lane::kResponseHeaderBytes];
+  lane::EncodeResponse(response, header);
+  return socket.Send(header, sizeof(header));
+}
+
+}  // namespace
+
+struct DataLaneServer::Impl {
+  struct Connection {
+    LaneSocket socket;
+    std::thread thread;
+    bool busy = false;      // guarded by Impl::mutex
+    bool finished = false;  // guarded by Impl::mutex
+  };
+
+  ImageStore* store = nullptr;
+  DataLaneOptions options;
+  LaneSocket tcp_listener;
+  LaneSocket unix_listener;
+  int tcp_port = 0;
+  std::string unix_path;
+  int wake_fd = -1;  // eventfd that ends the acceptor's poll
+  std::thread acceptor;
+
+  absl::Mutex mutex;
+  bool stopping ABSL_GUARDED_BY(mutex) = false;
+  std::list<std::unique_ptr<Connection>> connections ABSL_GUARDED_BY(mutex);
+
+  ~Impl() {
+    if (wake_fd >= 0) ::close(wake_fd);
+  }
+
+  void AcceptLoop();
+  void Accept(LaneSocket& listener);
+  void ReapFinished() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
+  void Serve(Connection* connection);
+  // Each returns an error only when the connection is no longer usable;
+  // refusals of a request are answered on the connection.
+  absl::Status HandleRequest(LaneSocket& socket, LaneReader& reader);
+  absl::Status HandlePut(LaneSocket& socket, LaneReader& reader,
+                         const lane::RequestHeader& header,
+                         std::string image_id);
+  absl::Status HandleGet(LaneSocket& socket, const lane::RequestHeader& header,
+                         const std::string& image_id);
+  bool Stopping() {
+    absl::MutexLock lock(&mutex);
+    return stopping;
+  }
+};
+
+absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
+    ImageStore* store, const DataLaneOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->store = store;
+  impl->options = options;
+  if (!options.tcp_host.empty()) {
+    absl::StatusOr<LaneSocket> listener =
+        ListenTcp(options.tcp_host, options.tcp_port, &impl->tcp_port);
+    if (!listener.ok()) return listener.status();
+    impl->tcp_listener = *std::move(listener);
+  }
+  if (!options.unix_path.empty()) {
+    absl::StatusOr<LaneSocket> listener = ListenUnix(options.unix_path);
+    if (!listener.ok()) return listener.status();
+    impl->unix_listener = *std::move(listener);
+    impl->unix_path = options.unix_path;
+  }
+  impl->wake_fd = ::eventfd(0, EFD_CLOEXEC);
+  if (impl->wake_fd < 0) return ErrnoError("data lane: eventfd");
+  Impl* raw = impl.get();
+  impl->acceptor = std::thread([raw] { raw->AcceptLoop(); });
+  return std::unique_ptr<DataLaneServer>(new DataLaneServer(std::move(impl)));
+}
+
+DataLaneServer::DataLaneServer(std::unique_ptr<Impl> impl)
+    : impl_(std::move(impl)) {}
+
+DataLaneServer::~DataLaneServer() { Shutdown(absl::ZeroDuration()); }
+
+int DataLaneServer::tcp_port() const { return impl_->tcp_port; }
+
+const std::string& DataLaneServer::unix_path() const {
+  return impl_->unix_path;
+}
+
+void DataLaneServer::Impl::AcceptLoop() {
+  while (true) {
+    pollfd entries[3] = {{wake_fd, POLLIN, 0},
+                         {tcp_listener.fd(), POLLIN, 0},
+                         {unix_listener.fd(), POLLIN, 0}};
+    // A negative descriptor (no such listener) is ignored by poll.
+    if (::poll(entries, 3, -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (entries[0].revents != 0) return;
+    if (entries[1].revents != 0) Accept(tcp_listener);
+    if (entries[2].revents != 0) Accept(unix_listener);
+  }
+}
+
+void DataLaneServer::Impl::Accept(LaneSocket& listener) {
+  LaneSocket socket(::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC));
+  if (!socket.is_open()) return;  // the client gave up, or out of files
+  absl::MutexLock lock(&mutex);
+  ReapFinished();
+  if (stopping || connections.size() >= options.max_connections) return;
+  lane::TuneSocket(socket.fd());
+  socket.SetStallTimeout(options.stall_timeout).IgnoreError();
+  auto connection = std::make_unique<Connection>();
+  connection->socket = std::move(socket);
+  Connection* raw = connection.get();
+  connections.push_back(std::move(connection));
+  raw->thread = std::thread([this, raw] { Serve(raw); });
+}
+
+void DataLaneServer::Impl::ReapFinished() {
+  for (auto it = connections.begin(); it != connections.end();) {
+    if ((*it)->finished) {
+      (*it)->thread.join();
+      it = connections.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void DataLaneServer::Impl::Serve(Connection* connection) {
+  LaneSocket& socket = connection->socket;
+  LaneReader reader(&socket);
+  uint8_t hello[lane::kHelloBytes];
+  bool good = reader.Read(hello, sizeof(hello)).ok();
+  if (good) {
+    const absl::Status hello_status = lane::DecodeHello(hello);
+    // Our hello goes back either way, so that a client of another version
+    // can tell why it is turned away.
+    lane::EncodeHello(hello);
+    good = socket.Send(hello, sizeof(hello)).ok() && hello_status.ok();
+  }
+  while (good) {
+    if (reader.buffered() == 0) socket.WaitReadable();
+    {
+      absl::MutexLock lock(&mutex);
+      if (stopping) break;
+      connection->busy = true;
+    }
+    good = HandleRequest(socket, reader).ok();
+    absl::MutexLock lock(&mutex);
+    connection->busy = false;
+    if (stopping) break;
+  }
+  // The peer sees the end at once; the descriptor is closed when the
+  // connection is reaped.
+  socket.Shutdown();
+  absl::MutexLock lock(&mutex);
+  connection->finished = true;
+}
+
+absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
+                                                 LaneReader& reader) {
+  uint8_t raw[lane::kRequestHeaderBytes];
+  if (absl::Status status = reader.Read(raw, sizeof(raw)); !status.ok()) {
+    return status;
+  }
+  lane::RequestHeader header;
+  if (absl::Status status = lane::DecodeRequestHeader(raw, &header);
+      !status.ok()) {
+    return status;
+  }
+  std::string image_id(header.image_id_bytes, '\0');
+  if (absl::Status status = reader.Read(image_id.data(), image_id.size());
+      !status.ok()) {
+    return status;
+  }
+  if (header.op == lane::Op::kPut) {
+    return HandlePut(socket, reader, header, std::move(image_id));
+  }
+  return HandleGet(socket, header, image_id);
+}
+
+absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
+                                             LaneReader& reader,
+                                             const lane::RequestHeader& header,
+                                             std::string image_id) {
+  const bool eager = header.size <= lane::kEagerPutBytes;
+  PushRequest request;
+  request.image_id = std::move(image_id);
+  request.size = header.size;
+  request.if_generation_match = header.if_generation_match;
+  request.ttl =
+      absl::Milliseconds(std::min<uint64_t>(header.ttl_ms, uint64_t{1} << 50));
+  absl::StatusOr<std::unique_ptr<PendingImage>> pending =
+      store->BeginPush(std::move(request));
+  if (!pending.ok()) {
+    // An eager push's bytes are on their way already: read past them.
+    if (eager) {
+      if (absl::Status status = reader.Skip(header.size + 8); !status.ok()) {
+        return status;
+      }
+    }
+    return SendFinal(socket, pending.status(), nullptr, false);
+  }
+  if (!eager) {
+    if (absl::Status status = SendContinue(socket); !status.ok()) {
+      return status;
+    }
+  }
+  PendingImage& image = **pending;
+  // On any failure below the pending image is dropped: nothing is stored
+  // and its memory is released.
+  for (uint64_t left = header.size; left > 0;) {
+    const size_t n =
+        static_cast<size_t>(std::min<uint64_t>(left, kReceivePieceBytes));
+    if (absl::Status status = reader.Read(image.Unreceived(), n);
+        !status.ok()) {
+      return status;
+    }
+    if (absl::Status status = image.CommitReceived(n); !status.ok()) {
+      return status;
+    }
+    left -= n;
+  }
+  uint8_t trailer[8];
+  if (absl::Status status = reader.Read(trailer, sizeof(trailer));
+      !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<ImageRef> published = image.Publish(lane::DecodeU64(trailer));
+  return SendFinal(socket, published.status(),
+                   published.ok() ? published->get() : nullptr, false);
+}
+
+absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,
+                                             const lane::RequestHeader& header,
+                                             const std::string& image_id) {
+  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
+    return SendFinal(socket, status, nullptr, false);
+  }
+  absl::StatusOr<ImageRef> image;
+  if (header.wait_ms == 0) {
+    image = store->Get(image_id);
+  } else {
+    const absl::Time deadline =
+        absl::Now() + absl::Milliseconds(std::min<uint64_t>(header.wait_ms,
+                                                            uint64_t{1} << 40));
+    image = store->WaitFor(image_id, deadline, [this, &socket] {
+      return socket.PeerHungUp() || Stopping();
+    });
+  }
+  if (!image.ok()) return SendFinal(socket, image.status(), nullptr, false);
+  // The reference pins this generation until its last byte is sent.
+  return SendFinal(socket, absl::OkStatus(), image->get(), true);
+}
+
+void DataLaneServer::Shutdown(absl::Duration grace) {
+  Impl& impl = *impl_;
+  {
+    absl::MutexLock lock(&impl.mutex);
+    if (impl.stopping) return;
+    impl.stopping = true;
+  }
+  const uint64_t one = 1;
+  if (::write(impl.wake_fd, &one, sizeof(one)) < 0) {
+    // The acceptor may already be gone; nothing to wake then.
+  }
+  if (impl.acceptor.joinable()) impl.acceptor.join();
+  impl.tcp_listener.Close();
+  impl.unix_listener.Close();
+  if (!impl.unix_path.empty()) ::unlink(impl.unix_path.c_str());
+
+  std::list<std::unique_ptr<Impl::Connection>> connections;
+  {
+    absl::MutexLock lock(&impl.mutex);
+    for (auto& connection : impl.connections) {
+      if (!connection->busy) connection->socket.Shutdown();
+    }
+    auto all_finished = [&impl]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(impl.mutex) {
+      for (const auto& connection : impl.connections) {
+        if (!connection->finished) return false;
+      }
+      return true;
+    };
+    impl.mutex.AwaitWithTimeout(absl::Condition(&all_finished), grace);
+    for (auto& connection : impl.connections) connection->socket.Shutdown();
+    connections = std::move(impl.connections);
+    impl.connections.clear();
+  }
+  for (auto& connection : connections) connection->thread.join();
+}
+
+}  // namespace h5depot::server

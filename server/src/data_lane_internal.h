@@ -1,0 +1,62 @@
+// The server end of the data lane (h5depot/internal/lane_protocol.h):
+// listeners beside the gRPC ones that serve PUT and GET on plain sockets,
+// receiving pushed bytes straight into the pending image and sending
+// fetched bytes straight from the stored one. Internal to the server.
+//
+// One thread per connection, blocking I/O: a connection carries one
+// request at a time, and most of a large transfer's time is spent in the
+// kernel's copy, which a thread of its own keeps busy without any handoff.
+#ifndef H5DEPOT_SERVER_DATA_LANE_INTERNAL_H_
+#define H5DEPOT_SERVER_DATA_LANE_INTERNAL_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "h5depot/server/image_store.h"
+
+namespace h5depot::server {
+
+struct DataLaneOptions {
+  // TCP: the host to bind (a name or an address, as in the gRPC listen
+  // address) and the port (0: any free one). Empty host: no TCP lane.
+  std::string tcp_host;
+  int tcp_port = 0;
+  // Unix domain socket path; empty for none. Replaced if it exists.
+  std::string unix_path;
+  // A transfer under way is dropped after this long without progress; an
+  // idle connection is kept as long as the client keeps it.
+  absl::Duration stall_timeout = absl::Seconds(60);
+  // Connections beyond this are closed at once (clients then use gRPC).
+  size_t max_connections = 1024;
+};
+
+class DataLaneServer {
+ public:
+  // Binds the listeners and starts accepting. UNAVAILABLE if one cannot be
+  // bound. `store` must outlive the server.
+  static absl::StatusOr<std::unique_ptr<DataLaneServer>> Start(
+      ImageStore* store, const DataLaneOptions& options);
+
+  ~DataLaneServer();  // Shutdown(ZeroDuration()) if still running
+  DataLaneServer(const DataLaneServer&) = delete;
+  DataLaneServer& operator=(const DataLaneServer&) = delete;
+
+  int tcp_port() const;                  // 0 without a TCP lane
+  const std::string& unix_path() const;  // empty without a Unix lane
+
+  // Stops accepting, closes idle connections, lets requests under way
+  // finish for up to `grace`, then cuts the rest and waits for every
+  // connection's thread. Removes the Unix socket file. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  struct Impl;
+  explicit DataLaneServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace h5depot::server
+
+#endif  // H5DEPOT_SERVER_DATA_LANE_INTERNAL_H_
