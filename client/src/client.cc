@@ -752,6 +752,8 @@ absl::StatusOr<ServerLimits> Client::GetLimits() {
   result.max_memory_bytes = limits.max_memory_bytes();
   result.max_chunk_bytes = limits.max_chunk_bytes();
   result.stored_bytes = limits.stored_bytes();
+  result.data_lane_port = static_cast<int>(limits.data_lane_port());
+  result.data_lane_unix_path = limits.data_lane_unix_path();
   return result;
 }
 

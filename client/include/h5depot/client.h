@@ -2,7 +2,8 @@
 //
 // The client speaks gRPC underneath, and moves image bytes over the
 // server's data lane when it can (ClientOptions::use_data_lane); nothing of
-// either appears here. Every call returns an absl::Status whose code says what to do next:
+// either appears here. Every call returns an absl::Status whose code says what
+// to do next:
 //
 //   NOT_FOUND            no such image (or no longer that generation)
 //   ALREADY_EXISTS       if_generation_match was 0 and the image exists
@@ -113,6 +114,11 @@ struct ServerLimits {
   uint64_t max_memory_bytes = 0;
   uint64_t max_chunk_bytes = 0;
   uint64_t stored_bytes = 0;
+  // Where the server offers its data lane (the fast path Push and Fetch use
+  // for image bytes): a TCP port on the server's host, 0 for none, and a
+  // Unix socket path on the server's machine, empty for none.
+  int data_lane_port = 0;
+  std::string data_lane_unix_path;
 };
 
 // A read-only view of one generation of an image. The server keeps that
