@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "h5depot/testing/subprocess.h"
@@ -23,6 +24,11 @@ namespace {
 
 // What h5depotd prints on stdout, once per address, when it is ready.
 constexpr absl::string_view kListeningOn = "h5depotd listening on ";
+// Where it serves the data lane, after the addresses.
+constexpr absl::string_view kDataLaneOnPort = "h5depotd data lane on port ";
+constexpr absl::string_view kDataLaneOnUnix = "h5depotd data lane on unix:";
+// The last line of its start-up report.
+constexpr absl::string_view kHoldsUpTo = "h5depotd holds up to ";
 
 }  // namespace
 
@@ -71,7 +77,8 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   int found = 0;
   std::string pending;
   const absl::Time deadline = absl::Now() + options.start_timeout;
-  while (found < wanted) {
+  bool reported = false;
+  while (found < wanted || !reported) {
     pollfd pfd{server->stdout_fd_, POLLIN, 0};
     const int ready = poll(&pfd, 1, internal::PollTimeoutMs(deadline));
     if (ready < 0 && errno == EINTR) continue;
@@ -95,6 +102,23 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     for (size_t end; (end = pending.find('\n')) != std::string::npos;) {
       const std::string line = pending.substr(0, end);
       pending.erase(0, end + 1);
+      server->startup_output_ += line + "\n";
+      if (absl::StartsWith(line, kDataLaneOnPort)) {
+        if (!absl::SimpleAtoi(line.substr(kDataLaneOnPort.size()),
+                              &server->data_lane_port_)) {
+          return absl::InternalError(
+              absl::StrCat("`", command, "` printed '", line, "'"));
+        }
+        continue;
+      }
+      if (absl::StartsWith(line, kDataLaneOnUnix)) {
+        server->data_lane_unix_path_ = line.substr(kDataLaneOnUnix.size());
+        continue;
+      }
+      if (absl::StartsWith(line, kHoldsUpTo)) {
+        reported = true;
+        continue;
+      }
       if (!absl::StartsWith(line, kListeningOn)) continue;
       const std::string target = line.substr(kListeningOn.size());
       if (absl::StartsWith(target, "unix:")) {

@@ -1,8 +1,9 @@
 // h5depot::testing::ServerProcess: a real h5depotd, started as a child
 // process for one test or test suite.
 //
-// Start() returns only once the server printed that it is listening, so the
-// target can be used at once: no sleeps, no polling. The server's stderr
+// Start() returns only once the server printed that it is listening (and the
+// rest of its start-up report: data lane, memory), so the target can be used
+// at once: no sleeps, no polling. The server's stderr
 // goes to the test's stderr, where ctest shows it when a test fails.
 //
 // Example:
@@ -70,6 +71,15 @@ class ServerProcess {
   // The socket's file system path (unix_target() without "unix:").
   const std::string& unix_socket_path() const { return unix_socket_path_; }
 
+  // The data lane as h5depotd reported it on start: the TCP port (0 if it
+  // reported none) and the Unix socket path (empty if none).
+  int data_lane_port() const { return data_lane_port_; }
+  const std::string& data_lane_unix_path() const {
+    return data_lane_unix_path_;
+  }
+  // Everything h5depotd printed on stdout while starting, line by line.
+  const std::string& startup_output() const { return startup_output_; }
+
   pid_t pid() const { return pid_; }
   bool running() const { return pid_ > 0; }
 
@@ -95,6 +105,9 @@ class ServerProcess {
   std::string tcp_target_;
   std::string unix_target_;
   std::string unix_socket_path_;
+  int data_lane_port_ = 0;
+  std::string data_lane_unix_path_;
+  std::string startup_output_;
   std::optional<TempDir> socket_dir_;
 };
 
