@@ -1,0 +1,871 @@
+// The data lane's wire protocol (h5depot/internal/lane_protocol.h), spoken
+// message by message against a real h5depotd over TCP and its Unix socket:
+// what a lane client relies on -- the hello, eager and large pushes, every
+// refusal answered without losing the connection, nothing stored from a
+// push that did not arrive intact, waits, and a clean stop.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "h5depot/client.h"
+#include "h5depot/internal/checksum.h"
+#include "h5depot/internal/lane_protocol.h"
+#include "h5depot/internal/lane_socket.h"
+#include "h5depot/testing/hdf5_images.h"
+#include "h5depot/testing/server_process.h"
+#include "h5depot/testing/subprocess.h"
+#include "h5depot/testing/temp_dir.h"
+
+namespace h5depot {
+namespace {
+
+namespace lane = internal::lane;
+using ::h5depot::testing::H5depotdPath;
+using ::h5depot::testing::MakeHdf5Image;
+using ::h5depot::testing::RunCommand;
+using ::h5depot::testing::ServerProcess;
+using ::h5depot::testing::ServerProcessOptions;
+using lane::LaneSocket;
+
+// A safety net against a server that never answers (the test then fails
+// instead of hanging), not a measurement.
+absl::Time IoDeadline() { return absl::Now() + absl::Seconds(60); }
+
+enum class Transport { kTcp, kUnix };
+
+std::string TransportName(
+    const ::testing::TestParamInfo<Transport>& param_info) {
+  return param_info.param == Transport::kTcp ? "Tcp" : "Unix";
+}
+
+// A response and the status message that follows it.
+struct Reply {
+  lane::Response header;
+  std::string message;
+};
+
+std::string Describe(const Reply& reply) {
+  return absl::StrCat(
+      reply.header.kind == lane::ResponseKind::kContinue ? "Continue" : "Final",
+      " ", absl::StatusCodeToString(reply.header.code), " '", reply.message,
+      "'");
+}
+
+absl::StatusOr<Reply> ReceiveReply(LaneSocket& socket) {
+  uint8_t raw[lane::kResponseHeaderBytes];
+  if (absl::Status status = socket.Receive(raw, sizeof(raw), IoDeadline());
+      !status.ok()) {
+    return status;
+  }
+  Reply reply;
+  if (absl::Status status = lane::DecodeResponse(raw, &reply.header);
+      !status.ok()) {
+    return status;
+  }
+  reply.message.resize(reply.header.message_bytes);
+  if (absl::Status status = socket.Receive(reply.message.data(),
+                                           reply.message.size(), IoDeadline());
+      !status.ok()) {
+    return status;
+  }
+  return reply;
+}
+
+// Sends `header` for `image_id`, and `payload` right behind it.
+absl::Status SendRequest(LaneSocket& socket, lane::RequestHeader header,
+                         std::string_view image_id,
+                         std::string_view payload = {}) {
+  header.image_id_bytes = static_cast<uint16_t>(image_id.size());
+  uint8_t raw[lane::kRequestHeaderBytes];
+  lane::EncodeRequestHeader(header, raw);
+  iovec iov[3] = {{raw, sizeof(raw)},
+                  {const_cast<char*>(image_id.data()), image_id.size()},
+                  {const_cast<char*>(payload.data()), payload.size()}};
+  return socket.SendAll(iov, 3, IoDeadline());
+}
+
+// The 8-byte trailer of a push of `bytes`.
+std::string Trailer(std::string_view bytes) {
+  uint8_t raw[8];
+  lane::EncodeU64(internal::Checksum(bytes.data(), bytes.size()), raw);
+  return std::string(reinterpret_cast<const char*>(raw), sizeof(raw));
+}
+
+struct PutOptions {
+  std::optional<uint64_t> if_generation_match;
+  uint64_t ttl_ms = 0;
+  // Sent instead of the bytes' own checksum.
+  std::optional<uint64_t> trailer_checksum;
+};
+
+PutOptions IfGenerationMatch(uint64_t generation) {
+  PutOptions options;
+  options.if_generation_match = generation;
+  return options;
+}
+
+PutOptions WithTrailerChecksum(uint64_t checksum) {
+  PutOptions options;
+  options.trailer_checksum = checksum;
+  return options;
+}
+
+struct PutResult {
+  bool continued = false;  // the server said Continue before the bytes
+  Reply final_reply;
+};
+
+// A whole PUT as a client that follows the protocol sends it: the bytes
+// right behind the header if they are few, else only after a Continue.
+absl::StatusOr<PutResult> Put(LaneSocket& socket, std::string_view image_id,
+                              std::string_view bytes,
+                              const PutOptions& options = {}) {
+  lane::RequestHeader header;
+  header.op = lane::Op::kPut;
+  header.size = bytes.size();
+  header.if_generation_match = options.if_generation_match;
+  header.ttl_ms = options.ttl_ms;
+  std::string trailer = Trailer(bytes);
+  if (options.trailer_checksum.has_value()) {
+    uint8_t raw[8];
+    lane::EncodeU64(*options.trailer_checksum, raw);
+    trailer.assign(reinterpret_cast<const char*>(raw), sizeof(raw));
+  }
+  PutResult result;
+  if (bytes.size() <= lane::kEagerPutBytes) {
+    if (absl::Status status =
+            SendRequest(socket, header, image_id, std::string(bytes) + trailer);
+        !status.ok()) {
+      return status;
+    }
+  } else {
+    if (absl::Status status = SendRequest(socket, header, image_id);
+        !status.ok()) {
+      return status;
+    }
+    absl::StatusOr<Reply> first = ReceiveReply(socket);
+    if (!first.ok()) return first.status();
+    if (first->header.kind == lane::ResponseKind::kFinal) {
+      result.final_reply = *std::move(first);
+      return result;
+    }
+    result.continued = true;
+    iovec iov[2] = {{const_cast<char*>(bytes.data()), bytes.size()},
+                    {trailer.data(), trailer.size()}};
+    if (absl::Status status = socket.SendAll(iov, 2, IoDeadline());
+        !status.ok()) {
+      return status;
+    }
+  }
+  absl::StatusOr<Reply> reply = ReceiveReply(socket);
+  if (!reply.ok()) return reply.status();
+  result.final_reply = *std::move(reply);
+  return result;
+}
+
+struct GetResult {
+  Reply reply;
+  std::string bytes;  // the image, after an OK reply
+};
+
+absl::StatusOr<GetResult> Get(LaneSocket& socket, std::string_view image_id,
+                              uint64_t wait_ms = 0) {
+  lane::RequestHeader header;
+  header.op = lane::Op::kGet;
+  header.wait_ms = wait_ms;
+  if (absl::Status status = SendRequest(socket, header, image_id);
+      !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<Reply> reply = ReceiveReply(socket);
+  if (!reply.ok()) return reply.status();
+  GetResult result;
+  result.reply = *std::move(reply);
+  if (result.reply.header.code == absl::StatusCode::kOk) {
+    result.bytes.resize(result.reply.header.size);
+    if (absl::Status status = socket.Receive(result.bytes.data(),
+                                             result.bytes.size(), IoDeadline());
+        !status.ok()) {
+      return status;
+    }
+  }
+  return result;
+}
+
+// The response's image info is what the control plane says about it.
+void ExpectSameInfo(const lane::Response& response, const ImageInfo& info) {
+  EXPECT_EQ(response.size, info.size);
+  EXPECT_EQ(response.generation, info.generation);
+  EXPECT_EQ(response.checksum, info.checksum);
+  EXPECT_EQ(response.created_unix_micros, absl::ToUnixMicros(info.created));
+}
+
+// Whether the server closed the connection: the next receive finds its end
+// rather than any byte.
+bool ServerClosed(LaneSocket& socket) {
+  uint8_t byte;
+  const absl::Status status = socket.Receive(&byte, 1, IoDeadline());
+  return absl::IsUnavailable(status);
+}
+
+class DataLaneTest : public ::testing::Test {
+ protected:
+  // Starts h5depotd on TCP and a Unix socket, with `flags`, and a gRPC
+  // client to look at what it stores.
+  void StartServer(std::vector<std::string> flags = {}) {
+    ServerProcessOptions options;
+    options.unix_socket = true;
+    options.extra_flags = std::move(flags);
+    auto server = ServerProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto client = Client::Connect(server_->target());
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+    auto limits = client_->GetLimits();
+    ASSERT_TRUE(limits.ok()) << limits.status();
+    limits_ = *limits;
+  }
+
+  // A lane connection that has exchanged hellos.
+  absl::StatusOr<LaneSocket> OpenLane(Transport transport = Transport::kTcp) {
+    absl::StatusOr<LaneSocket> socket =
+        transport == Transport::kTcp
+            ? lane::ConnectTcp("127.0.0.1", limits_.data_lane_port,
+                               IoDeadline())
+            : lane::ConnectUnix(limits_.data_lane_unix_path, IoDeadline());
+    if (!socket.ok()) return socket.status();
+    uint8_t hello[lane::kHelloBytes];
+    lane::EncodeHello(hello);
+    if (absl::Status status = socket->Send(hello, sizeof(hello), IoDeadline());
+        !status.ok()) {
+      return status;
+    }
+    if (absl::Status status =
+            socket->Receive(hello, sizeof(hello), IoDeadline());
+        !status.ok()) {
+      return status;
+    }
+    if (absl::Status status = lane::DecodeHello(hello); !status.ok()) {
+      return status;
+    }
+    return socket;
+  }
+
+  absl::StatusCode StatCode(const std::string& image_id) {
+    return client_->Stat(image_id).status().code();
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<Client> client_;
+  ServerLimits limits_;
+};
+
+// --- 1. Hello -------------------------------------------------------------
+
+TEST_F(DataLaneTest, HelloOfAnotherProtocolGetsTheServersHelloAndIsClosed) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto socket =
+      lane::ConnectTcp("127.0.0.1", limits_.data_lane_port, IoDeadline());
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  ASSERT_TRUE(socket->Send("GET / HT", 8, IoDeadline()).ok());
+  uint8_t hello[lane::kHelloBytes];
+  ASSERT_TRUE(socket->Receive(hello, sizeof(hello), IoDeadline()).ok());
+  EXPECT_TRUE(lane::DecodeHello(hello).ok()) << lane::DecodeHello(hello);
+  EXPECT_TRUE(ServerClosed(*socket));
+}
+
+TEST_F(DataLaneTest, HelloOfAnotherVersionGetsTheServersVersionAndIsClosed) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto socket =
+      lane::ConnectTcp("127.0.0.1", limits_.data_lane_port, IoDeadline());
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  uint8_t hello[lane::kHelloBytes];
+  lane::EncodeHello(hello);
+  hello[4] = static_cast<uint8_t>(lane::kVersion + 1);  // a future version
+  ASSERT_TRUE(lane::DecodeHello(hello).code() ==
+              absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(socket->Send(hello, sizeof(hello), IoDeadline()).ok());
+  uint8_t answer[lane::kHelloBytes];
+  ASSERT_TRUE(socket->Receive(answer, sizeof(answer), IoDeadline()).ok());
+  // The client can tell which version the server speaks.
+  EXPECT_TRUE(lane::DecodeHello(answer).ok()) << lane::DecodeHello(answer);
+  EXPECT_EQ(answer[4] | (answer[5] << 8), lane::kVersion);
+  EXPECT_TRUE(ServerClosed(*socket));
+}
+
+TEST_F(DataLaneTest, CorrectHelloGetsAHelloAndAUsableConnection) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  for (Transport transport : {Transport::kTcp, Transport::kUnix}) {
+    auto socket = OpenLane(transport);  // checks the server's hello
+    ASSERT_TRUE(socket.ok()) << socket.status();
+    auto got = Get(*socket, "absent");
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->reply.header.code, absl::StatusCode::kNotFound)
+        << Describe(got->reply);
+  }
+}
+
+// --- 2 and 3. Push then fetch, over each transport ------------------------
+
+class DataLaneTransportTest : public DataLaneTest,
+                              public ::testing::WithParamInterface<Transport> {
+};
+
+INSTANTIATE_TEST_SUITE_P(BothTransports, DataLaneTransportTest,
+                         ::testing::Values(Transport::kTcp, Transport::kUnix),
+                         TransportName);
+
+TEST_P(DataLaneTransportTest, ServerReportsItsLaneOnStartAndInGetLimits) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  EXPECT_GT(limits_.data_lane_port, 0);
+  EXPECT_EQ(limits_.data_lane_port, server_->data_lane_port());
+  EXPECT_EQ(limits_.data_lane_unix_path, server_->unix_socket_path() + ".data");
+  EXPECT_EQ(limits_.data_lane_unix_path, server_->data_lane_unix_path());
+}
+
+TEST_P(DataLaneTransportTest, EagerPutThenGetReturnsTheSameBytesAndInfo) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto socket = OpenLane(GetParam());
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  const std::string image = MakeHdf5Image(64 << 10, 1);
+  ASSERT_FALSE(image.empty());
+  ASSERT_LE(image.size(), lane::kEagerPutBytes);
+
+  auto put = Put(*socket, "runs/eager.h5", image);
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_FALSE(put->continued);
+  const lane::Response& pushed = put->final_reply.header;
+  ASSERT_EQ(pushed.code, absl::StatusCode::kOk) << Describe(put->final_reply);
+  EXPECT_EQ(pushed.kind, lane::ResponseKind::kFinal);
+  EXPECT_EQ(pushed.size, image.size());
+  EXPECT_EQ(pushed.checksum, internal::Checksum(image.data(), image.size()));
+  EXPECT_GT(pushed.generation, 0u);
+  EXPECT_EQ(pushed.expires_unix_micros, 0);
+
+  auto stat = client_->Stat("runs/eager.h5");
+  ASSERT_TRUE(stat.ok()) << stat.status();
+  ExpectSameInfo(pushed, *stat);
+
+  auto got = Get(*socket, "runs/eager.h5");
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->reply.header.code, absl::StatusCode::kOk)
+      << Describe(got->reply);
+  EXPECT_TRUE(got->bytes == image) << "the fetched bytes differ";
+  ExpectSameInfo(got->reply.header, *stat);
+
+  // A second push on the same connection is a new generation.
+  const std::string second = MakeHdf5Image(32 << 10, 2);
+  auto again = Put(*socket, "runs/eager.h5", second);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(again->final_reply);
+  EXPECT_GT(again->final_reply.header.generation, pushed.generation);
+  auto fetched = client_->Fetch("runs/eager.h5");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  EXPECT_EQ(fetched->info.generation, again->final_reply.header.generation);
+}
+
+TEST_P(DataLaneTransportTest, LargePutWaitsForContinueAndIsPublished) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto socket = OpenLane(GetParam());
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  const std::string image = MakeHdf5Image(3 << 20, 3);
+  ASSERT_GT(image.size(), lane::kEagerPutBytes);
+
+  PutOptions expiring;
+  expiring.ttl_ms = 3600000;
+  auto put = Put(*socket, "large.h5", image, expiring);
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_TRUE(put->continued);
+  ASSERT_EQ(put->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(put->final_reply);
+  EXPECT_GT(put->final_reply.header.expires_unix_micros, 0);
+
+  auto stat = client_->Stat("large.h5");
+  ASSERT_TRUE(stat.ok()) << stat.status();
+  ExpectSameInfo(put->final_reply.header, *stat);
+  EXPECT_EQ(put->final_reply.header.expires_unix_micros,
+            absl::ToUnixMicros(stat->expires));
+
+  auto got = Get(*socket, "large.h5");
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->reply.header.code, absl::StatusCode::kOk)
+      << Describe(got->reply);
+  EXPECT_TRUE(got->bytes == image) << "the fetched bytes differ";
+  ExpectSameInfo(got->reply.header, *stat);
+}
+
+// --- 4. A large push refused before any data moves -------------------------
+
+TEST_F(DataLaneTest, LargePutOverTheImageLimitIsRefusedWithoutContinue) {
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--max-image-size=2M"}));
+  auto socket = OpenLane();
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  auto put = Put(*socket, "too/large.h5", MakeHdf5Image(3 << 20, 4));
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_FALSE(put->continued);
+  EXPECT_EQ(put->final_reply.header.kind, lane::ResponseKind::kFinal);
+  EXPECT_EQ(put->final_reply.header.code, absl::StatusCode::kResourceExhausted)
+      << Describe(put->final_reply);
+  EXPECT_TRUE(absl::StrContains(put->final_reply.message, "too/large.h5"))
+      << put->final_reply.message;
+  EXPECT_EQ(StatCode("too/large.h5"), absl::StatusCode::kNotFound);
+
+  // No byte was sent, and the connection serves the next request.
+  const std::string small = MakeHdf5Image(1 << 20, 5);
+  ASSERT_GT(small.size(), lane::kEagerPutBytes);
+  auto next = Put(*socket, "fits.h5", small);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_TRUE(next->continued);
+  EXPECT_EQ(next->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(next->final_reply);
+}
+
+TEST_F(DataLaneTest, LargePutBeyondFreeMemoryIsRefusedWithoutContinue) {
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--max-memory=5M"}));
+  auto socket = OpenLane();
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  const std::string first = MakeHdf5Image(3 << 20, 6);
+  auto stored = Put(*socket, "first.h5", first);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(stored->final_reply);
+
+  auto put = Put(*socket, "second.h5", MakeHdf5Image(3 << 20, 7));
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_FALSE(put->continued);
+  EXPECT_EQ(put->final_reply.header.code, absl::StatusCode::kResourceExhausted)
+      << Describe(put->final_reply);
+  EXPECT_EQ(StatCode("second.h5"), absl::StatusCode::kNotFound);
+
+  auto got = Get(*socket, "first.h5");
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->reply.header.code, absl::StatusCode::kOk)
+      << Describe(got->reply);
+  EXPECT_TRUE(got->bytes == first);
+}
+
+TEST_F(DataLaneTest, LargePutWithTheWrongGenerationIsRefusedWithoutContinue) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto socket = OpenLane();
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  const std::string image = MakeHdf5Image(2 << 20, 8);
+  auto stored = Put(*socket, "guarded.h5", image);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(stored->final_reply);
+  const uint64_t generation = stored->final_reply.header.generation;
+
+  auto stale =
+      Put(*socket, "guarded.h5", image, IfGenerationMatch(generation + 1));
+  ASSERT_TRUE(stale.ok()) << stale.status();
+  EXPECT_FALSE(stale->continued);
+  EXPECT_EQ(stale->final_reply.header.code,
+            absl::StatusCode::kFailedPrecondition)
+      << Describe(stale->final_reply);
+
+  auto only_if_absent = Put(*socket, "guarded.h5", image, IfGenerationMatch(0));
+  ASSERT_TRUE(only_if_absent.ok()) << only_if_absent.status();
+  EXPECT_FALSE(only_if_absent->continued);
+  EXPECT_EQ(only_if_absent->final_reply.header.code,
+            absl::StatusCode::kAlreadyExists)
+      << Describe(only_if_absent->final_reply);
+
+  auto stat = client_->Stat("guarded.h5");
+  ASSERT_TRUE(stat.ok()) << stat.status();
+  EXPECT_EQ(stat->generation, generation);
+
+  // The same connection takes the push with the right generation.
+  auto right = Put(*socket, "guarded.h5", image, IfGenerationMatch(generation));
+  ASSERT_TRUE(right.ok()) << right.status();
+  EXPECT_TRUE(right->continued);
+  ASSERT_EQ(right->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(right->final_reply);
+  EXPECT_GT(right->final_reply.header.generation, generation);
+}
+
+// --- 5. A refused eager push is read past ----------------------------------
+
+TEST_F(DataLaneTest, RefusedEagerPutsKeepTheConnectionInStep) {
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--max-image-size=512K"}));
+  auto socket = OpenLane();
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  const std::string image = MakeHdf5Image(100 << 10, 9);
+  auto stored = Put(*socket, "kept.h5", image);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(stored->final_reply);
+  const uint64_t generation = stored->final_reply.header.generation;
+
+  struct Refusal {
+    std::string image_id;
+    std::string bytes;
+    PutOptions options;
+    absl::StatusCode code;
+  };
+  const std::vector<Refusal> refusals = {
+      {"kept.h5", image, IfGenerationMatch(generation + 7),
+       absl::StatusCode::kFailedPrecondition},
+      {"kept.h5", image, IfGenerationMatch(0),
+       absl::StatusCode::kAlreadyExists},
+      {"bad id", image, {}, absl::StatusCode::kInvalidArgument},
+      {"a/../b", image, {}, absl::StatusCode::kInvalidArgument},
+      {"", image, {}, absl::StatusCode::kInvalidArgument},
+      {"big.h5",
+       MakeHdf5Image(900 << 10, 10),
+       {},
+       absl::StatusCode::kResourceExhausted},
+  };
+  for (const Refusal& refusal : refusals) {
+    SCOPED_TRACE(absl::StrCat("'", refusal.image_id, "'"));
+    ASSERT_LE(refusal.bytes.size(), lane::kEagerPutBytes);
+    auto put = Put(*socket, refusal.image_id, refusal.bytes, refusal.options);
+    ASSERT_TRUE(put.ok()) << put.status();
+    EXPECT_EQ(put->final_reply.header.code, refusal.code)
+        << Describe(put->final_reply);
+    EXPECT_FALSE(put->final_reply.message.empty());
+    // The refused push's bytes were skipped, not taken for the next request.
+    auto got = Get(*socket, "kept.h5");
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->reply.header.code, absl::StatusCode::kOk)
+        << Describe(got->reply);
+    EXPECT_EQ(got->reply.header.generation, generation);
+    EXPECT_TRUE(got->bytes == image);
+  }
+  EXPECT_EQ(StatCode("big.h5"), absl::StatusCode::kNotFound);
+}
+
+// --- 6. Bytes that are not what was promised -------------------------------
+
+TEST_F(DataLaneTest, WrongChecksumIsDataLossAndStoresNothing) {
+  // Room for one large image only: a reservation left behind would show.
+  const std::string image = MakeHdf5Image(3 << 20, 11);
+  ASSERT_NO_FATAL_FAILURE(StartServer(
+      {absl::StrCat("--max-memory=", image.size() + image.size() / 2)}));
+  auto socket = OpenLane();
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  const uint64_t checksum = internal::Checksum(image.data(), image.size());
+
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto put =
+        Put(*socket, "corrupt.h5", image, WithTrailerChecksum(checksum ^ 1));
+    ASSERT_TRUE(put.ok()) << put.status();
+    EXPECT_TRUE(put->continued);
+    EXPECT_EQ(put->final_reply.header.code, absl::StatusCode::kDataLoss)
+        << Describe(put->final_reply);
+    EXPECT_EQ(StatCode("corrupt.h5"), absl::StatusCode::kNotFound);
+  }
+  const std::string small = MakeHdf5Image(10 << 10, 12);
+  auto eager = Put(
+      *socket, "corrupt-small.h5", small,
+      WithTrailerChecksum(internal::Checksum(small.data(), small.size()) + 1));
+  ASSERT_TRUE(eager.ok()) << eager.status();
+  EXPECT_EQ(eager->final_reply.header.code, absl::StatusCode::kDataLoss)
+      << Describe(eager->final_reply);
+  EXPECT_EQ(StatCode("corrupt-small.h5"), absl::StatusCode::kNotFound);
+
+  // Every refused push gave its memory back: the full image fits.
+  auto put = Put(*socket, "corrupt.h5", image);
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_EQ(put->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(put->final_reply);
+}
+
+TEST_F(DataLaneTest, NonHdf5BytesAreInvalidArgumentAndStoreNothing) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto socket = OpenLane();
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  const std::string text(200 << 10, 'x');
+  const std::string large(2 << 20, '\x01');
+  for (const std::string* bytes : {&text, &large}) {
+    auto put = Put(*socket, "not-hdf5", *bytes);
+    ASSERT_TRUE(put.ok()) << put.status();
+    EXPECT_EQ(put->final_reply.header.code, absl::StatusCode::kInvalidArgument)
+        << Describe(put->final_reply);
+    EXPECT_EQ(StatCode("not-hdf5"), absl::StatusCode::kNotFound);
+  }
+  auto limits = client_->GetLimits();
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  EXPECT_EQ(limits->stored_bytes, 0u);
+  auto got = Get(*socket, "not-hdf5");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->reply.header.code, absl::StatusCode::kNotFound);
+}
+
+// --- 7. A push cut off part way ---------------------------------------------
+
+enum class CutOff { kClose, kShutdownWrite };
+
+struct TruncationCase {
+  size_t data_bytes;  // of the image; above kEagerPutBytes: a large push
+  CutOff how;
+};
+
+class DataLaneTruncationTest
+    : public DataLaneTest,
+      public ::testing::WithParamInterface<TruncationCase> {};
+
+std::string TruncationName(
+    const ::testing::TestParamInfo<TruncationCase>& param_info) {
+  return absl::StrCat(
+      param_info.param.data_bytes > lane::kEagerPutBytes ? "Large" : "Eager",
+      param_info.param.how == CutOff::kClose ? "Closed" : "ShutDown");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    EagerAndLarge, DataLaneTruncationTest,
+    ::testing::Values(TruncationCase{600 << 10, CutOff::kClose},
+                      TruncationCase{600 << 10, CutOff::kShutdownWrite},
+                      TruncationCase{3 << 20, CutOff::kClose},
+                      TruncationCase{3 << 20, CutOff::kShutdownWrite}),
+    TruncationName);
+
+TEST_P(DataLaneTruncationTest, NothingIsStoredAndTheMemoryIsReleased) {
+  const std::string image = MakeHdf5Image(GetParam().data_bytes, 13);
+  // Room for one such image, not two.
+  ASSERT_NO_FATAL_FAILURE(StartServer(
+      {absl::StrCat("--max-memory=", image.size() + image.size() / 2)}));
+  const bool eager = image.size() <= lane::kEagerPutBytes;
+  {
+    auto socket = OpenLane();
+    ASSERT_TRUE(socket.ok()) << socket.status();
+    lane::RequestHeader header;
+    header.op = lane::Op::kPut;
+    header.size = image.size();
+    ASSERT_TRUE(SendRequest(*socket, header, "cut.h5").ok());
+    if (!eager) {
+      auto reply = ReceiveReply(*socket);
+      ASSERT_TRUE(reply.ok()) << reply.status();
+      ASSERT_EQ(reply->header.kind, lane::ResponseKind::kContinue)
+          << Describe(*reply);
+    }
+    ASSERT_TRUE(
+        socket->Send(image.data(), image.size() / 2, IoDeadline()).ok());
+    if (GetParam().how == CutOff::kShutdownWrite) {
+      ASSERT_EQ(::shutdown(socket->fd(), SHUT_WR), 0);
+      // The server answers an unfinished push by closing, never with a
+      // response that could be taken for a result.
+      EXPECT_TRUE(ServerClosed(*socket));
+    }
+  }  // closes the connection
+  EXPECT_EQ(StatCode("cut.h5"), absl::StatusCode::kNotFound);
+
+  // The server notices the end of the connection on its own time; once it
+  // has, the cut push's reservation is gone and a whole push fits.
+  auto socket = OpenLane();
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  absl::StatusOr<PutResult> put;
+  while (true) {
+    put = Put(*socket, "whole.h5", image);
+    ASSERT_TRUE(put.ok()) << put.status();
+    if (put->final_reply.header.code != absl::StatusCode::kResourceExhausted ||
+        absl::Now() > give_up) {
+      break;
+    }
+    absl::SleepFor(absl::Milliseconds(20));  // poll interval
+  }
+  EXPECT_EQ(put->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(put->final_reply);
+  EXPECT_EQ(StatCode("cut.h5"), absl::StatusCode::kNotFound);
+}
+
+// --- 8. GET refusals ---------------------------------------------------------
+
+TEST_F(DataLaneTest, GetOfUnknownOrInvalidIdsIsRefusedAndTheConnectionStays) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto socket = OpenLane();
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  const std::string image = MakeHdf5Image(20 << 10, 14);
+  ASSERT_EQ(client_->Push("known.h5", image.data(), image.size()).status(),
+            absl::OkStatus());
+
+  struct Case {
+    std::string image_id;
+    absl::StatusCode code;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"unknown.h5", absl::StatusCode::kNotFound},
+           {"", absl::StatusCode::kInvalidArgument},
+           {"has space", absl::StatusCode::kInvalidArgument},
+           {"/leading-slash", absl::StatusCode::kInvalidArgument},
+           {std::string(300, 'a'), absl::StatusCode::kInvalidArgument}}) {
+    SCOPED_TRACE(absl::StrCat("'", c.image_id, "'"));
+    auto got = Get(*socket, c.image_id);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->reply.header.code, c.code) << Describe(got->reply);
+    EXPECT_FALSE(got->reply.message.empty());
+    auto known = Get(*socket, "known.h5");
+    ASSERT_TRUE(known.ok()) << known.status();
+    ASSERT_EQ(known->reply.header.code, absl::StatusCode::kOk)
+        << Describe(known->reply);
+    EXPECT_TRUE(known->bytes == image);
+  }
+}
+
+// --- 9. GET waiting for a push ----------------------------------------------
+
+TEST_F(DataLaneTest, WaitingGetReceivesTheImagePushedMeanwhile) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto waiter = OpenLane(Transport::kUnix);
+  ASSERT_TRUE(waiter.ok()) << waiter.status();
+  lane::RequestHeader header;
+  header.op = lane::Op::kGet;
+  header.wait_ms = 60000;
+  ASSERT_TRUE(SendRequest(*waiter, header, "later.h5").ok());
+
+  auto pusher = OpenLane(Transport::kTcp);
+  ASSERT_TRUE(pusher.ok()) << pusher.status();
+  const std::string image = MakeHdf5Image(1500 << 10, 15);
+  auto put = Put(*pusher, "later.h5", image);
+  ASSERT_TRUE(put.ok()) << put.status();
+  ASSERT_EQ(put->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(put->final_reply);
+
+  auto reply = ReceiveReply(*waiter);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  ASSERT_EQ(reply->header.code, absl::StatusCode::kOk) << Describe(*reply);
+  EXPECT_EQ(reply->header.generation, put->final_reply.header.generation);
+  std::string bytes(reply->header.size, '\0');
+  ASSERT_TRUE(waiter->Receive(bytes.data(), bytes.size(), IoDeadline()).ok());
+  EXPECT_TRUE(bytes == image);
+}
+
+TEST_F(DataLaneTest, ShortWaitForAMissingImageIsDeadlineExceeded) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto socket = OpenLane();
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  auto got = Get(*socket, "never.h5", /*wait_ms=*/50);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->reply.header.code, absl::StatusCode::kDeadlineExceeded)
+      << Describe(got->reply);
+  // Still usable.
+  auto again = Get(*socket, "never.h5");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->reply.header.code, absl::StatusCode::kNotFound);
+}
+
+// --- 10. Malformed requests -------------------------------------------------
+
+TEST_F(DataLaneTest, MalformedRequestClosesOnlyThatConnection) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto bystander = OpenLane();
+  ASSERT_TRUE(bystander.ok()) << bystander.status();
+
+  uint8_t unknown_op[lane::kRequestHeaderBytes] = {0x7f};
+  uint8_t unknown_flags[lane::kRequestHeaderBytes] = {
+      static_cast<uint8_t>(lane::Op::kGet), 0x80};
+  for (const uint8_t* garbage : {unknown_op, unknown_flags}) {
+    auto socket = OpenLane();
+    ASSERT_TRUE(socket.ok()) << socket.status();
+    ASSERT_TRUE(
+        socket->Send(garbage, lane::kRequestHeaderBytes, IoDeadline()).ok());
+    EXPECT_TRUE(ServerClosed(*socket));
+  }
+
+  // Other connections, old and new, and gRPC carry on.
+  const std::string image = MakeHdf5Image(30 << 10, 16);
+  auto put = Put(*bystander, "after.h5", image);
+  ASSERT_TRUE(put.ok()) << put.status();
+  EXPECT_EQ(put->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(put->final_reply);
+  auto fresh = OpenLane(Transport::kUnix);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  auto got = Get(*fresh, "after.h5");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->bytes == image);
+  EXPECT_EQ(StatCode("after.h5"), absl::StatusCode::kOk);
+}
+
+// --- 11. Turning the lane off, and a port that is taken ---------------------
+
+TEST_F(DataLaneTest, NoDataLaneOffersNoLaneAndPushAndFetchStillWork) {
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--nodata-lane"}));
+  EXPECT_EQ(limits_.data_lane_port, 0);
+  EXPECT_EQ(limits_.data_lane_unix_path, "");
+  EXPECT_FALSE(absl::StrContains(server_->startup_output(), "data lane"))
+      << server_->startup_output();
+  EXPECT_FALSE(testing::PathExists(server_->unix_socket_path() + ".data"));
+  const std::string image = MakeHdf5Image(2 << 20, 17);
+  auto pushed = client_->Push("grpc-only.h5", image.data(), image.size());
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  auto fetched = client_->Fetch("grpc-only.h5");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  EXPECT_EQ(fetched->info.checksum, pushed->checksum);
+}
+
+TEST(DataLaneStartTest, TakenDataPortStopsTheServerWithAClearMessage) {
+  LaneSocket taken(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(taken.is_open());
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(taken.fd(), reinterpret_cast<sockaddr*>(&address),
+                   sizeof(address)),
+            0);
+  ASSERT_EQ(::listen(taken.fd(), 1), 0);
+  socklen_t address_bytes = sizeof(address);
+  ASSERT_EQ(::getsockname(taken.fd(), reinterpret_cast<sockaddr*>(&address),
+                          &address_bytes),
+            0);
+  const int port = ntohs(address.sin_port);
+
+  testing::CommandOptions options;
+  options.timeout = absl::Seconds(60);  // a server that starts would hang
+  const testing::CommandResult result =
+      RunCommand({H5depotdPath(), "--listen=127.0.0.1:0",
+                  absl::StrCat("--data-port=", port)},
+                 options);
+  EXPECT_FALSE(result.timed_out) << "h5depotd started on a taken data port";
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(result.stderr_text, "data lane"))
+      << result.stderr_text;
+  EXPECT_TRUE(absl::StrContains(result.stderr_text, absl::StrCat(port)))
+      << result.stderr_text;
+  EXPECT_FALSE(absl::StrContains(result.stdout_text, "listening on"))
+      << result.stdout_text;
+}
+
+// --- 12. Stopping with lane connections open ---------------------------------
+
+TEST_F(DataLaneTest, SigtermEndsIdleAndWaitingConnectionsAndExitsCleanly) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto idle = OpenLane(Transport::kTcp);
+  ASSERT_TRUE(idle.ok()) << idle.status();
+  auto waiter = OpenLane(Transport::kUnix);
+  ASSERT_TRUE(waiter.ok()) << waiter.status();
+  lane::RequestHeader header;
+  header.op = lane::Op::kGet;
+  header.wait_ms = 3600 * 1000;
+  ASSERT_TRUE(SendRequest(*waiter, header, "never.h5").ok());
+
+  EXPECT_EQ(server_->Terminate(), absl::OkStatus());
+
+  EXPECT_TRUE(ServerClosed(*idle));
+  // The waiting GET ends: with UNAVAILABLE, or with the connection's end.
+  auto reply = ReceiveReply(*waiter);
+  if (reply.ok()) {
+    EXPECT_EQ(reply->header.code, absl::StatusCode::kUnavailable)
+        << Describe(*reply);
+    EXPECT_TRUE(ServerClosed(*waiter));
+  } else {
+    EXPECT_TRUE(absl::IsUnavailable(reply.status())) << reply.status();
+  }
+}
+
+}  // namespace
+}  // namespace h5depot
