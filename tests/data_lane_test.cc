@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -838,6 +839,50 @@ TEST(DataLaneStartTest, TakenDataPortStopsTheServerWithAClearMessage) {
       << result.stderr_text;
   EXPECT_FALSE(absl::StrContains(result.stdout_text, "listening on"))
       << result.stdout_text;
+}
+
+// --- The client end ----------------------------------------------------------
+
+// An image id is framed with a 16-bit length. A longer one must be refused
+// before it is sent: sent anyway, the server would take its tail for further
+// requests, and their answers, left on the pooled connection, for the
+// answers to the next fetch -- which would then return another image.
+TEST_F(DataLaneTest, ClientRefusesToFetchAnIdTheLaneCannotFrame) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  const std::string known = MakeHdf5Image(20 << 10, 18);
+  const std::string other = MakeHdf5Image(20 << 10, 19);
+  ASSERT_TRUE(client_->Push("known.h5", known.data(), known.size()).ok());
+  ASSERT_TRUE(client_->Push("other.h5", other.data(), other.size()).ok());
+
+  // Cut to its low 16 bits, this id's length is 1: the server would read
+  // "!", then a GET of "known.h5", then a GET of a long invalid id.
+  std::string id = "!";
+  uint8_t raw[lane::kRequestHeaderBytes];
+  lane::RequestHeader get_known;
+  get_known.op = lane::Op::kGet;
+  get_known.image_id_bytes = 8;
+  lane::EncodeRequestHeader(get_known, raw);
+  id.append(reinterpret_cast<const char*>(raw), sizeof(raw));
+  id.append("known.h5");
+  lane::RequestHeader filler;
+  filler.op = lane::Op::kGet;
+  filler.image_id_bytes =
+      static_cast<uint16_t>(65536 - 2 * lane::kRequestHeaderBytes - 8);
+  lane::EncodeRequestHeader(filler, raw);
+  id.append(reinterpret_cast<const char*>(raw), sizeof(raw));
+  id.append(filler.image_id_bytes, '!');
+  ASSERT_EQ(id.size(), 65537u);
+
+  auto refused = client_->Fetch(id);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument)
+      << refused.status();
+  auto fetched = client_->Fetch("other.h5");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  EXPECT_EQ(fetched->info.checksum,
+            internal::Checksum(other.data(), other.size()));
+  ASSERT_EQ(fetched->buffer.size(), other.size());
+  EXPECT_EQ(std::memcmp(fetched->buffer.data(), other.data(), other.size()), 0)
+      << "the fetch of other.h5 returned another image's bytes";
 }
 
 // --- 12. Stopping with lane connections open ---------------------------------

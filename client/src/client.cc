@@ -591,6 +591,11 @@ absl::StatusOr<ImageInfo> Client::PushFile(std::string_view image_id,
 absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
                                            const FetchOptions& options) {
   const std::string what = absl::StrCat("fetch ", Quoted(image_id));
+  // Checked here, not only by the server: the data lane frames an id with a
+  // 16-bit length, and a longer one would put the connection out of step.
+  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
+    return Annotate(status, what);
+  }
   const absl::Time deadline = impl_->Deadline(options.wait);
   if (Impl::LaneCall lane = impl_->StartLaneCall(deadline);
       lane.connection != nullptr) {
