@@ -885,6 +885,37 @@ TEST_F(DataLaneTest, ClientRefusesToFetchAnIdTheLaneCannotFrame) {
       << "the fetch of other.h5 returned another image's bytes";
 }
 
+// A Unix socket path that gRPC takes but that leaves no room for the lane's
+// ".data" beside it: the server starts as it did before the lane existed,
+// without a Unix lane, and its Unix clients push and fetch over gRPC.
+TEST(DataLaneStartTest, UnixPathWithNoRoomForTheLaneStillServes) {
+  auto dir = testing::TempDir::Create("/tmp");
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  std::string path = dir->path() + "/";
+  ASSERT_LT(path.size(), 105u);
+  path.append(105 - path.size(), 's');  // sun_path holds 107 and a NUL
+  ServerProcessOptions options;
+  options.extra_flags = {"--unix=" + path};
+  auto server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ((*server)->unix_target(), "unix:" + path);
+  EXPECT_GT((*server)->data_lane_port(), 0);
+  EXPECT_EQ((*server)->data_lane_unix_path(), "");
+
+  auto client = Client::Connect("unix:" + path);
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto limits = (*client)->GetLimits();
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  EXPECT_EQ(limits->data_lane_unix_path, "");
+  const std::string image = MakeHdf5Image(2 << 20, 20);
+  auto pushed = (*client)->Push("beside.h5", image.data(), image.size());
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  auto fetched = (*client)->Fetch("beside.h5");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  ASSERT_EQ(fetched->buffer.size(), image.size());
+  EXPECT_EQ(std::memcmp(fetched->buffer.data(), image.data(), image.size()), 0);
+}
+
 // --- 12. Stopping with lane connections open ---------------------------------
 
 TEST_F(DataLaneTest, SigtermEndsIdleAndWaitingConnectionsAndExitsCleanly) {

@@ -5,6 +5,7 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <utility>
@@ -51,7 +52,10 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
           options.listen_address.substr(0, options.listen_address.rfind(':'));
       lane_options.tcp_port = options.data_lane_port;
     }
-    if (!options.unix_socket_path.empty()) {
+    // A socket path that just fits leaves no room for ".data": the server
+    // still starts, and its Unix clients use gRPC.
+    if (!options.unix_socket_path.empty() &&
+        options.unix_socket_path.size() + 5 < sizeof(sockaddr_un::sun_path)) {
       lane_options.unix_path = options.unix_socket_path + ".data";
     }
     absl::StatusOr<std::unique_ptr<DataLaneServer>> lane =

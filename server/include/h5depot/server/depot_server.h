@@ -38,7 +38,8 @@ struct ServerOptions {
   // beside the gRPC listeners, much faster for image bytes; clients find it
   // through GetLimits and fall back to gRPC without it. Over TCP on the
   // listen address's host at data_lane_port (0: any free port), and at
-  // unix_socket_path + ".data" beside a Unix socket.
+  // unix_socket_path + ".data" beside a Unix socket (unless that path is
+  // too long for a socket address; Unix clients then use gRPC).
   bool data_lane = true;
   int data_lane_port = 0;
   StoreOptions store;
