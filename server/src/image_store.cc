@@ -95,19 +95,11 @@ PendingImage::PendingImage(ImageStore* store, PushRequest request,
 PendingImage::~PendingImage() = default;
 
 absl::Status PendingImage::Append(const void* data, size_t size) {
-  if (image_ == nullptr) {
-    return absl::FailedPreconditionError("push was already finished");
+  // CommitReceived refuses what does not fit; copy only what does.
+  if (image_ != nullptr && size <= request_.size - received_) {
+    std::memcpy(image_->data_ + received_, data, size);
   }
-  if (size > request_.size - received_) {
-    image_.reset();
-    return absl::InvalidArgumentError(absl::StrCat(
-        "push of '", request_.image_id, "' sent more than the declared ",
-        request_.size, " bytes"));
-  }
-  std::memcpy(image_->data_ + received_, data, size);
-  checksum_->checksum.Update(data, size);
-  received_ += size;
-  return absl::OkStatus();
+  return CommitReceived(size);
 }
 
 uint8_t* PendingImage::Unreceived() {
@@ -121,7 +113,7 @@ absl::Status PendingImage::CommitReceived(size_t size) {
   if (size > request_.size - received_) {
     image_.reset();
     return absl::InvalidArgumentError(absl::StrCat(
-        "push of '", request_.image_id, "' received more than the declared ",
+        "push of '", request_.image_id, "' sent more than the declared ",
         request_.size, " bytes"));
   }
   checksum_->checksum.Update(image_->data_ + received_, size);
