@@ -167,8 +167,14 @@ std::vector<char> LoadFile(const std::string& path) {
 // ---------------------------------------------------------------------------
 // Cases: each runs in its own process and prints "name=value" lines.
 
+// --grpc-only: clients move image bytes over gRPC instead of the data lane,
+// to compare the two paths on one machine.
+bool g_grpc_only = false;
+
 std::unique_ptr<h5depot::Client> ConnectOrDie(const std::string& target) {
-  auto client = h5depot::Client::Connect(target);
+  h5depot::ClientOptions options;
+  options.use_data_lane = !g_grpc_only;
+  auto client = h5depot::Client::Connect(target, options);
   if (!client.ok()) Die(std::string(client.status().message()));
   return *std::move(client);
 }
@@ -485,6 +491,7 @@ std::string g_self;  // this program, for re-running it as a case
 CaseResult RunChildCase(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {g_self};
   argv.insert(argv.end(), args.begin(), args.end());
+  if (g_grpc_only) argv.push_back("--grpc-only");
   Child child = Spawn(argv, true);
   const Clock::time_point deadline = Clock::now() + std::chrono::minutes(5);
   const std::string output = ReadOutput(child, deadline);
@@ -958,9 +965,10 @@ int RunDriver(const Args& args) {
 
   // The table.
   std::printf(
-      "h5depot data path, %ld cores, loopback. iperf3 single stream: %.2f "
-      "GiB/s at start (the peer), %.2f GiB/s at end.\n\n",
-      sysconf(_SC_NPROCESSORS_ONLN), iperf / kGiB, iperf_again / kGiB);
+      "h5depot data path (%s), %ld cores, loopback. iperf3 single stream: "
+      "%.2f GiB/s at start (the peer), %.2f GiB/s at end.\n\n",
+      g_grpc_only ? "gRPC only" : "data lane", sysconf(_SC_NPROCESSORS_ONLN),
+      iperf / kGiB, iperf_again / kGiB);
   auto print = [](const Row& row) {
     std::printf("%-5s %-8s %-17s %10s %12s  %-20s %10s %12s %7s\n",
                 row.transport.c_str(), row.size.c_str(), row.operation.c_str(),
@@ -997,6 +1005,7 @@ int RunDriver(const Args& args) {
 int main(int argc, char** argv) {
   g_self = std::filesystem::canonical("/proc/self/exe").string();
   Args args(argc, argv);
+  g_grpc_only = args.Has("grpc-only");
   if (args.Has("case")) return RunCase(args);
   return RunDriver(args);
 }

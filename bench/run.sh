@@ -6,7 +6,8 @@
 #   bench/run.sh --sizes=4K,1M,64M    # quicker
 #
 # Options after the script name go to h5depot_bench: --sizes=LIST,
-# --min-seconds=S (per measurement), --small-seconds=S, --time-limit=S.
+# --min-seconds=S (per measurement), --small-seconds=S, --time-limit=S,
+# --grpc-only (clients move image bytes over gRPC, not the data lane).
 # Environment: BUILD_DIR (default build-bench, a Release build).
 #
 # Needs (Debian): iperf3 redis-server redis-tools libhiredis-dev, as

@@ -16,8 +16,11 @@
 #include "gtest/gtest.h"
 #include "h5depot/h5depot.h"
 #include "h5depot/server/depot_server.h"
+#include "h5depot/testing/hdf5_datasets.h"
 
 namespace {
+
+using ::h5depot::testing::QuietHdf5Errors;
 
 using ::testing::HasSubstr;
 
@@ -83,19 +86,6 @@ void* MakeImage(int seed, size_t* len) {
   *len = static_cast<size_t>(size);
   return image;
 }
-
-class QuietErrors {
- public:
-  QuietErrors() {
-    H5Eget_auto2(H5E_DEFAULT, &func_, &data_);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietErrors() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
-
- private:
-  H5E_auto2_t func_ = nullptr;
-  void* data_ = nullptr;
-};
 
 class CApiHdf5Test : public ::testing::Test {
  protected:
@@ -173,7 +163,7 @@ TEST_F(CApiHdf5Test, OpenImageRefusesBadInputWithAMessage) {
   EXPECT_LT(h5depot_open_image(image, len, 0x40), 0);
   EXPECT_THAT(h5depot_errmsg(), HasSubstr("unknown file image flags"));
   {
-    QuietErrors quiet;
+    QuietHdf5Errors quiet;
     EXPECT_LT(h5depot_open_image(image, len / 2, 0), 0);
   }
   EXPECT_THAT(h5depot_errmsg(), HasSubstr("cannot open file image"));

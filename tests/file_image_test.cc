@@ -21,12 +21,17 @@
 #include "file_image_internal.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "h5depot/testing/hdf5_datasets.h"
 #include "h5py_images.h"
 #include "image_share_internal.h"
 #include "superblock_internal.h"
 
 namespace h5depot {
 namespace {
+
+using ::h5depot::testing::QuietHdf5Errors;
+using ::h5depot::testing::ReadDataset;
+using ::h5depot::testing::WriteDataset;
 
 using ::h5depot::testing::ExpectH5pyContents;
 using ::h5depot::testing::H5pyWritten;
@@ -63,40 +68,6 @@ std::vector<int> Values(int seed, size_t count) {
   std::vector<int> values(count);
   for (size_t i = 0; i < count; ++i)
     values[i] = seed * 1000 + static_cast<int>(i);
-  return values;
-}
-
-// Writes `values` to the 1-D int dataset `name`, creating it if needed.
-bool WriteDataset(hid_t file, const char* name,
-                  const std::vector<int>& values) {
-  hid_t dataset = H5Lexists(file, name, H5P_DEFAULT) > 0
-                      ? H5Dopen2(file, name, H5P_DEFAULT)
-                      : H5I_INVALID_HID;
-  if (dataset < 0) {
-    const hsize_t dims[1] = {values.size()};
-    hid_t space = H5Screate_simple(1, dims, nullptr);
-    dataset = H5Dcreate2(file, name, H5T_NATIVE_INT, space, H5P_DEFAULT,
-                         H5P_DEFAULT, H5P_DEFAULT);
-    H5Sclose(space);
-    if (dataset < 0) return false;
-  }
-  const herr_t written = H5Dwrite(dataset, H5T_NATIVE_INT, H5S_ALL, H5S_ALL,
-                                  H5P_DEFAULT, values.data());
-  H5Dclose(dataset);
-  return written >= 0;
-}
-
-std::vector<int> ReadDataset(hid_t file, const char* name) {
-  hid_t dataset = H5Dopen2(file, name, H5P_DEFAULT);
-  if (dataset < 0) return {};
-  hid_t space = H5Dget_space(dataset);
-  std::vector<int> values(
-      static_cast<size_t>(H5Sget_simple_extent_npoints(space)));
-  H5Sclose(space);
-  const herr_t read = H5Dread(dataset, H5T_NATIVE_INT, H5S_ALL, H5S_ALL,
-                              H5P_DEFAULT, values.data());
-  H5Dclose(dataset);
-  if (read < 0) return {};
   return values;
 }
 
@@ -150,7 +121,7 @@ std::vector<int> ValuesInImage(const void* data, size_t size,
     ADD_FAILURE() << file.status();
     return {};
   }
-  std::vector<int> values = ReadDataset(*file, name);
+  std::vector<int> values = ReadDataset<int>(*file, name);
   H5Fclose(*file);
   return values;
 }
@@ -167,20 +138,6 @@ std::string Hdf5ErrorStack() {
       &text);
   return text;
 }
-
-// Turns HDF5's error printing off for expected failures in a test.
-class QuietErrors {
- public:
-  QuietErrors() {
-    H5Eget_auto2(H5E_DEFAULT, &func_, &data_);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietErrors() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
-
- private:
-  H5E_auto2_t func_ = nullptr;
-  void* data_ = nullptr;
-};
 
 // Every test ends with no image share alive: HDF5 released what it held.
 class FileImageTest : public ::testing::Test {
@@ -435,7 +392,7 @@ TEST_P(FlagTableTest, ReadsTheImageAndUsesTheBufferAsTheTableSays) {
     kept_.clear();
     kept_.shrink_to_fit();
   }
-  EXPECT_EQ(ReadDataset(*file, "values"), Values(11, 100));
+  EXPECT_EQ(ReadDataset<int>(*file, "values"), Values(11, 100));
   unsigned intent = 0;
   H5Fget_intent(*file, &intent);
   EXPECT_EQ((intent & H5F_ACC_RDWR) != 0, writable());
@@ -450,10 +407,10 @@ TEST_P(FlagTableTest, WritesLandWhereTheTableSays) {
   absl::StatusOr<hid_t> file = OpenFileImage(buffer, image.size(), flags());
   ASSERT_TRUE(file.ok()) << file.status();
   {
-    QuietErrors quiet;
+    QuietHdf5Errors quiet;
     EXPECT_EQ(WriteDataset(*file, "values", Values(13, 100)), writable());
   }
-  EXPECT_EQ(ReadDataset(*file, "values"),
+  EXPECT_EQ(ReadDataset<int>(*file, "values"),
             writable() ? Values(13, 100) : Values(12, 100));
   EXPECT_GE(H5Fclose(*file), 0);
   if (!hdf5_frees()) {
@@ -478,13 +435,13 @@ TEST_P(FlagTableTest, GrowingTheFileIsPermittedUnlessDontRelease) {
   // grow at all.
   const bool may_grow = writable() && (flags() & kDontRelease) == 0;
   {
-    QuietErrors quiet;
+    QuietHdf5Errors quiet;
     EXPECT_EQ(WriteDataset(*file, "big", big), may_grow);
   }
   if (may_grow) {
-    EXPECT_EQ(ReadDataset(*file, "big"), big);
+    EXPECT_EQ(ReadDataset<int>(*file, "big"), big);
   }
-  EXPECT_EQ(ReadDataset(*file, "values"), Values(14, 100));
+  EXPECT_EQ(ReadDataset<int>(*file, "values"), Values(14, 100));
   EXPECT_GE(H5Fclose(*file), 0);
   EXPECT_FALSE(H5Iis_valid(*file) > 0);
 }
@@ -517,7 +474,7 @@ TEST_F(FileImageTest, DontReleaseAcceptsWritesThatFitAndRefusesGrowthCleanly) {
   file = OpenFileImage(image.data(), image.size(), flags);
   ASSERT_TRUE(file.ok()) << file.status();
   {
-    QuietErrors quiet;
+    QuietHdf5Errors quiet;
     const hsize_t dims[1] = {300000};
     hid_t space = H5Screate_simple(1, dims, nullptr);
     hid_t dataset = H5Dcreate2(*file, "big", H5T_NATIVE_INT, space, H5P_DEFAULT,
@@ -650,7 +607,7 @@ TEST_F(FileImageTest, AFileOnDiskWithTheSameNameNeverInterferes) {
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fapl_core(fapl, 64 << 10, false);
     H5Pset_file_image(fapl, image.data(), image.size());
-    QuietErrors quiet;
+    QuietHdf5Errors quiet;
     hid_t file = H5Fopen("clash.h5", H5F_ACC_RDONLY, fapl);
     EXPECT_LT(file, 0);
     EXPECT_THAT(Hdf5ErrorStack(), HasSubstr("file already exists"));
@@ -677,7 +634,7 @@ TEST_F(FileImageTest, AFileOnDiskWithTheSameNameNeverInterferes) {
   EXPECT_LT(open(name, O_CREAT | O_WRONLY, 0644), 0);
   EXPECT_EQ(errno, ENOTDIR);
   for (hid_t file : files) {
-    EXPECT_EQ(ReadDataset(file, "values"), Values(41, 100));
+    EXPECT_EQ(ReadDataset<int>(file, "values"), Values(41, 100));
     H5Fclose(file);
   }
   for (int i = 0; i < 64; ++i)
@@ -722,7 +679,7 @@ TEST_F(FileImageTest, ManyImagesOpenFromManyThreadsNeverAlias) {
           seeds.push_back(seed);
         }
         for (size_t k = 0; k < files.size(); ++k) {
-          if (ReadDataset(files[k], "values") != Values(seeds[k], 50)) {
+          if (ReadDataset<int>(files[k], "values") != Values(seeds[k], 50)) {
             ++failures;
           }
           H5Fclose(files[k]);
@@ -745,7 +702,7 @@ TEST_F(FileImageTest, ThousandsOfOpensLeaveNothingBehind) {
     ASSERT_TRUE(file.ok()) << file.status();
     ASSERT_EQ(internal::ImageShare::LiveCount(), baseline_ + 1);
     if (i % 100 == 0) {
-      ASSERT_EQ(ReadDataset(*file, "values"), Values(51, 100));
+      ASSERT_EQ(ReadDataset<int>(*file, "values"), Values(51, 100));
     }
     ASSERT_GE(H5Fclose(*file), 0);
     ASSERT_EQ(internal::ImageShare::LiveCount(), baseline_) << i;
@@ -820,7 +777,7 @@ TEST_F(FileImageTest, PropertyListsShareTheImageAndKeepItWhenTheDriverGrows) {
     H5Fclose(*image);
   }
   std::free(got);
-  EXPECT_EQ(ReadDataset(file, "big"), Values(92, 100000));
+  EXPECT_EQ(ReadDataset<int>(file, "big"), Values(92, 100000));
   EXPECT_GE(H5Fclose(file), 0);
 
   // The share lives as long as a property list holds it.
@@ -909,7 +866,7 @@ TEST_F(FileImageTest, CloseFileImageWaitsForOpenObjectsAndKeepsTheFileOpen) {
   EXPECT_THAT(std::string(final_image.status().message()),
               HasSubstr("2 object(s)"));
   EXPECT_GT(H5Iis_valid(*file), 0);
-  EXPECT_EQ(ReadDataset(*file, "values"), Values(65, 100));
+  EXPECT_EQ(ReadDataset<int>(*file, "values"), Values(65, 100));
   H5Dclose(dataset);
   H5Gclose(group);
   final_image = CloseFileImage(*file);
@@ -1142,7 +1099,7 @@ TEST_F(H5pyRoundTripTest, SurvivesTakeFileImageAndWritableImage) {
     absl::StatusOr<hid_t> reopened = OpenFileImage(*std::move(result));
     ASSERT_TRUE(reopened.ok()) << reopened.status();
     ExpectH5pyContents(*reopened);
-    EXPECT_EQ(ReadDataset(*reopened, "added"), Values(9, 10));
+    EXPECT_EQ(ReadDataset<int>(*reopened, "added"), Values(9, 10));
     H5Fclose(*reopened);
   }
 }

@@ -24,12 +24,17 @@
 #include "h5depot/client.h"
 #include "h5depot/file_image.h"
 #include "h5depot/server/depot_server.h"
+#include "h5depot/testing/hdf5_datasets.h"
 #include "h5py_images.h"
 #include "image_share_internal.h"
 #include "superblock_internal.h"
 
 namespace h5depot {
 namespace {
+
+using ::h5depot::testing::QuietHdf5Errors;
+using ::h5depot::testing::ReadDataset;
+using ::h5depot::testing::WriteDataset;
 
 using ::h5depot::testing::ExpectH5pyContents;
 using ::h5depot::testing::H5pyWritten;
@@ -69,36 +74,6 @@ std::vector<int64_t> Values(int seed, size_t count) {
   return values;
 }
 
-// Writes `values` as the new 1-D dataset `name`.
-bool WriteDataset(hid_t file, const char* name,
-                  const std::vector<int64_t>& values) {
-  const hsize_t dims[1] = {values.size()};
-  hid_t space = H5Screate_simple(1, dims, nullptr);
-  hid_t dataset = H5Dcreate2(file, name, H5T_STD_I64LE, space, H5P_DEFAULT,
-                             H5P_DEFAULT, H5P_DEFAULT);
-  H5Sclose(space);
-  if (dataset < 0) return false;
-  const herr_t written = H5Dwrite(dataset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL,
-                                  H5P_DEFAULT, values.data());
-  H5Dclose(dataset);
-  return written >= 0;
-}
-
-// The values of dataset `name`; empty if it cannot be read.
-std::vector<int64_t> ReadDataset(hid_t file, const char* name) {
-  hid_t dataset = H5Dopen2(file, name, H5P_DEFAULT);
-  if (dataset < 0) return {};
-  hid_t space = H5Dget_space(dataset);
-  std::vector<int64_t> values(
-      static_cast<size_t>(H5Sget_simple_extent_npoints(space)));
-  H5Sclose(space);
-  const herr_t read = H5Dread(dataset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL,
-                              H5P_DEFAULT, values.data());
-  H5Dclose(dataset);
-  if (read < 0) return {};
-  return values;
-}
-
 // A core file holding "values" = Values(seed, count).
 hid_t CreateCoreFile(int seed, size_t count = 100) {
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
@@ -128,20 +103,6 @@ void WriteFile(const std::string& path, const void* data, size_t size) {
       .write(static_cast<const char*>(data),
              static_cast<std::streamsize>(size));
 }
-
-// Turns HDF5's error printing off for expected failures in a test.
-class QuietErrors {
- public:
-  QuietErrors() {
-    H5Eget_auto2(H5E_DEFAULT, &func_, &data_);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietErrors() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
-
- private:
-  H5E_auto2_t func_ = nullptr;
-  void* data_ = nullptr;
-};
 
 // A real server on a free loopback port and a client of it. Every test
 // ends with no image share alive and no HDF5 object open: whatever was
@@ -194,7 +155,7 @@ class Hdf5TransferTest : public ::testing::Test {
       ADD_FAILURE() << fetched.status();
       return {};
     }
-    std::vector<int64_t> values = ReadDataset(fetched->file, name);
+    std::vector<int64_t> values = ReadDataset<int64_t>(fetched->file, name);
     H5Fclose(fetched->file);
     return values;
   }
@@ -269,8 +230,8 @@ TEST_P(PushFileImageTest, AnOpenFileComesBackWithItsDataAndStaysUsable) {
   absl::StatusOr<FetchedFile> fetched = FetchAndOpen(*client_, "open/file");
   ASSERT_TRUE(fetched.ok()) << fetched.status();
   EXPECT_EQ(fetched->info.generation, first->generation);
-  EXPECT_EQ(ReadDataset(fetched->file, "values"), Values(3, 5000));
-  EXPECT_EQ(ReadDataset(fetched->file, "group/inner"), Values(4, 10));
+  EXPECT_EQ(ReadDataset<int64_t>(fetched->file, "values"), Values(3, 5000));
+  EXPECT_EQ(ReadDataset<int64_t>(fetched->file, "group/inner"), Values(4, 10));
   EXPECT_GE(H5Fclose(fetched->file), 0);
 
   // The file is still open and writable; pushing again publishes the
@@ -345,7 +306,7 @@ TEST_F(Hdf5TransferTest, ValidateStopsAnImageHdf5CannotReadBeforeItIsSent) {
 TEST_F(Hdf5TransferTest, AFetchedImageHdf5CannotOpenIsInvalidArgument) {
   ImageBuffer image = MakeImage(1, 10000);
   ASSERT_TRUE(client_->Push("cut", image.data(), image.size() / 2).ok());
-  QuietErrors quiet;
+  QuietHdf5Errors quiet;
   for (unsigned flags : kFetchFlags) {
     SCOPED_TRACE(FlagsName(flags));
     absl::StatusOr<FetchedFile> fetched = FetchAndOpen(*client_, "cut", flags);
@@ -375,10 +336,10 @@ TEST_P(FetchAndOpenFlagsTest, OpensTheFetchedImageAsTheFlagsSay) {
   ASSERT_TRUE(fetched.ok()) << fetched.status();
   EXPECT_EQ(fetched->info.generation, pushed->generation);
   EXPECT_EQ(fetched->info.image_id, "flags");
-  EXPECT_EQ(ReadDataset(fetched->file, "values"), Values(7, 2000));
+  EXPECT_EQ(ReadDataset<int64_t>(fetched->file, "values"), Values(7, 2000));
 
   if ((flags & kRw) == 0) {
-    QuietErrors quiet;
+    QuietHdf5Errors quiet;
     EXPECT_FALSE(WriteDataset(fetched->file, "more", Values(8, 10)))
         << "a read-only open must refuse writes";
     // Nothing was written, so the image comes back byte for byte.
@@ -395,8 +356,8 @@ TEST_P(FetchAndOpenFlagsTest, OpensTheFetchedImageAsTheFlagsSay) {
   EXPECT_GT(final_image->size(), image.size());
   absl::StatusOr<hid_t> reopened = OpenFileImage(*std::move(final_image));
   ASSERT_TRUE(reopened.ok()) << reopened.status();
-  EXPECT_EQ(ReadDataset(*reopened, "values"), Values(7, 2000));
-  EXPECT_EQ(ReadDataset(*reopened, "more"), Values(8, 100000));
+  EXPECT_EQ(ReadDataset<int64_t>(*reopened, "values"), Values(7, 2000));
+  EXPECT_EQ(ReadDataset<int64_t>(*reopened, "more"), Values(8, 100000));
   H5Fclose(*reopened);
 }
 
@@ -445,7 +406,7 @@ TEST_F(Hdf5TransferTest, FetchAndOpenWaitsForAnImagePushedLater) {
   ASSERT_TRUE(pusher->Push("later", image.data(), image.size()).ok());
   waiter.join();
   ASSERT_TRUE(fetched.ok()) << fetched.status();
-  EXPECT_EQ(ReadDataset(fetched->file, "values"), Values(11, 100));
+  EXPECT_EQ(ReadDataset<int64_t>(fetched->file, "values"), Values(11, 100));
   H5Fclose(fetched->file);
 }
 
@@ -459,7 +420,7 @@ TEST_F(Hdf5TransferTest, AnUpdateGrowsTheImageAndPushesTheNextGeneration) {
   ASSERT_TRUE(update.ok()) << update.status();
   EXPECT_EQ((*update)->base().generation, pushed.generation);
   EXPECT_EQ((*update)->base().image_id, "rt");
-  EXPECT_EQ(ReadDataset((*update)->file(), "values"), Values(1, 100));
+  EXPECT_EQ(ReadDataset<int64_t>((*update)->file(), "values"), Values(1, 100));
   // Far past the fetched buffer: the core driver reallocates it.
   ASSERT_TRUE(WriteDataset((*update)->file(), "big", Values(2, 500000)));
 
@@ -568,7 +529,7 @@ TEST_F(Hdf5TransferTest, AnUpdateDroppedWithoutCommitPushesNothing) {
     ASSERT_TRUE(WriteDataset((*update)->file(), "dropped", Values(2, 10)));
   }
   EXPECT_EQ(client_->Stat("rt")->generation, pushed.generation);
-  QuietErrors quiet;
+  QuietHdf5Errors quiet;
   EXPECT_TRUE(RemoteValues("rt", "dropped").empty());
 }
 
@@ -710,7 +671,8 @@ TEST_F(Hdf5TransferTest, ManyThreadsFetchAndOpenAtOnceAndNeverSeeAnotherImage) {
         open.emplace_back(fetched->file, image);
         if (open.size() < 3) continue;
         for (auto [file, id] : open) {
-          if (ReadDataset(file, "values") != Values(id + 1, 100 + 300 * id)) {
+          if (ReadDataset<int64_t>(file, "values") !=
+              Values(id + 1, 100 + 300 * id)) {
             ++mismatches;
           }
           H5Fclose(file);
@@ -718,7 +680,8 @@ TEST_F(Hdf5TransferTest, ManyThreadsFetchAndOpenAtOnceAndNeverSeeAnotherImage) {
         open.clear();
       }
       for (auto [file, id] : open) {
-        if (ReadDataset(file, "values") != Values(id + 1, 100 + 300 * id)) {
+        if (ReadDataset<int64_t>(file, "values") !=
+            Values(id + 1, 100 + 300 * id)) {
           ++mismatches;
         }
         H5Fclose(file);

@@ -297,6 +297,33 @@ TEST_F(ImageStoreTest, ReplacingAnImageResetsItsExpiry) {
   EXPECT_TRUE(store_->Get("x").ok());
 }
 
+// The reaper frees an expired image's memory on its own, on the real clock,
+// even when it was already asleep until a much later expiry.
+TEST_F(ImageStoreTest, TheReaperFreesExpiredImagesWithoutBeingAsked) {
+  StoreOptions options;
+  options.max_memory_bytes = 1 << 20;
+  ImageStore store(options);  // real clock, reaper running
+  const auto bytes = MakeTestImage(100);
+  PushRequest later = RequestFor("later", bytes);
+  later.ttl = absl::Hours(1);
+  ASSERT_TRUE(PushWhole(store, later, bytes).ok());
+  PushRequest soon = RequestFor("soon", bytes);
+  soon.ttl = absl::Milliseconds(20);
+  ASSERT_TRUE(PushWhole(store, soon, bytes).ok());
+  // No time to live: does not disturb the reaper.
+  ASSERT_TRUE(PushWhole(store, RequestFor("forever", bytes), bytes).ok());
+
+  // Waits for the reaper's work to show, bounded in case it never does.
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (store.Stats().image_count != 2 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(store.Stats().image_count, 2u);
+  EXPECT_EQ(store.Stats().reserved_bytes, 2 * bytes.size());
+  EXPECT_FALSE(store.Get("soon").ok());
+  EXPECT_TRUE(store.Get("later").ok());
+}
+
 TEST_F(ImageStoreTest, ListFiltersByPrefixAndPages) {
   const auto bytes = MakeTestImage(100);
   for (const char* id : {"run1/a", "run1/b", "run1/c", "run2/a", "other"}) {

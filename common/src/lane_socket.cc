@@ -219,12 +219,6 @@ absl::Status LaneSocket::SetStallTimeout(absl::Duration timeout) {
   return absl::OkStatus();
 }
 
-void LaneSocket::WaitReadable() {
-  pollfd entry{fd_, POLLIN, 0};
-  while (::poll(&entry, 1, -1) < 0 && errno == EINTR) {
-  }
-}
-
 bool LaneSocket::PeerHungUp() const {
   pollfd entry{fd_, POLLRDHUP, 0};
   return ::poll(&entry, 1, 0) > 0 &&
@@ -246,23 +240,30 @@ absl::Status LaneReader::Read(void* out, size_t size, absl::Time deadline) {
       continue;
     }
     if (size >= kBufferBytes / 4) return socket_->Receive(to, size, deadline);
-    absl::StatusOr<size_t> received =
-        socket_->ReceiveSome(buffer_.get(), kBufferBytes, deadline);
-    if (!received.ok()) return received.status();
-    begin_ = 0;
-    end_ = *received;
+    if (absl::Status status = Fill(deadline); !status.ok()) return status;
   }
+  return absl::OkStatus();
+}
+
+absl::Status LaneReader::Fill(absl::Time deadline) {
+  if (buffered() == kBufferBytes) return absl::OkStatus();
+  if (begin_ == end_) begin_ = end_ = 0;
+  if (end_ == kBufferBytes) {
+    std::memmove(buffer_.get(), buffer_.get() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+  }
+  absl::StatusOr<size_t> received =
+      socket_->ReceiveSome(buffer_.get() + end_, kBufferBytes - end_, deadline);
+  if (!received.ok()) return received.status();
+  end_ += *received;
   return absl::OkStatus();
 }
 
 absl::Status LaneReader::Skip(uint64_t size, absl::Time deadline) {
   while (size > 0) {
     if (buffered() == 0) {
-      absl::StatusOr<size_t> received =
-          socket_->ReceiveSome(buffer_.get(), kBufferBytes, deadline);
-      if (!received.ok()) return received.status();
-      begin_ = 0;
-      end_ = *received;
+      if (absl::Status status = Fill(deadline); !status.ok()) return status;
     }
     const size_t n = static_cast<size_t>(std::min<uint64_t>(size, buffered()));
     begin_ += n;

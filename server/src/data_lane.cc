@@ -283,7 +283,13 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     good = socket.Send(hello, sizeof(hello)).ok() && hello_status.ok();
   }
   while (good) {
-    if (reader.buffered() == 0) socket.WaitReadable();
+    // Idle until the next request's first bytes arrive, however long that
+    // takes (the stall timeout only cuts a request short).
+    while (good && reader.buffered() == 0) {
+      const absl::Status status = reader.Fill();
+      good = status.ok() || absl::IsDeadlineExceeded(status);
+    }
+    if (!good) break;
     {
       absl::MutexLock lock(&mutex);
       if (stopping) break;

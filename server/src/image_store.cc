@@ -95,19 +95,11 @@ PendingImage::PendingImage(ImageStore* store, PushRequest request,
 PendingImage::~PendingImage() = default;
 
 absl::Status PendingImage::Append(const void* data, size_t size) {
-  if (image_ == nullptr) {
-    return absl::FailedPreconditionError("push was already finished");
+  // CommitReceived refuses what does not fit; copy only what does.
+  if (image_ != nullptr && size <= request_.size - received_) {
+    std::memcpy(image_->data_ + received_, data, size);
   }
-  if (size > request_.size - received_) {
-    image_.reset();
-    return absl::InvalidArgumentError(absl::StrCat(
-        "push of '", request_.image_id, "' sent more than the declared ",
-        request_.size, " bytes"));
-  }
-  std::memcpy(image_->data_ + received_, data, size);
-  checksum_->checksum.Update(data, size);
-  received_ += size;
-  return absl::OkStatus();
+  return CommitReceived(size);
 }
 
 uint8_t* PendingImage::Unreceived() {
@@ -121,7 +113,7 @@ absl::Status PendingImage::CommitReceived(size_t size) {
   if (size > request_.size - received_) {
     image_.reset();
     return absl::InvalidArgumentError(absl::StrCat(
-        "push of '", request_.image_id, "' received more than the declared ",
+        "push of '", request_.image_id, "' sent more than the declared ",
         request_.size, " bytes"));
   }
   checksum_->checksum.Update(image_->data_ + received_, size);
@@ -231,29 +223,41 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
 absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
                                              const PushRequest& request) {
   ImageRef replaced;  // released after the lock, it may be large
-  absl::MutexLock lock(&mutex_);
-  if (shutting_down_) return absl::UnavailableError("server is shutting down");
-  if (absl::Status status =
-          CheckGeneration(request.image_id, request.if_generation_match);
-      !status.ok()) {
-    return status;
+  ImageRef published;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (shutting_down_)
+      return absl::UnavailableError("server is shutting down");
+    if (absl::Status status =
+            CheckGeneration(request.image_id, request.if_generation_match);
+        !status.ok()) {
+      return status;
+    }
+    image->generation_ = next_generation_++;
+    image->created_ = options_.clock();
+    if (request.ttl > absl::ZeroDuration()) {
+      image->expires_ = image->created_ + request.ttl;
+      expiry_queue_.emplace(image->expires_, image->image_id_);
+    }
+    published = ImageRef(std::move(image));
+    auto [it, inserted] = images_.try_emplace(published->image_id(), published);
+    if (!inserted) {
+      replaced = std::move(it->second);
+      Retire(replaced);
+      it->second = published;
+    }
+    stored_bytes_ += published->size();
   }
-  image->generation_ = next_generation_++;
-  image->created_ = options_.clock();
-  if (request.ttl > absl::ZeroDuration()) {
-    image->expires_ = image->created_ + request.ttl;
-    expiry_queue_.emplace(image->expires_, image->image_id_);
+  if (published->expires() != absl::InfiniteFuture()) {
+    WakeReaperFor(published->expires());
   }
-  ImageRef published(std::move(image));
-  auto [it, inserted] = images_.try_emplace(published->image_id(), published);
-  if (!inserted) {
-    replaced = std::move(it->second);
-    Retire(replaced);
-    it->second = published;
-  }
-  stored_bytes_ += published->size();
-  ++publish_count_;
   return published;
+}
+
+void ImageStore::WakeReaperFor(absl::Time expires) {
+  absl::MutexLock lock(&reaper_mutex_);
+  ++expiring_publishes_;
+  if (expires < reaper_wakes_at_) reaper_wakeup_.Signal();
 }
 
 absl::Status ImageStore::CheckGeneration(
@@ -429,17 +433,26 @@ size_t ImageStore::RemoveExpired() {
 
 void ImageStore::ReaperLoop() {
   while (true) {
+    uint64_t publishes_seen;
+    {
+      absl::MutexLock lock(&reaper_mutex_);
+      if (reaper_stop_) return;
+      publishes_seen = expiring_publishes_;
+    }
     RemoveExpired();
-    absl::MutexLock lock(&mutex_);
-    if (shutting_down_) return;
-    const absl::Time next_expiry = expiry_queue_.empty()
-                                       ? absl::InfiniteFuture()
-                                       : expiry_queue_.begin()->first;
-    const uint64_t publishes_seen = publish_count_;
-    auto woken = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-      return shutting_down_ || publish_count_ != publishes_seen;
-    };
-    mutex_.AwaitWithDeadline(absl::Condition(&woken), next_expiry);
+    absl::Time next_expiry = absl::InfiniteFuture();
+    {
+      absl::ReaderMutexLock lock(&mutex_);
+      if (!expiry_queue_.empty()) next_expiry = expiry_queue_.begin()->first;
+    }
+    absl::MutexLock lock(&reaper_mutex_);
+    // A publish between the two looks above may expire sooner: look again.
+    if (expiring_publishes_ != publishes_seen) continue;
+    reaper_wakes_at_ = next_expiry;
+    while (!reaper_stop_ && expiring_publishes_ == publishes_seen &&
+           !reaper_wakeup_.WaitWithDeadline(&reaper_mutex_, next_expiry)) {
+    }
+    reaper_wakes_at_ = absl::InfiniteFuture();
   }
 }
 
@@ -449,8 +462,13 @@ StoreStats ImageStore::Stats() const {
 }
 
 void ImageStore::Shutdown() {
-  absl::MutexLock lock(&mutex_);
-  shutting_down_ = true;
+  {
+    absl::MutexLock lock(&mutex_);
+    shutting_down_ = true;
+  }
+  absl::MutexLock lock(&reaper_mutex_);
+  reaper_stop_ = true;
+  reaper_wakeup_.Signal();
 }
 
 }  // namespace h5depot::server

@@ -53,9 +53,6 @@ class LaneSocket {
   // moves for `timeout`; InfiniteDuration (the default) to wait forever.
   absl::Status SetStallTimeout(absl::Duration timeout);
 
-  // Waits until the peer sent something or hung up.
-  void WaitReadable();
-
   // True once the peer has closed or reset its end (data still unread does
   // not count). Does not block.
   bool PeerHungUp() const;
@@ -86,6 +83,10 @@ class LaneReader {
   // Receives and discards `size` bytes.
   absl::Status Skip(uint64_t size,
                     absl::Time deadline = absl::InfiniteFuture());
+
+  // Waits for more bytes and buffers them (one system call). Costs nothing
+  // extra when the next Read would have made that call anyway.
+  absl::Status Fill(absl::Time deadline = absl::InfiniteFuture());
 
   // Bytes received but not read yet.
   size_t buffered() const { return end_ - begin_; }

@@ -228,9 +228,18 @@ class ImageStore {
       ABSL_GUARDED_BY(mutex_);
   uint64_t next_generation_ ABSL_GUARDED_BY(mutex_);
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
-  uint64_t publish_count_ ABSL_GUARDED_BY(mutex_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mutex_) = false;
 
+  // The reaper sleeps on a mutex of its own until the earliest expiry, and
+  // is woken only by a publish that expires sooner (or by shutdown), so
+  // that publishes without a time to live never wake it.
+  void WakeReaperFor(absl::Time expires);
+  absl::Mutex reaper_mutex_;
+  absl::CondVar reaper_wakeup_;
+  absl::Time reaper_wakes_at_ ABSL_GUARDED_BY(reaper_mutex_) =
+      absl::InfiniteFuture();
+  uint64_t expiring_publishes_ ABSL_GUARDED_BY(reaper_mutex_) = 0;
+  bool reaper_stop_ ABSL_GUARDED_BY(reaper_mutex_) = false;
   std::thread reaper_;
 };
 
