@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 
@@ -17,6 +18,14 @@ using lane::LaneSocket;
 // Image bytes are checksummed and sent, or received and checksummed, this
 // much at a time, so that the checksum reads them while they are in cache.
 constexpr size_t kPieceBytes = size_t{1} << 20;
+
+// An image id as a request header frames it; the id rules allow far less.
+absl::Status CheckFramable(std::string_view image_id) {
+  if (image_id.size() > UINT16_MAX) {
+    return absl::InvalidArgumentError("image id too long");
+  }
+  return absl::OkStatus();
+}
 
 // Idle connections kept per lane; more are closed when given back.
 constexpr size_t kMaxIdleConnections = 64;
@@ -170,6 +179,9 @@ absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
                                          const uint8_t* data, size_t size,
                                          const PushOptions& options,
                                          absl::Time deadline) {
+  if (absl::Status status = CheckFramable(image_id); !status.ok()) {
+    return status;
+  }
   lane::RequestHeader request;
   request.op = lane::Op::kPut;
   request.image_id_bytes = static_cast<uint16_t>(image_id.size());
@@ -242,6 +254,9 @@ absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
 absl::StatusOr<FetchedImage> DataLane::Fetch(
     std::unique_ptr<Connection> connection, std::string_view image_id,
     const FetchOptions& options, absl::Time deadline) {
+  if (absl::Status status = CheckFramable(image_id); !status.ok()) {
+    return status;
+  }
   lane::RequestHeader request;
   request.op = lane::Op::kGet;
   request.image_id_bytes = static_cast<uint16_t>(image_id.size());
