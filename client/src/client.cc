@@ -591,6 +591,12 @@ absl::StatusOr<ImageInfo> Client::PushFile(std::string_view image_id,
 absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
                                            const FetchOptions& options) {
   const std::string what = absl::StrCat("fetch ", Quoted(image_id));
+  // Checked here, not only by the server, so that both transports refuse a
+  // bad id alike, and so that an id too long for the data lane's header is
+  // never cut short into another image's id.
+  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
+    return Annotate(status, what);
+  }
   const absl::Time deadline = impl_->Deadline(options.wait);
   if (Impl::LaneCall lane = impl_->StartLaneCall(deadline);
       lane.connection != nullptr) {
