@@ -313,7 +313,16 @@ struct Client::Impl {
   absl::StatusOr<ImageInfo> PushBorrowed(std::string_view image_id,
                                          const uint8_t* bytes, size_t size,
                                          const PushOptions& push_options,
-                                         std::shared_ptr<const void> lease);
+                                         std::shared_ptr<const void> lease,
+                                         absl::Time deadline);
+
+  // A context ending at `deadline`, from Deadline(). Push and Fetch use it
+  // so that time spent trying the data lane counts against the call's.
+  static void SetDeadline(grpc::ClientContext* context, absl::Time deadline) {
+    if (deadline != absl::InfiniteFuture()) {
+      context->set_deadline(absl::ToChronoTime(deadline));
+    }
+  }
 
   // A context carrying the call timeout, if any, plus `extra` (for waits).
   void PrepareContext(grpc::ClientContext* context,
@@ -515,7 +524,8 @@ absl::StatusOr<ImageInfo> Client::Push(std::string_view image_id,
     std::shared_ptr<const void> lease(
         data != nullptr ? data : &released,
         [&released](const void*) { released.Notify(); });
-    result = impl_->PushBorrowed(image_id, bytes, size, options, lease);
+    result =
+        impl_->PushBorrowed(image_id, bytes, size, options, lease, deadline);
   }
   released.WaitForNotification();
   if (!result.ok()) return Annotate(result.status(), what);
@@ -524,9 +534,10 @@ absl::StatusOr<ImageInfo> Client::Push(std::string_view image_id,
 
 absl::StatusOr<ImageInfo> Client::Impl::PushBorrowed(
     std::string_view image_id, const uint8_t* bytes, size_t size,
-    const PushOptions& push_options, std::shared_ptr<const void> lease) {
+    const PushOptions& push_options, std::shared_ptr<const void> lease,
+    absl::Time deadline) {
   grpc::ClientContext context;
-  PrepareContext(&context);
+  SetDeadline(&context, deadline);
   RawCall call(generic_stub.get(), &context, "/h5depot.v1.Depot/Push");
 
   v1::PushRequest request;
@@ -591,8 +602,9 @@ absl::StatusOr<ImageInfo> Client::PushFile(std::string_view image_id,
 absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
                                            const FetchOptions& options) {
   const std::string what = absl::StrCat("fetch ", Quoted(image_id));
-  // Checked here, not only by the server: the data lane frames an id with a
-  // 16-bit length, and a longer one would put the connection out of step.
+  // Checked here, not only by the server, so that both transports refuse a
+  // bad id alike, and so that an id too long for the data lane's header is
+  // never cut short into another image's id.
   if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
     return Annotate(status, what);
   }
@@ -605,7 +617,7 @@ absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
     return result;
   }
   grpc::ClientContext context;
-  impl_->PrepareContext(&context, options.wait);
+  Impl::SetDeadline(&context, deadline);
   RawCall call(impl_->generic_stub.get(), &context, "/h5depot.v1.Depot/Fetch");
   v1::FetchRequest request;
   request.set_image_id(std::string(image_id));
