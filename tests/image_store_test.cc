@@ -324,6 +324,45 @@ TEST_F(ImageStoreTest, TheReaperFreesExpiredImagesWithoutBeingAsked) {
   EXPECT_TRUE(store.Get("later").ok());
 }
 
+// A freed large buffer serves the next push of about its size, is given
+// up as soon as a push needs fresh memory, and is freed on its own soon.
+TEST_F(ImageStoreTest, FreedLargeBuffersAreReusedBrieflyThenReturned) {
+  StoreOptions options;
+  options.max_memory_bytes = 64 << 20;
+  ImageStore store(options);  // reaper running, real clock
+  const auto large = MakeTestImage(8 << 20);
+  ASSERT_TRUE(PushWhole(store, RequestFor("a", large), large).ok());
+  ASSERT_TRUE(store.Delete("a", std::nullopt).ok());
+  EXPECT_EQ(store.Stats().reserved_bytes, 0u);
+  EXPECT_EQ(store.Stats().retained_bytes, large.size());
+
+  // The same size again: the retained buffer is taken, and the image holds
+  // the new bytes only.
+  const auto same_size = MakeTestImage(8 << 20, /*seed=*/7);
+  ASSERT_EQ(same_size.size(), large.size());
+  auto pushed = PushWhole(store, RequestFor("b", same_size), same_size);
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  EXPECT_EQ(store.Stats().retained_bytes, 0u);
+  EXPECT_EQ(std::vector<uint8_t>((*pushed)->data(),
+                                 (*pushed)->data() + (*pushed)->size()),
+            same_size);
+
+  // A size it does not fit frees whatever is retained before allocating.
+  ASSERT_TRUE(store.Delete("b", std::nullopt).ok());
+  const auto smaller = MakeTestImage(2 << 20);
+  ASSERT_TRUE(PushWhole(store, RequestFor("c", smaller), smaller).ok());
+  EXPECT_EQ(store.Stats().retained_bytes, 0u);
+
+  // Left unused, a retained buffer is freed within about a second.
+  ASSERT_TRUE(store.Delete("c", std::nullopt).ok());
+  EXPECT_EQ(store.Stats().retained_bytes, smaller.size());
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (store.Stats().retained_bytes != 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(store.Stats().retained_bytes, 0u);
+}
+
 TEST_F(ImageStoreTest, ListFiltersByPrefixAndPages) {
   const auto bytes = MakeTestImage(100);
   for (const char* id : {"run1/a", "run1/b", "run1/c", "run2/a", "other"}) {

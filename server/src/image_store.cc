@@ -15,12 +15,47 @@
 
 namespace h5depot::server {
 
+namespace {
+
+// Large buffers come straight from the kernel so that freeing an image
+// returns its memory at once, whatever the allocator's heuristics.
+constexpr uint64_t kMmapThreshold = uint64_t{1} << 20;
+
+// How long a freed large buffer is kept for reuse, and how many at most.
+constexpr absl::Duration kRetainFor = absl::Seconds(1);
+constexpr size_t kMaxRetained = 4;
+
+uint8_t* MapImageBytes(uint64_t size) {
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  internal::AdviseHugePages(p, size);
+  return static_cast<uint8_t*>(p);
+}
+
+}  // namespace
+
 // Counts every byte of image data the store is responsible for, against one
-// limit. Shared with each image so that a buffer still pinned by a reader
-// keeps counting until it is actually freed.
+// limit, and hands out and takes back the buffers that hold it. Shared with
+// each image so that a buffer still pinned by a reader keeps counting until
+// it is actually freed.
+//
+// Large buffers just freed are retained for a moment (kRetainFor) instead of
+// going back to the system at once: the next push of about the same size,
+// as when a producer replaces its image, reuses one whose pages are already
+// there, sparing the kernel zeroing fresh ones, which is most of what a
+// large push costs the server. A push that finds none to reuse frees every
+// retained buffer before it allocates, so retention never raises the
+// process's peak memory; the store's reaper frees the ones left unused.
 class MemoryBudget {
  public:
   explicit MemoryBudget(uint64_t limit) : limit_(limit) {}
+
+  ~MemoryBudget() {
+    for (const Retained& buffer : retained_) {
+      munmap(buffer.data, buffer.capacity);
+    }
+  }
 
   bool TryReserve(uint64_t bytes) {
     uint64_t used = used_.load(std::memory_order_relaxed);
@@ -38,37 +73,107 @@ class MemoryBudget {
   uint64_t used() const { return used_.load(std::memory_order_relaxed); }
   uint64_t limit() const { return limit_; }
 
+  // A buffer of at least `size` bytes, its actual size in `*capacity`;
+  // null if memory is short.
+  uint8_t* Allocate(uint64_t size, uint64_t* capacity) {
+    *capacity = size;
+    if (size == 0) return nullptr;
+    if (size < kMmapThreshold) return static_cast<uint8_t*>(std::malloc(size));
+    std::vector<Retained> unfit;
+    {
+      absl::MutexLock lock(&mutex_);
+      // The smallest retained buffer that fits without wasting over a
+      // quarter of the request.
+      auto best = retained_.end();
+      for (auto it = retained_.begin(); it != retained_.end(); ++it) {
+        if (it->capacity >= size && it->capacity - size <= size / 4 &&
+            (best == retained_.end() || it->capacity < best->capacity)) {
+          best = it;
+        }
+      }
+      if (best != retained_.end()) {
+        uint8_t* data = best->data;
+        *capacity = best->capacity;
+        retained_.erase(best);
+        return data;
+      }
+      unfit.swap(retained_);
+    }
+    for (const Retained& buffer : unfit) munmap(buffer.data, buffer.capacity);
+    return MapImageBytes(size);
+  }
+
+  // Takes back a buffer from Allocate().
+  void Free(uint8_t* data, uint64_t capacity) {
+    if (data == nullptr) return;
+    if (capacity < kMmapThreshold) {
+      std::free(data);
+      return;
+    }
+    Retained oldest{};
+    {
+      absl::MutexLock lock(&mutex_);
+      const absl::Time due = absl::Now() + kRetainFor;
+      if (retained_.size() == kMaxRetained) {
+        oldest = retained_.front();
+        retained_.erase(retained_.begin());
+      }
+      retained_.push_back({data, capacity, due});
+      if (on_retained_) on_retained_(due);
+    }
+    if (oldest.data != nullptr) munmap(oldest.data, oldest.capacity);
+  }
+
+  // Frees the retained buffers due by `now`; returns when the next one will
+  // be (InfiniteFuture if none is left).
+  absl::Time TrimRetained(absl::Time now) {
+    std::vector<Retained> due;
+    absl::Time next = absl::InfiniteFuture();
+    {
+      absl::MutexLock lock(&mutex_);
+      for (auto it = retained_.begin(); it != retained_.end();) {
+        if (it->due <= now) {
+          due.push_back(*it);
+          it = retained_.erase(it);
+        } else {
+          next = std::min(next, it->due);
+          ++it;
+        }
+      }
+    }
+    for (const Retained& buffer : due) munmap(buffer.data, buffer.capacity);
+    return next;
+  }
+
+  uint64_t retained_bytes() {
+    absl::MutexLock lock(&mutex_);
+    uint64_t bytes = 0;
+    for (const Retained& buffer : retained_) bytes += buffer.capacity;
+    return bytes;
+  }
+
+  // Called, with the time it is due, whenever a buffer is retained; empty
+  // to stop. Must not call back into this object.
+  void SetOnRetained(std::function<void(absl::Time)> on_retained) {
+    absl::MutexLock lock(&mutex_);
+    on_retained_ = std::move(on_retained);
+  }
+
  private:
+  struct Retained {
+    uint8_t* data;
+    uint64_t capacity;
+    absl::Time due;  // freed from then on
+  };
+
   const uint64_t limit_;
   std::atomic<uint64_t> used_{0};
+  absl::Mutex mutex_;
+  std::vector<Retained> retained_ ABSL_GUARDED_BY(mutex_);  // oldest first
+  std::function<void(absl::Time)> on_retained_ ABSL_GUARDED_BY(mutex_);
 };
 
 namespace {
-
-// Large buffers come straight from the kernel so that freeing an image
-// returns its memory at once, whatever the allocator's heuristics.
-constexpr uint64_t kMmapThreshold = uint64_t{1} << 20;
-
-uint8_t* AllocateImageBytes(uint64_t size) {
-  if (size == 0) return nullptr;
-  if (size >= kMmapThreshold) {
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return nullptr;
-    internal::AdviseHugePages(p, size);
-    return static_cast<uint8_t*>(p);
-  }
-  return static_cast<uint8_t*>(std::malloc(size));
-}
-
-void FreeImageBytes(uint8_t* data, uint64_t size) {
-  if (data == nullptr) return;
-  if (size >= kMmapThreshold) {
-    munmap(data, size);
-  } else {
-    std::free(data);
-  }
-}
 
 bool IsExpired(const StoredImage& image, absl::Time now) {
   return image.expires() <= now;
@@ -77,8 +182,9 @@ bool IsExpired(const StoredImage& image, absl::Time now) {
 }  // namespace
 
 StoredImage::~StoredImage() {
-  FreeImageBytes(data_, size_);
-  if (budget_ != nullptr) budget_->Release(size_);
+  if (budget_ == nullptr) return;
+  budget_->Free(data_, capacity_);
+  budget_->Release(size_);
 }
 
 struct PendingImage::ChecksumState {
@@ -162,10 +268,15 @@ ImageStore::ImageStore(StoreOptions options)
       // stay unique and increasing across restarts of the server.
       next_generation_(
           std::max<uint64_t>(1, absl::ToUnixMicros(options_.clock()))) {
-  if (options_.start_reaper) reaper_ = std::thread([this] { ReaperLoop(); });
+  if (options_.start_reaper) {
+    budget_->SetOnRetained([this](absl::Time due) { WakeReaperFor(due); });
+    reaper_ = std::thread([this] { ReaperLoop(); });
+  }
 }
 
 ImageStore::~ImageStore() {
+  // Images may outlive the store (held by calls still finishing).
+  budget_->SetOnRetained(nullptr);
   Shutdown();
   if (reaper_.joinable()) reaper_.join();
 }
@@ -209,7 +320,7 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
   auto image = std::unique_ptr<StoredImage>(new StoredImage());
   image->budget_ = budget_;  // from here on the destructor releases it
   image->size_ = request.size;
-  image->data_ = AllocateImageBytes(request.size);
+  image->data_ = budget_->Allocate(request.size, &image->capacity_);
   if (request.size > 0 && image->data_ == nullptr) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate ", internal::HumanSize(request.size),
@@ -254,10 +365,10 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
   return published;
 }
 
-void ImageStore::WakeReaperFor(absl::Time expires) {
+void ImageStore::WakeReaperFor(absl::Time due) {
   absl::MutexLock lock(&reaper_mutex_);
-  ++expiring_publishes_;
-  if (expires < reaper_wakes_at_) reaper_wakeup_.Signal();
+  ++reaper_wakeups_;
+  if (due < reaper_wakes_at_) reaper_wakeup_.Signal();
 }
 
 absl::Status ImageStore::CheckGeneration(
@@ -437,19 +548,22 @@ void ImageStore::ReaperLoop() {
     {
       absl::MutexLock lock(&reaper_mutex_);
       if (reaper_stop_) return;
-      publishes_seen = expiring_publishes_;
+      publishes_seen = reaper_wakeups_;
     }
     RemoveExpired();
-    absl::Time next_expiry = absl::InfiniteFuture();
+    // Retained buffers are due on the real clock; expiry is on the store's.
+    absl::Time next_expiry = budget_->TrimRetained(absl::Now());
     {
       absl::ReaderMutexLock lock(&mutex_);
-      if (!expiry_queue_.empty()) next_expiry = expiry_queue_.begin()->first;
+      if (!expiry_queue_.empty()) {
+        next_expiry = std::min(next_expiry, expiry_queue_.begin()->first);
+      }
     }
     absl::MutexLock lock(&reaper_mutex_);
-    // A publish between the two looks above may expire sooner: look again.
-    if (expiring_publishes_ != publishes_seen) continue;
+    // Something due sooner may have come meanwhile: look again.
+    if (reaper_wakeups_ != publishes_seen) continue;
     reaper_wakes_at_ = next_expiry;
-    while (!reaper_stop_ && expiring_publishes_ == publishes_seen &&
+    while (!reaper_stop_ && reaper_wakeups_ == publishes_seen &&
            !reaper_wakeup_.WaitWithDeadline(&reaper_mutex_, next_expiry)) {
     }
     reaper_wakes_at_ = absl::InfiniteFuture();
@@ -458,7 +572,8 @@ void ImageStore::ReaperLoop() {
 
 StoreStats ImageStore::Stats() const {
   absl::ReaderMutexLock lock(&mutex_);
-  return {images_.size(), stored_bytes_, budget_->used()};
+  return {images_.size(), stored_bytes_, budget_->used(),
+          budget_->retained_bytes()};
 }
 
 void ImageStore::Shutdown() {

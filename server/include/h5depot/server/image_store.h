@@ -83,6 +83,7 @@ class StoredImage {
   absl::Time expires_ = absl::InfiniteFuture();
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
+  uint64_t capacity_ = 0;  // of the buffer at data_, at least size_
   std::shared_ptr<MemoryBudget> budget_;
 };
 
@@ -153,6 +154,10 @@ struct StoreStats {
   uint64_t image_count = 0;
   uint64_t stored_bytes = 0;    // current generations
   uint64_t reserved_bytes = 0;  // everything counted against the limit
+  // Freed large buffers kept for a moment for the next push of about their
+  // size; not image data, not counted against the limit, freed when unused
+  // for a second or when a push needs fresh memory.
+  uint64_t retained_bytes = 0;
 };
 
 class ImageStore {
@@ -230,15 +235,16 @@ class ImageStore {
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mutex_) = false;
 
-  // The reaper sleeps on a mutex of its own until the earliest expiry, and
-  // is woken only by a publish that expires sooner (or by shutdown), so
-  // that publishes without a time to live never wake it.
-  void WakeReaperFor(absl::Time expires);
+  // The reaper sleeps on a mutex of its own until the earliest expiry (or
+  // until a retained buffer is due to be freed, see MemoryBudget), and is
+  // woken only by something due sooner (or by shutdown), so that publishes
+  // without a time to live never wake it.
+  void WakeReaperFor(absl::Time due);
   absl::Mutex reaper_mutex_;
   absl::CondVar reaper_wakeup_;
   absl::Time reaper_wakes_at_ ABSL_GUARDED_BY(reaper_mutex_) =
       absl::InfiniteFuture();
-  uint64_t expiring_publishes_ ABSL_GUARDED_BY(reaper_mutex_) = 0;
+  uint64_t reaper_wakeups_ ABSL_GUARDED_BY(reaper_mutex_) = 0;
   bool reaper_stop_ ABSL_GUARDED_BY(reaper_mutex_) = false;
   std::thread reaper_;
 };
