@@ -1,3 +1,5 @@
+#include <xxhash.h>
+
 #include <cstring>
 #include <string>
 #include <vector>
@@ -22,6 +24,21 @@ TEST(ChecksumTest, StreamingEqualsOneShotWhateverTheSplit) {
     EXPECT_EQ(streaming.Digest(), whole) << "split " << split;
   }
   EXPECT_NE(Checksum(bytes.data(), bytes.size() - 1), whole);
+}
+
+// The checksum is the wire's XXH3-64 (seed 0) whichever vector unit
+// computes it: the same as the reference implementation, which the library
+// builds for plain SSE2, at every length the vector code paths split on.
+TEST(ChecksumTest, IsXxh3SixtyFourWithSeedZero) {
+  EXPECT_EQ(Checksum("", 0), 0x2D06800538D394C2u);  // XXH3-64 of nothing
+  std::vector<unsigned char> bytes(1 << 20);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = (i * 7919 + 13) & 0xff;
+  for (size_t size : {size_t{1}, size_t{16}, size_t{17}, size_t{128},
+                      size_t{129}, size_t{240}, size_t{241}, size_t{1024},
+                      size_t{1025}, size_t{65536}, bytes.size()}) {
+    EXPECT_EQ(Checksum(bytes.data(), size), XXH3_64bits(bytes.data(), size))
+        << size;
+  }
 }
 
 TEST(ImageIdTest, AcceptsPathLikeIds) {

@@ -30,7 +30,7 @@ namespace lane = internal::lane;
 
 // Pushed bytes are received and checksummed this much at a time, so that
 // the checksum reads them while they are still in the cache.
-constexpr size_t kReceivePieceBytes = size_t{32} << 10;
+constexpr size_t kReceivePieceBytes = size_t{256} << 10;
 
 absl::Status ErrnoError(std::string_view what) {
   return absl::UnavailableError(
