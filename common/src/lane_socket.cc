@@ -273,8 +273,20 @@ absl::Status LaneReader::Skip(uint64_t size, absl::Time deadline) {
 }
 
 void TuneSocket(int fd) {
+  sockaddr_storage address{};
+  socklen_t address_bytes = sizeof(address);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &address_bytes);
   int on = 1;
-  // Both fail harmlessly on a Unix socket.
+  if (address.ss_family == AF_UNIX) {
+    // A Unix socket's sender may queue only its send buffer's worth; the
+    // default (about 200 KiB) makes a large transfer a ping-pong of small
+    // batches between the two processes. The kernel caps this at
+    // net.core.wmem_max. (TCP sizes its buffers itself, better left alone.)
+    int send_buffer_bytes = 4 << 20;
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send_buffer_bytes,
+                 sizeof(send_buffer_bytes));
+    return;
+  }
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
   if (::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) == 0) {
     int idle_seconds = 20, interval_seconds = 10, probes = 4;

@@ -108,8 +108,9 @@ absl::StatusOr<LaneSocket> ConnectTcp(const std::string& host, int port,
 absl::StatusOr<LaneSocket> ConnectUnix(const std::string& path,
                                        absl::Time deadline);
 
-// Turns on TCP_NODELAY and keepalive probes on a TCP socket (a peer host
-// that vanished is noticed within about a minute); harmless on others.
+// Tunes a connected socket for the lane: on TCP, no Nagle delay and
+// keepalive probes (a peer host that vanished is noticed within about a
+// minute); on a Unix socket, a send buffer large enough for bulk transfers.
 void TuneSocket(int fd);
 
 }  // namespace h5depot::internal::lane
