@@ -53,6 +53,9 @@ class DataLane {
     absl::StatusOr<lane::Response> ReadResponse(absl::Time deadline,
                                                 absl::Status* refusal);
 
+    // When it was last given back to the pool.
+    absl::Time idle_since = absl::InfinitePast();
+
    private:
     lane::LaneSocket socket_;
     lane::LaneReader reader_;

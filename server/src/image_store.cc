@@ -297,7 +297,7 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
     return absl::InvalidArgumentError("time to live must not be negative");
   }
   {
-    absl::MutexLock lock(&mutex_);
+    absl::ReaderMutexLock lock(&mutex_);
     if (shutting_down_) {
       return absl::UnavailableError("server is shutting down");
     }
@@ -409,7 +409,10 @@ void ImageStore::Retire(const ImageRef& image) {
   if (image->expires() != absl::InfiniteFuture()) {
     expiry_queue_.erase({image->expires(), image->image_id()});
   }
-  retired_[image->generation()] = image;
+  // Only a generation somebody still holds can be asked for again. Nobody
+  // new can take hold of it (that would go through the store's lock), so
+  // one held by `image` alone is gone for good.
+  if (image.use_count() > 1) retired_[image->generation()] = image;
   // Forget generations nobody holds any more, in batches.
   if (retired_.size() > 64 && retired_.size() > 2 * images_.size()) {
     for (auto it = retired_.begin(); it != retired_.end();) {

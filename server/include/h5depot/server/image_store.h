@@ -215,7 +215,7 @@ class ImageStore {
                                    const PushRequest& request);
   absl::Status CheckGeneration(std::string_view image_id,
                                std::optional<uint64_t> if_generation_match)
-      const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+      const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   ImageRef FindLive(std::string_view image_id) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   void Retire(const ImageRef& image) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
