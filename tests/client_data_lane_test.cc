@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -844,6 +845,12 @@ TEST(LaneCallTimeoutTest, StoppedServerTimesCallsOutAndTheClientRecovers) {
   {
     ASSERT_EQ(::kill((*server)->pid(), SIGSTOP), 0);
     ResumeOnExit resume((*server)->pid());
+    // kill() returns before every thread has stopped; wait until they have.
+    siginfo_t stopped{};
+    ASSERT_EQ(::waitid(P_PID, static_cast<id_t>((*server)->pid()), &stopped,
+                       WSTOPPED),
+              0);
+    ASSERT_EQ(stopped.si_code, CLD_STOPPED);
     calls = std::async(std::launch::async, [&] {
       std::vector<absl::Status> statuses;
       statuses.push_back(
@@ -866,8 +873,9 @@ TEST(LaneCallTimeoutTest, StoppedServerTimesCallsOutAndTheClientRecovers) {
     const absl::Status& status = statuses[i];
     EXPECT_TRUE(status.code() == absl::StatusCode::kDeadlineExceeded ||
                 status.code() == absl::StatusCode::kUnavailable)
-        << status;
-    EXPECT_TRUE(absl::StartsWith(status.message(), prefixes[i])) << status;
+        << prefixes[i] << status;
+    EXPECT_TRUE(absl::StartsWith(status.message(), prefixes[i]))
+        << prefixes[i] << status;
   }
 
   // Resumed, the server answers the same client again.

@@ -337,14 +337,19 @@ struct Client::Impl {
 Client::Impl::LaneCall Client::Impl::StartLaneCall(absl::Time deadline) {
   // How long calls use gRPC after the lane could not be reached.
   constexpr absl::Duration kLaneRetryInterval = absl::Seconds(30);
+  // The lane is beside a server that just answered over gRPC: it answers
+  // at once or not at all (a firewall dropping the port), and then the
+  // call should fall back to gRPC without waiting out connect_timeout.
+  constexpr absl::Duration kLaneConnectTimeout = absl::Seconds(2);
   std::shared_ptr<internal::DataLane> current;
   {
     absl::MutexLock lock(&lane_mutex);
     if (lane == nullptr || absl::Now() < lane_retry_after) return {};
     current = lane;
   }
-  const absl::Time connect_deadline =
-      std::min(deadline, absl::Now() + options.connect_timeout);
+  const absl::Time connect_deadline = std::min(
+      deadline,
+      absl::Now() + std::min(options.connect_timeout, kLaneConnectTimeout));
   auto connection = current->Connect(connect_deadline);
   if (connection.ok()) return {current, *std::move(connection)};
   // A restarted server may have its lane elsewhere: ask where, once.

@@ -15,6 +15,10 @@
 //   DEADLINE_EXCEEDED    a wait or call timed out
 //   UNAVAILABLE          the server cannot be reached; retrying may work
 //
+// A push that fails with DEADLINE_EXCEEDED or UNAVAILABLE may still have
+// been published (its bytes had reached the server); Stat tells, and
+// if_generation_match makes a retry safe.
+//
 // Example:
 //   auto client = h5depot::Client::Connect("unix:/run/h5depot.sock");
 //   if (!client.ok()) return client.status();
