@@ -196,6 +196,9 @@ class CountingRelay {
       const ssize_t got = ::recv(from, buffer.data(), buffer.size(), 0);
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) break;
+      // Counted before they are passed on, so that whoever receives them
+      // finds them counted already.
+      bytes_ += static_cast<uint64_t>(got);
       bool sent_all = true;
       for (ssize_t sent = 0; sent < got;) {
         const ssize_t n =
@@ -207,7 +210,6 @@ class CountingRelay {
         }
         sent += n;
       }
-      bytes_ += static_cast<uint64_t>(got);
       if (!sent_all) break;
     }
     ::shutdown(from, SHUT_RDWR);

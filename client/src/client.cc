@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -286,12 +287,12 @@ struct Client::Impl {
   std::unique_ptr<grpc::GenericStub> generic_stub;
   uint64_t chunk_bytes = 0;
 
-  // The server's data lane, if it offers one and options allow.
-  absl::Mutex lane_mutex;
-  std::shared_ptr<internal::DataLane> lane ABSL_GUARDED_BY(lane_mutex);
+  // The server's data lane, if it offers one and options allow. A
+  // std::mutex for the reason given at DataLane's.
+  std::mutex lane_mutex;
+  std::shared_ptr<internal::DataLane> lane;  // guarded by lane_mutex
   // After the lane could not be reached, calls use gRPC until then.
-  absl::Time lane_retry_after ABSL_GUARDED_BY(lane_mutex) =
-      absl::InfinitePast();
+  absl::Time lane_retry_after = absl::InfinitePast();  // guarded, as lane
 
   // A data lane connection for one call, and its lane; both null when the
   // call is to go over gRPC.
@@ -343,7 +344,7 @@ Client::Impl::LaneCall Client::Impl::StartLaneCall(absl::Time deadline) {
   constexpr absl::Duration kLaneConnectTimeout = absl::Seconds(2);
   std::shared_ptr<internal::DataLane> current;
   {
-    absl::MutexLock lock(&lane_mutex);
+    std::lock_guard<std::mutex> lock(lane_mutex);
     if (lane == nullptr || absl::Now() < lane_retry_after) return {};
     current = lane;
   }
@@ -362,7 +363,7 @@ Client::Impl::LaneCall Client::Impl::StartLaneCall(absl::Time deadline) {
   std::shared_ptr<internal::DataLane> fresh = internal::DataLane::ForServer(
       target, limits.data_lane_port(), limits.data_lane_unix_path());
   if (fresh != nullptr) connection = fresh->Connect(connect_deadline);
-  absl::MutexLock lock(&lane_mutex);
+  std::lock_guard<std::mutex> lock(lane_mutex);
   lane = fresh;
   if (fresh != nullptr && connection.ok()) {
     return {fresh, *std::move(connection)};
@@ -486,7 +487,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   impl->chunk_bytes = std::max<uint64_t>(
       1, std::min<uint64_t>(options.chunk_bytes, limits.max_chunk_bytes()));
   if (options.use_data_lane) {
-    absl::MutexLock lock(&impl->lane_mutex);
+    std::lock_guard<std::mutex> lock(impl->lane_mutex);
     impl->lane = internal::DataLane::ForServer(
         impl->target, limits.data_lane_port(), limits.data_lane_unix_path());
   }
@@ -502,12 +503,15 @@ const std::string& Client::target() const { return impl_->target; }
 absl::StatusOr<ImageInfo> Client::Push(std::string_view image_id,
                                        const void* data, size_t size,
                                        const PushOptions& options) {
-  const std::string what = absl::StrCat("push ", Quoted(image_id));
+  // Prefixes an error with what was being done; built only on failure.
+  auto failed = [&](const absl::Status& status) {
+    return Annotate(status, absl::StrCat("push ", Quoted(image_id)));
+  };
   if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
-    return Annotate(status, what);
+    return failed(status);
   }
   if (data == nullptr && size > 0) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": no data"));
+    return failed(absl::InvalidArgumentError("no data"));
   }
   const auto* bytes = static_cast<const uint8_t*>(data);
   const absl::Time deadline = impl_->Deadline();
@@ -515,7 +519,7 @@ absl::StatusOr<ImageInfo> Client::Push(std::string_view image_id,
       lane.connection != nullptr) {
     absl::StatusOr<ImageInfo> result = lane.lane->Push(
         std::move(lane.connection), image_id, bytes, size, options, deadline);
-    if (!result.ok()) return Annotate(result.status(), what);
+    if (!result.ok()) return failed(result.status());
     return result;
   }
   // Chunks are sent from slices that reference the caller's bytes. Those
@@ -533,7 +537,7 @@ absl::StatusOr<ImageInfo> Client::Push(std::string_view image_id,
         impl_->PushBorrowed(image_id, bytes, size, options, lease, deadline);
   }
   released.WaitForNotification();
-  if (!result.ok()) return Annotate(result.status(), what);
+  if (!result.ok()) return failed(result.status());
   return result;
 }
 
@@ -606,19 +610,22 @@ absl::StatusOr<ImageInfo> Client::PushFile(std::string_view image_id,
 
 absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
                                            const FetchOptions& options) {
-  const std::string what = absl::StrCat("fetch ", Quoted(image_id));
+  // Prefixes an error with what was being done; built only on failure.
+  auto failed = [&](const absl::Status& status) {
+    return Annotate(status, absl::StrCat("fetch ", Quoted(image_id)));
+  };
   // Checked here, not only by the server, so that both transports refuse a
   // bad id alike, and so that an id too long for the data lane's header is
   // never cut short into another image's id.
   if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
-    return Annotate(status, what);
+    return failed(status);
   }
   const absl::Time deadline = impl_->Deadline(options.wait);
   if (Impl::LaneCall lane = impl_->StartLaneCall(deadline);
       lane.connection != nullptr) {
     absl::StatusOr<FetchedImage> result = lane.lane->Fetch(
         std::move(lane.connection), image_id, options, deadline);
-    if (!result.ok()) return Annotate(result.status(), what);
+    if (!result.ok()) return failed(result.status());
     return result;
   }
   grpc::ClientContext context;
@@ -630,14 +637,14 @@ absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
   call.WriteLast(SerializeMessage(request));
 
   absl::StatusOr<ImageInfo> info = ReceiveInfo<v1::FetchResponse>(&call);
-  if (!info.ok()) return Annotate(info.status(), what);
+  if (!info.ok()) return failed(info.status());
   FetchedImage fetched;
   fetched.info = *std::move(info);
   absl::StatusOr<ImageBuffer> buffer = ImageBuffer::Allocate(fetched.info.size);
   if (!buffer.ok()) {
     context.TryCancel();
     call.Finish().IgnoreError();
-    return Annotate(buffer.status(), what);
+    return failed(buffer.status());
   }
   fetched.buffer = *std::move(buffer);
   internal::AdviseHugePages(fetched.buffer.data(), fetched.buffer.size());
@@ -651,10 +658,10 @@ absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
       (status.ok() || final_status.code() != absl::StatusCode::kCancelled)) {
     status = final_status;
   }
-  if (!status.ok()) return Annotate(status, what);
+  if (!status.ok()) return failed(status);
   if (checksum.Digest() != fetched.info.checksum) {
-    return absl::DataLossError(absl::StrCat(
-        what, ": the received bytes do not match the image's checksum"));
+    return failed(absl::DataLossError(
+        "the received bytes do not match the image's checksum"));
   }
   return fetched;
 }

@@ -143,7 +143,7 @@ DataLane::~DataLane() = default;
 absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
     absl::Time deadline) {
   {
-    absl::MutexLock lock(&mutex_);
+    std::lock_guard<std::mutex> lock(mutex_);
     while (!idle_.empty()) {
       std::unique_ptr<Connection> connection = std::move(idle_.back());
       idle_.pop_back();
@@ -179,7 +179,7 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
 
 void DataLane::GiveBack(std::unique_ptr<Connection> connection) {
   connection->idle_since = absl::Now();
-  absl::MutexLock lock(&mutex_);
+  std::lock_guard<std::mutex> lock(mutex_);
   if (idle_.size() < kMaxIdleConnections)
     idle_.push_back(std::move(connection));
 }

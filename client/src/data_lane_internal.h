@@ -7,14 +7,13 @@
 #define H5DEPOT_CLIENT_DATA_LANE_INTERNAL_H_
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/lane_protocol.h"
@@ -85,8 +84,11 @@ class DataLane {
   const std::string unix_path_;
   const std::string address_;
 
-  absl::Mutex mutex_;
-  std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mutex_);
+  // A std::mutex, not an absl::Mutex: taken twice per call, and Debian's
+  // Abseil checks every absl::Mutex acquisition for lock-order cycles,
+  // which the client cannot turn off in the application's process.
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<Connection>> idle_;  // guarded by mutex_
 };
 
 }  // namespace h5depot::internal
