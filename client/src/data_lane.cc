@@ -17,7 +17,7 @@ using lane::LaneSocket;
 
 // Image bytes are checksummed and sent, or received and checksummed, this
 // much at a time, so that the checksum reads them while they are in cache.
-constexpr size_t kPieceBytes = size_t{1} << 20;
+constexpr size_t kPieceBytes = size_t{256} << 10;
 
 // An image id as a request header frames it; the id rules allow far less.
 absl::Status CheckFramable(std::string_view image_id) {
