@@ -142,19 +142,21 @@ DataLane::~DataLane() = default;
 
 absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
     absl::Time deadline) {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    while (!idle_.empty()) {
-      std::unique_ptr<Connection> connection = std::move(idle_.back());
+  while (true) {
+    std::unique_ptr<Connection> connection;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (idle_.empty()) break;
+      connection = std::move(idle_.back());
       idle_.pop_back();
-      // One the server closed meanwhile (it restarted, or it stopped idle
-      // connections on shutdown) is dropped, not used. Back-to-back calls
-      // skip the check, a system call each: the server closes connections
-      // only when it stops.
-      if (absl::Now() - connection->idle_since < kTrustedIdle ||
-          !connection->socket().PeerHungUp()) {
-        return connection;
-      }
+    }
+    // One the server closed meanwhile (it restarted, or it stopped idle
+    // connections on shutdown) is dropped, not used. Back-to-back calls
+    // skip the check, a system call each: the server closes connections
+    // only when it stops. Checked and closed outside the lock.
+    if (absl::Now() - connection->idle_since < kTrustedIdle ||
+        !connection->socket().PeerHungUp()) {
+      return connection;
     }
   }
   absl::StatusOr<LaneSocket> socket =

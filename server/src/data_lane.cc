@@ -247,11 +247,11 @@ void DataLaneServer::Impl::AcceptLoop() {
 void DataLaneServer::Impl::Accept(LaneSocket& listener) {
   LaneSocket socket(::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC));
   if (!socket.is_open()) return;  // the client gave up, or out of files
+  lane::TuneSocket(socket.fd());
+  socket.SetStallTimeout(options.stall_timeout).IgnoreError();
   absl::MutexLock lock(&mutex);
   ReapFinished();
   if (stopping || connections.size() >= options.max_connections) return;
-  lane::TuneSocket(socket.fd());
-  socket.SetStallTimeout(options.stall_timeout).IgnoreError();
   auto connection = std::make_unique<Connection>();
   connection->socket = std::move(socket);
   Connection* raw = connection.get();
