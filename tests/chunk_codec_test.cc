@@ -11,23 +11,16 @@
 #include "chunk_codec_internal.h"
 #include "gtest/gtest.h"
 #include "h5depot/v1/depot.pb.h"
+#include "wire_messages.h"
 
 namespace h5depot::internal {
 namespace {
 
+using ::h5depot::testing::WireBytes;
+
 std::string Pattern(size_t size) {
   std::string bytes(size, '\0');
   for (size_t i = 0; i < size; ++i) bytes[i] = static_cast<char>(i * 131 + 7);
-  return bytes;
-}
-
-std::string Flatten(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string bytes;
-  for (const grpc::Slice& slice : slices) {
-    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
   return bytes;
 }
 
@@ -61,9 +54,9 @@ TEST_P(ChunkCodecTest, HandBuiltChunkIsWhatProtobufWouldSend) {
   grpc::ByteBuffer built =
       ChunkMessageReferencing(reinterpret_cast<const uint8_t*>(payload.data()),
                               payload.size(), std::make_shared<int>(0));
-  EXPECT_EQ(Flatten(built), expected.SerializeAsString());
+  EXPECT_EQ(WireBytes(built), expected.SerializeAsString());
   EXPECT_EQ(
-      Flatten(ChunkMessageCopying(
+      WireBytes(ChunkMessageCopying(
           reinterpret_cast<const uint8_t*>(payload.data()), payload.size())),
       expected.SerializeAsString());
 }

@@ -17,9 +17,12 @@
 #include "h5depot/server/depot_server.h"
 #include "h5depot/v1/depot.grpc.pb.h"
 #include "test_images.h"
+#include "wire_messages.h"
 
 namespace h5depot {
 namespace {
+
+using ::h5depot::testing::PushHeaderFor;
 
 using ::h5depot::testing::MakeTestImage;
 
@@ -332,11 +335,7 @@ TEST_P(ClientServerTest, CancelledPushLeavesNothingBehind) {
     grpc::ClientContext context;
     v1::PushResponse response;
     auto writer = stub->Push(&context, &response);
-    v1::PushRequest request;
-    request.mutable_header()->set_image_id("half");
-    request.mutable_header()->set_size(bytes.size());
-    request.mutable_header()->set_checksum(
-        internal::Checksum(bytes.data(), bytes.size()));
+    v1::PushRequest request = PushHeaderFor("half", bytes);
     ASSERT_TRUE(writer->Write(request));
     writer->WaitForInitialMetadata();  // the server accepted the header
     request.set_chunk(bytes.data(), 1 << 20);
@@ -420,11 +419,7 @@ TEST_P(ClientServerTest, OversizedMessageIsRefusedByTheServer) {
   grpc::ClientContext context;
   v1::PushResponse response;
   auto writer = stub->Push(&context, &response);
-  v1::PushRequest request;
-  request.mutable_header()->set_image_id("huge-chunk");
-  request.mutable_header()->set_size(bytes.size());
-  request.mutable_header()->set_checksum(
-      internal::Checksum(bytes.data(), bytes.size()));
+  v1::PushRequest request = PushHeaderFor("huge-chunk", bytes);
   writer->Write(request);
   request.set_chunk(bytes.data(), bytes.size());
   writer->Write(request);

@@ -19,9 +19,12 @@
 #include "h5depot/server/depot_server.h"
 #include "h5depot/v1/depot.grpc.pb.h"
 #include "test_images.h"
+#include "wire_messages.h"
 
 namespace h5depot {
 namespace {
+
+using ::h5depot::testing::PushHeaderFor;
 
 using ::h5depot::testing::MakeTestImage;
 
@@ -287,11 +290,7 @@ TEST_P(DataPathTest, GeneratedStubPushIsStoredAndFetchedIntact) {
   grpc::ClientContext context;
   v1::PushResponse response;
   auto writer = stub->Push(&context, &response);
-  v1::PushRequest request;
-  request.mutable_header()->set_image_id("generated");
-  request.mutable_header()->set_size(bytes.size());
-  request.mutable_header()->set_checksum(
-      internal::Checksum(bytes.data(), bytes.size()));
+  v1::PushRequest request = PushHeaderFor("generated", bytes);
   ASSERT_TRUE(writer->Write(request));
   size_t sent = 0;
   for (size_t n : {size_t{1}, size_t{0}, size_t{70000}, size_t{12345}}) {
@@ -327,11 +326,7 @@ TEST_P(DataPathTest, NonCanonicalChunkEncodingIsReadAsProtobufWould) {
   auto step = [&] { return queue.Next(&tag, &ok) && ok; };
   call->StartCall(nullptr);
   ASSERT_TRUE(step());
-  v1::PushRequest header;
-  header.mutable_header()->set_image_id("doubled");
-  header.mutable_header()->set_size(bytes.size());
-  header.mutable_header()->set_checksum(
-      internal::Checksum(bytes.data(), bytes.size()));
+  v1::PushRequest header = PushHeaderFor("doubled", bytes);
   v1::PushRequest decoy, real;
   decoy.set_chunk("decoy bytes");
   real.set_chunk(bytes.data(), bytes.size());

@@ -9,23 +9,16 @@
 
 #include "gtest/gtest.h"
 #include "h5depot/server/depot_server.h"
+#include "wire_messages.h"
 
 namespace h5depot {
 namespace {
 
+using ::h5depot::testing::WireBytes;
+
 grpc::ByteBuffer BytesToBuffer(const std::string& bytes) {
   grpc::Slice slice(bytes);
   return grpc::ByteBuffer(&slice, 1);
-}
-
-std::string BufferToBytes(const grpc::ByteBuffer& buffer) {
-  std::vector<grpc::Slice> slices;
-  EXPECT_TRUE(buffer.Dump(&slices).ok());
-  std::string bytes;
-  for (const grpc::Slice& slice : slices) {
-    bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
-  }
-  return bytes;
 }
 
 class StandardServicesTest : public ::testing::Test {
@@ -55,7 +48,7 @@ TEST_F(StandardServicesTest, HealthCheckReportsServing) {
   grpc::Status status = done.get_future().get();
   ASSERT_TRUE(status.ok()) << status.error_message();
   // HealthCheckResponse{status: SERVING (1)}: field 1, varint 1.
-  EXPECT_EQ(BufferToBytes(response), std::string("\x08\x01", 2));
+  EXPECT_EQ(WireBytes(response), std::string("\x08\x01", 2));
 }
 
 TEST_F(StandardServicesTest, ReflectionListsTheDepotService) {
@@ -86,7 +79,7 @@ TEST_F(StandardServicesTest, ReflectionListsTheDepotService) {
   call->Finish(&status, reinterpret_cast<void*>(5));
   ASSERT_TRUE(queue.Next(&tag, &ok));
   EXPECT_TRUE(status.ok()) << status.error_message();
-  const std::string bytes = BufferToBytes(response);
+  const std::string bytes = WireBytes(response);
   EXPECT_NE(bytes.find("h5depot.v1.Depot"), std::string::npos);
   EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
 }
