@@ -16,14 +16,25 @@ TEST(ChecksumTest, StreamingEqualsOneShotWhateverTheSplit) {
   std::vector<unsigned char> bytes(100000);
   for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = (i * 131) & 0xff;
   const uint64_t whole = Checksum(bytes.data(), bytes.size());
-  for (size_t split : {size_t{1}, size_t{7}, size_t{4096}, size_t{65536}}) {
-    StreamingChecksum streaming;
+  for (size_t split : {size_t{1}, size_t{7}, size_t{4096}, size_t{65536},
+                       bytes.size()}) {
+    StreamingChecksum streaming(bytes.size());
     for (size_t at = 0; at < bytes.size(); at += split) {
       streaming.Update(bytes.data() + at, std::min(split, bytes.size() - at));
     }
     EXPECT_EQ(streaming.Digest(), whole) << "split " << split;
   }
   EXPECT_NE(Checksum(bytes.data(), bytes.size() - 1), whole);
+}
+
+TEST(ChecksumTest, StreamingOfNothingOrWithEmptyPiecesEqualsOneShot) {
+  EXPECT_EQ(StreamingChecksum(0).Digest(), Checksum("", 0));
+  const char bytes[] = "hdf5";
+  StreamingChecksum streaming(4);
+  streaming.Update(bytes, 0);
+  streaming.Update(bytes, 4);
+  streaming.Update(bytes + 4, 0);
+  EXPECT_EQ(streaming.Digest(), Checksum(bytes, 4));
 }
 
 // The checksum is the wire's XXH3-64 (seed 0) whichever vector unit

@@ -648,7 +648,7 @@ absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
   }
   fetched.buffer = *std::move(buffer);
   internal::AdviseHugePages(fetched.buffer.data(), fetched.buffer.size());
-  internal::StreamingChecksum checksum;
+  internal::StreamingChecksum checksum(fetched.info.size);
   absl::Status status = ReceiveRawChunks<v1::FetchResponse>(
       &call, static_cast<uint8_t*>(fetched.buffer.data()), fetched.info.size,
       options.progress, &checksum);

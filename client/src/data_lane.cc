@@ -231,7 +231,7 @@ absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
       GiveBack(std::move(connection));
       return refusal;
     }
-    StreamingChecksum checksum;
+    StreamingChecksum checksum(size);
     for (size_t sent = 0; sent < size;) {
       const size_t n = std::min(kPieceBytes, size - sent);
       checksum.Update(data + sent, n);
@@ -301,7 +301,7 @@ absl::StatusOr<FetchedImage> DataLane::Fetch(
   fetched.buffer = *std::move(buffer);
   AdviseHugePages(fetched.buffer.data(), fetched.buffer.size());
   auto* out = static_cast<uint8_t*>(fetched.buffer.data());
-  StreamingChecksum checksum;
+  StreamingChecksum checksum(fetched.info.size);
   for (uint64_t received = 0; received < fetched.info.size;) {
     const size_t n = static_cast<size_t>(
         std::min<uint64_t>(kPieceBytes, fetched.info.size - received));

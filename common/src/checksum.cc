@@ -19,18 +19,28 @@ struct StreamingChecksum::State {
   XXH3_state_t xxh;
 };
 
-StreamingChecksum::StreamingChecksum() : state_(std::make_unique<State>()) {
-  XXH3_64bits_reset(&state_->xxh);
-}
+StreamingChecksum::StreamingChecksum(uint64_t total_size)
+    : total_size_(total_size) {}
 
 StreamingChecksum::~StreamingChecksum() = default;
 
 void StreamingChecksum::Update(const void* data, size_t size) {
-  XXH3_64bits_update(&state_->xxh, data, size);
+  if (size == 0) return;
+  if (hashed_ == 0 && size == total_size_) {
+    whole_digest_ = XXH3_64bits(data, size);
+  } else {
+    if (state_ == nullptr) {
+      state_ = std::make_unique<State>();
+      XXH3_64bits_reset(&state_->xxh);
+    }
+    XXH3_64bits_update(&state_->xxh, data, size);
+  }
+  hashed_ += size;
 }
 
 uint64_t StreamingChecksum::Digest() const {
-  return XXH3_64bits_digest(&state_->xxh);
+  if (state_ != nullptr) return XXH3_64bits_digest(&state_->xxh);
+  return hashed_ > 0 ? whole_digest_ : XXH3_64bits(nullptr, 0);
 }
 
 }  // namespace h5depot::internal

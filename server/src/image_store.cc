@@ -187,16 +187,12 @@ StoredImage::~StoredImage() {
   budget_->Release(size_);
 }
 
-struct PendingImage::ChecksumState {
-  internal::StreamingChecksum checksum;
-};
-
 PendingImage::PendingImage(ImageStore* store, PushRequest request,
                            std::unique_ptr<StoredImage> image)
     : store_(store),
       request_(std::move(request)),
       image_(std::move(image)),
-      checksum_(std::make_unique<ChecksumState>()) {}
+      checksum_(std::make_unique<internal::StreamingChecksum>(request_.size)) {}
 
 PendingImage::~PendingImage() = default;
 
@@ -222,7 +218,7 @@ absl::Status PendingImage::CommitReceived(size_t size) {
         "push of '", request_.image_id, "' sent more than the declared ",
         request_.size, " bytes"));
   }
-  checksum_->checksum.Update(image_->data_ + received_, size);
+  checksum_->Update(image_->data_ + received_, size);
   received_ += size;
   return absl::OkStatus();
 }
@@ -241,7 +237,7 @@ absl::StatusOr<ImageRef> PendingImage::Publish(uint64_t expected_checksum) {
         "push of '", request_.image_id, "' ended after ", received_,
         " of the declared ", request_.size, " bytes; nothing was stored"));
   }
-  const uint64_t checksum = checksum_->checksum.Digest();
+  const uint64_t checksum = checksum_->Digest();
   if (checksum != expected_checksum) {
     return absl::DataLossError(absl::StrCat(
         "push of '", request_.image_id, "': the received bytes have checksum ",

@@ -37,6 +37,10 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
+namespace h5depot::internal {
+class StreamingChecksum;
+}  // namespace h5depot::internal
+
 namespace h5depot::server {
 
 class MemoryBudget;
@@ -141,8 +145,7 @@ class PendingImage {
   PushRequest request_;
   std::unique_ptr<StoredImage> image_;  // null once spent
   uint64_t received_ = 0;
-  struct ChecksumState;
-  std::unique_ptr<ChecksumState> checksum_;
+  std::unique_ptr<internal::StreamingChecksum> checksum_;
 };
 
 struct ListResult {
