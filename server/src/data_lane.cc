@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <list>
@@ -154,7 +155,10 @@ struct DataLaneServer::Impl {
   struct Connection {
     LaneSocket socket;
     std::thread thread;
-    bool busy = false;      // guarded by Impl::mutex
+    // Set by the connection's thread while it serves a request, so that
+    // Shutdown() lets that request finish. Atomic rather than guarded by
+    // Impl::mutex: it changes twice per request on every connection.
+    std::atomic<bool> busy{false};
     bool finished = false;  // guarded by Impl::mutex
   };
 
@@ -168,7 +172,8 @@ struct DataLaneServer::Impl {
   std::thread acceptor;
 
   absl::Mutex mutex;
-  bool stopping ABSL_GUARDED_BY(mutex) = false;
+  // Set once, under `mutex` (Accept() relies on that), read without it.
+  std::atomic<bool> stopping{false};
   std::list<std::unique_ptr<Connection>> connections ABSL_GUARDED_BY(mutex);
 
   ~Impl() {
@@ -187,10 +192,7 @@ struct DataLaneServer::Impl {
                          std::string image_id);
   absl::Status HandleGet(LaneSocket& socket, const lane::RequestHeader& header,
                          const std::string& image_id);
-  bool Stopping() {
-    absl::MutexLock lock(&mutex);
-    return stopping;
-  }
+  bool Stopping() const { return stopping.load(); }
 };
 
 absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
@@ -290,15 +292,14 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
       good = status.ok() || absl::IsDeadlineExceeded(status);
     }
     if (!good) break;
-    {
-      absl::MutexLock lock(&mutex);
-      if (stopping) break;
-      connection->busy = true;
-    }
+    // Sequentially consistent, against Shutdown()'s setting `stopping` and
+    // then reading `busy`: either this thread sees `stopping`, or Shutdown()
+    // sees the request in progress and leaves its socket alone.
+    connection->busy.store(true);
+    if (stopping.load()) break;
     good = HandleRequest(socket, reader).ok();
-    absl::MutexLock lock(&mutex);
-    connection->busy = false;
-    if (stopping) break;
+    connection->busy.store(false);
+    if (stopping.load()) break;
   }
   // The peer sees the end at once; the descriptor is closed when the
   // connection is reaped.
@@ -407,8 +408,7 @@ void DataLaneServer::Shutdown(absl::Duration grace) {
   Impl& impl = *impl_;
   {
     absl::MutexLock lock(&impl.mutex);
-    if (impl.stopping) return;
-    impl.stopping = true;
+    if (impl.stopping.exchange(true)) return;
   }
   const uint64_t one = 1;
   if (::write(impl.wake_fd, &one, sizeof(one)) < 0) {
