@@ -29,7 +29,7 @@ absl::Status CheckFramable(std::string_view image_id) {
 
 // A connection idle for less than this is used without first checking that
 // the server has not closed it.
-constexpr absl::Duration kTrustedIdle = absl::Milliseconds(50);
+constexpr std::chrono::milliseconds kTrustedIdle{50};
 
 // Idle connections kept per lane; more are closed when given back.
 constexpr size_t kMaxIdleConnections = 64;
@@ -154,7 +154,8 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
     // connections on shutdown) is dropped, not used. Back-to-back calls
     // skip the check, a system call each: the server closes connections
     // only when it stops. Checked and closed outside the lock.
-    if (absl::Now() - connection->idle_since < kTrustedIdle ||
+    if (std::chrono::steady_clock::now() - connection->idle_since <
+            kTrustedIdle ||
         !connection->socket().PeerHungUp()) {
       return connection;
     }
@@ -180,7 +181,7 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
 }
 
 void DataLane::GiveBack(std::unique_ptr<Connection> connection) {
-  connection->idle_since = absl::Now();
+  connection->idle_since = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> lock(mutex_);
   if (idle_.size() < kMaxIdleConnections)
     idle_.push_back(std::move(connection));
