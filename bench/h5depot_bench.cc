@@ -229,25 +229,29 @@ redisContext* RedisConnectOrDie(const Args& args) {
   return redis;
 }
 
+// SET `key` to `image`, or GET it and check its length; dies on failure.
+void RedisRoundTrip(redisContext* redis, bool set, const std::string& key,
+                    const std::vector<char>& image) {
+  auto* reply = static_cast<redisReply*>(
+      set ? redisCommand(redis, "SET %b %b", key.data(), key.size(),
+                         image.data(), image.size())
+          : redisCommand(redis, "GET %b", key.data(), key.size()));
+  if (reply == nullptr) Die(absl::StrCat("redis: ", redis->errstr));
+  const bool ok =
+      set ? reply->type == REDIS_REPLY_STATUS
+          : reply->type == REDIS_REPLY_STRING && reply->len == image.size();
+  if (!ok) Die(absl::StrCat("redis answered ", reply->type, " ", reply->str));
+  freeReplyObject(reply);
+}
+
 void CaseRedis(const Args& args, double min_seconds, bool set) {
   redisContext* redis = RedisConnectOrDie(args);
   const std::vector<char> image = LoadFile(args.Get("image"));
   const std::string key = args.Get("id");
-  auto command = [&](bool store) {
-    auto* reply = static_cast<redisReply*>(
-        store ? redisCommand(redis, "SET %b %b", key.data(), key.size(),
-                             image.data(), image.size())
-              : redisCommand(redis, "GET %b", key.data(), key.size()));
-    if (reply == nullptr) Die(absl::StrCat("redis: ", redis->errstr));
-    const bool ok =
-        store ? reply->type == REDIS_REPLY_STATUS
-              : reply->type == REDIS_REPLY_STRING && reply->len == image.size();
-    if (!ok) Die(absl::StrCat("redis answered ", reply->type, " ", reply->str));
-    freeReplyObject(reply);
-  };
-  if (!set) command(true);
-  const double seconds =
-      TimeMedian(min_seconds, 2000, nullptr, [&] { command(set); });
+  if (!set) RedisRoundTrip(redis, true, key, image);
+  const double seconds = TimeMedian(min_seconds, 2000, nullptr, [&] {
+    RedisRoundTrip(redis, set, key, image);
+  });
   redisFree(redis);
   std::printf("seconds=%.9f\n", seconds);
 }
@@ -281,6 +285,29 @@ void CaseHandoff(const Args& args, double min_seconds) {
               open_seconds);
 }
 
+// Runs `op(i)` back to back on `clients` threads (i = 0, 1, ...) for
+// `seconds`; returns operations per second. `op` returns false on failure.
+double RunConcurrently(int clients, double seconds,
+                       const std::function<bool(int)>& op) {
+  std::atomic<uint64_t> ops{0};
+  std::atomic<bool> failed{false};
+  std::vector<std::thread> threads;
+  const Clock::time_point start = Clock::now();
+  for (int i = 0; i < clients; ++i) {
+    threads.emplace_back([&, i] {
+      uint64_t n = 0;
+      while (SecondsSince(start) < seconds) {
+        if (!op(i)) failed = true;
+        ++n;
+      }
+      ops += n;
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  if (failed) Die("a small-image operation failed");
+  return static_cast<double>(ops) / SecondsSince(start);
+}
+
 // `clients` threads, each with its own Client, push (then fetch) their own
 // image id as fast as they can for `seconds`.
 void CaseSmallOps(const Args& args) {
@@ -288,35 +315,43 @@ void CaseSmallOps(const Args& args) {
   const int clients = std::stoi(args.Get("clients", "16"));
   const double seconds = args.GetDouble("seconds", 2);
   std::vector<std::unique_ptr<h5depot::Client>> connections;
+  std::vector<std::string> ids;
   for (int i = 0; i < clients; ++i) {
     connections.push_back(ConnectOrDie(args.Get("target")));
+    ids.push_back(absl::StrCat("bench/small/", i));
   }
-  auto run = [&](bool push) {
-    std::atomic<uint64_t> ops{0};
-    std::atomic<bool> failed{false};
-    std::vector<std::thread> threads;
-    const Clock::time_point start = Clock::now();
-    for (int i = 0; i < clients; ++i) {
-      threads.emplace_back([&, i] {
-        const std::string id = absl::StrCat("bench/small/", i);
-        uint64_t n = 0;
-        while (SecondsSince(start) < seconds) {
-          const bool ok =
-              push ? connections[i]->Push(id, image.data(), image.size()).ok()
-                   : connections[i]->Fetch(id).ok();
-          if (!ok) failed = true;
-          ++n;
-        }
-        ops += n;
-      });
-    }
-    for (std::thread& t : threads) t.join();
-    if (failed) Die("a small-image operation failed");
-    return static_cast<double>(ops) / SecondsSince(start);
-  };
-  const double push_ops = run(true);
-  const double fetch_ops = run(false);
+  const double push_ops = RunConcurrently(clients, seconds, [&](int i) {
+    return connections[i]->Push(ids[i], image.data(), image.size()).ok();
+  });
+  const double fetch_ops = RunConcurrently(clients, seconds, [&](int i) {
+    return connections[i]->Fetch(ids[i]).ok();
+  });
   std::printf("push_ops=%.1f\nfetch_ops=%.1f\n", push_ops, fetch_ops);
+}
+
+// The same with Redis: `clients` threads, each with its own synchronous
+// hiredis connection, as h5depot's clients are (redis-benchmark instead
+// drives all its connections from one thread).
+void CaseRedisSmallOps(const Args& args) {
+  const std::vector<char> image = LoadFile(args.Get("image"));
+  const int clients = std::stoi(args.Get("clients", "16"));
+  const double seconds = args.GetDouble("seconds", 2);
+  std::vector<redisContext*> connections;
+  std::vector<std::string> keys;
+  for (int i = 0; i < clients; ++i) {
+    connections.push_back(RedisConnectOrDie(args));
+    keys.push_back(absl::StrCat("bench/small/", i));
+  }
+  const double set_ops = RunConcurrently(clients, seconds, [&](int i) {
+    RedisRoundTrip(connections[i], true, keys[i], image);
+    return true;
+  });
+  const double get_ops = RunConcurrently(clients, seconds, [&](int i) {
+    RedisRoundTrip(connections[i], false, keys[i], image);
+    return true;
+  });
+  for (redisContext* redis : connections) redisFree(redis);
+  std::printf("set_ops=%.1f\nget_ops=%.1f\n", set_ops, get_ops);
 }
 
 uint64_t MakeHdf5Image(const std::string& path, uint64_t size);
@@ -337,6 +372,8 @@ int RunCase(const Args& args) {
     CaseRedis(args, min_seconds, false);
   } else if (name == "handoff") {
     CaseHandoff(args, min_seconds);
+  } else if (name == "redis_small_ops") {
+    CaseRedisSmallOps(args);
   } else if (name == "small_ops") {
     CaseSmallOps(args);
   } else if (name == "make_image") {
@@ -950,7 +987,8 @@ int RunDriver(const Args& args) {
                  transport.name.c_str());
     // Rounds of ours then Redis's, each figure the median of its rounds,
     // so that the machine's drift over the minute this takes falls on both.
-    std::vector<double> push_rounds, fetch_rounds, set_rounds, get_rounds;
+    std::vector<double> push_rounds, fetch_rounds, set_rounds, get_rounds,
+        threaded_set_rounds, threaded_get_rounds;
     for (int round = 0; round < kSmallRounds; ++round) {
       CaseResult ours =
           RunChildCase({"--case=small_ops", "--target=" + transport.target,
@@ -962,20 +1000,35 @@ int RunDriver(const Args& args) {
                                              small_actual, 16, 100000);
       set_rounds.push_back(set);
       get_rounds.push_back(get);
+      std::vector<std::string> argv = {
+          "--case=redis_small_ops", "--image=" + in_dir("small.h5"),
+          "--clients=16", absl::StrCat("--seconds=", small_seconds)};
+      argv.insert(argv.end(), transport.redis_args.begin(),
+                  transport.redis_args.end());
+      CaseResult threaded = RunChildCase(argv);
+      threaded_set_rounds.push_back(threaded.values["set_ops"]);
+      threaded_get_rounds.push_back(threaded.values["get_ops"]);
     }
     const double push_ops = Median(push_rounds);
     const double fetch_ops = Median(fetch_rounds);
     const double set_rps = Median(set_rounds);
     const double get_rps = Median(get_rounds);
+    const double threaded_set_ops = Median(threaded_set_rounds);
+    const double threaded_get_ops = Median(threaded_get_rounds);
     const std::string label = SizeLabel(small_size);
-    small_rows.push_back(
-        {transport.name, label, "push, 16 clients", "",
-         absl::StrFormat("%.0f op/s", push_ops), "redis-benchmark SET", "",
-         absl::StrFormat("%.0f op/s", set_rps), Ratio(push_ops, set_rps)});
-    small_rows.push_back(
-        {transport.name, label, "fetch, 16 clients", "",
-         absl::StrFormat("%.0f op/s", fetch_ops), "redis-benchmark GET", "",
-         absl::StrFormat("%.0f op/s", get_rps), Ratio(fetch_ops, get_rps)});
+    auto ops_row = [&](const std::string& operation, double ours,
+                       const std::string& peer, double theirs) {
+      small_rows.push_back({transport.name, label, operation, "",
+                            absl::StrFormat("%.0f op/s", ours), peer, "",
+                            absl::StrFormat("%.0f op/s", theirs),
+                            Ratio(ours, theirs)});
+    };
+    ops_row("push, 16 clients", push_ops, "redis-benchmark SET", set_rps);
+    ops_row("push, 16 clients", push_ops, "redis SET, 16 threads",
+            threaded_set_ops);
+    ops_row("fetch, 16 clients", fetch_ops, "redis-benchmark GET", get_rps);
+    ops_row("fetch, 16 clients", fetch_ops, "redis GET, 16 threads",
+            threaded_get_ops);
     check(push_ops >= set_rps,
           absl::StrFormat("%s small push ops/s >= redis SET (%.2fx)",
                           transport.name, push_ops / set_rps));
