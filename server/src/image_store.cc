@@ -292,11 +292,12 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
   if (request.ttl < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("time to live must not be negative");
   }
-  {
+  if (shutting_down_.load(std::memory_order_relaxed)) {
+    return absl::UnavailableError("server is shutting down");
+  }
+  // Only a precondition needs the map (Install() checks everything again).
+  if (request.if_generation_match.has_value()) {
     absl::ReaderMutexLock lock(&mutex_);
-    if (shutting_down_) {
-      return absl::UnavailableError("server is shutting down");
-    }
     if (absl::Status status =
             CheckGeneration(request.image_id, request.if_generation_match);
         !status.ok()) {

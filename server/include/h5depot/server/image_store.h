@@ -236,7 +236,9 @@ class ImageStore {
       ABSL_GUARDED_BY(mutex_);
   uint64_t next_generation_ ABSL_GUARDED_BY(mutex_);
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
-  bool shutting_down_ ABSL_GUARDED_BY(mutex_) = false;
+  // Set under `mutex_`; read without it where a stale answer is harmless
+  // (BeginPush: Install() looks again under the lock).
+  std::atomic<bool> shutting_down_{false};
 
   // The reaper sleeps on a mutex of its own until the earliest expiry (or
   // until a retained buffer is due to be freed, see MemoryBudget), and is
