@@ -330,8 +330,15 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
 
 absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
                                              const PushRequest& request) {
+  // Every push waits for this lock, so what needs none (reading the clock,
+  // allocating the reference count) is done before taking it.
+  StoredImage& stored = *image;
+  stored.created_ = options_.clock();
+  if (request.ttl > absl::ZeroDuration()) {
+    stored.expires_ = stored.created_ + request.ttl;
+  }
+  const ImageRef published(std::move(image));
   ImageRef replaced;  // released after the lock, it may be large
-  ImageRef published;
   {
     absl::MutexLock lock(&mutex_);
     if (shutting_down_)
@@ -341,14 +348,11 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
         !status.ok()) {
       return status;
     }
-    image->generation_ = next_generation_++;
-    image->created_ = options_.clock();
-    if (request.ttl > absl::ZeroDuration()) {
-      image->expires_ = image->created_ + request.ttl;
-      expiry_queue_.emplace(image->expires_, image->image_id_);
+    stored.generation_ = next_generation_++;
+    if (stored.expires_ != absl::InfiniteFuture()) {
+      expiry_queue_.emplace(stored.expires_, stored.image_id_);
     }
-    published = ImageRef(std::move(image));
-    auto [it, inserted] = images_.try_emplace(published->image_id(), published);
+    auto [it, inserted] = images_.try_emplace(stored.image_id(), published);
     if (!inserted) {
       replaced = std::move(it->second);
       Retire(replaced);
