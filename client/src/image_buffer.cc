@@ -5,12 +5,14 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "buffer_recycler_internal.h"
 
 namespace h5depot {
 
 absl::StatusOr<ImageBuffer> ImageBuffer::Allocate(size_t size) {
   if (size == 0) return ImageBuffer();
-  void* data = std::malloc(size);
+  void* data = internal::TakeRecycledBuffer(size);
+  if (data == nullptr) data = std::malloc(size);
   if (data == nullptr) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate ", size, " bytes for an image"));
@@ -22,7 +24,7 @@ ImageBuffer ImageBuffer::Adopt(void* data, size_t size) {
   return ImageBuffer(data, size);
 }
 
-ImageBuffer::~ImageBuffer() { std::free(data_); }
+ImageBuffer::~ImageBuffer() { internal::RecycleBuffer(data_, size_); }
 
 ImageBuffer::ImageBuffer(ImageBuffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
@@ -30,7 +32,7 @@ ImageBuffer::ImageBuffer(ImageBuffer&& other) noexcept
 
 ImageBuffer& ImageBuffer::operator=(ImageBuffer&& other) noexcept {
   if (this != &other) {
-    std::free(data_);
+    internal::RecycleBuffer(data_, size_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
   }

@@ -3,6 +3,13 @@
 // Image buffers are allocated with malloc() precisely so that they can be
 // handed to HDF5 with H5LT_FILE_IMAGE_DONT_COPY, which releases them with
 // free(). Release() transfers that ownership.
+//
+// Destroying a buffer of 1 MiB or more does not always return its memory
+// at once: it is kept for up to a second for the next buffer of about its
+// size (a fetch, typically), which then skips the kernel's zeroing of fresh
+// pages. At most two are kept, and an allocation that cannot use them frees
+// them first, so the process's peak memory does not grow
+// (docs/ARCHITECTURE.md, "Recycled buffers").
 #ifndef H5DEPOT_CLIENT_IMAGE_BUFFER_H_
 #define H5DEPOT_CLIENT_IMAGE_BUFFER_H_
 
@@ -16,8 +23,9 @@ class ImageBuffer {
  public:
   ImageBuffer() = default;
 
-  // A new uninitialised buffer of `size` bytes; RESOURCE_EXHAUSTED if
-  // malloc fails. Size 0 gives an empty buffer with a null data().
+  // A new uninitialised buffer of `size` bytes (its contents are whatever
+  // they were, possibly a dropped image's); RESOURCE_EXHAUSTED if malloc
+  // fails. Size 0 gives an empty buffer with a null data().
   static absl::StatusOr<ImageBuffer> Allocate(size_t size);
 
   // Takes ownership of `data`, which must come from malloc/calloc/realloc.
