@@ -1,6 +1,9 @@
 // ImageBuffer's recycling of large buffers (client/src/buffer_recycler_internal.h):
 // what a process that fetches image after image relies on, and the limits
 // that keep it from holding memory nobody uses.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -98,6 +101,32 @@ TEST_F(ImageBufferRecyclingTest, NobodyNeedsToAskForThemToBeFreed) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   EXPECT_EQ(RecycledBytes(), 0u);
+}
+
+// Scientists' programs fork workers (Python's multiprocessing, say) after
+// fetching; the child must neither inherit the parent's kept buffers nor
+// be left without the thread that frees its own.
+TEST_F(ImageBufferRecyclingTest, AForkedChildStartsWithNoneAndFreesItsOwn) {
+  AllocateAndDrop(8 * kMiB);
+  ASSERT_GE(RecycledBytes(), 8 * kMiB);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (RecycledBytes() != 0) _exit(1);
+    AllocateAndDrop(8 * kMiB);
+    if (RecycledBytes() < 8 * kMiB) _exit(2);
+    const Clock::time_point give_up = Clock::now() + std::chrono::seconds(30);
+    while (RecycledBytes() != 0 && Clock::now() < give_up) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    _exit(RecycledBytes() == 0 ? 0 : 3);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "1: inherited kept buffers, 2: kept none of its own, 3: never "
+         "freed them";
 }
 
 }  // namespace

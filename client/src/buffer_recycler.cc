@@ -1,6 +1,7 @@
 #include "buffer_recycler_internal.h"
 
 #include <malloc.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -16,6 +17,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+class Recycler;
+Recycler& TheRecycler();
+
 struct Kept {
   void* data;
   size_t capacity;
@@ -24,6 +28,23 @@ struct Kept {
 
 class Recycler {
  public:
+  Recycler() {
+    // A fork() must not catch the lock held (the child would wait on it
+    // forever). The child has no reaper thread: it frees what it inherited
+    // and starts a reaper of its own when it next keeps a buffer.
+    pthread_atfork([] { TheRecycler().mutex_.lock(); },
+                   [] { TheRecycler().mutex_.unlock(); },
+                   [] {
+                     Recycler& recycler = TheRecycler();
+                     recycler.reaper_running_ = false;
+                     for (const Kept& block : recycler.kept_) {
+                       std::free(block.data);
+                     }
+                     recycler.kept_.clear();
+                     recycler.mutex_.unlock();
+                   });
+  }
+
   void* Take(size_t size) {
     std::vector<Kept> unfit;
     {
