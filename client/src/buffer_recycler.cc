@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "h5depot/internal/buffer_reuse.h"
+
 namespace h5depot::internal {
 namespace {
 
@@ -49,13 +51,7 @@ class Recycler {
     std::vector<Kept> unfit;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto best = kept_.end();
-      for (auto it = kept_.begin(); it != kept_.end(); ++it) {
-        if (it->capacity >= size && it->capacity - size <= size / 4 &&
-            (best == kept_.end() || it->capacity < best->capacity)) {
-          best = it;
-        }
-      }
+      auto best = BestReusable(kept_, size);
       if (best != kept_.end()) {
         void* data = best->data;
         kept_.erase(best);

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "h5depot/internal/buffer_reuse.h"
 #include "h5depot/internal/byte_size.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/hdf5_signature.h"
@@ -82,15 +83,7 @@ class MemoryBudget {
     std::vector<Retained> unfit;
     {
       absl::MutexLock lock(&mutex_);
-      // The smallest retained buffer that fits without wasting over a
-      // quarter of the request.
-      auto best = retained_.end();
-      for (auto it = retained_.begin(); it != retained_.end(); ++it) {
-        if (it->capacity >= size && it->capacity - size <= size / 4 &&
-            (best == retained_.end() || it->capacity < best->capacity)) {
-          best = it;
-        }
-      }
+      auto best = internal::BestReusable(retained_, size);
       if (best != retained_.end()) {
         uint8_t* data = best->data;
         *capacity = best->capacity;
