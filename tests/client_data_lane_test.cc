@@ -590,6 +590,18 @@ class LaneUseTest : public ::testing::TestWithParam<Transport> {
     ASSERT_NE(relay_, nullptr);
   }
 
+  // A relay, on this test's transport, in front of an h5depotd process;
+  // a Unix relay listens at `relay_socket` in the test's directory.
+  std::unique_ptr<CountingRelay> RelayTo(const ServerProcess& server,
+                                         const std::string& relay_socket) {
+    const std::string& target = server.target();
+    return GetParam() == Transport::kTcp
+               ? CountingRelay::ToTcp(
+                     std::stoi(target.substr(target.rfind(':') + 1)))
+               : CountingRelay::ToUnix(dir_->File(relay_socket),
+                                       server.unix_socket_path());
+  }
+
   std::unique_ptr<Client> Connect(bool use_data_lane) {
     ClientOptions options;
     options.use_data_lane = use_data_lane;
@@ -636,12 +648,7 @@ TEST_P(LaneUseTest, H5depotdWithNoDataLaneFlagIsServedOverGrpc) {
   options.extra_flags = {"--nodata-lane"};
   auto server = ServerProcess::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
-  const std::string& target = (*server)->target();
-  relay_ = GetParam() == Transport::kTcp
-               ? CountingRelay::ToTcp(
-                     std::stoi(target.substr(target.rfind(':') + 1)))
-               : CountingRelay::ToUnix(dir_->File("relay.sock"),
-                                       (*server)->unix_socket_path());
+  relay_ = RelayTo(**server, "relay.sock");
   ASSERT_NE(relay_, nullptr);
   std::unique_ptr<Client> client = Connect(true);
   ASSERT_NE(client, nullptr);
@@ -655,12 +662,7 @@ TEST_P(LaneUseTest, H5depotdWithNoDataLaneFlagIsServedOverGrpc) {
   options.extra_flags.clear();
   server = ServerProcess::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
-  const std::string& lane_target = (*server)->target();
-  relay_ = GetParam() == Transport::kTcp
-               ? CountingRelay::ToTcp(
-                     std::stoi(lane_target.substr(lane_target.rfind(':') + 1)))
-               : CountingRelay::ToUnix(dir_->File("relay2.sock"),
-                                       (*server)->unix_socket_path());
+  relay_ = RelayTo(**server, "relay2.sock");
   ASSERT_NE(relay_, nullptr);
   client = Connect(true);
   ASSERT_NE(client, nullptr);

@@ -16,8 +16,8 @@ TEST(ChecksumTest, StreamingEqualsOneShotWhateverTheSplit) {
   std::vector<unsigned char> bytes(100000);
   for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = (i * 131) & 0xff;
   const uint64_t whole = Checksum(bytes.data(), bytes.size());
-  for (size_t split : {size_t{1}, size_t{7}, size_t{4096}, size_t{65536},
-                       bytes.size()}) {
+  for (size_t split :
+       {size_t{1}, size_t{7}, size_t{4096}, size_t{65536}, bytes.size()}) {
     StreamingChecksum streaming(bytes.size());
     for (size_t at = 0; at < bytes.size(); at += split) {
       streaming.Update(bytes.data() + at, std::min(split, bytes.size() - at));

@@ -1,6 +1,9 @@
-// ImageBuffer's recycling of large buffers (client/src/buffer_recycler_internal.h):
-// what a process that fetches image after image relies on, and the limits
-// that keep it from holding memory nobody uses.
+// ImageBuffer's recycling of large buffers
+// (client/src/buffer_recycler_internal.h): what a process that fetches image
+// after image relies on, and the limits that keep it from holding memory nobody
+// uses.
+#include "h5depot/image_buffer.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,7 +13,6 @@
 
 #include "buffer_recycler_internal.h"
 #include "gtest/gtest.h"
-#include "h5depot/image_buffer.h"
 
 namespace h5depot {
 namespace {
@@ -36,7 +38,8 @@ class ImageBufferRecyclingTest : public ::testing::Test {
   }
 };
 
-TEST_F(ImageBufferRecyclingTest, ADroppedLargeBufferServesTheNextOfAboutItsSize) {
+TEST_F(ImageBufferRecyclingTest,
+       ADroppedLargeBufferServesTheNextOfAboutItsSize) {
   const void* dropped = AllocateAndDrop(8 * kMiB);
   EXPECT_GE(RecycledBytes(), 8 * kMiB);
 

@@ -1,5 +1,3 @@
-#include "buffer_recycler_internal.h"
-
 #include <malloc.h>
 #include <pthread.h>
 
@@ -12,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "buffer_recycler_internal.h"
 #include "h5depot/internal/buffer_reuse.h"
 
 namespace h5depot::internal {
@@ -94,11 +93,11 @@ class Recycler {
   }
 
  private:
-  // Moves the blocks due by `now` to `*due`.
+  // Moves the blocks due by `now` to `*due`. They come first: a block kept
+  // later is due later than every one kept before it.
   void TakeDue(Clock::time_point now, std::vector<Kept>* due) {
-    auto keep = std::stable_partition(
-        kept_.begin(), kept_.end(),
-        [now](const Kept& block) { return block.due <= now; });
+    auto keep = std::find_if(kept_.begin(), kept_.end(),
+                             [now](const Kept& b) { return b.due > now; });
     due->assign(kept_.begin(), keep);
     kept_.erase(kept_.begin(), keep);
   }
@@ -117,11 +116,8 @@ class Recycler {
   void ReaperLoop() {
     std::unique_lock<std::mutex> lock(mutex_);
     while (!kept_.empty()) {
-      Clock::time_point next = Clock::time_point::max();
-      for (const Kept& block : kept_) next = std::min(next, block.due);
-      // A block kept later is due later than every one kept before it, so
-      // sleeping until `next` misses nothing.
-      wakeup_.wait_until(lock, next);
+      // The oldest is due first (TakeDue).
+      wakeup_.wait_until(lock, kept_.front().due);
       std::vector<Kept> due;
       TakeDue(Clock::now(), &due);
       lock.unlock();

@@ -6,13 +6,14 @@
 // of the image it just dropped instead.
 //
 // The rules, those of the server's store (docs/ARCHITECTURE.md): a buffer
-// of kMinBytes or more freed through ~ImageBuffer is kept for kRetainFor,
-// at most kMaxRetained of them; one taken fits a request without wasting
-// over a quarter of it; a request that finds none to take frees every kept
-// buffer before allocating, so keeping them never raises the process's
-// peak memory. A thread of its own frees them when due, and exits when
-// none is left. A child of fork() starts with none. Buffers handed to HDF5 (ImageBuffer::Release) are freed by
-// HDF5 and never come back here. Thread-safe. Internal to the client.
+// of kRecycleMinBytes or more freed through ~ImageBuffer is kept for
+// kRecycleRetainFor, at most kRecycleMaxRetained of them; one taken fits a
+// request without wasting over a quarter of it; a request that finds none to
+// take frees every kept buffer before allocating, so keeping them never raises
+// the process's peak memory. A thread of its own frees them when due, and exits
+// when none is left. A child of fork() starts with none. Buffers handed to HDF5
+// (ImageBuffer::Release) are freed by HDF5 and never come back here.
+// Thread-safe. Internal to the client.
 #ifndef H5DEPOT_CLIENT_BUFFER_RECYCLER_INTERNAL_H_
 #define H5DEPOT_CLIENT_BUFFER_RECYCLER_INTERNAL_H_
 
