@@ -241,8 +241,11 @@ class DataLaneTest : public ::testing::Test {
     limits_ = *limits;
   }
 
-  // A lane connection that has exchanged hellos.
-  absl::StatusOr<LaneSocket> OpenLane(Transport transport = Transport::kTcp) {
+  // A lane connection that has exchanged hellos, offering `features`; those
+  // the server agreed to go to `*agreed` if given.
+  absl::StatusOr<LaneSocket> OpenLane(Transport transport = Transport::kTcp,
+                                      uint16_t features = 0,
+                                      uint16_t* agreed = nullptr) {
     absl::StatusOr<LaneSocket> socket =
         transport == Transport::kTcp
             ? lane::ConnectTcp("127.0.0.1", limits_.data_lane_port,
@@ -250,7 +253,7 @@ class DataLaneTest : public ::testing::Test {
             : lane::ConnectUnix(limits_.data_lane_unix_path, IoDeadline());
     if (!socket.ok()) return socket.status();
     uint8_t hello[lane::kHelloBytes];
-    lane::EncodeHello(hello);
+    lane::EncodeHello(hello, features);
     if (absl::Status status = socket->Send(hello, sizeof(hello), IoDeadline());
         !status.ok()) {
       return status;
@@ -260,7 +263,7 @@ class DataLaneTest : public ::testing::Test {
         !status.ok()) {
       return status;
     }
-    if (absl::Status status = lane::DecodeHello(hello); !status.ok()) {
+    if (absl::Status status = lane::DecodeHello(hello, agreed); !status.ok()) {
       return status;
     }
     return socket;
@@ -317,6 +320,54 @@ TEST_F(DataLaneTest, CorrectHelloGetsAHelloAndAUsableConnection) {
     ASSERT_TRUE(got.ok()) << got.status();
     EXPECT_EQ(got->reply.header.code, absl::StatusCode::kNotFound)
         << Describe(got->reply);
+  }
+}
+
+TEST_F(DataLaneTest, LocalClientsOfferingTheirCpuAreAgreedAndNothingElse) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  constexpr uint16_t kUnknownFeature = 0x8000;
+  for (Transport transport : {Transport::kTcp, Transport::kUnix}) {
+    uint16_t agreed = 0xffff;
+    auto offering =
+        OpenLane(transport, lane::kFeatureClientCpu | kUnknownFeature, &agreed);
+    ASSERT_TRUE(offering.ok()) << offering.status();
+    EXPECT_EQ(agreed, lane::kFeatureClientCpu);
+    agreed = 0xffff;
+    auto silent = OpenLane(transport, 0, &agreed);
+    ASSERT_TRUE(silent.ok()) << silent.status();
+    EXPECT_EQ(agreed, 0);
+  }
+}
+
+TEST_F(DataLaneTest, ServerToldNotToFollowClientCpusAgreesToNothing) {
+  ASSERT_NO_FATAL_FAILURE(StartServer({"--nofollow-client-cpu"}));
+  for (Transport transport : {Transport::kTcp, Transport::kUnix}) {
+    uint16_t agreed = 0xffff;
+    auto socket = OpenLane(transport, lane::kFeatureClientCpu, &agreed);
+    ASSERT_TRUE(socket.ok()) << socket.status();
+    EXPECT_EQ(agreed, 0);
+    // Its requests are served all the same.
+    auto got = Get(*socket, "absent");
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->reply.header.code, absl::StatusCode::kNotFound);
+  }
+}
+
+TEST(LaneProtocolTest, RequestSaysTheClientCpuOnlyWhenGiven) {
+  for (std::optional<uint32_t> cpu :
+       {std::optional<uint32_t>(), std::optional<uint32_t>(0),
+        std::optional<uint32_t>(7), std::optional<uint32_t>(4095)}) {
+    lane::RequestHeader header;
+    header.op = lane::Op::kPut;
+    header.size = 4096;
+    header.client_cpu = cpu;
+    uint8_t raw[lane::kRequestHeaderBytes];
+    lane::EncodeRequestHeader(header, raw);
+    lane::RequestHeader decoded;
+    decoded.client_cpu = 99;  // overwritten
+    ASSERT_TRUE(lane::DecodeRequestHeader(raw, &decoded).ok());
+    EXPECT_EQ(decoded.client_cpu, cpu);
+    EXPECT_EQ(decoded.size, 4096u);
   }
 }
 
@@ -784,7 +835,13 @@ TEST_F(DataLaneTest, MalformedRequestClosesOnlyThatConnection) {
   uint8_t unknown_op[lane::kRequestHeaderBytes] = {0x7f};
   uint8_t unknown_flags[lane::kRequestHeaderBytes] = {
       static_cast<uint8_t>(lane::Op::kGet), 0x80};
-  for (const uint8_t* garbage : {unknown_op, unknown_flags}) {
+  // A CPU on a connection whose hello did not agree to it.
+  lane::RequestHeader with_cpu;
+  with_cpu.op = lane::Op::kGet;
+  with_cpu.client_cpu = 0;
+  uint8_t unagreed_cpu[lane::kRequestHeaderBytes];
+  lane::EncodeRequestHeader(with_cpu, unagreed_cpu);
+  for (const uint8_t* garbage : {unknown_op, unknown_flags, unagreed_cpu}) {
     auto socket = OpenLane();
     ASSERT_TRUE(socket.ok()) << socket.status();
     ASSERT_TRUE(

@@ -1,6 +1,9 @@
+#include <sched.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -52,6 +55,15 @@ ImageInfo ToImageInfo(const lane::Response& response,
                      ? absl::InfiniteFuture()
                      : absl::FromUnixMicros(response.expires_unix_micros);
   return info;
+}
+
+// The CPU the calling thread runs on, for a request on `connection` to
+// say; none if the server did not agree to hear it.
+std::optional<uint32_t> ClientCpu(const DataLane::Connection& connection) {
+  if (!connection.says_cpu) return std::nullopt;
+  const int cpu = sched_getcpu();
+  if (cpu < 0) return std::nullopt;
+  return static_cast<uint32_t>(cpu);
 }
 
 bool StartsWith(std::string_view text, std::string_view prefix) {
@@ -166,13 +178,15 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
   if (!socket.ok()) return absl::UnavailableError(socket.status().message());
   auto connection = std::make_unique<Connection>(*std::move(socket));
   uint8_t hello[lane::kHelloBytes];
-  lane::EncodeHello(hello);
+  lane::EncodeHello(hello, lane::kFeatureClientCpu);
   absl::Status status =
       connection->socket().Send(hello, sizeof(hello), deadline);
   if (status.ok()) {
     status = connection->reader().Read(hello, sizeof(hello), deadline);
   }
-  if (status.ok()) status = lane::DecodeHello(hello);
+  uint16_t agreed = 0;
+  if (status.ok()) status = lane::DecodeHello(hello, &agreed);
+  connection->says_cpu = (agreed & lane::kFeatureClientCpu) != 0;
   if (!status.ok()) {
     return absl::UnavailableError(absl::StrCat("data lane at ", address_, ": ",
                                                std::string(status.message())));
@@ -201,6 +215,7 @@ absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
   request.size = size;
   request.if_generation_match = options.if_generation_match;
   request.ttl_ms = ToMillis(options.ttl);
+  request.client_cpu = ClientCpu(*connection);
   uint8_t header[lane::kRequestHeaderBytes];
   lane::EncodeRequestHeader(request, header);
   LaneSocket& socket = connection->socket();
@@ -274,6 +289,7 @@ absl::StatusOr<FetchedImage> DataLane::Fetch(
   request.op = lane::Op::kGet;
   request.image_id_bytes = static_cast<uint16_t>(image_id.size());
   request.wait_ms = ToMillis(options.wait);
+  request.client_cpu = ClientCpu(*connection);
   uint8_t header[lane::kRequestHeaderBytes];
   lane::EncodeRequestHeader(request, header);
   iovec iov[2] = {{header, sizeof(header)},

@@ -47,6 +47,10 @@ class DataLane {
     lane::LaneSocket& socket() { return socket_; }
     lane::LaneReader& reader() { return reader_; }
 
+    // Whether the server agreed that requests say the client's CPU
+    // (lane::kFeatureClientCpu).
+    bool says_cpu = false;
+
     // Reads a response header and its message into `*refusal` (OK for a
     // success). Errors are transport or protocol failures, after which the
     // connection is unusable.

@@ -41,13 +41,14 @@ uint64_t DecodeU64(const uint8_t in[8]) {
   return value;
 }
 
-void EncodeHello(uint8_t out[kHelloBytes]) {
+//  0 magic  4 version  6 features
+void EncodeHello(uint8_t out[kHelloBytes], uint16_t features) {
   Put32(kMagic, out);
   Put16(kVersion, out + 4);
-  Put16(0, out + 6);
+  Put16(features, out + 6);
 }
 
-absl::Status DecodeHello(const uint8_t in[kHelloBytes]) {
+absl::Status DecodeHello(const uint8_t in[kHelloBytes], uint16_t* features) {
   if (Get32(in) != kMagic) {
     return absl::InvalidArgumentError("the peer does not speak the data lane");
   }
@@ -56,10 +57,11 @@ absl::Status DecodeHello(const uint8_t in[kHelloBytes]) {
         absl::StrCat("the peer speaks data lane version ", Get16(in + 4),
                      ", not ", kVersion));
   }
+  if (features != nullptr) *features = Get16(in + 6);
   return absl::OkStatus();
 }
 
-//  0 op  1 flags  2 image_id_bytes  4 reserved  8 size
+//  0 op  1 flags  2 image_id_bytes  4 client_cpu + 1 (0: not said)  8 size
 // 16 if_generation_match  24 ttl_ms  32 wait_ms
 void EncodeRequestHeader(const RequestHeader& header,
                          uint8_t out[kRequestHeaderBytes]) {
@@ -67,6 +69,9 @@ void EncodeRequestHeader(const RequestHeader& header,
   out[0] = static_cast<uint8_t>(header.op);
   out[1] = header.if_generation_match.has_value() ? kHasGenerationMatch : 0;
   Put16(header.image_id_bytes, out + 2);
+  if (header.client_cpu.has_value() && *header.client_cpu < UINT32_MAX) {
+    Put32(*header.client_cpu + 1, out + 4);
+  }
   EncodeU64(header.size, out + 8);
   EncodeU64(header.if_generation_match.value_or(0), out + 16);
   EncodeU64(header.ttl_ms, out + 24);
@@ -80,7 +85,7 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
     return absl::InvalidArgumentError(
         absl::StrCat("unknown data lane request ", in[0]));
   }
-  if ((in[1] & ~kHasGenerationMatch) != 0 || Get32(in + 4) != 0) {
+  if ((in[1] & ~kHasGenerationMatch) != 0) {
     return absl::InvalidArgumentError("unknown data lane request flags");
   }
   header->op = static_cast<Op>(in[0]);
@@ -92,6 +97,10 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
   }
   header->ttl_ms = DecodeU64(in + 24);
   header->wait_ms = DecodeU64(in + 32);
+  header->client_cpu.reset();
+  if (const uint32_t cpu_plus_one = Get32(in + 4); cpu_plus_one != 0) {
+    header->client_cpu = cpu_plus_one - 1;
+  }
   return absl::OkStatus();
 }
 

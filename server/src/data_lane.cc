@@ -1,6 +1,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -11,12 +12,14 @@
 #include <cerrno>
 #include <cstring>
 #include <list>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "client_cpu_internal.h"
 #include "data_lane_internal.h"
 #include "h5depot/internal/image_id.h"
 #include "h5depot/internal/lane_protocol.h"
@@ -32,6 +35,33 @@ namespace lane = internal::lane;
 // Pushed bytes are received and checksummed this much at a time, so that
 // the checksum reads them while they are still in the cache.
 constexpr size_t kReceivePieceBytes = size_t{256} << 10;
+
+// Requests moving at most this many image bytes are served on the CPU the
+// client waits on, when it says which. Larger transfers are left to the
+// scheduler: each end then keeps a CPU of its own busy copying.
+constexpr uint64_t kNearClientBytes = uint64_t{64} << 10;
+
+// Whether the peer of a connected socket is on this host: a Unix socket,
+// or TCP from a loopback address.
+bool PeerIsLocal(int fd) {
+  sockaddr_storage peer{};
+  socklen_t peer_bytes = sizeof(peer);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_bytes) != 0) {
+    return false;
+  }
+  if (peer.ss_family == AF_UNIX) return true;
+  if (peer.ss_family == AF_INET) {
+    const auto* v4 = reinterpret_cast<const sockaddr_in*>(&peer);
+    return (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
+  }
+  if (peer.ss_family == AF_INET6) {
+    const in6_addr& v6 =
+        reinterpret_cast<const sockaddr_in6*>(&peer)->sin6_addr;
+    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
+  }
+  return false;
+}
 
 absl::Status ErrnoError(std::string_view what) {
   return absl::UnavailableError(
@@ -108,6 +138,17 @@ absl::StatusOr<LaneSocket> ListenUnix(const std::string& path) {
   return listener;
 }
 
+// Before serving a request that moves `image_bytes`: onto the CPU the
+// client waits on, if it said which (`follower` is null otherwise) and the
+// request is small.
+void MoveNearClient(ClientCpuFollower* follower,
+                    const lane::RequestHeader& header, uint64_t image_bytes) {
+  if (follower != nullptr && header.client_cpu.has_value() &&
+      image_bytes <= kNearClientBytes) {
+    follower->MoveTo(*header.client_cpu);
+  }
+}
+
 // The image's info in a final response.
 void DescribeImage(const StoredImage& image, lane::Response* response) {
   response->size = image.size();
@@ -154,6 +195,7 @@ absl::Status SendContinue(LaneSocket& socket) {
 struct DataLaneServer::Impl {
   struct Connection {
     LaneSocket socket;
+    bool peer_is_local = false;
     std::thread thread;
     // Set by the connection's thread while it serves a request, so that
     // Shutdown() lets that request finish. Atomic rather than guarded by
@@ -186,12 +228,15 @@ struct DataLaneServer::Impl {
   void Serve(Connection* connection);
   // Each returns an error only when the connection is no longer usable;
   // refusals of a request are answered on the connection.
-  absl::Status HandleRequest(LaneSocket& socket, LaneReader& reader);
+  // `follower` is null unless the client agreed to say its CPU.
+  absl::Status HandleRequest(LaneSocket& socket, LaneReader& reader,
+                             ClientCpuFollower* follower);
   absl::Status HandlePut(LaneSocket& socket, LaneReader& reader,
                          const lane::RequestHeader& header,
-                         std::string image_id);
+                         std::string image_id, ClientCpuFollower* follower);
   absl::Status HandleGet(LaneSocket& socket, const lane::RequestHeader& header,
-                         const std::string& image_id);
+                         const std::string& image_id,
+                         ClientCpuFollower* follower);
   bool Stopping() const { return stopping.load(); }
 };
 
@@ -255,6 +300,7 @@ void DataLaneServer::Impl::Accept(LaneSocket& listener) {
   ReapFinished();
   if (stopping || connections.size() >= options.max_connections) return;
   auto connection = std::make_unique<Connection>();
+  connection->peer_is_local = PeerIsLocal(socket.fd());
   connection->socket = std::move(socket);
   Connection* raw = connection.get();
   connections.push_back(std::move(connection));
@@ -273,15 +319,25 @@ void DataLaneServer::Impl::ReapFinished() {
 }
 
 void DataLaneServer::Impl::Serve(Connection* connection) {
+  // Named so that top -H, perf and tests can tell lane threads apart.
+  pthread_setname_np(pthread_self(), "h5depot-lane");
   LaneSocket& socket = connection->socket;
   LaneReader reader(&socket);
   uint8_t hello[lane::kHelloBytes];
   bool good = reader.Read(hello, sizeof(hello)).ok();
+  std::optional<ClientCpuFollower> follower;
   if (good) {
-    const absl::Status hello_status = lane::DecodeHello(hello);
+    uint16_t offered = 0;
+    const absl::Status hello_status = lane::DecodeHello(hello, &offered);
+    uint16_t agreed = 0;
+    if (hello_status.ok() && options.follow_client_cpu &&
+        connection->peer_is_local) {
+      agreed = offered & lane::kFeatureClientCpu;
+    }
+    if ((agreed & lane::kFeatureClientCpu) != 0) follower.emplace();
     // Our hello goes back either way, so that a client of another version
     // can tell why it is turned away.
-    lane::EncodeHello(hello);
+    lane::EncodeHello(hello, agreed);
     good = socket.Send(hello, sizeof(hello)).ok() && hello_status.ok();
   }
   while (good) {
@@ -297,7 +353,9 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     // sees the request in progress and leaves its socket alone.
     connection->busy.store(true);
     if (stopping.load()) break;
-    good = HandleRequest(socket, reader).ok();
+    good = HandleRequest(socket, reader,
+                         follower.has_value() ? &*follower : nullptr)
+               .ok();
     connection->busy.store(false);
     if (stopping.load()) break;
   }
@@ -309,7 +367,8 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
 }
 
 absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
-                                                 LaneReader& reader) {
+                                                 LaneReader& reader,
+                                                 ClientCpuFollower* follower) {
   uint8_t raw[lane::kRequestHeaderBytes];
   if (absl::Status status = reader.Read(raw, sizeof(raw)); !status.ok()) {
     return status;
@@ -319,21 +378,26 @@ absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
       !status.ok()) {
     return status;
   }
+  if (header.client_cpu.has_value() && follower == nullptr) {
+    return absl::InvalidArgumentError("a CPU sent without agreeing to");
+  }
   std::string image_id(header.image_id_bytes, '\0');
   if (absl::Status status = reader.Read(image_id.data(), image_id.size());
       !status.ok()) {
     return status;
   }
   if (header.op == lane::Op::kPut) {
-    return HandlePut(socket, reader, header, std::move(image_id));
+    return HandlePut(socket, reader, header, std::move(image_id), follower);
   }
-  return HandleGet(socket, header, image_id);
+  return HandleGet(socket, header, image_id, follower);
 }
 
 absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
                                              LaneReader& reader,
                                              const lane::RequestHeader& header,
-                                             std::string image_id) {
+                                             std::string image_id,
+                                             ClientCpuFollower* follower) {
+  MoveNearClient(follower, header, header.size);
   const bool eager = header.size <= lane::kEagerPutBytes;
   PushRequest request;
   request.image_id = std::move(image_id);
@@ -384,7 +448,8 @@ absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
 
 absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,
                                              const lane::RequestHeader& header,
-                                             const std::string& image_id) {
+                                             const std::string& image_id,
+                                             ClientCpuFollower* follower) {
   if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
     return SendFinal(socket, status, nullptr, false);
   }
@@ -400,6 +465,7 @@ absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,
     });
   }
   if (!image.ok()) return SendFinal(socket, image.status(), nullptr, false);
+  MoveNearClient(follower, header, (*image)->size());
   // The reference pins this generation until its last byte is sent.
   return SendFinal(socket, absl::OkStatus(), image->get(), true);
 }

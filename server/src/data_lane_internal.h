@@ -30,6 +30,9 @@ struct DataLaneOptions {
   absl::Duration stall_timeout = absl::Seconds(60);
   // Connections beyond this are closed at once (clients then use gRPC).
   size_t max_connections = 1024;
+  // Serve a client on this host its small requests on the CPU it waits on
+  // (lane_protocol.h, kFeatureClientCpu; client_cpu_internal.h).
+  bool follow_client_cpu = true;
 };
 
 class DataLaneServer {

@@ -47,6 +47,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   if (options.data_lane) {
     // Started first, so that GetLimits names it from the first call on.
     DataLaneOptions lane_options;
+    lane_options.follow_client_cpu = options.data_lane_follow_client_cpu;
     if (!options.listen_address.empty()) {
       lane_options.tcp_host =
           options.listen_address.substr(0, options.listen_address.rfind(':'));

@@ -88,6 +88,10 @@ ABSL_FLAG(int, data_port, 0,
           "from the server)");
 ABSL_FLAG(bool, data_lane, true,
           "serve the data lane (--nodata-lane: image bytes over gRPC only)");
+ABSL_FLAG(bool, follow_client_cpu, true,
+          "serve a data lane client on this host its small pushes and "
+          "fetches on the CPU it waits on (--nofollow-client-cpu: leave "
+          "that to the scheduler)");
 ABSL_FLAG(bool, allow_non_hdf5, false,
           "store any bytes, not only HDF5 file images");
 
@@ -96,7 +100,8 @@ int main(int argc, char** argv) {
       "holds HDF5 file images in RAM and serves them over gRPC.\n"
       "usage: h5depotd [--listen=HOST:PORT] [--unix=PATH] "
       "[--max-memory=SIZE] [--max-image-size=SIZE] [--data-port=PORT]\n"
-      "                [--nodata-lane] [--allow-non-hdf5]");
+      "                [--nodata-lane] [--nofollow-client-cpu] "
+      "[--allow-non-hdf5]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   QuietGrpcLogging();
@@ -119,6 +124,7 @@ int main(int argc, char** argv) {
   options.unix_socket_path = absl::GetFlag(FLAGS_unix);
   options.data_lane = absl::GetFlag(FLAGS_data_lane);
   options.data_lane_port = absl::GetFlag(FLAGS_data_port);
+  options.data_lane_follow_client_cpu = absl::GetFlag(FLAGS_follow_client_cpu);
   uint64_t max_memory = absl::GetFlag(FLAGS_max_memory).bytes;
   if (max_memory == 0) max_memory = HalfOfPhysicalMemory();
   uint64_t max_image = absl::GetFlag(FLAGS_max_image_size).bytes;

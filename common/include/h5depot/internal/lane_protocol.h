@@ -20,6 +20,9 @@
 //
 // A refused eager PUT is still read to its end, so the connection stays
 // usable after any refusal. Anything malformed closes the connection.
+//
+// A hello also offers features (kFeature* bits); the server's hello answers
+// with those of the client's it takes up, and only those are used.
 #ifndef H5DEPOT_COMMON_LANE_PROTOCOL_H_
 #define H5DEPOT_COMMON_LANE_PROTOCOL_H_
 
@@ -36,6 +39,12 @@ namespace h5depot::internal::lane {
 inline constexpr uint32_t kMagic = 0x4c443548;
 inline constexpr uint16_t kVersion = 1;
 inline constexpr size_t kHelloBytes = 8;
+
+// Requests say which CPU the client's calling thread runs on (client_cpu),
+// so that a server on the same host can serve them on that CPU. A server
+// takes it up only from a client on its own host: over its Unix socket or
+// TCP loopback.
+inline constexpr uint16_t kFeatureClientCpu = 1;
 
 // A PUT of at most this many bytes sends them right behind its header; a
 // larger one waits for the server's Continue first, so that a push bound to
@@ -54,6 +63,9 @@ struct RequestHeader {
   std::optional<uint64_t> if_generation_match;  // PUT
   uint64_t ttl_ms = 0;                          // PUT; 0: never expires
   uint64_t wait_ms = 0;                         // GET; 0: do not wait
+  // The CPU the client waits on for the answer, if kFeatureClientCpu was
+  // agreed; never sent otherwise.
+  std::optional<uint32_t> client_cpu;
 };
 inline constexpr size_t kRequestHeaderBytes = 40;
 
@@ -72,9 +84,13 @@ struct Response {
 };
 inline constexpr size_t kResponseHeaderBytes = 48;
 
-void EncodeHello(uint8_t out[kHelloBytes]);
-// INVALID_ARGUMENT naming what is wrong (not a lane, other version).
-absl::Status DecodeHello(const uint8_t in[kHelloBytes]);
+// A hello offering `features`.
+void EncodeHello(uint8_t out[kHelloBytes], uint16_t features = 0);
+// INVALID_ARGUMENT naming what is wrong (not a lane, other version). The
+// features offered go to `*features` if given; unknown ones are kept, for
+// the receiver to ignore.
+absl::Status DecodeHello(const uint8_t in[kHelloBytes],
+                         uint16_t* features = nullptr);
 
 void EncodeRequestHeader(const RequestHeader& header,
                          uint8_t out[kRequestHeaderBytes]);

@@ -42,6 +42,10 @@ struct ServerOptions {
   // too long for a socket address; Unix clients then use gRPC).
   bool data_lane = true;
   int data_lane_port = 0;
+  // Serve a data lane client on this host (Unix socket or TCP loopback) its
+  // small pushes and fetches on the CPU it waits on, which spares a
+  // cross-CPU wake-up each way (docs/PERFORMANCE.md).
+  bool data_lane_follow_client_cpu = true;
   StoreOptions store;
 };
 
