@@ -159,8 +159,9 @@ TEST_P(ClientCpuTest, SmallPushesAndFetchesAreServedOnTheClientsCpu) {
   const std::string image = MakeHdf5Image(4 << 10, 61);
   // The client alternates between two CPUs. The lane thread moves to the
   // client's before it answers; the scheduler may still move it on before
-  // it is seen asleep (other tests share the machine), so two rounds of 16
-  // may miss. By chance alone, 14 would match once in 500 runs.
+  // it is seen asleep (ctest runs these cases alone, but the machine may
+  // have other load), so two rounds of 16 may miss. By chance alone, 14
+  // would match once in 500 runs.
   constexpr int kRounds = 16;
   int matched = 0;
   std::string misses;

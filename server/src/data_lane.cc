@@ -195,7 +195,6 @@ absl::Status SendContinue(LaneSocket& socket) {
 struct DataLaneServer::Impl {
   struct Connection {
     LaneSocket socket;
-    bool peer_is_local = false;
     std::thread thread;
     // Set by the connection's thread while it serves a request, so that
     // Shutdown() lets that request finish. Atomic rather than guarded by
@@ -300,7 +299,6 @@ void DataLaneServer::Impl::Accept(LaneSocket& listener) {
   ReapFinished();
   if (stopping || connections.size() >= options.max_connections) return;
   auto connection = std::make_unique<Connection>();
-  connection->peer_is_local = PeerIsLocal(socket.fd());
   connection->socket = std::move(socket);
   Connection* raw = connection.get();
   connections.push_back(std::move(connection));
@@ -331,7 +329,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     const absl::Status hello_status = lane::DecodeHello(hello, &offered);
     uint16_t agreed = 0;
     if (hello_status.ok() && options.follow_client_cpu &&
-        connection->peer_is_local) {
+        PeerIsLocal(socket.fd())) {
       agreed = offered & lane::kFeatureClientCpu;
     }
     if ((agreed & lane::kFeatureClientCpu) != 0) follower.emplace();
