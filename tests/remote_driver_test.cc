@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -572,6 +573,98 @@ TEST(RemoteDriverServerProcessTest, AStoppedServerFailsReadsWithATimeout) {
   H5Fclose(file);
   H5Pclose(fapl);
 }
+
+// What happens to the server between the reads of
+// ReadsAfterAFailedReadFailToo.
+enum class ServerFault { kKilled, kStopped };
+
+// Reads `count` ints of the one-dimensional int dataset `dset` from
+// element `start`; negative if HDF5 reports a failure.
+herr_t ReadInts(hid_t dset, hsize_t start, hsize_t count, int* out) {
+  hid_t file_space = H5Dget_space(dset);
+  hid_t memory_space = H5Screate_simple(1, &count, nullptr);
+  herr_t status = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &start,
+                                      nullptr, &count, nullptr);
+  if (status >= 0) {
+    status = H5Dread(dset, H5T_NATIVE_INT, memory_space, file_space,
+                     H5P_DEFAULT, out);
+  }
+  H5Sclose(memory_space);
+  H5Sclose(file_space);
+  return status;
+}
+
+class RemoteDriverFaultTest : public ::testing::TestWithParam<ServerFault> {};
+
+// HDF5's data sieve and metadata accumulator move to the address of a read
+// before the driver fills them, and stay there when it fails: a driver that
+// offered them would let the next nearby read "succeed" with the bytes of
+// the previous window. Whatever the server did, a read the driver could not
+// serve fails, and so does every read after it that needs the same bytes.
+TEST_P(RemoteDriverFaultTest, ReadsAfterAFailedReadFailToo) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  auto started = testing::ServerProcess::Start();
+  ASSERT_TRUE(started.ok()) << started.status();
+  testing::ServerProcess& server = **started;
+  H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
+  config.page_size = 4096;  // the cache holds one small page, no more
+  config.cache_size = 4096;
+  config.readahead = 0;
+  config.call_timeout_ms = 1000;
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  ASSERT_GE(H5Pset_fapl_remote(fapl, server.target().c_str(), &config), 0);
+  // 512 KiB of contiguous ints, eight times HDF5's default sieve buffer.
+  constexpr hsize_t kCount = 128 * 1024;
+  std::vector<int> values(kCount);
+  for (hsize_t i = 0; i < kCount; ++i) values[i] = static_cast<int>(i) * 7;
+  {
+    hid_t file = H5Fcreate("fragile", H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+    ASSERT_GE(file, 0) << ErrorStack();
+    ASSERT_GE(H5LTmake_dataset_int(file, "ints", 1, &kCount, values.data()), 0);
+    ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
+  }
+  hid_t file = H5Fopen("fragile", H5F_ACC_RDONLY, fapl);
+  ASSERT_GE(file, 0) << ErrorStack();
+  hid_t dset = H5Dopen2(file, "ints", H5P_DEFAULT);
+  ASSERT_GE(dset, 0) << ErrorStack();
+  constexpr hsize_t kRead = 512;
+  std::vector<int> got(kRead);
+  ASSERT_GE(ReadInts(dset, 0, kRead, got.data()), 0) << ErrorStack();
+  ASSERT_TRUE(std::equal(got.begin(), got.end(), values.begin()));
+
+  if (GetParam() == ServerFault::kKilled) {
+    server.Kill();
+  } else {
+    Freeze(server);
+  }
+  // Far from the first read and from the driver's one cached page.
+  const hsize_t far = kCount / 4;
+  EXPECT_LT(ReadInts(dset, far, kRead, got.data()), 0);
+  H5Eclear2(H5E_DEFAULT);
+  for (hsize_t start : {far, far + kRead, far + 8 * kRead}) {
+    std::fill(got.begin(), got.end(), -1);
+    const herr_t status = ReadInts(dset, start, kRead, got.data());
+    const bool right = std::equal(got.begin(), got.end(),
+                                  values.begin() + static_cast<long>(start));
+    EXPECT_LT(status, 0) << "a read from element " << start
+                         << " succeeded with "
+                         << (right ? "the right" : "wrong") << " values";
+    H5Eclear2(H5E_DEFAULT);
+  }
+  // A stopped server would hold the reader's goodbye until keepalive gives
+  // up on it; a dead one answers at once.
+  server.Kill();
+  H5Dclose(dset);
+  H5Fclose(file);  // read-only: nothing to lose, whatever it returns
+  H5Pclose(fapl);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    KilledAndStopped, RemoteDriverFaultTest,
+    ::testing::Values(ServerFault::kKilled, ServerFault::kStopped),
+    [](const ::testing::TestParamInfo<ServerFault>& fault) {
+      return fault.param == ServerFault::kKilled ? "Killed" : "Stopped";
+    });
 
 }  // namespace
 }  // namespace h5depot

@@ -626,11 +626,16 @@ int RemoteCmp(const H5FD_t* f1, const H5FD_t* f2) {
 // NOLINTNEXTLINE(google-runtime-int): HDF5's signature
 herr_t RemoteQuery(const H5FD_t*, unsigned long* flags) {
   if (flags != nullptr) {
-    // The same library-side optimisations as sec2 and core: they batch
-    // small metadata and raw data I/O into fewer, larger driver calls. The
-    // images are ordinary HDF5 files, readable by any other driver.
-    *flags = H5FD_FEAT_AGGREGATE_METADATA | H5FD_FEAT_ACCUMULATE_METADATA |
-             H5FD_FEAT_DATA_SIEVE | H5FD_FEAT_AGGREGATE_SMALLDATA |
+    // Allocation aggregation, as sec2 and core: it only decides where new
+    // objects go. Not the data sieve nor the metadata accumulator: HDF5
+    // moves either buffer to the new address before the driver has filled
+    // it, and keeps it there when the read fails (H5D__contig_readvv_sieve_cb,
+    // H5F__accum_read), so that after an UNAVAILABLE or DEADLINE_EXCEEDED
+    // the next nearby read would "succeed" with bytes the driver never
+    // delivered. The driver's own page cache (paged_image.h) does what they
+    // would, and keeps only pages that arrived whole. The images are
+    // ordinary HDF5 files, readable by any other driver.
+    *flags = H5FD_FEAT_AGGREGATE_METADATA | H5FD_FEAT_AGGREGATE_SMALLDATA |
              H5FD_FEAT_DEFAULT_VFD_COMPATIBLE;
   }
   return 0;
