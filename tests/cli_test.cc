@@ -1,9 +1,24 @@
 // The h5depot command-line tool, run as a real process against a real
 // h5depotd: what a user types and what a script relies on (stdout, the
 // one-line error on stderr, the exit code, files left behind or not).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -11,6 +26,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/checksum.h"
@@ -72,6 +89,112 @@ std::vector<std::string> ListedIds(const std::string& table) {
   }
   if (!ids.empty() && ids[0] == "ID") ids.erase(ids.begin());
   return ids;
+}
+
+// The names in `dir`, sorted.
+std::vector<std::string> Entries(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Makes a character device with /dev/null's numbers (1, 3) at `path`: the
+// test's own, so that the system's /dev/null is never at risk. Returns 0,
+// or errno (EPERM without CAP_MKNOD).
+int MakeNullDevice(const std::string& path) {
+  return mknod(path.c_str(), S_IFCHR | 0666, makedev(1, 3)) == 0 ? 0 : errno;
+}
+
+// Runs `run` while reading the FIFO at `path`. Returns what `run` returned
+// and every byte written into the FIFO, up to the first writer's close or,
+// if no writer ever opens it, until `run` returns.
+std::pair<CommandResult, std::string> RunReadingFifo(
+    const std::string& path, const std::function<CommandResult()>& run) {
+  // Non-blocking, so that no writer is needed to open it; Linux reports no
+  // hangup on it before a writer has come and gone.
+  const int fifo = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  EXPECT_GE(fifo, 0) << path << ": " << std::strerror(errno);
+  int done[2];
+  EXPECT_EQ(pipe2(done, O_CLOEXEC), 0) << std::strerror(errno);
+  CommandResult result;
+  std::thread runner([&] {
+    result = run();
+    close(done[1]);  // a hangup on done[0]
+  });
+  std::string data;
+  char buffer[1 << 16];
+  bool running = true;
+  while (running && fifo >= 0) {
+    pollfd fds[2] = {{fifo, POLLIN, 0}, {done[0], POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0) continue;  // EINTR
+    running = fds[1].revents == 0;
+    // Once `run` returned, whatever is still in the FIFO is the rest.
+    while (true) {
+      const ssize_t got = read(fifo, buffer, sizeof(buffer));
+      if (got > 0) data.append(buffer, static_cast<size_t>(got));
+      if (got == 0) running = false;  // the writer closed it
+      if (got <= 0 || running) break;
+    }
+  }
+  runner.join();
+  if (fifo >= 0) close(fifo);
+  close(done[0]);
+  return {std::move(result), std::move(data)};
+}
+
+// A process started without waiting for it, so that a test can stop it
+// mid-way; killed and reaped on destruction if it is still running.
+class BackgroundProcess {
+ public:
+  explicit BackgroundProcess(const std::vector<std::string>& args) {
+    std::vector<char*> argv;
+    argv.reserve(args.size() + 1);
+    for (const std::string& arg : args) {
+      argv.push_back(const_cast<char*>(arg.c_str()));
+    }
+    argv.push_back(nullptr);
+    const int error =
+        posix_spawn(&pid_, argv[0], nullptr, nullptr, argv.data(), environ);
+    EXPECT_EQ(error, 0) << argv[0] << ": " << std::strerror(error);
+    if (error != 0) pid_ = -1;
+  }
+
+  ~BackgroundProcess() {
+    if (pid_ > 0) Stop(SIGKILL);
+  }
+
+  BackgroundProcess(const BackgroundProcess&) = delete;
+  BackgroundProcess& operator=(const BackgroundProcess&) = delete;
+
+  bool started() const { return pid_ > 0; }
+
+  // Sends `sig`, waits for the process to end and returns its wait status.
+  int Stop(int sig) {
+    kill(pid_, sig);
+    int status = 0;
+    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+    return status;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// Waits until `dir` holds more than `count` entries; false if that takes
+// longer than `timeout`.
+bool WaitForMoreEntries(const std::string& dir, size_t count,
+                        absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (Entries(dir).size() <= count) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return true;
 }
 
 class CliTest : public ::testing::Test {
@@ -298,6 +421,203 @@ TEST_F(CliTest, FailedGetKeepsAnExistingFileUnchanged) {
   CommandResult get = Cli({"get", "never-pushed", "-o", dir_->File("keep.h5")});
   EXPECT_EQ(get.exit_code, kExitNotFound);
   auto kept = ReadFile(dir_->File("keep.h5"));
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(*kept, "old contents");
+}
+
+// Writing to a path that is not a regular file writes into what is there,
+// as `cp` and `curl -o` do: replacing it would destroy a device node, a
+// FIFO or a symlink that other programs rely on.
+
+TEST_F(CliTest, GetIntoACharacterDeviceWritesIntoItAndKeepsIt) {
+  const std::string device = dir_->File("null");
+  const int made = MakeNullDevice(device);
+  if (made == EPERM) {
+    GTEST_SKIP() << "mknod needs CAP_MKNOD";
+  }
+  ASSERT_EQ(made, 0) << std::strerror(made);
+  Put("to-device", MakeHdf5Image(1 << 20, 13));
+
+  CommandResult get = Cli({"get", "to-device", "-o", device});
+  EXPECT_EQ(get.exit_code, 0) << get.stderr_text;
+  struct stat st;
+  ASSERT_EQ(lstat(device.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode)) << "the device was replaced";
+  EXPECT_EQ(st.st_rdev, makedev(1, 3));
+  EXPECT_EQ(Entries(dir_->path()), std::vector<std::string>{"null"});
+}
+
+TEST_F(CliTest, GetIntoAFifoWritesTheImageIntoIt) {
+  // Larger than a pipe's buffer, so the CLI waits on the reader.
+  const std::string image = MakeHdf5Image(3 << 20, 14);
+  Put("to-fifo", image);
+  const std::string fifo = dir_->File("pipe");
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+
+  auto [get, read] = RunReadingFifo(fifo, [&] {
+    return Cli({"get", "to-fifo", "-o", fifo});
+  });
+  EXPECT_EQ(get.exit_code, 0) << get.stderr_text;
+  EXPECT_EQ(read.size(), image.size());
+  EXPECT_TRUE(read == image) << "the FIFO carried other bytes than the image";
+  struct stat st;
+  ASSERT_EQ(lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode)) << "the FIFO was replaced";
+}
+
+TEST_F(CliTest, GetThroughASymlinkReplacesItsTargetAndKeepsTheLink) {
+  const std::string image = MakeHdf5Image(100000, 15);
+  Put("via-link", image);
+  ASSERT_TRUE(WriteFile(dir_->File("real.h5"), "old contents").ok());
+  ASSERT_EQ(symlink("real.h5", dir_->File("link.h5").c_str()), 0);
+
+  CommandResult get = Cli({"get", "via-link", "-o", dir_->File("link.h5")});
+  ASSERT_EQ(get.exit_code, 0) << get.stderr_text;
+  struct stat st;
+  ASSERT_EQ(lstat(dir_->File("link.h5").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode)) << "the symlink was replaced";
+  std::error_code error;
+  EXPECT_EQ(std::filesystem::read_symlink(dir_->File("link.h5"), error),
+            "real.h5");
+  auto written = ReadFile(dir_->File("real.h5"));
+  ASSERT_TRUE(written.ok()) << written.status();
+  EXPECT_TRUE(*written == image) << "the link's target does not hold the image";
+  EXPECT_EQ(Entries(dir_->path()),
+            (std::vector<std::string>{"link.h5", "real.h5"}));
+}
+
+TEST_F(CliTest, GetThroughASymlinkToADeviceWritesIntoTheDevice) {
+  const std::string device = dir_->File("null");
+  const int made = MakeNullDevice(device);
+  if (made == EPERM) {
+    GTEST_SKIP() << "mknod needs CAP_MKNOD";
+  }
+  ASSERT_EQ(made, 0) << std::strerror(made);
+  ASSERT_EQ(symlink(device.c_str(), dir_->File("sink").c_str()), 0);
+  Put("to-device", MakeHdf5Image(100000, 16));
+
+  CommandResult get = Cli({"get", "to-device", "-o", dir_->File("sink")});
+  EXPECT_EQ(get.exit_code, 0) << get.stderr_text;
+  struct stat st;
+  ASSERT_EQ(lstat(dir_->File("sink").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode)) << "the symlink was replaced";
+  ASSERT_EQ(lstat(device.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode)) << "the device was replaced";
+  EXPECT_EQ(st.st_rdev, makedev(1, 3));
+}
+
+TEST_F(CliTest, GetOverAnExistingFileKeepsItsModeAndOwner) {
+  const std::string image = MakeHdf5Image(100000, 17);
+  Put("private", image);
+  const std::string path = dir_->File("private.h5");
+  ASSERT_TRUE(WriteFile(path, "old contents").ok());
+  ASSERT_EQ(chmod(path.c_str(), 0600), 0);
+  // Only root can hand a file to someone else, and only root's CLI can keep
+  // it theirs; numbers no account needs to have.
+  const bool as_root = geteuid() == 0;
+  if (as_root) {
+    ASSERT_EQ(chown(path.c_str(), 4321, 8765), 0);
+  }
+
+  CommandResult get = Cli({"get", "private", "-o", path});
+  ASSERT_EQ(get.exit_code, 0) << get.stderr_text;
+  auto written = ReadFile(path);
+  ASSERT_TRUE(written.ok()) << written.status();
+  EXPECT_TRUE(*written == image);
+  struct stat st;
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  if (as_root) {
+    EXPECT_EQ(st.st_uid, 4321u);
+    EXPECT_EQ(st.st_gid, 8765u);
+  }
+}
+
+TEST_F(CliTest, GetIntoAPathThatCannotBeCreatedFailsBeforeFetching) {
+  // A directory's write permission does not stop root, which tests often
+  // run as; a path through a regular file stops everyone (ENOTDIR).
+  ASSERT_TRUE(WriteFile(dir_->File("plain"), "not a directory").ok());
+  // An image that never comes: a CLI that fetched before opening its output
+  // would wait out --wait and report a timeout instead.
+  CommandResult get = Cli({"get", "never-pushed", "--wait", "60s", "-o",
+                           dir_->File("plain/out.h5")});
+  EXPECT_EQ(get.exit_code, kExitNotFound) << get.stderr_text;
+  EXPECT_TRUE(IsOneErrorLine(get.stderr_text));
+  EXPECT_NE(get.stderr_text.find("plain"), std::string::npos)
+      << get.stderr_text;
+  EXPECT_EQ(Entries(dir_->path()), std::vector<std::string>{"plain"});
+  auto kept = ReadFile(dir_->File("plain"));
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(*kept, "not a directory");
+
+  if (geteuid() != 0) {
+    auto read_only = TempDir::Create(dir_->path());
+    ASSERT_TRUE(read_only.ok());
+    ASSERT_EQ(chmod(read_only->path().c_str(), 0500), 0);
+    CommandResult denied = Cli({"get", "never-pushed", "--wait", "60s", "-o",
+                                read_only->File("out.h5")});
+    chmod(read_only->path().c_str(), 0700);
+    EXPECT_NE(denied.exit_code, 0);
+    EXPECT_NE(denied.exit_code, kExitTimedOut) << denied.stderr_text;
+    EXPECT_TRUE(IsOneErrorLine(denied.stderr_text));
+    EXPECT_TRUE(Entries(read_only->path()).empty());
+  }
+}
+
+TEST_F(CliTest, GetIntoADirectoryIsRefused) {
+  Put("image", MakeHdf5Image(100, 18));
+  auto out_dir = TempDir::Create(dir_->path());
+  ASSERT_TRUE(out_dir.ok());
+  CommandResult get = Cli({"get", "image", "-o", out_dir->path()});
+  EXPECT_EQ(get.exit_code, kExitFailed);
+  EXPECT_TRUE(IsOneErrorLine(get.stderr_text));
+  EXPECT_NE(get.stderr_text.find("directory"), std::string::npos)
+      << get.stderr_text;
+  EXPECT_TRUE(Entries(out_dir->path()).empty());
+}
+
+// A get killed before its rename: the CLI creates its temporary file before
+// it fetches, and waits for an image that is never pushed, so the test can
+// stop it at that point without timing anything.
+
+TEST_F(CliTest, KilledGetLeavesTheOldFileWhole) {
+  auto out_dir = TempDir::Create(dir_->path());
+  ASSERT_TRUE(out_dir.ok());
+  ASSERT_TRUE(WriteFile(out_dir->File("keep.h5"), "old contents").ok());
+  BackgroundProcess get({H5depotCliPath(), "--server", server_->target(), "get",
+                         "never-pushed", "--wait", "60s", "-o",
+                         out_dir->File("keep.h5")});
+  ASSERT_TRUE(get.started());
+  ASSERT_TRUE(WaitForMoreEntries(out_dir->path(), 1, absl::Seconds(30)))
+      << "no temporary file appeared";
+
+  const int status = get.Stop(SIGKILL);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << status;
+  auto kept = ReadFile(out_dir->File("keep.h5"));
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(*kept, "old contents");
+  // SIGKILL allows no clean-up: the temporary file stays, hidden.
+  const std::vector<std::string> left = Entries(out_dir->path());
+  ASSERT_EQ(left.size(), 2u);
+  EXPECT_EQ(left[0][0], '.') << left[0];
+  EXPECT_EQ(left[1], "keep.h5");
+}
+
+TEST_F(CliTest, TerminatedGetRemovesItsTemporaryFile) {
+  auto out_dir = TempDir::Create(dir_->path());
+  ASSERT_TRUE(out_dir.ok());
+  ASSERT_TRUE(WriteFile(out_dir->File("keep.h5"), "old contents").ok());
+  BackgroundProcess get({H5depotCliPath(), "--server", server_->target(), "get",
+                         "never-pushed", "--wait", "60s", "-o",
+                         out_dir->File("keep.h5")});
+  ASSERT_TRUE(get.started());
+  ASSERT_TRUE(WaitForMoreEntries(out_dir->path(), 1, absl::Seconds(30)))
+      << "no temporary file appeared";
+
+  const int status = get.Stop(SIGTERM);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) << status;
+  EXPECT_EQ(Entries(out_dir->path()), std::vector<std::string>{"keep.h5"});
+  auto kept = ReadFile(out_dir->File("keep.h5"));
   ASSERT_TRUE(kept.ok());
   EXPECT_EQ(*kept, "old contents");
 }

@@ -22,10 +22,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/time.h"
-#include "atomic_file.h"
 #include "command_line.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/image_id.h"
+#include "output_file.h"
 #include "progress_bar.h"
 
 namespace h5depot::cli {
@@ -57,7 +57,8 @@ Commands:
       --if-generation-match: push only if generation N is current; 0 means
       only if the image does not exist yet.
   get ID [-o FILE|-] [--wait DURATION]
-      Fetch image ID into FILE (written whole or not at all) or to stdout.
+      Fetch image ID into FILE or to stdout. A regular FILE is replaced
+      whole or not at all; a device or FIFO is written into.
       --wait: if ID does not exist yet, wait this long for it to be pushed.
   ls [PREFIX]
       List the images whose ids start with PREFIX (default: all).
@@ -327,15 +328,15 @@ int RunGet(const Invocation& call) {
     return UsageError(
         "not writing an image to a terminal; use -o FILE, or -o - to insist");
   }
-  // Created before the fetch so that an unwritable destination fails fast.
-  std::unique_ptr<AtomicFile> file;
+  // Opened before the fetch so that an unwritable destination fails fast.
+  std::unique_ptr<OutputFile> file;
   if (!to_stdout) {
-    absl::StatusOr<std::unique_ptr<AtomicFile>> created =
-        AtomicFile::Create(*output);
-    if (!created.ok()) {
-      return Fail(call.command, created.status());
+    absl::StatusOr<std::unique_ptr<OutputFile>> opened =
+        OutputFile::Open(*output);
+    if (!opened.ok()) {
+      return Fail(call.command, opened.status());
     }
-    file = *std::move(created);
+    file = *std::move(opened);
   }
 
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
