@@ -3,8 +3,11 @@
 #
 #   deploy/build.sh [PRESET] [CMAKE_ARGS...]
 #
-#   PRESET      dev (default; warnings are errors), release, or asan
-#               (AddressSanitizer + UndefinedBehaviorSanitizer)
+#   PRESET      dev (default; warnings are errors), release, asan
+#               (AddressSanitizer + UndefinedBehaviorSanitizer), or tsan
+#               (ThreadSanitizer, the components without gRPC only; fetches
+#               Debian's Abseil source into BUILD_DIR/_deps first, see
+#               deploy/abseil-source.sh)
 #   CMAKE_ARGS  passed to the configure step, e.g. -DH5DEPOT_BUILD_TESTS=OFF
 #
 # Environment: JOBS parallel compile jobs (default 2: building gRPC code is
@@ -17,13 +20,20 @@ preset=${1:-dev}
 (($# > 0)) && shift
 case $preset in
   dev) dir=build ;;
-  release | asan) dir=build-$preset ;;
+  release | asan | tsan) dir=build-$preset ;;
   *)
-    echo "build: unknown preset '$preset' (dev, release, asan)" >&2
+    echo "build: unknown preset '$preset' (dev, release, asan, tsan)" >&2
     exit 2
     ;;
 esac
 dir=${BUILD_DIR:-$dir}
 
-cmake --preset "$preset" -B "$dir" "$@"
+configure=()
+if [[ $preset == tsan ]]; then
+  abseil=$(realpath -m "$dir/_deps/abseil-src")
+  deploy/abseil-source.sh "$abseil"
+  configure+=("-DH5DEPOT_ABSL_SOURCE_DIR=$abseil")
+fi
+
+cmake --preset "$preset" -B "$dir" "${configure[@]}" "$@"
 cmake --build "$dir" --parallel "${JOBS:-2}"

@@ -10,6 +10,8 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libhdf5-dev libxxhash-dev libgtest-dev
   python3-h5py python3-numpy
+  # deploy/test.sh's ThreadSanitizer pass: GCC 12's TSan runtime.
+  libtsan2
   # bench/run.sh: its peers (iperf3, Redis with redis-benchmark) and the C
   # Redis client it measures them with.
   iperf3 redis-server redis-tools libhiredis-dev

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Sets up this machine, then builds and runs the whole test suite twice:
+# Sets up this machine, then builds and runs the test suite three times:
 #   1. the dev preset (warnings are errors), under ctest;
 #   2. the asan preset (AddressSanitizer + UndefinedBehaviorSanitizer, with
-#      LeakSanitizer), under ctest, in its own build directory.
+#      LeakSanitizer), under ctest, in its own build directory;
+#   3. the tsan preset (ThreadSanitizer): only the components and tests
+#      that need no gRPC, whose Debian build TSan cannot see into (the
+#      store, the wire code, file images, the buffer recycler, the page
+#      cache; docs/ARCHITECTURE.md, "Testing: sanitizers").
 # Exits non-zero if any step or any test fails.
 #
 # Environment:
-#   H5DEPOT_SKIP_SANITIZERS=1  skip pass 2 (it runs by default)
+#   H5DEPOT_SKIP_SANITIZERS=1  skip passes 2 and 3 (they run by default)
+#   H5DEPOT_SKIP_TSAN=1        skip pass 3
 #   JOBS                       parallel compile jobs (default 2)
 #   TEST_JOBS                  tests run in parallel (default 2)
 set -euo pipefail
@@ -40,9 +45,12 @@ phase() {  # phase NAME COMMAND...: runs COMMAND, records how long it took
 
 passed=0
 failed=0
-run_tests() {  # run_tests BUILD_DIR: ctest, counting what passed and failed
-  local log=$1/ctest-summary.log status=0 summary total bad
-  ctest --test-dir "$1" --output-on-failure --timeout 600 \
+# run_tests BUILD_DIR [LAUNCHER...]: ctest (started through LAUNCHER, if
+# given), counting what passed and failed
+run_tests() {
+  local dir=$1 log=$1/ctest-summary.log status=0 summary total bad
+  shift
+  "$@" ctest --test-dir "$dir" --output-on-failure --timeout 600 \
     --parallel "${TEST_JOBS:-2}" | tee "$log" || status=$?
   # "100% tests passed, 0 tests failed out of 104"
   summary=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" |
@@ -68,6 +76,23 @@ sanitized_tests() {
     run_tests build-asan
 }
 
+# Any race report fails its test (exit code 66). Only third-party false
+# positives are suppressed, in deploy/tsan.supp.
+tsan_tests() {
+  local launcher=()
+  # TSan of GCC 12 needs the address layout it was built for: with more
+  # ASLR entropy (vm.mmap_rnd_bits above 28, as on recent kernels) it dies
+  # at start with "FATAL: ThreadSanitizer: unexpected memory mapping".
+  # setarch -R turns ASLR off for ctest and the tests it starts, and for
+  # nothing else on the machine.
+  if (($(cat /proc/sys/vm/mmap_rnd_bits 2>/dev/null || echo 0) > 28)); then
+    launcher=(setarch "$(uname -m)" -R)
+  fi
+  local tsan=halt_on_error=1:second_deadlock_stack=1:exitcode=66
+  tsan+=:suppressions=$PWD/deploy/tsan.supp
+  TSAN_OPTIONS=$tsan run_tests build-tsan "${launcher[@]}"
+}
+
 phase "setup" deploy/setup.sh
 phase "build (dev, -Werror)" deploy/build.sh dev
 phase "test (dev)" run_tests build
@@ -76,4 +101,10 @@ if [[ ${H5DEPOT_SKIP_SANITIZERS:-0} == 1 ]]; then
 else
   phase "build (asan+ubsan)" deploy/build.sh asan
   phase "test (asan+ubsan)" sanitized_tests
+  if [[ ${H5DEPOT_SKIP_TSAN:-0} == 1 ]]; then
+    echo "==> skipping the TSan pass (H5DEPOT_SKIP_TSAN=1)"
+  else
+    phase "build (tsan)" deploy/build.sh tsan
+    phase "test (tsan)" tsan_tests
+  fi
 fi

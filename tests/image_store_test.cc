@@ -1,6 +1,8 @@
 #include "h5depot/server/image_store.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
@@ -255,6 +257,141 @@ TEST_F(ImageStoreTest, ConcurrentConditionalPushesHaveExactlyOneWinner) {
   for (auto& t : writers) t.join();
   EXPECT_EQ(winners.load(), 1);
   EXPECT_EQ(conflicts.load(), kWriters - 1);
+}
+
+// Threads pushing, fetching, listing and deleting one shared id and ids of
+// their own, some of the images large enough to be mapped and recycled,
+// with the reaper running: every image anyone fetches or lists is whole
+// (one of the versions pushed, byte for byte), every generation is handed
+// out once, each thread's own id ends as that thread left it, and the
+// memory accounting comes out exact.
+TEST_F(ImageStoreTest, ConcurrentPushesFetchesListsAndDeletesSeeWholeImages) {
+  constexpr int kThreads = 6;
+  constexpr int kOpsPerThread = 200;
+  // Versions of distinct sizes, so that a fetched image says which it is.
+  std::vector<std::vector<uint8_t>> versions;
+  for (uint32_t v = 0; v < 4; ++v) {
+    versions.push_back(MakeTestImage(3000 + 1000 * v, v + 1));
+  }
+  versions.push_back(MakeTestImage((1 << 20) + 4096, 9));  // mapped
+  auto is_whole = [&versions](const StoredImage& image) {
+    for (const std::vector<uint8_t>& version : versions) {
+      if (image.size() == version.size()) {
+        return std::memcmp(image.data(), version.data(), version.size()) == 0 &&
+               image.checksum() ==
+                   internal::Checksum(version.data(), version.size());
+      }
+    }
+    return false;
+  };
+
+  StoreOptions options;
+  options.max_memory_bytes = uint64_t{256} << 20;
+  ImageStore store(options);   // real clock, reaper running
+  std::atomic<int> broken{0};  // fetched or listed images not whole
+  std::atomic<int> unexpected_codes{0};
+  std::vector<std::vector<uint64_t>> generations(kThreads);
+  // What each thread last did to its own id: the version it pushed, or -1
+  // for deleted (or never pushed).
+  std::vector<int> own_last(kThreads, -1);
+
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const std::string own = "own/" + std::to_string(t);
+      uint32_t state = 2654435761u * (t + 1);
+      auto next = [&state](uint32_t bound) {
+        state = state * 1664525u + 1013904223u;
+        return (state >> 8) % bound;
+      };
+      std::vector<ImageRef> held;  // readers keep their generation
+      for (int op = 0; op < kOpsPerThread; ++op) {
+        const bool shared = next(2) == 0;
+        const std::string id = shared ? "shared" : own;
+        switch (next(5)) {
+          case 0:
+          case 1: {  // push, some on the generation last fetched
+            const int v = static_cast<int>(next(versions.size()));
+            PushRequest request = RequestFor(id, versions[v]);
+            if (!held.empty() && held.back()->image_id() == id) {
+              request.if_generation_match = held.back()->generation();
+            }
+            auto pushed = PushWhole(store, request, versions[v]);
+            if (pushed.ok()) {
+              generations[t].push_back((*pushed)->generation());
+              if (!shared) own_last[t] = v;
+            } else if (pushed.status().code() !=
+                       absl::StatusCode::kFailedPrecondition) {
+              ++unexpected_codes;
+            }
+            break;
+          }
+          case 2: {  // fetch, and now and then keep it
+            auto got = store.Get(id);
+            if (got.ok()) {
+              if (!is_whole(**got)) ++broken;
+              if (held.size() < 4) held.push_back(*got);
+            } else if (got.status().code() != absl::StatusCode::kNotFound) {
+              ++unexpected_codes;
+            }
+            break;
+          }
+          case 3: {  // delete
+            absl::Status deleted = store.Delete(id, std::nullopt);
+            if (deleted.ok()) {
+              if (!shared) own_last[t] = -1;
+            } else if (deleted.code() != absl::StatusCode::kNotFound) {
+              ++unexpected_codes;
+            }
+            break;
+          }
+          default: {  // list everything, then drop the oldest held reader
+            for (const ImageRef& image : store.List("", 0, "").images) {
+              if (!is_whole(*image)) ++broken;
+            }
+            for (const ImageRef& image : held) {
+              auto again =
+                  store.GetGeneration(image->image_id(), image->generation());
+              if (!again.ok() || *again != image || !is_whole(*image)) {
+                ++broken;
+              }
+            }
+            if (!held.empty()) held.erase(held.begin());
+            break;
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+
+  EXPECT_EQ(broken.load(), 0);
+  EXPECT_EQ(unexpected_codes.load(), 0);
+  std::vector<uint64_t> all;
+  for (const std::vector<uint64_t>& mine : generations) {
+    EXPECT_TRUE(std::is_sorted(mine.begin(), mine.end()));
+    all.insert(all.end(), mine.begin(), mine.end());
+  }
+  std::sort(all.begin(), all.end());
+  EXPECT_EQ(std::adjacent_find(all.begin(), all.end()), all.end())
+      << "a generation was handed out twice";
+  for (int t = 0; t < kThreads; ++t) {
+    auto got = store.Get("own/" + std::to_string(t));
+    if (own_last[t] < 0) {
+      EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound) << t;
+    } else {
+      ASSERT_TRUE(got.ok()) << t << ": " << got.status();
+      EXPECT_EQ((*got)->size(), versions[own_last[t]].size()) << t;
+    }
+  }
+  // Nobody holds a replaced generation any more: only current images count.
+  uint64_t listed_bytes = 0;
+  for (const ImageRef& image : store.List("", 0, "").images) {
+    listed_bytes += image->size();
+  }
+  const StoreStats stats = store.Stats();
+  EXPECT_EQ(stats.stored_bytes, listed_bytes);
+  EXPECT_EQ(stats.reserved_bytes, listed_bytes);
 }
 
 TEST_F(ImageStoreTest, DeleteHonoursGeneration) {
