@@ -12,6 +12,10 @@
 # Environment:
 #   H5DEPOT_SKIP_SANITIZERS=1  skip passes 2 and 3 (they run by default)
 #   H5DEPOT_SKIP_TSAN=1        skip pass 3
+#   H5DEPOT_LOAD_REPEAT=N      the suite under load: every test pass runs
+#                              beside stress-ng keeping each CPU busy, and
+#                              each test runs N times unless it fails first
+#                              (ctest --repeat until-fail:N); off by default
 #   JOBS                       parallel compile jobs (default 2)
 #   TEST_JOBS                  tests run in parallel (default 2)
 set -euo pipefail
@@ -49,9 +53,21 @@ failed=0
 # given), counting what passed and failed
 run_tests() {
   local dir=$1 log=$1/ctest-summary.log status=0 summary total bad
+  local repeat=() load_pid=
   shift
+  if ((${H5DEPOT_LOAD_REPEAT:-0} > 0)); then
+    # Bounded, and ended below: a load that outlived the run would skew
+    # whatever the machine does next.
+    stress-ng --cpu "$(nproc)" --timeout 3h --quiet &
+    load_pid=$!
+    repeat=(--repeat "until-fail:$H5DEPOT_LOAD_REPEAT")
+  fi
   "$@" ctest --test-dir "$dir" --output-on-failure --timeout 600 \
-    --parallel "${TEST_JOBS:-2}" | tee "$log" || status=$?
+    --parallel "${TEST_JOBS:-2}" "${repeat[@]}" | tee "$log" || status=$?
+  if [[ -n $load_pid ]]; then
+    kill "$load_pid" 2>/dev/null || true
+    wait "$load_pid" 2>/dev/null || true
+  fi
   # "100% tests passed, 0 tests failed out of 104"
   summary=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" |
     tail -n1)
