@@ -10,8 +10,11 @@
 // kRecycleRetainFor, at most kRecycleMaxRetained of them; one taken fits a
 // request without wasting over a quarter of it; a request that finds none to
 // take frees every kept buffer before allocating, so keeping them never raises
-// the process's peak memory. A thread of its own frees them when due, and exits
-// when none is left. A child of fork() starts with none. Buffers handed to HDF5
+// the process's peak memory. A thread of its own, started with the first kept
+// buffer and idle while none is kept, frees them when due; it never exits,
+// and touches the allocator only under a lock that fork() takes first, so a
+// child of fork() never inherits an allocator lock it held. A child of
+// fork() starts with none kept and starts its own thread when it keeps one. Buffers handed to HDF5
 // (ImageBuffer::Release) are freed by HDF5 and never come back here.
 // Thread-safe. Internal to the client.
 #ifndef H5DEPOT_CLIENT_BUFFER_RECYCLER_INTERNAL_H_
