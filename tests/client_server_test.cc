@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/checksum.h"
@@ -457,6 +458,79 @@ TEST_P(ClientServerTest, WireProtocolStreamsInfoThenChunks) {
   EXPECT_TRUE(reader->Finish().ok());
   EXPECT_EQ(received, bytes.size());
   EXPECT_GE(chunks, 2);
+}
+
+// Below the client library, which checks ids itself: every RPC that names
+// an image refuses one no push could have stored as INVALID_ARGUMENT, the
+// code the data lane gives too, not NOT_FOUND.
+TEST_P(ClientServerTest, EveryRpcRefusesAMalformedIdAsInvalidArgument) {
+  const auto bytes = MakeTestImage(4096);
+  ASSERT_TRUE(client_->Push("kept", bytes.data(), bytes.size()).ok());
+  auto stub = v1::Depot::NewStub(grpc::CreateChannel(
+      server_->targets().front(), grpc::InsecureChannelCredentials()));
+  const std::vector<std::string> malformed = {
+      "../etc", "", std::string(300, 'a'), std::string("a\0b", 3)};
+  for (const std::string& id : malformed) {
+    SCOPED_TRACE(absl::CEscape(id));
+    for (uint64_t wait_ms : {uint64_t{0}, uint64_t{60'000}}) {
+      grpc::ClientContext context;
+      v1::FetchRequest request;
+      request.set_image_id(id);
+      request.set_wait_timeout_ms(wait_ms);
+      auto reader = stub->Fetch(&context, request);
+      v1::FetchResponse response;
+      EXPECT_FALSE(reader->Read(&response));
+      EXPECT_EQ(reader->Finish().error_code(),
+                grpc::StatusCode::INVALID_ARGUMENT)
+          << "Fetch, wait " << wait_ms;
+    }
+    {
+      grpc::ClientContext context;
+      v1::ReadRequest request;
+      request.set_image_id(id);
+      request.set_length(10);
+      auto reader = stub->Read(&context, request);
+      v1::ReadResponse response;
+      EXPECT_FALSE(reader->Read(&response));
+      EXPECT_EQ(reader->Finish().error_code(),
+                grpc::StatusCode::INVALID_ARGUMENT)
+          << "Read";
+    }
+    {
+      grpc::ClientContext context;
+      auto stream = stub->OpenReader(&context);
+      v1::ReaderRequest open;
+      open.mutable_open()->set_image_id(id);
+      stream->Write(open);
+      stream->WritesDone();
+      v1::ReaderResponse response;
+      while (stream->Read(&response)) {
+      }
+      EXPECT_EQ(stream->Finish().error_code(),
+                grpc::StatusCode::INVALID_ARGUMENT)
+          << "OpenReader";
+    }
+    for (uint64_t wait_ms : {uint64_t{0}, uint64_t{60'000}}) {
+      grpc::ClientContext context;
+      v1::StatRequest request;
+      request.set_image_id(id);
+      request.set_wait_timeout_ms(wait_ms);
+      v1::ImageInfo info;
+      EXPECT_EQ(stub->Stat(&context, request, &info).error_code(),
+                grpc::StatusCode::INVALID_ARGUMENT)
+          << "Stat, wait " << wait_ms;
+    }
+    {
+      grpc::ClientContext context;
+      v1::DeleteRequest request;
+      request.set_image_id(id);
+      v1::DeleteResponse response;
+      EXPECT_EQ(stub->Delete(&context, request, &response).error_code(),
+                grpc::StatusCode::INVALID_ARGUMENT)
+          << "Delete";
+    }
+  }
+  EXPECT_TRUE(client_->Stat("kept").ok());
 }
 
 TEST(ServerShutdownTest, UnixSocketFileIsRemovedOnShutdown) {

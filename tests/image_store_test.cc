@@ -4,10 +4,14 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/escaping.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "h5depot/internal/checksum.h"
 #include "test_images.h"
@@ -88,6 +92,34 @@ TEST_F(ImageStoreTest, AbandonedPushLeavesNothingAndFreesItsMemory) {
   }
   EXPECT_EQ(store_->Get("x").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(store_->Stats().reserved_bytes, 0u);
+}
+
+// Ids no push could have stored: path tricks, empty, too long, a NUL.
+const std::vector<std::string>& MalformedIds() {
+  static const auto* ids = new std::vector<std::string>{
+      "../etc", "", std::string(300, 'a'), std::string("a\0b", 3), "a//b"};
+  return *ids;
+}
+
+TEST_F(ImageStoreTest, EveryLookupOfAMalformedIdIsInvalidNotMissing) {
+  ASSERT_TRUE(Push("a", MakeTestImage(1000)).ok());
+  const absl::Time later = absl::Now() + absl::Hours(1);
+  for (const std::string& id : MalformedIds()) {
+    SCOPED_TRACE(absl::CEscape(id));
+    EXPECT_EQ(store_->Get(id).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(store_->GetGeneration(id, 0).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    // At once, not after the wait.
+    EXPECT_EQ(store_->WaitFor(id, later, nullptr).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(store_->Delete(id, std::nullopt).code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(
+        store_->BeginPush(RequestFor(id, MakeTestImage(1000))).status().code(),
+        absl::StatusCode::kInvalidArgument);
+  }
+  EXPECT_TRUE(store_->Get("a").ok());
 }
 
 TEST_F(ImageStoreTest, ShortPushIsRefusedAndLeavesNothing) {

@@ -21,7 +21,6 @@
 #include "absl/synchronization/mutex.h"
 #include "client_cpu_internal.h"
 #include "data_lane_internal.h"
-#include "h5depot/internal/image_id.h"
 #include "h5depot/internal/lane_protocol.h"
 #include "h5depot/internal/lane_socket.h"
 
@@ -448,10 +447,7 @@ absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,
                                              const lane::RequestHeader& header,
                                              const std::string& image_id,
                                              ClientCpuFollower* follower) {
-  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
-    return SendFinal(socket, status, nullptr, false);
-  }
-  absl::StatusOr<ImageRef> image;
+  absl::StatusOr<ImageRef> image;  // the store checks the id
   if (header.wait_ms == 0) {
     image = store->Get(image_id);
   } else {

@@ -416,6 +416,9 @@ void ImageStore::Retire(const ImageRef& image) {
 }
 
 absl::StatusOr<ImageRef> ImageStore::Get(std::string_view image_id) const {
+  if (absl::Status valid = internal::ValidateImageId(image_id); !valid.ok()) {
+    return valid;
+  }
   absl::ReaderMutexLock lock(&mutex_);
   ImageRef image = FindLive(image_id);
   if (image == nullptr) {
@@ -431,6 +434,9 @@ absl::StatusOr<ImageRef> ImageStore::WaitFor(
   // Cancellation is not an event the store can wait on, so waits wake up
   // this often to look at it.
   constexpr absl::Duration kCancellationPoll = absl::Milliseconds(200);
+  if (absl::Status valid = internal::ValidateImageId(image_id); !valid.ok()) {
+    return valid;
+  }
   absl::MutexLock lock(&mutex_);
   ImageRef image;
   auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
@@ -456,6 +462,9 @@ absl::StatusOr<ImageRef> ImageStore::WaitFor(
 
 absl::StatusOr<ImageRef> ImageStore::GetGeneration(std::string_view image_id,
                                                    uint64_t generation) const {
+  if (absl::Status valid = internal::ValidateImageId(image_id); !valid.ok()) {
+    return valid;
+  }
   absl::ReaderMutexLock lock(&mutex_);
   ImageRef current = FindLive(image_id);
   if (generation == 0 ||
@@ -478,6 +487,9 @@ absl::StatusOr<ImageRef> ImageStore::GetGeneration(std::string_view image_id,
 
 absl::Status ImageStore::Delete(std::string_view image_id,
                                 std::optional<uint64_t> if_generation_match) {
+  if (absl::Status valid = internal::ValidateImageId(image_id); !valid.ok()) {
+    return valid;
+  }
   ImageRef deleted;  // released after the lock, it may be large
   absl::MutexLock lock(&mutex_);
   ImageRef current = FindLive(image_id);

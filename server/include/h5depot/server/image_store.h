@@ -178,11 +178,16 @@ class ImageStore {
   // RESOURCE_EXHAUSTED, ALREADY_EXISTS, FAILED_PRECONDITION, UNAVAILABLE.
   absl::StatusOr<std::unique_ptr<PendingImage>> BeginPush(PushRequest request);
 
+  // Every call that names an image id checks it against the id rules
+  // (h5depot/internal/image_id.h) first: a malformed id is INVALID_ARGUMENT
+  // whichever front end it came through, never NOT_FOUND.
+
   // The current generation of `image_id`; NOT_FOUND if absent or expired.
   absl::StatusOr<ImageRef> Get(std::string_view image_id) const;
 
   // Like Get, but waits until `deadline` for the image to be published.
-  // DEADLINE_EXCEEDED when it passes, CANCELLED when `is_cancelled` turns
+  // DEADLINE_EXCEEDED when it passes (checked before waiting, so a malformed
+  // id is INVALID_ARGUMENT at once), CANCELLED when `is_cancelled` turns
   // true (polled a few times a second), UNAVAILABLE on shutdown.
   absl::StatusOr<ImageRef> WaitFor(std::string_view image_id,
                                    absl::Time deadline,
