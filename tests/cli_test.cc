@@ -578,8 +578,8 @@ TEST_F(CliTest, GetIntoADirectoryIsRefused) {
 
 // A get killed before its rename: the CLI creates its temporary file before
 // it fetches, and waits for an image that is never pushed, so the test can
-// stop it at that point without timing anything.
-
+// stop it at that point without timing anything. (The same for SIGTERM,
+// below.)
 TEST_F(CliTest, KilledGetLeavesTheOldFileWhole) {
   auto out_dir = TempDir::Create(dir_->path());
   ASSERT_TRUE(out_dir.ok());

@@ -14,9 +14,9 @@
 // buffer and idle while none is kept, frees them when due; it never exits,
 // and touches the allocator only under a lock that fork() takes first, so a
 // child of fork() never inherits an allocator lock it held. A child of
-// fork() starts with none kept and starts its own thread when it keeps one. Buffers handed to HDF5
-// (ImageBuffer::Release) are freed by HDF5 and never come back here.
-// Thread-safe. Internal to the client.
+// fork() starts with none kept and starts its own thread when it keeps one.
+// Buffers handed to HDF5 (ImageBuffer::Release) are freed by HDF5 and never
+// come back here. Thread-safe. Internal to the client.
 #ifndef H5DEPOT_CLIENT_BUFFER_RECYCLER_INTERNAL_H_
 #define H5DEPOT_CLIENT_BUFFER_RECYCLER_INTERNAL_H_
 
