@@ -1,6 +1,6 @@
-#include <utility>
+#include "h5depot/rpc/chunk_codec.h"
 
-#include "chunk_codec_internal.h"
+#include <utility>
 
 namespace h5depot::internal {
 namespace {

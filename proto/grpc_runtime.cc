@@ -1,6 +1,6 @@
-#include <grpc/grpc.h>
+#include "h5depot/rpc/grpc_runtime.h"
 
-#include "grpc_runtime_internal.h"
+#include <grpc/grpc.h>
 
 namespace h5depot::internal {
 

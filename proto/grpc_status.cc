@@ -1,6 +1,6 @@
-#include <string>
+#include "h5depot/rpc/grpc_status.h"
 
-#include "grpc_status_internal.h"
+#include <string>
 
 namespace h5depot::internal {
 

@@ -1,6 +1,8 @@
 // The raw chunk codec against protobuf's own encoding: what one end builds
 // by hand the other must read with generated code, and the other way round,
 // however gRPC happens to slice the bytes.
+#include "h5depot/rpc/chunk_codec.h"
+
 #include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/support/proto_buffer_writer.h>
 
@@ -8,7 +10,6 @@
 #include <string>
 #include <vector>
 
-#include "chunk_codec_internal.h"
 #include "gtest/gtest.h"
 #include "h5depot/v1/depot.pb.h"
 #include "wire_messages.h"

@@ -18,13 +18,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "file_image_internal.h"
+#include "client/src/file_image_internal.h"
+#include "client/src/image_share_internal.h"
+#include "client/src/superblock_internal.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "h5depot/testing/hdf5_datasets.h"
 #include "h5py_images.h"
-#include "image_share_internal.h"
-#include "superblock_internal.h"
 
 namespace h5depot {
 namespace {

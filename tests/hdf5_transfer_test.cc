@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/src/image_share_internal.h"
+#include "client/src/superblock_internal.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
@@ -26,8 +28,6 @@
 #include "h5depot/server/depot_server.h"
 #include "h5depot/testing/hdf5_datasets.h"
 #include "h5py_images.h"
-#include "image_share_internal.h"
-#include "superblock_internal.h"
 
 namespace h5depot {
 namespace {

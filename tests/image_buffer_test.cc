@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "buffer_recycler_internal.h"
+#include "client/src/buffer_recycler_internal.h"
 #include "gtest/gtest.h"
 
 namespace h5depot {

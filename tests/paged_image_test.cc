@@ -1,7 +1,7 @@
 // Tests of the remote driver's page cache and paged image, alone: the base
 // is an in-memory image behind the ImageReader interface, so that every
 // read that would be a round trip to the server can be counted exactly.
-#include "paged_image.h"
+#include "vfd/src/paged_image.h"
 
 #include <algorithm>
 #include <atomic>
@@ -18,7 +18,7 @@
 #include "absl/status/status.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "page_cache.h"
+#include "vfd/src/page_cache.h"
 
 namespace h5depot::vfd {
 namespace {

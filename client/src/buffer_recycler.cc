@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "buffer_recycler_internal.h"
+#include "client/src/buffer_recycler_internal.h"
 #include "h5depot/internal/buffer_reuse.h"
 
 namespace h5depot::internal {

@@ -7,7 +7,7 @@
 #include <string>
 #include <utility>
 
-#include "c_api_internal.h"
+#include "client/src/c_api_internal.h"
 #include "h5depot/client.h"
 #include "h5depot/h5depot.h"
 #include "h5depot/hdf5_transfer.h"

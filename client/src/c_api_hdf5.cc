@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <utility>
 
-#include "c_api_internal.h"
+#include "client/src/c_api_internal.h"
 #include "h5depot/file_image.h"
 #include "h5depot/h5depot.h"
 #include "h5depot/hdf5_transfer.h"

@@ -15,13 +15,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
-#include "chunk_codec_internal.h"
-#include "data_lane_internal.h"
-#include "grpc_runtime_internal.h"
-#include "grpc_status_internal.h"
+#include "client/src/lane_client_internal.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/huge_pages.h"
 #include "h5depot/internal/image_id.h"
+#include "h5depot/rpc/chunk_codec.h"
+#include "h5depot/rpc/grpc_runtime.h"
+#include "h5depot/rpc/grpc_status.h"
 #include "h5depot/v1/depot.grpc.pb.h"
 
 namespace h5depot {

@@ -1,7 +1,7 @@
 #include <cstddef>
 #include <cstring>
 
-#include "core_driver_internal.h"
+#include "client/src/core_driver_internal.h"
 #include "hdf5_error_internal.h"
 
 namespace h5depot::internal {

@@ -9,12 +9,12 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "core_driver_internal.h"
-#include "file_image_internal.h"
+#include "client/src/core_driver_internal.h"
+#include "client/src/file_image_internal.h"
+#include "client/src/image_share_internal.h"
+#include "client/src/superblock_internal.h"
 #include "h5depot/internal/hdf5_signature.h"
 #include "hdf5_error_internal.h"
-#include "image_share_internal.h"
-#include "superblock_internal.h"
 
 namespace h5depot {
 namespace {

@@ -5,7 +5,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "buffer_recycler_internal.h"
+#include "client/src/buffer_recycler_internal.h"
 
 namespace h5depot {
 

@@ -11,8 +11,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "client/src/image_share_internal.h"
 #include "hdf5_error_internal.h"
-#include "image_share_internal.h"
 
 namespace h5depot::internal {
 namespace {

@@ -1,7 +1,7 @@
 #include <cstring>
 
+#include "client/src/superblock_internal.h"
 #include "h5depot/internal/hdf5_signature.h"
-#include "superblock_internal.h"
 
 namespace h5depot::internal {
 namespace {

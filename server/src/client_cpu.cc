@@ -1,4 +1,4 @@
-#include "client_cpu_internal.h"
+#include "server/src/client_cpu_internal.h"
 
 namespace h5depot::server {
 

@@ -12,9 +12,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "data_lane_internal.h"
-#include "depot_service_internal.h"
-#include "grpc_runtime_internal.h"
+#include "h5depot/rpc/grpc_runtime.h"
+#include "server/src/depot_service_internal.h"
+#include "server/src/lane_server_internal.h"
 
 namespace h5depot::server {
 

@@ -9,9 +9,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "chunk_codec_internal.h"
-#include "depot_service_internal.h"
-#include "grpc_status_internal.h"
+#include "h5depot/rpc/chunk_codec.h"
+#include "h5depot/rpc/grpc_status.h"
+#include "server/src/depot_service_internal.h"
 
 namespace h5depot::server {
 namespace {

@@ -34,8 +34,8 @@
 #include "h5depot/client.h"
 #include "h5depot/internal/hdf5_signature.h"
 #include "h5depot/internal/image_id.h"
-#include "hdf5_error.h"
-#include "paged_image.h"
+#include "vfd/src/hdf5_error.h"
+#include "vfd/src/paged_image.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "hdf5_error.h"
+#include "vfd/src/hdf5_error.h"
 
 #include <atomic>
 #include <string>

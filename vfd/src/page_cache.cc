@@ -1,4 +1,4 @@
-#include "page_cache.h"
+#include "vfd/src/page_cache.h"
 
 #include <algorithm>
 #include <utility>

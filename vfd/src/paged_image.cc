@@ -1,4 +1,4 @@
-#include "paged_image.h"
+#include "vfd/src/paged_image.h"
 
 #include <algorithm>
 #include <cstring>

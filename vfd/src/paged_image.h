@@ -24,7 +24,7 @@
 #include "absl/status/statusor.h"
 #include "h5depot/client.h"
 #include "h5depot/image_buffer.h"
-#include "page_cache.h"
+#include "vfd/src/page_cache.h"
 
 namespace h5depot::vfd {
 

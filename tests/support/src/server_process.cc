@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "h5depot/testing/subprocess.h"
-#include "spawn_internal.h"
+#include "tests/support/src/spawn_internal.h"
 
 namespace h5depot::testing {
 namespace {

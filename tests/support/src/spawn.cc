@@ -18,7 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "spawn_internal.h"
+#include "tests/support/src/spawn_internal.h"
 
 extern char** environ;
 

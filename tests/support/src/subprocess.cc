@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "spawn_internal.h"
+#include "tests/support/src/spawn_internal.h"
 
 // Set by CMake to $<TARGET_FILE:...> of the binaries under test.
 #ifndef H5DEPOT_TESTING_H5DEPOTD_PATH

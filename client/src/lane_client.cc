@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "data_lane_internal.h"
+#include "client/src/lane_client_internal.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/huge_pages.h"
 #include "h5depot/internal/lane_protocol.h"

@@ -2,8 +2,8 @@
 //
 // absl::StatusCode and grpc::StatusCode share their numbering, so a status
 // crosses the wire with its code and message intact in both directions.
-#ifndef H5DEPOT_PROTO_GRPC_STATUS_INTERNAL_H_
-#define H5DEPOT_PROTO_GRPC_STATUS_INTERNAL_H_
+#ifndef H5DEPOT_RPC_GRPC_STATUS_H_
+#define H5DEPOT_RPC_GRPC_STATUS_H_
 
 #include <grpcpp/support/status.h>
 
@@ -17,4 +17,4 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 
 }  // namespace h5depot::internal
 
-#endif  // H5DEPOT_PROTO_GRPC_STATUS_INTERNAL_H_
+#endif  // H5DEPOT_RPC_GRPC_STATUS_H_

@@ -19,10 +19,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "client_cpu_internal.h"
-#include "data_lane_internal.h"
 #include "h5depot/internal/lane_protocol.h"
 #include "h5depot/internal/lane_socket.h"
+#include "server/src/client_cpu_internal.h"
+#include "server/src/lane_server_internal.h"
 
 namespace h5depot::server {
 namespace {

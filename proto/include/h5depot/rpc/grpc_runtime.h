@@ -1,6 +1,6 @@
 // Process-wide gRPC runtime lifetime.
-#ifndef H5DEPOT_PROTO_GRPC_RUNTIME_INTERNAL_H_
-#define H5DEPOT_PROTO_GRPC_RUNTIME_INTERNAL_H_
+#ifndef H5DEPOT_RPC_GRPC_RUNTIME_H_
+#define H5DEPOT_RPC_GRPC_RUNTIME_H_
 
 namespace h5depot::internal {
 
@@ -14,4 +14,4 @@ void KeepGrpcRuntimeAlive();
 
 }  // namespace h5depot::internal
 
-#endif  // H5DEPOT_PROTO_GRPC_RUNTIME_INTERNAL_H_
+#endif  // H5DEPOT_RPC_GRPC_RUNTIME_H_

@@ -6,8 +6,8 @@
 // One thread per connection, blocking I/O: a connection carries one
 // request at a time, and most of a large transfer's time is spent in the
 // kernel's copy, which a thread of its own keeps busy without any handoff.
-#ifndef H5DEPOT_SERVER_DATA_LANE_INTERNAL_H_
-#define H5DEPOT_SERVER_DATA_LANE_INTERNAL_H_
+#ifndef H5DEPOT_SERVER_LANE_SERVER_INTERNAL_H_
+#define H5DEPOT_SERVER_LANE_SERVER_INTERNAL_H_
 
 #include <memory>
 #include <string>
@@ -62,4 +62,4 @@ class DataLaneServer {
 
 }  // namespace h5depot::server
 
-#endif  // H5DEPOT_SERVER_DATA_LANE_INTERNAL_H_
+#endif  // H5DEPOT_SERVER_LANE_SERVER_INTERNAL_H_

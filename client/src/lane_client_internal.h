@@ -3,8 +3,8 @@
 // caller's bytes and receiving straight into the fetched image's buffer.
 // Client uses it whenever the server offers a lane it can reach, and gRPC
 // otherwise. Internal to the client.
-#ifndef H5DEPOT_CLIENT_DATA_LANE_INTERNAL_H_
-#define H5DEPOT_CLIENT_DATA_LANE_INTERNAL_H_
+#ifndef H5DEPOT_CLIENT_LANE_CLIENT_INTERNAL_H_
+#define H5DEPOT_CLIENT_LANE_CLIENT_INTERNAL_H_
 
 #include <chrono>
 #include <memory>
@@ -99,4 +99,4 @@ class DataLane {
 
 }  // namespace h5depot::internal
 
-#endif  // H5DEPOT_CLIENT_DATA_LANE_INTERNAL_H_
+#endif  // H5DEPOT_CLIENT_LANE_CLIENT_INTERNAL_H_

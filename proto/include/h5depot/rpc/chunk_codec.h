@@ -8,8 +8,8 @@
 // costs on each side (into the message's string and out of it). The bytes
 // on the wire are exactly what protobuf would produce, so either end may
 // still use the generated code.
-#ifndef H5DEPOT_PROTO_CHUNK_CODEC_INTERNAL_H_
-#define H5DEPOT_PROTO_CHUNK_CODEC_INTERNAL_H_
+#ifndef H5DEPOT_RPC_CHUNK_CODEC_H_
+#define H5DEPOT_RPC_CHUNK_CODEC_H_
 
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/proto_buffer_reader.h>
@@ -84,4 +84,4 @@ grpc::ByteBuffer SerializeMessage(const Message& message) {
 
 }  // namespace h5depot::internal
 
-#endif  // H5DEPOT_PROTO_CHUNK_CODEC_INTERNAL_H_
+#endif  // H5DEPOT_RPC_CHUNK_CODEC_H_
