@@ -4,6 +4,11 @@ function(h5depot_target_warnings target)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic
       -Wshadow $<$<COMPILE_LANGUAGE:CXX>:-Wnon-virtual-dtor> -Wcast-align
       -Wformat=2)
+  if(H5DEPOT_THREAD_SAFETY)
+    # Every lock is an annotated absl::Mutex (docs/ARCHITECTURE.md, "Locks"):
+    # clang proves each guarded member is touched only under its lock.
+    target_compile_options(${target} PRIVATE -Wthread-safety)
+  endif()
   if(H5DEPOT_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
   endif()

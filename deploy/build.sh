@@ -7,7 +7,9 @@
 #               (AddressSanitizer + UndefinedBehaviorSanitizer), or tsan
 #               (ThreadSanitizer, the components without gRPC only; fetches
 #               Debian's Abseil source into BUILD_DIR/_deps first, see
-#               deploy/abseil-source.sh)
+#               deploy/abseil-source.sh), or thread-safety (clang-14
+#               with -Wthread-safety: compiles everything to check the lock
+#               annotations; nothing of it is run)
 #   CMAKE_ARGS  passed to the configure step, e.g. -DH5DEPOT_BUILD_TESTS=OFF
 #
 # Environment: JOBS parallel compile jobs (default 2: building gRPC code is
@@ -20,9 +22,10 @@ preset=${1:-dev}
 (($# > 0)) && shift
 case $preset in
   dev) dir=build ;;
-  release | asan | tsan) dir=build-$preset ;;
+  release | asan | tsan | thread-safety) dir=build-$preset ;;
   *)
-    echo "build: unknown preset '$preset' (dev, release, asan, tsan)" >&2
+    echo "build: unknown preset '$preset'" \
+      "(dev, release, asan, tsan, thread-safety)" >&2
     exit 2
     ;;
 esac

@@ -12,6 +12,8 @@ PACKAGES=(
   python3-h5py python3-numpy
   # deploy/test.sh's ThreadSanitizer pass: GCC 12's TSan runtime.
   libtsan2
+  # deploy/test.sh's lock annotation pass: clang's -Wthread-safety.
+  clang-14
   # deploy/test.sh with H5DEPOT_LOAD_REPEAT: the CPU load beside the suite.
   stress-ng
   # bench/run.sh: its peers (iperf3, Redis with redis-benchmark) and the C

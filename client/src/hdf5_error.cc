@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "hdf5_error_internal.h"
+#include "client/src/hdf5_error_internal.h"
 
 namespace h5depot::internal {
 namespace {

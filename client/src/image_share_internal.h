@@ -32,21 +32,19 @@
 // Thread safety: HDF5 (built thread-safe) serialises the callbacks, but
 // h5depot code reads the share from other threads, so the buffer state is
 // guarded by `mu_`. Lock order: HDF5's global lock, then the registry
-// lock, then `mu_`; no HDF5 call is made while holding either lock. The
-// locks are std::mutex so that ThreadSanitizer sees them even when Abseil
-// is not instrumented (as Debian ships it).
+// lock, then `mu_`; no HDF5 call is made while holding either lock.
 #ifndef H5DEPOT_CLIENT_IMAGE_SHARE_INTERNAL_H_
 #define H5DEPOT_CLIENT_IMAGE_SHARE_INTERNAL_H_
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 #include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "h5depot/image_buffer.h"
 #include "hdf5.h"
 
@@ -159,7 +157,7 @@ class ImageShare {
   const size_t initial_size_;
   std::atomic<int> refs_{1};
 
-  mutable std::mutex mu_;
+  mutable absl::Mutex mu_;
   // Null once the driver has taken it over by reallocation, or it has been
   // handed on as the final image.
   void* initial_ ABSL_GUARDED_BY(mu_);
