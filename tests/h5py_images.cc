@@ -9,11 +9,11 @@
 #include <fstream>
 #include <iterator>
 #include <map>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 
 namespace h5depot::testing {
@@ -58,9 +58,9 @@ std::vector<T> ReadNumbers(hid_t dataset_or_attribute, hid_t memory_type,
 bool HaveH5py() { return !std::string(H5DEPOT_H5PY_PYTHON).empty(); }
 
 const std::vector<unsigned char>& H5pyWritten(const std::string& low) {
-  static std::mutex mutex;
+  static absl::Mutex mutex(absl::kConstInit);
   static auto* written = new std::map<std::string, std::vector<unsigned char>>;
-  std::lock_guard<std::mutex> lock(mutex);
+  absl::MutexLock lock(&mutex);
   std::vector<unsigned char>& bytes = (*written)[low];
   if (bytes.empty()) {
     const std::string path = absl::StrCat(::testing::TempDir(), "/h5depot-",
