@@ -130,7 +130,11 @@ struct ServerLimits {
 // replaced or deleted meanwhile; its memory still counts against the
 // server's limit. Destroying the reader cancels its stream without waiting
 // for the server, which releases the generation as soon as it sees that.
-// Not thread-safe: one Read at a time (callers serialise).
+//
+// Readers from Client::OpenReader are thread-safe: each read is a call of
+// its own, so several threads may read at once, and a read that fails or
+// times out leaves the reader usable. Other implementations say what they
+// allow.
 class ImageReader {
  public:
   virtual ~ImageReader() = default;
@@ -139,10 +143,22 @@ class ImageReader {
   virtual const ImageInfo& info() const = 0;
 
   // Reads up to `length` bytes at `offset` into `out`; returns how many were
-  // read, fewer only at the end of the image. UNAVAILABLE if the server went
-  // away (the reader is then unusable).
+  // read, fewer only at the end of the image. A reader from
+  // Client::OpenReader gives each read ClientOptions::call_timeout.
+  // UNAVAILABLE if the server went away, NOT_FOUND if it no longer holds
+  // the generation (it restarted).
   virtual absl::StatusOr<size_t> Read(uint64_t offset, void* out,
                                       size_t length) = 0;
+
+  // Read, ending by `deadline` (DEADLINE_EXCEEDED) instead of after the
+  // call timeout; InfiniteFuture for none. The default, for readers without
+  // deadlines (in memory, say), ignores it and calls Read.
+  virtual absl::StatusOr<size_t> ReadWithDeadline(uint64_t offset, void* out,
+                                                  size_t length,
+                                                  absl::Time deadline) {
+    static_cast<void>(deadline);
+    return Read(offset, out, length);
+  }
 };
 
 class Client {
@@ -186,7 +202,9 @@ class Client {
                                   void* out, size_t length);
 
   // Opens a reader pinned to `generation` of `image_id` (0: the current
-  // one). NOT_FOUND if the image or that generation is not stored.
+  // one). A refused open carries the server's code: NOT_FOUND if the image
+  // or that generation is not stored, INVALID_ARGUMENT for a malformed id.
+  // The reader may outlive the Client.
   absl::StatusOr<std::unique_ptr<ImageReader>> OpenReader(
       std::string_view image_id, uint64_t generation = 0);
 
