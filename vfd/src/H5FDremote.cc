@@ -440,8 +440,10 @@ absl::Status RemoteFile::CommitLocked(bool closing) {
   if (!pushed.ok()) {
     const absl::StatusCode code = pushed.status().code();
     if (code == absl::StatusCode::kAlreadyExists ||
-        code == absl::StatusCode::kFailedPrecondition) {
-      // ABORTED: the whole open-modify-commit has to be redone.
+        code == absl::StatusCode::kAborted) {
+      // A lost race, ABORTED as the server says for a generation (and for
+      // a created image that exists now): the whole open-modify-commit has
+      // to be redone.
       conflict_ = absl::AbortedError(absl::StrCat(
           "commit of ", Describe(), " rejected: ",
           generation_ == 0

@@ -2,19 +2,28 @@
 //
 // The client speaks gRPC underneath, and moves image bytes over the
 // server's data lane when it can (ClientOptions::use_data_lane); nothing of
-// either appears here. Every call returns an absl::Status whose code says what
-// to do next:
+// either appears here. Every call returns an absl::Status whose code says
+// what to do next, the same on either transport (the project's one error
+// table, docs/ARCHITECTURE.md "Errors"):
 //
+//   INVALID_ARGUMENT     malformed image id (on every call), malformed
+//                        request, not an HDF5 image: fix the request
 //   NOT_FOUND            no such image (or no longer that generation)
-//   ALREADY_EXISTS       if_generation_match was 0 and the image exists
-//   FAILED_PRECONDITION  if_generation_match did not match: somebody else
-//                        changed the image; re-read and retry the operation
-//   INVALID_ARGUMENT     bad image id, not an HDF5 image, bad range
+//   ALREADY_EXISTS       if_generation_match was 0 and the image exists:
+//                        choose another id, or fetch it
+//   ABORTED              if_generation_match was N and generation N is not
+//                        current (somebody else pushed or deleted it): a
+//                        lost race; re-read and redo the read-modify-write
+//   FAILED_PRECONDITION  the caller's own state must be fixed first;
+//                        retrying as is cannot help
+//   DATA_LOSS            the bytes did not match their checksum: resend
 //   RESOURCE_EXHAUSTED   over the server's memory or image size limits
-//   DATA_LOSS            the bytes did not match their checksum
-//   DEADLINE_EXCEEDED    a wait or call timed out
-//   UNAVAILABLE          the server cannot be reached; retrying may work
+//   DEADLINE_EXCEEDED    a wait or call deadline passed
+//   CANCELLED            the caller cancelled
+//   UNAVAILABLE          the server cannot be reached or is shutting down;
+//                        retry later, or elsewhere
 //
+// Messages start with the operation and the image id ("fetch 'x': ...").
 // A push that fails with DEADLINE_EXCEEDED or UNAVAILABLE may still have
 // been published (its bytes had reached the server); Stat tells, and
 // if_generation_match makes a retry safe.
@@ -76,7 +85,7 @@ struct ClientOptions {
 struct PushOptions {
   // Absent: push unconditionally. 0: only if the image does not exist yet
   // (else ALREADY_EXISTS). N: only if generation N is current (else
-  // FAILED_PRECONDITION).
+  // ABORTED, also when the image was deleted).
   std::optional<uint64_t> if_generation_match;
   // The image is deleted this long after it was published; zero: never.
   absl::Duration ttl = absl::ZeroDuration();
@@ -217,7 +226,7 @@ class Client {
   absl::StatusOr<ListPage> List(const ListOptions& options = {});
 
   // Deletes `image_id`; with if_generation_match, only if that generation
-  // is current (else FAILED_PRECONDITION). NOT_FOUND if absent.
+  // is current (else ABORTED). NOT_FOUND if absent.
   absl::Status Delete(std::string_view image_id,
                       std::optional<uint64_t> if_generation_match = {});
 
