@@ -57,6 +57,7 @@ constexpr int kExitNotFound = 3;
 constexpr int kExitConflict = 4;
 constexpr int kExitUnavailable = 5;
 constexpr int kExitTimedOut = 6;
+constexpr int kExitOverLimit = 7;
 
 // A failure is reported as exactly one line "h5depot: ...".
 ::testing::AssertionResult IsOneErrorLine(const std::string& text) {
@@ -401,6 +402,37 @@ TEST_F(CliTest, GenerationMismatchIsAConflict) {
   CommandResult right_rm =
       Cli({"rm", "g", "--if-generation-match", absl::StrCat(generation)});
   EXPECT_EQ(right_rm.exit_code, 0) << right_rm.stderr_text;
+}
+
+TEST_F(CliTest, APushThatLostAGenerationRaceIsAConflict) {
+  const std::string image = MakeHdf5Image(100, 11);
+  Put("raced", image);
+  CommandResult stat = Cli({"stat", "raced"});
+  ASSERT_EQ(stat.exit_code, 0) << stat.stderr_text;
+  const uint64_t generation =
+      std::stoull(Field(stat.stdout_text, "generation"));
+  Put("raced", image);  // somebody else's push: the generation moved on
+  CommandOptions options;
+  options.stdin_data = image;
+  CommandResult stale = Cli({"put", "-", "--id", "raced",
+                             "--if-generation-match", absl::StrCat(generation)},
+                            options);
+  EXPECT_EQ(stale.exit_code, kExitConflict);
+  EXPECT_TRUE(IsOneErrorLine(stale.stderr_text));
+}
+
+TEST_F(CliTest, AnImageOverTheServersLimitExitsOverLimit) {
+  ServerProcessOptions options;
+  options.extra_flags = {"--max-image-size=1M"};
+  auto limited = ServerProcess::Start(options);
+  ASSERT_TRUE(limited.ok()) << limited.status();
+  MakeImageFile("big.h5", 2 << 20, 12);
+  CommandResult put =
+      RunBare({H5depotCliPath(), "--server", (*limited)->target(), "put",
+               dir_->File("big.h5")});
+  EXPECT_EQ(put.exit_code, kExitOverLimit) << put.stderr_text;
+  EXPECT_TRUE(IsOneErrorLine(put.stderr_text));
+  EXPECT_TRUE((*limited)->Terminate().ok());
 }
 
 TEST_F(CliTest, GetOfAMissingImageIntoAFileLeavesNothingBehind) {

@@ -358,7 +358,7 @@ TEST_P(ClientDataLaneTest, ConditionalPushesAreRefusedWithTheSameCodes) {
     stale.if_generation_match = created->generation + 1;
     stale.progress = create_only.progress;
     auto mismatch = client_->Push(id, second.data(), second.size(), stale);
-    EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kFailedPrecondition)
+    EXPECT_EQ(mismatch.status().code(), absl::StatusCode::kAborted)
         << mismatch.status();
     EXPECT_TRUE(absl::StartsWith(mismatch.status().message(),
                                  absl::StrCat("push '", id, "': ")))

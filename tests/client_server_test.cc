@@ -184,7 +184,7 @@ TEST_P(ClientServerTest, ConcurrentConditionalPushesHaveExactlyOneWinner) {
       options.if_generation_match = base->generation;
       auto result = client_->Push("x", bytes.data(), bytes.size(), options);
       if (result.ok()) ++winners;
-      if (result.status().code() == absl::StatusCode::kFailedPrecondition) {
+      if (result.status().code() == absl::StatusCode::kAborted) {
         ++conflicts;
       }
     });

@@ -538,8 +538,7 @@ TEST_F(DataLaneTest, LargePutWithTheWrongGenerationIsRefusedWithoutContinue) {
       Put(*socket, "guarded.h5", image, IfGenerationMatch(generation + 1));
   ASSERT_TRUE(stale.ok()) << stale.status();
   EXPECT_FALSE(stale->continued);
-  EXPECT_EQ(stale->final_reply.header.code,
-            absl::StatusCode::kFailedPrecondition)
+  EXPECT_EQ(stale->final_reply.header.code, absl::StatusCode::kAborted)
       << Describe(stale->final_reply);
 
   auto only_if_absent = Put(*socket, "guarded.h5", image, IfGenerationMatch(0));
@@ -583,7 +582,7 @@ TEST_F(DataLaneTest, RefusedEagerPutsKeepTheConnectionInStep) {
   };
   const std::vector<Refusal> refusals = {
       {"kept.h5", image, IfGenerationMatch(generation + 7),
-       absl::StatusCode::kFailedPrecondition},
+       absl::StatusCode::kAborted},
       {"kept.h5", image, IfGenerationMatch(0),
        absl::StatusCode::kAlreadyExists},
       {"bad id", image, {}, absl::StatusCode::kInvalidArgument},

@@ -454,7 +454,7 @@ TEST_F(Hdf5TransferTest, AnUpdateFailsCleanlyWhenAnotherPushCameFirst) {
   ASSERT_TRUE(concurrent.ok());
 
   absl::StatusOr<ImageInfo> committed = (*update)->Commit();
-  EXPECT_EQ(committed.status().code(), absl::StatusCode::kFailedPrecondition)
+  EXPECT_EQ(committed.status().code(), absl::StatusCode::kAborted)
       << committed.status();
   // Nothing of the update arrived; theirs is current.
   absl::StatusOr<ImageInfo> stat = client_->Stat("rt");
@@ -463,8 +463,7 @@ TEST_F(Hdf5TransferTest, AnUpdateFailsCleanlyWhenAnotherPushCameFirst) {
   EXPECT_EQ(RemoteValues("rt"), Values(3, 100));
   EXPECT_TRUE(RemoteValues("rt", "mine").empty());
   // Trying again changes nothing: the condition still does not hold.
-  EXPECT_EQ((*update)->Commit().status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*update)->Commit().status().code(), absl::StatusCode::kAborted);
   update->reset();
 
   // Starting again from their generation works.
@@ -483,8 +482,7 @@ TEST_F(Hdf5TransferTest, AnUpdateFailsCleanlyWhenTheImageWasDeleted) {
       ImageUpdate::Begin(*client_, "rt");
   ASSERT_TRUE(update.ok());
   ASSERT_TRUE(client_->Delete("rt").ok());
-  EXPECT_EQ((*update)->Commit().status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*update)->Commit().status().code(), absl::StatusCode::kAborted);
   EXPECT_EQ(client_->Stat("rt").status().code(), absl::StatusCode::kNotFound);
 }
 
@@ -552,7 +550,7 @@ TEST_F(Hdf5TransferTest, TheRoundTripAlsoWorksThroughCloseFileImage) {
                       conditional)
                 .status()
                 .code(),
-            absl::StatusCode::kFailedPrecondition);
+            absl::StatusCode::kAborted);
 }
 
 // ---------------------------------------------------------------------------

@@ -261,8 +261,7 @@ TEST_F(ImageStoreTest, IfGenerationMatchIsCheckedAgainAtPublish) {
   // Someone else replaces the image while the slow push is under way.
   ASSERT_TRUE(Push("x", bytes).ok());
   ASSERT_TRUE((*slow)->Append(bytes.data(), bytes.size()).ok());
-  EXPECT_EQ((*slow)->Publish().status().code(),
-            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*slow)->Publish().status().code(), absl::StatusCode::kAborted);
 }
 
 TEST_F(ImageStoreTest, ConcurrentConditionalPushesHaveExactlyOneWinner) {
@@ -280,8 +279,7 @@ TEST_F(ImageStoreTest, ConcurrentConditionalPushesHaveExactlyOneWinner) {
       auto result = PushWhole(*store_, request, bytes);
       if (result.ok()) {
         ++winners;
-      } else if (result.status().code() ==
-                 absl::StatusCode::kFailedPrecondition) {
+      } else if (result.status().code() == absl::StatusCode::kAborted) {
         ++conflicts;
       }
     });
@@ -352,8 +350,7 @@ TEST_F(ImageStoreTest, ConcurrentPushesFetchesListsAndDeletesSeeWholeImages) {
             if (pushed.ok()) {
               generations[t].push_back((*pushed)->generation());
               if (!shared) own_last[t] = v;
-            } else if (pushed.status().code() !=
-                       absl::StatusCode::kFailedPrecondition) {
+            } else if (pushed.status().code() != absl::StatusCode::kAborted) {
               ++unexpected_codes;
             }
             break;
@@ -431,7 +428,7 @@ TEST_F(ImageStoreTest, DeleteHonoursGeneration) {
   auto image = Push("x", bytes);
   ASSERT_TRUE(image.ok());
   EXPECT_EQ(store_->Delete("x", (*image)->generation() + 1).code(),
-            absl::StatusCode::kFailedPrecondition);
+            absl::StatusCode::kAborted);
   EXPECT_TRUE(store_->Delete("x", (*image)->generation()).ok());
   EXPECT_EQ(store_->Delete("x", std::nullopt).code(),
             absl::StatusCode::kNotFound);

@@ -34,15 +34,20 @@ namespace {
 constexpr char kDefaultServer[] = "127.0.0.1:7878";
 constexpr absl::Duration kDefaultConnectTimeout = absl::Seconds(5);
 
-// Exit codes, so that scripts can tell what happened without parsing text.
+// Exit codes, so that scripts can tell what happened without parsing text:
+// one per next step of the error table (docs/ARCHITECTURE.md "Errors"),
+// mapped from the failure's code by ExitCodeFor alone.
 enum ExitCode : int {
   kExitOk = 0,
   kExitFailed = 1,       // anything not listed below
-  kExitUsage = 2,        // the command line is wrong
-  kExitNotFound = 3,     // no such image (or file)
-  kExitConflict = 4,     // exists already / generation did not match
-  kExitUnavailable = 5,  // the server cannot be reached
-  kExitTimedOut = 6,     // a --wait or connection timed out
+  kExitUsage = 2,        // the command line is wrong (a malformed id too)
+  kExitNotFound = 3,     // NOT_FOUND: no such image (or file)
+  kExitConflict = 4,     // ALREADY_EXISTS, ABORTED: exists already, or
+                         // the generation did not match (a lost race)
+  kExitUnavailable = 5,  // UNAVAILABLE: the server cannot be reached
+  kExitTimedOut = 6,     // DEADLINE_EXCEEDED: a --wait or call timed out
+  kExitOverLimit = 7,    // RESOURCE_EXHAUSTED: over the server's limits
+  kExitCorrupted = 8,    // DATA_LOSS: the bytes failed their checksum
 };
 
 constexpr char kUsageText[] = R"(usage: h5depot [--server=TARGET] COMMAND [ARGS]
@@ -77,9 +82,10 @@ Options:
 Image ids: 1 to 255 characters from A-Z a-z 0-9 . _ - /, as '/'-separated
 segments that are neither empty nor "." nor "..".
 
-Exit status: 0 success, 1 failure, 2 bad command line, 3 image or file not
-found, 4 image exists / generation did not match, 5 server unreachable,
-6 timed out.
+Exit status: 0 success, 1 failure, 2 bad command line or malformed image
+id, 3 image or file not found, 4 image exists / generation did not match
+(fetch again and redo), 5 server unreachable, 6 timed out, 7 over the
+server's limits, 8 bytes failed their checksum (send again).
 )";
 
 // Options every command accepts, before or after the command name.
@@ -104,16 +110,21 @@ std::string OneLine(const absl::Status& status) {
 
 int ExitCodeFor(absl::StatusCode code) {
   switch (code) {
+    case absl::StatusCode::kOk:
+      return kExitOk;
     case absl::StatusCode::kNotFound:
       return kExitNotFound;
     case absl::StatusCode::kAlreadyExists:
-    case absl::StatusCode::kFailedPrecondition:
     case absl::StatusCode::kAborted:
       return kExitConflict;
     case absl::StatusCode::kUnavailable:
       return kExitUnavailable;
     case absl::StatusCode::kDeadlineExceeded:
       return kExitTimedOut;
+    case absl::StatusCode::kResourceExhausted:
+      return kExitOverLimit;
+    case absl::StatusCode::kDataLoss:
+      return kExitCorrupted;
     default:
       return kExitFailed;
   }

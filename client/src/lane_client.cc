@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "client/src/image_transport_internal.h"
 #include "client/src/lane_client_internal.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/huge_pages.h"
@@ -37,24 +38,11 @@ constexpr std::chrono::milliseconds kTrustedIdle{50};
 // Idle connections kept per lane; more are closed when given back.
 constexpr size_t kMaxIdleConnections = 64;
 
-uint64_t ToMillis(absl::Duration duration) {
-  if (duration <= absl::ZeroDuration()) return 0;
-  return std::max<int64_t>(
-      1, absl::ToInt64Milliseconds(std::min(duration, absl::Hours(300000))));
-}
-
 ImageInfo ToImageInfo(const lane::Response& response,
                       std::string_view image_id) {
-  ImageInfo info;
-  info.image_id = std::string(image_id);
-  info.size = response.size;
-  info.generation = response.generation;
-  info.checksum = response.checksum;
-  info.created = absl::FromUnixMicros(response.created_unix_micros);
-  info.expires = response.expires_unix_micros == 0
-                     ? absl::InfiniteFuture()
-                     : absl::FromUnixMicros(response.expires_unix_micros);
-  return info;
+  return internal::ToImageInfo(image_id, response.size, response.generation,
+                               response.checksum, response.created_unix_micros,
+                               response.expires_unix_micros);
 }
 
 // The CPU the calling thread runs on, for a request on `connection` to
@@ -273,9 +261,7 @@ absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
   }
   GiveBack(std::move(connection));
   if (!refusal.ok()) return refusal;
-  if (size <= lane::kEagerPutBytes && size > 0 && options.progress) {
-    options.progress(size, size);
-  }
+  if (size <= lane::kEagerPutBytes) ReportSentInOne(options.progress, size);
   return ToImageInfo(*response, image_id);
 }
 
@@ -332,9 +318,10 @@ absl::StatusOr<FetchedImage> DataLane::Fetch(
     if (options.progress) options.progress(received, fetched.info.size);
   }
   GiveBack(std::move(connection));
-  if (checksum.Digest() != fetched.info.checksum) {
-    return absl::DataLossError(
-        "the received bytes do not match the image's checksum");
+  if (absl::Status intact =
+          CheckReceivedChecksum(checksum.Digest(), fetched.info.checksum);
+      !intact.ok()) {
+    return intact;
   }
   return fetched;
 }

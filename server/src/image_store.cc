@@ -377,12 +377,12 @@ absl::Status ImageStore::CheckGeneration(
         current->generation(), ")"));
   }
   if (current == nullptr) {
-    return absl::FailedPreconditionError(absl::StrCat(
+    return absl::AbortedError(absl::StrCat(
         "image '", std::string(image_id), "' does not exist, so generation ",
         *if_generation_match, " is not current"));
   }
   if (current->generation() != *if_generation_match) {
-    return absl::FailedPreconditionError(
+    return absl::AbortedError(
         absl::StrCat("image '", std::string(image_id), "' is at generation ",
                      current->generation(), ", not ", *if_generation_match,
                      "; it was changed by someone else"));
@@ -499,7 +499,7 @@ absl::Status ImageStore::Delete(std::string_view image_id,
   }
   if (if_generation_match.has_value() &&
       *if_generation_match != current->generation()) {
-    return absl::FailedPreconditionError(
+    return absl::AbortedError(
         absl::StrCat("image '", std::string(image_id), "' is at generation ",
                      current->generation(), ", not ", *if_generation_match));
   }

@@ -141,7 +141,7 @@ static void check_file_images(h5depot_client* client) {
   CHECK(new_generation > fetched_generation);
   /* The same condition again: the generation has moved on. */
   CHECK(h5depot_push_buffer_ex(client, "c/file", buf, len, &options, NULL) ==
-        H5DEPOT_FAILED_PRECONDITION);
+        H5DEPOT_ABORTED);
   free(buf);
 
   opened = h5depot_open(client, "c/file", H5LT_FILE_IMAGE_OPEN_RW);

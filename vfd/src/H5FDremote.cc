@@ -126,16 +126,15 @@ absl::Status Annotate(const absl::Status& status, const std::string& what) {
                       absl::StrCat(what, ": ", status.message()));
 }
 
-// One generation of an image as the file's base. `pin` (an ImageReader)
-// keeps that generation stored on the server for the file's whole life;
-// the byte ranges themselves are read with Client::Read, whose calls carry
-// the configured deadline. (A read on the pinning reader's own stream has
-// no deadline: it would wait for as long as the connection lives.)
+// One generation of an image as the file's base. `pin`, a reader from
+// Client::OpenReader, keeps that generation stored on the server for the
+// file's whole life and reads its byte ranges, each request ending by
+// `read_timeout` after it starts.
 //
 // Large reads are split: into pieces of at most kMaxPiece, so that the
 // deadline bounds each piece rather than a whole huge read, and over up to
-// kStreams concurrent calls, since one call's stream is limited by the
-// one thread that copies its chunks.
+// kStreams concurrent requests (the pin's reads may run at once), since one
+// request's stream is limited by the one thread that copies its chunks.
 class PinnedGeneration final : public ImageReader {
  public:
   static constexpr size_t kMaxPiece = size_t{64} << 20;
@@ -145,13 +144,9 @@ class PinnedGeneration final : public ImageReader {
   static constexpr size_t kStreams = 2;
 
   // Counts the requests it sends into `*calls`, which must outlive it.
-  PinnedGeneration(std::shared_ptr<Client> client, std::string image_id,
-                   std::unique_ptr<ImageReader> pin,
-                   std::atomic<uint64_t>* calls)
-      : client_(std::move(client)),
-        image_id_(std::move(image_id)),
-        pin_(std::move(pin)),
-        calls_(calls) {}
+  PinnedGeneration(std::unique_ptr<ImageReader> pin,
+                   absl::Duration read_timeout, std::atomic<uint64_t>* calls)
+      : pin_(std::move(pin)), read_timeout_(read_timeout), calls_(calls) {}
 
   const h5depot::ImageInfo& info() const override { return pin_->info(); }
 
@@ -200,22 +195,21 @@ class PinnedGeneration final : public ImageReader {
     for (size_t done = 0; done < length;) {
       const size_t piece = std::min(length - done, kMaxPiece);
       calls_->fetch_add(1, std::memory_order_relaxed);
-      absl::StatusOr<h5depot::ReadResult> read = client_->Read(
-          image_id_, pin_->info().generation, offset + done, out + done, piece);
+      absl::StatusOr<size_t> read = pin_->ReadWithDeadline(
+          offset + done, out + done, piece, absl::Now() + read_timeout_);
       if (!read.ok()) return read.status();
-      if (read->bytes_read != piece) {
+      if (*read != piece) {
         return absl::DataLossError(
-            absl::StrCat("the server returned ", read->bytes_read, " of ",
-                         piece, " bytes at offset ", offset + done));
+            absl::StrCat("the server returned ", *read, " of ", piece,
+                         " bytes at offset ", offset + done));
       }
       done += piece;
     }
     return absl::OkStatus();
   }
 
-  const std::shared_ptr<Client> client_;
-  const std::string image_id_;
   const std::unique_ptr<ImageReader> pin_;
+  const absl::Duration read_timeout_;
   std::atomic<uint64_t>* const calls_;
 };
 
@@ -366,18 +360,10 @@ absl::StatusOr<std::unique_ptr<ImageReader>> RemoteFile::PinGeneration(
   ++round_trips_;
   absl::StatusOr<std::unique_ptr<ImageReader>> pin =
       client_->OpenReader(image_id_, generation);
-  if (!pin.ok()) {
-    if (pin.status().code() == absl::StatusCode::kCancelled) {
-      // The client may report a refused open as CANCELLED; asking for the
-      // image's info names the actual reason (NOT_FOUND, mostly).
-      ++round_trips_;
-      absl::StatusOr<h5depot::ImageInfo> info = client_->Stat(image_id_);
-      if (!info.ok()) return info.status();
-    }
-    return pin.status();
-  }
-  return std::unique_ptr<ImageReader>(
-      new PinnedGeneration(client_, image_id_, std::move(*pin), &read_calls_));
+  if (!pin.ok()) return pin.status();
+  return std::unique_ptr<ImageReader>(new PinnedGeneration(
+      std::move(*pin), absl::Milliseconds(fapl_.config.call_timeout_ms),
+      &read_calls_));
 }
 
 absl::Status RemoteFile::Read(haddr_t addr, size_t size, void* buf) {
@@ -454,8 +440,10 @@ absl::Status RemoteFile::CommitLocked(bool closing) {
   if (!pushed.ok()) {
     const absl::StatusCode code = pushed.status().code();
     if (code == absl::StatusCode::kAlreadyExists ||
-        code == absl::StatusCode::kFailedPrecondition) {
-      // ABORTED: the whole open-modify-commit has to be redone.
+        code == absl::StatusCode::kAborted) {
+      // A lost race, ABORTED as the server says for a generation (and for
+      // a created image that exists now): the whole open-modify-commit has
+      // to be redone.
       conflict_ = absl::AbortedError(absl::StrCat(
           "commit of ", Describe(), " rejected: ",
           generation_ == 0

@@ -2,19 +2,28 @@
 //
 // The client speaks gRPC underneath, and moves image bytes over the
 // server's data lane when it can (ClientOptions::use_data_lane); nothing of
-// either appears here. Every call returns an absl::Status whose code says what
-// to do next:
+// either appears here. Every call returns an absl::Status whose code says
+// what to do next, the same on either transport (the project's one error
+// table, docs/ARCHITECTURE.md "Errors"):
 //
+//   INVALID_ARGUMENT     malformed image id (on every call), malformed
+//                        request, not an HDF5 image: fix the request
 //   NOT_FOUND            no such image (or no longer that generation)
-//   ALREADY_EXISTS       if_generation_match was 0 and the image exists
-//   FAILED_PRECONDITION  if_generation_match did not match: somebody else
-//                        changed the image; re-read and retry the operation
-//   INVALID_ARGUMENT     bad image id, not an HDF5 image, bad range
+//   ALREADY_EXISTS       if_generation_match was 0 and the image exists:
+//                        choose another id, or fetch it
+//   ABORTED              if_generation_match was N and generation N is not
+//                        current (somebody else pushed or deleted it): a
+//                        lost race; re-read and redo the read-modify-write
+//   FAILED_PRECONDITION  the caller's own state must be fixed first;
+//                        retrying as is cannot help
+//   DATA_LOSS            the bytes did not match their checksum: resend
 //   RESOURCE_EXHAUSTED   over the server's memory or image size limits
-//   DATA_LOSS            the bytes did not match their checksum
-//   DEADLINE_EXCEEDED    a wait or call timed out
-//   UNAVAILABLE          the server cannot be reached; retrying may work
+//   DEADLINE_EXCEEDED    a wait or call deadline passed
+//   CANCELLED            the caller cancelled
+//   UNAVAILABLE          the server cannot be reached or is shutting down;
+//                        retry later, or elsewhere
 //
+// Messages start with the operation and the image id ("fetch 'x': ...").
 // A push that fails with DEADLINE_EXCEEDED or UNAVAILABLE may still have
 // been published (its bytes had reached the server); Stat tells, and
 // if_generation_match makes a retry safe.
@@ -76,7 +85,7 @@ struct ClientOptions {
 struct PushOptions {
   // Absent: push unconditionally. 0: only if the image does not exist yet
   // (else ALREADY_EXISTS). N: only if generation N is current (else
-  // FAILED_PRECONDITION).
+  // ABORTED, also when the image was deleted).
   std::optional<uint64_t> if_generation_match;
   // The image is deleted this long after it was published; zero: never.
   absl::Duration ttl = absl::ZeroDuration();
@@ -130,7 +139,11 @@ struct ServerLimits {
 // replaced or deleted meanwhile; its memory still counts against the
 // server's limit. Destroying the reader cancels its stream without waiting
 // for the server, which releases the generation as soon as it sees that.
-// Not thread-safe: one Read at a time (callers serialise).
+//
+// Readers from Client::OpenReader are thread-safe: each read is a call of
+// its own, so several threads may read at once, and a read that fails or
+// times out leaves the reader usable. Other implementations say what they
+// allow.
 class ImageReader {
  public:
   virtual ~ImageReader() = default;
@@ -139,10 +152,22 @@ class ImageReader {
   virtual const ImageInfo& info() const = 0;
 
   // Reads up to `length` bytes at `offset` into `out`; returns how many were
-  // read, fewer only at the end of the image. UNAVAILABLE if the server went
-  // away (the reader is then unusable).
+  // read, fewer only at the end of the image. A reader from
+  // Client::OpenReader gives each read ClientOptions::call_timeout.
+  // UNAVAILABLE if the server went away, NOT_FOUND if it no longer holds
+  // the generation (it restarted).
   virtual absl::StatusOr<size_t> Read(uint64_t offset, void* out,
                                       size_t length) = 0;
+
+  // Read, ending by `deadline` (DEADLINE_EXCEEDED) instead of after the
+  // call timeout; InfiniteFuture for none. The default, for readers without
+  // deadlines (in memory, say), ignores it and calls Read.
+  virtual absl::StatusOr<size_t> ReadWithDeadline(uint64_t offset, void* out,
+                                                  size_t length,
+                                                  absl::Time deadline) {
+    static_cast<void>(deadline);
+    return Read(offset, out, length);
+  }
 };
 
 class Client {
@@ -186,7 +211,9 @@ class Client {
                                   void* out, size_t length);
 
   // Opens a reader pinned to `generation` of `image_id` (0: the current
-  // one). NOT_FOUND if the image or that generation is not stored.
+  // one). A refused open carries the server's code: NOT_FOUND if the image
+  // or that generation is not stored, INVALID_ARGUMENT for a malformed id.
+  // The reader may outlive the Client.
   absl::StatusOr<std::unique_ptr<ImageReader>> OpenReader(
       std::string_view image_id, uint64_t generation = 0);
 
@@ -199,7 +226,7 @@ class Client {
   absl::StatusOr<ListPage> List(const ListOptions& options = {});
 
   // Deletes `image_id`; with if_generation_match, only if that generation
-  // is current (else FAILED_PRECONDITION). NOT_FOUND if absent.
+  // is current (else ABORTED). NOT_FOUND if absent.
   absl::Status Delete(std::string_view image_id,
                       std::optional<uint64_t> if_generation_match = {});
 

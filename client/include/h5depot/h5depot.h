@@ -53,24 +53,34 @@
 extern "C" {
 #endif
 
-/* Result codes; the numbering is gRPC's and Abseil's. */
+/* Result codes; the numbering is gRPC's and Abseil's, and each means one
+ * situation on every call (the project's one error table,
+ * docs/ARCHITECTURE.md "Errors"). The comment says what to do next. */
 typedef enum h5depot_code {
   H5DEPOT_OK = 0,
-  H5DEPOT_CANCELLED = 1,
+  H5DEPOT_CANCELLED = 1, /* the caller cancelled */
   H5DEPOT_UNKNOWN = 2,
-  H5DEPOT_INVALID_ARGUMENT = 3,  /* bad id, bad flags, not HDF5 */
-  H5DEPOT_DEADLINE_EXCEEDED = 4, /* a wait or call timed out */
-  H5DEPOT_NOT_FOUND = 5,         /* no such image */
-  H5DEPOT_ALREADY_EXISTS = 6,    /* create-only push, image exists */
+  /* malformed image id, bad flags or request, not an HDF5 image: fix the
+   * call */
+  H5DEPOT_INVALID_ARGUMENT = 3,
+  H5DEPOT_DEADLINE_EXCEEDED = 4, /* a wait or call deadline passed */
+  H5DEPOT_NOT_FOUND = 5,         /* no such image (or generation) */
+  /* create-only push (if_generation_match 0), the image exists: choose
+   * another id, or fetch it */
+  H5DEPOT_ALREADY_EXISTS = 6,
   H5DEPOT_PERMISSION_DENIED = 7,
-  H5DEPOT_RESOURCE_EXHAUSTED = 8,  /* over a server or memory limit */
-  H5DEPOT_FAILED_PRECONDITION = 9, /* generation changed meanwhile */
+  H5DEPOT_RESOURCE_EXHAUSTED = 8, /* over a server or memory limit */
+  /* the caller's own state must be fixed first (objects still open in the
+   * file, a buffer the caller keeps): fix it, then retry */
+  H5DEPOT_FAILED_PRECONDITION = 9,
+  /* a lost generation race: if_generation_match was N and generation N is
+   * not current (or the image is gone); fetch again and redo the change */
   H5DEPOT_ABORTED = 10,
   H5DEPOT_OUT_OF_RANGE = 11,
   H5DEPOT_UNIMPLEMENTED = 12,
   H5DEPOT_INTERNAL = 13,
-  H5DEPOT_UNAVAILABLE = 14, /* server unreachable; retry may work */
-  H5DEPOT_DATA_LOSS = 15    /* bytes did not match their checksum */
+  H5DEPOT_UNAVAILABLE = 14, /* server unreachable or stopping: retry later */
+  H5DEPOT_DATA_LOSS = 15    /* bytes did not match their checksum: resend */
 } h5depot_code;
 
 typedef struct h5depot_client h5depot_client;
@@ -86,7 +96,8 @@ typedef struct h5depot_image_info {
 /* Options of h5depot_push_buffer_ex; zero-initialise, then set fields. */
 typedef struct h5depot_push_options {
   /* Non-zero: push only if the current generation is if_generation_match
-   * (0 there meaning "only if the image does not exist yet"). */
+   * (else H5DEPOT_ABORTED), 0 there meaning "only if the image does not
+   * exist yet" (else H5DEPOT_ALREADY_EXISTS). */
   int use_if_generation_match;
   uint64_t if_generation_match;
   /* Delete the image this many milliseconds after it is published;
@@ -206,7 +217,7 @@ hid_t h5depot_open(h5depot_client* client, const char* image_id,
  *   o.use_if_generation_match = 1;
  *   o.if_generation_match = generation;
  *   rc = h5depot_push_buffer_ex(c, "id", buf, len, &o, &generation);
- *   free(buf);  // rc H5DEPOT_FAILED_PRECONDITION: changed meanwhile
+ *   free(buf);  // rc H5DEPOT_ABORTED: changed meanwhile, start again
  *
  * On failure *buf is NULL and *len 0. H5DEPOT_INVALID_ARGUMENT if
  * `file_id` is not such a file; H5DEPOT_FAILED_PRECONDITION if it was

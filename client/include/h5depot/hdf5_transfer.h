@@ -24,7 +24,8 @@
 //   ... read through fetched->file ...
 //   H5Fclose(fetched->file);  // HDF5 frees the image
 //
-// Errors are those of Client (see client.h) and of file_image.h. Every
+// Errors are those of Client (see client.h, which gives the one table of
+// codes) and of file_image.h. Every
 // function may be called from any number of threads at once.
 #ifndef H5DEPOT_CLIENT_HDF5_TRANSFER_H_
 #define H5DEPOT_CLIENT_HDF5_TRANSFER_H_
@@ -116,9 +117,9 @@ absl::StatusOr<FetchedFile> FetchAndOpen(Client& client,
 //     ... write through (*update)->file(), close what was opened ...
 //     absl::StatusOr<h5depot::ImageInfo> pushed = (*update)->Commit();
 //     if (pushed.ok()) break;
-//     if (!absl::IsFailedPrecondition(pushed.status())) {
-//       return pushed.status();
-//     }
+//     // Only a lost race is worth another round; anything else (objects
+//     // left open: FAILED_PRECONDITION) would fail the same way again.
+//     if (!absl::IsAborted(pushed.status())) return pushed.status();
 //     // Somebody pushed meanwhile: start again from their generation.
 //   }
 //
@@ -154,12 +155,15 @@ class ImageUpdate {
   // apply.
   //
   // Errors:
-  //   FAILED_PRECONDITION  another push or a delete changed the image since
-  //                        it was fetched: nothing was pushed; Begin again.
-  //                        Also (with a message saying so) if objects are
-  //                        still open in the file, which then stays open:
-  //                        close them and call Commit again; and after a
-  //                        successful Commit.
+  //   ABORTED              another push or a delete changed the image since
+  //                        it was fetched (a lost race): nothing was pushed,
+  //                        and calling Commit again cannot succeed; Begin
+  //                        again and redo the change.
+  //   FAILED_PRECONDITION  the update's own state must be fixed first,
+  //                        retrying as is cannot help: objects are still
+  //                        open in the file, which then stays open (close
+  //                        them and call Commit again); or this update was
+  //                        already committed.
   //   others               of PushImage. The final image is kept, so after
   //                        UNAVAILABLE (say) Commit may simply be called
   //                        again.

@@ -1,0 +1,96 @@
+// The client's gRPC transport: push, fetch and ranged reads on gRPC's raw
+// byte buffers (chunks copied once, from the received slices straight to
+// their destination), readers, and the calls that only gRPC carries (stat,
+// list, delete, limits). Internal to the client.
+#ifndef H5DEPOT_CLIENT_GRPC_TRANSPORT_INTERNAL_H_
+#define H5DEPOT_CLIENT_GRPC_TRANSPORT_INTERNAL_H_
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "client/src/image_transport_internal.h"
+#include "h5depot/client.h"
+#include "h5depot/v1/depot.grpc.pb.h"
+
+namespace h5depot::internal {
+
+// One gRPC channel to one server. Thread-safe. Errors carry the server's
+// codes (client.h) without an operation prefix, which Client adds.
+class GrpcTransport final : public ImageTransport,
+                            public std::enable_shared_from_this<GrpcTransport> {
+ public:
+  // Opens a channel of its own to `target` and asks the server's limits,
+  // which proves that h5depotd answers there: UNAVAILABLE if it does not
+  // within options.connect_timeout, INVALID_ARGUMENT for a target gRPC
+  // cannot use. The message names the target.
+  static absl::StatusOr<std::shared_ptr<GrpcTransport>> Connect(
+      const std::string& target, const ClientOptions& options);
+
+  ~GrpcTransport() override;
+  GrpcTransport(const GrpcTransport&) = delete;
+  GrpcTransport& operator=(const GrpcTransport&) = delete;
+
+  // The limits the server gave when Connect asked.
+  const ServerLimits& limits_at_connect() const { return limits_at_connect_; }
+
+  absl::StatusOr<ImageInfo> Push(std::string_view image_id, const uint8_t* data,
+                                 size_t size, const PushOptions& options,
+                                 absl::Time deadline) override;
+  absl::StatusOr<FetchedImage> Fetch(std::string_view image_id,
+                                     const FetchOptions& options,
+                                     absl::Time deadline) override;
+  absl::StatusOr<ReadResult> Read(std::string_view image_id,
+                                  uint64_t generation, uint64_t offset,
+                                  void* out, size_t length,
+                                  absl::Time deadline) override;
+
+  // A reader pinning `generation` (0: current) for as long as it lives. Its
+  // reads are calls of this transport (it keeps the transport alive), each
+  // ending by the deadline given, or `read_timeout` from its start. Refused
+  // opens carry the server's code (NOT_FOUND, INVALID_ARGUMENT, ...).
+  absl::StatusOr<std::unique_ptr<ImageReader>> OpenReader(
+      std::string_view image_id, uint64_t generation,
+      absl::Duration read_timeout);
+
+  // The calls only gRPC carries.
+  absl::StatusOr<ImageInfo> Stat(std::string_view image_id, absl::Duration wait,
+                                 absl::Time deadline);
+  absl::StatusOr<ListPage> List(const ListOptions& options,
+                                absl::Time deadline);
+  absl::Status Delete(std::string_view image_id,
+                      std::optional<uint64_t> if_generation_match,
+                      absl::Time deadline);
+  absl::StatusOr<ServerLimits> GetLimits(absl::Time deadline);
+
+ private:
+  GrpcTransport(std::shared_ptr<grpc::Channel> channel,
+                const ClientOptions& options);
+
+  absl::StatusOr<ImageInfo> PushBorrowed(std::string_view image_id,
+                                         const uint8_t* data, size_t size,
+                                         const PushOptions& options,
+                                         std::shared_ptr<const void> lease,
+                                         absl::Time deadline);
+
+  const std::shared_ptr<grpc::Channel> channel_;
+  const std::unique_ptr<v1::Depot::Stub> stub_;
+  // Push, Fetch, Read and OpenReader, which move image bytes, go through
+  // this one, so that messages arrive as raw byte buffers.
+  const std::unique_ptr<grpc::GenericStub> generic_stub_;
+  uint64_t chunk_bytes_ = 0;  // what a push sends per message
+  ServerLimits limits_at_connect_;
+};
+
+}  // namespace h5depot::internal
+
+#endif  // H5DEPOT_CLIENT_GRPC_TRANSPORT_INTERNAL_H_

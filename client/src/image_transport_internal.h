@@ -1,0 +1,68 @@
+// How Client moves image bytes: the interface its transports implement
+// (gRPC, grpc_transport_internal.h; the data lane, lane_client_internal.h,
+// chosen per call by lane_fallback_internal.h), and the conversions and
+// checks both transports share, each written once. Internal to the client.
+#ifndef H5DEPOT_CLIENT_IMAGE_TRANSPORT_INTERNAL_H_
+#define H5DEPOT_CLIENT_IMAGE_TRANSPORT_INTERNAL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "h5depot/client.h"
+
+namespace h5depot::internal {
+
+// Push, fetch and ranged reads, each ending by `deadline` (InfiniteFuture:
+// none). Client has validated the image id and the arguments; errors carry
+// the codes of client.h and no operation prefix (Client adds it).
+// Implementations are thread-safe.
+class ImageTransport {
+ public:
+  virtual ~ImageTransport() = default;
+
+  // Sends `size` bytes at `data`, borrowed until the call returns.
+  virtual absl::StatusOr<ImageInfo> Push(std::string_view image_id,
+                                         const uint8_t* data, size_t size,
+                                         const PushOptions& options,
+                                         absl::Time deadline) = 0;
+
+  // Receives the image into one new buffer, verified against its checksum.
+  virtual absl::StatusOr<FetchedImage> Fetch(std::string_view image_id,
+                                             const FetchOptions& options,
+                                             absl::Time deadline) = 0;
+
+  // Reads up to `length` bytes at `offset` of `generation` (0: current)
+  // into `out`, clamped at the end of the image.
+  virtual absl::StatusOr<ReadResult> Read(std::string_view image_id,
+                                          uint64_t generation, uint64_t offset,
+                                          void* out, size_t length,
+                                          absl::Time deadline) = 0;
+};
+
+// A duration as the wire's milliseconds: 0 for none, at least 1 for any
+// positive one (a wait shorter than a millisecond still waits), an infinite
+// one capped at about 35 years.
+uint64_t ToMillis(absl::Duration duration);
+
+// An image's info from the fields both wire formats carry; an expiry of 0
+// means never.
+ImageInfo ToImageInfo(std::string_view image_id, uint64_t size,
+                      uint64_t generation, uint64_t checksum,
+                      int64_t created_unix_micros, int64_t expires_unix_micros);
+
+// A push that left in one message reports its progress once, complete,
+// when the server confirmed it (a larger one reports piece by piece).
+inline void ReportSentInOne(const ProgressCallback& progress, uint64_t size) {
+  if (size > 0 && progress) progress(size, size);
+}
+
+// DATA_LOSS unless the digest of the received bytes is the one announced.
+absl::Status CheckReceivedChecksum(uint64_t digest, uint64_t announced);
+
+}  // namespace h5depot::internal
+
+#endif  // H5DEPOT_CLIENT_IMAGE_TRANSPORT_INTERNAL_H_

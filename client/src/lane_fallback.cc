@@ -1,0 +1,103 @@
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+#include "client/src/lane_fallback_internal.h"
+
+namespace h5depot::internal {
+namespace {
+
+// The lane is beside a server that just answered over gRPC: it answers at
+// once or not at all (a firewall dropping the port), and then the call
+// should fall back to gRPC without waiting out connect_timeout.
+constexpr absl::Duration kLaneConnectTimeout = absl::Seconds(2);
+
+// The steady clock in nanoseconds: read at a fraction of absl::Now()'s
+// cost, and only while a retry interval is running.
+int64_t SteadyNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+LaneFallbackTransport::LaneFallbackTransport(
+    std::string target, absl::Duration connect_timeout,
+    std::shared_ptr<GrpcTransport> grpc, std::shared_ptr<DataLane> lane)
+    : target_(std::move(target)),
+      connect_timeout_(connect_timeout),
+      grpc_(std::move(grpc)) {
+  if (lane != nullptr) {
+    absl::MutexLock lock(&mutex_);
+    lanes_.push_back(lane);
+    lane_.store(lane.get(), std::memory_order_release);
+  }
+}
+
+LaneFallbackTransport::~LaneFallbackTransport() = default;
+
+LaneFallbackTransport::LaneCall LaneFallbackTransport::StartLaneCall(
+    absl::Time deadline) {
+  DataLane* const lane = lane_.load(std::memory_order_acquire);
+  if (lane == nullptr) return {};
+  const int64_t retry_after = lane_retry_after_.load(std::memory_order_relaxed);
+  if (retry_after != 0 && SteadyNanos() < retry_after) return {};
+  const absl::Time connect_deadline = std::min(
+      deadline, absl::Now() + std::min(connect_timeout_, kLaneConnectTimeout));
+  absl::StatusOr<std::unique_ptr<DataLane::Connection>> connection =
+      lane->Connect(connect_deadline);
+  if (connection.ok()) return {lane, *std::move(connection)};
+  return RelocateLane(connect_deadline);
+}
+
+LaneFallbackTransport::LaneCall LaneFallbackTransport::RelocateLane(
+    absl::Time connect_deadline) {
+  // A restarted server may have its lane elsewhere: ask where, once.
+  absl::StatusOr<ServerLimits> limits = grpc_->GetLimits(connect_deadline);
+  if (!limits.ok()) return {};  // the gRPC call will say what is wrong
+  std::shared_ptr<DataLane> fresh = DataLane::ForServer(
+      target_, static_cast<uint32_t>(limits->data_lane_port),
+      limits->data_lane_unix_path);
+  absl::StatusOr<std::unique_ptr<DataLane::Connection>> connection =
+      absl::UnavailableError("no data lane");
+  if (fresh != nullptr) connection = fresh->Connect(connect_deadline);
+  absl::MutexLock lock(&mutex_);
+  if (fresh != nullptr) lanes_.push_back(fresh);
+  lane_.store(fresh.get(), std::memory_order_release);
+  if (fresh != nullptr && connection.ok()) {
+    return {fresh.get(), *std::move(connection)};
+  }
+  lane_retry_after_.store(
+      SteadyNanos() + absl::ToInt64Nanoseconds(kLaneRetryInterval),
+      std::memory_order_relaxed);
+  return {};
+}
+
+absl::StatusOr<ImageInfo> LaneFallbackTransport::Push(
+    std::string_view image_id, const uint8_t* data, size_t size,
+    const PushOptions& options, absl::Time deadline) {
+  if (LaneCall call = StartLaneCall(deadline); call.connection != nullptr) {
+    return call.lane->Push(std::move(call.connection), image_id, data, size,
+                           options, deadline);
+  }
+  return grpc_->Push(image_id, data, size, options, deadline);
+}
+
+absl::StatusOr<FetchedImage> LaneFallbackTransport::Fetch(
+    std::string_view image_id, const FetchOptions& options,
+    absl::Time deadline) {
+  if (LaneCall call = StartLaneCall(deadline); call.connection != nullptr) {
+    return call.lane->Fetch(std::move(call.connection), image_id, options,
+                            deadline);
+  }
+  return grpc_->Fetch(image_id, options, deadline);
+}
+
+absl::StatusOr<ReadResult> LaneFallbackTransport::Read(
+    std::string_view image_id, uint64_t generation, uint64_t offset, void* out,
+    size_t length, absl::Time deadline) {
+  return grpc_->Read(image_id, generation, offset, out, length, deadline);
+}
+
+}  // namespace h5depot::internal
