@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
@@ -583,6 +585,205 @@ TEST_F(ImageStoreTest, ShutdownWakesWaitersAndRefusesPushes) {
   const auto bytes = MakeTestImage(100);
   EXPECT_EQ(store_->BeginPush(RequestFor("x", bytes)).status().code(),
             absl::StatusCode::kUnavailable);
+}
+
+// The waits of Await(): each ends exactly once, by whichever comes first of
+// a publish, its deadline, CancelWait() and Shutdown(), with its callback
+// called outside the store's lock.
+
+// Records the one outcome of a wait.
+struct WaitOutcome {
+  absl::Notification ended;
+  absl::StatusOr<ImageRef> result;
+  std::atomic<int> calls{0};
+
+  ImageStore::WaitCallback Callback() {
+    return [this](absl::StatusOr<ImageRef> answer) {
+      ++calls;
+      result = std::move(answer);
+      ended.Notify();
+    };
+  }
+};
+
+TEST_F(ImageStoreTest, AwaitAnswersAtOnceWhenTheImageIsThere) {
+  ASSERT_TRUE(Push("x", MakeTestImage(100)).ok());
+  WaitOutcome outcome;
+  EXPECT_EQ(store_->Await("x", absl::InfiniteFuture(), outcome.Callback()), 0u);
+  ASSERT_TRUE(outcome.ended.HasBeenNotified());
+  ASSERT_TRUE(outcome.result.ok()) << outcome.result.status();
+  EXPECT_EQ((*outcome.result)->image_id(), "x");
+  EXPECT_EQ(store_->Stats().pending_waits, 0u);
+}
+
+TEST_F(ImageStoreTest, AwaitOfAMalformedIdIsInvalidAtOnce) {
+  WaitOutcome outcome;
+  EXPECT_EQ(store_->Await("../x", absl::InfiniteFuture(), outcome.Callback()),
+            0u);
+  ASSERT_TRUE(outcome.ended.HasBeenNotified());
+  EXPECT_EQ(outcome.result.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ImageStoreTest, APublishEndsEveryWaitForItsIdAndNoOther) {
+  constexpr int kWaits = 50;
+  std::vector<WaitOutcome> waits(kWaits);
+  WaitOutcome other;
+  for (WaitOutcome& wait : waits) {
+    EXPECT_NE(store_->Await("x", absl::InfiniteFuture(), wait.Callback()), 0u);
+  }
+  const ImageStore::WaitId other_wait =
+      store_->Await("y", absl::InfiniteFuture(), other.Callback());
+  EXPECT_EQ(store_->Stats().pending_waits, kWaits + 1u);
+  auto published = Push("x", MakeTestImage(100));
+  ASSERT_TRUE(published.ok());
+  for (WaitOutcome& wait : waits) {
+    ASSERT_TRUE(wait.ended.HasBeenNotified());
+    EXPECT_EQ(wait.calls.load(), 1);
+    ASSERT_TRUE(wait.result.ok());
+    EXPECT_EQ(wait.result->get(), published->get());
+  }
+  EXPECT_FALSE(other.ended.HasBeenNotified());
+  EXPECT_EQ(store_->Stats().pending_waits, 1u);
+  EXPECT_TRUE(store_->CancelWait(other_wait, absl::CancelledError("done")));
+}
+
+TEST_F(ImageStoreTest, AWaitsCallbackMayCallTheStore) {
+  // Callbacks run outside the store's lock: one that calls back in must
+  // not deadlock.
+  absl::StatusOr<ImageRef> seen;
+  store_->Await("x", absl::InfiniteFuture(),
+                [&](absl::StatusOr<ImageRef> image) {
+                  ASSERT_TRUE(image.ok());
+                  seen = store_->Get("x");
+                  EXPECT_EQ(store_->Stats().pending_waits, 0u);
+                });
+  ASSERT_TRUE(Push("x", MakeTestImage(100)).ok());
+  EXPECT_TRUE(seen.ok()) << seen.status();
+}
+
+TEST_F(ImageStoreTest, CancellingAWaitEndsItOnceWithTheCallersStatus) {
+  WaitOutcome outcome;
+  const ImageStore::WaitId wait =
+      store_->Await("x", absl::InfiniteFuture(), outcome.Callback());
+  ASSERT_NE(wait, 0u);
+  EXPECT_TRUE(store_->CancelWait(wait, absl::CancelledError("client left")));
+  ASSERT_TRUE(outcome.ended.HasBeenNotified());
+  EXPECT_EQ(outcome.result.status().code(), absl::StatusCode::kCancelled);
+  // Ended: a second cancel, a publish, shutdown do nothing more.
+  EXPECT_FALSE(store_->CancelWait(wait, absl::CancelledError("again")));
+  ASSERT_TRUE(Push("x", MakeTestImage(100)).ok());
+  store_->Shutdown();
+  EXPECT_EQ(outcome.calls.load(), 1);
+  EXPECT_EQ(outcome.result.status().code(), absl::StatusCode::kCancelled);
+}
+
+TEST_F(ImageStoreTest, WaitsPastTheirDeadlineEndWithDeadlineExceeded) {
+  // No reaper here: ExpireWaits is what the reaper calls.
+  const absl::Time now = absl::Now();
+  WaitOutcome soon;
+  WaitOutcome later;
+  ASSERT_NE(store_->Await("x", now + absl::Hours(1), soon.Callback()), 0u);
+  ASSERT_NE(store_->Await("x", now + absl::Hours(3), later.Callback()), 0u);
+  EXPECT_EQ(store_->ExpireWaits(now + absl::Hours(2)), 1u);
+  ASSERT_TRUE(soon.ended.HasBeenNotified());
+  EXPECT_EQ(soon.result.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_FALSE(later.ended.HasBeenNotified());
+  EXPECT_EQ(store_->Stats().pending_waits, 1u);
+  // The remaining one still gets the image.
+  ASSERT_TRUE(Push("x", MakeTestImage(100)).ok());
+  ASSERT_TRUE(later.ended.HasBeenNotified());
+  EXPECT_TRUE(later.result.ok());
+}
+
+TEST_F(ImageStoreTest, AWaitWhoseDeadlineHasPassedEndsAtOnce) {
+  WaitOutcome outcome;
+  EXPECT_EQ(
+      store_->Await("x", absl::Now() - absl::Seconds(1), outcome.Callback()),
+      0u);
+  ASSERT_TRUE(outcome.ended.HasBeenNotified());
+  EXPECT_EQ(outcome.result.status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(ImageStoreTest, TheReaperEndsWaitsAtTheirDeadline) {
+  StoreOptions options;  // a reaper, and the real clock
+  ImageStore store(options);
+  WaitOutcome outcome;
+  ASSERT_NE(store.Await("x", absl::Now() + absl::Milliseconds(20),
+                        outcome.Callback()),
+            0u);
+  // Only the reaper can end it: nothing else is done to the store.
+  outcome.ended.WaitForNotification();
+  EXPECT_EQ(outcome.result.status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(store.Stats().pending_waits, 0u);
+}
+
+TEST_F(ImageStoreTest, ShutdownEndsPendingWaitsAndRefusesNewOnes) {
+  std::vector<WaitOutcome> waits(10);
+  for (size_t i = 0; i < waits.size(); ++i) {
+    ASSERT_NE(store_->Await(absl::StrCat("id", i % 3), absl::InfiniteFuture(),
+                            waits[i].Callback()),
+              0u);
+  }
+  store_->Shutdown();
+  for (WaitOutcome& wait : waits) {
+    ASSERT_TRUE(wait.ended.HasBeenNotified());
+    EXPECT_EQ(wait.result.status().code(), absl::StatusCode::kUnavailable);
+  }
+  EXPECT_EQ(store_->Stats().pending_waits, 0u);
+  WaitOutcome late;
+  EXPECT_EQ(store_->Await("x", absl::InfiniteFuture(), late.Callback()), 0u);
+  EXPECT_EQ(late.result.status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(ImageStoreTest, DestroyingTheStoreEndsItsWaits) {
+  WaitOutcome outcome;
+  {
+    auto store = MakeStore(StoreOptions{});
+    ASSERT_NE(store->Await("x", absl::InfiniteFuture(), outcome.Callback()),
+              0u);
+  }
+  ASSERT_TRUE(outcome.ended.HasBeenNotified());
+  EXPECT_EQ(outcome.result.status().code(), absl::StatusCode::kUnavailable);
+}
+
+// Publishes, cancellations, deadlines and shutdown racing: every wait ends
+// exactly once, whichever wins.
+TEST_F(ImageStoreTest, RacingEndsOfAWaitCallItsCallbackExactlyOnce) {
+  StoreOptions options;
+  ImageStore store(options);
+  constexpr int kWaits = 400;
+  std::vector<WaitOutcome> waits(kWaits);
+  std::vector<ImageStore::WaitId> ids(kWaits);
+  const absl::Time now = absl::Now();
+  for (int i = 0; i < kWaits; ++i) {
+    // A quarter with deadlines that pass while the others race.
+    const absl::Time deadline =
+        i % 4 == 0 ? now + absl::Microseconds(i * 10) : absl::InfiniteFuture();
+    ids[i] =
+        store.Await(absl::StrCat("id", i % 8), deadline, waits[i].Callback());
+  }
+  const auto bytes = MakeTestImage(100);
+  std::thread publisher([&] {
+    for (int k = 0; k < 8; ++k) {
+      PushWhole(store, RequestFor(absl::StrCat("id", k), bytes), bytes)
+          .IgnoreError();
+    }
+  });
+  std::thread canceller([&] {
+    for (int i = kWaits - 1; i >= 0; --i) {
+      store.CancelWait(ids[i], absl::CancelledError("cancelled"));
+    }
+  });
+  publisher.join();
+  canceller.join();
+  store.Shutdown();
+  for (WaitOutcome& wait : waits) {
+    ASSERT_TRUE(wait.ended.HasBeenNotified());
+    EXPECT_EQ(wait.calls.load(), 1);
+  }
+  EXPECT_EQ(store.Stats().pending_waits, 0u);
 }
 
 }  // namespace

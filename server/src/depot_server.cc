@@ -13,13 +13,17 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "h5depot/rpc/grpc_runtime.h"
+#include "server/src/depot_operations_internal.h"
 #include "server/src/depot_service_internal.h"
 #include "server/src/lane_server_internal.h"
 
 namespace h5depot::server {
 
 struct DepotServer::Impl {
+  // Destroyed in reverse: the transports before the operations they call,
+  // the operations before the store.
   std::unique_ptr<ImageStore> store;
+  std::unique_ptr<DepotOperations> operations;
   std::unique_ptr<DataLaneServer> data_lane;  // null when turned off
   std::unique_ptr<DepotService> service;
   std::unique_ptr<grpc::Server> server;
@@ -43,6 +47,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   internal::KeepGrpcRuntimeAlive();
   auto impl = std::make_unique<Impl>();
   impl->store = std::make_unique<ImageStore>(options.store);
+  impl->operations = std::make_unique<DepotOperations>(impl->store.get());
   DataLaneAddresses lane_addresses;
   if (options.data_lane) {
     // Started first, so that GetLimits names it from the first call on.
@@ -60,15 +65,15 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
       lane_options.unix_path = options.unix_socket_path + ".data";
     }
     absl::StatusOr<std::unique_ptr<DataLaneServer>> lane =
-        DataLaneServer::Start(impl->store.get(), lane_options);
+        DataLaneServer::Start(impl->operations.get(), lane_options);
     if (!lane.ok()) return lane.status();
     impl->data_lane = *std::move(lane);
     lane_addresses.tcp_port = impl->data_lane->tcp_port();
     lane_addresses.unix_path = impl->data_lane->unix_path();
   }
-  impl->service =
-      std::make_unique<DepotService>(impl->store.get(), options.max_chunk_bytes,
-                                     options.send_chunk_bytes, lane_addresses);
+  impl->service = std::make_unique<DepotService>(
+      impl->operations.get(), options.max_chunk_bytes, options.send_chunk_bytes,
+      lane_addresses);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

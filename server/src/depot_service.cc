@@ -1,7 +1,6 @@
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
-#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -20,35 +19,25 @@ using internal::ParseMessage;
 using internal::SerializeMessage;
 using internal::ToGrpcStatus;
 
-void FillImageInfo(const StoredImage& image, v1::ImageInfo* info) {
-  info->set_image_id(image.image_id());
-  info->set_size(image.size());
-  info->set_generation(image.generation());
-  info->set_checksum(image.checksum());
-  info->set_created_unix_micros(absl::ToUnixMicros(image.created()));
-  info->set_expires_unix_micros(image.expires() == absl::InfiniteFuture()
-                                    ? 0
-                                    : absl::ToUnixMicros(image.expires()));
+// The one conversion of an image's description to the wire's ImageInfo.
+void EncodeInfo(const StoredImage& image, v1::ImageInfo* info) {
+  const ImageDescription description = DepotOperations::Describe(image);
+  info->set_image_id(std::string(description.image_id));
+  info->set_size(description.size);
+  info->set_generation(description.generation);
+  info->set_checksum(description.checksum);
+  info->set_created_unix_micros(description.created_unix_micros);
+  info->set_expires_unix_micros(description.expires_unix_micros);
 }
 
-// The image, waiting up to `wait_timeout_ms` for it to be pushed.
-absl::StatusOr<ImageRef> GetOrWait(ImageStore& store,
-                                   grpc::ServerContextBase* context,
-                                   const std::string& image_id,
-                                   uint64_t wait_timeout_ms) {
-  if (wait_timeout_ms == 0) return store.Get(image_id);
-  const absl::Time deadline =
-      absl::Now() + absl::Milliseconds(
-                        std::min<uint64_t>(wait_timeout_ms, uint64_t{1} << 40));
-  return store.WaitFor(image_id, deadline,
-                       [context] { return context->IsCancelled(); });
+std::string PeerOfContext(const void* context) {
+  return static_cast<const grpc::ServerContextBase*>(context)->peer();
 }
 
-// The part of [offset, offset + length) that lies within `image`.
-uint64_t ClampedLength(const StoredImage& image, uint64_t offset,
-                       uint64_t length) {
-  if (offset >= image.size()) return 0;
-  return std::min(length, image.size() - offset);
+// The caller of a call, for the authorisation hook; its peer is looked up
+// only if the hook asks.
+Caller CallerOf(const grpc::ServerContextBase* context) {
+  return Caller::Deferred(Transport::kGrpc, &PeerOfContext, context);
 }
 
 std::optional<uint64_t> OptionalGeneration(bool has, uint64_t value) {
@@ -59,7 +48,7 @@ std::optional<uint64_t> OptionalGeneration(bool has, uint64_t value) {
 template <typename Response>
 grpc::ByteBuffer InfoMessage(const StoredImage& image) {
   Response response;
-  FillImageInfo(image, response.mutable_info());
+  EncodeInfo(image, response.mutable_info());
   return SerializeMessage(response);
 }
 
@@ -67,9 +56,9 @@ grpc::ByteBuffer InfoMessage(const StoredImage& image) {
 // PendingImage, then publishes.
 class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  PushReactor(ImageStore* store, grpc::CallbackServerContext* context,
+  PushReactor(DepotOperations* operations, grpc::CallbackServerContext* context,
               grpc::ByteBuffer* response)
-      : store_(store), context_(context), response_(response) {
+      : operations_(operations), context_(context), response_(response) {
     StartRead(&message_);
   }
 
@@ -166,16 +155,15 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           "a push must start with a header message");
     }
     const v1::PushHeader& header = request.header();
-    PushRequest push;
-    push.image_id = header.image_id();
-    push.size = header.size();
-    push.checksum = header.checksum();
-    push.if_generation_match = OptionalGeneration(
+    PushParams params;
+    params.image_id = header.image_id();
+    params.size = header.size();
+    params.checksum = header.checksum();
+    params.if_generation_match = OptionalGeneration(
         header.has_if_generation_match(), header.if_generation_match());
-    push.ttl = absl::Milliseconds(
-        std::min<uint64_t>(header.ttl_ms(), uint64_t{1} << 50));
+    params.ttl_ms = header.ttl_ms();
     absl::StatusOr<std::unique_ptr<PendingImage>> pending =
-        store_->BeginPush(std::move(push));
+        operations_->BeginPush(CallerOf(context_), std::move(params));
     if (!pending.ok()) return pending.status();
     pending_ = *std::move(pending);
     // Tells a client waiting before it streams a large image to go ahead.
@@ -212,18 +200,19 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
           "a push must start with a header message")));
       return;
     }
-    absl::StatusOr<ImageRef> published = pending_->Publish();
+    absl::StatusOr<ImageRef> published =
+        operations_->FinishPush(*pending_, std::nullopt);
     if (!published.ok()) {
       Finish(ToGrpcStatus(published.status()));
       return;
     }
     v1::PushResponse response;
-    FillImageInfo(**published, response.mutable_info());
+    EncodeInfo(**published, response.mutable_info());
     *response_ = SerializeMessage(response);
     Finish(grpc::Status::OK);
   }
 
-  ImageStore* const store_;
+  DepotOperations* const operations_;
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const response_;
   grpc::ByteBuffer message_;  // the read under way
@@ -268,26 +257,39 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     Finish(ToGrpcStatus(status));
   }
 
-  // Runs `wait` on a thread of its own (waits block, reactors must not),
-  // then sends the whole image it returns with the info message `info_of`
-  // makes, or fails with its error.
-  void SendWholeImageAfter(
-      std::function<absl::StatusOr<ImageRef>()> wait,
-      std::function<grpc::ByteBuffer(const StoredImage&)> info_of) {
-    // gRPC calls OnDone only after this handler returned, so waiter_ is
-    // set before anyone can look at it.
-    waiter_ = std::thread(
-        [this, wait = std::move(wait), info_of = std::move(info_of)] {
-          absl::StatusOr<ImageRef> image = wait();
-          // `this` may be gone as soon as Send or Fail returns.
-          if (!image.ok()) {
-            Fail(image.status());
-          } else {
-            const uint64_t size = (*image)->size();
-            grpc::ByteBuffer info = info_of(**image);
-            Send(*std::move(image), std::move(info), 0, size);
-          }
-        });
+  // Sends the whole image once `operations` finds `image_id`, waiting up to
+  // `wait_ms` for it to be published with no thread held meanwhile, or
+  // fails with the operation's error. Called from the method handler: a
+  // cancellation (OnCancel) comes only once it has returned, so `wait_` is
+  // set by then.
+  void SendWholeImageWhenFound(DepotOperations* operations,
+                               const Caller& caller, std::string_view image_id,
+                               uint64_t wait_ms) {
+    operations_ = operations;
+    // The wait ends exactly once, and the reactor is finished (and so
+    // deleted) only through `SendWholeImage` or `Fail` called from it:
+    // `this` is alive whenever it runs.
+    wait_ = operations->AwaitImage(caller, Operation::kFetch, image_id, wait_ms,
+                                   [this](absl::StatusOr<ImageRef> image) {
+                                     SendWholeImage(std::move(image));
+                                   });
+  }
+
+  // Sends all of `image`, or fails with its error.
+  void SendWholeImage(absl::StatusOr<ImageRef> image) {
+    if (!image.ok()) {
+      Fail(image.status());
+      return;
+    }
+    grpc::ByteBuffer info = InfoMessage<v1::FetchResponse>(**image);
+    const uint64_t size = (*image)->size();
+    Send(*std::move(image), std::move(info), 0, size);
+  }
+
+  // A wait still pending ends with CANCELLED, failing the call; one that
+  // has ended is under way or done, and finishes the call itself.
+  void OnCancel() override {
+    if (operations_ != nullptr) operations_->CancelWait(wait_);
   }
 
   void OnWriteDone(bool ok) override {
@@ -308,17 +310,7 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     }
   }
 
-  void OnDone() override {
-    if (waiter_.joinable()) {
-      // The waiter may itself be running this, having finished the call.
-      if (waiter_.get_id() == std::this_thread::get_id()) {
-        waiter_.detach();
-      } else {
-        waiter_.join();
-      }
-    }
-    delete this;
-  }
+  void OnDone() override { delete this; }
 
  private:
   const uint64_t chunk_bytes_;
@@ -327,8 +319,39 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   uint64_t end_ = 0;
   bool finishing_ = false;
   grpc::ByteBuffer message_;
-  std::thread waiter_;
+  // A Fetch waiting for its image: the wait to cancel (0: none pending).
+  DepotOperations* operations_ = nullptr;
+  ImageStore::WaitId wait_ = 0;
 };
+
+// A Stat waiting for its image: finished by the wait's end, whoever ends
+// it (a publish, the deadline, shutdown, or OnCancel).
+class WaitingStatReactor final : public grpc::ServerUnaryReactor {
+ public:
+  WaitingStatReactor(DepotOperations* operations, v1::ImageInfo* response)
+      : operations_(operations), response_(response) {}
+
+  // Called from the method handler; see SendReactor's
+  // SendWholeImageWhenFound for why `wait_` and `this` are safe.
+  void Start(const Caller& caller, std::string_view image_id,
+             uint64_t wait_ms) {
+    wait_ = operations_->AwaitImage(caller, Operation::kStat, image_id, wait_ms,
+                                    [this](absl::StatusOr<ImageRef> image) {
+                                      if (image.ok())
+                                        EncodeInfo(**image, response_);
+                                      Finish(ToGrpcStatus(image.status()));
+                                    });
+  }
+
+  void OnCancel() override { operations_->CancelWait(wait_); }
+  void OnDone() override { delete this; }
+
+ private:
+  DepotOperations* const operations_;
+  v1::ImageInfo* const response_;
+  ImageStore::WaitId wait_ = 0;
+};
+
 // Serves one reader: the open message pins a generation, and each range
 // after it is answered with its bytes as chunk messages built from slices
 // of the stored buffer. One operation at a time: the next request is read
@@ -336,8 +359,9 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 class ReaderReactor final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  ReaderReactor(ImageStore* store, uint64_t chunk_bytes)
-      : store_(store), chunk_bytes_(chunk_bytes) {
+  ReaderReactor(DepotOperations* operations,
+                grpc::CallbackServerContext* context, uint64_t chunk_bytes)
+      : operations_(operations), context_(context), chunk_bytes_(chunk_bytes) {
     StartRead(&in_);
   }
 
@@ -372,8 +396,9 @@ class ReaderReactor final
           "a reader must start with an open message");
     }
     // Holding the reference pins this generation for the life of the call.
-    absl::StatusOr<ImageRef> image = store_->GetGeneration(
-        request.open().image_id(), request.open().generation());
+    absl::StatusOr<ImageRef> image =
+        operations_->OpenReader(CallerOf(context_), request.open().image_id(),
+                                request.open().generation());
     if (!image.ok()) return image.status();
     image_ = *std::move(image);
     out_ = InfoMessage<v1::ReaderResponse>(*image_);
@@ -386,8 +411,10 @@ class ReaderReactor final
       return absl::InvalidArgumentError(
           "a reader sends one open message, then only ranges");
     }
-    next_ = request.range().offset();
-    end_ = next_ + ClampedLength(*image_, next_, request.range().length());
+    const ByteRange range = DepotOperations::ClampRange(
+        *image_, request.range().offset(), request.range().length());
+    next_ = range.offset;
+    end_ = range.offset + range.length;
     SendNextOrRead();
     return absl::OkStatus();
   }
@@ -403,7 +430,8 @@ class ReaderReactor final
     StartWrite(&out_);
   }
 
-  ImageStore* const store_;
+  DepotOperations* const operations_;
+  grpc::CallbackServerContext* const context_;
   const uint64_t chunk_bytes_;
   ImageRef image_;
   uint64_t next_ = 0;
@@ -414,17 +442,17 @@ class ReaderReactor final
 
 }  // namespace
 
-DepotService::DepotService(ImageStore* store, uint64_t max_chunk_bytes,
-                           uint64_t send_chunk_bytes,
+DepotService::DepotService(DepotOperations* operations,
+                           uint64_t max_chunk_bytes, uint64_t send_chunk_bytes,
                            DataLaneAddresses data_lane)
-    : store_(store),
+    : operations_(operations),
       max_chunk_bytes_(max_chunk_bytes),
       send_chunk_bytes_(send_chunk_bytes),
       data_lane_(std::move(data_lane)) {}
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* DepotService::Push(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
-  return new PushReactor(store_, context, response);
+  return new PushReactor(operations_, context, response);
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Fetch(
@@ -436,89 +464,91 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Fetch(
     return reactor;
   }
   if (fetch.wait_timeout_ms() > 0) {
-    reactor->SendWholeImageAfter(
-        [store = store_, context, fetch] {
-          return GetOrWait(*store, context, fetch.image_id(),
-                           fetch.wait_timeout_ms());
-        },
-        InfoMessage<v1::FetchResponse>);
+    reactor->SendWholeImageWhenFound(operations_, CallerOf(context),
+                                     fetch.image_id(), fetch.wait_timeout_ms());
     return reactor;
   }
-  absl::StatusOr<ImageRef> image = store_->Get(fetch.image_id());
-  if (!image.ok()) {
-    reactor->Fail(image.status());
-  } else {
-    grpc::ByteBuffer info = InfoMessage<v1::FetchResponse>(**image);
-    const uint64_t size = (*image)->size();
-    reactor->Send(*std::move(image), std::move(info), 0, size);
-  }
+  reactor->SendWholeImage(
+      operations_->Fetch(CallerOf(context), fetch.image_id()));
   return reactor;
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Read(
-    grpc::CallbackServerContext* /*context*/, const grpc::ByteBuffer* request) {
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   auto* reactor = new SendReactor(send_chunk_bytes_);
   v1::ReadRequest read;
   if (!ParseMessage(*request, &read)) {
     reactor->Fail(absl::InvalidArgumentError("malformed read request"));
     return reactor;
   }
-  absl::StatusOr<ImageRef> image =
-      store_->GetGeneration(read.image_id(), read.generation());
-  if (!image.ok()) {
-    reactor->Fail(image.status());
+  absl::StatusOr<ImageRange> range =
+      operations_->Read(CallerOf(context), read.image_id(), read.generation(),
+                        read.offset(), read.length());
+  if (!range.ok()) {
+    reactor->Fail(range.status());
   } else {
-    grpc::ByteBuffer info = InfoMessage<v1::ReadResponse>(**image);
-    const uint64_t length =
-        ClampedLength(**image, read.offset(), read.length());
-    reactor->Send(*std::move(image), std::move(info), read.offset(), length);
+    grpc::ByteBuffer info = InfoMessage<v1::ReadResponse>(*range->image);
+    reactor->Send(std::move(range->image), std::move(info), range->range.offset,
+                  range->range.length);
   }
   return reactor;
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
-DepotService::OpenReader(grpc::CallbackServerContext* /*context*/) {
-  return new ReaderReactor(store_, send_chunk_bytes_);
+DepotService::OpenReader(grpc::CallbackServerContext* context) {
+  return new ReaderReactor(operations_, context, send_chunk_bytes_);
 }
 
-grpc::Status DepotService::Stat(grpc::ServerContext* context,
-                                const v1::StatRequest* request,
-                                v1::ImageInfo* response) {
-  absl::StatusOr<ImageRef> image = GetOrWait(
-      *store_, context, request->image_id(), request->wait_timeout_ms());
-  if (!image.ok()) return ToGrpcStatus(image.status());
-  FillImageInfo(**image, response);
-  return grpc::Status::OK;
+grpc::ServerUnaryReactor* DepotService::Stat(
+    grpc::CallbackServerContext* context, const v1::StatRequest* request,
+    v1::ImageInfo* response) {
+  if (request->wait_timeout_ms() > 0) {
+    auto* reactor = new WaitingStatReactor(operations_, response);
+    reactor->Start(CallerOf(context), request->image_id(),
+                   request->wait_timeout_ms());
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<ImageRef> image =
+      operations_->Stat(CallerOf(context), request->image_id());
+  if (image.ok()) EncodeInfo(**image, response);
+  reactor->Finish(ToGrpcStatus(image.status()));
+  return reactor;
 }
 
-grpc::Status DepotService::List(grpc::ServerContext* /*context*/,
+grpc::Status DepotService::List(grpc::ServerContext* context,
                                 const v1::ListRequest* request,
                                 v1::ListResponse* response) {
-  ListResult result = store_->List(request->prefix(), request->page_size(),
-                                   request->page_token());
-  for (const ImageRef& image : result.images) {
-    FillImageInfo(*image, response->add_images());
+  absl::StatusOr<ListResult> result =
+      operations_->List(CallerOf(context), request->prefix(),
+                        request->page_size(), request->page_token());
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  for (const ImageRef& image : result->images) {
+    EncodeInfo(*image, response->add_images());
   }
-  response->set_next_page_token(std::move(result.next_page_token));
+  response->set_next_page_token(std::move(result->next_page_token));
   return grpc::Status::OK;
 }
 
-grpc::Status DepotService::Delete(grpc::ServerContext* /*context*/,
+grpc::Status DepotService::Delete(grpc::ServerContext* context,
                                   const v1::DeleteRequest* request,
                                   v1::DeleteResponse* /*response*/) {
   return ToGrpcStatus(
-      store_->Delete(request->image_id(),
-                     OptionalGeneration(request->has_if_generation_match(),
-                                        request->if_generation_match())));
+      operations_->Delete(CallerOf(context), request->image_id(),
+                          OptionalGeneration(request->has_if_generation_match(),
+                                             request->if_generation_match())));
 }
 
-grpc::Status DepotService::GetLimits(grpc::ServerContext* /*context*/,
+grpc::Status DepotService::GetLimits(grpc::ServerContext* context,
                                      const v1::GetLimitsRequest* /*request*/,
                                      v1::ServerLimits* response) {
-  response->set_max_image_bytes(store_->options().max_image_bytes);
-  response->set_max_memory_bytes(store_->options().max_memory_bytes);
+  absl::StatusOr<StoreLimits> limits = operations_->Limits(CallerOf(context));
+  if (!limits.ok()) return ToGrpcStatus(limits.status());
+  response->set_max_image_bytes(limits->max_image_bytes);
+  response->set_max_memory_bytes(limits->max_memory_bytes);
+  response->set_stored_bytes(limits->stored_bytes);
+  // This transport's own limit, and where the other one listens.
   response->set_max_chunk_bytes(max_chunk_bytes_);
-  response->set_stored_bytes(store_->Stats().stored_bytes);
   response->set_data_lane_port(static_cast<uint32_t>(data_lane_.tcp_port));
   response->set_data_lane_unix_path(data_lane_.unix_path);
   return grpc::Status::OK;

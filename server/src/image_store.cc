@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "h5depot/internal/buffer_reuse.h"
 #include "h5depot/internal/byte_size.h"
 #include "h5depot/internal/checksum.h"
@@ -331,7 +332,8 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
     stored.expires_ = stored.created_ + request.ttl;
   }
   const ImageRef published(std::move(image));
-  ImageRef replaced;  // released after the lock, it may be large
+  ImageRef replaced;                // released after the lock, it may be large
+  std::vector<WaitCallback> woken;  // called after the lock
   {
     absl::MutexLock lock(&mutex_);
     if (shutting_down_)
@@ -352,10 +354,15 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
       it->second = published;
     }
     stored_bytes_ += published->size();
+    if (!waits_by_image_.empty()) {
+      auto [first, last] = waits_by_image_.equal_range(stored.image_id());
+      while (first != last) woken.push_back(TakeWait((first++)->second));
+    }
   }
   if (published->expires() != absl::InfiniteFuture()) {
     WakeReaperFor(published->expires());
   }
+  for (WaitCallback& done : woken) done(published);
   return published;
 }
 
@@ -428,36 +435,119 @@ absl::StatusOr<ImageRef> ImageStore::Get(std::string_view image_id) const {
   return image;
 }
 
+ImageStore::WaitId ImageStore::Await(std::string_view image_id,
+                                     absl::Time deadline, WaitCallback done) {
+  absl::StatusOr<ImageRef> answer;
+  WaitId registered = 0;
+  if (absl::Status valid = internal::ValidateImageId(image_id); !valid.ok()) {
+    answer = std::move(valid);
+  } else {
+    absl::MutexLock lock(&mutex_);
+    if (ImageRef image = FindLive(image_id); image != nullptr) {
+      answer = std::move(image);
+    } else if (shutting_down_) {
+      answer = absl::UnavailableError("server is shutting down");
+    } else if (deadline <= absl::Now()) {
+      answer = absl::DeadlineExceededError(absl::StrCat(
+          "image '", std::string(image_id), "' did not appear in time"));
+    } else {
+      registered = next_wait_++;
+      Wait& wait = waits_[registered];
+      wait.done = std::move(done);
+      wait.by_image =
+          waits_by_image_.emplace(std::string(image_id), registered);
+      wait.deadline = deadline;
+      if (deadline != absl::InfiniteFuture()) {
+        wait_deadlines_.emplace(deadline, registered);
+      }
+    }
+  }
+  if (registered == 0) {
+    done(std::move(answer));
+    return 0;
+  }
+  // The reaper keeps the deadline. Woken after the lock, as after a
+  // publish, so that the two mutexes are never held together.
+  if (deadline != absl::InfiniteFuture()) WakeReaperFor(deadline);
+  return registered;
+}
+
+ImageStore::WaitCallback ImageStore::TakeWait(WaitId id) {
+  auto it = waits_.find(id);
+  if (it == waits_.end()) return nullptr;
+  WaitCallback done = std::move(it->second.done);
+  waits_by_image_.erase(it->second.by_image);
+  if (it->second.deadline != absl::InfiniteFuture()) {
+    wait_deadlines_.erase({it->second.deadline, id});
+  }
+  waits_.erase(it);
+  return done;
+}
+
+bool ImageStore::CancelWait(WaitId wait, const absl::Status& status) {
+  WaitCallback done;
+  {
+    absl::MutexLock lock(&mutex_);
+    done = TakeWait(wait);
+  }
+  if (done == nullptr) return false;
+  done(status);
+  return true;
+}
+
+size_t ImageStore::ExpireWaits(absl::Time now) {
+  std::vector<std::pair<WaitCallback, std::string>> expired;
+  {
+    absl::MutexLock lock(&mutex_);
+    while (!wait_deadlines_.empty() && wait_deadlines_.begin()->first <= now) {
+      const WaitId id = wait_deadlines_.begin()->second;
+      std::string image_id = waits_.at(id).by_image->first;
+      expired.emplace_back(TakeWait(id), std::move(image_id));
+    }
+  }
+  for (auto& [done, image_id] : expired) {
+    done(absl::DeadlineExceededError(
+        absl::StrCat("image '", image_id, "' did not appear in time")));
+  }
+  return expired.size();
+}
+
 absl::StatusOr<ImageRef> ImageStore::WaitFor(
     std::string_view image_id, absl::Time deadline,
     const std::function<bool()>& is_cancelled) {
-  // Cancellation is not an event the store can wait on, so waits wake up
-  // this often to look at it.
+  // Cancellation is not an event the store can wait on, so a wait with a
+  // cancellation predicate wakes up this often to look at it.
   constexpr absl::Duration kCancellationPoll = absl::Milliseconds(200);
-  if (absl::Status valid = internal::ValidateImageId(image_id); !valid.ok()) {
-    return valid;
-  }
-  absl::MutexLock lock(&mutex_);
-  ImageRef image;
-  auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-    image = FindLive(image_id);
-    return image != nullptr || shutting_down_;
-  };
-  while (!ready()) {
-    if (is_cancelled && is_cancelled()) {
-      return absl::CancelledError("wait was cancelled by the client");
-    }
+  // Safe to destroy once `ended` is notified: Notify() touches nothing of
+  // it afterwards.
+  absl::StatusOr<ImageRef> result;
+  absl::Notification ended;
+  // Registered without a deadline: this thread keeps it (below), so that
+  // it holds in a store without a reaper too.
+  const WaitId wait = Await(image_id, absl::InfiniteFuture(),
+                            [&result, &ended](absl::StatusOr<ImageRef> answer) {
+                              result = std::move(answer);
+                              ended.Notify();
+                            });
+  while (wait != 0 && !ended.HasBeenNotified()) {
     const absl::Time now = absl::Now();
     if (now >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "image '", std::string(image_id), "' did not appear in time"));
+      CancelWait(wait, absl::DeadlineExceededError(
+                           absl::StrCat("image '", std::string(image_id),
+                                        "' did not appear in time")));
+      break;
     }
-    mutex_.AwaitWithDeadline(absl::Condition(&ready),
-                             std::min(deadline, now + kCancellationPoll));
+    if (is_cancelled && is_cancelled()) {
+      CancelWait(wait,
+                 absl::CancelledError("wait was cancelled by the client"));
+      break;
+    }
+    ended.WaitForNotificationWithDeadline(
+        is_cancelled ? std::min(deadline, now + kCancellationPoll) : deadline);
   }
-  if (image == nullptr)
-    return absl::UnavailableError("server is shutting down");
-  return image;
+  // The wait may have ended on another thread that is still in `done`.
+  ended.WaitForNotification();
+  return result;
 }
 
 absl::StatusOr<ImageRef> ImageStore::GetGeneration(std::string_view image_id,
@@ -560,12 +650,17 @@ void ImageStore::ReaperLoop() {
       publishes_seen = reaper_wakeups_;
     }
     RemoveExpired();
-    // Retained buffers are due on the real clock; expiry is on the store's.
+    ExpireWaits(absl::Now());
+    // Retained buffers and waits are due on the real clock; expiry is on
+    // the store's.
     absl::Time next_expiry = budget_->TrimRetained(absl::Now());
     {
       absl::ReaderMutexLock lock(&mutex_);
       if (!expiry_queue_.empty()) {
         next_expiry = std::min(next_expiry, expiry_queue_.begin()->first);
+      }
+      if (!wait_deadlines_.empty()) {
+        next_expiry = std::min(next_expiry, wait_deadlines_.begin()->first);
       }
     }
     absl::MutexLock lock(&reaper_mutex_);
@@ -582,13 +677,22 @@ void ImageStore::ReaperLoop() {
 StoreStats ImageStore::Stats() const {
   absl::ReaderMutexLock lock(&mutex_);
   return {images_.size(), stored_bytes_, budget_->used(),
-          budget_->retained_bytes()};
+          budget_->retained_bytes(), waits_.size()};
 }
 
 void ImageStore::Shutdown() {
+  std::vector<WaitCallback> ended;  // called after the lock
   {
     absl::MutexLock lock(&mutex_);
     shutting_down_ = true;
+    ended.reserve(waits_.size());
+    for (auto& [id, wait] : waits_) ended.push_back(std::move(wait.done));
+    waits_.clear();
+    waits_by_image_.clear();
+    wait_deadlines_.clear();
+  }
+  for (WaitCallback& done : ended) {
+    done(absl::UnavailableError("server is shutting down"));
   }
   absl::MutexLock lock(&reaper_mutex_);
   reaper_stop_ = true;

@@ -1,3 +1,4 @@
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -40,26 +41,41 @@ constexpr size_t kReceivePieceBytes = size_t{256} << 10;
 // scheduler: each end then keeps a CPU of its own busy copying.
 constexpr uint64_t kNearClientBytes = uint64_t{64} << 10;
 
-// Whether the peer of a connected socket is on this host: a Unix socket,
-// or TCP from a loopback address.
-bool PeerIsLocal(int fd) {
+// Who is at the other end of a connected socket, learnt once per
+// connection: the address in gRPC's notation, and whether it is on this
+// host (a Unix socket, or TCP from a loopback address).
+struct Peer {
+  Transport transport = Transport::kLaneTcp;
+  std::string address;
+  bool local = false;
+};
+
+Peer PeerOf(int fd) {
+  Peer result;
   sockaddr_storage peer{};
   socklen_t peer_bytes = sizeof(peer);
   if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_bytes) != 0) {
-    return false;
+    return result;
   }
-  if (peer.ss_family == AF_UNIX) return true;
-  if (peer.ss_family == AF_INET) {
+  char text[INET6_ADDRSTRLEN] = "";
+  if (peer.ss_family == AF_UNIX) {
+    result.transport = Transport::kLaneUnix;
+    result.address = "unix:";
+    result.local = true;
+  } else if (peer.ss_family == AF_INET) {
     const auto* v4 = reinterpret_cast<const sockaddr_in*>(&peer);
-    return (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
+    ::inet_ntop(AF_INET, &v4->sin_addr, text, sizeof(text));
+    result.address = absl::StrCat("ipv4:", text, ":", ntohs(v4->sin_port));
+    result.local = (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
+  } else if (peer.ss_family == AF_INET6) {
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+    ::inet_ntop(AF_INET6, &v6->sin6_addr, text, sizeof(text));
+    result.address = absl::StrCat("ipv6:[", text, "]:", ntohs(v6->sin6_port));
+    result.local = IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr) ||
+                   (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr) &&
+                    v6->sin6_addr.s6_addr[12] == 127);
   }
-  if (peer.ss_family == AF_INET6) {
-    const in6_addr& v6 =
-        reinterpret_cast<const sockaddr_in6*>(&peer)->sin6_addr;
-    if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
-    return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
-  }
-  return false;
+  return result;
 }
 
 absl::Status ErrnoError(std::string_view what) {
@@ -149,14 +165,13 @@ void MoveNearClient(ClientCpuFollower* follower,
 }
 
 // The image's info in a final response.
-void DescribeImage(const StoredImage& image, lane::Response* response) {
-  response->size = image.size();
-  response->generation = image.generation();
-  response->checksum = image.checksum();
-  response->created_unix_micros = absl::ToUnixMicros(image.created());
-  response->expires_unix_micros = image.expires() == absl::InfiniteFuture()
-                                      ? 0
-                                      : absl::ToUnixMicros(image.expires());
+void EncodeInfo(const StoredImage& image, lane::Response* response) {
+  const ImageDescription description = DepotOperations::Describe(image);
+  response->size = description.size;
+  response->generation = description.generation;
+  response->checksum = description.checksum;
+  response->created_unix_micros = description.created_unix_micros;
+  response->expires_unix_micros = description.expires_unix_micros;
 }
 
 // Sends the final response for `status`; with an image, its info, and with
@@ -169,7 +184,7 @@ absl::Status SendFinal(LaneSocket& socket, const absl::Status& status,
   const size_t message_bytes =
       std::min(status.message().size(), lane::kMaxMessageBytes);
   response.message_bytes = static_cast<uint16_t>(message_bytes);
-  if (image != nullptr) DescribeImage(*image, &response);
+  if (image != nullptr) EncodeInfo(*image, &response);
   uint8_t header[lane::kResponseHeaderBytes];
   lane::EncodeResponse(response, header);
   iovec iov[3] = {{header, sizeof(header)},
@@ -202,7 +217,7 @@ struct DataLaneServer::Impl {
     bool finished = false;  // guarded by Impl::mutex
   };
 
-  ImageStore* store = nullptr;
+  DepotOperations* operations = nullptr;
   DataLaneOptions options;
   LaneSocket tcp_listener;
   LaneSocket unix_listener;
@@ -228,20 +243,22 @@ struct DataLaneServer::Impl {
   // refusals of a request are answered on the connection.
   // `follower` is null unless the client agreed to say its CPU.
   absl::Status HandleRequest(LaneSocket& socket, LaneReader& reader,
-                             ClientCpuFollower* follower);
+                             const Caller& caller, ClientCpuFollower* follower);
   absl::Status HandlePut(LaneSocket& socket, LaneReader& reader,
+                         const Caller& caller,
                          const lane::RequestHeader& header,
                          std::string image_id, ClientCpuFollower* follower);
-  absl::Status HandleGet(LaneSocket& socket, const lane::RequestHeader& header,
+  absl::Status HandleGet(LaneSocket& socket, const Caller& caller,
+                         const lane::RequestHeader& header,
                          const std::string& image_id,
                          ClientCpuFollower* follower);
   bool Stopping() const { return stopping.load(); }
 };
 
 absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
-    ImageStore* store, const DataLaneOptions& options) {
+    DepotOperations* operations, const DataLaneOptions& options) {
   auto impl = std::make_unique<Impl>();
-  impl->store = store;
+  impl->operations = operations;
   impl->options = options;
   if (!options.tcp_host.empty()) {
     absl::StatusOr<LaneSocket> listener =
@@ -320,6 +337,8 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   pthread_setname_np(pthread_self(), "h5depot-lane");
   LaneSocket& socket = connection->socket;
   LaneReader reader(&socket);
+  const Peer peer = PeerOf(socket.fd());
+  const Caller caller = Caller::Known(peer.transport, peer.address, peer.local);
   uint8_t hello[lane::kHelloBytes];
   bool good = reader.Read(hello, sizeof(hello)).ok();
   std::optional<ClientCpuFollower> follower;
@@ -327,8 +346,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     uint16_t offered = 0;
     const absl::Status hello_status = lane::DecodeHello(hello, &offered);
     uint16_t agreed = 0;
-    if (hello_status.ok() && options.follow_client_cpu &&
-        PeerIsLocal(socket.fd())) {
+    if (hello_status.ok() && options.follow_client_cpu && peer.local) {
       agreed = offered & lane::kFeatureClientCpu;
     }
     if ((agreed & lane::kFeatureClientCpu) != 0) follower.emplace();
@@ -350,7 +368,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     // sees the request in progress and leaves its socket alone.
     connection->busy.store(true);
     if (stopping.load()) break;
-    good = HandleRequest(socket, reader,
+    good = HandleRequest(socket, reader, caller,
                          follower.has_value() ? &*follower : nullptr)
                .ok();
     connection->busy.store(false);
@@ -365,6 +383,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
 
 absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
                                                  LaneReader& reader,
+                                                 const Caller& caller,
                                                  ClientCpuFollower* follower) {
   uint8_t raw[lane::kRequestHeaderBytes];
   if (absl::Status status = reader.Read(raw, sizeof(raw)); !status.ok()) {
@@ -384,26 +403,28 @@ absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
     return status;
   }
   if (header.op == lane::Op::kPut) {
-    return HandlePut(socket, reader, header, std::move(image_id), follower);
+    return HandlePut(socket, reader, caller, header, std::move(image_id),
+                     follower);
   }
-  return HandleGet(socket, header, image_id, follower);
+  return HandleGet(socket, caller, header, image_id, follower);
 }
 
 absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
                                              LaneReader& reader,
+                                             const Caller& caller,
                                              const lane::RequestHeader& header,
                                              std::string image_id,
                                              ClientCpuFollower* follower) {
   MoveNearClient(follower, header, header.size);
   const bool eager = header.size <= lane::kEagerPutBytes;
-  PushRequest request;
-  request.image_id = std::move(image_id);
-  request.size = header.size;
-  request.if_generation_match = header.if_generation_match;
-  request.ttl =
-      absl::Milliseconds(std::min<uint64_t>(header.ttl_ms, uint64_t{1} << 50));
+  PushParams params;
+  params.image_id = std::move(image_id);
+  params.size = header.size;
+  params.if_generation_match = header.if_generation_match;
+  params.ttl_ms = header.ttl_ms;
+  // The checksum follows the bytes (FinishPush below).
   absl::StatusOr<std::unique_ptr<PendingImage>> pending =
-      store->BeginPush(std::move(request));
+      operations->BeginPush(caller, std::move(params));
   if (!pending.ok()) {
     // An eager push's bytes are on their way already: read past them.
     if (eager) {
@@ -438,26 +459,24 @@ absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
       !status.ok()) {
     return status;
   }
-  absl::StatusOr<ImageRef> published = image.Publish(lane::DecodeU64(trailer));
+  absl::StatusOr<ImageRef> published =
+      operations->FinishPush(image, lane::DecodeU64(trailer));
   return SendFinal(socket, published.status(),
                    published.ok() ? published->get() : nullptr, false);
 }
 
 absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,
+                                             const Caller& caller,
                                              const lane::RequestHeader& header,
                                              const std::string& image_id,
                                              ClientCpuFollower* follower) {
-  absl::StatusOr<ImageRef> image;  // the store checks the id
-  if (header.wait_ms == 0) {
-    image = store->Get(image_id);
-  } else {
-    const absl::Time deadline =
-        absl::Now() + absl::Milliseconds(std::min<uint64_t>(header.wait_ms,
-                                                            uint64_t{1} << 40));
-    image = store->WaitFor(image_id, deadline, [this, &socket] {
-      return socket.PeerHungUp() || Stopping();
-    });
-  }
+  // The connection has a thread of its own, so a wait blocks it.
+  absl::StatusOr<ImageRef> image =
+      header.wait_ms == 0
+          ? operations->Fetch(caller, image_id)
+          : operations->WaitForImage(
+                caller, Operation::kFetch, image_id, header.wait_ms,
+                [this, &socket] { return socket.PeerHungUp() || Stopping(); });
   if (!image.ok()) return SendFinal(socket, image.status(), nullptr, false);
   MoveNearClient(follower, header, (*image)->size());
   // The reference pins this generation until its last byte is sent.

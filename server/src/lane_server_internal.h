@@ -1,7 +1,10 @@
 // The server end of the data lane (h5depot/internal/lane_protocol.h):
 // listeners beside the gRPC ones that serve PUT and GET on plain sockets,
 // receiving pushed bytes straight into the pending image and sending
-// fetched bytes straight from the stored one. Internal to the server.
+// fetched bytes straight from the stored one. A codec over DepotOperations,
+// like the gRPC service: it parses the lane's messages, calls the
+// operation and encodes its answer, and holds no rule of its own. Internal
+// to the server.
 //
 // One thread per connection, blocking I/O: a connection carries one
 // request at a time, and most of a large transfer's time is spent in the
@@ -14,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "h5depot/server/image_store.h"
+#include "server/src/depot_operations_internal.h"
 
 namespace h5depot::server {
 
@@ -38,9 +41,9 @@ struct DataLaneOptions {
 class DataLaneServer {
  public:
   // Binds the listeners and starts accepting. UNAVAILABLE if one cannot be
-  // bound. `store` must outlive the server.
+  // bound. `operations` must outlive the server.
   static absl::StatusOr<std::unique_ptr<DataLaneServer>> Start(
-      ImageStore* store, const DataLaneOptions& options);
+      DepotOperations* operations, const DataLaneOptions& options);
 
   ~DataLaneServer();  // Shutdown(ZeroDuration()) if still running
   DataLaneServer(const DataLaneServer&) = delete;

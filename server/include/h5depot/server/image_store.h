@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -129,8 +130,8 @@ class PendingImage {
   // Verifies size, checksum, format and the generation precondition, then
   // makes the image current. The PendingImage is spent afterwards, whatever
   // the outcome: INVALID_ARGUMENT (size, not HDF5), DATA_LOSS (checksum),
-  // ALREADY_EXISTS / FAILED_PRECONDITION (generation), UNAVAILABLE (store
-  // shutting down).
+  // ALREADY_EXISTS / ABORTED (generation: someone else's push or delete won
+  // the race), UNAVAILABLE (store shutting down).
   absl::StatusOr<ImageRef> Publish();
   // The same, checked against `checksum`, sent after the data, instead of
   // the request's.
@@ -161,6 +162,8 @@ struct StoreStats {
   // size; not image data, not counted against the limit, freed when unused
   // for a second or when a push needs fresh memory.
   uint64_t retained_bytes = 0;
+  // Waits registered with Await() (WaitFor's included) not yet ended.
+  uint64_t pending_waits = 0;
 };
 
 class ImageStore {
@@ -175,7 +178,9 @@ class ImageStore {
   // Starts a push: validates the id, the size against the limits, reserves
   // the memory and checks the generation precondition, so that a push bound
   // to fail is refused before its data moves. INVALID_ARGUMENT,
-  // RESOURCE_EXHAUSTED, ALREADY_EXISTS, FAILED_PRECONDITION, UNAVAILABLE.
+  // RESOURCE_EXHAUSTED, ALREADY_EXISTS (`if_generation_match` 0 and the id
+  // exists), ABORTED (`if_generation_match` N and the current generation is
+  // not N, or there is none), UNAVAILABLE.
   absl::StatusOr<std::unique_ptr<PendingImage>> BeginPush(PushRequest request);
 
   // Every call that names an image id checks it against the id rules
@@ -185,10 +190,45 @@ class ImageStore {
   // The current generation of `image_id`; NOT_FOUND if absent or expired.
   absl::StatusOr<ImageRef> Get(std::string_view image_id) const;
 
-  // Like Get, but waits until `deadline` for the image to be published.
-  // DEADLINE_EXCEEDED when it passes (checked before waiting, so a malformed
-  // id is INVALID_ARGUMENT at once), CANCELLED when `is_cancelled` turns
-  // true (polled a few times a second), UNAVAILABLE on shutdown.
+  // Waiting for an image to be published: one list of waits, per image id,
+  // that costs no thread while it waits. A wait ends exactly once, with
+  // its callback called:
+  //   - with the image, by the push that publishes it (on the pushing
+  //     thread, after the store's lock is released);
+  //   - DEADLINE_EXCEEDED at its deadline, by the reaper thread (with
+  //     StoreOptions::start_reaper false, only when ExpireWaits() is called);
+  //   - UNAVAILABLE by Shutdown();
+  //   - with the caller's status by CancelWait().
+  // A callback is never called with the store's lock held, so it may call
+  // the store again; it should be quick (it runs on someone else's thread).
+  using WaitId = uint64_t;  // 0: no wait pending
+  using WaitCallback = absl::AnyInvocable<void(absl::StatusOr<ImageRef>)>;
+
+  // Calls `done` with `image_id`'s current generation once there is one.
+  // If the answer is known at once (the image is there; a malformed id,
+  // INVALID_ARGUMENT; a store shut down, UNAVAILABLE; `deadline` passed,
+  // DEADLINE_EXCEEDED), `done` runs on this thread before Await returns
+  // 0. Otherwise the wait is registered and its id returned.
+  WaitId Await(std::string_view image_id, absl::Time deadline,
+               WaitCallback done);
+
+  // Ends wait `wait` with `status` if it has not ended yet: its callback
+  // runs on this thread before CancelWait returns true. False if it has
+  // ended already, or is ending on another thread (whose callback call may
+  // still be under way): then nothing happens. Ids are never reused, so a
+  // stale id is harmless.
+  bool CancelWait(WaitId wait, const absl::Status& status);
+
+  // Ends the waits whose deadline is at or before `now` (real time, not
+  // StoreOptions::clock) with DEADLINE_EXCEEDED; returns how many.
+  size_t ExpireWaits(absl::Time now);
+
+  // Like Get, but blocks the calling thread until `deadline` for the image
+  // to be published, as a wait of the list above. DEADLINE_EXCEEDED when
+  // it passes (a malformed id is INVALID_ARGUMENT at once), CANCELLED when
+  // `is_cancelled` (may be null) turns true, which is polled a few times a
+  // second, UNAVAILABLE on shutdown. The deadline is kept by the calling
+  // thread, so it holds without a reaper.
   absl::StatusOr<ImageRef> WaitFor(std::string_view image_id,
                                    absl::Time deadline,
                                    const std::function<bool()>& is_cancelled);
@@ -198,7 +238,7 @@ class ImageStore {
   absl::StatusOr<ImageRef> GetGeneration(std::string_view image_id,
                                          uint64_t generation) const;
 
-  // Removes `image_id`. NOT_FOUND if absent; FAILED_PRECONDITION if
+  // Removes `image_id`. NOT_FOUND if absent; ABORTED if
   // `if_generation_match` is given and is not the current generation.
   absl::Status Delete(std::string_view image_id,
                       std::optional<uint64_t> if_generation_match);
@@ -213,7 +253,8 @@ class ImageStore {
 
   StoreStats Stats() const;
 
-  // Refuses new pushes and wakes every waiter with UNAVAILABLE. Idempotent.
+  // Refuses new pushes and ends every wait with UNAVAILABLE (new ones too,
+  // at once). Idempotent.
   void Shutdown();
 
  private:
@@ -227,6 +268,8 @@ class ImageStore {
   ImageRef FindLive(std::string_view image_id) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   void Retire(const ImageRef& image) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Removes wait `wait` from the list and hands over its callback.
+  WaitCallback TakeWait(WaitId wait) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void ReaperLoop();
 
   const StoreOptions options_;
@@ -240,15 +283,28 @@ class ImageStore {
   std::set<std::pair<absl::Time, std::string>> expiry_queue_
       ABSL_GUARDED_BY(mutex_);
   uint64_t next_generation_ ABSL_GUARDED_BY(mutex_);
+  // The pending waits, by id, by image id and by deadline (waits without
+  // one are not in `wait_deadlines_`).
+  struct Wait {
+    WaitCallback done;
+    std::multimap<std::string, WaitId, std::less<>>::iterator by_image;
+    absl::Time deadline;
+  };
+  std::unordered_map<WaitId, Wait> waits_ ABSL_GUARDED_BY(mutex_);
+  std::multimap<std::string, WaitId, std::less<>> waits_by_image_
+      ABSL_GUARDED_BY(mutex_);
+  std::set<std::pair<absl::Time, WaitId>> wait_deadlines_
+      ABSL_GUARDED_BY(mutex_);
+  WaitId next_wait_ ABSL_GUARDED_BY(mutex_) = 1;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   // Set under `mutex_`; read without it where a stale answer is harmless
   // (BeginPush: Install() looks again under the lock).
   std::atomic<bool> shutting_down_{false};
 
-  // The reaper sleeps on a mutex of its own until the earliest expiry (or
-  // until a retained buffer is due to be freed, see MemoryBudget), and is
-  // woken only by something due sooner (or by shutdown), so that publishes
-  // without a time to live never wake it.
+  // The reaper sleeps on a mutex of its own until the earliest expiry or
+  // wait deadline (or until a retained buffer is due to be freed, see
+  // MemoryBudget), and is woken only by something due sooner (or by
+  // shutdown), so that publishes without a time to live never wake it.
   void WakeReaperFor(absl::Time due);
   absl::Mutex reaper_mutex_;
   absl::CondVar reaper_wakeup_;

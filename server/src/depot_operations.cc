@@ -1,0 +1,170 @@
+#include <algorithm>
+#include <utility>
+
+#include "server/src/depot_operations_internal.h"
+
+namespace h5depot::server {
+
+namespace {
+
+// Whether a peer named in gRPC's notation is on this host.
+bool IsLocalPeer(std::string_view peer) {
+  for (std::string_view local :
+       {"unix:", "ipv4:127.", "ipv6:[::1]", "ipv6:[::ffff:127."}) {
+    if (peer.substr(0, local.size()) == local) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::string Caller::peer() const {
+  return lookup_ == nullptr ? std::string(peer_) : lookup_(context_);
+}
+
+bool Caller::local() const {
+  return lookup_ == nullptr ? local_ : IsLocalPeer(lookup_(context_));
+}
+
+ImageDescription DepotOperations::Describe(const StoredImage& image) {
+  ImageDescription description;
+  description.image_id = image.image_id();
+  description.size = image.size();
+  description.generation = image.generation();
+  description.checksum = image.checksum();
+  description.created_unix_micros = absl::ToUnixMicros(image.created());
+  description.expires_unix_micros = image.expires() == absl::InfiniteFuture()
+                                        ? 0
+                                        : absl::ToUnixMicros(image.expires());
+  return description;
+}
+
+ByteRange DepotOperations::ClampRange(const StoredImage& image, uint64_t offset,
+                                      uint64_t length) {
+  const uint64_t size = image.size();
+  if (offset >= size) return {size, 0};
+  return {offset, std::min(length, size - offset)};
+}
+
+absl::Time DepotOperations::WaitDeadline(uint64_t wait_ms) {
+  return absl::Now() + absl::Milliseconds(std::min(wait_ms, kMaxWaitMs));
+}
+
+absl::StatusOr<std::unique_ptr<PendingImage>> DepotOperations::BeginPush(
+    const Caller& caller, PushParams params) {
+  if (absl::Status allowed =
+          Authorize(caller, Operation::kPush, params.image_id);
+      !allowed.ok()) {
+    return allowed;
+  }
+  PushRequest request;
+  request.image_id = std::move(params.image_id);
+  request.size = params.size;
+  request.checksum = params.checksum;
+  request.if_generation_match = params.if_generation_match;
+  request.ttl = absl::Milliseconds(std::min(params.ttl_ms, kMaxTtlMs));
+  return store_->BeginPush(std::move(request));
+}
+
+absl::StatusOr<ImageRef> DepotOperations::FinishPush(
+    PendingImage& pending, std::optional<uint64_t> trailing_checksum) {
+  return trailing_checksum.has_value() ? pending.Publish(*trailing_checksum)
+                                       : pending.Publish();
+}
+
+absl::StatusOr<ImageRef> DepotOperations::Find(const Caller& caller,
+                                               Operation op,
+                                               std::string_view image_id) {
+  if (absl::Status allowed = Authorize(caller, op, image_id); !allowed.ok()) {
+    return allowed;
+  }
+  return store_->Get(image_id);
+}
+
+ImageStore::WaitId DepotOperations::AwaitImage(const Caller& caller,
+                                               Operation op,
+                                               std::string_view image_id,
+                                               uint64_t wait_ms,
+                                               ImageStore::WaitCallback done) {
+  if (absl::Status allowed = Authorize(caller, op, image_id); !allowed.ok()) {
+    done(std::move(allowed));
+    return 0;
+  }
+  if (wait_ms == 0) {
+    done(store_->Get(image_id));
+    return 0;
+  }
+  return store_->Await(image_id, WaitDeadline(wait_ms), std::move(done));
+}
+
+void DepotOperations::CancelWait(ImageStore::WaitId wait) {
+  if (wait == 0) return;
+  store_->CancelWait(
+      wait, absl::CancelledError("the wait was cancelled by the client"));
+}
+
+absl::StatusOr<ImageRef> DepotOperations::WaitForImage(
+    const Caller& caller, Operation op, std::string_view image_id,
+    uint64_t wait_ms, const std::function<bool()>& is_cancelled) {
+  if (absl::Status allowed = Authorize(caller, op, image_id); !allowed.ok()) {
+    return allowed;
+  }
+  if (wait_ms == 0) return store_->Get(image_id);
+  return store_->WaitFor(image_id, WaitDeadline(wait_ms), is_cancelled);
+}
+
+absl::StatusOr<ImageRef> DepotOperations::OpenReader(const Caller& caller,
+                                                     std::string_view image_id,
+                                                     uint64_t generation) {
+  if (absl::Status allowed = Authorize(caller, Operation::kRead, image_id);
+      !allowed.ok()) {
+    return allowed;
+  }
+  return store_->GetGeneration(image_id, generation);
+}
+
+absl::StatusOr<ImageRange> DepotOperations::Read(const Caller& caller,
+                                                 std::string_view image_id,
+                                                 uint64_t generation,
+                                                 uint64_t offset,
+                                                 uint64_t length) {
+  absl::StatusOr<ImageRef> image = OpenReader(caller, image_id, generation);
+  if (!image.ok()) return image.status();
+  const ByteRange range = ClampRange(**image, offset, length);
+  return ImageRange{*std::move(image), range};
+}
+
+absl::StatusOr<ListResult> DepotOperations::List(const Caller& caller,
+                                                 std::string_view prefix,
+                                                 uint32_t page_size,
+                                                 std::string_view page_token) {
+  if (absl::Status allowed = Authorize(caller, Operation::kList, prefix);
+      !allowed.ok()) {
+    return allowed;
+  }
+  return store_->List(prefix, page_size, page_token);
+}
+
+absl::Status DepotOperations::Delete(
+    const Caller& caller, std::string_view image_id,
+    std::optional<uint64_t> if_generation_match) {
+  if (absl::Status allowed = Authorize(caller, Operation::kDelete, image_id);
+      !allowed.ok()) {
+    return allowed;
+  }
+  return store_->Delete(image_id, if_generation_match);
+}
+
+absl::StatusOr<StoreLimits> DepotOperations::Limits(const Caller& caller) {
+  if (absl::Status allowed = Authorize(caller, Operation::kGetLimits, {});
+      !allowed.ok()) {
+    return allowed;
+  }
+  StoreLimits limits;
+  limits.max_image_bytes = store_->options().max_image_bytes;
+  limits.max_memory_bytes = store_->options().max_memory_bytes;
+  limits.stored_bytes = store_->Stats().stored_bytes;
+  return limits;
+}
+
+}  // namespace h5depot::server

@@ -1,0 +1,260 @@
+// h5depot::server::DepotOperations: the server's operations, written once,
+// between the ImageStore and the transports that carry them. Internal to
+// the server; no gRPC or lane type appears here.
+//
+// Each transport is a codec over this layer: it parses its wire format,
+// calls one operation, and encodes the answer. The gRPC service
+// (depot_service.cc) and the data lane (lane_server.cc) are the two today;
+// a third transport is one more codec. Everything that is a rule of the
+// service rather than of a wire format lives here and only here:
+//
+//   - authorisation: every operation starts with Authorize(), the one
+//     place that decides whether a caller may do it, whichever transport
+//     the call came through;
+//   - validation: image ids (checked by the store, INVALID_ARGUMENT), the
+//     request's fields;
+//   - clamps: a push's time to live (kMaxTtl), a wait's length (kMaxWait),
+//     a read's range (ClampRange);
+//   - the description of an image (Describe), which each codec only copies
+//     into its wire struct.
+//
+// Errors follow the error contract in proto/h5depot/v1/depot.proto.
+//
+// Thread safety: all methods may be called concurrently. Cost: on the
+// paths that move images (push, fetch, read) the layer adds no allocation,
+// lock or copy to what the store does.
+#ifndef H5DEPOT_SERVER_DEPOT_OPERATIONS_INTERNAL_H_
+#define H5DEPOT_SERVER_DEPOT_OPERATIONS_INTERNAL_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "h5depot/server/image_store.h"
+
+namespace h5depot::server {
+
+// The transport a call came through.
+enum class Transport { kGrpc, kLaneTcp, kLaneUnix };
+
+// What a caller asks to do, as Authorize() sees it.
+enum class Operation {
+  kPush,
+  kFetch,
+  kRead,  // Read and OpenReader
+  kStat,
+  kList,  // the image id is the listed prefix
+  kDelete,
+  kGetLimits,  // no image id
+};
+
+// Who is calling: the transport and the peer. Made for every call, so it is
+// cheap to make: the peer's address is looked up only if asked for (from
+// gRPC's context that costs an allocation), or was learnt once per
+// connection (the lane). Valid for the duration of the call it was made
+// for.
+class Caller {
+ public:
+  // Returns the address of the peer of `context`.
+  using PeerLookup = std::string (*)(const void* context);
+
+  // A caller whose peer is known already: `peer` outlives the Caller.
+  static Caller Known(Transport transport, std::string_view peer, bool local) {
+    return Caller(transport, peer, local, nullptr, nullptr);
+  }
+  // A caller whose peer `lookup(context)` finds when asked.
+  static Caller Deferred(Transport transport, PeerLookup lookup,
+                         const void* context) {
+    return Caller(transport, {}, false, lookup, context);
+  }
+
+  Transport transport() const { return transport_; }
+  // In gRPC's notation: "ipv4:127.0.0.1:40123", "ipv6:[::1]:40123",
+  // "unix:/path" ("unix:" alone for a client socket with no name, as the
+  // lane sees them; empty if unknown).
+  std::string peer() const;
+  // Whether the peer is on this host: a Unix socket, or a loopback address.
+  bool local() const;
+
+ private:
+  Caller(Transport transport, std::string_view peer, bool local,
+         PeerLookup lookup, const void* context)
+      : transport_(transport),
+        peer_(peer),
+        local_(local),
+        lookup_(lookup),
+        context_(context) {}
+
+  Transport transport_;
+  std::string_view peer_;
+  bool local_;
+  PeerLookup lookup_;  // null: peer_ and local_ are known
+  const void* context_;
+};
+
+// One image's description, the same for every transport: each codec
+// copies these fields into its wire struct (ImageInfo, the lane's final
+// response) and computes nothing itself. Refers to the image's id: valid
+// while the image is held.
+struct ImageDescription {
+  std::string_view image_id;
+  uint64_t size = 0;
+  uint64_t generation = 0;
+  uint64_t checksum = 0;  // XXH3-64 of the whole image
+  int64_t created_unix_micros = 0;
+  int64_t expires_unix_micros = 0;  // 0: never expires
+};
+
+// What a push declares before its bytes, as it arrives on any transport.
+struct PushParams {
+  std::string image_id;
+  uint64_t size = 0;
+  uint64_t checksum = 0;  // ignored when the checksum follows the bytes
+  std::optional<uint64_t> if_generation_match;  // 0: only if absent
+  uint64_t ttl_ms = 0;                          // 0: never expires
+};
+
+// Bytes [offset, offset + length) of an image.
+struct ByteRange {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+
+// A byte range of one held generation, within the image.
+struct ImageRange {
+  ImageRef image;
+  ByteRange range;
+};
+
+// The limits a client may ask for (the codecs add their own transport's).
+struct StoreLimits {
+  uint64_t max_image_bytes = 0;
+  uint64_t max_memory_bytes = 0;
+  uint64_t stored_bytes = 0;
+};
+
+class DepotOperations {
+ public:
+  // A time to live beyond this (some 35,000 years) is taken as this, so
+  // that the expiry time cannot overflow.
+  static constexpr uint64_t kMaxTtlMs = uint64_t{1} << 50;
+  // A wait beyond this (some 35 years) is taken as this, for the same
+  // reason.
+  static constexpr uint64_t kMaxWaitMs = uint64_t{1} << 40;
+
+  // `store` must outlive the operations.
+  explicit DepotOperations(ImageStore* store) : store_(store) {}
+  DepotOperations(const DepotOperations&) = delete;
+  DepotOperations& operator=(const DepotOperations&) = delete;
+
+  // The authorisation hook: whether `caller` may do `op` on `image_id`
+  // (empty for GetLimits; the prefix for List). Every operation below
+  // calls it first, so that every transport is checked in this one place,
+  // and its refusal is what the caller gets (PERMISSION_DENIED or
+  // UNAUTHENTICATED, once there is something to refuse). Today every
+  // caller may do everything; this is where transport security (TLS peer
+  // identities, tokens with scopes) is to be checked. Inline and cheap: it
+  // runs on every push and fetch.
+  absl::Status Authorize(const Caller& caller, Operation op,
+                         std::string_view image_id) const {
+    (void)caller;
+    (void)op;
+    (void)image_id;
+    return absl::OkStatus();
+  }
+
+  // The description of `image`.
+  static ImageDescription Describe(const StoredImage& image);
+
+  // The part of [offset, offset + length) that lies within `image`: a read
+  // past the end is clamped, one past the end is empty.
+  static ByteRange ClampRange(const StoredImage& image, uint64_t offset,
+                              uint64_t length);
+
+  // Push. Begins one: validates `params`, reserves the memory and checks
+  // the generation precondition, so that a push bound to fail is refused
+  // before its data moves (ImageStore::BeginPush's errors). The codec then
+  // feeds the PendingImage its bytes and calls FinishPush, with the
+  // checksum if it came after the bytes rather than in `params`.
+  absl::StatusOr<std::unique_ptr<PendingImage>> BeginPush(const Caller& caller,
+                                                          PushParams params);
+  absl::StatusOr<ImageRef> FinishPush(
+      PendingImage& pending, std::optional<uint64_t> trailing_checksum);
+
+  // Fetch and Stat without waiting: the current generation of `image_id`,
+  // NOT_FOUND if there is none. (Fetch sends its bytes, Stat only its
+  // description; the codec does either.)
+  absl::StatusOr<ImageRef> Fetch(const Caller& caller,
+                                 std::string_view image_id) {
+    return Find(caller, Operation::kFetch, image_id);
+  }
+  absl::StatusOr<ImageRef> Stat(const Caller& caller,
+                                std::string_view image_id) {
+    return Find(caller, Operation::kStat, image_id);
+  }
+
+  // Fetch or Stat (`op`) waiting up to `wait_ms` (clamped to kMaxWaitMs;
+  // 0: not at all, NOT_FOUND) for `image_id` to be published, holding no
+  // thread while it waits: `done` is called exactly once, as by
+  // ImageStore::Await (at once on this thread if the answer is known,
+  // later on the publishing, reaper or cancelling thread otherwise), with
+  // DEADLINE_EXCEEDED when the wait passes, UNAVAILABLE at shutdown,
+  // CANCELLED through CancelWait(). Returns the wait to cancel (0 if
+  // `done` has run already).
+  ImageStore::WaitId AwaitImage(const Caller& caller, Operation op,
+                                std::string_view image_id, uint64_t wait_ms,
+                                ImageStore::WaitCallback done);
+  // Ends `wait` with CANCELLED if it has not ended yet (its `done` runs on
+  // this thread then); harmless for a wait that has ended (or 0).
+  void CancelWait(ImageStore::WaitId wait);
+
+  // The same, blocking the calling thread, for a transport that serves a
+  // connection on a thread of its own anyway (the lane). CANCELLED when
+  // `is_cancelled` (polled a few times a second) turns true.
+  absl::StatusOr<ImageRef> WaitForImage(
+      const Caller& caller, Operation op, std::string_view image_id,
+      uint64_t wait_ms, const std::function<bool()>& is_cancelled);
+
+  // Read and OpenReader: generation `generation` (0: the current one) of
+  // `image_id`, if it is current or still held by a reader; NOT_FOUND
+  // otherwise. Holding the result pins that generation.
+  absl::StatusOr<ImageRef> OpenReader(const Caller& caller,
+                                      std::string_view image_id,
+                                      uint64_t generation);
+  // Read: that generation's bytes [offset, offset + length), clamped.
+  absl::StatusOr<ImageRange> Read(const Caller& caller,
+                                  std::string_view image_id,
+                                  uint64_t generation, uint64_t offset,
+                                  uint64_t length);
+
+  // Images whose ids start with `prefix`, a page at a time (page_size 0:
+  // the store's default).
+  absl::StatusOr<ListResult> List(const Caller& caller, std::string_view prefix,
+                                  uint32_t page_size,
+                                  std::string_view page_token);
+
+  // Removes `image_id`: NOT_FOUND if absent, ABORTED if
+  // `if_generation_match` is not its current generation.
+  absl::Status Delete(const Caller& caller, std::string_view image_id,
+                      std::optional<uint64_t> if_generation_match);
+
+  absl::StatusOr<StoreLimits> Limits(const Caller& caller);
+
+ private:
+  absl::StatusOr<ImageRef> Find(const Caller& caller, Operation op,
+                                std::string_view image_id);
+  // Now plus `wait_ms`, clamped.
+  static absl::Time WaitDeadline(uint64_t wait_ms);
+
+  ImageStore* const store_;
+};
+
+}  // namespace h5depot::server
+
+#endif  // H5DEPOT_SERVER_DEPOT_OPERATIONS_INTERNAL_H_
