@@ -2,7 +2,7 @@
 #include <cstring>
 
 #include "client/src/core_driver_internal.h"
-#include "hdf5_error_internal.h"
+#include "client/src/hdf5_error_internal.h"
 
 namespace h5depot::internal {
 namespace {

@@ -11,10 +11,10 @@
 #include "absl/strings/str_cat.h"
 #include "client/src/core_driver_internal.h"
 #include "client/src/file_image_internal.h"
+#include "client/src/hdf5_error_internal.h"
 #include "client/src/image_share_internal.h"
 #include "client/src/superblock_internal.h"
 #include "h5depot/internal/hdf5_signature.h"
-#include "hdf5_error_internal.h"
 
 namespace h5depot {
 namespace {
