@@ -15,8 +15,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "h5depot/h5depot.h"
-#include "h5depot/server/depot_server.h"
 #include "h5depot/testing/hdf5_datasets.h"
+#include "h5depot/testing/in_process_depot.h"
 
 namespace {
 
@@ -90,23 +90,21 @@ void* MakeImage(int seed, size_t* len) {
 class CApiHdf5Test : public ::testing::Test {
  protected:
   void SetUp() override {
-    h5depot::server::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    auto server = h5depot::server::DepotServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    client_ = h5depot_connect(server_->targets().front().c_str());
+    auto depot = h5depot::testing::InProcessDepot::Start();
+    ASSERT_TRUE(depot.ok()) << depot.status();
+    depot_ = *std::move(depot);
+    client_ = h5depot_connect(depot_->target().c_str());
     ASSERT_NE(client_, nullptr) << h5depot_errmsg();
   }
 
   void TearDown() override {
     h5depot_disconnect(client_);
-    if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
+    depot_.reset();
     EXPECT_EQ(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), 0)
         << "HDF5 objects were left open";
   }
 
-  std::unique_ptr<h5depot::server::DepotServer> server_;
+  std::unique_ptr<h5depot::testing::InProcessDepot> depot_;
   h5depot_client* client_ = nullptr;
 };
 

@@ -35,6 +35,7 @@
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/lane_protocol.h"
 #include "h5depot/server/depot_server.h"
+#include "h5depot/testing/in_process_depot.h"
 #include "h5depot/testing/server_process.h"
 #include "h5depot/testing/subprocess.h"
 #include "h5depot/testing/temp_dir.h"
@@ -45,6 +46,8 @@ namespace h5depot {
 namespace {
 
 using ::h5depot::internal::lane::kEagerPutBytes;
+using ::h5depot::testing::InProcessDepot;
+using ::h5depot::testing::Listeners;
 using ::h5depot::testing::MakeTestImage;
 using ::h5depot::testing::ServerProcess;
 using ::h5depot::testing::ServerProcessOptions;
@@ -266,36 +269,28 @@ class ClientDataLaneTest
     : public ::testing::TestWithParam<std::tuple<Transport, bool>> {
  protected:
   void SetUp() override {
-    auto dir = TempDir::Create("/tmp");  // a socket path must be short
-    ASSERT_TRUE(dir.ok()) << dir.status();
-    dir_.emplace(*std::move(dir));
     server::ServerOptions options;
-    if (std::get<0>(GetParam()) == Transport::kTcp) {
-      options.listen_address = "127.0.0.1:0";
-    } else {
-      options.listen_address = "";
-      options.unix_socket_path = dir_->File("depot.sock");
-    }
     options.store.require_hdf5 = false;  // an empty image is no HDF5 file
     options.store.max_memory_bytes = uint64_t{512} << 20;
     options.store.max_image_bytes = uint64_t{64} << 20;
-    auto server = server::DepotServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
+    auto depot = InProcessDepot::Start(
+        options, std::get<0>(GetParam()) == Transport::kTcp ? Listeners::kTcp
+                                                            : Listeners::kUnix);
+    ASSERT_TRUE(depot.ok()) << depot.status();
+    depot_ = *std::move(depot);
     ClientOptions client_options;
     client_options.use_data_lane = std::get<1>(GetParam());
-    auto client = Client::Connect(server_->targets().front(), client_options);
+    auto client = depot_->Connect(client_options);
     ASSERT_TRUE(client.ok()) << client.status();
     client_ = *std::move(client);
   }
 
   void TearDown() override {
     client_.reset();
-    if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
+    depot_.reset();
   }
 
-  std::optional<TempDir> dir_;
-  std::unique_ptr<server::DepotServer> server_;
+  std::unique_ptr<InProcessDepot> depot_;
   std::unique_ptr<Client> client_;
 };
 
@@ -574,19 +569,16 @@ class LaneUseTest : public ::testing::TestWithParam<Transport> {
   void StartServer(bool data_lane) {
     server::ServerOptions options;
     options.data_lane = data_lane;
-    if (GetParam() == Transport::kTcp) {
-      options.listen_address = "127.0.0.1:0";
-    } else {
-      options.listen_address = "";
-      options.unix_socket_path = dir_->File("depot.sock");
-    }
-    auto server = server::DepotServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
+    auto depot = InProcessDepot::Start(options, GetParam() == Transport::kTcp
+                                                    ? Listeners::kTcp
+                                                    : Listeners::kUnix);
+    ASSERT_TRUE(depot.ok()) << depot.status();
+    depot_ = *std::move(depot);
     relay_ = GetParam() == Transport::kTcp
-                 ? CountingRelay::ToTcp(server_->port())
-                 : CountingRelay::ToUnix(dir_->File("relay.sock"),
-                                         dir_->File("depot.sock"));
+                 ? CountingRelay::ToTcp(depot_->server().port())
+                 : CountingRelay::ToUnix(
+                       dir_->File("relay.sock"),
+                       depot_->unix_target().substr(sizeof("unix:") - 1));
     ASSERT_NE(relay_, nullptr);
   }
 
@@ -611,7 +603,7 @@ class LaneUseTest : public ::testing::TestWithParam<Transport> {
   }
 
   std::optional<TempDir> dir_;
-  std::unique_ptr<server::DepotServer> server_;
+  std::unique_ptr<InProcessDepot> depot_;
   std::unique_ptr<CountingRelay> relay_;
 };
 
@@ -632,8 +624,8 @@ TEST_P(LaneUseTest, OfferedLaneCarriesTheImageBytesInsteadOfGrpc) {
 
 TEST_P(LaneUseTest, ServerWithoutLaneIsServedOverGrpc) {
   StartServer(/*data_lane=*/false);
-  EXPECT_EQ(server_->data_lane_port(), 0);
-  EXPECT_TRUE(server_->data_lane_unix_path().empty());
+  EXPECT_EQ(depot_->server().data_lane_port(), 0);
+  EXPECT_TRUE(depot_->server().data_lane_unix_path().empty());
   std::unique_ptr<Client> client = Connect(true);
   ASSERT_NE(client, nullptr);
   const auto bytes = MakeTestImage(kProbeBytes);

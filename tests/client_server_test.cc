@@ -16,6 +16,7 @@
 #include "h5depot/client.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/server/depot_server.h"
+#include "h5depot/testing/in_process_depot.h"
 #include "h5depot/v1/depot.grpc.pb.h"
 #include "test_images.h"
 #include "wire_messages.h"
@@ -23,6 +24,8 @@
 namespace h5depot {
 namespace {
 
+using ::h5depot::testing::InProcessDepot;
+using ::h5depot::testing::Listeners;
 using ::h5depot::testing::PushHeaderFor;
 
 using ::h5depot::testing::MakeTestImage;
@@ -37,31 +40,26 @@ std::string UniqueSocketPath() {
 
 class ClientServerTest : public ::testing::TestWithParam<Transport> {
  protected:
-  void SetUp() override { StartServer(server::ServerOptions{}); }
-
-  void StartServer(server::ServerOptions options) {
-    if (GetParam() == Transport::kTcp) {
-      options.listen_address = "127.0.0.1:0";
-    } else {
-      options.listen_address = "";
-      options.unix_socket_path = UniqueSocketPath();
-    }
+  void SetUp() override {
+    server::ServerOptions options;
     options.store.max_memory_bytes = uint64_t{256} << 20;
     options.store.max_image_bytes = uint64_t{64} << 20;
-    auto server = server::DepotServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    auto client = Client::Connect(server_->targets().front());
+    auto depot = InProcessDepot::Start(options, GetParam() == Transport::kTcp
+                                                    ? Listeners::kTcp
+                                                    : Listeners::kUnix);
+    ASSERT_TRUE(depot.ok()) << depot.status();
+    depot_ = *std::move(depot);
+    auto client = depot_->Connect();
     ASSERT_TRUE(client.ok()) << client.status();
     client_ = *std::move(client);
   }
 
   void TearDown() override {
     client_.reset();
-    if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
+    depot_.reset();
   }
 
-  std::unique_ptr<server::DepotServer> server_;
+  std::unique_ptr<InProcessDepot> depot_;
   std::unique_ptr<Client> client_;
 };
 
@@ -329,8 +327,8 @@ TEST_P(ClientServerTest, WaitThatTimesOutIsDeadlineExceeded) {
 
 TEST_P(ClientServerTest, CancelledPushLeavesNothingBehind) {
   const auto bytes = MakeTestImage(8 << 20);
-  auto channel = grpc::CreateChannel(server_->targets().front(),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(depot_->target(), grpc::InsecureChannelCredentials());
   auto stub = v1::Depot::NewStub(channel);
   {
     grpc::ClientContext context;
@@ -348,11 +346,10 @@ TEST_P(ClientServerTest, CancelledPushLeavesNothingBehind) {
   // The server notices the cancellation on its own schedule; its
   // reservation must go back to zero, and soon.
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (server_->store().Stats().reserved_bytes != 0 &&
-         absl::Now() < give_up) {
+  while (depot_->store().Stats().reserved_bytes != 0 && absl::Now() < give_up) {
     std::this_thread::yield();
   }
-  EXPECT_EQ(server_->store().Stats().reserved_bytes, 0u);
+  EXPECT_EQ(depot_->store().Stats().reserved_bytes, 0u);
   // And the id is free for a complete push.
   PushOptions create_only;
   create_only.if_generation_match = 0;
@@ -414,8 +411,8 @@ TEST_P(ClientServerTest, OversizedMessageIsRefusedByTheServer) {
   auto limits = client_->GetLimits();
   ASSERT_TRUE(limits.ok());
   const auto bytes = MakeTestImage(limits->max_chunk_bytes * 2);
-  auto channel = grpc::CreateChannel(server_->targets().front(),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(depot_->target(), grpc::InsecureChannelCredentials());
   auto stub = v1::Depot::NewStub(channel);
   grpc::ClientContext context;
   v1::PushResponse response;
@@ -435,8 +432,8 @@ TEST_P(ClientServerTest, WireProtocolStreamsInfoThenChunks) {
   const auto bytes = MakeTestImage((2 << 20) + 7);
   auto pushed = client_->Push("wire", bytes.data(), bytes.size());
   ASSERT_TRUE(pushed.ok());
-  auto channel = grpc::CreateChannel(server_->targets().front(),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(depot_->target(), grpc::InsecureChannelCredentials());
   auto stub = v1::Depot::NewStub(channel);
   grpc::ClientContext context;
   v1::FetchRequest request;
@@ -467,7 +464,7 @@ TEST_P(ClientServerTest, EveryRpcRefusesAMalformedIdAsInvalidArgument) {
   const auto bytes = MakeTestImage(4096);
   ASSERT_TRUE(client_->Push("kept", bytes.data(), bytes.size()).ok());
   auto stub = v1::Depot::NewStub(grpc::CreateChannel(
-      server_->targets().front(), grpc::InsecureChannelCredentials()));
+      depot_->target(), grpc::InsecureChannelCredentials()));
   const std::vector<std::string> malformed = {
       "../etc", "", std::string(300, 'a'), std::string("a\0b", 3)};
   for (const std::string& id : malformed) {

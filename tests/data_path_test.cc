@@ -17,6 +17,7 @@
 #include "h5depot/client.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/server/depot_server.h"
+#include "h5depot/testing/in_process_depot.h"
 #include "h5depot/v1/depot.grpc.pb.h"
 #include "test_images.h"
 #include "wire_messages.h"
@@ -24,6 +25,8 @@
 namespace h5depot {
 namespace {
 
+using ::h5depot::testing::InProcessDepot;
+using ::h5depot::testing::Listeners;
 using ::h5depot::testing::PushHeaderFor;
 
 using ::h5depot::testing::MakeTestImage;
@@ -39,39 +42,32 @@ class DataPathTest : public ::testing::TestWithParam<Transport> {
  protected:
   void SetUp() override {
     server::ServerOptions options;
-    if (GetParam() == Transport::kTcp) {
-      options.listen_address = "127.0.0.1:0";
-    } else {
-      static std::atomic<int> counter{0};
-      options.listen_address = "";
-      options.unix_socket_path = "/tmp/h5depot-datapath-" +
-                                 std::to_string(getpid()) + "-" +
-                                 std::to_string(counter++) + ".sock";
-    }
     options.send_chunk_bytes = kSendChunk;
     options.store.max_memory_bytes = uint64_t{256} << 20;
     options.store.max_image_bytes = uint64_t{64} << 20;
     options.store.require_hdf5 = false;  // empty and tiny images too
-    auto server = server::DepotServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
+    auto depot = InProcessDepot::Start(options, GetParam() == Transport::kTcp
+                                                    ? Listeners::kTcp
+                                                    : Listeners::kUnix);
+    ASSERT_TRUE(depot.ok()) << depot.status();
+    depot_ = *std::move(depot);
     client_ = Connect();
   }
 
   std::unique_ptr<Client> Connect() {
     ClientOptions options;
     options.chunk_bytes = kPushChunk;
-    auto client = Client::Connect(server_->targets().front(), options);
+    auto client = depot_->Connect(options);
     EXPECT_TRUE(client.ok()) << client.status();
     return client.ok() ? *std::move(client) : nullptr;
   }
 
   void TearDown() override {
     client_.reset();
-    if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
+    depot_.reset();
   }
 
-  std::unique_ptr<server::DepotServer> server_;
+  std::unique_ptr<InProcessDepot> depot_;
   std::unique_ptr<Client> client_;
 };
 
@@ -149,11 +145,10 @@ TEST_P(DataPathTest, ReaderKeepsReadingAGenerationDeletedUnderIt) {
   reader->reset();
   // Closing the reader lets the last reference, and its memory, go.
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (server_->store().Stats().reserved_bytes != 0 &&
-         absl::Now() < give_up) {
+  while (depot_->store().Stats().reserved_bytes != 0 && absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(1));
   }
-  EXPECT_EQ(server_->store().Stats().reserved_bytes, 0u);
+  EXPECT_EQ(depot_->store().Stats().reserved_bytes, 0u);
 }
 
 TEST_P(DataPathTest, CallersBytesAreFreeToReuseWhenPushReturns) {
@@ -205,11 +200,10 @@ TEST_P(DataPathTest, FetchGetsTheWholeGenerationEvenIfDeletedMidway) {
   EXPECT_EQ(0, std::memcmp(fetched->buffer.data(), bytes.data(), bytes.size()));
   // Once the transfer is over, its memory is released too.
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (server_->store().Stats().reserved_bytes != 0 &&
-         absl::Now() < give_up) {
+  while (depot_->store().Stats().reserved_bytes != 0 && absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(1));
   }
-  EXPECT_EQ(server_->store().Stats().reserved_bytes, 0u);
+  EXPECT_EQ(depot_->store().Stats().reserved_bytes, 0u);
 }
 
 // Pushes `bytes` through the generated stub declaring `declared_size` and
@@ -258,7 +252,7 @@ TEST_P(DataPathTest, LargePushesThatGoWrongLeaveNothingBehind) {
   // Large enough to be appended by the server's append thread.
   const auto bytes = MakeTestImage((20 << 20) + 3, 13);
   const uint64_t checksum = internal::Checksum(bytes.data(), bytes.size());
-  const std::string target = server_->targets().front();
+  const std::string target = depot_->target();
   EXPECT_EQ(
       RawPush(target, "bad", bytes, bytes.size(), checksum ^ 1).error_code(),
       grpc::StatusCode::DATA_LOSS);
@@ -272,7 +266,7 @@ TEST_P(DataPathTest, LargePushesThatGoWrongLeaveNothingBehind) {
                 .error_code(),
             grpc::StatusCode::CANCELLED);
   EXPECT_EQ(client_->Stat("bad").status().code(), absl::StatusCode::kNotFound);
-  ExpectNothingReserved(*server_);
+  ExpectNothingReserved(depot_->server());
   // And a good one still goes through.
   EXPECT_TRUE(RawPush(target, "bad", bytes, bytes.size(), checksum).ok());
   auto fetched = client_->Fetch("bad");
@@ -284,8 +278,8 @@ TEST_P(DataPathTest, LargePushesThatGoWrongLeaveNothingBehind) {
 TEST_P(DataPathTest, GeneratedStubPushIsStoredAndFetchedIntact) {
   // Chunks of odd sizes, one of them empty, encoded by protobuf itself.
   const auto bytes = MakeTestImage(200000, 9);
-  auto channel = grpc::CreateChannel(server_->targets().front(),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(depot_->target(), grpc::InsecureChannelCredentials());
   auto stub = v1::Depot::NewStub(channel);
   grpc::ClientContext context;
   v1::PushResponse response;
@@ -315,8 +309,8 @@ TEST_P(DataPathTest, NonCanonicalChunkEncodingIsReadAsProtobufWould) {
   // A chunk message holding its field twice, sent as raw bytes through the
   // generic stub: the server must store the last occurrence.
   const auto bytes = MakeTestImage(5000, 11);
-  auto channel = grpc::CreateChannel(server_->targets().front(),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(depot_->target(), grpc::InsecureChannelCredentials());
   grpc::GenericStub stub(channel);
   grpc::ClientContext context;
   grpc::CompletionQueue queue;
@@ -368,7 +362,7 @@ TEST_P(DataPathTest, ServerShutdownEndsAWaitingFetch) {
   // Whether the wait began before the shutdown or raced with it, it must
   // end now, not run out its minute: UNAVAILABLE from the store, or
   // CANCELLED when gRPC refused the call at the door.
-  server_->Shutdown(absl::Seconds(1));
+  depot_->Shutdown(absl::Seconds(1));
   waiter.join();
   EXPECT_TRUE(done);
   EXPECT_TRUE(result.code() == absl::StatusCode::kUnavailable ||

@@ -11,7 +11,7 @@
 
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
-#include "h5depot/server/depot_server.h"
+#include "h5depot/testing/in_process_depot.h"
 
 extern char** environ;
 
@@ -19,11 +19,9 @@ namespace h5depot {
 namespace {
 
 TEST(DeadClientTest, ClientKilledMidPushLeavesNothingBehind) {
-  server::ServerOptions options;
-  options.listen_address = "127.0.0.1:0";
-  auto server = server::DepotServer::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  const std::string target = (*server)->targets().front();
+  auto depot = testing::InProcessDepot::Start();
+  ASSERT_TRUE(depot.ok()) << depot.status();
+  const std::string target = (*depot)->target();
 
   int out[2];
   ASSERT_EQ(pipe(out), 0);
@@ -46,7 +44,7 @@ TEST(DeadClientTest, ClientKilledMidPushLeavesNothingBehind) {
   FILE* from_tool = fdopen(out[0], "r");
   ASSERT_NE(std::fgets(line, sizeof(line), from_tool), nullptr);
   EXPECT_STREQ(line, "streaming\n");
-  EXPECT_EQ((*server)->store().Stats().reserved_bytes, uint64_t{64} << 20);
+  EXPECT_EQ((*depot)->store().Stats().reserved_bytes, uint64_t{64} << 20);
 
   kill(pid, SIGKILL);
   int status = 0;
@@ -55,11 +53,11 @@ TEST(DeadClientTest, ClientKilledMidPushLeavesNothingBehind) {
 
   // The server learns of the death from the connection; bounded wait.
   const absl::Time give_up = absl::Now() + absl::Seconds(20);
-  while ((*server)->store().Stats().reserved_bytes != 0 &&
+  while ((*depot)->store().Stats().reserved_bytes != 0 &&
          absl::Now() < give_up) {
     std::this_thread::yield();
   }
-  EXPECT_EQ((*server)->store().Stats().reserved_bytes, 0u);
+  EXPECT_EQ((*depot)->store().Stats().reserved_bytes, 0u);
   auto client = Client::Connect(target);
   ASSERT_TRUE(client.ok());
   EXPECT_EQ((*client)->Stat(id).status().code(), absl::StatusCode::kNotFound);

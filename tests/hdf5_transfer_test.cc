@@ -25,8 +25,8 @@
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
 #include "h5depot/file_image.h"
-#include "h5depot/server/depot_server.h"
 #include "h5depot/testing/hdf5_datasets.h"
+#include "h5depot/testing/in_process_depot.h"
 #include "h5py_images.h"
 
 namespace h5depot {
@@ -112,18 +112,16 @@ class Hdf5TransferTest : public ::testing::Test {
   void SetUp() override {
     shares_before_ = internal::ImageShare::LiveCount();
     server::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
     options.store.max_memory_bytes = uint64_t{512} << 20;
-    absl::StatusOr<std::unique_ptr<server::DepotServer>> server =
-        server::DepotServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
+    auto depot = testing::InProcessDepot::Start(options);
+    ASSERT_TRUE(depot.ok()) << depot.status();
+    depot_ = *std::move(depot);
     client_ = Connect();
   }
 
   void TearDown() override {
     client_.reset();
-    if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
+    depot_.reset();
     EXPECT_EQ(internal::ImageShare::LiveCount(), shares_before_)
         << "an image share outlived its file";
     EXPECT_EQ(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), 0)
@@ -131,8 +129,7 @@ class Hdf5TransferTest : public ::testing::Test {
   }
 
   std::unique_ptr<Client> Connect() {
-    absl::StatusOr<std::unique_ptr<Client>> client =
-        Client::Connect(server_->targets().front());
+    absl::StatusOr<std::unique_ptr<Client>> client = depot_->Connect();
     EXPECT_TRUE(client.ok()) << client.status();
     return client.ok() ? *std::move(client) : nullptr;
   }
@@ -161,7 +158,7 @@ class Hdf5TransferTest : public ::testing::Test {
   }
 
   size_t shares_before_ = 0;
-  std::unique_ptr<server::DepotServer> server_;
+  std::unique_ptr<testing::InProcessDepot> depot_;
   std::unique_ptr<Client> client_;
 };
 

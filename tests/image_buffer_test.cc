@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/src/buffer_recycler_internal.h"
 #include "gtest/gtest.h"
 
@@ -28,10 +30,8 @@ constexpr size_t kMiB = size_t{1} << 20;
 
 class ImageBufferRecyclingTest : public ::testing::Test {
  protected:
-  void SetUp() override { FreeRecycledBuffersDueBy(Clock::time_point::max()); }
-  void TearDown() override {
-    FreeRecycledBuffersDueBy(Clock::time_point::max());
-  }
+  void SetUp() override { FreeRecycledBuffersDueBy(absl::InfiniteFuture()); }
+  void TearDown() override { FreeRecycledBuffersDueBy(absl::InfiniteFuture()); }
 
   // Allocates a buffer of `size`, fills it, drops it; returns where it was.
   static const void* AllocateAndDrop(size_t size) {
@@ -91,10 +91,10 @@ TEST_F(ImageBufferRecyclingTest, AReleasedBufferBelongsToWhoeverTookIt) {
 
 TEST_F(ImageBufferRecyclingTest, KeptBuffersAreFreedWhenTheirSecondIsUp) {
   AllocateAndDrop(8 * kMiB);
-  FreeRecycledBuffersDueBy(Clock::now());
+  FreeRecycledBuffersDueBy(absl::Now());
   EXPECT_GE(RecycledBytes(), 8 * kMiB);
-  FreeRecycledBuffersDueBy(Clock::now() + internal::kRecycleRetainFor +
-                           std::chrono::milliseconds(1));
+  FreeRecycledBuffersDueBy(absl::Now() + internal::kRecycleRetainFor +
+                           absl::Milliseconds(1));
   EXPECT_EQ(RecycledBytes(), 0u);
 }
 
@@ -119,7 +119,7 @@ TEST_F(ImageBufferRecyclingTest, NobodyNeedsToAskForThemToBeFreed) {
 TEST_F(ImageBufferRecyclingTest, ManyThreadsChurnBuffersWhileTheReaperWakes) {
   constexpr int kThreads = 8;
   const Clock::time_point until =
-      Clock::now() + 3 * internal::kRecycleRetainFor;
+      Clock::now() + absl::ToChronoSeconds(3 * internal::kRecycleRetainFor);
   std::atomic<int> wrong{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {

@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
 #include "h5depot/server/depot_server.h"
+#include "h5depot/testing/in_process_depot.h"
 #include "h5depot/testing/server_process.h"
 #include "h5depot/testing/subprocess.h"
 #include "h5depot/testing/temp_dir.h"
@@ -77,13 +78,11 @@ class RemoteDriverTest : public ::testing::Test {
  protected:
   void SetUp() override {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    server::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    auto server = server::DepotServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = std::move(*server);
-    target_ = server_->targets().front();
-    auto client = Client::Connect(target_);
+    auto depot = testing::InProcessDepot::Start();
+    ASSERT_TRUE(depot.ok()) << depot.status();
+    depot_ = std::move(*depot);
+    target_ = depot_->target();
+    auto client = depot_->Connect();
     ASSERT_TRUE(client.ok()) << client.status();
     client_ = std::move(*client);
   }
@@ -124,7 +123,7 @@ class RemoteDriverTest : public ::testing::Test {
     return info;
   }
 
-  std::unique_ptr<server::DepotServer> server_;
+  std::unique_ptr<testing::InProcessDepot> depot_;
   std::string target_;
   std::unique_ptr<Client> client_;
   std::vector<hid_t> fapls_;

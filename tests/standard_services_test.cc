@@ -8,7 +8,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
-#include "h5depot/server/depot_server.h"
+#include "h5depot/testing/in_process_depot.h"
 #include "wire_messages.h"
 
 namespace h5depot {
@@ -24,16 +24,14 @@ grpc::ByteBuffer BytesToBuffer(const std::string& bytes) {
 class StandardServicesTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    auto server = server::DepotServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
+    auto depot = testing::InProcessDepot::Start();
+    ASSERT_TRUE(depot.ok()) << depot.status();
+    depot_ = *std::move(depot);
     stub_ = std::make_unique<grpc::GenericStub>(grpc::CreateChannel(
-        server_->targets().front(), grpc::InsecureChannelCredentials()));
+        depot_->target(), grpc::InsecureChannelCredentials()));
   }
 
-  std::unique_ptr<server::DepotServer> server_;
+  std::unique_ptr<testing::InProcessDepot> depot_;
   std::unique_ptr<grpc::GenericStub> stub_;
 };
 

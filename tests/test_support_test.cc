@@ -1,6 +1,7 @@
 // The test support library keeps its promises: RunCommand captures exactly
 // what a process wrote and how it ended, ServerProcess hands out a server
-// that is ready, and TempDir cleans up after itself.
+// that is ready, InProcessDepot serves its Clients on the listeners asked
+// for and cleans up, and TempDir cleans up after itself.
 #include <signal.h>
 
 #include <string>
@@ -8,6 +9,7 @@
 #include "gtest/gtest.h"
 #include "h5depot/internal/hdf5_signature.h"
 #include "h5depot/testing/hdf5_images.h"
+#include "h5depot/testing/in_process_depot.h"
 #include "h5depot/testing/server_process.h"
 #include "h5depot/testing/subprocess.h"
 #include "h5depot/testing/temp_dir.h"
@@ -127,6 +129,52 @@ TEST(ServerProcessTest, UnixSocketOnlyServerHasAUnixTarget) {
   ASSERT_TRUE(server.ok()) << server.status();
   EXPECT_TRUE((*server)->tcp_target().empty());
   EXPECT_EQ((*server)->target(), (*server)->unix_target());
+}
+
+TEST(InProcessDepotTest, ServesItsClientsOnEveryListenerAskedFor) {
+  server::ServerOptions options;
+  options.store.require_hdf5 = false;
+  auto depot = InProcessDepot::Start(options, Listeners::kTcpAndUnix);
+  ASSERT_TRUE(depot.ok()) << depot.status();
+  EXPECT_EQ((*depot)->tcp_target().rfind("127.0.0.1:", 0), 0u)
+      << (*depot)->tcp_target();
+  EXPECT_NE((*depot)->tcp_target(), "127.0.0.1:0");
+  EXPECT_EQ((*depot)->target(), (*depot)->tcp_target());
+  const std::string socket_path = (*depot)->unix_target().substr(5);
+  EXPECT_TRUE(PathExists(socket_path)) << (*depot)->unix_target();
+
+  // A push through one listener is seen through the other, and in the store.
+  auto over_tcp = (*depot)->Connect();
+  ASSERT_TRUE(over_tcp.ok()) << over_tcp.status();
+  ASSERT_TRUE((*over_tcp)->Push("fixture/image", "bytes", 5).ok());
+  auto over_unix = Client::Connect((*depot)->unix_target());
+  ASSERT_TRUE(over_unix.ok()) << over_unix.status();
+  auto fetched = (*over_unix)->Fetch("fixture/image");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  EXPECT_EQ(fetched->buffer.size(), 5u);
+  EXPECT_EQ((*depot)->store().Stats().image_count, 1u);
+
+  depot->reset();
+  EXPECT_FALSE(PathExists(socket_path));
+}
+
+TEST(InProcessDepotTest, TakesTheServerOptionsAsGiven) {
+  server::ServerOptions options;
+  options.store.max_image_bytes = 4;
+  options.store.require_hdf5 = false;
+  auto depot = InProcessDepot::Start(options, Listeners::kUnix);
+  ASSERT_TRUE(depot.ok()) << depot.status();
+  EXPECT_TRUE((*depot)->tcp_target().empty());
+  EXPECT_EQ((*depot)->target(), (*depot)->unix_target());
+  auto client = (*depot)->Connect();
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_EQ((*client)->Push("too/large", "bytes", 5).status().code(),
+            absl::StatusCode::kResourceExhausted);
+
+  // After Shutdown() the server is unreachable.
+  (*depot)->Shutdown();
+  EXPECT_EQ((*client)->Stat("too/large").status().code(),
+            absl::StatusCode::kUnavailable);
 }
 
 TEST(ServerProcessTest, KillStopsTheServerAtOnce) {

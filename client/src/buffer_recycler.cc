@@ -1,7 +1,6 @@
 #include <malloc.h>
 #include <pthread.h>
 
-#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <future>
@@ -9,25 +8,26 @@
 #include <new>
 #include <system_error>
 #include <thread>
-#include <utility>
-#include <vector>
 
+#include "absl/time/clock.h"
 #include "client/src/buffer_recycler_internal.h"
-#include "h5depot/internal/buffer_reuse.h"
+#include "h5depot/internal/retained_buffers.h"
 
 namespace h5depot::internal {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 class Recycler;
 Recycler& TheRecycler();
 
-struct Kept {
-  void* data;
-  size_t capacity;
-  Clock::time_point due;
-};
+void FreeMallocBlock(void* data, uint64_t /*capacity*/) { std::free(data); }
+
+RetainedBuffers::Options RecycleOptions() {
+  RetainedBuffers::Options options;
+  options.retain_for = kRecycleRetainFor;
+  options.max_buffers = kRecycleMaxRetained;
+  options.release = FreeMallocBlock;
+  return options;
+}
 
 // Fork safety. A child of fork() is a copy of one thread of the parent,
 // taken at any instant: if another thread was inside the allocator then, the
@@ -38,68 +38,53 @@ struct Kept {
 // first (the atfork handlers): it frees under the lock, it is started (and
 // its start-up allocations are done) before Give returns, and it never
 // exits, so no thread teardown runs behind the lock's back either.
+//
+// Why a std::mutex and a std::condition_variable here, where the rest of
+// the project uses absl::Mutex: a child of fork() must be able to take and
+// release this lock whatever the parent's other threads were doing at the
+// fork, and absl::Mutex cannot promise that. Its holder keeps a queue of
+// waiters (threads the child does not have) behind a spin bit another
+// thread may have held at that instant, and with Abseil's deadlock
+// detection on (Debian builds it so) every lock of any absl::Mutex takes a
+// process-wide spin lock that a gRPC thread of the parent may have held:
+// the child's first lock then hangs. A pthread mutex is a futex word its
+// holder can always release, and the child gets a fresh condition variable
+// (StartAfreshInChild). RetainedBuffers has no lock of its own: mutex_
+// guards it.
 class Recycler {
  public:
-  Recycler() {
+  Recycler() : kept_(RecycleOptions()) {
     pthread_atfork([] { TheRecycler().mutex_.lock(); },
                    [] { TheRecycler().mutex_.unlock(); },
                    [] { TheRecycler().StartAfreshInChild(); });
   }
 
   void* Take(size_t size) {
-    std::vector<Kept> unfit;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto best = BestReusable(kept_, size);
-      if (best != kept_.end()) {
-        void* data = best->data;
-        kept_.erase(best);
-        return data;
-      }
-      unfit.swap(kept_);
-    }
-    for (const Kept& block : unfit) std::free(block.data);
-    return nullptr;
+    std::lock_guard<std::mutex> lock(mutex_);
+    return kept_.Take(size).buffer.data;
   }
 
   void Give(void* data, size_t capacity) {
-    Kept oldest{nullptr, 0, Clock::time_point()};
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (kept_.size() == kRecycleMaxRetained) {
-        oldest = kept_.front();
-        kept_.erase(kept_.begin());
-      }
-      kept_.push_back({data, capacity, Clock::now() + kRecycleRetainFor});
-      if (!reaper_running_) StartReaper();
-      // A reaper with nothing to wait for waits for this.
-      if (kept_.size() == 1) wakeup_.notify_one();
-    }
-    std::free(oldest.data);
+    std::lock_guard<std::mutex> lock(mutex_);
+    const absl::Time was_due = kept_.next_due();
+    RetainedBuffers::Released evicted =
+        kept_.Keep({data, capacity}, absl::Now());
+    if (!reaper_running_) StartReaper();
+    // A reaper waiting for a later one, or for none, waits for this.
+    if (kept_.next_due() < was_due) wakeup_.notify_one();
   }
 
   uint64_t bytes() {
     std::lock_guard<std::mutex> lock(mutex_);
-    uint64_t total = 0;
-    for (const Kept& block : kept_) total += block.capacity;
-    return total;
+    return kept_.bytes();
   }
 
-  void FreeDueBy(Clock::time_point now) {
+  void FreeDueBy(absl::Time now) {
     std::lock_guard<std::mutex> lock(mutex_);
-    FreeDue(now);
+    RetainedBuffers::Released due = kept_.TakeDue(now);
   }
 
  private:
-  // Frees the blocks due by `now`. They come first: a block kept later is
-  // due later than every one kept before it. Called with mutex_ held.
-  void FreeDue(Clock::time_point now) {
-    auto keep = std::find_if(kept_.begin(), kept_.end(),
-                             [now](const Kept& b) { return b.due > now; });
-    for (auto it = kept_.begin(); it != keep; ++it) std::free(it->data);
-    kept_.erase(kept_.begin(), keep);
-  }
-
   // Called with mutex_ held; returns once the new thread runs our code, so
   // that its start-up is over before a fork() can be let in.
   void StartReaper() {
@@ -112,8 +97,7 @@ class Recycler {
       }).detach();
     } catch (const std::system_error&) {
       // No thread to spare: nothing is kept, so nothing waits to be freed.
-      for (const Kept& block : kept_) std::free(block.data);
-      kept_.clear();
+      RetainedBuffers::Released all = kept_.TakeAll();
       return;
     }
     running.wait();
@@ -123,17 +107,13 @@ class Recycler {
   void ReaperLoop() {
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-      if (kept_.empty()) {
+      { RetainedBuffers::Released due = kept_.TakeDue(absl::Now()); }
+      const absl::Time next_due = kept_.next_due();
+      if (next_due == absl::InfiniteFuture()) {
         wakeup_.wait(lock);
-        continue;
+      } else {
+        wakeup_.wait_until(lock, absl::ToChronoTime(next_due));
       }
-      // A copy: kept_ changes while the lock is released in the wait.
-      const Clock::time_point due = kept_.front().due;  // the oldest's
-      if (Clock::now() < due) {
-        wakeup_.wait_until(lock, due);
-        continue;
-      }
-      FreeDue(Clock::now());
     }
   }
 
@@ -145,15 +125,14 @@ class Recycler {
   // condition variable waits for its waiters, and this one never goes.)
   void StartAfreshInChild() {
     reaper_running_ = false;
-    for (const Kept& block : kept_) std::free(block.data);
-    kept_.clear();
+    { RetainedBuffers::Released inherited = kept_.TakeAll(); }
     new (&wakeup_) std::condition_variable();
     mutex_.unlock();
   }
 
   std::mutex mutex_;
-  std::condition_variable wakeup_;  // a block kept while none was
-  std::vector<Kept> kept_;          // guarded by mutex_, oldest first
+  std::condition_variable wakeup_;  // a block kept due before the others
+  RetainedBuffers kept_;            // guarded by mutex_
   bool reaper_running_ = false;     // guarded by mutex_
 };
 
@@ -182,8 +161,6 @@ void RecycleBuffer(void* data, size_t size) {
 
 uint64_t RecycledBytes() { return TheRecycler().bytes(); }
 
-void FreeRecycledBuffersDueBy(Clock::time_point now) {
-  TheRecycler().FreeDueBy(now);
-}
+void FreeRecycledBuffersDueBy(absl::Time now) { TheRecycler().FreeDueBy(now); }
 
 }  // namespace h5depot::internal

@@ -5,12 +5,15 @@
 // image (a consumer of data packets, a job fetching by id) gets the pages
 // of the image it just dropped instead.
 //
-// The rules, those of the server's store (docs/ARCHITECTURE.md): a buffer
-// of kRecycleMinBytes or more freed through ~ImageBuffer is kept for
+// The rules are the server's store's, kept in the same pool
+// (internal::RetainedBuffers; docs/ARCHITECTURE.md): a buffer of
+// kRecycleMinBytes or more freed through ~ImageBuffer is kept for
 // kRecycleRetainFor, at most kRecycleMaxRetained of them; one taken fits a
 // request without wasting over a quarter of it; a request that finds none to
-// take frees every kept buffer before allocating, so keeping them never raises
-// the process's peak memory. A thread of its own, started with the first kept
+// take frees every kept buffer before allocating, so keeping them never
+// raises the process's peak memory.
+//
+// The client's own policy: a thread of its own, started with the first kept
 // buffer and idle while none is kept, frees them when due; it never exits,
 // and touches the allocator only under a lock that fork() takes first, so a
 // child of fork() never inherits an allocator lock it held. A child of
@@ -20,14 +23,15 @@
 #ifndef H5DEPOT_CLIENT_BUFFER_RECYCLER_INTERNAL_H_
 #define H5DEPOT_CLIENT_BUFFER_RECYCLER_INTERNAL_H_
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
+
+#include "absl/time/time.h"
 
 namespace h5depot::internal {
 
 inline constexpr size_t kRecycleMinBytes = size_t{1} << 20;
-inline constexpr std::chrono::seconds kRecycleRetainFor{1};
+inline constexpr absl::Duration kRecycleRetainFor = absl::Seconds(1);
 inline constexpr size_t kRecycleMaxRetained = 2;
 
 // A kept malloc block of at least `size` bytes (and at most a quarter
@@ -44,7 +48,7 @@ uint64_t RecycledBytes();
 
 // Frees the kept blocks due by `now` (the reaper thread's work, callable
 // directly so that tests need not wait for it).
-void FreeRecycledBuffersDueBy(std::chrono::steady_clock::time_point now);
+void FreeRecycledBuffersDueBy(absl::Time now);
 
 }  // namespace h5depot::internal
 

@@ -1,9 +1,11 @@
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/const_init.h"
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "client/src/hdf5_error_internal.h"
 
 namespace h5depot::internal {
@@ -21,27 +23,117 @@ herr_t CollectDescription(unsigned /*n*/, const H5E_error2_t* entry,
   return 0;
 }
 
-// The error class and messages of h5depot's own entries. Registered on
-// first use; registered again if HDF5 was closed and reopened meanwhile
-// (H5close releases every identifier).
-struct ErrorClass {
-  hid_t cls = H5I_INVALID_HID;
-  hid_t major = H5I_INVALID_HID;
-  hid_t minor = H5I_INVALID_HID;
+constexpr const char* kMajorText[] = {
+    "h5depot file image",     // Hdf5ErrorSource::kFileImage
+    "h5depot remote driver",  // Hdf5ErrorSource::kRemoteDriver
+};
+constexpr int kMajorCount = sizeof(kMajorText) / sizeof(kMajorText[0]);
+
+// The minor messages, one per kind of failure a user acts on differently.
+enum Minor {
+  kUnavailable,
+  kNotFound,
+  kAlreadyExists,
+  kConflict,
+  kTimedOut,
+  kBadArgument,
+  kOutOfResources,
+  kDataLoss,
+  kReadOnly,
+  kRefused,
+  kInternal,
+  kMinorCount,
 };
 
-ErrorClass GetErrorClass() {
-  static std::mutex mu;
-  static ErrorClass registered;
-  std::lock_guard<std::mutex> lock(mu);
-  if (registered.cls < 0 || H5Iis_valid(registered.cls) <= 0) {
-    registered.cls = H5Eregister_class("h5depot", "h5depot", "0.1");
-    registered.major =
-        H5Ecreate_msg(registered.cls, H5E_MAJOR, "HDF5 file image");
-    registered.minor =
-        H5Ecreate_msg(registered.cls, H5E_MINOR, "File image buffer");
+constexpr const char* kMinorText[kMinorCount] = {
+    "Server unavailable", "Image not found", "Image already exists",
+    "Commit conflict",    "Timed out",       "Invalid argument",
+    "Out of resources",   "Data corrupted",  "Read-only file",
+    "Operation refused",  "Internal error",
+};
+
+Minor MinorFor(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kCancelled:
+      return kUnavailable;
+    case absl::StatusCode::kNotFound:
+      return kNotFound;
+    case absl::StatusCode::kAlreadyExists:
+      return kAlreadyExists;
+    case absl::StatusCode::kAborted:  // a lost generation race
+      return kConflict;
+    case absl::StatusCode::kFailedPrecondition:
+      return kRefused;
+    case absl::StatusCode::kDeadlineExceeded:
+      return kTimedOut;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+      return kBadArgument;
+    case absl::StatusCode::kResourceExhausted:
+      return kOutOfResources;
+    case absl::StatusCode::kDataLoss:
+      return kDataLoss;
+    case absl::StatusCode::kPermissionDenied:
+      return kReadOnly;
+    default:
+      return kInternal;
   }
-  return registered;
+}
+
+// The identifiers of the error class and its messages.
+struct ErrorClass {
+  hid_t cls = H5I_INVALID_HID;
+  hid_t major[kMajorCount];
+  hid_t minor[kMinorCount];
+};
+
+// Registers the class and its messages; `cls` negative if HDF5 refused.
+ErrorClass RegisterErrorClass() {
+  ErrorClass fresh;
+  fresh.cls = H5Eregister_class("h5depot", "h5depot", H5DEPOT_VERSION);
+  if (fresh.cls < 0) return fresh;
+  bool complete = true;
+  for (int i = 0; i < kMajorCount; ++i) {
+    fresh.major[i] = H5Ecreate_msg(fresh.cls, H5E_MAJOR, kMajorText[i]);
+    complete = complete && fresh.major[i] >= 0;
+  }
+  for (int i = 0; i < kMinorCount; ++i) {
+    fresh.minor[i] = H5Ecreate_msg(fresh.cls, H5E_MINOR, kMinorText[i]);
+    complete = complete && fresh.minor[i] >= 0;
+  }
+  if (!complete) {
+    H5Eunregister_class(fresh.cls);  // closes its messages too
+    fresh.cls = H5I_INVALID_HID;
+  }
+  return fresh;
+}
+
+// No HDF5 call is made with this held: callbacks call in here with HDF5's
+// own lock held, and taking the two in both orders would deadlock.
+absl::Mutex g_error_class_mutex(absl::kConstInit);
+ErrorClass g_error_class ABSL_GUARDED_BY(g_error_class_mutex);
+
+// The registered class, registering it first if need be; its `cls` is
+// negative if HDF5 refused.
+ErrorClass GetErrorClass() ABSL_LOCKS_EXCLUDED(g_error_class_mutex) {
+  ErrorClass known;
+  {
+    absl::MutexLock lock(&g_error_class_mutex);
+    known = g_error_class;
+  }
+  if (known.cls >= 0 && H5Iis_valid(known.cls) > 0) return known;
+  ErrorClass fresh = RegisterErrorClass();
+  if (fresh.cls < 0) return fresh;
+  ErrorClass winner;
+  {
+    absl::MutexLock lock(&g_error_class_mutex);
+    if (g_error_class.cls == known.cls) g_error_class = fresh;
+    winner = g_error_class;
+  }
+  // Another thread registered one meanwhile: one class is enough.
+  if (winner.cls != fresh.cls) H5Eunregister_class(fresh.cls);
+  return winner;
 }
 
 }  // namespace
@@ -69,11 +161,29 @@ absl::Status Hdf5Failure(absl::StatusCode code, absl::string_view context) {
   return absl::Status(code, absl::StrCat(context, ": ", stack));
 }
 
-void PushHdf5Error(const char* function, const std::string& message) {
-  ErrorClass error_class = GetErrorClass();
-  if (error_class.cls < 0) return;
-  H5Epush2(H5E_DEFAULT, __FILE__, function, __LINE__, error_class.cls,
-           error_class.major, error_class.minor, "%s", message.c_str());
+herr_t RegisterHdf5ErrorClass() { return GetErrorClass().cls < 0 ? -1 : 0; }
+
+herr_t PushHdf5Error(Hdf5ErrorSource source, const char* file,
+                     const char* function, unsigned line,
+                     const absl::Status& status) {
+  const ErrorClass error_class = GetErrorClass();
+  if (error_class.cls < 0) return -1;
+  const std::string message = status.ToString();
+  H5Epush2(H5E_DEFAULT, file, function, line, error_class.cls,
+           error_class.major[static_cast<int>(source)],
+           error_class.minor[MinorFor(status.code())], "%s", message.c_str());
+  return -1;
+}
+
+void ReportHdf5ErrorWithoutFailing(Hdf5ErrorSource source, const char* file,
+                                   const char* function, unsigned line,
+                                   const absl::Status& status) {
+  // Asked first: H5Eget_auto2, unlike H5Epush2, clears the stack.
+  H5E_auto2_t handler = nullptr;
+  void* handler_data = nullptr;
+  H5Eget_auto2(H5E_DEFAULT, &handler, &handler_data);
+  PushHdf5Error(source, file, function, line, status);
+  if (handler != nullptr) handler(H5E_DEFAULT, handler_data);
 }
 
 }  // namespace h5depot::internal

@@ -187,7 +187,7 @@ std::optional<ImageBuffer> ImageShare::TakeFinalImage() {
 void* ImageShare::ImageMalloc(size_t size, H5FD_file_image_op_t op,
                               void* udata) {
   auto* share = static_cast<ImageShare*>(udata);
-  std::string error;
+  absl::Status error;
   void* result = nullptr;
   switch (op) {
     case H5FD_FILE_IMAGE_OP_PROPERTY_LIST_SET:
@@ -197,7 +197,8 @@ void* ImageShare::ImageMalloc(size_t size, H5FD_file_image_op_t op,
         ++share->initial_refs_;
         result = share->initial_;
       } else {
-        error = "a property list asked for an image that is not this one";
+        error = absl::InternalError(
+            "a property list asked for an image that is not this one");
       }
       break;
     }
@@ -206,15 +207,17 @@ void* ImageShare::ImageMalloc(size_t size, H5FD_file_image_op_t op,
       // it with free(): that one has to be a real copy.
       result = std::malloc(size);
       if (result == nullptr) {
-        error = absl::StrCat("cannot allocate ", size, " bytes");
+        error = absl::ResourceExhaustedError(
+            absl::StrCat("cannot allocate ", size, " bytes"));
       }
       break;
     case H5FD_FILE_IMAGE_OP_FILE_OPEN: {
       absl::MutexLock lock(&share->mu_);
       if (share->driver_open_) {
-        error = "the image is already open";
+        error = absl::InternalError("the image is already open");
       } else if (share->initial_ == nullptr || size != share->initial_size_) {
-        error = "the core driver asked for an image that is not this one";
+        error = absl::InternalError(
+            "the core driver asked for an image that is not this one");
       } else {
         share->driver_open_ = true;
         share->driver_buffer_ = share->initial_;
@@ -226,10 +229,11 @@ void* ImageShare::ImageMalloc(size_t size, H5FD_file_image_op_t op,
       break;
     }
     default:
-      error = absl::StrCat("unexpected image_malloc operation ", op);
+      error = absl::InternalError(
+          absl::StrCat("unexpected image_malloc operation ", op));
       break;
   }
-  if (result == nullptr) PushHdf5Error("ImageMalloc", error);
+  if (result == nullptr) H5DEPOT_PUSH_HDF5_ERROR(kFileImage, error);
   return result;
 }
 
@@ -241,44 +245,46 @@ void* ImageShare::ImageMemcpy(void* dest, const void* src, size_t size,
     std::memcpy(dest, src, size);
     return dest;
   }
-  PushHdf5Error("ImageMemcpy",
-                absl::StrCat("unexpected copy of ", size,
-                             " bytes between "
-                             "distinct image buffers (operation ",
-                             op, ")"));
+  H5DEPOT_PUSH_HDF5_ERROR(
+      kFileImage,
+      absl::InternalError(absl::StrCat(
+          "unexpected copy of ", size,
+          " bytes between distinct image buffers (operation ", op, ")")));
   return nullptr;
 }
 
 void* ImageShare::ImageRealloc(void* ptr, size_t size, H5FD_file_image_op_t op,
                                void* udata) {
   if (op != H5FD_FILE_IMAGE_OP_FILE_RESIZE) {
-    PushHdf5Error("ImageRealloc",
-                  absl::StrCat("unexpected image_realloc operation ", op));
+    H5DEPOT_PUSH_HDF5_ERROR(kFileImage,
+                            absl::InternalError(absl::StrCat(
+                                "unexpected image_realloc operation ", op)));
     return nullptr;
   }
   return static_cast<ImageShare*>(udata)->Resize(ptr, size);
 }
 
 void* ImageShare::Resize(void* ptr, size_t size) {
-  std::string error;
+  absl::Status error;
   void* result = nullptr;
   {
     absl::MutexLock lock(&mu_);
     if (!driver_open_ || ptr != driver_buffer_) {
-      error = "the core driver resized a buffer that is not its image";
+      error = absl::InternalError(
+          "the core driver resized a buffer that is not its image");
     } else if (size == 0) {
-      error = "cannot resize an image to 0 bytes";
+      error = absl::InvalidArgumentError("cannot resize an image to 0 bytes");
     } else if (owner_ == BufferOwner::kApplication) {
       // The application keeps the buffer and does not learn of a new
       // address: resizing is only pretended, within the buffer's size.
       if (size <= initial_size_) {
         result = ptr;
       } else {
-        error = absl::StrCat(
+        error = absl::FailedPreconditionError(absl::StrCat(
             "the image was opened with H5LT_FILE_IMAGE_DONT_RELEASE, so its "
             "buffer belongs to the application and cannot grow: the file "
             "needs ",
-            size, " bytes, the buffer has ", initial_size_);
+            size, " bytes, the buffer has ", initial_size_));
       }
     } else if (driver_buffer_ == initial_ && initial_refs_ == 1) {
       // Only the driver refers to the initial buffer: take it over.
@@ -301,17 +307,18 @@ void* ImageShare::Resize(void* ptr, size_t size) {
     if (result != nullptr) {
       driver_buffer_ = result;
       driver_size_ = size;
-    } else if (error.empty()) {
-      error = absl::StrCat("cannot allocate ", size, " bytes for the image");
+    } else if (error.ok()) {
+      error = absl::ResourceExhaustedError(
+          absl::StrCat("cannot allocate ", size, " bytes for the image"));
     }
   }
-  if (result == nullptr) PushHdf5Error("ImageRealloc", error);
+  if (result == nullptr) H5DEPOT_PUSH_HDF5_ERROR(kFileImage, error);
   return result;
 }
 
 herr_t ImageShare::ImageFree(void* ptr, H5FD_file_image_op_t op, void* udata) {
   auto* share = static_cast<ImageShare*>(udata);
-  std::string error;
+  absl::Status error;
   switch (op) {
     case H5FD_FILE_IMAGE_OP_PROPERTY_LIST_CLOSE: {
       absl::MutexLock lock(&share->mu_);
@@ -319,25 +326,25 @@ herr_t ImageShare::ImageFree(void* ptr, H5FD_file_image_op_t op, void* udata) {
           share->initial_refs_ > 0) {
         --share->initial_refs_;
       } else {
-        error = "a property list released an image that is not this one";
+        error = absl::InternalError(
+            "a property list released an image that is not this one");
       }
       break;
     }
     case H5FD_FILE_IMAGE_OP_FILE_CLOSE:
       if (!share->ReleaseDriverBuffer(ptr)) {
-        error = "the core driver released a buffer that is not its image";
+        error = absl::InternalError(
+            "the core driver released a buffer that is not its image");
         break;
       }
       share->Unref();  // the driver's, taken in ImageMalloc(FILE_OPEN)
       return 0;
     default:
-      error = absl::StrCat("unexpected image_free operation ", op);
+      error = absl::InternalError(
+          absl::StrCat("unexpected image_free operation ", op));
       break;
   }
-  if (!error.empty()) {
-    PushHdf5Error("ImageFree", error);
-    return -1;
-  }
+  if (!error.ok()) return H5DEPOT_PUSH_HDF5_ERROR(kFileImage, error);
   return 0;
 }
 

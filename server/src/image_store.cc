@@ -8,12 +8,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
-#include "h5depot/internal/buffer_reuse.h"
 #include "h5depot/internal/byte_size.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/hdf5_signature.h"
 #include "h5depot/internal/huge_pages.h"
 #include "h5depot/internal/image_id.h"
+#include "h5depot/internal/retained_buffers.h"
 
 namespace h5depot::server {
 
@@ -35,6 +35,16 @@ uint8_t* MapImageBytes(uint64_t size) {
   return static_cast<uint8_t*>(p);
 }
 
+void UnmapImageBytes(void* data, uint64_t capacity) { munmap(data, capacity); }
+
+internal::RetainedBuffers::Options RetentionOptions() {
+  internal::RetainedBuffers::Options options;
+  options.retain_for = kRetainFor;
+  options.max_buffers = kMaxRetained;
+  options.release = UnmapImageBytes;
+  return options;
+}
+
 }  // namespace
 
 // Counts every byte of image data the store is responsible for, against one
@@ -49,15 +59,13 @@ uint8_t* MapImageBytes(uint64_t size) {
 // large push costs the server. A push that finds none to reuse frees every
 // retained buffer before it allocates, so retention never raises the
 // process's peak memory; the store's reaper frees the ones left unused.
+// The retention rules are the client's too (internal::RetainedBuffers);
+// the budget adds the server's policy: retained bytes are outside the
+// memory limit, and the store's reaper is told when each falls due.
 class MemoryBudget {
  public:
-  explicit MemoryBudget(uint64_t limit) : limit_(limit) {}
-
-  ~MemoryBudget() {
-    for (const Retained& buffer : retained_) {
-      munmap(buffer.data, buffer.capacity);
-    }
-  }
+  explicit MemoryBudget(uint64_t limit)
+      : limit_(limit), retained_(RetentionOptions()) {}
 
   bool TryReserve(uint64_t bytes) {
     uint64_t used = used_.load(std::memory_order_relaxed);
@@ -81,20 +89,14 @@ class MemoryBudget {
     *capacity = size;
     if (size == 0) return nullptr;
     if (size < kMmapThreshold) return static_cast<uint8_t*>(std::malloc(size));
-    std::vector<Retained> unfit;
+    internal::RetainedBuffers::Taken taken;  // unfit ones freed after the lock
     {
       absl::MutexLock lock(&mutex_);
-      auto best = internal::BestReusable(retained_, size);
-      if (best != retained_.end()) {
-        uint8_t* data = best->data;
-        *capacity = best->capacity;
-        retained_.erase(best);
-        return data;
-      }
-      unfit.swap(retained_);
+      taken = retained_.Take(size);
     }
-    for (const Retained& buffer : unfit) munmap(buffer.data, buffer.capacity);
-    return MapImageBytes(size);
+    if (taken.buffer.data == nullptr) return MapImageBytes(size);
+    *capacity = taken.buffer.capacity;
+    return static_cast<uint8_t*>(taken.buffer.data);
   }
 
   // Takes back a buffer from Allocate().
@@ -104,66 +106,38 @@ class MemoryBudget {
       std::free(data);
       return;
     }
-    Retained oldest{};
-    {
-      absl::MutexLock lock(&mutex_);
-      const absl::Time due = absl::Now() + kRetainFor;
-      if (retained_.size() == kMaxRetained) {
-        oldest = retained_.front();
-        retained_.erase(retained_.begin());
-      }
-      retained_.push_back({data, capacity, due});
-      if (on_retained_) on_retained_(due);
-    }
-    if (oldest.data != nullptr) munmap(oldest.data, oldest.capacity);
+    internal::RetainedBuffers::Released evicted;  // freed after the lock
+    absl::MutexLock lock(&mutex_);
+    evicted = retained_.Keep({data, capacity}, absl::Now());
+    if (on_retained_) on_retained_(retained_.next_due());
   }
 
   // Frees the retained buffers due by `now`; returns when the next one will
   // be (InfiniteFuture if none is left).
   absl::Time TrimRetained(absl::Time now) {
-    std::vector<Retained> due;
-    absl::Time next = absl::InfiniteFuture();
-    {
-      absl::MutexLock lock(&mutex_);
-      for (auto it = retained_.begin(); it != retained_.end();) {
-        if (it->due <= now) {
-          due.push_back(*it);
-          it = retained_.erase(it);
-        } else {
-          next = std::min(next, it->due);
-          ++it;
-        }
-      }
-    }
-    for (const Retained& buffer : due) munmap(buffer.data, buffer.capacity);
-    return next;
+    internal::RetainedBuffers::Released due;  // freed after the lock
+    absl::MutexLock lock(&mutex_);
+    due = retained_.TakeDue(now);
+    return retained_.next_due();
   }
 
   uint64_t retained_bytes() {
     absl::MutexLock lock(&mutex_);
-    uint64_t bytes = 0;
-    for (const Retained& buffer : retained_) bytes += buffer.capacity;
-    return bytes;
+    return retained_.bytes();
   }
 
-  // Called, with the time it is due, whenever a buffer is retained; empty
-  // to stop. Must not call back into this object.
+  // Called whenever a buffer is retained, with the time the first retained
+  // one is due; empty to stop. Must not call back into this object.
   void SetOnRetained(std::function<void(absl::Time)> on_retained) {
     absl::MutexLock lock(&mutex_);
     on_retained_ = std::move(on_retained);
   }
 
  private:
-  struct Retained {
-    uint8_t* data;
-    uint64_t capacity;
-    absl::Time due;  // freed from then on
-  };
-
   const uint64_t limit_;
   std::atomic<uint64_t> used_{0};
   absl::Mutex mutex_;
-  std::vector<Retained> retained_ ABSL_GUARDED_BY(mutex_);  // oldest first
+  internal::RetainedBuffers retained_ ABSL_GUARDED_BY(mutex_);
   std::function<void(absl::Time)> on_retained_ ABSL_GUARDED_BY(mutex_);
 };
 

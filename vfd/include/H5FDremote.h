@@ -26,8 +26,10 @@
  * left on the error stack, and nothing is published.
  *
  * Errors are reported on the HDF5 error stack under the error class
- * "h5depot remote driver", with a message saying what happened (server
- * unreachable, image not found, commit conflict, timeout, ...).
+ * "h5depot" (h5depot's one class), major message "h5depot remote driver",
+ * with a minor message saying what kind of failure it is (server
+ * unavailable, image not found, commit conflict, timed out, ...) and a
+ * description saying what happened.
  *
  * Thread safety: every function here may be called from any thread.
  * Debian's HDF5 is built thread-safe and serialises calls into the driver.

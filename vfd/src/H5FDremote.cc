@@ -31,11 +31,16 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "client/src/hdf5_error_internal.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/hdf5_signature.h"
 #include "h5depot/internal/image_id.h"
-#include "vfd/src/hdf5_error.h"
 #include "vfd/src/paged_image.h"
+
+// Reports `status` from the current function on the HDF5 error stack as the
+// remote driver's; evaluates to -1.
+#define H5DEPOT_VFD_FAIL(status) \
+  H5DEPOT_PUSH_HDF5_ERROR(kRemoteDriver, (status))
 
 namespace {
 
@@ -518,7 +523,9 @@ herr_t Guarded(const char* function, unsigned line, Body&& body) noexcept {
     status = absl::InternalError("unexpected exception in the remote driver");
   }
   if (status.ok()) return 0;
-  return h5depot::vfd::PushError(__FILE__, function, line, status);
+  return h5depot::internal::PushHdf5Error(
+      h5depot::internal::Hdf5ErrorSource::kRemoteDriver, __FILE__, function,
+      line, status);
 }
 
 // ---- The callbacks. ----
@@ -580,7 +587,9 @@ H5FD_t* RemoteOpen(const char* name, unsigned flags, hid_t fapl_id,
 herr_t ReportWhileClosing(const char* function, unsigned line,
                           const absl::Status& status) {
   if (!status.ok()) {
-    h5depot::vfd::ReportWithoutFailing(__FILE__, function, line, status);
+    h5depot::internal::ReportHdf5ErrorWithoutFailing(
+        h5depot::internal::Hdf5ErrorSource::kRemoteDriver, __FILE__, function,
+        line, status);
   }
   return 0;
 }
@@ -729,7 +738,7 @@ hid_t H5FD_remote_init(void) {
   std::lock_guard<std::mutex> lock(mu);
   const hid_t known = g_driver_id.load();
   if (known >= 0 && H5Iget_type(known) == H5I_VFL) return known;
-  if (h5depot::vfd::RegisterErrorClass() < 0) return H5I_INVALID_HID;
+  if (h5depot::internal::RegisterHdf5ErrorClass() < 0) return H5I_INVALID_HID;
   const hid_t id = H5FDregister(&kRemoteClass);
   g_driver_id.store(id);
   return id;
