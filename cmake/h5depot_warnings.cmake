@@ -5,7 +5,7 @@ function(h5depot_target_warnings target)
       -Wshadow $<$<COMPILE_LANGUAGE:CXX>:-Wnon-virtual-dtor> -Wcast-align
       -Wformat=2)
   if(H5DEPOT_THREAD_SAFETY)
-    # Every lock is an annotated absl::Mutex (docs/ARCHITECTURE.md, "Locks"):
+    # Every lock is an annotated capability (docs/ARCHITECTURE.md, "Locks"):
     # clang proves each guarded member is touched only under its lock.
     target_compile_options(${target} PRIVATE -Wthread-safety)
   endif()

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Sets up this machine, then builds and runs the test suite three times:
-#   1. the dev preset (warnings are errors), under ctest;
+#   1. the dev preset (warnings are errors), under ctest, then compiles
+#      everything once more with clang-14's lock analysis (the
+#      thread-safety preset: -Wthread-safety, warnings are errors; built,
+#      not run);
 #   2. the asan preset (AddressSanitizer + UndefinedBehaviorSanitizer, with
 #      LeakSanitizer), under ctest, in its own build directory;
 #   3. the tsan preset (ThreadSanitizer): only the components and tests
@@ -12,6 +15,7 @@
 # Environment:
 #   H5DEPOT_SKIP_SANITIZERS=1  skip passes 2 and 3 (they run by default)
 #   H5DEPOT_SKIP_TSAN=1        skip pass 3
+#   H5DEPOT_SKIP_THREAD_SAFETY=1  skip the lock analysis build
 #   H5DEPOT_LOAD_REPEAT=N      the suite under load: every test pass runs
 #                              beside stress-ng keeping each CPU busy, and
 #                              each test runs N times unless it fails first
@@ -112,6 +116,11 @@ tsan_tests() {
 phase "setup" deploy/setup.sh
 phase "build (dev, -Werror)" deploy/build.sh dev
 phase "test (dev)" run_tests build
+if [[ ${H5DEPOT_SKIP_THREAD_SAFETY:-0} == 1 ]]; then
+  echo "==> skipping the lock analysis (H5DEPOT_SKIP_THREAD_SAFETY=1)"
+else
+  phase "build (thread-safety)" deploy/build.sh thread-safety
+fi
 if [[ ${H5DEPOT_SKIP_SANITIZERS:-0} == 1 ]]; then
   echo "==> skipping the ASan+UBSan pass (H5DEPOT_SKIP_SANITIZERS=1)"
 else

@@ -21,7 +21,6 @@
 #include <cstring>
 #include <future>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -30,6 +29,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/checksum.h"
@@ -147,7 +147,7 @@ class CountingRelay {
     ::shutdown(listener_, SHUT_RDWR);
     if (acceptor_.joinable()) acceptor_.join();
     ::close(listener_);
-    std::lock_guard<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
     for (int fd : fds_) ::shutdown(fd, SHUT_RDWR);
     for (std::thread& pump : pumps_) pump.join();
     for (int fd : fds_) ::close(fd);
@@ -183,7 +183,7 @@ class CountingRelay {
         ::close(client);  // as if the server had refused the connection
         continue;
       }
-      std::lock_guard<std::mutex> lock(mutex_);
+      absl::MutexLock lock(&mutex_);
       fds_.push_back(client);
       fds_.push_back(server);
       pumps_.emplace_back([this, client, server] { Pump(client, server); });
@@ -226,9 +226,9 @@ class CountingRelay {
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> bytes_{0};
   std::thread acceptor_;
-  std::mutex mutex_;
-  std::vector<int> fds_;            // guarded by mutex_
-  std::vector<std::thread> pumps_;  // guarded by mutex_
+  absl::Mutex mutex_;
+  std::vector<int> fds_ ABSL_GUARDED_BY(mutex_);
+  std::vector<std::thread> pumps_ ABSL_GUARDED_BY(mutex_);
 };
 
 // Pushes `bytes` as `id`, fetches it back and checks the bytes; returns how

@@ -1,16 +1,16 @@
 #include <malloc.h>
 #include <pthread.h>
 
-#include <condition_variable>
 #include <cstdlib>
 #include <future>
-#include <mutex>
 #include <new>
 #include <system_error>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/time/clock.h"
 #include "client/src/buffer_recycler_internal.h"
+#include "h5depot/internal/mutex.h"
 #include "h5depot/internal/retained_buffers.h"
 
 namespace h5depot::internal {
@@ -39,10 +39,10 @@ RetainedBuffers::Options RecycleOptions() {
 // its start-up allocations are done) before Give returns, and it never
 // exits, so no thread teardown runs behind the lock's back either.
 //
-// Why a std::mutex and a std::condition_variable here, where the rest of
-// the project uses absl::Mutex: a child of fork() must be able to take and
-// release this lock whatever the parent's other threads were doing at the
-// fork, and absl::Mutex cannot promise that. Its holder keeps a queue of
+// Why an internal::Mutex (a std::mutex) and not an absl::Mutex: a child of
+// fork() must be able to take and release this lock whatever the parent's
+// other threads were doing at the fork, and absl::Mutex cannot promise
+// that. Its holder keeps a queue of
 // waiters (threads the child does not have) behind a spin bit another
 // thread may have held at that instant, and with Abseil's deadlock
 // detection on (Debian builds it so) every lock of any absl::Mutex takes a
@@ -50,44 +50,44 @@ RetainedBuffers::Options RecycleOptions() {
 // the child's first lock then hangs. A pthread mutex is a futex word its
 // holder can always release, and the child gets a fresh condition variable
 // (StartAfreshInChild). RetainedBuffers has no lock of its own: mutex_
-// guards it.
+// guards it. The fork handlers take the lock in one function and release
+// it in another, which the lock analysis cannot follow: they are exempt.
 class Recycler {
  public:
   Recycler() : kept_(RecycleOptions()) {
-    pthread_atfork([] { TheRecycler().mutex_.lock(); },
-                   [] { TheRecycler().mutex_.unlock(); },
-                   [] { TheRecycler().StartAfreshInChild(); });
+    pthread_atfork(&Recycler::HoldAcrossFork, &Recycler::ReleaseInParent,
+                   &Recycler::StartAfreshInChild);
   }
 
   void* Take(size_t size) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     return kept_.Take(size).buffer.data;
   }
 
   void Give(void* data, size_t capacity) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     const absl::Time was_due = kept_.next_due();
     RetainedBuffers::Released evicted =
         kept_.Keep({data, capacity}, absl::Now());
     if (!reaper_running_) StartReaper();
     // A reaper waiting for a later one, or for none, waits for this.
-    if (kept_.next_due() < was_due) wakeup_.notify_one();
+    if (kept_.next_due() < was_due) wakeup_.Signal();
   }
 
   uint64_t bytes() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     return kept_.bytes();
   }
 
   void FreeDueBy(absl::Time now) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     RetainedBuffers::Released due = kept_.TakeDue(now);
   }
 
  private:
   // Called with mutex_ held; returns once the new thread runs our code, so
   // that its start-up is over before a fork() can be let in.
-  void StartReaper() {
+  void StartReaper() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     std::promise<void> started;
     std::future<void> running = started.get_future();
     try {
@@ -105,16 +105,24 @@ class Recycler {
   }
 
   void ReaperLoop() {
-    std::unique_lock<std::mutex> lock(mutex_);
+    MutexLock lock(&mutex_);
     for (;;) {
       { RetainedBuffers::Released due = kept_.TakeDue(absl::Now()); }
       const absl::Time next_due = kept_.next_due();
       if (next_due == absl::InfiniteFuture()) {
-        wakeup_.wait(lock);
+        wakeup_.Wait(&mutex_);
       } else {
-        wakeup_.wait_until(lock, absl::ToChronoTime(next_due));
+        wakeup_.WaitUntil(&mutex_, absl::ToChronoTime(next_due));
       }
     }
+  }
+
+  // pthread_atfork's prepare and parent handlers.
+  static void HoldAcrossFork() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    TheRecycler().mutex_.Lock();
+  }
+  static void ReleaseInParent() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    TheRecycler().mutex_.Unlock();
   }
 
   // The child of a fork(): one thread, no reaper, mutex_ held (taken
@@ -123,17 +131,18 @@ class Recycler {
   // the inherited one counts the parent's reaper among its waiters, a
   // thread the child does not have. (Not destroyed first: destroying a
   // condition variable waits for its waiters, and this one never goes.)
-  void StartAfreshInChild() {
-    reaper_running_ = false;
-    { RetainedBuffers::Released inherited = kept_.TakeAll(); }
-    new (&wakeup_) std::condition_variable();
-    mutex_.unlock();
+  static void StartAfreshInChild() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    Recycler& self = TheRecycler();
+    self.reaper_running_ = false;
+    { RetainedBuffers::Released inherited = self.kept_.TakeAll(); }
+    new (&self.wakeup_) CondVar();
+    self.mutex_.Unlock();
   }
 
-  std::mutex mutex_;
-  std::condition_variable wakeup_;  // a block kept due before the others
-  RetainedBuffers kept_;            // guarded by mutex_
-  bool reaper_running_ = false;     // guarded by mutex_
+  Mutex mutex_;
+  CondVar wakeup_;  // a block kept due before the others
+  RetainedBuffers kept_ ABSL_GUARDED_BY(mutex_);
+  bool reaper_running_ ABSL_GUARDED_BY(mutex_) = false;
 };
 
 // Never destroyed: the reaper thread is detached and may outlive static

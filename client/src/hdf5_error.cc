@@ -5,8 +5,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "client/src/hdf5_error_internal.h"
+#include "h5depot/internal/mutex.h"
 
 namespace h5depot::internal {
 namespace {
@@ -111,7 +111,7 @@ ErrorClass RegisterErrorClass() {
 
 // No HDF5 call is made with this held: callbacks call in here with HDF5's
 // own lock held, and taking the two in both orders would deadlock.
-absl::Mutex g_error_class_mutex(absl::kConstInit);
+Mutex g_error_class_mutex;
 ErrorClass g_error_class ABSL_GUARDED_BY(g_error_class_mutex);
 
 // The registered class, registering it first if need be; its `cls` is
@@ -119,7 +119,7 @@ ErrorClass g_error_class ABSL_GUARDED_BY(g_error_class_mutex);
 ErrorClass GetErrorClass() ABSL_LOCKS_EXCLUDED(g_error_class_mutex) {
   ErrorClass known;
   {
-    absl::MutexLock lock(&g_error_class_mutex);
+    MutexLock lock(&g_error_class_mutex);
     known = g_error_class;
   }
   if (known.cls >= 0 && H5Iis_valid(known.cls) > 0) return known;
@@ -127,7 +127,7 @@ ErrorClass GetErrorClass() ABSL_LOCKS_EXCLUDED(g_error_class_mutex) {
   if (fresh.cls < 0) return fresh;
   ErrorClass winner;
   {
-    absl::MutexLock lock(&g_error_class_mutex);
+    MutexLock lock(&g_error_class_mutex);
     if (g_error_class.cls == known.cls) g_error_class = fresh;
     winner = g_error_class;
   }

@@ -22,7 +22,7 @@ constexpr char kNamePrefix[] = "/dev/null/h5depot-image-";
 // Every live share by serial, so that a file id can be traced back to the
 // share that OpenFileImage gave its core driver. Holds no references.
 struct Registry {
-  absl::Mutex mu;
+  Mutex mu;
   uint64_t next_serial ABSL_GUARDED_BY(mu) = 1;
   std::unordered_map<uint64_t, ImageShare*> shares ABSL_GUARDED_BY(mu);
 };
@@ -65,7 +65,7 @@ ImageShare::~ImageShare() {
 absl::StatusOr<ImageShareRef> ImageShare::Create(void* buffer, size_t size,
                                                  BufferOwner owner) {
   Registry& registry = GetRegistry();
-  absl::MutexLock lock(&registry.mu);
+  MutexLock lock(&registry.mu);
   const uint64_t serial = registry.next_serial++;
   auto* share = new (std::nothrow) ImageShare(buffer, size, owner, serial);
   if (share == nullptr) {
@@ -91,7 +91,7 @@ std::optional<ImageShareRef> ImageShare::Find(hid_t file_id) {
   ImageShareRef share;
   {
     Registry& registry = GetRegistry();
-    absl::MutexLock lock(&registry.mu);
+    MutexLock lock(&registry.mu);
     auto it = registry.shares.find(serial);
     if (it == registry.shares.end() || !it->second->TryRef()) {
       return std::nullopt;
@@ -112,7 +112,7 @@ std::optional<ImageShareRef> ImageShare::Find(hid_t file_id) {
   }
   void* driver_memory = *static_cast<void**>(handle);
   {
-    absl::MutexLock lock(&share->mu_);
+    MutexLock lock(&share->mu_);
     if (!share->driver_open_ || share->driver_buffer_ != driver_memory) {
       return std::nullopt;
     }
@@ -122,7 +122,7 @@ std::optional<ImageShareRef> ImageShare::Find(hid_t file_id) {
 
 size_t ImageShare::LiveCount() {
   Registry& registry = GetRegistry();
-  absl::MutexLock lock(&registry.mu);
+  MutexLock lock(&registry.mu);
   return registry.shares.size();
 }
 
@@ -145,7 +145,7 @@ void ImageShare::Unref() {
   // registry lock; so once it is out of the registry nobody can reach it.
   {
     Registry& registry = GetRegistry();
-    absl::MutexLock lock(&registry.mu);
+    MutexLock lock(&registry.mu);
     registry.shares.erase(serial_);
   }
   delete this;
@@ -164,17 +164,17 @@ H5FD_file_image_callbacks_t ImageShare::callbacks() {
 }
 
 bool ImageShare::driver_open() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return driver_open_;
 }
 
 void ImageShare::KeepFinalImage() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   keep_final_ = true;
 }
 
 std::optional<ImageBuffer> ImageShare::TakeFinalImage() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (final_ == nullptr) return std::nullopt;
   return ImageBuffer::Adopt(std::exchange(final_, nullptr),
                             std::exchange(final_size_, 0));
@@ -192,7 +192,7 @@ void* ImageShare::ImageMalloc(size_t size, H5FD_file_image_op_t op,
   switch (op) {
     case H5FD_FILE_IMAGE_OP_PROPERTY_LIST_SET:
     case H5FD_FILE_IMAGE_OP_PROPERTY_LIST_COPY: {
-      absl::MutexLock lock(&share->mu_);
+      MutexLock lock(&share->mu_);
       if (share->initial_ != nullptr && size == share->initial_size_) {
         ++share->initial_refs_;
         result = share->initial_;
@@ -212,7 +212,7 @@ void* ImageShare::ImageMalloc(size_t size, H5FD_file_image_op_t op,
       }
       break;
     case H5FD_FILE_IMAGE_OP_FILE_OPEN: {
-      absl::MutexLock lock(&share->mu_);
+      MutexLock lock(&share->mu_);
       if (share->driver_open_) {
         error = absl::InternalError("the image is already open");
       } else if (share->initial_ == nullptr || size != share->initial_size_) {
@@ -268,7 +268,7 @@ void* ImageShare::Resize(void* ptr, size_t size) {
   absl::Status error;
   void* result = nullptr;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (!driver_open_ || ptr != driver_buffer_) {
       error = absl::InternalError(
           "the core driver resized a buffer that is not its image");
@@ -321,7 +321,7 @@ herr_t ImageShare::ImageFree(void* ptr, H5FD_file_image_op_t op, void* udata) {
   absl::Status error;
   switch (op) {
     case H5FD_FILE_IMAGE_OP_PROPERTY_LIST_CLOSE: {
-      absl::MutexLock lock(&share->mu_);
+      MutexLock lock(&share->mu_);
       if (share->initial_ != nullptr && ptr == share->initial_ &&
           share->initial_refs_ > 0) {
         --share->initial_refs_;
@@ -351,7 +351,7 @@ herr_t ImageShare::ImageFree(void* ptr, H5FD_file_image_op_t op, void* udata) {
 bool ImageShare::ReleaseDriverBuffer(void* ptr) {
   void* unwanted = nullptr;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (!driver_open_ || ptr != driver_buffer_) return false;
     driver_open_ = false;
     const bool keep = keep_final_ && owner_ == BufferOwner::kHdf5;

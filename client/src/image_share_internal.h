@@ -44,8 +44,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "h5depot/image_buffer.h"
+#include "h5depot/internal/mutex.h"
 #include "hdf5.h"
 
 namespace h5depot::internal {
@@ -157,7 +157,7 @@ class ImageShare {
   const size_t initial_size_;
   std::atomic<int> refs_{1};
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   // Null once the driver has taken it over by reallocation, or it has been
   // handed on as the final image.
   void* initial_ ABSL_GUARDED_BY(mu_);

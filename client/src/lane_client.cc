@@ -145,7 +145,7 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
   while (true) {
     std::unique_ptr<Connection> connection;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      MutexLock lock(&mutex_);
       if (idle_.empty()) break;
       connection = std::move(idle_.back());
       idle_.pop_back();
@@ -184,7 +184,7 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
 
 void DataLane::GiveBack(std::unique_ptr<Connection> connection) {
   connection->idle_since = std::chrono::steady_clock::now();
-  std::lock_guard<std::mutex> lock(mutex_);
+  MutexLock lock(&mutex_);
   if (idle_.size() < kMaxIdleConnections)
     idle_.push_back(std::move(connection));
 }

@@ -8,17 +8,18 @@
 
 #include <chrono>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/lane_protocol.h"
 #include "h5depot/internal/lane_socket.h"
+#include "h5depot/internal/mutex.h"
 
 namespace h5depot::internal {
 
@@ -90,11 +91,10 @@ class DataLane {
   const std::string unix_path_;
   const std::string address_;
 
-  // A std::mutex, not an absl::Mutex: taken twice per call, and Debian's
-  // Abseil checks every absl::Mutex acquisition for lock-order cycles,
-  // which the client cannot turn off in the application's process.
-  std::mutex mutex_;
-  std::vector<std::unique_ptr<Connection>> idle_;  // guarded by mutex_
+  // Taken twice per call: an internal::Mutex, as everywhere in the client
+  // (h5depot/internal/mutex.h says why not absl::Mutex).
+  Mutex mutex_;
+  std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mutex_);
 };
 
 }  // namespace h5depot::internal

@@ -29,7 +29,7 @@ LaneFallbackTransport::LaneFallbackTransport(
       connect_timeout_(connect_timeout),
       grpc_(std::move(grpc)) {
   if (lane != nullptr) {
-    absl::MutexLock lock(&mutex_);
+    MutexLock lock(&mutex_);
     lanes_.push_back(lane);
     lane_.store(lane.get(), std::memory_order_release);
   }
@@ -62,7 +62,7 @@ LaneFallbackTransport::LaneCall LaneFallbackTransport::RelocateLane(
   absl::StatusOr<std::unique_ptr<DataLane::Connection>> connection =
       absl::UnavailableError("no data lane");
   if (fresh != nullptr) connection = fresh->Connect(connect_deadline);
-  absl::MutexLock lock(&mutex_);
+  MutexLock lock(&mutex_);
   if (fresh != nullptr) lanes_.push_back(fresh);
   lane_.store(fresh.get(), std::memory_order_release);
   if (fresh != nullptr && connection.ok()) {

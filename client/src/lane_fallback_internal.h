@@ -13,11 +13,11 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/src/grpc_transport_internal.h"
 #include "client/src/image_transport_internal.h"
 #include "client/src/lane_client_internal.h"
+#include "h5depot/internal/mutex.h"
 
 namespace h5depot::internal {
 
@@ -74,7 +74,7 @@ class LaneFallbackTransport final : public ImageTransport {
   // Steady-clock nanoseconds before which calls use gRPC; 0: none.
   std::atomic<int64_t> lane_retry_after_{0};
 
-  absl::Mutex mutex_;
+  Mutex mutex_;
   std::vector<std::shared_ptr<DataLane>> lanes_ ABSL_GUARDED_BY(mutex_);
 };
 

@@ -1,13 +1,12 @@
 #include <algorithm>
-#include <condition_variable>
 #include <deque>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "h5depot/rpc/chunk_codec.h"
 #include "h5depot/rpc/grpc_status.h"
 #include "server/src/depot_service_internal.h"
@@ -107,7 +106,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   void Enqueue(bool ok) {
     bool read_more = false;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      absl::MutexLock lock(&mutex_);
       if (ok) {
         grpc::ByteBuffer message;
         message.Swap(&message_);
@@ -118,7 +117,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         ended_ = true;
       }
     }
-    queued_.notify_one();
+    queued_.Signal();
     if (read_more) StartRead(&message_);
   }
 
@@ -127,8 +126,8 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       grpc::ByteBuffer message;
       bool resume_reading = false;
       {
-        std::unique_lock<std::mutex> lock(mutex_);
-        queued_.wait(lock, [this] { return !queue_.empty() || ended_; });
+        absl::MutexLock lock(&mutex_);
+        while (queue_.empty() && !ended_) queued_.Wait(&mutex_);
         if (queue_.empty()) break;  // ended, and every chunk appended
         message.Swap(&queue_.front());
         queue_.pop_front();
@@ -138,7 +137,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       if (resume_reading) StartRead(&message_);
       if (absl::Status status = Append(message); !status.ok()) {
         {
-          std::lock_guard<std::mutex> lock(mutex_);
+          absl::MutexLock lock(&mutex_);
           failed_ = true;
         }
         Finish(ToGrpcStatus(status));
@@ -218,10 +217,8 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   grpc::ByteBuffer message_;  // the read under way
   std::unique_ptr<PendingImage> pending_;
   std::thread worker_;
-  // A std::mutex rather than absl::Mutex so that ThreadSanitizer sees it
-  // (Debian's Abseil is not instrumented).
-  std::mutex mutex_;
-  std::condition_variable queued_;
+  absl::Mutex mutex_;
+  absl::CondVar queued_;  // a chunk was queued, or the client is done
   std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mutex_);
   bool reading_ ABSL_GUARDED_BY(mutex_) = true;  // a read is under way
   bool ended_ ABSL_GUARDED_BY(mutex_) = false;   // the client is done

@@ -17,7 +17,6 @@
 #include <cstring>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <new>
 #include <string>
 #include <system_error>
@@ -29,12 +28,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/src/hdf5_error_internal.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/hdf5_signature.h"
 #include "h5depot/internal/image_id.h"
+#include "h5depot/internal/mutex.h"
 #include "vfd/src/paged_image.h"
 
 // Reports `status` from the current function on the HDF5 error stack as the
@@ -46,6 +45,8 @@ namespace {
 
 using h5depot::Client;
 using h5depot::ImageReader;
+using h5depot::internal::Mutex;
+using h5depot::internal::MutexLock;
 using h5depot::vfd::PagedImage;
 using h5depot::vfd::PagedImageOptions;
 
@@ -98,7 +99,7 @@ absl::Status ValidateConfig(const H5FD_remote_config_t& config) {
 // and reading a dataset, so it is paid once. (The connection re-establishes
 // itself if the server restarts.)
 absl::StatusOr<std::shared_ptr<Client>> SharedClient(const RemoteFapl& fapl) {
-  static absl::Mutex mu(absl::kConstInit);
+  static Mutex mu;
   // Leaked on purpose: files may still be closed by HDF5's exit handler
   // after static destructors ran.
   static auto* clients = new std::map<std::string, std::shared_ptr<Client>>;
@@ -107,7 +108,7 @@ absl::StatusOr<std::shared_ptr<Client>> SharedClient(const RemoteFapl& fapl) {
   const std::string key =
       absl::StrCat(target, "\n", fapl.config.connect_timeout_ms, "\n",
                    fapl.config.call_timeout_ms);
-  absl::MutexLock lock(&mu);
+  MutexLock lock(&mu);
   if (auto it = clients->find(key); it != clients->end()) return it->second;
 
   h5depot::ClientOptions options;
@@ -232,19 +233,19 @@ class RemoteFile {
   absl::Status Write(haddr_t addr, size_t size, const void* buf);
 
   haddr_t eoa() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return eoa_;
   }
   void set_eoa(haddr_t eoa) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     eoa_ = eoa;
   }
   haddr_t eof() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return image_->size();
   }
   uint64_t generation() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return generation_;
   }
   const RemoteFapl& fapl() const { return fapl_; }
@@ -287,7 +288,7 @@ class RemoteFile {
 
   // HDF5 serialises its calls into the driver; the lock is for
   // H5FD_remote_get_file_info, which may run on another thread meanwhile.
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   // The generation reads come from and the next commit is conditional on
   // (0 for a created image that must not exist yet).
   uint64_t generation_ ABSL_GUARDED_BY(mu_);
@@ -341,7 +342,7 @@ absl::StatusOr<std::unique_ptr<RemoteFile>> RemoteFile::Open(
     }
     std::unique_ptr<RemoteFile> file(new RemoteFile(
         image_id, fapl, writable, std::move(*client), generation));
-    absl::MutexLock lock(&file->mu_);
+    MutexLock lock(&file->mu_);
     file->round_trips_ = 1;
     file->image_ = PagedImage::CreateEmpty(ImageOptions(fapl.config));
     return file;
@@ -349,7 +350,7 @@ absl::StatusOr<std::unique_ptr<RemoteFile>> RemoteFile::Open(
 
   std::unique_ptr<RemoteFile> file(new RemoteFile(
       image_id, fapl, writable, std::move(*client), /*generation=*/0));
-  absl::MutexLock lock(&file->mu_);
+  MutexLock lock(&file->mu_);
 
   absl::StatusOr<std::unique_ptr<ImageReader>> base = file->PinGeneration(0);
   if (!base.ok()) {
@@ -372,7 +373,7 @@ absl::StatusOr<std::unique_ptr<ImageReader>> RemoteFile::PinGeneration(
 }
 
 absl::Status RemoteFile::Read(haddr_t addr, size_t size, void* buf) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (addr == HADDR_UNDEF || addr > kMaxAddress || size > kMaxAddress - addr ||
       addr + size > eoa_) {
     return absl::OutOfRangeError(absl::StrCat(
@@ -389,7 +390,7 @@ absl::Status RemoteFile::Read(haddr_t addr, size_t size, void* buf) {
 }
 
 absl::Status RemoteFile::Write(haddr_t addr, size_t size, const void* buf) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (!writable_) {
     return absl::PermissionDeniedError(
         absl::StrCat(Describe(), " was opened read-only"));
@@ -406,13 +407,13 @@ absl::Status RemoteFile::Write(haddr_t addr, size_t size, const void* buf) {
 }
 
 absl::Status RemoteFile::Truncate() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (writable_) image_->Resize(eoa_);
   return absl::OkStatus();
 }
 
 absl::Status RemoteFile::Commit(bool closing) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (!writable_ || !image_->modified() || abandoned_) return absl::OkStatus();
   absl::Status status = CommitLocked(closing);
   // A failure while closing has been reported; the rest of the close must
@@ -483,7 +484,7 @@ absl::Status RemoteFile::CommitLocked(bool closing) {
 }
 
 H5FD_remote_file_info_t RemoteFile::Info() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   H5FD_remote_file_info_t info{};
   info.generation = generation_;
   info.round_trips = round_trips_ + read_calls_.load();
@@ -734,8 +735,8 @@ std::atomic<hid_t> g_driver_id{H5I_INVALID_HID};
 extern "C" {
 
 hid_t H5FD_remote_init(void) {
-  static std::mutex mu;
-  std::lock_guard<std::mutex> lock(mu);
+  static Mutex mu;
+  MutexLock lock(&mu);
   const hid_t known = g_driver_id.load();
   if (known >= 0 && H5Iget_type(known) == H5I_VFL) return known;
   if (h5depot::internal::RegisterHdf5ErrorClass() < 0) return H5I_INVALID_HID;
