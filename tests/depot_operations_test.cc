@@ -18,12 +18,14 @@
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
 #include "h5depot/server/depot_server.h"
+#include "h5depot/testing/in_process_depot.h"
 #include "h5depot/v1/depot.grpc.pb.h"
 #include "test_images.h"
 
 namespace h5depot {
 namespace {
 
+using ::h5depot::testing::InProcessDepot;
 using ::h5depot::testing::MakeTestImage;
 
 // Threads of this process.
@@ -134,18 +136,12 @@ class StatCall {
 class DepotOperationsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server::ServerOptions options;
-    options.listen_address = "127.0.0.1:0";
-    auto server = server::DepotServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
-    channel_ = grpc::CreateChannel(server_->targets().front(),
+    auto depot = InProcessDepot::Start();
+    ASSERT_TRUE(depot.ok()) << depot.status();
+    depot_ = *std::move(depot);
+    channel_ = grpc::CreateChannel(depot_->target(),
                                    grpc::InsecureChannelCredentials());
     stub_ = v1::Depot::NewStub(channel_);
-  }
-
-  void TearDown() override {
-    if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
   }
 
   // Whether the store's count of pending waits satisfies `reached` before
@@ -154,7 +150,7 @@ class DepotOperationsTest : public ::testing::Test {
   template <typename Predicate>
   bool AwaitPendingWaits(Predicate reached, absl::Duration timeout) {
     const absl::Time deadline = absl::Now() + timeout;
-    while (!reached(server_->store().Stats().pending_waits)) {
+    while (!reached(depot_->store().Stats().pending_waits)) {
       if (absl::Now() >= deadline) return false;
       absl::SleepFor(absl::Milliseconds(2));
     }
@@ -169,7 +165,7 @@ class DepotOperationsTest : public ::testing::Test {
                              absl::Seconds(60));
   }
 
-  std::unique_ptr<server::DepotServer> server_;
+  std::unique_ptr<InProcessDepot> depot_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Depot::Stub> stub_;
 };
@@ -199,7 +195,7 @@ TEST_F(DepotOperationsTest, ManyWaitingFetchesAndStatsHoldNoThreadEach) {
                                                kWaitMs, &completions));
   }
   ASSERT_TRUE(AwaitAtLeastPendingWaits(2 * kEach))
-      << server_->store().Stats().pending_waits << " waits registered";
+      << depot_->store().Stats().pending_waits << " waits registered";
   const int threads_waiting = CountThreads();
   RecordProperty("threads_before", threads_before);
   RecordProperty("threads_waiting", threads_waiting);
@@ -208,7 +204,7 @@ TEST_F(DepotOperationsTest, ManyWaitingFetchesAndStatsHoldNoThreadEach) {
       << " while " << 2 * kEach << " calls wait";
 
   const auto bytes = MakeTestImage((1 << 20) + 17);
-  auto client = Client::Connect(server_->targets().front());
+  auto client = depot_->Connect();
   ASSERT_TRUE(client.ok()) << client.status();
   auto pushed = (*client)->Push("late/image", bytes.data(), bytes.size());
   ASSERT_TRUE(pushed.ok()) << pushed.status();
@@ -227,7 +223,7 @@ TEST_F(DepotOperationsTest, ManyWaitingFetchesAndStatsHoldNoThreadEach) {
     EXPECT_EQ(stat->info().generation(), pushed->generation);
     EXPECT_EQ(stat->info().size(), bytes.size());
   }
-  EXPECT_EQ(server_->store().Stats().pending_waits, 0u);
+  EXPECT_EQ(depot_->store().Stats().pending_waits, 0u);
 }
 
 TEST_F(DepotOperationsTest, CancellingAWaitingCallEndsItsWait) {
@@ -243,7 +239,7 @@ TEST_F(DepotOperationsTest, CancellingAWaitingCallEndsItsWait) {
   // The server's side ends too (OnCancel), not only the client's; it may
   // do so after the client has seen the cancellation.
   EXPECT_TRUE(AwaitNoPendingWaits())
-      << server_->store().Stats().pending_waits << " waits left";
+      << depot_->store().Stats().pending_waits << " waits left";
 }
 
 TEST_F(DepotOperationsTest, AWaitThatRunsOutIsDeadlineExceeded) {
@@ -253,7 +249,7 @@ TEST_F(DepotOperationsTest, AWaitThatRunsOutIsDeadlineExceeded) {
   ASSERT_TRUE(completions.AwaitAtLeast(2, absl::Seconds(30)));
   EXPECT_EQ(fetch.status().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_EQ(stat.status().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  EXPECT_EQ(server_->store().Stats().pending_waits, 0u);
+  EXPECT_EQ(depot_->store().Stats().pending_waits, 0u);
 }
 
 TEST_F(DepotOperationsTest, ShutdownEndsWaitingCallsWithUnavailable) {
@@ -261,7 +257,7 @@ TEST_F(DepotOperationsTest, ShutdownEndsWaitingCallsWithUnavailable) {
   FetchCall fetch(stub_.get(), "never", 120'000, &completions);
   StatCall stat(stub_.get(), "never", 120'000, &completions);
   ASSERT_TRUE(AwaitAtLeastPendingWaits(2));
-  server_->Shutdown(absl::Seconds(5));
+  depot_->Shutdown(absl::Seconds(5));
   ASSERT_TRUE(completions.AwaitAtLeast(2, absl::Seconds(30)));
   EXPECT_EQ(fetch.status().error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_EQ(stat.status().error_code(), grpc::StatusCode::UNAVAILABLE);

@@ -30,15 +30,16 @@
 #include "h5depot/h5depot.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/server/depot_server.h"
-#include "h5depot/testing/temp_dir.h"
+#include "h5depot/testing/in_process_depot.h"
 #include "h5depot/v1/depot.grpc.pb.h"
 #include "test_images.h"
 
 namespace h5depot {
 namespace {
 
+using ::h5depot::testing::InProcessDepot;
+using ::h5depot::testing::Listeners;
 using ::h5depot::testing::MakeTestImage;
-using ::h5depot::testing::TempDir;
 
 constexpr uint64_t kMaxImageBytes = uint64_t{4} << 20;
 // Larger than the data lane's eager limit and the client's chunk, so that
@@ -64,36 +65,26 @@ std::string TransportName(const ::testing::TestParamInfo<Transport>& info) {
 class ErrorContractTest : public ::testing::TestWithParam<Transport> {
  protected:
   void SetUp() override {
-    auto dir = TempDir::Create("/tmp");  // a socket path must be short
-    ASSERT_TRUE(dir.ok()) << dir.status();
-    dir_.emplace(*std::move(dir));
     server::ServerOptions options;
-    if (GetParam() == Transport::kLaneUnix) {
-      options.listen_address = "";
-      options.unix_socket_path = dir_->File("depot.sock");
-    } else {
-      options.listen_address = "127.0.0.1:0";
-    }
     options.store.max_image_bytes = kMaxImageBytes;
-    auto server = server::DepotServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = *std::move(server);
+    auto depot = InProcessDepot::Start(
+        options, GetParam() == Transport::kLaneUnix ? Listeners::kUnix
+                                                    : Listeners::kTcp);
+    ASSERT_TRUE(depot.ok()) << depot.status();
+    depot_ = *std::move(depot);
     if (GetParam() == Transport::kLaneUnix) {
-      ASSERT_FALSE(server_->data_lane_unix_path().empty());
+      ASSERT_FALSE(depot_->server().data_lane_unix_path().empty());
     } else {
-      ASSERT_NE(server_->data_lane_port(), 0);
+      ASSERT_NE(depot_->server().data_lane_port(), 0);
     }
     ClientOptions client_options;
     client_options.use_data_lane = GetParam() != Transport::kGrpc;
-    auto client = Client::Connect(server_->targets().front(), client_options);
+    auto client = depot_->Connect(client_options);
     ASSERT_TRUE(client.ok()) << client.status();
     client_ = *std::move(client);
   }
 
-  void TearDown() override {
-    client_.reset();
-    if (server_ != nullptr) server_->Shutdown(absl::Seconds(1));
-  }
+  void TearDown() override { client_.reset(); }
 
   ImageInfo PushOrDie(const std::string& id, const std::vector<uint8_t>& bytes,
                       const PushOptions& options = {}) {
@@ -109,8 +100,7 @@ class ErrorContractTest : public ::testing::TestWithParam<Transport> {
     return options;
   }
 
-  std::optional<TempDir> dir_;
-  std::unique_ptr<server::DepotServer> server_;
+  std::unique_ptr<InProcessDepot> depot_;
   std::unique_ptr<Client> client_;
 };
 
@@ -270,8 +260,7 @@ TEST_P(ErrorContractTest, AReadPastItsDeadlineIsDeadlineExceededAndHarmless) {
 TEST_P(ErrorContractTest, AStoppedServerIsUnavailableOnEveryOperation) {
   const auto bytes = MakeTestImage(1000);
   PushOrDie("x", bytes);
-  server_->Shutdown(absl::Seconds(1));
-  server_.reset();
+  depot_.reset();
   std::vector<uint8_t> out(16);
   EXPECT_EQ(client_->Push("x", bytes.data(), bytes.size()).status().code(),
             absl::StatusCode::kUnavailable);
@@ -290,12 +279,10 @@ TEST_P(ErrorContractTest, AStoppedServerIsUnavailableOnEveryOperation) {
 // are refused, and nothing is stored. Pinned here at gRPC's wire, which is
 // where such bytes can be sent; data_lane_test pins the lane's.
 TEST(ErrorContractWireTest, BytesFailingTheirChecksumAreDataLoss) {
-  server::ServerOptions options;
-  options.listen_address = "127.0.0.1:0";
-  auto server = server::DepotServer::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
+  auto depot = InProcessDepot::Start();
+  ASSERT_TRUE(depot.ok()) << depot.status();
   auto stub = v1::Depot::NewStub(grpc::CreateChannel(
-      (*server)->targets().front(), grpc::InsecureChannelCredentials()));
+      (*depot)->target(), grpc::InsecureChannelCredentials()));
   const auto bytes = MakeTestImage(1000);
   grpc::ClientContext context;
   v1::PushResponse response;
@@ -315,22 +302,19 @@ TEST(ErrorContractWireTest, BytesFailingTheirChecksumAreDataLoss) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DATA_LOSS)
       << status.error_message();
 
-  auto client = Client::Connect((*server)->targets().front());
+  auto client = (*depot)->Connect();
   ASSERT_TRUE(client.ok()) << client.status();
   EXPECT_EQ((*client)->Stat("corrupt").status().code(),
             absl::StatusCode::kNotFound);
-  (*server)->Shutdown(absl::Seconds(1));
 }
 
 // The C API returns the same codes, as h5depot_code values.
 TEST(ErrorContractCApiTest, TheCApiReturnsTheTablesCodes) {
   server::ServerOptions options;
-  options.listen_address = "127.0.0.1:0";
   options.store.max_image_bytes = kMaxImageBytes;
-  auto server = server::DepotServer::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  h5depot_client* client =
-      h5depot_connect((*server)->targets().front().c_str());
+  auto depot = InProcessDepot::Start(options);
+  ASSERT_TRUE(depot.ok()) << depot.status();
+  h5depot_client* client = h5depot_connect((*depot)->target().c_str());
   ASSERT_NE(client, nullptr) << h5depot_errmsg();
 
   const auto bytes = MakeTestImage(1000);
@@ -373,7 +357,6 @@ TEST(ErrorContractCApiTest, TheCApiReturnsTheTablesCodes) {
             H5DEPOT_RESOURCE_EXHAUSTED);
 
   h5depot_disconnect(client);
-  (*server)->Shutdown(absl::Seconds(1));
 }
 
 }  // namespace
