@@ -11,7 +11,8 @@ namespace h5depot::testing {
 // The bytes of a valid HDF5 file holding one 1-D uint8 dataset "/data" of
 // `data_bytes` pseudo-random bytes derived from `seed`: the image is a
 // little larger than `data_bytes`; the same size and seed always give the
-// same bytes, different seeds different ones. Returns an empty string only if HDF5 itself fails. Thread-safe.
+// same bytes, different seeds different ones. Returns an empty string only if
+// HDF5 itself fails. Thread-safe.
 std::string MakeHdf5Image(size_t data_bytes, uint32_t seed = 0);
 
 }  // namespace h5depot::testing
