@@ -6,7 +6,9 @@
 
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "gtest/gtest.h"
+#include "h5depot/client.h"
 #include "h5depot/internal/hdf5_signature.h"
 #include "h5depot/testing/hdf5_images.h"
 #include "h5depot/testing/in_process_depot.h"
@@ -184,6 +186,99 @@ TEST(ServerProcessTest, KillStopsTheServerAtOnce) {
   (*server)->Kill();
   EXPECT_FALSE((*server)->running());
   EXPECT_NE(kill(pid, 0), 0);  // reaped: the pid is gone
+}
+
+TEST(ServerProcessTest, SuspendStopsTheServerUntilResumed) {
+  ServerProcessOptions options;
+  options.unix_socket = true;
+  auto server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_EQ((*server)->Suspend(), absl::OkStatus());
+  EXPECT_TRUE((*server)->suspended());
+  EXPECT_TRUE((*server)->running());
+  EXPECT_EQ((*server)->Suspend().code(), absl::StatusCode::kFailedPrecondition);
+  // Stopped: the kernel still completes the connection, nobody answers.
+  ClientOptions client_options;
+  client_options.connect_timeout = absl::Milliseconds(300);
+  EXPECT_FALSE(Client::Connect((*server)->target(), client_options).ok());
+
+  ASSERT_EQ((*server)->Resume(), absl::OkStatus());
+  EXPECT_FALSE((*server)->suspended());
+  EXPECT_EQ((*server)->Resume().code(), absl::StatusCode::kFailedPrecondition);
+  auto client = Client::Connect((*server)->target());
+  EXPECT_TRUE(client.ok()) << client.status();
+}
+
+TEST(ServerProcessTest, TerminateAndTheDestructorEndASuspendedServer) {
+  auto server = ServerProcess::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_EQ((*server)->Suspend(), absl::OkStatus());
+  EXPECT_EQ((*server)->Terminate(), absl::OkStatus());
+  EXPECT_FALSE((*server)->running());
+  EXPECT_FALSE((*server)->suspended());
+
+  auto other = ServerProcess::Start();
+  ASSERT_TRUE(other.ok()) << other.status();
+  const pid_t pid = (*other)->pid();
+  ASSERT_EQ((*other)->Suspend(), absl::OkStatus());
+  other->reset();
+  EXPECT_NE(kill(pid, 0), 0);  // reaped
+}
+
+TEST(ServerProcessTest, RestartListensWhereTheFirstServerDid) {
+  ServerProcessOptions options;
+  options.unix_socket = true;
+  auto server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string tcp = (*server)->tcp_target();
+  const std::string unix = (*server)->unix_target();
+  const int lane_port = (*server)->data_lane_port();
+  const std::string lane_path = (*server)->data_lane_unix_path();
+  const pid_t first = (*server)->pid();
+  auto client = Client::Connect(tcp);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_EQ((*client)->Stat("restart/x").status().code(),
+            absl::StatusCode::kNotFound);
+
+  // Suspended, then restarted: the first is killed, not left behind.
+  ASSERT_EQ((*server)->Suspend(), absl::OkStatus());
+  ASSERT_EQ((*server)->Restart(), absl::OkStatus());
+  EXPECT_NE((*server)->pid(), first);
+  EXPECT_NE(kill(first, 0), 0);
+  EXPECT_FALSE((*server)->suspended());
+  EXPECT_EQ((*server)->tcp_target(), tcp);
+  EXPECT_EQ((*server)->unix_target(), unix);
+  EXPECT_EQ((*server)->data_lane_port(), lane_port);
+  EXPECT_EQ((*server)->data_lane_unix_path(), lane_path);
+  for (const std::string& target : {tcp, unix}) {
+    auto again = Client::Connect(target);
+    EXPECT_TRUE(again.ok()) << again.status();
+  }
+
+  // After a clean stop too, and with a socket path given.
+  ASSERT_EQ((*server)->Terminate(), absl::OkStatus());
+  ASSERT_EQ((*server)->Restart(), absl::OkStatus());
+  EXPECT_EQ((*server)->tcp_target(), tcp);
+}
+
+TEST(ServerProcessTest, StartsAtAGivenPortAndSocketPath) {
+  auto first = ServerProcess::Start();
+  ASSERT_TRUE(first.ok()) << first.status();
+  const std::string target = (*first)->tcp_target();
+  int port = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(target.substr(target.rfind(':') + 1), &port));
+  ASSERT_EQ((*first)->Terminate(), absl::OkStatus());
+  auto dir = TempDir::Create("/tmp");
+  ASSERT_TRUE(dir.ok()) << dir.status();
+
+  ServerProcessOptions options;
+  options.tcp_port = port;
+  options.unix_socket = true;
+  options.unix_socket_path = dir->File("given.sock");
+  auto server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ((*server)->tcp_target(), target);
+  EXPECT_EQ((*server)->unix_socket_path(), dir->File("given.sock"));
 }
 
 TEST(ServerProcessTest, ReportsAServerThatExitsBeforeListening) {

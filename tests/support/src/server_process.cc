@@ -39,19 +39,73 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
         "ServerProcess needs tcp, unix_socket or both");
   }
   std::unique_ptr<ServerProcess> server(new ServerProcess());
-  std::vector<std::string> argv = {
-      options.binary.empty() ? H5depotdPath() : options.binary,
-      options.tcp ? "--listen=127.0.0.1:0" : "--listen="};
-  if (options.unix_socket) {
+  server->options_ = options;
+  if (options.unix_socket && options.unix_socket_path.empty()) {
     // Under /tmp rather than $TMPDIR: a socket path must fit in 108 bytes.
     auto dir = TempDir::Create("/tmp");
     if (!dir.ok()) return dir.status();
     server->socket_dir_.emplace(*std::move(dir));
-    argv.push_back(
-        absl::StrCat("--unix=", server->socket_dir_->path(), "/h5depotd.sock"));
+    server->options_.unix_socket_path =
+        absl::StrCat(server->socket_dir_->path(), "/h5depotd.sock");
+  }
+  std::vector<std::string> argv = {
+      options.binary.empty() ? H5depotdPath() : options.binary,
+      options.tcp ? absl::StrCat("--listen=127.0.0.1:", options.tcp_port)
+                  : "--listen="};
+  if (options.unix_socket) {
+    argv.push_back(absl::StrCat("--unix=", server->options_.unix_socket_path));
   }
   argv.insert(argv.end(), options.extra_flags.begin(),
               options.extra_flags.end());
+  server->argv_ = argv;
+  const int wanted = (options.tcp ? 1 : 0) + (options.unix_socket ? 1 : 0);
+  if (absl::Status status = server->Launch(argv, wanted, options.start_timeout);
+      !status.ok()) {
+    return status;
+  }
+  return server;
+}
+
+absl::Status ServerProcess::Restart() {
+  Kill();
+  internal::CloseFd(pid_fd_);
+  internal::CloseFd(stdout_fd_);
+  // Flags given later override earlier ones: the addresses the first
+  // server reported, whatever asked for them (port 0, extra_flags).
+  std::vector<std::string> argv = argv_;
+  if (!tcp_target_.empty()) argv.push_back("--listen=" + tcp_target_);
+  if (data_lane_port_ != 0) {
+    argv.push_back(absl::StrCat("--data-port=", data_lane_port_));
+  }
+  const int wanted =
+      (tcp_target_.empty() ? 0 : 1) + (unix_target_.empty() ? 0 : 1);
+  const std::string tcp_target = tcp_target_;
+  const std::string unix_target = unix_target_;
+  const int data_lane_port = data_lane_port_;
+  const std::string data_lane_unix_path = data_lane_unix_path_;
+  if (absl::Status status = Launch(argv, wanted, options_.start_timeout);
+      !status.ok()) {
+    return status;
+  }
+  if (tcp_target_ != tcp_target || unix_target_ != unix_target ||
+      data_lane_port_ != data_lane_port ||
+      data_lane_unix_path_ != data_lane_unix_path) {
+    Kill();
+    return absl::InternalError(absl::StrCat(
+        "the restarted h5depotd listens elsewhere: ", startup_output_));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ServerProcess::Launch(const std::vector<std::string>& argv,
+                                   int wanted, absl::Duration start_timeout) {
+  tcp_target_.clear();
+  unix_target_.clear();
+  unix_socket_path_.clear();
+  data_lane_port_ = 0;
+  data_lane_unix_path_.clear();
+  startup_output_.clear();
+  suspended_ = false;
 
   auto out = internal::MakePipe();
   if (!out.ok()) return out.status();
@@ -67,31 +121,36 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     close(out->first);
     return child.status();
   }
-  server->pid_ = child->pid;
-  server->pid_fd_ = child->pid_fd;
-  server->stdout_fd_ = out->first;
+  pid_ = child->pid;
+  pid_fd_ = child->pid_fd;
+  stdout_fd_ = out->first;
   const std::string command = absl::StrJoin(argv, " ");
+  absl::Status status = ReadStartupReport(command, wanted, start_timeout);
+  if (!status.ok()) Kill();
+  return status;
+}
 
-  // From here on, an early return destroys `server`, which stops the child.
-  const int wanted = (options.tcp ? 1 : 0) + (options.unix_socket ? 1 : 0);
+absl::Status ServerProcess::ReadStartupReport(const std::string& command,
+                                              int wanted,
+                                              absl::Duration start_timeout) {
   int found = 0;
   std::string pending;
-  const absl::Time deadline = absl::Now() + options.start_timeout;
+  const absl::Time deadline = absl::Now() + start_timeout;
   bool reported = false;
   while (found < wanted || !reported) {
-    pollfd pfd{server->stdout_fd_, POLLIN, 0};
+    pollfd pfd{stdout_fd_, POLLIN, 0};
     const int ready = poll(&pfd, 1, internal::PollTimeoutMs(deadline));
     if (ready < 0 && errno == EINTR) continue;
     if (ready <= 0) {
       return absl::InternalError(
           absl::StrCat("`", command, "` did not report listening within ",
-                       absl::FormatDuration(options.start_timeout)));
+                       absl::FormatDuration(start_timeout)));
     }
     char buffer[4096];
-    const ssize_t got = read(server->stdout_fd_, buffer, sizeof(buffer));
+    const ssize_t got = read(stdout_fd_, buffer, sizeof(buffer));
     if (got < 0 && errno == EINTR) continue;
     if (got <= 0) {
-      const std::optional<int> status = server->WaitForExit(absl::Seconds(10));
+      const std::optional<int> status = WaitForExit(absl::Seconds(10));
       return absl::InternalError(absl::StrCat(
           "`", command, "` ",
           status.has_value() ? internal::DescribeWaitStatus(*status)
@@ -102,17 +161,17 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     for (size_t end; (end = pending.find('\n')) != std::string::npos;) {
       const std::string line = pending.substr(0, end);
       pending.erase(0, end + 1);
-      server->startup_output_ += line + "\n";
+      startup_output_ += line + "\n";
       if (absl::StartsWith(line, kDataLaneOnPort)) {
         if (!absl::SimpleAtoi(line.substr(kDataLaneOnPort.size()),
-                              &server->data_lane_port_)) {
+                              &data_lane_port_)) {
           return absl::InternalError(
               absl::StrCat("`", command, "` printed '", line, "'"));
         }
         continue;
       }
       if (absl::StartsWith(line, kDataLaneOnUnix)) {
-        server->data_lane_unix_path_ = line.substr(kDataLaneOnUnix.size());
+        data_lane_unix_path_ = line.substr(kDataLaneOnUnix.size());
         continue;
       }
       if (absl::StartsWith(line, kHoldsUpTo)) {
@@ -122,15 +181,15 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
       if (!absl::StartsWith(line, kListeningOn)) continue;
       const std::string target = line.substr(kListeningOn.size());
       if (absl::StartsWith(target, "unix:")) {
-        server->unix_target_ = target;
-        server->unix_socket_path_ = target.substr(5);
+        unix_target_ = target;
+        unix_socket_path_ = target.substr(5);
       } else {
-        server->tcp_target_ = target;
+        tcp_target_ = target;
       }
       ++found;
     }
   }
-  return server;
+  return absl::OkStatus();
 }
 
 ServerProcess::~ServerProcess() {
@@ -146,19 +205,65 @@ const std::string& ServerProcess::target() const {
 std::optional<int> ServerProcess::WaitForExit(absl::Duration timeout) {
   std::optional<int> status =
       internal::WaitForExit(internal::Child{pid_, pid_fd_}, timeout);
-  if (status.has_value()) pid_ = -1;
+  if (status.has_value()) {
+    pid_ = -1;
+    suspended_ = false;
+  }
   return status;
+}
+
+absl::Status ServerProcess::Suspend() {
+  if (!running() || suspended_) {
+    return absl::FailedPreconditionError(running()
+                                             ? "h5depotd is suspended already"
+                                             : "h5depotd is not running");
+  }
+  if (kill(pid_, SIGSTOP) != 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot stop h5depotd: ", std::strerror(errno)));
+  }
+  // WNOWAIT: an exit instead of the stop stays to be reaped by WaitForExit.
+  siginfo_t info{};
+  while (waitid(P_PID, static_cast<id_t>(pid_), &info,
+                WSTOPPED | WEXITED | WNOWAIT) != 0) {
+    if (errno != EINTR) {
+      return absl::InternalError(
+          absl::StrCat("waiting for h5depotd to stop: ", std::strerror(errno)));
+    }
+  }
+  if (info.si_code != CLD_STOPPED) {
+    const std::optional<int> status = WaitForExit(absl::InfiniteDuration());
+    return absl::InternalError(
+        absl::StrCat("h5depotd ", internal::DescribeWaitStatus(*status),
+                     " instead of stopping"));
+  }
+  suspended_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status ServerProcess::Resume() {
+  if (!running() || !suspended_) {
+    return absl::FailedPreconditionError("h5depotd is not suspended");
+  }
+  if (kill(pid_, SIGCONT) != 0) {
+    return absl::InternalError(
+        absl::StrCat("cannot continue h5depotd: ", std::strerror(errno)));
+  }
+  suspended_ = false;
+  return absl::OkStatus();
 }
 
 void ServerProcess::Kill() {
   if (!running()) return;
-  kill(pid_, SIGKILL);
+  kill(pid_, SIGKILL);  // ends a stopped process too
   WaitForExit(absl::InfiniteDuration());
 }
 
 absl::Status ServerProcess::Terminate(absl::Duration timeout) {
   if (!running()) return absl::OkStatus();
   kill(pid_, SIGTERM);
+  // A stopped process keeps the SIGTERM pending until it is continued.
+  if (suspended_) static_cast<void>(Resume());
   const std::optional<int> status = WaitForExit(timeout);
   if (!status.has_value()) {
     Kill();

@@ -6,6 +6,10 @@
 // at once: no sleeps, no polling. The server's stderr
 // goes to the test's stderr, where ctest shows it when a test fails.
 //
+// For fault tests the server can be stopped and continued (Suspend,
+// Resume: SIGSTOP and SIGCONT), killed (Kill), and started again where it
+// was (Restart), so that clients connected to the first one find the next.
+//
 // Example:
 //   ServerProcessOptions options;
 //   options.unix_socket = true;
@@ -32,8 +36,13 @@ namespace h5depot::testing {
 struct ServerProcessOptions {
   // Listen on 127.0.0.1 on a free port the server picks (--listen=...:0).
   bool tcp = true;
+  // The TCP port to listen on instead of a free one (with tcp).
+  int tcp_port = 0;
   // Also (or instead) listen on a unix socket in a new private directory.
   bool unix_socket = false;
+  // The socket's path instead of one in a new private directory (with
+  // unix_socket); its directory must exist, and is left in place.
+  std::string unix_socket_path;
   // Further flags, passed as given, e.g. "--max-memory=1M".
   std::vector<std::string> extra_flags;
   // The binary to run; empty: H5depotdPath().
@@ -54,8 +63,9 @@ class ServerProcess {
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
       const ServerProcessOptions& options = {});
 
-  // Stops the server (SIGTERM, SIGKILL if it is not gone within 30 s) and
-  // reaps it. Removes the unix socket's directory.
+  // Stops the server (SIGTERM, SIGKILL if it is not gone within 30 s; a
+  // suspended server is continued first) and reaps it. Removes the unix
+  // socket's private directory.
   ~ServerProcess();
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
@@ -81,7 +91,9 @@ class ServerProcess {
   const std::string& startup_output() const { return startup_output_; }
 
   pid_t pid() const { return pid_; }
+  // Whether the process exists (suspended or not).
   bool running() const { return pid_ > 0; }
+  bool suspended() const { return suspended_; }
 
   // SIGKILLs the server and reaps it now: the server dies as it would in a
   // crash, with calls still under way. No-op if it is not running.
@@ -90,16 +102,48 @@ class ServerProcess {
   // SIGTERMs the server and waits up to `timeout` for it to exit. OK if it
   // exited with status 0; INTERNAL with how it ended otherwise (after a
   // timeout it is killed). No-op returning OK if it is not running.
+  // A suspended server is continued after the SIGTERM, so that it sees it.
   absl::Status Terminate(absl::Duration timeout = absl::Seconds(30));
+
+  // SIGSTOPs the server and returns once it is stopped: its sockets stay
+  // open and the kernel still accepts connections on them, but nothing
+  // answers, as with a hung or swapped-out server. FAILED_PRECONDITION if
+  // it is not running or already suspended.
+  absl::Status Suspend();
+
+  // SIGCONTs a suspended server: it carries on where it was, with the
+  // requests that arrived meanwhile. FAILED_PRECONDITION if it is not
+  // suspended.
+  absl::Status Resume();
+
+  // Starts h5depotd again with the same flags at the same addresses: the
+  // TCP port, the Unix socket path and the data lane's port and path of
+  // the first start, so that existing clients reach the new server with
+  // the targets they have. A server still running is killed first
+  // (SIGKILL, as in a crash); a clean stop is Terminate() before this.
+  // Returns, as Start() does, once the new server listens; the errors of
+  // Start(), and the object then holds no running server. Its images are
+  // gone, as with any restart.
+  absl::Status Restart();
 
  private:
   ServerProcess() = default;
+
+  // Runs `argv` and reads its start-up report until every address is
+  // listening; fills the fields below from it.
+  absl::Status Launch(const std::vector<std::string>& argv, int wanted,
+                      absl::Duration start_timeout);
+  absl::Status ReadStartupReport(const std::string& command, int wanted,
+                                 absl::Duration start_timeout);
 
   // Waits up to `timeout` for the server to exit and reaps it. Returns its
   // wait status, or nullopt if it is still running.
   std::optional<int> WaitForExit(absl::Duration timeout);
 
-  pid_t pid_ = -1;      // -1 once reaped
+  ServerProcessOptions options_;   // as given, with the socket path set
+  std::vector<std::string> argv_;  // of the first start
+  pid_t pid_ = -1;                 // -1 once reaped
+  bool suspended_ = false;
   int pid_fd_ = -1;     // pidfd of the server: waits with a timeout
   int stdout_fd_ = -1;  // kept open so late output never hits a closed pipe
   std::string tcp_target_;
