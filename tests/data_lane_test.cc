@@ -999,8 +999,8 @@ TEST_F(DataLaneTest, SigtermEndsIdleAndWaitingConnectionsAndExitsCleanly) {
   header.wait_ms = 3600 * 1000;
   ASSERT_TRUE(SendRequest(*waiter, header, "never.h5").ok());
 
-  // Only lane connections are open: an idle gRPC channel holds h5depotd's
-  // stop for its whole grace period, which is not what this test is about.
+  // Only lane connections are open (server_shutdown_test covers idle gRPC
+  // channels).
   client_.reset();
   EXPECT_EQ(server_->Terminate(), absl::OkStatus());
 

@@ -162,8 +162,17 @@ void DepotServer::Shutdown(absl::Duration grace) {
   // Waits end first, so that they do not hold the grace period hostage.
   impl_->store->Shutdown();
   const absl::Time deadline = absl::Now() + grace;
+  impl_->service->Close();
   if (impl_->data_lane != nullptr) impl_->data_lane->Shutdown(grace);
-  impl_->server->Shutdown(absl::ToChronoTime(deadline));
+  // gRPC's Shutdown(deadline) would wait, after the last call, for every
+  // idle connection's client to acknowledge the GOAWAY, and a client that
+  // is idle does not read its socket until it next polls (gRPC's backup
+  // poller: every 5 s), so an idle client held the stop for seconds. The
+  // service counts its calls instead: once they are done (or the grace is
+  // over), a deadline already past makes gRPC cancel what is left and close
+  // every connection at once.
+  impl_->service->AwaitCalls(deadline);
+  impl_->server->Shutdown(absl::ToChronoTime(absl::Now()));
   // A stopped server leaves no socket file behind for the next one to trip
   // over or for a client to mistake for a live server.
   if (!impl_->unix_socket_path.empty()) {

@@ -51,13 +51,44 @@ grpc::ByteBuffer InfoMessage(const StoredImage& image) {
   return SerializeMessage(response);
 }
 
+// A call turned away because the server is stopping: answered at once,
+// its pass held until gRPC is done with it. `Reactor` is the reactor type
+// the method returns.
+template <typename Reactor>
+class RefusedReactor final : public Reactor {
+ public:
+  explicit RefusedReactor(CallGate::Pass pass) : pass_(std::move(pass)) {
+    this->Finish(CallGate::RefusedStatus());
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  CallGate::Pass pass_;
+};
+
+// A unary call its method handler answers at once (the handler calls
+// Finish before returning it).
+class UnaryReactor final : public grpc::ServerUnaryReactor {
+ public:
+  explicit UnaryReactor(CallGate::Pass pass) : pass_(std::move(pass)) {}
+
+  void OnDone() override { delete this; }
+
+ private:
+  CallGate::Pass pass_;
+};
+
 // Receives one push: the header, then chunks straight into the
 // PendingImage, then publishes.
 class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  PushReactor(DepotOperations* operations, grpc::CallbackServerContext* context,
-              grpc::ByteBuffer* response)
-      : operations_(operations), context_(context), response_(response) {
+  PushReactor(CallGate::Pass pass, DepotOperations* operations,
+              grpc::CallbackServerContext* context, grpc::ByteBuffer* response)
+      : pass_(std::move(pass)),
+        operations_(operations),
+        context_(context),
+        response_(response) {
     StartRead(&message_);
   }
 
@@ -211,6 +242,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     Finish(grpc::Status::OK);
   }
 
+  CallGate::Pass pass_;
   DepotOperations* const operations_;
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const response_;
@@ -231,7 +263,8 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
 // until gRPC has sent the last byte of it.
 class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  explicit SendReactor(uint64_t chunk_bytes) : chunk_bytes_(chunk_bytes) {}
+  SendReactor(CallGate::Pass pass, uint64_t chunk_bytes)
+      : pass_(std::move(pass)), chunk_bytes_(chunk_bytes) {}
 
   // Sends `info`, then bytes [offset, offset + length) of `image` (which
   // must lie within it), then OK.
@@ -310,6 +343,7 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   void OnDone() override { delete this; }
 
  private:
+  CallGate::Pass pass_;
   const uint64_t chunk_bytes_;
   ImageRef image_;
   uint64_t next_ = 0;
@@ -325,8 +359,9 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 // it (a publish, the deadline, shutdown, or OnCancel).
 class WaitingStatReactor final : public grpc::ServerUnaryReactor {
  public:
-  WaitingStatReactor(DepotOperations* operations, v1::ImageInfo* response)
-      : operations_(operations), response_(response) {}
+  WaitingStatReactor(CallGate::Pass pass, DepotOperations* operations,
+                     v1::ImageInfo* response)
+      : pass_(std::move(pass)), operations_(operations), response_(response) {}
 
   // Called from the method handler; see SendReactor's
   // SendWholeImageWhenFound for why `wait_` and `this` are safe.
@@ -344,6 +379,7 @@ class WaitingStatReactor final : public grpc::ServerUnaryReactor {
   void OnDone() override { delete this; }
 
  private:
+  CallGate::Pass pass_;
   DepotOperations* const operations_;
   v1::ImageInfo* const response_;
   ImageStore::WaitId wait_ = 0;
@@ -352,13 +388,20 @@ class WaitingStatReactor final : public grpc::ServerUnaryReactor {
 // Serves one reader: the open message pins a generation, and each range
 // after it is answered with its bytes as chunk messages built from slices
 // of the stored buffer. One operation at a time: the next request is read
-// once the previous range is sent.
+// once the previous range is sent. The stream is a call under way (it
+// holds a pass) only while it opens or sends a range: a reader that merely
+// pins its generation does not hold up a stop.
 class ReaderReactor final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  ReaderReactor(DepotOperations* operations,
+  ReaderReactor(CallGate::Pass pass, CallGate* gate,
+                DepotOperations* operations,
                 grpc::CallbackServerContext* context, uint64_t chunk_bytes)
-      : operations_(operations), context_(context), chunk_bytes_(chunk_bytes) {
+      : pass_(std::move(pass)),
+        gate_(gate),
+        operations_(operations),
+        context_(context),
+        chunk_bytes_(chunk_bytes) {
     StartRead(&in_);
   }
 
@@ -366,6 +409,13 @@ class ReaderReactor final
     if (!ok) {  // the client closed the reader
       Finish(grpc::Status::OK);
       return;
+    }
+    if (image_ != nullptr) {
+      pass_ = gate_->Enter();
+      if (!pass_.admitted()) {
+        Finish(CallGate::RefusedStatus());
+        return;
+      }
     }
     v1::ReaderRequest request;
     const bool parsed = ParseMessage(in_, &request);
@@ -418,6 +468,7 @@ class ReaderReactor final
 
   void SendNextOrRead() {
     if (next_ == end_) {
+      pass_.Leave();  // idle until the next request
       StartRead(&in_);
       return;
     }
@@ -427,6 +478,8 @@ class ReaderReactor final
     StartWrite(&out_);
   }
 
+  CallGate::Pass pass_;
+  CallGate* const gate_;
   DepotOperations* const operations_;
   grpc::CallbackServerContext* const context_;
   const uint64_t chunk_bytes_;
@@ -439,6 +492,37 @@ class ReaderReactor final
 
 }  // namespace
 
+void CallGate::Pass::Leave() {
+  if (gate_ != nullptr) std::exchange(gate_, nullptr)->Leave();
+}
+
+CallGate::Pass CallGate::Enter() {
+  calls_.fetch_add(1);
+  return Pass(this, !closed_.load());
+}
+
+void CallGate::Leave() {
+  if (calls_.fetch_sub(1) == 1 && closed_.load()) {
+    // Releasing the mutex re-evaluates AwaitNoCalls's condition.
+    absl::MutexLock lock(&mutex_);
+  }
+}
+
+void CallGate::Close() { closed_.store(true); }
+
+bool CallGate::AwaitNoCalls(absl::Time deadline) {
+  absl::MutexLock lock(&mutex_);
+  return mutex_.AwaitWithDeadline(
+      absl::Condition(
+          +[](std::atomic<int64_t>* calls) { return calls->load() == 0; },
+          &calls_),
+      deadline);
+}
+
+grpc::Status CallGate::RefusedStatus() {
+  return ToGrpcStatus(absl::UnavailableError("server is shutting down"));
+}
+
 DepotService::DepotService(DepotOperations* operations,
                            uint64_t max_chunk_bytes, uint64_t send_chunk_bytes,
                            DataLaneAddresses data_lane)
@@ -449,12 +533,22 @@ DepotService::DepotService(DepotOperations* operations,
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* DepotService::Push(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
-  return new PushReactor(operations_, context, response);
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
+        std::move(pass));
+  }
+  return new PushReactor(std::move(pass), operations_, context, response);
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Fetch(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
-  auto* reactor = new SendReactor(send_chunk_bytes_);
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
+        std::move(pass));
+  }
+  auto* reactor = new SendReactor(std::move(pass), send_chunk_bytes_);
   v1::FetchRequest fetch;
   if (!ParseMessage(*request, &fetch)) {
     reactor->Fail(absl::InvalidArgumentError("malformed fetch request"));
@@ -472,7 +566,12 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Fetch(
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Read(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
-  auto* reactor = new SendReactor(send_chunk_bytes_);
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
+        std::move(pass));
+  }
+  auto* reactor = new SendReactor(std::move(pass), send_chunk_bytes_);
   v1::ReadRequest read;
   if (!ParseMessage(*request, &read)) {
     reactor->Fail(absl::InvalidArgumentError("malformed read request"));
@@ -493,19 +592,31 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Read(
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 DepotService::OpenReader(grpc::CallbackServerContext* context) {
-  return new ReaderReactor(operations_, context, send_chunk_bytes_);
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<
+        grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(
+        std::move(pass));
+  }
+  return new ReaderReactor(std::move(pass), &gate_, operations_, context,
+                           send_chunk_bytes_);
 }
 
 grpc::ServerUnaryReactor* DepotService::Stat(
     grpc::CallbackServerContext* context, const v1::StatRequest* request,
     v1::ImageInfo* response) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerUnaryReactor>(std::move(pass));
+  }
   if (request->wait_timeout_ms() > 0) {
-    auto* reactor = new WaitingStatReactor(operations_, response);
+    auto* reactor =
+        new WaitingStatReactor(std::move(pass), operations_, response);
     reactor->Start(CallerOf(context), request->image_id(),
                    request->wait_timeout_ms());
     return reactor;
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto* reactor = new UnaryReactor(std::move(pass));
   absl::StatusOr<ImageRef> image =
       operations_->Stat(CallerOf(context), request->image_id());
   if (image.ok()) EncodeInfo(**image, response);
@@ -513,34 +624,57 @@ grpc::ServerUnaryReactor* DepotService::Stat(
   return reactor;
 }
 
-grpc::Status DepotService::List(grpc::ServerContext* context,
-                                const v1::ListRequest* request,
-                                v1::ListResponse* response) {
+grpc::ServerUnaryReactor* DepotService::List(
+    grpc::CallbackServerContext* context, const v1::ListRequest* request,
+    v1::ListResponse* response) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerUnaryReactor>(std::move(pass));
+  }
+  auto* reactor = new UnaryReactor(std::move(pass));
   absl::StatusOr<ListResult> result =
       operations_->List(CallerOf(context), request->prefix(),
                         request->page_size(), request->page_token());
-  if (!result.ok()) return ToGrpcStatus(result.status());
+  if (!result.ok()) {
+    reactor->Finish(ToGrpcStatus(result.status()));
+    return reactor;
+  }
   for (const ImageRef& image : result->images) {
     EncodeInfo(*image, response->add_images());
   }
   response->set_next_page_token(std::move(result->next_page_token));
-  return grpc::Status::OK;
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
-grpc::Status DepotService::Delete(grpc::ServerContext* context,
-                                  const v1::DeleteRequest* request,
-                                  v1::DeleteResponse* /*response*/) {
-  return ToGrpcStatus(
+grpc::ServerUnaryReactor* DepotService::Delete(
+    grpc::CallbackServerContext* context, const v1::DeleteRequest* request,
+    v1::DeleteResponse* /*response*/) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerUnaryReactor>(std::move(pass));
+  }
+  auto* reactor = new UnaryReactor(std::move(pass));
+  reactor->Finish(ToGrpcStatus(
       operations_->Delete(CallerOf(context), request->image_id(),
                           OptionalGeneration(request->has_if_generation_match(),
-                                             request->if_generation_match())));
+                                             request->if_generation_match()))));
+  return reactor;
 }
 
-grpc::Status DepotService::GetLimits(grpc::ServerContext* context,
-                                     const v1::GetLimitsRequest* /*request*/,
-                                     v1::ServerLimits* response) {
+grpc::ServerUnaryReactor* DepotService::GetLimits(
+    grpc::CallbackServerContext* context,
+    const v1::GetLimitsRequest* /*request*/, v1::ServerLimits* response) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerUnaryReactor>(std::move(pass));
+  }
+  auto* reactor = new UnaryReactor(std::move(pass));
   absl::StatusOr<StoreLimits> limits = operations_->Limits(CallerOf(context));
-  if (!limits.ok()) return ToGrpcStatus(limits.status());
+  if (!limits.ok()) {
+    reactor->Finish(ToGrpcStatus(limits.status()));
+    return reactor;
+  }
   response->set_max_image_bytes(limits->max_image_bytes);
   response->set_max_memory_bytes(limits->max_memory_bytes);
   response->set_stored_bytes(limits->stored_bytes);
@@ -548,7 +682,8 @@ grpc::Status DepotService::GetLimits(grpc::ServerContext* context,
   response->set_max_chunk_bytes(max_chunk_bytes_);
   response->set_data_lane_port(static_cast<uint32_t>(data_lane_.tcp_port));
   response->set_data_lane_unix_path(data_lane_.unix_path);
-  return grpc::Status::OK;
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 }  // namespace h5depot::server

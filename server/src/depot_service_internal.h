@@ -5,9 +5,13 @@
 #ifndef H5DEPOT_SERVER_DEPOT_SERVICE_INTERNAL_H_
 #define H5DEPOT_SERVER_DEPOT_SERVICE_INTERNAL_H_
 
+#include <atomic>
 #include <cstdint>
 #include <string>
+#include <utility>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "h5depot/v1/depot.grpc.pb.h"
 #include "server/src/depot_operations_internal.h"
 
@@ -18,13 +22,80 @@ namespace h5depot::server {
 // reference the stored image and received straight into the pending one,
 // never through a protobuf string. Stat uses the callback API too, so that
 // a Stat waiting for its image holds no thread (nor does a waiting Fetch).
-// The other methods are ordinary synchronous handlers.
+// So do the others: every call then ends in a reactor's OnDone, once gRPC
+// is done with it, which is what CallGate counts.
 using DepotServiceBase = h5depot::v1::Depot::WithRawCallbackMethod_Push<
     h5depot::v1::Depot::WithRawCallbackMethod_Fetch<
         h5depot::v1::Depot::WithRawCallbackMethod_Read<
             h5depot::v1::Depot::WithRawCallbackMethod_OpenReader<
                 h5depot::v1::Depot::WithCallbackMethod_Stat<
-                    h5depot::v1::Depot::Service>>>>>;
+                    h5depot::v1::Depot::WithCallbackMethod_List<
+                        h5depot::v1::Depot::WithCallbackMethod_Delete<
+                            h5depot::v1::Depot::WithCallbackMethod_GetLimits<
+                                h5depot::v1::Depot::Service>>>>>>>>;
+
+// The calls under way, counted so that a stop can wait for them and no
+// longer: gRPC's own Shutdown also waits for every idle connection's
+// client to answer its GOAWAY, which an idle client may take seconds to do
+// (it reads its socket only when it next polls). Once closed, the gate
+// turns new calls away. Thread-safe; entering and leaving cost an atomic
+// operation each.
+class CallGate {
+ public:
+  // A call's place in the count, from its handler until gRPC is done with
+  // it (its reactor's OnDone). Move-only; leaves when destroyed.
+  class Pass {
+   public:
+    Pass() = default;
+    Pass(Pass&& other) noexcept
+        : gate_(std::exchange(other.gate_, nullptr)),
+          admitted_(other.admitted_) {}
+    Pass& operator=(Pass&& other) noexcept {
+      if (this != &other) {
+        Leave();
+        gate_ = std::exchange(other.gate_, nullptr);
+        admitted_ = other.admitted_;
+      }
+      return *this;
+    }
+    ~Pass() { Leave(); }
+
+    // Whether the call may go ahead; false once the gate is closed, and the
+    // call is then to be refused (RefusedStatus()), holding its pass until
+    // the refusal is sent.
+    bool admitted() const { return admitted_; }
+
+    // Leaves the count now rather than when destroyed. Idempotent.
+    void Leave();
+
+   private:
+    friend class CallGate;
+    Pass(CallGate* gate, bool admitted) : gate_(gate), admitted_(admitted) {}
+    CallGate* gate_ = nullptr;
+    bool admitted_ = false;
+  };
+
+  Pass Enter();
+
+  // Turns every call that enters from now on away.
+  void Close();
+
+  // Waits until no call is under way, or until `deadline`; returns whether
+  // none is. Call after Close().
+  bool AwaitNoCalls(absl::Time deadline);
+
+  // What a call turned away is answered: UNAVAILABLE.
+  static grpc::Status RefusedStatus();
+
+ private:
+  void Leave();
+
+  // Sequentially consistent: a call that leaves either sees `closed_` and
+  // wakes AwaitNoCalls, or AwaitNoCalls sees it gone.
+  std::atomic<int64_t> calls_{0};
+  std::atomic<bool> closed_{false};
+  absl::Mutex mutex_;  // for AwaitNoCalls to sleep on
+};
 
 // Where the data lane listens, as GetLimits tells clients.
 struct DataLaneAddresses {
@@ -52,17 +123,28 @@ class DepotService final : public DepotServiceBase {
   grpc::ServerUnaryReactor* Stat(grpc::CallbackServerContext* context,
                                  const h5depot::v1::StatRequest* request,
                                  h5depot::v1::ImageInfo* response) override;
-  grpc::Status List(grpc::ServerContext* context,
-                    const h5depot::v1::ListRequest* request,
-                    h5depot::v1::ListResponse* response) override;
-  grpc::Status Delete(grpc::ServerContext* context,
-                      const h5depot::v1::DeleteRequest* request,
-                      h5depot::v1::DeleteResponse* response) override;
-  grpc::Status GetLimits(grpc::ServerContext* context,
-                         const h5depot::v1::GetLimitsRequest* request,
-                         h5depot::v1::ServerLimits* response) override;
+  grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* context,
+                                 const h5depot::v1::ListRequest* request,
+                                 h5depot::v1::ListResponse* response) override;
+  grpc::ServerUnaryReactor* Delete(
+      grpc::CallbackServerContext* context,
+      const h5depot::v1::DeleteRequest* request,
+      h5depot::v1::DeleteResponse* response) override;
+  grpc::ServerUnaryReactor* GetLimits(
+      grpc::CallbackServerContext* context,
+      const h5depot::v1::GetLimitsRequest* request,
+      h5depot::v1::ServerLimits* response) override;
+
+  // The stop, in two steps: from Close() on every new call is answered
+  // UNAVAILABLE ("server is shutting down"); AwaitCalls() then waits until
+  // the calls under way have ended, or until `deadline`, and returns
+  // whether they have. A reader stream counts only while it opens or sends
+  // a range, not while it merely pins its generation.
+  void Close() { gate_.Close(); }
+  bool AwaitCalls(absl::Time deadline) { return gate_.AwaitNoCalls(deadline); }
 
  private:
+  CallGate gate_;
   DepotOperations* const operations_;
   const uint64_t max_chunk_bytes_;
   const uint64_t send_chunk_bytes_;

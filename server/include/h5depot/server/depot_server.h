@@ -75,8 +75,11 @@ class DepotServer {
 
   ImageStore& store();
 
-  // Stops accepting calls, ends waits with UNAVAILABLE, lets calls under way
-  // finish for up to `grace`, then cancels the rest. Idempotent.
+  // Stops: ends waits with UNAVAILABLE, answers new calls UNAVAILABLE
+  // ("server is shutting down") and stops accepting lane connections, lets
+  // the calls under way finish for up to `grace`, then cancels the rest and
+  // closes every connection. Idle connections do not hold it up: with no
+  // call under way it returns at once. Idempotent.
   void Shutdown(absl::Duration grace);
 
   // Blocks until Shutdown() has completed.
