@@ -12,6 +12,7 @@
 #include "client/src/lane_client_internal.h"
 #include "client/src/lane_fallback_internal.h"
 #include "client/src/mapped_file_internal.h"
+#include "client/src/server_target_internal.h"
 #include "h5depot/internal/image_id.h"
 
 namespace h5depot {
@@ -60,6 +61,9 @@ struct Client::Impl {
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     std::string_view target, const ClientOptions& options) {
+  if (absl::Status bad = internal::ValidateServerTarget(target); !bad.ok()) {
+    return bad;
+  }
   if (target.empty()) {
     return absl::InvalidArgumentError(
         "no server given: expected host:port or unix:/path/to/socket");

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/src/image_transport_internal.h"
 #include "client/src/lane_client_internal.h"
+#include "client/src/server_target_internal.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/huge_pages.h"
 #include "h5depot/internal/lane_protocol.h"
@@ -56,34 +57,6 @@ std::optional<uint32_t> ClientCpu(const DataLane::Connection& connection) {
 
 bool StartsWith(std::string_view text, std::string_view prefix) {
   return text.substr(0, prefix.size()) == prefix;
-}
-
-// The host part of a gRPC target ("dns:///h:1", "ipv4:h:1", "h:1", "[::1]:1"),
-// without brackets; empty if there is none to follow.
-std::string TargetHost(std::string_view target) {
-  for (std::string_view scheme : {"dns:///", "dns:", "ipv4:", "ipv6:"}) {
-    if (StartsWith(target, scheme)) {
-      target.remove_prefix(scheme.size());
-      break;
-    }
-  }
-  if (target.find(':') == std::string_view::npos &&
-      target.find('/') == std::string_view::npos) {
-    return std::string(target);  // a host alone, default port
-  }
-  if (StartsWith(target, "[")) {
-    const size_t end = target.find(']');
-    if (end == std::string_view::npos) return "";
-    return std::string(target.substr(1, end - 1));
-  }
-  const size_t colon = target.rfind(':');
-  if (target.find(':') != colon) return "";  // several addresses, or IPv6
-  std::string_view host = target.substr(0, colon);
-  if (host.empty() || host.find('/') != std::string_view::npos ||
-      host.find(',') != std::string_view::npos) {
-    return "";
-  }
-  return std::string(host);
 }
 
 }  // namespace
