@@ -76,12 +76,36 @@ const char* h5depot_errmsg(void) {
 int h5depot_errcode(void) { return h5depot::c_api::last_error_code; }
 
 h5depot_client* h5depot_connect(const char* target) {
+  return h5depot_connect_ex(target, nullptr);
+}
+
+h5depot_client* h5depot_connect_ex(const char* target,
+                                   const h5depot_connect_options* options) {
   try {
     if (target == nullptr) {
       FailInvalid("no server given: expected host:port or unix:/path");
       return nullptr;
     }
-    auto client = h5depot::Client::Connect(target);
+    // Zero keeps ClientOptions' default, the one place defaults are set.
+    h5depot::ClientOptions client_options;
+    if (options != nullptr) {
+      if (options->connect_timeout_ms < 0 || options->call_timeout_ms < 0) {
+        FailInvalid(
+            "connect_timeout_ms and call_timeout_ms must not be negative (0: "
+            "the default)");
+        return nullptr;
+      }
+      if (options->connect_timeout_ms > 0) {
+        client_options.connect_timeout =
+            absl::Milliseconds(options->connect_timeout_ms);
+      }
+      if (options->call_timeout_ms > 0) {
+        client_options.call_timeout =
+            absl::Milliseconds(options->call_timeout_ms);
+      }
+      client_options.use_data_lane = options->disable_data_lane == 0;
+    }
+    auto client = h5depot::Client::Connect(target, client_options);
     if (!client.ok()) {
       Fail(client.status());
       return nullptr;

@@ -156,6 +156,57 @@ static void check_file_images(h5depot_client* client) {
   CHECK(h5depot_delete(client, "c/file") == H5DEPOT_OK);
 }
 
+/* h5depot_connect_ex: its options, and the failures it reports before
+ * contacting anything. */
+static void check_connect_options(const char* target, const void* image,
+                                  size_t len) {
+  h5depot_connect_options options;
+  memset(&options, 0, sizeof options); /* zero: every default */
+  h5depot_client* defaults = h5depot_connect_ex(target, &options);
+  CHECK(defaults != NULL);
+  h5depot_disconnect(defaults);
+  defaults = h5depot_connect_ex(target, NULL);
+  CHECK(defaults != NULL);
+  h5depot_disconnect(defaults);
+
+  /* Short timeouts, image bytes over gRPC only: the same results. */
+  options.connect_timeout_ms = 2000;
+  options.call_timeout_ms = 5000;
+  options.disable_data_lane = 1;
+  h5depot_client* client = h5depot_connect_ex(target, &options);
+  CHECK(client != NULL);
+  if (client != NULL) {
+    uint64_t generation = 0;
+    CHECK(h5depot_push_buffer(client, "c/options", image, len, &generation) ==
+          H5DEPOT_OK);
+    void* fetched = NULL;
+    size_t fetched_len = 0;
+    CHECK(h5depot_fetch(client, "c/options", &fetched, &fetched_len, NULL) ==
+          H5DEPOT_OK);
+    CHECK(fetched_len == len && fetched != NULL &&
+          memcmp(fetched, image, len) == 0);
+    free(fetched);
+    CHECK(h5depot_delete(client, "c/options") == H5DEPOT_OK);
+    h5depot_disconnect(client);
+  }
+
+  /* Refused at once: negative timeouts, malformed targets. */
+  options.call_timeout_ms = -1;
+  CHECK(h5depot_connect_ex(target, &options) == NULL);
+  CHECK(h5depot_errcode() == H5DEPOT_INVALID_ARGUMENT);
+  options.call_timeout_ms = 0;
+  options.connect_timeout_ms = -5;
+  CHECK(h5depot_connect_ex(target, &options) == NULL);
+  CHECK(h5depot_errcode() == H5DEPOT_INVALID_ARGUMENT);
+  CHECK(h5depot_connect_ex(NULL, NULL) == NULL);
+  CHECK(h5depot_errcode() == H5DEPOT_INVALID_ARGUMENT);
+  CHECK(h5depot_connect("not a target!!") == NULL);
+  CHECK(h5depot_errcode() == H5DEPOT_INVALID_ARGUMENT);
+  CHECK(strstr(h5depot_errmsg(), "HOST:PORT") != NULL);
+  CHECK(h5depot_connect_ex("localhost:99999", NULL) == NULL);
+  CHECK(h5depot_errcode() == H5DEPOT_INVALID_ARGUMENT);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s TARGET\n", argv[0]);
@@ -208,6 +259,7 @@ int main(int argc, char** argv) {
   CHECK(h5depot_push_buffer(client, "bad id", image, len, NULL) ==
         H5DEPOT_INVALID_ARGUMENT);
 
+  check_connect_options(argv[1], image, len);
   free(image);
   check_file_images(client);
   h5depot_disconnect(client);

@@ -115,9 +115,55 @@ const char* h5depot_errmsg(void);
 /* The h5depot_code of the calling thread's last failure. */
 int h5depot_errcode(void);
 
-/* Connects to h5depotd at `target` ("host:port" or "unix:/path").
- * Returns NULL if the server cannot be reached (see h5depot_errmsg). */
+/* Options of h5depot_connect_ex; zero-initialise, then set fields. Zero
+ * means the default, a negative value is H5DEPOT_INVALID_ARGUMENT. */
+typedef struct h5depot_connect_options {
+  /* How long connecting waits for the server to answer, in milliseconds.
+   * Default 10000 (10 s). */
+  int64_t connect_timeout_ms;
+  /* The deadline of every later call on the client, in milliseconds from
+   * when it starts; pushes and fetches are given 1 s more per 32 MiB of
+   * image bytes they move. Waits (h5depot_wait) are bounded by their own
+   * timeout instead. Default 30000 (30 s). */
+  int64_t call_timeout_ms;
+  /* Non-zero: move image bytes over gRPC only, never the server's data
+   * lane (the same results, slower; for a lane a firewall blocks). */
+  int disable_data_lane;
+} h5depot_connect_options;
+
+/* Connects to h5depotd at `target` with the default options; the same as
+ * h5depot_connect_ex(target, NULL). */
 h5depot_client* h5depot_connect(const char* target);
+
+/* Connects to h5depotd at `target`: "host:port", "[ipv6]:port",
+ * "unix:/path/to/socket" or another gRPC target (dns:, ipv4:, ipv6:,
+ * unix-abstract:). `options` may be NULL (the defaults). Each client has a
+ * connection of its own; free it with h5depot_disconnect.
+ *
+ * Returns NULL on failure, with h5depot_errcode() and h5depot_errmsg()
+ * saying which, and how long it took at most:
+ *   H5DEPOT_INVALID_ARGUMENT  `target` is NULL or not a target (the
+ *                             message says what a target looks like), or
+ *                             a timeout is negative: at once, nothing is
+ *                             contacted
+ *   H5DEPOT_UNAVAILABLE       no server answered: at once if nothing
+ *                             listens there (connection refused, no such
+ *                             socket); after connect_timeout_ms if the
+ *                             server or its host does not answer (stopped,
+ *                             hung, unreachable, or a name that takes that
+ *                             long to resolve)
+ *   another code              the server answered but refused: what it
+ *                             said, at once
+ *
+ * Afterwards, every call on the client ends by its deadline
+ * (call_timeout_ms after it starts, more for large transfers, above) with
+ * H5DEPOT_DEADLINE_EXCEEDED if the server does not answer in time (it is
+ * stopped or hung), or at once with H5DEPOT_UNAVAILABLE if it is gone; a
+ * wait ends within its timeout plus 1 s either way. Once a restarted
+ * server listens again at the same address, the client's next call
+ * succeeds within 1 s, however long it was away: no need to reconnect. */
+h5depot_client* h5depot_connect_ex(const char* target,
+                                   const h5depot_connect_options* options);
 
 /* Closes the connection and frees `client`. NULL is ignored. */
 void h5depot_disconnect(h5depot_client* client);
