@@ -711,6 +711,20 @@ TEST_F(CliTest, UnreachableServerIsReportedClearly) {
   EXPECT_TRUE(IsOneErrorLine(no_socket.stderr_text));
 }
 
+// --timeout, before or after the command, bounds calls and is not in the
+// way of ones that finish in time (client_faults_test: calls that do not).
+TEST_F(CliTest, TimeoutIsAcceptedBeforeOrAfterTheCommand) {
+  Put("timeout-image", MakeHdf5Image(100, 13));
+  CommandResult before = Cli({"--timeout=5s", "stat", "timeout-image"});
+  EXPECT_EQ(before.exit_code, 0) << before.stderr_text;
+  CommandResult after = Cli({"stat", "timeout-image", "--timeout", "250ms"});
+  EXPECT_EQ(after.exit_code, 0) << after.stderr_text;
+  // Added to --wait, not taken from it.
+  CommandResult wait =
+      Cli({"get", "not-yet", "--wait", "300ms", "--timeout", "5s", "-o", "-"});
+  EXPECT_EQ(wait.exit_code, kExitTimedOut) << wait.stderr_text;
+}
+
 TEST_F(CliTest, ServerComesFromTheEnvironmentUnlessGiven) {
   Put("env-image", MakeHdf5Image(100, 11));
   CommandOptions from_env;
@@ -756,6 +770,8 @@ TEST_F(CliTest, CommandLineMistakesAreUsageErrors) {
            {"rm", "a", "--if-generation-match", "-1"},
            {"put", "-"},
            {"ls", "--server"},
+           {"ls", "--timeout", "soon"},
+           {"--timeout=0", "ls"},
        }) {
     std::vector<std::string> argv = {H5depotCliPath()};
     argv.insert(argv.end(), args.begin(), args.end());
@@ -774,6 +790,9 @@ TEST_F(CliTest, HelpAndVersion) {
     EXPECT_NE(help.stdout_text.find(absl::StrCat("  ", command, " ")),
               std::string::npos)
         << command;
+  }
+  for (const char* option : {"--server=", "--connect-timeout=", "--timeout="}) {
+    EXPECT_NE(help.stdout_text.find(option), std::string::npos) << option;
   }
   CommandResult version = RunBare({H5depotCliPath(), "--version"});
   EXPECT_EQ(version.exit_code, 0);

@@ -33,6 +33,7 @@ namespace {
 
 constexpr char kDefaultServer[] = "127.0.0.1:7878";
 constexpr absl::Duration kDefaultConnectTimeout = absl::Seconds(5);
+constexpr absl::Duration kDefaultCallTimeout = absl::Seconds(30);
 
 // Exit codes, so that scripts can tell what happened without parsing text:
 // one per next step of the error table (docs/ARCHITECTURE.md "Errors"),
@@ -76,6 +77,9 @@ Options:
   --server=TARGET           h5depotd to talk to: HOST:PORT or unix:/PATH
                             (default: $H5DEPOT_SERVER, else 127.0.0.1:7878)
   --connect-timeout=DURATION  give up connecting after this long (default 5s)
+  --timeout=DURATION        give up on a call the server does not answer
+                            after this long (default 30s; transfers get 1s
+                            more per 32 MiB, and --wait is added to it)
   -h, --help                print this help
   --version                 print the version
 
@@ -84,17 +88,16 @@ segments that are neither empty nor "." nor "..".
 
 Exit status: 0 success, 1 failure, 2 bad command line or malformed image
 id, 3 image or file not found, 4 image exists / generation did not match
-(fetch again and redo), 5 server unreachable, 6 timed out, 7 over the
-server's limits, 8 bytes failed their checksum (send again).
+(fetch again and redo), 5 server unreachable, 6 timed out (--wait,
+--timeout), 7 over the server's limits, 8 bytes failed their checksum
+(send again).
 )";
 
 // Options every command accepts, before or after the command name.
 const std::vector<OptionSpec>& GlobalOptions() {
   static const auto* const options = new std::vector<OptionSpec>{
-      {"server", true},
-      {"connect-timeout", true},
-      {"help", false, 'h'},
-      {"version", false},
+      {"server", true},     {"connect-timeout", true}, {"timeout", true},
+      {"help", false, 'h'}, {"version", false},
   };
   return *options;
 }
@@ -208,12 +211,14 @@ struct Invocation {
   std::string command;  // "get", "put", ...
   std::string server;
   absl::Duration connect_timeout = kDefaultConnectTimeout;
+  absl::Duration call_timeout = kDefaultCallTimeout;
   ParsedArgs args;  // the command's positionals and options
 };
 
 absl::StatusOr<std::unique_ptr<Client>> Connect(const Invocation& call) {
   ClientOptions options;
   options.connect_timeout = call.connect_timeout;
+  options.call_timeout = call.call_timeout;
   return Client::Connect(call.server, options);
 }
 
@@ -498,8 +503,13 @@ int Main(int argc, char** argv) {
                                                    : kDefaultServer);
   int exit_code = kExitOk;
   if (!OptionalDuration(*parsed, "connect-timeout", &call.connect_timeout,
-                        &exit_code)) {
+                        &exit_code) ||
+      !OptionalDuration(*parsed, "timeout", &call.call_timeout, &exit_code)) {
     return exit_code;
+  }
+  // Zero would time every call out before it is sent.
+  if (call.call_timeout == absl::ZeroDuration()) {
+    return UsageError("--timeout must be longer than 0");
   }
   call.args = *std::move(parsed);
   return command->run(call);
