@@ -50,12 +50,11 @@ struct Client::Impl {
   // Push and fetch: the data lane or gRPC, per call.
   std::unique_ptr<internal::ImageTransport> images;
 
-  // The deadline of a call starting now: the call timeout plus `extra`.
-  absl::Time Deadline(absl::Duration extra = absl::ZeroDuration()) const {
-    if (options.call_timeout == absl::InfiniteDuration()) {
-      return absl::InfiniteFuture();
-    }
-    return absl::Now() + options.call_timeout + extra;
+  // The deadlines of a call starting now that waits up to `wait` for an
+  // image to appear (client.h, "Deadlines").
+  internal::CallDeadline Deadline(
+      absl::Duration wait = absl::ZeroDuration()) const {
+    return internal::CallDeadline::Start(options.call_timeout, wait);
   }
 };
 
@@ -108,7 +107,7 @@ absl::StatusOr<ImageInfo> Client::Push(std::string_view image_id,
   }
   return Annotated(
       impl_->images->Push(image_id, static_cast<const uint8_t*>(data), size,
-                          options, impl_->Deadline()),
+                          options, impl_->Deadline().Whole(size)),
       "push", image_id);
 }
 
@@ -137,39 +136,42 @@ absl::StatusOr<ReadResult> Client::Read(std::string_view image_id,
                                         uint64_t generation, uint64_t offset,
                                         void* out, size_t length) {
   return Annotated(impl_->images->Read(image_id, generation, offset, out,
-                                       length, impl_->Deadline()),
+                                       length, impl_->Deadline().Whole(length)),
                    "read", image_id);
 }
 
 absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
     std::string_view image_id, uint64_t generation) {
-  return Annotated(impl_->grpc->OpenReader(image_id, generation,
-                                           impl_->options.call_timeout),
-                   "open reader on", image_id);
+  return Annotated(
+      impl_->grpc->OpenReader(image_id, generation, impl_->Deadline().reply,
+                              impl_->options.call_timeout),
+      "open reader on", image_id);
 }
 
 absl::StatusOr<ImageInfo> Client::Stat(std::string_view image_id,
                                        absl::Duration wait) {
-  return Annotated(impl_->grpc->Stat(image_id, wait, impl_->Deadline(wait)),
-                   "stat", image_id);
+  return Annotated(
+      impl_->grpc->Stat(image_id, wait, impl_->Deadline(wait).reply), "stat",
+      image_id);
 }
 
 absl::StatusOr<ListPage> Client::List(const ListOptions& options) {
-  absl::StatusOr<ListPage> page = impl_->grpc->List(options, impl_->Deadline());
+  absl::StatusOr<ListPage> page =
+      impl_->grpc->List(options, impl_->Deadline().reply);
   if (!page.ok()) return Annotate(page.status(), "list");
   return page;
 }
 
 absl::Status Client::Delete(std::string_view image_id,
                             std::optional<uint64_t> if_generation_match) {
-  return Annotate(
-      impl_->grpc->Delete(image_id, if_generation_match, impl_->Deadline()),
-      absl::StrCat("delete ", Quoted(image_id)));
+  return Annotate(impl_->grpc->Delete(image_id, if_generation_match,
+                                      impl_->Deadline().reply),
+                  absl::StrCat("delete ", Quoted(image_id)));
 }
 
 absl::StatusOr<ServerLimits> Client::GetLimits() {
   absl::StatusOr<ServerLimits> limits =
-      impl_->grpc->GetLimits(impl_->Deadline());
+      impl_->grpc->GetLimits(impl_->Deadline().reply);
   if (!limits.ok()) return Annotate(limits.status(), "get limits");
   return limits;
 }

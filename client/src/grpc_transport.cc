@@ -20,6 +20,16 @@ ImageInfo ToImageInfo(const v1::ImageInfo& info) {
                                info.expires_unix_micros());
 }
 
+// The longest a channel waits between attempts to reach a server that is
+// down: the longest a restarted server can go unnoticed.
+constexpr int kMaxReconnectBackoffMs = 500;
+
+// How long a call finding its channel failed gives a new connection
+// attempt before it goes ahead (and fails at once if that did not
+// connect): a round trip or two, even across a network.
+constexpr absl::Duration kReconnectProbe = absl::Milliseconds(250);
+
+// For the unary calls, whose deadlines gRPC keeps.
 void SetDeadline(grpc::ClientContext* context, absl::Time deadline) {
   if (deadline != absl::InfiniteFuture()) {
     context->set_deadline(absl::ToChronoTime(deadline));
@@ -34,6 +44,12 @@ void SetDeadline(grpc::ClientContext* context, absl::Time deadline) {
 //
 // The call's initial metadata is corked: it leaves with the first message,
 // which must therefore be written before anything is read.
+//
+// The call keeps its own deadline rather than the context's, because a
+// fetch learns how long its bytes may take only once the image's info has
+// arrived, and a reader's stream must outlive its opening's deadline. An
+// operation still pending at the deadline cancels the call: it and every
+// later one fail, and Finish() reports DEADLINE_EXCEEDED.
 class RawCall {
  public:
   // `context` must be fresh and outlive the call.
@@ -56,6 +72,9 @@ class RawCall {
   }
   RawCall(const RawCall&) = delete;
   RawCall& operator=(const RawCall&) = delete;
+
+  // When the operations from now on must complete; InfiniteFuture: never.
+  void set_deadline(absl::Time deadline) { deadline_ = deadline; }
 
   bool Write(const grpc::ByteBuffer& message,
              grpc::WriteOptions options = grpc::WriteOptions()) {
@@ -107,20 +126,39 @@ class RawCall {
     grpc::Status status;
     stream_->Finish(&status, this);
     Await();
+    if (expired_) {
+      return absl::DeadlineExceededError(
+          "the server did not answer before the call's deadline");
+    }
     return FromGrpcStatus(status);
   }
 
  private:
+  // Waits for the one pending operation; whether it succeeded.
   bool Await() {
     void* tag = nullptr;
     bool ok = false;
-    return queue_.Next(&tag, &ok) && ok;
+    if (deadline_ != absl::InfiniteFuture()) {
+      // A deadline that passed fails the call even if the operation could
+      // complete: what happens past it must not depend on timing.
+      const bool passed =
+          absl::Now() >= deadline_ ||
+          queue_.AsyncNext(&tag, &ok, absl::ToChronoTime(deadline_)) ==
+              grpc::CompletionQueue::TIMEOUT;
+      if (!passed) return ok;
+      // Cancelled, a pending operation completes at once, failed.
+      expired_ = true;
+      context_->TryCancel();
+    }
+    return queue_.Next(&tag, &ok) && ok && !expired_;
   }
 
   grpc::ClientContext* const context_;
   grpc::CompletionQueue queue_;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream_;
   bool good_ = true;
+  absl::Time deadline_ = absl::InfiniteFuture();
+  bool expired_ = false;  // an operation was cut short by the deadline
 };
 
 // Receives `expected` bytes of chunk messages (of type Response) from
@@ -230,10 +268,8 @@ class GrpcImageReader final : public ImageReader {
 
   absl::StatusOr<size_t> Read(uint64_t offset, void* out,
                               size_t length) override {
-    const absl::Time deadline = read_timeout_ == absl::InfiniteDuration()
-                                    ? absl::InfiniteFuture()
-                                    : absl::Now() + read_timeout_;
-    return ReadWithDeadline(offset, out, length, deadline);
+    return ReadWithDeadline(offset, out, length,
+                            CallDeadline::Start(read_timeout_).Whole(length));
   }
 
   absl::StatusOr<size_t> ReadWithDeadline(uint64_t offset, void* out,
@@ -270,6 +306,14 @@ absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
   // closing it (a dead host, a cut cable), so no read waits forever.
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  // After a failed connection attempt gRPC waits before the next one (1 s,
+  // growing to 2 minutes) and fails calls at once meanwhile, so a handle
+  // would stay useless long after a restarted server is back. A server
+  // that is down is retried every half second at most instead (a refused
+  // connection on one host, one SYN across a network), and each call
+  // finding the channel failed retries at once (ReconnectIfDown).
+  arguments.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  arguments.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, kMaxReconnectBackoffMs);
   // A connection of its own: gRPC would otherwise share one connection
   // among all clients of a process that name the same server, and one
   // connection is handled by one thread at a time on each end (about a
@@ -314,6 +358,19 @@ GrpcTransport::GrpcTransport(std::shared_ptr<grpc::Channel> channel,
 
 GrpcTransport::~GrpcTransport() = default;
 
+void GrpcTransport::ReconnectIfDown(absl::Time deadline) {
+  // A channel whose last connection attempt failed stays failed, failing
+  // calls at once, until an attempt succeeds; and an attempt gRPC starts
+  // by itself, after its backoff, is driven only by threads that poll (in
+  // a process whose calls all fail at once, gRPC's backup poller, every
+  // 5 s). So start one now and poll it here, briefly.
+  if (channel_->GetState(false) != GRPC_CHANNEL_TRANSIENT_FAILURE) return;
+  grpc::experimental::ChannelResetConnectionBackoff(channel_.get());
+  channel_->WaitForStateChange(
+      GRPC_CHANNEL_TRANSIENT_FAILURE,
+      absl::ToChronoTime(std::min(deadline, absl::Now() + kReconnectProbe)));
+}
+
 absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
                                               const uint8_t* data, size_t size,
                                               const PushOptions& options,
@@ -340,9 +397,10 @@ absl::StatusOr<ImageInfo> GrpcTransport::PushBorrowed(
     std::string_view image_id, const uint8_t* data, size_t size,
     const PushOptions& options, std::shared_ptr<const void> lease,
     absl::Time deadline) {
+  ReconnectIfDown(deadline);
   grpc::ClientContext context;
-  SetDeadline(&context, deadline);
   RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Push");
+  call.set_deadline(deadline);
 
   v1::PushRequest request;
   v1::PushHeader* header = request.mutable_header();
@@ -391,12 +449,13 @@ absl::StatusOr<ImageInfo> GrpcTransport::PushBorrowed(
   return ToImageInfo(response.info());
 }
 
-absl::StatusOr<FetchedImage> GrpcTransport::Fetch(std::string_view image_id,
-                                                  const FetchOptions& options,
-                                                  absl::Time deadline) {
+absl::StatusOr<FetchedImage> GrpcTransport::Fetch(
+    std::string_view image_id, const FetchOptions& options,
+    const CallDeadline& deadline) {
+  ReconnectIfDown(deadline.reply);
   grpc::ClientContext context;
-  SetDeadline(&context, deadline);
   RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Fetch");
+  call.set_deadline(deadline.reply);
   v1::FetchRequest request;
   request.set_image_id(std::string(image_id));
   request.set_wait_timeout_ms(ToMillis(options.wait));
@@ -406,6 +465,7 @@ absl::StatusOr<FetchedImage> GrpcTransport::Fetch(std::string_view image_id,
   if (!info.ok()) return info.status();
   FetchedImage fetched;
   fetched.info = *std::move(info);
+  call.set_deadline(deadline.Whole(fetched.info.size));
   absl::StatusOr<ImageBuffer> buffer = ImageBuffer::Allocate(fetched.info.size);
   if (!buffer.ok()) {
     context.TryCancel();
@@ -434,9 +494,10 @@ absl::StatusOr<ReadResult> GrpcTransport::Read(std::string_view image_id,
                                                uint64_t offset, void* out,
                                                size_t length,
                                                absl::Time deadline) {
+  ReconnectIfDown(deadline);
   grpc::ClientContext context;
-  SetDeadline(&context, deadline);
   RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Read");
+  call.set_deadline(deadline);
   v1::ReadRequest request;
   request.set_image_id(std::string(image_id));
   request.set_generation(generation);
@@ -460,17 +521,22 @@ absl::StatusOr<ReadResult> GrpcTransport::Read(std::string_view image_id,
 }
 
 absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
-    std::string_view image_id, uint64_t generation,
+    std::string_view image_id, uint64_t generation, absl::Time open_deadline,
     absl::Duration read_timeout) {
+  ReconnectIfDown(open_deadline);
   auto context = std::make_unique<grpc::ClientContext>();
   auto call = std::make_unique<RawCall>(generic_stub_.get(), context.get(),
                                         "/h5depot.v1.Depot/OpenReader");
+  call->set_deadline(open_deadline);
   v1::ReaderRequest request;
   request.mutable_open()->set_image_id(std::string(image_id));
   request.mutable_open()->set_generation(generation);
   call->Write(SerializeMessage(request));
   absl::StatusOr<ImageInfo> info = ReceiveInfo<v1::ReaderResponse>(call.get());
   if (!info.ok()) return info.status();
+  // The pin lives as long as the reader; only its closing is left, which
+  // cancels rather than waits.
+  call->set_deadline(absl::InfiniteFuture());
   return std::unique_ptr<ImageReader>(
       new GrpcImageReader(shared_from_this(), std::move(context),
                           std::move(call), *std::move(info), read_timeout));
@@ -479,6 +545,7 @@ absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
 absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,
                                               absl::Duration wait,
                                               absl::Time deadline) {
+  ReconnectIfDown(deadline);
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::StatRequest request;
@@ -492,6 +559,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,
 
 absl::StatusOr<ListPage> GrpcTransport::List(const ListOptions& options,
                                              absl::Time deadline) {
+  ReconnectIfDown(deadline);
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::ListRequest request;
@@ -514,6 +582,7 @@ absl::StatusOr<ListPage> GrpcTransport::List(const ListOptions& options,
 absl::Status GrpcTransport::Delete(std::string_view image_id,
                                    std::optional<uint64_t> if_generation_match,
                                    absl::Time deadline) {
+  ReconnectIfDown(deadline);
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::DeleteRequest request;
@@ -526,6 +595,7 @@ absl::Status GrpcTransport::Delete(std::string_view image_id,
 }
 
 absl::StatusOr<ServerLimits> GrpcTransport::GetLimits(absl::Time deadline) {
+  ReconnectIfDown(deadline);
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::ServerLimits limits;

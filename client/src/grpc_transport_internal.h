@@ -48,18 +48,20 @@ class GrpcTransport final : public ImageTransport,
                                  absl::Time deadline) override;
   absl::StatusOr<FetchedImage> Fetch(std::string_view image_id,
                                      const FetchOptions& options,
-                                     absl::Time deadline) override;
+                                     const CallDeadline& deadline) override;
   absl::StatusOr<ReadResult> Read(std::string_view image_id,
                                   uint64_t generation, uint64_t offset,
                                   void* out, size_t length,
                                   absl::Time deadline) override;
 
-  // A reader pinning `generation` (0: current) for as long as it lives. Its
-  // reads are calls of this transport (it keeps the transport alive), each
-  // ending by the deadline given, or `read_timeout` from its start. Refused
-  // opens carry the server's code (NOT_FOUND, INVALID_ARGUMENT, ...).
+  // A reader pinning `generation` (0: current) for as long as it lives,
+  // opened by `open_deadline` (DEADLINE_EXCEEDED). Its reads are calls of
+  // this transport (it keeps the transport alive), each ending by the
+  // deadline given, or by `read_timeout` (plus the transfer allowance of
+  // CallDeadline) from its start. Refused opens carry the server's code
+  // (NOT_FOUND, INVALID_ARGUMENT, ...).
   absl::StatusOr<std::unique_ptr<ImageReader>> OpenReader(
-      std::string_view image_id, uint64_t generation,
+      std::string_view image_id, uint64_t generation, absl::Time open_deadline,
       absl::Duration read_timeout);
 
   // The calls only gRPC carries.
@@ -75,6 +77,11 @@ class GrpcTransport final : public ImageTransport,
  private:
   GrpcTransport(std::shared_ptr<grpc::Channel> channel,
                 const ClientOptions& options);
+
+  // Before each call: if the channel failed to connect, tries again at
+  // once and waits briefly (not past `deadline`) for it to connect, so that
+  // a server that is back is used at once however long it was away.
+  void ReconnectIfDown(absl::Time deadline);
 
   absl::StatusOr<ImageInfo> PushBorrowed(std::string_view image_id,
                                          const uint8_t* data, size_t size,

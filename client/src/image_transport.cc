@@ -5,6 +5,23 @@
 
 namespace h5depot::internal {
 
+CallDeadline CallDeadline::Start(absl::Duration call_timeout,
+                                 absl::Duration wait) {
+  const absl::Time now = absl::Now();
+  CallDeadline deadline;
+  deadline.base = now + call_timeout + wait;  // Infinite stays infinite
+  deadline.reply = wait > absl::ZeroDuration()
+                       ? std::min(deadline.base, now + wait + kWaitMargin)
+                       : deadline.base;
+  return deadline;
+}
+
+absl::Time CallDeadline::Whole(uint64_t bytes) const {
+  if (base == absl::InfiniteFuture()) return base;
+  return std::max(reply, base + absl::Seconds(static_cast<double>(bytes) /
+                                              kTransferBytesPerSecond));
+}
+
 uint64_t ToMillis(absl::Duration duration) {
   if (duration <= absl::ZeroDuration()) return 0;
   return std::max<int64_t>(

@@ -16,6 +16,33 @@
 
 namespace h5depot::internal {
 
+// When a call must have ended, by the rules of client.h ("Deadlines"). The
+// server's first answer (the image's info, a confirmation or a refusal) is
+// due by `reply`; the whole call, once it is known to move `bytes` image
+// bytes, by Whole(bytes). InfiniteFuture: no deadline.
+struct CallDeadline {
+  // Image bytes a call is allowed to move per second beyond its timeout:
+  // 1 s per 32 MiB.
+  static constexpr double kTransferBytesPerSecond = 32.0 * 1024 * 1024;
+  // How long past its own timeout a wait may take when the server does not
+  // answer: long enough for a server's late answer, short enough that the
+  // caller's timeout means something.
+  static constexpr absl::Duration kWaitMargin = absl::Seconds(1);
+
+  // The deadlines of a call starting now with `call_timeout` (Infinite:
+  // none) that waits up to `wait` for an image to appear.
+  static CallDeadline Start(absl::Duration call_timeout,
+                            absl::Duration wait = absl::ZeroDuration());
+  // Deadlines that are already fixed (both `reply` and the whole call).
+  static CallDeadline At(absl::Time deadline) { return {deadline, deadline}; }
+
+  absl::Time Whole(uint64_t bytes) const;
+
+  absl::Time reply = absl::InfiniteFuture();
+  // The call's start plus its timeout plus its wait.
+  absl::Time base = absl::InfiniteFuture();
+};
+
 // Push, fetch and ranged reads, each ending by `deadline` (InfiniteFuture:
 // none). Client has validated the image id and the arguments; errors carry
 // the codes of client.h and no operation prefix (Client adds it).
@@ -30,10 +57,11 @@ class ImageTransport {
                                          const PushOptions& options,
                                          absl::Time deadline) = 0;
 
-  // Receives the image into one new buffer, verified against its checksum.
+  // Receives the image into one new buffer, verified against its checksum:
+  // its info by deadline.reply, its bytes by deadline.Whole(its size).
   virtual absl::StatusOr<FetchedImage> Fetch(std::string_view image_id,
                                              const FetchOptions& options,
-                                             absl::Time deadline) = 0;
+                                             const CallDeadline& deadline) = 0;
 
   // Reads up to `length` bytes at `offset` of `generation` (0: current)
   // into `out`, clamped at the end of the image.

@@ -240,7 +240,7 @@ absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
 
 absl::StatusOr<FetchedImage> DataLane::Fetch(
     std::unique_ptr<Connection> connection, std::string_view image_id,
-    const FetchOptions& options, absl::Time deadline) {
+    const FetchOptions& options, const CallDeadline& deadline) {
   if (absl::Status status = CheckFramable(image_id); !status.ok()) {
     return status;
   }
@@ -253,13 +253,14 @@ absl::StatusOr<FetchedImage> DataLane::Fetch(
   lane::EncodeRequestHeader(request, header);
   iovec iov[2] = {{header, sizeof(header)},
                   {const_cast<char*>(image_id.data()), image_id.size()}};
-  if (absl::Status status = connection->socket().SendAll(iov, 2, deadline);
+  if (absl::Status status =
+          connection->socket().SendAll(iov, 2, deadline.reply);
       !status.ok()) {
     return status;
   }
   absl::Status refusal;
   absl::StatusOr<lane::Response> response =
-      connection->ReadResponse(deadline, &refusal);
+      connection->ReadResponse(deadline.reply, &refusal);
   if (!response.ok()) return response.status();
   if (response->kind != lane::ResponseKind::kFinal) {
     return absl::InternalError("unexpected lane response");
@@ -277,12 +278,13 @@ absl::StatusOr<FetchedImage> DataLane::Fetch(
   fetched.buffer = *std::move(buffer);
   AdviseHugePages(fetched.buffer.data(), fetched.buffer.size());
   auto* out = static_cast<uint8_t*>(fetched.buffer.data());
+  const absl::Time bytes_deadline = deadline.Whole(fetched.info.size);
   StreamingChecksum checksum(fetched.info.size);
   for (uint64_t received = 0; received < fetched.info.size;) {
     const size_t n = static_cast<size_t>(
         std::min<uint64_t>(kPieceBytes, fetched.info.size - received));
     if (absl::Status status =
-            connection->reader().Read(out + received, n, deadline);
+            connection->reader().Read(out + received, n, bytes_deadline);
         !status.ok()) {
       return status;
     }

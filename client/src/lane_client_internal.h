@@ -16,6 +16,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "client/src/image_transport_internal.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/lane_protocol.h"
 #include "h5depot/internal/lane_socket.h"
@@ -78,7 +79,7 @@ class DataLane {
   absl::StatusOr<FetchedImage> Fetch(std::unique_ptr<Connection> connection,
                                      std::string_view image_id,
                                      const FetchOptions& options,
-                                     absl::Time deadline);
+                                     const CallDeadline& deadline);
 
   ~DataLane();
 

@@ -47,7 +47,7 @@ LaneFallbackTransport::LaneCall LaneFallbackTransport::StartLaneCall(
       deadline, absl::Now() + std::min(connect_timeout_, kLaneConnectTimeout));
   absl::StatusOr<std::unique_ptr<DataLane::Connection>> connection =
       lane->Connect(connect_deadline);
-  if (connection.ok()) return {lane, *std::move(connection)};
+  if (connection.ok()) return {lane, *std::move(connection), {}};
   return RelocateLane(connect_deadline);
 }
 
@@ -55,7 +55,13 @@ LaneFallbackTransport::LaneCall LaneFallbackTransport::RelocateLane(
     absl::Time connect_deadline) {
   // A restarted server may have its lane elsewhere: ask where, once.
   absl::StatusOr<ServerLimits> limits = grpc_->GetLimits(connect_deadline);
-  if (!limits.ok()) return {};  // the gRPC call will say what is wrong
+  if (!limits.ok()) {
+    // Down altogether: asking again over gRPC would only say so again.
+    LaneCall none;
+    if (absl::IsUnavailable(limits.status()))
+      none.unreachable = limits.status();
+    return none;  // the gRPC call will say what is wrong
+  }
   std::shared_ptr<DataLane> fresh = DataLane::ForServer(
       target_, static_cast<uint32_t>(limits->data_lane_port),
       limits->data_lane_unix_path);
@@ -66,7 +72,7 @@ LaneFallbackTransport::LaneCall LaneFallbackTransport::RelocateLane(
   if (fresh != nullptr) lanes_.push_back(fresh);
   lane_.store(fresh.get(), std::memory_order_release);
   if (fresh != nullptr && connection.ok()) {
-    return {fresh.get(), *std::move(connection)};
+    return {fresh.get(), *std::move(connection), {}};
   }
   lane_retry_after_.store(
       SteadyNanos() + absl::ToInt64Nanoseconds(kLaneRetryInterval),
@@ -77,20 +83,24 @@ LaneFallbackTransport::LaneCall LaneFallbackTransport::RelocateLane(
 absl::StatusOr<ImageInfo> LaneFallbackTransport::Push(
     std::string_view image_id, const uint8_t* data, size_t size,
     const PushOptions& options, absl::Time deadline) {
-  if (LaneCall call = StartLaneCall(deadline); call.connection != nullptr) {
+  LaneCall call = StartLaneCall(deadline);
+  if (call.connection != nullptr) {
     return call.lane->Push(std::move(call.connection), image_id, data, size,
                            options, deadline);
   }
+  if (!call.unreachable.ok()) return call.unreachable;
   return grpc_->Push(image_id, data, size, options, deadline);
 }
 
 absl::StatusOr<FetchedImage> LaneFallbackTransport::Fetch(
     std::string_view image_id, const FetchOptions& options,
-    absl::Time deadline) {
-  if (LaneCall call = StartLaneCall(deadline); call.connection != nullptr) {
+    const CallDeadline& deadline) {
+  LaneCall call = StartLaneCall(deadline.reply);
+  if (call.connection != nullptr) {
     return call.lane->Fetch(std::move(call.connection), image_id, options,
                             deadline);
   }
+  if (!call.unreachable.ok()) return call.unreachable;
   return grpc_->Fetch(image_id, options, deadline);
 }
 

@@ -46,7 +46,7 @@ class LaneFallbackTransport final : public ImageTransport {
                                  absl::Time deadline) override;
   absl::StatusOr<FetchedImage> Fetch(std::string_view image_id,
                                      const FetchOptions& options,
-                                     absl::Time deadline) override;
+                                     const CallDeadline& deadline) override;
   absl::StatusOr<ReadResult> Read(std::string_view image_id,
                                   uint64_t generation, uint64_t offset,
                                   void* out, size_t length,
@@ -54,10 +54,12 @@ class LaneFallbackTransport final : public ImageTransport {
 
  private:
   // A lane connection for one call, and its lane; both null when the call
-  // is to go over gRPC.
+  // is to go over gRPC, or to fail at once with `unreachable` (not OK when
+  // the server answered neither on its lane nor over gRPC).
   struct LaneCall {
     DataLane* lane = nullptr;
     std::unique_ptr<DataLane::Connection> connection;
+    absl::Status unreachable;
   };
   LaneCall StartLaneCall(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mutex_);
 

@@ -82,8 +82,9 @@ typedef struct H5FD_remote_config_t {
   uint32_t connect_timeout_ms;
   /* Deadline of each request to the server: an open, a read (reads are
    * split into requests of at most 64 MiB), a commit (one request carrying
-   * the whole image: raise this for images of many GiB). Default 30000;
-   * must be positive, so that no request can hang forever. */
+   * the whole image); a request moving image bytes gets one second more
+   * per 32 MiB it moves. Default 30000; must be positive, so that no
+   * request can hang forever. */
   uint32_t call_timeout_ms;
 } H5FD_remote_config_t;
 

@@ -134,8 +134,9 @@ absl::Status Annotate(const absl::Status& status, const std::string& what) {
 
 // One generation of an image as the file's base. `pin`, a reader from
 // Client::OpenReader, keeps that generation stored on the server for the
-// file's whole life and reads its byte ranges, each request ending by
-// `read_timeout` after it starts.
+// file's whole life and reads its byte ranges, each request ending by the
+// deadline of the pin's reads (the client's call timeout, plus its allowance
+// for the bytes asked).
 //
 // Large reads are split: into pieces of at most kMaxPiece, so that the
 // deadline bounds each piece rather than a whole huge read, and over up to
@@ -151,8 +152,8 @@ class PinnedGeneration final : public ImageReader {
 
   // Counts the requests it sends into `*calls`, which must outlive it.
   PinnedGeneration(std::unique_ptr<ImageReader> pin,
-                   absl::Duration read_timeout, std::atomic<uint64_t>* calls)
-      : pin_(std::move(pin)), read_timeout_(read_timeout), calls_(calls) {}
+                   std::atomic<uint64_t>* calls)
+      : pin_(std::move(pin)), calls_(calls) {}
 
   const h5depot::ImageInfo& info() const override { return pin_->info(); }
 
@@ -201,8 +202,8 @@ class PinnedGeneration final : public ImageReader {
     for (size_t done = 0; done < length;) {
       const size_t piece = std::min(length - done, kMaxPiece);
       calls_->fetch_add(1, std::memory_order_relaxed);
-      absl::StatusOr<size_t> read = pin_->ReadWithDeadline(
-          offset + done, out + done, piece, absl::Now() + read_timeout_);
+      absl::StatusOr<size_t> read =
+          pin_->Read(offset + done, out + done, piece);
       if (!read.ok()) return read.status();
       if (*read != piece) {
         return absl::DataLossError(
@@ -215,7 +216,6 @@ class PinnedGeneration final : public ImageReader {
   }
 
   const std::unique_ptr<ImageReader> pin_;
-  const absl::Duration read_timeout_;
   std::atomic<uint64_t>* const calls_;
 };
 
@@ -367,9 +367,8 @@ absl::StatusOr<std::unique_ptr<ImageReader>> RemoteFile::PinGeneration(
   absl::StatusOr<std::unique_ptr<ImageReader>> pin =
       client_->OpenReader(image_id_, generation);
   if (!pin.ok()) return pin.status();
-  return std::unique_ptr<ImageReader>(new PinnedGeneration(
-      std::move(*pin), absl::Milliseconds(fapl_.config.call_timeout_ms),
-      &read_calls_));
+  return std::unique_ptr<ImageReader>(
+      new PinnedGeneration(std::move(*pin), &read_calls_));
 }
 
 absl::Status RemoteFile::Read(haddr_t addr, size_t size, void* buf) {

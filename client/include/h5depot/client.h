@@ -23,6 +23,20 @@
 //   UNAVAILABLE          the server cannot be reached or is shutting down;
 //                        retry later, or elsewhere
 //
+// Deadlines: no call blocks past its deadline, whatever the server does
+// (stopped, overloaded, unreachable, restarting):
+//   - Every call ends within ClientOptions::call_timeout (default 30 s)
+//     after it starts, plus, for a call that moves image bytes (Push,
+//     Fetch, Read), one second per 32 MiB moved, plus its wait if it has
+//     one. Past that it fails with DEADLINE_EXCEEDED.
+//   - A wait (FetchOptions::wait, Stat's `wait`) has its answer, the image
+//     or DEADLINE_EXCEEDED, within the wait plus one second (at most the
+//     call timeout) even when the server does not answer at all.
+//   - A server that is down (its connections refused) makes calls fail
+//     with UNAVAILABLE within about a quarter of a second. Once it is back,
+//     the next call on an existing Client reconnects and succeeds, however
+//     long the outage was.
+//
 // Messages start with the operation and the image id ("fetch 'x': ...").
 // A push that fails with DEADLINE_EXCEEDED or UNAVAILABLE may still have
 // been published (its bytes had reached the server); Stat tells, and
@@ -73,8 +87,9 @@ struct ClientOptions {
   size_t chunk_bytes = size_t{1} << 20;
   // How long Connect waits for the server to answer before UNAVAILABLE.
   absl::Duration connect_timeout = absl::Seconds(10);
-  // Deadline of each call that is not a wait; InfiniteDuration for none.
-  absl::Duration call_timeout = absl::InfiniteDuration();
+  // How long any call may take, besides its wait and the time its image
+  // bytes are allowed (see "Deadlines" above); InfiniteDuration for none.
+  absl::Duration call_timeout = absl::Seconds(30);
   // Move the bytes of Push and Fetch over the server's data lane, a plain
   // socket beside gRPC, when the server offers one and it can be reached
   // (else they go over gRPC, as everything else does). Same results either
@@ -153,7 +168,8 @@ class ImageReader {
 
   // Reads up to `length` bytes at `offset` into `out`; returns how many were
   // read, fewer only at the end of the image. A reader from
-  // Client::OpenReader gives each read ClientOptions::call_timeout.
+  // Client::OpenReader gives each read ClientOptions::call_timeout plus the
+  // transfer allowance of "Deadlines".
   // UNAVAILABLE if the server went away, NOT_FOUND if it no longer holds
   // the generation (it restarted).
   virtual absl::StatusOr<size_t> Read(uint64_t offset, void* out,
