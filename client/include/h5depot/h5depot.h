@@ -123,8 +123,8 @@ typedef struct h5depot_connect_options {
   int64_t connect_timeout_ms;
   /* The deadline of every later call on the client, in milliseconds from
    * when it starts; pushes and fetches are given 1 s more per 32 MiB of
-   * image bytes they move. Waits (h5depot_wait) are bounded by their own
-   * timeout instead. Default 30000 (30 s). */
+   * image bytes they move. A wait (h5depot_wait) answers within its own
+   * timeout plus 1 s. Default 30000 (30 s). */
   int64_t call_timeout_ms;
   /* Non-zero: move image bytes over gRPC only, never the server's data
    * lane (the same results, slower; for a lane a firewall blocks). */
@@ -158,10 +158,11 @@ h5depot_client* h5depot_connect(const char* target);
  * Afterwards, every call on the client ends by its deadline
  * (call_timeout_ms after it starts, more for large transfers, above) with
  * H5DEPOT_DEADLINE_EXCEEDED if the server does not answer in time (it is
- * stopped or hung), or at once with H5DEPOT_UNAVAILABLE if it is gone; a
- * wait ends within its timeout plus 1 s either way. Once a restarted
- * server listens again at the same address, the client's next call
- * succeeds within 1 s, however long it was away: no need to reconnect. */
+ * stopped or hung), or with H5DEPOT_UNAVAILABLE within about a quarter of
+ * a second if nothing listens; a wait ends within its timeout plus 1 s.
+ * Once a restarted server listens again at the same address, a call made
+ * 1 s or more later succeeds, however long the server was away: no need
+ * to reconnect. */
 h5depot_client* h5depot_connect_ex(const char* target,
                                    const h5depot_connect_options* options);
 
