@@ -30,6 +30,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "client/src/lane_client_internal.h"
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/checksum.h"
@@ -761,6 +762,55 @@ TEST(ServerRestartTest, SameClientCarriesOnOverAUnixSocketAfterARestart) {
     ASSERT_EQ(fetched->buffer.size(), size);
     EXPECT_EQ(std::memcmp(fetched->buffer.data(), bytes.data(), size), 0);
   }
+}
+
+// A pooled lane connection that the server closed after the pool checked
+// it (a restart within the moment the pool trusts an idle connection) is
+// replaced by a new one, not reported: the push and the fetch reach the
+// restarted server. Driven through the pool itself, so that the connection
+// is known to be a pooled one whose server is gone.
+TEST(ServerRestartTest, APooledConnectionTheServerClosedIsReplacedNotReported) {
+  auto dir = TempDir::Create("/tmp");
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  const std::string unix = "--unix=" + dir->File("depot.sock");
+  const std::string target = "unix:" + dir->File("depot.sock");
+  auto server = StartAt({"--listen=", unix});
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::shared_ptr<internal::DataLane> lane = internal::DataLane::ForServer(
+      target, 0, (*server)->data_lane_unix_path());
+  ASSERT_NE(lane, nullptr);
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  const auto bytes = MakeTestImage(4096, 5);
+
+  // Each call leaves its connection in the pool; the next Connect takes it.
+  auto first = lane->ConnectNew(deadline);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(lane->Push(*std::move(first), "a", bytes.data(), bytes.size(), {},
+                         deadline)
+                  .ok());
+  auto pooled = lane->Connect(deadline);
+  ASSERT_TRUE(pooled.ok()) << pooled.status();
+  ASSERT_TRUE((*pooled)->reused);
+
+  ASSERT_TRUE((*server)->Terminate().ok());
+  server = StartAt({"--listen=", unix});
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<ImageInfo> pushed = lane->Push(
+      *std::move(pooled), "b", bytes.data(), bytes.size(), {}, deadline);
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  EXPECT_EQ(pushed->size, bytes.size());
+
+  pooled = lane->Connect(deadline);
+  ASSERT_TRUE(pooled.ok()) << pooled.status();
+  ASSERT_TRUE((*pooled)->reused);
+  ASSERT_TRUE((*server)->Terminate().ok());
+  server = StartAt({"--listen=", unix});
+  ASSERT_TRUE(server.ok()) << server.status();
+  // The restarted server holds nothing: its answer, not the dead socket's.
+  absl::StatusOr<FetchedImage> fetched = lane->Fetch(
+      *std::move(pooled), "b", {}, internal::CallDeadline::At(deadline));
+  EXPECT_EQ(fetched.status().code(), absl::StatusCode::kNotFound)
+      << fetched.status();
 }
 
 // ---------------------------------------------------------------------------

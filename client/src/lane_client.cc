@@ -130,9 +130,15 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
     if (std::chrono::steady_clock::now() - connection->idle_since <
             kTrustedIdle ||
         !connection->socket().PeerHungUp()) {
+      connection->reused = true;
       return connection;
     }
   }
+  return ConnectNew(deadline);
+}
+
+absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
+    absl::Time deadline) {
   absl::StatusOr<LaneSocket> socket =
       host_.empty() ? lane::ConnectUnix(unix_path_, deadline)
                     : lane::ConnectTcp(host_, port_, deadline);
@@ -162,11 +168,45 @@ void DataLane::GiveBack(std::unique_ptr<Connection> connection) {
     idle_.push_back(std::move(connection));
 }
 
+namespace {
+
+// Whether a call that failed with `status` before any answer came is to be
+// made again on a new connection: when its connection came from the pool
+// and the server had closed it (it restarted, say). A server closes a
+// connection with a request in it only after answering it, or when it dies
+// with its store, so nothing can have been published.
+bool RetryOnNewConnection(const absl::Status& status, bool unanswered,
+                          bool reused) {
+  return reused && unanswered && absl::IsUnavailable(status);
+}
+
+}  // namespace
+
 absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
                                          std::string_view image_id,
                                          const uint8_t* data, size_t size,
                                          const PushOptions& options,
                                          absl::Time deadline) {
+  const bool reused = connection->reused;
+  bool unanswered = false;
+  absl::StatusOr<ImageInfo> pushed =
+      PushOnce(std::move(connection), image_id, data, size, options, deadline,
+               &unanswered);
+  if (pushed.ok() ||
+      !RetryOnNewConnection(pushed.status(), unanswered, reused)) {
+    return pushed;
+  }
+  absl::StatusOr<std::unique_ptr<Connection>> fresh = ConnectNew(deadline);
+  if (!fresh.ok()) return pushed;
+  return PushOnce(*std::move(fresh), image_id, data, size, options, deadline,
+                  &unanswered);
+}
+
+absl::StatusOr<ImageInfo> DataLane::PushOnce(
+    std::unique_ptr<Connection> connection, std::string_view image_id,
+    const uint8_t* data, size_t size, const PushOptions& options,
+    absl::Time deadline, bool* unanswered) {
+  *unanswered = false;
   if (absl::Status status = CheckFramable(image_id); !status.ok()) {
     return status;
   }
@@ -191,18 +231,23 @@ absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
                     {const_cast<uint8_t*>(data), size},
                     {trailer, sizeof(trailer)}};
     if (absl::Status status = socket.SendAll(iov, 4, deadline); !status.ok()) {
+      *unanswered = true;
       return status;
     }
   } else {
     iovec iov[2] = {{header, sizeof(header)},
                     {const_cast<char*>(image_id.data()), image_id.size()}};
     if (absl::Status status = socket.SendAll(iov, 2, deadline); !status.ok()) {
+      *unanswered = true;
       return status;
     }
     // The server refuses here, before any data, or says to go ahead.
     absl::StatusOr<lane::Response> go_ahead =
         connection->ReadResponse(deadline, &refusal);
-    if (!go_ahead.ok()) return go_ahead.status();
+    if (!go_ahead.ok()) {
+      *unanswered = true;
+      return go_ahead.status();
+    }
     if (go_ahead->kind != lane::ResponseKind::kContinue) {
       if (refusal.ok()) return absl::InternalError("unexpected lane response");
       GiveBack(std::move(connection));
@@ -228,7 +273,11 @@ absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
   }
   absl::StatusOr<lane::Response> response =
       connection->ReadResponse(deadline, &refusal);
-  if (!response.ok()) return response.status();
+  if (!response.ok()) {
+    // Sent in one go, the push's first answer is its last.
+    *unanswered = size <= lane::kEagerPutBytes;
+    return response.status();
+  }
   if (response->kind != lane::ResponseKind::kFinal) {
     return absl::InternalError("unexpected lane response");
   }
@@ -241,6 +290,25 @@ absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
 absl::StatusOr<FetchedImage> DataLane::Fetch(
     std::unique_ptr<Connection> connection, std::string_view image_id,
     const FetchOptions& options, const CallDeadline& deadline) {
+  const bool reused = connection->reused;
+  bool unanswered = false;
+  absl::StatusOr<FetchedImage> fetched = FetchOnce(
+      std::move(connection), image_id, options, deadline, &unanswered);
+  if (fetched.ok() ||
+      !RetryOnNewConnection(fetched.status(), unanswered, reused)) {
+    return fetched;
+  }
+  absl::StatusOr<std::unique_ptr<Connection>> fresh =
+      ConnectNew(deadline.reply);
+  if (!fresh.ok()) return fetched;
+  return FetchOnce(*std::move(fresh), image_id, options, deadline, &unanswered);
+}
+
+absl::StatusOr<FetchedImage> DataLane::FetchOnce(
+    std::unique_ptr<Connection> connection, std::string_view image_id,
+    const FetchOptions& options, const CallDeadline& deadline,
+    bool* unanswered) {
+  *unanswered = false;
   if (absl::Status status = CheckFramable(image_id); !status.ok()) {
     return status;
   }
@@ -256,12 +324,16 @@ absl::StatusOr<FetchedImage> DataLane::Fetch(
   if (absl::Status status =
           connection->socket().SendAll(iov, 2, deadline.reply);
       !status.ok()) {
+    *unanswered = true;
     return status;
   }
   absl::Status refusal;
   absl::StatusOr<lane::Response> response =
       connection->ReadResponse(deadline.reply, &refusal);
-  if (!response.ok()) return response.status();
+  if (!response.ok()) {
+    *unanswered = true;  // a fetch changes nothing: asking again is safe
+    return response.status();
+  }
   if (response->kind != lane::ResponseKind::kFinal) {
     return absl::InternalError("unexpected lane response");
   }

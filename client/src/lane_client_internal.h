@@ -53,6 +53,10 @@ class DataLane {
     // (lane::kFeatureClientCpu).
     bool says_cpu = false;
 
+    // Taken from the pool rather than made for this call: the server may
+    // have closed it since (Push and Fetch then retry on a new one).
+    bool reused = false;
+
     // Reads a response header and its message into `*refusal` (OK for a
     // success). Errors are transport or protocol failures, after which the
     // connection is unusable.
@@ -69,9 +73,14 @@ class DataLane {
   };
   absl::StatusOr<std::unique_ptr<Connection>> Connect(absl::Time deadline);
 
+  // A new connection, never one from the pool.
+  absl::StatusOr<std::unique_ptr<Connection>> ConnectNew(absl::Time deadline);
+
   // The calls. Each takes a connection from Connect() and gives it back to
   // the pool when the exchange completed (refusals included); after a
-  // transport failure the connection is dropped.
+  // transport failure the connection is dropped. A pooled connection that
+  // turns out closed before the server could act on the request (it
+  // restarted) is dropped and the call made again on a new one.
   absl::StatusOr<ImageInfo> Push(std::unique_ptr<Connection> connection,
                                  std::string_view image_id, const uint8_t* data,
                                  size_t size, const PushOptions& options,
@@ -86,6 +95,20 @@ class DataLane {
  private:
   DataLane(std::string host, int port, std::string unix_path);
   void GiveBack(std::unique_ptr<Connection> connection);
+
+  // One attempt of Push and Fetch. `*unanswered` tells whether a failure
+  // came before the server could have acted on the request: a push whose
+  // request did not leave whole, a fetch that got no response header.
+  absl::StatusOr<ImageInfo> PushOnce(std::unique_ptr<Connection> connection,
+                                     std::string_view image_id,
+                                     const uint8_t* data, size_t size,
+                                     const PushOptions& options,
+                                     absl::Time deadline, bool* unanswered);
+  absl::StatusOr<FetchedImage> FetchOnce(std::unique_ptr<Connection> connection,
+                                         std::string_view image_id,
+                                         const FetchOptions& options,
+                                         const CallDeadline& deadline,
+                                         bool* unanswered);
 
   const std::string host_;  // TCP; empty for a Unix socket
   const int port_;
