@@ -85,6 +85,12 @@ absl::Status ServerProcess::Restart() {
   const std::string data_lane_unix_path = data_lane_unix_path_;
   if (absl::Status status = Launch(argv, wanted, options_.start_timeout);
       !status.ok()) {
+    // The targets stay what they were, for another Restart() to use.
+    tcp_target_ = tcp_target;
+    unix_target_ = unix_target;
+    unix_socket_path_ = unix_target.empty() ? "" : unix_target.substr(5);
+    data_lane_port_ = data_lane_port;
+    data_lane_unix_path_ = data_lane_unix_path;
     return status;
   }
   if (tcp_target_ != tcp_target || unix_target_ != unix_target ||
