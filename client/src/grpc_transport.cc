@@ -3,7 +3,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "client/src/grpc_transport_internal.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/huge_pages.h"
@@ -375,28 +374,12 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
                                               const uint8_t* data, size_t size,
                                               const PushOptions& options,
                                               absl::Time deadline) {
-  // Chunks are sent from slices that reference the caller's bytes. Those
-  // are only borrowed for this call, so it returns only once gRPC has let
-  // go of every such slice: each holds a copy of `lease`, and the last one
-  // released signals `released`. gRPC releases them when it has written
-  // them or when the call is over, whichever comes first.
-  absl::Notification released;
-  absl::StatusOr<ImageInfo> result;
-  {
-    std::shared_ptr<const void> lease(
-        data != nullptr ? static_cast<const void*>(data) : &released,
-        [&released](const void*) { released.Notify(); });
-    result =
-        PushBorrowed(image_id, data, size, options, std::move(lease), deadline);
-  }
-  released.WaitForNotification();
-  return result;
-}
-
-absl::StatusOr<ImageInfo> GrpcTransport::PushBorrowed(
-    std::string_view image_id, const uint8_t* data, size_t size,
-    const PushOptions& options, std::shared_ptr<const void> lease,
-    absl::Time deadline) {
+  // Chunks are copied into gRPC's own slices rather than referencing the
+  // caller's bytes: gRPC lets go of a written slice only once the kernel
+  // took it, and for a server that stopped reading that is when the
+  // connection is dropped (TCP_USER_TIMEOUT, 10 s), so a push lending its
+  // bytes could not return by its deadline. (The data lane, the usual path,
+  // sends from the caller's bytes: its sends end at the deadline.)
   ReconnectIfDown(deadline);
   grpc::ClientContext context;
   RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Push");
@@ -412,7 +395,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::PushBorrowed(
   }
   header->set_ttl_ms(ToMillis(options.ttl));
   auto chunk = [&](size_t offset, size_t n) {
-    return ChunkMessageReferencing(data + offset, n, lease);
+    return ChunkMessageCopying(data + offset, n);
   };
   if (size <= chunk_bytes_) {
     // Header, data and end of stream leave together.
@@ -436,7 +419,6 @@ absl::StatusOr<ImageInfo> GrpcTransport::PushBorrowed(
       if (good && options.progress) options.progress(sent, size);
     }
   }
-  lease.reset();
   grpc::ByteBuffer reply;
   const bool replied = call.Read(&reply);
   absl::Status status = call.Finish();
