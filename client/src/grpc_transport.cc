@@ -263,6 +263,7 @@ class GrpcImageReader final : public ImageReader {
 absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
     const std::string& target, const ClientOptions& options) {
   KeepGrpcRuntimeAlive();
+  const GrpcUse grpc_use;  // a fork() meanwhile leaves gRPC alone
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(-1);
   arguments.SetMaxSendMessageSize(-1);
@@ -318,6 +319,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
                                               const uint8_t* data, size_t size,
                                               const PushOptions& options,
                                               absl::Time deadline) {
+  const GrpcUse grpc_use;
   // Chunks are sent from slices that reference the caller's bytes. Those
   // are only borrowed for this call, so it returns only once gRPC has let
   // go of every such slice: each holds a copy of `lease`, and the last one
@@ -394,6 +396,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::PushBorrowed(
 absl::StatusOr<FetchedImage> GrpcTransport::Fetch(std::string_view image_id,
                                                   const FetchOptions& options,
                                                   absl::Time deadline) {
+  const GrpcUse grpc_use;
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Fetch");
@@ -434,6 +437,7 @@ absl::StatusOr<ReadResult> GrpcTransport::Read(std::string_view image_id,
                                                uint64_t offset, void* out,
                                                size_t length,
                                                absl::Time deadline) {
+  const GrpcUse grpc_use;
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Read");
@@ -462,6 +466,7 @@ absl::StatusOr<ReadResult> GrpcTransport::Read(std::string_view image_id,
 absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
     std::string_view image_id, uint64_t generation,
     absl::Duration read_timeout) {
+  const GrpcUse grpc_use;
   auto context = std::make_unique<grpc::ClientContext>();
   auto call = std::make_unique<RawCall>(generic_stub_.get(), context.get(),
                                         "/h5depot.v1.Depot/OpenReader");
@@ -479,6 +484,7 @@ absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
 absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,
                                               absl::Duration wait,
                                               absl::Time deadline) {
+  const GrpcUse grpc_use;
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::StatRequest request;
@@ -492,6 +498,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,
 
 absl::StatusOr<ListPage> GrpcTransport::List(const ListOptions& options,
                                              absl::Time deadline) {
+  const GrpcUse grpc_use;
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::ListRequest request;
@@ -514,6 +521,7 @@ absl::StatusOr<ListPage> GrpcTransport::List(const ListOptions& options,
 absl::Status GrpcTransport::Delete(std::string_view image_id,
                                    std::optional<uint64_t> if_generation_match,
                                    absl::Time deadline) {
+  const GrpcUse grpc_use;
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::DeleteRequest request;
@@ -526,6 +534,7 @@ absl::Status GrpcTransport::Delete(std::string_view image_id,
 }
 
 absl::StatusOr<ServerLimits> GrpcTransport::GetLimits(absl::Time deadline) {
+  const GrpcUse grpc_use;
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::ServerLimits limits;

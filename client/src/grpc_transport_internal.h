@@ -25,7 +25,9 @@
 namespace h5depot::internal {
 
 // One gRPC channel to one server. Thread-safe. Errors carry the server's
-// codes (client.h) without an operation prefix, which Client adds.
+// codes (client.h) without an operation prefix, which Client adds. Each
+// call holds a GrpcUse (h5depot/rpc/grpc_runtime.h) while it is in gRPC;
+// whoever destroys a transport or a reader holds one too.
 class GrpcTransport final : public ImageTransport,
                             public std::enable_shared_from_this<GrpcTransport> {
  public:
