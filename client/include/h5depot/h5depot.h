@@ -14,6 +14,14 @@
  *     thread-local: it belongs to the thread that made the failing call and
  *     stays valid until that thread's next h5depot call.
  *   - An h5depot_client may be used by many threads at once.
+ *   - fork(): the parent keeps using its clients. A child may use the
+ *     clients it inherited (the first call makes the child's own
+ *     connections; the parent's are left alone) and connect new ones,
+ *     unless it was forked while another thread of the parent was in a
+ *     call that uses gRPC (anything but a push or fetch over the data
+ *     lane): then every call there fails at once with
+ *     H5DEPOT_FAILED_PRECONDITION. h5depot_disconnect in a child frees
+ *     only what the child made, and returns at once.
  *   - Image ids are 1 to 255 characters from A-Z a-z 0-9 . _ - /.
  *
  * Example (process A pushes, process B fetches and opens without a copy):
@@ -116,10 +124,14 @@ const char* h5depot_errmsg(void);
 int h5depot_errcode(void);
 
 /* Connects to h5depotd at `target` ("host:port" or "unix:/path").
- * Returns NULL if the server cannot be reached (see h5depot_errmsg). */
+ * Returns NULL if the server cannot be reached (see h5depot_errmsg), or
+ * with H5DEPOT_FAILED_PRECONDITION in a child of fork() that cannot use
+ * gRPC (above). */
 h5depot_client* h5depot_connect(const char* target);
 
-/* Closes the connection and frees `client`. NULL is ignored. */
+/* Closes the connection and frees `client`. NULL is ignored. In a child of
+ * fork(), closes only the connections the child made and returns at once:
+ * the parent's stay as they are. */
 void h5depot_disconnect(h5depot_client* client);
 
 /* Pushes `len` bytes at `buf` (borrowed for the call) as a new generation of
