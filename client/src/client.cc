@@ -1,5 +1,6 @@
 // Client: validation, the operation prefixes of error messages, deadlines,
-// and dispatch to the transports (image_transport_internal.h). The bytes
+// and dispatch to the calling process's transports
+// (image_transport_internal.h, process_transports_internal.h). The bytes
 // move in grpc_transport.cc and lane_client.cc; lane_fallback.cc chooses
 // between them.
 #include "h5depot/client.h"
@@ -12,8 +13,10 @@
 #include "client/src/lane_client_internal.h"
 #include "client/src/lane_fallback_internal.h"
 #include "client/src/mapped_file_internal.h"
+#include "client/src/process_transports_internal.h"
 #include "client/src/server_target_internal.h"
 #include "h5depot/internal/image_id.h"
+#include "h5depot/rpc/grpc_runtime.h"
 
 namespace h5depot {
 namespace {
@@ -40,15 +43,47 @@ absl::StatusOr<T> Annotated(absl::StatusOr<T> result, std::string_view verb,
                   absl::StrCat(std::string(verb), " ", Quoted(image_id)));
 }
 
+// Connects one process to the server at `target`.
+absl::StatusOr<std::unique_ptr<internal::Transports>> ConnectTransports(
+    const std::string& target, const ClientOptions& options) {
+  if (absl::Status usable = internal::CheckGrpcUsable(); !usable.ok()) {
+    return Annotate(usable, absl::StrCat("connect to ", target));
+  }
+  auto made = std::make_unique<internal::Transports>();
+  absl::StatusOr<std::shared_ptr<internal::GrpcTransport>> grpc =
+      internal::GrpcTransport::Connect(target, options);
+  if (!grpc.ok()) return grpc.status();
+  made->grpc = *std::move(grpc);
+  std::shared_ptr<internal::DataLane> lane;
+  if (options.use_data_lane) {
+    const ServerLimits& limits = made->grpc->limits_at_connect();
+    lane = internal::DataLane::ForServer(
+        target, static_cast<uint32_t>(limits.data_lane_port),
+        limits.data_lane_unix_path);
+  }
+  made->images = std::make_unique<internal::LaneFallbackTransport>(
+      target, options.connect_timeout, made->grpc, std::move(lane));
+  return made;
+}
+
 }  // namespace
 
 struct Client::Impl {
-  std::string target;
-  ClientOptions options;
-  // Every call that is not a push or fetch.
-  std::shared_ptr<internal::GrpcTransport> grpc;
-  // Push and fetch: the data lane or gRPC, per call.
-  std::unique_ptr<internal::ImageTransport> images;
+  Impl(std::string target_in, const ClientOptions& options_in,
+       std::unique_ptr<internal::Transports> made)
+      : target(std::move(target_in)),
+        options(options_in),
+        per_process(std::move(made),
+                    [this] { return ConnectTransports(target, options); }) {}
+
+  // The calling process's transports (in a child of fork(), its own).
+  absl::StatusOr<internal::Transports*> transports() {
+    return per_process.ForThisProcess();
+  }
+
+  const std::string target;
+  const ClientOptions options;
+  internal::PerProcessTransports per_process;
 
   // The deadlines of a call starting now that waits up to `wait` for an
   // image to appear (client.h, "Deadlines").
@@ -70,23 +105,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   if (options.chunk_bytes == 0) {
     return absl::InvalidArgumentError("chunk size must be positive");
   }
-  auto impl = std::make_unique<Impl>();
-  impl->target = std::string(target);
-  impl->options = options;
-  absl::StatusOr<std::shared_ptr<internal::GrpcTransport>> grpc =
-      internal::GrpcTransport::Connect(impl->target, options);
-  if (!grpc.ok()) return grpc.status();
-  impl->grpc = *std::move(grpc);
-  std::shared_ptr<internal::DataLane> lane;
-  if (options.use_data_lane) {
-    const ServerLimits& limits = impl->grpc->limits_at_connect();
-    lane = internal::DataLane::ForServer(
-        impl->target, static_cast<uint32_t>(limits.data_lane_port),
-        limits.data_lane_unix_path);
-  }
-  impl->images = std::make_unique<internal::LaneFallbackTransport>(
-      impl->target, options.connect_timeout, impl->grpc, std::move(lane));
-  return std::unique_ptr<Client>(new Client(std::move(impl)));
+  std::string target_copy(target);
+  absl::StatusOr<std::unique_ptr<internal::Transports>> made =
+      ConnectTransports(target_copy, options);
+  if (!made.ok()) return made.status();
+  return std::unique_ptr<Client>(new Client(std::make_unique<Impl>(
+      std::move(target_copy), options, *std::move(made))));
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -105,9 +129,14 @@ absl::StatusOr<ImageInfo> Client::Push(std::string_view image_id,
     return Annotated<ImageInfo>(absl::InvalidArgumentError("no data"), "push",
                                 image_id);
   }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) {
+    return Annotated<ImageInfo>(transports.status(), "push", image_id);
+  }
   return Annotated(
-      impl_->images->Push(image_id, static_cast<const uint8_t*>(data), size,
-                          options, impl_->Deadline().Whole(size)),
+      (*transports)
+          ->images->Push(image_id, static_cast<const uint8_t*>(data), size,
+                         options, impl_->Deadline().Whole(size)),
       "push", image_id);
 }
 
@@ -127,51 +156,79 @@ absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
   if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
     return Annotated<FetchedImage>(status, "fetch", image_id);
   }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) {
+    return Annotated<FetchedImage>(transports.status(), "fetch", image_id);
+  }
   return Annotated(
-      impl_->images->Fetch(image_id, options, impl_->Deadline(options.wait)),
+      (*transports)
+          ->images->Fetch(image_id, options, impl_->Deadline(options.wait)),
       "fetch", image_id);
 }
 
 absl::StatusOr<ReadResult> Client::Read(std::string_view image_id,
                                         uint64_t generation, uint64_t offset,
                                         void* out, size_t length) {
-  return Annotated(impl_->images->Read(image_id, generation, offset, out,
-                                       length, impl_->Deadline().Whole(length)),
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) {
+    return Annotated<ReadResult>(transports.status(), "read", image_id);
+  }
+  return Annotated((*transports)
+                       ->images->Read(image_id, generation, offset, out, length,
+                                      impl_->Deadline().Whole(length)),
                    "read", image_id);
 }
 
 absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
     std::string_view image_id, uint64_t generation) {
-  return Annotated(
-      impl_->grpc->OpenReader(image_id, generation, impl_->Deadline().reply,
-                              impl_->options.call_timeout),
-      "open reader on", image_id);
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  absl::StatusOr<std::unique_ptr<ImageReader>> reader =
+      transports.ok() ? (*transports)
+                            ->grpc->OpenReader(image_id, generation,
+                                               impl_->Deadline().reply,
+                                               impl_->options.call_timeout)
+                      : transports.status();
+  if (!reader.ok())
+    return Annotated(std::move(reader), "open reader on", image_id);
+  return internal::BindReaderToThisProcess(*std::move(reader));
 }
 
 absl::StatusOr<ImageInfo> Client::Stat(std::string_view image_id,
                                        absl::Duration wait) {
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) {
+    return Annotated<ImageInfo>(transports.status(), "stat", image_id);
+  }
   return Annotated(
-      impl_->grpc->Stat(image_id, wait, impl_->Deadline(wait).reply), "stat",
-      image_id);
+      (*transports)->grpc->Stat(image_id, wait, impl_->Deadline(wait).reply),
+      "stat", image_id);
 }
 
 absl::StatusOr<ListPage> Client::List(const ListOptions& options) {
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), "list");
   absl::StatusOr<ListPage> page =
-      impl_->grpc->List(options, impl_->Deadline().reply);
+      (*transports)->grpc->List(options, impl_->Deadline().reply);
   if (!page.ok()) return Annotate(page.status(), "list");
   return page;
 }
 
 absl::Status Client::Delete(std::string_view image_id,
                             std::optional<uint64_t> if_generation_match) {
-  return Annotate(impl_->grpc->Delete(image_id, if_generation_match,
-                                      impl_->Deadline().reply),
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  return Annotate(transports.ok()
+                      ? (*transports)
+                            ->grpc->Delete(image_id, if_generation_match,
+                                           impl_->Deadline().reply)
+                      : transports.status(),
                   absl::StrCat("delete ", Quoted(image_id)));
 }
 
 absl::StatusOr<ServerLimits> Client::GetLimits() {
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), "get limits");
   absl::StatusOr<ServerLimits> limits =
-      impl_->grpc->GetLimits(impl_->Deadline().reply);
+      (*transports)->grpc->GetLimits(impl_->Deadline().reply);
   if (!limits.ok()) return Annotate(limits.status(), "get limits");
   return limits;
 }

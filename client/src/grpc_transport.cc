@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "client/src/grpc_transport_internal.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/huge_pages.h"
@@ -298,6 +299,7 @@ class GrpcImageReader final : public ImageReader {
 absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
     const std::string& target, const ClientOptions& options) {
   KeepGrpcRuntimeAlive();
+  const GrpcUse grpc_use;  // a fork() meanwhile leaves gRPC alone
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(-1);
   arguments.SetMaxSendMessageSize(-1);
@@ -374,12 +376,34 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
                                               const uint8_t* data, size_t size,
                                               const PushOptions& options,
                                               absl::Time deadline) {
-  // Chunks are copied into gRPC's own slices rather than referencing the
-  // caller's bytes: gRPC lets go of a written slice only once the kernel
-  // took it, and for a server that stopped reading that is when the
-  // connection is dropped (TCP_USER_TIMEOUT, 10 s), so a push lending its
-  // bytes could not return by its deadline. (The data lane, the usual path,
-  // sends from the caller's bytes: its sends end at the deadline.)
+  const GrpcUse grpc_use;
+  // Chunks are sent from slices that reference the caller's bytes. Those
+  // are only borrowed for this call, so it returns only once gRPC has let
+  // go of every such slice: each holds a copy of `lease`, and the last one
+  // released signals `released`. gRPC releases them when it has written
+  // them or when the call is over, whichever comes first.
+  //
+  // Known gap: a cancelled write to a server that stopped reading
+  // completes only when the kernel drops the connection (TCP_USER_TIMEOUT,
+  // which gRPC sets to the keepalive timeout, 10 s), so such a push can
+  // end up to that long after its deadline.
+  absl::Notification released;
+  absl::StatusOr<ImageInfo> result;
+  {
+    std::shared_ptr<const void> lease(
+        data != nullptr ? static_cast<const void*>(data) : &released,
+        [&released](const void*) { released.Notify(); });
+    result =
+        PushBorrowed(image_id, data, size, options, std::move(lease), deadline);
+  }
+  released.WaitForNotification();
+  return result;
+}
+
+absl::StatusOr<ImageInfo> GrpcTransport::PushBorrowed(
+    std::string_view image_id, const uint8_t* data, size_t size,
+    const PushOptions& options, std::shared_ptr<const void> lease,
+    absl::Time deadline) {
   ReconnectIfDown(deadline);
   grpc::ClientContext context;
   RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Push");
@@ -395,7 +419,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
   }
   header->set_ttl_ms(ToMillis(options.ttl));
   auto chunk = [&](size_t offset, size_t n) {
-    return ChunkMessageCopying(data + offset, n);
+    return ChunkMessageReferencing(data + offset, n, lease);
   };
   if (size <= chunk_bytes_) {
     // Header, data and end of stream leave together.
@@ -419,6 +443,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
       if (good && options.progress) options.progress(sent, size);
     }
   }
+  lease.reset();
   grpc::ByteBuffer reply;
   const bool replied = call.Read(&reply);
   absl::Status status = call.Finish();
@@ -434,6 +459,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
 absl::StatusOr<FetchedImage> GrpcTransport::Fetch(
     std::string_view image_id, const FetchOptions& options,
     const CallDeadline& deadline) {
+  const GrpcUse grpc_use;
   ReconnectIfDown(deadline.reply);
   grpc::ClientContext context;
   RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Fetch");
@@ -476,6 +502,7 @@ absl::StatusOr<ReadResult> GrpcTransport::Read(std::string_view image_id,
                                                uint64_t offset, void* out,
                                                size_t length,
                                                absl::Time deadline) {
+  const GrpcUse grpc_use;
   ReconnectIfDown(deadline);
   grpc::ClientContext context;
   RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Read");
@@ -505,6 +532,7 @@ absl::StatusOr<ReadResult> GrpcTransport::Read(std::string_view image_id,
 absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
     std::string_view image_id, uint64_t generation, absl::Time open_deadline,
     absl::Duration read_timeout) {
+  const GrpcUse grpc_use;
   ReconnectIfDown(open_deadline);
   auto context = std::make_unique<grpc::ClientContext>();
   auto call = std::make_unique<RawCall>(generic_stub_.get(), context.get(),
@@ -527,6 +555,7 @@ absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
 absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,
                                               absl::Duration wait,
                                               absl::Time deadline) {
+  const GrpcUse grpc_use;
   ReconnectIfDown(deadline);
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
@@ -541,6 +570,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,
 
 absl::StatusOr<ListPage> GrpcTransport::List(const ListOptions& options,
                                              absl::Time deadline) {
+  const GrpcUse grpc_use;
   ReconnectIfDown(deadline);
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
@@ -564,6 +594,7 @@ absl::StatusOr<ListPage> GrpcTransport::List(const ListOptions& options,
 absl::Status GrpcTransport::Delete(std::string_view image_id,
                                    std::optional<uint64_t> if_generation_match,
                                    absl::Time deadline) {
+  const GrpcUse grpc_use;
   ReconnectIfDown(deadline);
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
@@ -577,6 +608,7 @@ absl::Status GrpcTransport::Delete(std::string_view image_id,
 }
 
 absl::StatusOr<ServerLimits> GrpcTransport::GetLimits(absl::Time deadline) {
+  const GrpcUse grpc_use;
   ReconnectIfDown(deadline);
   grpc::ClientContext context;
   SetDeadline(&context, deadline);

@@ -25,7 +25,9 @@
 namespace h5depot::internal {
 
 // One gRPC channel to one server. Thread-safe. Errors carry the server's
-// codes (client.h) without an operation prefix, which Client adds.
+// codes (client.h) without an operation prefix, which Client adds. Each
+// call holds a GrpcUse (h5depot/rpc/grpc_runtime.h) while it is in gRPC;
+// whoever destroys a transport or a reader holds one too.
 class GrpcTransport final : public ImageTransport,
                             public std::enable_shared_from_this<GrpcTransport> {
  public:
@@ -82,6 +84,12 @@ class GrpcTransport final : public ImageTransport,
   // once and waits briefly (not past `deadline`) for it to connect, so that
   // a server that is back is used at once however long it was away.
   void ReconnectIfDown(absl::Time deadline);
+
+  absl::StatusOr<ImageInfo> PushBorrowed(std::string_view image_id,
+                                         const uint8_t* data, size_t size,
+                                         const PushOptions& options,
+                                         std::shared_ptr<const void> lease,
+                                         absl::Time deadline);
 
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<v1::Depot::Stub> stub_;

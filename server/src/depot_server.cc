@@ -45,6 +45,9 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     return absl::InvalidArgumentError("chunk sizes must be positive");
   }
   internal::KeepGrpcRuntimeAlive();
+  internal::DisableGrpcInForkedChildren(
+      "the parent runs an h5depot server, whose threads are inside gRPC at "
+      "any time");
   auto impl = std::make_unique<Impl>();
   impl->store = std::make_unique<ImageStore>(options.store);
   impl->operations = std::make_unique<DepotOperations>(impl->store.get());

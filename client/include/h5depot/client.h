@@ -49,6 +49,18 @@
 //   auto image = (*client)->Fetch("run-42/packet");
 //
 // A Client is thread-safe: any number of threads may call it at once.
+//
+// fork(): a Client survives it on both sides. The parent goes on using it,
+// calls under way at the fork included. In a child, the first call makes
+// the child's own connections (the parent's are never read, written nor
+// closed there), and destroying the Client frees only what the child made,
+// at once; a child may also Connect new Clients. One case is refused: a
+// child forked while another thread of the parent was in a call that uses
+// gRPC (anything but a push or fetch over the data lane) cannot use gRPC,
+// and each of its calls, Connect included, fails at once with
+// FAILED_PRECONDITION ("gRPC cannot be used in this child of fork(): ...").
+// Readers read only in the process that opened them. docs/ARCHITECTURE.md,
+// "fork()", has the rest.
 #ifndef H5DEPOT_CLIENT_CLIENT_H_
 #define H5DEPOT_CLIENT_CLIENT_H_
 
@@ -191,7 +203,8 @@ class Client {
   // Connects to h5depotd at `target`: "host:port", "unix:/path/to/socket"
   // or any gRPC target. Each Client has a connection of its own. UNAVAILABLE if
   // the server does not answer within options.connect_timeout; INVALID_ARGUMENT
-  // for a malformed target.
+  // for a malformed target; FAILED_PRECONDITION in a child of fork() that
+  // cannot use gRPC (above).
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       std::string_view target, const ClientOptions& options = {});
 
@@ -229,7 +242,9 @@ class Client {
   // Opens a reader pinned to `generation` of `image_id` (0: the current
   // one). A refused open carries the server's code: NOT_FOUND if the image
   // or that generation is not stored, INVALID_ARGUMENT for a malformed id.
-  // The reader may outlive the Client.
+  // The reader may outlive the Client. It reads in this process only: in a
+  // child of fork() its reads fail with FAILED_PRECONDITION (open another
+  // one there), and destroying it there leaves the parent's stream alone.
   absl::StatusOr<std::unique_ptr<ImageReader>> OpenReader(
       std::string_view image_id, uint64_t generation = 0);
 

@@ -14,6 +14,14 @@
  *     thread-local: it belongs to the thread that made the failing call and
  *     stays valid until that thread's next h5depot call.
  *   - An h5depot_client may be used by many threads at once.
+ *   - fork(): the parent keeps using its clients. A child may use the
+ *     clients it inherited (the first call makes the child's own
+ *     connections; the parent's are left alone) and connect new ones,
+ *     unless it was forked while another thread of the parent was in a
+ *     call that uses gRPC (anything but a push or fetch over the data
+ *     lane): then every call there fails at once with
+ *     H5DEPOT_FAILED_PRECONDITION. h5depot_disconnect in a child frees
+ *     only what the child made, and returns at once.
  *   - Image ids are 1 to 255 characters from A-Z a-z 0-9 . _ - /.
  *
  * Example (process A pushes, process B fetches and opens without a copy):
@@ -152,6 +160,8 @@ h5depot_client* h5depot_connect(const char* target);
  *                             server or its host does not answer (stopped,
  *                             hung, unreachable, or a name that takes that
  *                             long to resolve)
+ *   H5DEPOT_FAILED_PRECONDITION  in a child of fork() that cannot use
+ *                             gRPC (above): at once
  *   another code              the server answered but refused: what it
  *                             said, at once
  *
@@ -166,7 +176,9 @@ h5depot_client* h5depot_connect(const char* target);
 h5depot_client* h5depot_connect_ex(const char* target,
                                    const h5depot_connect_options* options);
 
-/* Closes the connection and frees `client`. NULL is ignored. */
+/* Closes the connection and frees `client`. NULL is ignored. In a child of
+ * fork(), closes only the connections the child made and returns at once:
+ * the parent's stay as they are. */
 void h5depot_disconnect(h5depot_client* client);
 
 /* Pushes `len` bytes at `buf` (borrowed for the call) as a new generation of
