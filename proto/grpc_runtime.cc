@@ -268,8 +268,10 @@ void StartGrpc() {
   pthread_atfork(&BeforeFork, &AfterForkInParent, &AfterForkInChild);
   // gRPC reads the variable once, on its first call of any kind (this
   // grpc_is_initialized() included); it is not left behind for programs
-  // this process runs.
-  const bool set_here = std::getenv("GRPC_ENABLE_FORK_SUPPORT") == nullptr &&
+  // this process runs. A server, which never hands gRPC on, does without
+  // fork support and its bookkeeping.
+  const bool set_here = state.disabled.load() == nullptr &&
+                        std::getenv("GRPC_ENABLE_FORK_SUPPORT") == nullptr &&
                         setenv("GRPC_ENABLE_FORK_SUPPORT", "1", 0) == 0;
   const bool started_elsewhere = grpc_is_initialized() != 0;
   grpc_init();  // the matching grpc_shutdown() is deliberately never called

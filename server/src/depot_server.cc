@@ -44,10 +44,11 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   if (options.max_chunk_bytes == 0 || options.send_chunk_bytes == 0) {
     return absl::InvalidArgumentError("chunk sizes must be positive");
   }
-  internal::KeepGrpcRuntimeAlive();
+  // First: a server process starts gRPC without fork support.
   internal::DisableGrpcInForkedChildren(
       "the parent runs an h5depot server, whose threads are inside gRPC at "
       "any time");
+  internal::KeepGrpcRuntimeAlive();
   auto impl = std::make_unique<Impl>();
   impl->store = std::make_unique<ImageStore>(options.store);
   impl->operations = std::make_unique<DepotOperations>(impl->store.get());

@@ -17,18 +17,19 @@ namespace h5depot::internal {
 //
 // The first call starts gRPC the way children of fork() need it (below):
 // with gRPC's fork support on (GRPC_ENABLE_FORK_SUPPORT=1 unless the
-// environment says otherwise; the variable is only set for gRPC to read it,
-// then removed again) and with this file's fork handlers registered.
+// environment says otherwise or DisableGrpcInForkedChildren came first;
+// the variable is only set for gRPC to read it, then removed again) and
+// with this file's fork handlers registered.
 void KeepGrpcRuntimeAlive();
 
 // gRPC across fork().
 //
 // A child of fork() inherits a copy of gRPC's state, not its threads:
 // objects made by the parent must never be used or destroyed there (the
-// client keeps everything per process, client/src/client.cc), and gRPC
-// itself is only usable in the child if it was idle at the fork. Debian's
-// gRPC 1.51 registers no fork handlers of its own, so the ones here drive
-// gRPC's (grpc_prefork() and friends), under these rules:
+// client keeps everything per process: client/src/process_transports.cc),
+// and gRPC itself is only usable in the child if it was idle at the fork.
+// Debian's gRPC 1.51 registers no fork handlers of its own, so the ones
+// here drive gRPC's (grpc_prefork() and friends), under these rules:
 //
 // * A fork() while a thread holds a GrpcUse (a call to h5depotd under way)
 //   leaves gRPC alone; the child cannot use gRPC (CheckGrpcUsable).
@@ -73,6 +74,8 @@ absl::Status CheckGrpcUsable();
 // Children forked from now on do not use gRPC, for the reason given (a
 // static string, shown to their callers): for a process that uses gRPC
 // outside GrpcUse, such as a server, whose threads are in gRPC at any time.
+// Called before KeepGrpcRuntimeAlive, gRPC also starts without its fork
+// support, which such a process does not need.
 void DisableGrpcInForkedChildren(const char* reason);
 
 }  // namespace h5depot::internal
