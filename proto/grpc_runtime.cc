@@ -65,8 +65,10 @@ struct ForkHooks {
   ResetFunction first = nullptr;  // the iomgr engine's, kept at start
   ResetFunction other = nullptr;  // whatever replaced it since
   bool reset_ran = false;         // set by ResetPollers
-  // The sockets open in the child before the reset (ResetPollers).
+  // For ResetPollers in a child (KeepSocketNumbersDead): the sockets open
+  // before the reset, and a socket whose peer is gone, made before it.
   const std::vector<int>* sockets_before = nullptr;
+  int dead_socket = -1;
 };
 
 ForkHooks hooks;
@@ -88,32 +90,37 @@ std::vector<int> OpenSockets() {
   return sockets;
 }
 
+// A socket whose peer is gone: writes fail, reads see the end.
+int DeadSocket() {
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return -1;
+  close(pair[1]);
+  return pair[0];
+}
+
 // The reset closes the parent's sockets in the child, yet the parent's
 // objects there still hold their numbers, and gRPC's threads, once
-// restarted, still run their timers: a keepalive ping would be written on
-// whatever socket took the number next, such as the child's own new
-// connection. So each number the reset freed is taken at once by a socket
-// whose peer is gone: writes there fail, reads see the end, and nothing of
-// the child's ever gets that number. (gRPC's threads are not running yet;
-// F_DUPFD never takes over a number another thread just reused.)
-void KeepSocketNumbersDead(const std::vector<int>& sockets_before) {
-  int pair[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return;
-  close(pair[1]);
+// restarted, still run their timers: a keepalive ping, or the shutdown of
+// a connection that failed, would reach whatever socket took the number
+// next, such as the child's own new connection. So each number the reset
+// freed is taken at once by `dead` (made before the reset, so that it holds
+// none of those numbers itself), and nothing of the child's ever gets it.
+// gRPC's threads are not running yet, and F_DUPFD never takes over a
+// number that another thread of the application just reused.
+void KeepSocketNumbersDead(const std::vector<int>& sockets_before, int dead) {
   for (int fd : sockets_before) {
-    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
-    const int taken = fcntl(pair[0], F_DUPFD_CLOEXEC, fd);
+    if (fd == dead || fcntl(fd, F_GETFD) != -1 || errno != EBADF) continue;
+    const int taken = fcntl(dead, F_DUPFD_CLOEXEC, fd);
     if (taken >= 0 && taken != fd) close(taken);
   }
-  close(pair[0]);
 }
 
 void ResetPollers() {
   hooks.reset_ran = true;
   if (hooks.first != nullptr) hooks.first();
   if (hooks.other != nullptr && hooks.other != hooks.first) hooks.other();
-  if (hooks.sockets_before != nullptr) {
-    KeepSocketNumbersDead(*hooks.sockets_before);
+  if (hooks.sockets_before != nullptr && hooks.dead_socket >= 0) {
+    KeepSocketNumbersDead(*hooks.sockets_before, hooks.dead_socket);
   }
 }
 
@@ -254,7 +261,10 @@ void RestartInChild(ForkState& state)
   hooks.set(&ResetPollers);
   const std::vector<int> sockets_before = OpenSockets();
   hooks.sockets_before = &sockets_before;
+  hooks.dead_socket = DeadSocket();
   grpc_postfork_child();
+  if (hooks.dead_socket >= 0) close(hooks.dead_socket);
+  hooks.dead_socket = -1;
   hooks.sockets_before = nullptr;
   // grpc_prefork() leaves gRPC alone when it finds another thread inside
   // it; grpc_postfork_child() then does nothing, the poller reset included.
