@@ -1,9 +1,9 @@
 #include <algorithm>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "client/src/grpc_transport_internal.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/huge_pages.h"
@@ -36,6 +36,11 @@ void SetDeadline(grpc::ClientContext* context, absl::Time deadline) {
   }
 }
 
+// How long an operation cut short by its call's deadline gets to complete
+// once the call is cancelled before it is left to a reaper (below):
+// cancelled operations normally complete at once.
+constexpr absl::Duration kCancelledOperationGrace = absl::Milliseconds(50);
+
 // One call through the generic stub, driven synchronously on a completion
 // queue of its own (the model of gRPC's sync API), so that messages arrive
 // as raw byte buffers: chunk payloads are then copied once, from the
@@ -50,25 +55,37 @@ void SetDeadline(grpc::ClientContext* context, absl::Time deadline) {
 // arrived, and a reader's stream must outlive its opening's deadline. An
 // operation still pending at the deadline cancels the call: it and every
 // later one fail, and Finish() reports DEADLINE_EXCEEDED.
+//
+// A cancelled operation does not always complete at once: a write whose
+// bytes are already in the connection's socket completes only when the
+// kernel gives up on the connection (gRPC sets TCP_USER_TIMEOUT to the
+// keepalive timeout). So everything an operation under way can touch (the
+// context, the queue, the stream, the message being read, the final
+// status) lives in a State the call owns, and a call that still has an
+// operation pending when it is destroyed hands its State to a thread of
+// its own that waits for the operation and then frees it. The caller
+// returns by the deadline; messages written must therefore not borrow the
+// caller's memory (ChunkMessageCopying, not ChunkMessageReferencing).
 class RawCall {
  public:
-  // `context` must be fresh and outlive the call.
-  RawCall(grpc::GenericStub* stub, grpc::ClientContext* context,
-          const char* method)
-      : context_(context) {
-    context->set_initial_metadata_corked(true);
-    stream_ = stub->PrepareCall(context, method, &queue_);
+  RawCall(grpc::GenericStub* stub, const char* method)
+      : state_(std::make_unique<State>()) {
+    state_->context.set_initial_metadata_corked(true);
+    state_->stream =
+        stub->PrepareCall(&state_->context, method, &state_->queue);
     // Corked, the start completes nothing: it joins the first write.
-    stream_->StartCall(this);
+    state_->stream->StartCall(state_.get());
   }
 
   ~RawCall() {
-    stream_.reset();
-    queue_.Shutdown();
-    void* tag;
-    bool ok;
-    while (queue_.Next(&tag, &ok)) {
+    if (!state_->operation_pending) {
+      Drain(state_.get());
+      return;
     }
+    std::thread([state = std::move(state_)] {
+      const GrpcUse grpc_use;
+      Drain(state.get());
+    }).detach();
   }
   RawCall(const RawCall&) = delete;
   RawCall& operator=(const RawCall&) = delete;
@@ -78,8 +95,8 @@ class RawCall {
 
   bool Write(const grpc::ByteBuffer& message,
              grpc::WriteOptions options = grpc::WriteOptions()) {
-    if (good_) {
-      stream_->Write(message, options, this);
+    if (good_ && Usable()) {
+      state_->stream->Write(message, options, state_.get());
       good_ = Await();
     }
     return good_;
@@ -87,24 +104,24 @@ class RawCall {
 
   // Writes `message` and half-closes the stream in one go.
   bool WriteLast(const grpc::ByteBuffer& message) {
-    if (good_) {
-      stream_->WriteLast(message, grpc::WriteOptions(), this);
+    if (good_ && Usable()) {
+      state_->stream->WriteLast(message, grpc::WriteOptions(), state_.get());
       good_ = Await();
     }
     return good_;
   }
 
   bool WritesDone() {
-    if (good_) {
-      stream_->WritesDone(this);
+    if (good_ && Usable()) {
+      state_->stream->WritesDone(state_.get());
       good_ = Await();
     }
     return good_;
   }
 
   bool ReadInitialMetadata() {
-    if (good_) {
-      stream_->ReadInitialMetadata(this);
+    if (good_ && Usable()) {
+      state_->stream->ReadInitialMetadata(state_.get());
       good_ = Await();
     }
     return good_;
@@ -114,48 +131,81 @@ class RawCall {
   // Reading does not depend on the writes having gone well: a server that
   // refused the call may have answered before a write completed.
   bool Read(grpc::ByteBuffer* message) {
-    stream_->Read(message, this);
-    return Await();
+    if (!Usable()) return false;
+    state_->stream->Read(&state_->inbox, state_.get());
+    if (!Await()) return false;
+    message->Swap(&state_->inbox);
+    return true;
   }
 
   // Ends the call early; Finish() then reports CANCELLED (or the error
   // that came first).
-  void Cancel() { context_->TryCancel(); }
+  void Cancel() { state_->context.TryCancel(); }
 
   absl::Status Finish() {
-    grpc::Status status;
-    stream_->Finish(&status, this);
-    Await();
+    if (Usable()) {
+      state_->stream->Finish(&state_->status, state_.get());
+      Await();
+    }
     if (expired_) {
       return absl::DeadlineExceededError(
           "the server did not answer before the call's deadline");
     }
-    return FromGrpcStatus(status);
+    return FromGrpcStatus(state_->status);
   }
 
  private:
+  struct State {
+    grpc::ClientContext context;
+    grpc::CompletionQueue queue;
+    std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream;
+    grpc::ByteBuffer inbox;
+    grpc::Status status;
+    bool operation_pending = false;
+  };
+
+  // Waits for every operation on `state` to complete, then frees the
+  // stream (the context, destroyed after it, releases the call).
+  static void Drain(State* state) {
+    state->queue.Shutdown();
+    void* tag;
+    bool ok;
+    while (state->queue.Next(&tag, &ok)) {
+    }
+    state->stream.reset();
+  }
+
+  // Whether a new operation may start: not while one cut short by the
+  // deadline is still pending (gRPC allows one of each kind at a time).
+  bool Usable() const { return !state_->operation_pending; }
+
   // Waits for the one pending operation; whether it succeeded.
   bool Await() {
     void* tag = nullptr;
     bool ok = false;
+    grpc::CompletionQueue& queue = state_->queue;
     if (deadline_ != absl::InfiniteFuture()) {
       // A deadline that passed fails the call even if the operation could
       // complete: what happens past it must not depend on timing.
       const bool passed =
           absl::Now() >= deadline_ ||
-          queue_.AsyncNext(&tag, &ok, absl::ToChronoTime(deadline_)) ==
+          queue.AsyncNext(&tag, &ok, absl::ToChronoTime(deadline_)) ==
               grpc::CompletionQueue::TIMEOUT;
       if (!passed) return ok;
-      // Cancelled, a pending operation completes at once, failed.
       expired_ = true;
-      context_->TryCancel();
+      state_->context.TryCancel();
+      if (queue.AsyncNext(
+              &tag, &ok,
+              absl::ToChronoTime(absl::Now() + kCancelledOperationGrace)) ==
+          grpc::CompletionQueue::TIMEOUT) {
+        state_->operation_pending = true;
+      }
+      return false;
     }
-    return queue_.Next(&tag, &ok) && ok && !expired_;
+    return queue.Next(&tag, &ok) && ok;
   }
 
-  grpc::ClientContext* const context_;
-  grpc::CompletionQueue queue_;
-  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> stream_;
+  std::unique_ptr<State> state_;
   bool good_ = true;
   absl::Time deadline_ = absl::InfiniteFuture();
   bool expired_ = false;  // an operation was cut short by the deadline
@@ -225,9 +275,8 @@ absl::StatusOr<ImageInfo> ReceiveInfo(RawCall* call) {
 // Ends a call whose bytes were being received: `received` is how that
 // went. The call's own failure says more than the CANCELLED of a call
 // cut short here.
-absl::Status FinishReceiving(grpc::ClientContext* context, RawCall* call,
-                             absl::Status received) {
-  if (!received.ok()) context->TryCancel();
+absl::Status FinishReceiving(RawCall* call, absl::Status received) {
+  if (!received.ok()) call->Cancel();
   absl::Status final_status = call->Finish();
   if (!final_status.ok() &&
       (received.ok() || final_status.code() != absl::StatusCode::kCancelled)) {
@@ -246,11 +295,9 @@ absl::Status FinishReceiving(grpc::ClientContext* context, RawCall* call,
 class GrpcImageReader final : public ImageReader {
  public:
   GrpcImageReader(std::shared_ptr<GrpcTransport> transport,
-                  std::unique_ptr<grpc::ClientContext> context,
                   std::unique_ptr<RawCall> pin, ImageInfo info,
                   absl::Duration read_timeout)
       : transport_(std::move(transport)),
-        context_(std::move(context)),
         pin_(std::move(pin)),
         info_(std::move(info)),
         read_timeout_(read_timeout) {}
@@ -259,9 +306,8 @@ class GrpcImageReader final : public ImageReader {
   // server's answer, which a stopped or unreachable server never gives.
   // Either way the server drops its pin on the generation.
   ~GrpcImageReader() override {
-    context_->TryCancel();
+    pin_->Cancel();
     pin_->Finish().IgnoreError();
-    pin_.reset();  // before the context it uses
   }
 
   const ImageInfo& info() const override { return info_; }
@@ -288,8 +334,7 @@ class GrpcImageReader final : public ImageReader {
 
  private:
   const std::shared_ptr<GrpcTransport> transport_;
-  const std::unique_ptr<grpc::ClientContext> context_;
-  std::unique_ptr<RawCall> pin_;
+  const std::unique_ptr<RawCall> pin_;
   const ImageInfo info_;
   const absl::Duration read_timeout_;
 };
@@ -377,36 +422,13 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
                                               const PushOptions& options,
                                               absl::Time deadline) {
   const GrpcUse grpc_use;
-  // Chunks are sent from slices that reference the caller's bytes. Those
-  // are only borrowed for this call, so it returns only once gRPC has let
-  // go of every such slice: each holds a copy of `lease`, and the last one
-  // released signals `released`. gRPC releases them when it has written
-  // them or when the call is over, whichever comes first.
-  //
-  // Known gap: a cancelled write to a server that stopped reading
-  // completes only when the kernel drops the connection (TCP_USER_TIMEOUT,
-  // which gRPC sets to the keepalive timeout, 10 s), so such a push can
-  // end up to that long after its deadline.
-  absl::Notification released;
-  absl::StatusOr<ImageInfo> result;
-  {
-    std::shared_ptr<const void> lease(
-        data != nullptr ? static_cast<const void*>(data) : &released,
-        [&released](const void*) { released.Notify(); });
-    result =
-        PushBorrowed(image_id, data, size, options, std::move(lease), deadline);
-  }
-  released.WaitForNotification();
-  return result;
-}
-
-absl::StatusOr<ImageInfo> GrpcTransport::PushBorrowed(
-    std::string_view image_id, const uint8_t* data, size_t size,
-    const PushOptions& options, std::shared_ptr<const void> lease,
-    absl::Time deadline) {
+  // Chunks are copies in gRPC's own slices, not references to the caller's
+  // bytes: a call cut short by its deadline may still have a write of them
+  // under way (RawCall), and the caller may free them as soon as Push
+  // returns. (The data lane, the usual path, sends from the caller's bytes:
+  // its sends end at the deadline.)
   ReconnectIfDown(deadline);
-  grpc::ClientContext context;
-  RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Push");
+  RawCall call(generic_stub_.get(), "/h5depot.v1.Depot/Push");
   call.set_deadline(deadline);
 
   v1::PushRequest request;
@@ -419,7 +441,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::PushBorrowed(
   }
   header->set_ttl_ms(ToMillis(options.ttl));
   auto chunk = [&](size_t offset, size_t n) {
-    return ChunkMessageReferencing(data + offset, n, lease);
+    return ChunkMessageCopying(data + offset, n);
   };
   if (size <= chunk_bytes_) {
     // Header, data and end of stream leave together.
@@ -443,7 +465,6 @@ absl::StatusOr<ImageInfo> GrpcTransport::PushBorrowed(
       if (good && options.progress) options.progress(sent, size);
     }
   }
-  lease.reset();
   grpc::ByteBuffer reply;
   const bool replied = call.Read(&reply);
   absl::Status status = call.Finish();
@@ -461,8 +482,7 @@ absl::StatusOr<FetchedImage> GrpcTransport::Fetch(
     const CallDeadline& deadline) {
   const GrpcUse grpc_use;
   ReconnectIfDown(deadline.reply);
-  grpc::ClientContext context;
-  RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Fetch");
+  RawCall call(generic_stub_.get(), "/h5depot.v1.Depot/Fetch");
   call.set_deadline(deadline.reply);
   v1::FetchRequest request;
   request.set_image_id(std::string(image_id));
@@ -476,18 +496,17 @@ absl::StatusOr<FetchedImage> GrpcTransport::Fetch(
   call.set_deadline(deadline.Whole(fetched.info.size));
   absl::StatusOr<ImageBuffer> buffer = ImageBuffer::Allocate(fetched.info.size);
   if (!buffer.ok()) {
-    context.TryCancel();
+    call.Cancel();
     call.Finish().IgnoreError();
     return buffer.status();
   }
   fetched.buffer = *std::move(buffer);
   AdviseHugePages(fetched.buffer.data(), fetched.buffer.size());
   StreamingChecksum checksum(fetched.info.size);
-  absl::Status status =
-      FinishReceiving(&context, &call,
-                      ReceiveRawChunks<v1::FetchResponse>(
-                          &call, static_cast<uint8_t*>(fetched.buffer.data()),
-                          fetched.info.size, options.progress, &checksum));
+  absl::Status status = FinishReceiving(
+      &call, ReceiveRawChunks<v1::FetchResponse>(
+                 &call, static_cast<uint8_t*>(fetched.buffer.data()),
+                 fetched.info.size, options.progress, &checksum));
   if (!status.ok()) return status;
   if (absl::Status intact =
           CheckReceivedChecksum(checksum.Digest(), fetched.info.checksum);
@@ -504,8 +523,7 @@ absl::StatusOr<ReadResult> GrpcTransport::Read(std::string_view image_id,
                                                absl::Time deadline) {
   const GrpcUse grpc_use;
   ReconnectIfDown(deadline);
-  grpc::ClientContext context;
-  RawCall call(generic_stub_.get(), &context, "/h5depot.v1.Depot/Read");
+  RawCall call(generic_stub_.get(), "/h5depot.v1.Depot/Read");
   call.set_deadline(deadline);
   v1::ReadRequest request;
   request.set_image_id(std::string(image_id));
@@ -522,7 +540,7 @@ absl::StatusOr<ReadResult> GrpcTransport::Read(std::string_view image_id,
           ? 0
           : std::min<uint64_t>(length, result.info.size - offset);
   absl::Status status = FinishReceiving(
-      &context, &call,
+      &call,
       ReceiveRawChunks<v1::ReadResponse>(&call, static_cast<uint8_t*>(out),
                                          result.bytes_read, nullptr, nullptr));
   if (!status.ok()) return status;
@@ -534,8 +552,7 @@ absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
     absl::Duration read_timeout) {
   const GrpcUse grpc_use;
   ReconnectIfDown(open_deadline);
-  auto context = std::make_unique<grpc::ClientContext>();
-  auto call = std::make_unique<RawCall>(generic_stub_.get(), context.get(),
+  auto call = std::make_unique<RawCall>(generic_stub_.get(),
                                         "/h5depot.v1.Depot/OpenReader");
   call->set_deadline(open_deadline);
   v1::ReaderRequest request;
@@ -547,9 +564,8 @@ absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
   // The pin lives as long as the reader; only its closing is left, which
   // cancels rather than waits.
   call->set_deadline(absl::InfiniteFuture());
-  return std::unique_ptr<ImageReader>(
-      new GrpcImageReader(shared_from_this(), std::move(context),
-                          std::move(call), *std::move(info), read_timeout));
+  return std::unique_ptr<ImageReader>(new GrpcImageReader(
+      shared_from_this(), std::move(call), *std::move(info), read_timeout));
 }
 
 absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,

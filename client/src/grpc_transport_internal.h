@@ -85,12 +85,6 @@ class GrpcTransport final : public ImageTransport,
   // a server that is back is used at once however long it was away.
   void ReconnectIfDown(absl::Time deadline);
 
-  absl::StatusOr<ImageInfo> PushBorrowed(std::string_view image_id,
-                                         const uint8_t* data, size_t size,
-                                         const PushOptions& options,
-                                         std::shared_ptr<const void> lease,
-                                         absl::Time deadline);
-
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<v1::Depot::Stub> stub_;
   // Push, Fetch, Read and OpenReader, which move image bytes, go through

@@ -82,7 +82,13 @@ absl::Status PagedImage::Read(uint64_t offset, void* out, size_t length) {
     const uint64_t hi = std::min(data_end, PageStart(page + 1));
     char* const d = dst + (lo - offset);
     if (auto it = local_.find(page); it != local_.end()) {
-      std::memcpy(d, it->second.get() + (lo - PageStart(page)), hi - lo);
+      LocalPage& local = it->second;
+      const size_t at = lo - PageStart(page);
+      if (!Holds(local, at, at + (hi - lo))) {
+        absl::Status status = FillFromBase(page, local);
+        if (!status.ok()) return status;
+      }
+      std::memcpy(d, local.bytes.get() + at, hi - lo);
       continue;
     }
     if (lo >= base_limit_) {
@@ -165,12 +171,64 @@ absl::Status PagedImage::FetchMissing(uint64_t first, uint64_t last,
   return absl::OkStatus();
 }
 
-absl::Status PagedImage::MakeLocal(uint64_t page) {
-  PageBuffer bytes = NewPage();
-  absl::Status status = Read(PageStart(page), bytes.get(), page_size_);
-  if (!status.ok()) return status;
-  cache_.Erase(page);  // the local copy shadows it from now on
-  local_[page] = std::move(bytes);
+PagedImage::LocalPage PagedImage::StartLocal(uint64_t page, size_t lo,
+                                             size_t hi) {
+  LocalPage local;
+  local.whole = true;
+  const uint64_t start = PageStart(page);
+  const size_t base_bytes = std::clamp(base_limit_, start, start + page_size_) -
+                            start;        // of this page, still the base's
+  PageBuffer cached = cache_.Take(page);  // the local copy shadows it
+  if (lo == 0 && hi == page_size_) {
+    local.bytes = NewPage();  // all of it is about to be overwritten
+  } else if (base_bytes == 0 || cached != nullptr) {
+    local.bytes = cached != nullptr ? std::move(cached) : NewPage();
+    std::memset(local.bytes.get() + base_bytes, 0, page_size_ - base_bytes);
+  } else {
+    local.bytes = NewPage();
+    local.whole = false;
+  }
+  return local;
+}
+
+void PagedImage::AddWritten(LocalPage& local, size_t lo, size_t hi) const {
+  std::map<size_t, size_t>& ranges = local.written;
+  auto it = ranges.upper_bound(lo);
+  if (it != ranges.begin() && std::prev(it)->second >= lo) --it;
+  while (it != ranges.end() && it->first <= hi) {
+    lo = std::min(lo, it->first);
+    hi = std::max(hi, it->second);
+    it = ranges.erase(it);
+  }
+  if (lo == 0 && hi == page_size_) {
+    local.whole = true;  // every byte written: nothing left to fetch
+    return;
+  }
+  ranges.emplace(lo, hi);
+}
+
+bool PagedImage::Holds(const LocalPage& local, size_t lo, size_t hi) {
+  if (local.whole) return true;
+  auto it = local.written.upper_bound(lo);
+  return it != local.written.begin() && std::prev(it)->second >= hi;
+}
+
+absl::Status PagedImage::FillFromBase(uint64_t page, LocalPage& local) {
+  const uint64_t start = PageStart(page);
+  const size_t base_bytes =
+      std::clamp(base_limit_, start, start + page_size_) - start;
+  PageBuffer merged = NewPage();
+  if (base_bytes > 0) {
+    absl::Status status = ReadBase(start, merged.get(), base_bytes);
+    if (!status.ok()) return status;
+  }
+  std::memset(merged.get() + base_bytes, 0, page_size_ - base_bytes);
+  for (const auto& [lo, hi] : local.written) {
+    std::memcpy(merged.get() + lo, local.bytes.get() + lo, hi - lo);
+  }
+  local.bytes = std::move(merged);
+  local.written.clear();
+  local.whole = true;
   return absl::OkStatus();
 }
 
@@ -183,8 +241,9 @@ bool PagedImage::AlreadyHolds(uint64_t offset, const char* data,
     const uint64_t hi = std::min(end, PageStart(page + 1));
     const char* wanted = data + (lo - offset);
     if (auto it = local_.find(page); it != local_.end()) {
-      if (std::memcmp(it->second.get() + (lo - PageStart(page)), wanted,
-                      hi - lo) != 0) {
+      const size_t at = lo - PageStart(page);
+      if (!Holds(it->second, at, at + (hi - lo)) ||
+          std::memcmp(it->second.bytes.get() + at, wanted, hi - lo) != 0) {
         return false;
       }
       continue;
@@ -205,38 +264,23 @@ bool PagedImage::AlreadyHolds(uint64_t offset, const char* data,
   return true;
 }
 
-absl::Status PagedImage::Write(uint64_t offset, const void* data,
-                               size_t length) {
-  if (length == 0) return absl::OkStatus();
+void PagedImage::Write(uint64_t offset, const void* data, size_t length) {
+  if (length == 0) return;
   const char* src = static_cast<const char*>(data);
-  if (AlreadyHolds(offset, src, length)) return absl::OkStatus();
+  if (AlreadyHolds(offset, src, length)) return;
   const uint64_t end = offset + length;
-  const uint64_t first = offset / page_size_;
-  const uint64_t last = (end - 1) / page_size_;
-
-  // Only the first and last page can be partly overwritten; they need
-  // their current contents before the write lands on them.
-  for (uint64_t page : {first, last}) {
-    const bool partial = offset > PageStart(page) || end < PageStart(page + 1);
-    if (partial && local_.count(page) == 0) {
-      absl::Status status = MakeLocal(page);
-      if (!status.ok()) return status;
-    }
-  }
-  for (uint64_t page = first; page <= last; ++page) {
-    PageBuffer& bytes = local_[page];
-    if (bytes == nullptr) {
-      bytes = NewPage();  // fully overwritten below
-      cache_.Erase(page);
-    }
-    const uint64_t lo = std::max(offset, PageStart(page));
-    const uint64_t hi = std::min(end, PageStart(page + 1));
-    std::memcpy(bytes.get() + (lo - PageStart(page)), src + (lo - offset),
+  for (uint64_t page = offset / page_size_; PageStart(page) < end; ++page) {
+    const size_t lo = std::max(offset, PageStart(page)) - PageStart(page);
+    const size_t hi = std::min(end, PageStart(page + 1)) - PageStart(page);
+    auto [it, added] = local_.try_emplace(page);
+    LocalPage& local = it->second;
+    if (added) local = StartLocal(page, lo, hi);
+    std::memcpy(local.bytes.get() + lo, src + (PageStart(page) + lo - offset),
                 hi - lo);
+    if (!local.whole) AddWritten(local, lo, hi);
   }
   size_ = std::max(size_, end);
   modified_ = true;
-  return absl::OkStatus();
 }
 
 void PagedImage::Resize(uint64_t size) {
@@ -249,7 +293,10 @@ void PagedImage::Resize(uint64_t size) {
       if (keep == 0) {
         local_.erase(it);
       } else {
-        std::memset(it->second.get() + keep, 0, page_size_ - keep);
+        // Past the end, the page holds zeros from now on.
+        LocalPage& local = it->second;
+        std::memset(local.bytes.get() + keep, 0, page_size_ - keep);
+        if (!local.whole) AddWritten(local, keep, page_size_);
       }
     }
     base_limit_ = std::min(base_limit_, size);
@@ -275,18 +322,30 @@ absl::StatusOr<ImageBuffer> PagedImage::Assemble() {
     return absl::OkStatus();
   };
 
+  // Whole local pages are copied; the rest, partial pages included, is
+  // read from the base in one request per gap, and the bytes written to
+  // partial pages then laid over it.
   uint64_t pos = 0;
-  for (const auto& [page, bytes] : local_) {
+  for (const auto& [page, local] : local_) {
     const uint64_t lo = PageStart(page);
     if (lo >= size_) break;
+    if (!local.whole) continue;
     absl::Status status = fill_gap(pos, lo);
     if (!status.ok()) return status;
     const uint64_t hi = std::min(size_, PageStart(page + 1));
-    std::memcpy(image + lo, bytes.get(), hi - lo);
+    std::memcpy(image + lo, local.bytes.get(), hi - lo);
     pos = hi;
   }
   absl::Status status = fill_gap(pos, size_);
   if (!status.ok()) return status;
+  for (const auto& [page, local] : local_) {
+    for (const auto& [lo, hi] : local.written) {
+      const uint64_t from = PageStart(page) + lo;
+      const uint64_t to = std::min<uint64_t>(size_, PageStart(page) + hi);
+      if (from < to)
+        std::memcpy(image + from, local.bytes.get() + lo, to - from);
+    }
+  }
   return buffer;
 }
 
@@ -296,7 +355,11 @@ void PagedImage::Rebase(std::unique_ptr<ImageReader> committed) {
   // A cached page reaching past the old limit may hold bytes the image no
   // longer has; everything below it is unchanged unless written locally.
   cache_.EraseFrom(base_limit_ / page_size_);
-  for (auto& [page, bytes] : local_) cache_.Insert(page, std::move(bytes));
+  // Whole local pages become cached pages of the new base; what partial
+  // ones lacked is in the new base too.
+  for (auto& [page, local] : local_) {
+    if (local.whole) cache_.Insert(page, std::move(local.bytes));
+  }
   local_.clear();
   base_ = std::move(committed);
   base_limit_ = std::min<uint64_t>(size_, base_->info().size);

@@ -2,12 +2,14 @@
 //
 // The file's contents are a base -- one pinned generation of an image on the
 // server, read lazily through an ImageReader -- overlaid with local pages
-// that this process wrote and has not committed yet. Clean base pages are
-// kept in a PageCache; a miss fetches the missing pages of the request in as
-// few reads as there are gaps between cached pages, plus readahead. Reads
-// at least as large as the largest readahead (and four pages) take what is
-// cached and read the rest straight from the server into the caller's
-// buffer, without readahead and without passing through the cache.
+// that this process wrote and has not committed yet. Writing never waits
+// for the server: a page partly overwritten before any of it was fetched
+// keeps just the written bytes until a read needs the rest. Clean base pages
+// are kept in a PageCache; a miss fetches the missing pages of the request in
+// as few reads as there are gaps between cached pages, plus readahead. Reads at
+// least as large as the largest readahead (and four pages) take what is cached
+// and read the rest straight from the server into the caller's buffer, without
+// readahead and without passing through the cache.
 //
 // Knows nothing of HDF5 or of how the base is reached, so that it can be
 // tested alone. Not thread-safe: the owner serialises calls.
@@ -73,11 +75,13 @@ class PagedImage {
   absl::Status Read(uint64_t offset, void* out, size_t length);
 
   // Stores `length` bytes at `offset` in local pages, growing size() if the
-  // range ends past it. May read the base for partly overwritten pages.
+  // range ends past it. Never reads the base, so it succeeds whatever the
+  // server does (HDF5 flushes its metadata cache through writes, and a
+  // write failing halfway through that flush leaves the file unclosable).
   // Rewriting bytes with what they already hold (HDF5 rewrites the
   // superblock of every file opened read-write) changes nothing, as long as
   // those bytes are at hand without a round trip.
-  absl::Status Write(uint64_t offset, const void* data, size_t length);
+  void Write(uint64_t offset, const void* data, size_t length);
 
   // Sets size() to `size`. Shrinking discards what lies past the new end;
   // growing again later reads zeros there.
@@ -117,8 +121,29 @@ class PagedImage {
   // judged from local and cached pages only.
   bool AlreadyHolds(uint64_t offset, const char* data, size_t length) const;
 
-  // Makes page `page` local, holding the current logical contents.
-  absl::Status MakeLocal(uint64_t page);
+  // A page this process wrote. Whole: `bytes` hold the page's current
+  // contents. Partial: only the byte ranges in `written` do; the rest is
+  // still the base's and has not been fetched.
+  struct LocalPage {
+    PageBuffer bytes;
+    bool whole = false;
+    // Disjoint, non-touching [begin, end) offsets within the page, keyed by
+    // begin. Empty when whole.
+    std::map<size_t, size_t> written;
+  };
+
+  // Starts local page `page`, about to have [lo, hi) of it (offsets within
+  // the page) overwritten, from what is at hand without a round trip.
+  LocalPage StartLocal(uint64_t page, size_t lo, size_t hi);
+
+  // Records that [lo, hi) of partial page `local` now hold its contents.
+  void AddWritten(LocalPage& local, size_t lo, size_t hi) const;
+
+  // Whether [lo, hi) of `local` hold the page's current contents.
+  static bool Holds(const LocalPage& local, size_t lo, size_t hi);
+
+  // Makes partial page `page` whole by reading the rest from the base.
+  absl::Status FillFromBase(uint64_t page, LocalPage& local);
 
   PageBuffer NewPage() const { return PageBuffer(new char[page_size_]); }
 
@@ -133,7 +158,7 @@ class PagedImage {
   uint64_t size_ = 0;
   bool modified_ = false;
   PageCache cache_;
-  std::map<uint64_t, PageBuffer> local_;
+  std::map<uint64_t, LocalPage> local_;
   // Sequential-miss detection for readahead.
   uint64_t next_sequential_ = 0;
   size_t readahead_ = 0;
