@@ -457,9 +457,10 @@ absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
   }
   PendingImage& image = **pending;
   // On any failure below the pending image is dropped: nothing is stored
-  // and its memory is released. Each piece is counted as it comes, however small, so that the store
-  // sees a slow push's progress as it is made. (Only a receiver waiting
-  // for its sender gets pieces smaller than kReceivePieceBytes.)
+  // and its memory is released. Each piece is counted as it comes, however
+  // small, so that the store sees a slow push's progress as it is made. (Only a
+  // receiver waiting for its sender gets pieces smaller than
+  // kReceivePieceBytes.)
   for (uint64_t left = header.size; left > 0;) {
     const size_t most =
         static_cast<size_t>(std::min<uint64_t>(left, kReceivePieceBytes));
