@@ -786,5 +786,229 @@ TEST_F(ImageStoreTest, RacingEndsOfAWaitCallItsCallbackExactlyOnce) {
   EXPECT_EQ(store.Stats().pending_waits, 0u);
 }
 
+// --- Progress deadline: a push that falls behind is cut off --------------
+
+// The cut-offs a push received, and the push, which a cut-off may drop.
+struct CutOffs {
+  std::atomic<int> calls{0};
+  absl::Status last;  // written by the only call
+};
+
+PushCutOff CountInto(CutOffs* cut_offs) {
+  return [cut_offs](const absl::Status& why) {
+    cut_offs->last = why;
+    cut_offs->calls.fetch_add(1);
+  };
+}
+
+StoreOptions DeadlineOptions(absl::Duration idle, uint64_t min_rate) {
+  StoreOptions options;
+  options.push_idle_timeout = idle;
+  options.push_min_bytes_per_second = min_rate;
+  options.require_hdf5 = false;
+  return options;
+}
+
+TEST_F(ImageStoreTest, PushThatSendsNothingIsCutOffAtTheIdleTimeout) {
+  auto store = MakeStore(DeadlineOptions(absl::Seconds(30), 256 << 10));
+  const auto bytes = MakeTestImage(1 << 20);
+  CutOffs cut_offs;
+  auto pending =
+      store->BeginPush(RequestFor("idle", bytes), CountInto(&cut_offs));
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  now_ += absl::Seconds(29);
+  EXPECT_EQ(store->CutOffStalledPushes(), 0u);
+  EXPECT_EQ(cut_offs.calls.load(), 0);
+  EXPECT_TRUE((*pending)->cut_status().ok());
+
+  now_ += absl::Seconds(1);
+  EXPECT_EQ(store->CutOffStalledPushes(), 1u);
+  ASSERT_EQ(cut_offs.calls.load(), 1);
+  EXPECT_EQ(cut_offs.last.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(cut_offs.last.message(),
+            "push of 'idle' cancelled: 0 B of 1.0 MiB received in 30s, "
+            "nothing for 30s; the server cancels a push idle for 30s; "
+            "nothing was stored");
+  EXPECT_EQ((*pending)->cut_status(), cut_offs.last);
+  // The push is spoiled for its transport too.
+  EXPECT_EQ((*pending)->Append(bytes.data(), 10), cut_offs.last);
+  EXPECT_EQ((*pending)->Publish().status(), cut_offs.last);
+  EXPECT_EQ(store->CutOffStalledPushes(), 0u);
+  EXPECT_EQ(cut_offs.calls.load(), 1);
+  pending->reset();
+  EXPECT_EQ(store->Stats().reserved_bytes, 0u);
+  EXPECT_EQ(store->Get("idle").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ImageStoreTest, TrickleIsCutOffOnceBehindTheMinimumRate) {
+  auto store = MakeStore(DeadlineOptions(absl::Seconds(1), 64 << 10));
+  const auto bytes = MakeTestImage(1 << 20);
+  CutOffs cut_offs;
+  auto pending =
+      store->BeginPush(RequestFor("trickle", bytes), CountInto(&cut_offs));
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  const absl::Time begun = now_;
+  // A byte every 200 ms is progress, but nowhere near 64 KiB/s.
+  size_t sent = 0;
+  while (cut_offs.calls.load() == 0 && now_ - begun < absl::Seconds(10)) {
+    now_ += absl::Milliseconds(200);
+    ASSERT_TRUE((*pending)->Append(bytes.data() + sent, 1).ok());
+    ++sent;
+    store->CutOffStalledPushes();
+  }
+  ASSERT_EQ(cut_offs.calls.load(), 1);
+  // Due at the idle timeout; looked at again at most kPushCheckSpacing
+  // (250 ms) later, on this test's 200 ms steps.
+  EXPECT_GE(now_ - begun, absl::Seconds(1));
+  EXPECT_LE(now_ - begun, absl::Milliseconds(1400));
+  EXPECT_EQ(cut_offs.last.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(cut_offs.last.message(),
+            absl::StrCat("push of 'trickle' cancelled: ", sent,
+                         " B of 1.0 MiB received in ",
+                         absl::FormatDuration(now_ - begun),
+                         ", below the server's minimum of 64.0 KiB/s after "
+                         "1s; nothing was stored"));
+  pending->reset();
+  EXPECT_EQ(store->Stats().reserved_bytes, 0u);
+}
+
+TEST_F(ImageStoreTest, PushAtTheMinimumRateIsNeverCutOff) {
+  auto store = MakeStore(DeadlineOptions(absl::Seconds(1), 64 << 10));
+  const auto bytes = MakeTestImage(1 << 20);
+  CutOffs cut_offs;
+  auto pending =
+      store->BeginPush(RequestFor("steady", bytes), CountInto(&cut_offs));
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  // Exactly 64 KiB/s, from a start as late as the grace allows: nothing
+  // for almost the idle timeout, then 16 KiB every 250 ms.
+  now_ += absl::Milliseconds(990);
+  EXPECT_EQ(store->CutOffStalledPushes(), 0u);
+  for (size_t sent = 0; sent < bytes.size(); sent += 16 << 10) {
+    ASSERT_TRUE((*pending)->Append(bytes.data() + sent, 16 << 10).ok());
+    now_ += absl::Milliseconds(250);
+    EXPECT_EQ(store->CutOffStalledPushes(), 0u);
+  }
+  // All there, and ended within the idle timeout after the last byte.
+  now_ += absl::Milliseconds(500);
+  EXPECT_EQ(store->CutOffStalledPushes(), 0u);
+  EXPECT_TRUE((*pending)->Publish().ok());
+  EXPECT_EQ(cut_offs.calls.load(), 0);
+}
+
+TEST_F(ImageStoreTest, PushThatStopsHalfWayIsCutOffAnIdleTimeoutLater) {
+  // No minimum rate: only the idle rule.
+  auto store = MakeStore(DeadlineOptions(absl::Seconds(1), 0));
+  const auto bytes = MakeTestImage(1 << 20);
+  CutOffs cut_offs;
+  auto pending =
+      store->BeginPush(RequestFor("stopped", bytes), CountInto(&cut_offs));
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  now_ += absl::Milliseconds(900);
+  ASSERT_TRUE((*pending)->Append(bytes.data(), bytes.size() / 2).ok());
+  now_ += absl::Milliseconds(100);
+  EXPECT_EQ(store->CutOffStalledPushes(), 0u);
+  now_ += absl::Milliseconds(800);
+  EXPECT_EQ(store->CutOffStalledPushes(), 0u);
+  now_ += absl::Milliseconds(100);
+  EXPECT_EQ(store->CutOffStalledPushes(), 1u);
+  EXPECT_EQ(cut_offs.last.message(),
+            "push of 'stopped' cancelled: 512.0 KiB of 1.0 MiB received in "
+            "1.9s, nothing for 1s; the server cancels a push idle for 1s; "
+            "nothing was stored");
+}
+
+TEST_F(ImageStoreTest, PushWithAllItsBytesMustStillEndWithinTheIdleTimeout) {
+  auto store = MakeStore(DeadlineOptions(absl::Seconds(1), 64 << 10));
+  const auto bytes = MakeTestImage(1 << 20);
+  CutOffs cut_offs;
+  auto pending =
+      store->BeginPush(RequestFor("unended", bytes), CountInto(&cut_offs));
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  ASSERT_TRUE((*pending)->Append(bytes.data(), bytes.size()).ok());
+  now_ += absl::Milliseconds(900);
+  EXPECT_EQ(store->CutOffStalledPushes(), 0u);
+  now_ += absl::Milliseconds(100);
+  EXPECT_EQ(store->CutOffStalledPushes(), 1u);
+  EXPECT_EQ((*pending)->Publish().status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(ImageStoreTest, WithoutAnIdleTimeoutNoPushIsEverCutOff) {
+  auto store = MakeStore(DeadlineOptions(absl::ZeroDuration(), 64 << 10));
+  const auto bytes = MakeTestImage(1 << 20);
+  CutOffs cut_offs;
+  auto pending =
+      store->BeginPush(RequestFor("patient", bytes), CountInto(&cut_offs));
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  now_ += absl::Hours(100);
+  EXPECT_EQ(store->CutOffStalledPushes(), 0u);
+  ASSERT_TRUE((*pending)->Append(bytes.data(), bytes.size()).ok());
+  EXPECT_TRUE((*pending)->Publish().ok());
+  EXPECT_EQ(cut_offs.calls.load(), 0);
+}
+
+TEST_F(ImageStoreTest, ACutOffMayDropThePushAndReleasesItsMemoryAtOnce) {
+  auto store = MakeStore(DeadlineOptions(absl::Seconds(1), 64 << 10));
+  const auto bytes = MakeTestImage(1 << 20);
+  std::unique_ptr<PendingImage> pending;
+  uint64_t reserved_after_cut_off = 1;
+  ImageStore* raw_store = store.get();
+  auto begun =
+      store->BeginPush(RequestFor("dropped", bytes), [&](const absl::Status&) {
+        pending.reset();  // as a transport does
+        reserved_after_cut_off = raw_store->Stats().reserved_bytes;
+      });
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  pending = *std::move(begun);
+  now_ += absl::Seconds(1);
+  EXPECT_EQ(store->CutOffStalledPushes(), 1u);
+  EXPECT_EQ(pending, nullptr);
+  EXPECT_EQ(reserved_after_cut_off, 0u);
+}
+
+TEST_F(ImageStoreTest, PublishRacingACutOffEitherPublishesOrReportsTheCut) {
+  auto store = MakeStore(DeadlineOptions(absl::Seconds(1), 64 << 10));
+  const auto bytes = MakeTestImage(64 << 10);
+  for (int round = 0; round < 200; ++round) {
+    const std::string id = absl::StrCat("race/", round);
+    CutOffs cut_offs;
+    auto pending =
+        store->BeginPush(RequestFor(id, bytes), CountInto(&cut_offs));
+    ASSERT_TRUE(pending.ok()) << pending.status();
+    ASSERT_TRUE((*pending)->Append(bytes.data(), bytes.size()).ok());
+    now_ += absl::Seconds(2);  // behind: unless it ends first
+    absl::StatusOr<ImageRef> published;
+    std::thread publisher([&] { published = (*pending)->Publish(); });
+    store->CutOffStalledPushes();
+    publisher.join();
+    if (published.ok()) {
+      EXPECT_EQ(cut_offs.calls.load(), 0) << round;
+      EXPECT_TRUE(store->Get(id).ok()) << round;
+    } else {
+      EXPECT_EQ(cut_offs.calls.load(), 1) << round;
+      EXPECT_EQ(published.status(), cut_offs.last) << round;
+      EXPECT_EQ(store->Get(id).status().code(), absl::StatusCode::kNotFound);
+    }
+  }
+}
+
+// The reaper looks at the pushes on its own, waking when the first is due.
+TEST_F(ImageStoreTest, TheReaperCutsOffAStalledPushWithoutBeingAsked) {
+  StoreOptions options = DeadlineOptions(absl::Milliseconds(200), 64 << 10);
+  ImageStore store(options);  // real clock, reaper running
+  const auto bytes = MakeTestImage(1 << 20);
+  absl::Notification cut;
+  auto pending = store.BeginPush(RequestFor("stalled", bytes),
+                                 [&cut](const absl::Status&) { cut.Notify(); });
+  ASSERT_TRUE(pending.ok()) << pending.status();
+  const absl::Time begun = absl::Now();
+  ASSERT_TRUE(cut.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_GE(absl::Now() - begun, absl::Milliseconds(200));
+  EXPECT_EQ((*pending)->cut_status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  pending->reset();
+  EXPECT_EQ(store.Stats().reserved_bytes, 0u);
+}
+
 }  // namespace
 }  // namespace h5depot::server

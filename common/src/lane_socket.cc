@@ -245,6 +245,20 @@ absl::Status LaneReader::Read(void* out, size_t size, absl::Time deadline) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<size_t> LaneReader::ReadSome(void* out, size_t size,
+                                            absl::Time deadline) {
+  if (buffered() == 0) {
+    if (size >= kBufferBytes / 4) {
+      return socket_->ReceiveSome(out, size, deadline);
+    }
+    if (absl::Status status = Fill(deadline); !status.ok()) return status;
+  }
+  const size_t n = std::min(size, buffered());
+  std::memcpy(out, buffer_.get() + begin_, n);
+  begin_ += n;
+  return n;
+}
+
 absl::Status LaneReader::Fill(absl::Time deadline) {
   if (buffered() == kBufferBytes) return absl::OkStatus();
   if (begin_ == end_) begin_ = end_ = 0;

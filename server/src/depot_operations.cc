@@ -51,7 +51,7 @@ absl::Time DepotOperations::WaitDeadline(uint64_t wait_ms) {
 }
 
 absl::StatusOr<std::unique_ptr<PendingImage>> DepotOperations::BeginPush(
-    const Caller& caller, PushParams params) {
+    const Caller& caller, PushParams params, PushCutOff cut_off) {
   if (absl::Status allowed =
           Authorize(caller, Operation::kPush, params.image_id);
       !allowed.ok()) {
@@ -63,7 +63,7 @@ absl::StatusOr<std::unique_ptr<PendingImage>> DepotOperations::BeginPush(
   request.checksum = params.checksum;
   request.if_generation_match = params.if_generation_match;
   request.ttl = absl::Milliseconds(std::min(params.ttl_ms, kMaxTtlMs));
-  return store_->BeginPush(std::move(request));
+  return store_->BeginPush(std::move(request), std::move(cut_off));
 }
 
 absl::StatusOr<ImageRef> DepotOperations::FinishPush(

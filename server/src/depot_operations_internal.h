@@ -16,7 +16,11 @@
 //   - clamps: a push's time to live (kMaxTtl), a wait's length (kMaxWait),
 //     a read's range (ClampRange);
 //   - the description of an image (Describe), which each codec only copies
-//     into its wire struct.
+//     into its wire struct;
+//   - a push's progress deadline: a push that falls behind is cut off by
+//     the store's watch (StoreOptions::push_idle_timeout, the rule itself,
+//     kept with the memory it protects); each codec only says, at
+//     BeginPush, how its transport stops the push and tells the client.
 //
 // Errors follow the error contract in proto/h5depot/v1/depot.proto.
 //
@@ -182,8 +186,17 @@ class DepotOperations {
   // before its data moves (ImageStore::BeginPush's errors). The codec then
   // feeds the PendingImage its bytes and calls FinishPush, with the
   // checksum if it came after the bytes rather than in `params`.
+  //
+  // A push whose bytes do not keep up is cut off: `cut_off` is called
+  // (once, on another thread, as ImageStore::BeginPush says) with
+  // DEADLINE_EXCEEDED and the message for the client; the codec makes its
+  // transport stop waiting for the bytes, destroys the PendingImage, which
+  // releases the memory, and only then answers the client with that
+  // status (also PendingImage::cut_status()), so that a client told of the
+  // cut finds the memory free.
   absl::StatusOr<std::unique_ptr<PendingImage>> BeginPush(const Caller& caller,
-                                                          PushParams params);
+                                                          PushParams params,
+                                                          PushCutOff cut_off);
   absl::StatusOr<ImageRef> FinishPush(
       PendingImage& pending, std::optional<uint64_t> trailing_checksum);
 

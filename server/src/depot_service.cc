@@ -81,6 +81,13 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
 
 // Receives one push: the header, then chunks straight into the
 // PendingImage, then publishes.
+//
+// The PendingImage is used by one thread at a time: gRPC's (OnReadDone)
+// or, for a large push, the worker, each borrowing it (Borrow, GiveBack)
+// for as long as it appends or publishes; and the store's reaper, if the
+// push falls behind and is cut off (CutOff). A cut-off that finds it lent
+// leaves the borrower to end the call; either way the PendingImage is
+// destroyed, releasing its memory, before the client is told why.
 class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
   PushReactor(CallGate::Pass pass, DepotOperations* operations,
@@ -101,15 +108,13 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       Complete();
       return;
     }
+    if (!Borrow()) return;
     absl::Status status = pending_ == nullptr ? Begin() : Append(message_);
     message_.Clear();
-    if (!status.ok()) {
-      Finish(ToGrpcStatus(status));
-      return;
-    }
-    if (pending_->declared_size() >= kWorkerMinBytes) {
-      worker_ = std::thread([this] { AppendLoop(); });
-    }
+    const bool large =
+        status.ok() && pending_->declared_size() >= kWorkerMinBytes;
+    if (!GiveBack(std::move(status))) return;
+    if (large) worker_ = std::thread([this] { AppendLoop(); });
     StartRead(&message_);
   }
 
@@ -122,6 +127,8 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         worker_.join();
       }
     }
+    // Before any member a cut-off under way may still use goes.
+    pending_.reset();
     delete this;
   }
 
@@ -142,7 +149,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         grpc::ByteBuffer message;
         message.Swap(&message_);
         queue_.push_back(std::move(message));
-        read_more = queue_.size() < kMaxQueued && !failed_;
+        read_more = queue_.size() < kMaxQueued && !finished_;
         reading_ = read_more;
       } else {
         ended_ = true;
@@ -158,7 +165,8 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       bool resume_reading = false;
       {
         absl::MutexLock lock(&mutex_);
-        while (queue_.empty() && !ended_) queued_.Wait(&mutex_);
+        while (queue_.empty() && !ended_ && !finished_) queued_.Wait(&mutex_);
+        if (finished_) return;      // cut off
         if (queue_.empty()) break;  // ended, and every chunk appended
         message.Swap(&queue_.front());
         queue_.pop_front();
@@ -166,14 +174,8 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         if (resume_reading) reading_ = true;
       }
       if (resume_reading) StartRead(&message_);
-      if (absl::Status status = Append(message); !status.ok()) {
-        {
-          absl::MutexLock lock(&mutex_);
-          failed_ = true;
-        }
-        Finish(ToGrpcStatus(status));
-        return;  // `this` may be gone
-      }
+      if (!Borrow()) return;
+      if (!GiveBack(Append(message))) return;  // `this` may be gone
     }
     Complete();  // `this` may be gone afterwards
   }
@@ -192,8 +194,12 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     params.if_generation_match = OptionalGeneration(
         header.has_if_generation_match(), header.if_generation_match());
     params.ttl_ms = header.ttl_ms();
+    // The cut-off comes only while pending_ lives, and OnDone destroys it
+    // before the reactor: `this` is alive whenever it runs.
     absl::StatusOr<std::unique_ptr<PendingImage>> pending =
-        operations_->BeginPush(CallerOf(context_), std::move(params));
+        operations_->BeginPush(
+            CallerOf(context_), std::move(params),
+            [this](const absl::Status& why) { CutOff(why); });
     if (!pending.ok()) return pending.status();
     pending_ = *std::move(pending);
     // Tells a client waiting before it streams a large image to go ahead.
@@ -220,26 +226,88 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   }
 
   void Complete() {
+    if (!Borrow()) return;
+    absl::Status status;
     if (context_->IsCancelled()) {
-      Finish(ToGrpcStatus(absl::CancelledError(
-          "the push was cancelled before it completed; nothing was stored")));
-      return;
+      status = absl::CancelledError(
+          "the push was cancelled before it completed; nothing was stored");
+    } else if (pending_ == nullptr) {
+      status =
+          absl::InvalidArgumentError("a push must start with a header message");
+    } else {
+      absl::StatusOr<ImageRef> published =
+          operations_->FinishPush(*pending_, std::nullopt);
+      if (published.ok()) {
+        v1::PushResponse response;
+        EncodeInfo(**published, response.mutable_info());
+        *response_ = SerializeMessage(response);
+      }
+      status = published.status();
     }
-    if (pending_ == nullptr) {
-      Finish(ToGrpcStatus(absl::InvalidArgumentError(
-          "a push must start with a header message")));
-      return;
+    if (GiveBack(std::move(status))) FinishOnce(absl::OkStatus());
+  }
+
+  // Takes pending_ for this thread to use; false if the push was cut off
+  // (the cut-off then ends the call).
+  bool Borrow() {
+    absl::MutexLock lock(&mutex_);
+    if (finished_ || !cut_.ok()) return false;
+    lent_ = true;
+    return true;
+  }
+
+  // Hands pending_ back after a step that ended with `status`. True if the
+  // push goes on; false if it failed or was cut off meanwhile: pending_ is
+  // destroyed then, and the call finished with why. `this` may be gone
+  // after false.
+  bool GiveBack(absl::Status status) {
+    std::unique_ptr<PendingImage> dropped;
+    {
+      absl::MutexLock lock(&mutex_);
+      lent_ = false;
+      if (!cut_.ok()) status = cut_;
+      if (status.ok()) return true;
+      finished_ = true;
+      dropped = std::move(pending_);
     }
-    absl::StatusOr<ImageRef> published =
-        operations_->FinishPush(*pending_, std::nullopt);
-    if (!published.ok()) {
-      Finish(ToGrpcStatus(published.status()));
-      return;
+    EndCall(std::move(dropped), status);
+    return false;
+  }
+
+  // The store's cut-off, on the reaper's thread: ends the call, unless a
+  // borrower is under way, which then does (GiveBack).
+  void CutOff(const absl::Status& why) {
+    std::unique_ptr<PendingImage> dropped;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (finished_) return;
+      cut_ = why;
+      if (lent_) return;
+      // Nobody else touches pending_ from here on: Borrow refuses.
+      finished_ = true;
+      dropped = std::move(pending_);
     }
-    v1::PushResponse response;
-    EncodeInfo(**published, response.mutable_info());
-    *response_ = SerializeMessage(response);
-    Finish(grpc::Status::OK);
+    EndCall(std::move(dropped), why);  // `this` may be gone afterwards
+  }
+
+  // Finishes the call with `status` unless it has been finished already.
+  void FinishOnce(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mutex_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    Finish(ToGrpcStatus(status));
+  }
+
+  // Ends the call with `status` by the thread that just set `finished_`:
+  // the push's memory is released before the client can learn why, and a
+  // waiting worker stops.
+  void EndCall(std::unique_ptr<PendingImage> dropped,
+               const absl::Status& status) {
+    dropped.reset();
+    queued_.Signal();
+    Finish(ToGrpcStatus(status));
   }
 
   CallGate::Pass pass_;
@@ -247,14 +315,19 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const response_;
   grpc::ByteBuffer message_;  // the read under way
+  // Used by whichever thread holds it (see the class comment): not
+  // guarded by `mutex_`, but handed over under it.
   std::unique_ptr<PendingImage> pending_;
   std::thread worker_;
   absl::Mutex mutex_;
-  absl::CondVar queued_;  // a chunk was queued, or the client is done
+  absl::CondVar queued_;  // a chunk was queued, the client is done, or the
+                          // call was finished
   std::deque<grpc::ByteBuffer> queue_ ABSL_GUARDED_BY(mutex_);
-  bool reading_ ABSL_GUARDED_BY(mutex_) = true;  // a read is under way
-  bool ended_ ABSL_GUARDED_BY(mutex_) = false;   // the client is done
-  bool failed_ ABSL_GUARDED_BY(mutex_) = false;  // finished with an error
+  bool reading_ ABSL_GUARDED_BY(mutex_) = true;    // a read is under way
+  bool ended_ ABSL_GUARDED_BY(mutex_) = false;     // the client is done
+  bool finished_ ABSL_GUARDED_BY(mutex_) = false;  // Finish was called
+  bool lent_ ABSL_GUARDED_BY(mutex_) = false;      // pending_ is borrowed
+  absl::Status cut_ ABSL_GUARDED_BY(mutex_);       // why it was cut off
 };
 
 // Sends an info message, then a byte range of an image as chunk messages

@@ -94,6 +94,13 @@ ABSL_FLAG(bool, follow_client_cpu, true,
           "that to the scheduler)");
 ABSL_FLAG(bool, allow_non_hdf5, false,
           "store any bytes, not only HDF5 file images");
+ABSL_FLAG(absl::Duration, push_idle_timeout, absl::Seconds(30),
+          "cancel a push that sends nothing for this long, or that has "
+          "not averaged --push-min-rate once this long has passed, and "
+          "release its memory (0: never cancel a push)");
+ABSL_FLAG(ByteSizeFlag, push_min_rate, ByteSizeFlag{uint64_t{256} << 10},
+          "bytes per second a push must average after --push-idle-timeout, "
+          "e.g. 256K (0: only the idle rule)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -101,7 +108,8 @@ int main(int argc, char** argv) {
       "usage: h5depotd [--listen=HOST:PORT] [--unix=PATH] "
       "[--max-memory=SIZE] [--max-image-size=SIZE] [--data-port=PORT]\n"
       "                [--nodata-lane] [--nofollow-client-cpu] "
-      "[--allow-non-hdf5]");
+      "[--allow-non-hdf5]\n"
+      "                [--push-idle-timeout=DURATION] [--push-min-rate=SIZE]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   QuietGrpcLogging();
@@ -132,6 +140,13 @@ int main(int argc, char** argv) {
   options.store.max_memory_bytes = max_memory;
   options.store.max_image_bytes = max_image;
   options.store.require_hdf5 = !absl::GetFlag(FLAGS_allow_non_hdf5);
+  options.store.push_idle_timeout = absl::GetFlag(FLAGS_push_idle_timeout);
+  if (options.store.push_idle_timeout < absl::ZeroDuration()) {
+    std::cerr << "h5depotd: --push-idle-timeout must not be negative\n";
+    return 1;
+  }
+  options.store.push_min_bytes_per_second =
+      absl::GetFlag(FLAGS_push_min_rate).bytes;
 
   auto server = h5depot::server::DepotServer::Start(options);
   if (!server.ok()) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
@@ -147,7 +148,153 @@ bool IsExpired(const StoredImage& image, absl::Time now) {
   return image.expires() <= now;
 }
 
+// A watched push is looked at again no sooner than this after a look, so
+// that a client keeping just ahead of its schedule cannot make the reaper
+// spin; a push falling behind is cut off at most this late.
+constexpr absl::Duration kPushCheckSpacing = absl::Milliseconds(250);
+
+bool WatchesPushes(const StoreOptions& options) {
+  return options.push_idle_timeout > absl::ZeroDuration() &&
+         options.push_idle_timeout != absl::InfiniteDuration();
+}
+
+// The progress rule (StoreOptions::push_idle_timeout), in this one place:
+// when a push begun at `begun`, whose last byte came at `last_progress`
+// and which has received `received` of its `size` bytes, falls behind.
+absl::Time PushDeadline(const StoreOptions& options, absl::Time begun,
+                        absl::Time last_progress, uint64_t received,
+                        uint64_t size) {
+  const absl::Time idle_deadline = last_progress + options.push_idle_timeout;
+  if (options.push_min_bytes_per_second == 0 || received == size) {
+    return idle_deadline;
+  }
+  const absl::Time rate_deadline =
+      begun + options.push_idle_timeout +
+      absl::Seconds(static_cast<double>(received) /
+                    static_cast<double>(options.push_min_bytes_per_second));
+  return std::min(idle_deadline, rate_deadline);
+}
+
+std::string Seconds(absl::Duration duration) {
+  return absl::FormatDuration(absl::Trunc(duration, absl::Milliseconds(100)));
+}
+
+// What a push cut off at `now` is told, saying which rule it broke.
+absl::Status CutOffStatus(const StoreOptions& options,
+                          std::string_view image_id, uint64_t size,
+                          absl::Time begun, absl::Time last_progress,
+                          uint64_t received, absl::Time now) {
+  const std::string progress = absl::StrCat(
+      internal::HumanSize(received), " of ", internal::HumanSize(size),
+      " received in ", Seconds(now - begun));
+  if (now >= last_progress + options.push_idle_timeout) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "push of '", std::string(image_id), "' cancelled: ", progress,
+        ", nothing for ", Seconds(now - last_progress),
+        "; the server cancels a push idle for ",
+        Seconds(options.push_idle_timeout), "; nothing was stored"));
+  }
+  return absl::DeadlineExceededError(absl::StrCat(
+      "push of '", std::string(image_id), "' cancelled: ", progress,
+      ", below the server's minimum of ",
+      internal::HumanSize(options.push_min_bytes_per_second), "/s after ",
+      Seconds(options.push_idle_timeout), "; nothing was stored"));
+}
+
 }  // namespace
+
+// One push as the store watches it: its progress, published by the thread
+// receiving it, and whether it has been cut off, decided once, either by
+// the reaper (Cut) or by the push's end (End), whichever comes first.
+class PushWatch {
+ public:
+  PushWatch(uint64_t id, std::string_view image_id, uint64_t size,
+            absl::Time begun, PushCutOff cut_off)
+      : id_(id),
+        image_id_(image_id),
+        size_(size),
+        begun_(begun),
+        last_progress_(absl::ToUnixNanos(begun)),
+        cut_off_(std::move(cut_off)) {}
+
+  uint64_t id() const { return id_; }
+  // Valid while the push is watched (the PendingImage holds it).
+  std::string_view image_id() const { return image_id_; }
+  uint64_t size() const { return size_; }
+  absl::Time begun() const { return begun_; }
+
+  // By the receiving thread, after each piece.
+  void Progress(uint64_t received, absl::Time now) {
+    received_.store(received, std::memory_order_relaxed);
+    last_progress_.store(absl::ToUnixNanos(now), std::memory_order_relaxed);
+  }
+  uint64_t received() const {
+    return received_.load(std::memory_order_relaxed);
+  }
+  absl::Time last_progress() const {
+    return absl::FromUnixNanos(last_progress_.load(std::memory_order_relaxed));
+  }
+  // A cheap look for the receiving thread; cut_status() says why.
+  bool is_cut() const { return is_cut_.load(std::memory_order_acquire); }
+
+  absl::Status cut_status() {
+    absl::MutexLock lock(&mutex_);
+    return cut_status_;
+  }
+
+  // Cuts the push off with `status`, calling its cut-off outside the lock;
+  // false if it has ended (or was cut) already.
+  bool Cut(const absl::Status& status) {
+    PushCutOff cut_off;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (state_ != State::kWatched) return false;
+      state_ = State::kCutting;
+      cutter_ = std::this_thread::get_id();
+      cut_status_ = status;
+      is_cut_.store(true, std::memory_order_release);
+      cut_off = std::move(cut_off_);
+    }
+    if (cut_off) cut_off(status);
+    absl::MutexLock lock(&mutex_);
+    state_ = State::kCut;
+    return true;
+  }
+
+  // The push ends (is published, or dropped): it is never cut off from
+  // now on. Returns the cut status if it was cut off first, after its
+  // cut-off has returned, unless this thread is the one calling it.
+  absl::Status End() {
+    PushCutOff unused;  // destroyed after the lock
+    absl::MutexLock lock(&mutex_);
+    if (state_ == State::kCutting && cutter_ != std::this_thread::get_id()) {
+      mutex_.Await(absl::Condition(
+          +[](State* state) { return *state != State::kCutting; }, &state_));
+    }
+    if (state_ == State::kWatched) {
+      state_ = State::kEnded;
+      unused = std::move(cut_off_);
+    }
+    return cut_status_;
+  }
+
+ private:
+  enum class State { kWatched, kCutting, kCut, kEnded };
+
+  const uint64_t id_;
+  const std::string_view image_id_;
+  const uint64_t size_;
+  const absl::Time begun_;
+  std::atomic<uint64_t> received_{0};
+  std::atomic<int64_t> last_progress_;  // Unix nanoseconds
+  std::atomic<bool> is_cut_{false};
+
+  absl::Mutex mutex_;
+  State state_ ABSL_GUARDED_BY(mutex_) = State::kWatched;
+  std::thread::id cutter_ ABSL_GUARDED_BY(mutex_);
+  absl::Status cut_status_ ABSL_GUARDED_BY(mutex_);
+  PushCutOff cut_off_ ABSL_GUARDED_BY(mutex_);
+};
 
 StoredImage::~StoredImage() {
   if (budget_ == nullptr) return;
@@ -162,7 +309,19 @@ PendingImage::PendingImage(ImageStore* store, PushRequest request,
       image_(std::move(image)),
       checksum_(std::make_unique<internal::StreamingChecksum>(request_.size)) {}
 
-PendingImage::~PendingImage() = default;
+PendingImage::~PendingImage() { EndWatch().IgnoreError(); }
+
+absl::Status PendingImage::EndWatch() {
+  if (watch_ == nullptr) return absl::OkStatus();
+  const std::shared_ptr<PushWatch> watch = std::move(watch_);
+  absl::Status cut = watch->End();
+  store_->Unwatch(watch->id());
+  return cut;
+}
+
+absl::Status PendingImage::cut_status() const {
+  return watch_ == nullptr ? absl::OkStatus() : watch_->cut_status();
+}
 
 absl::Status PendingImage::Append(const void* data, size_t size) {
   // CommitReceived refuses what does not fit; copy only what does.
@@ -180,6 +339,10 @@ absl::Status PendingImage::CommitReceived(size_t size) {
   if (image_ == nullptr) {
     return absl::FailedPreconditionError("push was already finished");
   }
+  if (watch_ != nullptr && watch_->is_cut()) {
+    image_.reset();
+    return watch_->cut_status();
+  }
   if (size > request_.size - received_) {
     image_.reset();
     return absl::InvalidArgumentError(absl::StrCat(
@@ -188,6 +351,9 @@ absl::Status PendingImage::CommitReceived(size_t size) {
   }
   checksum_->Update(image_->data_ + received_, size);
   received_ += size;
+  if (watch_ != nullptr && size > 0) {
+    watch_->Progress(received_, store_->options_.clock());
+  }
   return absl::OkStatus();
 }
 
@@ -197,6 +363,7 @@ absl::StatusOr<ImageRef> PendingImage::Publish() {
 
 absl::StatusOr<ImageRef> PendingImage::Publish(uint64_t expected_checksum) {
   std::unique_ptr<StoredImage> image = std::move(image_);
+  if (absl::Status cut = EndWatch(); !cut.ok()) return cut;
   if (image == nullptr) {
     return absl::FailedPreconditionError("push was already finished");
   }
@@ -246,7 +413,7 @@ ImageStore::~ImageStore() {
 }
 
 absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
-    PushRequest request) {
+    PushRequest request, PushCutOff cut_off) {
   if (absl::Status status = internal::ValidateImageId(request.image_id);
       !status.ok()) {
     return status;
@@ -292,8 +459,63 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
                      " for image '", request.image_id, "'"));
   }
   image->image_id_ = request.image_id;
-  return std::unique_ptr<PendingImage>(
+  auto pending = std::unique_ptr<PendingImage>(
       new PendingImage(this, std::move(request), std::move(image)));
+  if (!WatchesPushes(options_)) return pending;
+  const absl::Time begun = options_.clock();
+  const absl::Time first_check = begun + options_.push_idle_timeout;
+  {
+    absl::MutexLock lock(&pushes_mutex_);
+    const uint64_t id = next_push_++;
+    pending->watch_ = std::make_shared<PushWatch>(
+        id, pending->request_.image_id, pending->request_.size, begun,
+        std::move(cut_off));
+    watched_pushes_.emplace(id, WatchedPush{pending->watch_, first_check});
+    push_checks_.emplace(first_check, id);
+  }
+  WakeReaperFor(first_check);
+  return pending;
+}
+
+void ImageStore::Unwatch(uint64_t push) {
+  absl::MutexLock lock(&pushes_mutex_);
+  auto it = watched_pushes_.find(push);
+  if (it == watched_pushes_.end()) return;
+  push_checks_.erase({it->second.next_check, push});
+  watched_pushes_.erase(it);
+}
+
+size_t ImageStore::CutOffStalledPushes() {
+  const absl::Time now = options_.clock();
+  std::vector<std::pair<std::shared_ptr<PushWatch>, absl::Status>> behind;
+  {
+    absl::MutexLock lock(&pushes_mutex_);
+    while (!push_checks_.empty() && push_checks_.begin()->first <= now) {
+      const uint64_t id = push_checks_.begin()->second;
+      push_checks_.erase(push_checks_.begin());
+      auto it = watched_pushes_.find(id);
+      const PushWatch& watch = *it->second.watch;
+      const uint64_t received = watch.received();
+      const absl::Time last_progress = watch.last_progress();
+      const absl::Time deadline = PushDeadline(
+          options_, watch.begun(), last_progress, received, watch.size());
+      if (deadline <= now) {
+        // Unwatched now: the message names the id while the push still
+        // holds it.
+        behind.emplace_back(
+            std::move(it->second.watch),
+            CutOffStatus(options_, watch.image_id(), watch.size(),
+                         watch.begun(), last_progress, received, now));
+        watched_pushes_.erase(it);
+        continue;
+      }
+      it->second.next_check = std::max(deadline, now + kPushCheckSpacing);
+      push_checks_.emplace(it->second.next_check, id);
+    }
+  }
+  size_t cut = 0;
+  for (auto& [watch, status] : behind) cut += watch->Cut(status) ? 1 : 0;
+  return cut;
 }
 
 absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
@@ -625,6 +847,7 @@ void ImageStore::ReaperLoop() {
     }
     RemoveExpired();
     ExpireWaits(absl::Now());
+    CutOffStalledPushes();
     // Retained buffers and waits are due on the real clock; expiry is on
     // the store's.
     absl::Time next_expiry = budget_->TrimRetained(absl::Now());
@@ -635,6 +858,12 @@ void ImageStore::ReaperLoop() {
       }
       if (!wait_deadlines_.empty()) {
         next_expiry = std::min(next_expiry, wait_deadlines_.begin()->first);
+      }
+    }
+    {
+      absl::MutexLock lock(&pushes_mutex_);
+      if (!push_checks_.empty()) {
+        next_expiry = std::min(next_expiry, push_checks_.begin()->first);
       }
     }
     absl::MutexLock lock(&reaper_mutex_);

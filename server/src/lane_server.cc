@@ -196,6 +196,19 @@ absl::Status SendFinal(LaneSocket& socket, const absl::Status& status,
   return socket.SendAll(iov, 3);
 }
 
+// A push that broke off before its end (`status`): if the server cut it
+// off, the client is told why, once its memory is released; either way
+// the connection is closed, its stream out of step.
+absl::Status EndBrokenPush(LaneSocket& socket,
+                           std::unique_ptr<PendingImage> pending,
+                           absl::Status status) {
+  const absl::Status cut = pending->cut_status();
+  pending.reset();
+  if (cut.ok()) return status;
+  SendFinal(socket, cut, nullptr, false).IgnoreError();
+  return cut;
+}
+
 absl::Status SendContinue(LaneSocket& socket) {
   lane::Response response;
   response.kind = lane::ResponseKind::kContinue;
@@ -422,9 +435,12 @@ absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
   params.size = header.size;
   params.if_generation_match = header.if_generation_match;
   params.ttl_ms = header.ttl_ms;
-  // The checksum follows the bytes (FinishPush below).
-  absl::StatusOr<std::unique_ptr<PendingImage>> pending =
-      operations->BeginPush(caller, std::move(params));
+  // The checksum follows the bytes (FinishPush below). A push cut off for
+  // falling behind stops receiving: the blocked recv returns at once (and
+  // the connection is closed after the answer, its stream out of step).
+  absl::StatusOr<std::unique_ptr<PendingImage>> pending = operations->BeginPush(
+      caller, std::move(params),
+      [&socket](const absl::Status&) { ::shutdown(socket.fd(), SHUT_RD); });
   if (!pending.ok()) {
     // An eager push's bytes are on their way already: read past them.
     if (eager) {
@@ -441,23 +457,24 @@ absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
   }
   PendingImage& image = **pending;
   // On any failure below the pending image is dropped: nothing is stored
-  // and its memory is released.
+  // and its memory is released. Each piece is counted as it comes, however
+  // small, so that the store sees a slow push's progress as it is made. (Only a
+  // receiver waiting for its sender gets pieces smaller than
+  // kReceivePieceBytes.)
   for (uint64_t left = header.size; left > 0;) {
-    const size_t n =
+    const size_t most =
         static_cast<size_t>(std::min<uint64_t>(left, kReceivePieceBytes));
-    if (absl::Status status = reader.Read(image.Unreceived(), n);
-        !status.ok()) {
-      return status;
+    absl::StatusOr<size_t> n = reader.ReadSome(image.Unreceived(), most);
+    absl::Status status = n.ok() ? image.CommitReceived(*n) : n.status();
+    if (!status.ok()) {
+      return EndBrokenPush(socket, *std::move(pending), std::move(status));
     }
-    if (absl::Status status = image.CommitReceived(n); !status.ok()) {
-      return status;
-    }
-    left -= n;
+    left -= *n;
   }
   uint8_t trailer[8];
   if (absl::Status status = reader.Read(trailer, sizeof(trailer));
       !status.ok()) {
-    return status;
+    return EndBrokenPush(socket, *std::move(pending), std::move(status));
   }
   absl::StatusOr<ImageRef> published =
       operations->FinishPush(image, lane::DecodeU64(trailer));

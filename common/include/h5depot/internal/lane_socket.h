@@ -80,6 +80,10 @@ class LaneReader {
   // Receives exactly `size` bytes into `out`.
   absl::Status Read(void* out, size_t size,
                     absl::Time deadline = absl::InfiniteFuture());
+  // Receives at least one and at most `size` (> 0) bytes into `out`, as
+  // they come; returns how many.
+  absl::StatusOr<size_t> ReadSome(void* out, size_t size,
+                                  absl::Time deadline = absl::InfiniteFuture());
   // Receives and discards `size` bytes.
   absl::Status Skip(uint64_t size,
                     absl::Time deadline = absl::InfiniteFuture());

@@ -12,6 +12,12 @@
 // its buffer is freed. A push that would exceed the limit is refused when it
 // begins, before any data is accepted.
 //
+// Progress: a push that does not keep up is cut off (StoreOptions'
+// push_idle_timeout and push_min_bytes_per_second), so that one stalled
+// client cannot hold its reservation, and with it everyone else's pushes,
+// for ever. The store decides; the transport that carries the push says
+// how to cut it off (ImageStore::BeginPush's `cut_off`).
+//
 // Thread safety: all methods may be called concurrently.
 #ifndef H5DEPOT_SERVER_IMAGE_STORE_H_
 #define H5DEPOT_SERVER_IMAGE_STORE_H_
@@ -45,6 +51,7 @@ class StreamingChecksum;
 namespace h5depot::server {
 
 class MemoryBudget;
+class PushWatch;
 
 struct StoreOptions {
   // Bytes of image data the store may hold at once, pending pushes included.
@@ -55,9 +62,26 @@ struct StoreOptions {
   bool require_hdf5 = true;
   // The store's notion of now; replaceable so tests can move time.
   std::function<absl::Time()> clock = [] { return absl::Now(); };
-  // Run a thread that deletes expired images when they expire. Expired
-  // images are invisible from their expiry time on either way.
+  // Run a thread that deletes expired images when they expire, ends waits
+  // at their deadline and cuts off pushes that fall behind. Expired images
+  // are invisible from their expiry time on either way.
   bool start_reaper = true;
+  // The progress a push must make, on `clock`. A push that has not been
+  // published (or failed) is cut off when either
+  //   - nothing has arrived for push_idle_timeout (since its last byte, or
+  //     since it began), or
+  //   - push_idle_timeout after it began, it has received less than
+  //     push_min_bytes_per_second times the time since then: it gets
+  //     push_idle_timeout of grace, then must average the minimum rate.
+  // A client that sends at the minimum rate or faster, without a pause as
+  // long as the idle timeout, is never cut off; one that trickles a byte
+  // now and then is cut off about push_idle_timeout after it began. A push
+  // whose bytes have all arrived is held to the idle rule alone: it must
+  // end (publish) within the idle timeout of its last byte. Zero (or
+  // infinite) push_idle_timeout: never cut off; zero
+  // push_min_bytes_per_second: only the idle rule.
+  absl::Duration push_idle_timeout = absl::Seconds(30);
+  uint64_t push_min_bytes_per_second = uint64_t{256} << 10;
 };
 
 // One published generation of an image. Immutable; shared by the store and
@@ -105,6 +129,11 @@ struct PushRequest {
 
 class ImageStore;
 
+// How the transport carrying a push cuts it off (see
+// ImageStore::BeginPush): given why, it makes the transport stop receiving
+// and drop the PendingImage, and tell its client that status.
+using PushCutOff = absl::AnyInvocable<void(const absl::Status&)>;
+
 // An image being received. Invisible to everyone until Publish() succeeds;
 // destroying it unpublished frees its buffer and its memory reservation.
 // Used by one thread at a time.
@@ -115,7 +144,8 @@ class PendingImage {
   PendingImage& operator=(const PendingImage&) = delete;
 
   // Appends the next `size` bytes. INVALID_ARGUMENT (and the push is
-  // spoiled) if they would exceed the declared size.
+  // spoiled) if they would exceed the declared size; once the push has
+  // been cut off, its cut_status() (and the buffer is freed).
   absl::Status Append(const void* data, size_t size);
 
   // Receiving in place, with no copy: the bytes still to come are written
@@ -127,11 +157,17 @@ class PendingImage {
   uint64_t received() const { return received_; }
   uint64_t declared_size() const { return request_.size; }
 
+  // Why the store cut this push off for falling behind (DEADLINE_EXCEEDED,
+  // with a message for the client); OK if it has not. Thread-safe.
+  absl::Status cut_status() const;
+
   // Verifies size, checksum, format and the generation precondition, then
   // makes the image current. The PendingImage is spent afterwards, whatever
   // the outcome: INVALID_ARGUMENT (size, not HDF5), DATA_LOSS (checksum),
   // ALREADY_EXISTS / ABORTED (generation: someone else's push or delete won
-  // the race), UNAVAILABLE (store shutting down).
+  // the race), UNAVAILABLE (store shutting down), DEADLINE_EXCEEDED (cut
+  // off before it got here: cut_status()). Once Publish has begun the push
+  // is never cut off.
   absl::StatusOr<ImageRef> Publish();
   // The same, checked against `checksum`, sent after the data, instead of
   // the request's.
@@ -141,12 +177,18 @@ class PendingImage {
   friend class ImageStore;
   PendingImage(ImageStore* store, PushRequest request,
                std::unique_ptr<StoredImage> image);
+  // Takes the push out of the store's watch; the cut status if it was cut
+  // off first. Waits for a cut-off under way on another thread to return.
+  absl::Status EndWatch();
 
   ImageStore* store_;
   PushRequest request_;
   std::unique_ptr<StoredImage> image_;  // null once spent
   uint64_t received_ = 0;
   std::unique_ptr<internal::StreamingChecksum> checksum_;
+  // Shared with the store's watch while the push is watched; null if the
+  // store has no deadline, or once Publish() has begun.
+  std::shared_ptr<PushWatch> watch_;
 };
 
 struct ListResult {
@@ -181,7 +223,20 @@ class ImageStore {
   // RESOURCE_EXHAUSTED, ALREADY_EXISTS (`if_generation_match` 0 and the id
   // exists), ABORTED (`if_generation_match` N and the current generation is
   // not N, or there is none), UNAVAILABLE.
-  absl::StatusOr<std::unique_ptr<PendingImage>> BeginPush(PushRequest request);
+  //
+  // The push is then watched (StoreOptions::push_idle_timeout). If it falls
+  // behind, the reaper (or CutOffStalledPushes) marks it cut off: from then
+  // on Append, CommitReceived and Publish fail with its cut_status(), and
+  // `cut_off` (may be null) is called once with that status, so that the
+  // transport stops waiting for the client's bytes, destroys the
+  // PendingImage (which releases the reservation) and answers the client.
+  // `cut_off` is called on the reaper's thread, with no lock of the store
+  // held; it may destroy the PendingImage itself. It is never called once
+  // the PendingImage is destroyed or Publish has begun: both wait for a
+  // call under way on another thread to return, so it must be quick and
+  // must not wait for the thread that owns the PendingImage.
+  absl::StatusOr<std::unique_ptr<PendingImage>> BeginPush(
+      PushRequest request, PushCutOff cut_off = nullptr);
 
   // Every call that names an image id checks it against the id rules
   // (h5depot/internal/image_id.h) first: a malformed id is INVALID_ARGUMENT
@@ -251,6 +306,11 @@ class ImageStore {
   // Deletes the images whose expiry time has come; returns how many.
   size_t RemoveExpired();
 
+  // Cuts off the pushes that have fallen behind by now (StoreOptions::clock)
+  // as BeginPush describes; returns how many. The reaper calls it when the
+  // first push is due to be looked at.
+  size_t CutOffStalledPushes();
+
   StoreStats Stats() const;
 
   // Refuses new pushes and ends every wait with UNAVAILABLE (new ones too,
@@ -271,6 +331,8 @@ class ImageStore {
   // Removes wait `wait` from the list and hands over its callback.
   WaitCallback TakeWait(WaitId wait) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void ReaperLoop();
+  // Forgets a watched push (no-op if it is not watched any more).
+  void Unwatch(uint64_t push);
 
   const StoreOptions options_;
   const std::shared_ptr<MemoryBudget> budget_;
@@ -297,14 +359,30 @@ class ImageStore {
       ABSL_GUARDED_BY(mutex_);
   WaitId next_wait_ ABSL_GUARDED_BY(mutex_) = 1;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
+  // The pushes under way, watched for progress, with a lock of their own so
+  // that watching costs the image map nothing. Never held with `mutex_`,
+  // nor with a PushWatch's lock.
+  struct WatchedPush {
+    std::shared_ptr<PushWatch> watch;
+    absl::Time next_check;  // its entry in `push_checks_`
+  };
+  absl::Mutex pushes_mutex_;
+  std::unordered_map<uint64_t, WatchedPush> watched_pushes_
+      ABSL_GUARDED_BY(pushes_mutex_);
+  // When each watched push is next looked at, earliest first.
+  std::set<std::pair<absl::Time, uint64_t>> push_checks_
+      ABSL_GUARDED_BY(pushes_mutex_);
+  uint64_t next_push_ ABSL_GUARDED_BY(pushes_mutex_) = 1;
+
   // Set under `mutex_`; read without it where a stale answer is harmless
   // (BeginPush: Install() looks again under the lock).
   std::atomic<bool> shutting_down_{false};
 
-  // The reaper sleeps on a mutex of its own until the earliest expiry or
-  // wait deadline (or until a retained buffer is due to be freed, see
-  // MemoryBudget), and is woken only by something due sooner (or by
-  // shutdown), so that publishes without a time to live never wake it.
+  // The reaper sleeps on a mutex of its own until the earliest expiry,
+  // wait deadline or watched push's check (or until a retained buffer is
+  // due to be freed, see MemoryBudget), and is woken only by something due
+  // sooner (or by shutdown), so that publishes without a time to live
+  // never wake it, and a push only if it is the first one due.
   void WakeReaperFor(absl::Time due);
   absl::Mutex reaper_mutex_;
   absl::CondVar reaper_wakeup_;
