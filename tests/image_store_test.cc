@@ -998,10 +998,10 @@ TEST_F(ImageStoreTest, TheReaperCutsOffAStalledPushWithoutBeingAsked) {
   ImageStore store(options);  // real clock, reaper running
   const auto bytes = MakeTestImage(1 << 20);
   absl::Notification cut;
+  const absl::Time begun = absl::Now();  // no later than the push began
   auto pending = store.BeginPush(RequestFor("stalled", bytes),
                                  [&cut](const absl::Status&) { cut.Notify(); });
   ASSERT_TRUE(pending.ok()) << pending.status();
-  const absl::Time begun = absl::Now();
   ASSERT_TRUE(cut.WaitForNotificationWithTimeout(absl::Seconds(30)));
   EXPECT_GE(absl::Now() - begun, absl::Milliseconds(200));
   EXPECT_EQ((*pending)->cut_status().code(),
