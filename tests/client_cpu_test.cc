@@ -161,31 +161,42 @@ TEST_P(ClientCpuTest, SmallPushesAndFetchesAreServedOnTheClientsCpu) {
   // client's before it answers; the scheduler may still move it on before
   // it is seen asleep (ctest runs these cases alone, but the machine may
   // have other load), so two rounds of 16 may miss. By chance alone, 14
-  // would match once in 500 runs.
+  // would match once in 500 runs. On a machine busy enough that the
+  // scheduler moves the thread more often than that, a batch may miss
+  // more: up to three batches are tried, and one must match (by chance
+  // alone, one in 160 runs would).
   constexpr int kRounds = 16;
-  int matched = 0;
+  constexpr int kBatches = 3;
   std::string misses;
-  for (int round = 0; round < kRounds; ++round) {
-    const int cpu = cpus_[round % 2];
-    const bool push = round < kRounds / 2;
-    {
-      ScopedCpu on(cpu);
-      ASSERT_TRUE(on.confined());
-      if (push) {
-        ASSERT_TRUE(client_->Push("near.h5", image.data(), image.size()).ok());
+  for (int batch = 0; batch < kBatches; ++batch) {
+    int matched = 0;
+    for (int round = 0; round < kRounds; ++round) {
+      const int cpu = cpus_[round % 2];
+      const bool push = batch == 0 ? round < kRounds / 2 : round % 4 < 2;
+      {
+        ScopedCpu on(cpu);
+        ASSERT_TRUE(on.confined());
+        if (push) {
+          ASSERT_TRUE(
+              client_->Push("near.h5", image.data(), image.size()).ok());
+        } else {
+          ASSERT_TRUE(client_->Fetch("near.h5").ok());
+        }
+      }
+      const int lane_cpu = LaneThreadCpu(*server_);
+      if (lane_cpu == cpu) {
+        ++matched;
       } else {
-        ASSERT_TRUE(client_->Fetch("near.h5").ok());
+        absl::StrAppend(&misses, push ? " push" : " fetch", " on CPU ", cpu,
+                        " served on ", lane_cpu, ";");
       }
     }
-    const int lane_cpu = LaneThreadCpu(*server_);
-    if (lane_cpu == cpu) {
-      ++matched;
-    } else {
-      absl::StrAppend(&misses, push ? " push" : " fetch", " on CPU ", cpu,
-                      " served on ", lane_cpu, ";");
-    }
+    if (matched >= kRounds - 2) return;
+    absl::StrAppend(&misses, " (batch ", batch + 1, ": ", matched, " of ",
+                    kRounds, ")");
   }
-  EXPECT_GE(matched, kRounds - 2) << misses;
+  ADD_FAILURE() << "no batch of " << kRounds << " had " << kRounds - 2
+                << " served on the client's CPU:" << misses;
 }
 
 TEST_P(ClientCpuTest, ServerConfinedToOneCpuNeverLeavesIt) {
