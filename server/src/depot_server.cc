@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -18,6 +19,16 @@
 #include "server/src/lane_server_internal.h"
 
 namespace h5depot::server {
+namespace {
+
+// How long a stopping server keeps its gRPC connections open once its
+// calls are done, for clients still reading the last bytes of a call: the
+// socket buffers and flow-control window behind a finished call, a few
+// MiB, read at once by a client that is not starved of CPU. An idle
+// client holds the stop this long at most.
+constexpr absl::Duration kLingerForLastBytes = absl::Milliseconds(500);
+
+}  // namespace
 
 struct DepotServer::Impl {
   // Destroyed in reverse: the transports before the operations they call,
@@ -172,11 +183,15 @@ void DepotServer::Shutdown(absl::Duration grace) {
   // idle connection's client to acknowledge the GOAWAY, and a client that
   // is idle does not read its socket until it next polls (gRPC's backup
   // poller: every 5 s), so an idle client held the stop for seconds. The
-  // service counts its calls instead: once they are done (or the grace is
-  // over), a deadline already past makes gRPC cancel what is left and close
-  // every connection at once.
+  // service counts its calls instead, and once they are done (or the grace
+  // is over) gRPC gets only a short linger before it cancels what is left
+  // and closes every connection: a call is done once its last bytes are in
+  // the connection's buffers, and a client still reading them (which then
+  // acknowledges the GOAWAY behind them at once) must get them before the
+  // connection is closed under it.
   impl_->service->AwaitCalls(deadline);
-  impl_->server->Shutdown(absl::ToChronoTime(absl::Now()));
+  impl_->server->Shutdown(absl::ToChronoTime(
+      std::min(deadline, absl::Now() + kLingerForLastBytes)));
   // A stopped server leaves no socket file behind for the next one to trip
   // over or for a client to mistake for a live server.
   if (!impl_->unix_socket_path.empty()) {
