@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -272,6 +273,37 @@ void RestartInChild(ForkState& state)
   state.restart_pending.store(false);
 }
 
+// Registered with atexit once gRPC started, so it runs before libgrpc's own
+// static objects are destroyed. gRPC finishes tearing down a channel on
+// threads of its own after the channel is gone, and those threads are
+// still running while the process exits: gRPC 1.51 with fork support
+// crashes now and then when such a teardown meets its destroyed statics (a
+// program that disconnects and returns from main at once). So exit first
+// lets gRPC go quiet, as a fork does, for at most kLongestExitWait: a call
+// still under way on another thread does not hold the exit up for long.
+void AwaitQuietAtExit() {
+  constexpr std::chrono::milliseconds kLongestExitWait{250};
+  ForkState& state = State();
+  // A child that never restarted gRPC has none of its threads.
+  if (state.restart_pending.load() || state.unusable.load() != nullptr ||
+      state.last_use_ended.load() == 0) {
+    return;
+  }
+  const int64_t give_up =
+      MonotonicNanos() + std::chrono::nanoseconds(kLongestExitWait).count();
+  for (;;) {
+    const int64_t now = MonotonicNanos();
+    int64_t wait = state.last_use_ended.load() +
+                   std::chrono::nanoseconds(kGrpcQuietBeforeFork).count() - now;
+    if (state.users.load() != 0) wait = 1000000;  // poll again in 1 ms
+    wait = std::min(wait, give_up - now);
+    if (wait <= 0) return;
+    timespec pause{wait / 1000000000, static_cast<long>(wait % 1000000000)};
+    while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
+    }
+  }
+}
+
 void StartGrpc() {
   ForkState& state = State();
   state.start.store(Start::kStarting);
@@ -286,6 +318,7 @@ void StartGrpc() {
   const bool started_elsewhere = grpc_is_initialized() != 0;
   grpc_init();  // the matching grpc_shutdown() is deliberately never called
   if (set_here) unsetenv("GRPC_ENABLE_FORK_SUPPORT");
+  std::atexit(&AwaitQuietAtExit);
   hooks.get = reinterpret_cast<GetResetFunction>(
       GprSymbol("_ZN9grpc_core4Fork30GetResetChildPollingEngineFuncEv"));
   hooks.set = reinterpret_cast<SetResetFunction>(

@@ -28,6 +28,20 @@
 #include "output_file.h"
 #include "progress_bar.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define H5DEPOT_HAS_LEAK_CHECKER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
+#define H5DEPOT_HAS_LEAK_CHECKER 1
+#endif
+#endif
+#ifndef H5DEPOT_HAS_LEAK_CHECKER
+#define H5DEPOT_HAS_LEAK_CHECKER 0
+#endif
+#if H5DEPOT_HAS_LEAK_CHECKER
+#include <sanitizer/lsan_interface.h>
+#endif
+
 namespace h5depot::cli {
 namespace {
 
@@ -516,6 +530,28 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
+
+// Ends the process with `exit_code` once stdout and stderr are written out,
+// without destroying static objects: gRPC's threads are still tearing down
+// the command's connection then, and gRPC 1.51 can crash when its statics
+// are destroyed under them. Nothing of the CLI needs a destructor at exit.
+// A failure to write stdout fails a command that had succeeded. Builds
+// with the leak checker still run it, as a normal exit would.
+[[noreturn]] void Exit(int exit_code) {
+  if (std::fflush(stdout) != 0 && exit_code == kExitOk) {
+    std::fprintf(stderr, "h5depot: cannot write to stdout: %s\n",
+                 std::strerror(errno));
+    exit_code = kExitFailed;
+  }
+  std::fflush(stderr);
+#if H5DEPOT_HAS_LEAK_CHECKER
+  __lsan_do_leak_check();
+#endif
+  _exit(exit_code);
+}
+
 }  // namespace h5depot::cli
 
-int main(int argc, char** argv) { return h5depot::cli::Main(argc, argv); }
+int main(int argc, char** argv) {
+  h5depot::cli::Exit(h5depot::cli::Main(argc, argv));
+}

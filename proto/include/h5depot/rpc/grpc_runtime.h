@@ -15,6 +15,12 @@ namespace h5depot::internal {
 // it stopped. Holding one reference forever avoids that teardown. Cheap and
 // idempotent; call before creating channels or servers.
 //
+// gRPC's threads therefore still run while the process exits, finishing
+// the teardown of channels destroyed just before. So that they are not
+// caught by the destruction of gRPC's statics, exit() first waits until
+// no GrpcUse ended for kGrpcQuietBeforeFork, at most 250 ms in all; a
+// process that never called through a GrpcUse does not wait.
+//
 // The first call starts gRPC the way children of fork() need it (below):
 // with gRPC's fork support on (GRPC_ENABLE_FORK_SUPPORT=1 unless the
 // environment says otherwise or DisableGrpcInForkedChildren came first;
