@@ -1,4 +1,5 @@
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -40,6 +41,12 @@ constexpr size_t kReceivePieceBytes = size_t{256} << 10;
 // client waits on, when it says which. Larger transfers are left to the
 // scheduler: each end then keeps a CPU of its own busy copying.
 constexpr uint64_t kNearClientBytes = uint64_t{64} << 10;
+
+// When the process is out of descriptors (or the kernel out of memory for
+// sockets) and a pending connection cannot even be shed, the acceptor
+// leaves the listeners alone this long: polled again at once, they would
+// report the same connection, and accept fail the same way, in a loop.
+constexpr absl::Duration kAcceptBackoff = absl::Milliseconds(100);
 
 // Who is at the other end of a connected socket, learnt once per
 // connection: the address in gRPC's notation, and whether it is on this
@@ -224,6 +231,9 @@ struct DataLaneServer::Impl {
   int tcp_port = 0;
   std::string unix_path;
   int wake_fd = -1;  // eventfd that ends the acceptor's poll
+  // A descriptor held in reserve (on /dev/null) for the acceptor to give up
+  // when the process runs out of them (ShedConnection). Acceptor only.
+  int reserve_fd = -1;
   std::thread acceptor;
 
   absl::Mutex mutex;
@@ -233,10 +243,15 @@ struct DataLaneServer::Impl {
 
   ~Impl() {
     if (wake_fd >= 0) ::close(wake_fd);
+    if (reserve_fd >= 0) ::close(reserve_fd);
   }
 
   void AcceptLoop();
-  void Accept(LaneSocket& listener);
+  // Takes one pending connection from `listener`. False when the process
+  // is out of descriptors or memory and nothing could be taken: the caller
+  // then backs off.
+  bool Accept(LaneSocket& listener);
+  bool ShedConnection(LaneSocket& listener);
   void ReapFinished() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   void Serve(Connection* connection);
   // Each returns an error only when the connection is no longer usable;
@@ -274,6 +289,8 @@ absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
   }
   impl->wake_fd = ::eventfd(0, EFD_CLOEXEC);
   if (impl->wake_fd < 0) return ErrnoError("data lane: eventfd");
+  impl->reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (impl->reserve_fd < 0) return ErrnoError("data lane: /dev/null");
   Impl* raw = impl.get();
   impl->acceptor = std::thread([raw] { raw->AcceptLoop(); });
   return std::unique_ptr<DataLaneServer>(new DataLaneServer(std::move(impl)));
@@ -291,34 +308,69 @@ const std::string& DataLaneServer::unix_path() const {
 }
 
 void DataLaneServer::Impl::AcceptLoop() {
+  absl::Time listen_again = absl::InfinitePast();
   while (true) {
+    // While backing off, only a stop wakes the acceptor before its time.
+    const absl::Duration backoff_left = listen_again - absl::Now();
+    const bool backing_off = backoff_left > absl::ZeroDuration();
     pollfd entries[3] = {{wake_fd, POLLIN, 0},
-                         {tcp_listener.fd(), POLLIN, 0},
-                         {unix_listener.fd(), POLLIN, 0}};
+                         {backing_off ? -1 : tcp_listener.fd(), POLLIN, 0},
+                         {backing_off ? -1 : unix_listener.fd(), POLLIN, 0}};
+    const int timeout_ms =
+        backing_off ? static_cast<int>(absl::ToInt64Milliseconds(
+                          absl::Ceil(backoff_left, absl::Milliseconds(1))))
+                    : -1;
     // A negative descriptor (no such listener) is ignored by poll.
-    if (::poll(entries, 3, -1) < 0) {
+    if (::poll(entries, 3, timeout_ms) < 0) {
       if (errno == EINTR) continue;
       return;
     }
     if (entries[0].revents != 0) return;
-    if (entries[1].revents != 0) Accept(tcp_listener);
-    if (entries[2].revents != 0) Accept(unix_listener);
+    bool accepting = true;
+    if (entries[1].revents != 0) accepting &= Accept(tcp_listener);
+    if (entries[2].revents != 0) accepting &= Accept(unix_listener);
+    if (!accepting) listen_again = absl::Now() + kAcceptBackoff;
   }
 }
 
-void DataLaneServer::Impl::Accept(LaneSocket& listener) {
+bool DataLaneServer::Impl::Accept(LaneSocket& listener) {
+  {
+    // Finished connections' descriptors are closed already; their threads
+    // are joined here, before the cap below counts connections.
+    absl::MutexLock lock(&mutex);
+    ReapFinished();
+  }
   LaneSocket socket(::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC));
-  if (!socket.is_open()) return;  // the client gave up, or out of files
+  if (!socket.is_open()) {
+    if (errno == EMFILE || errno == ENFILE) return ShedConnection(listener);
+    // Otherwise the client gave up (ECONNABORTED and the like), or the
+    // kernel is short of memory, which waiting may cure.
+    return errno != ENOBUFS && errno != ENOMEM;
+  }
   lane::TuneSocket(socket.fd());
   socket.SetStallTimeout(options.stall_timeout).IgnoreError();
   absl::MutexLock lock(&mutex);
-  ReapFinished();
-  if (stopping || connections.size() >= options.max_connections) return;
+  if (stopping || connections.size() >= options.max_connections) return true;
   auto connection = std::make_unique<Connection>();
   connection->socket = std::move(socket);
   Connection* raw = connection.get();
   connections.push_back(std::move(connection));
   raw->thread = std::thread([this, raw] { Serve(raw); });
+  return true;
+}
+
+// Out of descriptors with a connection pending: gives up the reserve,
+// takes the connection and closes it at once (its client sees the end and
+// uses gRPC), then reserves a descriptor again. Without this the pending
+// connection would stay queued, and nobody learn that it is not served.
+bool DataLaneServer::Impl::ShedConnection(LaneSocket& listener) {
+  if (reserve_fd >= 0) ::close(reserve_fd);
+  const int shed = ::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+  if (shed >= 0) ::close(shed);
+  // May fail while another thread holds the freed descriptor; tried again
+  // at the next shortage.
+  reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  return shed >= 0 && reserve_fd >= 0;
 }
 
 void DataLaneServer::Impl::ReapFinished() {
@@ -374,10 +426,12 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     connection->busy.store(false);
     if (stopping.load()) break;
   }
-  // The peer sees the end at once; the descriptor is closed when the
-  // connection is reaped.
+  // The peer sees the end at once, and the descriptor is free for the next
+  // connection now rather than when this one is reaped. Closed under the
+  // lock, under which Shutdown() shuts sockets down.
   socket.Shutdown();
   absl::MutexLock lock(&mutex);
+  socket.Close();
   connection->finished = true;
 }
 

@@ -1,0 +1,229 @@
+// The data lane under abuse, against a real h5depotd: clients that hold
+// connections, descriptors or waits they do not use must not take the
+// server from everyone else. Each case mounts one attack, shows that it is
+// turned away or outlasted, and that a well-behaved client is served.
+//
+// CPU use is measured on the server process over an interval (its
+// /proc/PID/stat), with a wide margin: a server that is idle uses next to
+// nothing, one that spins or polls uses a core.
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "h5depot/client.h"
+#include "h5depot/internal/lane_protocol.h"
+#include "h5depot/internal/lane_socket.h"
+#include "h5depot/testing/hdf5_images.h"
+#include "h5depot/testing/server_process.h"
+
+namespace h5depot {
+namespace {
+
+namespace lane = internal::lane;
+using ::h5depot::testing::MakeHdf5Image;
+using ::h5depot::testing::ServerProcess;
+using ::h5depot::testing::ServerProcessOptions;
+using lane::LaneSocket;
+
+// A safety net against a server that never answers, not a measurement.
+absl::Time IoDeadline() { return absl::Now() + absl::Seconds(30); }
+
+// Recovery after an attack ends must come within this.
+constexpr absl::Duration kRecoveryDeadline = absl::Seconds(30);
+
+// The interval over which the server's CPU use is measured, and the most
+// it may use meanwhile: a quarter of one core, where a spinning acceptor or
+// hundreds of polling waits take one or two whole cores.
+constexpr absl::Duration kCpuInterval = absl::Seconds(2);
+constexpr double kIdleCpuShare = 0.25;
+
+// The server's CPU time used over kCpuInterval from now. (The interval is
+// what is measured; nothing waits on it for an event.)
+absl::Duration CpuUsedOverInterval(const ServerProcess& server) {
+  const absl::StatusOr<absl::Duration> before = server.CpuTime();
+  EXPECT_TRUE(before.ok()) << before.status();
+  absl::SleepFor(kCpuInterval);
+  const absl::StatusOr<absl::Duration> after = server.CpuTime();
+  EXPECT_TRUE(after.ok()) << after.status();
+  if (!before.ok() || !after.ok()) return absl::InfiniteDuration();
+  return *after - *before;
+}
+
+// A response and the status message behind it.
+struct Reply {
+  lane::Response header;
+  std::string message;
+};
+
+absl::StatusOr<Reply> ReceiveReply(LaneSocket& socket,
+                                   absl::Time deadline = IoDeadline()) {
+  uint8_t raw[lane::kResponseHeaderBytes];
+  if (absl::Status status = socket.Receive(raw, sizeof(raw), deadline);
+      !status.ok()) {
+    return status;
+  }
+  Reply reply;
+  if (absl::Status status = lane::DecodeResponse(raw, &reply.header);
+      !status.ok()) {
+    return status;
+  }
+  reply.message.resize(reply.header.message_bytes);
+  if (absl::Status status =
+          socket.Receive(reply.message.data(), reply.message.size(), deadline);
+      !status.ok()) {
+    return status;
+  }
+  return reply;
+}
+
+// Sends a GET of `image_id` that waits up to `wait_ms` for it.
+absl::Status SendGet(LaneSocket& socket, std::string_view image_id,
+                     uint64_t wait_ms) {
+  lane::RequestHeader header;
+  header.op = lane::Op::kGet;
+  header.wait_ms = wait_ms;
+  header.image_id_bytes = static_cast<uint16_t>(image_id.size());
+  uint8_t raw[lane::kRequestHeaderBytes];
+  lane::EncodeRequestHeader(header, raw);
+  iovec iov[2] = {{raw, sizeof(raw)},
+                  {const_cast<char*>(image_id.data()), image_id.size()}};
+  return socket.SendAll(iov, 2, IoDeadline());
+}
+
+// A GET's final reply, and the image's bytes after an OK one.
+absl::StatusOr<Reply> Get(LaneSocket& socket, std::string_view image_id,
+                          uint64_t wait_ms = 0, std::string* bytes = nullptr) {
+  if (absl::Status status = SendGet(socket, image_id, wait_ms); !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<Reply> reply = ReceiveReply(socket);
+  if (!reply.ok() || reply->header.code != absl::StatusCode::kOk) return reply;
+  std::string received(reply->header.size, '\0');
+  if (absl::Status status =
+          socket.Receive(received.data(), received.size(), IoDeadline());
+      !status.ok()) {
+    return status;
+  }
+  if (bytes != nullptr) *bytes = std::move(received);
+  return reply;
+}
+
+class LaneAbuseTest : public ::testing::Test {
+ protected:
+  void StartServer(ServerProcessOptions options) {
+    options.unix_socket = true;
+    auto server = ServerProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+
+  // A lane connection over TCP that has exchanged hellos. UNAVAILABLE if
+  // the server closed it instead of answering (it sheds connections it
+  // cannot serve), DEADLINE_EXCEEDED if it did not answer by `deadline`.
+  absl::StatusOr<LaneSocket> OpenLane(absl::Time deadline = IoDeadline()) {
+    absl::StatusOr<LaneSocket> socket =
+        lane::ConnectTcp("127.0.0.1", server_->data_lane_port(), deadline);
+    if (!socket.ok()) return socket.status();
+    uint8_t hello[lane::kHelloBytes];
+    lane::EncodeHello(hello);
+    if (absl::Status status = socket->Send(hello, sizeof(hello), deadline);
+        !status.ok()) {
+      return status;
+    }
+    if (absl::Status status = socket->Receive(hello, sizeof(hello), deadline);
+        !status.ok()) {
+      return status;
+    }
+    if (absl::Status status = lane::DecodeHello(hello); !status.ok()) {
+      return status;
+    }
+    return socket;
+  }
+
+  // A client that pushes an image and fetches it back, over the lane where
+  // it can and gRPC otherwise: what a legitimate user does.
+  void ExpectPushAndFetchWork(const std::string& image_id) {
+    ClientOptions options;
+    options.connect_timeout = kRecoveryDeadline;
+    auto client = Client::Connect(server_->target(), options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    const std::string image = MakeHdf5Image(256 << 10, 7);
+    auto pushed = (*client)->Push(image_id, image.data(), image.size());
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+    auto fetched = (*client)->Fetch(image_id);
+    ASSERT_TRUE(fetched.ok()) << fetched.status();
+    EXPECT_EQ(fetched->info.generation, pushed->generation);
+    EXPECT_EQ(
+        std::string_view(reinterpret_cast<const char*>(fetched->buffer.data()),
+                         fetched->buffer.size()),
+        image);
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+};
+
+// --- 1. Running out of descriptors ------------------------------------------
+
+TEST_F(LaneAbuseTest, ExhaustedDescriptorsAreShedWithoutSpinningAndRecovered) {
+  ServerProcessOptions options;
+  options.max_open_files = 128;
+  ASSERT_NO_FATAL_FAILURE(StartServer(options));
+
+  // The attack: connections that say hello and nothing more, until the
+  // server has no descriptor left for the next.
+  std::vector<LaneSocket> attack;
+  absl::Status refused;
+  while (refused.ok() && attack.size() < 1000) {
+    absl::StatusOr<LaneSocket> socket = OpenLane();
+    if (socket.ok()) {
+      attack.push_back(*std::move(socket));
+    } else {
+      refused = socket.status();
+    }
+  }
+  ASSERT_FALSE(refused.ok()) << "the server took " << attack.size()
+                             << " connections with 128 descriptors";
+  // Shed at once (closed), not left queued until the attempt timed out.
+  EXPECT_TRUE(absl::IsUnavailable(refused)) << refused;
+
+  // Out of descriptors, with connections still arriving, the acceptor
+  // sheds them and otherwise sleeps.
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<LaneSocket> shed = OpenLane();
+    EXPECT_TRUE(absl::IsUnavailable(shed.status())) << shed.status();
+  }
+  EXPECT_LT(CpuUsedOverInterval(*server_), kIdleCpuShare * kCpuInterval);
+
+  // The attack ends: every descriptor comes back without anything else
+  // happening, and the lane serves again.
+  attack.clear();
+  const absl::Time give_up = absl::Now() + kRecoveryDeadline;
+  absl::StatusOr<Reply> got = absl::UnavailableError("not tried");
+  while (!got.ok() && absl::Now() < give_up) {
+    absl::StatusOr<LaneSocket> socket = OpenLane();
+    if (!socket.ok()) {
+      got = socket.status();
+      std::this_thread::yield();
+      continue;
+    }
+    got = Get(*socket, "absent.h5");
+  }
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->header.code, absl::StatusCode::kNotFound);
+  ASSERT_NO_FATAL_FAILURE(ExpectPushAndFetchWork("after-exhaustion.h5"));
+  EXPECT_LT(CpuUsedOverInterval(*server_), kIdleCpuShare * kCpuInterval);
+}
+
+}  // namespace
+}  // namespace h5depot
