@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -17,6 +19,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -58,6 +62,38 @@ absl::Duration CpuUsedOverInterval(const ServerProcess& server) {
   EXPECT_TRUE(after.ok()) << after.status();
   if (!before.ok() || !after.ok()) return absl::InfiniteDuration();
   return *after - *before;
+}
+
+// How many times the server's lane threads (named h5depot-lane) have given
+// up their CPU so far, all together: each sleep that ends, by an event or
+// a timer, is one.
+absl::StatusOr<uint64_t> LaneThreadSwitches(const ServerProcess& server) {
+  uint64_t switches = 0;
+  std::error_code error;
+  const std::string tasks = absl::StrCat("/proc/", server.pid(), "/task");
+  for (const auto& task : std::filesystem::directory_iterator(tasks, error)) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name != "h5depot-lane") continue;
+    std::ifstream status(task.path() / "status");
+    for (std::string line; std::getline(status, line);) {
+      constexpr std::string_view kField = "voluntary_ctxt_switches:";
+      const size_t at = line.find(kField);
+      if (at == std::string::npos) continue;  // nonvoluntary_ counts too
+      uint64_t count = 0;
+      if (absl::SimpleAtoi(
+              absl::StripAsciiWhitespace(line.substr(at + kField.size())),
+              &count)) {
+        switches += count;
+      }
+    }
+  }
+  if (error) {
+    return absl::InternalError(
+        absl::StrCat("cannot list ", tasks, ": ", error.message()));
+  }
+  return switches;
 }
 
 // A response and the status message behind it.
@@ -170,6 +206,43 @@ class LaneAbuseTest : public ::testing::Test {
         image);
   }
 
+  // `count` lane connections, each with a GET waiting ten minutes for an
+  // image that does not exist, "<prefix><i>".
+  absl::StatusOr<std::vector<LaneSocket>> OpenWaiters(
+      int count, const std::string& prefix) {
+    std::vector<LaneSocket> waiters;
+    for (int i = 0; i < count; ++i) {
+      absl::StatusOr<LaneSocket> socket = OpenLane();
+      if (!socket.ok()) return socket.status();
+      if (absl::Status status =
+              SendGet(*socket, absl::StrCat(prefix, i), kTenMinutesMs);
+          !status.ok()) {
+        return status;
+      }
+      waiters.push_back(*std::move(socket));
+    }
+    return waiters;
+  }
+
+  // Waits until a waiting GET is refused for the cap on waits (as the
+  // `count` ones sent before have all been registered), and returns its
+  // reply. Each try that is admitted instead ends at once (1 ms).
+  absl::StatusOr<Reply> AwaitWaitCapReached() {
+    absl::StatusOr<LaneSocket> socket = OpenLane();
+    if (!socket.ok()) return socket.status();
+    const absl::Time give_up = IoDeadline();
+    while (true) {
+      absl::StatusOr<Reply> reply = Get(*socket, "probe.h5", /*wait_ms=*/1);
+      if (!reply.ok() ||
+          reply->header.code == absl::StatusCode::kResourceExhausted ||
+          absl::Now() > give_up) {
+        return reply;
+      }
+    }
+  }
+
+  static constexpr uint64_t kTenMinutesMs = 600 * 1000;
+
   std::unique_ptr<ServerProcess> server_;
 };
 
@@ -223,6 +296,110 @@ TEST_F(LaneAbuseTest, ExhaustedDescriptorsAreShedWithoutSpinningAndRecovered) {
   EXPECT_EQ(got->header.code, absl::StatusCode::kNotFound);
   ASSERT_NO_FATAL_FAILURE(ExpectPushAndFetchWork("after-exhaustion.h5"));
   EXPECT_LT(CpuUsedOverInterval(*server_), kIdleCpuShare * kCpuInterval);
+}
+
+// --- 2. Waiting fetches ----------------------------------------------------
+
+TEST_F(LaneAbuseTest, HundredsOfWaitingGetsCostNoCpuAndOthersAreServed) {
+  constexpr int kWaiters = 600;
+  ServerProcessOptions options;
+  // The cap, at exactly the waiters' number, is how the test sees that
+  // every wait is registered: one more is refused only then.
+  options.extra_flags = {absl::StrCat("--max-waits=", kWaiters)};
+  ASSERT_NO_FATAL_FAILURE(StartServer(options));
+  absl::StatusOr<std::vector<LaneSocket>> waiters =
+      OpenWaiters(kWaiters, "absent-");
+  ASSERT_TRUE(waiters.ok()) << waiters.status();
+  absl::StatusOr<Reply> refused = AwaitWaitCapReached();
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  ASSERT_EQ(refused->header.code, absl::StatusCode::kResourceExhausted)
+      << refused->message;
+
+  // Waiting costs nothing while nothing happens: no CPU, and the waiting
+  // threads sleep through (a wait that looked at its client on a timer,
+  // five times a second, switched ten times per waiter over the interval).
+  const absl::StatusOr<uint64_t> switches_before = LaneThreadSwitches(*server_);
+  ASSERT_TRUE(switches_before.ok()) << switches_before.status();
+  EXPECT_LT(CpuUsedOverInterval(*server_), kIdleCpuShare * kCpuInterval);
+  const absl::StatusOr<uint64_t> switches_after = LaneThreadSwitches(*server_);
+  ASSERT_TRUE(switches_after.ok()) << switches_after.status();
+  EXPECT_LT(*switches_after - *switches_before, uint64_t{kWaiters});
+
+  // Everyone else is served meanwhile, over the lane and gRPC.
+  auto client = Client::Connect(server_->target());
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::string image = MakeHdf5Image(64 << 10, 3);
+  auto pushed = (*client)->Push("present.h5", image.data(), image.size());
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  for (int i = 0; i < 50; ++i) {
+    auto fetched = (*client)->Fetch("present.h5");
+    ASSERT_TRUE(fetched.ok()) << fetched.status();
+    ASSERT_EQ(
+        std::string_view(reinterpret_cast<const char*>(fetched->buffer.data()),
+                         fetched->buffer.size()),
+        image);
+  }
+  absl::StatusOr<LaneSocket> lane = OpenLane();
+  ASSERT_TRUE(lane.ok()) << lane.status();
+  std::string bytes;
+  absl::StatusOr<Reply> got = Get(*lane, "present.h5", 0, &bytes);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->header.code, absl::StatusCode::kOk) << got->message;
+  EXPECT_EQ(bytes, image);
+
+  // A publish still ends the wait for it, at once.
+  auto awaited = (*client)->Push("absent-17", image.data(), image.size());
+  ASSERT_TRUE(awaited.ok()) << awaited.status();
+  absl::StatusOr<Reply> woken = ReceiveReply((*waiters)[17]);
+  ASSERT_TRUE(woken.ok()) << woken.status();
+  EXPECT_EQ(woken->header.code, absl::StatusCode::kOk) << woken->message;
+  EXPECT_EQ(woken->header.generation, awaited->generation);
+}
+
+TEST_F(LaneAbuseTest, WaitsBeyondTheCapAreRefusedOnEveryTransport) {
+  ServerProcessOptions options;
+  options.extra_flags = {"--max-waits=4"};
+  ASSERT_NO_FATAL_FAILURE(StartServer(options));
+  absl::StatusOr<std::vector<LaneSocket>> waiters = OpenWaiters(4, "later-");
+  ASSERT_TRUE(waiters.ok()) << waiters.status();
+  absl::StatusOr<Reply> refused = AwaitWaitCapReached();
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  ASSERT_EQ(refused->header.code, absl::StatusCode::kResourceExhausted)
+      << refused->message;
+  EXPECT_NE(refused->message.find("--max-waits"), std::string::npos)
+      << refused->message;
+
+  // gRPC waits count against the same cap.
+  ClientOptions grpc_only;
+  grpc_only.use_data_lane = false;
+  auto client = Client::Connect(server_->target(), grpc_only);
+  ASSERT_TRUE(client.ok()) << client.status();
+  FetchOptions wait;
+  wait.wait = absl::Seconds(30);
+  EXPECT_EQ((*client)->Fetch("other.h5", wait).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ((*client)->Stat("other.h5", absl::Seconds(30)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+
+  // A wait that need not wait is answered at the cap.
+  const std::string image = MakeHdf5Image(4 << 10, 5);
+  ASSERT_TRUE((*client)->Push("here.h5", image.data(), image.size()).ok());
+  EXPECT_TRUE((*client)->Fetch("here.h5", wait).ok());
+
+  // A waiter that hangs up frees its place: noticed from the connection,
+  // not by a timer.
+  (*waiters)[0].Close();
+  absl::StatusOr<LaneSocket> lane = OpenLane();
+  ASSERT_TRUE(lane.ok()) << lane.status();
+  const absl::Time give_up = IoDeadline();
+  absl::StatusOr<Reply> admitted = absl::UnavailableError("not tried");
+  do {
+    admitted = Get(*lane, "probe.h5", /*wait_ms=*/1);
+    ASSERT_TRUE(admitted.ok()) << admitted.status();
+  } while (admitted->header.code == absl::StatusCode::kResourceExhausted &&
+           absl::Now() < give_up);
+  EXPECT_EQ(admitted->header.code, absl::StatusCode::kDeadlineExceeded)
+      << admitted->message;
 }
 
 }  // namespace

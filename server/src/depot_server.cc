@@ -51,7 +51,8 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   internal::KeepGrpcRuntimeAlive();
   auto impl = std::make_unique<Impl>();
   impl->store = std::make_unique<ImageStore>(options.store);
-  impl->operations = std::make_unique<DepotOperations>(impl->store.get());
+  impl->operations =
+      std::make_unique<DepotOperations>(impl->store.get(), options.max_waits);
   DataLaneAddresses lane_addresses;
   if (options.data_lane) {
     // Started first, so that GetLimits names it from the first call on.

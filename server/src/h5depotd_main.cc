@@ -92,6 +92,10 @@ ABSL_FLAG(bool, follow_client_cpu, true,
           "serve a data lane client on this host its small pushes and "
           "fetches on the CPU it waits on (--nofollow-client-cpu: leave "
           "that to the scheduler)");
+ABSL_FLAG(uint64_t, max_waits, 10000,
+          "fetches and stats waiting for an image that may be under way at "
+          "once, over gRPC and the data lane together; one more is refused "
+          "with RESOURCE_EXHAUSTED");
 ABSL_FLAG(bool, allow_non_hdf5, false,
           "store any bytes, not only HDF5 file images");
 
@@ -125,6 +129,7 @@ int main(int argc, char** argv) {
   options.data_lane = absl::GetFlag(FLAGS_data_lane);
   options.data_lane_port = absl::GetFlag(FLAGS_data_port);
   options.data_lane_follow_client_cpu = absl::GetFlag(FLAGS_follow_client_cpu);
+  options.max_waits = static_cast<size_t>(absl::GetFlag(FLAGS_max_waits));
   uint64_t max_memory = absl::GetFlag(FLAGS_max_memory).bytes;
   if (max_memory == 0) max_memory = HalfOfPhysicalMemory();
   uint64_t max_image = absl::GetFlag(FLAGS_max_image_size).bytes;

@@ -267,7 +267,10 @@ struct DataLaneServer::Impl {
                          const lane::RequestHeader& header,
                          const std::string& image_id,
                          ClientCpuFollower* follower);
-  bool Stopping() const { return stopping.load(); }
+  absl::StatusOr<ImageRef> WaitForImage(LaneSocket& socket,
+                                        const Caller& caller,
+                                        const std::string& image_id,
+                                        uint64_t wait_ms);
 };
 
 absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
@@ -524,17 +527,64 @@ absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,
                                              const lane::RequestHeader& header,
                                              const std::string& image_id,
                                              ClientCpuFollower* follower) {
-  // The connection has a thread of its own, so a wait blocks it.
   absl::StatusOr<ImageRef> image =
       header.wait_ms == 0
           ? operations->Fetch(caller, image_id)
-          : operations->WaitForImage(
-                caller, Operation::kFetch, image_id, header.wait_ms,
-                [this, &socket] { return socket.PeerHungUp() || Stopping(); });
+          : WaitForImage(socket, caller, image_id, header.wait_ms);
   if (!image.ok()) return SendFinal(socket, image.status(), nullptr, false);
   MoveNearClient(follower, header, (*image)->size());
   // The reference pins this generation until its last byte is sent.
   return SendFinal(socket, absl::OkStatus(), image->get(), true);
+}
+
+// The connection has a thread of its own, so a wait blocks it: in one
+// poll() until the wait ends (the publishing push, the store's reaper at
+// the deadline, or the store's shutdown: the operation's callback signals
+// `ended`), the client hangs up, or the server stops. Nothing wakes it
+// meanwhile, so that waiting connections cost no CPU however many there
+// are. CANCELLED when the client hung up or the server stops.
+absl::StatusOr<ImageRef> DataLaneServer::Impl::WaitForImage(
+    LaneSocket& socket, const Caller& caller, const std::string& image_id,
+    uint64_t wait_ms) {
+  const int ended = ::eventfd(0, EFD_CLOEXEC);
+  if (ended < 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the server cannot wait for image '", image_id,
+                     "' now: eventfd: ", std::strerror(errno)));
+  }
+  absl::StatusOr<ImageRef> result;
+  const ImageStore::WaitId wait =
+      operations->AwaitImage(caller, Operation::kFetch, image_id, wait_ms,
+                             [&result, ended](absl::StatusOr<ImageRef> answer) {
+                               result = std::move(answer);
+                               // The last touch of this thread's frame: once
+                               // `ended` is signalled the waiting thread may
+                               // return.
+                               const uint64_t one = 1;
+                               if (::write(ended, &one, sizeof(one)) < 0) {
+                                 // Cannot fail: an eventfd counter far from
+                                 // overflow.
+                               }
+                             });
+  if (wait != 0) {
+    // POLLRDHUP only on the socket: bytes a client sends meanwhile (it
+    // should not) must not wake the wait again and again. `wake_fd` stays
+    // readable once the server stops.
+    pollfd entries[3] = {
+        {ended, POLLIN, 0}, {socket.fd(), POLLRDHUP, 0}, {wake_fd, POLLIN, 0}};
+    int ready;
+    do {
+      ready = ::poll(entries, 3, -1);
+    } while (ready < 0 && errno == EINTR);
+    if (ready < 0 || entries[0].revents == 0) operations->CancelWait(wait);
+  }
+  // The callback has run, or is running on another thread (a publish that
+  // won the race against CancelWait): this blocks until it has signalled.
+  uint64_t count = 0;
+  while (::read(ended, &count, sizeof(count)) < 0 && errno == EINTR) {
+  }
+  ::close(ended);
+  return result;
 }
 
 void DataLaneServer::Shutdown(absl::Duration grace) {

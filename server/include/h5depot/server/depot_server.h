@@ -46,6 +46,10 @@ struct ServerOptions {
   // small pushes and fetches on the CPU it waits on, which spares a
   // cross-CPU wake-up each way (docs/PERFORMANCE.md).
   bool data_lane_follow_client_cpu = true;
+  // Fetches and stats that wait for an image, over gRPC and the lane
+  // together, that may be under way at once; one more that would have to
+  // wait is refused with RESOURCE_EXHAUSTED.
+  size_t max_waits = 10000;
   StoreOptions store;
 };
 
