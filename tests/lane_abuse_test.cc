@@ -64,36 +64,67 @@ absl::Duration CpuUsedOverInterval(const ServerProcess& server) {
   return *after - *before;
 }
 
-// How many times the server's lane threads (named h5depot-lane) have given
-// up their CPU so far, all together: each sleep that ends, by an event or
-// a timer, is one.
-absl::StatusOr<uint64_t> LaneThreadSwitches(const ServerProcess& server) {
-  uint64_t switches = 0;
+// The /proc entries of the server's lane threads (named h5depot-lane).
+absl::StatusOr<std::vector<std::filesystem::path>> LaneThreads(
+    const ServerProcess& server) {
+  std::vector<std::filesystem::path> threads;
   std::error_code error;
   const std::string tasks = absl::StrCat("/proc/", server.pid(), "/task");
   for (const auto& task : std::filesystem::directory_iterator(tasks, error)) {
     std::ifstream comm(task.path() / "comm");
     std::string name;
     std::getline(comm, name);
-    if (name != "h5depot-lane") continue;
-    std::ifstream status(task.path() / "status");
+    if (name == "h5depot-lane") threads.push_back(task.path());
+  }
+  if (error) {
+    return absl::InternalError(
+        absl::StrCat("cannot list ", tasks, ": ", error.message()));
+  }
+  return threads;
+}
+
+// How many times the server's lane threads have given up their CPU so far,
+// all together: each sleep that ends, by an event or a timer, is one.
+absl::StatusOr<uint64_t> LaneThreadSwitches(const ServerProcess& server) {
+  absl::StatusOr<std::vector<std::filesystem::path>> threads =
+      LaneThreads(server);
+  if (!threads.ok()) return threads.status();
+  uint64_t switches = 0;
+  for (const std::filesystem::path& thread : *threads) {
+    std::ifstream status(thread / "status");
     for (std::string line; std::getline(status, line);) {
+      // Both voluntary_ctxt_switches and nonvoluntary_ctxt_switches.
       constexpr std::string_view kField = "voluntary_ctxt_switches:";
       const size_t at = line.find(kField);
-      if (at == std::string::npos) continue;  // nonvoluntary_ counts too
       uint64_t count = 0;
-      if (absl::SimpleAtoi(
+      if (at != std::string::npos &&
+          absl::SimpleAtoi(
               absl::StripAsciiWhitespace(line.substr(at + kField.size())),
               &count)) {
         switches += count;
       }
     }
   }
-  if (error) {
-    return absl::InternalError(
-        absl::StrCat("cannot list ", tasks, ": ", error.message()));
-  }
   return switches;
+}
+
+// Waits until the server has no lane thread left: every connection it
+// served has ended. False if some remain at `deadline`.
+bool AwaitNoLaneThreads(const ServerProcess& server, absl::Time deadline) {
+  while (absl::Now() < deadline) {
+    absl::StatusOr<std::vector<std::filesystem::path>> threads =
+        LaneThreads(server);
+    if (threads.ok() && threads->empty()) return true;
+    std::this_thread::yield();
+  }
+  return false;
+}
+
+// Whether the server closed the connection (by `deadline`): the next
+// receive finds its end rather than a byte.
+bool ServerClosed(LaneSocket& socket, absl::Time deadline = IoDeadline()) {
+  uint8_t byte;
+  return absl::IsUnavailable(socket.Receive(&byte, 1, deadline));
 }
 
 // A response and the status message behind it.
@@ -400,6 +431,69 @@ TEST_F(LaneAbuseTest, WaitsBeyondTheCapAreRefusedOnEveryTransport) {
            absl::Now() < give_up);
   EXPECT_EQ(admitted->header.code, absl::StatusCode::kDeadlineExceeded)
       << admitted->message;
+}
+
+// --- 3. Idle and silent connections ---------------------------------------
+
+TEST_F(LaneAbuseTest, ConnectionsThatNeverSayHelloAreClosed) {
+  ServerProcessOptions options;
+  options.extra_flags = {"--lane-handshake-timeout=1s"};
+  ASSERT_NO_FATAL_FAILURE(StartServer(options));
+  std::vector<LaneSocket> silent;
+  for (int i = 0; i < 20; ++i) {
+    absl::StatusOr<LaneSocket> socket =
+        lane::ConnectTcp("127.0.0.1", server_->data_lane_port(), IoDeadline());
+    ASSERT_TRUE(socket.ok()) << socket.status();
+    silent.push_back(*std::move(socket));
+  }
+  // Half a hello is no better than none.
+  ASSERT_TRUE(silent[0].Send("H5", 2, IoDeadline()).ok());
+  for (LaneSocket& socket : silent) EXPECT_TRUE(ServerClosed(socket));
+  EXPECT_TRUE(AwaitNoLaneThreads(*server_, IoDeadline()));
+
+  // A client that says hello in time is served.
+  absl::StatusOr<LaneSocket> prompt = OpenLane();
+  ASSERT_TRUE(prompt.ok()) << prompt.status();
+  absl::StatusOr<Reply> got = Get(*prompt, "absent.h5");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->header.code, absl::StatusCode::kNotFound);
+}
+
+TEST_F(LaneAbuseTest, IdleConnectionsAreClosedAndClientsCarryOn) {
+  ServerProcessOptions options;
+  options.extra_flags = {"--lane-idle-timeout=1s"};
+  ASSERT_NO_FATAL_FAILURE(StartServer(options));
+  absl::StatusOr<LaneSocket> idle = OpenLane();
+  ASSERT_TRUE(idle.ok()) << idle.status();
+  absl::StatusOr<Reply> got = Get(*idle, "absent.h5");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->header.code, absl::StatusCode::kNotFound);
+  EXPECT_TRUE(ServerClosed(*idle));
+
+  // A client whose pooled connection the server closed meanwhile carries
+  // on: it calls again on a new connection.
+  auto client = Client::Connect(server_->target());
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::string image = MakeHdf5Image(64 << 10, 9);
+  ASSERT_TRUE((*client)->Push("idle.h5", image.data(), image.size()).ok());
+  ASSERT_TRUE(AwaitNoLaneThreads(*server_, IoDeadline()));
+  auto fetched = (*client)->Fetch("idle.h5");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  EXPECT_EQ(
+      std::string_view(reinterpret_cast<const char*>(fetched->buffer.data()),
+                       fetched->buffer.size()),
+      image);
+
+  // A wait is not idleness: a GET waiting longer than the idle timeout is
+  // answered when the image comes.
+  absl::StatusOr<LaneSocket> waiter = OpenLane();
+  ASSERT_TRUE(waiter.ok()) << waiter.status();
+  ASSERT_TRUE(SendGet(*waiter, "later.h5", kTenMinutesMs).ok());
+  absl::SleepFor(absl::Seconds(2));  // the idle timeout passes (not a sync)
+  ASSERT_TRUE((*client)->Push("later.h5", image.data(), image.size()).ok());
+  absl::StatusOr<Reply> woken = ReceiveReply(*waiter);
+  ASSERT_TRUE(woken.ok()) << woken.status();
+  EXPECT_EQ(woken->header.code, absl::StatusCode::kOk) << woken->message;
 }
 
 }  // namespace

@@ -58,6 +58,8 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     // Started first, so that GetLimits names it from the first call on.
     DataLaneOptions lane_options;
     lane_options.follow_client_cpu = options.data_lane_follow_client_cpu;
+    lane_options.idle_timeout = options.data_lane_idle_timeout;
+    lane_options.handshake_timeout = options.data_lane_handshake_timeout;
     if (!options.listen_address.empty()) {
       lane_options.tcp_host =
           options.listen_address.substr(0, options.listen_address.rfind(':'));

@@ -254,6 +254,10 @@ struct DataLaneServer::Impl {
   bool ShedConnection(LaneSocket& listener);
   void ReapFinished() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   void Serve(Connection* connection);
+  // Waits for the next request's first bytes. False when the connection is
+  // to end: the client closed or broke it, or left it idle for the idle
+  // timeout.
+  bool AwaitRequest(LaneReader& reader);
   // Each returns an error only when the connection is no longer usable;
   // refusals of a request are answered on the connection.
   // `follower` is null unless the client agreed to say its CPU.
@@ -395,7 +399,11 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   const Peer peer = PeerOf(socket.fd());
   const Caller caller = Caller::Known(peer.transport, peer.address, peer.local);
   uint8_t hello[lane::kHelloBytes];
-  bool good = reader.Read(hello, sizeof(hello)).ok();
+  // A client that connects and says nothing would hold a thread and a
+  // buffer for as long as it likes.
+  bool good =
+      reader.Read(hello, sizeof(hello), absl::Now() + options.handshake_timeout)
+          .ok();
   std::optional<ClientCpuFollower> follower;
   if (good) {
     uint16_t offered = 0;
@@ -411,13 +419,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     good = socket.Send(hello, sizeof(hello)).ok() && hello_status.ok();
   }
   while (good) {
-    // Idle until the next request's first bytes arrive, however long that
-    // takes (the stall timeout only cuts a request short).
-    while (good && reader.buffered() == 0) {
-      const absl::Status status = reader.Fill();
-      good = status.ok() || absl::IsDeadlineExceeded(status);
-    }
-    if (!good) break;
+    if (!AwaitRequest(reader)) break;
     // Sequentially consistent, against Shutdown()'s setting `stopping` and
     // then reading `busy`: either this thread sees `stopping`, or Shutdown()
     // sees the request in progress and leaves its socket alone.
@@ -436,6 +438,25 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   absl::MutexLock lock(&mutex);
   socket.Close();
   connection->finished = true;
+}
+
+bool DataLaneServer::Impl::AwaitRequest(LaneReader& reader) {
+  const absl::Time drop_at = absl::Now() + options.idle_timeout;
+  // First a blocking receive: the one system call a busy connection's next
+  // request costs. It gives up after the stall timeout (the socket's
+  // SO_RCVTIMEO); from then on, or at once if the idle timeout is the
+  // shorter, the receive polls until `drop_at`.
+  bool blocking = options.idle_timeout >= options.stall_timeout;
+  while (reader.buffered() == 0) {
+    const absl::Status status =
+        reader.Fill(blocking ? absl::InfiniteFuture() : drop_at);
+    if (status.ok()) continue;
+    if (!absl::IsDeadlineExceeded(status) || absl::Now() >= drop_at) {
+      return false;
+    }
+    blocking = false;
+  }
+  return true;
 }
 
 absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,

@@ -46,6 +46,12 @@ struct ServerOptions {
   // small pushes and fetches on the CPU it waits on, which spares a
   // cross-CPU wake-up each way (docs/PERFORMANCE.md).
   bool data_lane_follow_client_cpu = true;
+  // A data lane connection is closed when its client has sent no request
+  // for data_lane_idle_timeout (clients reconnect when they next need
+  // one), or no hello within data_lane_handshake_timeout of connecting.
+  // InfiniteDuration: never.
+  absl::Duration data_lane_idle_timeout = absl::Minutes(5);
+  absl::Duration data_lane_handshake_timeout = absl::Seconds(10);
   // Fetches and stats that wait for an image, over gRPC and the lane
   // together, that may be under way at once; one more that would have to
   // wait is refused with RESOURCE_EXHAUSTED.
