@@ -6,6 +6,8 @@
 // CPU use is measured on the server process over an interval (its
 // /proc/PID/stat), with a wide margin: a server that is idle uses next to
 // nothing, one that spins or polls uses a core.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -199,8 +201,40 @@ class LaneAbuseTest : public ::testing::Test {
   // the server closed it instead of answering (it sheds connections it
   // cannot serve), DEADLINE_EXCEEDED if it did not answer by `deadline`.
   absl::StatusOr<LaneSocket> OpenLane(absl::Time deadline = IoDeadline()) {
-    absl::StatusOr<LaneSocket> socket =
-        lane::ConnectTcp("127.0.0.1", server_->data_lane_port(), deadline);
+    return Hello(
+        lane::ConnectTcp("127.0.0.1", server_->data_lane_port(), deadline),
+        deadline);
+  }
+
+  // The same from the loopback address `source` (127.0.0.2, say), which
+  // the server sees as another peer than 127.0.0.1.
+  absl::StatusOr<LaneSocket> OpenLaneFrom(const std::string& source) {
+    LaneSocket socket(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    ::inet_pton(AF_INET, source.c_str(), &address.sin_addr);
+    if (::bind(socket.fd(), reinterpret_cast<const sockaddr*>(&address),
+               sizeof(address)) != 0) {
+      return absl::InternalError(absl::StrCat("bind to ", source));
+    }
+    address.sin_port = htons(static_cast<uint16_t>(server_->data_lane_port()));
+    ::inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+    if (::connect(socket.fd(), reinterpret_cast<const sockaddr*>(&address),
+                  sizeof(address)) != 0) {
+      return absl::UnavailableError(absl::StrCat("connect from ", source));
+    }
+    return Hello(std::move(socket), IoDeadline());
+  }
+
+  absl::StatusOr<LaneSocket> OpenUnixLane() {
+    return Hello(
+        lane::ConnectUnix(server_->data_lane_unix_path(), IoDeadline()),
+        IoDeadline());
+  }
+
+  // Exchanges hellos on a connected `socket`.
+  static absl::StatusOr<LaneSocket> Hello(absl::StatusOr<LaneSocket> socket,
+                                          absl::Time deadline) {
     if (!socket.ok()) return socket.status();
     uint8_t hello[lane::kHelloBytes];
     lane::EncodeHello(hello);
@@ -336,7 +370,8 @@ TEST_F(LaneAbuseTest, HundredsOfWaitingGetsCostNoCpuAndOthersAreServed) {
   ServerProcessOptions options;
   // The cap, at exactly the waiters' number, is how the test sees that
   // every wait is registered: one more is refused only then.
-  options.extra_flags = {absl::StrCat("--max-waits=", kWaiters)};
+  options.extra_flags = {absl::StrCat("--max-waits=", kWaiters),
+                         "--max-lane-connections-per-peer=1000"};
   ASSERT_NO_FATAL_FAILURE(StartServer(options));
   absl::StatusOr<std::vector<LaneSocket>> waiters =
       OpenWaiters(kWaiters, "absent-");
@@ -494,6 +529,48 @@ TEST_F(LaneAbuseTest, IdleConnectionsAreClosedAndClientsCarryOn) {
   absl::StatusOr<Reply> woken = ReceiveReply(*waiter);
   ASSERT_TRUE(woken.ok()) << woken.status();
   EXPECT_EQ(woken->header.code, absl::StatusCode::kOk) << woken->message;
+}
+
+// --- 4. One peer's share ----------------------------------------------------
+
+TEST_F(LaneAbuseTest, OnePeerCannotHoldMoreThanItsShareOfConnections) {
+  ServerProcessOptions options;
+  options.extra_flags = {"--max-lane-connections-per-peer=8"};
+  ASSERT_NO_FATAL_FAILURE(StartServer(options));
+  std::vector<LaneSocket> greedy;
+  for (int i = 0; i < 8; ++i) {
+    absl::StatusOr<LaneSocket> socket = OpenLane();
+    ASSERT_TRUE(socket.ok()) << i << ": " << socket.status();
+    greedy.push_back(*std::move(socket));
+  }
+  // One more from the same address is closed at once.
+  EXPECT_TRUE(absl::IsUnavailable(OpenLane().status()));
+
+  // Other peers are served: another address, a Unix socket client.
+  absl::StatusOr<LaneSocket> other = OpenLaneFrom("127.0.0.2");
+  ASSERT_TRUE(other.ok()) << other.status();
+  absl::StatusOr<Reply> got = Get(*other, "absent.h5");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->header.code, absl::StatusCode::kNotFound);
+  absl::StatusOr<LaneSocket> unix_client = OpenUnixLane();
+  ASSERT_TRUE(unix_client.ok()) << unix_client.status();
+
+  // A client on the greedy address still pushes and fetches (over gRPC,
+  // as at the global cap).
+  ASSERT_NO_FATAL_FAILURE(ExpectPushAndFetchWork("shared.h5"));
+
+  // A connection given back makes room for the next.
+  greedy.pop_back();
+  const absl::Time give_up = IoDeadline();
+  absl::StatusOr<LaneSocket> again = OpenLane();
+  while (!again.ok() && absl::Now() < give_up) {
+    std::this_thread::yield();
+    again = OpenLane();
+  }
+  ASSERT_TRUE(again.ok()) << again.status();
+  got = Get(*again, "shared.h5");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->header.code, absl::StatusCode::kOk);
 }
 
 }  // namespace

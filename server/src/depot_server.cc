@@ -60,6 +60,8 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     lane_options.follow_client_cpu = options.data_lane_follow_client_cpu;
     lane_options.idle_timeout = options.data_lane_idle_timeout;
     lane_options.handshake_timeout = options.data_lane_handshake_timeout;
+    lane_options.max_connections_per_peer =
+        options.data_lane_max_connections_per_peer;
     if (!options.listen_address.empty()) {
       lane_options.tcp_host =
           options.listen_address.substr(0, options.listen_address.rfind(':'));

@@ -100,6 +100,10 @@ ABSL_FLAG(absl::Duration, lane_idle_timeout, absl::Minutes(5),
 ABSL_FLAG(absl::Duration, lane_handshake_timeout, absl::Seconds(10),
           "close a data lane connection whose client has not said hello "
           "this long after connecting");
+ABSL_FLAG(uint64_t, max_lane_connections_per_peer, 256,
+          "data lane connections one client may hold at once (one IP "
+          "address over TCP, one user over the Unix socket); beyond it "
+          "they are closed at once and the client uses gRPC");
 ABSL_FLAG(uint64_t, max_waits, 10000,
           "fetches and stats waiting for an image that may be under way at "
           "once, over gRPC and the data lane together; one more is refused "
@@ -113,7 +117,10 @@ int main(int argc, char** argv) {
       "usage: h5depotd [--listen=HOST:PORT] [--unix=PATH] "
       "[--max-memory=SIZE] [--max-image-size=SIZE] [--data-port=PORT]\n"
       "                [--nodata-lane] [--nofollow-client-cpu] "
-      "[--allow-non-hdf5]");
+      "[--lane-idle-timeout=DURATION]\n"
+      "                [--lane-handshake-timeout=DURATION] "
+      "[--max-lane-connections-per-peer=N]\n"
+      "                [--max-waits=N] [--allow-non-hdf5]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   QuietGrpcLogging();
@@ -139,6 +146,8 @@ int main(int argc, char** argv) {
   options.data_lane_follow_client_cpu = absl::GetFlag(FLAGS_follow_client_cpu);
   options.max_waits = static_cast<size_t>(absl::GetFlag(FLAGS_max_waits));
   options.data_lane_idle_timeout = absl::GetFlag(FLAGS_lane_idle_timeout);
+  options.data_lane_max_connections_per_peer =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_lane_connections_per_peer));
   options.data_lane_handshake_timeout =
       absl::GetFlag(FLAGS_lane_handshake_timeout);
   uint64_t max_memory = absl::GetFlag(FLAGS_max_memory).bytes;
@@ -153,6 +162,11 @@ int main(int argc, char** argv) {
       options.data_lane_handshake_timeout <= absl::ZeroDuration()) {
     std::cerr << "h5depotd: --lane-idle-timeout and --lane-handshake-timeout "
                  "must be positive\n";
+    return 1;
+  }
+  if (options.data_lane_max_connections_per_peer == 0) {
+    std::cerr << "h5depotd: --max-lane-connections-per-peer must be at least "
+                 "1 (--nodata-lane turns the lane off)\n";
     return 1;
   }
   auto server = h5depot::server::DepotServer::Start(options);

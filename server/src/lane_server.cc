@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <list>
+#include <map>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -55,6 +56,9 @@ struct Peer {
   Transport transport = Transport::kLaneTcp;
   std::string address;
   bool local = false;
+  // Whose connections count together against the cap per peer: the IP
+  // address (without the port), or on a Unix socket the user id.
+  std::string counted_as;
 };
 
 Peer PeerOf(int fd) {
@@ -69,14 +73,20 @@ Peer PeerOf(int fd) {
     result.transport = Transport::kLaneUnix;
     result.address = "unix:";
     result.local = true;
+    ucred credentials{};
+    socklen_t credentials_bytes = sizeof(credentials);
+    ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &credentials_bytes);
+    result.counted_as = absl::StrCat("unix:uid=", credentials.uid);
   } else if (peer.ss_family == AF_INET) {
     const auto* v4 = reinterpret_cast<const sockaddr_in*>(&peer);
     ::inet_ntop(AF_INET, &v4->sin_addr, text, sizeof(text));
+    result.counted_as = absl::StrCat("ipv4:", text);
     result.address = absl::StrCat("ipv4:", text, ":", ntohs(v4->sin_port));
     result.local = (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
   } else if (peer.ss_family == AF_INET6) {
     const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&peer);
     ::inet_ntop(AF_INET6, &v6->sin6_addr, text, sizeof(text));
+    result.counted_as = absl::StrCat("ipv6:[", text, "]");
     result.address = absl::StrCat("ipv6:[", text, "]:", ntohs(v6->sin6_port));
     result.local = IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr) ||
                    (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr) &&
@@ -216,6 +226,7 @@ absl::Status SendContinue(LaneSocket& socket) {
 struct DataLaneServer::Impl {
   struct Connection {
     LaneSocket socket;
+    Peer peer;
     std::thread thread;
     // Set by the connection's thread while it serves a request, so that
     // Shutdown() lets that request finish. Atomic rather than guarded by
@@ -240,6 +251,8 @@ struct DataLaneServer::Impl {
   // Set once, under `mutex` (Accept() relies on that), read without it.
   std::atomic<bool> stopping{false};
   std::list<std::unique_ptr<Connection>> connections ABSL_GUARDED_BY(mutex);
+  // Connections not finished, by Peer::counted_as; no zero entries.
+  std::map<std::string, size_t> connections_per_peer ABSL_GUARDED_BY(mutex);
 
   ~Impl() {
     if (wake_fd >= 0) ::close(wake_fd);
@@ -354,12 +367,24 @@ bool DataLaneServer::Impl::Accept(LaneSocket& listener) {
     // kernel is short of memory, which waiting may cure.
     return errno != ENOBUFS && errno != ENOMEM;
   }
+  Peer peer = PeerOf(socket.fd());
+  absl::MutexLock lock(&mutex);
+  // Connections beyond a cap are closed at once; their clients use gRPC.
+  if (stopping || connections.size() >= options.max_connections) return true;
+  auto held = connections_per_peer.find(peer.counted_as);
+  if (held != connections_per_peer.end() &&
+      held->second >= options.max_connections_per_peer) {
+    return true;
+  }
+  if (held == connections_per_peer.end()) {
+    held = connections_per_peer.emplace(peer.counted_as, 0).first;
+  }
+  ++held->second;
   lane::TuneSocket(socket.fd());
   socket.SetStallTimeout(options.stall_timeout).IgnoreError();
-  absl::MutexLock lock(&mutex);
-  if (stopping || connections.size() >= options.max_connections) return true;
   auto connection = std::make_unique<Connection>();
   connection->socket = std::move(socket);
+  connection->peer = std::move(peer);
   Connection* raw = connection.get();
   connections.push_back(std::move(connection));
   raw->thread = std::thread([this, raw] { Serve(raw); });
@@ -396,7 +421,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   pthread_setname_np(pthread_self(), "h5depot-lane");
   LaneSocket& socket = connection->socket;
   LaneReader reader(&socket);
-  const Peer peer = PeerOf(socket.fd());
+  const Peer& peer = connection->peer;
   const Caller caller = Caller::Known(peer.transport, peer.address, peer.local);
   uint8_t hello[lane::kHelloBytes];
   // A client that connects and says nothing would hold a thread and a
@@ -438,6 +463,10 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   absl::MutexLock lock(&mutex);
   socket.Close();
   connection->finished = true;
+  if (auto held = connections_per_peer.find(peer.counted_as);
+      --held->second == 0) {
+    connections_per_peer.erase(held);
+  }
 }
 
 bool DataLaneServer::Impl::AwaitRequest(LaneReader& reader) {

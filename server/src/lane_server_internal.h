@@ -38,6 +38,9 @@ struct DataLaneOptions {
   absl::Duration handshake_timeout = absl::Seconds(10);
   // Connections beyond this are closed at once (clients then use gRPC).
   size_t max_connections = 1024;
+  // The same, for the connections of one peer: one IP address over TCP,
+  // one user id over the Unix socket. At least 1.
+  size_t max_connections_per_peer = 256;
   // Serve a client on this host its small requests on the CPU it waits on
   // (lane_protocol.h, kFeatureClientCpu; client_cpu_internal.h).
   bool follow_client_cpu = true;
