@@ -603,19 +603,17 @@ absl::StatusOr<ImageRef> DataLaneServer::Impl::WaitForImage(
                      "' now: eventfd: ", std::strerror(errno)));
   }
   absl::StatusOr<ImageRef> result;
-  const ImageStore::WaitId wait =
-      operations->AwaitImage(caller, Operation::kFetch, image_id, wait_ms,
-                             [&result, ended](absl::StatusOr<ImageRef> answer) {
-                               result = std::move(answer);
-                               // The last touch of this thread's frame: once
-                               // `ended` is signalled the waiting thread may
-                               // return.
-                               const uint64_t one = 1;
-                               if (::write(ended, &one, sizeof(one)) < 0) {
-                                 // Cannot fail: an eventfd counter far from
-                                 // overflow.
-                               }
-                             });
+  auto signal_ended = [&result, ended](absl::StatusOr<ImageRef> answer) {
+    result = std::move(answer);
+    // The last touch of this thread's frame: once `ended` is signalled
+    // the waiting thread may return.
+    const uint64_t one = 1;
+    if (::write(ended, &one, sizeof(one)) < 0) {
+      // Cannot fail: an eventfd counter far from overflow.
+    }
+  };
+  const ImageStore::WaitId wait = operations->AwaitImage(
+      caller, Operation::kFetch, image_id, wait_ms, std::move(signal_ended));
   if (wait != 0) {
     // POLLRDHUP only on the socket: bytes a client sends meanwhile (it
     // should not) must not wake the wait again and again. `wake_fd` stays
