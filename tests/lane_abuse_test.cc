@@ -314,6 +314,12 @@ class LaneAbuseTest : public ::testing::Test {
 // --- 1. Running out of descriptors ------------------------------------------
 
 TEST_F(LaneAbuseTest, ExhaustedDescriptorsAreShedWithoutSpinningAndRecovered) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // The sanitizers' runtime needs descriptors of its own: UBSan's vptr
+  // check probes memory through a pipe, and a server with none left stops
+  // at a false report there (-fno-sanitize-recover), not in its own code.
+  GTEST_SKIP() << "a sanitized server cannot run out of descriptors";
+#endif
   ServerProcessOptions options;
   options.max_open_files = 128;
   ASSERT_NO_FATAL_FAILURE(StartServer(options));
