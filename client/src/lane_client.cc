@@ -123,10 +123,13 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
       connection = std::move(idle_.back());
       idle_.pop_back();
     }
-    // One the server closed meanwhile (it restarted, or it stopped idle
-    // connections on shutdown) is dropped, not used. Back-to-back calls
-    // skip the check, a system call each: the server closes connections
-    // only when it stops. Checked and closed outside the lock.
+    // One the server closed meanwhile (it restarted, it stopped idle
+    // connections on shutdown, or the connection was idle longer than its
+    // --lane-idle-timeout, minutes by default) is dropped, not used.
+    // Back-to-back calls skip the check, a system call each: the server
+    // closes a connection so soon after its last request only when it
+    // stops, and a call that finds it closed is made again on a new one.
+    // Checked and closed outside the lock.
     if (std::chrono::steady_clock::now() - connection->idle_since <
             kTrustedIdle ||
         !connection->socket().PeerHungUp()) {

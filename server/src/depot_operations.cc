@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "server/src/depot_operations_internal.h"
 
 namespace h5depot::server {
@@ -94,23 +95,34 @@ ImageStore::WaitId DepotOperations::AwaitImage(const Caller& caller,
     done(store_->Get(image_id));
     return 0;
   }
-  return store_->Await(image_id, WaitDeadline(wait_ms), std::move(done));
+  // Counted before it is registered, so that waits arriving together
+  // cannot pass the cap together.
+  if (waits_.fetch_add(1) >= max_waits_) {
+    waits_.fetch_sub(1);
+    absl::StatusOr<ImageRef> image = store_->Get(image_id);
+    if (absl::IsNotFound(image.status())) {
+      image = absl::ResourceExhaustedError(absl::StrCat(
+          "image '", std::string(image_id),
+          "' does not exist, and the server is at its limit of ", max_waits_,
+          " fetches and stats waiting at once (h5depotd --max-waits)"));
+    }
+    done(std::move(image));
+    return 0;
+  }
+  return store_->Await(
+      image_id, WaitDeadline(wait_ms),
+      [this, done = std::move(done)](absl::StatusOr<ImageRef> answer) mutable {
+        // Free before the caller learns the answer, so that it may wait
+        // again at once.
+        waits_.fetch_sub(1);
+        done(std::move(answer));
+      });
 }
 
 void DepotOperations::CancelWait(ImageStore::WaitId wait) {
   if (wait == 0) return;
   store_->CancelWait(
       wait, absl::CancelledError("the wait was cancelled by the client"));
-}
-
-absl::StatusOr<ImageRef> DepotOperations::WaitForImage(
-    const Caller& caller, Operation op, std::string_view image_id,
-    uint64_t wait_ms, const std::function<bool()>& is_cancelled) {
-  if (absl::Status allowed = Authorize(caller, op, image_id); !allowed.ok()) {
-    return allowed;
-  }
-  if (wait_ms == 0) return store_->Get(image_id);
-  return store_->WaitFor(image_id, WaitDeadline(wait_ms), is_cancelled);
 }
 
 absl::StatusOr<ImageRef> DepotOperations::OpenReader(const Caller& caller,

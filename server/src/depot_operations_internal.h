@@ -14,7 +14,8 @@
 //   - validation: image ids (checked by the store, INVALID_ARGUMENT), the
 //     request's fields;
 //   - clamps: a push's time to live (kMaxTtl), a wait's length (kMaxWait),
-//     a read's range (ClampRange);
+//     a read's range (ClampRange); caps: how many waits may be under way
+//     (max_waits);
 //   - the description of an image (Describe), which each codec only copies
 //     into its wire struct;
 //   - a push's progress deadline: a push that falls behind is cut off by
@@ -30,8 +31,9 @@
 #ifndef H5DEPOT_SERVER_DEPOT_OPERATIONS_INTERNAL_H_
 #define H5DEPOT_SERVER_DEPOT_OPERATIONS_INTERNAL_H_
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -152,8 +154,15 @@ class DepotOperations {
   // reason.
   static constexpr uint64_t kMaxWaitMs = uint64_t{1} << 40;
 
-  // `store` must outlive the operations.
-  explicit DepotOperations(ImageStore* store) : store_(store) {}
+  // Waits under way at once, by default: each holds a little memory in the
+  // store and its transport (a gRPC call, a lane connection) until it ends.
+  static constexpr size_t kDefaultMaxWaits = 10000;
+
+  // `store` must outlive the operations. At most `max_waits` fetches and
+  // stats may wait at once, over every transport together.
+  explicit DepotOperations(ImageStore* store,
+                           size_t max_waits = kDefaultMaxWaits)
+      : store_(store), max_waits_(max_waits) {}
   DepotOperations(const DepotOperations&) = delete;
   DepotOperations& operator=(const DepotOperations&) = delete;
 
@@ -218,21 +227,20 @@ class DepotOperations {
   // ImageStore::Await (at once on this thread if the answer is known,
   // later on the publishing, reaper or cancelling thread otherwise), with
   // DEADLINE_EXCEEDED when the wait passes, UNAVAILABLE at shutdown,
-  // CANCELLED through CancelWait(). Returns the wait to cancel (0 if
-  // `done` has run already).
+  // CANCELLED through CancelWait(). With `max_waits` waits under way, one
+  // more is RESOURCE_EXHAUSTED at once, unless the image is there (a wait
+  // that need not wait is still answered). Returns the wait to cancel (0
+  // if `done` has run already).
+  //
+  // A transport that serves a connection on a thread of its own blocks
+  // that thread on `done` and the connection's events, not on a timer
+  // (the lane: lane_server.cc).
   ImageStore::WaitId AwaitImage(const Caller& caller, Operation op,
                                 std::string_view image_id, uint64_t wait_ms,
                                 ImageStore::WaitCallback done);
   // Ends `wait` with CANCELLED if it has not ended yet (its `done` runs on
   // this thread then); harmless for a wait that has ended (or 0).
   void CancelWait(ImageStore::WaitId wait);
-
-  // The same, blocking the calling thread, for a transport that serves a
-  // connection on a thread of its own anyway (the lane). CANCELLED when
-  // `is_cancelled` (polled a few times a second) turns true.
-  absl::StatusOr<ImageRef> WaitForImage(
-      const Caller& caller, Operation op, std::string_view image_id,
-      uint64_t wait_ms, const std::function<bool()>& is_cancelled);
 
   // Read and OpenReader: generation `generation` (0: the current one) of
   // `image_id`, if it is current or still held by a reader; NOT_FOUND
@@ -266,6 +274,9 @@ class DepotOperations {
   static absl::Time WaitDeadline(uint64_t wait_ms);
 
   ImageStore* const store_;
+  const size_t max_waits_;
+  // Waits registered and not ended (or about to be registered).
+  std::atomic<size_t> waits_{0};
 };
 
 }  // namespace h5depot::server

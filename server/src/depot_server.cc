@@ -62,12 +62,17 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   internal::KeepGrpcRuntimeAlive();
   auto impl = std::make_unique<Impl>();
   impl->store = std::make_unique<ImageStore>(options.store);
-  impl->operations = std::make_unique<DepotOperations>(impl->store.get());
+  impl->operations =
+      std::make_unique<DepotOperations>(impl->store.get(), options.max_waits);
   DataLaneAddresses lane_addresses;
   if (options.data_lane) {
     // Started first, so that GetLimits names it from the first call on.
     DataLaneOptions lane_options;
     lane_options.follow_client_cpu = options.data_lane_follow_client_cpu;
+    lane_options.idle_timeout = options.data_lane_idle_timeout;
+    lane_options.handshake_timeout = options.data_lane_handshake_timeout;
+    lane_options.max_connections_per_peer =
+        options.data_lane_max_connections_per_peer;
     if (!options.listen_address.empty()) {
       lane_options.tcp_host =
           options.listen_address.substr(0, options.listen_address.rfind(':'));

@@ -18,6 +18,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "h5depot/internal/byte_size.h"
 #include "h5depot/server/depot_server.h"
 
@@ -92,6 +93,21 @@ ABSL_FLAG(bool, follow_client_cpu, true,
           "serve a data lane client on this host its small pushes and "
           "fetches on the CPU it waits on (--nofollow-client-cpu: leave "
           "that to the scheduler)");
+ABSL_FLAG(absl::Duration, lane_idle_timeout, absl::Minutes(5),
+          "close a data lane connection whose client has sent no request "
+          "for this long, e.g. 5m, 90s ('inf': never); clients reconnect "
+          "when they next need one");
+ABSL_FLAG(absl::Duration, lane_handshake_timeout, absl::Seconds(10),
+          "close a data lane connection whose client has not said hello "
+          "this long after connecting");
+ABSL_FLAG(uint64_t, max_lane_connections_per_peer, 256,
+          "data lane connections one client may hold at once (one IP "
+          "address over TCP, one user over the Unix socket); beyond it "
+          "they are closed at once and the client uses gRPC");
+ABSL_FLAG(uint64_t, max_waits, 10000,
+          "fetches and stats waiting for an image that may be under way at "
+          "once, over gRPC and the data lane together; one more is refused "
+          "with RESOURCE_EXHAUSTED");
 ABSL_FLAG(bool, allow_non_hdf5, false,
           "store any bytes, not only HDF5 file images");
 ABSL_FLAG(absl::Duration, push_idle_timeout, absl::Seconds(30),
@@ -108,7 +124,10 @@ int main(int argc, char** argv) {
       "usage: h5depotd [--listen=HOST:PORT] [--unix=PATH] "
       "[--max-memory=SIZE] [--max-image-size=SIZE] [--data-port=PORT]\n"
       "                [--nodata-lane] [--nofollow-client-cpu] "
-      "[--allow-non-hdf5]\n"
+      "[--lane-idle-timeout=DURATION]\n"
+      "                [--lane-handshake-timeout=DURATION] "
+      "[--max-lane-connections-per-peer=N]\n"
+      "                [--max-waits=N] [--allow-non-hdf5]\n"
       "                [--push-idle-timeout=DURATION] [--push-min-rate=SIZE]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
@@ -133,6 +152,12 @@ int main(int argc, char** argv) {
   options.data_lane = absl::GetFlag(FLAGS_data_lane);
   options.data_lane_port = absl::GetFlag(FLAGS_data_port);
   options.data_lane_follow_client_cpu = absl::GetFlag(FLAGS_follow_client_cpu);
+  options.max_waits = static_cast<size_t>(absl::GetFlag(FLAGS_max_waits));
+  options.data_lane_idle_timeout = absl::GetFlag(FLAGS_lane_idle_timeout);
+  options.data_lane_max_connections_per_peer =
+      static_cast<size_t>(absl::GetFlag(FLAGS_max_lane_connections_per_peer));
+  options.data_lane_handshake_timeout =
+      absl::GetFlag(FLAGS_lane_handshake_timeout);
   uint64_t max_memory = absl::GetFlag(FLAGS_max_memory).bytes;
   if (max_memory == 0) max_memory = HalfOfPhysicalMemory();
   uint64_t max_image = absl::GetFlag(FLAGS_max_image_size).bytes;
@@ -148,6 +173,17 @@ int main(int argc, char** argv) {
   options.store.push_min_bytes_per_second =
       absl::GetFlag(FLAGS_push_min_rate).bytes;
 
+  if (options.data_lane_idle_timeout <= absl::ZeroDuration() ||
+      options.data_lane_handshake_timeout <= absl::ZeroDuration()) {
+    std::cerr << "h5depotd: --lane-idle-timeout and --lane-handshake-timeout "
+                 "must be positive\n";
+    return 1;
+  }
+  if (options.data_lane_max_connections_per_peer == 0) {
+    std::cerr << "h5depotd: --max-lane-connections-per-peer must be at least "
+                 "1 (--nodata-lane turns the lane off)\n";
+    return 1;
+  }
   auto server = h5depot::server::DepotServer::Start(options);
   if (!server.ok()) {
     std::cerr << "h5depotd: " << server.status().message() << "\n";

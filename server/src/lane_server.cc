@@ -1,4 +1,5 @@
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -13,6 +14,7 @@
 #include <cerrno>
 #include <cstring>
 #include <list>
+#include <map>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -41,6 +43,12 @@ constexpr size_t kReceivePieceBytes = size_t{256} << 10;
 // scheduler: each end then keeps a CPU of its own busy copying.
 constexpr uint64_t kNearClientBytes = uint64_t{64} << 10;
 
+// When the process is out of descriptors (or the kernel out of memory for
+// sockets) and a pending connection cannot even be shed, the acceptor
+// leaves the listeners alone this long: polled again at once, they would
+// report the same connection, and accept fail the same way, in a loop.
+constexpr absl::Duration kAcceptBackoff = absl::Milliseconds(100);
+
 // Who is at the other end of a connected socket, learnt once per
 // connection: the address in gRPC's notation, and whether it is on this
 // host (a Unix socket, or TCP from a loopback address).
@@ -48,6 +56,9 @@ struct Peer {
   Transport transport = Transport::kLaneTcp;
   std::string address;
   bool local = false;
+  // Whose connections count together against the cap per peer: the IP
+  // address (without the port), or on a Unix socket the user id.
+  std::string counted_as;
 };
 
 Peer PeerOf(int fd) {
@@ -62,14 +73,20 @@ Peer PeerOf(int fd) {
     result.transport = Transport::kLaneUnix;
     result.address = "unix:";
     result.local = true;
+    ucred credentials{};
+    socklen_t credentials_bytes = sizeof(credentials);
+    ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &credentials_bytes);
+    result.counted_as = absl::StrCat("unix:uid=", credentials.uid);
   } else if (peer.ss_family == AF_INET) {
     const auto* v4 = reinterpret_cast<const sockaddr_in*>(&peer);
     ::inet_ntop(AF_INET, &v4->sin_addr, text, sizeof(text));
+    result.counted_as = absl::StrCat("ipv4:", text);
     result.address = absl::StrCat("ipv4:", text, ":", ntohs(v4->sin_port));
     result.local = (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
   } else if (peer.ss_family == AF_INET6) {
     const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&peer);
     ::inet_ntop(AF_INET6, &v6->sin6_addr, text, sizeof(text));
+    result.counted_as = absl::StrCat("ipv6:[", text, "]");
     result.address = absl::StrCat("ipv6:[", text, "]:", ntohs(v6->sin6_port));
     result.local = IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr) ||
                    (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr) &&
@@ -222,6 +239,7 @@ absl::Status SendContinue(LaneSocket& socket) {
 struct DataLaneServer::Impl {
   struct Connection {
     LaneSocket socket;
+    Peer peer;
     std::thread thread;
     // Set by the connection's thread while it serves a request, so that
     // Shutdown() lets that request finish. Atomic rather than guarded by
@@ -237,21 +255,35 @@ struct DataLaneServer::Impl {
   int tcp_port = 0;
   std::string unix_path;
   int wake_fd = -1;  // eventfd that ends the acceptor's poll
+  // A descriptor held in reserve (on /dev/null) for the acceptor to give up
+  // when the process runs out of them (ShedConnection). Acceptor only.
+  int reserve_fd = -1;
   std::thread acceptor;
 
   absl::Mutex mutex;
   // Set once, under `mutex` (Accept() relies on that), read without it.
   std::atomic<bool> stopping{false};
   std::list<std::unique_ptr<Connection>> connections ABSL_GUARDED_BY(mutex);
+  // Connections not finished, by Peer::counted_as; no zero entries.
+  std::map<std::string, size_t> connections_per_peer ABSL_GUARDED_BY(mutex);
 
   ~Impl() {
     if (wake_fd >= 0) ::close(wake_fd);
+    if (reserve_fd >= 0) ::close(reserve_fd);
   }
 
   void AcceptLoop();
-  void Accept(LaneSocket& listener);
+  // Takes one pending connection from `listener`. False when the process
+  // is out of descriptors or memory and nothing could be taken: the caller
+  // then backs off.
+  bool Accept(LaneSocket& listener);
+  bool ShedConnection(LaneSocket& listener);
   void ReapFinished() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   void Serve(Connection* connection);
+  // Waits for the next request's first bytes. False when the connection is
+  // to end: the client closed or broke it, or left it idle for the idle
+  // timeout.
+  bool AwaitRequest(LaneReader& reader);
   // Each returns an error only when the connection is no longer usable;
   // refusals of a request are answered on the connection.
   // `follower` is null unless the client agreed to say its CPU.
@@ -265,7 +297,10 @@ struct DataLaneServer::Impl {
                          const lane::RequestHeader& header,
                          const std::string& image_id,
                          ClientCpuFollower* follower);
-  bool Stopping() const { return stopping.load(); }
+  absl::StatusOr<ImageRef> WaitForImage(LaneSocket& socket,
+                                        const Caller& caller,
+                                        const std::string& image_id,
+                                        uint64_t wait_ms);
 };
 
 absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
@@ -287,6 +322,8 @@ absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
   }
   impl->wake_fd = ::eventfd(0, EFD_CLOEXEC);
   if (impl->wake_fd < 0) return ErrnoError("data lane: eventfd");
+  impl->reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (impl->reserve_fd < 0) return ErrnoError("data lane: /dev/null");
   Impl* raw = impl.get();
   impl->acceptor = std::thread([raw] { raw->AcceptLoop(); });
   return std::unique_ptr<DataLaneServer>(new DataLaneServer(std::move(impl)));
@@ -304,34 +341,81 @@ const std::string& DataLaneServer::unix_path() const {
 }
 
 void DataLaneServer::Impl::AcceptLoop() {
+  absl::Time listen_again = absl::InfinitePast();
   while (true) {
+    // While backing off, only a stop wakes the acceptor before its time.
+    const absl::Duration backoff_left = listen_again - absl::Now();
+    const bool backing_off = backoff_left > absl::ZeroDuration();
     pollfd entries[3] = {{wake_fd, POLLIN, 0},
-                         {tcp_listener.fd(), POLLIN, 0},
-                         {unix_listener.fd(), POLLIN, 0}};
+                         {backing_off ? -1 : tcp_listener.fd(), POLLIN, 0},
+                         {backing_off ? -1 : unix_listener.fd(), POLLIN, 0}};
+    const int timeout_ms =
+        backing_off ? static_cast<int>(absl::ToInt64Milliseconds(
+                          absl::Ceil(backoff_left, absl::Milliseconds(1))))
+                    : -1;
     // A negative descriptor (no such listener) is ignored by poll.
-    if (::poll(entries, 3, -1) < 0) {
+    if (::poll(entries, 3, timeout_ms) < 0) {
       if (errno == EINTR) continue;
       return;
     }
     if (entries[0].revents != 0) return;
-    if (entries[1].revents != 0) Accept(tcp_listener);
-    if (entries[2].revents != 0) Accept(unix_listener);
+    bool accepting = true;
+    if (entries[1].revents != 0) accepting &= Accept(tcp_listener);
+    if (entries[2].revents != 0) accepting &= Accept(unix_listener);
+    if (!accepting) listen_again = absl::Now() + kAcceptBackoff;
   }
 }
 
-void DataLaneServer::Impl::Accept(LaneSocket& listener) {
+bool DataLaneServer::Impl::Accept(LaneSocket& listener) {
+  {
+    // Finished connections' descriptors are closed already; their threads
+    // are joined here, before the cap below counts connections.
+    absl::MutexLock lock(&mutex);
+    ReapFinished();
+  }
   LaneSocket socket(::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC));
-  if (!socket.is_open()) return;  // the client gave up, or out of files
+  if (!socket.is_open()) {
+    if (errno == EMFILE || errno == ENFILE) return ShedConnection(listener);
+    // Otherwise the client gave up (ECONNABORTED and the like), or the
+    // kernel is short of memory, which waiting may cure.
+    return errno != ENOBUFS && errno != ENOMEM;
+  }
+  Peer peer = PeerOf(socket.fd());
+  absl::MutexLock lock(&mutex);
+  // Connections beyond a cap are closed at once; their clients use gRPC.
+  if (stopping || connections.size() >= options.max_connections) return true;
+  auto held = connections_per_peer.find(peer.counted_as);
+  if (held != connections_per_peer.end() &&
+      held->second >= options.max_connections_per_peer) {
+    return true;
+  }
+  if (held == connections_per_peer.end()) {
+    held = connections_per_peer.emplace(peer.counted_as, 0).first;
+  }
+  ++held->second;
   lane::TuneSocket(socket.fd());
   socket.SetStallTimeout(options.stall_timeout).IgnoreError();
-  absl::MutexLock lock(&mutex);
-  ReapFinished();
-  if (stopping || connections.size() >= options.max_connections) return;
   auto connection = std::make_unique<Connection>();
   connection->socket = std::move(socket);
+  connection->peer = std::move(peer);
   Connection* raw = connection.get();
   connections.push_back(std::move(connection));
   raw->thread = std::thread([this, raw] { Serve(raw); });
+  return true;
+}
+
+// Out of descriptors with a connection pending: gives up the reserve,
+// takes the connection and closes it at once (its client sees the end and
+// uses gRPC), then reserves a descriptor again. Without this the pending
+// connection would stay queued, and nobody learn that it is not served.
+bool DataLaneServer::Impl::ShedConnection(LaneSocket& listener) {
+  if (reserve_fd >= 0) ::close(reserve_fd);
+  const int shed = ::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+  if (shed >= 0) ::close(shed);
+  // May fail while another thread holds the freed descriptor; tried again
+  // at the next shortage.
+  reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  return shed >= 0 && reserve_fd >= 0;
 }
 
 void DataLaneServer::Impl::ReapFinished() {
@@ -350,10 +434,14 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   pthread_setname_np(pthread_self(), "h5depot-lane");
   LaneSocket& socket = connection->socket;
   LaneReader reader(&socket);
-  const Peer peer = PeerOf(socket.fd());
+  const Peer& peer = connection->peer;
   const Caller caller = Caller::Known(peer.transport, peer.address, peer.local);
   uint8_t hello[lane::kHelloBytes];
-  bool good = reader.Read(hello, sizeof(hello)).ok();
+  // A client that connects and says nothing would hold a thread and a
+  // buffer for as long as it likes.
+  bool good =
+      reader.Read(hello, sizeof(hello), absl::Now() + options.handshake_timeout)
+          .ok();
   std::optional<ClientCpuFollower> follower;
   if (good) {
     uint16_t offered = 0;
@@ -369,13 +457,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     good = socket.Send(hello, sizeof(hello)).ok() && hello_status.ok();
   }
   while (good) {
-    // Idle until the next request's first bytes arrive, however long that
-    // takes (the stall timeout only cuts a request short).
-    while (good && reader.buffered() == 0) {
-      const absl::Status status = reader.Fill();
-      good = status.ok() || absl::IsDeadlineExceeded(status);
-    }
-    if (!good) break;
+    if (!AwaitRequest(reader)) break;
     // Sequentially consistent, against Shutdown()'s setting `stopping` and
     // then reading `busy`: either this thread sees `stopping`, or Shutdown()
     // sees the request in progress and leaves its socket alone.
@@ -387,11 +469,36 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     connection->busy.store(false);
     if (stopping.load()) break;
   }
-  // The peer sees the end at once; the descriptor is closed when the
-  // connection is reaped.
+  // The peer sees the end at once, and the descriptor is free for the next
+  // connection now rather than when this one is reaped. Closed under the
+  // lock, under which Shutdown() shuts sockets down.
   socket.Shutdown();
   absl::MutexLock lock(&mutex);
+  socket.Close();
   connection->finished = true;
+  if (auto held = connections_per_peer.find(peer.counted_as);
+      --held->second == 0) {
+    connections_per_peer.erase(held);
+  }
+}
+
+bool DataLaneServer::Impl::AwaitRequest(LaneReader& reader) {
+  const absl::Time drop_at = absl::Now() + options.idle_timeout;
+  // First a blocking receive: the one system call a busy connection's next
+  // request costs. It gives up after the stall timeout (the socket's
+  // SO_RCVTIMEO); from then on, or at once if the idle timeout is the
+  // shorter, the receive polls until `drop_at`.
+  bool blocking = options.idle_timeout >= options.stall_timeout;
+  while (reader.buffered() == 0) {
+    const absl::Status status =
+        reader.Fill(blocking ? absl::InfiniteFuture() : drop_at);
+    if (status.ok()) continue;
+    if (!absl::IsDeadlineExceeded(status) || absl::Now() >= drop_at) {
+      return false;
+    }
+    blocking = false;
+  }
+  return true;
 }
 
 absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
@@ -487,17 +594,62 @@ absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,
                                              const lane::RequestHeader& header,
                                              const std::string& image_id,
                                              ClientCpuFollower* follower) {
-  // The connection has a thread of its own, so a wait blocks it.
   absl::StatusOr<ImageRef> image =
       header.wait_ms == 0
           ? operations->Fetch(caller, image_id)
-          : operations->WaitForImage(
-                caller, Operation::kFetch, image_id, header.wait_ms,
-                [this, &socket] { return socket.PeerHungUp() || Stopping(); });
+          : WaitForImage(socket, caller, image_id, header.wait_ms);
   if (!image.ok()) return SendFinal(socket, image.status(), nullptr, false);
   MoveNearClient(follower, header, (*image)->size());
   // The reference pins this generation until its last byte is sent.
   return SendFinal(socket, absl::OkStatus(), image->get(), true);
+}
+
+// The connection has a thread of its own, so a wait blocks it: in one
+// poll() until the wait ends (the publishing push, the store's reaper at
+// the deadline, or the store's shutdown: the operation's callback signals
+// `ended`), the client hangs up, or the server stops. Nothing wakes it
+// meanwhile, so that waiting connections cost no CPU however many there
+// are. CANCELLED when the client hung up or the server stops.
+absl::StatusOr<ImageRef> DataLaneServer::Impl::WaitForImage(
+    LaneSocket& socket, const Caller& caller, const std::string& image_id,
+    uint64_t wait_ms) {
+  const int ended = ::eventfd(0, EFD_CLOEXEC);
+  if (ended < 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the server cannot wait for image '", image_id,
+                     "' now: eventfd: ", std::strerror(errno)));
+  }
+  absl::StatusOr<ImageRef> result;
+  auto signal_ended = [&result, ended](absl::StatusOr<ImageRef> answer) {
+    result = std::move(answer);
+    // The last touch of this thread's frame: once `ended` is signalled
+    // the waiting thread may return.
+    const uint64_t one = 1;
+    if (::write(ended, &one, sizeof(one)) < 0) {
+      // Cannot fail: an eventfd counter far from overflow.
+    }
+  };
+  const ImageStore::WaitId wait = operations->AwaitImage(
+      caller, Operation::kFetch, image_id, wait_ms, std::move(signal_ended));
+  if (wait != 0) {
+    // POLLRDHUP only on the socket: bytes a client sends meanwhile (it
+    // should not) must not wake the wait again and again. `wake_fd` stays
+    // readable once the server stops.
+    pollfd entries[3] = {
+        {ended, POLLIN, 0}, {socket.fd(), POLLRDHUP, 0}, {wake_fd, POLLIN, 0}};
+    int ready;
+    do {
+      ready = ::poll(entries, 3, -1);
+    } while (ready < 0 && errno == EINTR);
+    if (ready < 0 || entries[0].revents == 0) operations->CancelWait(wait);
+  }
+  // The callback has run, or is running on another thread (a publish that
+  // won the race against CancelWait): this blocks until it has signalled.
+  uint64_t count = 0;
+  while (::read(ended, &count, sizeof(count)) < 0 && errno == EINTR) {
+  }
+  ::close(ended);
+  return result;
 }
 
 void DataLaneServer::Shutdown(absl::Duration grace) {

@@ -28,11 +28,19 @@ struct DataLaneOptions {
   int tcp_port = 0;
   // Unix domain socket path; empty for none. Replaced if it exists.
   std::string unix_path;
-  // A transfer under way is dropped after this long without progress; an
-  // idle connection is kept as long as the client keeps it.
+  // A transfer under way is dropped after this long without progress.
   absl::Duration stall_timeout = absl::Seconds(60);
+  // A connection is closed when its client has sent no request for this
+  // long (clients retry a call on a new connection when the pooled one
+  // they took turns out closed), or no hello this long after connecting.
+  // InfiniteDuration: never.
+  absl::Duration idle_timeout = absl::Minutes(5);
+  absl::Duration handshake_timeout = absl::Seconds(10);
   // Connections beyond this are closed at once (clients then use gRPC).
   size_t max_connections = 1024;
+  // The same, for the connections of one peer: one IP address over TCP,
+  // one user id over the Unix socket. At least 1.
+  size_t max_connections_per_peer = 256;
   // Serve a client on this host its small requests on the CPU it waits on
   // (lane_protocol.h, kFeatureClientCpu; client_cpu_internal.h).
   bool follow_client_cpu = true;

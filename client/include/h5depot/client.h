@@ -17,7 +17,8 @@
 //   FAILED_PRECONDITION  the caller's own state must be fixed first;
 //                        retrying as is cannot help
 //   DATA_LOSS            the bytes did not match their checksum: resend
-//   RESOURCE_EXHAUSTED   over the server's memory or image size limits
+//   RESOURCE_EXHAUSTED   over the server's memory or image size limits, or a
+//                        wait when the server has all the waits it allows
 //   DEADLINE_EXCEEDED    a wait or call deadline passed
 //   CANCELLED            the caller cancelled
 //   UNAVAILABLE          the server cannot be reached or is shutting down;

@@ -8,6 +8,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "h5depot/testing/subprocess.h"
 #include "tests/support/src/spawn_internal.h"
 
@@ -64,6 +67,32 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     return status;
   }
   return server;
+}
+
+absl::StatusOr<absl::Duration> ServerProcess::CpuTime() const {
+  const std::string path = absl::StrCat("/proc/", pid_, "/stat");
+  std::ifstream file(path);
+  std::stringstream text;
+  text << file.rdbuf();
+  // "PID (COMM) STATE ...": the command may hold spaces and parentheses,
+  // so the fields are counted from the last ')'. utime and stime are the
+  // 14th and 15th fields, the 12th and 13th after it.
+  const std::string stat = text.str();
+  const size_t comm_end = stat.rfind(')');
+  if (pid_ <= 0 || !file || comm_end == std::string::npos) {
+    return absl::InternalError(absl::StrCat("cannot read ", path));
+  }
+  const std::vector<std::string> fields =
+      absl::StrSplit(stat.substr(comm_end + 2), ' ');
+  int64_t user_ticks = 0;
+  int64_t system_ticks = 0;
+  if (fields.size() < 13 || !absl::SimpleAtoi(fields[11], &user_ticks) ||
+      !absl::SimpleAtoi(fields[12], &system_ticks)) {
+    return absl::InternalError(absl::StrCat("cannot parse ", path));
+  }
+  const long ticks_per_second = sysconf(_SC_CLK_TCK);
+  return absl::Seconds(static_cast<double>(user_ticks + system_ticks) /
+                       static_cast<double>(ticks_per_second));
 }
 
 absl::Status ServerProcess::Restart() {
@@ -120,6 +149,7 @@ absl::Status ServerProcess::Launch(const std::vector<std::string>& argv,
   request.argv = argv;
   request.stdin_fd = dev_null;
   request.stdout_fd = out->second;
+  request.max_open_files = options_.max_open_files;
   auto child = internal::Spawn(request);
   close(out->second);
   if (dev_null >= 0) close(dev_null);

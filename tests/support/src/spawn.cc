@@ -2,6 +2,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -63,7 +64,8 @@ std::vector<char*> PointersTo(std::vector<std::string>& strings) {
 // Runs in the forked child: only async-signal-safe calls from here on.
 [[noreturn]] void ExecChild(const SpawnRequest& request, pid_t parent,
                             const char* path, char* const* argv,
-                            char* const* envp, int error_fd) {
+                            char* const* envp, const rlimit* open_files,
+                            int error_fd) {
   // Die with the parent rather than outlive a crashed test as an orphan.
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) {
     _exit(127);
@@ -87,6 +89,9 @@ std::vector<char*> PointersTo(std::vector<std::string>& strings) {
     // target keeps the flag, so clear it explicitly.
     ready = sources[i] == targets[i] ? fcntl(targets[i], F_SETFD, 0) == 0
                                      : dup2(sources[i], targets[i]) >= 0;
+  }
+  if (ready && open_files != nullptr) {
+    ready = setrlimit(RLIMIT_NOFILE, open_files) == 0;
   }
   if (ready && !request.working_dir.empty()) {
     ready = chdir(request.working_dir.c_str()) == 0;
@@ -125,6 +130,16 @@ absl::StatusOr<Child> Spawn(const SpawnRequest& request) {
   std::vector<char*> argv = PointersTo(args);
   std::vector<char*> envp = PointersTo(env);
 
+  rlimit open_files{};
+  if (request.max_open_files != 0) {
+    if (getrlimit(RLIMIT_NOFILE, &open_files) != 0) {
+      return absl::InternalError(
+          absl::StrCat("getrlimit failed: ", std::strerror(errno)));
+    }
+    open_files.rlim_cur = std::min<rlim_t>(
+        static_cast<rlim_t>(request.max_open_files), open_files.rlim_max);
+  }
+
   auto error_pipe = MakePipe();
   if (!error_pipe.ok()) return error_pipe.status();
   auto [error_read, error_write] = *error_pipe;
@@ -140,7 +155,7 @@ absl::StatusOr<Child> Spawn(const SpawnRequest& request) {
   }
   if (pid == 0) {
     ExecChild(request, parent, path.c_str(), argv.data(), envp.data(),
-              error_write);
+              request.max_open_files != 0 ? &open_files : nullptr, error_write);
   }
   close(error_write);
 

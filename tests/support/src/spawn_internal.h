@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -24,6 +25,8 @@ struct SpawnRequest {
   int stdin_fd = -1;
   int stdout_fd = -1;
   int stderr_fd = -1;
+  // The child's soft limit on open descriptors (RLIMIT_NOFILE); 0: ours.
+  uint64_t max_open_files = 0;
 };
 
 struct Child {

@@ -46,6 +46,20 @@ struct ServerOptions {
   // small pushes and fetches on the CPU it waits on, which spares a
   // cross-CPU wake-up each way (docs/PERFORMANCE.md).
   bool data_lane_follow_client_cpu = true;
+  // A data lane connection is closed when its client has sent no request
+  // for data_lane_idle_timeout (clients reconnect when they next need
+  // one), or no hello within data_lane_handshake_timeout of connecting.
+  // InfiniteDuration: never.
+  absl::Duration data_lane_idle_timeout = absl::Minutes(5);
+  absl::Duration data_lane_handshake_timeout = absl::Seconds(10);
+  // Data lane connections one peer may hold at once (one IP address over
+  // TCP, one user id over the Unix socket), of the 1,024 the lane serves;
+  // beyond it they are closed at once and the client uses gRPC. At least 1.
+  size_t data_lane_max_connections_per_peer = 256;
+  // Fetches and stats that wait for an image, over gRPC and the lane
+  // together, that may be under way at once; one more that would have to
+  // wait is refused with RESOURCE_EXHAUSTED.
+  size_t max_waits = 10000;
   StoreOptions store;
 };
 

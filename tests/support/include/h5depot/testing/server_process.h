@@ -45,6 +45,10 @@ struct ServerProcessOptions {
   std::string unix_socket_path;
   // Further flags, passed as given, e.g. "--max-memory=1M".
   std::vector<std::string> extra_flags;
+  // The server's soft limit on open descriptors (RLIMIT_NOFILE), set
+  // before it starts; 0: the test's own. For tests of what it does when it
+  // runs out of them.
+  uint64_t max_open_files = 0;
   // The binary to run; empty: H5depotdPath().
   std::string binary;
   // How long Start() waits for the "listening on" lines before it gives up
@@ -91,6 +95,10 @@ class ServerProcess {
   const std::string& startup_output() const { return startup_output_; }
 
   pid_t pid() const { return pid_; }
+  // The CPU time (user and system) the server has used so far, from
+  // /proc/PID/stat, to tell an idle server from a busy one. INTERNAL if it
+  // cannot be read (the server is not running).
+  absl::StatusOr<absl::Duration> CpuTime() const;
   // Whether the process exists (suspended or not).
   bool running() const { return pid_ > 0; }
   bool suspended() const { return suspended_; }
