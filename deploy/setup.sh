@@ -8,7 +8,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libabsl-dev libhdf5-dev libxxhash-dev libgtest-dev
+  libabsl-dev libhdf5-dev libxxhash-dev libgtest-dev libssl-dev
   python3-h5py python3-numpy
   # deploy/test.sh's ThreadSanitizer pass: GCC 12's TSan runtime.
   libtsan2

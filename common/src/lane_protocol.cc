@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "h5depot/internal/token.h"
 
 namespace h5depot::internal::lane {
 namespace {
@@ -58,6 +59,22 @@ absl::Status DecodeHello(const uint8_t in[kHelloBytes], uint16_t* features) {
                      ", not ", kVersion));
   }
   if (features != nullptr) *features = Get16(in + 6);
+  return absl::OkStatus();
+}
+
+void EncodeTokenHeader(uint16_t token_bytes, uint8_t out[kTokenHeaderBytes]) {
+  Put16(token_bytes, out);
+}
+
+absl::Status DecodeTokenHeader(const uint8_t in[kTokenHeaderBytes],
+                               uint16_t* token_bytes) {
+  const uint16_t length = Get16(in);
+  if (length == 0 || length > kMaxTokenBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a token of ", length, " bytes (1 to ", kMaxTokenBytes,
+                     " are allowed)"));
+  }
+  *token_bytes = length;
   return absl::OkStatus();
 }
 

@@ -27,6 +27,83 @@ bool Caller::local() const {
   return lookup_ == nullptr ? local_ : IsLocalPeer(lookup_(context_));
 }
 
+DepotOperations::DepotOperations(ImageStore* store, size_t max_waits,
+                                 std::unique_ptr<const AccessRules> access)
+    : store_(store), max_waits_(max_waits), access_(std::move(access)) {}
+
+DepotOperations::~DepotOperations() = default;
+
+namespace {
+
+// What each role may do beyond the one below it.
+bool RoleAllows(Role role, Operation op) {
+  switch (op) {
+    case Operation::kFetch:
+    case Operation::kRead:
+    case Operation::kStat:
+    case Operation::kList:
+    case Operation::kGetLimits:
+      return true;
+    case Operation::kPush:
+    case Operation::kDelete:
+      return role == Role::kWrite || role == Role::kAdmin;
+  }
+  return role == Role::kAdmin;
+}
+
+std::string_view OperationName(Operation op) {
+  switch (op) {
+    case Operation::kPush:
+      return "push";
+    case Operation::kFetch:
+      return "fetch";
+    case Operation::kRead:
+      return "read";
+    case Operation::kStat:
+      return "stat";
+    case Operation::kList:
+      return "list";
+    case Operation::kDelete:
+      return "delete";
+    case Operation::kGetLimits:
+      return "ask for the limits";
+  }
+  return "do this";
+}
+
+}  // namespace
+
+absl::StatusOr<const Principal*> DepotOperations::Admit(
+    const Caller& caller, Operation op, std::string_view image_id) const {
+  const std::string_view token = caller.token();
+  if (token.empty()) {
+    return absl::UnauthenticatedError(
+        "this server needs a token (ClientOptions::token, the C API's or the "
+        "remote driver's token, or H5DEPOT_TOKEN / H5DEPOT_TOKEN_FILE)");
+  }
+  const Principal* principal = access_->Find(token);
+  if (principal == nullptr) {
+    return absl::UnauthenticatedError(
+        "the token is not one this server knows (h5depotd --auth-file)");
+  }
+  if (!RoleAllows(principal->role, op)) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("principal '", principal->name, "' has the role ",
+                     std::string(RoleName(principal->role)), ", which may not ",
+                     std::string(OperationName(op))));
+  }
+  // A list's prefix only narrows what it shows: List cuts its answer.
+  const bool names_an_image =
+      op != Operation::kList && op != Operation::kGetLimits;
+  if (names_an_image && !principal->MayTouch(image_id)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "principal '", principal->name, "' may not ",
+        std::string(OperationName(op)), " '", std::string(image_id),
+        "': it is outside the principal's image id prefixes"));
+  }
+  return principal;
+}
+
 ImageDescription DepotOperations::Describe(const StoredImage& image) {
   ImageDescription description;
   description.image_id = image.image_id();
@@ -150,11 +227,27 @@ absl::StatusOr<ListResult> DepotOperations::List(const Caller& caller,
                                                  std::string_view prefix,
                                                  uint32_t page_size,
                                                  std::string_view page_token) {
-  if (absl::Status allowed = Authorize(caller, Operation::kList, prefix);
-      !allowed.ok()) {
-    return allowed;
+  const Principal* principal = nullptr;
+  if (access_ != nullptr) {
+    absl::StatusOr<const Principal*> admitted =
+        Admit(caller, Operation::kList, prefix);
+    if (!admitted.ok()) return admitted.status();
+    principal = *admitted;
   }
-  return store_->List(prefix, page_size, page_token);
+  absl::StatusOr<ListResult> listed =
+      store_->List(prefix, page_size, page_token);
+  if (!listed.ok() || principal == nullptr || principal->prefixes.empty()) {
+    return listed;
+  }
+  // Only what the caller may see; a page may come out shorter than asked
+  // (even empty, with a next page token), never longer.
+  std::vector<ImageRef>& images = listed->images;
+  images.erase(std::remove_if(images.begin(), images.end(),
+                              [principal](const ImageRef& image) {
+                                return !principal->MayTouch(image->image_id());
+                              }),
+               images.end());
+  return listed;
 }
 
 absl::Status DepotOperations::Delete(

@@ -10,7 +10,8 @@
 //
 //   - authorisation: every operation starts with Authorize(), the one
 //     place that decides whether a caller may do it, whichever transport
-//     the call came through;
+//     the call came through (the --auth-file's tokens, roles and prefixes:
+//     access_rules_internal.h);
 //   - validation: image ids (checked by the store, INVALID_ARGUMENT), the
 //     request's fields;
 //   - clamps: a push's time to live (kMaxTtl), a wait's length (kMaxWait),
@@ -43,6 +44,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "h5depot/server/image_store.h"
+#include "server/src/access_rules_internal.h"
 
 namespace h5depot::server {
 
@@ -60,24 +62,30 @@ enum class Operation {
   kGetLimits,  // no image id
 };
 
-// Who is calling: the transport and the peer. Made for every call, so it is
-// cheap to make: the peer's address is looked up only if asked for (from
-// gRPC's context that costs an allocation), or was learnt once per
-// connection (the lane). Valid for the duration of the call it was made
-// for.
+// Who is calling: the transport, the peer and the bearer token the call
+// carries. Made for every call, so it is cheap to make: the peer's address
+// and the token are looked up only if asked for (from gRPC's context the
+// address costs an allocation), or were learnt once per connection (the
+// lane). Valid for the duration of the call it was made for.
 class Caller {
  public:
   // Returns the address of the peer of `context`.
   using PeerLookup = std::string (*)(const void* context);
+  // Returns the bearer token of the call of `context` (empty if none),
+  // valid as long as the call.
+  using TokenLookup = std::string_view (*)(const void* context);
 
-  // A caller whose peer is known already: `peer` outlives the Caller.
-  static Caller Known(Transport transport, std::string_view peer, bool local) {
-    return Caller(transport, peer, local, nullptr, nullptr);
+  // A caller whose peer and token are known already: both outlive the
+  // Caller.
+  static Caller Known(Transport transport, std::string_view peer, bool local,
+                      std::string_view token = {}) {
+    return Caller(transport, peer, local, token, nullptr, nullptr, nullptr);
   }
-  // A caller whose peer `lookup(context)` finds when asked.
+  // A caller whose peer `lookup(context)` and token
+  // `token_lookup(context)` find when asked.
   static Caller Deferred(Transport transport, PeerLookup lookup,
-                         const void* context) {
-    return Caller(transport, {}, false, lookup, context);
+                         TokenLookup token_lookup, const void* context) {
+    return Caller(transport, {}, false, {}, lookup, token_lookup, context);
   }
 
   Transport transport() const { return transport_; }
@@ -87,20 +95,29 @@ class Caller {
   std::string peer() const;
   // Whether the peer is on this host: a Unix socket, or a loopback address.
   bool local() const;
+  // The bearer token the caller presented; empty if none.
+  std::string_view token() const {
+    return token_lookup_ == nullptr ? token_ : token_lookup_(context_);
+  }
 
  private:
   Caller(Transport transport, std::string_view peer, bool local,
-         PeerLookup lookup, const void* context)
+         std::string_view token, PeerLookup lookup, TokenLookup token_lookup,
+         const void* context)
       : transport_(transport),
         peer_(peer),
         local_(local),
+        token_(token),
         lookup_(lookup),
+        token_lookup_(token_lookup),
         context_(context) {}
 
   Transport transport_;
   std::string_view peer_;
   bool local_;
-  PeerLookup lookup_;  // null: peer_ and local_ are known
+  std::string_view token_;
+  PeerLookup lookup_;         // null: peer_ and local_ are known
+  TokenLookup token_lookup_;  // null: token_ is known
   const void* context_;
 };
 
@@ -159,27 +176,30 @@ class DepotOperations {
   static constexpr size_t kDefaultMaxWaits = 10000;
 
   // `store` must outlive the operations. At most `max_waits` fetches and
-  // stats may wait at once, over every transport together.
+  // stats may wait at once, over every transport together. `access`: who
+  // may do what (the --auth-file); null lets every caller do everything.
   explicit DepotOperations(ImageStore* store,
-                           size_t max_waits = kDefaultMaxWaits)
-      : store_(store), max_waits_(max_waits) {}
+                           size_t max_waits = kDefaultMaxWaits,
+                           std::unique_ptr<const AccessRules> access = nullptr);
+  ~DepotOperations();
   DepotOperations(const DepotOperations&) = delete;
   DepotOperations& operator=(const DepotOperations&) = delete;
 
-  // The authorisation hook: whether `caller` may do `op` on `image_id`
-  // (empty for GetLimits; the prefix for List). Every operation below
-  // calls it first, so that every transport is checked in this one place,
-  // and its refusal is what the caller gets (PERMISSION_DENIED or
-  // UNAUTHENTICATED, once there is something to refuse). Today every
-  // caller may do everything; this is where transport security (TLS peer
-  // identities, tokens with scopes) is to be checked. Inline and cheap: it
-  // runs on every push and fetch.
+  // Whether `caller` may do `op` on `image_id` (empty for GetLimits; the
+  // prefix for List, whose answer is then cut to what the caller may see).
+  // Every operation below calls it first, so that every transport is
+  // checked in this one place, and its refusal is what the caller gets:
+  // UNAUTHENTICATED without a token the access rules know,
+  // PERMISSION_DENIED for an operation its role does not allow or an image
+  // outside its prefixes. A refusal depends only on the caller, the
+  // operation and the id, never on what is stored, so it reveals nothing
+  // about images the caller may not touch. Cheap: without access rules a
+  // test of one pointer; with them, one SHA-256 of the token and one hash
+  // table lookup.
   absl::Status Authorize(const Caller& caller, Operation op,
                          std::string_view image_id) const {
-    (void)caller;
-    (void)op;
-    (void)image_id;
-    return absl::OkStatus();
+    if (access_ == nullptr) return absl::OkStatus();
+    return Admit(caller, op, image_id).status();
   }
 
   // The description of `image`.
@@ -268,6 +288,9 @@ class DepotOperations {
   absl::StatusOr<StoreLimits> Limits(const Caller& caller);
 
  private:
+  // Authorize's checks with access rules: the caller's principal.
+  absl::StatusOr<const Principal*> Admit(const Caller& caller, Operation op,
+                                         std::string_view image_id) const;
   absl::StatusOr<ImageRef> Find(const Caller& caller, Operation op,
                                 std::string_view image_id);
   // Now plus `wait_ms`, clamped.
@@ -275,6 +298,7 @@ class DepotOperations {
 
   ImageStore* const store_;
   const size_t max_waits_;
+  const std::unique_ptr<const AccessRules> access_;  // null: no rules
   // Waits registered and not ended (or about to be registered).
   std::atomic<size_t> waits_{0};
 };

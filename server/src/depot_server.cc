@@ -59,11 +59,18 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   internal::DisableGrpcInForkedChildren(
       "the parent runs an h5depot server, whose threads are inside gRPC at "
       "any time");
+  std::unique_ptr<AccessRules> access;
+  if (!options.auth_file.empty()) {
+    absl::StatusOr<std::unique_ptr<AccessRules>> loaded =
+        AccessRules::Load(options.auth_file);
+    if (!loaded.ok()) return loaded.status();
+    access = *std::move(loaded);
+  }
   internal::KeepGrpcRuntimeAlive();
   auto impl = std::make_unique<Impl>();
   impl->store = std::make_unique<ImageStore>(options.store);
-  impl->operations =
-      std::make_unique<DepotOperations>(impl->store.get(), options.max_waits);
+  impl->operations = std::make_unique<DepotOperations>(
+      impl->store.get(), options.max_waits, std::move(access));
   DataLaneAddresses lane_addresses;
   if (options.data_lane) {
     // Started first, so that GetLimits names it from the first call on.

@@ -33,10 +33,24 @@ std::string PeerOfContext(const void* context) {
   return static_cast<const grpc::ServerContextBase*>(context)->peer();
 }
 
-// The caller of a call, for the authorisation hook; its peer is looked up
-// only if the hook asks.
+// The bearer token of a call: its "authorization" metadata,
+// "Bearer <token>" (empty if it has none of that form).
+std::string_view TokenOfContext(const void* context) {
+  const auto& metadata =
+      static_cast<const grpc::ServerContextBase*>(context)->client_metadata();
+  auto found = metadata.find("authorization");
+  if (found == metadata.end()) return {};
+  const std::string_view value(found->second.data(), found->second.size());
+  constexpr std::string_view kScheme = "Bearer ";
+  if (value.substr(0, kScheme.size()) != kScheme) return {};
+  return value.substr(kScheme.size());
+}
+
+// The caller of a call, for the authorisation hook; its peer and token are
+// looked up only if the hook asks.
 Caller CallerOf(const grpc::ServerContextBase* context) {
-  return Caller::Deferred(Transport::kGrpc, &PeerOfContext, context);
+  return Caller::Deferred(Transport::kGrpc, &PeerOfContext, &TokenOfContext,
+                          context);
 }
 
 std::optional<uint64_t> OptionalGeneration(bool has, uint64_t value) {

@@ -108,6 +108,10 @@ ABSL_FLAG(uint64_t, max_waits, 10000,
           "fetches and stats waiting for an image that may be under way at "
           "once, over gRPC and the data lane together; one more is refused "
           "with RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, auth_file, "",
+          "serve only callers with a token this file names, each within its "
+          "role and image id prefixes (docs/SECURITY.md); empty: everyone "
+          "may do everything");
 ABSL_FLAG(bool, allow_non_hdf5, false,
           "store any bytes, not only HDF5 file images");
 ABSL_FLAG(absl::Duration, push_idle_timeout, absl::Seconds(30),
@@ -127,7 +131,7 @@ int main(int argc, char** argv) {
       "[--lane-idle-timeout=DURATION]\n"
       "                [--lane-handshake-timeout=DURATION] "
       "[--max-lane-connections-per-peer=N]\n"
-      "                [--max-waits=N] [--allow-non-hdf5]\n"
+      "                [--max-waits=N] [--allow-non-hdf5] [--auth-file=PATH]\n"
       "                [--push-idle-timeout=DURATION] [--push-min-rate=SIZE]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
@@ -165,6 +169,7 @@ int main(int argc, char** argv) {
   options.store.max_memory_bytes = max_memory;
   options.store.max_image_bytes = max_image;
   options.store.require_hdf5 = !absl::GetFlag(FLAGS_allow_non_hdf5);
+  options.auth_file = absl::GetFlag(FLAGS_auth_file);
   options.store.push_idle_timeout = absl::GetFlag(FLAGS_push_idle_timeout);
   if (options.store.push_idle_timeout < absl::ZeroDuration()) {
     std::cerr << "h5depotd: --push-idle-timeout must not be negative\n";

@@ -280,6 +280,10 @@ struct DataLaneServer::Impl {
   bool ShedConnection(LaneSocket& listener);
   void ReapFinished() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex);
   void Serve(Connection* connection);
+  // Reads the token a client sends after the hellos (kFeatureToken) into
+  // `token`, by `deadline`; an error ends the connection.
+  static absl::Status ReadToken(LaneReader& reader, absl::Time deadline,
+                                std::string* token);
   // Waits for the next request's first bytes. False when the connection is
   // to end: the client closed or broke it, or left it idle for the idle
   // timeout.
@@ -435,27 +439,31 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   LaneSocket& socket = connection->socket;
   LaneReader reader(&socket);
   const Peer& peer = connection->peer;
-  const Caller caller = Caller::Known(peer.transport, peer.address, peer.local);
   uint8_t hello[lane::kHelloBytes];
   // A client that connects and says nothing would hold a thread and a
   // buffer for as long as it likes.
-  bool good =
-      reader.Read(hello, sizeof(hello), absl::Now() + options.handshake_timeout)
-          .ok();
+  const absl::Time handshake_deadline = absl::Now() + options.handshake_timeout;
+  bool good = reader.Read(hello, sizeof(hello), handshake_deadline).ok();
   std::optional<ClientCpuFollower> follower;
+  std::string token;  // the connection's, for every request on it
   if (good) {
     uint16_t offered = 0;
     const absl::Status hello_status = lane::DecodeHello(hello, &offered);
-    uint16_t agreed = 0;
+    uint16_t agreed = offered & lane::kFeatureToken;
     if (hello_status.ok() && options.follow_client_cpu && peer.local) {
-      agreed = offered & lane::kFeatureClientCpu;
+      agreed |= offered & lane::kFeatureClientCpu;
     }
     if ((agreed & lane::kFeatureClientCpu) != 0) follower.emplace();
     // Our hello goes back either way, so that a client of another version
     // can tell why it is turned away.
     lane::EncodeHello(hello, agreed);
     good = socket.Send(hello, sizeof(hello)).ok() && hello_status.ok();
+    if (good && (agreed & lane::kFeatureToken) != 0) {
+      good = ReadToken(reader, handshake_deadline, &token).ok();
+    }
   }
+  const Caller caller =
+      Caller::Known(peer.transport, peer.address, peer.local, token);
   while (good) {
     if (!AwaitRequest(reader)) break;
     // Sequentially consistent, against Shutdown()'s setting `stopping` and
@@ -480,6 +488,23 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
       --held->second == 0) {
     connections_per_peer.erase(held);
   }
+}
+
+absl::Status DataLaneServer::Impl::ReadToken(LaneReader& reader,
+                                             absl::Time deadline,
+                                             std::string* token) {
+  uint8_t header[lane::kTokenHeaderBytes];
+  if (absl::Status status = reader.Read(header, sizeof(header), deadline);
+      !status.ok()) {
+    return status;
+  }
+  uint16_t token_bytes = 0;
+  if (absl::Status status = lane::DecodeTokenHeader(header, &token_bytes);
+      !status.ok()) {
+    return status;
+  }
+  token->resize(token_bytes);
+  return reader.Read(token->data(), token_bytes, deadline);
 }
 
 bool DataLaneServer::Impl::AwaitRequest(LaneReader& reader) {

@@ -32,6 +32,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "h5depot/internal/token.h"
 
 namespace h5depot::internal::lane {
 
@@ -45,6 +46,14 @@ inline constexpr size_t kHelloBytes = 8;
 // takes it up only from a client on its own host: over its Unix socket or
 // TCP loopback.
 inline constexpr uint16_t kFeatureClientCpu = 1;
+
+// A client with a bearer token (token.h) offers this; once the server's
+// hello agrees, the client sends a token header (the token's length) and
+// the token, before its first request. The server then authorises each
+// request of the connection against that token, by the same rule as a
+// gRPC call carrying it. A server that does not agree needs no token.
+inline constexpr uint16_t kFeatureToken = 2;
+inline constexpr size_t kTokenHeaderBytes = 2;
 
 // A PUT of at most this many bytes sends them right behind its header; a
 // larger one waits for the server's Continue first, so that a push bound to
@@ -91,6 +100,12 @@ void EncodeHello(uint8_t out[kHelloBytes], uint16_t features = 0);
 // the receiver to ignore.
 absl::Status DecodeHello(const uint8_t in[kHelloBytes],
                          uint16_t* features = nullptr);
+
+// The header of a token `token_bytes` long (1 to kMaxTokenBytes).
+void EncodeTokenHeader(uint16_t token_bytes, uint8_t out[kTokenHeaderBytes]);
+// INVALID_ARGUMENT for a length of 0 or over kMaxTokenBytes.
+absl::Status DecodeTokenHeader(const uint8_t in[kTokenHeaderBytes],
+                               uint16_t* token_bytes);
 
 void EncodeRequestHeader(const RequestHeader& header,
                          uint8_t out[kRequestHeaderBytes]);

@@ -60,6 +60,12 @@ struct ServerOptions {
   // together, that may be under way at once; one more that would have to
   // wait is refused with RESOURCE_EXHAUSTED.
   size_t max_waits = 10000;
+  // Who may do what: the path of an auth file (docs/SECURITY.md, "Tokens")
+  // naming principals by the hash of their bearer tokens, with a role and
+  // the image id prefixes each may touch. Every call on every transport is
+  // then checked against it (UNAUTHENTICATED, PERMISSION_DENIED); the
+  // health service stays open. Empty: every caller may do everything.
+  std::string auth_file;
   StoreOptions store;
 };
 
@@ -67,7 +73,8 @@ class DepotServer {
  public:
   // Binds every requested address and starts serving. UNAVAILABLE if an
   // address cannot be bound (in use, bad path); INVALID_ARGUMENT if no
-  // address was requested.
+  // address was requested or the auth file is malformed, NOT_FOUND if it
+  // cannot be read.
   static absl::StatusOr<std::unique_ptr<DepotServer>> Start(
       const ServerOptions& options);
 

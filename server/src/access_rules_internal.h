@@ -1,0 +1,75 @@
+// Who may do what: the principals of h5depotd's --auth-file, each with the
+// hash of its bearer token, a role and the image id prefixes it may touch.
+// DepotOperations::Authorize applies them to every call, whichever
+// transport it came through. Internal to the server.
+//
+// The file: one principal per line, fields separated by spaces or tabs;
+// blank lines and lines starting with '#' are ignored.
+//
+//   NAME  ROLE  TOKEN-HASH  [PREFIX ...]
+//
+//   NAME        1 to 64 characters from A-Z a-z 0-9 . _ - @ (for messages
+//               and logs; unique)
+//   ROLE        read:  fetch, read, stat, list
+//               write: also push and delete
+//               admin: everything (also what later operations reserve
+//                      to operators)
+//   TOKEN-HASH  sha256:<64 hex digits>, the SHA-256 of the token
+//               (`h5depot new-token` makes a token and its line); unique
+//   PREFIX      the image ids the principal may touch start with one of
+//               these; none, or "*", means every id
+//
+// The file holds no secret: a token cannot be recovered from its hash.
+#ifndef H5DEPOT_SERVER_ACCESS_RULES_INTERNAL_H_
+#define H5DEPOT_SERVER_ACCESS_RULES_INTERNAL_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace h5depot::server {
+
+enum class Role { kRead, kWrite, kAdmin };
+
+// "read", "write", "admin".
+std::string_view RoleName(Role role);
+
+struct Principal {
+  std::string name;
+  Role role = Role::kRead;
+  std::vector<std::string> prefixes;  // empty: every image id
+
+  // Whether `image_id` starts with one of the prefixes.
+  bool MayTouch(std::string_view image_id) const;
+};
+
+class AccessRules {
+ public:
+  // Parses the text of an auth file; INVALID_ARGUMENT naming `source` and
+  // the line for the first thing wrong. No principal at all is an error
+  // too: such a file would lock everyone out.
+  static absl::StatusOr<std::unique_ptr<AccessRules>> Parse(
+      std::string_view text, std::string_view source);
+  // Reads and parses the file at `path`.
+  static absl::StatusOr<std::unique_ptr<AccessRules>> Load(
+      const std::string& path);
+
+  // The principal whose token `token` is; null if none is.
+  const Principal* Find(std::string_view token) const;
+
+  size_t size() const { return by_token_hash_.size(); }
+
+ private:
+  AccessRules() = default;
+
+  absl::flat_hash_map<std::string, Principal> by_token_hash_;
+};
+
+}  // namespace h5depot::server
+
+#endif  // H5DEPOT_SERVER_ACCESS_RULES_INTERNAL_H_
