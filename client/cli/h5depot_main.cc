@@ -25,6 +25,7 @@
 #include "command_line.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/image_id.h"
+#include "h5depot/internal/token.h"
 #include "output_file.h"
 #include "progress_bar.h"
 
@@ -63,6 +64,8 @@ enum ExitCode : int {
   kExitTimedOut = 6,     // DEADLINE_EXCEEDED: a --wait or call timed out
   kExitOverLimit = 7,    // RESOURCE_EXHAUSTED: over the server's limits
   kExitCorrupted = 8,    // DATA_LOSS: the bytes failed their checksum
+  kExitDenied = 9,       // UNAUTHENTICATED, PERMISSION_DENIED: no token the
+                         // server knows, or one that may not do this
 };
 
 constexpr char kUsageText[] = R"(usage: h5depot [--server=TARGET] COMMAND [ARGS]
@@ -86,6 +89,11 @@ Commands:
       Print the info of image ID.
   rm ID [--if-generation-match N]
       Delete image ID (only if generation N is current, when given).
+  new-token NAME ROLE [PREFIX ...]
+      Make a random token for a principal NAME of ROLE (read, write or
+      admin) that may touch the image ids starting with a PREFIX (none or
+      *: all). Prints the token, then the line for h5depotd's --auth-file,
+      which holds only the token's hash. Contacts no server.
 
 Options:
   --server=TARGET           h5depotd to talk to: HOST:PORT or unix:/PATH
@@ -100,11 +108,15 @@ Options:
 Image ids: 1 to 255 characters from A-Z a-z 0-9 . _ - /, as '/'-separated
 segments that are neither empty nor "." nor "..".
 
+Environment: H5DEPOT_SERVER (above); H5DEPOT_TOKEN, or H5DEPOT_TOKEN_FILE
+naming a file whose first line is the token, for a server that needs one
+(sent only to a server on this host).
+
 Exit status: 0 success, 1 failure, 2 bad command line or malformed image
 id, 3 image or file not found, 4 image exists / generation did not match
 (fetch again and redo), 5 server unreachable, 6 timed out (--wait,
 --timeout), 7 over the server's limits, 8 bytes failed their checksum
-(send again).
+(send again), 9 no token the server knows, or not allowed to do this.
 )";
 
 // Options every command accepts, before or after the command name.
@@ -142,6 +154,9 @@ int ExitCodeFor(absl::StatusCode code) {
       return kExitOverLimit;
     case absl::StatusCode::kDataLoss:
       return kExitCorrupted;
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied:
+      return kExitDenied;
     default:
       return kExitFailed;
   }
@@ -391,6 +406,24 @@ int RunGet(const Invocation& call) {
   return kExitOk;
 }
 
+int RunNewToken(const Invocation& call) {
+  const auto& pos = call.args.positionals;
+  if (pos.size() < 2) {
+    return UsageError("new-token takes a NAME, a ROLE and optional PREFIXes");
+  }
+  const std::string& role = pos[1];
+  if (role != "read" && role != "write" && role != "admin") {
+    return UsageError(absl::StrCat("new-token: unknown role ", Quoted(role),
+                                   " (read, write or admin)"));
+  }
+  const std::string token = internal::NewToken();
+  std::string line =
+      absl::StrCat(pos[0], " ", role, " ", internal::TokenHash(token));
+  for (size_t i = 2; i < pos.size(); ++i) absl::StrAppend(&line, " ", pos[i]);
+  std::printf("%s\n%s\n", token.c_str(), line.c_str());
+  return kExitOk;
+}
+
 int RunLs(const Invocation& call) {
   const auto& pos = call.args.positionals;
   if (pos.size() > 1) return UsageError("ls takes at most one PREFIX");
@@ -465,6 +498,7 @@ const std::vector<Command>& Commands() {
       {"ls", RunLs, {}},
       {"stat", RunStat, {{"wait", true}}},
       {"rm", RunRm, {{"if-generation-match", true}}},
+      {"new-token", RunNewToken, {}},
   };
   return *commands;
 }

@@ -104,6 +104,7 @@ h5depot_client* h5depot_connect_ex(const char* target,
             absl::Milliseconds(options->call_timeout_ms);
       }
       client_options.use_data_lane = options->disable_data_lane == 0;
+      if (options->token != nullptr) client_options.token = options->token;
     }
     auto client = h5depot::Client::Connect(target, client_options);
     if (!client.ok()) {

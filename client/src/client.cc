@@ -15,6 +15,7 @@
 #include "client/src/mapped_file_internal.h"
 #include "client/src/process_transports_internal.h"
 #include "client/src/server_target_internal.h"
+#include "client/src/token_source_internal.h"
 #include "h5depot/internal/image_id.h"
 #include "h5depot/rpc/grpc_runtime.h"
 
@@ -59,10 +60,11 @@ absl::StatusOr<std::unique_ptr<internal::Transports>> ConnectTransports(
     const ServerLimits& limits = made->grpc->limits_at_connect();
     lane = internal::DataLane::ForServer(
         target, static_cast<uint32_t>(limits.data_lane_port),
-        limits.data_lane_unix_path);
+        limits.data_lane_unix_path, options.token);
   }
   made->images = std::make_unique<internal::LaneFallbackTransport>(
-      target, options.connect_timeout, made->grpc, std::move(lane));
+      target, options.connect_timeout, options.token, made->grpc,
+      std::move(lane));
   return made;
 }
 
@@ -106,11 +108,22 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     return absl::InvalidArgumentError("chunk size must be positive");
   }
   std::string target_copy(target);
+  ClientOptions resolved = options;
+  absl::StatusOr<std::string> token = internal::ResolveToken(options.token);
+  if (!token.ok()) return token.status();
+  resolved.token = *std::move(token);
+  if (!resolved.token.empty() && !internal::TargetIsOnThisHost(target_copy)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "connect to ", target_copy,
+        ": a token is only sent to a server on this host (a Unix socket or "
+        "a loopback address) until the connection is encrypted; this "
+        "target may be elsewhere"));
+  }
   absl::StatusOr<std::unique_ptr<internal::Transports>> made =
-      ConnectTransports(target_copy, options);
+      ConnectTransports(target_copy, resolved);
   if (!made.ok()) return made.status();
   return std::unique_ptr<Client>(new Client(std::make_unique<Impl>(
-      std::move(target_copy), options, *std::move(made))));
+      std::move(target_copy), resolved, *std::move(made))));
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

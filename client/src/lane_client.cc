@@ -1,4 +1,5 @@
 #include <sched.h>
+#include <sys/uio.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -85,7 +86,8 @@ absl::StatusOr<lane::Response> DataLane::Connection::ReadResponse(
 
 std::shared_ptr<DataLane> DataLane::ForServer(std::string_view target,
                                               uint32_t tcp_port,
-                                              std::string_view unix_path) {
+                                              std::string_view unix_path,
+                                              std::string token) {
   for (std::string_view scheme : {"unix://", "unix:"}) {
     if (!StartsWith(target, scheme)) continue;
     if (unix_path.empty()) return nullptr;
@@ -95,21 +97,24 @@ std::shared_ptr<DataLane> DataLane::ForServer(std::string_view target,
     if (!StartsWith(path, "/")) {
       path = absl::StrCat(std::string(target.substr(scheme.size())), ".data");
     }
-    return std::shared_ptr<DataLane>(new DataLane("", 0, std::move(path)));
+    return std::shared_ptr<DataLane>(
+        new DataLane("", 0, std::move(path), std::move(token)));
   }
   if (tcp_port == 0) return nullptr;
   std::string host = TargetHost(target);
   if (host.empty()) return nullptr;
-  return std::shared_ptr<DataLane>(
-      new DataLane(std::move(host), static_cast<int>(tcp_port), ""));
+  return std::shared_ptr<DataLane>(new DataLane(
+      std::move(host), static_cast<int>(tcp_port), "", std::move(token)));
 }
 
-DataLane::DataLane(std::string host, int port, std::string unix_path)
+DataLane::DataLane(std::string host, int port, std::string unix_path,
+                   std::string token)
     : host_(std::move(host)),
       port_(port),
       unix_path_(std::move(unix_path)),
       address_(host_.empty() ? absl::StrCat("unix:", unix_path_)
-                             : absl::StrCat(host_, ":", port_)) {}
+                             : absl::StrCat(host_, ":", port_)),
+      token_(std::move(token)) {}
 
 DataLane::~DataLane() = default;
 
@@ -148,7 +153,9 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
   if (!socket.ok()) return absl::UnavailableError(socket.status().message());
   auto connection = std::make_unique<Connection>(*std::move(socket));
   uint8_t hello[lane::kHelloBytes];
-  lane::EncodeHello(hello, lane::kFeatureClientCpu);
+  lane::EncodeHello(hello, token_.empty()
+                               ? lane::kFeatureClientCpu
+                               : lane::kFeatureClientCpu | lane::kFeatureToken);
   absl::Status status =
       connection->socket().Send(hello, sizeof(hello), deadline);
   if (status.ok()) {
@@ -157,6 +164,14 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
   uint16_t agreed = 0;
   if (status.ok()) status = lane::DecodeHello(hello, &agreed);
   connection->says_cpu = (agreed & lane::kFeatureClientCpu) != 0;
+  // A server that does not take the token up has no use for one.
+  if (status.ok() && (agreed & lane::kFeatureToken) != 0 && !token_.empty()) {
+    uint8_t header[lane::kTokenHeaderBytes];
+    lane::EncodeTokenHeader(static_cast<uint16_t>(token_.size()), header);
+    iovec parts[] = {{header, sizeof(header)},
+                     {const_cast<char*>(token_.data()), token_.size()}};
+    status = connection->socket().SendAll(parts, 2, deadline);
+  }
   if (!status.ok()) {
     return absl::UnavailableError(absl::StrCat("data lane at ", address_, ": ",
                                                std::string(status.message())));

@@ -30,10 +30,12 @@ class DataLane {
  public:
   // The lane of a server reached at gRPC `target`, given the port and Unix
   // path its GetLimits named; null when none applies (no lane offered, or a
-  // target the lane cannot follow, such as an abstract socket).
+  // target the lane cannot follow, such as an abstract socket). Each
+  // connection presents `token` (kFeatureToken), unless it is empty.
   static std::shared_ptr<DataLane> ForServer(std::string_view target,
                                              uint32_t tcp_port,
-                                             std::string_view unix_path);
+                                             std::string_view unix_path,
+                                             std::string token = {});
 
   // "host:port" or "unix:/path", for messages.
   const std::string& address() const { return address_; }
@@ -93,7 +95,8 @@ class DataLane {
   ~DataLane();
 
  private:
-  DataLane(std::string host, int port, std::string unix_path);
+  DataLane(std::string host, int port, std::string unix_path,
+           std::string token);
   void GiveBack(std::unique_ptr<Connection> connection);
 
   // One attempt of Push and Fetch. `*unanswered` tells whether a failure
@@ -114,6 +117,7 @@ class DataLane {
   const int port_;
   const std::string unix_path_;
   const std::string address_;
+  const std::string token_;  // empty: none
 
   // Taken twice per call: an internal::Mutex, as everywhere in the client
   // (h5depot/internal/mutex.h says why not absl::Mutex).

@@ -23,10 +23,11 @@ int64_t SteadyNanos() {
 }  // namespace
 
 LaneFallbackTransport::LaneFallbackTransport(
-    std::string target, absl::Duration connect_timeout,
+    std::string target, absl::Duration connect_timeout, std::string token,
     std::shared_ptr<GrpcTransport> grpc, std::shared_ptr<DataLane> lane)
     : target_(std::move(target)),
       connect_timeout_(connect_timeout),
+      token_(std::move(token)),
       grpc_(std::move(grpc)) {
   if (lane != nullptr) {
     MutexLock lock(&mutex_);
@@ -64,7 +65,7 @@ LaneFallbackTransport::LaneCall LaneFallbackTransport::RelocateLane(
   }
   std::shared_ptr<DataLane> fresh = DataLane::ForServer(
       target_, static_cast<uint32_t>(limits->data_lane_port),
-      limits->data_lane_unix_path);
+      limits->data_lane_unix_path, token_);
   absl::StatusOr<std::unique_ptr<DataLane::Connection>> connection =
       absl::UnavailableError("no data lane");
   if (fresh != nullptr) connection = fresh->Connect(connect_deadline);

@@ -339,4 +339,21 @@ std::string TargetHost(std::string_view target) {
   return parsed->hosts.front().host;
 }
 
+bool TargetIsOnThisHost(std::string_view target) {
+  absl::StatusOr<ServerTarget> parsed = ParseServerTarget(target);
+  if (!parsed.ok()) return false;
+  if (parsed->kind == ServerTarget::Kind::kUnix ||
+      parsed->kind == ServerTarget::Kind::kUnixAbstract) {
+    return true;
+  }
+  for (const HostPort& host : parsed->hosts) {
+    in_addr v4;
+    const bool loopback = host.host == "localhost" || host.host == "::1" ||
+                          (inet_pton(AF_INET, host.host.c_str(), &v4) == 1 &&
+                           (ntohl(v4.s_addr) >> 24) == 127);
+    if (!loopback) return false;
+  }
+  return !parsed->hosts.empty();
+}
+
 }  // namespace h5depot::internal

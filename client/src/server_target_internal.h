@@ -66,6 +66,11 @@ absl::Status ValidateServerTarget(std::string_view target);
 // target at all.
 std::string TargetHost(std::string_view target);
 
+// Whether every address `target` names is on this host: a Unix socket, or
+// only loopback addresses ("localhost", 127.0.0.0/8, ::1). A name that
+// only DNS could tell is not.
+bool TargetIsOnThisHost(std::string_view target);
+
 }  // namespace h5depot::internal
 
 #endif  // H5DEPOT_CLIENT_SERVER_TARGET_INTERNAL_H_

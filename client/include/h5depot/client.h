@@ -108,6 +108,13 @@ struct ClientOptions {
   // (else they go over gRPC, as everything else does). Same results either
   // way; the lane is several times faster. false: gRPC only.
   bool use_data_lane = true;
+  // The bearer token of this client's principal, for a server started with
+  // an auth file (docs/SECURITY.md); sent with every call. Empty: the
+  // token in the environment, H5DEPOT_TOKEN, or else the first line of
+  // the file H5DEPOT_TOKEN_FILE names; no token if neither is set. It is
+  // only ever sent to a server on this host (a Unix socket or a loopback
+  // address): Connect refuses any other target with FAILED_PRECONDITION.
+  std::string token;
 };
 
 struct PushOptions {

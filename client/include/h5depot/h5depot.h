@@ -88,7 +88,10 @@ typedef enum h5depot_code {
   H5DEPOT_UNIMPLEMENTED = 12,
   H5DEPOT_INTERNAL = 13,
   H5DEPOT_UNAVAILABLE = 14, /* server unreachable or stopping: retry later */
-  H5DEPOT_DATA_LOSS = 15    /* bytes did not match their checksum: resend */
+  H5DEPOT_DATA_LOSS = 15,   /* bytes did not match their checksum: resend */
+  /* the server needs a token it knows (h5depot_connect_options.token,
+   * H5DEPOT_TOKEN): fix the credentials */
+  H5DEPOT_UNAUTHENTICATED = 16
 } h5depot_code;
 
 typedef struct h5depot_client h5depot_client;
@@ -137,6 +140,13 @@ typedef struct h5depot_connect_options {
   /* Non-zero: move image bytes over gRPC only, never the server's data
    * lane (the same results, slower; for a lane a firewall blocks). */
   int disable_data_lane;
+  /* The bearer token of the client's principal, for a server started with
+   * an auth file; copied, so it may be freed once the call returns. NULL
+   * or "": the environment's H5DEPOT_TOKEN, or the first line of the file
+   * H5DEPOT_TOKEN_FILE names; none if neither is set. A token is only sent
+   * to a server on this host (a Unix socket or a loopback address):
+   * connecting elsewhere with one is H5DEPOT_FAILED_PRECONDITION. */
+  const char* token;
 } h5depot_connect_options;
 
 /* Connects to h5depotd at `target` with the default options; the same as
@@ -161,7 +171,10 @@ h5depot_client* h5depot_connect(const char* target);
  *                             hung, unreachable, or a name that takes that
  *                             long to resolve)
  *   H5DEPOT_FAILED_PRECONDITION  in a child of fork() that cannot use
- *                             gRPC (above): at once
+ *                             gRPC (above), or a token with a server that
+ *                             may be on another host: at once
+ *   H5DEPOT_UNAUTHENTICATED   the server needs a token, and this client
+ *                             has none it knows
  *   another code              the server answered but refused: what it
  *                             said, at once
  *
