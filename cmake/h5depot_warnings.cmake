@@ -20,3 +20,12 @@ if(H5DEPOT_SANITIZE)
                       -fno-sanitize-recover=all)
   add_link_options(-fsanitize=${_h5depot_sanitizers})
 endif()
+
+# The fuzz preset: every library compiled with libFuzzer's coverage
+# instrumentation, ASan and UBSan; only the fuzz targets link libFuzzer
+# itself (fuzz/CMakeLists.txt).
+if(H5DEPOT_FUZZ)
+  add_compile_options(-fsanitize=fuzzer-no-link,address,undefined
+                      -fno-omit-frame-pointer -fno-sanitize-recover=all)
+  add_link_options(-fsanitize=address,undefined)
+endif()

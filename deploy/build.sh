@@ -9,7 +9,9 @@
 #               Debian's Abseil source into BUILD_DIR/_deps first, see
 #               deploy/abseil-source.sh), or thread-safety (clang-14
 #               with -Wthread-safety: compiles everything to check the lock
-#               annotations; nothing of it is run)
+#               annotations; nothing of it is run), or fuzz (clang-14
+#               libFuzzer targets with ASan + UBSan: builds only fuzz/ and
+#               the libraries it needs; deploy/fuzz.sh runs them)
 #   CMAKE_ARGS  passed to the configure step, e.g. -DH5DEPOT_BUILD_TESTS=OFF
 #
 # Environment: JOBS parallel compile jobs (default 2: building gRPC code is
@@ -22,16 +24,20 @@ preset=${1:-dev}
 (($# > 0)) && shift
 case $preset in
   dev) dir=build ;;
-  release | asan | tsan | thread-safety) dir=build-$preset ;;
+  release | asan | tsan | thread-safety | fuzz) dir=build-$preset ;;
   *)
     echo "build: unknown preset '$preset'" \
-      "(dev, release, asan, tsan, thread-safety)" >&2
+      "(dev, release, asan, tsan, thread-safety, fuzz)" >&2
     exit 2
     ;;
 esac
 dir=${BUILD_DIR:-$dir}
 
 configure=()
+targets=()
+if [[ $preset == fuzz ]]; then
+  targets=(--target h5depot_fuzzers)
+fi
 if [[ $preset == tsan ]]; then
   abseil=$(realpath -m "$dir/_deps/abseil-src")
   deploy/abseil-source.sh "$abseil"
@@ -39,4 +45,4 @@ if [[ $preset == tsan ]]; then
 fi
 
 cmake --preset "$preset" -B "$dir" "${configure[@]}" "$@"
-cmake --build "$dir" --parallel "${JOBS:-2}"
+cmake --build "$dir" --parallel "${JOBS:-2}" "${targets[@]}"

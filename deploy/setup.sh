@@ -14,6 +14,9 @@ PACKAGES=(
   libtsan2
   # deploy/test.sh's lock annotation pass: clang's -Wthread-safety.
   clang-14
+  # deploy/fuzz.sh (and test.sh's fuzz phase): libFuzzer and clang's
+  # sanitizer runtimes.
+  libclang-rt-14-dev
   # deploy/test.sh with H5DEPOT_LOAD_REPEAT: the CPU load beside the suite.
   stress-ng
   # bench/run.sh: its peers (iperf3, Redis with redis-benchmark) and the C

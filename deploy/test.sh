@@ -3,7 +3,9 @@
 #   1. the dev preset (warnings are errors), under ctest, then compiles
 #      everything once more with clang-14's lock analysis (the
 #      thread-safety preset: -Wthread-safety, warnings are errors; built,
-#      not run);
+#      not run), then builds the libFuzzer targets (the fuzz preset) and
+#      runs each for H5DEPOT_FUZZ_SECONDS on its seeds (deploy/fuzz.sh);
+#      a crash or a broken FUZZ_CHECK fails the run (docs/FUZZING.md);
 #   2. the asan preset (AddressSanitizer + UndefinedBehaviorSanitizer, with
 #      LeakSanitizer), under ctest, in its own build directory;
 #   3. the tsan preset (ThreadSanitizer): only the components and tests
@@ -16,6 +18,8 @@
 #   H5DEPOT_SKIP_SANITIZERS=1  skip passes 2 and 3 (they run by default)
 #   H5DEPOT_SKIP_TSAN=1        skip pass 3
 #   H5DEPOT_SKIP_THREAD_SAFETY=1  skip the lock analysis build
+#   H5DEPOT_SKIP_FUZZ=1        skip building and running the fuzz targets
+#   H5DEPOT_FUZZ_SECONDS=N     how long each fuzz target runs (default 20)
 #   H5DEPOT_LOAD_REPEAT=N      the suite under load: every test pass runs
 #                              beside stress-ng keeping each CPU busy, and
 #                              each test runs N times unless it fails first
@@ -120,6 +124,12 @@ if [[ ${H5DEPOT_SKIP_THREAD_SAFETY:-0} == 1 ]]; then
   echo "==> skipping the lock analysis (H5DEPOT_SKIP_THREAD_SAFETY=1)"
 else
   phase "build (thread-safety)" deploy/build.sh thread-safety
+fi
+if [[ ${H5DEPOT_SKIP_FUZZ:-0} == 1 ]]; then
+  echo "==> skipping the fuzz targets (H5DEPOT_SKIP_FUZZ=1)"
+else
+  phase "build (fuzz)" deploy/build.sh fuzz
+  phase "fuzz" deploy/fuzz.sh "${H5DEPOT_FUZZ_SECONDS:-20}"
 fi
 if [[ ${H5DEPOT_SKIP_SANITIZERS:-0} == 1 ]]; then
   echo "==> skipping the ASan+UBSan pass (H5DEPOT_SKIP_SANITIZERS=1)"

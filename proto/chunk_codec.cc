@@ -1,5 +1,6 @@
 #include "h5depot/rpc/chunk_codec.h"
 
+#include <cstring>
 #include <utility>
 
 namespace h5depot::internal {
@@ -58,6 +59,7 @@ bool ChunkPayload::Parse(const grpc::ByteBuffer& message) {
   if (!message.Dump(&slices_).ok()) return false;
   // Walk the prefix, which may itself be split across slices.
   size_t slice = 0, offset = 0, consumed = 0;
+  uint8_t prefix[kMaxPrefixBytes];
   auto next_byte = [&](uint8_t* byte) {
     while (slice < slices_.size() && offset == slices_[slice].size()) {
       ++slice;
@@ -65,7 +67,7 @@ bool ChunkPayload::Parse(const grpc::ByteBuffer& message) {
     }
     if (slice == slices_.size()) return false;
     *byte = slices_[slice].begin()[offset++];
-    ++consumed;
+    prefix[consumed++] = *byte;
     return true;
   };
   uint8_t byte = 0;
@@ -75,6 +77,15 @@ bool ChunkPayload::Parse(const grpc::ByteBuffer& message) {
     if (shift > 63 || !next_byte(&byte)) return false;
     length |= static_cast<uint64_t>(byte & 0x7f) << shift;
     if ((byte & 0x80) == 0) break;
+  }
+  // Only the prefix protobuf writes: the length in its shortest form.
+  // Longer forms, and ten-byte ones with bits past the 64th, are left to
+  // protobuf, which refuses some of them; read here, they passed for chunks
+  // that the generated code would not accept.
+  uint8_t expected[kMaxPrefixBytes];
+  if (EncodePrefix(length, expected) != consumed ||
+      std::memcmp(prefix, expected, consumed) != 0) {
+    return false;
   }
   // Anything after the payload (a second field) is left to protobuf.
   if (message.Length() - consumed != length) return false;

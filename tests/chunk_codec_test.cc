@@ -126,6 +126,29 @@ TEST(ChunkCodecEdgeTest, TruncatedOrGarbageMessagesAreRefused) {
   EXPECT_FALSE(chunk.Parse(grpc::ByteBuffer()));
 }
 
+// Protobuf reads a length written in up to five bytes, even where fewer
+// would do, and refuses longer ones. The codec reads only the shortest
+// form and leaves the others to protobuf (fuzz/chunk_codec_fuzzer.cc
+// caught it taking a six-byte length, and a ten-byte one whose last byte
+// overflows 64 bits, for chunks).
+TEST(ChunkCodecEdgeTest, LengthLongerThanItNeedsToBeIsLeftToProtobuf) {
+  for (const std::string& length :
+       {std::string("\x85\x00", 2), std::string("\x85\x80\x80\x80\x00", 5),
+        std::string("\x85\x80\x80\x80\x80\x00", 6),
+        std::string("\x85\x80\x80\x80\x80\x80\x80\x80\x80\x02", 10)}) {
+    const std::string wire = "\x12" + length + "hello";
+    ChunkPayload chunk;
+    EXPECT_FALSE(chunk.Parse(Sliced(wire, {}))) << length.size();
+    v1::FetchResponse message;
+    if (length.size() <= 5) {
+      ASSERT_TRUE(message.ParseFromString(wire)) << length.size();
+      EXPECT_EQ(message.chunk(), "hello");
+    } else {
+      EXPECT_FALSE(message.ParseFromString(wire)) << length.size();
+    }
+  }
+}
+
 TEST(ChunkCodecEdgeTest, ReferencedBytesStayAliveUntilTheMessageIsGone) {
   auto owner = std::make_shared<std::string>(Pattern(4096));
   std::weak_ptr<std::string> watch = owner;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "h5depot/internal/byte_size.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/hdf5_signature.h"
 #include "h5depot/internal/image_id.h"
@@ -78,6 +79,19 @@ TEST(Hdf5SignatureTest, FindsTheSuperblockAfterAUserBlock) {
   std::memcpy(image.data(), kHdf5Signature, sizeof(kHdf5Signature));
   EXPECT_EQ(FindSuperblock(image.data(), image.size()), 0u);
   EXPECT_FALSE(FindSuperblock(image.data(), 7).has_value());
+}
+
+TEST(ByteSizeTest, HumanSizeShowsOneDecimalOfTheLargestUnitBelow1024) {
+  EXPECT_EQ(HumanSize(0), "0 B");
+  EXPECT_EQ(HumanSize(1023), "1023 B");
+  EXPECT_EQ(HumanSize(1024), "1.0 KiB");
+  EXPECT_EQ(HumanSize(1536), "1.5 KiB");
+  EXPECT_EQ(HumanSize((uint64_t{1} << 20) - 52), "1023.9 KiB");
+  // Rounded to one decimal these would read 1024.0 of the smaller unit
+  // (found by fuzz/byte_size_fuzzer.cc).
+  EXPECT_EQ(HumanSize((uint64_t{1} << 20) - 51), "1.0 MiB");
+  EXPECT_EQ(HumanSize(0xFFFFFF4338), "1.0 TiB");
+  EXPECT_EQ(HumanSize(UINT64_MAX), "16.0 EiB");
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 #include "client/src/superblock_internal.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "h5depot/internal/hdf5_signature.h"
 #include "h5depot/testing/hdf5_datasets.h"
 #include "h5py_images.h"
 
@@ -188,6 +189,30 @@ TEST(SuperblockTest, ChecksumsMatchWhatHdf5WritesForEveryLength) {
             stored);
   EXPECT_FALSE(internal::RepairSuperblockChecksum(bytes.data(), bytes.size()));
   EXPECT_EQ(sb->ImageDataEnd(), bytes.size());
+}
+
+TEST(SuperblockTest, EndOfFileTooFarPastTheSuperblockHasNoDataEnd) {
+  // A version 2 superblock after a 512-byte user block whose end of file
+  // address is 2^64 - 1: the end of its data, 512 bytes further, wrapped
+  // round to 511 (found by fuzz/superblock_fuzzer.cc), which would have
+  // trimmed the image to less than its superblock.
+  std::vector<unsigned char> image(512 + 48, 0);
+  unsigned char* superblock = image.data() + 512;
+  std::memcpy(superblock, internal::kHdf5Signature,
+              sizeof(internal::kHdf5Signature));
+  superblock[8] = 2;                      // version
+  superblock[9] = 8;                      // size of offsets
+  superblock[10] = 8;                     // size of lengths
+  std::memset(superblock + 28, 0xff, 8);  // end of file address
+  std::optional<internal::Superblock> sb =
+      internal::ParseSuperblock(image.data(), image.size());
+  ASSERT_TRUE(sb.has_value());
+  EXPECT_EQ(sb->offset, 512u);
+  EXPECT_EQ(sb->end_of_file_address, UINT64_MAX);
+  EXPECT_EQ(sb->ImageDataEnd(), std::nullopt);
+
+  sb->end_of_file_address = UINT64_MAX - 512;
+  EXPECT_EQ(sb->ImageDataEnd(), UINT64_MAX);
 }
 
 // ---------------------------------------------------------------------------

@@ -73,7 +73,9 @@ uint32_t MetadataChecksum(const void* data, size_t size, uint32_t initval) {
 
 std::optional<uint64_t> Superblock::ImageDataEnd() const {
   if (end_of_file_address < base_address) return std::nullopt;
-  return offset + (end_of_file_address - base_address);
+  const uint64_t data_bytes = end_of_file_address - base_address;
+  if (data_bytes > UINT64_MAX - offset) return std::nullopt;
+  return offset + data_bytes;
 }
 
 std::optional<Superblock> ParseSuperblock(const void* image, size_t size) {

@@ -32,6 +32,8 @@ struct Superblock {
   // Bytes of HDF5 data in an image whose superblock is at `offset`: the
   // stored end of file, less the base address the superblock was written
   // with (images taken with H5Fget_file_image drop the user block).
+  // nullopt if the end of file lies before the base address, or so far
+  // past it that the end would not fit in 64 bits (a corrupt superblock).
   std::optional<uint64_t> ImageDataEnd() const;
 };
 

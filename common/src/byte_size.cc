@@ -55,7 +55,8 @@ std::string HumanSize(uint64_t bytes) {
   if (bytes < 1024) return std::to_string(bytes) + " B";
   double value = static_cast<double>(bytes);
   int unit = 0;
-  while (value >= 1024 && unit < 6) {
+  // From 1023.95 on, one decimal would show 1024.0: the next unit's 1.0.
+  while (value >= 1023.95 && unit < 6) {
     value /= 1024;
     ++unit;
   }

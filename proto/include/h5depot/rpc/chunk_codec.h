@@ -35,9 +35,10 @@ grpc::ByteBuffer ChunkMessageCopying(const uint8_t* data, size_t size);
 // arrived in. Holds references to those slices; valid while it lives.
 class ChunkPayload {
  public:
-  // Parses `message`. Returns false if it is not exactly one chunk field
-  // (an info or header message, or an unusual but valid encoding): the
-  // caller then parses it with protobuf.
+  // Parses `message`. Returns false if it is not exactly one chunk field as
+  // protobuf writes it (an info or header message, or an unusual encoding
+  // such as a length prefix longer than it needs to be): the caller then
+  // parses it with protobuf, which decides whether it is valid.
   bool Parse(const grpc::ByteBuffer& message);
 
   uint64_t size() const { return size_; }
