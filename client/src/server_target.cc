@@ -11,6 +11,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "client/src/server_target_internal.h"
+#include "h5depot/internal/host_name.h"
 
 namespace h5depot::internal {
 namespace {
@@ -347,13 +348,15 @@ bool TargetIsOnThisHost(std::string_view target) {
     return true;
   }
   for (const HostPort& host : parsed->hosts) {
-    in_addr v4;
-    const bool loopback = host.host == "localhost" || host.host == "::1" ||
-                          (inet_pton(AF_INET, host.host.c_str(), &v4) == 1 &&
-                           (ntohl(v4.s_addr) >> 24) == 127);
-    if (!loopback) return false;
+    if (!IsLoopbackHost(host.host)) return false;
   }
   return !parsed->hosts.empty();
+}
+
+bool TargetIsUnixSocket(std::string_view target) {
+  absl::StatusOr<ServerTarget> parsed = ParseServerTarget(target);
+  return parsed.ok() && (parsed->kind == ServerTarget::Kind::kUnix ||
+                         parsed->kind == ServerTarget::Kind::kUnixAbstract);
 }
 
 }  // namespace h5depot::internal

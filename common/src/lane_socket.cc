@@ -4,6 +4,9 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -16,6 +19,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "h5depot/internal/host_name.h"
+#include "h5depot/internal/tls.h"
 
 namespace h5depot::internal::lane {
 namespace {
@@ -90,17 +95,25 @@ absl::StatusOr<LaneSocket> Connect(int family, const sockaddr* address,
 LaneSocket::~LaneSocket() { Close(); }
 
 LaneSocket::LaneSocket(LaneSocket&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)) {}
+    : fd_(std::exchange(other.fd_, -1)),
+      ssl_(std::exchange(other.ssl_, nullptr)),
+      stall_timeout_(other.stall_timeout_) {}
 
 LaneSocket& LaneSocket::operator=(LaneSocket&& other) noexcept {
   if (this != &other) {
     Close();
     fd_ = std::exchange(other.fd_, -1);
+    ssl_ = std::exchange(other.ssl_, nullptr);
+    stall_timeout_ = other.stall_timeout_;
   }
   return *this;
 }
 
 void LaneSocket::Close() {
+  // No close_notify: every lane message says its own length, so a cut
+  // connection cannot pass for a complete one.
+  if (ssl_ != nullptr) SSL_free(ssl_);
+  ssl_ = nullptr;
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
 }
@@ -124,6 +137,7 @@ absl::Status LaneSocket::AwaitReady(short events, absl::Time deadline) {
 
 absl::Status LaneSocket::SendAll(struct iovec* iov, int count,
                                  absl::Time deadline) {
+  if (ssl_ != nullptr) return TlsSendAll(iov, count, deadline);
   const int flags =
       MSG_NOSIGNAL | (deadline == absl::InfiniteFuture() ? 0 : MSG_DONTWAIT);
   while (count > 0) {
@@ -168,6 +182,7 @@ absl::Status LaneSocket::Send(const void* data, size_t size,
 
 absl::StatusOr<size_t> LaneSocket::ReceiveSome(void* data, size_t size,
                                                absl::Time deadline) {
+  if (ssl_ != nullptr) return TlsReceiveSome(data, size, deadline);
   const int flags = deadline == absl::InfiniteFuture() ? 0 : MSG_DONTWAIT;
   while (true) {
     const ssize_t received = ::recv(fd_, data, size, flags);
@@ -187,7 +202,7 @@ absl::StatusOr<size_t> LaneSocket::ReceiveSome(void* data, size_t size,
 absl::Status LaneSocket::Receive(void* data, size_t size, absl::Time deadline) {
   auto* out = static_cast<uint8_t*>(data);
   while (size > 0) {
-    if (deadline == absl::InfiniteFuture()) {
+    if (deadline == absl::InfiniteFuture() && ssl_ == nullptr) {
       // One call for the whole buffer when nothing needs polling.
       const ssize_t received = ::recv(fd_, out, size, MSG_WAITALL);
       if (received > 0) {
@@ -208,6 +223,7 @@ absl::Status LaneSocket::Receive(void* data, size_t size, absl::Time deadline) {
 }
 
 absl::Status LaneSocket::SetStallTimeout(absl::Duration timeout) {
+  stall_timeout_ = timeout;  // what a TLS socket's waits are bounded by
   timeval value{};
   if (timeout != absl::InfiniteDuration()) {
     value = absl::ToTimeval(std::max(timeout, absl::Milliseconds(1)));
@@ -217,6 +233,162 @@ absl::Status LaneSocket::SetStallTimeout(absl::Duration timeout) {
     return ErrnoStatus(errno, "setsockopt");
   }
   return absl::OkStatus();
+}
+
+absl::Status LaneSocket::StartTls(const tls::Context& context,
+                                  const std::string& server_name,
+                                  absl::Time deadline) {
+  ERR_clear_error();
+  SSL* ssl = SSL_new(context.get());
+  if (ssl == nullptr || SSL_set_fd(ssl, fd_) != 1) {
+    SSL_free(ssl);
+    return absl::InternalError("cannot start TLS on the data lane");
+  }
+  // Records may be written in part (the rest when the socket has room),
+  // from a buffer that moved meanwhile; and a peer that closes without a
+  // close_notify reads as closed, as a plain socket does.
+  SSL_set_mode(
+      ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_set_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+  if (context.is_server()) {
+    SSL_set_accept_state(ssl);
+  } else {
+    if (IsIpAddressLiteral(server_name)) {
+      X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), server_name.c_str());
+    } else {
+      SSL_set_tlsext_host_name(ssl, server_name.c_str());
+      SSL_set1_host(ssl, server_name.c_str());
+    }
+    SSL_set_connect_state(ssl);
+  }
+  const int flags = ::fcntl(fd_, F_GETFL);
+  ::fcntl(fd_, F_SETFL, flags | O_NONBLOCK);
+  ssl_ = ssl;
+  while (true) {
+    ERR_clear_error();
+    const int result = SSL_do_handshake(ssl_);
+    if (result == 1) return absl::OkStatus();
+    const long verified = SSL_get_verify_result(ssl_);
+    absl::Status status = ContinueTls(result, deadline);
+    if (status.ok()) continue;
+    if (verified != X509_V_OK) {
+      return absl::UnavailableError(absl::StrCat(
+          "TLS handshake: the ", context.is_server() ? "client's" : "server's",
+          " certificate was refused: ",
+          X509_verify_cert_error_string(verified)));
+    }
+    return absl::UnavailableError(
+        absl::StrCat("TLS handshake: ", status.message()));
+  }
+}
+
+absl::Status LaneSocket::AwaitTls(short events, absl::Time deadline) {
+  absl::Time until = deadline;
+  bool stall_bound = false;
+  if (stall_timeout_ != absl::InfiniteDuration()) {
+    const absl::Time stalled_at = absl::Now() + stall_timeout_;
+    if (stalled_at < until) {
+      until = stalled_at;
+      stall_bound = true;
+    }
+  }
+  pollfd entry{fd_, events, 0};
+  while (true) {
+    const int ready = ::poll(&entry, 1, PollTimeout(until));
+    if (ready > 0) return absl::OkStatus();
+    if (ready == 0) {
+      return absl::DeadlineExceededError(stall_bound
+                                             ? "the data lane peer stalled"
+                                             : "the data lane call timed out");
+    }
+    if (errno != EINTR) return ErrnoStatus(errno, "poll");
+  }
+}
+
+absl::Status LaneSocket::ContinueTls(int result, absl::Time deadline) {
+  const int error = SSL_get_error(ssl_, result);
+  switch (error) {
+    case SSL_ERROR_WANT_READ:
+      return AwaitTls(POLLIN, deadline);
+    case SSL_ERROR_WANT_WRITE:
+      return AwaitTls(POLLOUT, deadline);
+    case SSL_ERROR_ZERO_RETURN:
+      return PeerClosed();
+    case SSL_ERROR_SYSCALL:
+      if (errno == 0 || errno == EPIPE || errno == ECONNRESET) {
+        return PeerClosed();
+      }
+      return ErrnoStatus(errno, "TLS on the data lane");
+    default: {
+      std::string reasons;
+      while (const unsigned long code = ERR_get_error()) {
+        char text[256];
+        ERR_error_string_n(code, text, sizeof(text));
+        if (!reasons.empty()) reasons += "; ";
+        reasons += text;
+      }
+      return absl::UnavailableError(
+          absl::StrCat("TLS on the data lane failed: ",
+                       reasons.empty() ? "no reason given" : reasons));
+    }
+  }
+}
+
+absl::Status LaneSocket::TlsSendAll(struct iovec* iov, int count,
+                                    absl::Time deadline) {
+  // Small buffers (a header, a short message) go out gathered into one
+  // record; a large one is encrypted straight from where it lies.
+  constexpr size_t kGatherBytes = 16 * 1024;
+  uint8_t gathered[kGatherBytes];
+  auto write_all = [&](const uint8_t* data, size_t size) -> absl::Status {
+    while (size > 0) {
+      size_t written = 0;
+      ERR_clear_error();
+      const int result = SSL_write_ex(ssl_, data, size, &written);
+      if (result == 1) {
+        data += written;
+        size -= written;
+        continue;
+      }
+      if (absl::Status status = ContinueTls(result, deadline); !status.ok()) {
+        return status;
+      }
+    }
+    return absl::OkStatus();
+  };
+  size_t held = 0;
+  for (int i = 0; i < count; ++i) {
+    const auto* data = static_cast<const uint8_t*>(iov[i].iov_base);
+    const size_t size = iov[i].iov_len;
+    if (held + size <= kGatherBytes) {
+      std::memcpy(gathered + held, data, size);
+      held += size;
+      continue;
+    }
+    if (held > 0) {
+      if (absl::Status status = write_all(gathered, held); !status.ok()) {
+        return status;
+      }
+      held = 0;
+    }
+    if (absl::Status status = write_all(data, size); !status.ok()) {
+      return status;
+    }
+  }
+  return held > 0 ? write_all(gathered, held) : absl::OkStatus();
+}
+
+absl::StatusOr<size_t> LaneSocket::TlsReceiveSome(void* data, size_t size,
+                                                  absl::Time deadline) {
+  while (true) {
+    size_t received = 0;
+    ERR_clear_error();
+    const int result = SSL_read_ex(ssl_, data, size, &received);
+    if (result == 1) return received;
+    if (absl::Status status = ContinueTls(result, deadline); !status.ok()) {
+      return status;
+    }
+  }
 }
 
 bool LaneSocket::PeerHungUp() const {

@@ -1,6 +1,6 @@
 // A connected stream socket of the data lane (lane_protocol.h), moving whole
 // buffers: each call returns only when every byte went or came, or with the
-// reason it could not.
+// reason it could not. Plain, or encrypted once StartTls has run (tls.h).
 #ifndef H5DEPOT_COMMON_LANE_SOCKET_H_
 #define H5DEPOT_COMMON_LANE_SOCKET_H_
 
@@ -14,6 +14,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+
+struct ssl_st;  // OpenSSL's SSL
+
+namespace h5depot::internal::tls {
+class Context;
+}  // namespace h5depot::internal::tls
 
 namespace h5depot::internal::lane {
 
@@ -32,7 +38,21 @@ class LaneSocket {
   LaneSocket& operator=(const LaneSocket&) = delete;
 
   bool is_open() const { return fd_ >= 0; }
+  // The descriptor, for socket options and for polling for a hang-up; on
+  // a TLS socket never for reading or writing, nor for polling for data
+  // (OpenSSL may hold received bytes the descriptor no longer shows).
   int fd() const { return fd_; }
+
+  // Runs the TLS handshake on this connected socket, as the client or the
+  // server `context` was made for, by `deadline`; from then on every send
+  // and receive is encrypted. A client checks that the server's
+  // certificate is valid, signed by a CA it trusts, and names
+  // `server_name` (a host name, or an IP address literal). UNAVAILABLE
+  // saying why if the handshake fails (the socket is then only good for
+  // closing), DEADLINE_EXCEEDED if `deadline` passes first.
+  absl::Status StartTls(const tls::Context& context,
+                        const std::string& server_name, absl::Time deadline);
+  bool is_tls() const { return ssl_ != nullptr; }
 
   // Sends the `count` buffers of `iov` in order, in as few system calls as
   // the kernel allows. `iov` is modified.
@@ -65,8 +85,20 @@ class LaneSocket {
 
  private:
   absl::Status AwaitReady(short events, absl::Time deadline);
+  // The TLS counterparts of the plain system calls: the descriptor is
+  // non-blocking, and a wait for it is bounded by `deadline` and by the
+  // stall timeout alike.
+  absl::Status AwaitTls(short events, absl::Time deadline);
+  // Continues after an OpenSSL call on ssl_ returned `result`: OK to try
+  // the call again (after waiting for the descriptor), else the error.
+  absl::Status ContinueTls(int result, absl::Time deadline);
+  absl::Status TlsSendAll(struct iovec* iov, int count, absl::Time deadline);
+  absl::StatusOr<size_t> TlsReceiveSome(void* data, size_t size,
+                                        absl::Time deadline);
 
   int fd_ = -1;
+  ssl_st* ssl_ = nullptr;
+  absl::Duration stall_timeout_ = absl::InfiniteDuration();
 };
 
 // Receives from a LaneSocket through a small buffer, so that a header and
