@@ -378,4 +378,10 @@ void DisableGrpcInForkedChildren(const char* reason) {
   State().disabled.store(reason);
 }
 
+void SilenceGrpcLogUnlessAsked() {
+  if (std::getenv("GRPC_VERBOSITY") == nullptr) {
+    gpr_set_log_function([](gpr_log_func_args*) {});
+  }
+}
+
 }  // namespace h5depot::internal

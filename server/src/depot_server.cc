@@ -3,6 +3,8 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 #include <sys/un.h>
@@ -13,6 +15,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "h5depot/internal/host_name.h"
+#include "h5depot/internal/tls.h"
 #include "h5depot/rpc/grpc_runtime.h"
 #include "server/src/depot_operations_internal.h"
 #include "server/src/depot_service_internal.h"
@@ -28,11 +32,77 @@ namespace {
 // client holds the stop this long at most.
 constexpr absl::Duration kLingerForLastBytes = absl::Milliseconds(500);
 
+// How often gRPC reads the TLS files again, in seconds; the data lane
+// looks as often (tls::ReloadingServerContext::kRecheckInterval).
+constexpr unsigned int kTlsRecheckSeconds = 1;
+
+// The host part of a listen address: "0.0.0.0" of "0.0.0.0:7878", "::1"
+// of "[::1]:7878".
+std::string_view ListenHost(std::string_view address) {
+  const size_t colon = address.rfind(':');
+  std::string_view host =
+      colon == std::string_view::npos ? address : address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host;
+}
+
+// OK unless `options` would serve the network at large unprotected
+// (ServerOptions::insecure), or name TLS files that do not go together.
+absl::Status CheckProtection(const ServerOptions& options) {
+  const bool tls = !options.tls_cert_file.empty();
+  if (tls != !options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "TLS needs both a certificate file and a private key file");
+  }
+  if (!tls && !options.tls_client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a client CA file (mutual TLS) needs the server's own certificate "
+        "and key files too");
+  }
+  if (options.insecure || options.listen_address.empty() ||
+      internal::IsLoopbackHost(ListenHost(options.listen_address))) {
+    return absl::OkStatus();
+  }
+  if (tls && !options.auth_file.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "refusing to listen on ", options.listen_address, " without ",
+      tls ? "" : "TLS", tls || !options.auth_file.empty() ? "" : " and ",
+      options.auth_file.empty() ? "an auth file" : "",
+      ": anyone who can reach it could read, replace and delete every "
+      "image. Give --tls-cert-file, --tls-key-file and --auth-file "
+      "(docs/SECURITY.md), listen on a loopback address (127.0.0.1) or a "
+      "Unix socket, or pass --insecure on a network you trust"));
+}
+
+// The TCP listener's credentials: TLS from the options' files, which gRPC
+// reads again every kTlsRecheckSeconds, or none.
+std::shared_ptr<grpc::ServerCredentials> TcpCredentials(
+    const ServerOptions& options) {
+  if (options.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  auto files =
+      std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+          options.tls_key_file, options.tls_cert_file,
+          options.tls_client_ca_file, kTlsRecheckSeconds);
+  grpc::experimental::TlsServerCredentialsOptions tls(files);
+  tls.watch_identity_key_cert_pairs();
+  if (options.tls_client_ca_file.empty()) {
+    tls.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    tls.watch_root_certs();
+    tls.set_cert_request_type(
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  return grpc::experimental::TlsServerCredentials(tls);
+}
+
 }  // namespace
 
 struct DepotServer::Impl {
-  // Destroyed in reverse: the transports before the operations they call,
-  // the operations before the store.
+  // Destroyed in reverse: the transports before the operations they call
+  // and the TLS context they use, the operations before the store.
+  std::unique_ptr<internal::tls::ReloadingServerContext> lane_tls;  // or null
   std::unique_ptr<ImageStore> store;
   std::unique_ptr<DepotOperations> operations;
   std::unique_ptr<DataLaneServer> data_lane;  // null when turned off
@@ -55,6 +125,9 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   if (options.max_chunk_bytes == 0 || options.send_chunk_bytes == 0) {
     return absl::InvalidArgumentError("chunk sizes must be positive");
   }
+  if (absl::Status status = CheckProtection(options); !status.ok()) {
+    return status;
+  }
   // First: a server process starts gRPC without fork support.
   internal::DisableGrpcInForkedChildren(
       "the parent runs an h5depot server, whose threads are inside gRPC at "
@@ -68,6 +141,16 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   }
   internal::KeepGrpcRuntimeAlive();
   auto impl = std::make_unique<Impl>();
+  if (!options.tls_cert_file.empty()) {
+    // Loaded here also to refuse bad files at start, with errors naming
+    // them: gRPC would only log them, and fail each connection.
+    absl::StatusOr<std::unique_ptr<internal::tls::ReloadingServerContext>> tls =
+        internal::tls::ReloadingServerContext::Load(
+            {options.tls_cert_file, options.tls_key_file,
+             options.tls_client_ca_file});
+    if (!tls.ok()) return tls.status();
+    impl->lane_tls = *std::move(tls);
+  }
   impl->store = std::make_unique<ImageStore>(options.store);
   impl->operations = std::make_unique<DepotOperations>(
       impl->store.get(), options.max_waits, std::move(access));
@@ -80,6 +163,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     lane_options.handshake_timeout = options.data_lane_handshake_timeout;
     lane_options.max_connections_per_peer =
         options.data_lane_max_connections_per_peer;
+    lane_options.tls = impl->lane_tls.get();
     if (!options.listen_address.empty()) {
       lane_options.tcp_host =
           options.listen_address.substr(0, options.listen_address.rfind(':'));
@@ -123,8 +207,8 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
       grpc::ServerBuilder::SyncServerOption::CQ_TIMEOUT_MSEC, 250);
   builder.RegisterService(impl->service.get());
   if (!options.listen_address.empty()) {
-    builder.AddListeningPort(options.listen_address,
-                             grpc::InsecureServerCredentials(), &impl->port);
+    builder.AddListeningPort(options.listen_address, TcpCredentials(options),
+                             &impl->port);
   }
   if (!options.unix_socket_path.empty()) {
     builder.AddListeningPort("unix:" + options.unix_socket_path,

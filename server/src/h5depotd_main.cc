@@ -4,7 +4,6 @@
 // On start it prints one "h5depotd listening on <target>" line per address
 // to stdout; SIGINT or SIGTERM stop it gracefully (exit status 0).
 
-#include <grpc/support/log.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -20,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "h5depot/internal/byte_size.h"
+#include "h5depot/rpc/grpc_runtime.h"
 #include "h5depot/server/depot_server.h"
 
 namespace {
@@ -55,14 +55,6 @@ void AcceptDashedFlagNames(int argc, char** argv) {
     for (char* c = argv[i] + 2; *c != '\0' && *c != '='; ++c) {
       if (*c == '-') *c = '_';
     }
-  }
-}
-
-// gRPC's own log lines repeat, in a form meant for its developers, what
-// h5depotd reports itself; they are shown only when GRPC_VERBOSITY asks.
-void QuietGrpcLogging() {
-  if (std::getenv("GRPC_VERBOSITY") == nullptr) {
-    gpr_set_log_function([](gpr_log_func_args*) {});
   }
 }
 
@@ -112,6 +104,18 @@ ABSL_FLAG(std::string, auth_file, "",
           "serve only callers with a token this file names, each within its "
           "role and image id prefixes (docs/SECURITY.md); empty: everyone "
           "may do everything");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate chain of the server: with --tls-key-file, every "
+          "TCP connection (gRPC and data lane) must use TLS; the files are "
+          "read again when they change on disk");
+ABSL_FLAG(std::string, tls_key_file, "",
+          "PEM private key of --tls-cert-file's certificate");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "mutual TLS: require TCP clients to present a certificate signed "
+          "by a CA in this PEM file");
+ABSL_FLAG(bool, insecure, false,
+          "listen on a TCP address other than loopback even without TLS "
+          "and an auth file (only on a network you trust)");
 ABSL_FLAG(bool, allow_non_hdf5, false,
           "store any bytes, not only HDF5 file images");
 ABSL_FLAG(absl::Duration, push_idle_timeout, absl::Seconds(30),
@@ -132,10 +136,12 @@ int main(int argc, char** argv) {
       "                [--lane-handshake-timeout=DURATION] "
       "[--max-lane-connections-per-peer=N]\n"
       "                [--max-waits=N] [--allow-non-hdf5] [--auth-file=PATH]\n"
+      "                [--tls-cert-file=PATH --tls-key-file=PATH "
+      "[--tls-client-ca-file=PATH]] [--insecure]\n"
       "                [--push-idle-timeout=DURATION] [--push-min-rate=SIZE]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
-  QuietGrpcLogging();
+  h5depot::internal::SilenceGrpcLogUnlessAsked();
   // Debian's Abseil checks every mutex acquisition for lock-order cycles,
   // gRPC's own locks included; a daemon does not want to pay for that
   // debugging aid on every call (about 5% of small-image throughput).
@@ -170,6 +176,10 @@ int main(int argc, char** argv) {
   options.store.max_image_bytes = max_image;
   options.store.require_hdf5 = !absl::GetFlag(FLAGS_allow_non_hdf5);
   options.auth_file = absl::GetFlag(FLAGS_auth_file);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  options.insecure = absl::GetFlag(FLAGS_insecure);
   options.store.push_idle_timeout = absl::GetFlag(FLAGS_push_idle_timeout);
   if (options.store.push_idle_timeout < absl::ZeroDuration()) {
     std::cerr << "h5depotd: --push-idle-timeout must not be negative\n";
@@ -204,6 +214,13 @@ int main(int argc, char** argv) {
   if (!(*server)->data_lane_unix_path().empty()) {
     std::cout << "h5depotd data lane on unix:"
               << (*server)->data_lane_unix_path() << "\n";
+  }
+  if (!options.tls_cert_file.empty()) {
+    std::cout << "h5depotd requires TLS on TCP"
+              << (options.tls_client_ca_file.empty()
+                      ? ""
+                      : ", with a client certificate")
+              << "\n";
   }
   std::cout << "h5depotd holds up to "
             << h5depot::internal::HumanSize(max_memory) << " of images ("

@@ -443,7 +443,15 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   // A client that connects and says nothing would hold a thread and a
   // buffer for as long as it likes.
   const absl::Time handshake_deadline = absl::Now() + options.handshake_timeout;
-  bool good = reader.Read(hello, sizeof(hello), handshake_deadline).ok();
+  bool good = true;
+  if (options.tls != nullptr && peer.transport == Transport::kLaneTcp) {
+    // A client that fails the handshake (plain, or without a certificate
+    // the client CA signed) is dropped; it then tries gRPC, which refuses
+    // it the same way, and says why.
+    good =
+        socket.StartTls(*options.tls->Current(), "", handshake_deadline).ok();
+  }
+  good = good && reader.Read(hello, sizeof(hello), handshake_deadline).ok();
   std::optional<ClientCpuFollower> follower;
   std::string token;  // the connection's, for every request on it
   if (good) {

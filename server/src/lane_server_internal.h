@@ -1,5 +1,6 @@
 // The server end of the data lane (h5depot/internal/lane_protocol.h):
-// listeners beside the gRPC ones that serve PUT and GET on plain sockets,
+// listeners beside the gRPC ones that serve PUT and GET on sockets (TLS
+// over TCP when the server has a certificate, else plain),
 // receiving pushed bytes straight into the pending image and sending
 // fetched bytes straight from the stored one. A codec over DepotOperations,
 // like the gRPC service: it parses the lane's messages, calls the
@@ -17,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "h5depot/internal/tls.h"
 #include "server/src/depot_operations_internal.h"
 
 namespace h5depot::server {
@@ -44,6 +46,10 @@ struct DataLaneOptions {
   // Serve a client on this host its small requests on the CPU it waits on
   // (lane_protocol.h, kFeatureClientCpu; client_cpu_internal.h).
   bool follow_client_cpu = true;
+  // TCP connections run TLS from this context, handshaking before the
+  // hello and within the handshake timeout; Unix socket ones stay plain.
+  // Null: no TLS. Must outlive the server.
+  internal::tls::ReloadingServerContext* tls = nullptr;
 };
 
 class DataLaneServer {

@@ -28,6 +28,13 @@ namespace h5depot::internal {
 // with this file's fork handlers registered.
 void KeepGrpcRuntimeAlive();
 
+// Sends gRPC's own log lines nowhere, unless GRPC_VERBOSITY asks for them:
+// for programs (h5depotd, the h5depot CLI) that report every failure
+// themselves, in their users' terms, and would otherwise print gRPC's
+// account of it, meant for gRPC's developers, beside theirs. A library
+// never calls it: the log belongs to the application.
+void SilenceGrpcLogUnlessAsked();
+
 // gRPC across fork().
 //
 // A child of fork() inherits a copy of gRPC's state, not its threads:

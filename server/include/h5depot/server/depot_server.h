@@ -66,6 +66,23 @@ struct ServerOptions {
   // then checked against it (UNAUTHENTICATED, PERMISSION_DENIED); the
   // health service stays open. Empty: every caller may do everything.
   std::string auth_file;
+  // TLS (docs/SECURITY.md, "TLS"): the PEM files of the server's
+  // certificate chain and private key. With both, every TCP connection,
+  // gRPC and data lane alike, must be TLS 1.2 or later; Unix socket
+  // connections stay plain (the socket file's permissions guard them).
+  // Files replaced on disk serve the connections made from a second or
+  // two later on; a replacement that does not load (a certificate without
+  // its new key, say) leaves the last good pair in use. Empty: no TLS.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // Mutual TLS: TCP clients must present a certificate signed by a CA in
+  // this PEM file (reloaded like the others). Needs tls_cert_file.
+  std::string tls_client_ca_file;
+  // Protected mode: Start refuses a TCP listen address that is not a
+  // loopback one (127.0.0.0/8, ::1, localhost) unless TLS and an auth file
+  // are both set, since anyone who can reach the port could otherwise read,
+  // replace and delete every image. true: listen there regardless.
+  bool insecure = false;
   StoreOptions store;
 };
 
@@ -73,8 +90,10 @@ class DepotServer {
  public:
   // Binds every requested address and starts serving. UNAVAILABLE if an
   // address cannot be bound (in use, bad path); INVALID_ARGUMENT if no
-  // address was requested or the auth file is malformed, NOT_FOUND if it
-  // cannot be read.
+  // address was requested or the auth file or a TLS file is malformed,
+  // NOT_FOUND if one cannot be read; FAILED_PRECONDITION, saying how to
+  // fix it, for a non-loopback address without TLS and an auth file
+  // (ServerOptions::insecure).
   static absl::StatusOr<std::unique_ptr<DepotServer>> Start(
       const ServerOptions& options);
 
