@@ -26,6 +26,7 @@
 #include "h5depot/client.h"
 #include "h5depot/internal/image_id.h"
 #include "h5depot/internal/token.h"
+#include "h5depot/rpc/grpc_runtime.h"
 #include "output_file.h"
 #include "progress_bar.h"
 
@@ -102,6 +103,12 @@ Options:
   --timeout=DURATION        give up on a call the server does not answer
                             after this long (default 30s; transfers get 1s
                             more per 32 MiB, and --wait is added to it)
+  --tls                     encrypt the connection (TLS) and check the
+                            server's certificate against the system's CAs
+  --tls-ca-file=PATH        the same, against the CAs in this PEM file
+  --tls-cert-file=PATH, --tls-key-file=PATH
+                            this client's certificate and key (PEM), for a
+                            server that requires one (mutual TLS)
   -h, --help                print this help
   --version                 print the version
 
@@ -110,7 +117,9 @@ segments that are neither empty nor "." nor "..".
 
 Environment: H5DEPOT_SERVER (above); H5DEPOT_TOKEN, or H5DEPOT_TOKEN_FILE
 naming a file whose first line is the token, for a server that needs one
-(sent only to a server on this host).
+(sent only encrypted or to a server on this host); H5DEPOT_TLS_CA_FILE,
+H5DEPOT_TLS_CERT_FILE and H5DEPOT_TLS_KEY_FILE, or H5DEPOT_TLS=1, when no
+--tls option is given.
 
 Exit status: 0 success, 1 failure, 2 bad command line or malformed image
 id, 3 image or file not found, 4 image exists / generation did not match
@@ -122,8 +131,11 @@ id, 3 image or file not found, 4 image exists / generation did not match
 // Options every command accepts, before or after the command name.
 const std::vector<OptionSpec>& GlobalOptions() {
   static const auto* const options = new std::vector<OptionSpec>{
-      {"server", true},     {"connect-timeout", true}, {"timeout", true},
-      {"help", false, 'h'}, {"version", false},
+      {"server", true},       {"connect-timeout", true},
+      {"timeout", true},      {"tls", false},
+      {"tls-ca-file", true},  {"tls-cert-file", true},
+      {"tls-key-file", true}, {"help", false, 'h'},
+      {"version", false},
   };
   return *options;
 }
@@ -248,6 +260,11 @@ absl::StatusOr<std::unique_ptr<Client>> Connect(const Invocation& call) {
   ClientOptions options;
   options.connect_timeout = call.connect_timeout;
   options.call_timeout = call.call_timeout;
+  // Unset, they leave TLS to the environment (client.h).
+  options.use_tls = call.args.Has("tls");
+  options.tls_ca_file = call.args.Get("tls-ca-file").value_or("");
+  options.tls_cert_file = call.args.Get("tls-cert-file").value_or("");
+  options.tls_key_file = call.args.Get("tls-key-file").value_or("");
   return Client::Connect(call.server, options);
 }
 
@@ -504,6 +521,7 @@ const std::vector<Command>& Commands() {
 }
 
 int Main(int argc, char** argv) {
+  internal::SilenceGrpcLogUnlessAsked();
   const std::vector<std::string> args(argv + 1, argv + argc);
   size_t command_at = 0;
   absl::StatusOr<ParsedArgs> global =

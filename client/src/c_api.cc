@@ -105,6 +105,16 @@ h5depot_client* h5depot_connect_ex(const char* target,
       }
       client_options.use_data_lane = options->disable_data_lane == 0;
       if (options->token != nullptr) client_options.token = options->token;
+      client_options.use_tls = options->use_tls != 0;
+      if (options->tls_ca_file != nullptr) {
+        client_options.tls_ca_file = options->tls_ca_file;
+      }
+      if (options->tls_cert_file != nullptr) {
+        client_options.tls_cert_file = options->tls_cert_file;
+      }
+      if (options->tls_key_file != nullptr) {
+        client_options.tls_key_file = options->tls_key_file;
+      }
     }
     auto client = h5depot::Client::Connect(target, client_options);
     if (!client.ok()) {

@@ -15,6 +15,7 @@
 #include "client/src/mapped_file_internal.h"
 #include "client/src/process_transports_internal.h"
 #include "client/src/server_target_internal.h"
+#include "client/src/tls_source_internal.h"
 #include "client/src/token_source_internal.h"
 #include "h5depot/internal/image_id.h"
 #include "h5depot/rpc/grpc_runtime.h"
@@ -50,6 +51,16 @@ absl::StatusOr<std::unique_ptr<internal::Transports>> ConnectTransports(
   if (absl::Status usable = internal::CheckGrpcUsable(); !usable.ok()) {
     return Annotate(usable, absl::StrCat("connect to ", target));
   }
+  // The TLS files are checked here first, with errors that name them.
+  internal::LaneCredentials credentials{options.token, nullptr};
+  if (options.use_tls) {
+    absl::StatusOr<std::shared_ptr<const internal::tls::Context>> tls =
+        internal::tls::Context::ForClient(internal::TlsFilesOf(options));
+    if (!tls.ok()) {
+      return Annotate(tls.status(), absl::StrCat("connect to ", target));
+    }
+    credentials.tls = *std::move(tls);
+  }
   auto made = std::make_unique<internal::Transports>();
   absl::StatusOr<std::shared_ptr<internal::GrpcTransport>> grpc =
       internal::GrpcTransport::Connect(target, options);
@@ -60,10 +71,10 @@ absl::StatusOr<std::unique_ptr<internal::Transports>> ConnectTransports(
     const ServerLimits& limits = made->grpc->limits_at_connect();
     lane = internal::DataLane::ForServer(
         target, static_cast<uint32_t>(limits.data_lane_port),
-        limits.data_lane_unix_path, options.token);
+        limits.data_lane_unix_path, credentials);
   }
   made->images = std::make_unique<internal::LaneFallbackTransport>(
-      target, options.connect_timeout, options.token, made->grpc,
+      target, options.connect_timeout, std::move(credentials), made->grpc,
       std::move(lane));
   return made;
 }
@@ -112,12 +123,17 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
   absl::StatusOr<std::string> token = internal::ResolveToken(options.token);
   if (!token.ok()) return token.status();
   resolved.token = *std::move(token);
-  if (!resolved.token.empty() && !internal::TargetIsOnThisHost(target_copy)) {
+  if (absl::Status tls = internal::ResolveTls(&resolved); !tls.ok()) {
+    return Annotate(tls, absl::StrCat("connect to ", target_copy));
+  }
+  if (internal::TargetIsUnixSocket(target_copy)) resolved.use_tls = false;
+  if (!resolved.token.empty() && !resolved.use_tls &&
+      !internal::TargetIsOnThisHost(target_copy)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "connect to ", target_copy,
-        ": a token is only sent to a server on this host (a Unix socket or "
-        "a loopback address) until the connection is encrypted; this "
-        "target may be elsewhere"));
+        ": a token is only sent encrypted (TLS: ClientOptions::use_tls, "
+        "H5DEPOT_TLS_CA_FILE) or to a server on this host (a Unix socket "
+        "or a loopback address); this target may be elsewhere"));
   }
   absl::StatusOr<std::unique_ptr<internal::Transports>> made =
       ConnectTransports(target_copy, resolved);

@@ -1,7 +1,11 @@
+#include <grpcpp/security/credentials.h>
 #include <grpcpp/support/client_interceptor.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -379,6 +383,74 @@ class GrpcImageReader final : public ImageReader {
   const absl::Duration read_timeout_;
 };
 
+// The whole of the PEM file at `path`, which is `what`; NOT_FOUND naming
+// both if it cannot be read.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path,
+                                        const char* what) {
+  std::ifstream file(path, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(file)),
+                   std::istreambuf_iterator<char>());
+  if (!file.good() && !file.eof()) {
+    return absl::NotFoundError(absl::StrCat("cannot read the ", what, " '",
+                                            path, "': ", std::strerror(errno)));
+  }
+  return text;
+}
+
+// The channel's credentials: TLS from resolved `options` (tls_source
+// sets use_tls), or none. The files were checked by the lane's TLS
+// context already (tls.h), so a bad one fails with a clear message there.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const ClientOptions& options) {
+  if (!options.use_tls) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions tls;  // empty roots: the system's
+  const std::pair<const std::string*, std::string*> files[] = {
+      {&options.tls_ca_file, &tls.pem_root_certs},
+      {&options.tls_cert_file, &tls.pem_cert_chain},
+      {&options.tls_key_file, &tls.pem_private_key}};
+  const char* const what[] = {"CA certificate file", "certificate",
+                              "private key"};
+  for (size_t i = 0; i < 3; ++i) {
+    if (files[i].first->empty()) continue;
+    absl::StatusOr<std::string> pem = ReadPemFile(*files[i].first, what[i]);
+    if (!pem.ok()) return pem.status();
+    *files[i].second = *std::move(pem);
+  }
+  return grpc::SslCredentials(tls);
+}
+
+// What a failure to connect, `status`, says about TLS, in words for the
+// user; empty when it says nothing. gRPC names only the symptom.
+std::string TlsHint(const absl::Status& status, bool use_tls) {
+  const std::string_view message(status.message().data(),
+                                 status.message().size());
+  auto says = [&](std::string_view text) {
+    return message.find(text) != std::string_view::npos;
+  };
+  if (!use_tls) {
+    return says("Socket closed")
+               ? " (it closed the connection at once: if it requires TLS, "
+                 "connect with TLS, e.g. --tls-ca-file, "
+                 "ClientOptions::tls_ca_file or H5DEPOT_TLS_CA_FILE)"
+               : "";
+  }
+  if (says("wrong version number")) {
+    return " (the TLS handshake failed: the server does not use TLS, so "
+           "connect without it)";
+  }
+  if (says("certificate verify failed")) {
+    return " (the TLS handshake failed: the server's certificate is not "
+           "signed by a CA this client trusts, has expired, or does not name "
+           "this host)";
+  }
+  if (says("andshake") || says("Socket closed")) {
+    return " (the TLS handshake failed: if the server requires a client "
+           "certificate, give one signed by a CA it trusts, e.g. "
+           "--tls-cert-file and --tls-key-file)";
+  }
+  return "";
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
@@ -405,10 +477,12 @@ absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
   // connection is handled by one thread at a time on each end (about a
   // third more small-image operations per second with 16 clients).
   arguments.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      ChannelCredentials(options);
+  if (!credentials.ok()) return credentials.status();
   std::shared_ptr<grpc::Channel> channel;
   if (options.token.empty()) {
-    channel = grpc::CreateCustomChannel(
-        target, grpc::InsecureChannelCredentials(), arguments);
+    channel = grpc::CreateCustomChannel(target, *credentials, arguments);
   } else {
     // The channel keeps the factories, and so the header, for its life.
     std::vector<
@@ -417,8 +491,7 @@ absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
     interceptors.push_back(
         std::make_unique<BearerTokenInterceptorFactory>(options.token));
     channel = grpc::experimental::CreateCustomChannelWithInterceptors(
-        target, grpc::InsecureChannelCredentials(), arguments,
-        std::move(interceptors));
+        target, *credentials, arguments, std::move(interceptors));
   }
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
@@ -433,10 +506,12 @@ absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
   if (!limits.ok()) {
     if (absl::IsDeadlineExceeded(limits.status()) ||
         absl::IsUnavailable(limits.status())) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot reach h5depotd at ", target,
-                       " (is it running, and is this the right address?): ",
-                       limits.status().message()));
+      const std::string hint = TlsHint(limits.status(), options.use_tls);
+      return absl::UnavailableError(absl::StrCat(
+          "cannot reach h5depotd at ", target,
+          hint.empty() ? " (is it running, and is this the right address?)"
+                       : hint,
+          ": ", limits.status().message()));
     }
     return absl::Status(
         limits.status().code(),

@@ -87,7 +87,7 @@ absl::StatusOr<lane::Response> DataLane::Connection::ReadResponse(
 std::shared_ptr<DataLane> DataLane::ForServer(std::string_view target,
                                               uint32_t tcp_port,
                                               std::string_view unix_path,
-                                              std::string token) {
+                                              LaneCredentials credentials) {
   for (std::string_view scheme : {"unix://", "unix:"}) {
     if (!StartsWith(target, scheme)) continue;
     if (unix_path.empty()) return nullptr;
@@ -98,23 +98,23 @@ std::shared_ptr<DataLane> DataLane::ForServer(std::string_view target,
       path = absl::StrCat(std::string(target.substr(scheme.size())), ".data");
     }
     return std::shared_ptr<DataLane>(
-        new DataLane("", 0, std::move(path), std::move(token)));
+        new DataLane("", 0, std::move(path), std::move(credentials)));
   }
   if (tcp_port == 0) return nullptr;
   std::string host = TargetHost(target);
   if (host.empty()) return nullptr;
   return std::shared_ptr<DataLane>(new DataLane(
-      std::move(host), static_cast<int>(tcp_port), "", std::move(token)));
+      std::move(host), static_cast<int>(tcp_port), "", std::move(credentials)));
 }
 
 DataLane::DataLane(std::string host, int port, std::string unix_path,
-                   std::string token)
+                   LaneCredentials credentials)
     : host_(std::move(host)),
       port_(port),
       unix_path_(std::move(unix_path)),
       address_(host_.empty() ? absl::StrCat("unix:", unix_path_)
                              : absl::StrCat(host_, ":", port_)),
-      token_(std::move(token)) {}
+      credentials_(std::move(credentials)) {}
 
 DataLane::~DataLane() = default;
 
@@ -151,9 +151,18 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
       host_.empty() ? lane::ConnectUnix(unix_path_, deadline)
                     : lane::ConnectTcp(host_, port_, deadline);
   if (!socket.ok()) return absl::UnavailableError(socket.status().message());
+  if (!host_.empty() && credentials_.tls != nullptr) {
+    if (absl::Status status =
+            socket->StartTls(*credentials_.tls, host_, deadline);
+        !status.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "data lane at ", address_, ": ", std::string(status.message())));
+    }
+  }
   auto connection = std::make_unique<Connection>(*std::move(socket));
+  const std::string& token = credentials_.token;
   uint8_t hello[lane::kHelloBytes];
-  lane::EncodeHello(hello, token_.empty()
+  lane::EncodeHello(hello, token.empty()
                                ? lane::kFeatureClientCpu
                                : lane::kFeatureClientCpu | lane::kFeatureToken);
   absl::Status status =
@@ -165,11 +174,11 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
   if (status.ok()) status = lane::DecodeHello(hello, &agreed);
   connection->says_cpu = (agreed & lane::kFeatureClientCpu) != 0;
   // A server that does not take the token up has no use for one.
-  if (status.ok() && (agreed & lane::kFeatureToken) != 0 && !token_.empty()) {
+  if (status.ok() && (agreed & lane::kFeatureToken) != 0 && !token.empty()) {
     uint8_t header[lane::kTokenHeaderBytes];
-    lane::EncodeTokenHeader(static_cast<uint16_t>(token_.size()), header);
+    lane::EncodeTokenHeader(static_cast<uint16_t>(token.size()), header);
     iovec parts[] = {{header, sizeof(header)},
-                     {const_cast<char*>(token_.data()), token_.size()}};
+                     {const_cast<char*>(token.data()), token.size()}};
     status = connection->socket().SendAll(parts, 2, deadline);
   }
   if (!status.ok()) {

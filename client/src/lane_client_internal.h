@@ -21,8 +21,19 @@
 #include "h5depot/internal/lane_protocol.h"
 #include "h5depot/internal/lane_socket.h"
 #include "h5depot/internal/mutex.h"
+#include "h5depot/internal/tls.h"
 
 namespace h5depot::internal {
+
+// What a client presents on each of its lane connections.
+struct LaneCredentials {
+  // Its bearer token, sent after the hello (kFeatureToken); empty: none.
+  std::string token;
+  // Over TCP, the TLS context it handshakes with before the hello,
+  // verifying the server's certificate against the gRPC target's host;
+  // null: plain. Unix socket connections are always plain.
+  std::shared_ptr<const tls::Context> tls;
+};
 
 // One server's data lane, with a pool of idle connections to it.
 // Thread-safe; each call uses a connection of its own.
@@ -31,11 +42,11 @@ class DataLane {
   // The lane of a server reached at gRPC `target`, given the port and Unix
   // path its GetLimits named; null when none applies (no lane offered, or a
   // target the lane cannot follow, such as an abstract socket). Each
-  // connection presents `token` (kFeatureToken), unless it is empty.
+  // connection presents `credentials`.
   static std::shared_ptr<DataLane> ForServer(std::string_view target,
                                              uint32_t tcp_port,
                                              std::string_view unix_path,
-                                             std::string token = {});
+                                             LaneCredentials credentials = {});
 
   // "host:port" or "unix:/path", for messages.
   const std::string& address() const { return address_; }
@@ -96,7 +107,7 @@ class DataLane {
 
  private:
   DataLane(std::string host, int port, std::string unix_path,
-           std::string token);
+           LaneCredentials credentials);
   void GiveBack(std::unique_ptr<Connection> connection);
 
   // One attempt of Push and Fetch. `*unanswered` tells whether a failure
@@ -117,7 +128,7 @@ class DataLane {
   const int port_;
   const std::string unix_path_;
   const std::string address_;
-  const std::string token_;  // empty: none
+  const LaneCredentials credentials_;
 
   // Taken twice per call: an internal::Mutex, as everywhere in the client
   // (h5depot/internal/mutex.h says why not absl::Mutex).

@@ -23,11 +23,12 @@ int64_t SteadyNanos() {
 }  // namespace
 
 LaneFallbackTransport::LaneFallbackTransport(
-    std::string target, absl::Duration connect_timeout, std::string token,
-    std::shared_ptr<GrpcTransport> grpc, std::shared_ptr<DataLane> lane)
+    std::string target, absl::Duration connect_timeout,
+    LaneCredentials credentials, std::shared_ptr<GrpcTransport> grpc,
+    std::shared_ptr<DataLane> lane)
     : target_(std::move(target)),
       connect_timeout_(connect_timeout),
-      token_(std::move(token)),
+      credentials_(std::move(credentials)),
       grpc_(std::move(grpc)) {
   if (lane != nullptr) {
     MutexLock lock(&mutex_);
@@ -65,7 +66,7 @@ LaneFallbackTransport::LaneCall LaneFallbackTransport::RelocateLane(
   }
   std::shared_ptr<DataLane> fresh = DataLane::ForServer(
       target_, static_cast<uint32_t>(limits->data_lane_port),
-      limits->data_lane_unix_path, token_);
+      limits->data_lane_unix_path, credentials_);
   absl::StatusOr<std::unique_ptr<DataLane::Connection>> connection =
       absl::UnavailableError("no data lane");
   if (fresh != nullptr) connection = fresh->Connect(connect_deadline);

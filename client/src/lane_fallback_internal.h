@@ -36,9 +36,10 @@ class LaneFallbackTransport final : public ImageTransport {
   // `lane` is the lane the server offered when the client connected; null
   // for none, or when the client is not to use one (then every call takes
   // gRPC). `target` is the server's gRPC target, which the lane follows;
-  // `token` the client's bearer token (empty: none), for a lane found later.
+  // `credentials` what the client presents on a lane found later.
   LaneFallbackTransport(std::string target, absl::Duration connect_timeout,
-                        std::string token, std::shared_ptr<GrpcTransport> grpc,
+                        LaneCredentials credentials,
+                        std::shared_ptr<GrpcTransport> grpc,
                         std::shared_ptr<DataLane> lane);
   ~LaneFallbackTransport() override;
 
@@ -70,7 +71,7 @@ class LaneFallbackTransport final : public ImageTransport {
 
   const std::string target_;
   const absl::Duration connect_timeout_;
-  const std::string token_;
+  const LaneCredentials credentials_;
   const std::shared_ptr<GrpcTransport> grpc_;
 
   // The lane calls try; null: gRPC only. Points into lanes_.

@@ -71,6 +71,9 @@ std::string TargetHost(std::string_view target);
 // only DNS could tell is not.
 bool TargetIsOnThisHost(std::string_view target);
 
+// Whether `target` names a Unix domain socket (a path or an abstract name).
+bool TargetIsUnixSocket(std::string_view target);
+
 }  // namespace h5depot::internal
 
 #endif  // H5DEPOT_CLIENT_SERVER_TARGET_INTERNAL_H_

@@ -112,9 +112,25 @@ struct ClientOptions {
   // an auth file (docs/SECURITY.md); sent with every call. Empty: the
   // token in the environment, H5DEPOT_TOKEN, or else the first line of
   // the file H5DEPOT_TOKEN_FILE names; no token if neither is set. It is
-  // only ever sent to a server on this host (a Unix socket or a loopback
-  // address): Connect refuses any other target with FAILED_PRECONDITION.
+  // only ever sent encrypted (use_tls) or to a server on this host (a Unix
+  // socket or a loopback address): Connect refuses any other target with
+  // FAILED_PRECONDITION.
   std::string token;
+  // TLS (docs/SECURITY.md, "TLS"), for a server started with a
+  // certificate: every TCP connection to it, gRPC and data lane alike, is
+  // encrypted, and the server's certificate must be signed by a CA in
+  // tls_ca_file (PEM; empty: the system's trusted CAs) and name the host of
+  // the target. tls_cert_file and tls_key_file (PEM, both or neither) are
+  // this client's certificate, for a server that requires one (mutual
+  // TLS). On when use_tls is true or any file is given; when none of the
+  // four is set, from the environment: H5DEPOT_TLS_CA_FILE,
+  // H5DEPOT_TLS_CERT_FILE and H5DEPOT_TLS_KEY_FILE, or H5DEPOT_TLS=1 for
+  // the system's CAs. A Unix socket target is never encrypted (its file's
+  // permissions guard it) and ignores these.
+  bool use_tls = false;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 struct PushOptions {

@@ -144,9 +144,22 @@ typedef struct h5depot_connect_options {
    * an auth file; copied, so it may be freed once the call returns. NULL
    * or "": the environment's H5DEPOT_TOKEN, or the first line of the file
    * H5DEPOT_TOKEN_FILE names; none if neither is set. A token is only sent
-   * to a server on this host (a Unix socket or a loopback address):
-   * connecting elsewhere with one is H5DEPOT_FAILED_PRECONDITION. */
+   * encrypted (TLS, below) or to a server on this host (a Unix socket or a
+   * loopback address): connecting elsewhere with one and without TLS is
+   * H5DEPOT_FAILED_PRECONDITION. */
   const char* token;
+  /* TLS, for a server started with a certificate (docs/SECURITY.md): every
+   * TCP connection is encrypted and the server's certificate checked
+   * against the CAs in the PEM file tls_ca_file (NULL or "": the system's
+   * trusted CAs). tls_cert_file and tls_key_file (PEM, both or neither)
+   * are the client's certificate, for a server that requires one. On when
+   * use_tls is non-zero or a file is given; with none of the four set,
+   * from the environment (H5DEPOT_TLS_CA_FILE, H5DEPOT_TLS_CERT_FILE,
+   * H5DEPOT_TLS_KEY_FILE, H5DEPOT_TLS=1). The paths are copied. */
+  int use_tls;
+  const char* tls_ca_file;
+  const char* tls_cert_file;
+  const char* tls_key_file;
 } h5depot_connect_options;
 
 /* Connects to h5depotd at `target` with the default options; the same as
