@@ -43,6 +43,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -53,6 +54,7 @@
 #include "h5depot/client.h"
 #include "h5depot/file_image.h"
 #include "h5depot/internal/byte_size.h"
+#include "h5depot/internal/token.h"
 
 namespace {
 
@@ -172,10 +174,16 @@ std::vector<char> LoadFile(const std::string& path) {
 // --grpc-only: clients move image bytes over gRPC instead of the data lane,
 // to compare the two paths on one machine.
 bool g_grpc_only = false;
+// --token=TOKEN, --tls-ca-file=PATH: the credentials a case's clients
+// present (the security rows' servers ask for them).
+std::string g_token;
+std::string g_tls_ca_file;
 
 std::unique_ptr<h5depot::Client> ConnectOrDie(const std::string& target) {
   h5depot::ClientOptions options;
   options.use_data_lane = !g_grpc_only;
+  options.token = g_token;
+  options.tls_ca_file = g_tls_ca_file;
   auto client = h5depot::Client::Connect(target, options);
   if (!client.ok()) Die(std::string(client.status().message()));
   return *std::move(client);
@@ -713,6 +721,25 @@ std::string Ratio(double ours, double theirs) {
   return theirs > 0 ? absl::StrFormat("%.2fx", ours / theirs) : "-";
 }
 
+// A CA and a certificate for 127.0.0.1 it signed, made in `dir` with the
+// openssl tool, for the TLS rows.
+void MakeCertificates(const std::string& dir) {
+  const std::string command = absl::StrCat(
+      "cd '", dir, "' && { ",
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+      "-keyout ca.key -out ca.pem -subj /CN=bench-ca -days 2 && ",
+      "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+      "-keyout server.key -out server.csr -subj /CN=127.0.0.1 && ",
+      "printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext && ",
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key "
+      "-CAcreateserial -days 2 -extfile san.ext -out server.crt; ",
+      "} >/dev/null 2>&1");
+  if (std::system(command.c_str()) != 0) {
+    Die("openssl could not make the TLS rows' certificates (apt-get install "
+        "openssl)");
+  }
+}
+
 int RunDriver(const Args& args) {
   const absl::Duration time_limit =
       absl::Seconds(args.GetDouble("time-limit", 1800));
@@ -766,7 +793,10 @@ int RunDriver(const Args& args) {
       cleanup.push_back(in_dir(absl::StrCat("image-", size, ".h5")));
       cleanup.push_back(in_dir(absl::StrCat("handoff-", size, ".h5")));
     }
-    for (const char* name : {"h5depotd.sock", "redis.sock", "small.h5"}) {
+    for (const char* name :
+         {"h5depotd.sock", "redis.sock", "small.h5", "auth.sock", "auth",
+          "ca.key", "ca.pem", "ca.srl", "server.key", "server.csr",
+          "server.crt", "san.ext"}) {
       cleanup.push_back(in_dir(name));
     }
     cleanup.push_back(dir);
@@ -792,26 +822,38 @@ int RunDriver(const Args& args) {
 
   // h5depotd with room for the largest image twice (a replacement pushed
   // while the old generation is still pinned) plus the small ones.
-  Child server = Spawn(
-      {h5depotd, "--listen=127.0.0.1:0", "--unix=" + in_dir("h5depotd.sock"),
-       absl::StrCat("--max-memory=", 3 * largest + (uint64_t{512} << 20)),
-       absl::StrCat("--max-image-size=", largest + (uint64_t{1} << 20))},
-      true);
-  std::vector<std::string> targets;
-  const Clock::time_point start_deadline =
-      Clock::now() + std::chrono::seconds(30);
-  while (true) {
-    std::optional<std::string> line = ReadLine(server, start_deadline);
-    if (!line) Die("h5depotd did not start");
-    const std::string prefix = "h5depotd listening on ";
-    if (line->rfind(prefix, 0) == 0)
-      targets.push_back(line->substr(prefix.size()));
-    if (line->rfind("h5depotd holds", 0) == 0) break;
-  }
-  std::string tcp_target, unix_target;
-  for (const std::string& target : targets) {
-    (target.rfind("unix:", 0) == 0 ? unix_target : tcp_target) = target;
-  }
+  // Starts an h5depotd with `flags` and returns it with its TCP and Unix
+  // targets, once it listens.
+  struct Server {
+    Child child;
+    std::string tcp_target, unix_target;
+  };
+  auto start_server = [&](std::vector<std::string> flags) {
+    flags.insert(
+        flags.begin(),
+        {h5depotd, "--listen=127.0.0.1:0",
+         absl::StrCat("--max-memory=", 3 * largest + (uint64_t{512} << 20)),
+         absl::StrCat("--max-image-size=", largest + (uint64_t{1} << 20))});
+    Server started{Spawn(flags, true), "", ""};
+    const Clock::time_point start_deadline =
+        Clock::now() + std::chrono::seconds(30);
+    while (true) {
+      std::optional<std::string> line = ReadLine(started.child, start_deadline);
+      if (!line) Die("h5depotd did not start");
+      const std::string prefix = "h5depotd listening on ";
+      if (line->rfind(prefix, 0) == 0) {
+        const std::string target = line->substr(prefix.size());
+        (target.rfind("unix:", 0) == 0 ? started.unix_target
+                                       : started.tcp_target) = target;
+      }
+      if (line->rfind("h5depotd holds", 0) == 0) break;
+    }
+    return started;
+  };
+  Server plain_server = start_server({"--unix=" + in_dir("h5depotd.sock")});
+  Child& server = plain_server.child;
+  const std::string tcp_target = plain_server.tcp_target;
+  const std::string unix_target = plain_server.unix_target;
 
   const int redis_port = FreePort();
   Child redis =
@@ -1037,6 +1079,87 @@ int RunDriver(const Args& args) {
                           transport.name, fetch_ops / get_rps));
   }
 
+  // Security: TLS on the data lane against the plain lane, and token
+  // authentication against none, each pair measured back to back.
+  std::vector<Row> secure_rows;
+  {
+    std::fprintf(stderr, "h5depot_bench: TLS and tokens\n");
+    MakeCertificates(dir);
+    const std::string token = h5depot::internal::NewToken();
+    {
+      std::ofstream auth(in_dir("auth"));
+      auth << "bench write " << h5depot::internal::TokenHash(token) << "\n";
+      if (!auth) Die("cannot write the auth file");
+    }
+    Server tls_server = start_server({"--tls-cert-file=" + in_dir("server.crt"),
+                                      "--tls-key-file=" + in_dir("server.key"),
+                                      "--auth-file=" + in_dir("auth")});
+    Server auth_server = start_server(
+        {"--unix=" + in_dir("auth.sock"), "--auth-file=" + in_dir("auth")});
+    const std::vector<std::string> tls_credentials = {
+        "--token=" + token, "--tls-ca-file=" + in_dir("ca.pem")};
+    for (uint64_t size : sizes) {
+      if (size < (uint64_t{64} << 20)) continue;
+      const double bytes = static_cast<double>(actual_size[size]);
+      const std::string label = SizeLabel(size);
+      for (const std::string which : {"push", "fetch"}) {
+        auto run = [&](const std::string& target,
+                       const std::vector<std::string>& credentials) {
+          std::vector<std::string> argv = {
+              "--image=" + image_path(size), absl::StrCat("--id=bench/", size),
+              min_arg, "--case=" + which, "--target=" + target};
+          argv.insert(argv.end(), credentials.begin(), credentials.end());
+          return RunChildCase(argv).values["seconds"];
+        };
+        const double plain = run(tcp_target, {});
+        const double tls = run(tls_server.tcp_target, tls_credentials);
+        secure_rows.push_back({"tls", label, which, Duration(tls),
+                               Rate(bytes / tls), "tcp lane, plain",
+                               Duration(plain), Rate(bytes / plain),
+                               Ratio(plain, tls)});
+        check(plain / tls >= 0.5,
+              absl::StrFormat("tls %s %s >= 0.5x the plain lane (%.2fx)", label,
+                              which, plain / tls));
+      }
+    }
+    for (const auto& [name, plain_target, auth_target] :
+         std::vector<std::tuple<std::string, std::string, std::string>>{
+             {"tcp", tcp_target, auth_server.tcp_target},
+             {"unix", unix_target, auth_server.unix_target}}) {
+      std::vector<double> plain_push, plain_fetch, token_push, token_fetch;
+      for (int round = 0; round < kSmallRounds; ++round) {
+        auto run = [&](const std::string& target, const std::string& with) {
+          std::vector<std::string> argv = {
+              "--case=small_ops", "--target=" + target,
+              "--image=" + in_dir("small.h5"), "--clients=16",
+              absl::StrCat("--seconds=", small_seconds)};
+          if (!with.empty()) argv.push_back("--token=" + with);
+          return RunChildCase(argv);
+        };
+        CaseResult without = run(plain_target, "");
+        CaseResult with = run(auth_target, token);
+        plain_push.push_back(without.values["push_ops"]);
+        plain_fetch.push_back(without.values["fetch_ops"]);
+        token_push.push_back(with.values["push_ops"]);
+        token_fetch.push_back(with.values["fetch_ops"]);
+      }
+      for (const auto& [operation, ours, theirs] :
+           std::vector<std::tuple<std::string, double, double>>{
+               {"push, token", Median(token_push), Median(plain_push)},
+               {"fetch, token", Median(token_fetch), Median(plain_fetch)}}) {
+        secure_rows.push_back(
+            {name, SizeLabel(small_size), operation + ", 16 clients", "",
+             absl::StrFormat("%.0f op/s", ours), "the same, no auth", "",
+             absl::StrFormat("%.0f op/s", theirs), Ratio(ours, theirs)});
+        check(ours >= 0.9 * theirs,
+              absl::StrFormat("%s small %s >= 0.9x without auth (%.2fx)", name,
+                              operation, ours / theirs));
+      }
+    }
+    Stop(tls_server.child, absl::Seconds(10));
+    Stop(auth_server.child, absl::Seconds(10));
+  }
+
   const double iperf_again = IperfBytesPerSecond(3);
   Stop(server, absl::Seconds(10));
   Stop(redis, absl::Seconds(10));
@@ -1068,6 +1191,8 @@ int RunDriver(const Args& args) {
   }
   std::printf("\n");
   for (const Row& row : small_rows) print(row);
+  std::printf("\n");
+  for (const Row& row : secure_rows) print(row);
   std::printf(
       "\nmemory: fetch+open of %s, client peak RSS %.0f MiB; server "
       "peak RSS %.0f MiB holding %.0f MiB\n\n",
@@ -1086,6 +1211,8 @@ int main(int argc, char** argv) {
   g_self = std::filesystem::canonical("/proc/self/exe").string();
   Args args(argc, argv);
   g_grpc_only = args.Has("grpc-only");
+  g_token = args.Get("token", "");
+  g_tls_ca_file = args.Get("tls-ca-file", "");
   if (args.Has("case")) return RunCase(args);
   return RunDriver(args);
 }

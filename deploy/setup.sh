@@ -22,6 +22,8 @@ PACKAGES=(
   # bench/run.sh: its peers (iperf3, Redis with redis-benchmark) and the C
   # Redis client it measures them with.
   iperf3 redis-server redis-tools libhiredis-dev
+  # bench/run.sh's TLS rows: their certificates.
+  openssl
 )
 
 installed() {
