@@ -4,6 +4,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
@@ -37,6 +38,9 @@ absl::Status ErrnoStatus(int error, std::string_view what) {
 absl::Status PeerClosed() {
   return absl::UnavailableError("the data lane connection was closed");
 }
+
+// Encrypted bytes a TLS socket gathers before it sends them.
+constexpr int kTlsWriteBufferBytes = 256 * 1024;
 
 // Milliseconds for poll() until `deadline`, rounded up; -1 for none.
 int PollTimeout(absl::Time deadline) {
@@ -240,10 +244,23 @@ absl::Status LaneSocket::StartTls(const tls::Context& context,
                                   absl::Time deadline) {
   ERR_clear_error();
   SSL* ssl = SSL_new(context.get());
-  if (ssl == nullptr || SSL_set_fd(ssl, fd_) != 1) {
+  // Records are written through a buffer, so that a large send leaves in
+  // a few large system calls rather than one per 16 KiB record (about a
+  // third of a TLS push's time otherwise); SendAll flushes it.
+  BIO* socket_bio = BIO_new_socket(fd_, BIO_NOCLOSE);
+  BIO* write_buffer = BIO_new(BIO_f_buffer());
+  if (ssl == nullptr || socket_bio == nullptr || write_buffer == nullptr ||
+      BIO_set_write_buffer_size(write_buffer, kTlsWriteBufferBytes) != 1) {
     SSL_free(ssl);
+    BIO_free(socket_bio);
+    BIO_free(write_buffer);
     return absl::InternalError("cannot start TLS on the data lane");
   }
+  // The socket BIO is both the read end and the tail of the write chain:
+  // one reference each, both released by SSL_free.
+  BIO_up_ref(socket_bio);
+  BIO_push(write_buffer, socket_bio);
+  SSL_set_bio(ssl, socket_bio, write_buffer);
   // Records may be written in part (the rest when the socket has room),
   // from a buffer that moved meanwhile; and a peer that closes without a
   // close_notify reads as closed, as a plain socket does.
@@ -356,6 +373,21 @@ absl::Status LaneSocket::TlsSendAll(struct iovec* iov, int count,
     }
     return absl::OkStatus();
   };
+  // Sends what the write buffer holds.
+  auto flush = [&]() -> absl::Status {
+    BIO* buffer = SSL_get_wbio(ssl_);
+    while (BIO_flush(buffer) != 1) {
+      if (!BIO_should_retry(buffer)) {
+        return errno == EPIPE || errno == ECONNRESET
+                   ? PeerClosed()
+                   : ErrnoStatus(errno, "send on the data lane");
+      }
+      if (absl::Status status = AwaitTls(POLLOUT, deadline); !status.ok()) {
+        return status;
+      }
+    }
+    return absl::OkStatus();
+  };
   size_t held = 0;
   for (int i = 0; i < count; ++i) {
     const auto* data = static_cast<const uint8_t*>(iov[i].iov_base);
@@ -375,7 +407,12 @@ absl::Status LaneSocket::TlsSendAll(struct iovec* iov, int count,
       return status;
     }
   }
-  return held > 0 ? write_all(gathered, held) : absl::OkStatus();
+  if (held > 0) {
+    if (absl::Status status = write_all(gathered, held); !status.ok()) {
+      return status;
+    }
+  }
+  return flush();
 }
 
 absl::StatusOr<size_t> LaneSocket::TlsReceiveSome(void* data, size_t size,
