@@ -1,6 +1,6 @@
-// Limits per tenant, so that one tenant cannot fill the server. Covered
-// here: the store's Quota alone (what is charged to whom, and that
-// everything is given back).
+// Limits per principal, so that one tenant cannot fill the server.
+// Covered here: the store's Quota alone (what is charged to whom, and that
+// everything is given back), and the auth file's LIMIT fields.
 #include <memory>
 #include <string>
 #include <vector>
@@ -10,18 +10,25 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "h5depot/internal/checksum.h"
+#include "h5depot/internal/image_id.h"
+#include "h5depot/internal/token.h"
 #include "h5depot/server/image_store.h"
+#include "server/src/access_rules_internal.h"
 
 namespace h5depot {
 namespace {
 
+using server::AccessRules;
 using server::ImageStore;
 using server::PendingImage;
+using server::Principal;
+using server::PrincipalLimits;
 using server::PushRequest;
 using server::Quota;
 using server::StoreOptions;
 
 constexpr uint64_t kKiB = 1024;
+constexpr uint64_t kMiB = 1024 * kKiB;
 
 // --- The store's Quota ------------------------------------------------------
 
@@ -147,6 +154,76 @@ TEST_F(QuotaTest, RefusedByTheStoresLimitAPushChargesItsQuotaNothing) {
             absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(alice_->used_bytes(), 0u);
   EXPECT_EQ(alice_->pending_pushes(), 0u);
+}
+// --- The auth file's limits -------------------------------------------------
+
+std::string Line(const std::string& name, const std::string& token,
+                 const std::string& rest) {
+  return absl::StrCat(name, " write ", internal::TokenHash(token), " ", rest,
+                      "\n");
+}
+
+TEST(PrincipalLimitsTest, TheAuthFileGivesAPrincipalItsOwnLimits) {
+  absl::StatusOr<std::unique_ptr<AccessRules>> rules =
+      AccessRules::Parse(Line("a", "t1",
+                              "runs/ max-memory=2G max-waits=5 calib/ "
+                              "max-pending-pushes=unlimited") +
+                             Line("b", "t2", "*"),
+                         "auth");
+  ASSERT_TRUE(rules.ok()) << rules.status();
+  const Principal* a = (*rules)->Find("t1");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(a->prefixes, (std::vector<std::string>{"runs/", "calib/"}));
+  PrincipalLimits defaults;
+  defaults.max_memory_bytes = kMiB;
+  defaults.max_pending_pushes = 3;
+  defaults.max_waits = 7;
+  const PrincipalLimits own = a->LimitsOver(defaults);
+  EXPECT_EQ(own.max_memory_bytes, uint64_t{2} << 30);
+  EXPECT_EQ(own.max_pending_pushes, PrincipalLimits::kUnlimited);
+  EXPECT_EQ(own.max_waits, 5u);
+  const PrincipalLimits b = (*rules)->Find("t2")->LimitsOver(defaults);
+  EXPECT_EQ(b.max_memory_bytes, kMiB);
+  EXPECT_EQ(b.max_pending_pushes, 3u);
+  EXPECT_EQ(b.max_waits, 7u);
+}
+
+TEST(PrincipalLimitsTest, AMalformedLimitIsRefusedNamingItsLine) {
+  struct Case {
+    std::string rest;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {"max-disk=1G", "unknown limit 'max-disk'"},
+      {"=1", "unknown limit ''"},
+      {"max-memory=", "is not a byte size"},
+      {"max-memory=lots", "is not a byte size"},
+      {"max-waits=-1", "is not a whole number"},
+      {"max-waits=1.5", "is not a whole number"},
+      {"max-waits=99999999999999999999999", "is not a whole number"},
+      {"max-pending-pushes=0", "must be at least 1"},
+      {"max-waits=1 max-waits=2", "'max-waits' is given twice"},
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<std::unique_ptr<AccessRules>> rules =
+        AccessRules::Parse(Line("a", "t1", c.rest), "the file");
+    ASSERT_FALSE(rules.ok()) << c.rest;
+    EXPECT_EQ(rules.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(rules.status().message().find("the file, line 1: "),
+              std::string::npos)
+        << rules.status().message();
+    EXPECT_NE(rules.status().message().find(c.says), std::string::npos)
+        << rules.status().message();
+  }
+}
+
+// A LIMIT is told from a PREFIX by its '=', which no image id may hold.
+TEST(PrincipalLimitsTest, NoImageIdCanBeMistakenForALimit) {
+  for (const char* id : {"max-memory=2G", "runs/a=b", "="}) {
+    EXPECT_EQ(internal::ValidateImageId(id).code(),
+              absl::StatusCode::kInvalidArgument)
+        << id;
+  }
 }
 
 }  // namespace
