@@ -55,6 +55,10 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   if (options.max_chunk_bytes == 0 || options.send_chunk_bytes == 0) {
     return absl::InvalidArgumentError("chunk sizes must be positive");
   }
+  if (options.principal_max_pending_pushes == 0) {
+    return absl::InvalidArgumentError(
+        "principal_max_pending_pushes must be at least 1");
+  }
   // First: a server process starts gRPC without fork support.
   internal::DisableGrpcInForkedChildren(
       "the parent runs an h5depot server, whose threads are inside gRPC at "
@@ -69,8 +73,15 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   internal::KeepGrpcRuntimeAlive();
   auto impl = std::make_unique<Impl>();
   impl->store = std::make_unique<ImageStore>(options.store);
-  impl->operations = std::make_unique<DepotOperations>(
-      impl->store.get(), options.max_waits, std::move(access));
+  PrincipalLimits principal_limits;
+  principal_limits.max_memory_bytes = options.principal_max_memory_bytes == 0
+                                          ? PrincipalLimits::kUnlimited
+                                          : options.principal_max_memory_bytes;
+  principal_limits.max_pending_pushes = options.principal_max_pending_pushes;
+  principal_limits.max_waits = options.principal_max_waits;
+  impl->operations =
+      std::make_unique<DepotOperations>(impl->store.get(), options.max_waits,
+                                        std::move(access), principal_limits);
   DataLaneAddresses lane_addresses;
   if (options.data_lane) {
     // Started first, so that GetLimits names it from the first call on.
