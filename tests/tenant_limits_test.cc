@@ -615,7 +615,8 @@ TEST(NoAuthFileTest, OnlyTheServersLimitsHold) {
   options.principal_max_pending_pushes = 1;
   auto depot = InProcessDepot::Start(options);
   ASSERT_TRUE(depot.ok()) << depot.status();
-  std::vector<RawLane> held;
+  // Two pushes under way at once, each over the memory "quota": both begin.
+  std::vector<lane::LaneSocket> held;
   for (int i = 0; i < 2; ++i) {
     absl::StatusOr<lane::LaneSocket> socket = lane::ConnectTcp(
         "127.0.0.1", (*depot)->server().data_lane_port(), IoDeadline());
@@ -639,7 +640,9 @@ TEST(NoAuthFileTest, OnlyTheServersLimitsHold) {
     lane::Response response;
     ASSERT_TRUE(lane::DecodeResponse(reply, &response).ok());
     EXPECT_EQ(response.kind, lane::ResponseKind::kContinue) << i;
+    held.push_back(*std::move(socket));
   }
+  EXPECT_EQ((*depot)->store().Stats().reserved_bytes, 4 * kMiB);
   auto client = (*depot)->Connect();
   ASSERT_TRUE(client.ok()) << client.status();
   const std::string image = MakeHdf5Image(64 * kKiB, 8);
