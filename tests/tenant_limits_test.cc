@@ -195,6 +195,35 @@ TEST_F(QuotaTest, RefusedByTheStoresLimitAPushChargesItsQuotaNothing) {
   EXPECT_EQ(alice_->pending_pushes(), 0u);
 }
 
+TEST(QuotaCutOffTest, APushCutOffForFallingBehindGivesItsQuotaBack) {
+  absl::Time now = absl::Now();
+  StoreOptions options;
+  options.require_hdf5 = false;
+  options.start_reaper = false;
+  options.clock = [&now] { return now; };
+  options.push_idle_timeout = absl::Seconds(1);
+  ImageStore store(options);
+  auto quota = std::make_shared<Quota>("principal 'alice'");
+  PushRequest request;
+  request.image_id = "slow";
+  request.size = kKiB;
+  request.quota = quota;
+  // As a transport does: the cut-off drops the push.
+  std::unique_ptr<PendingImage> pending;
+  absl::StatusOr<std::unique_ptr<PendingImage>> begun = store.BeginPush(
+      std::move(request), [&pending](const absl::Status&) { pending.reset(); });
+  ASSERT_TRUE(begun.ok()) << begun.status();
+  pending = *std::move(begun);
+  EXPECT_EQ(quota->pending_pushes(), 1u);
+  EXPECT_EQ(quota->used_bytes(), kKiB);
+
+  now += absl::Seconds(2);
+  EXPECT_EQ(store.CutOffStalledPushes(), 1u);
+  EXPECT_EQ(pending, nullptr);
+  EXPECT_EQ(quota->pending_pushes(), 0u);
+  EXPECT_EQ(quota->used_bytes(), 0u);
+}
+
 // --- The auth file's limits -------------------------------------------------
 
 std::string Line(const std::string& name, const std::string& token,
