@@ -270,7 +270,8 @@ TEST(PrincipalLimitsTest, AMalformedLimitIsRefusedNamingItsLine) {
       {"max-waits=-1", "is not a whole number"},
       {"max-waits=1.5", "is not a whole number"},
       {"max-waits=99999999999999999999999", "is not a whole number"},
-      {"max-pending-pushes=0", "must be at least 1"},
+      {"max-pending-pushes=0", "max-pending-pushes must be at least 1"},
+      {"max-memory=0", "max-memory must be at least 1"},
       {"max-waits=1 max-waits=2", "'max-waits' is given twice"},
   };
   for (const Case& c : cases) {

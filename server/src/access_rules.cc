@@ -79,9 +79,12 @@ std::optional<std::string> ParseLimit(std::string_view field,
                                &value)) {
     return absl::StrCat(std::string(field), " is not a whole number");
   }
-  if (key == "max-pending-pushes" && value == 0) {
-    return "max-pending-pushes must be at least 1 (a read role pushes "
-           "nothing)";
+  // 0 is refused rather than read: for the --principal-max-memory flag it
+  // means no limit, and a principal allowed no push wants the role read.
+  if (value == 0 && key != "max-waits") {
+    return absl::StrCat(std::string(key),
+                        " must be at least 1 (\"unlimited\" for no limit; "
+                        "the role read for no push)");
   }
   *limit = value;
   return std::nullopt;

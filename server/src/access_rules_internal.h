@@ -20,7 +20,7 @@
 //               these; none, or "*", means every id
 //   LIMIT       KEY=VALUE, this principal's own value of a per-principal
 //               limit instead of h5depotd's --principal-* default:
-//                 max-memory=SIZE          (e.g. 2G; h5depot's byte sizes)
+//                 max-memory=SIZE          (e.g. 2G; at least 1 byte)
 //                 max-pending-pushes=N     (at least 1)
 //                 max-waits=N
 //               each VALUE may also be "unlimited". No image id has an
