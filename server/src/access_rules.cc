@@ -1,11 +1,14 @@
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "h5depot/internal/byte_size.h"
 #include "h5depot/internal/token.h"
 #include "server/src/access_rules_internal.h"
 
@@ -38,7 +41,66 @@ bool IsTokenHash(std::string_view text) {
   return true;
 }
 
+// Reads the LIMIT field `field` (KEY=VALUE) into `principal`; what is
+// wrong with it otherwise.
+std::optional<std::string> ParseLimit(std::string_view field,
+                                      Principal& principal) {
+  const size_t equals = field.find('=');
+  const std::string_view key = field.substr(0, equals);
+  const std::string_view text = field.substr(equals + 1);
+  std::optional<uint64_t>* limit = nullptr;
+  if (key == "max-memory") {
+    limit = &principal.max_memory_bytes;
+  } else if (key == "max-pending-pushes") {
+    limit = &principal.max_pending_pushes;
+  } else if (key == "max-waits") {
+    limit = &principal.max_waits;
+  } else {
+    return absl::StrCat("unknown limit '", std::string(key),
+                        "' (max-memory, max-pending-pushes or max-waits)");
+  }
+  if (limit->has_value()) {
+    return absl::StrCat("limit '", std::string(key), "' is given twice");
+  }
+  uint64_t value = 0;
+  if (text == "unlimited") {
+    value = PrincipalLimits::kUnlimited;
+  } else if (key == "max-memory") {
+    std::optional<uint64_t> bytes = internal::ParseByteSize(text);
+    if (!bytes.has_value()) {
+      return absl::StrCat("max-memory=", std::string(text),
+                          " is not a byte size such as 512M or 2G");
+    }
+    value = *bytes;
+  } else if (text.empty() ||
+             !std::all_of(text.begin(), text.end(),
+                          [](char c) { return c >= '0' && c <= '9'; }) ||
+             !absl::SimpleAtoi(absl::string_view(text.data(), text.size()),
+                               &value)) {
+    return absl::StrCat(std::string(field), " is not a whole number");
+  }
+  // 0 is refused rather than read: for the --principal-max-memory flag it
+  // means no limit, and a principal allowed no push wants the role read.
+  if (value == 0 && key != "max-waits") {
+    return absl::StrCat(std::string(key),
+                        " must be at least 1 (\"unlimited\" for no limit; "
+                        "the role read for no push)");
+  }
+  *limit = value;
+  return std::nullopt;
+}
+
 }  // namespace
+
+PrincipalLimits Principal::LimitsOver(const PrincipalLimits& defaults) const {
+  PrincipalLimits limits;
+  limits.max_memory_bytes =
+      max_memory_bytes.value_or(defaults.max_memory_bytes);
+  limits.max_pending_pushes =
+      max_pending_pushes.value_or(defaults.max_pending_pushes);
+  limits.max_waits = max_waits.value_or(defaults.max_waits);
+  return limits;
+}
 
 std::string_view RoleName(Role role) {
   switch (role) {
@@ -71,7 +133,7 @@ absl::StatusOr<std::unique_ptr<AccessRules>> AccessRules::Parse(
     auto bad = [&](std::string_view why) {
       return absl::InvalidArgumentError(absl::StrCat(
           std::string(source), ", line ", line_number, ": ", std::string(why),
-          " (expected: NAME ROLE sha256:HASH [PREFIX ...])"));
+          " (expected: NAME ROLE sha256:HASH [PREFIX | LIMIT=VALUE ...])"));
     };
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || line[0] == '#') continue;
@@ -113,6 +175,15 @@ absl::StatusOr<std::unique_ptr<AccessRules>> AccessRules::Parse(
     for (size_t i = 3; i < fields.size(); ++i) {
       if (fields[i] == "*") {
         every_id = true;
+        continue;
+      }
+      if (fields[i].find('=') != absl::string_view::npos) {
+        if (std::optional<std::string> wrong =
+                ParseLimit(std::string_view(fields[i].data(), fields[i].size()),
+                           principal);
+            wrong.has_value()) {
+          return bad(*wrong);
+        }
         continue;
       }
       if (fields[i].size() > kMaxPrefixBytes) {

@@ -6,7 +6,7 @@
 // The file: one principal per line, fields separated by spaces or tabs;
 // blank lines and lines starting with '#' are ignored.
 //
-//   NAME  ROLE  TOKEN-HASH  [PREFIX ...]
+//   NAME  ROLE  TOKEN-HASH  [PREFIX | LIMIT ...]
 //
 //   NAME        1 to 64 characters from A-Z a-z 0-9 . _ - @ (for messages
 //               and logs; unique)
@@ -18,12 +18,21 @@
 //               (`h5depot new-token` makes a token and its line); unique
 //   PREFIX      the image ids the principal may touch start with one of
 //               these; none, or "*", means every id
+//   LIMIT       KEY=VALUE, this principal's own value of a per-principal
+//               limit instead of h5depotd's --principal-* default:
+//                 max-memory=SIZE          (e.g. 2G; at least 1 byte)
+//                 max-pending-pushes=N     (at least 1)
+//                 max-waits=N
+//               each VALUE may also be "unlimited". No image id has an
+//               '=' (image_id.h), so a limit is never taken for a prefix.
 //
 // The file holds no secret: a token cannot be recovered from its hash.
 #ifndef H5DEPOT_SERVER_ACCESS_RULES_INTERNAL_H_
 #define H5DEPOT_SERVER_ACCESS_RULES_INTERNAL_H_
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,10 +48,29 @@ enum class Role { kRead, kWrite, kAdmin };
 // "read", "write", "admin".
 std::string_view RoleName(Role role);
 
+// What one principal may hold at once (docs/SECURITY.md, "Limits per
+// principal"). kUnlimited: no limit of its own.
+struct PrincipalLimits {
+  static constexpr uint64_t kUnlimited = ~uint64_t{0};
+  // Bytes of the images it pushed, until their buffers are freed, and of
+  // its pushes under way.
+  uint64_t max_memory_bytes = kUnlimited;
+  uint64_t max_pending_pushes = 64;
+  // Fetches and stats waiting for an image.
+  uint64_t max_waits = 1000;
+};
+
 struct Principal {
   std::string name;
   Role role = Role::kRead;
   std::vector<std::string> prefixes;  // empty: every image id
+  // The auth file's LIMIT fields; unset ones are the server's defaults.
+  std::optional<uint64_t> max_memory_bytes;
+  std::optional<uint64_t> max_pending_pushes;
+  std::optional<uint64_t> max_waits;
+
+  // This principal's limits: its own where it has them, `defaults` else.
+  PrincipalLimits LimitsOver(const PrincipalLimits& defaults) const;
 
   // Whether `image_id` starts with one of the prefixes.
   bool MayTouch(std::string_view image_id) const;

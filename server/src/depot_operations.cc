@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "server/src/depot_operations_internal.h"
 
@@ -28,10 +29,43 @@ bool Caller::local() const {
 }
 
 DepotOperations::DepotOperations(ImageStore* store, size_t max_waits,
-                                 std::unique_ptr<const AccessRules> access)
-    : store_(store), max_waits_(max_waits), access_(std::move(access)) {}
+                                 std::unique_ptr<const AccessRules> access,
+                                 PrincipalLimits principal_limits)
+    : store_(store),
+      max_waits_(max_waits),
+      access_(std::move(access)),
+      principal_limits_(principal_limits) {}
 
 DepotOperations::~DepotOperations() = default;
+
+DepotOperations::PrincipalState::PrincipalState(const std::string& name)
+    : quota(std::make_shared<Quota>(absl::StrCat("principal '", name, "'"))) {}
+
+std::shared_ptr<DepotOperations::PrincipalState> DepotOperations::StateOf(
+    const Principal& principal) {
+  const PrincipalLimits limits = principal.LimitsOver(principal_limits_);
+  absl::MutexLock lock(&principals_mutex_);
+  auto it = principals_.find(principal.name);
+  if (it == principals_.end()) {
+    // Names come and go only with the access rules; forget those that
+    // hold nothing, once in a while.
+    if (principals_.size() >= next_sweep_) {
+      absl::erase_if(principals_, [](const auto& entry) {
+        return entry.second.use_count() == 1 &&
+               entry.second->quota.use_count() == 1;
+      });
+      next_sweep_ = std::max<size_t>(64, 2 * principals_.size());
+    }
+    it = principals_
+             .emplace(principal.name,
+                      std::make_shared<PrincipalState>(principal.name))
+             .first;
+  }
+  PrincipalState& state = *it->second;
+  state.quota->SetLimits(limits.max_memory_bytes, limits.max_pending_pushes);
+  state.max_waits.store(limits.max_waits, std::memory_order_relaxed);
+  return it->second;
+}
 
 namespace {
 
@@ -130,12 +164,15 @@ absl::Time DepotOperations::WaitDeadline(uint64_t wait_ms) {
 
 absl::StatusOr<std::unique_ptr<PendingImage>> DepotOperations::BeginPush(
     const Caller& caller, PushParams params, PushCutOff cut_off) {
-  if (absl::Status allowed =
-          Authorize(caller, Operation::kPush, params.image_id);
-      !allowed.ok()) {
-    return allowed;
+  const Principal* principal = nullptr;
+  if (access_ != nullptr) {
+    absl::StatusOr<const Principal*> admitted =
+        Admit(caller, Operation::kPush, params.image_id);
+    if (!admitted.ok()) return admitted.status();
+    principal = *admitted;
   }
   PushRequest request;
+  if (principal != nullptr) request.quota = StateOf(*principal)->quota;
   request.image_id = std::move(params.image_id);
   request.size = params.size;
   request.checksum = params.checksum;
@@ -164,14 +201,21 @@ ImageStore::WaitId DepotOperations::AwaitImage(const Caller& caller,
                                                std::string_view image_id,
                                                uint64_t wait_ms,
                                                ImageStore::WaitCallback done) {
-  if (absl::Status allowed = Authorize(caller, op, image_id); !allowed.ok()) {
-    done(std::move(allowed));
-    return 0;
+  const Principal* principal = nullptr;
+  if (access_ != nullptr) {
+    absl::StatusOr<const Principal*> admitted = Admit(caller, op, image_id);
+    if (!admitted.ok()) {
+      done(admitted.status());
+      return 0;
+    }
+    principal = *admitted;
   }
   if (wait_ms == 0) {
     done(store_->Get(image_id));
     return 0;
   }
+  std::shared_ptr<PrincipalState> state =
+      principal == nullptr ? nullptr : StateOf(*principal);
   // Counted before it is registered, so that waits arriving together
   // cannot pass the cap together.
   if (waits_.fetch_add(1) >= max_waits_) {
@@ -186,14 +230,32 @@ ImageStore::WaitId DepotOperations::AwaitImage(const Caller& caller,
     done(std::move(image));
     return 0;
   }
-  return store_->Await(
-      image_id, WaitDeadline(wait_ms),
-      [this, done = std::move(done)](absl::StatusOr<ImageRef> answer) mutable {
-        // Free before the caller learns the answer, so that it may wait
-        // again at once.
-        waits_.fetch_sub(1);
-        done(std::move(answer));
-      });
+  if (state != nullptr &&
+      state->waits.fetch_add(1) >=
+          state->max_waits.load(std::memory_order_relaxed)) {
+    state->waits.fetch_sub(1);
+    waits_.fetch_sub(1);
+    absl::StatusOr<ImageRef> image = store_->Get(image_id);
+    if (absl::IsNotFound(image.status())) {
+      image = absl::ResourceExhaustedError(absl::StrCat(
+          "image '", std::string(image_id), "' does not exist, and ",
+          state->quota->owner(), " is at its limit of ",
+          state->max_waits.load(std::memory_order_relaxed),
+          " fetches and stats waiting at once (h5depotd "
+          "--principal-max-waits, or max-waits= in the auth file)"));
+    }
+    done(std::move(image));
+    return 0;
+  }
+  return store_->Await(image_id, WaitDeadline(wait_ms),
+                       [this, state = std::move(state), done = std::move(done)](
+                           absl::StatusOr<ImageRef> answer) mutable {
+                         // Free before the caller learns the answer, so that it
+                         // may wait again at once.
+                         if (state != nullptr) state->waits.fetch_sub(1);
+                         waits_.fetch_sub(1);
+                         done(std::move(answer));
+                       });
 }
 
 void DepotOperations::CancelWait(ImageStore::WaitId wait) {

@@ -17,6 +17,10 @@
 //   - clamps: a push's time to live (kMaxTtl), a wait's length (kMaxWait),
 //     a read's range (ClampRange); caps: how many waits may be under way
 //     (max_waits);
+//   - limits per principal, with access rules: each principal's memory
+//     quota and pushes under way (a Quota the store charges) and its
+//     waits, kept by principal name (PrincipalLimits; without access
+//     rules there are no principals, and only the server's limits hold);
 //   - the description of an image (Describe), which each codec only copies
 //     into its wire struct;
 //   - a push's progress deadline: a push that falls behind is cut off by
@@ -28,7 +32,9 @@
 //
 // Thread safety: all methods may be called concurrently. Cost: on the
 // paths that move images (push, fetch, read) the layer adds no allocation,
-// lock or copy to what the store does.
+// lock or copy to what the store does, but with access rules one short
+// lock per push or wait as it begins (the principal's state; its end is
+// an atomic decrement).
 #ifndef H5DEPOT_SERVER_DEPOT_OPERATIONS_INTERNAL_H_
 #define H5DEPOT_SERVER_DEPOT_OPERATIONS_INTERNAL_H_
 
@@ -40,8 +46,11 @@
 #include <string>
 #include <string_view>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "h5depot/server/image_store.h"
 #include "server/src/access_rules_internal.h"
@@ -178,9 +187,12 @@ class DepotOperations {
   // `store` must outlive the operations. At most `max_waits` fetches and
   // stats may wait at once, over every transport together. `access`: who
   // may do what (the --auth-file); null lets every caller do everything.
+  // `principal_limits`: each principal's limits, unless the access rules
+  // give it its own (unused without access rules).
   explicit DepotOperations(ImageStore* store,
                            size_t max_waits = kDefaultMaxWaits,
-                           std::unique_ptr<const AccessRules> access = nullptr);
+                           std::unique_ptr<const AccessRules> access = nullptr,
+                           PrincipalLimits principal_limits = {});
   ~DepotOperations();
   DepotOperations(const DepotOperations&) = delete;
   DepotOperations& operator=(const DepotOperations&) = delete;
@@ -212,8 +224,10 @@ class DepotOperations {
 
   // Push. Begins one: validates `params`, reserves the memory and checks
   // the generation precondition, so that a push bound to fail is refused
-  // before its data moves (ImageStore::BeginPush's errors). The codec then
-  // feeds the PendingImage its bytes and calls FinishPush, with the
+  // before its data moves (ImageStore::BeginPush's errors; with access
+  // rules the push is charged to the caller's principal, whose memory
+  // quota or cap on pushes under way may refuse it, RESOURCE_EXHAUSTED). The
+  // codec then feeds the PendingImage its bytes and calls FinishPush, with the
   // checksum if it came after the bytes rather than in `params`.
   //
   // A push whose bytes do not keep up is cut off: `cut_off` is called
@@ -247,9 +261,10 @@ class DepotOperations {
   // ImageStore::Await (at once on this thread if the answer is known,
   // later on the publishing, reaper or cancelling thread otherwise), with
   // DEADLINE_EXCEEDED when the wait passes, UNAVAILABLE at shutdown,
-  // CANCELLED through CancelWait(). With `max_waits` waits under way, one
-  // more is RESOURCE_EXHAUSTED at once, unless the image is there (a wait
-  // that need not wait is still answered). Returns the wait to cancel (0
+  // CANCELLED through CancelWait(). With `max_waits` waits under way, or
+  // the caller's principal at its own max_waits, one more is
+  // RESOURCE_EXHAUSTED at once, unless the image is there (a wait that
+  // need not wait is still answered). Returns the wait to cancel (0
   // if `done` has run already).
   //
   // A transport that serves a connection on a thread of its own blocks
@@ -296,11 +311,33 @@ class DepotOperations {
   // Now plus `wait_ms`, clamped.
   static absl::Time WaitDeadline(uint64_t wait_ms);
 
+  // What one principal holds and may hold. Kept by principal name, not
+  // with the access rules, so that it outlives a change of the rules:
+  // what a principal pushed stays charged to it.
+  struct PrincipalState {
+    explicit PrincipalState(const std::string& name);
+    // Its memory quota and pushes under way, charged by the store.
+    const std::shared_ptr<Quota> quota;
+    // Waits registered and not ended (or about to be registered).
+    std::atomic<uint64_t> waits{0};
+    std::atomic<uint64_t> max_waits{PrincipalLimits::kUnlimited};
+  };
+  // The state of `principal`, made on its first push or wait, with its
+  // limits as the access rules say now. One lock and one hash lookup.
+  std::shared_ptr<PrincipalState> StateOf(const Principal& principal);
+
   ImageStore* const store_;
   const size_t max_waits_;
   const std::unique_ptr<const AccessRules> access_;  // null: no rules
+  const PrincipalLimits principal_limits_;
   // Waits registered and not ended (or about to be registered).
   std::atomic<size_t> waits_{0};
+
+  absl::Mutex principals_mutex_;
+  absl::flat_hash_map<std::string, std::shared_ptr<PrincipalState>> principals_
+      ABSL_GUARDED_BY(principals_mutex_);
+  // The map's size at which idle states are next swept out.
+  size_t next_sweep_ ABSL_GUARDED_BY(principals_mutex_) = 64;
 };
 
 }  // namespace h5depot::server

@@ -125,6 +125,10 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   if (options.max_chunk_bytes == 0 || options.send_chunk_bytes == 0) {
     return absl::InvalidArgumentError("chunk sizes must be positive");
   }
+  if (options.principal_max_pending_pushes == 0) {
+    return absl::InvalidArgumentError(
+        "principal_max_pending_pushes must be at least 1");
+  }
   if (absl::Status status = CheckProtection(options); !status.ok()) {
     return status;
   }
@@ -152,8 +156,15 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     impl->lane_tls = *std::move(tls);
   }
   impl->store = std::make_unique<ImageStore>(options.store);
-  impl->operations = std::make_unique<DepotOperations>(
-      impl->store.get(), options.max_waits, std::move(access));
+  PrincipalLimits principal_limits;
+  principal_limits.max_memory_bytes = options.principal_max_memory_bytes == 0
+                                          ? PrincipalLimits::kUnlimited
+                                          : options.principal_max_memory_bytes;
+  principal_limits.max_pending_pushes = options.principal_max_pending_pushes;
+  principal_limits.max_waits = options.principal_max_waits;
+  impl->operations =
+      std::make_unique<DepotOperations>(impl->store.get(), options.max_waits,
+                                        std::move(access), principal_limits);
   DataLaneAddresses lane_addresses;
   if (options.data_lane) {
     // Started first, so that GetLimits names it from the first call on.

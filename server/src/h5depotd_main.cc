@@ -116,6 +116,17 @@ ABSL_FLAG(std::string, tls_client_ca_file, "",
 ABSL_FLAG(bool, insecure, false,
           "listen on a TCP address other than loopback even without TLS "
           "and an auth file (only on a network you trust)");
+ABSL_FLAG(ByteSizeFlag, principal_max_memory, ByteSizeFlag{},
+          "with --auth-file, memory one principal's images and pushes under "
+          "way may take, e.g. 2G (default, 0: only --max-memory); the auth "
+          "file's max-memory= overrides it per principal");
+ABSL_FLAG(uint64_t, principal_max_pending_pushes, 64,
+          "with --auth-file, pushes one principal may have under way at "
+          "once; the auth file's max-pending-pushes= overrides it");
+ABSL_FLAG(uint64_t, principal_max_waits, 1000,
+          "with --auth-file, fetches and stats one principal may have "
+          "waiting for an image at once; the auth file's max-waits= "
+          "overrides it");
 ABSL_FLAG(bool, allow_non_hdf5, false,
           "store any bytes, not only HDF5 file images");
 ABSL_FLAG(absl::Duration, push_idle_timeout, absl::Seconds(30),
@@ -138,7 +149,10 @@ int main(int argc, char** argv) {
       "                [--max-waits=N] [--allow-non-hdf5] [--auth-file=PATH]\n"
       "                [--tls-cert-file=PATH --tls-key-file=PATH "
       "[--tls-client-ca-file=PATH]] [--insecure]\n"
-      "                [--push-idle-timeout=DURATION] [--push-min-rate=SIZE]");
+      "                [--push-idle-timeout=DURATION] [--push-min-rate=SIZE]\n"
+      "                [--principal-max-memory=SIZE] "
+      "[--principal-max-pending-pushes=N]\n"
+      "                [--principal-max-waits=N]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   h5depot::internal::SilenceGrpcLogUnlessAsked();
@@ -187,6 +201,17 @@ int main(int argc, char** argv) {
   }
   options.store.push_min_bytes_per_second =
       absl::GetFlag(FLAGS_push_min_rate).bytes;
+  options.principal_max_memory_bytes =
+      absl::GetFlag(FLAGS_principal_max_memory).bytes;
+  options.principal_max_pending_pushes =
+      static_cast<size_t>(absl::GetFlag(FLAGS_principal_max_pending_pushes));
+  options.principal_max_waits =
+      static_cast<size_t>(absl::GetFlag(FLAGS_principal_max_waits));
+  if (options.principal_max_pending_pushes == 0) {
+    std::cerr << "h5depotd: --principal-max-pending-pushes must be at least "
+                 "1 (give a principal the role read to forbid its pushes)\n";
+    return 1;
+  }
 
   if (options.data_lane_idle_timeout <= absl::ZeroDuration() ||
       options.data_lane_handshake_timeout <= absl::ZeroDuration()) {

@@ -297,6 +297,11 @@ class PushWatch {
 };
 
 StoredImage::~StoredImage() {
+  // The quota first: whoever sees the store's memory back finds the
+  // tenant's back too.
+  if (quota_ != nullptr) {
+    quota_->used_bytes_.fetch_sub(size_, std::memory_order_relaxed);
+  }
   if (budget_ == nullptr) return;
   budget_->Free(data_, capacity_);
   budget_->Release(size_);
@@ -309,7 +314,16 @@ PendingImage::PendingImage(ImageStore* store, PushRequest request,
       image_(std::move(image)),
       checksum_(std::make_unique<internal::StreamingChecksum>(request_.size)) {}
 
-PendingImage::~PendingImage() { EndWatch().IgnoreError(); }
+PendingImage::~PendingImage() {
+  EndPending();
+  EndWatch().IgnoreError();
+}
+
+void PendingImage::EndPending() {
+  if (!counted_pending_) return;
+  counted_pending_ = false;
+  request_.quota->pending_pushes_.fetch_sub(1, std::memory_order_relaxed);
+}
 
 absl::Status PendingImage::EndWatch() {
   if (watch_ == nullptr) return absl::OkStatus();
@@ -363,6 +377,7 @@ absl::StatusOr<ImageRef> PendingImage::Publish() {
 
 absl::StatusOr<ImageRef> PendingImage::Publish(uint64_t expected_checksum) {
   std::unique_ptr<StoredImage> image = std::move(image_);
+  EndPending();
   if (absl::Status cut = EndWatch(); !cut.ok()) return cut;
   if (image == nullptr) {
     return absl::FailedPreconditionError("push was already finished");
@@ -439,7 +454,34 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
       return status;
     }
   }
+  // Charged in this order, each given back if a later one refuses: the
+  // pending push, the tenant's memory, the store's memory.
+  Quota* const quota = request.quota.get();
+  if (quota != nullptr) {
+    if (!Quota::TryAdd(quota->pending_pushes_, 1,
+                       quota->max_pending_pushes())) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "push of '", request.image_id, "' refused: ", quota->owner(), " has ",
+          quota->pending_pushes(), " pushes under way, its limit of ",
+          quota->max_pending_pushes()));
+    }
+    if (!Quota::TryAdd(quota->used_bytes_, request.size,
+                       quota->max_memory_bytes())) {
+      quota->pending_pushes_.fetch_sub(1, std::memory_order_relaxed);
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "image '", request.image_id, "' needs ",
+          internal::HumanSize(request.size), " but ", quota->owner(), " has ",
+          internal::HumanSize(quota->used_bytes()), " of its ",
+          internal::HumanSize(quota->max_memory_bytes()),
+          " memory quota in use (images it pushed, until freed, and its "
+          "pushes under way)"));
+    }
+  }
   if (!budget_->TryReserve(request.size)) {
+    if (quota != nullptr) {
+      quota->used_bytes_.fetch_sub(request.size, std::memory_order_relaxed);
+      quota->pending_pushes_.fetch_sub(1, std::memory_order_relaxed);
+    }
     const uint64_t used = budget_->used();
     return absl::ResourceExhaustedError(absl::StrCat(
         "image '", request.image_id, "' needs ",
@@ -450,10 +492,16 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
         " memory limit is free"));
   }
   auto image = std::unique_ptr<StoredImage>(new StoredImage());
-  image->budget_ = budget_;  // from here on the destructor releases it
+  // From here on the destructor gives back the memory, and the
+  // PendingImage the pending push.
+  image->budget_ = budget_;
+  image->quota_ = request.quota;
   image->size_ = request.size;
   image->data_ = budget_->Allocate(request.size, &image->capacity_);
   if (request.size > 0 && image->data_ == nullptr) {
+    if (quota != nullptr) {
+      quota->pending_pushes_.fetch_sub(1, std::memory_order_relaxed);
+    }
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate ", internal::HumanSize(request.size),
                      " for image '", request.image_id, "'"));
@@ -461,6 +509,7 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
   image->image_id_ = request.image_id;
   auto pending = std::unique_ptr<PendingImage>(
       new PendingImage(this, std::move(request), std::move(image)));
+  pending->counted_pending_ = quota != nullptr;
   if (!WatchesPushes(options_)) return pending;
   const absl::Time begun = options_.clock();
   const absl::Time first_check = begun + options_.push_idle_timeout;

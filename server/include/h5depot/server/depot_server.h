@@ -83,6 +83,17 @@ struct ServerOptions {
   // are both set, since anyone who can reach the port could otherwise read,
   // replace and delete every image. true: listen there regardless.
   bool insecure = false;
+  // Limits per principal, with an auth file (docs/SECURITY.md, "Limits per
+  // principal"); the file may give a principal its own. What a principal
+  // may hold at once: bytes of the images it pushed, until their buffers
+  // are freed, and of its pushes under way (0: no limit beyond the
+  // store's max_memory_bytes); pushes under way (at least 1); fetches and
+  // stats waiting for an image. Beyond any of them a call is refused with
+  // RESOURCE_EXHAUSTED before anything moves. Without an auth file there
+  // are no principals and only the server's limits hold.
+  uint64_t principal_max_memory_bytes = 0;
+  size_t principal_max_pending_pushes = 64;
+  size_t principal_max_waits = 1000;
   StoreOptions store;
 };
 
@@ -90,10 +101,10 @@ class DepotServer {
  public:
   // Binds every requested address and starts serving. UNAVAILABLE if an
   // address cannot be bound (in use, bad path); INVALID_ARGUMENT if no
-  // address was requested or the auth file or a TLS file is malformed,
-  // NOT_FOUND if one cannot be read; FAILED_PRECONDITION, saying how to
-  // fix it, for a non-loopback address without TLS and an auth file
-  // (ServerOptions::insecure).
+  // address was requested, principal_max_pending_pushes is 0, or the auth
+  // file or a TLS file is malformed, NOT_FOUND if one cannot be read;
+  // FAILED_PRECONDITION, saying how to fix it, for a non-loopback address
+  // without TLS and an auth file (ServerOptions::insecure).
   static absl::StatusOr<std::unique_ptr<DepotServer>> Start(
       const ServerOptions& options);
 

@@ -10,7 +10,10 @@
 // Memory: every byte of every image, pending or published, pinned by a
 // reader or current, counts against StoreOptions::max_memory_bytes until
 // its buffer is freed. A push that would exceed the limit is refused when it
-// begins, before any data is accepted.
+// begins, before any data is accepted. A push may also be charged to a
+// Quota (PushRequest::quota), one tenant's share: its bytes count against
+// that quota too, from the push's start until the generation's buffer is
+// freed, whoever replaced or deleted it meanwhile.
 //
 // Progress: a push that does not keep up is cut off (StoreOptions'
 // push_idle_timeout and push_min_bytes_per_second), so that one stalled
@@ -52,6 +55,77 @@ namespace h5depot::server {
 
 class MemoryBudget;
 class PushWatch;
+
+// One tenant's share of a store, charged by the pushes that name it
+// (PushRequest::quota): a memory quota and a cap on pushes under way,
+// checked by ImageStore::BeginPush beside the store's own limits.
+//
+// Charging: a push's declared size from its start until the buffer of the
+// generation it made is freed. So a generation that was replaced or
+// deleted but is still pinned by a reader keeps counting, to the tenant
+// that pushed it, whoever replaced or deleted it; and a push replacing an
+// image needs room for both generations until it is published. A failed,
+// refused or cut-off push gives everything back when its PendingImage is
+// destroyed.
+//
+// Thread safety: all methods may be called concurrently; the counters are
+// atomics, so charging costs a push no lock.
+class Quota {
+ public:
+  static constexpr uint64_t kUnlimited = ~uint64_t{0};
+
+  // `owner` names the tenant in refusals ("principal 'ingest'").
+  explicit Quota(std::string owner) : owner_(std::move(owner)) {}
+  Quota(const Quota&) = delete;
+  Quota& operator=(const Quota&) = delete;
+
+  const std::string& owner() const { return owner_; }
+
+  // The limits apply to pushes that begin afterwards; what is charged
+  // already stays charged (a lowered quota refuses pushes until usage is
+  // back under it). kUnlimited: none.
+  void SetLimits(uint64_t max_memory_bytes, uint64_t max_pending_pushes) {
+    max_memory_bytes_.store(max_memory_bytes, std::memory_order_relaxed);
+    max_pending_pushes_.store(max_pending_pushes, std::memory_order_relaxed);
+  }
+  uint64_t max_memory_bytes() const {
+    return max_memory_bytes_.load(std::memory_order_relaxed);
+  }
+  uint64_t max_pending_pushes() const {
+    return max_pending_pushes_.load(std::memory_order_relaxed);
+  }
+
+  // Bytes charged now: pending pushes and generations not yet freed.
+  uint64_t used_bytes() const {
+    return used_bytes_.load(std::memory_order_relaxed);
+  }
+  // Pushes begun and not yet published or dropped.
+  uint64_t pending_pushes() const {
+    return pending_pushes_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  friend class ImageStore;
+  friend class PendingImage;
+  friend class StoredImage;
+
+  // Counts up `counter` by `amount` if it stays within `limit`.
+  static bool TryAdd(std::atomic<uint64_t>& counter, uint64_t amount,
+                     uint64_t limit) {
+    uint64_t used = counter.load(std::memory_order_relaxed);
+    do {
+      if (amount > limit || used > limit - amount) return false;
+    } while (!counter.compare_exchange_weak(used, used + amount,
+                                            std::memory_order_relaxed));
+    return true;
+  }
+
+  const std::string owner_;
+  std::atomic<uint64_t> max_memory_bytes_{kUnlimited};
+  std::atomic<uint64_t> max_pending_pushes_{kUnlimited};
+  std::atomic<uint64_t> used_bytes_{0};
+  std::atomic<uint64_t> pending_pushes_{0};
+};
 
 struct StoreOptions {
   // Bytes of image data the store may hold at once, pending pushes included.
@@ -114,6 +188,7 @@ class StoredImage {
   uint64_t size_ = 0;
   uint64_t capacity_ = 0;  // of the buffer at data_, at least size_
   std::shared_ptr<MemoryBudget> budget_;
+  std::shared_ptr<Quota> quota_;  // charged size_ bytes; null: none
 };
 
 using ImageRef = std::shared_ptr<const StoredImage>;
@@ -125,6 +200,9 @@ struct PushRequest {
   uint64_t checksum = 0;                        // XXH3-64 of the whole image
   std::optional<uint64_t> if_generation_match;  // 0: only if absent
   absl::Duration ttl = absl::ZeroDuration();    // zero: never expires
+  // The share the push is charged to, beside the store's limit (see
+  // Quota); null: only the store's limit.
+  std::shared_ptr<Quota> quota;
 };
 
 class ImageStore;
@@ -180,6 +258,8 @@ class PendingImage {
   // Takes the push out of the store's watch; the cut status if it was cut
   // off first. Waits for a cut-off under way on another thread to return.
   absl::Status EndWatch();
+  // No longer counts the push among its quota's pending ones (idempotent).
+  void EndPending();
 
   ImageStore* store_;
   PushRequest request_;
@@ -189,6 +269,8 @@ class PendingImage {
   // Shared with the store's watch while the push is watched; null if the
   // store has no deadline, or once Publish() has begun.
   std::shared_ptr<PushWatch> watch_;
+  // Whether the push counts among request_.quota's pending pushes.
+  bool counted_pending_ = false;
 };
 
 struct ListResult {
@@ -220,9 +302,10 @@ class ImageStore {
   // Starts a push: validates the id, the size against the limits, reserves
   // the memory and checks the generation precondition, so that a push bound
   // to fail is refused before its data moves. INVALID_ARGUMENT,
-  // RESOURCE_EXHAUSTED, ALREADY_EXISTS (`if_generation_match` 0 and the id
-  // exists), ABORTED (`if_generation_match` N and the current generation is
-  // not N, or there is none), UNAVAILABLE.
+  // RESOURCE_EXHAUSTED (the store's limits, or the request's quota: its
+  // memory or its pushes under way), ALREADY_EXISTS (`if_generation_match` 0
+  // and the id exists), ABORTED (`if_generation_match` N and the current
+  // generation is not N, or there is none), UNAVAILABLE.
   //
   // The push is then watched (StoreOptions::push_idle_timeout). If it falls
   // behind, the reaper (or CutOffStalledPushes) marks it cut off: from then
