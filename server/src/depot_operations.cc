@@ -8,10 +8,11 @@ namespace h5depot::server {
 
 namespace {
 
-// Whether a peer named in gRPC's notation is on this host.
+// Whether a peer named in gRPC's notation is on this host. "fd:N" is a
+// Unix socket connection the server accepted itself (unix_access.cc).
 bool IsLocalPeer(std::string_view peer) {
   for (std::string_view local :
-       {"unix:", "ipv4:127.", "ipv6:[::1]", "ipv6:[::ffff:127."}) {
+       {"unix:", "fd:", "ipv4:127.", "ipv6:[::1]", "ipv6:[::ffff:127."}) {
     if (peer.substr(0, local.size()) == local) return true;
   }
   return false;

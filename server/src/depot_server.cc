@@ -17,6 +17,7 @@
 #include "server/src/depot_operations_internal.h"
 #include "server/src/depot_service_internal.h"
 #include "server/src/lane_server_internal.h"
+#include "server/src/unix_access_internal.h"
 
 namespace h5depot::server {
 namespace {
@@ -38,9 +39,11 @@ struct DepotServer::Impl {
   std::unique_ptr<DataLaneServer> data_lane;  // null when turned off
   std::unique_ptr<DepotService> service;
   std::unique_ptr<grpc::Server> server;
+  // Accepts the Unix socket's connections for `server` (null without one);
+  // destroyed, so stopped, before it.
+  std::unique_ptr<UnixGrpcListener> unix_listener;
   int port = 0;
   std::vector<std::string> targets;
-  std::string unix_socket_path;  // removed from the file system on shutdown
 
   absl::Mutex mutex;
   bool shut_down ABSL_GUARDED_BY(mutex) = false;
@@ -66,6 +69,26 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     if (!loaded.ok()) return loaded.status();
     access = *std::move(loaded);
   }
+  UnixSocketAccess unix_access;
+  if (options.unix_socket_mode.has_value()) {
+    if (*options.unix_socket_mode > 0777) {
+      return absl::InvalidArgumentError(
+          "the Unix socket mode may hold only permission bits (at most 0777)");
+    }
+    unix_access.mode = static_cast<mode_t>(*options.unix_socket_mode);
+  }
+  if (!options.unix_socket_group.empty()) {
+    absl::StatusOr<gid_t> group = ResolveGroup(options.unix_socket_group);
+    if (!group.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Unix socket group: ", group.status().message()));
+    }
+    unix_access.group = *group;
+  }
+  unix_access.allow_uids.assign(options.unix_allow_uids.begin(),
+                                options.unix_allow_uids.end());
+  unix_access.allow_gids.assign(options.unix_allow_gids.begin(),
+                                options.unix_allow_gids.end());
   internal::KeepGrpcRuntimeAlive();
   auto impl = std::make_unique<Impl>();
   impl->store = std::make_unique<ImageStore>(options.store);
@@ -90,6 +113,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     if (!options.unix_socket_path.empty() &&
         options.unix_socket_path.size() + 5 < sizeof(sockaddr_un::sun_path)) {
       lane_options.unix_path = options.unix_socket_path + ".data";
+      lane_options.unix_access = unix_access;
     }
     absl::StatusOr<std::unique_ptr<DataLaneServer>> lane =
         DataLaneServer::Start(impl->operations.get(), lane_options);
@@ -126,21 +150,20 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     builder.AddListeningPort(options.listen_address,
                              grpc::InsecureServerCredentials(), &impl->port);
   }
+  // The Unix socket is accepted here rather than by gRPC, so that its
+  // file's mode and group are set before it listens and each peer's
+  // credentials are checked before gRPC sees the connection.
   if (!options.unix_socket_path.empty()) {
-    builder.AddListeningPort("unix:" + options.unix_socket_path,
-                             grpc::InsecureServerCredentials());
+    absl::StatusOr<std::unique_ptr<UnixGrpcListener>> listener =
+        UnixGrpcListener::Listen(options.unix_socket_path, unix_access);
+    if (!listener.ok()) return listener.status();
+    impl->unix_listener = *std::move(listener);
   }
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot listen on ",
-        options.listen_address.empty() ? "" : options.listen_address,
-        options.listen_address.empty() || options.unix_socket_path.empty()
-            ? ""
-            : " and ",
-        options.unix_socket_path.empty() ? "" : "unix:",
-        options.unix_socket_path,
-        " (address in use, or a bad address or socket path?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen_address,
+                     " (address in use, or a bad address?)"));
   }
   if (!options.listen_address.empty()) {
     if (impl->port == 0) {
@@ -152,8 +175,8 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     impl->targets.push_back(
         absl::StrCat(options.listen_address.substr(0, colon), ":", impl->port));
   }
-  if (!options.unix_socket_path.empty()) {
-    impl->unix_socket_path = options.unix_socket_path;
+  if (impl->unix_listener != nullptr) {
+    impl->unix_listener->Serve(impl->server.get());
     impl->targets.push_back("unix:" + options.unix_socket_path);
   }
   return std::unique_ptr<DepotServer>(new DepotServer(std::move(impl)));
@@ -202,13 +225,12 @@ void DepotServer::Shutdown(absl::Duration grace) {
   // acknowledges the GOAWAY behind them at once) must get them before the
   // connection is closed under it.
   impl_->service->AwaitCalls(deadline);
+  // No connection is handed to gRPC once it shuts down. A stopped server
+  // leaves no socket file behind for the next one to trip over or for a
+  // client to mistake for a live server.
+  if (impl_->unix_listener != nullptr) impl_->unix_listener->Stop();
   impl_->server->Shutdown(absl::ToChronoTime(
       std::min(deadline, absl::Now() + kLingerForLastBytes)));
-  // A stopped server leaves no socket file behind for the next one to trip
-  // over or for a client to mistake for a live server.
-  if (!impl_->unix_socket_path.empty()) {
-    unlink(impl_->unix_socket_path.c_str());
-  }
 }
 
 void DepotServer::Wait() { impl_->server->Wait(); }

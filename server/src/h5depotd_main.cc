@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -21,6 +22,7 @@
 #include "absl/time/time.h"
 #include "h5depot/internal/byte_size.h"
 #include "h5depot/server/depot_server.h"
+#include "server/src/unix_access_internal.h"
 
 namespace {
 
@@ -112,6 +114,20 @@ ABSL_FLAG(std::string, auth_file, "",
           "serve only callers with a token this file names, each within its "
           "role and image id prefixes (docs/SECURITY.md); empty: everyone "
           "may do everything");
+ABSL_FLAG(std::string, unix_mode, "",
+          "permission bits of the --unix socket files, in octal, e.g. 0660 "
+          "(default: as bind() leaves them, 0777 less the umask)");
+ABSL_FLAG(std::string, unix_group, "",
+          "group (name or gid) of the --unix socket files (default: the "
+          "server's)");
+ABSL_FLAG(std::string, unix_allow_uids, "",
+          "comma-separated users (names or uids) admitted on the --unix "
+          "sockets; with --unix-allow-gids, a peer in either list is "
+          "admitted, others are closed at once (default: both empty, "
+          "anyone who can open the socket file)");
+ABSL_FLAG(std::string, unix_allow_gids, "",
+          "comma-separated groups (names or gids) whose members, by their "
+          "effective group, are admitted on the --unix sockets");
 ABSL_FLAG(bool, allow_non_hdf5, false,
           "store any bytes, not only HDF5 file images");
 ABSL_FLAG(absl::Duration, push_idle_timeout, absl::Seconds(30),
@@ -121,6 +137,50 @@ ABSL_FLAG(absl::Duration, push_idle_timeout, absl::Seconds(30),
 ABSL_FLAG(ByteSizeFlag, push_min_rate, ByteSizeFlag{uint64_t{256} << 10},
           "bytes per second a push must average after --push-idle-timeout, "
           "e.g. 256K (0: only the idle rule)");
+
+namespace {
+
+// The --unix-* flags into `options`; INVALID_ARGUMENT naming the flag.
+absl::Status UnixAccessFromFlags(h5depot::server::ServerOptions& options) {
+  using h5depot::server::ParseGroupList;
+  using h5depot::server::ParseUnixMode;
+  using h5depot::server::ParseUserList;
+  const std::string mode = absl::GetFlag(FLAGS_unix_mode);
+  if (!mode.empty()) {
+    absl::StatusOr<mode_t> parsed = ParseUnixMode(mode);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--unix-mode: ", parsed.status().message()));
+    }
+    options.unix_socket_mode = *parsed;
+  }
+  options.unix_socket_group = absl::GetFlag(FLAGS_unix_group);
+  absl::StatusOr<std::vector<uid_t>> uids =
+      ParseUserList(absl::GetFlag(FLAGS_unix_allow_uids));
+  if (!uids.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--unix-allow-uids: ", uids.status().message()));
+  }
+  options.unix_allow_uids.assign(uids->begin(), uids->end());
+  absl::StatusOr<std::vector<gid_t>> gids =
+      ParseGroupList(absl::GetFlag(FLAGS_unix_allow_gids));
+  if (!gids.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--unix-allow-gids: ", gids.status().message()));
+  }
+  options.unix_allow_gids.assign(gids->begin(), gids->end());
+  const bool any = options.unix_socket_mode.has_value() ||
+                   !options.unix_socket_group.empty() ||
+                   !options.unix_allow_uids.empty() ||
+                   !options.unix_allow_gids.empty();
+  if (any && options.unix_socket_path.empty()) {
+    return absl::InvalidArgumentError(
+        "--unix-mode, --unix-group and --unix-allow-* need --unix=PATH");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -132,7 +192,9 @@ int main(int argc, char** argv) {
       "                [--lane-handshake-timeout=DURATION] "
       "[--max-lane-connections-per-peer=N]\n"
       "                [--max-waits=N] [--allow-non-hdf5] [--auth-file=PATH]\n"
-      "                [--push-idle-timeout=DURATION] [--push-min-rate=SIZE]");
+      "                [--push-idle-timeout=DURATION] [--push-min-rate=SIZE]\n"
+      "                [--unix-mode=MODE] [--unix-group=GROUP] "
+      "[--unix-allow-uids=LIST] [--unix-allow-gids=LIST]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   QuietGrpcLogging();
@@ -187,6 +249,11 @@ int main(int argc, char** argv) {
   if (options.data_lane_max_connections_per_peer == 0) {
     std::cerr << "h5depotd: --max-lane-connections-per-peer must be at least "
                  "1 (--nodata-lane turns the lane off)\n";
+    return 1;
+  }
+  if (absl::Status unix_access = UnixAccessFromFlags(options);
+      !unix_access.ok()) {
+    std::cerr << "h5depotd: " << unix_access.message() << "\n";
     return 1;
   }
   auto server = h5depot::server::DepotServer::Start(options);

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,25 @@ struct ServerOptions {
   // then checked against it (UNAUTHENTICATED, PERMISSION_DENIED); the
   // health service stays open. Empty: every caller may do everything.
   std::string auth_file;
+  // Who may reach the Unix sockets (unix_socket_path and the data lane's
+  // beside it; docs/SECURITY.md, "Unix socket restricted to a group"):
+  //   unix_socket_mode: permission bits of both socket files, set before
+  //     they listen (connecting needs write permission); nullopt: as
+  //     bind() leaves them, 0777 less the umask (0755 under umask 022:
+  //     only the server's user and root may connect).
+  //   unix_socket_group: a group name or numeric gid both files are given
+  //     (INVALID_ARGUMENT if no such group, PERMISSION_DENIED if the
+  //     server's user may not give it); empty: the server's group.
+  //   unix_allow_uids, unix_allow_gids: a connection is admitted only if
+  //     its peer's user id (SO_PEERCRED) is in the first list or its
+  //     effective group id in the second; the server's own user is not
+  //     admitted unless listed. Refused connections are closed at once:
+  //     the client sees UNAVAILABLE. Both empty: every peer that can open
+  //     the socket file.
+  std::optional<uint32_t> unix_socket_mode;
+  std::string unix_socket_group;
+  std::vector<uint32_t> unix_allow_uids;
+  std::vector<uint32_t> unix_allow_gids;
   StoreOptions store;
 };
 
