@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -28,6 +29,14 @@ namespace {
 // MiB, read at once by a client that is not starved of CPU. An idle
 // client holds the stop this long at most.
 constexpr absl::Duration kLingerForLastBytes = absl::Milliseconds(500);
+
+// A duration as gRPC's millisecond channel arguments take it: INT_MAX is
+// their "infinite", so every longer duration is that.
+int GrpcMilliseconds(absl::Duration duration) {
+  const int64_t ms =
+      absl::ToInt64Milliseconds(absl::Ceil(duration, absl::Milliseconds(1)));
+  return static_cast<int>(std::min<int64_t>(ms, INT_MAX));
+}
 
 }  // namespace
 
@@ -68,6 +77,13 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
         AccessRules::Load(options.auth_file);
     if (!loaded.ok()) return loaded.status();
     access = *std::move(loaded);
+  }
+  if (options.grpc_max_concurrent_streams < 1 ||
+      options.grpc_max_connection_age <= absl::ZeroDuration() ||
+      options.grpc_max_connection_age_grace <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "the gRPC connection limits (concurrent streams, age and its grace) "
+        "must be positive");
   }
   UnixSocketAccess unix_access;
   if (options.unix_socket_mode.has_value()) {
@@ -141,6 +157,20 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   // Without this gRPC sets SO_REUSEPORT, and a second server on the same
   // port would silently share the traffic instead of failing to start.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // One connection cannot hold the server's threads and memory with calls
+  // without bound, nor live for ever: an aged connection is replaced
+  // under its client (GOAWAY), which also spreads clients anew over
+  // servers behind a balancer.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             options.grpc_max_concurrent_streams);
+  if (options.grpc_max_connection_age != absl::InfiniteDuration()) {
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_MS,
+        GrpcMilliseconds(options.grpc_max_connection_age));
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+        GrpcMilliseconds(options.grpc_max_connection_age_grace));
+  }
   // Idle request threads poll this often; it bounds how long a shutdown
   // can linger after the last call (gRPC's default is 10 s).
   builder.SetSyncServerOption(

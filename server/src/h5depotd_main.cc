@@ -128,6 +128,16 @@ ABSL_FLAG(std::string, unix_allow_uids, "",
 ABSL_FLAG(std::string, unix_allow_gids, "",
           "comma-separated groups (names or gids) whose members, by their "
           "effective group, are admitted on the --unix sockets");
+ABSL_FLAG(uint64_t, max_concurrent_streams, 1024,
+          "gRPC calls one connection may have under way at once; a "
+          "client's further calls wait until one ends");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::Minutes(30),
+          "send a gRPC connection GOAWAY once it is this old, e.g. 30m "
+          "('inf': never); its client moves to a new one transparently");
+ABSL_FLAG(absl::Duration, max_connection_age_grace, absl::InfiniteDuration(),
+          "how long the calls under way on an aged connection may still "
+          "run before it is closed under them (default 'inf': until they "
+          "end)");
 ABSL_FLAG(bool, allow_non_hdf5, false,
           "store any bytes, not only HDF5 file images");
 ABSL_FLAG(absl::Duration, push_idle_timeout, absl::Seconds(30),
@@ -194,7 +204,10 @@ int main(int argc, char** argv) {
       "                [--max-waits=N] [--allow-non-hdf5] [--auth-file=PATH]\n"
       "                [--push-idle-timeout=DURATION] [--push-min-rate=SIZE]\n"
       "                [--unix-mode=MODE] [--unix-group=GROUP] "
-      "[--unix-allow-uids=LIST] [--unix-allow-gids=LIST]");
+      "[--unix-allow-uids=LIST] [--unix-allow-gids=LIST]\n"
+      "                [--max-concurrent-streams=N] "
+      "[--max-connection-age=DURATION]\n"
+      "                [--max-connection-age-grace=DURATION]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   QuietGrpcLogging();
@@ -251,6 +264,19 @@ int main(int argc, char** argv) {
                  "1 (--nodata-lane turns the lane off)\n";
     return 1;
   }
+  const uint64_t max_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  options.grpc_max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
+  options.grpc_max_connection_age_grace =
+      absl::GetFlag(FLAGS_max_connection_age_grace);
+  if (max_streams < 1 || max_streams > INT32_MAX ||
+      options.grpc_max_connection_age <= absl::ZeroDuration() ||
+      options.grpc_max_connection_age_grace <= absl::ZeroDuration()) {
+    std::cerr << "h5depotd: --max-concurrent-streams (1 to 2147483647), "
+                 "--max-connection-age and --max-connection-age-grace must "
+                 "be positive\n";
+    return 1;
+  }
+  options.grpc_max_concurrent_streams = static_cast<int>(max_streams);
   if (absl::Status unix_access = UnixAccessFromFlags(options);
       !unix_access.ok()) {
     std::cerr << "h5depotd: " << unix_access.message() << "\n";

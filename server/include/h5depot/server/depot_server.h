@@ -86,6 +86,20 @@ struct ServerOptions {
   std::string unix_socket_group;
   std::vector<uint32_t> unix_allow_uids;
   std::vector<uint32_t> unix_allow_gids;
+  // Limits on each gRPC connection (docs/SECURITY.md, "Threat model").
+  // grpc_max_concurrent_streams: the calls one connection
+  // may have under way at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS;
+  // a client's further calls wait in its own queue until one ends). At
+  // least 1. A remote driver file holds one call (its reader) for as long
+  // as it is open. grpc_max_connection_age: past it (give or take gRPC's
+  // 10% jitter) the server sends GOAWAY and the client makes its next
+  // calls on a new connection, transparently; the calls under way then
+  // have grpc_max_connection_age_grace to finish before the old connection
+  // is closed under them (a finite grace cuts long waits and the readers
+  // of files held open). InfiniteDuration: no limit. Both positive.
+  int grpc_max_concurrent_streams = 1024;
+  absl::Duration grpc_max_connection_age = absl::Minutes(30);
+  absl::Duration grpc_max_connection_age_grace = absl::InfiniteDuration();
   StoreOptions store;
 };
 
