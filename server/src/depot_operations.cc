@@ -30,7 +30,23 @@ bool Caller::local() const {
 
 DepotOperations::DepotOperations(ImageStore* store, size_t max_waits,
                                  std::unique_ptr<const AccessRules> access)
-    : store_(store), max_waits_(max_waits), access_(std::move(access)) {}
+    : store_(store),
+      max_waits_(max_waits),
+      checks_access_(access != nullptr),
+      access_(std::move(access)) {}
+
+absl::Status DepotOperations::ReplaceAccessRules(
+    std::unique_ptr<const AccessRules> access) {
+  if (!checks_access_ || access == nullptr) {
+    return absl::FailedPreconditionError(
+        "access rules can only replace access rules: a server started "
+        "without an auth file is not given one later, nor one with an auth "
+        "file left without");
+  }
+  std::atomic_store(&access_,
+                    std::shared_ptr<const AccessRules>(std::move(access)));
+  return absl::OkStatus();
+}
 
 DepotOperations::~DepotOperations() = default;
 
@@ -74,7 +90,7 @@ std::string_view OperationName(Operation op) {
 
 }  // namespace
 
-absl::StatusOr<const Principal*> DepotOperations::Admit(
+absl::StatusOr<std::shared_ptr<const Principal>> DepotOperations::Admit(
     const Caller& caller, Operation op, std::string_view image_id) const {
   const std::string_view token = caller.token();
   if (token.empty()) {
@@ -82,7 +98,8 @@ absl::StatusOr<const Principal*> DepotOperations::Admit(
         "this server needs a token (ClientOptions::token, the C API's or the "
         "remote driver's token, or H5DEPOT_TOKEN / H5DEPOT_TOKEN_FILE)");
   }
-  const Principal* principal = access_->Find(token);
+  std::shared_ptr<const AccessRules> rules = std::atomic_load(&access_);
+  const Principal* principal = rules->Find(token);
   if (principal == nullptr) {
     return absl::UnauthenticatedError(
         "the token is not one this server knows (h5depotd --auth-file)");
@@ -102,7 +119,7 @@ absl::StatusOr<const Principal*> DepotOperations::Admit(
         std::string(OperationName(op)), " '", std::string(image_id),
         "': it is outside the principal's image id prefixes"));
   }
-  return principal;
+  return std::shared_ptr<const Principal>(std::move(rules), principal);
 }
 
 ImageDescription DepotOperations::Describe(const StoredImage& image) {
@@ -228,12 +245,12 @@ absl::StatusOr<ListResult> DepotOperations::List(const Caller& caller,
                                                  std::string_view prefix,
                                                  uint32_t page_size,
                                                  std::string_view page_token) {
-  const Principal* principal = nullptr;
-  if (access_ != nullptr) {
-    absl::StatusOr<const Principal*> admitted =
+  std::shared_ptr<const Principal> principal;
+  if (checks_access_) {
+    absl::StatusOr<std::shared_ptr<const Principal>> admitted =
         Admit(caller, Operation::kList, prefix);
     if (!admitted.ok()) return admitted.status();
-    principal = *admitted;
+    principal = *std::move(admitted);
   }
   absl::StatusOr<ListResult> listed =
       store_->List(prefix, page_size, page_token);
@@ -244,7 +261,7 @@ absl::StatusOr<ListResult> DepotOperations::List(const Caller& caller,
   // (even empty, with a next page token), never longer.
   std::vector<ImageRef>& images = listed->images;
   images.erase(std::remove_if(images.begin(), images.end(),
-                              [principal](const ImageRef& image) {
+                              [&principal](const ImageRef& image) {
                                 return !principal->MayTouch(image->image_id());
                               }),
                images.end());

@@ -53,6 +53,11 @@ struct DepotServer::Impl {
   std::unique_ptr<UnixGrpcListener> unix_listener;
   int port = 0;
   std::vector<std::string> targets;
+  std::string auth_file;  // empty: no access rules
+
+  // Held by a reload from reading the file to putting its rules in force,
+  // so that the last file read is the one in force.
+  absl::Mutex reload_mutex;
 
   absl::Mutex mutex;
   bool shut_down ABSL_GUARDED_BY(mutex) = false;
@@ -107,6 +112,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
                                 options.unix_allow_gids.end());
   internal::KeepGrpcRuntimeAlive();
   auto impl = std::make_unique<Impl>();
+  impl->auth_file = options.auth_file;
   impl->store = std::make_unique<ImageStore>(options.store);
   impl->operations = std::make_unique<DepotOperations>(
       impl->store.get(), options.max_waits, std::move(access));
@@ -232,6 +238,25 @@ const std::vector<std::string>& DepotServer::targets() const {
 }
 
 ImageStore& DepotServer::store() { return *impl_->store; }
+
+absl::StatusOr<size_t> DepotServer::ReloadAccessRules() {
+  if (impl_->auth_file.empty()) {
+    return absl::FailedPreconditionError(
+        "no auth file to reload: the server was started without one "
+        "(--auth-file)");
+  }
+  absl::MutexLock lock(&impl_->reload_mutex);
+  absl::StatusOr<std::unique_ptr<AccessRules>> loaded =
+      AccessRules::Load(impl_->auth_file);
+  if (!loaded.ok()) return loaded.status();
+  const size_t principals = (*loaded)->size();
+  if (absl::Status replaced =
+          impl_->operations->ReplaceAccessRules(*std::move(loaded));
+      !replaced.ok()) {
+    return replaced;
+  }
+  return principals;
+}
 
 void DepotServer::Shutdown(absl::Duration grace) {
   {

@@ -2,7 +2,8 @@
 // the data lane beside it for image bytes.
 //
 // On start it prints one "h5depotd listening on <target>" line per address
-// to stdout; SIGINT or SIGTERM stop it gracefully (exit status 0).
+// to stdout; SIGINT or SIGTERM stop it gracefully (exit status 0); SIGHUP
+// reloads the --auth-file and prints one line saying how it went.
 
 #include <grpc/support/log.h>
 #include <signal.h>
@@ -150,6 +151,19 @@ ABSL_FLAG(ByteSizeFlag, push_min_rate, ByteSizeFlag{uint64_t{256} << 10},
 
 namespace {
 
+// Says, in one line on stdout, what a SIGHUP's reload of the auth file
+// did.
+void ReportReload(const absl::StatusOr<size_t>& reloaded,
+                  const std::string& auth_file) {
+  if (reloaded.ok()) {
+    std::cout << "h5depotd reloaded " << auth_file << ": " << *reloaded
+              << (*reloaded == 1 ? " principal" : " principals") << std::endl;
+  } else {
+    std::cout << "h5depotd kept its access rules: "
+              << reloaded.status().message() << std::endl;
+  }
+}
+
 // The --unix-* flags into `options`; INVALID_ARGUMENT naming the flag.
 absl::Status UnixAccessFromFlags(h5depot::server::ServerOptions& options) {
   using h5depot::server::ParseGroupList;
@@ -217,12 +231,14 @@ int main(int argc, char** argv) {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   // Signals are taken synchronously by this thread; block them before any
-  // other thread exists so that they all inherit the mask.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // other thread exists so that they all inherit the mask. SIGINT and
+  // SIGTERM stop the server, SIGHUP reloads its auth file.
+  sigset_t handled_signals;
+  sigemptyset(&handled_signals);
+  sigaddset(&handled_signals, SIGINT);
+  sigaddset(&handled_signals, SIGTERM);
+  sigaddset(&handled_signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &handled_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
   h5depot::server::ServerOptions options;
@@ -303,7 +319,10 @@ int main(int argc, char** argv) {
             << h5depot::internal::HumanSize(max_image) << " each)" << std::endl;
 
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  while (sigwait(&handled_signals, &signal_number) == 0 &&
+         signal_number == SIGHUP) {
+    ReportReload((*server)->ReloadAccessRules(), options.auth_file);
+  }
   std::cerr << "h5depotd: " << strsignal(signal_number) << ", shutting down\n";
   (*server)->Shutdown(absl::Seconds(5));
   (*server)->Wait();

@@ -130,6 +130,16 @@ class DepotServer {
 
   ImageStore& store();
 
+  // Reads ServerOptions::auth_file again and puts its rules in force on
+  // every transport: calls that begin from now on are checked against
+  // them, calls under way finish under the rules they began with. Returns
+  // how many principals the file names. On error the rules in force stay:
+  // FAILED_PRECONDITION if the server was started without an auth file,
+  // NOT_FOUND if the file cannot be read, INVALID_ARGUMENT if it is
+  // malformed (naming the line). Thread-safe; concurrent reloads are
+  // applied one after the other.
+  absl::StatusOr<size_t> ReloadAccessRules();
+
   // Stops: ends waits with UNAVAILABLE, answers new calls UNAVAILABLE
   // ("server is shutting down") and stops accepting lane connections, lets
   // the calls under way finish for up to `grace`, then cancels the rest and
