@@ -3,11 +3,14 @@
 // user and group ids, which refuses a peer on gRPC and the lane alike and
 // serves one it names. Against an in-process DepotServer and a real
 // h5depotd; the flags' errors against h5depotd.
+#include <grp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -99,17 +102,58 @@ TEST(UnixAccessTest, ModeAndGroupApplyToBothSocketFiles) {
             std::vector<std::string>{"unix:" + grpc_path});
 }
 
+// Whether a process running as user and group `id` (root may become
+// anyone) can connect to the Unix socket at `path`: 0 if it can, else the
+// errno connect failed with. The child only makes system calls, which is
+// all a fork of a threaded process may do.
+int ConnectErrorAs(uint32_t id, const std::string& path) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.data(), path.size());
+  const pid_t child = ::fork();
+  if (child == 0) {
+    if (::setgroups(0, nullptr) != 0 || ::setgid(id) != 0 ||
+        ::setuid(id) != 0) {
+      ::_exit(255);
+    }
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    const int connected = ::connect(
+        fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address));
+    ::_exit(connected == 0 ? 0 : errno);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 255;
+}
+
 TEST(UnixAccessTest, ASocketWithoutWritePermissionCannotBeReached) {
+  // Root connects regardless of mode: it tries as another user (below).
+  const bool root = geteuid() == 0;
   server::ServerOptions options;
-  options.unix_socket_mode = 0400;
+  options.unix_socket_mode = root ? 0660 : 0400;
   auto depot = InProcessDepot::Start(options, Listeners::kUnix);
   ASSERT_TRUE(depot.ok()) << depot.status();
-  if (geteuid() == 0) GTEST_SKIP() << "root connects regardless of mode";
+  const std::string grpc_path =
+      (*depot)->unix_target().substr(std::strlen("unix:"));
+  const std::string lane_path = (*depot)->server().data_lane_unix_path();
+  if (root) {
+    // A user outside the owner and the group (nobody, 65534) may not. The
+    // socket's directory is opened for it, so that only the socket's own mode
+    // stands in the way.
+    const std::string dir = grpc_path.substr(0, grpc_path.rfind('/'));
+    ASSERT_EQ(::chmod(dir.c_str(), 0711), 0);
+    EXPECT_EQ(ConnectErrorAs(65534, grpc_path), EACCES);
+    EXPECT_EQ(ConnectErrorAs(65534, lane_path), EACCES);
+    ASSERT_EQ(::chmod(grpc_path.c_str(), 0666), 0);
+    EXPECT_EQ(ConnectErrorAs(65534, grpc_path), 0);  // the check is real
+    return;
+  }
+  // Not even the owner may connect without write permission.
   auto client = (*depot)->Connect(Patient());
   ASSERT_FALSE(client.ok());
   EXPECT_EQ(client.status().code(), absl::StatusCode::kUnavailable)
       << client.status();
-  EXPECT_FALSE(GreetLane((*depot)->server().data_lane_unix_path()).ok());
+  EXPECT_FALSE(GreetLane(lane_path).ok());
 }
 
 TEST(UnixAccessTest, AnAllowListWithoutTheCallerRefusesGrpcAndLaneAlike) {
