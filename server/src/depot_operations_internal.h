@@ -91,7 +91,8 @@ class Caller {
   Transport transport() const { return transport_; }
   // In gRPC's notation: "ipv4:127.0.0.1:40123", "ipv6:[::1]:40123",
   // "unix:/path" ("unix:" alone for a client socket with no name, as the
-  // lane sees them; empty if unknown).
+  // lane sees them; "fd:N" for a gRPC connection on the Unix socket, which
+  // the server accepts itself: unix_access_internal.h; empty if unknown).
   std::string peer() const;
   // Whether the peer is on this host: a Unix socket, or a loopback address.
   bool local() const;
