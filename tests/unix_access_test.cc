@@ -43,8 +43,8 @@ using ::h5depot::testing::ServerProcessOptions;
 uint32_t SomeoneElse() { return static_cast<uint32_t>(getuid()) + 1; }
 
 // Connects a plain socket to `path` and reads: 0 (end of stream) when the
-// server closes the connection unheard, as it does a refused peer. The
-// server never closes an admitted one unprompted, so this is called only
+// server closes the connection unheard, as the lane does a refused peer.
+// The lane never closes an admitted one unprompted, so this is called only
 // where a refusal is expected.
 ssize_t ConnectAndRead(const std::string& path) {
   sockaddr_un address{};
@@ -162,23 +162,19 @@ TEST(UnixAccessTest, AnAllowListWithoutTheCallerRefusesGrpcAndLaneAlike) {
   options.unix_allow_gids = {static_cast<uint32_t>(getgid()) + 1};
   auto depot = InProcessDepot::Start(options, Listeners::kUnix);
   ASSERT_TRUE(depot.ok()) << depot.status();
-  const std::string grpc_path =
-      (*depot)->unix_target().substr(std::strlen("unix:"));
   const std::string lane_path = (*depot)->server().data_lane_unix_path();
 
-  // Both sockets close a refused connection before saying anything.
-  EXPECT_EQ(ConnectAndRead(grpc_path), 0);
+  // The lane closes a refused connection before saying anything.
   EXPECT_EQ(ConnectAndRead(lane_path), 0);
-
   absl::Status lane = GreetLane(lane_path);
   EXPECT_EQ(lane.code(), absl::StatusCode::kUnavailable) << lane;
 
-  // The client, falling back from the lane to gRPC, is refused there too.
+  // The client, falling back from the lane to gRPC, is told there why.
   auto client = (*depot)->Connect(Patient());
   ASSERT_FALSE(client.ok());
-  EXPECT_EQ(client.status().code(), absl::StatusCode::kUnavailable)
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kPermissionDenied)
       << client.status();
-  EXPECT_TRUE(absl::StrContains(client.status().message(), grpc_path))
+  EXPECT_TRUE(absl::StrContains(client.status().message(), "--unix-allow-uids"))
       << client.status();
   EXPECT_TRUE((*depot)->store().List("", 0, "").images.empty());
 }
@@ -238,7 +234,7 @@ TEST(UnixAccessTest, H5depotdAppliesItsFlagsAndRefusesOthers) {
 
   testing::CommandResult ls = RunCommand(
       {H5depotCliPath(), "--server", (*server)->unix_target(), "ls"});
-  EXPECT_EQ(ls.exit_code, 5) << ls.stderr_text;  // UNAVAILABLE
+  EXPECT_EQ(ls.exit_code, 9) << ls.stderr_text;  // PERMISSION_DENIED
 }
 
 TEST(UnixAccessTest, H5depotdRefusesBadUnixFlags) {

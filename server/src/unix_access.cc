@@ -1,7 +1,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <grpcpp/ext/health_check_service_server_builder_option.h>
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
 #include <grpcpp/server_posix.h>
 #include <poll.h>
 #include <pthread.h>
@@ -13,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <thread>
 #include <utility>
@@ -36,6 +41,31 @@ absl::Status ErrnoError(absl::StatusCode code, absl::string_view what) {
   const int error = errno;
   return absl::Status(code, absl::StrCat(what, ": ", std::strerror(error)));
 }
+
+// A refused peer's connection lives this long at most (then GOAWAY, and
+// as long again for its calls): long enough to answer, too short to hoard.
+constexpr int kRefusedConnectionMs = 1000;
+
+constexpr char kRefusal[] =
+    "this Unix socket does not admit your user or group (h5depotd "
+    "--unix-allow-uids / --unix-allow-gids)";
+
+// Answers every call PERMISSION_DENIED, so that a refused peer learns why
+// rather than seeing its connection drop.
+class RefusingService : public grpc::CallbackGenericService {
+ public:
+  grpc::ServerGenericBidiReactor* CreateReactor(
+      grpc::GenericCallbackServerContext*) override {
+    class Refusal : public grpc::ServerGenericBidiReactor {
+     public:
+      Refusal() {
+        Finish(grpc::Status(grpc::StatusCode::PERMISSION_DENIED, kRefusal));
+      }
+      void OnDone() override { delete this; }
+    };
+    return new Refusal;
+  }
+};
 
 // getpwnam_r / getgrnam_r want a buffer of a size sysconf may not know.
 constexpr size_t kNameLookupBuffer = 16384;
@@ -174,6 +204,10 @@ struct UnixGrpcListener::Impl {
   int listener = -1;
   int wake_fd = -1;  // eventfd that ends the acceptor's poll
   grpc::Server* server = nullptr;
+  // With an allow-list: a server of its own for refused connections, which
+  // answers every call PERMISSION_DENIED and holds nothing of the depot.
+  RefusingService refusing_service;
+  std::unique_ptr<grpc::Server> refusing;
   std::thread acceptor;
   bool stopped = false;  // Stop() is called from one thread (Shutdown's)
 
@@ -228,6 +262,25 @@ absl::StatusOr<std::unique_ptr<UnixGrpcListener>> UnixGrpcListener::Listen(
     ::unlink(path.c_str());
     return ErrnoError(absl::StatusCode::kUnavailable, "eventfd");
   }
+  if (access.restricts_peers()) {
+    grpc::ServerBuilder builder;
+    // No health service (the default one is process-wide): a refused peer
+    // learns nothing but its refusal.
+    builder.SetOption(
+        std::make_unique<grpc::HealthCheckServiceServerBuilderOption>(nullptr));
+    builder.RegisterCallbackGenericService(&impl->refusing_service);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 1);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               kRefusedConnectionMs);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               kRefusedConnectionMs);
+    impl->refusing = builder.BuildAndStart();
+    if (impl->refusing == nullptr) {
+      ::unlink(path.c_str());
+      return absl::UnavailableError(
+          "cannot start the gRPC server that refuses Unix socket peers");
+    }
+  }
   return std::unique_ptr<UnixGrpcListener>(
       new UnixGrpcListener(std::move(impl)));
 }
@@ -254,6 +307,10 @@ void UnixGrpcListener::Stop() {
   ::close(impl_->listener);
   impl_->listener = -1;
   ::unlink(impl_->path.c_str());
+  // Refusals are answered at once; nothing to wait for.
+  if (impl_->refusing != nullptr) {
+    impl_->refusing->Shutdown(std::chrono::system_clock::now());
+  }
 }
 
 void UnixGrpcListener::Impl::AcceptLoop() {
@@ -289,8 +346,9 @@ bool UnixGrpcListener::Impl::AcceptOne() {
            errno != ENOMEM;
   }
   if (!AdmitsPeer(fd, access)) {
-    // The client sees its connection end before any HTTP/2 frame.
-    ::close(fd);
+    // Its calls are answered PERMISSION_DENIED by a server that can do
+    // nothing else.
+    grpc::AddInsecureChannelFromFd(refusing.get(), fd);
     return true;
   }
   grpc::AddInsecureChannelFromFd(server, fd);  // gRPC owns fd now

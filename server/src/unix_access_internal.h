@@ -8,6 +8,7 @@
 // each peer and hands the admitted ones to the gRPC server
 // (grpc::AddInsecureChannelFromFd): gRPC 1.51 tells a service nothing of a
 // Unix peer's credentials, so the check cannot be made inside a call.
+// Refused ones go to a server that only says PERMISSION_DENIED.
 #ifndef H5DEPOT_SERVER_UNIX_ACCESS_INTERNAL_H_
 #define H5DEPOT_SERVER_UNIX_ACCESS_INTERNAL_H_
 
@@ -82,7 +83,9 @@ class UnixGrpcListener {
   UnixGrpcListener& operator=(const UnixGrpcListener&) = delete;
 
   // Starts accepting on a thread of its own: admitted connections go to
-  // `server` (which must outlive Stop()), refused ones are closed at once.
+  // `server` (which must outlive Stop()); refused ones to a server of the
+  // listener's own that answers every call PERMISSION_DENIED and closes
+  // the connection within about two seconds.
   // Called once.
   void Serve(grpc::Server* server);
 

@@ -79,9 +79,10 @@ struct ServerOptions {
   //   unix_allow_uids, unix_allow_gids: a connection is admitted only if
   //     its peer's user id (SO_PEERCRED) is in the first list or its
   //     effective group id in the second; the server's own user is not
-  //     admitted unless listed. Refused connections are closed at once:
-  //     the client sees UNAVAILABLE. Both empty: every peer that can open
-  //     the socket file.
+  //     admitted unless listed. A refused peer's calls are answered
+  //     PERMISSION_DENIED (on the lane its connection is closed at once,
+  //     and the client falls back to gRPC). Both empty: every peer that can
+  //     open the socket file.
   std::optional<uint32_t> unix_socket_mode;
   std::string unix_socket_group;
   std::vector<uint32_t> unix_allow_uids;
