@@ -119,7 +119,8 @@ absl::StatusOr<std::shared_ptr<const Principal>> DepotOperations::Admit(
         std::string(OperationName(op)), " '", std::string(image_id),
         "': it is outside the principal's image id prefixes"));
   }
-  return std::shared_ptr<const Principal>(std::move(rules), principal);
+  // C++17 has only the copying aliasing constructor.
+  return std::shared_ptr<const Principal>(rules, principal);
 }
 
 ImageDescription DepotOperations::Describe(const StoredImage& image) {

@@ -103,7 +103,8 @@ absl::StatusOr<Id> ResolveId(absl::string_view text, absl::string_view kind,
       text.find_first_not_of("0123456789") == absl::string_view::npos) {
     return static_cast<Id>(number);
   }
-  std::optional<Id> id = look_up(std::string(text));
+  const std::string name(text.data(), text.size());
+  std::optional<Id> id = look_up(name);
   if (!id.has_value()) {
     return absl::InvalidArgumentError(
         absl::StrCat("no such ", kind, ": '", text, "'"));
