@@ -124,8 +124,8 @@ ABSL_FLAG(std::string, unix_group, "",
 ABSL_FLAG(std::string, unix_allow_uids, "",
           "comma-separated users (names or uids) admitted on the --unix "
           "sockets; with --unix-allow-gids, a peer in either list is "
-          "admitted, others are closed at once (default: both empty, "
-          "anyone who can open the socket file)");
+          "admitted, others are refused with PERMISSION_DENIED (default: "
+          "both empty, anyone who can open the socket file)");
 ABSL_FLAG(std::string, unix_allow_gids, "",
           "comma-separated groups (names or gids) whose members, by their "
           "effective group, are admitted on the --unix sockets");
