@@ -18,7 +18,7 @@ static int failures = 0;
 
 int main(void) {
   H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
-  H5FD_remote_config_t back;
+  H5FD_remote_config_t back = H5FD_REMOTE_CONFIG_INIT;
   char target[64];
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   herr_t status;

@@ -7,9 +7,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,6 +22,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
+#include "h5depot/internal/token.h"
 #include "h5depot/server/depot_server.h"
 #include "h5depot/testing/in_process_depot.h"
 #include "h5depot/testing/server_process.h"
@@ -321,7 +325,7 @@ TEST_F(RemoteDriverTest, FaplSettingsRoundTripAndBadOnesAreRefused) {
   config.call_timeout_ms = 1234;
   hid_t fapl = Fapl(&config);
   char target[256];
-  H5FD_remote_config_t back;
+  H5FD_remote_config_t back = H5FD_REMOTE_CONFIG_INIT;
   ASSERT_GE(H5Pget_fapl_remote(fapl, target, sizeof(target), &back), 0);
   EXPECT_EQ(target, target_);
   EXPECT_EQ(back.readahead, 0u);
@@ -656,6 +660,162 @@ TEST_P(RemoteDriverFaultTest, ReadsAfterAFailedReadFailToo) {
   H5Dclose(dset);
   H5Fclose(file);  // read-only: nothing to lose, whatever it returns
   H5Pclose(fapl);
+}
+
+// The token on the file access property list, against a server started
+// with an auth file: a writer, a reader limited to "shared/", and no
+// token in the environment.
+class RemoteDriverTokenTest : public ::testing::Test {
+ protected:
+  static constexpr const char* kWriter = "writer-token-0123456789";
+  static constexpr const char* kReader = "reader-token-0123456789";
+
+  void SetUp() override {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    unsetenv("H5DEPOT_TOKEN");
+    unsetenv("H5DEPOT_TOKEN_FILE");
+    auto dir = testing::TempDir::Create();
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_.emplace(*std::move(dir));
+    const std::string auth = absl::StrCat(
+        "writer write ", internal::TokenHash(kWriter), "\n", "reader read ",
+        internal::TokenHash(kReader), " shared/\n");
+    ASSERT_TRUE(testing::WriteFile(dir_->File("auth"), auth).ok());
+    server::ServerOptions options;
+    options.auth_file = dir_->File("auth");
+    auto depot =
+        testing::InProcessDepot::Start(options, testing::Listeners::kUnix);
+    ASSERT_TRUE(depot.ok()) << depot.status();
+    depot_ = std::move(*depot);
+  }
+
+  void TearDown() override {
+    for (hid_t fapl : fapls_) H5Pclose(fapl);
+  }
+
+  // A file access property list for the server with `token` (null: none).
+  hid_t Fapl(const char* token) {
+    H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
+    config.token = token;
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    EXPECT_GE(H5Pset_fapl_remote(fapl, depot_->target().c_str(), &config), 0)
+        << ErrorStack();
+    fapls_.push_back(fapl);
+    return fapl;
+  }
+
+  std::optional<testing::TempDir> dir_;
+  std::unique_ptr<testing::InProcessDepot> depot_;
+  std::vector<hid_t> fapls_;
+};
+
+TEST_F(RemoteDriverTokenTest, AFileOpensWithTheTokenOnItsFapl) {
+  // The token is copied: the caller's string may go at once.
+  std::string token = kWriter;
+  hid_t fapl = Fapl(token.c_str());
+  token.assign(token.size(), 'x');
+  hid_t file = H5Fcreate("shared/run", H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+  ASSERT_GE(file, 0) << ErrorStack();
+  ASSERT_TRUE(WriteContent(file, 6));
+  ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
+
+  file = H5Fopen("shared/run", H5F_ACC_RDONLY, fapl);
+  ASSERT_GE(file, 0) << ErrorStack();
+  EXPECT_EQ(CheckContent(file, 6), "");
+  EXPECT_GE(H5Fclose(file), 0);
+}
+
+TEST_F(RemoteDriverTokenTest, AWrongOrMissingTokenFailsToOpen) {
+  hid_t good =
+      H5Fcreate("shared/held", H5F_ACC_EXCL, H5P_DEFAULT, Fapl(kWriter));
+  ASSERT_GE(good, 0) << ErrorStack();
+  ASSERT_TRUE(WriteContent(good, 2));
+  ASSERT_GE(H5Fflush(good, H5F_SCOPE_GLOBAL), 0) << ErrorStack();
+
+  // Not even while a file of the same image is open with a good token:
+  // HDF5 must not hand the open file to another token's open.
+  EXPECT_LT(H5Fopen("shared/held", H5F_ACC_RDONLY, Fapl("not-a-known-token")),
+            0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("not one this server knows"));
+  EXPECT_LT(H5Fopen("shared/held", H5F_ACC_RDONLY, Fapl(nullptr)), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("needs a token"));
+  EXPECT_GE(H5Fclose(good), 0);
+}
+
+TEST_F(RemoteDriverTokenTest, TwoFaplsWithDifferentTokensKeepTheirOwnGrants) {
+  hid_t writer = Fapl(kWriter);
+  hid_t reader = Fapl(kReader);
+  hid_t file = H5Fcreate("shared/both", H5F_ACC_EXCL, H5P_DEFAULT, writer);
+  ASSERT_GE(file, 0) << ErrorStack();
+  ASSERT_TRUE(WriteContent(file, 3));
+  ASSERT_GE(H5Fclose(file), 0) << ErrorStack();
+
+  // The reader's list reaches the server with the reader's token, not the
+  // writer's connection: it reads, and may not push.
+  file = H5Fopen("shared/both", H5F_ACC_RDONLY, reader);
+  ASSERT_GE(file, 0) << ErrorStack();
+  EXPECT_EQ(CheckContent(file, 3), "");
+  EXPECT_GE(H5Fclose(file), 0);
+  // Its commit of a new image is refused (a created file is only local
+  // until then).
+  hid_t created =
+      H5Fcreate("shared/by-reader", H5F_ACC_EXCL, H5P_DEFAULT, reader);
+  ASSERT_GE(created, 0) << ErrorStack();
+  ASSERT_TRUE(WriteContent(created, 4));
+  EXPECT_LT(H5Fflush(created, H5F_SCOPE_GLOBAL), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("has the role read, which may not"));
+  H5Fclose(created);
+  H5Eclear2(H5E_DEFAULT);
+  EXPECT_FALSE(depot_->store().Get("shared/by-reader").ok());
+
+  // Both at once, each open with its own token.
+  hid_t as_writer = H5Fopen("shared/both", H5F_ACC_RDONLY, writer);
+  hid_t as_reader = H5Fopen("shared/both", H5F_ACC_RDONLY, reader);
+  ASSERT_GE(as_writer, 0) << ErrorStack();
+  ASSERT_GE(as_reader, 0) << ErrorStack();
+  EXPECT_EQ(CheckContent(as_reader, 3), "");
+  EXPECT_GE(H5Fclose(as_reader), 0);
+  EXPECT_GE(H5Fclose(as_writer), 0);
+}
+
+TEST_F(RemoteDriverTokenTest, TheTokenIsNeverHandedBackAndVersion1IsRead) {
+  hid_t fapl = Fapl(kWriter);
+  H5FD_remote_config_t back = H5FD_REMOTE_CONFIG_INIT;
+  back.token = "untouched";
+  ASSERT_GE(H5Pget_fapl_remote(fapl, nullptr, 0, &back), 0);
+  EXPECT_EQ(back.version, H5FD_REMOTE_CONFIG_VERSION);
+  EXPECT_EQ(back.token, nullptr);
+
+  // A version 1 struct has no token field: whatever follows it is never
+  // read (here a pointer that would crash if it were).
+  H5FD_remote_config_t v1 = H5FD_REMOTE_CONFIG_INIT;
+  v1.version = 1;
+  v1.call_timeout_ms = 4321;
+  v1.token = reinterpret_cast<const char*>(uintptr_t{1});
+  hid_t list = H5Pcreate(H5P_FILE_ACCESS);
+  ASSERT_GE(H5Pset_fapl_remote(list, depot_->target().c_str(), &v1), 0)
+      << ErrorStack();
+  H5FD_remote_config_t v1_back = H5FD_REMOTE_CONFIG_INIT;
+  v1_back.version = 1;
+  v1_back.token = "after the version 1 fields";
+  ASSERT_GE(H5Pget_fapl_remote(list, nullptr, 0, &v1_back), 0);
+  EXPECT_EQ(v1_back.version, 1);
+  EXPECT_EQ(v1_back.call_timeout_ms, 4321u);
+  EXPECT_STREQ(v1_back.token, "after the version 1 fields");
+  // Without a token of its own the list uses the environment's: none here.
+  EXPECT_LT(H5Fopen("shared/none", H5F_ACC_RDONLY, list), 0);
+  EXPECT_THAT(ErrorStack(), HasSubstr("needs a token"));
+  H5Pclose(list);
+
+  // A token the server could never accept is refused up front, unquoted.
+  H5FD_remote_config_t spaced = H5FD_REMOTE_CONFIG_INIT;
+  spaced.token = "secret phrase";
+  list = H5Pcreate(H5P_FILE_ACCESS);
+  EXPECT_LT(H5Pset_fapl_remote(list, depot_->target().c_str(), &spaced), 0);
+  const std::string errors = ErrorStack();
+  EXPECT_THAT(errors, HasSubstr("token"));
+  EXPECT_THAT(errors, ::testing::Not(HasSubstr("secret")));
+  H5Pclose(list);
 }
 
 INSTANTIATE_TEST_SUITE_P(

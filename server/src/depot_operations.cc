@@ -9,10 +9,11 @@ namespace h5depot::server {
 
 namespace {
 
-// Whether a peer named in gRPC's notation is on this host.
+// Whether a peer named in gRPC's notation is on this host. "fd:N" is a
+// Unix socket connection the server accepted itself (unix_access.cc).
 bool IsLocalPeer(std::string_view peer) {
   for (std::string_view local :
-       {"unix:", "ipv4:127.", "ipv6:[::1]", "ipv6:[::ffff:127."}) {
+       {"unix:", "fd:", "ipv4:127.", "ipv6:[::1]", "ipv6:[::ffff:127."}) {
     if (peer.substr(0, local.size()) == local) return true;
   }
   return false;
@@ -33,8 +34,22 @@ DepotOperations::DepotOperations(ImageStore* store, size_t max_waits,
                                  PrincipalLimits principal_limits)
     : store_(store),
       max_waits_(max_waits),
+      checks_access_(access != nullptr),
       access_(std::move(access)),
       principal_limits_(principal_limits) {}
+
+absl::Status DepotOperations::ReplaceAccessRules(
+    std::unique_ptr<const AccessRules> access) {
+  if (!checks_access_ || access == nullptr) {
+    return absl::FailedPreconditionError(
+        "access rules can only replace access rules: a server started "
+        "without an auth file is not given one later, nor one with an auth "
+        "file left without");
+  }
+  std::atomic_store(&access_,
+                    std::shared_ptr<const AccessRules>(std::move(access)));
+  return absl::OkStatus();
+}
 
 DepotOperations::~DepotOperations() = default;
 
@@ -107,7 +122,7 @@ std::string_view OperationName(Operation op) {
 
 }  // namespace
 
-absl::StatusOr<const Principal*> DepotOperations::Admit(
+absl::StatusOr<std::shared_ptr<const Principal>> DepotOperations::Admit(
     const Caller& caller, Operation op, std::string_view image_id) const {
   const std::string_view token = caller.token();
   if (token.empty()) {
@@ -115,7 +130,8 @@ absl::StatusOr<const Principal*> DepotOperations::Admit(
         "this server needs a token (ClientOptions::token, the C API's or the "
         "remote driver's token, or H5DEPOT_TOKEN / H5DEPOT_TOKEN_FILE)");
   }
-  const Principal* principal = access_->Find(token);
+  std::shared_ptr<const AccessRules> rules = std::atomic_load(&access_);
+  const Principal* principal = rules->Find(token);
   if (principal == nullptr) {
     return absl::UnauthenticatedError(
         "the token is not one this server knows (h5depotd --auth-file)");
@@ -135,7 +151,8 @@ absl::StatusOr<const Principal*> DepotOperations::Admit(
         std::string(OperationName(op)), " '", std::string(image_id),
         "': it is outside the principal's image id prefixes"));
   }
-  return principal;
+  // C++17 has only the copying aliasing constructor.
+  return std::shared_ptr<const Principal>(rules, principal);
 }
 
 ImageDescription DepotOperations::Describe(const StoredImage& image) {
@@ -164,12 +181,12 @@ absl::Time DepotOperations::WaitDeadline(uint64_t wait_ms) {
 
 absl::StatusOr<std::unique_ptr<PendingImage>> DepotOperations::BeginPush(
     const Caller& caller, PushParams params, PushCutOff cut_off) {
-  const Principal* principal = nullptr;
-  if (access_ != nullptr) {
-    absl::StatusOr<const Principal*> admitted =
+  std::shared_ptr<const Principal> principal;
+  if (checks_access_) {
+    absl::StatusOr<std::shared_ptr<const Principal>> admitted =
         Admit(caller, Operation::kPush, params.image_id);
     if (!admitted.ok()) return admitted.status();
-    principal = *admitted;
+    principal = *std::move(admitted);
   }
   PushRequest request;
   if (principal != nullptr) request.quota = StateOf(*principal)->quota;
@@ -201,14 +218,15 @@ ImageStore::WaitId DepotOperations::AwaitImage(const Caller& caller,
                                                std::string_view image_id,
                                                uint64_t wait_ms,
                                                ImageStore::WaitCallback done) {
-  const Principal* principal = nullptr;
-  if (access_ != nullptr) {
-    absl::StatusOr<const Principal*> admitted = Admit(caller, op, image_id);
+  std::shared_ptr<const Principal> principal;
+  if (checks_access_) {
+    absl::StatusOr<std::shared_ptr<const Principal>> admitted =
+        Admit(caller, op, image_id);
     if (!admitted.ok()) {
       done(admitted.status());
       return 0;
     }
-    principal = *admitted;
+    principal = *std::move(admitted);
   }
   if (wait_ms == 0) {
     done(store_->Get(image_id));
@@ -289,12 +307,12 @@ absl::StatusOr<ListResult> DepotOperations::List(const Caller& caller,
                                                  std::string_view prefix,
                                                  uint32_t page_size,
                                                  std::string_view page_token) {
-  const Principal* principal = nullptr;
-  if (access_ != nullptr) {
-    absl::StatusOr<const Principal*> admitted =
+  std::shared_ptr<const Principal> principal;
+  if (checks_access_) {
+    absl::StatusOr<std::shared_ptr<const Principal>> admitted =
         Admit(caller, Operation::kList, prefix);
     if (!admitted.ok()) return admitted.status();
-    principal = *admitted;
+    principal = *std::move(admitted);
   }
   absl::StatusOr<ListResult> listed =
       store_->List(prefix, page_size, page_token);
@@ -305,7 +323,7 @@ absl::StatusOr<ListResult> DepotOperations::List(const Caller& caller,
   // (even empty, with a next page token), never longer.
   std::vector<ImageRef>& images = listed->images;
   images.erase(std::remove_if(images.begin(), images.end(),
-                              [principal](const ImageRef& image) {
+                              [&principal](const ImageRef& image) {
                                 return !principal->MayTouch(image->image_id());
                               }),
                images.end());

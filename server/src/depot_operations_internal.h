@@ -100,7 +100,8 @@ class Caller {
   Transport transport() const { return transport_; }
   // In gRPC's notation: "ipv4:127.0.0.1:40123", "ipv6:[::1]:40123",
   // "unix:/path" ("unix:" alone for a client socket with no name, as the
-  // lane sees them; empty if unknown).
+  // lane sees them; "fd:N" for a gRPC connection on the Unix socket, which
+  // the server accepts itself: unix_access_internal.h; empty if unknown).
   std::string peer() const;
   // Whether the peer is on this host: a Unix socket, or a loopback address.
   bool local() const;
@@ -210,9 +211,16 @@ class DepotOperations {
   // table lookup.
   absl::Status Authorize(const Caller& caller, Operation op,
                          std::string_view image_id) const {
-    if (access_ == nullptr) return absl::OkStatus();
+    if (!checks_access_) return absl::OkStatus();
     return Admit(caller, op, image_id).status();
   }
+
+  // Puts `access` in force for the calls that begin from now on; calls
+  // under way finish under the rules they began with. FAILED_PRECONDITION,
+  // changing nothing, if these operations were made without rules or
+  // `access` is null: a server checks its callers for its whole life, or
+  // never.
+  absl::Status ReplaceAccessRules(std::unique_ptr<const AccessRules> access);
 
   // The description of `image`.
   static ImageDescription Describe(const StoredImage& image);
@@ -303,9 +311,10 @@ class DepotOperations {
   absl::StatusOr<StoreLimits> Limits(const Caller& caller);
 
  private:
-  // Authorize's checks with access rules: the caller's principal.
-  absl::StatusOr<const Principal*> Admit(const Caller& caller, Operation op,
-                                         std::string_view image_id) const;
+  // Authorize's checks with access rules: the caller's principal, which
+  // keeps the rules it was found in alive.
+  absl::StatusOr<std::shared_ptr<const Principal>> Admit(
+      const Caller& caller, Operation op, std::string_view image_id) const;
   absl::StatusOr<ImageRef> Find(const Caller& caller, Operation op,
                                 std::string_view image_id);
   // Now plus `wait_ms`, clamped.
@@ -328,7 +337,11 @@ class DepotOperations {
 
   ImageStore* const store_;
   const size_t max_waits_;
-  const std::unique_ptr<const AccessRules> access_;  // null: no rules
+  const bool checks_access_;  // made with rules
+  // The rules in force (null without): read once per call, with
+  // std::atomic_load, and replaced whole with std::atomic_store, so that a
+  // call holds the rules it began with and a reload never waits for calls.
+  std::shared_ptr<const AccessRules> access_;
   const PrincipalLimits principal_limits_;
   // Waits registered and not ended (or about to be registered).
   std::atomic<size_t> waits_{0};

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,7 @@
 #include "server/src/depot_operations_internal.h"
 #include "server/src/depot_service_internal.h"
 #include "server/src/lane_server_internal.h"
+#include "server/src/unix_access_internal.h"
 
 namespace h5depot::server {
 namespace {
@@ -97,6 +99,14 @@ std::shared_ptr<grpc::ServerCredentials> TcpCredentials(
   return grpc::experimental::TlsServerCredentials(tls);
 }
 
+// A duration as gRPC's millisecond channel arguments take it: INT_MAX is
+// their "infinite", so every longer duration is that.
+int GrpcMilliseconds(absl::Duration duration) {
+  const int64_t ms =
+      absl::ToInt64Milliseconds(absl::Ceil(duration, absl::Milliseconds(1)));
+  return static_cast<int>(std::min<int64_t>(ms, INT_MAX));
+}
+
 }  // namespace
 
 struct DepotServer::Impl {
@@ -108,9 +118,16 @@ struct DepotServer::Impl {
   std::unique_ptr<DataLaneServer> data_lane;  // null when turned off
   std::unique_ptr<DepotService> service;
   std::unique_ptr<grpc::Server> server;
+  // Accepts the Unix socket's connections for `server` (null without one);
+  // destroyed, so stopped, before it.
+  std::unique_ptr<UnixGrpcListener> unix_listener;
   int port = 0;
   std::vector<std::string> targets;
-  std::string unix_socket_path;  // removed from the file system on shutdown
+  std::string auth_file;  // empty: no access rules
+
+  // Held by a reload from reading the file to putting its rules in force,
+  // so that the last file read is the one in force.
+  absl::Mutex reload_mutex;
 
   absl::Mutex mutex;
   bool shut_down ABSL_GUARDED_BY(mutex) = false;
@@ -143,6 +160,33 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     if (!loaded.ok()) return loaded.status();
     access = *std::move(loaded);
   }
+  if (options.grpc_max_concurrent_streams < 1 ||
+      options.grpc_max_connection_age <= absl::ZeroDuration() ||
+      options.grpc_max_connection_age_grace <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "the gRPC connection limits (concurrent streams, age and its grace) "
+        "must be positive");
+  }
+  UnixSocketAccess unix_access;
+  if (options.unix_socket_mode.has_value()) {
+    if (*options.unix_socket_mode > 0777) {
+      return absl::InvalidArgumentError(
+          "the Unix socket mode may hold only permission bits (at most 0777)");
+    }
+    unix_access.mode = static_cast<mode_t>(*options.unix_socket_mode);
+  }
+  if (!options.unix_socket_group.empty()) {
+    absl::StatusOr<gid_t> group = ResolveGroup(options.unix_socket_group);
+    if (!group.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Unix socket group: ", group.status().message()));
+    }
+    unix_access.group = *group;
+  }
+  unix_access.allow_uids.assign(options.unix_allow_uids.begin(),
+                                options.unix_allow_uids.end());
+  unix_access.allow_gids.assign(options.unix_allow_gids.begin(),
+                                options.unix_allow_gids.end());
   internal::KeepGrpcRuntimeAlive();
   auto impl = std::make_unique<Impl>();
   if (!options.tls_cert_file.empty()) {
@@ -155,6 +199,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     if (!tls.ok()) return tls.status();
     impl->lane_tls = *std::move(tls);
   }
+  impl->auth_file = options.auth_file;
   impl->store = std::make_unique<ImageStore>(options.store);
   PrincipalLimits principal_limits;
   principal_limits.max_memory_bytes = options.principal_max_memory_bytes == 0
@@ -185,6 +230,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     if (!options.unix_socket_path.empty() &&
         options.unix_socket_path.size() + 5 < sizeof(sockaddr_un::sun_path)) {
       lane_options.unix_path = options.unix_socket_path + ".data";
+      lane_options.unix_access = unix_access;
     }
     absl::StatusOr<std::unique_ptr<DataLaneServer>> lane =
         DataLaneServer::Start(impl->operations.get(), lane_options);
@@ -212,6 +258,20 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   // Without this gRPC sets SO_REUSEPORT, and a second server on the same
   // port would silently share the traffic instead of failing to start.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // One connection cannot hold the server's threads and memory with calls
+  // without bound, nor live for ever: an aged connection is replaced
+  // under its client (GOAWAY), which also spreads clients anew over
+  // servers behind a balancer.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             options.grpc_max_concurrent_streams);
+  if (options.grpc_max_connection_age != absl::InfiniteDuration()) {
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_MS,
+        GrpcMilliseconds(options.grpc_max_connection_age));
+    builder.AddChannelArgument(
+        GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+        GrpcMilliseconds(options.grpc_max_connection_age_grace));
+  }
   // Idle request threads poll this often; it bounds how long a shutdown
   // can linger after the last call (gRPC's default is 10 s).
   builder.SetSyncServerOption(
@@ -221,21 +281,20 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     builder.AddListeningPort(options.listen_address, TcpCredentials(options),
                              &impl->port);
   }
+  // The Unix socket is accepted here rather than by gRPC, so that its
+  // file's mode and group are set before it listens and each peer's
+  // credentials are checked before gRPC sees the connection.
   if (!options.unix_socket_path.empty()) {
-    builder.AddListeningPort("unix:" + options.unix_socket_path,
-                             grpc::InsecureServerCredentials());
+    absl::StatusOr<std::unique_ptr<UnixGrpcListener>> listener =
+        UnixGrpcListener::Listen(options.unix_socket_path, unix_access);
+    if (!listener.ok()) return listener.status();
+    impl->unix_listener = *std::move(listener);
   }
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot listen on ",
-        options.listen_address.empty() ? "" : options.listen_address,
-        options.listen_address.empty() || options.unix_socket_path.empty()
-            ? ""
-            : " and ",
-        options.unix_socket_path.empty() ? "" : "unix:",
-        options.unix_socket_path,
-        " (address in use, or a bad address or socket path?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen_address,
+                     " (address in use, or a bad address?)"));
   }
   if (!options.listen_address.empty()) {
     if (impl->port == 0) {
@@ -247,8 +306,8 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     impl->targets.push_back(
         absl::StrCat(options.listen_address.substr(0, colon), ":", impl->port));
   }
-  if (!options.unix_socket_path.empty()) {
-    impl->unix_socket_path = options.unix_socket_path;
+  if (impl->unix_listener != nullptr) {
+    impl->unix_listener->Serve(impl->server.get());
     impl->targets.push_back("unix:" + options.unix_socket_path);
   }
   return std::unique_ptr<DepotServer>(new DepotServer(std::move(impl)));
@@ -275,6 +334,25 @@ const std::vector<std::string>& DepotServer::targets() const {
 
 ImageStore& DepotServer::store() { return *impl_->store; }
 
+absl::StatusOr<size_t> DepotServer::ReloadAccessRules() {
+  if (impl_->auth_file.empty()) {
+    return absl::FailedPreconditionError(
+        "no auth file to reload: the server was started without one "
+        "(--auth-file)");
+  }
+  absl::MutexLock lock(&impl_->reload_mutex);
+  absl::StatusOr<std::unique_ptr<AccessRules>> loaded =
+      AccessRules::Load(impl_->auth_file);
+  if (!loaded.ok()) return loaded.status();
+  const size_t principals = (*loaded)->size();
+  if (absl::Status replaced =
+          impl_->operations->ReplaceAccessRules(*std::move(loaded));
+      !replaced.ok()) {
+    return replaced;
+  }
+  return principals;
+}
+
 void DepotServer::Shutdown(absl::Duration grace) {
   {
     absl::MutexLock lock(&impl_->mutex);
@@ -297,13 +375,12 @@ void DepotServer::Shutdown(absl::Duration grace) {
   // acknowledges the GOAWAY behind them at once) must get them before the
   // connection is closed under it.
   impl_->service->AwaitCalls(deadline);
+  // No connection is handed to gRPC once it shuts down. A stopped server
+  // leaves no socket file behind for the next one to trip over or for a
+  // client to mistake for a live server.
+  if (impl_->unix_listener != nullptr) impl_->unix_listener->Stop();
   impl_->server->Shutdown(absl::ToChronoTime(
       std::min(deadline, absl::Now() + kLingerForLastBytes)));
-  // A stopped server leaves no socket file behind for the next one to trip
-  // over or for a client to mistake for a live server.
-  if (!impl_->unix_socket_path.empty()) {
-    unlink(impl_->unix_socket_path.c_str());
-  }
 }
 
 void DepotServer::Wait() { impl_->server->Wait(); }

@@ -2,7 +2,8 @@
 // the data lane beside it for image bytes.
 //
 // On start it prints one "h5depotd listening on <target>" line per address
-// to stdout; SIGINT or SIGTERM stop it gracefully (exit status 0).
+// to stdout; SIGINT or SIGTERM stop it gracefully (exit status 0); SIGHUP
+// reloads the --auth-file and prints one line saying how it went.
 
 #include <signal.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -21,6 +23,7 @@
 #include "h5depot/internal/byte_size.h"
 #include "h5depot/rpc/grpc_runtime.h"
 #include "h5depot/server/depot_server.h"
+#include "server/src/unix_access_internal.h"
 
 namespace {
 
@@ -127,6 +130,30 @@ ABSL_FLAG(uint64_t, principal_max_waits, 1000,
           "with --auth-file, fetches and stats one principal may have "
           "waiting for an image at once; the auth file's max-waits= "
           "overrides it");
+ABSL_FLAG(std::string, unix_mode, "",
+          "permission bits of the --unix socket files, in octal, e.g. 0660 "
+          "(default: as bind() leaves them, 0777 less the umask)");
+ABSL_FLAG(std::string, unix_group, "",
+          "group (name or gid) of the --unix socket files (default: the "
+          "server's)");
+ABSL_FLAG(std::string, unix_allow_uids, "",
+          "comma-separated users (names or uids) admitted on the --unix "
+          "sockets; with --unix-allow-gids, a peer in either list is "
+          "admitted, others are refused with PERMISSION_DENIED (default: "
+          "both empty, anyone who can open the socket file)");
+ABSL_FLAG(std::string, unix_allow_gids, "",
+          "comma-separated groups (names or gids) whose members, by their "
+          "effective group, are admitted on the --unix sockets");
+ABSL_FLAG(uint64_t, max_concurrent_streams, 1024,
+          "gRPC calls one connection may have under way at once; a "
+          "client's further calls wait until one ends");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::Minutes(30),
+          "send a gRPC connection GOAWAY once it is this old, e.g. 30m "
+          "('inf': never); its client moves to a new one transparently");
+ABSL_FLAG(absl::Duration, max_connection_age_grace, absl::InfiniteDuration(),
+          "how long the calls under way on an aged connection may still "
+          "run before it is closed under them (default 'inf': until they "
+          "end)");
 ABSL_FLAG(bool, allow_non_hdf5, false,
           "store any bytes, not only HDF5 file images");
 ABSL_FLAG(absl::Duration, push_idle_timeout, absl::Seconds(30),
@@ -136,6 +163,63 @@ ABSL_FLAG(absl::Duration, push_idle_timeout, absl::Seconds(30),
 ABSL_FLAG(ByteSizeFlag, push_min_rate, ByteSizeFlag{uint64_t{256} << 10},
           "bytes per second a push must average after --push-idle-timeout, "
           "e.g. 256K (0: only the idle rule)");
+
+namespace {
+
+// Says, in one line on stdout, what a SIGHUP's reload of the auth file
+// did.
+void ReportReload(const absl::StatusOr<size_t>& reloaded,
+                  const std::string& auth_file) {
+  if (reloaded.ok()) {
+    std::cout << "h5depotd reloaded " << auth_file << ": " << *reloaded
+              << (*reloaded == 1 ? " principal" : " principals") << std::endl;
+  } else {
+    std::cout << "h5depotd kept its access rules: "
+              << reloaded.status().message() << std::endl;
+  }
+}
+
+// The --unix-* flags into `options`; INVALID_ARGUMENT naming the flag.
+absl::Status UnixAccessFromFlags(h5depot::server::ServerOptions& options) {
+  using h5depot::server::ParseGroupList;
+  using h5depot::server::ParseUnixMode;
+  using h5depot::server::ParseUserList;
+  const std::string mode = absl::GetFlag(FLAGS_unix_mode);
+  if (!mode.empty()) {
+    absl::StatusOr<mode_t> parsed = ParseUnixMode(mode);
+    if (!parsed.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--unix-mode: ", parsed.status().message()));
+    }
+    options.unix_socket_mode = *parsed;
+  }
+  options.unix_socket_group = absl::GetFlag(FLAGS_unix_group);
+  absl::StatusOr<std::vector<uid_t>> uids =
+      ParseUserList(absl::GetFlag(FLAGS_unix_allow_uids));
+  if (!uids.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--unix-allow-uids: ", uids.status().message()));
+  }
+  options.unix_allow_uids.assign(uids->begin(), uids->end());
+  absl::StatusOr<std::vector<gid_t>> gids =
+      ParseGroupList(absl::GetFlag(FLAGS_unix_allow_gids));
+  if (!gids.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--unix-allow-gids: ", gids.status().message()));
+  }
+  options.unix_allow_gids.assign(gids->begin(), gids->end());
+  const bool any = options.unix_socket_mode.has_value() ||
+                   !options.unix_socket_group.empty() ||
+                   !options.unix_allow_uids.empty() ||
+                   !options.unix_allow_gids.empty();
+  if (any && options.unix_socket_path.empty()) {
+    return absl::InvalidArgumentError(
+        "--unix-mode, --unix-group and --unix-allow-* need --unix=PATH");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -152,7 +236,12 @@ int main(int argc, char** argv) {
       "                [--push-idle-timeout=DURATION] [--push-min-rate=SIZE]\n"
       "                [--principal-max-memory=SIZE] "
       "[--principal-max-pending-pushes=N]\n"
-      "                [--principal-max-waits=N]");
+      "                [--principal-max-waits=N]\n"
+      "                [--unix-mode=MODE] [--unix-group=GROUP] "
+      "[--unix-allow-uids=LIST] [--unix-allow-gids=LIST]\n"
+      "                [--max-concurrent-streams=N] "
+      "[--max-connection-age=DURATION]\n"
+      "                [--max-connection-age-grace=DURATION]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   h5depot::internal::SilenceGrpcLogUnlessAsked();
@@ -162,12 +251,14 @@ int main(int argc, char** argv) {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   // Signals are taken synchronously by this thread; block them before any
-  // other thread exists so that they all inherit the mask.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // other thread exists so that they all inherit the mask. SIGINT and
+  // SIGTERM stop the server, SIGHUP reloads its auth file.
+  sigset_t handled_signals;
+  sigemptyset(&handled_signals);
+  sigaddset(&handled_signals, SIGINT);
+  sigaddset(&handled_signals, SIGTERM);
+  sigaddset(&handled_signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &handled_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
   h5depot::server::ServerOptions options;
@@ -224,6 +315,24 @@ int main(int argc, char** argv) {
                  "1 (--nodata-lane turns the lane off)\n";
     return 1;
   }
+  const uint64_t max_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  options.grpc_max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
+  options.grpc_max_connection_age_grace =
+      absl::GetFlag(FLAGS_max_connection_age_grace);
+  if (max_streams < 1 || max_streams > INT32_MAX ||
+      options.grpc_max_connection_age <= absl::ZeroDuration() ||
+      options.grpc_max_connection_age_grace <= absl::ZeroDuration()) {
+    std::cerr << "h5depotd: --max-concurrent-streams (1 to 2147483647), "
+                 "--max-connection-age and --max-connection-age-grace must "
+                 "be positive\n";
+    return 1;
+  }
+  options.grpc_max_concurrent_streams = static_cast<int>(max_streams);
+  if (absl::Status unix_access = UnixAccessFromFlags(options);
+      !unix_access.ok()) {
+    std::cerr << "h5depotd: " << unix_access.message() << "\n";
+    return 1;
+  }
   auto server = h5depot::server::DepotServer::Start(options);
   if (!server.ok()) {
     std::cerr << "h5depotd: " << server.status().message() << "\n";
@@ -252,7 +361,10 @@ int main(int argc, char** argv) {
             << h5depot::internal::HumanSize(max_image) << " each)" << std::endl;
 
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  while (sigwait(&handled_signals, &signal_number) == 0 &&
+         signal_number == SIGHUP) {
+    ReportReload((*server)->ReloadAccessRules(), options.auth_file);
+  }
   std::cerr << "h5depotd: " << strsignal(signal_number) << ", shutting down\n";
   (*server)->Shutdown(absl::Seconds(5));
   (*server)->Wait();

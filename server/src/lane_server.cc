@@ -59,9 +59,11 @@ struct Peer {
   // Whose connections count together against the cap per peer: the IP
   // address (without the port), or on a Unix socket the user id.
   std::string counted_as;
+  // On a Unix socket: whether UnixSocketAccess admits the peer.
+  bool admitted = true;
 };
 
-Peer PeerOf(int fd) {
+Peer PeerOf(int fd, const UnixSocketAccess& unix_access) {
   Peer result;
   sockaddr_storage peer{};
   socklen_t peer_bytes = sizeof(peer);
@@ -77,6 +79,7 @@ Peer PeerOf(int fd) {
     socklen_t credentials_bytes = sizeof(credentials);
     ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &credentials_bytes);
     result.counted_as = absl::StrCat("unix:uid=", credentials.uid);
+    result.admitted = AdmitsPeer(fd, unix_access);
   } else if (peer.ss_family == AF_INET) {
     const auto* v4 = reinterpret_cast<const sockaddr_in*>(&peer);
     ::inet_ntop(AF_INET, &v4->sin_addr, text, sizeof(text));
@@ -151,7 +154,8 @@ absl::StatusOr<LaneSocket> ListenTcp(const std::string& host, int port,
   return last;
 }
 
-absl::StatusOr<LaneSocket> ListenUnix(const std::string& path) {
+absl::StatusOr<LaneSocket> ListenUnix(const std::string& path,
+                                      const UnixSocketAccess& access) {
   sockaddr_un address{};
   address.sun_family = AF_UNIX;
   if (path.size() >= sizeof(address.sun_path)) {
@@ -163,8 +167,17 @@ absl::StatusOr<LaneSocket> ListenUnix(const std::string& path) {
   if (!listener.is_open()) return ErrnoError("data lane: socket");
   ::unlink(path.c_str());  // a stale file from a server that died
   if (::bind(listener.fd(), reinterpret_cast<const sockaddr*>(&address),
-             sizeof(address)) != 0 ||
-      ::listen(listener.fd(), 128) != 0) {
+             sizeof(address)) != 0) {
+    return ErrnoError(absl::StrCat("data lane: cannot listen on ", path));
+  }
+  // Before listen(): no connection is ever taken under the looser mode.
+  if (absl::Status applied = ApplySocketFileAccess(path, access);
+      !applied.ok()) {
+    ::unlink(path.c_str());
+    return absl::Status(applied.code(),
+                        absl::StrCat("data lane: ", applied.message()));
+  }
+  if (::listen(listener.fd(), 128) != 0) {
     return ErrnoError(absl::StrCat("data lane: cannot listen on ", path));
   }
   return listener;
@@ -319,7 +332,8 @@ absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
     impl->tcp_listener = *std::move(listener);
   }
   if (!options.unix_path.empty()) {
-    absl::StatusOr<LaneSocket> listener = ListenUnix(options.unix_path);
+    absl::StatusOr<LaneSocket> listener =
+        ListenUnix(options.unix_path, options.unix_access);
     if (!listener.ok()) return listener.status();
     impl->unix_listener = *std::move(listener);
     impl->unix_path = options.unix_path;
@@ -384,7 +398,10 @@ bool DataLaneServer::Impl::Accept(LaneSocket& listener) {
     // kernel is short of memory, which waiting may cure.
     return errno != ENOBUFS && errno != ENOMEM;
   }
-  Peer peer = PeerOf(socket.fd());
+  Peer peer = PeerOf(socket.fd(), options.unix_access);
+  // A peer the allow-list refuses is closed before it counts anywhere; its
+  // client falls back to gRPC, which refuses it too.
+  if (!peer.admitted) return true;
   absl::MutexLock lock(&mutex);
   // Connections beyond a cap are closed at once; their clients use gRPC.
   if (stopping || connections.size() >= options.max_connections) return true;

@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "h5depot/internal/tls.h"
 #include "server/src/depot_operations_internal.h"
+#include "server/src/unix_access_internal.h"
 
 namespace h5depot::server {
 
@@ -30,6 +31,9 @@ struct DataLaneOptions {
   int tcp_port = 0;
   // Unix domain socket path; empty for none. Replaced if it exists.
   std::string unix_path;
+  // The Unix socket file's mode and group, set before it listens, and the
+  // peers it admits (others are closed at once; they then try gRPC).
+  UnixSocketAccess unix_access;
   // A transfer under way is dropped after this long without progress.
   absl::Duration stall_timeout = absl::Seconds(60);
   // A connection is closed when its client has sent no request for this

@@ -25,6 +25,12 @@
  * passed to the automatic error handler (by default printed to stderr) and
  * left on the error stack, and nothing is published.
  *
+ * Tokens: a server started with an auth file serves only callers with a
+ * token it knows. The token goes in H5FD_remote_config_t.token; without
+ * one, the driver takes it from the environment (H5DEPOT_TOKEN, or the
+ * first line of the file H5DEPOT_TOKEN_FILE names). Files opened with
+ * different tokens never share a connection.
+ *
  * Errors are reported on the HDF5 error stack under the error class
  * "h5depot" (h5depot's one class), major message "h5depot remote driver",
  * with a minor message saying what kind of failure it is (server
@@ -52,11 +58,16 @@ extern "C" {
  * H5close), once, whichever thread gets there first. */
 #define H5FD_REMOTE (H5FD_remote_init())
 
-/* The value the version field must hold for this header's struct layout. */
-#define H5FD_REMOTE_CONFIG_VERSION 1
+/* The value the version field must hold for this header's struct layout.
+ * Version 1 structs (without `token`) are still accepted: only their
+ * fields are read, and the token then comes from the environment. */
+#define H5FD_REMOTE_CONFIG_VERSION 2
 
 /* Longest server target H5Pset_fapl_remote accepts, without the NUL. */
 #define H5FD_REMOTE_MAX_TARGET_LEN 1023
+
+/* Longest token H5Pset_fapl_remote accepts, without the NUL. */
+#define H5FD_REMOTE_MAX_TOKEN_LEN 1024
 
 /* Tuning of one file access property list. Start from
  * H5FD_REMOTE_CONFIG_INIT (the defaults) and change what you need. */
@@ -86,13 +97,21 @@ typedef struct H5FD_remote_config_t {
    * per 32 MiB it moves. Default 30000; must be positive, so that no
    * request can hang forever. */
   uint32_t call_timeout_ms;
+  /* (Version 2.) The bearer token to present to a server started with an
+   * auth file: 1 to H5FD_REMOTE_MAX_TOKEN_LEN printable ASCII characters
+   * without spaces, NUL-terminated. H5Pset_fapl_remote copies it into the
+   * property list, so it may be freed once that returns. NULL or "": the
+   * token in the environment (H5DEPOT_TOKEN, H5DEPOT_TOKEN_FILE), if any.
+   * As every h5depot client, the driver sends a token only to a server on
+   * this host (a Unix socket or a loopback address). Default NULL. */
+  const char* token;
 } H5FD_remote_config_t;
 
 /* The defaults, for initialising an H5FD_remote_config_t. */
 #define H5FD_REMOTE_CONFIG_INIT                                              \
   {                                                                          \
     H5FD_REMOTE_CONFIG_VERSION, (size_t)64 * 1024, (size_t)64 * 1024 * 1024, \
-        (size_t)64 * 1024, 10000u, 30000u                                    \
+        (size_t)64 * 1024, 10000u, 30000u, NULL                              \
   }
 
 /* Counters of one open file, for tuning and for tests. */
@@ -120,17 +139,23 @@ typedef struct H5FD_remote_file_info_t {
 hid_t H5FD_remote_init(void);
 
 /* Makes `fapl_id` use the remote driver with the server at `target`
- * ("host:port", "unix:/path" or any gRPC target) and `config` (copied;
- * NULL for the defaults). Nothing is contacted until a file is opened.
- * Fails, with the reason on the error stack, if `target` is empty or too
- * long or `config` is out of range. */
+ * ("host:port", "unix:/path" or any gRPC target) and `config` (copied,
+ * its token included; NULL for the defaults). Nothing is contacted until
+ * a file is opened. Fails, with the reason on the error stack, if `target`
+ * is empty or too long or `config` is out of range (the message never
+ * quotes the token). */
 herr_t H5Pset_fapl_remote(hid_t fapl_id, const char* target,
                           const H5FD_remote_config_t* config);
 
 /* Reads back the settings of a file access property list that uses the
  * remote driver. `target_out` (may be NULL) receives the target,
  * NUL-terminated, and fails if `target_size` is too small for it;
- * `config_out` (may be NULL) receives the effective configuration. */
+ * `config_out` (may be NULL) receives the effective configuration, with
+ * `token` always NULL: the token stays inside the property list (it is a
+ * secret, and a pointer into the list would not outlive it). Set
+ * config_out->version to the version of the caller's struct first (as
+ * H5FD_REMOTE_CONFIG_INIT does): a 1 receives only the version 1 fields;
+ * any other value, this header's whole struct. */
 herr_t H5Pget_fapl_remote(hid_t fapl_id, char* target_out, size_t target_size,
                           H5FD_remote_config_t* config_out);
 

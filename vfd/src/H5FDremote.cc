@@ -13,12 +13,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <new>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
 #include <utility>
@@ -34,6 +36,7 @@
 #include "h5depot/internal/hdf5_signature.h"
 #include "h5depot/internal/image_id.h"
 #include "h5depot/internal/mutex.h"
+#include "h5depot/internal/token.h"
 #include "vfd/src/paged_image.h"
 
 // Reports `status` from the current function on the HDF5 error stack as the
@@ -55,13 +58,41 @@ using h5depot::vfd::PagedImageOptions;
 constexpr haddr_t kMaxAddress = (haddr_t{1} << 63) - 1;
 
 // What H5Pset_fapl_remote stores on a file access property list. Flat and
-// zero-padded, so that HDF5 may copy and compare it byte by byte.
+// zero-padded, so that HDF5 may copy and compare it byte by byte: the
+// token is held inline, and config.token is always null here.
 struct RemoteFapl {
   char target[H5FD_REMOTE_MAX_TARGET_LEN + 1];
   H5FD_remote_config_t config;
+  char token[H5FD_REMOTE_MAX_TOKEN_LEN + 1];  // empty: the environment's
 };
 
+static_assert(H5FD_REMOTE_MAX_TOKEN_LEN == h5depot::internal::kMaxTokenBytes,
+              "the driver takes every token a client takes");
+
+// A version 1 H5FD_remote_config_t: the fields before `token`.
+constexpr size_t kConfigV1Bytes = offsetof(H5FD_remote_config_t, token);
+
 const H5FD_remote_config_t kDefaultConfig = H5FD_REMOTE_CONFIG_INIT;
+
+// The caller's `config` as this version's struct: a version 1 struct is
+// read only as far as its fields go, and has no token.
+absl::StatusOr<H5FD_remote_config_t> ReadConfig(
+    const H5FD_remote_config_t& config) {
+  if (config.version == 1) {
+    H5FD_remote_config_t upgraded = kDefaultConfig;
+    std::memcpy(&upgraded, &config, kConfigV1Bytes);
+    upgraded.version = H5FD_REMOTE_CONFIG_VERSION;
+    upgraded.token = nullptr;
+    return upgraded;
+  }
+  if (config.version != H5FD_REMOTE_CONFIG_VERSION) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "H5FD_remote_config_t.version is ", config.version,
+        "; this library understands versions 1 to ", H5FD_REMOTE_CONFIG_VERSION,
+        " (initialise the struct with H5FD_REMOTE_CONFIG_INIT)"));
+  }
+  return config;
+}
 
 absl::Status ValidateConfig(const H5FD_remote_config_t& config) {
   if (config.version != H5FD_REMOTE_CONFIG_VERSION) {
@@ -94,10 +125,11 @@ absl::Status ValidateConfig(const H5FD_remote_config_t& config) {
   return absl::OkStatus();
 }
 
-// One Client per (target, timeouts) for the life of the process, shared by
-// every file that uses it: connecting costs about as much as opening a file
-// and reading a dataset, so it is paid once. (The connection re-establishes
-// itself if the server restarts.)
+// One Client per (target, timeouts, token) for the life of the process,
+// shared by every file that uses it: connecting costs about as much as
+// opening a file and reading a dataset, so it is paid once. (The
+// connection re-establishes itself if the server restarts.) Files with
+// different tokens never share a Client: each presents its own.
 absl::StatusOr<std::shared_ptr<Client>> SharedClient(const RemoteFapl& fapl) {
   static Mutex mu;
   // Leaked on purpose: files may still be closed by HDF5's exit handler
@@ -107,13 +139,14 @@ absl::StatusOr<std::shared_ptr<Client>> SharedClient(const RemoteFapl& fapl) {
   const std::string target = fapl.target;
   const std::string key =
       absl::StrCat(target, "\n", fapl.config.connect_timeout_ms, "\n",
-                   fapl.config.call_timeout_ms);
+                   fapl.config.call_timeout_ms, "\n", fapl.token);
   MutexLock lock(&mu);
   if (auto it = clients->find(key); it != clients->end()) return it->second;
 
   h5depot::ClientOptions options;
   options.connect_timeout = absl::Milliseconds(fapl.config.connect_timeout_ms);
   options.call_timeout = absl::Milliseconds(fapl.config.call_timeout_ms);
+  options.token = fapl.token;  // empty: the environment's
   absl::StatusOr<std::unique_ptr<Client>> connected =
       Client::Connect(target, options);
   if (!connected.ok()) {
@@ -611,6 +644,11 @@ int RemoteCmp(const H5FD_t* f1, const H5FD_t* f2) {
   if (int c = std::strcmp(a.fapl().target, b.fapl().target); c != 0) {
     return c < 0 ? -1 : 1;
   }
+  // Not one file for HDF5 to share between opens with different tokens:
+  // an open must never ride on another principal's grant.
+  if (int c = std::strcmp(a.fapl().token, b.fapl().token); c != 0) {
+    return c < 0 ? -1 : 1;
+  }
   if (int c = a.image_id().compare(b.image_id()); c != 0) {
     return c < 0 ? -1 : 1;
   }
@@ -761,10 +799,30 @@ herr_t H5Pset_fapl_remote(hid_t fapl_id, const char* target,
   RemoteFapl fapl;
   std::memset(&fapl, 0, sizeof(fapl));
   std::memcpy(fapl.target, target, length);
-  fapl.config = config != nullptr ? *config : kDefaultConfig;
+  fapl.config = kDefaultConfig;
+  if (config != nullptr) {
+    absl::StatusOr<H5FD_remote_config_t> read = ReadConfig(*config);
+    if (!read.ok()) return H5DEPOT_VFD_FAIL(read.status());
+    fapl.config = *read;
+  }
   if (absl::Status valid = ValidateConfig(fapl.config); !valid.ok()) {
     return H5DEPOT_VFD_FAIL(valid);
   }
+  if (fapl.config.token != nullptr && *fapl.config.token != '\0') {
+    const std::string_view token = fapl.config.token;
+    if (token.size() > H5FD_REMOTE_MAX_TOKEN_LEN) {
+      return H5DEPOT_VFD_FAIL(absl::InvalidArgumentError(
+          absl::StrCat("the token is longer than ", H5FD_REMOTE_MAX_TOKEN_LEN,
+                       " characters")));
+    }
+    if (absl::Status valid = h5depot::internal::ValidateToken(token);
+        !valid.ok()) {
+      return H5DEPOT_VFD_FAIL(valid);
+    }
+    std::memcpy(fapl.token, token.data(), token.size());
+  }
+  // The copy on the property list points nowhere: its token is inline.
+  fapl.config.token = nullptr;
   return H5Pset_driver(fapl_id, driver, &fapl);
 }
 
@@ -791,7 +849,14 @@ herr_t H5Pget_fapl_remote(hid_t fapl_id, char* target_out, size_t target_size,
     }
     std::memcpy(target_out, fapl->target, length + 1);
   }
-  if (config_out != nullptr) *config_out = fapl->config;
+  if (config_out != nullptr) {
+    // A version 1 caller's struct has no room for more; the token is
+    // never handed out (fapl->config.token is null).
+    const bool version_1 = config_out->version == 1;
+    std::memcpy(config_out, &fapl->config,
+                version_1 ? kConfigV1Bytes : sizeof(H5FD_remote_config_t));
+    if (version_1) config_out->version = 1;
+  }
   return 0;
 }
 

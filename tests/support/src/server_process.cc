@@ -225,7 +225,39 @@ absl::Status ServerProcess::ReadStartupReport(const std::string& command,
       ++found;
     }
   }
+  // What followed the report in the last read is AwaitOutputLine's.
+  output_pending_ = std::move(pending);
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ServerProcess::AwaitOutputLine(
+    const std::string& prefix, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    for (size_t end; (end = output_pending_.find('\n')) != std::string::npos;) {
+      std::string line = output_pending_.substr(0, end);
+      output_pending_.erase(0, end + 1);
+      if (absl::StartsWith(line, prefix)) return line;
+    }
+    pollfd pfd{stdout_fd_, POLLIN, 0};
+    const int ready = poll(&pfd, 1, internal::PollTimeoutMs(deadline));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready < 0) return absl::InternalError("poll of h5depotd's stdout");
+    if (ready == 0) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("h5depotd printed no line starting with '", prefix,
+                       "' within ", absl::FormatDuration(timeout)));
+    }
+    char buffer[4096];
+    const ssize_t got = read(stdout_fd_, buffer, sizeof(buffer));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      return absl::InternalError(absl::StrCat(
+          "h5depotd closed its stdout before printing a line starting with '",
+          prefix, "'"));
+    }
+    output_pending_.append(buffer, static_cast<size_t>(got));
+  }
 }
 
 ServerProcess::~ServerProcess() {

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -94,6 +95,40 @@ struct ServerOptions {
   uint64_t principal_max_memory_bytes = 0;
   size_t principal_max_pending_pushes = 64;
   size_t principal_max_waits = 1000;
+  // Who may reach the Unix sockets (unix_socket_path and the data lane's
+  // beside it; docs/SECURITY.md, "Unix socket restricted to a group"):
+  //   unix_socket_mode: permission bits of both socket files, set before
+  //     they listen (connecting needs write permission); nullopt: as
+  //     bind() leaves them, 0777 less the umask (0755 under umask 022:
+  //     only the server's user and root may connect).
+  //   unix_socket_group: a group name or numeric gid both files are given
+  //     (INVALID_ARGUMENT if no such group, PERMISSION_DENIED if the
+  //     server's user may not give it); empty: the server's group.
+  //   unix_allow_uids, unix_allow_gids: a connection is admitted only if
+  //     its peer's user id (SO_PEERCRED) is in the first list or its
+  //     effective group id in the second; the server's own user is not
+  //     admitted unless listed. A refused peer's calls are answered
+  //     PERMISSION_DENIED (on the lane its connection is closed at once,
+  //     and the client falls back to gRPC). Both empty: every peer that can
+  //     open the socket file.
+  std::optional<uint32_t> unix_socket_mode;
+  std::string unix_socket_group;
+  std::vector<uint32_t> unix_allow_uids;
+  std::vector<uint32_t> unix_allow_gids;
+  // Limits on each gRPC connection (docs/SECURITY.md, "Threat model").
+  // grpc_max_concurrent_streams: the calls one connection
+  // may have under way at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS;
+  // a client's further calls wait in its own queue until one ends). At
+  // least 1. A remote driver file holds one call (its reader) for as long
+  // as it is open. grpc_max_connection_age: past it (give or take gRPC's
+  // 10% jitter) the server sends GOAWAY and the client makes its next
+  // calls on a new connection, transparently; the calls under way then
+  // have grpc_max_connection_age_grace to finish before the old connection
+  // is closed under them (a finite grace cuts long waits and the readers
+  // of files held open). InfiniteDuration: no limit. Both positive.
+  int grpc_max_concurrent_streams = 1024;
+  absl::Duration grpc_max_connection_age = absl::Minutes(30);
+  absl::Duration grpc_max_connection_age_grace = absl::InfiniteDuration();
   StoreOptions store;
 };
 
@@ -125,6 +160,16 @@ class DepotServer {
   const std::vector<std::string>& targets() const;
 
   ImageStore& store();
+
+  // Reads ServerOptions::auth_file again and puts its rules in force on
+  // every transport: calls that begin from now on are checked against
+  // them, calls under way finish under the rules they began with. Returns
+  // how many principals the file names. On error the rules in force stay:
+  // FAILED_PRECONDITION if the server was started without an auth file,
+  // NOT_FOUND if the file cannot be read, INVALID_ARGUMENT if it is
+  // malformed (naming the line). Thread-safe; concurrent reloads are
+  // applied one after the other.
+  absl::StatusOr<size_t> ReloadAccessRules();
 
   // Stops: ends waits with UNAVAILABLE, answers new calls UNAVAILABLE
   // ("server is shutting down") and stops accepting lane connections, lets

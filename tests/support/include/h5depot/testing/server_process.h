@@ -94,6 +94,14 @@ class ServerProcess {
   // Everything h5depotd printed on stdout while starting, line by line.
   const std::string& startup_output() const { return startup_output_; }
 
+  // Reads what h5depotd prints on stdout after its start-up report until a
+  // line that starts with `prefix`, and returns that line (without its
+  // newline); earlier lines are skipped. DEADLINE_EXCEEDED if none comes
+  // within `timeout`, INTERNAL if the server closes its stdout first. For
+  // tests that wait for the server to report what a signal did.
+  absl::StatusOr<std::string> AwaitOutputLine(const std::string& prefix,
+                                              absl::Duration timeout);
+
   pid_t pid() const { return pid_; }
   // The CPU time (user and system) the server has used so far, from
   // /proc/PID/stat, to tell an idle server from a busy one. INTERNAL if it
@@ -160,6 +168,7 @@ class ServerProcess {
   int data_lane_port_ = 0;
   std::string data_lane_unix_path_;
   std::string startup_output_;
+  std::string output_pending_;  // read after start-up, not yet a line
   std::optional<TempDir> socket_dir_;
 };
 
