@@ -462,19 +462,32 @@ TEST_F(TlsToolsTest, TheCApiAndTheRemoteDriverWorkOverMutualTlsWithAToken) {
       << h5depot_errmsg();
   h5depot_disconnect(client);
 
-  // The remote driver takes TLS and its token from the environment.
+  // The remote driver takes TLS and its token from its configuration...
+  auto opens = [&](const H5FD_remote_config_t* config) {
+    const hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    EXPECT_GE(H5Pset_fapl_remote(fapl, target_.c_str(), config), 0);
+    hid_t file = H5I_INVALID_HID;
+    H5E_BEGIN_TRY { file = H5Fopen("runs/c.h5", H5F_ACC_RDONLY, fapl); }
+    H5E_END_TRY;
+    H5Pclose(fapl);
+    if (file >= 0) H5Fclose(file);
+    return file >= 0;
+  };
+  H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
+  config.token = token_.c_str();
+  config.tls_ca_file = pki_.ca_file.c_str();
+  EXPECT_FALSE(opens(&config));  // no client certificate
+  config.tls_cert_file = pki_.client.cert_file.c_str();
+  config.tls_key_file = pki_.client.key_file.c_str();
+  EXPECT_TRUE(opens(&config));
+
+  // ... or from the environment.
+  EXPECT_FALSE(opens(nullptr));
   setenv("H5DEPOT_TOKEN", token_.c_str(), 1);
   setenv("H5DEPOT_TLS_CA_FILE", pki_.ca_file.c_str(), 1);
   setenv("H5DEPOT_TLS_CERT_FILE", pki_.client.cert_file.c_str(), 1);
   setenv("H5DEPOT_TLS_KEY_FILE", pki_.client.key_file.c_str(), 1);
-  const hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-  ASSERT_GE(H5Pset_fapl_remote(fapl, target_.c_str(), nullptr), 0);
-  hid_t file = H5I_INVALID_HID;
-  H5E_BEGIN_TRY { file = H5Fopen("runs/c.h5", H5F_ACC_RDONLY, fapl); }
-  H5E_END_TRY;
-  H5Pclose(fapl);
-  EXPECT_GE(file, 0);
-  if (file >= 0) H5Fclose(file);
+  EXPECT_TRUE(opens(nullptr));
   for (const char* name : {"H5DEPOT_TOKEN", "H5DEPOT_TLS_CA_FILE",
                            "H5DEPOT_TLS_CERT_FILE", "H5DEPOT_TLS_KEY_FILE"}) {
     unsetenv(name);

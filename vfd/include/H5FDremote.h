@@ -69,6 +69,9 @@ extern "C" {
 /* Longest token H5Pset_fapl_remote accepts, without the NUL. */
 #define H5FD_REMOTE_MAX_TOKEN_LEN 1024
 
+/* Longest TLS file path H5Pset_fapl_remote accepts, without the NUL. */
+#define H5FD_REMOTE_MAX_PATH_LEN 4095
+
 /* Tuning of one file access property list. Start from
  * H5FD_REMOTE_CONFIG_INIT (the defaults) and change what you need. */
 /* HDF5 names, not the project style:
@@ -102,16 +105,32 @@ typedef struct H5FD_remote_config_t {
    * without spaces, NUL-terminated. H5Pset_fapl_remote copies it into the
    * property list, so it may be freed once that returns. NULL or "": the
    * token in the environment (H5DEPOT_TOKEN, H5DEPOT_TOKEN_FILE), if any.
-   * As every h5depot client, the driver sends a token only to a server on
-   * this host (a Unix socket or a loopback address). Default NULL. */
+   * As every h5depot client, the driver sends a token only over TLS
+   * (below) or to a server on this host (a Unix socket or a loopback
+   * address). Default NULL. */
   const char* token;
+  /* (Version 2.) TLS, for a server started with a certificate
+   * (docs/SECURITY.md, "TLS"): the connection is encrypted and the
+   * server's certificate checked against the CAs in the PEM file
+   * tls_ca_file (NULL or "": the system's trusted CAs); tls_cert_file and
+   * tls_key_file (PEM, both or neither) are the client's certificate, for
+   * a server that requires one. On when use_tls is non-zero or a path is
+   * given; with none of the four set, from the environment
+   * (H5DEPOT_TLS_CA_FILE, H5DEPOT_TLS_CERT_FILE, H5DEPOT_TLS_KEY_FILE,
+   * H5DEPOT_TLS=1). Paths of at most H5FD_REMOTE_MAX_PATH_LEN characters,
+   * copied like the token. Over TLS the token may go to any host. Default
+   * 0 and NULL: no TLS unless the environment asks. */
+  int32_t use_tls;
+  const char* tls_ca_file;
+  const char* tls_cert_file;
+  const char* tls_key_file;
 } H5FD_remote_config_t;
 
 /* The defaults, for initialising an H5FD_remote_config_t. */
 #define H5FD_REMOTE_CONFIG_INIT                                              \
   {                                                                          \
     H5FD_REMOTE_CONFIG_VERSION, (size_t)64 * 1024, (size_t)64 * 1024 * 1024, \
-        (size_t)64 * 1024, 10000u, 30000u, NULL                              \
+        (size_t)64 * 1024, 10000u, 30000u, NULL, 0, NULL, NULL, NULL         \
   }
 
 /* Counters of one open file, for tuning and for tests. */
@@ -151,8 +170,9 @@ herr_t H5Pset_fapl_remote(hid_t fapl_id, const char* target,
  * remote driver. `target_out` (may be NULL) receives the target,
  * NUL-terminated, and fails if `target_size` is too small for it;
  * `config_out` (may be NULL) receives the effective configuration, with
- * `token` always NULL: the token stays inside the property list (it is a
- * secret, and a pointer into the list would not outlive it). Set
+ * `token` and the TLS paths always NULL: they stay inside the property
+ * list (the token is a secret, and a pointer into the list would not
+ * outlive it). Set
  * config_out->version to the version of the caller's struct first (as
  * H5FD_REMOTE_CONFIG_INIT does): a 1 receives only the version 1 fields;
  * any other value, this header's whole struct. */

@@ -59,11 +59,15 @@ constexpr haddr_t kMaxAddress = (haddr_t{1} << 63) - 1;
 
 // What H5Pset_fapl_remote stores on a file access property list. Flat and
 // zero-padded, so that HDF5 may copy and compare it byte by byte: the
-// token is held inline, and config.token is always null here.
+// token and the TLS paths are held inline, and config's pointers are
+// always null here.
 struct RemoteFapl {
   char target[H5FD_REMOTE_MAX_TARGET_LEN + 1];
   H5FD_remote_config_t config;
   char token[H5FD_REMOTE_MAX_TOKEN_LEN + 1];  // empty: the environment's
+  char tls_ca_file[H5FD_REMOTE_MAX_PATH_LEN + 1];
+  char tls_cert_file[H5FD_REMOTE_MAX_PATH_LEN + 1];
+  char tls_key_file[H5FD_REMOTE_MAX_PATH_LEN + 1];
 };
 
 static_assert(H5FD_REMOTE_MAX_TOKEN_LEN == h5depot::internal::kMaxTokenBytes,
@@ -83,6 +87,10 @@ absl::StatusOr<H5FD_remote_config_t> ReadConfig(
     std::memcpy(&upgraded, &config, kConfigV1Bytes);
     upgraded.version = H5FD_REMOTE_CONFIG_VERSION;
     upgraded.token = nullptr;
+    upgraded.use_tls = 0;
+    upgraded.tls_ca_file = nullptr;
+    upgraded.tls_cert_file = nullptr;
+    upgraded.tls_key_file = nullptr;
     return upgraded;
   }
   if (config.version != H5FD_REMOTE_CONFIG_VERSION) {
@@ -137,16 +145,31 @@ absl::StatusOr<std::shared_ptr<Client>> SharedClient(const RemoteFapl& fapl) {
   static auto* clients = new std::map<std::string, std::shared_ptr<Client>>;
 
   const std::string target = fapl.target;
+  // What the fapl leaves to the environment is part of the key too, so
+  // that a client made under other settings is not reused.
+  std::string environment;
+  for (const char* name : {"H5DEPOT_TOKEN", "H5DEPOT_TOKEN_FILE", "H5DEPOT_TLS",
+                           "H5DEPOT_TLS_CA_FILE", "H5DEPOT_TLS_CERT_FILE",
+                           "H5DEPOT_TLS_KEY_FILE"}) {
+    const char* value = std::getenv(name);
+    absl::StrAppend(&environment, "\n", value == nullptr ? "" : value);
+  }
   const std::string key =
       absl::StrCat(target, "\n", fapl.config.connect_timeout_ms, "\n",
-                   fapl.config.call_timeout_ms, "\n", fapl.token);
+                   fapl.config.call_timeout_ms, "\n", fapl.token, "\n",
+                   fapl.config.use_tls, "\n", fapl.tls_ca_file, "\n",
+                   fapl.tls_cert_file, "\n", fapl.tls_key_file, environment);
   MutexLock lock(&mu);
   if (auto it = clients->find(key); it != clients->end()) return it->second;
 
   h5depot::ClientOptions options;
   options.connect_timeout = absl::Milliseconds(fapl.config.connect_timeout_ms);
   options.call_timeout = absl::Milliseconds(fapl.config.call_timeout_ms);
-  options.token = fapl.token;  // empty: the environment's
+  options.token = fapl.token;                  // empty: the environment's
+  options.use_tls = fapl.config.use_tls != 0;  // none: the environment's
+  options.tls_ca_file = fapl.tls_ca_file;
+  options.tls_cert_file = fapl.tls_cert_file;
+  options.tls_key_file = fapl.tls_key_file;
   absl::StatusOr<std::unique_ptr<Client>> connected =
       Client::Connect(target, options);
   if (!connected.ok()) {
@@ -821,8 +844,25 @@ herr_t H5Pset_fapl_remote(hid_t fapl_id, const char* target,
     }
     std::memcpy(fapl.token, token.data(), token.size());
   }
-  // The copy on the property list points nowhere: its token is inline.
+  const std::pair<const char*, char*> paths[] = {
+      {fapl.config.tls_ca_file, fapl.tls_ca_file},
+      {fapl.config.tls_cert_file, fapl.tls_cert_file},
+      {fapl.config.tls_key_file, fapl.tls_key_file}};
+  for (const auto& [given, inline_copy] : paths) {
+    if (given == nullptr) continue;
+    const size_t path_length = std::strlen(given);
+    if (path_length > H5FD_REMOTE_MAX_PATH_LEN) {
+      return H5DEPOT_VFD_FAIL(absl::InvalidArgumentError(absl::StrCat(
+          "a TLS file path is ", path_length, " characters long; at most ",
+          H5FD_REMOTE_MAX_PATH_LEN, " are allowed")));
+    }
+    std::memcpy(inline_copy, given, path_length);
+  }
+  // The copy on the property list points nowhere: its strings are inline.
   fapl.config.token = nullptr;
+  fapl.config.tls_ca_file = nullptr;
+  fapl.config.tls_cert_file = nullptr;
+  fapl.config.tls_key_file = nullptr;
   return H5Pset_driver(fapl_id, driver, &fapl);
 }
 
