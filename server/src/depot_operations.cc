@@ -35,8 +35,13 @@ DepotOperations::DepotOperations(ImageStore* store, size_t max_waits,
     : store_(store),
       max_waits_(max_waits),
       checks_access_(access != nullptr),
-      access_(std::move(access)),
-      principal_limits_(principal_limits) {}
+      principal_limits_(principal_limits) {
+  if (access != nullptr) {
+    access_.store(access.get(), std::memory_order_release);
+    absl::MutexLock lock(&all_access_mutex_);
+    all_access_.push_back(std::move(access));
+  }
+}
 
 absl::Status DepotOperations::ReplaceAccessRules(
     std::unique_ptr<const AccessRules> access) {
@@ -46,8 +51,9 @@ absl::Status DepotOperations::ReplaceAccessRules(
         "without an auth file is not given one later, nor one with an auth "
         "file left without");
   }
-  std::atomic_store(&access_,
-                    std::shared_ptr<const AccessRules>(std::move(access)));
+  absl::MutexLock lock(&all_access_mutex_);
+  access_.store(access.get(), std::memory_order_release);
+  all_access_.push_back(std::move(access));
   return absl::OkStatus();
 }
 
@@ -59,6 +65,18 @@ DepotOperations::PrincipalState::PrincipalState(const std::string& name)
 std::shared_ptr<DepotOperations::PrincipalState> DepotOperations::StateOf(
     const Principal& principal) {
   const PrincipalLimits limits = principal.LimitsOver(principal_limits_);
+  std::shared_ptr<PrincipalState> known;
+  {
+    // The common case, a principal seen before: shared, so that the
+    // pushes of many clients do not queue on each other here.
+    absl::ReaderMutexLock lock(&principals_mutex_);
+    auto it = principals_.find(principal.name);
+    if (it != principals_.end()) known = it->second;
+  }
+  if (known != nullptr) {
+    ApplyLimits(*known, limits);
+    return known;
+  }
   absl::MutexLock lock(&principals_mutex_);
   auto it = principals_.find(principal.name);
   if (it == principals_.end()) {
@@ -76,10 +94,21 @@ std::shared_ptr<DepotOperations::PrincipalState> DepotOperations::StateOf(
                       std::make_shared<PrincipalState>(principal.name))
              .first;
   }
-  PrincipalState& state = *it->second;
-  state.quota->SetLimits(limits.max_memory_bytes, limits.max_pending_pushes);
-  state.max_waits.store(limits.max_waits, std::memory_order_relaxed);
+  ApplyLimits(*it->second, limits);
   return it->second;
+}
+
+void DepotOperations::ApplyLimits(PrincipalState& state,
+                                  const PrincipalLimits& limits) {
+  // Written only when they changed (a reload), so that the common case
+  // leaves the state's cache lines unshared among the CPUs.
+  if (state.quota->max_memory_bytes() != limits.max_memory_bytes ||
+      state.quota->max_pending_pushes() != limits.max_pending_pushes) {
+    state.quota->SetLimits(limits.max_memory_bytes, limits.max_pending_pushes);
+  }
+  if (state.max_waits.load(std::memory_order_relaxed) != limits.max_waits) {
+    state.max_waits.store(limits.max_waits, std::memory_order_relaxed);
+  }
 }
 
 namespace {
@@ -122,7 +151,7 @@ std::string_view OperationName(Operation op) {
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<const Principal>> DepotOperations::Admit(
+absl::StatusOr<const Principal*> DepotOperations::Admit(
     const Caller& caller, Operation op, std::string_view image_id) const {
   const std::string_view token = caller.token();
   if (token.empty()) {
@@ -130,8 +159,12 @@ absl::StatusOr<std::shared_ptr<const Principal>> DepotOperations::Admit(
         "this server needs a token (ClientOptions::token, the C API's or the "
         "remote driver's token, or H5DEPOT_TOKEN / H5DEPOT_TOKEN_FILE)");
   }
-  std::shared_ptr<const AccessRules> rules = std::atomic_load(&access_);
-  const Principal* principal = rules->Find(token);
+  const AccessRules* rules = access_.load(std::memory_order_acquire);
+  if (caller.rules_seen_ != rules) {
+    caller.principal_seen_ = rules->Find(token);
+    caller.rules_seen_ = rules;
+  }
+  const Principal* principal = caller.principal_seen_;
   if (principal == nullptr) {
     return absl::UnauthenticatedError(
         "the token is not one this server knows (h5depotd --auth-file)");
@@ -151,8 +184,7 @@ absl::StatusOr<std::shared_ptr<const Principal>> DepotOperations::Admit(
         std::string(OperationName(op)), " '", std::string(image_id),
         "': it is outside the principal's image id prefixes"));
   }
-  // C++17 has only the copying aliasing constructor.
-  return std::shared_ptr<const Principal>(rules, principal);
+  return principal;
 }
 
 ImageDescription DepotOperations::Describe(const StoredImage& image) {
@@ -181,12 +213,12 @@ absl::Time DepotOperations::WaitDeadline(uint64_t wait_ms) {
 
 absl::StatusOr<std::unique_ptr<PendingImage>> DepotOperations::BeginPush(
     const Caller& caller, PushParams params, PushCutOff cut_off) {
-  std::shared_ptr<const Principal> principal;
+  const Principal* principal = nullptr;
   if (checks_access_) {
-    absl::StatusOr<std::shared_ptr<const Principal>> admitted =
+    absl::StatusOr<const Principal*> admitted =
         Admit(caller, Operation::kPush, params.image_id);
     if (!admitted.ok()) return admitted.status();
-    principal = *std::move(admitted);
+    principal = *admitted;
   }
   PushRequest request;
   if (principal != nullptr) request.quota = StateOf(*principal)->quota;
@@ -218,15 +250,14 @@ ImageStore::WaitId DepotOperations::AwaitImage(const Caller& caller,
                                                std::string_view image_id,
                                                uint64_t wait_ms,
                                                ImageStore::WaitCallback done) {
-  std::shared_ptr<const Principal> principal;
+  const Principal* principal = nullptr;
   if (checks_access_) {
-    absl::StatusOr<std::shared_ptr<const Principal>> admitted =
-        Admit(caller, op, image_id);
+    absl::StatusOr<const Principal*> admitted = Admit(caller, op, image_id);
     if (!admitted.ok()) {
       done(admitted.status());
       return 0;
     }
-    principal = *std::move(admitted);
+    principal = *admitted;
   }
   if (wait_ms == 0) {
     done(store_->Get(image_id));
@@ -307,12 +338,12 @@ absl::StatusOr<ListResult> DepotOperations::List(const Caller& caller,
                                                  std::string_view prefix,
                                                  uint32_t page_size,
                                                  std::string_view page_token) {
-  std::shared_ptr<const Principal> principal;
+  const Principal* principal = nullptr;
   if (checks_access_) {
-    absl::StatusOr<std::shared_ptr<const Principal>> admitted =
+    absl::StatusOr<const Principal*> admitted =
         Admit(caller, Operation::kList, prefix);
     if (!admitted.ok()) return admitted.status();
-    principal = *std::move(admitted);
+    principal = *admitted;
   }
   absl::StatusOr<ListResult> listed =
       store_->List(prefix, page_size, page_token);

@@ -45,6 +45,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -129,6 +130,14 @@ class Caller {
   PeerLookup lookup_;         // null: peer_ and local_ are known
   TokenLookup token_lookup_;  // null: token_ is known
   const void* context_;
+
+  // What DepotOperations::Admit last found the token to name, and in which
+  // rules: a data lane connection's Caller serves all its requests, whose
+  // token is hashed once rather than per request. A Caller is used by one
+  // thread at a time.
+  friend class DepotOperations;
+  mutable const AccessRules* rules_seen_ = nullptr;
+  mutable const Principal* principal_seen_ = nullptr;
 };
 
 // One image's description, the same for every transport: each codec
@@ -311,10 +320,10 @@ class DepotOperations {
   absl::StatusOr<StoreLimits> Limits(const Caller& caller);
 
  private:
-  // Authorize's checks with access rules: the caller's principal, which
-  // keeps the rules it was found in alive.
-  absl::StatusOr<std::shared_ptr<const Principal>> Admit(
-      const Caller& caller, Operation op, std::string_view image_id) const;
+  // Authorize's checks with access rules: the caller's principal, valid
+  // as long as these operations (rules replaced are kept, below).
+  absl::StatusOr<const Principal*> Admit(const Caller& caller, Operation op,
+                                         std::string_view image_id) const;
   absl::StatusOr<ImageRef> Find(const Caller& caller, Operation op,
                                 std::string_view image_id);
   // Now plus `wait_ms`, clamped.
@@ -332,16 +341,26 @@ class DepotOperations {
     std::atomic<uint64_t> max_waits{PrincipalLimits::kUnlimited};
   };
   // The state of `principal`, made on its first push or wait, with its
-  // limits as the access rules say now. One lock and one hash lookup.
+  // limits as the access rules say now. One shared lock and one hash
+  // lookup (an exclusive lock the first time).
   std::shared_ptr<PrincipalState> StateOf(const Principal& principal);
+  static void ApplyLimits(PrincipalState& state, const PrincipalLimits& limits);
 
   ImageStore* const store_;
   const size_t max_waits_;
   const bool checks_access_;  // made with rules
-  // The rules in force (null without): read once per call, with
-  // std::atomic_load, and replaced whole with std::atomic_store, so that a
-  // call holds the rules it began with and a reload never waits for calls.
-  std::shared_ptr<const AccessRules> access_;
+  // The rules in force (null without): read once per call with one
+  // acquire load, and replaced whole, so that a call holds the rules it
+  // began with and a reload never waits for calls. Every set of rules
+  // ever in force is kept until these operations end (reloads are rare,
+  // a set is small), so that no call needs a reference count: a shared
+  // pointer read atomically takes a lock libstdc++ shares among all its
+  // callers, which cost about a tenth of small-image throughput with 16
+  // clients.
+  std::atomic<const AccessRules*> access_{nullptr};
+  absl::Mutex all_access_mutex_;
+  std::vector<std::unique_ptr<const AccessRules>> all_access_
+      ABSL_GUARDED_BY(all_access_mutex_);
   const PrincipalLimits principal_limits_;
   // Waits registered and not ended (or about to be registered).
   std::atomic<size_t> waits_{0};
