@@ -336,18 +336,9 @@ absl::Status LaneSocket::ContinueTls(int result, absl::Time deadline) {
         return PeerClosed();
       }
       return ErrnoStatus(errno, "TLS on the data lane");
-    default: {
-      std::string reasons;
-      while (const unsigned long code = ERR_get_error()) {
-        char text[256];
-        ERR_error_string_n(code, text, sizeof(text));
-        if (!reasons.empty()) reasons += "; ";
-        reasons += text;
-      }
-      return absl::UnavailableError(
-          absl::StrCat("TLS on the data lane failed: ",
-                       reasons.empty() ? "no reason given" : reasons));
-    }
+    default:
+      return absl::UnavailableError(absl::StrCat(
+          "TLS on the data lane failed: ", tls::TakeOpenSslErrors()));
   }
 }
 

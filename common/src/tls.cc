@@ -14,19 +14,6 @@
 namespace h5depot::internal::tls {
 namespace {
 
-// OpenSSL's reasons for the last failure on this thread, oldest first, and
-// the queue left empty for the next call.
-std::string OpenSslErrors() {
-  std::string reasons;
-  while (const unsigned long code = ERR_get_error()) {
-    char text[256];
-    ERR_error_string_n(code, text, sizeof(text));
-    if (!reasons.empty()) reasons += "; ";
-    reasons += text;
-  }
-  return reasons.empty() ? "no reason given" : reasons;
-}
-
 // OK if `path` can be opened for reading, else NOT_FOUND naming it and
 // `what` it was meant to be; OpenSSL's own errors for a missing file are
 // far less clear.
@@ -42,7 +29,7 @@ absl::Status Readable(const std::string& path, const char* what) {
 
 absl::Status Unusable(const std::string& path, const char* what) {
   return absl::InvalidArgumentError(absl::StrCat(
-      "the ", what, " '", path, "' is not usable: ", OpenSslErrors()));
+      "the ", what, " '", path, "' is not usable: ", TakeOpenSslErrors()));
 }
 
 // A context for `method` with the settings both ends share: TLS 1.2 at
@@ -102,6 +89,17 @@ absl::Status TrustCas(SSL_CTX* ctx, const std::string& ca_file) {
 
 }  // namespace
 
+std::string TakeOpenSslErrors() {
+  std::string reasons;
+  while (const unsigned long code = ERR_get_error()) {
+    char text[256];
+    ERR_error_string_n(code, text, sizeof(text));
+    if (!reasons.empty()) reasons += "; ";
+    reasons += text;
+  }
+  return reasons.empty() ? "no reason given" : reasons;
+}
+
 Context::~Context() { SSL_CTX_free(ctx_); }
 
 absl::StatusOr<std::shared_ptr<const Context>> Context::ForServer(
@@ -113,7 +111,7 @@ absl::StatusOr<std::shared_ptr<const Context>> Context::ForServer(
   SSL_CTX* ctx = NewContext(TLS_server_method());
   if (ctx == nullptr) {
     return absl::InternalError(
-        absl::StrCat("cannot make a TLS context: ", OpenSslErrors()));
+        absl::StrCat("cannot make a TLS context: ", TakeOpenSslErrors()));
   }
   std::shared_ptr<const Context> context(new Context(ctx, true));
   if (absl::Status status = UseIdentity(ctx, files.cert_file, files.key_file);
@@ -145,13 +143,13 @@ absl::StatusOr<std::shared_ptr<const Context>> Context::ForClient(
   SSL_CTX* ctx = NewContext(TLS_client_method());
   if (ctx == nullptr) {
     return absl::InternalError(
-        absl::StrCat("cannot make a TLS context: ", OpenSslErrors()));
+        absl::StrCat("cannot make a TLS context: ", TakeOpenSslErrors()));
   }
   std::shared_ptr<const Context> context(new Context(ctx, false));
   if (files.ca_file.empty()) {
     if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
       return absl::InternalError(absl::StrCat(
-          "cannot load the system's trusted CAs: ", OpenSslErrors()));
+          "cannot load the system's trusted CAs: ", TakeOpenSslErrors()));
     }
   } else if (absl::Status status = TrustCas(ctx, files.ca_file); !status.ok()) {
     return status;

@@ -99,6 +99,11 @@ class ReloadingServerContext {
   absl::Status last_reload_error_ ABSL_GUARDED_BY(mutex_);
 };
 
+// OpenSSL's reasons for the last failures on this thread, oldest first,
+// "; "-separated ("no reason given" if none), leaving its error queue
+// empty for the next call.
+std::string TakeOpenSslErrors();
+
 }  // namespace h5depot::internal::tls
 
 #endif  // H5DEPOT_COMMON_TLS_H_
