@@ -383,6 +383,7 @@ absl::Status LaneSocket::TlsSendAll(struct iovec* iov, int count,
   for (int i = 0; i < count; ++i) {
     const auto* data = static_cast<const uint8_t*>(iov[i].iov_base);
     const size_t size = iov[i].iov_len;
+    if (size == 0) continue;  // an empty message: its base may be null
     if (held + size <= kGatherBytes) {
       std::memcpy(gathered + held, data, size);
       held += size;
