@@ -22,7 +22,9 @@ std::vector<void*>& Freed() {
   return freed;
 }
 
-void RecordFree(void* data, uint64_t /*capacity*/) { Freed().push_back(data); }
+void RecordFree(const h5depot::internal::RetainedBuffers::Buffer& buffer) {
+  Freed().push_back(buffer.data);
+}
 
 class RetainedBuffersTest : public ::testing::Test {
  protected:

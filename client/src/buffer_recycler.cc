@@ -19,7 +19,9 @@ namespace {
 class Recycler;
 Recycler& TheRecycler();
 
-void FreeMallocBlock(void* data, uint64_t /*capacity*/) { std::free(data); }
+void FreeMallocBlock(const RetainedBuffers::Buffer& buffer) {
+  std::free(buffer.data);
+}
 
 RetainedBuffers::Options RecycleOptions() {
   RetainedBuffers::Options options;

@@ -18,6 +18,7 @@
 #include "client/src/tls_source_internal.h"
 #include "client/src/token_source_internal.h"
 #include "h5depot/internal/image_id.h"
+#include "h5depot/internal/memfd.h"
 #include "h5depot/rpc/grpc_runtime.h"
 
 namespace h5depot {
@@ -52,7 +53,8 @@ absl::StatusOr<std::unique_ptr<internal::Transports>> ConnectTransports(
     return Annotate(usable, absl::StrCat("connect to ", target));
   }
   // The TLS files are checked here first, with errors that name them.
-  internal::LaneCredentials credentials{options.token, nullptr};
+  internal::LaneCredentials credentials{options.token, nullptr,
+                                        options.share_memory};
   if (options.use_tls) {
     absl::StatusOr<std::shared_ptr<const internal::tls::Context>> tls =
         internal::tls::Context::ForClient(internal::TlsFilesOf(options));
@@ -175,6 +177,38 @@ absl::StatusOr<ImageInfo> Client::PushFile(std::string_view image_id,
   absl::StatusOr<internal::MappedFile> file = internal::MappedFile::Open(path);
   if (!file.ok()) return Annotated<ImageInfo>(file.status(), "push", image_id);
   return Push(image_id, file->data(), file->size(), options);
+}
+
+absl::StatusOr<ImageInfo> Client::PushMemfd(std::string_view image_id,
+                                            int memfd, uint64_t size,
+                                            const PushOptions& options) {
+  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
+    return Annotated<ImageInfo>(status, "push", image_id);
+  }
+  if (absl::StatusOr<uint64_t> length =
+          internal::CheckSealedImage(memfd, internal::kSealsFromClient, size);
+      !length.ok()) {
+    return Annotated<ImageInfo>(length.status(), "push", image_id);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) {
+    return Annotated<ImageInfo>(transports.status(), "push", image_id);
+  }
+  absl::StatusOr<ImageInfo> pushed =
+      (*transports)
+          ->images->PushSealed(image_id, memfd, size, options,
+                               impl_->Deadline().Whole(0));
+  if (!absl::IsUnimplemented(pushed.status())) {
+    return Annotated(std::move(pushed), "push", image_id);
+  }
+  // No descriptor can pass: the bytes, straight from a mapping.
+  if (size == 0) return Push(image_id, nullptr, 0, options);
+  absl::StatusOr<internal::Mapping> mapping =
+      internal::Mapping::Map(memfd, size, internal::Mapping::Access::kReadOnly);
+  if (!mapping.ok()) {
+    return Annotated<ImageInfo>(mapping.status(), "push", image_id);
+  }
+  return Push(image_id, mapping->data(), size, options);
 }
 
 absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,

@@ -13,6 +13,7 @@
 #include "client/src/file_image_internal.h"
 #include "client/src/hdf5_error_internal.h"
 #include "client/src/image_share_internal.h"
+#include "client/src/mapped_image_internal.h"
 #include "client/src/superblock_internal.h"
 #include "h5depot/internal/hdf5_signature.h"
 
@@ -162,6 +163,22 @@ absl::StatusOr<OpenedImage> OpenImage(void* buffer, size_t size,
                     (flags & H5LT_FILE_IMAGE_OPEN_RW) != 0);
 }
 
+// Opens a mapped buffer in place, as DONT_COPY | DONT_RELEASE would, with
+// the share keeping the mapping until HDF5 lets go of the file.
+absl::StatusOr<OpenedImage> OpenMapped(ImageBuffer image, bool read_write) {
+  const size_t size = image.size();
+  void* data = image.data();
+  if (absl::Status status = CheckFlags(data, size, H5LT_FILE_IMAGE_DONT_COPY);
+      !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<ImageShareRef> share =
+      ImageShare::CreateMapped(std::move(image));
+  if (!share.ok()) return share.status();
+  QuietHdf5Errors quiet;
+  return OpenShared(*std::move(share), data, size, read_write);
+}
+
 // FAILED_PRECONDITION unless `file_id` is the only thing open in its file.
 absl::Status CheckNothingElseOpen(hid_t file_id) {
   const ssize_t objects =
@@ -189,6 +206,10 @@ ImageBuffer TrimToImage(ImageBuffer image) {
   if (!sb) return image;
   std::optional<uint64_t> end = sb->ImageDataEnd();
   if (!end || *end == 0 || *end >= image.size()) return image;
+  if (image.is_mapped()) {
+    internal::MappedImage::Shrink(image, *end);
+    return image;
+  }
   const size_t size = image.size();
   void* data = image.Release();
   void* trimmed = std::realloc(data, *end);
@@ -310,6 +331,12 @@ absl::StatusOr<hid_t> OpenFileImage(ImageBuffer image, unsigned flags) {
         "an ImageBuffer is always handed over to HDF5: "
         "H5LT_FILE_IMAGE_DONT_RELEASE does not apply");
   }
+  if (image.is_mapped()) {
+    absl::StatusOr<OpenedImage> opened =
+        OpenMapped(std::move(image), (flags & H5LT_FILE_IMAGE_OPEN_RW) != 0);
+    if (!opened.ok()) return opened.status();
+    return opened->file;
+  }
   const size_t size = image.size();
   return OpenFileImage(image.Release(), size,
                        flags | H5LT_FILE_IMAGE_DONT_COPY);
@@ -379,8 +406,10 @@ absl::StatusOr<std::unique_ptr<WritableImage>> WritableImage::Open(
     ImageBuffer image) {
   const size_t size = image.size();
   absl::StatusOr<OpenedImage> opened =
-      OpenImage(image.Release(), size,
-                H5LT_FILE_IMAGE_OPEN_RW | H5LT_FILE_IMAGE_DONT_COPY);
+      image.is_mapped()
+          ? OpenMapped(std::move(image), /*read_write=*/true)
+          : OpenImage(image.Release(), size,
+                      H5LT_FILE_IMAGE_OPEN_RW | H5LT_FILE_IMAGE_DONT_COPY);
   if (!opened.ok()) return opened.status();
   auto share = std::make_unique<ImageShareRef>(std::move(opened->share));
   return std::unique_ptr<WritableImage>(

@@ -765,6 +765,10 @@ absl::StatusOr<ServerLimits> GrpcTransport::GetLimits(absl::Time deadline) {
   result.max_memory_bytes = limits.max_memory_bytes();
   result.max_chunk_bytes = limits.max_chunk_bytes();
   result.stored_bytes = limits.stored_bytes();
+  result.reserved_bytes = limits.reserved_bytes();
+  result.leased_generations = limits.leased_generations();
+  result.leased_bytes = limits.leased_bytes();
+  result.leased_superseded_bytes = limits.leased_superseded_bytes();
   result.data_lane_port = static_cast<int>(limits.data_lane_port());
   result.data_lane_unix_path = limits.data_lane_unix_path();
   return result;

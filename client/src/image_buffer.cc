@@ -1,11 +1,13 @@
 #include "h5depot/image_buffer.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "client/src/buffer_recycler_internal.h"
+#include "client/src/mapped_image_internal.h"
 
 namespace h5depot {
 
@@ -24,22 +26,41 @@ ImageBuffer ImageBuffer::Adopt(void* data, size_t size) {
   return ImageBuffer(data, size);
 }
 
-ImageBuffer::~ImageBuffer() { internal::RecycleBuffer(data_, size_); }
+ImageBuffer::~ImageBuffer() { Reset(); }
+
+void ImageBuffer::Reset() {
+  if (mapping_ != nullptr) {
+    delete std::exchange(mapping_, nullptr);  // unmaps
+  } else {
+    internal::RecycleBuffer(data_, size_);
+  }
+  data_ = nullptr;
+  size_ = 0;
+}
 
 ImageBuffer::ImageBuffer(ImageBuffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
-      size_(std::exchange(other.size_, 0)) {}
+      size_(std::exchange(other.size_, 0)),
+      mapping_(std::exchange(other.mapping_, nullptr)) {}
 
 ImageBuffer& ImageBuffer::operator=(ImageBuffer&& other) noexcept {
   if (this != &other) {
-    internal::RecycleBuffer(data_, size_);
+    Reset();
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    mapping_ = std::exchange(other.mapping_, nullptr);
   }
   return *this;
 }
 
 void* ImageBuffer::Release() {
+  if (mapping_ != nullptr) {
+    void* copy = std::malloc(size_ == 0 ? 1 : size_);
+    if (copy == nullptr) return nullptr;
+    std::memcpy(copy, data_, size_);
+    Reset();
+    return copy;
+  }
   size_ = 0;
   return std::exchange(data_, nullptr);
 }

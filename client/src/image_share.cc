@@ -12,6 +12,7 @@
 #include "absl/strings/strip.h"
 #include "client/src/hdf5_error_internal.h"
 #include "client/src/image_share_internal.h"
+#include "client/src/mapped_image_internal.h"
 
 namespace h5depot::internal {
 namespace {
@@ -74,6 +75,16 @@ absl::StatusOr<ImageShareRef> ImageShare::Create(void* buffer, size_t size,
   }
   registry.shares.emplace(serial, share);
   return ImageShareRef(share);
+}
+
+absl::StatusOr<ImageShareRef> ImageShare::CreateMapped(ImageBuffer mapped) {
+  void* data = mapped.data();
+  absl::StatusOr<ImageShareRef> share =
+      Create(data, mapped.size(), BufferOwner::kMapping);
+  if (!share.ok()) return share.status();
+  MutexLock lock(&(*share)->mu_);
+  (*share)->mapped_ = std::move(mapped);
+  return share;
 }
 
 std::optional<ImageShareRef> ImageShare::Find(hid_t file_id) {
@@ -175,6 +186,12 @@ void ImageShare::KeepFinalImage() {
 
 std::optional<ImageBuffer> ImageShare::TakeFinalImage() {
   MutexLock lock(&mu_);
+  if (final_mapped_.has_value()) {
+    ImageBuffer image = *std::move(final_mapped_);
+    final_mapped_.reset();
+    MappedImage::Shrink(image, std::exchange(final_size_, 0));
+    return image;
+  }
   if (final_ == nullptr) return std::nullopt;
   return ImageBuffer::Adopt(std::exchange(final_, nullptr),
                             std::exchange(final_size_, 0));
@@ -274,6 +291,17 @@ void* ImageShare::Resize(void* ptr, size_t size) {
           "the core driver resized a buffer that is not its image");
     } else if (size == 0) {
       error = absl::InvalidArgumentError("cannot resize an image to 0 bytes");
+    } else if (owner_ == BufferOwner::kMapping && driver_buffer_ == initial_ &&
+               size <= initial_size_) {
+      // Within the mapping: in place (its pages are copy-on-write).
+      result = ptr;
+    } else if (owner_ == BufferOwner::kMapping && driver_buffer_ == initial_) {
+      // Past the end of the mapping: memory of the driver's own.
+      result = std::malloc(size);
+      if (result != nullptr) {
+        std::memcpy(result, initial_, std::min(size, driver_size_));
+        --initial_refs_;
+      }
     } else if (owner_ == BufferOwner::kApplication) {
       // The application keeps the buffer and does not learn of a new
       // address: resizing is only pretended, within the buffer's size.
@@ -354,10 +382,15 @@ bool ImageShare::ReleaseDriverBuffer(void* ptr) {
     MutexLock lock(&mu_);
     if (!driver_open_ || ptr != driver_buffer_) return false;
     driver_open_ = false;
-    const bool keep = keep_final_ && owner_ == BufferOwner::kHdf5;
+    const bool keep = keep_final_ && owner_ != BufferOwner::kApplication;
     if (driver_buffer_ == initial_) {
       --initial_refs_;
-      if (keep && initial_refs_ == 0) {
+      if (keep && initial_refs_ == 0 && owner_ == BufferOwner::kMapping) {
+        // The mapping itself is the final image.
+        final_mapped_ = std::move(mapped_);
+        mapped_.reset();
+        initial_ = nullptr;
+      } else if (keep && initial_refs_ == 0) {
         final_ = std::exchange(initial_, nullptr);
       } else if (keep) {
         // Property lists still hold the buffer: the application gets a
@@ -370,7 +403,8 @@ bool ImageShare::ReleaseDriverBuffer(void* ptr) {
     } else {
       unwanted = driver_buffer_;
     }
-    final_size_ = final_ != nullptr ? driver_size_ : 0;
+    final_size_ =
+        final_ != nullptr || final_mapped_.has_value() ? driver_size_ : 0;
     driver_buffer_ = nullptr;
     driver_size_ = 0;
   }

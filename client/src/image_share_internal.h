@@ -59,6 +59,12 @@ enum class BufferOwner {
   // place up to its original size; growing beyond fails with an error on
   // the HDF5 error stack. DONT_COPY | DONT_RELEASE.
   kApplication,
+  // A mapped ImageBuffer (image_buffer.h, a fetch that mapped the server's
+  // memory), kept by the share until its last reference goes: never
+  // freed with free() nor moved. The driver resizes it in place within its
+  // size (the mapping is copy-on-write, so writes stay private); growing
+  // beyond moves the driver to memory of its own, copying once.
+  kMapping,
 };
 
 class ImageShare;
@@ -95,6 +101,8 @@ class ImageShare {
   // (RESOURCE_EXHAUSTED): the buffer is then freed.
   static absl::StatusOr<ImageShareRef> Create(void* buffer, size_t size,
                                               BufferOwner owner);
+  // A share of `mapped` (is_mapped(), not empty), owner kMapping.
+  static absl::StatusOr<ImageShareRef> CreateMapped(ImageBuffer mapped);
 
   // The share of the open file `file_id` if OpenFileImage opened it and
   // its core driver still uses the share's buffer; nullopt otherwise.
@@ -166,6 +174,10 @@ class ImageShare {
   void* driver_buffer_ ABSL_GUARDED_BY(mu_) = nullptr;
   size_t driver_size_ ABSL_GUARDED_BY(mu_) = 0;
   bool keep_final_ ABSL_GUARDED_BY(mu_) = false;
+  // kMapping: the mapped buffer behind initial_, until the share goes or
+  // it is handed on as the final image (final_mapped_).
+  std::optional<ImageBuffer> mapped_ ABSL_GUARDED_BY(mu_);
+  std::optional<ImageBuffer> final_mapped_ ABSL_GUARDED_BY(mu_);
   void* final_ ABSL_GUARDED_BY(mu_) = nullptr;
   size_t final_size_ ABSL_GUARDED_BY(mu_) = 0;
 

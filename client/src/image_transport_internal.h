@@ -63,6 +63,23 @@ class ImageTransport {
                                              const FetchOptions& options,
                                              const CallDeadline& deadline) = 0;
 
+  // Pushes the image in the first `size` bytes of `memfd`, sealed against
+  // every change (kSealsFromClient), by handing the server the descriptor.
+  // UNIMPLEMENTED, with nothing sent, where descriptors cannot pass (not
+  // over the server's Unix socket, or a server that does not take them):
+  // the caller then sends the bytes.
+  virtual absl::StatusOr<ImageInfo> PushSealed(std::string_view image_id,
+                                               int memfd, uint64_t size,
+                                               const PushOptions& options,
+                                               absl::Time deadline) {
+    static_cast<void>(image_id);
+    static_cast<void>(memfd);
+    static_cast<void>(size);
+    static_cast<void>(options);
+    static_cast<void>(deadline);
+    return absl::UnimplementedError("this transport cannot pass memfds");
+  }
+
   // Reads up to `length` bytes at `offset` of `generation` (0: current)
   // into `out`, clamped at the end of the image.
   virtual absl::StatusOr<ReadResult> Read(std::string_view image_id,

@@ -10,10 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "client/src/image_transport_internal.h"
 #include "client/src/lane_client_internal.h"
+#include "client/src/mapped_image_internal.h"
 #include "client/src/server_target_internal.h"
 #include "h5depot/internal/checksum.h"
+#include "h5depot/internal/fork_generation.h"
 #include "h5depot/internal/huge_pages.h"
 #include "h5depot/internal/lane_protocol.h"
+#include "h5depot/internal/memfd.h"
 
 namespace h5depot::internal {
 namespace {
@@ -97,14 +100,18 @@ std::shared_ptr<DataLane> DataLane::ForServer(std::string_view target,
     if (!StartsWith(path, "/")) {
       path = absl::StrCat(std::string(target.substr(scheme.size())), ".data");
     }
-    return std::shared_ptr<DataLane>(
+    std::shared_ptr<DataLane> lane(
         new DataLane("", 0, std::move(path), std::move(credentials)));
+    lane->self_ = lane;
+    return lane;
   }
   if (tcp_port == 0) return nullptr;
   std::string host = TargetHost(target);
   if (host.empty()) return nullptr;
-  return std::shared_ptr<DataLane>(new DataLane(
+  std::shared_ptr<DataLane> lane(new DataLane(
       std::move(host), static_cast<int>(tcp_port), "", std::move(credentials)));
+  lane->self_ = lane;
+  return lane;
 }
 
 DataLane::DataLane(std::string host, int port, std::string unix_path,
@@ -162,9 +169,16 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
   auto connection = std::make_unique<Connection>(*std::move(socket));
   const std::string& token = credentials_.token;
   uint8_t hello[lane::kHelloBytes];
-  lane::EncodeHello(hello, token.empty()
-                               ? lane::kFeatureClientCpu
-                               : lane::kFeatureClientCpu | lane::kFeatureToken);
+  uint16_t offered = lane::kFeatureClientCpu;
+  if (!token.empty()) offered |= lane::kFeatureToken;
+  // Descriptors pass only over a Unix socket; each is received straight
+  // into this process's table, so it must accept them before the hello.
+  const bool may_share = host_.empty() && credentials_.share_memory;
+  if (may_share) {
+    offered |= lane::kFeatureDescriptors;
+    connection->socket().AcceptDescriptors();
+  }
+  lane::EncodeHello(hello, offered);
   absl::Status status =
       connection->socket().Send(hello, sizeof(hello), deadline);
   if (status.ok()) {
@@ -173,6 +187,10 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
   uint16_t agreed = 0;
   if (status.ok()) status = lane::DecodeHello(hello, &agreed);
   connection->says_cpu = (agreed & lane::kFeatureClientCpu) != 0;
+  if (may_share && (agreed & lane::kFeatureDescriptors) != 0) {
+    connection->shares_memory = true;
+    connection->leases = std::make_shared<LeaseLedger>();
+  }
   // A server that does not take the token up has no use for one.
   if (status.ok() && (agreed & lane::kFeatureToken) != 0 && !token.empty()) {
     uint8_t header[lane::kTokenHeaderBytes];
@@ -189,10 +207,66 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
 }
 
 void DataLane::GiveBack(std::unique_ptr<Connection> connection) {
+  std::shared_ptr<LeaseLedger> leases = connection->leases;
+  bool holds_leases = false;
+  if (leases != nullptr) {
+    if (!SendDueReleases(*connection)) return;  // broken: the leases end
+    MutexLock lock(&leases->mutex);
+    holds_leases = leases->held > 0;
+  }
   connection->idle_since = std::chrono::steady_clock::now();
-  MutexLock lock(&mutex_);
-  if (idle_.size() < kMaxIdleConnections)
-    idle_.push_back(std::move(connection));
+  {
+    MutexLock lock(&mutex_);
+    if (idle_.size() < kMaxIdleConnections || holds_leases) {
+      idle_.push_back(std::move(connection));
+    }
+  }
+  if (leases == nullptr) return;
+  // A buffer unmapped while this call held the connection may have found
+  // it out of the pool: its RELEASE is sent now.
+  bool due = false;
+  {
+    MutexLock lock(&leases->mutex);
+    due = !leases->due.empty();
+  }
+  if (due) FlushReleases(leases);
+}
+
+void DataLane::FlushReleases(const std::shared_ptr<LeaseLedger>& leases) {
+  std::unique_ptr<Connection> connection;
+  {
+    MutexLock lock(&mutex_);
+    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+      if ((*it)->leases != leases) continue;
+      connection = std::move(*it);
+      idle_.erase(it);
+      break;
+    }
+  }
+  // Not idle: the call using it sends them as it gives it back.
+  if (connection != nullptr) GiveBack(std::move(connection));
+}
+
+bool DataLane::SendDueReleases(Connection& connection) {
+  std::vector<uint64_t> due;
+  {
+    MutexLock lock(&connection.leases->mutex);
+    due.swap(connection.leases->due);
+    connection.leases->held -= due.size();
+  }
+  if (due.empty()) return true;
+  std::vector<uint8_t> messages(due.size() * lane::kRequestHeaderBytes);
+  for (size_t i = 0; i < due.size(); ++i) {
+    lane::RequestHeader release;
+    release.op = lane::Op::kRelease;
+    release.size = due[i];
+    lane::EncodeRequestHeader(release,
+                              messages.data() + i * lane::kRequestHeaderBytes);
+  }
+  // Small, into a socket the server reads: a stall means it is gone.
+  return connection.socket()
+      .Send(messages.data(), messages.size(), absl::Now() + absl::Seconds(5))
+      .ok();
 }
 
 namespace {
@@ -319,8 +393,17 @@ absl::StatusOr<FetchedImage> DataLane::Fetch(
     const FetchOptions& options, const CallDeadline& deadline) {
   const bool reused = connection->reused;
   bool unanswered = false;
-  absl::StatusOr<FetchedImage> fetched = FetchOnce(
-      std::move(connection), image_id, options, deadline, &unanswered);
+  bool take_bytes = false;
+  absl::StatusOr<FetchedImage> fetched =
+      FetchOnce(std::move(connection), image_id, options, deadline,
+                /*accept_descriptor=*/true, &unanswered, &take_bytes);
+  if (take_bytes) {
+    // The image came as a memfd this process could not use: the bytes.
+    absl::StatusOr<std::unique_ptr<Connection>> again = Connect(deadline.reply);
+    if (!again.ok()) return fetched;
+    return FetchOnce(*std::move(again), image_id, options, deadline,
+                     /*accept_descriptor=*/false, &unanswered, &take_bytes);
+  }
   if (fetched.ok() ||
       !RetryOnNewConnection(fetched.status(), unanswered, reused)) {
     return fetched;
@@ -328,14 +411,16 @@ absl::StatusOr<FetchedImage> DataLane::Fetch(
   absl::StatusOr<std::unique_ptr<Connection>> fresh =
       ConnectNew(deadline.reply);
   if (!fresh.ok()) return fetched;
-  return FetchOnce(*std::move(fresh), image_id, options, deadline, &unanswered);
+  return FetchOnce(*std::move(fresh), image_id, options, deadline,
+                   /*accept_descriptor=*/true, &unanswered, &take_bytes);
 }
 
 absl::StatusOr<FetchedImage> DataLane::FetchOnce(
     std::unique_ptr<Connection> connection, std::string_view image_id,
     const FetchOptions& options, const CallDeadline& deadline,
-    bool* unanswered) {
+    bool accept_descriptor, bool* unanswered, bool* take_bytes) {
   *unanswered = false;
+  *take_bytes = false;
   if (absl::Status status = CheckFramable(image_id); !status.ok()) {
     return status;
   }
@@ -344,6 +429,7 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
   request.image_id_bytes = static_cast<uint16_t>(image_id.size());
   request.wait_ms = ToMillis(options.wait);
   request.client_cpu = ClientCpu(*connection);
+  request.accepts_descriptor = accept_descriptor && connection->shares_memory;
   uint8_t header[lane::kRequestHeaderBytes];
   lane::EncodeRequestHeader(request, header);
   iovec iov[2] = {{header, sizeof(header)},
@@ -367,6 +453,13 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
   if (!refusal.ok()) {
     GiveBack(std::move(connection));
     return refusal;
+  }
+  if (response->with_descriptor) {
+    if (!request.accepts_descriptor) {
+      return absl::InternalError("a memfd the client did not ask for");
+    }
+    return ReceiveMapped(std::move(connection), *response, image_id,
+                         take_bytes);
   }
   FetchedImage fetched;
   fetched.info = ToImageInfo(*response, image_id);
@@ -398,6 +491,104 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
     return intact;
   }
   return fetched;
+}
+
+absl::StatusOr<FetchedImage> DataLane::ReceiveMapped(
+    std::unique_ptr<Connection> connection, const lane::Response& response,
+    std::string_view image_id, bool* take_bytes) {
+  // The server holds a lease from here on, whatever this end makes of it.
+  std::shared_ptr<LeaseLedger> leases = connection->leases;
+  {
+    MutexLock lock(&leases->mutex);
+    ++leases->held;
+  }
+  const uint64_t generation = response.generation;
+  UniqueFd memfd(connection->socket().TakeDescriptor());
+  absl::Status unusable;
+  absl::StatusOr<Mapping> mapping = absl::UnknownError("");
+  if (!memfd) {
+    unusable = connection->socket().TakeLostDescriptors()
+                   ? absl::ResourceExhaustedError("out of descriptors")
+                   : absl::InternalError("a memfd answer without its memfd");
+  } else if (absl::StatusOr<uint64_t> length =
+                 CheckSealedImage(memfd.get(), kSealsFromServer, response.size);
+             !length.ok()) {
+    unusable = length.status();
+  } else {
+    // Copy-on-write: the buffer reads the server's pages, and a write
+    // makes a private copy of the page it lands on.
+    mapping =
+        Mapping::Map(memfd.get(), response.size, Mapping::Access::kCopyOnWrite);
+    if (!mapping.ok()) unusable = mapping.status();
+  }
+  if (!unusable.ok()) {
+    {
+      MutexLock lock(&leases->mutex);
+      leases->due.push_back(generation);
+    }
+    GiveBack(std::move(connection));
+    *take_bytes = true;
+    return absl::UnavailableError(absl::StrCat(
+        "cannot map the image's memfd: ", std::string(unusable.message())));
+  }
+  FetchedImage fetched;
+  fetched.info = ToImageInfo(response, image_id);
+  fetched.buffer = MappedImage::Wrap(
+      *std::move(mapping), response.size,
+      [leases, lane = self_, generation, forks = ForkGeneration()]() {
+        // A forked child's copy of the buffer: the lease and the
+        // connection are the parent's.
+        if (ForkGeneration() != forks) return;
+        {
+          MutexLock lock(&leases->mutex);
+          leases->due.push_back(generation);
+        }
+        if (std::shared_ptr<DataLane> alive = lane.lock()) {
+          alive->FlushReleases(leases);
+        }
+      });
+  GiveBack(std::move(connection));
+  return fetched;
+}
+
+absl::StatusOr<ImageInfo> DataLane::PushSealed(
+    std::unique_ptr<Connection> connection, std::string_view image_id,
+    int memfd, uint64_t size, const PushOptions& options, absl::Time deadline) {
+  if (!connection->shares_memory) {
+    GiveBack(std::move(connection));
+    return absl::UnimplementedError(
+        "the data lane connection does not take memfds");
+  }
+  if (absl::Status status = CheckFramable(image_id); !status.ok()) {
+    return status;
+  }
+  lane::RequestHeader request;
+  request.op = lane::Op::kPutSealed;
+  request.image_id_bytes = static_cast<uint16_t>(image_id.size());
+  request.size = size;
+  request.if_generation_match = options.if_generation_match;
+  request.ttl_ms = ToMillis(options.ttl);
+  request.client_cpu = ClientCpu(*connection);
+  uint8_t header[lane::kRequestHeaderBytes];
+  lane::EncodeRequestHeader(request, header);
+  iovec iov[2] = {{header, sizeof(header)},
+                  {const_cast<char*>(image_id.data()), image_id.size()}};
+  if (absl::Status status =
+          connection->socket().SendAllWithDescriptor(iov, 2, memfd, deadline);
+      !status.ok()) {
+    return status;
+  }
+  absl::Status refusal;
+  absl::StatusOr<lane::Response> response =
+      connection->ReadResponse(deadline, &refusal);
+  if (!response.ok()) return response.status();
+  if (response->kind != lane::ResponseKind::kFinal) {
+    return absl::InternalError("unexpected lane response");
+  }
+  GiveBack(std::move(connection));
+  if (!refusal.ok()) return refusal;
+  ReportSentInOne(options.progress, size);
+  return ToImageInfo(*response, image_id);
 }
 
 }  // namespace h5depot::internal

@@ -33,6 +33,23 @@ struct LaneCredentials {
   // verifying the server's certificate against the gRPC target's host;
   // null: plain. Unix socket connections are always plain.
   std::shared_ptr<const tls::Context> tls;
+  // Over a Unix socket, offer to take images as memfds and to push sealed
+  // ones (lane::kFeatureDescriptors).
+  bool share_memory = true;
+};
+
+// The leases a connection holds on images the server handed it as memfds
+// (lane_protocol.h, RELEASE), shared with the buffers that map them. A
+// buffer, once unmapped, adds its generation to `due`; the connection sends
+// those RELEASEs whenever it is out of the pool (DataLane::GiveBack), which
+// DataLane::FlushReleases arranges for an idle one.
+struct LeaseLedger {
+  Mutex mutex;
+  std::vector<uint64_t> due ABSL_GUARDED_BY(mutex);
+  // Handed to this connection and not released yet: the connection is then
+  // kept (never closed for being one too many in the pool), or the server
+  // would forget the leases while the memory is still mapped.
+  size_t held ABSL_GUARDED_BY(mutex) = 0;
 };
 
 // One server's data lane, with a pool of idle connections to it.
@@ -70,6 +87,11 @@ class DataLane {
     // have closed it since (Push and Fetch then retry on a new one).
     bool reused = false;
 
+    // Whether the server agreed to hand over and take memfds
+    // (lane::kFeatureDescriptors); then `leases` is set.
+    bool shares_memory = false;
+    std::shared_ptr<LeaseLedger> leases;
+
     // Reads a response header and its message into `*refusal` (OK for a
     // success). Errors are transport or protocol failures, after which the
     // connection is unusable.
@@ -103,6 +125,20 @@ class DataLane {
                                      const FetchOptions& options,
                                      const CallDeadline& deadline);
 
+  // Pushes the image in the first `size` bytes of `memfd`, sealed against
+  // every change (kSealsFromClient), by handing the server the descriptor:
+  // no byte is sent. UNIMPLEMENTED, with nothing sent, when `connection`
+  // cannot (not a Unix socket, or a server that does not take memfds).
+  absl::StatusOr<ImageInfo> PushSealed(std::unique_ptr<Connection> connection,
+                                       std::string_view image_id, int memfd,
+                                       uint64_t size,
+                                       const PushOptions& options,
+                                       absl::Time deadline);
+
+  // Sends the RELEASEs due on the connection of `leases` now if it is idle
+  // in the pool; otherwise the call using it sends them as it gives it back.
+  void FlushReleases(const std::shared_ptr<LeaseLedger>& leases);
+
   ~DataLane();
 
  private:
@@ -118,17 +154,29 @@ class DataLane {
                                      const uint8_t* data, size_t size,
                                      const PushOptions& options,
                                      absl::Time deadline, bool* unanswered);
+  // `*take_bytes`, if the answer came as a descriptor that could not be
+  // used (lost for want of descriptors, say): ask again for the bytes.
   absl::StatusOr<FetchedImage> FetchOnce(std::unique_ptr<Connection> connection,
                                          std::string_view image_id,
                                          const FetchOptions& options,
                                          const CallDeadline& deadline,
-                                         bool* unanswered);
+                                         bool accept_descriptor,
+                                         bool* unanswered, bool* take_bytes);
+  // The image of a GET answered with `response` and a descriptor: mapped,
+  // under a lease that the buffer's end releases.
+  absl::StatusOr<FetchedImage> ReceiveMapped(
+      std::unique_ptr<Connection> connection, const lane::Response& response,
+      std::string_view image_id, bool* take_bytes);
+  // Sends the RELEASEs due on `connection`; false if it broke.
+  bool SendDueReleases(Connection& connection);
 
   const std::string host_;  // TCP; empty for a Unix socket
   const int port_;
   const std::string unix_path_;
   const std::string address_;
   const LaneCredentials credentials_;
+  // This lane, for the buffers it maps to find it (or learn it is gone).
+  std::weak_ptr<DataLane> self_;
 
   // Taken twice per call: an internal::Mutex, as everywhere in the client
   // (h5depot/internal/mutex.h says why not absl::Mutex).

@@ -106,6 +106,18 @@ absl::StatusOr<FetchedImage> LaneFallbackTransport::Fetch(
   return grpc_->Fetch(image_id, options, deadline);
 }
 
+absl::StatusOr<ImageInfo> LaneFallbackTransport::PushSealed(
+    std::string_view image_id, int memfd, uint64_t size,
+    const PushOptions& options, absl::Time deadline) {
+  LaneCall call = StartLaneCall(deadline);
+  if (call.connection != nullptr) {
+    return call.lane->PushSealed(std::move(call.connection), image_id, memfd,
+                                 size, options, deadline);
+  }
+  if (!call.unreachable.ok()) return call.unreachable;
+  return absl::UnimplementedError("no data lane to pass the memfd over");
+}
+
 absl::StatusOr<ReadResult> LaneFallbackTransport::Read(
     std::string_view image_id, uint64_t generation, uint64_t offset, void* out,
     size_t length, absl::Time deadline) {

@@ -10,6 +10,10 @@ namespace {
 
 // Request flag bits.
 constexpr uint8_t kHasGenerationMatch = 1;
+constexpr uint8_t kAcceptsDescriptor = 2;
+
+// Response flag bits.
+constexpr uint8_t kWithDescriptor = 1;
 
 void Put16(uint16_t value, uint8_t* out) {
   out[0] = static_cast<uint8_t>(value);
@@ -84,7 +88,8 @@ void EncodeRequestHeader(const RequestHeader& header,
                          uint8_t out[kRequestHeaderBytes]) {
   std::memset(out, 0, kRequestHeaderBytes);
   out[0] = static_cast<uint8_t>(header.op);
-  out[1] = header.if_generation_match.has_value() ? kHasGenerationMatch : 0;
+  out[1] = (header.if_generation_match.has_value() ? kHasGenerationMatch : 0) |
+           (header.accepts_descriptor ? kAcceptsDescriptor : 0);
   Put16(header.image_id_bytes, out + 2);
   if (header.client_cpu.has_value() && *header.client_cpu < UINT32_MAX) {
     Put32(*header.client_cpu + 1, out + 4);
@@ -98,11 +103,13 @@ void EncodeRequestHeader(const RequestHeader& header,
 absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
                                  RequestHeader* header) {
   if (in[0] != static_cast<uint8_t>(Op::kPut) &&
-      in[0] != static_cast<uint8_t>(Op::kGet)) {
+      in[0] != static_cast<uint8_t>(Op::kGet) &&
+      in[0] != static_cast<uint8_t>(Op::kPutSealed) &&
+      in[0] != static_cast<uint8_t>(Op::kRelease)) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown data lane request ", in[0]));
   }
-  if ((in[1] & ~kHasGenerationMatch) != 0) {
+  if ((in[1] & ~(kHasGenerationMatch | kAcceptsDescriptor)) != 0) {
     return absl::InvalidArgumentError("unknown data lane request flags");
   }
   header->op = static_cast<Op>(in[0]);
@@ -112,6 +119,7 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
   if ((in[1] & kHasGenerationMatch) != 0) {
     header->if_generation_match = DecodeU64(in + 16);
   }
+  header->accepts_descriptor = (in[1] & kAcceptsDescriptor) != 0;
   header->ttl_ms = DecodeU64(in + 24);
   header->wait_ms = DecodeU64(in + 32);
   header->client_cpu.reset();
@@ -121,12 +129,13 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
   return absl::OkStatus();
 }
 
-//  0 kind  1 reserved  2 code  4 message_bytes  6 reserved  8 size
+//  0 kind  1 flags  2 code  4 message_bytes  6 reserved  8 size
 // 16 generation  24 checksum  32 created_unix_micros  40 expires_unix_micros
 void EncodeResponse(const Response& response,
                     uint8_t out[kResponseHeaderBytes]) {
   std::memset(out, 0, kResponseHeaderBytes);
   out[0] = static_cast<uint8_t>(response.kind);
+  out[1] = response.with_descriptor ? kWithDescriptor : 0;
   Put16(static_cast<uint16_t>(response.code), out + 2);
   Put16(response.message_bytes, out + 4);
   EncodeU64(response.size, out + 8);
@@ -148,7 +157,11 @@ absl::Status DecodeResponse(const uint8_t in[kResponseHeaderBytes],
     return absl::InvalidArgumentError(
         absl::StrCat("unknown status code ", code, " on the data lane"));
   }
+  if ((in[1] & ~kWithDescriptor) != 0) {
+    return absl::InvalidArgumentError("unknown data lane response flags");
+  }
   response->kind = static_cast<ResponseKind>(in[0]);
+  response->with_descriptor = (in[1] & kWithDescriptor) != 0;
   response->code = static_cast<absl::StatusCode>(code);
   response->message_bytes = Get16(in + 4);
   if (response->message_bytes > kMaxMessageBytes) {

@@ -101,16 +101,37 @@ LaneSocket::~LaneSocket() { Close(); }
 LaneSocket::LaneSocket(LaneSocket&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)),
       ssl_(std::exchange(other.ssl_, nullptr)),
-      stall_timeout_(other.stall_timeout_) {}
+      accepts_descriptors_(other.accepts_descriptors_),
+      lost_descriptors_(other.lost_descriptors_),
+      descriptors_(std::move(other.descriptors_)),
+      stall_timeout_(other.stall_timeout_) {
+  other.descriptors_.clear();
+}
 
 LaneSocket& LaneSocket::operator=(LaneSocket&& other) noexcept {
   if (this != &other) {
     Close();
     fd_ = std::exchange(other.fd_, -1);
     ssl_ = std::exchange(other.ssl_, nullptr);
+    accepts_descriptors_ = other.accepts_descriptors_;
+    lost_descriptors_ = other.lost_descriptors_;
+    descriptors_ = std::move(other.descriptors_);
+    other.descriptors_.clear();
     stall_timeout_ = other.stall_timeout_;
   }
   return *this;
+}
+
+int LaneSocket::TakeDescriptor() {
+  if (descriptors_.empty()) return -1;
+  const int descriptor = descriptors_.front();
+  descriptors_.pop_front();
+  return descriptor;
+}
+
+void LaneSocket::CloseDescriptors() {
+  for (int descriptor : descriptors_) ::close(descriptor);
+  descriptors_.clear();
 }
 
 void LaneSocket::Close() {
@@ -120,6 +141,7 @@ void LaneSocket::Close() {
   ssl_ = nullptr;
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
+  CloseDescriptors();
 }
 
 void LaneSocket::Shutdown() {
@@ -142,6 +164,20 @@ absl::Status LaneSocket::AwaitReady(short events, absl::Time deadline) {
 absl::Status LaneSocket::SendAll(struct iovec* iov, int count,
                                  absl::Time deadline) {
   if (ssl_ != nullptr) return TlsSendAll(iov, count, deadline);
+  return SendAllPlain(iov, count, -1, deadline);
+}
+
+absl::Status LaneSocket::SendAllWithDescriptor(struct iovec* iov, int count,
+                                               int descriptor,
+                                               absl::Time deadline) {
+  if (ssl_ != nullptr) {
+    return absl::FailedPreconditionError("descriptors cannot be sent over TLS");
+  }
+  return SendAllPlain(iov, count, descriptor, deadline);
+}
+
+absl::Status LaneSocket::SendAllPlain(struct iovec* iov, int count,
+                                      int descriptor, absl::Time deadline) {
   const int flags =
       MSG_NOSIGNAL | (deadline == absl::InfiniteFuture() ? 0 : MSG_DONTWAIT);
   while (count > 0) {
@@ -153,7 +189,20 @@ absl::Status LaneSocket::SendAll(struct iovec* iov, int count,
     msghdr message{};
     message.msg_iov = iov;
     message.msg_iovlen = static_cast<size_t>(std::min(count, IOV_MAX));
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    if (descriptor >= 0) {
+      // On the first bytes only: once any went, the descriptor went too.
+      std::memset(control, 0, sizeof(control));
+      message.msg_control = control;
+      message.msg_controllen = sizeof(control);
+      cmsghdr* header = CMSG_FIRSTHDR(&message);
+      header->cmsg_level = SOL_SOCKET;
+      header->cmsg_type = SCM_RIGHTS;
+      header->cmsg_len = CMSG_LEN(sizeof(int));
+      std::memcpy(CMSG_DATA(header), &descriptor, sizeof(int));
+    }
     const ssize_t sent = ::sendmsg(fd_, &message, flags);
+    if (sent > 0) descriptor = -1;
     if (sent < 0) {
       if (errno == EINTR) continue;
       if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
@@ -189,7 +238,7 @@ absl::StatusOr<size_t> LaneSocket::ReceiveSome(void* data, size_t size,
   if (ssl_ != nullptr) return TlsReceiveSome(data, size, deadline);
   const int flags = deadline == absl::InfiniteFuture() ? 0 : MSG_DONTWAIT;
   while (true) {
-    const ssize_t received = ::recv(fd_, data, size, flags);
+    const ssize_t received = ReceivePlain(data, size, flags);
     if (received > 0) return static_cast<size_t>(received);
     if (received == 0) return PeerClosed();
     if (errno == EINTR) continue;
@@ -203,10 +252,50 @@ absl::StatusOr<size_t> LaneSocket::ReceiveSome(void* data, size_t size,
   }
 }
 
+// Received descriptors not yet taken, at most.
+constexpr size_t kMaxHeldDescriptors = 16;
+
+ssize_t LaneSocket::ReceivePlain(void* data, size_t size, int flags) {
+  if (!accepts_descriptors_) return ::recv(fd_, data, size, flags);
+  iovec iov{data, size};
+  msghdr message{};
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  // Room for a few: a peer sends at most one per message, and a receive
+  // stops at the next message that carries one.
+  alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))];
+  message.msg_control = control;
+  message.msg_controllen = sizeof(control);
+  const ssize_t received = ::recvmsg(fd_, &message, flags | MSG_CMSG_CLOEXEC);
+  if (received < 0) return received;
+  if ((message.msg_flags & MSG_CTRUNC) != 0) lost_descriptors_ = true;
+  for (cmsghdr* header = CMSG_FIRSTHDR(&message); header != nullptr;
+       header = CMSG_NXTHDR(&message, header)) {
+    if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) {
+      continue;
+    }
+    const size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int descriptor;
+      std::memcpy(&descriptor, CMSG_DATA(header) + i * sizeof(int),
+                  sizeof(int));
+      if (descriptors_.size() >= kMaxHeldDescriptors) {
+        // A peer that floods this socket with descriptors gets them closed.
+        ::close(descriptor);
+        lost_descriptors_ = true;
+        continue;
+      }
+      descriptors_.push_back(descriptor);
+    }
+  }
+  return received;
+}
+
 absl::Status LaneSocket::Receive(void* data, size_t size, absl::Time deadline) {
   auto* out = static_cast<uint8_t*>(data);
   while (size > 0) {
-    if (deadline == absl::InfiniteFuture() && ssl_ == nullptr) {
+    if (deadline == absl::InfiniteFuture() && ssl_ == nullptr &&
+        !accepts_descriptors_) {
       // One call for the whole buffer when nothing needs polling.
       const ssize_t received = ::recv(fd_, out, size, MSG_WAITALL);
       if (received > 0) {

@@ -70,6 +70,8 @@ absl::StatusOr<uint64_t> CheckSealedImage(int fd, int seals, uint64_t size) {
   if (present < 0) {
     return absl::InvalidArgumentError("the descriptor is not a sealable memfd");
   }
+  // No write at all is at least as strong as no new one.
+  if ((present & F_SEAL_WRITE) != 0) present |= F_SEAL_FUTURE_WRITE;
   if ((present & seals) != seals) {
     return absl::InvalidArgumentError(
         absl::StrCat("the memfd lacks the seals ", SealNames(seals & ~present),

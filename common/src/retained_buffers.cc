@@ -24,7 +24,7 @@ RetainedBuffers::Released& RetainedBuffers::Released::operator=(
 RetainedBuffers::Released::~Released() { FreeAll(); }
 
 void RetainedBuffers::Released::FreeAll() {
-  for (const Buffer& buffer : buffers_) release_(buffer.data, buffer.capacity);
+  for (const Buffer& buffer : buffers_) release_(buffer);
   buffers_.clear();
 }
 

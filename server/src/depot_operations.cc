@@ -187,12 +187,15 @@ absl::StatusOr<const Principal*> DepotOperations::Admit(
   return principal;
 }
 
-ImageDescription DepotOperations::Describe(const StoredImage& image) {
+ImageDescription DepotOperations::Describe(const StoredImage& image,
+                                           ChecksumNeed checksum) {
   ImageDescription description;
   description.image_id = image.image_id();
   description.size = image.size();
   description.generation = image.generation();
-  description.checksum = image.checksum();
+  description.checksum = checksum == ChecksumNeed::kCompute
+                             ? image.checksum()
+                             : image.known_checksum().value_or(0);
   description.created_unix_micros = absl::ToUnixMicros(image.created());
   description.expires_unix_micros = image.expires() == absl::InfiniteFuture()
                                         ? 0
@@ -211,8 +214,8 @@ absl::Time DepotOperations::WaitDeadline(uint64_t wait_ms) {
   return absl::Now() + absl::Milliseconds(std::min(wait_ms, kMaxWaitMs));
 }
 
-absl::StatusOr<std::unique_ptr<PendingImage>> DepotOperations::BeginPush(
-    const Caller& caller, PushParams params, PushCutOff cut_off) {
+absl::StatusOr<PushRequest> DepotOperations::PushRequestFor(
+    const Caller& caller, PushParams params) {
   const Principal* principal = nullptr;
   if (checks_access_) {
     absl::StatusOr<const Principal*> admitted =
@@ -227,7 +230,23 @@ absl::StatusOr<std::unique_ptr<PendingImage>> DepotOperations::BeginPush(
   request.checksum = params.checksum;
   request.if_generation_match = params.if_generation_match;
   request.ttl = absl::Milliseconds(std::min(params.ttl_ms, kMaxTtlMs));
-  return store_->BeginPush(std::move(request), std::move(cut_off));
+  return request;
+}
+
+absl::StatusOr<std::unique_ptr<PendingImage>> DepotOperations::BeginPush(
+    const Caller& caller, PushParams params, PushCutOff cut_off) {
+  absl::StatusOr<PushRequest> request =
+      PushRequestFor(caller, std::move(params));
+  if (!request.ok()) return request.status();
+  return store_->BeginPush(*std::move(request), std::move(cut_off));
+}
+
+absl::StatusOr<ImageRef> DepotOperations::PublishSealed(
+    const Caller& caller, PushParams params, internal::UniqueFd memfd) {
+  absl::StatusOr<PushRequest> request =
+      PushRequestFor(caller, std::move(params));
+  if (!request.ok()) return request.status();
+  return store_->PublishSealed(*std::move(request), std::move(memfd));
 }
 
 absl::StatusOr<ImageRef> DepotOperations::FinishPush(
@@ -379,7 +398,12 @@ absl::StatusOr<StoreLimits> DepotOperations::Limits(const Caller& caller) {
   StoreLimits limits;
   limits.max_image_bytes = store_->options().max_image_bytes;
   limits.max_memory_bytes = store_->options().max_memory_bytes;
-  limits.stored_bytes = store_->Stats().stored_bytes;
+  const StoreStats stats = store_->Stats();
+  limits.stored_bytes = stats.stored_bytes;
+  limits.reserved_bytes = stats.reserved_bytes;
+  limits.leased_generations = stats.leased_generations;
+  limits.leased_bytes = stats.leased_bytes;
+  limits.leased_superseded_bytes = stats.leased_superseded_bytes;
   return limits;
 }
 

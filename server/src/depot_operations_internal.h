@@ -179,6 +179,10 @@ struct StoreLimits {
   uint64_t max_image_bytes = 0;
   uint64_t max_memory_bytes = 0;
   uint64_t stored_bytes = 0;
+  uint64_t reserved_bytes = 0;
+  uint64_t leased_generations = 0;
+  uint64_t leased_bytes = 0;
+  uint64_t leased_superseded_bytes = 0;
 };
 
 class DepotOperations {
@@ -232,7 +236,13 @@ class DepotOperations {
   absl::Status ReplaceAccessRules(std::unique_ptr<const AccessRules> access);
 
   // The description of `image`.
-  static ImageDescription Describe(const StoredImage& image);
+  // With `checksum` kOnlyIfKnown, an image pushed as a sealed memfd whose
+  // checksum nobody asked for yet is described with checksum 0 rather than
+  // hashed: for answers that move no bytes (a sealed push, a descriptor
+  // handed over), where nothing needs checking.
+  enum class ChecksumNeed { kCompute, kOnlyIfKnown };
+  static ImageDescription Describe(
+      const StoredImage& image, ChecksumNeed checksum = ChecksumNeed::kCompute);
 
   // The part of [offset, offset + length) that lies within `image`: a read
   // past the end is clamped, one past the end is empty.
@@ -259,6 +269,18 @@ class DepotOperations {
                                                           PushCutOff cut_off);
   absl::StatusOr<ImageRef> FinishPush(
       PendingImage& pending, std::optional<uint64_t> trailing_checksum);
+
+  // A push from a client on this host whose image is in `memfd`, sealed
+  // against every change (ImageStore::PublishSealed): authorised and
+  // charged like BeginPush, published without copying (params.checksum is
+  // not used).
+  absl::StatusOr<ImageRef> PublishSealed(const Caller& caller,
+                                         PushParams params,
+                                         internal::UniqueFd memfd);
+
+  // A lease on `image` for a client on this host about to be handed its
+  // memfd (ImageStore::Lease).
+  ImageLease Lease(ImageRef image) { return store_->Lease(std::move(image)); }
 
   // Fetch and Stat without waiting: the current generation of `image_id`,
   // NOT_FOUND if there is none. (Fetch sends its bytes, Stat only its
@@ -326,6 +348,10 @@ class DepotOperations {
                                          std::string_view image_id) const;
   absl::StatusOr<ImageRef> Find(const Caller& caller, Operation op,
                                 std::string_view image_id);
+  // The store's request for a push of `params` by `caller`: authorised,
+  // charged to its principal's quota, TTL clamped.
+  absl::StatusOr<PushRequest> PushRequestFor(const Caller& caller,
+                                             PushParams params);
   // Now plus `wait_ms`, clamped.
   static absl::Time WaitDeadline(uint64_t wait_ms);
 

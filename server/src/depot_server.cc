@@ -215,6 +215,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     // Started first, so that GetLimits names it from the first call on.
     DataLaneOptions lane_options;
     lane_options.follow_client_cpu = options.data_lane_follow_client_cpu;
+    lane_options.share_memory = options.data_lane_share_memory;
     lane_options.idle_timeout = options.data_lane_idle_timeout;
     lane_options.handshake_timeout = options.data_lane_handshake_timeout;
     lane_options.max_connections_per_peer =

@@ -765,6 +765,10 @@ grpc::ServerUnaryReactor* DepotService::GetLimits(
   response->set_max_image_bytes(limits->max_image_bytes);
   response->set_max_memory_bytes(limits->max_memory_bytes);
   response->set_stored_bytes(limits->stored_bytes);
+  response->set_reserved_bytes(limits->reserved_bytes);
+  response->set_leased_generations(limits->leased_generations);
+  response->set_leased_bytes(limits->leased_bytes);
+  response->set_leased_superseded_bytes(limits->leased_superseded_bytes);
   // This transport's own limit, and where the other one listens.
   response->set_max_chunk_bytes(max_chunk_bytes_);
   response->set_data_lane_port(static_cast<uint32_t>(data_lane_.tcp_port));

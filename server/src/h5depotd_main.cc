@@ -6,6 +6,7 @@
 // reloads the --auth-file and prints one line saying how it went.
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -88,6 +89,10 @@ ABSL_FLAG(bool, follow_client_cpu, true,
           "serve a data lane client on this host its small pushes and "
           "fetches on the CPU it waits on (--nofollow-client-cpu: leave "
           "that to the scheduler)");
+ABSL_FLAG(bool, share_memory, true,
+          "hand clients on this host (over --unix) the sealed memfd of an "
+          "image instead of its bytes, and take their sealed memfds as "
+          "pushes (--noshare-memory: bytes only)");
 ABSL_FLAG(absl::Duration, lane_idle_timeout, absl::Minutes(5),
           "close a data lane connection whose client has sent no request "
           "for this long, e.g. 5m, 90s ('inf': never); clients reconnect "
@@ -227,6 +232,8 @@ int main(int argc, char** argv) {
       "usage: h5depotd [--listen=HOST:PORT] [--unix=PATH] "
       "[--max-memory=SIZE] [--max-image-size=SIZE] [--data-port=PORT]\n"
       "                [--nodata-lane] [--nofollow-client-cpu] "
+      "[--noshare-memory]\n"
+      "                "
       "[--lane-idle-timeout=DURATION]\n"
       "                [--lane-handshake-timeout=DURATION] "
       "[--max-lane-connections-per-peer=N]\n"
@@ -260,6 +267,13 @@ int main(int argc, char** argv) {
   sigaddset(&handled_signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &handled_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // Each large image holds a descriptor (its memfd) beside every
+  // connection's: take all the descriptors the hard limit allows.
+  if (rlimit files; getrlimit(RLIMIT_NOFILE, &files) == 0 &&
+                    files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
 
   h5depot::server::ServerOptions options;
   options.listen_address = absl::GetFlag(FLAGS_listen);
@@ -267,6 +281,7 @@ int main(int argc, char** argv) {
   options.data_lane = absl::GetFlag(FLAGS_data_lane);
   options.data_lane_port = absl::GetFlag(FLAGS_data_port);
   options.data_lane_follow_client_cpu = absl::GetFlag(FLAGS_follow_client_cpu);
+  options.data_lane_share_memory = absl::GetFlag(FLAGS_share_memory);
   options.max_waits = static_cast<size_t>(absl::GetFlag(FLAGS_max_waits));
   options.data_lane_idle_timeout = absl::GetFlag(FLAGS_lane_idle_timeout);
   options.data_lane_max_connections_per_peer =

@@ -1,6 +1,7 @@
 #include "h5depot/server/image_store.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -28,7 +29,26 @@ constexpr uint64_t kMmapThreshold = uint64_t{1} << 20;
 constexpr absl::Duration kRetainFor = absl::Seconds(1);
 constexpr size_t kMaxRetained = 4;
 
-uint8_t* MapImageBytes(uint64_t size) {
+// A large image's buffer: a memfd sealed for sharing (kSealsFromServer),
+// mapped writable for the push to receive into, so that clients on this
+// host can later be handed its descriptor; anonymous memory (`*memfd` -1)
+// if no memfd can be made (out of descriptors, say). Null if memory is
+// short.
+uint8_t* MapImageBytes(uint64_t size, int* memfd) {
+  *memfd = -1;
+  absl::StatusOr<internal::UniqueFd> file =
+      internal::CreateMemfd("h5depot-image", size);
+  if (file.ok()) {
+    // Mapped before sealing: the seals stop every later writable mapping
+    // and write(2), this one keeps working.
+    absl::StatusOr<internal::Mapping> mapping = internal::Mapping::Map(
+        file->get(), size, internal::Mapping::Access::kReadWrite);
+    if (mapping.ok() &&
+        internal::AddSeals(file->get(), internal::kSealsFromServer).ok()) {
+      *memfd = file->Release();
+      return static_cast<uint8_t*>(mapping->Release());
+    }
+  }
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return nullptr;
@@ -36,7 +56,18 @@ uint8_t* MapImageBytes(uint64_t size) {
   return static_cast<uint8_t*>(p);
 }
 
-void UnmapImageBytes(void* data, uint64_t capacity) { munmap(data, capacity); }
+void UnmapImageBytes(const internal::RetainedBuffers::Buffer& buffer) {
+  munmap(buffer.data, buffer.capacity);
+  if (buffer.memfd >= 0) close(buffer.memfd);
+}
+
+absl::Status NotHdf5Error(const std::string& image_id) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "'", image_id,
+      "' is not an HDF5 file image: no HDF5 signature at offset 0, 512, "
+      "1024, ... (start the server with --allow-non-hdf5 to store any "
+      "bytes)"));
+}
 
 internal::RetainedBuffers::Options RetentionOptions() {
   internal::RetainedBuffers::Options options;
@@ -84,10 +115,13 @@ class MemoryBudget {
   uint64_t used() const { return used_.load(std::memory_order_relaxed); }
   uint64_t limit() const { return limit_; }
 
-  // A buffer of at least `size` bytes, its actual size in `*capacity`;
-  // null if memory is short.
-  uint8_t* Allocate(uint64_t size, uint64_t* capacity) {
+  // A buffer of at least `size` bytes, its actual size in `*capacity` and
+  // the memfd holding it in `*memfd` (-1: none); null if memory is short.
+  // Bytes past `size` in a reused buffer are zeroed: a client handed the
+  // memfd can read to its end.
+  uint8_t* Allocate(uint64_t size, uint64_t* capacity, int* memfd) {
     *capacity = size;
+    *memfd = -1;
     if (size == 0) return nullptr;
     if (size < kMmapThreshold) return static_cast<uint8_t*>(std::malloc(size));
     internal::RetainedBuffers::Taken taken;  // unfit ones freed after the lock
@@ -95,21 +129,30 @@ class MemoryBudget {
       absl::MutexLock lock(&mutex_);
       taken = retained_.Take(size);
     }
-    if (taken.buffer.data == nullptr) return MapImageBytes(size);
+    if (taken.buffer.data == nullptr) return MapImageBytes(size, memfd);
     *capacity = taken.buffer.capacity;
-    return static_cast<uint8_t*>(taken.buffer.data);
+    *memfd = taken.buffer.memfd;
+    auto* data = static_cast<uint8_t*>(taken.buffer.data);
+    if (*memfd >= 0) std::memset(data + size, 0, *capacity - size);
+    return data;
   }
 
-  // Takes back a buffer from Allocate().
-  void Free(uint8_t* data, uint64_t capacity) {
+  // Takes back a buffer from Allocate(), or a sealed push's mapping. One
+  // that is not `reusable` (its memfd went to a client, or it is not the
+  // store's) goes back to the system at once.
+  void Free(uint8_t* data, uint64_t capacity, int memfd, bool reusable) {
     if (data == nullptr) return;
-    if (capacity < kMmapThreshold) {
+    if (capacity < kMmapThreshold && memfd < 0) {
       std::free(data);
+      return;
+    }
+    if (!reusable) {
+      UnmapImageBytes({data, capacity, memfd});
       return;
     }
     internal::RetainedBuffers::Released evicted;  // freed after the lock
     absl::MutexLock lock(&mutex_);
-    evicted = retained_.Keep({data, capacity}, absl::Now());
+    evicted = retained_.Keep({data, capacity, memfd}, absl::Now());
     if (on_retained_) on_retained_(retained_.next_due());
   }
 
@@ -300,11 +343,62 @@ StoredImage::~StoredImage() {
   // The quota first: whoever sees the store's memory back finds the
   // tenant's back too.
   if (quota_ != nullptr) {
-    quota_->used_bytes_.fetch_sub(size_, std::memory_order_relaxed);
+    quota_->used_bytes_.fetch_sub(charged_bytes_, std::memory_order_relaxed);
   }
   if (budget_ == nullptr) return;
-  budget_->Free(data_, capacity_);
-  budget_->Release(size_);
+  budget_->Free(data_, capacity_, memfd_, !shared_.load());
+  budget_->Release(charged_bytes_);
+}
+
+uint64_t StoredImage::checksum() const {
+  if (checksum_deferred_) {
+    absl::call_once(checksum_once_, [this] {
+      checksum_ = internal::Checksum(data_, size_);
+      checksum_computed_.store(true, std::memory_order_release);
+    });
+  }
+  return checksum_;
+}
+
+std::optional<uint64_t> StoredImage::known_checksum() const {
+  if (checksum_deferred_ &&
+      !checksum_computed_.load(std::memory_order_acquire)) {
+    return std::nullopt;
+  }
+  return checksum_;
+}
+
+// The leases of one store, counted per generation. Shared with each lease,
+// so that a lease may outlive the store.
+class LeaseRegistry {
+ public:
+  void Add(const StoredImage* image) {
+    absl::MutexLock lock(&mutex_);
+    ++leases_[image];
+  }
+  void Remove(const StoredImage* image) {
+    absl::MutexLock lock(&mutex_);
+    auto it = leases_.find(image);
+    if (--it->second == 0) leases_.erase(it);
+  }
+  // Calls `visit` for each leased generation.
+  template <typename Visit>
+  void ForEach(Visit visit) {
+    absl::MutexLock lock(&mutex_);
+    for (const auto& [image, count] : leases_) visit(*image);
+  }
+
+ private:
+  absl::Mutex mutex_;
+  std::unordered_map<const StoredImage*, uint64_t> leases_
+      ABSL_GUARDED_BY(mutex_);
+};
+
+void ImageLease::Reset() {
+  if (image_ == nullptr) return;
+  registry_->Remove(image_.get());
+  image_.reset();
+  registry_.reset();
 }
 
 PendingImage::PendingImage(ImageStore* store, PushRequest request,
@@ -397,11 +491,7 @@ absl::StatusOr<ImageRef> PendingImage::Publish(uint64_t expected_checksum) {
   }
   if (store_->options_.require_hdf5 &&
       !internal::FindSuperblock(image->data_, image->size_).has_value()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "'", request_.image_id,
-        "' is not an HDF5 file image: no HDF5 signature at offset 0, 512, "
-        "1024, ... (start the server with --allow-non-hdf5 to store any "
-        "bytes)"));
+    return NotHdf5Error(request_.image_id);
   }
   image->checksum_ = checksum;
   return store_->Install(std::move(image), request_);
@@ -410,6 +500,7 @@ absl::StatusOr<ImageRef> PendingImage::Publish(uint64_t expected_checksum) {
 ImageStore::ImageStore(StoreOptions options)
     : options_(std::move(options)),
       budget_(std::make_shared<MemoryBudget>(options_.max_memory_bytes)),
+      leases_(std::make_shared<LeaseRegistry>()),
       // Generations start at the current time in microseconds so that they
       // stay unique and increasing across restarts of the server.
       next_generation_(
@@ -427,8 +518,7 @@ ImageStore::~ImageStore() {
   if (reaper_.joinable()) reaper_.join();
 }
 
-absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
-    PushRequest request, PushCutOff cut_off) {
+absl::Status ImageStore::Admit(const PushRequest& request, uint64_t charge) {
   if (absl::Status status = internal::ValidateImageId(request.image_id);
       !status.ok()) {
     return status;
@@ -465,39 +555,49 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
           quota->pending_pushes(), " pushes under way, its limit of ",
           quota->max_pending_pushes()));
     }
-    if (!Quota::TryAdd(quota->used_bytes_, request.size,
-                       quota->max_memory_bytes())) {
+    if (!Quota::TryAdd(quota->used_bytes_, charge, quota->max_memory_bytes())) {
       quota->pending_pushes_.fetch_sub(1, std::memory_order_relaxed);
       return absl::ResourceExhaustedError(absl::StrCat(
-          "image '", request.image_id, "' needs ",
-          internal::HumanSize(request.size), " but ", quota->owner(), " has ",
+          "image '", request.image_id, "' needs ", internal::HumanSize(charge),
+          " but ", quota->owner(), " has ",
           internal::HumanSize(quota->used_bytes()), " of its ",
           internal::HumanSize(quota->max_memory_bytes()),
           " memory quota in use (images it pushed, until freed, and its "
           "pushes under way)"));
     }
   }
-  if (!budget_->TryReserve(request.size)) {
+  if (!budget_->TryReserve(charge)) {
     if (quota != nullptr) {
-      quota->used_bytes_.fetch_sub(request.size, std::memory_order_relaxed);
+      quota->used_bytes_.fetch_sub(charge, std::memory_order_relaxed);
       quota->pending_pushes_.fetch_sub(1, std::memory_order_relaxed);
     }
     const uint64_t used = budget_->used();
     return absl::ResourceExhaustedError(absl::StrCat(
-        "image '", request.image_id, "' needs ",
-        internal::HumanSize(request.size), " but only ",
+        "image '", request.image_id, "' needs ", internal::HumanSize(charge),
+        " but only ",
         internal::HumanSize(budget_->limit() -
                             std::min(used, budget_->limit())),
         " of this server's ", internal::HumanSize(budget_->limit()),
         " memory limit is free"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
+    PushRequest request, PushCutOff cut_off) {
+  if (absl::Status status = Admit(request, request.size); !status.ok()) {
+    return status;
+  }
+  Quota* const quota = request.quota.get();
   auto image = std::unique_ptr<StoredImage>(new StoredImage());
   // From here on the destructor gives back the memory, and the
   // PendingImage the pending push.
   image->budget_ = budget_;
   image->quota_ = request.quota;
   image->size_ = request.size;
-  image->data_ = budget_->Allocate(request.size, &image->capacity_);
+  image->charged_bytes_ = request.size;
+  image->data_ =
+      budget_->Allocate(request.size, &image->capacity_, &image->memfd_);
   if (request.size > 0 && image->data_ == nullptr) {
     if (quota != nullptr) {
       quota->pending_pushes_.fetch_sub(1, std::memory_order_relaxed);
@@ -524,6 +624,61 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
   }
   WakeReaperFor(first_check);
   return pending;
+}
+
+absl::StatusOr<ImageRef> ImageStore::PublishSealed(PushRequest request,
+                                                   internal::UniqueFd memfd) {
+  absl::StatusOr<uint64_t> length = internal::CheckSealedImage(
+      memfd.get(), internal::kSealsFromClient, request.size);
+  if (!length.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("push of '", request.image_id,
+                     "' as a memfd refused: ", length.status().message()));
+  }
+  if (request.size == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "push of '", request.image_id, "' as a memfd: the image is empty"));
+  }
+  if (absl::Status status = Admit(request, *length); !status.ok()) {
+    return status;
+  }
+  auto image = std::unique_ptr<StoredImage>(new StoredImage());
+  // From here on the destructor gives back the memory; the pending push
+  // is given back below, whatever happens.
+  image->budget_ = budget_;
+  image->quota_ = request.quota;
+  image->charged_bytes_ = *length;
+  image->image_id_ = request.image_id;
+  image->size_ = request.size;
+  // Never written by anyone, and not the store's to reuse.
+  image->shared_.store(true);
+  image->checksum_deferred_ = true;
+  absl::StatusOr<internal::Mapping> mapping = internal::Mapping::Map(
+      memfd.get(), *length, internal::Mapping::Access::kReadOnly);
+  absl::StatusOr<ImageRef> published;
+  if (!mapping.ok()) {
+    published = mapping.status();
+  } else {
+    image->capacity_ = mapping->length();
+    image->data_ = static_cast<uint8_t*>(mapping->Release());
+    image->memfd_ = memfd.Release();
+    if (options_.require_hdf5 &&
+        !internal::FindSuperblock(image->data_, image->size_).has_value()) {
+      published = NotHdf5Error(request.image_id);
+    } else {
+      published = Install(std::move(image), request);
+    }
+  }
+  if (request.quota != nullptr) {
+    request.quota->pending_pushes_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  return published;
+}
+
+ImageLease ImageStore::Lease(ImageRef image) {
+  image->shared_.store(true);
+  leases_->Add(image.get());
+  return ImageLease(leases_, std::move(image));
 }
 
 void ImageStore::Unwatch(uint64_t push) {
@@ -928,8 +1083,18 @@ void ImageStore::ReaperLoop() {
 
 StoreStats ImageStore::Stats() const {
   absl::ReaderMutexLock lock(&mutex_);
-  return {images_.size(), stored_bytes_, budget_->used(),
-          budget_->retained_bytes(), waits_.size()};
+  StoreStats stats{images_.size(), stored_bytes_, budget_->used(),
+                   budget_->retained_bytes(), waits_.size()};
+  // Lock order: the store's, then the leases'.
+  leases_->ForEach([&](const StoredImage& image) {
+    ++stats.leased_generations;
+    stats.leased_bytes += image.charged_bytes_;
+    auto current = images_.find(image.image_id());
+    if (current == images_.end() || current->second.get() != &image) {
+      stats.leased_superseded_bytes += image.charged_bytes_;
+    }
+  });
+  return stats;
 }
 
 void ImageStore::Shutdown() {

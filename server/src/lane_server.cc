@@ -17,6 +17,7 @@
 #include <map>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -33,6 +34,10 @@ namespace {
 using internal::lane::LaneReader;
 using internal::lane::LaneSocket;
 namespace lane = internal::lane;
+
+// The generations a connection's client was handed the memfd of, by
+// generation: one lease per descriptor handed out.
+using LaneLeases = std::unordered_multimap<uint64_t, ImageLease>;
 
 // Pushed bytes are received and checksummed this much at a time, so that
 // the checksum reads them while they are still in the cache.
@@ -195,8 +200,10 @@ void MoveNearClient(ClientCpuFollower* follower,
 }
 
 // The image's info in a final response.
-void EncodeInfo(const StoredImage& image, lane::Response* response) {
-  const ImageDescription description = DepotOperations::Describe(image);
+void EncodeInfo(const StoredImage& image, lane::Response* response,
+                DepotOperations::ChecksumNeed checksum) {
+  const ImageDescription description =
+      DepotOperations::Describe(image, checksum);
   response->size = description.size;
   response->generation = description.generation;
   response->checksum = description.checksum;
@@ -214,7 +221,13 @@ absl::Status SendFinal(LaneSocket& socket, const absl::Status& status,
   const size_t message_bytes =
       std::min(status.message().size(), lane::kMaxMessageBytes);
   response.message_bytes = static_cast<uint16_t>(message_bytes);
-  if (image != nullptr) EncodeInfo(*image, &response);
+  // Bytes that move are checked against the checksum; an answer without
+  // them need not hash an image pushed as a memfd.
+  if (image != nullptr) {
+    EncodeInfo(*image, &response,
+               send_bytes ? DepotOperations::ChecksumNeed::kCompute
+                          : DepotOperations::ChecksumNeed::kOnlyIfKnown);
+  }
   uint8_t header[lane::kResponseHeaderBytes];
   lane::EncodeResponse(response, header);
   iovec iov[3] = {{header, sizeof(header)},
@@ -237,6 +250,29 @@ absl::Status EndBrokenPush(LaneSocket& socket,
   if (cut.ok()) return status;
   SendFinal(socket, cut, nullptr, false).IgnoreError();
   return cut;
+}
+
+// Answers a GET with `image`'s memfd instead of its bytes, under a lease
+// kept in `leases` until the client releases it or the connection ends.
+absl::Status SendDescriptor(LaneSocket& socket, DepotOperations& operations,
+                            const ImageRef& image, LaneLeases& leases) {
+  lane::Response response;
+  response.kind = lane::ResponseKind::kFinal;
+  response.with_descriptor = true;
+  EncodeInfo(*image, &response, DepotOperations::ChecksumNeed::kOnlyIfKnown);
+  uint8_t header[lane::kResponseHeaderBytes];
+  lane::EncodeResponse(response, header);
+  // Leased before the descriptor leaves: from then on the client may map
+  // it, and its memory must never be reused.
+  ImageLease lease = operations.Lease(image);
+  iovec iov{header, sizeof(header)};
+  if (absl::Status status =
+          socket.SendAllWithDescriptor(&iov, 1, image->memfd());
+      !status.ok()) {
+    return status;
+  }
+  leases.emplace(image->generation(), std::move(lease));
+  return absl::OkStatus();
 }
 
 absl::Status SendContinue(LaneSocket& socket) {
@@ -300,20 +336,31 @@ struct DataLaneServer::Impl {
   // Waits for the next request's first bytes. False when the connection is
   // to end: the client closed or broke it, or left it idle for the idle
   // timeout.
-  bool AwaitRequest(LaneReader& reader);
+  // A connection holding leases is never idle: its client maps images.
+  bool AwaitRequest(LaneReader& reader, bool holds_leases);
+  // What a connection agreed to and holds, beside its socket.
+  struct Session {
+    const Caller* caller = nullptr;
+    // Null unless the client agreed to say its CPU.
+    ClientCpuFollower* follower = nullptr;
+    // kFeatureDescriptors agreed.
+    bool shares_memory = false;
+    LaneLeases leases;
+  };
   // Each returns an error only when the connection is no longer usable;
   // refusals of a request are answered on the connection.
-  // `follower` is null unless the client agreed to say its CPU.
   absl::Status HandleRequest(LaneSocket& socket, LaneReader& reader,
-                             const Caller& caller, ClientCpuFollower* follower);
+                             Session& session);
+  absl::Status HandlePutSealed(LaneSocket& socket, const Caller& caller,
+                               const lane::RequestHeader& header,
+                               std::string image_id);
   absl::Status HandlePut(LaneSocket& socket, LaneReader& reader,
                          const Caller& caller,
                          const lane::RequestHeader& header,
                          std::string image_id, ClientCpuFollower* follower);
-  absl::Status HandleGet(LaneSocket& socket, const Caller& caller,
+  absl::Status HandleGet(LaneSocket& socket, Session& session,
                          const lane::RequestHeader& header,
-                         const std::string& image_id,
-                         ClientCpuFollower* follower);
+                         const std::string& image_id);
   absl::StatusOr<ImageRef> WaitForImage(LaneSocket& socket,
                                         const Caller& caller,
                                         const std::string& image_id,
@@ -470,6 +517,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   }
   good = good && reader.Read(hello, sizeof(hello), handshake_deadline).ok();
   std::optional<ClientCpuFollower> follower;
+  bool shares_memory = false;
   std::string token;  // the connection's, for every request on it
   if (good) {
     uint16_t offered = 0;
@@ -478,7 +526,15 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     if (hello_status.ok() && options.follow_client_cpu && peer.local) {
       agreed |= offered & lane::kFeatureClientCpu;
     }
+    if (hello_status.ok() && options.share_memory &&
+        peer.transport == Transport::kLaneUnix) {
+      agreed |= offered & lane::kFeatureDescriptors;
+    }
     if ((agreed & lane::kFeatureClientCpu) != 0) follower.emplace();
+    if ((agreed & lane::kFeatureDescriptors) != 0) {
+      socket.AcceptDescriptors();
+      shares_memory = true;
+    }
     // Our hello goes back either way, so that a client of another version
     // can tell why it is turned away.
     lane::EncodeHello(hello, agreed);
@@ -489,16 +545,18 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   }
   const Caller caller =
       Caller::Known(peer.transport, peer.address, peer.local, token);
+  Session session;
+  session.caller = &caller;
+  session.follower = follower.has_value() ? &*follower : nullptr;
+  session.shares_memory = shares_memory;
   while (good) {
-    if (!AwaitRequest(reader)) break;
+    if (!AwaitRequest(reader, !session.leases.empty())) break;
     // Sequentially consistent, against Shutdown()'s setting `stopping` and
     // then reading `busy`: either this thread sees `stopping`, or Shutdown()
     // sees the request in progress and leaves its socket alone.
     connection->busy.store(true);
     if (stopping.load()) break;
-    good = HandleRequest(socket, reader, caller,
-                         follower.has_value() ? &*follower : nullptr)
-               .ok();
+    good = HandleRequest(socket, reader, session).ok();
     connection->busy.store(false);
     if (stopping.load()) break;
   }
@@ -532,8 +590,9 @@ absl::Status DataLaneServer::Impl::ReadToken(LaneReader& reader,
   return reader.Read(token->data(), token_bytes, deadline);
 }
 
-bool DataLaneServer::Impl::AwaitRequest(LaneReader& reader) {
-  const absl::Time drop_at = absl::Now() + options.idle_timeout;
+bool DataLaneServer::Impl::AwaitRequest(LaneReader& reader, bool holds_leases) {
+  const absl::Time drop_at = holds_leases ? absl::InfiniteFuture()
+                                          : absl::Now() + options.idle_timeout;
   // First a blocking receive: the one system call a busy connection's next
   // request costs. It gives up after the stall timeout (the socket's
   // SO_RCVTIMEO); from then on, or at once if the idle timeout is the
@@ -553,8 +612,9 @@ bool DataLaneServer::Impl::AwaitRequest(LaneReader& reader) {
 
 absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
                                                  LaneReader& reader,
-                                                 const Caller& caller,
-                                                 ClientCpuFollower* follower) {
+                                                 Session& session) {
+  const Caller& caller = *session.caller;
+  ClientCpuFollower* follower = session.follower;
   uint8_t raw[lane::kRequestHeaderBytes];
   if (absl::Status status = reader.Read(raw, sizeof(raw)); !status.ok()) {
     return status;
@@ -567,16 +627,62 @@ absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
   if (header.client_cpu.has_value() && follower == nullptr) {
     return absl::InvalidArgumentError("a CPU sent without agreeing to");
   }
+  const bool about_descriptors = header.accepts_descriptor ||
+                                 header.op == lane::Op::kPutSealed ||
+                                 header.op == lane::Op::kRelease;
+  if (about_descriptors && !session.shares_memory) {
+    return absl::InvalidArgumentError(
+        "a descriptor request without agreeing to");
+  }
   std::string image_id(header.image_id_bytes, '\0');
   if (absl::Status status = reader.Read(image_id.data(), image_id.size());
       !status.ok()) {
     return status;
   }
-  if (header.op == lane::Op::kPut) {
-    return HandlePut(socket, reader, caller, header, std::move(image_id),
-                     follower);
+  switch (header.op) {
+    case lane::Op::kPut:
+      return HandlePut(socket, reader, caller, header, std::move(image_id),
+                       follower);
+    case lane::Op::kPutSealed:
+      return HandlePutSealed(socket, caller, header, std::move(image_id));
+    case lane::Op::kRelease:
+      // One lease on that generation ends; a generation this connection
+      // holds none of is ignored. No answer.
+      if (auto it = session.leases.find(header.size);
+          it != session.leases.end()) {
+        session.leases.erase(it);
+      }
+      return absl::OkStatus();
+    case lane::Op::kGet:
+      break;
   }
-  return HandleGet(socket, caller, header, image_id, follower);
+  return HandleGet(socket, session, header, image_id);
+}
+
+absl::Status DataLaneServer::Impl::HandlePutSealed(
+    LaneSocket& socket, const Caller& caller, const lane::RequestHeader& header,
+    std::string image_id) {
+  // The memfd rode with the request's first bytes, received by now.
+  internal::UniqueFd memfd(socket.TakeDescriptor());
+  if (!memfd) {
+    const bool lost = socket.TakeLostDescriptors();
+    return SendFinal(
+        socket,
+        lost ? absl::ResourceExhaustedError(
+                   "the server had no room for the pushed memfd (its "
+                   "descriptor limit): push the bytes instead")
+             : absl::InvalidArgumentError("a sealed push without its memfd"),
+        nullptr, false);
+  }
+  PushParams params;
+  params.image_id = std::move(image_id);
+  params.size = header.size;
+  params.if_generation_match = header.if_generation_match;
+  params.ttl_ms = header.ttl_ms;
+  absl::StatusOr<ImageRef> published =
+      operations->PublishSealed(caller, std::move(params), std::move(memfd));
+  return SendFinal(socket, published.status(),
+                   published.ok() ? published->get() : nullptr, false);
 }
 
 absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
@@ -640,16 +746,19 @@ absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
 }
 
 absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,
-                                             const Caller& caller,
+                                             Session& session,
                                              const lane::RequestHeader& header,
-                                             const std::string& image_id,
-                                             ClientCpuFollower* follower) {
+                                             const std::string& image_id) {
+  const Caller& caller = *session.caller;
   absl::StatusOr<ImageRef> image =
       header.wait_ms == 0
           ? operations->Fetch(caller, image_id)
           : WaitForImage(socket, caller, image_id, header.wait_ms);
   if (!image.ok()) return SendFinal(socket, image.status(), nullptr, false);
-  MoveNearClient(follower, header, (*image)->size());
+  if (header.accepts_descriptor && (*image)->memfd() >= 0) {
+    return SendDescriptor(socket, *operations, *image, session.leases);
+  }
+  MoveNearClient(session.follower, header, (*image)->size());
   // The reference pins this generation until its last byte is sent.
   return SendFinal(socket, absl::OkStatus(), image->get(), true);
 }

@@ -50,6 +50,10 @@ struct DataLaneOptions {
   // Serve a client on this host its small requests on the CPU it waits on
   // (lane_protocol.h, kFeatureClientCpu; client_cpu_internal.h).
   bool follow_client_cpu = true;
+  // Over the Unix socket, hand clients that ask the memfd of an image
+  // instead of its bytes, and take their sealed memfds as pushes
+  // (lane_protocol.h, kFeatureDescriptors).
+  bool share_memory = true;
   // TCP connections run TLS from this context, handshaking before the
   // hello and within the handshake timeout; Unix socket ones stay plain.
   // Null: no TLS. Must outlive the server.

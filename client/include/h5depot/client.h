@@ -108,6 +108,10 @@ struct ClientOptions {
   // (else they go over gRPC, as everything else does). Same results either
   // way; the lane is several times faster. false: gRPC only.
   bool use_data_lane = true;
+  // Over a server's Unix socket, take fetched images as mappings of the
+  // server's memory and push sealed memfds as descriptors (ImageBuffer,
+  // PushMemfd): nothing copied. false: bytes only, as over TCP.
+  bool share_memory = true;
   // The bearer token of this client's principal, for a server started with
   // an auth file (docs/SECURITY.md); sent with every call. Empty: the
   // token in the environment, H5DEPOT_TOKEN, or else the first line of
@@ -178,6 +182,14 @@ struct ServerLimits {
   uint64_t max_memory_bytes = 0;
   uint64_t max_chunk_bytes = 0;
   uint64_t stored_bytes = 0;
+  // Everything counted against max_memory_bytes: current generations,
+  // pushes under way, and generations replaced or deleted but still held.
+  uint64_t reserved_bytes = 0;
+  // Generations that clients on the server's host map (fetched over its
+  // Unix socket), their bytes, and the bytes of those no longer current.
+  uint64_t leased_generations = 0;
+  uint64_t leased_bytes = 0;
+  uint64_t leased_superseded_bytes = 0;
   // Where the server offers its data lane (the fast path Push and Fetch use
   // for image bytes): a TCP port on the server's host, 0 for none, and a
   // Unix socket path on the server's machine, empty for none.
@@ -251,8 +263,25 @@ class Client {
                                      const std::string& path,
                                      const PushOptions& options = {});
 
+  // Pushes the image held in the first `size` bytes of `memfd`, a memfd
+  // (memfd_create) sealed against any change: F_SEAL_WRITE, F_SEAL_SHRINK
+  // and F_SEAL_GROW. To a server on this host over its Unix socket the
+  // descriptor itself is handed over: nothing is copied, and the server
+  // keeps that memory (still charged to this process's memory cgroup) as
+  // the image. Anywhere else the bytes are sent as by Push. The caller
+  // keeps `memfd`. memory_file.h makes HDF5 files in such memfds.
+  //
+  // Errors: INVALID_ARGUMENT if `memfd` is not a memfd so sealed holding
+  // `size` bytes; otherwise those of Push.
+  absl::StatusOr<ImageInfo> PushMemfd(std::string_view image_id, int memfd,
+                                      uint64_t size,
+                                      const PushOptions& options = {});
+
   // Fetches the current generation of `image_id` into one new buffer. The
-  // bytes are verified against the checksum before this returns.
+  // bytes are verified against the checksum before this returns. From a
+  // server on this host over its Unix socket the buffer maps the server's
+  // memory instead (ImageBuffer::is_mapped(): nothing copied, nothing to
+  // verify, and info.checksum 0 unless the server knew it already).
   absl::StatusOr<FetchedImage> Fetch(std::string_view image_id,
                                      const FetchOptions& options = {});
 

@@ -1,4 +1,5 @@
-// h5depot::ImageBuffer: one image's bytes in a single malloc'ed block.
+// h5depot::ImageBuffer: one image's bytes in a single malloc'ed block, or
+// a mapping of an image that h5depotd shares with processes on its host.
 //
 // Image buffers are allocated with malloc() precisely so that they can be
 // handed to HDF5 with H5LT_FILE_IMAGE_DONT_COPY, which releases them with
@@ -10,6 +11,14 @@
 // pages. At most two are kept, and an allocation that cannot use them frees
 // them first, so the process's peak memory does not grow
 // (docs/ARCHITECTURE.md, "Recycled buffers").
+//
+// A fetch over the server's Unix socket gets a *mapped* buffer
+// (is_mapped()): a copy-on-write mapping of the server's own memory for
+// that generation, shared by every process that fetched it, in which only
+// the pages a process writes become its own. Nothing is copied to fetch
+// it, and the generation stays readable however the image changes on the
+// server until the buffer is destroyed (the server then learns it may
+// free it). Such a buffer cannot be handed to free(): Release() copies it.
 #ifndef H5DEPOT_CLIENT_IMAGE_BUFFER_H_
 #define H5DEPOT_CLIENT_IMAGE_BUFFER_H_
 
@@ -18,6 +27,10 @@
 #include "absl/status/statusor.h"
 
 namespace h5depot {
+
+namespace internal {
+class MappedImage;
+}  // namespace internal
 
 class ImageBuffer {
  public:
@@ -41,15 +54,24 @@ class ImageBuffer {
   const void* data() const { return data_; }
   size_t size() const { return size_; }
 
+  // Whether the buffer maps an image shared by the server (above) rather
+  // than holding a malloc'ed block.
+  bool is_mapped() const { return mapping_ != nullptr; }
+
   // Gives up ownership: the caller must free() the returned pointer (or
-  // hand it to something that will). The buffer is empty afterwards.
+  // hand it to something that will). The buffer is empty afterwards. A
+  // mapped buffer is first copied into a malloc'ed block (null if that
+  // cannot be allocated; the buffer is then unchanged).
   void* Release();
 
  private:
+  friend class internal::MappedImage;
   ImageBuffer(void* data, size_t size) : data_(data), size_(size) {}
+  void Reset();
 
   void* data_ = nullptr;
   size_t size_ = 0;
+  internal::MappedImage* mapping_ = nullptr;  // owned; null: a malloc block
 };
 
 }  // namespace h5depot

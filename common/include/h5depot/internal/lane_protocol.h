@@ -16,7 +16,22 @@
 //        client: `size` image bytes, then the 8-byte XXH3-64 of them
 //        server: Response (the published generation, or why not)
 //   GET  client: RequestHeader, image id
-//        server: Response; if it says OK, `size` image bytes follow
+//        server: Response; if it says OK, `size` image bytes follow, or,
+//                when the response says `with_descriptor`, none: the
+//                image's sealed memfd rides with the response header
+//   PUT_SEALED (kFeatureDescriptors only)
+//        client: RequestHeader, image id, with a memfd sealed against any
+//                change (memfd.h, kSealsFromClient) riding with the header
+//        server: Response (the published generation, or why not)
+//   RELEASE (kFeatureDescriptors only)
+//        client: RequestHeader (`size`: a generation), image id
+//        server: nothing
+//
+// Descriptors ride as SCM_RIGHTS on the message's first bytes, on a Unix
+// socket only. Each descriptor a GET hands out is a lease on that
+// generation, held by the connection: the server counts its memory until
+// the client sends one RELEASE for it (after unmapping it) or the
+// connection closes, and never reuses its memory for another image.
 //
 // A refused eager PUT is still read to its end, so the connection stays
 // usable after any refusal. Anything malformed closes the connection.
@@ -55,6 +70,13 @@ inline constexpr uint16_t kFeatureClientCpu = 1;
 inline constexpr uint16_t kFeatureToken = 2;
 inline constexpr size_t kTokenHeaderBytes = 2;
 
+// Over a Unix socket, a client that can map images offers this, and a
+// server that keeps images in memfds agrees: a GET may then be answered
+// with the image's descriptor instead of its bytes (the client says it
+// takes one: RequestHeader::accepts_descriptor), and the client may push
+// a sealed memfd (PUT_SEALED) and RELEASE what it was handed.
+inline constexpr uint16_t kFeatureDescriptors = 4;
+
 // A PUT of at most this many bytes sends them right behind its header; a
 // larger one waits for the server's Continue first, so that a push bound to
 // be refused (too large, out of memory, wrong generation) moves no data.
@@ -63,7 +85,7 @@ inline constexpr uint64_t kEagerPutBytes = uint64_t{1} << 20;
 // Longest status message a Response carries.
 inline constexpr size_t kMaxMessageBytes = 4096;
 
-enum class Op : uint8_t { kPut = 1, kGet = 2 };
+enum class Op : uint8_t { kPut = 1, kGet = 2, kPutSealed = 4, kRelease = 5 };
 
 struct RequestHeader {
   Op op = Op::kGet;
@@ -72,6 +94,8 @@ struct RequestHeader {
   std::optional<uint64_t> if_generation_match;  // PUT
   uint64_t ttl_ms = 0;                          // PUT; 0: never expires
   uint64_t wait_ms = 0;                         // GET; 0: do not wait
+  // GET: the answer may be the image's descriptor (kFeatureDescriptors).
+  bool accepts_descriptor = false;
   // The CPU the client waits on for the answer, if kFeatureClientCpu was
   // agreed; never sent otherwise.
   std::optional<uint32_t> client_cpu;
@@ -85,9 +109,11 @@ struct Response {
   ResponseKind kind = ResponseKind::kFinal;
   absl::StatusCode code = absl::StatusCode::kOk;
   uint16_t message_bytes = 0;  // the message follows the header
+  // A GET's image came as a descriptor with this header: no bytes follow.
+  bool with_descriptor = false;
   uint64_t size = 0;
   uint64_t generation = 0;
-  uint64_t checksum = 0;
+  uint64_t checksum = 0;  // 0 when not computed (a descriptor handed over)
   int64_t created_unix_micros = 0;
   int64_t expires_unix_micros = 0;  // 0: never
 };

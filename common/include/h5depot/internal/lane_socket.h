@@ -8,8 +8,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -61,6 +63,25 @@ class LaneSocket {
   absl::Status Send(const void* data, size_t size,
                     absl::Time deadline = absl::InfiniteFuture());
 
+  // SendAll, with `descriptor` riding on the first bytes (SCM_RIGHTS), on a
+  // plain Unix socket. The caller keeps its descriptor; the peer gets a
+  // duplicate.
+  absl::Status SendAllWithDescriptor(
+      struct iovec* iov, int count, int descriptor,
+      absl::Time deadline = absl::InfiniteFuture());
+
+  // From now on, receives take the descriptors that ride with the bytes
+  // (plain Unix sockets), kept for TakeDescriptor() in the order they came.
+  // Without it the kernel closes any descriptor sent to this socket.
+  void AcceptDescriptors() { accepts_descriptors_ = true; }
+  // The oldest descriptor received and not taken, now the caller's; -1 if
+  // none. A message's descriptor has arrived once its first byte has been
+  // received.
+  int TakeDescriptor();
+  // Whether a descriptor sent to this socket was lost on the way in because
+  // this process had no room for it (RLIMIT_NOFILE), since the last call.
+  bool TakeLostDescriptors() { return std::exchange(lost_descriptors_, false); }
+
   // Receives exactly `size` bytes into `data`.
   absl::Status Receive(void* data, size_t size,
                        absl::Time deadline = absl::InfiniteFuture());
@@ -96,8 +117,17 @@ class LaneSocket {
   absl::StatusOr<size_t> TlsReceiveSome(void* data, size_t size,
                                         absl::Time deadline);
 
+  absl::Status SendAllPlain(struct iovec* iov, int count, int descriptor,
+                            absl::Time deadline);
+  // recv(), or with descriptors accepted recvmsg() keeping them.
+  ssize_t ReceivePlain(void* data, size_t size, int flags);
+  void CloseDescriptors();
+
   int fd_ = -1;
   ssl_st* ssl_ = nullptr;
+  bool accepts_descriptors_ = false;
+  bool lost_descriptors_ = false;
+  std::deque<int> descriptors_;  // received, not taken
   absl::Duration stall_timeout_ = absl::InfiniteDuration();
 };
 

@@ -73,8 +73,9 @@ absl::StatusOr<UniqueFd> CreateMemfd(const char* name, uint64_t size);
 // INVALID_ARGUMENT if it is not a sealable memfd.
 absl::Status AddSeals(int fd, int seals);
 
-// Checks that `fd` is a memfd carrying at least `seals` and holding at
-// least `size` bytes, and returns its length. INVALID_ARGUMENT saying what
+// Checks that `fd` is a memfd carrying at least `seals` (F_SEAL_WRITE
+// standing in for F_SEAL_FUTURE_WRITE) and holding at least `size` bytes,
+// and returns its length. INVALID_ARGUMENT saying what
 // is missing (not a memfd, a seal, or bytes) otherwise.
 absl::StatusOr<uint64_t> CheckSealedImage(int fd, int seals, uint64_t size);
 

@@ -37,19 +37,21 @@ namespace h5depot::internal {
 
 class RetainedBuffers {
  public:
-  // Frees a buffer the pool gives up; `capacity` is what it was kept with.
-  using ReleaseFunction = void (*)(void* data, uint64_t capacity);
+  struct Buffer {
+    void* data = nullptr;
+    uint64_t capacity = 0;
+    // The memfd holding it, if its owner keeps images in memfds; -1: none.
+    int memfd = -1;
+  };
+
+  // Frees a buffer the pool gives up, as it was kept.
+  using ReleaseFunction = void (*)(const Buffer& buffer);
 
   struct Options {
     absl::Duration retain_for = absl::Seconds(1);
     size_t max_buffers = 2;
     uint64_t max_bytes = std::numeric_limits<uint64_t>::max();
     ReleaseFunction release = nullptr;  // required
-  };
-
-  struct Buffer {
-    void* data = nullptr;
-    uint64_t capacity = 0;
   };
 
   // Buffers a call gave up, freed with `release` when this is destroyed

@@ -47,6 +47,10 @@ struct ServerOptions {
   // small pushes and fetches on the CPU it waits on, which spares a
   // cross-CPU wake-up each way (docs/PERFORMANCE.md).
   bool data_lane_follow_client_cpu = true;
+  // Over the Unix socket's data lane, hand clients the sealed memfd of an
+  // image instead of its bytes, and take their sealed memfds as pushes
+  // (docs/ARCHITECTURE.md, "Same host: images as sealed memory").
+  bool data_lane_share_memory = true;
   // A data lane connection is closed when its client has sent no request
   // for data_lane_idle_timeout (clients reconnect when they next need
   // one), or no hello within data_lane_handshake_timeout of connecting.

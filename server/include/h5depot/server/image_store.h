@@ -40,12 +40,14 @@
 #include <utility>
 #include <vector>
 
+#include "absl/base/call_once.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "h5depot/internal/memfd.h"
 
 namespace h5depot::internal {
 class StreamingChecksum;
@@ -160,6 +162,12 @@ struct StoreOptions {
 
 // One published generation of an image. Immutable; shared by the store and
 // every call reading it.
+//
+// Large images live in memfds (h5depot/internal/memfd.h), sealed so that
+// they can be handed to clients on this host as descriptors: the store's
+// own, sealed with kSealsFromServer as they are made (the store's mapping
+// received the bytes and is never written again once published), or a
+// client's, pushed sealed (ImageStore::PublishSealed).
 class StoredImage {
  public:
   ~StoredImage();
@@ -168,30 +176,86 @@ class StoredImage {
 
   const std::string& image_id() const { return image_id_; }
   uint64_t generation() const { return generation_; }
-  uint64_t checksum() const { return checksum_; }
+  // The XXH3-64 of the bytes. Known from the push for bytes that were
+  // sent; for an image pushed as a sealed memfd, computed on the first
+  // call (one pass over the bytes, once).
+  uint64_t checksum() const;
+  // The checksum if it is known without a pass over the bytes.
+  std::optional<uint64_t> known_checksum() const;
   absl::Time created() const { return created_; }
   absl::Time expires() const { return expires_; }  // InfiniteFuture: never
   const uint8_t* data() const { return data_; }
   uint64_t size() const { return size_; }
 
+  // The sealed memfd holding the bytes from offset 0, for handing to a
+  // client on this host; -1 if they are in anonymous memory (small
+  // images, or no memfd could be made). Valid as long as the image.
+  int memfd() const { return memfd_; }
+
  private:
   friend class ImageStore;
   friend class PendingImage;
+  friend class ImageLease;
   StoredImage() = default;
 
   std::string image_id_;
   uint64_t generation_ = 0;
-  uint64_t checksum_ = 0;
+  mutable uint64_t checksum_ = 0;
+  // Set for a sealed push: checksum_ is computed on first use.
+  bool checksum_deferred_ = false;
+  mutable absl::once_flag checksum_once_;
+  mutable std::atomic<bool> checksum_computed_{false};
   absl::Time created_;
   absl::Time expires_ = absl::InfiniteFuture();
   uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
   uint64_t capacity_ = 0;  // of the buffer at data_, at least size_
+  int memfd_ = -1;
+  // Once its memfd has gone to a client (who may map it for as long as it
+  // likes), its memory is never reused for another image.
+  mutable std::atomic<bool> shared_{false};
+  // Bytes charged to the budget and the quota from the push's start until
+  // the buffer is freed: size_, or a sealed push's whole memfd.
+  uint64_t charged_bytes_ = 0;
   std::shared_ptr<MemoryBudget> budget_;
-  std::shared_ptr<Quota> quota_;  // charged size_ bytes; null: none
+  std::shared_ptr<Quota> quota_;  // charged charged_bytes_; null: none
 };
 
 using ImageRef = std::shared_ptr<const StoredImage>;
+
+class LeaseRegistry;
+
+// A client's hold on a generation whose memfd it was handed: the client
+// may map it until it says it is done, so the generation stays pinned
+// (and counted against the memory limit) and shows in StoreStats as
+// leased, until the lease is destroyed. Movable; may outlive the store.
+class ImageLease {
+ public:
+  ImageLease() = default;
+  ~ImageLease() { Reset(); }
+  ImageLease(ImageLease&& other) noexcept = default;
+  ImageLease& operator=(ImageLease&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      registry_ = std::move(other.registry_);
+      image_ = std::move(other.image_);
+    }
+    return *this;
+  }
+  ImageLease(const ImageLease&) = delete;
+  ImageLease& operator=(const ImageLease&) = delete;
+
+  const ImageRef& image() const { return image_; }
+  void Reset();
+
+ private:
+  friend class ImageStore;
+  ImageLease(std::shared_ptr<LeaseRegistry> registry, ImageRef image)
+      : registry_(std::move(registry)), image_(std::move(image)) {}
+
+  std::shared_ptr<LeaseRegistry> registry_;
+  ImageRef image_;
+};
 
 // What a push declares before sending data.
 struct PushRequest {
@@ -288,6 +352,12 @@ struct StoreStats {
   uint64_t retained_bytes = 0;
   // Waits registered with Await() (WaitFor's included) not yet ended.
   uint64_t pending_waits = 0;
+  // Generations whose memfd clients on this host hold (ImageLease), and
+  // their bytes; of those, the bytes of generations no longer current
+  // (replaced or deleted while mapped), which reserved_bytes still counts.
+  uint64_t leased_generations = 0;
+  uint64_t leased_bytes = 0;
+  uint64_t leased_superseded_bytes = 0;
 };
 
 class ImageStore {
@@ -320,6 +390,20 @@ class ImageStore {
   // must not wait for the thread that owns the PendingImage.
   absl::StatusOr<std::unique_ptr<PendingImage>> BeginPush(
       PushRequest request, PushCutOff cut_off = nullptr);
+
+  // A push whose bytes are already in `memfd`, a memfd its sender sealed
+  // against every change (internal::kSealsFromClient) holding at least
+  // request.size bytes: the store keeps that memfd, mapped read-only, and
+  // copies nothing. Its whole length is charged to the memory limit and the
+  // quota. request.checksum is not used: the image's checksum is computed
+  // when first asked for. Errors: INVALID_ARGUMENT (an unsealed or short
+  // memfd, not HDF5) and those of BeginPush and Publish.
+  absl::StatusOr<ImageRef> PublishSealed(PushRequest request,
+                                         internal::UniqueFd memfd);
+
+  // A lease on `image` for a client about to be handed its memfd (which
+  // it must have): from now on its memory is never reused.
+  ImageLease Lease(ImageRef image);
 
   // Every call that names an image id checks it against the id rules
   // (h5depot/internal/image_id.h) first: a malformed id is INVALID_ARGUMENT
@@ -405,6 +489,11 @@ class ImageStore {
 
   absl::StatusOr<ImageRef> Install(std::unique_ptr<StoredImage> image,
                                    const PushRequest& request);
+  // The checks and charges a push passes before its data moves (those of
+  // BeginPush but the allocation): charges `charge` bytes to the budget
+  // and the quota, and counts the push among the quota's pending ones.
+  // On an error nothing stays charged.
+  absl::Status Admit(const PushRequest& request, uint64_t charge);
   absl::Status CheckGeneration(std::string_view image_id,
                                std::optional<uint64_t> if_generation_match)
       const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
@@ -419,6 +508,7 @@ class ImageStore {
 
   const StoreOptions options_;
   const std::shared_ptr<MemoryBudget> budget_;
+  const std::shared_ptr<LeaseRegistry> leases_;
 
   mutable absl::Mutex mutex_;
   std::map<std::string, ImageRef, std::less<>> images_ ABSL_GUARDED_BY(mutex_);
