@@ -404,6 +404,26 @@ TEST_F(MemoryFileTest, SealingTwiceWithoutWritesGivesEqualImages) {
   EXPECT_EQ(H5Fclose(*file), 0);
 }
 
+// Each seal runs under HDF5's lock through an identifier type of its own,
+// made and destroyed for the call: HDF5 has room for about a hundred
+// types, so they must not run out.
+TEST_F(MemoryFileTest, SealsManyTimes) {
+  absl::StatusOr<hid_t> file = CreateMemoryFile();
+  ASSERT_TRUE(file.ok()) << file.status();
+  for (int i = 0; i < 500; ++i) {
+    ASSERT_TRUE(WriteDataset(*file, "ints", Iota(100, i)));
+    SealedFileImage sealed = Seal(*file);
+    ASSERT_TRUE(sealed.fd) << "seal " << i;
+  }
+  SealedFileImage last = Seal(*file);
+  {
+    OpenedSeal opened(last);
+    ASSERT_GE(opened.file(), 0);
+    EXPECT_EQ(ReadDataset<int>(opened.file(), "ints"), Iota(100, 499));
+  }
+  EXPECT_EQ(H5Fclose(*file), 0);
+}
+
 TEST_F(MemoryFileTest, OtherFilesAreNotMemoryFiles) {
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   ASSERT_GE(H5Pset_fapl_core(fapl, 4096, 0), 0);
