@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -545,6 +546,39 @@ TEST_F(MemoryFileTest, SealsWhileAnotherThreadWritesTheSameFile) {
   for (int i = 0; i < 20; ++i) {
     EXPECT_EQ(ReadDataset<int>(*file, absl::StrCat("d", i).c_str()),
               Iota(5000, 180 + i));
+  }
+  EXPECT_EQ(H5Fclose(*file), 0);
+}
+
+// A child of fork() inherits the file and, when it exits, HDF5 flushes
+// and closes it there: none of that may reach the parent's file.
+TEST_F(MemoryFileTest, AForkedChildNeverWritesTheParentsFile) {
+  absl::StatusOr<hid_t> file = CreateMemoryFile();
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_TRUE(WriteDataset(*file, "ints", Iota(1000, 0)));
+  ASSERT_GE(H5Fflush(*file, H5F_SCOPE_LOCAL), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const bool written = WriteDataset(*file, "ints", Iota(1000, 77)) &&
+                         WriteDataset(*file, "child", Iota(200000, 1)) &&
+                         H5Fclose(*file) >= 0;
+    _exit(written ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+
+  EXPECT_EQ(ReadDataset<int>(*file, "ints"), Iota(1000, 0));
+  EXPECT_EQ(H5Lexists(*file, "child", H5P_DEFAULT), 0);
+  SealedFileImage sealed = Seal(*file);
+  ASSERT_TRUE(sealed.fd);
+  {
+    OpenedSeal opened(sealed);
+    ASSERT_GE(opened.file(), 0);
+    EXPECT_EQ(ReadDataset<int>(opened.file(), "ints"), Iota(1000, 0));
+    EXPECT_EQ(H5Lexists(opened.file(), "child", H5P_DEFAULT), 0);
   }
   EXPECT_EQ(H5Fclose(*file), 0);
 }

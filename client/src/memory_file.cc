@@ -29,6 +29,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -170,6 +171,11 @@ class MemoryFileImage {
   // A new image, with one reference for the caller; nullptr if out of
   // memory.
   static MemoryFileImage* Create() {
+    static const bool fork_handlers = [] {
+      return pthread_atfork(&PrepareFork, &ParentAfterFork, &ChildAfterFork) ==
+             0;
+    }();
+    (void)fork_handlers;  // without them, a child could write to the file
     auto* image = new (std::nothrow) MemoryFileImage;
     if (image == nullptr) return nullptr;
     ImageRegistry& registry = Images();
@@ -235,6 +241,14 @@ class MemoryFileImage {
     live_images.fetch_sub(1, std::memory_order_relaxed);
   }
 
+  // fork(): a child inherits the shared mapping, so its writes (HDF5
+  // flushes every open file when the child exits) would land in the
+  // parent's file. The child maps each memfd privately instead: it sees
+  // the parent's file as it goes on, and writes only to its own pages.
+  static void PrepareFork() ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  static void ParentAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS;
+  static void ChildAfterFork() ABSL_NO_THREAD_SAFETY_ANALYSIS;
+
   static void* ImageMalloc(size_t size, H5FD_file_image_op_t op, void* udata);
   static void* ImageMemcpy(void* dest, const void* src, size_t size,
                            H5FD_file_image_op_t op, void* udata);
@@ -263,8 +277,10 @@ class MemoryFileImage {
   Mutex mu_;
   Driver driver_ ABSL_GUARDED_BY(mu_) = Driver::kNoBuffer;
   // The memfd under the driver's buffer, mapped at `base_` over its whole
-  // length `mapped_`: MAP_SHARED read/write while `private_` is false;
-  // once sealed, `private_` and MAP_PRIVATE.
+  // length `mapped_`: MAP_SHARED read/write while `private_` is false.
+  // `private_`: the mapping is MAP_PRIVATE because `memfd_` is no longer
+  // the file's to write: it is sealed, or, in a child of fork(), it is
+  // the parent's.
   UniqueFd memfd_ ABSL_GUARDED_BY(mu_);
   void* base_ ABSL_GUARDED_BY(mu_) = nullptr;
   size_t mapped_ ABSL_GUARDED_BY(mu_) = 0;
@@ -272,6 +288,33 @@ class MemoryFileImage {
   // The size the driver last asked for; its buffer, as far as it knows.
   size_t driver_size_ ABSL_GUARDED_BY(mu_) = 0;
 };
+
+void MemoryFileImage::PrepareFork() {
+  ImageRegistry& registry = Images();
+  registry.mu.Lock();
+  for (MemoryFileImage* image : registry.images) image->mu_.Lock();
+}
+
+void MemoryFileImage::ParentAfterFork() {
+  ImageRegistry& registry = Images();
+  for (MemoryFileImage* image : registry.images) image->mu_.Unlock();
+  registry.mu.Unlock();
+}
+
+void MemoryFileImage::ChildAfterFork() {
+  ImageRegistry& registry = Images();
+  for (MemoryFileImage* image : registry.images) {
+    if (image->driver_ == Driver::kOpen && !image->private_) {
+      if (!image->MapPrivately(image->memfd_.get()).ok()) {
+        // The shared mapping is back: at least no write may go through it.
+        mprotect(image->base_, image->mapped_, PROT_READ);
+      }
+      image->private_ = true;
+    }
+    image->mu_.Unlock();
+  }
+  registry.mu.Unlock();
+}
 
 // The callbacks. HDF5 calls them with its global lock held, from C: no
 // exception may leave them. Each failure is reported on the HDF5 error

@@ -32,7 +32,9 @@ namespace h5depot {
 //
 // The memfd's pages are charged to the calling process's memory cgroup,
 // like any memory it allocates. Thread-safe: files may be created, written
-// and closed from any number of threads, as HDF5 allows.
+// and closed from any number of threads, as HDF5 allows. A child of
+// fork() gets the file as a malloc'ed one would be: what it writes (HDF5
+// flushes open files when a process exits) stays its own.
 //
 // Errors: INVALID_ARGUMENT if HDF5 refuses the property lists (with
 // HDF5's reason); RESOURCE_EXHAUSTED if no memfd can be made.
