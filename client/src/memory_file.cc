@@ -394,7 +394,7 @@ absl::StatusOr<void*> MemoryFileImage::Resize(void* ptr, size_t size) {
   MutexLock lock(&mu_);
   if (ptr == nullptr) {
     if (driver_ != Driver::kNoBuffer) {
-      // A copy of the file's access property list made another file.
+      // The callbacks serve one file, which already had its first buffer.
       return absl::FailedPreconditionError(
           "these memory file callbacks already serve another file: create "
           "each memory file with h5depot::CreateMemoryFile");
@@ -449,8 +449,9 @@ absl::StatusOr<void*> MemoryFileImage::Grow(size_t size) {
     mapped_ = length;
     return base_;
   }
-  // The memfd is sealed and belongs to a push as much as to the file: the
-  // file moves to a memfd of its own, with what the driver has written.
+  // The memfd is no longer the file's to write (sealed, or the parent's
+  // in a child of fork()): the file moves to a memfd of its own, with one
+  // copy of what the driver holds.
   absl::StatusOr<UniqueFd> memfd = CreateMemfd(kMemfdName, length);
   if (!memfd.ok()) return memfd.status();
   absl::StatusOr<void*> base =
