@@ -1,9 +1,9 @@
 // The C API's HDF5 part (h5depot/h5depot.h): pushing open files, opening
-// file images with the ownership flags, fetch-and-open and getting the
-// final image of a file back. A thin shim over file_image.h and
-// hdf5_transfer.h. No C++ exception crosses this boundary: every entry
-// point catches everything and turns it into a result code plus the
-// thread-local message.
+// file images with the ownership flags, fetch-and-open, getting the
+// final image of a file back, and creating files in a memfd. A thin shim
+// over file_image.h, hdf5_transfer.h and memory_file.h. No C++ exception
+// crosses this boundary: every entry point catches everything and turns
+// it into a result code plus the thread-local message.
 
 #include <cstdlib>
 #include <utility>
@@ -12,6 +12,7 @@
 #include "h5depot/file_image.h"
 #include "h5depot/h5depot.h"
 #include "h5depot/hdf5_transfer.h"
+#include "h5depot/memory_file.h"
 
 using h5depot::c_api::Fail;
 using h5depot::c_api::FailFromException;
@@ -95,6 +96,21 @@ int h5depot_close_image(hid_t file_id, void** buf, size_t* len) {
     return Succeed();
   } catch (...) {
     return FailFromException();
+  }
+}
+
+hid_t h5depot_create_memory_file(hid_t fcpl, hid_t fapl) {
+  try {
+    absl::StatusOr<hid_t> file = h5depot::CreateMemoryFile(fcpl, fapl);
+    if (!file.ok()) {
+      Fail(file.status());
+      return H5I_INVALID_HID;
+    }
+    Succeed();
+    return *file;
+  } catch (...) {
+    FailFromException();
+    return H5I_INVALID_HID;
   }
 }
 

@@ -310,6 +310,20 @@ hid_t h5depot_open(h5depot_client* client, const char* image_id,
  * still open in it: the file then stays open; close them and call again. */
 int h5depot_close_image(hid_t file_id, void** buf, size_t* len);
 
+/* Creates a new, empty HDF5 file, open read/write, that lives in memory
+ * only: HDF5's core driver without a backing store, its image built
+ * directly in a memfd (shared memory) that grows with the file, so that it
+ * can later be handed to a server on the same host without a copy.
+ * `fcpl` and `fapl` are H5P_DEFAULT or the caller's lists, neither
+ * modified; the fapl's driver is replaced by the core driver (a fapl that
+ * holds a file image is refused). Close the file with H5Fclose: once HDF5
+ * has closed it (the file id and every object opened in it), the memory
+ * is freed. The memory is charged to the calling process.
+ * Returns the file id, or H5I_INVALID_HID: H5DEPOT_INVALID_ARGUMENT if
+ * HDF5 refuses the property lists, H5DEPOT_RESOURCE_EXHAUSTED if no
+ * memfd can be made. */
+hid_t h5depot_create_memory_file(hid_t fcpl, hid_t fapl);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
