@@ -23,6 +23,7 @@
 #include "h5depot/client.h"
 #include "h5depot/hdf5_transfer.h"
 #include "h5depot/internal/memfd.h"
+#include "h5depot/memory_file.h"
 #include "h5depot/testing/hdf5_datasets.h"
 #include "h5depot/testing/hdf5_images.h"
 #include "h5depot/testing/server_process.h"
@@ -61,6 +62,21 @@ UniqueFd SealedMemfd(const std::string& bytes) {
     return UniqueFd();
   }
   return *std::move(memfd);
+}
+
+// How many descriptors of process `pid` are memfds named `name`.
+int MemfdsOf(pid_t pid, const std::string& name) {
+  const std::string directory = absl::StrCat("/proc/", pid, "/fd");
+  int count = 0;
+  for (int fd = 0; fd < 4096; ++fd) {
+    char target[256];
+    const std::string link = absl::StrCat(directory, "/", fd);
+    const ssize_t length = readlink(link.c_str(), target, sizeof(target) - 1);
+    if (length <= 0) continue;
+    target[length] = '\0';
+    if (std::string(target).find(absl::StrCat("/memfd:", name)) == 0) ++count;
+  }
+  return count;
 }
 
 std::string BytesOf(const ImageBuffer& buffer) {
@@ -279,6 +295,31 @@ TEST_F(SameHostTest, AReplaceOrDeleteKeepsAMappedReadersView) {
     const ServerLimits now = Limits(*client);
     return now.leased_generations == 0 && now.reserved_bytes == 0;
   }));
+}
+
+TEST_F(SameHostTest, AFileBuiltInAMemfdIsPushedWithoutACopy) {
+  StartServer();
+  std::unique_ptr<Client> client = ConnectUnix();
+  ASSERT_NE(client, nullptr);
+  absl::StatusOr<hid_t> file = CreateMemoryFile();
+  ASSERT_TRUE(file.ok()) << file.status();
+  const std::vector<double> values(512 * 1024, 2.5);
+  ASSERT_TRUE(testing::WriteDataset(*file, "/values", values));
+  absl::StatusOr<ImageInfo> pushed =
+      PushFileImage(*client, "built-in-memfd", *file);
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  // The server holds the producer's own memfd.
+  EXPECT_GE(MemfdsOf(server_->pid(), "h5depot-memory-file"), 1);
+
+  // The file stays open and writable; what it writes now is its own.
+  const std::vector<double> changed(512 * 1024, -1.0);
+  ASSERT_TRUE(testing::WriteDataset(*file, "/values", changed));
+  absl::StatusOr<FetchedFile> opened = FetchAndOpen(*client, "built-in-memfd");
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_EQ(testing::ReadDataset<double>(opened->file, "/values"), values);
+  H5Fclose(opened->file);
+  EXPECT_EQ(testing::ReadDataset<double>(*file, "/values"), changed);
+  H5Fclose(*file);
 }
 
 TEST_F(SameHostTest, AnImageCrossesProcessesAsSealedMemory) {

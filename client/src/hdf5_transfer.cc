@@ -6,7 +6,9 @@
 #include "H5LTpublic.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "client/src/memory_file_internal.h"
 #include "h5depot/internal/image_id.h"
+#include "h5depot/internal/memfd.h"
 
 namespace h5depot {
 namespace {
@@ -62,6 +64,24 @@ absl::StatusOr<ImageInfo> PushFileImage(Client& client,
   // A bad id must not cost a copy of the file.
   if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
     return Annotate(status, what);
+  }
+  // A file made in a memfd (memory_file.h) is sealed and handed over as
+  // it is: to a server on this host, nothing is copied at all.
+  absl::StatusOr<std::optional<internal::SealedFileImage>> sealed =
+      internal::SealMemoryFile(file_id);
+  if (!sealed.ok()) return Annotate(sealed.status(), what);
+  if (sealed->has_value()) {
+    const internal::SealedFileImage& image = **sealed;
+    if (options.validate) {
+      absl::StatusOr<internal::Mapping> mapping = internal::Mapping::Map(
+          image.fd.get(), image.size, internal::Mapping::Access::kReadOnly);
+      if (!mapping.ok()) return Annotate(mapping.status(), what);
+      if (absl::Status valid = ValidateImage(mapping->data(), image.size);
+          !valid.ok()) {
+        return Annotate(valid, what);
+      }
+    }
+    return client.PushMemfd(image_id, image.fd.get(), image.size, options);
   }
   absl::StatusOr<ImageBuffer> image = TakeFileImage(file_id);
   if (!image.ok()) return Annotate(image.status(), what);

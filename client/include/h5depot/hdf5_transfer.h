@@ -64,8 +64,11 @@ absl::StatusOr<ImageInfo> PushImage(Client& client, std::string_view image_id,
 // Pushes the image of `file_id`, an open HDF5 file of the core, sec2 or
 // stdio driver, as a new generation of `image_id`. Flushes the file and
 // takes its image in one copy (TakeFileImage: images of every superblock
-// version open again), streams that copy and frees it. The file stays open
-// and unchanged. Returns the published generation's info.
+// version open again), streams that copy and frees it. A file made by
+// CreateMemoryFile (memory_file.h) is instead sealed as it is and pushed
+// with Client::PushMemfd: to a server on this host over its Unix socket,
+// nothing is copied. The file stays open and unchanged either way.
+// Returns the published generation's info.
 //
 // Errors: INVALID_ARGUMENT for a malformed image id (checked before the
 // image is taken), an id that is not an open file or a driver that cannot
