@@ -1,5 +1,5 @@
-/* Process A of the file image example: builds an HDF5 file in memory with
- * the core driver (nothing touches the disk), writes datasets and
+/* Process A of the file image example: builds an HDF5 file in memory (a
+ * memfd, nothing touches the disk), writes datasets and
  * attributes, and pushes its image to h5depotd. Process B
  * (packet_consumer.c) waits for the image, fetches it and opens it without
  * a copy.
@@ -111,12 +111,11 @@ int main(int argc, char** argv) {
   const char* target = argv[1];
   const char* image_id = argv[2];
 
-  /* A file in memory: the core driver without a backing store. Its name
-   * only has to be unique among the files this process has open. */
-  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-  H5Pset_fapl_core(fapl, 1 << 16, /*backing_store=*/0);
-  hid_t file = H5Fcreate("packet.h5", H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-  H5Pclose(fapl);
+  /* A file in memory, built directly in shared memory (a memfd): pushed to
+   * a server on this host over its Unix socket, it is handed over without
+   * a copy. (A file of the core driver, H5Pset_fapl_core without a backing
+   * store, pushes the same way, copying its image once.) */
+  hid_t file = h5depot_create_memory_file(H5P_DEFAULT, H5P_DEFAULT);
   if (file < 0 || write_packet(file) < 0) {
     fprintf(stderr, "packet_producer: cannot build the HDF5 file\n");
     return 1;
