@@ -482,6 +482,9 @@ TEST_P(ClientDataLaneTest, ProgressRunsInOrderOnTheCallingThreadUpToTheTotal) {
     for (bool push : {true, false}) {
       SCOPED_TRACE(push ? "push" : "fetch");
       calls.clear();
+      // A fetch that maps the server's memory moves no bytes: it reports
+      // its progress once, whole.
+      bool moved_bytes = true;
       if (push) {
         PushOptions options;
         options.progress = record;
@@ -489,7 +492,9 @@ TEST_P(ClientDataLaneTest, ProgressRunsInOrderOnTheCallingThreadUpToTheTotal) {
       } else {
         FetchOptions options;
         options.progress = record;
-        ASSERT_TRUE(client_->Fetch(id, options).ok());
+        absl::StatusOr<FetchedImage> fetched = client_->Fetch(id, options);
+        ASSERT_TRUE(fetched.ok()) << fetched.status();
+        moved_bytes = !fetched->buffer.is_mapped();
       }
       ASSERT_FALSE(calls.empty());
       for (size_t i = 0; i < calls.size(); ++i) {
@@ -500,8 +505,11 @@ TEST_P(ClientDataLaneTest, ProgressRunsInOrderOnTheCallingThreadUpToTheTotal) {
         }
       }
       EXPECT_EQ(calls.back(), std::make_pair(uint64_t{size}, uint64_t{size}));
-      if (size > (size_t{4} << 20)) {
+      if (size > (size_t{4} << 20) && moved_bytes) {
         EXPECT_GT(calls.size(), 1u) << "a large transfer reported only once";
+      }
+      if (!moved_bytes) {
+        EXPECT_EQ(calls.size(), 1u);
       }
     }
   }

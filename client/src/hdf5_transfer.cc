@@ -67,10 +67,11 @@ absl::StatusOr<ImageInfo> PushFileImage(Client& client,
   }
   // A file made in a memfd (memory_file.h) is sealed and handed over as
   // it is: to a server on this host, nothing is copied at all.
+  // (What is not an open file at all is refused by TakeFileImage below,
+  // with the same message as ever.)
   absl::StatusOr<std::optional<internal::SealedFileImage>> sealed =
       internal::SealMemoryFile(file_id);
-  if (!sealed.ok()) return Annotate(sealed.status(), what);
-  if (sealed->has_value()) {
+  if (sealed.ok() && sealed->has_value()) {
     const internal::SealedFileImage& image = **sealed;
     if (options.validate) {
       absl::StatusOr<internal::Mapping> mapping = internal::Mapping::Map(

@@ -458,7 +458,7 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
     if (!request.accepts_descriptor) {
       return absl::InternalError("a memfd the client did not ask for");
     }
-    return ReceiveMapped(std::move(connection), *response, image_id,
+    return ReceiveMapped(std::move(connection), *response, image_id, options,
                          take_bytes);
   }
   FetchedImage fetched;
@@ -495,7 +495,7 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
 
 absl::StatusOr<FetchedImage> DataLane::ReceiveMapped(
     std::unique_ptr<Connection> connection, const lane::Response& response,
-    std::string_view image_id, bool* take_bytes) {
+    std::string_view image_id, const FetchOptions& options, bool* take_bytes) {
   // The server holds a lease from here on, whatever this end makes of it.
   std::shared_ptr<LeaseLedger> leases = connection->leases;
   {
@@ -548,6 +548,7 @@ absl::StatusOr<FetchedImage> DataLane::ReceiveMapped(
         }
       });
   GiveBack(std::move(connection));
+  ReportSentInOne(options.progress, response.size);
   return fetched;
 }
 

@@ -163,10 +163,11 @@ class DataLane {
                                          bool accept_descriptor,
                                          bool* unanswered, bool* take_bytes);
   // The image of a GET answered with `response` and a descriptor: mapped,
-  // under a lease that the buffer's end releases.
+  // under a lease that the buffer's end releases; its progress reported
+  // once, whole.
   absl::StatusOr<FetchedImage> ReceiveMapped(
       std::unique_ptr<Connection> connection, const lane::Response& response,
-      std::string_view image_id, bool* take_bytes);
+      std::string_view image_id, const FetchOptions& options, bool* take_bytes);
   // Sends the RELEASEs due on `connection`; false if it broke.
   bool SendDueReleases(Connection& connection);
 
