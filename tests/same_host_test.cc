@@ -21,6 +21,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
+#include "h5depot/h5depot.h"
 #include "h5depot/hdf5_transfer.h"
 #include "h5depot/internal/memfd.h"
 #include "h5depot/memory_file.h"
@@ -456,6 +457,41 @@ TEST_F(SameHostTest, AClientOutOfDescriptorsGetsTheBytesInstead) {
   // The lease the lost descriptor stood for was given back.
   EXPECT_TRUE(
       Eventually([&] { return Limits(*client).leased_generations == 0; }));
+}
+
+TEST_F(SameHostTest, TheCApiReadsAViewInPlaceAndCopiesForFree) {
+  StartServer();
+  h5depot_client* c = h5depot_connect(server_->unix_target().c_str());
+  ASSERT_NE(c, nullptr) << h5depot_errmsg();
+  const std::string image = MakeHdf5Image(2 * kMiB, 14);
+  ASSERT_EQ(
+      h5depot_push_buffer(c, "c-view", image.data(), image.size(), nullptr),
+      H5DEPOT_OK)
+      << h5depot_errmsg();
+
+  h5depot_view* view = nullptr;
+  void* data = nullptr;
+  size_t len = 0;
+  uint64_t generation = 0;
+  ASSERT_EQ(h5depot_fetch_view(c, "c-view", &view, &data, &len, &generation),
+            H5DEPOT_OK)
+      << h5depot_errmsg();
+  EXPECT_EQ(std::string(static_cast<const char*>(data), len), image);
+  EXPECT_GT(generation, 0u);
+  std::unique_ptr<Client> client = ConnectUnix();
+  ASSERT_NE(client, nullptr);
+  EXPECT_EQ(Limits(*client).leased_generations, 1u);
+
+  void* copy = nullptr;
+  ASSERT_EQ(h5depot_fetch(c, "c-view", &copy, &len, nullptr), H5DEPOT_OK)
+      << h5depot_errmsg();
+  EXPECT_EQ(std::string(static_cast<const char*>(copy), len), image);
+  std::free(copy);  // a malloc'ed copy, as h5depot_fetch promises
+
+  h5depot_view_free(view);
+  EXPECT_TRUE(
+      Eventually([&] { return Limits(*client).leased_generations == 0; }));
+  h5depot_disconnect(c);
 }
 
 TEST_F(SameHostTest, ASmallImageMovesAsBytes) {

@@ -175,14 +175,49 @@ int h5depot_fetch(h5depot_client* client, const char* image_id, void** buf,
     }
     auto fetched = client->client->Fetch(image_id);
     if (!fetched.ok()) return Fail(fetched.status());
-    *len = fetched->buffer.size();
-    *buf = fetched->buffer.Release();
+    const size_t size = fetched->buffer.size();
+    void* data = fetched->buffer.Release();
+    if (data == nullptr && size > 0) {
+      return Fail(absl::ResourceExhaustedError(
+          absl::StrCat("fetch '", image_id, "': cannot allocate ", size,
+                       " bytes to copy the image into")));
+    }
+    *len = size;
+    *buf = data;
     if (generation != nullptr) *generation = fetched->info.generation;
     return Succeed();
   } catch (...) {
     return FailFromException();
   }
 }
+
+int h5depot_fetch_view(h5depot_client* client, const char* image_id,
+                       h5depot_view** view, void** data, size_t* len,
+                       uint64_t* generation) {
+  try {
+    if (view != nullptr) *view = nullptr;
+    if (data != nullptr) *data = nullptr;
+    if (len != nullptr) *len = 0;
+    if (client == nullptr || image_id == nullptr || view == nullptr ||
+        data == nullptr || len == nullptr) {
+      return FailInvalid(
+          "client, image id, view, data and len must not be NULL");
+    }
+    auto fetched = client->client->Fetch(image_id);
+    if (!fetched.ok()) return Fail(fetched.status());
+    auto made = std::make_unique<h5depot_view>();
+    made->buffer = std::move(fetched->buffer);
+    *data = made->buffer.data();
+    *len = made->buffer.size();
+    *view = made.release();
+    if (generation != nullptr) *generation = fetched->info.generation;
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+void h5depot_view_free(h5depot_view* view) { delete view; }
 
 int h5depot_wait(h5depot_client* client, const char* image_id,
                  int64_t timeout_ms) {

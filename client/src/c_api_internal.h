@@ -15,6 +15,10 @@ struct h5depot_client {
   std::unique_ptr<h5depot::Client> client;
 };
 
+struct h5depot_view {
+  h5depot::ImageBuffer buffer;
+};
+
 namespace h5depot::c_api {
 
 // Records `status` as the calling thread's last failure; returns its code.

@@ -222,9 +222,30 @@ int h5depot_push_buffer_ex(h5depot_client* client, const char* image_id,
  * *buf and *len receive it and the caller owns it (free() it, or hand it to
  * h5depot_open_image / H5LTopen_file_image with
  * H5LT_FILE_IMAGE_DONT_COPY). *generation is optional (NULL). On failure
- * *buf is NULL and *len 0. */
+ * *buf is NULL and *len 0. From a server on this host the image arrives as
+ * a mapping of the server's memory and is copied once into the buffer:
+ * h5depot_fetch_view and h5depot_open use it in place instead. */
 int h5depot_fetch(h5depot_client* client, const char* image_id, void** buf,
                   size_t* len, uint64_t* generation);
+
+/* A fetched image the caller reads in place: from a server on this host
+ * over its Unix socket, a copy-on-write mapping of the server's memory
+ * (nothing copied, shared with every process that fetched that
+ * generation); otherwise the fetched bytes. Valid until
+ * h5depot_view_free; the server counts the memory of a mapped view until
+ * then. */
+typedef struct h5depot_view h5depot_view;
+
+/* Fetches the current generation of `image_id` as a view: *view, *data and
+ * *len receive it; *generation is optional (NULL). The bytes at *data may
+ * be written (the writes stay the caller's own). On failure *view and
+ * *data are NULL and *len 0. */
+int h5depot_fetch_view(h5depot_client* client, const char* image_id,
+                       h5depot_view** view, void** data, size_t* len,
+                       uint64_t* generation);
+
+/* Frees a view (NULL: nothing). */
+void h5depot_view_free(h5depot_view* view);
 
 /* Waits up to timeout_ms milliseconds for `image_id` to exist.
  * H5DEPOT_DEADLINE_EXCEEDED if it does not appear in time. */
