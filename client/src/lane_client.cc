@@ -59,6 +59,13 @@ std::optional<uint32_t> ClientCpu(const DataLane::Connection& connection) {
   return static_cast<uint32_t>(cpu);
 }
 
+// A fetch with FetchOptions::only_if_mapped that cannot map.
+absl::Status NotMappable(std::string_view image_id) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("image '", std::string(image_id),
+                   "' cannot be mapped from the server's memory here"));
+}
+
 bool StartsWith(std::string_view text, std::string_view prefix) {
   return text.substr(0, prefix.size()) == prefix;
 }
@@ -397,6 +404,7 @@ absl::StatusOr<FetchedImage> DataLane::Fetch(
   absl::StatusOr<FetchedImage> fetched =
       FetchOnce(std::move(connection), image_id, options, deadline,
                 /*accept_descriptor=*/true, &unanswered, &take_bytes);
+  if (take_bytes && options.only_if_mapped) return NotMappable(image_id);
   if (take_bytes) {
     // The image came as a memfd this process could not use: the bytes.
     absl::StatusOr<std::unique_ptr<Connection>> again = Connect(deadline.reply);
@@ -430,6 +438,11 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
   request.wait_ms = ToMillis(options.wait);
   request.client_cpu = ClientCpu(*connection);
   request.accepts_descriptor = accept_descriptor && connection->shares_memory;
+  if (options.only_if_mapped && !request.accepts_descriptor) {
+    GiveBack(std::move(connection));
+    return NotMappable(image_id);
+  }
+  request.descriptor_only = options.only_if_mapped;
   uint8_t header[lane::kRequestHeaderBytes];
   lane::EncodeRequestHeader(request, header);
   iovec iov[2] = {{header, sizeof(header)},

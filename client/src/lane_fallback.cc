@@ -103,6 +103,10 @@ absl::StatusOr<FetchedImage> LaneFallbackTransport::Fetch(
                             deadline);
   }
   if (!call.unreachable.ok()) return call.unreachable;
+  if (options.only_if_mapped) {
+    return absl::FailedPreconditionError(
+        "no data lane to map the image's memory over");
+  }
   return grpc_->Fetch(image_id, options, deadline);
 }
 

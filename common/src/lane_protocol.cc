@@ -11,6 +11,7 @@ namespace {
 // Request flag bits.
 constexpr uint8_t kHasGenerationMatch = 1;
 constexpr uint8_t kAcceptsDescriptor = 2;
+constexpr uint8_t kDescriptorOnly = 4;
 
 // Response flag bits.
 constexpr uint8_t kWithDescriptor = 1;
@@ -89,7 +90,8 @@ void EncodeRequestHeader(const RequestHeader& header,
   std::memset(out, 0, kRequestHeaderBytes);
   out[0] = static_cast<uint8_t>(header.op);
   out[1] = (header.if_generation_match.has_value() ? kHasGenerationMatch : 0) |
-           (header.accepts_descriptor ? kAcceptsDescriptor : 0);
+           (header.accepts_descriptor ? kAcceptsDescriptor : 0) |
+           (header.descriptor_only ? kDescriptorOnly : 0);
   Put16(header.image_id_bytes, out + 2);
   if (header.client_cpu.has_value() && *header.client_cpu < UINT32_MAX) {
     Put32(*header.client_cpu + 1, out + 4);
@@ -109,7 +111,8 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
     return absl::InvalidArgumentError(
         absl::StrCat("unknown data lane request ", in[0]));
   }
-  if ((in[1] & ~(kHasGenerationMatch | kAcceptsDescriptor)) != 0) {
+  if ((in[1] & ~(kHasGenerationMatch | kAcceptsDescriptor | kDescriptorOnly)) !=
+      0) {
     return absl::InvalidArgumentError("unknown data lane request flags");
   }
   header->op = static_cast<Op>(in[0]);
@@ -120,6 +123,7 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
     header->if_generation_match = DecodeU64(in + 16);
   }
   header->accepts_descriptor = (in[1] & kAcceptsDescriptor) != 0;
+  header->descriptor_only = (in[1] & kDescriptorOnly) != 0;
   header->ttl_ms = DecodeU64(in + 24);
   header->wait_ms = DecodeU64(in + 32);
   header->client_cpu.reset();

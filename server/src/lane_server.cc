@@ -758,6 +758,13 @@ absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,
   if (header.accepts_descriptor && (*image)->memfd() >= 0) {
     return SendDescriptor(socket, *operations, *image, session.leases);
   }
+  if (header.descriptor_only) {
+    return SendFinal(socket,
+                     absl::FailedPreconditionError(absl::StrCat(
+                         "image '", image_id,
+                         "' is not in memory the server can hand over")),
+                     nullptr, false);
+  }
   MoveNearClient(session.follower, header, (*image)->size());
   // The reference pins this generation until its last byte is sent.
   return SendFinal(socket, absl::OkStatus(), image->get(), true);

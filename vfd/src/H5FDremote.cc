@@ -275,6 +275,36 @@ class PinnedGeneration final : public ImageReader {
   std::atomic<uint64_t>* const calls_;
 };
 
+// The current generation of an image as the file's base, mapped from the
+// server's memory: a server on this host, reached over its Unix socket,
+// hands over the image's memfd (docs/ARCHITECTURE.md, "Same host: images as
+// sealed memory"). The mapping's lease pins the generation for the file's
+// life, and a read is a memcpy.
+class MappedGeneration final : public ImageReader {
+ public:
+  explicit MappedGeneration(h5depot::FetchedImage image)
+      : image_(std::move(image)) {}
+
+  const h5depot::ImageInfo& info() const override { return image_.info; }
+
+  absl::StatusOr<size_t> Read(uint64_t offset, void* out,
+                              size_t length) override {
+    const uint64_t size = image_.buffer.size();
+    if (offset >= size) return 0;
+    length = static_cast<size_t>(std::min<uint64_t>(length, size - offset));
+    std::memcpy(out, static_cast<const char*>(image_.buffer.data()) + offset,
+                length);
+    return length;
+  }
+
+ private:
+  const h5depot::FetchedImage image_;
+};
+
+bool IsUnixTarget(const std::string& target) {
+  return target.rfind("unix:", 0) == 0;
+}
+
 // One open file: an image id on one server, bound to one generation.
 class RemoteFile {
  public:
@@ -420,6 +450,19 @@ absl::StatusOr<std::unique_ptr<RemoteFile>> RemoteFile::Open(
 absl::StatusOr<std::unique_ptr<ImageReader>> RemoteFile::PinGeneration(
     uint64_t generation) {
   ++round_trips_;
+  if (generation == 0 && IsUnixTarget(fapl_.target)) {
+    // On this host the current generation maps in one request. When it
+    // cannot (a small image, a server that does not share) nothing moved,
+    // and it is pinned and read in ranges as elsewhere.
+    h5depot::FetchOptions mapped;
+    mapped.only_if_mapped = true;
+    absl::StatusOr<h5depot::FetchedImage> fetched =
+        client_->Fetch(image_id_, mapped);
+    if (fetched.ok()) {
+      return std::unique_ptr<ImageReader>(
+          new MappedGeneration(*std::move(fetched)));
+    }
+  }
   absl::StatusOr<std::unique_ptr<ImageReader>> pin =
       client_->OpenReader(image_id_, generation);
   if (!pin.ok()) return pin.status();

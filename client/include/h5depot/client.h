@@ -152,6 +152,11 @@ struct FetchOptions {
   // up to this long for another client to push it (DEADLINE_EXCEEDED).
   absl::Duration wait = absl::ZeroDuration();
   ProgressCallback progress;
+  // Only as a mapping of the server's memory (ImageBuffer::is_mapped()),
+  // for callers that would rather read ranges than move the whole image:
+  // FAILED_PRECONDITION, with no byte moved, when the image cannot come
+  // that way (another host, a small image, a server that does not share).
+  bool only_if_mapped = false;
 };
 
 // A fetched image: its bytes in one malloc'ed buffer (which may be handed to

@@ -96,6 +96,9 @@ struct RequestHeader {
   uint64_t wait_ms = 0;                         // GET; 0: do not wait
   // GET: the answer may be the image's descriptor (kFeatureDescriptors).
   bool accepts_descriptor = false;
+  // GET, with accepts_descriptor: only the descriptor; an image that
+  // cannot be handed over so is refused (FAILED_PRECONDITION), no bytes.
+  bool descriptor_only = false;
   // The CPU the client waits on for the answer, if kFeatureClientCpu was
   // agreed; never sent otherwise.
   std::optional<uint32_t> client_cpu;
