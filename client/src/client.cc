@@ -212,11 +212,12 @@ absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
     std::string_view image_id, uint64_t generation) {
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   absl::StatusOr<std::unique_ptr<ImageReader>> reader =
-      transports.ok() ? (*transports)
-                            ->grpc->OpenReader(image_id, generation,
-                                               impl_->Deadline().reply,
-                                               impl_->options.call_timeout)
-                      : transports.status();
+      transports.ok()
+          ? (*transports)
+                ->grpc->OpenReader(
+                    image_id, generation, impl_->Deadline().reply,
+                    impl_->options.call_timeout, (*transports)->images)
+          : transports.status();
   if (!reader.ok())
     return Annotated(std::move(reader), "open reader on", image_id);
   return internal::BindReaderToThisProcess(*std::move(reader));

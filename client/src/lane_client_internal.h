@@ -1,6 +1,7 @@
-// The client end of the data lane (h5depot/internal/lane_protocol.h): push
-// and fetch on a plain socket to h5depotd, sending straight from the
-// caller's bytes and receiving straight into the fetched image's buffer.
+// The client end of the data lane (h5depot/internal/lane_protocol.h): push,
+// fetch and ranged reads on a plain socket to h5depotd, sending straight
+// from the caller's bytes and receiving straight into the fetched image's
+// buffer or the reader's.
 // Client uses it whenever the server offers a lane it can reach, and gRPC
 // otherwise. Internal to the client.
 #ifndef H5DEPOT_CLIENT_LANE_CLIENT_INTERNAL_H_
@@ -66,6 +67,9 @@ class DataLane {
     // (lane::kFeatureClientCpu).
     bool says_cpu = false;
 
+    // Whether the server serves READ requests (lane::kFeatureRead).
+    bool reads = false;
+
     // Taken from the pool rather than made for this call: the server may
     // have closed it since (Push and Fetch then retry on a new one).
     bool reused = false;
@@ -102,13 +106,27 @@ class DataLane {
                                      std::string_view image_id,
                                      const FetchOptions& options,
                                      const CallDeadline& deadline);
+  // Reads up to `length` bytes at `offset` of `generation` (0: current) of
+  // `image_id` into `out`, clamped at the end of the image, by `deadline`.
+  // Only on a connection whose server agreed to READ (`reads`). Refusals
+  // carry the server's code (NOT_FOUND for a generation no longer held,
+  // UNAUTHENTICATED, PERMISSION_DENIED, ...), as gRPC's Read does.
+  // DEADLINE_EXCEEDED if `deadline` has passed, before anything is sent.
+  absl::StatusOr<ReadResult> Read(std::unique_ptr<Connection> connection,
+                                  std::string_view image_id,
+                                  uint64_t generation, uint64_t offset,
+                                  void* out, size_t length,
+                                  absl::Time deadline);
+
+  // Puts a connection in step back into the pool, for a caller that took
+  // one and then made no call on it.
+  void GiveBack(std::unique_ptr<Connection> connection);
 
   ~DataLane();
 
  private:
   DataLane(std::string host, int port, std::string unix_path,
            LaneCredentials credentials);
-  void GiveBack(std::unique_ptr<Connection> connection);
 
   // One attempt of Push and Fetch. `*unanswered` tells whether a failure
   // came before the server could have acted on the request: a push whose
@@ -123,6 +141,11 @@ class DataLane {
                                          const FetchOptions& options,
                                          const CallDeadline& deadline,
                                          bool* unanswered);
+  absl::StatusOr<ReadResult> ReadOnce(std::unique_ptr<Connection> connection,
+                                      std::string_view image_id,
+                                      uint64_t generation, uint64_t offset,
+                                      void* out, size_t length,
+                                      absl::Time deadline, bool* unanswered);
 
   const std::string host_;  // TCP; empty for a Unix socket
   const int port_;

@@ -109,6 +109,16 @@ absl::StatusOr<FetchedImage> LaneFallbackTransport::Fetch(
 absl::StatusOr<ReadResult> LaneFallbackTransport::Read(
     std::string_view image_id, uint64_t generation, uint64_t offset, void* out,
     size_t length, absl::Time deadline) {
+  LaneCall call = StartLaneCall(deadline);
+  if (call.connection != nullptr) {
+    if (call.connection->reads) {
+      return call.lane->Read(std::move(call.connection), image_id, generation,
+                             offset, out, length, deadline);
+    }
+    // A server from before READ: its lane carries whole images only.
+    call.lane->GiveBack(std::move(call.connection));
+  }
+  if (!call.unreachable.ok()) return call.unreachable;
   return grpc_->Read(image_id, generation, offset, out, length, deadline);
 }
 

@@ -17,6 +17,11 @@
 //        server: Response (the published generation, or why not)
 //   GET  client: RequestHeader, image id
 //        server: Response; if it says OK, `size` image bytes follow
+//   READ client: RequestHeader (generation, offset, size: the length asked
+//        for), image id; only once kFeatureRead was agreed
+//        server: Response (the info of the generation read); if it says
+//        OK, the part of [offset, offset + size) within the image follows:
+//        min(size, image size - offset) bytes, none at or past its end
 //
 // A refused eager PUT is still read to its end, so the connection stays
 // usable after any refusal. Anything malformed closes the connection.
@@ -55,6 +60,11 @@ inline constexpr uint16_t kFeatureClientCpu = 1;
 inline constexpr uint16_t kFeatureToken = 2;
 inline constexpr size_t kTokenHeaderBytes = 2;
 
+// A client that may send READ requests offers this; a server that serves
+// them agrees. Without it (a server from before READ), ranged reads go
+// over gRPC.
+inline constexpr uint16_t kFeatureRead = 8;
+
 // A PUT of at most this many bytes sends them right behind its header; a
 // larger one waits for the server's Continue first, so that a push bound to
 // be refused (too large, out of memory, wrong generation) moves no data.
@@ -63,15 +73,17 @@ inline constexpr uint64_t kEagerPutBytes = uint64_t{1} << 20;
 // Longest status message a Response carries.
 inline constexpr size_t kMaxMessageBytes = 4096;
 
-enum class Op : uint8_t { kPut = 1, kGet = 2 };
+enum class Op : uint8_t { kPut = 1, kGet = 2, kRead = 3 };
 
 struct RequestHeader {
   Op op = Op::kGet;
-  uint16_t image_id_bytes = 0;                  // the id follows the header
-  uint64_t size = 0;                            // PUT: image bytes to follow
+  uint16_t image_id_bytes = 0;  // the id follows the header
+  uint64_t size = 0;  // PUT: image bytes to follow; READ: the length asked
   std::optional<uint64_t> if_generation_match;  // PUT
   uint64_t ttl_ms = 0;                          // PUT; 0: never expires
   uint64_t wait_ms = 0;                         // GET; 0: do not wait
+  uint64_t generation = 0;                      // READ; 0: the current one
+  uint64_t offset = 0;                          // READ
   // The CPU the client waits on for the answer, if kFeatureClientCpu was
   // agreed; never sent otherwise.
   std::optional<uint32_t> client_cpu;
@@ -109,7 +121,8 @@ absl::Status DecodeTokenHeader(const uint8_t in[kTokenHeaderBytes],
 
 void EncodeRequestHeader(const RequestHeader& header,
                          uint8_t out[kRequestHeaderBytes]);
-// INVALID_ARGUMENT for an unknown op or flags.
+// INVALID_ARGUMENT for an unknown op or flags, or a READ with fields it
+// does not have.
 absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
                                  RequestHeader* header);
 
