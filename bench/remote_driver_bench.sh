@@ -5,6 +5,7 @@
 # remote_driver_bench, and stops them again.
 #
 #   bench/remote_driver_bench.sh [BUILD_DIR] [REPEAT]
+#   H5DEPOTD_FLAGS=--nodata-lane bench/remote_driver_bench.sh ...
 #
 # Needs nginx (Debian: nginx-light) and python3, as deploy/setup.sh
 # installs, and a build with remote_driver_bench and h5depotd; all checked
@@ -80,7 +81,10 @@ CONF
 nginx_pid=$!
 
 # h5depotd on a free loopback port; it prints its address once ready.
-"$build/server/h5depotd" --listen=127.0.0.1:0 > "$work/h5depotd.out" &
+# H5DEPOTD_FLAGS: more flags for it (--nodata-lane: the driver's reads over
+# gRPC, as against a server without a lane).
+# shellcheck disable=SC2086
+"$build/server/h5depotd" --listen=127.0.0.1:0 ${H5DEPOTD_FLAGS:-} > "$work/h5depotd.out" &
 depot_pid=$!
 target=""
 for _ in $(seq 1 100); do
