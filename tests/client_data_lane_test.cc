@@ -798,6 +798,36 @@ TEST_P(LaneUseTest, RemoteDriverReadsOverTheLaneWhereThereIsOne) {
   }
 }
 
+// A reader being opened has its lane connection made meanwhile: the first
+// read takes that one from the pool rather than dialling its own.
+TEST(DataLanePrepareTest, ConnectTakesThePreparedConnectionRatherThanDialling) {
+  auto depot = InProcessDepot::Start();
+  ASSERT_TRUE(depot.ok()) << depot.status();
+  std::shared_ptr<internal::DataLane> lane = internal::DataLane::ForServer(
+      (*depot)->target(),
+      static_cast<uint32_t>((*depot)->server().data_lane_port()), "");
+  ASSERT_NE(lane, nullptr);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  lane->Prepare(deadline);
+  auto prepared = lane->Connect(deadline);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_TRUE((*prepared)->reused);  // from the pool, made by Prepare
+  EXPECT_TRUE((*prepared)->reads);
+  // The pool is empty again: the next call dials.
+  auto dialled = lane->Connect(deadline);
+  ASSERT_TRUE(dialled.ok()) << dialled.status();
+  EXPECT_FALSE((*dialled)->reused);
+  // With a connection in the pool, Prepare makes no other.
+  lane->GiveBack(*std::move(dialled));
+  lane->Prepare(deadline);
+  auto pooled = lane->Connect(deadline);
+  ASSERT_TRUE(pooled.ok()) << pooled.status();
+  EXPECT_TRUE((*pooled)->reused);
+  auto next = lane->Connect(deadline);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_FALSE((*next)->reused);
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, LaneUseTest,
                          ::testing::Values(Transport::kTcp, Transport::kUnix),
                          [](const ::testing::TestParamInfo<Transport>& param) {

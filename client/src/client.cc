@@ -211,6 +211,8 @@ absl::StatusOr<ReadResult> Client::Read(std::string_view image_id,
 absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
     std::string_view image_id, uint64_t generation) {
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  // The first read's connection is made while the pin is opened.
+  if (transports.ok()) (*transports)->images->PrepareToRead();
   absl::StatusOr<std::unique_ptr<ImageReader>> reader =
       transports.ok()
           ? (*transports)

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -124,6 +126,9 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
     std::unique_ptr<Connection> connection;
     {
       MutexLock lock(&mutex_);
+      while (idle_.empty() && preparing_ &&
+             prepared_.WaitUntil(&mutex_, absl::ToChronoTime(deadline))) {
+      }
       if (idle_.empty()) break;
       connection = std::move(idle_.back());
       idle_.pop_back();
@@ -187,6 +192,31 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
                                                std::string(status.message())));
   }
   return connection;
+}
+
+void DataLane::Prepare(absl::Time deadline) {
+  {
+    MutexLock lock(&mutex_);
+    if (!idle_.empty() || preparing_) return;
+    preparing_ = true;
+  }
+  auto prepare = [self = shared_from_this(), deadline] {
+    absl::StatusOr<std::unique_ptr<Connection>> made =
+        self->ConnectNew(deadline);
+    if (made.ok()) (*made)->idle_since = std::chrono::steady_clock::now();
+    MutexLock lock(&self->mutex_);
+    self->preparing_ = false;
+    if (made.ok()) self->idle_.push_back(*std::move(made));
+    self->prepared_.SignalAll();
+  };
+  try {
+    std::thread(std::move(prepare)).detach();
+  } catch (const std::system_error&) {
+    // No thread to be had: the first call connects itself.
+    MutexLock lock(&mutex_);
+    preparing_ = false;
+    prepared_.SignalAll();
+  }
 }
 
 void DataLane::GiveBack(std::unique_ptr<Connection> connection) {

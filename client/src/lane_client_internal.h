@@ -38,7 +38,7 @@ struct LaneCredentials {
 
 // One server's data lane, with a pool of idle connections to it.
 // Thread-safe; each call uses a connection of its own.
-class DataLane {
+class DataLane : public std::enable_shared_from_this<DataLane> {
  public:
   // The lane of a server reached at gRPC `target`, given the port and Unix
   // path its GetLimits named; null when none applies (no lane offered, or a
@@ -88,7 +88,16 @@ class DataLane {
     lane::LaneSocket socket_;
     lane::LaneReader reader_;
   };
+  // A connection being made by Prepare() is waited for (not past
+  // `deadline`) rather than a second one dialled.
   absl::StatusOr<std::unique_ptr<Connection>> Connect(absl::Time deadline);
+
+  // Makes one connection for the pool, by `deadline`, on a thread of its
+  // own, unless the pool has one or one is being made; returns at once. A
+  // caller about to read (a reader being opened) has the connection made
+  // while its other round trips run. A failure is left for the next call
+  // to meet.
+  void Prepare(absl::Time deadline);
 
   // A new connection, never one from the pool.
   absl::StatusOr<std::unique_ptr<Connection>> ConnectNew(absl::Time deadline);
@@ -157,6 +166,8 @@ class DataLane {
   // (h5depot/internal/mutex.h says why not absl::Mutex).
   Mutex mutex_;
   std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mutex_);
+  bool preparing_ ABSL_GUARDED_BY(mutex_) = false;
+  CondVar prepared_;  // preparing_ became false
 };
 
 }  // namespace h5depot::internal

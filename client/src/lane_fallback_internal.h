@@ -54,6 +54,8 @@ class LaneFallbackTransport final : public ImageTransport {
                                   uint64_t generation, uint64_t offset,
                                   void* out, size_t length,
                                   absl::Time deadline) override;
+  // Has a lane connection made while the reader's pin is opened over gRPC.
+  void PrepareToRead() override;
 
  private:
   // A lane connection for one call, and its lane; both null when the call
