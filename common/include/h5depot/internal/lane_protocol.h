@@ -77,13 +77,13 @@ enum class Op : uint8_t { kPut = 1, kGet = 2, kRead = 3 };
 
 struct RequestHeader {
   Op op = Op::kGet;
-  uint16_t image_id_bytes = 0;  // the id follows the header
-  uint64_t size = 0;  // PUT: image bytes to follow; READ: the length asked
+  uint16_t image_id_bytes = 0;                  // the id follows the header
+  uint64_t size = 0;                            // PUT: image bytes to follow
   std::optional<uint64_t> if_generation_match;  // PUT
   uint64_t ttl_ms = 0;                          // PUT; 0: never expires
   uint64_t wait_ms = 0;                         // GET; 0: do not wait
   uint64_t generation = 0;                      // READ; 0: the current one
-  uint64_t offset = 0;                          // READ
+  uint64_t offset = 0;                          // READ: of `size` bytes
   // The CPU the client waits on for the answer, if kFeatureClientCpu was
   // agreed; never sent otherwise.
   std::optional<uint32_t> client_cpu;
