@@ -5,14 +5,34 @@
 # remote_driver_bench, and stops them again.
 #
 #   bench/remote_driver_bench.sh [BUILD_DIR] [REPEAT]
+#   H5DEPOTD_FLAGS=--nodata-lane bench/remote_driver_bench.sh ...
 #
-# Needs nginx (Debian: nginx-light) and a build with remote_driver_bench
-# and h5depotd.
+# Needs nginx (Debian: nginx-light) and python3, as deploy/setup.sh
+# installs, and a build with remote_driver_bench and h5depotd; all checked
+# before anything starts.
 set -eu
 
-build=$(cd "${1:-build}" && pwd)
+# A peer missing is named with its Debian package at once, not found out
+# later as an HTTP error deep in ROS3's stack.
+missing=0
+nginx=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)
+if [ -z "$nginx" ]; then
+  echo "remote_driver_bench.sh: nginx is missing (Debian package nginx-light; deploy/setup.sh installs it)" >&2
+  missing=1
+fi
+if ! command -v python3 >/dev/null; then
+  echo "remote_driver_bench.sh: python3 is missing (Debian package python3)" >&2
+  missing=1
+fi
+build=$(cd "${1:-build}" && pwd) || exit 1
+for program in server/h5depotd bench/remote_driver_bench; do
+  if [ ! -x "$build/$program" ]; then
+    echo "remote_driver_bench.sh: $build/$program is missing (build it: cmake --build $build -t $(basename "$program"))" >&2
+    missing=1
+  fi
+done
+[ "$missing" = 0 ] || exit 1
 repeat=${2:-5}
-nginx=$(command -v nginx || echo /usr/sbin/nginx)
 work=$(mktemp -d "${TMPDIR:-/tmp}/h5depot-bench.XXXXXX")
 # nginx workers may run as another user (nobody, when started as root).
 chmod 755 "$work"
@@ -61,7 +81,10 @@ CONF
 nginx_pid=$!
 
 # h5depotd on a free loopback port; it prints its address once ready.
-"$build/server/h5depotd" --listen=127.0.0.1:0 > "$work/h5depotd.out" &
+# H5DEPOTD_FLAGS: more flags for it (--nodata-lane: the driver's reads over
+# gRPC, as against a server without a lane).
+# shellcheck disable=SC2086
+"$build/server/h5depotd" --listen=127.0.0.1:0 ${H5DEPOTD_FLAGS:-} > "$work/h5depotd.out" &
 depot_pid=$!
 target=""
 for _ in $(seq 1 100); do

@@ -10,23 +10,34 @@
 # --grpc-only (clients move image bytes over gRPC, not the data lane).
 # Environment: BUILD_DIR (default build-bench, a Release build).
 #
-# Needs (Debian): iperf3 redis-server redis-tools libhiredis-dev, as
-# deploy/setup.sh installs. Everything it starts listens on loopback only
+# Needs (Debian): iperf3 redis-server redis-tools libhiredis-dev openssl,
+# as deploy/setup.sh installs; checked up front. Everything it starts listens on loopback only
 # and is stopped when it ends; the whole run is bounded by --time-limit
 # (default 30 minutes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-for tool in iperf3 redis-server redis-benchmark pkg-config; do
-  command -v "$tool" >/dev/null || {
-    echo "run.sh: $tool is missing; run deploy/setup.sh" >&2
-    exit 1
+# Every peer and tool it runs, checked before anything is built or started,
+# each with the Debian package that provides it.
+missing=0
+need() {  # need PROGRAM PACKAGE
+  command -v "$1" >/dev/null || {
+    echo "run.sh: $1 is missing (Debian package $2; deploy/setup.sh installs it)" >&2
+    missing=1
   }
-done
-pkg-config --exists hiredis || {
-  echo "run.sh: libhiredis-dev is missing; run deploy/setup.sh" >&2
-  exit 1
 }
+need iperf3 iperf3
+need redis-server redis-server
+need redis-benchmark redis-tools
+need openssl openssl
+need pkg-config pkg-config
+need cmake cmake
+need ninja ninja-build
+if command -v pkg-config >/dev/null && ! pkg-config --exists hiredis; then
+  echo "run.sh: the hiredis C library is missing (Debian package libhiredis-dev; deploy/setup.sh installs it)" >&2
+  missing=1
+fi
+((missing == 0)) || exit 1
 
 build=${BUILD_DIR:-build-bench}
 if [[ ! -f $build/build.ninja ]]; then

@@ -24,6 +24,8 @@ PACKAGES=(
   iperf3 redis-server redis-tools libhiredis-dev
   # bench/run.sh's TLS rows: their certificates.
   openssl
+  # bench/remote_driver_bench.sh: the HTTP server ROS3 reads from.
+  nginx-light
 )
 
 installed() {

@@ -31,6 +31,7 @@ bool SameRequest(const RequestHeader& a, const RequestHeader& b) {
   return a.op == b.op && a.image_id_bytes == b.image_id_bytes &&
          a.size == b.size && a.if_generation_match == b.if_generation_match &&
          a.ttl_ms == b.ttl_ms && a.wait_ms == b.wait_ms &&
+         a.generation == b.generation && a.offset == b.offset &&
          a.client_cpu == b.client_cpu;
 }
 
@@ -64,11 +65,13 @@ void CheckRequestHeader(const uint8_t* data, size_t size) {
     FUZZ_CHECK(status.code() == absl::StatusCode::kInvalidArgument);
     return;
   }
-  FUZZ_CHECK(header.op == Op::kPut || header.op == Op::kGet);
+  FUZZ_CHECK(header.op == Op::kPut || header.op == Op::kGet ||
+             header.op == Op::kRead);
   // Every byte means something, except the generation to match (offset 16)
-  // of a request whose flags do not ask for one.
+  // of a PUT or GET whose flags do not ask for one. (A READ's generation is
+  // there.)
   std::vector<uint8_t> meant = in;
-  if (!header.if_generation_match.has_value()) {
+  if (header.op != Op::kRead && !header.if_generation_match.has_value()) {
     std::memset(meant.data() + 16, 0, 8);
   }
   uint8_t again[kRequestHeaderBytes];
@@ -107,7 +110,8 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
   FUZZ_CHECK(features_read == features);
 
   RequestHeader request;
-  request.op = provider.ConsumeBool() ? Op::kPut : Op::kGet;
+  const int op = provider.ConsumeIntegralInRange(0, 2);
+  request.op = op == 0 ? Op::kPut : (op == 1 ? Op::kGet : Op::kRead);
   request.image_id_bytes = provider.ConsumeIntegral<uint16_t>();
   request.size = provider.ConsumeIntegral<uint64_t>();
   if (provider.ConsumeBool()) {
@@ -117,6 +121,14 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
   request.wait_ms = provider.ConsumeIntegral<uint64_t>();
   if (provider.ConsumeBool()) {
     request.client_cpu = provider.ConsumeIntegral<uint32_t>();
+  }
+  if (request.op == Op::kRead) {
+    // A READ carries a generation and an offset in their place.
+    request.if_generation_match.reset();
+    request.ttl_ms = 0;
+    request.wait_ms = 0;
+    request.generation = provider.ConsumeIntegral<uint64_t>();
+    request.offset = provider.ConsumeIntegral<uint64_t>();
   }
   uint8_t request_bytes[kRequestHeaderBytes];
   EncodeRequestHeader(request, request_bytes);

@@ -1,5 +1,6 @@
-// What a user of h5depot::Client relies on now that Push and Fetch move
-// image bytes over the server's data lane: the same results as over gRPC,
+// What a user of h5depot::Client relies on now that Push, Fetch and reads
+// (Read, readers and so the remote driver) move image bytes over the
+// server's data lane: the same results as over gRPC,
 // the lane really carrying the bytes when it is offered, a server restart,
 // progress, a client process dying mid-push, call timeouts, and many
 // threads on one Client. Against real servers: an in-process DepotServer,
@@ -27,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "H5FDremote.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -36,6 +38,7 @@
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/lane_protocol.h"
 #include "h5depot/server/depot_server.h"
+#include "h5depot/testing/hdf5_images.h"
 #include "h5depot/testing/in_process_depot.h"
 #include "h5depot/testing/server_process.h"
 #include "h5depot/testing/subprocess.h"
@@ -574,8 +577,10 @@ class LaneUseTest : public ::testing::TestWithParam<Transport> {
   }
 
   // An in-process server with or without its lane, and a relay in front of
-  // its gRPC listener.
-  void StartServer(bool data_lane) {
+  // its gRPC listener (a Unix one at `relay_socket` in the test's
+  // directory).
+  void StartServer(bool data_lane,
+                   const std::string& relay_socket = "relay.sock") {
     server::ServerOptions options;
     options.data_lane = data_lane;
     auto depot = InProcessDepot::Start(options, GetParam() == Transport::kTcp
@@ -586,7 +591,7 @@ class LaneUseTest : public ::testing::TestWithParam<Transport> {
     relay_ = GetParam() == Transport::kTcp
                  ? CountingRelay::ToTcp(depot_->server().port())
                  : CountingRelay::ToUnix(
-                       dir_->File("relay.sock"),
+                       dir_->File(relay_socket),
                        depot_->unix_target().substr(sizeof("unix:") - 1));
     ASSERT_NE(relay_, nullptr);
   }
@@ -669,6 +674,168 @@ TEST_P(LaneUseTest, H5depotdWithNoDataLaneFlagIsServedOverGrpc) {
   ASSERT_NE(client, nullptr);
   EXPECT_LT(RoundTripThrough(*client, *relay_, "with/lane", bytes),
             kLittleGrpcTraffic);
+}
+
+// Reads all of `id` through a reader, in 1 MiB pieces, and through
+// Client::Read; returns how many bytes `relay` carried meanwhile.
+uint64_t ReadBackThrough(Client& client, const CountingRelay& relay,
+                         const std::string& id,
+                         const std::vector<uint8_t>& bytes) {
+  const uint64_t before = relay.bytes();
+  auto reader = client.OpenReader(id);
+  EXPECT_TRUE(reader.ok()) << reader.status();
+  if (!reader.ok()) return 0;
+  std::vector<uint8_t> read(bytes.size() + 100);
+  constexpr size_t kPiece = size_t{1} << 20;
+  for (size_t offset = 0; offset < read.size(); offset += kPiece) {
+    auto n = (*reader)->Read(offset, read.data() + offset,
+                             std::min(kPiece, read.size() - offset));
+    EXPECT_TRUE(n.ok()) << n.status();
+    if (!n.ok()) return 0;
+    EXPECT_EQ(*n,
+              std::min(kPiece, bytes.size() - std::min(offset, bytes.size())));
+  }
+  read.resize(bytes.size());
+  EXPECT_TRUE(read == bytes) << id << ": a reader read other bytes";
+  auto ranged =
+      client.Read(id, (*reader)->info().generation, 4096, read.data(), 2 << 20);
+  EXPECT_TRUE(ranged.ok()) << ranged.status();
+  if (ranged.ok()) {
+    EXPECT_EQ(ranged->bytes_read, size_t{2} << 20);
+    EXPECT_EQ(std::memcmp(read.data(), bytes.data() + 4096, 2 << 20), 0);
+  }
+  return relay.bytes() - before;
+}
+
+TEST_P(LaneUseTest, ReadersReadOverTheOfferedLaneAndOverGrpcWithout) {
+  StartServer(/*data_lane=*/true);
+  const auto bytes = MakeTestImage(kProbeBytes);
+  std::unique_ptr<Client> lane_client = Connect(true);
+  ASSERT_NE(lane_client, nullptr);
+  ASSERT_TRUE(lane_client->Push("read/me", bytes.data(), bytes.size()).ok());
+  // The pin stays a gRPC stream; the bytes bypass gRPC.
+  EXPECT_LT(ReadBackThrough(*lane_client, *relay_, "read/me", bytes),
+            kLittleGrpcTraffic);
+
+  std::unique_ptr<Client> grpc_client = Connect(false);
+  ASSERT_NE(grpc_client, nullptr);
+  EXPECT_GT(ReadBackThrough(*grpc_client, *relay_, "read/me", bytes),
+            bytes.size() + (2 << 20));
+}
+
+TEST_P(LaneUseTest, H5depotdWithNoDataLaneServesReadersOverGrpc) {
+  ServerProcessOptions options;
+  options.tcp = GetParam() == Transport::kTcp;
+  options.unix_socket = GetParam() == Transport::kUnix;
+  options.extra_flags = {"--nodata-lane"};
+  auto server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  relay_ = RelayTo(**server, "relay.sock");
+  ASSERT_NE(relay_, nullptr);
+  std::unique_ptr<Client> client = Connect(true);
+  ASSERT_NE(client, nullptr);
+  const auto bytes = MakeTestImage(kProbeBytes);
+  ASSERT_TRUE(client->Push("read/me", bytes.data(), bytes.size()).ok());
+  EXPECT_GT(ReadBackThrough(*client, *relay_, "read/me", bytes),
+            bytes.size() + (2 << 20));
+}
+
+// The remote driver reads through a reader of the target it was given:
+// its reads follow the same choice. `/data` of the image at `id` read
+// through the driver must be `expected`.
+void ReadDatasetWithTheDriver(const std::string& target, const std::string& id,
+                              const std::vector<char>& expected) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  ASSERT_GE(H5Pset_fapl_remote(fapl, target.c_str(), nullptr), 0);
+  hid_t file = H5Fopen(id.c_str(), H5F_ACC_RDONLY, fapl);
+  H5Pclose(fapl);
+  ASSERT_GE(file, 0);
+  hid_t dataset = H5Dopen2(file, "/data", H5P_DEFAULT);
+  ASSERT_GE(dataset, 0);
+  std::vector<char> data(expected.size());
+  EXPECT_GE(H5Dread(dataset, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                    data.data()),
+            0);
+  H5Dclose(dataset);
+  H5Fclose(file);
+  EXPECT_TRUE(data == expected);
+}
+
+// `/data` of an HDF5 image, read from memory (a copy HDF5's core driver
+// owns).
+std::vector<char> DatasetOf(const std::string& image) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_fapl_core(fapl, 1 << 20, /*backing_store=*/0);
+  H5Pset_file_image(fapl, const_cast<char*>(image.data()), image.size());
+  hid_t file = H5Fopen("in-memory", H5F_ACC_RDONLY, fapl);
+  H5Pclose(fapl);
+  if (file < 0) return {};
+  hid_t dataset = H5Dopen2(file, "/data", H5P_DEFAULT);
+  hid_t space = H5Dget_space(dataset);
+  std::vector<char> data(
+      static_cast<size_t>(H5Sget_simple_extent_npoints(space)));
+  H5Dread(dataset, H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+          data.data());
+  H5Sclose(space);
+  H5Dclose(dataset);
+  H5Fclose(file);
+  return data;
+}
+
+TEST_P(LaneUseTest, RemoteDriverReadsOverTheLaneWhereThereIsOne) {
+  const std::string image = testing::MakeHdf5Image(kProbeBytes, 31);
+  const std::vector<char> expected = DatasetOf(image);
+  ASSERT_EQ(expected.size(), kProbeBytes);
+  for (bool data_lane : {true, false}) {
+    SCOPED_TRACE(data_lane ? "with a lane" : "without a lane");
+    // A relay of its own: the driver keeps its connection per target.
+    StartServer(data_lane, data_lane ? "lane.sock" : "grpc.sock");
+    std::unique_ptr<Client> client = Connect(true);
+    ASSERT_NE(client, nullptr);
+    ASSERT_TRUE(
+        client->Push("driver/read.h5", image.data(), image.size()).ok());
+    const uint64_t before = relay_->bytes();
+    ReadDatasetWithTheDriver(relay_->target(), "driver/read.h5", expected);
+    const uint64_t over_grpc = relay_->bytes() - before;
+    if (data_lane) {
+      EXPECT_LT(over_grpc, kLittleGrpcTraffic);
+    } else {
+      EXPECT_GT(over_grpc, kProbeBytes);
+    }
+    client.reset();
+    relay_.reset();
+    depot_.reset();
+  }
+}
+
+// A reader being opened has its lane connection made meanwhile: the first
+// read takes that one from the pool rather than dialling its own.
+TEST(DataLanePrepareTest, ConnectTakesThePreparedConnectionRatherThanDialling) {
+  auto depot = InProcessDepot::Start();
+  ASSERT_TRUE(depot.ok()) << depot.status();
+  std::shared_ptr<internal::DataLane> lane = internal::DataLane::ForServer(
+      (*depot)->target(),
+      static_cast<uint32_t>((*depot)->server().data_lane_port()), "");
+  ASSERT_NE(lane, nullptr);
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  lane->Prepare(deadline);
+  auto prepared = lane->Connect(deadline);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_TRUE((*prepared)->reused);  // from the pool, made by Prepare
+  EXPECT_TRUE((*prepared)->reads);
+  // The pool is empty again: the next call dials.
+  auto dialled = lane->Connect(deadline);
+  ASSERT_TRUE(dialled.ok()) << dialled.status();
+  EXPECT_FALSE((*dialled)->reused);
+  // With a connection in the pool, Prepare makes no other.
+  lane->GiveBack(*std::move(dialled));
+  lane->Prepare(deadline);
+  auto pooled = lane->Connect(deadline);
+  ASSERT_TRUE(pooled.ok()) << pooled.status();
+  EXPECT_TRUE((*pooled)->reused);
+  auto next = lane->Connect(deadline);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_FALSE((*next)->reused);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, LaneUseTest,

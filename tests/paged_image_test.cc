@@ -209,6 +209,18 @@ TEST(PagedImageTest, LargeReadsGoStraightToTheCallerAndAreNotCached) {
   EXPECT_EQ(f.reads, 2);  // still a miss: the large read left no pages
 }
 
+TEST(PagedImageTest, SequentialReadsOfFourPagesAreARequestEachWithoutCaching) {
+  Fixture f(Pattern(512 * kPage, 9), Options(256, 64));  // readahead up to 64
+  for (uint64_t i = 0; i < 8; ++i) {
+    ASSERT_EQ(f.Read(i * 4 * kPage, 4 * kPage),
+              f.base.substr(i * 4 * kPage, 4 * kPage));
+  }
+  EXPECT_EQ(f.reads, 8);
+  EXPECT_EQ(f.image->stats().bytes_fetched, 32 * kPage);  // no readahead
+  f.Read(kPage, 1);
+  EXPECT_EQ(f.reads, 9);  // nothing was cached
+}
+
 TEST(PagedImageTest, BytesPastTheEndReadAsZeros) {
   Fixture f(Pattern(3 * kPage + 10, 7), Options(8, 1));
   std::string out = f.Read(3 * kPage, 100);

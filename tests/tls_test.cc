@@ -126,6 +126,14 @@ TEST_F(TlsTest, ImagesGoBothWaysOverTlsOnGrpcAndOnTheDataLane) {
     EXPECT_EQ(std::string(reinterpret_cast<const char*>(fetched->buffer.data()),
                           fetched->buffer.size()),
               image);
+    // A reader's reads: READs on the lane, or gRPC's Read.
+    auto opened = (*client)->OpenReader(id);
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    std::string range(2 << 20, '\0');
+    auto read = (*opened)->Read(4096, range.data(), range.size());
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_EQ(*read, range.size());
+    EXPECT_TRUE(range == image.substr(4096, range.size()));
   }
 }
 
@@ -146,6 +154,18 @@ TEST_F(TlsTest, TheDataLaneSpeaksTlsAndOnlyTls) {
                            reinterpret_cast<const uint8_t*>(image.data()),
                            image.size(), {}, deadline);
   ASSERT_TRUE(pushed.ok()) << pushed.status();
+  // And reads a range over TLS, on the connection the push gave back.
+  auto pooled = lane->Connect(deadline);
+  ASSERT_TRUE(pooled.ok()) << pooled.status();
+  EXPECT_TRUE((*pooled)->socket().is_tls());
+  EXPECT_TRUE((*pooled)->reads);
+  std::string range(100000, '\0');
+  auto read =
+      lane->Read(*std::move(pooled), "by-lane.h5", pushed->generation,
+                 image.size() - 1000, range.data(), range.size(), deadline);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->bytes_read, 1000u);
+  EXPECT_EQ(range.substr(0, 1000), image.substr(image.size() - 1000));
   auto reader = Client::Connect(depot->tcp_target(), Trusting(pki_.ca_file));
   ASSERT_TRUE(reader.ok()) << reader.status();
   auto fetched = (*reader)->Fetch("by-lane.h5");

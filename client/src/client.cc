@@ -245,12 +245,15 @@ absl::StatusOr<ReadResult> Client::Read(std::string_view image_id,
 absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
     std::string_view image_id, uint64_t generation) {
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  // The first read's connection is made while the pin is opened.
+  if (transports.ok()) (*transports)->images->PrepareToRead();
   absl::StatusOr<std::unique_ptr<ImageReader>> reader =
-      transports.ok() ? (*transports)
-                            ->grpc->OpenReader(image_id, generation,
-                                               impl_->Deadline().reply,
-                                               impl_->options.call_timeout)
-                      : transports.status();
+      transports.ok()
+          ? (*transports)
+                ->grpc->OpenReader(
+                    image_id, generation, impl_->Deadline().reply,
+                    impl_->options.call_timeout, (*transports)->images)
+          : transports.status();
   if (!reader.ok())
     return Annotated(std::move(reader), "open reader on", image_id);
   return internal::BindReaderToThisProcess(*std::move(reader));

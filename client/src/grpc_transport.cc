@@ -331,7 +331,8 @@ absl::Status FinishReceiving(RawCall* call, absl::Status received) {
 
 // A reader pinning one generation through an OpenReader stream, which
 // holds it on the server for as long as the stream lives. Its reads are
-// calls of their own on that generation rather than requests on the
+// calls of their own on that generation (over the data lane when the
+// transport it reads through chooses so) rather than requests on the
 // stream: each then ends by its own deadline, and one that times out or
 // fails leaves the pin and the reader intact (a deadline on the stream
 // would have to cancel it, dropping the pin). That also lets several
@@ -339,9 +340,11 @@ absl::Status FinishReceiving(RawCall* call, absl::Status received) {
 class GrpcImageReader final : public ImageReader {
  public:
   GrpcImageReader(std::shared_ptr<GrpcTransport> transport,
+                  std::shared_ptr<ImageTransport> reads,
                   std::unique_ptr<RawCall> pin, ImageInfo info,
                   absl::Duration read_timeout)
       : transport_(std::move(transport)),
+        reads_(std::move(reads)),
         pin_(std::move(pin)),
         info_(std::move(info)),
         read_timeout_(read_timeout) {}
@@ -366,7 +369,7 @@ class GrpcImageReader final : public ImageReader {
                                           size_t length,
                                           absl::Time deadline) override {
     if (offset >= info_.size || length == 0) return 0;
-    absl::StatusOr<ReadResult> read = transport_->Read(
+    absl::StatusOr<ReadResult> read = reads_->Read(
         info_.image_id, info_.generation, offset, out, length, deadline);
     if (!read.ok()) {
       return absl::Status(read.status().code(),
@@ -377,7 +380,8 @@ class GrpcImageReader final : public ImageReader {
   }
 
  private:
-  const std::shared_ptr<GrpcTransport> transport_;
+  const std::shared_ptr<GrpcTransport> transport_;  // the pin's
+  const std::shared_ptr<ImageTransport> reads_;
   const std::unique_ptr<RawCall> pin_;
   const ImageInfo info_;
   const absl::Duration read_timeout_;
@@ -677,7 +681,7 @@ absl::StatusOr<ReadResult> GrpcTransport::Read(std::string_view image_id,
 
 absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
     std::string_view image_id, uint64_t generation, absl::Time open_deadline,
-    absl::Duration read_timeout) {
+    absl::Duration read_timeout, std::shared_ptr<ImageTransport> reads) {
   const GrpcUse grpc_use;
   ReconnectIfDown(open_deadline);
   auto call = std::make_unique<RawCall>(generic_stub_.get(),
@@ -692,8 +696,11 @@ absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
   // The pin lives as long as the reader; only its closing is left, which
   // cancels rather than waits.
   call->set_deadline(absl::InfiniteFuture());
-  return std::unique_ptr<ImageReader>(new GrpcImageReader(
-      shared_from_this(), std::move(call), *std::move(info), read_timeout));
+  std::shared_ptr<GrpcTransport> self = shared_from_this();
+  if (reads == nullptr) reads = self;
+  return std::unique_ptr<ImageReader>(
+      new GrpcImageReader(std::move(self), std::move(reads), std::move(call),
+                          *std::move(info), read_timeout));
 }
 
 absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,

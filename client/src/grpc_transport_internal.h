@@ -57,14 +57,16 @@ class GrpcTransport final : public ImageTransport,
                                   absl::Time deadline) override;
 
   // A reader pinning `generation` (0: current) for as long as it lives,
-  // opened by `open_deadline` (DEADLINE_EXCEEDED). Its reads are calls of
-  // this transport (it keeps the transport alive), each ending by the
-  // deadline given, or by `read_timeout` (plus the transfer allowance of
-  // CallDeadline) from its start. Refused opens carry the server's code
+  // opened by `open_deadline` (DEADLINE_EXCEEDED). The pin is a stream of
+  // this transport; the reads are Read calls of `reads` (null: this
+  // transport), which the reader keeps alive with this one, each ending by
+  // the deadline given, or by `read_timeout` (plus the transfer allowance
+  // of CallDeadline) from its start. Refused opens carry the server's code
   // (NOT_FOUND, INVALID_ARGUMENT, ...).
   absl::StatusOr<std::unique_ptr<ImageReader>> OpenReader(
       std::string_view image_id, uint64_t generation, absl::Time open_deadline,
-      absl::Duration read_timeout);
+      absl::Duration read_timeout,
+      std::shared_ptr<ImageTransport> reads = nullptr);
 
   // The calls only gRPC carries.
   absl::StatusOr<ImageInfo> Stat(std::string_view image_id, absl::Duration wait,

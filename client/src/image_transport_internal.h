@@ -86,6 +86,10 @@ class ImageTransport {
                                           uint64_t generation, uint64_t offset,
                                           void* out, size_t length,
                                           absl::Time deadline) = 0;
+
+  // A reader is about to be opened: the transport may set up what its
+  // reads need meanwhile, off the caller's thread. Returns at once.
+  virtual void PrepareToRead() {}
 };
 
 // A duration as the wire's milliseconds: 0 for none, at least 1 for any

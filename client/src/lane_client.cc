@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <system_error>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -138,6 +140,9 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
     std::unique_ptr<Connection> connection;
     {
       MutexLock lock(&mutex_);
+      while (idle_.empty() && preparing_ &&
+             prepared_.WaitUntil(&mutex_, absl::ToChronoTime(deadline))) {
+      }
       if (idle_.empty()) break;
       connection = std::move(idle_.back());
       idle_.pop_back();
@@ -176,7 +181,7 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
   auto connection = std::make_unique<Connection>(*std::move(socket));
   const std::string& token = credentials_.token;
   uint8_t hello[lane::kHelloBytes];
-  uint16_t offered = lane::kFeatureClientCpu;
+  uint16_t offered = lane::kFeatureClientCpu | lane::kFeatureRead;
   if (!token.empty()) offered |= lane::kFeatureToken;
   // Descriptors pass only over a Unix socket; each is received straight
   // into this process's table, so it must accept them before the hello.
@@ -194,6 +199,7 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
   uint16_t agreed = 0;
   if (status.ok()) status = lane::DecodeHello(hello, &agreed);
   connection->says_cpu = (agreed & lane::kFeatureClientCpu) != 0;
+  connection->reads = (agreed & lane::kFeatureRead) != 0;
   if (may_share && (agreed & lane::kFeatureDescriptors) != 0) {
     connection->shares_memory = true;
     connection->leases = std::make_shared<LeaseLedger>();
@@ -211,6 +217,31 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
                                                std::string(status.message())));
   }
   return connection;
+}
+
+void DataLane::Prepare(absl::Time deadline) {
+  {
+    MutexLock lock(&mutex_);
+    if (!idle_.empty() || preparing_) return;
+    preparing_ = true;
+  }
+  auto prepare = [self = shared_from_this(), deadline] {
+    absl::StatusOr<std::unique_ptr<Connection>> made =
+        self->ConnectNew(deadline);
+    if (made.ok()) (*made)->idle_since = std::chrono::steady_clock::now();
+    MutexLock lock(&self->mutex_);
+    self->preparing_ = false;
+    if (made.ok()) self->idle_.push_back(*std::move(made));
+    self->prepared_.SignalAll();
+  };
+  try {
+    std::thread(std::move(prepare)).detach();
+  } catch (const std::system_error&) {
+    // No thread to be had: the first call connects itself.
+    MutexLock lock(&mutex_);
+    preparing_ = false;
+    prepared_.SignalAll();
+  }
 }
 
 void DataLane::GiveBack(std::unique_ptr<Connection> connection) {
@@ -603,6 +634,89 @@ absl::StatusOr<ImageInfo> DataLane::PushSealed(
   if (!refusal.ok()) return refusal;
   ReportSentInOne(options.progress, size);
   return ToImageInfo(*response, image_id);
+}
+
+absl::StatusOr<ReadResult> DataLane::Read(
+    std::unique_ptr<Connection> connection, std::string_view image_id,
+    uint64_t generation, uint64_t offset, void* out, size_t length,
+    absl::Time deadline) {
+  // The socket looks at the deadline only when it would block: a request
+  // whose answer comes at once would be served past it.
+  if (absl::Now() >= deadline) {
+    GiveBack(std::move(connection));
+    return absl::DeadlineExceededError("the read's deadline had passed");
+  }
+  const bool reused = connection->reused;
+  bool unanswered = false;
+  absl::StatusOr<ReadResult> read =
+      ReadOnce(std::move(connection), image_id, generation, offset, out, length,
+               deadline, &unanswered);
+  if (read.ok() || !RetryOnNewConnection(read.status(), unanswered, reused)) {
+    return read;
+  }
+  absl::StatusOr<std::unique_ptr<Connection>> fresh = ConnectNew(deadline);
+  if (!fresh.ok() || !(*fresh)->reads) return read;
+  return ReadOnce(*std::move(fresh), image_id, generation, offset, out, length,
+                  deadline, &unanswered);
+}
+
+absl::StatusOr<ReadResult> DataLane::ReadOnce(
+    std::unique_ptr<Connection> connection, std::string_view image_id,
+    uint64_t generation, uint64_t offset, void* out, size_t length,
+    absl::Time deadline, bool* unanswered) {
+  *unanswered = false;
+  if (absl::Status status = CheckFramable(image_id); !status.ok()) {
+    return status;
+  }
+  lane::RequestHeader request;
+  request.op = lane::Op::kRead;
+  request.image_id_bytes = static_cast<uint16_t>(image_id.size());
+  request.generation = generation;
+  request.offset = offset;
+  request.size = length;
+  request.client_cpu = ClientCpu(*connection);
+  uint8_t header[lane::kRequestHeaderBytes];
+  lane::EncodeRequestHeader(request, header);
+  iovec iov[2] = {{header, sizeof(header)},
+                  {const_cast<char*>(image_id.data()), image_id.size()}};
+  if (absl::Status status = connection->socket().SendAll(iov, 2, deadline);
+      !status.ok()) {
+    *unanswered = true;
+    return status;
+  }
+  absl::Status refusal;
+  absl::StatusOr<lane::Response> response =
+      connection->ReadResponse(deadline, &refusal);
+  if (!response.ok()) {
+    *unanswered = true;  // a read changes nothing: asking again is safe
+    return response.status();
+  }
+  if (response->kind != lane::ResponseKind::kFinal) {
+    return absl::InternalError("unexpected lane response");
+  }
+  if (!refusal.ok()) {
+    GiveBack(std::move(connection));
+    return refusal;
+  }
+  ReadResult result;
+  result.info = ToImageInfo(*response, image_id);
+  if (generation != 0 && result.info.generation != generation) {
+    return absl::InternalError(absl::StrCat("asked to read generation ",
+                                            generation, ", got ",
+                                            result.info.generation));
+  }
+  // What the server's clamp leaves, as the server computes it.
+  result.bytes_read = offset >= result.info.size
+                          ? 0
+                          : static_cast<size_t>(std::min<uint64_t>(
+                                length, result.info.size - offset));
+  if (absl::Status status =
+          connection->reader().Read(out, result.bytes_read, deadline);
+      !status.ok()) {
+    return status;
+  }
+  GiveBack(std::move(connection));
+  return result;
 }
 
 }  // namespace h5depot::internal

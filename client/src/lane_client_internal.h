@@ -1,6 +1,7 @@
-// The client end of the data lane (h5depot/internal/lane_protocol.h): push
-// and fetch on a plain socket to h5depotd, sending straight from the
-// caller's bytes and receiving straight into the fetched image's buffer.
+// The client end of the data lane (h5depot/internal/lane_protocol.h): push,
+// fetch and ranged reads on a plain socket to h5depotd, sending straight
+// from the caller's bytes and receiving straight into the fetched image's
+// buffer or the reader's.
 // Client uses it whenever the server offers a lane it can reach, and gRPC
 // otherwise. Internal to the client.
 #ifndef H5DEPOT_CLIENT_LANE_CLIENT_INTERNAL_H_
@@ -54,7 +55,7 @@ struct LeaseLedger {
 
 // One server's data lane, with a pool of idle connections to it.
 // Thread-safe; each call uses a connection of its own.
-class DataLane {
+class DataLane : public std::enable_shared_from_this<DataLane> {
  public:
   // The lane of a server reached at gRPC `target`, given the port and Unix
   // path its GetLimits named; null when none applies (no lane offered, or a
@@ -83,6 +84,9 @@ class DataLane {
     // (lane::kFeatureClientCpu).
     bool says_cpu = false;
 
+    // Whether the server serves READ requests (lane::kFeatureRead).
+    bool reads = false;
+
     // Taken from the pool rather than made for this call: the server may
     // have closed it since (Push and Fetch then retry on a new one).
     bool reused = false;
@@ -106,7 +110,16 @@ class DataLane {
     lane::LaneSocket socket_;
     lane::LaneReader reader_;
   };
+  // A connection being made by Prepare() is waited for (not past
+  // `deadline`) rather than a second one dialled.
   absl::StatusOr<std::unique_ptr<Connection>> Connect(absl::Time deadline);
+
+  // Makes one connection for the pool, by `deadline`, on a thread of its
+  // own, unless the pool has one or one is being made; returns at once. A
+  // caller about to read (a reader being opened) has the connection made
+  // while its other round trips run. A failure is left for the next call
+  // to meet.
+  void Prepare(absl::Time deadline);
 
   // A new connection, never one from the pool.
   absl::StatusOr<std::unique_ptr<Connection>> ConnectNew(absl::Time deadline);
@@ -124,6 +137,21 @@ class DataLane {
                                      std::string_view image_id,
                                      const FetchOptions& options,
                                      const CallDeadline& deadline);
+  // Reads up to `length` bytes at `offset` of `generation` (0: current) of
+  // `image_id` into `out`, clamped at the end of the image, by `deadline`.
+  // Only on a connection whose server agreed to READ (`reads`). Refusals
+  // carry the server's code (NOT_FOUND for a generation no longer held,
+  // UNAUTHENTICATED, PERMISSION_DENIED, ...), as gRPC's Read does.
+  // DEADLINE_EXCEEDED if `deadline` has passed, before anything is sent.
+  absl::StatusOr<ReadResult> Read(std::unique_ptr<Connection> connection,
+                                  std::string_view image_id,
+                                  uint64_t generation, uint64_t offset,
+                                  void* out, size_t length,
+                                  absl::Time deadline);
+
+  // Puts a connection in step back into the pool, for a caller that took
+  // one and then made no call on it.
+  void GiveBack(std::unique_ptr<Connection> connection);
 
   // Pushes the image in the first `size` bytes of `memfd`, sealed against
   // every change (kSealsFromClient), by handing the server the descriptor:
@@ -144,7 +172,6 @@ class DataLane {
  private:
   DataLane(std::string host, int port, std::string unix_path,
            LaneCredentials credentials);
-  void GiveBack(std::unique_ptr<Connection> connection);
 
   // One attempt of Push and Fetch. `*unanswered` tells whether a failure
   // came before the server could have acted on the request: a push whose
@@ -170,6 +197,11 @@ class DataLane {
       std::string_view image_id, const FetchOptions& options, bool* take_bytes);
   // Sends the RELEASEs due on `connection`; false if it broke.
   bool SendDueReleases(Connection& connection);
+  absl::StatusOr<ReadResult> ReadOnce(std::unique_ptr<Connection> connection,
+                                      std::string_view image_id,
+                                      uint64_t generation, uint64_t offset,
+                                      void* out, size_t length,
+                                      absl::Time deadline, bool* unanswered);
 
   const std::string host_;  // TCP; empty for a Unix socket
   const int port_;
@@ -183,6 +215,8 @@ class DataLane {
   // (h5depot/internal/mutex.h says why not absl::Mutex).
   Mutex mutex_;
   std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mutex_);
+  bool preparing_ ABSL_GUARDED_BY(mutex_) = false;
+  CondVar prepared_;  // preparing_ became false
 };
 
 }  // namespace h5depot::internal

@@ -122,9 +122,27 @@ absl::StatusOr<ImageInfo> LaneFallbackTransport::PushSealed(
   return absl::UnimplementedError("no data lane to pass the memfd over");
 }
 
+void LaneFallbackTransport::PrepareToRead() {
+  DataLane* const lane = lane_.load(std::memory_order_acquire);
+  if (lane == nullptr) return;
+  const int64_t retry_after = lane_retry_after_.load(std::memory_order_relaxed);
+  if (retry_after != 0 && SteadyNanos() < retry_after) return;
+  lane->Prepare(absl::Now() + std::min(connect_timeout_, kLaneConnectTimeout));
+}
+
 absl::StatusOr<ReadResult> LaneFallbackTransport::Read(
     std::string_view image_id, uint64_t generation, uint64_t offset, void* out,
     size_t length, absl::Time deadline) {
+  LaneCall call = StartLaneCall(deadline);
+  if (call.connection != nullptr) {
+    if (call.connection->reads) {
+      return call.lane->Read(std::move(call.connection), image_id, generation,
+                             offset, out, length, deadline);
+    }
+    // A server from before READ: its lane carries whole images only.
+    call.lane->GiveBack(std::move(call.connection));
+  }
+  if (!call.unreachable.ok()) return call.unreachable;
   return grpc_->Read(image_id, generation, offset, out, length, deadline);
 }
 

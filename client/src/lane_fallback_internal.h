@@ -1,6 +1,6 @@
-// The policy choosing the transport of each push and fetch: the server's
-// data lane while it can be reached, gRPC otherwise; ranged reads always
-// take gRPC (the lane carries whole images only). Internal to the client.
+// The policy choosing the transport of each push, fetch and ranged read:
+// the server's data lane while it can be reached (for reads: and its
+// server serves READ), gRPC otherwise. Internal to the client.
 #ifndef H5DEPOT_CLIENT_LANE_FALLBACK_INTERNAL_H_
 #define H5DEPOT_CLIENT_LANE_FALLBACK_INTERNAL_H_
 
@@ -21,10 +21,11 @@
 
 namespace h5depot::internal {
 
-// Push and Fetch over the data lane when a connection to it can be had,
-// over gRPC when not. If the lane cannot be reached the server is asked
-// where it is now (a restarted server has a new port), once; failing that,
-// calls use gRPC for the next kLaneRetryInterval. Thread-safe.
+// Push, Fetch and Read over the data lane when a connection to it can be
+// had (and, for Read, its server agreed to READ), over gRPC when not. If the
+// lane cannot be reached the server is asked where it is now (a restarted
+// server has a new port), once; failing that, calls use gRPC for the next
+// kLaneRetryInterval. Thread-safe.
 //
 // A call that chooses the lane takes no lock: the lane in use is an atomic
 // pointer, and the lanes it ever pointed to live as long as this object
@@ -57,6 +58,8 @@ class LaneFallbackTransport final : public ImageTransport {
                                   uint64_t generation, uint64_t offset,
                                   void* out, size_t length,
                                   absl::Time deadline) override;
+  // Has a lane connection made while the reader's pin is opened over gRPC.
+  void PrepareToRead() override;
 
  private:
   // A lane connection for one call, and its lane; both null when the call

@@ -20,8 +20,9 @@ namespace h5depot::internal {
 struct Transports {
   // Every call that is not a push or fetch.
   std::shared_ptr<GrpcTransport> grpc;
-  // Push and fetch: the data lane or gRPC, per call.
-  std::unique_ptr<ImageTransport> images;
+  // Push, fetch and reads (readers' too): the data lane or gRPC, per call.
+  // Shared with the readers, which may outlive the Client.
+  std::shared_ptr<ImageTransport> images;
 };
 
 // A child of fork() inherits its parent's Transports as a copy that it must

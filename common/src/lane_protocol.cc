@@ -85,6 +85,8 @@ absl::Status DecodeTokenHeader(const uint8_t in[kTokenHeaderBytes],
 
 //  0 op  1 flags  2 image_id_bytes  4 client_cpu + 1 (0: not said)  8 size
 // 16 if_generation_match  24 ttl_ms  32 wait_ms
+// READ has no generation precondition, time to live nor wait: its
+// generation is at 16 and its offset at 24.
 void EncodeRequestHeader(const RequestHeader& header,
                          uint8_t out[kRequestHeaderBytes]) {
   std::memset(out, 0, kRequestHeaderBytes);
@@ -97,6 +99,12 @@ void EncodeRequestHeader(const RequestHeader& header,
     Put32(*header.client_cpu + 1, out + 4);
   }
   EncodeU64(header.size, out + 8);
+  if (header.op == Op::kRead) {
+    out[1] = 0;
+    EncodeU64(header.generation, out + 16);
+    EncodeU64(header.offset, out + 24);
+    return;
+  }
   EncodeU64(header.if_generation_match.value_or(0), out + 16);
   EncodeU64(header.ttl_ms, out + 24);
   EncodeU64(header.wait_ms, out + 32);
@@ -106,6 +114,7 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
                                  RequestHeader* header) {
   if (in[0] != static_cast<uint8_t>(Op::kPut) &&
       in[0] != static_cast<uint8_t>(Op::kGet) &&
+      in[0] != static_cast<uint8_t>(Op::kRead) &&
       in[0] != static_cast<uint8_t>(Op::kPutSealed) &&
       in[0] != static_cast<uint8_t>(Op::kRelease)) {
     return absl::InvalidArgumentError(
@@ -129,6 +138,17 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
   header->client_cpu.reset();
   if (const uint32_t cpu_plus_one = Get32(in + 4); cpu_plus_one != 0) {
     header->client_cpu = cpu_plus_one - 1;
+  }
+  header->generation = 0;
+  header->offset = 0;
+  if (header->op == Op::kRead) {
+    if (header->if_generation_match.has_value() || header->wait_ms != 0) {
+      return absl::InvalidArgumentError(
+          "a data lane READ with a generation precondition or a wait");
+    }
+    header->generation = DecodeU64(in + 16);
+    header->offset = DecodeU64(in + 24);
+    header->ttl_ms = 0;
   }
   return absl::OkStatus();
 }

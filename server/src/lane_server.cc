@@ -361,6 +361,10 @@ struct DataLaneServer::Impl {
   absl::Status HandleGet(LaneSocket& socket, Session& session,
                          const lane::RequestHeader& header,
                          const std::string& image_id);
+  absl::Status HandleRead(LaneSocket& socket, const Caller& caller,
+                          const lane::RequestHeader& header,
+                          const std::string& image_id,
+                          ClientCpuFollower* follower);
   absl::StatusOr<ImageRef> WaitForImage(LaneSocket& socket,
                                         const Caller& caller,
                                         const std::string& image_id,
@@ -522,7 +526,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   if (good) {
     uint16_t offered = 0;
     const absl::Status hello_status = lane::DecodeHello(hello, &offered);
-    uint16_t agreed = offered & lane::kFeatureToken;
+    uint16_t agreed = offered & (lane::kFeatureToken | lane::kFeatureRead);
     if (hello_status.ok() && options.follow_client_cpu && peer.local) {
       agreed |= offered & lane::kFeatureClientCpu;
     }
@@ -653,6 +657,8 @@ absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
         session.leases.erase(it);
       }
       return absl::OkStatus();
+    case lane::Op::kRead:
+      return HandleRead(socket, caller, header, image_id, follower);
     case lane::Op::kGet:
       break;
   }
@@ -768,6 +774,34 @@ absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,
   MoveNearClient(session.follower, header, (*image)->size());
   // The reference pins this generation until its last byte is sent.
   return SendFinal(socket, absl::OkStatus(), image->get(), true);
+}
+
+// A READ is answered as gRPC's Read is, by DepotOperations::Read (which
+// authorises, finds the generation and clamps the range): a refusal leaves
+// the connection in step; an answer is the generation's info and then the
+// clamped range, in one sendmsg straight from the stored buffer.
+absl::Status DataLaneServer::Impl::HandleRead(LaneSocket& socket,
+                                              const Caller& caller,
+                                              const lane::RequestHeader& header,
+                                              const std::string& image_id,
+                                              ClientCpuFollower* follower) {
+  absl::StatusOr<ImageRange> read = operations->Read(
+      caller, image_id, header.generation, header.offset, header.size);
+  if (!read.ok()) return SendFinal(socket, read.status(), nullptr, false);
+  MoveNearClient(follower, header, read->range.length);
+  lane::Response response;
+  response.kind = lane::ResponseKind::kFinal;
+  response.code = absl::StatusCode::kOk;
+  EncodeInfo(*read->image, &response,
+             DepotOperations::ChecksumNeed::kOnlyIfKnown);
+  uint8_t encoded[lane::kResponseHeaderBytes];
+  lane::EncodeResponse(response, encoded);
+  // The reference pins the generation until its last byte is sent.
+  iovec iov[2] = {
+      {encoded, sizeof(encoded)},
+      {const_cast<uint8_t*>(read->image->data() + read->range.offset),
+       static_cast<size_t>(read->range.length)}};
+  return socket.SendAll(iov, 2);
 }
 
 // The connection has a thread of its own, so a wait blocks it: in one

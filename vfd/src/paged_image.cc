@@ -26,7 +26,7 @@ PagedImage::PagedImage(std::unique_ptr<ImageReader> base,
           options.readahead_bytes == 0
               ? 0
               : std::max(options.readahead_bytes, options.cache_bytes / 4)),
-      direct_read_bytes_(std::max(max_readahead_, 4 * options.page_size)),
+      direct_read_bytes_(4 * options.page_size),
       base_(std::move(base)),
       cache_(options.page_size, options.cache_bytes / options.page_size),
       readahead_(options.readahead_bytes) {
@@ -136,10 +136,11 @@ absl::Status PagedImage::FetchMissing(uint64_t first, uint64_t last,
   const uint64_t wanted = hi - lo;
   if (direct) {
     // Large reads stream into the caller's buffer: caching them would only
-    // evict pages worth keeping, and copying them twice more would halve
-    // the speed. (Smaller ones are better served by readahead: each new
-    // request starts with a small transport window, so requests of a few
-    // MiB are much slower per byte than larger ones.)
+    // evict pages worth keeping, and copying them twice more (into the
+    // scratch buffer, then into pages) costs more than the round trip of
+    // one more request: a sequential reader of a few pages at a time is
+    // served faster by a request per read than by readahead through the
+    // cache (docs/PERFORMANCE.md, "The remote driver").
     next_sequential_ = hi;
     return ReadBase(lo, out, wanted);
   }

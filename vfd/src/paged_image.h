@@ -6,10 +6,10 @@
 // for the server: a page partly overwritten before any of it was fetched
 // keeps just the written bytes until a read needs the rest. Clean base pages
 // are kept in a PageCache; a miss fetches the missing pages of the request in
-// as few reads as there are gaps between cached pages, plus readahead. Reads at
-// least as large as the largest readahead (and four pages) take what is cached
-// and read the rest straight from the server into the caller's buffer, without
-// readahead and without passing through the cache.
+// as few reads as there are gaps between cached pages, plus readahead. Reads
+// of four pages or more take what is cached and read the rest straight from
+// the server into the caller's buffer, without readahead and without passing
+// through the cache.
 //
 // Knows nothing of HDF5 or of how the base is reached, so that it can be
 // tested alone. Not thread-safe: the owner serialises calls.

@@ -19,6 +19,11 @@
 //        server: Response; if it says OK, `size` image bytes follow, or,
 //                when the response says `with_descriptor`, none: the
 //                image's sealed memfd rides with the response header
+//   READ client: RequestHeader (generation, offset, size: the length asked
+//        for), image id; only once kFeatureRead was agreed
+//        server: Response (the info of the generation read); if it says
+//        OK, the part of [offset, offset + size) within the image follows:
+//        min(size, image size - offset) bytes, none at or past its end
 //   PUT_SEALED (kFeatureDescriptors only)
 //        client: RequestHeader, image id, with a memfd sealed against any
 //                change (memfd.h, kSealsFromClient) riding with the header
@@ -76,6 +81,10 @@ inline constexpr size_t kTokenHeaderBytes = 2;
 // takes one: RequestHeader::accepts_descriptor), and the client may push
 // a sealed memfd (PUT_SEALED) and RELEASE what it was handed.
 inline constexpr uint16_t kFeatureDescriptors = 4;
+// A client that may send READ requests offers this; a server that serves
+// them agrees. Without it (a server from before READ), ranged reads go
+// over gRPC.
+inline constexpr uint16_t kFeatureRead = 8;
 
 // A PUT of at most this many bytes sends them right behind its header; a
 // larger one waits for the server's Continue first, so that a push bound to
@@ -85,7 +94,13 @@ inline constexpr uint64_t kEagerPutBytes = uint64_t{1} << 20;
 // Longest status message a Response carries.
 inline constexpr size_t kMaxMessageBytes = 4096;
 
-enum class Op : uint8_t { kPut = 1, kGet = 2, kPutSealed = 4, kRelease = 5 };
+enum class Op : uint8_t {
+  kPut = 1,
+  kGet = 2,
+  kRead = 3,
+  kPutSealed = 4,
+  kRelease = 5,
+};
 
 struct RequestHeader {
   Op op = Op::kGet;
@@ -99,6 +114,8 @@ struct RequestHeader {
   // GET, with accepts_descriptor: only the descriptor; an image that
   // cannot be handed over so is refused (FAILED_PRECONDITION), no bytes.
   bool descriptor_only = false;
+  uint64_t generation = 0;  // READ; 0: the current one
+  uint64_t offset = 0;      // READ: of `size` bytes
   // The CPU the client waits on for the answer, if kFeatureClientCpu was
   // agreed; never sent otherwise.
   std::optional<uint32_t> client_cpu;
@@ -138,7 +155,8 @@ absl::Status DecodeTokenHeader(const uint8_t in[kTokenHeaderBytes],
 
 void EncodeRequestHeader(const RequestHeader& header,
                          uint8_t out[kRequestHeaderBytes]);
-// INVALID_ARGUMENT for an unknown op or flags.
+// INVALID_ARGUMENT for an unknown op or flags, or a READ with fields it
+// does not have.
 absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
                                  RequestHeader* header);
 
