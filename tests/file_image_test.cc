@@ -734,6 +734,83 @@ TEST_F(FileImageTest, ThousandsOfOpensLeaveNothingBehind) {
   }
 }
 
+// The core driver's settings the file was opened with.
+struct CoreSettings {
+  hid_t driver = H5I_INVALID_HID;
+  size_t increment = 0;
+  hbool_t backing_store = true;
+};
+CoreSettings CoreSettingsOf(hid_t file) {
+  CoreSettings settings;
+  hid_t fapl = H5Fget_access_plist(file);
+  settings.driver = H5Pget_driver(fapl);
+  H5Pget_fapl_core(fapl, &settings.increment, &settings.backing_store);
+  H5Pclose(fapl);
+  return settings;
+}
+
+TEST_F(FileImageTest, EachOpenGetsTheGrowthIncrementOfItsImageAndOwner) {
+  ImageBuffer small = MakeImage(53);
+  ImageBuffer large = MakeImage(54, 200'000);  // 800 KB: 1/8 is past 64 KiB
+  struct Case {
+    ImageBuffer* image;
+    unsigned flags;
+    size_t increment;
+  };
+  const Case cases[] = {
+      {&small, 0, 64 << 10},
+      {&small, kRw | kDontCopy | kDontRelease, 1},
+      {&large, kRw, large.size() / 8},
+      {&small, kRw, 64 << 10},  // after the others: nothing carried over
+  };
+  for (const Case& c : cases) {
+    absl::StatusOr<hid_t> file =
+        OpenFileImage(c.image->data(), c.image->size(), c.flags);
+    ASSERT_TRUE(file.ok()) << file.status();
+    const CoreSettings settings = CoreSettingsOf(*file);
+    EXPECT_EQ(settings.driver, H5FD_CORE);
+    EXPECT_EQ(settings.increment, c.increment) << FlagsName(c.flags);
+    EXPECT_FALSE(settings.backing_store);
+    EXPECT_GE(H5Fclose(*file), 0);
+  }
+}
+
+// Runs in a child process: H5close there leaves the test's HDF5 alone.
+[[noreturn]] void OpenAcrossH5close() {
+  ImageBuffer image = MakeImage(55);
+  absl::StatusOr<hid_t> file = OpenFileImage(image.data(), image.size(), 0);
+  if (!file.ok()) _exit(2);
+  H5Fclose(*file);
+  H5close();
+  // HDF5 starts again and hands out the same ids as before: lists of the
+  // application's now carry the ids h5depot's lists had.
+  std::vector<hid_t> lists;
+  for (int i = 0; i < 1000; ++i) {
+    lists.push_back(H5Pcreate(H5P_FILE_ACCESS));
+    H5Pset_fapl_sec2(lists.back());
+  }
+  file = OpenFileImage(image.data(), image.size(), 0);
+  if (!file.ok()) {
+    std::fprintf(stderr, "%s\n", file.status().ToString().c_str());
+    _exit(3);
+  }
+  if (ValuesInImage(image.data(), image.size()) != Values(55, 100)) _exit(4);
+  const CoreSettings settings = CoreSettingsOf(*file);
+  if (settings.driver != H5FD_CORE || settings.increment != (64 << 10)) {
+    _exit(5);
+  }
+  H5Fclose(*file);
+  for (hid_t list : lists) {
+    if (H5Iget_ref(list) != 1 || H5Pget_driver(list) != H5FD_SEC2) _exit(6);
+    H5Pclose(list);
+  }
+  _exit(0);
+}
+
+TEST_F(FileImageTest, ImagesStillOpenAfterHdf5IsClosedAndStartedAgain) {
+  EXPECT_EXIT(OpenAcrossH5close(), ::testing::ExitedWithCode(0), "");
+}
+
 TEST_F(FileImageTest, AFileClosedWhileADatasetIsOpenKeepsItsImageUntilThen) {
   ImageBuffer image = MakeImage(52);
   absl::StatusOr<hid_t> file =

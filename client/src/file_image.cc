@@ -1,6 +1,7 @@
 #include "h5depot/file_image.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -45,13 +46,74 @@ class PropertyList {
   hid_t id_;
 };
 
+// The smallest growth increment, that of every image up to 512 KiB.
+constexpr size_t kMinGrowthIncrement = size_t{64} << 10;
+
 // How many bytes the core driver adds to a writable image at a time. On
 // every flush it also resizes its buffer to the end of the file rounded up
 // to this increment, so a buffer the application keeps (which must not
 // grow) needs 1: the buffer is then never asked to exceed the file.
 size_t GrowthIncrement(size_t size, BufferOwner owner) {
   if (owner == BufferOwner::kApplication) return 1;
-  return std::max<size_t>(size_t{64} << 10, size / 8);
+  return std::max<size_t>(kMinGrowthIncrement, size / 8);
+}
+
+// The file access property list every open starts from: the class's
+// defaults with the core driver (kMinGrowthIncrement, no backing store).
+// Copying it costs about half of building it with H5Pcreate and
+// H5Pset_fapl_core, which counts when the whole open of a small image takes
+// a few tens of microseconds (docs/PERFORMANCE.md).
+//
+// One per process, made on first use and never closed. Ids do not survive
+// H5close, and once HDF5 starts again the template's id may name another
+// property list, so the template carries kTemplateRefs application
+// references, a count no list of the application's is expected to have;
+// an id without it is replaced. The id is an atomic, not a mutex's: no lock
+// is held across HDF5 calls, and a forked child uses its copy at once.
+constexpr int kTemplateRefs = 23;
+std::atomic<hid_t> g_core_fapl_template{H5I_INVALID_HID};
+
+// Drops the references of a template that lost the race to be installed.
+void DiscardTemplate(hid_t id) {
+  for (int i = 0; i < kTemplateRefs; ++i) H5Idec_ref(id);
+}
+
+// The template, made if need be; negative if HDF5 refused.
+hid_t CoreFaplTemplate() {
+  hid_t known = g_core_fapl_template.load(std::memory_order_acquire);
+  if (known >= 0 && H5Iget_ref(known) == kTemplateRefs) return known;
+  const hid_t fresh = H5Pcreate(H5P_FILE_ACCESS);
+  if (fresh < 0) return fresh;
+  int refs = 1;
+  if (H5Pset_fapl_core(fresh, kMinGrowthIncrement, /*backing_store=*/false) >=
+      0) {
+    while (refs < kTemplateRefs && H5Iinc_ref(fresh) >= 0) ++refs;
+  }
+  if (refs < kTemplateRefs) {
+    while (refs-- > 0) H5Idec_ref(fresh);
+    return H5I_INVALID_HID;
+  }
+  if (g_core_fapl_template.compare_exchange_strong(known, fresh,
+                                                   std::memory_order_acq_rel)) {
+    return fresh;
+  }
+  // Another thread installed one meanwhile (`known` is now that one).
+  DiscardTemplate(fresh);
+  return known;
+}
+
+// A new file access property list for the core driver with
+// `growth_increment` and no backing store; negative if HDF5 refused.
+hid_t CreateCoreFapl(size_t growth_increment) {
+  const hid_t core_template = CoreFaplTemplate();
+  if (core_template < 0) return core_template;
+  const hid_t fapl = H5Pcopy(core_template);
+  if (fapl < 0 || growth_increment == kMinGrowthIncrement) return fapl;
+  if (H5Pset_fapl_core(fapl, growth_increment, /*backing_store=*/false) < 0) {
+    H5Pclose(fapl);
+    return H5I_INVALID_HID;
+  }
+  return fapl;
 }
 
 struct OpenedImage {
@@ -90,15 +152,13 @@ absl::Status CheckFlags(void* buffer, size_t size, unsigned flags) {
 // printing quieted.
 absl::StatusOr<OpenedImage> OpenShared(ImageShareRef share, void* buffer,
                                        size_t size, bool read_write) {
-  PropertyList fapl(H5Pcreate(H5P_FILE_ACCESS));
+  PropertyList fapl(CreateCoreFapl(GrowthIncrement(size, share->owner())));
   if (fapl.id() < 0) {
     return Hdf5Failure(absl::StatusCode::kInternal,
                        "cannot create a file access property list");
   }
   H5FD_file_image_callbacks_t callbacks = share->callbacks();
-  if (H5Pset_fapl_core(fapl.id(), GrowthIncrement(size, share->owner()),
-                       /*backing_store=*/false) < 0 ||
-      H5Pset_file_image_callbacks(fapl.id(), &callbacks) < 0 ||
+  if (H5Pset_file_image_callbacks(fapl.id(), &callbacks) < 0 ||
       H5Pset_file_image(fapl.id(), buffer, size) < 0) {
     return Hdf5Failure(absl::StatusCode::kInternal,
                        "cannot set up the core driver for a file image");

@@ -139,7 +139,9 @@ ErrorClass GetErrorClass() ABSL_LOCKS_EXCLUDED(g_error_class_mutex) {
 }  // namespace
 
 QuietHdf5Errors::QuietHdf5Errors() {
-  if (H5Eget_auto2(H5E_DEFAULT, &saved_func_, &saved_data_) >= 0) {
+  // Nothing to change (or restore) on a thread that already prints nothing.
+  if (H5Eget_auto2(H5E_DEFAULT, &saved_func_, &saved_data_) >= 0 &&
+      saved_func_ != nullptr) {
     restore_ = H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr) >= 0;
   }
 }

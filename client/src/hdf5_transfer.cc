@@ -93,16 +93,16 @@ absl::StatusOr<FetchedFile> FetchAndOpen(Client& client,
                                          std::string_view image_id,
                                          unsigned flags,
                                          const FetchOptions& options) {
-  const std::string what = absl::StrCat("open ", Quoted(image_id));
   if (absl::Status status = CheckFetchFlags(flags); !status.ok()) {
-    return Annotate(status, what);
+    return Annotate(status, absl::StrCat("open ", Quoted(image_id)));
   }
   absl::StatusOr<FetchedImage> fetched = client.Fetch(image_id, options);
   if (!fetched.ok()) return fetched.status();
   absl::StatusOr<hid_t> file = OpenFileImage(std::move(fetched->buffer), flags);
   if (!file.ok()) {
-    return Annotate(file.status(), absl::StrCat(what, " (generation ",
-                                                fetched->info.generation, ")"));
+    return Annotate(file.status(),
+                    absl::StrCat("open ", Quoted(image_id), " (generation ",
+                                 fetched->info.generation, ")"));
   }
   FetchedFile result;
   result.info = std::move(fetched->info);
