@@ -6,6 +6,7 @@
 #
 #   bench/remote_driver_bench.sh [BUILD_DIR] [REPEAT]
 #   H5DEPOTD_FLAGS=--nodata-lane bench/remote_driver_bench.sh ...
+#   H5DEPOT_VIA=unix bench/remote_driver_bench.sh ...   (same host)
 #
 # Needs nginx (Debian: nginx-light) and python3, as deploy/setup.sh
 # installs, and a build with remote_driver_bench and h5depotd; all checked
@@ -83,12 +84,22 @@ nginx_pid=$!
 # h5depotd on a free loopback port; it prints its address once ready.
 # H5DEPOTD_FLAGS: more flags for it (--nodata-lane: the driver's reads over
 # gRPC, as against a server without a lane).
+# H5DEPOT_VIA=unix: the driver reaches it over a Unix socket instead, as a
+# job on the server's host does (its base generation then maps the
+# server's memory).
+via=${H5DEPOT_VIA:-tcp}
+unix_flag=""
+[ "$via" = unix ] && unix_flag="--unix=$work/h5depotd.sock"
 # shellcheck disable=SC2086
-"$build/server/h5depotd" --listen=127.0.0.1:0 ${H5DEPOTD_FLAGS:-} > "$work/h5depotd.out" &
+"$build/server/h5depotd" --listen=127.0.0.1:0 $unix_flag ${H5DEPOTD_FLAGS:-} > "$work/h5depotd.out" &
 depot_pid=$!
 target=""
 for _ in $(seq 1 100); do
-  target=$(sed -n 's/^h5depotd listening on //p' "$work/h5depotd.out" | head -n 1)
+  if [ "$via" = unix ]; then
+    target=$(sed -n 's/^h5depotd listening on \(unix:.*\)/\1/p' "$work/h5depotd.out" | head -n 1)
+  else
+    target=$(sed -n 's/^h5depotd listening on //p' "$work/h5depotd.out" | head -n 1)
+  fi
   [ -n "$target" ] && break
   sleep 0.1
 done

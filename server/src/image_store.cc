@@ -1087,6 +1087,7 @@ StoreStats ImageStore::Stats() const {
                    budget_->retained_bytes(), waits_.size()};
   // Lock order: the store's, then the leases'.
   leases_->ForEach([&](const StoredImage& image) {
+    mutex_.AssertReaderHeld();  // held by Stats, around this call
     ++stats.leased_generations;
     stats.leased_bytes += image.charged_bytes_;
     auto current = images_.find(image.image_id());
