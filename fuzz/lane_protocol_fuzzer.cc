@@ -32,11 +32,13 @@ bool SameRequest(const RequestHeader& a, const RequestHeader& b) {
          a.size == b.size && a.if_generation_match == b.if_generation_match &&
          a.ttl_ms == b.ttl_ms && a.wait_ms == b.wait_ms &&
          a.generation == b.generation && a.offset == b.offset &&
-         a.client_cpu == b.client_cpu;
+         a.accepts_descriptor == b.accepts_descriptor &&
+         a.descriptor_only == b.descriptor_only && a.client_cpu == b.client_cpu;
 }
 
 bool SameResponse(const Response& a, const Response& b) {
   return a.kind == b.kind && a.code == b.code &&
+         a.with_descriptor == b.with_descriptor &&
          a.message_bytes == b.message_bytes && a.size == b.size &&
          a.generation == b.generation && a.checksum == b.checksum &&
          a.created_unix_micros == b.created_unix_micros &&
@@ -66,7 +68,8 @@ void CheckRequestHeader(const uint8_t* data, size_t size) {
     return;
   }
   FUZZ_CHECK(header.op == Op::kPut || header.op == Op::kGet ||
-             header.op == Op::kRead);
+             header.op == Op::kRead || header.op == Op::kPutSealed ||
+             header.op == Op::kRelease);
   // Every byte means something, except the generation to match (offset 16)
   // of a PUT or GET whose flags do not ask for one. (A READ's generation is
   // there.)
@@ -90,9 +93,9 @@ void CheckResponse(const uint8_t* data, size_t size) {
   FUZZ_CHECK(response.kind == ResponseKind::kContinue ||
              response.kind == ResponseKind::kFinal);
   FUZZ_CHECK(response.message_bytes <= kMaxMessageBytes);
-  // Bytes 1, 6 and 7 are reserved: sent as zero, ignored when read.
+  // Bytes 6 and 7 are reserved: sent as zero, ignored when read.
   std::vector<uint8_t> meant = in;
-  meant[1] = meant[6] = meant[7] = 0;
+  meant[6] = meant[7] = 0;
   uint8_t again[kResponseHeaderBytes];
   EncodeResponse(response, again);
   FUZZ_CHECK(std::memcmp(again, meant.data(), kResponseHeaderBytes) == 0);
@@ -110,8 +113,11 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
   FUZZ_CHECK(features_read == features);
 
   RequestHeader request;
-  const int op = provider.ConsumeIntegralInRange(0, 2);
-  request.op = op == 0 ? Op::kPut : (op == 1 ? Op::kGet : Op::kRead);
+  constexpr Op kOps[] = {Op::kPut, Op::kGet, Op::kRead, Op::kPutSealed,
+                         Op::kRelease};
+  request.op = kOps[provider.ConsumeIntegralInRange(0, 4)];
+  request.accepts_descriptor = provider.ConsumeBool();
+  request.descriptor_only = provider.ConsumeBool();
   request.image_id_bytes = provider.ConsumeIntegral<uint16_t>();
   request.size = provider.ConsumeIntegral<uint64_t>();
   if (provider.ConsumeBool()) {
@@ -127,6 +133,8 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
     request.if_generation_match.reset();
     request.ttl_ms = 0;
     request.wait_ms = 0;
+    request.accepts_descriptor = false;
+    request.descriptor_only = false;
     request.generation = provider.ConsumeIntegral<uint64_t>();
     request.offset = provider.ConsumeIntegral<uint64_t>();
   }
@@ -141,6 +149,7 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
   Response response;
   response.kind =
       provider.ConsumeBool() ? ResponseKind::kContinue : ResponseKind::kFinal;
+  response.with_descriptor = provider.ConsumeBool();
   response.code = static_cast<absl::StatusCode>(provider.ConsumeIntegralInRange(
       0, static_cast<int>(absl::StatusCode::kUnauthenticated)));
   response.message_bytes = static_cast<uint16_t>(

@@ -142,9 +142,11 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
   header->generation = 0;
   header->offset = 0;
   if (header->op == Op::kRead) {
-    if (header->if_generation_match.has_value() || header->wait_ms != 0) {
+    if (header->if_generation_match.has_value() || header->wait_ms != 0 ||
+        header->accepts_descriptor || header->descriptor_only) {
       return absl::InvalidArgumentError(
-          "a data lane READ with a generation precondition or a wait");
+          "a data lane READ with a generation precondition, a wait or "
+          "descriptor flags");
     }
     header->generation = DecodeU64(in + 16);
     header->offset = DecodeU64(in + 24);
