@@ -2,8 +2,8 @@
 // first thing the server does with a client's bytes, and the client with
 // the server's. The first byte of an input says what the rest is:
 //
-//   0  a hello           2  a response header
-//   1  a request header  3  field values, encoded and decoded again
+//   0  a hello, then an identity  2  a response header
+//   1  a request header           3  field values, encoded and decoded again
 //
 // (the byte modulo 4). Each decoder gets a buffer of exactly its fixed size
 // (the input's bytes, zero-padded when short), so ASan reports a read past
@@ -57,6 +57,25 @@ void CheckHello(const uint8_t* data, size_t size) {
   EncodeHello(again, features);
   FUZZ_CHECK(std::memcmp(again, in.data(), kHelloBytes) == 0);
   FUZZ_CHECK(DecodeHello(in.data()).ok());  // features are optional
+
+  // What follows a server's hello when the client asked who it is: every
+  // value decodes, and encodes back less its reserved bits.
+  const std::vector<uint8_t> rest =
+      size > kHelloBytes
+          ? ExactBytes(data + kHelloBytes, size - kHelloBytes, kIdentityBytes)
+          : std::vector<uint8_t>(kIdentityBytes, 0);
+  Identity identity;
+  FUZZ_CHECK(DecodeIdentity(rest.data(), &identity).ok());
+  uint8_t identity_again[kIdentityBytes];
+  EncodeIdentity(identity, identity_again);
+  FUZZ_CHECK(std::memcmp(identity_again, rest.data(), 2) == 0);
+  FUZZ_CHECK(identity_again[2] == (rest[2] & 1) && identity_again[3] == 0);
+}
+
+// The ops whose header names a generation (and for READ an offset) in the
+// place of a precondition, a TTL and a wait.
+bool HasReadLayout(Op op) {
+  return op == Op::kRead || op == Op::kPin || op == Op::kUnpin;
 }
 
 void CheckRequestHeader(const uint8_t* data, size_t size) {
@@ -69,12 +88,16 @@ void CheckRequestHeader(const uint8_t* data, size_t size) {
   }
   FUZZ_CHECK(header.op == Op::kPut || header.op == Op::kGet ||
              header.op == Op::kRead || header.op == Op::kPutSealed ||
-             header.op == Op::kRelease);
+             header.op == Op::kRelease || header.op == Op::kPin ||
+             header.op == Op::kUnpin);
+  if (header.op == Op::kPin || header.op == Op::kUnpin) {
+    FUZZ_CHECK(header.offset == 0 && header.size == 0);
+  }
   // Every byte means something, except the generation to match (offset 16)
-  // of a PUT or GET whose flags do not ask for one. (A READ's generation is
-  // there.)
+  // of a PUT or GET whose flags do not ask for one. (A READ's, PIN's or
+  // UNPIN's generation is there.)
   std::vector<uint8_t> meant = in;
-  if (header.op != Op::kRead && !header.if_generation_match.has_value()) {
+  if (!HasReadLayout(header.op) && !header.if_generation_match.has_value()) {
     std::memset(meant.data() + 16, 0, 8);
   }
   uint8_t again[kRequestHeaderBytes];
@@ -113,9 +136,9 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
   FUZZ_CHECK(features_read == features);
 
   RequestHeader request;
-  constexpr Op kOps[] = {Op::kPut, Op::kGet, Op::kRead, Op::kPutSealed,
-                         Op::kRelease};
-  request.op = kOps[provider.ConsumeIntegralInRange(0, 4)];
+  constexpr Op kOps[] = {Op::kPut,     Op::kGet, Op::kRead, Op::kPutSealed,
+                         Op::kRelease, Op::kPin, Op::kUnpin};
+  request.op = kOps[provider.ConsumeIntegralInRange(0, 6)];
   request.accepts_descriptor = provider.ConsumeBool();
   request.descriptor_only = provider.ConsumeBool();
   request.image_id_bytes = provider.ConsumeIntegral<uint16_t>();
@@ -128,8 +151,9 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
   if (provider.ConsumeBool()) {
     request.client_cpu = provider.ConsumeIntegral<uint32_t>();
   }
-  if (request.op == Op::kRead) {
-    // A READ carries a generation and an offset in their place.
+  if (HasReadLayout(request.op)) {
+    // A READ carries a generation and an offset in their place; a PIN or
+    // UNPIN only the generation.
     request.if_generation_match.reset();
     request.ttl_ms = 0;
     request.wait_ms = 0;
@@ -137,6 +161,7 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
     request.descriptor_only = false;
     request.generation = provider.ConsumeIntegral<uint64_t>();
     request.offset = provider.ConsumeIntegral<uint64_t>();
+    if (request.op != Op::kRead) request.offset = request.size = 0;
   }
   uint8_t request_bytes[kRequestHeaderBytes];
   EncodeRequestHeader(request, request_bytes);
@@ -164,6 +189,16 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
   Response response_read;
   FUZZ_CHECK(DecodeResponse(response_bytes, &response_read).ok());
   FUZZ_CHECK(SameResponse(response_read, response));
+
+  Identity identity;
+  identity.grpc_port = provider.ConsumeIntegral<uint16_t>();
+  identity.admitted = provider.ConsumeBool();
+  uint8_t identity_bytes[kIdentityBytes];
+  EncodeIdentity(identity, identity_bytes);
+  Identity identity_read;
+  FUZZ_CHECK(DecodeIdentity(identity_bytes, &identity_read).ok());
+  FUZZ_CHECK(identity_read.grpc_port == identity.grpc_port &&
+             identity_read.admitted == identity.admitted);
 
   const uint64_t value = provider.ConsumeIntegral<uint64_t>();
   uint8_t value_bytes[8];

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -1276,6 +1277,271 @@ TEST_F(DataLaneTest, SigtermEndsIdleAndWaitingConnectionsAndExitsCleanly) {
   } else {
     EXPECT_TRUE(absl::IsUnavailable(reply.status())) << reply.status();
   }
+}
+
+// --- First contact and pins --------------------------------------------------
+
+// A listening loopback socket the test holds: a port taken, and a program
+// that accepts connections (the kernel does, into its backlog) and never
+// says anything.
+struct SilentListener {
+  LaneSocket socket;
+  int port = 0;
+};
+
+// Listens on 127.0.0.1:`port` (0: a free one).
+absl::StatusOr<SilentListener> ListenSilently(int port = 0) {
+  SilentListener listener{
+      LaneSocket(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)), 0};
+  if (!listener.socket.is_open()) return absl::InternalError("socket");
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  socklen_t address_bytes = sizeof(address);
+  if (::bind(listener.socket.fd(), reinterpret_cast<sockaddr*>(&address),
+             sizeof(address)) != 0 ||
+      ::listen(listener.socket.fd(), 8) != 0 ||
+      ::getsockname(listener.socket.fd(), reinterpret_cast<sockaddr*>(&address),
+                    &address_bytes) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", port));
+  }
+  listener.port = ntohs(address.sin_port);
+  return listener;
+}
+
+// A free loopback port whose next port is free too. Another process may
+// take either before the caller does: callers try again with a new pair.
+int FreePortPair() {
+  while (true) {
+    absl::StatusOr<SilentListener> first = ListenSilently();
+    if (!first.ok() || first->port >= 65535) continue;
+    if (ListenSilently(first->port + 1).ok()) return first->port;
+  }
+}
+
+// h5depotd listening on TCP at a given free port, with `flags`, whose lane
+// is (`lane_beside`) or is not at the next port; tried on up to three port
+// pairs, in case another process took one meanwhile.
+std::unique_ptr<ServerProcess> StartOnAGivenPort(
+    std::vector<std::string> flags, bool lane_beside,
+    const std::function<void(int port)>& before_start = nullptr) {
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    ServerProcessOptions options;
+    options.tcp_port = FreePortPair();
+    options.extra_flags = flags;
+    if (before_start) before_start(options.tcp_port);
+    auto server = ServerProcess::Start(options);
+    if (!server.ok()) continue;
+    if (((*server)->data_lane_port() == options.tcp_port + 1) == lane_beside) {
+      return *std::move(server);
+    }
+  }
+  ADD_FAILURE() << "no server started with its lane "
+                << (lane_beside ? "beside" : "away from") << " its port";
+  return nullptr;
+}
+
+TEST_F(DataLaneTest, IdentityNamesTheGrpcPortAndWhetherTheCallerIsAdmitted) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  for (Transport transport : {Transport::kTcp, Transport::kUnix}) {
+    SCOPED_TRACE(transport == Transport::kTcp ? "tcp" : "unix");
+    uint16_t agreed = 0;
+    auto socket = OpenLane(transport, lane::kFeatureIdentity, &agreed);
+    ASSERT_TRUE(socket.ok()) << socket.status();
+    ASSERT_NE(agreed & lane::kFeatureIdentity, 0);
+    uint8_t raw[lane::kIdentityBytes];
+    ASSERT_TRUE(socket->Receive(raw, sizeof(raw), IoDeadline()).ok());
+    lane::Identity identity;
+    ASSERT_TRUE(lane::DecodeIdentity(raw, &identity).ok());
+    EXPECT_EQ(absl::StrCat("127.0.0.1:", identity.grpc_port),
+              server_->tcp_target());
+    EXPECT_TRUE(identity.admitted);
+    // Nothing else came: the connection is in step.
+    const std::string image = MakeHdf5Image(8 << 10, 40);
+    auto put = Put(*socket, "identified.h5", image);
+    ASSERT_TRUE(put.ok()) << put.status();
+    EXPECT_EQ(put->final_reply.header.code, absl::StatusCode::kOk)
+        << Describe(put->final_reply);
+  }
+}
+
+// A PIN or UNPIN request for `generation` of `image_id`; a PIN's reply.
+absl::StatusOr<Reply> Pin(LaneSocket& socket, const std::string& image_id,
+                          uint64_t generation) {
+  lane::RequestHeader header;
+  header.op = lane::Op::kPin;
+  header.generation = generation;
+  if (absl::Status status = SendRequest(socket, header, image_id);
+      !status.ok()) {
+    return status;
+  }
+  return ReceiveReply(socket);
+}
+
+absl::Status Unpin(LaneSocket& socket, const std::string& image_id,
+                   uint64_t generation) {
+  lane::RequestHeader header;
+  header.op = lane::Op::kUnpin;
+  header.generation = generation;
+  return SendRequest(socket, header, image_id);
+}
+
+TEST_F(DataLaneTest, PinHoldsAGenerationForReadsAnywhereUntilUnpinned) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  const std::string first = MakeHdf5Image(64 << 10, 41);
+  const std::string second = MakeHdf5Image(96 << 10, 42);
+  auto old_info = client_->Push("runs/pin.h5", first.data(), first.size());
+  ASSERT_TRUE(old_info.ok()) << old_info.status();
+
+  uint16_t agreed = 0;
+  auto pinner = OpenLane(Transport::kTcp,
+                         lane::kFeaturePin | lane::kFeatureRead, &agreed);
+  ASSERT_TRUE(pinner.ok()) << pinner.status();
+  ASSERT_EQ(agreed, lane::kFeaturePin | lane::kFeatureRead);
+  auto pinned = Pin(*pinner, "runs/pin.h5", 0);
+  ASSERT_TRUE(pinned.ok()) << pinned.status();
+  ASSERT_EQ(pinned->header.code, absl::StatusCode::kOk) << Describe(*pinned);
+  ExpectSameInfo(pinned->header, *old_info);
+
+  // Replaced, and still there for a reader on another connection.
+  auto new_info = client_->Push("runs/pin.h5", second.data(), second.size());
+  ASSERT_TRUE(new_info.ok()) << new_info.status();
+  auto reader = OpenLane(Transport::kUnix, lane::kFeatureRead);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  auto old_read =
+      ReadRange(*reader, "runs/pin.h5", old_info->generation, 0, first.size());
+  ASSERT_TRUE(old_read.ok()) << old_read.status();
+  ASSERT_EQ(old_read->reply.header.code, absl::StatusCode::kOk)
+      << Describe(old_read->reply);
+  EXPECT_TRUE(old_read->bytes == first);
+
+  // Unpinned: gone. (The pinner's own connection reads it next, after the
+  // UNPIN, which has no answer.) An UNPIN of nothing pinned is ignored.
+  ASSERT_TRUE(Unpin(*pinner, "runs/pin.h5", old_info->generation).ok());
+  ASSERT_TRUE(Unpin(*pinner, "runs/pin.h5", old_info->generation).ok());
+  auto after = ReadRange(*pinner, "runs/pin.h5", old_info->generation, 0, 16);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->reply.header.code, absl::StatusCode::kNotFound)
+      << Describe(after->reply);
+  auto current = ReadRange(*pinner, "runs/pin.h5", 0, 0, second.size());
+  ASSERT_TRUE(current.ok()) << current.status();
+  EXPECT_TRUE(current->bytes == second);
+}
+
+TEST_F(DataLaneTest, PinRefusalsAreAnsweredAndPinsAreCappedPerConnection) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  const std::string image = MakeHdf5Image(16 << 10, 43);
+  auto pushed = client_->Push("runs/capped.h5", image.data(), image.size());
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  auto socket = OpenLane(Transport::kUnix, lane::kFeaturePin);
+  ASSERT_TRUE(socket.ok()) << socket.status();
+
+  auto absent = Pin(*socket, "runs/absent.h5", 0);
+  ASSERT_TRUE(absent.ok()) << absent.status();
+  EXPECT_EQ(absent->header.code, absl::StatusCode::kNotFound);
+  auto old = Pin(*socket, "runs/capped.h5", pushed->generation + 1);
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->header.code, absl::StatusCode::kNotFound);
+  auto invalid = Pin(*socket, "has space", 0);
+  ASSERT_TRUE(invalid.ok()) << invalid.status();
+  EXPECT_EQ(invalid->header.code, absl::StatusCode::kInvalidArgument);
+
+  for (size_t i = 0; i < lane::kMaxPinsPerConnection; ++i) {
+    auto pinned = Pin(*socket, "runs/capped.h5", 0);
+    ASSERT_TRUE(pinned.ok()) << pinned.status();
+    ASSERT_EQ(pinned->header.code, absl::StatusCode::kOk) << Describe(*pinned);
+  }
+  auto one_more = Pin(*socket, "runs/capped.h5", 0);
+  ASSERT_TRUE(one_more.ok()) << one_more.status();
+  EXPECT_EQ(one_more->header.code, absl::StatusCode::kResourceExhausted)
+      << Describe(*one_more);
+  // Unpinning one makes room again.
+  ASSERT_TRUE(Unpin(*socket, "runs/capped.h5", pushed->generation).ok());
+  auto again = Pin(*socket, "runs/capped.h5", 0);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->header.code, absl::StatusCode::kOk) << Describe(*again);
+}
+
+TEST_F(DataLaneTest, PinWithoutAgreeingToClosesTheConnection) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto socket = OpenLane(Transport::kTcp, lane::kFeatureRead);
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  lane::RequestHeader header;
+  header.op = lane::Op::kPin;
+  ASSERT_TRUE(SendRequest(*socket, header, "runs/a.h5").ok());
+  EXPECT_TRUE(ServerClosed(*socket));
+}
+
+TEST(FirstContactTest, TheLaneListensBesideAGivenPortAndClientsFindItThere) {
+  std::unique_ptr<ServerProcess> server =
+      StartOnAGivenPort({}, /*lane_beside=*/true);
+  ASSERT_NE(server, nullptr);
+  auto client = Client::Connect(server->tcp_target());
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::string image = MakeHdf5Image(3 << 20, 44);
+  auto pushed = (*client)->Push("runs/beside.h5", image.data(), image.size());
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  auto fetched = (*client)->Fetch("runs/beside.h5");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  EXPECT_EQ(fetched->info.checksum, pushed->checksum);
+  auto reader = (*client)->OpenReader("runs/beside.h5");
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  std::string head(4096, '\0');
+  auto read = (*reader)->Read(0, head.data(), head.size());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(head, image.substr(0, head.size()));
+  // Calls only gRPC carries work too, on the channel made without a call.
+  auto limits = (*client)->GetLimits();
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  EXPECT_EQ(limits->data_lane_port, server->data_lane_port());
+}
+
+TEST(FirstContactTest, ASilentProgramOnTheNextPortCostsAWaitNotAFailure) {
+  std::optional<SilentListener> squatter;
+  std::unique_ptr<ServerProcess> server =
+      StartOnAGivenPort({}, /*lane_beside=*/false, [&](int port) {
+        absl::StatusOr<SilentListener> listener = ListenSilently(port + 1);
+        if (listener.ok()) squatter = *std::move(listener);
+      });
+  ASSERT_NE(server, nullptr);
+  ASSERT_TRUE(squatter.has_value());
+  ASSERT_NE(server->data_lane_port(), 0);
+  auto client = Client::Connect(server->tcp_target());
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::string image = MakeHdf5Image(2 << 20, 45);
+  auto pushed = (*client)->Push("runs/squatted.h5", image.data(), image.size());
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  auto fetched = (*client)->Fetch("runs/squatted.h5");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  EXPECT_EQ(fetched->info.checksum, pushed->checksum);
+}
+
+TEST(FirstContactTest, AnotherServersLaneOnTheNextPortIsNotTaken) {
+  // `other` has its lane where `server`'s would be looked for.
+  std::unique_ptr<ServerProcess> other;
+  std::unique_ptr<ServerProcess> server =
+      StartOnAGivenPort({}, /*lane_beside=*/false, [&](int port) {
+        ServerProcessOptions options;
+        options.extra_flags = {absl::StrCat("--data-port=", port + 1)};
+        auto started = ServerProcess::Start(options);
+        if (started.ok()) other = *std::move(started);
+      });
+  ASSERT_NE(server, nullptr);
+  ASSERT_NE(other, nullptr);
+  ASSERT_EQ(other->data_lane_port(),
+            std::stoi(server->tcp_target().substr(10)) + 1);
+
+  auto client = Client::Connect(server->tcp_target());
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::string image = MakeHdf5Image(64 << 10, 46);
+  auto pushed = (*client)->Push("runs/mine.h5", image.data(), image.size());
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  EXPECT_TRUE((*client)->Stat("runs/mine.h5").ok());
+  auto other_client = Client::Connect(other->tcp_target());
+  ASSERT_TRUE(other_client.ok()) << other_client.status();
+  EXPECT_EQ((*other_client)->Stat("runs/mine.h5").status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 }  // namespace

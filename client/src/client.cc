@@ -46,6 +46,25 @@ absl::StatusOr<T> Annotated(absl::StatusOr<T> result, std::string_view verb,
                   absl::StrCat(std::string(verb), " ", Quoted(image_id)));
 }
 
+// How long a client on the server's host waits for the lane it looks for
+// beside the target to answer before it asks gRPC instead. A lane on this
+// host answers at once, or nothing listens there and the connection is
+// refused at once; only another program listening there and saying nothing
+// makes this wait.
+constexpr absl::Duration kLaneLookTimeout = absl::Milliseconds(500);
+
+// The TCP port of a `target` naming one host with a port; 0 otherwise (a
+// Unix socket, whose lane need not name a port).
+uint16_t GrpcPortOf(const std::string& target) {
+  absl::StatusOr<internal::ServerTarget> parsed =
+      internal::ParseServerTarget(target);
+  if (!parsed.ok() || parsed->kind != internal::ServerTarget::Kind::kHost ||
+      parsed->hosts.size() != 1) {
+    return 0;
+  }
+  return parsed->hosts.front().port;
+}
+
 // Connects one process to the server at `target`.
 absl::StatusOr<std::unique_ptr<internal::Transports>> ConnectTransports(
     const std::string& target, const ClientOptions& options) {
@@ -64,12 +83,26 @@ absl::StatusOr<std::unique_ptr<internal::Transports>> ConnectTransports(
     credentials.tls = *std::move(tls);
   }
   auto made = std::make_unique<internal::Transports>();
-  absl::StatusOr<std::shared_ptr<internal::GrpcTransport>> grpc =
-      internal::GrpcTransport::Connect(target, options);
-  if (!grpc.ok()) return grpc.status();
-  made->grpc = *std::move(grpc);
+  // On this host the lane is first looked for where the server puts it,
+  // without a gRPC call: a lane that confirms it is this server's proves
+  // the server is there, and the first push, fetch or read needs no gRPC
+  // at all. Anywhere else, or if it does not confirm, gRPC is asked.
   std::shared_ptr<internal::DataLane> lane;
   if (options.use_data_lane) {
+    lane = internal::DataLane::BesideTarget(target, credentials);
+    const absl::Time deadline =
+        absl::Now() + std::min(options.connect_timeout, kLaneLookTimeout);
+    if (lane != nullptr &&
+        !lane->ConfirmServer(GrpcPortOf(target), deadline).ok()) {
+      lane = nullptr;
+    }
+  }
+  absl::StatusOr<std::shared_ptr<internal::GrpcTransport>> grpc =
+      lane != nullptr ? internal::GrpcTransport::Open(target, options)
+                      : internal::GrpcTransport::Connect(target, options);
+  if (!grpc.ok()) return grpc.status();
+  made->grpc = *std::move(grpc);
+  if (options.use_data_lane && lane == nullptr) {
     const ServerLimits& limits = made->grpc->limits_at_connect();
     lane = internal::DataLane::ForServer(
         target, static_cast<uint32_t>(limits.data_lane_port),
@@ -245,15 +278,24 @@ absl::StatusOr<ReadResult> Client::Read(std::string_view image_id,
 absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
     std::string_view image_id, uint64_t generation) {
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
-  // The first read's connection is made while the pin is opened.
-  if (transports.ok()) (*transports)->images->PrepareToRead();
+  if (!transports.ok()) {
+    return Annotate(transports.status(),
+                    absl::StrCat("open reader on ", Quoted(image_id)));
+  }
+  internal::Transports& made = **transports;
+  const absl::Time open_deadline = impl_->Deadline().reply;
+  // Pinned on the lane if it can, where the reads go too: one connection,
+  // no gRPC call.
   absl::StatusOr<std::unique_ptr<ImageReader>> reader =
-      transports.ok()
-          ? (*transports)
-                ->grpc->OpenReader(
-                    image_id, generation, impl_->Deadline().reply,
-                    impl_->options.call_timeout, (*transports)->images)
-          : transports.status();
+      made.images->OpenPinnedReader(image_id, generation, open_deadline,
+                                    impl_->options.call_timeout, made.images);
+  if (absl::IsUnimplemented(reader.status()) ||
+      absl::IsUnavailable(reader.status())) {
+    // Over gRPC; the first read's connection is made meanwhile.
+    made.images->PrepareToRead();
+    reader = made.grpc->OpenReader(image_id, generation, open_deadline,
+                                   impl_->options.call_timeout, made.images);
+  }
   if (!reader.ok())
     return Annotated(std::move(reader), "open reader on", image_id);
   return internal::BindReaderToThisProcess(*std::move(reader));

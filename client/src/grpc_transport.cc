@@ -330,24 +330,16 @@ absl::Status FinishReceiving(RawCall* call, absl::Status received) {
 }
 
 // A reader pinning one generation through an OpenReader stream, which
-// holds it on the server for as long as the stream lives. Its reads are
-// calls of their own on that generation (over the data lane when the
-// transport it reads through chooses so) rather than requests on the
-// stream: each then ends by its own deadline, and one that times out or
-// fails leaves the pin and the reader intact (a deadline on the stream
-// would have to cancel it, dropping the pin). That also lets several
-// threads read at once.
-class GrpcImageReader final : public ImageReader {
+// holds it on the server for as long as the stream lives.
+class GrpcImageReader final : public PinnedGenerationReader {
  public:
   GrpcImageReader(std::shared_ptr<GrpcTransport> transport,
                   std::shared_ptr<ImageTransport> reads,
                   std::unique_ptr<RawCall> pin, ImageInfo info,
                   absl::Duration read_timeout)
-      : transport_(std::move(transport)),
-        reads_(std::move(reads)),
-        pin_(std::move(pin)),
-        info_(std::move(info)),
-        read_timeout_(read_timeout) {}
+      : PinnedGenerationReader(std::move(reads), std::move(info), read_timeout),
+        transport_(std::move(transport)),
+        pin_(std::move(pin)) {}
 
   // Cancels rather than closing politely: a polite close waits for the
   // server's answer, which a stopped or unreachable server never gives.
@@ -357,34 +349,9 @@ class GrpcImageReader final : public ImageReader {
     pin_->Finish().IgnoreError();
   }
 
-  const ImageInfo& info() const override { return info_; }
-
-  absl::StatusOr<size_t> Read(uint64_t offset, void* out,
-                              size_t length) override {
-    return ReadWithDeadline(offset, out, length,
-                            CallDeadline::Start(read_timeout_).Whole(length));
-  }
-
-  absl::StatusOr<size_t> ReadWithDeadline(uint64_t offset, void* out,
-                                          size_t length,
-                                          absl::Time deadline) override {
-    if (offset >= info_.size || length == 0) return 0;
-    absl::StatusOr<ReadResult> read = reads_->Read(
-        info_.image_id, info_.generation, offset, out, length, deadline);
-    if (!read.ok()) {
-      return absl::Status(read.status().code(),
-                          absl::StrCat("read '", info_.image_id,
-                                       "': ", read.status().message()));
-    }
-    return read->bytes_read;
-  }
-
  private:
   const std::shared_ptr<GrpcTransport> transport_;  // the pin's
-  const std::shared_ptr<ImageTransport> reads_;
   const std::unique_ptr<RawCall> pin_;
-  const ImageInfo info_;
-  const absl::Duration read_timeout_;
 };
 
 // The whole of the PEM file at `path`, which is `what`; NOT_FOUND naming
@@ -455,11 +422,10 @@ std::string TlsHint(const absl::Status& status, bool use_tls) {
   return "";
 }
 
-}  // namespace
-
-absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
+// gRPC's channel to `target` for a client with `options`: created, not
+// connected. INVALID_ARGUMENT for a target gRPC cannot use.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(
     const std::string& target, const ClientOptions& options) {
-  KeepGrpcRuntimeAlive();
   const GrpcUse grpc_use;  // a fork() meanwhile leaves gRPC alone
   grpc::ChannelArguments arguments;
   arguments.SetMaxReceiveMessageSize(-1);
@@ -501,12 +467,20 @@ absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
     return absl::InvalidArgumentError(
         absl::StrCat("cannot use '", target, "' as a server address"));
   }
-  std::shared_ptr<GrpcTransport> transport(
-      new GrpcTransport(std::move(channel), options));
+  return channel;
+}
 
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
+    const std::string& target, const ClientOptions& options) {
+  absl::StatusOr<std::shared_ptr<GrpcTransport>> transport =
+      Open(target, options);
+  if (!transport.ok()) return transport;
+  const GrpcUse grpc_use;
   // Asking for the limits proves the server is there and speaks h5depot.
   absl::StatusOr<ServerLimits> limits =
-      transport->GetLimits(absl::Now() + options.connect_timeout);
+      (*transport)->GetLimits(absl::Now() + options.connect_timeout);
   if (!limits.ok()) {
     if (absl::IsDeadlineExceeded(limits.status()) ||
         absl::IsUnavailable(limits.status())) {
@@ -521,30 +495,70 @@ absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
         limits.status().code(),
         absl::StrCat("connect to ", target, ": ", limits.status().message()));
   }
-  transport->chunk_bytes_ = std::max<uint64_t>(
-      1, std::min<uint64_t>(options.chunk_bytes, limits->max_chunk_bytes));
-  transport->limits_at_connect_ = *std::move(limits);
+  (*transport)->KnowLimits(*limits);
+  (*transport)->limits_at_connect_ = *std::move(limits);
   return transport;
 }
 
-GrpcTransport::GrpcTransport(std::shared_ptr<grpc::Channel> channel,
-                             const ClientOptions& options)
-    : channel_(std::move(channel)),
-      stub_(v1::Depot::NewStub(channel_)),
-      generic_stub_(std::make_unique<grpc::GenericStub>(channel_)),
-      chunk_bytes_(options.chunk_bytes) {}
+absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Open(
+    const std::string& target, const ClientOptions& options) {
+  KeepGrpcRuntimeAlive();
+  return std::shared_ptr<GrpcTransport>(new GrpcTransport(target, options));
+}
+
+absl::StatusOr<const GrpcTransport::Stubs*> GrpcTransport::ChannelFor(
+    absl::Time deadline) {
+  absl::call_once(stubs_made_, [this] {
+    absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+        MakeChannel(target_, options_);
+    if (!channel.ok()) {
+      channel_error_ = channel.status();
+      return;
+    }
+    stubs_.channel = *std::move(channel);
+    stubs_.stub = v1::Depot::NewStub(stubs_.channel);
+    stubs_.generic = std::make_unique<grpc::GenericStub>(stubs_.channel);
+  });
+  if (!channel_error_.ok()) return channel_error_;
+  ReconnectIfDown(*stubs_.channel, deadline);
+  return &stubs_;
+}
+
+void GrpcTransport::KnowLimits(const ServerLimits& limits) {
+  chunk_bytes_.store(
+      std::max<uint64_t>(1, std::min<uint64_t>(requested_chunk_bytes_,
+                                               limits.max_chunk_bytes)),
+      std::memory_order_relaxed);
+}
+
+absl::StatusOr<uint64_t> GrpcTransport::ChunkBytes(absl::Time deadline) {
+  if (const uint64_t known = chunk_bytes_.load(std::memory_order_relaxed);
+      known != 0) {
+    return known;
+  }
+  absl::StatusOr<ServerLimits> limits = GetLimits(deadline);
+  if (!limits.ok()) return limits.status();
+  KnowLimits(*limits);
+  return chunk_bytes_.load(std::memory_order_relaxed);
+}
+
+GrpcTransport::GrpcTransport(std::string target, const ClientOptions& options)
+    : target_(std::move(target)),
+      options_(options),
+      requested_chunk_bytes_(options.chunk_bytes) {}
 
 GrpcTransport::~GrpcTransport() = default;
 
-void GrpcTransport::ReconnectIfDown(absl::Time deadline) {
+void GrpcTransport::ReconnectIfDown(grpc::Channel& channel,
+                                    absl::Time deadline) {
   // A channel whose last connection attempt failed stays failed, failing
   // calls at once, until an attempt succeeds; and an attempt gRPC starts
   // by itself, after its backoff, is driven only by threads that poll (in
   // a process whose calls all fail at once, gRPC's backup poller, every
   // 5 s). So start one now and poll it here, briefly.
-  if (channel_->GetState(false) != GRPC_CHANNEL_TRANSIENT_FAILURE) return;
-  grpc::experimental::ChannelResetConnectionBackoff(channel_.get());
-  channel_->WaitForStateChange(
+  if (channel.GetState(false) != GRPC_CHANNEL_TRANSIENT_FAILURE) return;
+  grpc::experimental::ChannelResetConnectionBackoff(&channel);
+  channel.WaitForStateChange(
       GRPC_CHANNEL_TRANSIENT_FAILURE,
       absl::ToChronoTime(std::min(deadline, absl::Now() + kReconnectProbe)));
 }
@@ -559,8 +573,11 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
   // under way (RawCall), and the caller may free them as soon as Push
   // returns. (The data lane, the usual path, sends from the caller's bytes:
   // its sends end at the deadline.)
-  ReconnectIfDown(deadline);
-  RawCall call(generic_stub_.get(), "/h5depot.v1.Depot/Push");
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
+  absl::StatusOr<uint64_t> chunk_bytes = ChunkBytes(deadline);
+  if (!chunk_bytes.ok()) return chunk_bytes.status();
+  RawCall call((*stubs)->generic.get(), "/h5depot.v1.Depot/Push");
   call.set_deadline(deadline);
 
   v1::PushRequest request;
@@ -575,7 +592,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
   auto chunk = [&](size_t offset, size_t n) {
     return ChunkMessageCopying(data + offset, n);
   };
-  if (size <= chunk_bytes_) {
+  if (size <= *chunk_bytes) {
     // Header, data and end of stream leave together.
     if (size == 0) {
       if (call.Write(SerializeMessage(request))) call.WritesDone();
@@ -590,7 +607,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
     bool good =
         call.Write(SerializeMessage(request)) && call.ReadInitialMetadata();
     for (size_t sent = 0; good && sent < size;) {
-      const size_t n = std::min<size_t>(chunk_bytes_, size - sent);
+      const size_t n = std::min<size_t>(*chunk_bytes, size - sent);
       grpc::ByteBuffer message = chunk(sent, n);
       sent += n;
       good = sent < size ? call.Write(message) : call.WriteLast(message);
@@ -605,7 +622,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
     status = absl::InternalError("the server did not confirm the push");
   }
   if (!status.ok()) return status;
-  if (size <= chunk_bytes_) ReportSentInOne(options.progress, size);
+  if (size <= *chunk_bytes) ReportSentInOne(options.progress, size);
   return ToImageInfo(response.info());
 }
 
@@ -613,8 +630,9 @@ absl::StatusOr<FetchedImage> GrpcTransport::Fetch(
     std::string_view image_id, const FetchOptions& options,
     const CallDeadline& deadline) {
   const GrpcUse grpc_use;
-  ReconnectIfDown(deadline.reply);
-  RawCall call(generic_stub_.get(), "/h5depot.v1.Depot/Fetch");
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline.reply);
+  if (!stubs.ok()) return stubs.status();
+  RawCall call((*stubs)->generic.get(), "/h5depot.v1.Depot/Fetch");
   call.set_deadline(deadline.reply);
   v1::FetchRequest request;
   request.set_image_id(std::string(image_id));
@@ -654,8 +672,9 @@ absl::StatusOr<ReadResult> GrpcTransport::Read(std::string_view image_id,
                                                size_t length,
                                                absl::Time deadline) {
   const GrpcUse grpc_use;
-  ReconnectIfDown(deadline);
-  RawCall call(generic_stub_.get(), "/h5depot.v1.Depot/Read");
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
+  RawCall call((*stubs)->generic.get(), "/h5depot.v1.Depot/Read");
   call.set_deadline(deadline);
   v1::ReadRequest request;
   request.set_image_id(std::string(image_id));
@@ -683,8 +702,9 @@ absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
     std::string_view image_id, uint64_t generation, absl::Time open_deadline,
     absl::Duration read_timeout, std::shared_ptr<ImageTransport> reads) {
   const GrpcUse grpc_use;
-  ReconnectIfDown(open_deadline);
-  auto call = std::make_unique<RawCall>(generic_stub_.get(),
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(open_deadline);
+  if (!stubs.ok()) return stubs.status();
+  auto call = std::make_unique<RawCall>((*stubs)->generic.get(),
                                         "/h5depot.v1.Depot/OpenReader");
   call->set_deadline(open_deadline);
   v1::ReaderRequest request;
@@ -707,14 +727,16 @@ absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,
                                               absl::Duration wait,
                                               absl::Time deadline) {
   const GrpcUse grpc_use;
-  ReconnectIfDown(deadline);
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::StatRequest request;
   request.set_image_id(std::string(image_id));
   request.set_wait_timeout_ms(ToMillis(wait));
   v1::ImageInfo info;
-  absl::Status status = FromGrpcStatus(stub_->Stat(&context, request, &info));
+  absl::Status status =
+      FromGrpcStatus((*stubs)->stub->Stat(&context, request, &info));
   if (!status.ok()) return status;
   return ToImageInfo(info);
 }
@@ -722,7 +744,8 @@ absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,
 absl::StatusOr<ListPage> GrpcTransport::List(const ListOptions& options,
                                              absl::Time deadline) {
   const GrpcUse grpc_use;
-  ReconnectIfDown(deadline);
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::ListRequest request;
@@ -731,7 +754,7 @@ absl::StatusOr<ListPage> GrpcTransport::List(const ListOptions& options,
   request.set_page_token(options.page_token);
   v1::ListResponse response;
   absl::Status status =
-      FromGrpcStatus(stub_->List(&context, request, &response));
+      FromGrpcStatus((*stubs)->stub->List(&context, request, &response));
   if (!status.ok()) return status;
   ListPage page;
   page.images.reserve(response.images_size());
@@ -746,7 +769,8 @@ absl::Status GrpcTransport::Delete(std::string_view image_id,
                                    std::optional<uint64_t> if_generation_match,
                                    absl::Time deadline) {
   const GrpcUse grpc_use;
-  ReconnectIfDown(deadline);
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::DeleteRequest request;
@@ -755,17 +779,18 @@ absl::Status GrpcTransport::Delete(std::string_view image_id,
     request.set_if_generation_match(*if_generation_match);
   }
   v1::DeleteResponse response;
-  return FromGrpcStatus(stub_->Delete(&context, request, &response));
+  return FromGrpcStatus((*stubs)->stub->Delete(&context, request, &response));
 }
 
 absl::StatusOr<ServerLimits> GrpcTransport::GetLimits(absl::Time deadline) {
   const GrpcUse grpc_use;
-  ReconnectIfDown(deadline);
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
   grpc::ClientContext context;
   SetDeadline(&context, deadline);
   v1::ServerLimits limits;
   absl::Status status = FromGrpcStatus(
-      stub_->GetLimits(&context, v1::GetLimitsRequest(), &limits));
+      (*stubs)->stub->GetLimits(&context, v1::GetLimitsRequest(), &limits));
   if (!status.ok()) return status;
   ServerLimits result;
   result.max_image_bytes = limits.max_image_bytes();

@@ -8,6 +8,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -15,6 +16,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/base/call_once.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -37,12 +39,19 @@ class GrpcTransport final : public ImageTransport,
   // cannot use. The message names the target.
   static absl::StatusOr<std::shared_ptr<GrpcTransport>> Connect(
       const std::string& target, const ClientOptions& options);
+  // The same channel without asking anything yet, for a client that knows
+  // the server answers (its data lane said so): the first call that needs
+  // the server's limits (a push over gRPC) asks for them.
+  // limits_at_connect() is empty. INVALID_ARGUMENT for a target gRPC
+  // cannot use.
+  static absl::StatusOr<std::shared_ptr<GrpcTransport>> Open(
+      const std::string& target, const ClientOptions& options);
 
   ~GrpcTransport() override;
   GrpcTransport(const GrpcTransport&) = delete;
   GrpcTransport& operator=(const GrpcTransport&) = delete;
 
-  // The limits the server gave when Connect asked.
+  // The limits the server gave when Connect asked (empty after Open).
   const ServerLimits& limits_at_connect() const { return limits_at_connect_; }
 
   absl::StatusOr<ImageInfo> Push(std::string_view image_id, const uint8_t* data,
@@ -79,20 +88,38 @@ class GrpcTransport final : public ImageTransport,
   absl::StatusOr<ServerLimits> GetLimits(absl::Time deadline);
 
  private:
-  GrpcTransport(std::shared_ptr<grpc::Channel> channel,
-                const ClientOptions& options);
+  GrpcTransport(std::string target, const ClientOptions& options);
 
-  // Before each call: if the channel failed to connect, tries again at
-  // once and waits briefly (not past `deadline`) for it to connect, so that
-  // a server that is back is used at once however long it was away.
-  void ReconnectIfDown(absl::Time deadline);
+  // The channel and its stubs.
+  struct Stubs {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::Depot::Stub> stub;
+    // Push, Fetch, Read and OpenReader, which move image bytes, go through
+    // this one, so that messages arrive as raw byte buffers.
+    std::unique_ptr<grpc::GenericStub> generic;
+  };
+  // Before each call: the channel, made by the first call (making one
+  // costs about as much as a lane's whole first contact, so a client
+  // whose calls all take the lane never pays it), and ReconnectIfDown'd.
+  // INVALID_ARGUMENT if gRPC cannot use the target.
+  absl::StatusOr<const Stubs*> ChannelFor(absl::Time deadline);
 
-  const std::shared_ptr<grpc::Channel> channel_;
-  const std::unique_ptr<v1::Depot::Stub> stub_;
-  // Push, Fetch, Read and OpenReader, which move image bytes, go through
-  // this one, so that messages arrive as raw byte buffers.
-  const std::unique_ptr<grpc::GenericStub> generic_stub_;
-  uint64_t chunk_bytes_ = 0;  // what a push sends per message
+  // If the channel failed to connect, tries again at once and waits
+  // briefly (not past `deadline`) for it to connect, so that a server that
+  // is back is used at once however long it was away.
+  static void ReconnectIfDown(grpc::Channel& channel, absl::Time deadline);
+
+  const std::string target_;
+  const ClientOptions options_;
+  absl::once_flag stubs_made_;
+  Stubs stubs_;                 // set once, under stubs_made_
+  absl::Status channel_error_;  // the same
+  // What a push sends per message: what the client asked, at most what
+  // the server takes, once `limits` are known (Connect, or the first push).
+  void KnowLimits(const ServerLimits& limits);
+  absl::StatusOr<uint64_t> ChunkBytes(absl::Time deadline);
+  const uint64_t requested_chunk_bytes_;
+  std::atomic<uint64_t> chunk_bytes_{0};  // 0: not known yet
   ServerLimits limits_at_connect_;
 };
 

@@ -1,6 +1,8 @@
 #include <algorithm>
 #include <string>
+#include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "client/src/image_transport_internal.h"
 
 namespace h5depot::internal {
@@ -20,6 +22,43 @@ absl::Time CallDeadline::Whole(uint64_t bytes) const {
   if (base == absl::InfiniteFuture()) return base;
   return std::max(reply, base + absl::Seconds(static_cast<double>(bytes) /
                                               kTransferBytesPerSecond));
+}
+
+absl::StatusOr<std::unique_ptr<ImageReader>> ImageTransport::OpenPinnedReader(
+    std::string_view image_id, uint64_t generation, absl::Time open_deadline,
+    absl::Duration read_timeout, std::shared_ptr<ImageTransport> reads) {
+  static_cast<void>(image_id);
+  static_cast<void>(generation);
+  static_cast<void>(open_deadline);
+  static_cast<void>(read_timeout);
+  static_cast<void>(reads);
+  return absl::UnimplementedError("this transport pins no readers");
+}
+
+PinnedGenerationReader::PinnedGenerationReader(
+    std::shared_ptr<ImageTransport> reads, ImageInfo info,
+    absl::Duration read_timeout)
+    : reads_(std::move(reads)),
+      info_(std::move(info)),
+      read_timeout_(read_timeout) {}
+
+absl::StatusOr<size_t> PinnedGenerationReader::Read(uint64_t offset, void* out,
+                                                    size_t length) {
+  return ReadWithDeadline(offset, out, length,
+                          CallDeadline::Start(read_timeout_).Whole(length));
+}
+
+absl::StatusOr<size_t> PinnedGenerationReader::ReadWithDeadline(
+    uint64_t offset, void* out, size_t length, absl::Time deadline) {
+  if (offset >= info_.size || length == 0) return 0;
+  absl::StatusOr<ReadResult> read = reads_->Read(
+      info_.image_id, info_.generation, offset, out, length, deadline);
+  if (!read.ok()) {
+    return absl::Status(
+        read.status().code(),
+        absl::StrCat("read '", info_.image_id, "': ", read.status().message()));
+  }
+  return read->bytes_read;
 }
 
 uint64_t ToMillis(absl::Duration duration) {

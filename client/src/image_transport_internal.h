@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -90,6 +91,40 @@ class ImageTransport {
   // A reader is about to be opened: the transport may set up what its
   // reads need meanwhile, off the caller's thread. Returns at once.
   virtual void PrepareToRead() {}
+  // A reader that pins `generation` (0: the current one) by this
+  // transport's own means, opened by `open_deadline`, whose reads are Read
+  // calls of `reads` (PinnedGenerationReader). UNIMPLEMENTED or UNAVAILABLE,
+  // with nothing pinned, when it cannot (the default: it never can); the
+  // caller then pins another way.
+  virtual absl::StatusOr<std::unique_ptr<ImageReader>> OpenPinnedReader(
+      std::string_view image_id, uint64_t generation, absl::Time open_deadline,
+      absl::Duration read_timeout, std::shared_ptr<ImageTransport> reads);
+};
+
+// A reader of one generation that something else pins on the server (a
+// gRPC OpenReader stream, a lane PIN: the subclass holds it, and drops it
+// when destroyed). Its reads are calls of their own on that generation
+// through `reads`, rather than requests on the pin: each then ends by its
+// own deadline, one that times out or fails leaves the pin and the reader
+// intact, and several threads may read at once.
+class PinnedGenerationReader : public ImageReader {
+ public:
+  const ImageInfo& info() const final { return info_; }
+  absl::StatusOr<size_t> Read(uint64_t offset, void* out, size_t length) final;
+  absl::StatusOr<size_t> ReadWithDeadline(uint64_t offset, void* out,
+                                          size_t length,
+                                          absl::Time deadline) final;
+
+ protected:
+  // Each read ends by the deadline given, or by `read_timeout` (plus the
+  // transfer allowance of CallDeadline) from its start.
+  PinnedGenerationReader(std::shared_ptr<ImageTransport> reads, ImageInfo info,
+                         absl::Duration read_timeout);
+
+ private:
+  const std::shared_ptr<ImageTransport> reads_;
+  const ImageInfo info_;
+  const absl::Duration read_timeout_;
 };
 
 // A duration as the wire's milliseconds: 0 for none, at least 1 for any

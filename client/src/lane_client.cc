@@ -165,7 +165,7 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
 }
 
 absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
-    absl::Time deadline) {
+    absl::Time deadline, bool ask_identity) {
   absl::StatusOr<LaneSocket> socket =
       host_.empty() ? lane::ConnectUnix(unix_path_, deadline)
                     : lane::ConnectTcp(host_, port_, deadline);
@@ -181,7 +181,9 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
   auto connection = std::make_unique<Connection>(*std::move(socket));
   const std::string& token = credentials_.token;
   uint8_t hello[lane::kHelloBytes];
-  uint16_t offered = lane::kFeatureClientCpu | lane::kFeatureRead;
+  uint16_t offered =
+      lane::kFeatureClientCpu | lane::kFeatureRead | lane::kFeaturePin;
+  if (ask_identity) offered |= lane::kFeatureIdentity;
   if (!token.empty()) offered |= lane::kFeatureToken;
   // Descriptors pass only over a Unix socket; each is received straight
   // into this process's table, so it must accept them before the hello.
@@ -200,6 +202,7 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
   if (status.ok()) status = lane::DecodeHello(hello, &agreed);
   connection->says_cpu = (agreed & lane::kFeatureClientCpu) != 0;
   connection->reads = (agreed & lane::kFeatureRead) != 0;
+  connection->pins = (agreed & lane::kFeaturePin) != 0;
   if (may_share && (agreed & lane::kFeatureDescriptors) != 0) {
     connection->shares_memory = true;
     connection->leases = std::make_shared<LeaseLedger>();
@@ -211,6 +214,14 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
     iovec parts[] = {{header, sizeof(header)},
                      {const_cast<char*>(token.data()), token.size()}};
     status = connection->socket().SendAll(parts, 2, deadline);
+  }
+  if (status.ok() && (agreed & lane::kFeatureIdentity) != 0) {
+    uint8_t identity[lane::kIdentityBytes];
+    status = connection->reader().Read(identity, sizeof(identity), deadline);
+    if (status.ok()) {
+      connection->identity.emplace();
+      status = lane::DecodeIdentity(identity, &*connection->identity);
+    }
   }
   if (!status.ok()) {
     return absl::UnavailableError(absl::StrCat("data lane at ", address_, ": ",
@@ -717,6 +728,157 @@ absl::StatusOr<ReadResult> DataLane::ReadOnce(
   }
   GiveBack(std::move(connection));
   return result;
+}
+
+std::shared_ptr<DataLane> DataLane::BesideTarget(std::string_view target,
+                                                 LaneCredentials credentials) {
+  absl::StatusOr<ServerTarget> parsed = ParseServerTarget(target);
+  if (!parsed.ok()) return nullptr;
+  if (parsed->kind == ServerTarget::Kind::kUnix) {
+    // The same path the server derives (PATH.data), relative or not.
+    return ForServer(target, 0, absl::StrCat(parsed->path, ".data"),
+                     std::move(credentials));
+  }
+  if (parsed->kind != ServerTarget::Kind::kHost ||
+      !TargetIsOnThisHost(target) || parsed->hosts.size() != 1) {
+    return nullptr;
+  }
+  const uint16_t grpc_port = parsed->hosts.front().port;
+  if (grpc_port == 0 || grpc_port == UINT16_MAX) return nullptr;
+  return ForServer(target, uint32_t{grpc_port} + 1, "", std::move(credentials));
+}
+
+absl::Status DataLane::ConfirmServer(uint16_t grpc_port, absl::Time deadline) {
+  absl::StatusOr<std::unique_ptr<Connection>> connection =
+      ConnectNew(deadline, /*ask_identity=*/true);
+  if (!connection.ok()) return connection.status();
+  const std::optional<lane::Identity>& identity = (*connection)->identity;
+  if (!identity.has_value()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the data lane at ", address_, " does not say whose it is"));
+  }
+  if (grpc_port != 0 && identity->grpc_port != grpc_port) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the data lane at ", address_, " belongs to the server on port ",
+        identity->grpc_port, ", not ", grpc_port));
+  }
+  if (!identity->admitted) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "the server at ", address_, " does not admit this client"));
+  }
+  GiveBack(*std::move(connection));
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Sends a PIN or UNPIN (`op`) of `generation` of `image_id`, which the
+// caller has checked is framable.
+absl::Status SendPinRequest(DataLane::Connection& connection, lane::Op op,
+                            std::string_view image_id, uint64_t generation,
+                            absl::Time deadline) {
+  lane::RequestHeader request;
+  request.op = op;
+  request.image_id_bytes = static_cast<uint16_t>(image_id.size());
+  request.generation = generation;
+  uint8_t header[lane::kRequestHeaderBytes];
+  lane::EncodeRequestHeader(request, header);
+  iovec iov[2] = {{header, sizeof(header)},
+                  {const_cast<char*>(image_id.data()), image_id.size()}};
+  return connection.socket().SendAll(iov, 2, deadline);
+}
+
+// A reader whose generation a PIN holds on a lane connection it keeps.
+class LanePinnedReader final : public PinnedGenerationReader {
+ public:
+  LanePinnedReader(std::shared_ptr<DataLane> lane,
+                   std::unique_ptr<DataLane::Connection> pin,
+                   std::shared_ptr<ImageTransport> reads, ImageInfo info,
+                   absl::Duration read_timeout)
+      : PinnedGenerationReader(std::move(reads), std::move(info), read_timeout),
+        lane_(std::move(lane)),
+        pin_(std::move(pin)) {}
+
+  ~LanePinnedReader() override {
+    lane_->Unpin(std::move(pin_), info().image_id, info().generation);
+  }
+
+ private:
+  const std::shared_ptr<DataLane> lane_;
+  std::unique_ptr<DataLane::Connection> pin_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ImageReader>> DataLane::OpenReader(
+    std::unique_ptr<Connection> connection, std::string_view image_id,
+    uint64_t generation, absl::Time open_deadline, absl::Duration read_timeout,
+    std::shared_ptr<ImageTransport> reads) {
+  if (!connection->pins || !CheckFramable(image_id).ok()) {
+    GiveBack(std::move(connection));
+    return absl::UnimplementedError("the data lane does not pin");
+  }
+  // The reader keeps its connection for its life: one whose memfd leases
+  // wait to be released would hold those back until then, so such a one
+  // goes back and a new one pins.
+  if (connection->leases != nullptr) {
+    bool holds_leases = false;
+    {
+      MutexLock lock(&connection->leases->mutex);
+      holds_leases = connection->leases->held > 0;
+    }
+    if (holds_leases) {
+      GiveBack(std::move(connection));
+      absl::StatusOr<std::unique_ptr<Connection>> fresh =
+          ConnectNew(open_deadline);
+      if (!fresh.ok()) return fresh.status();
+      connection = *std::move(fresh);
+    }
+  }
+  // The reads need a connection of their own: one is made while the PIN
+  // is answered, unless the pool has one.
+  Prepare(open_deadline);
+  for (int attempt = 0;; ++attempt) {
+    const bool reused = connection->reused;
+    absl::Status refusal;
+    absl::Status sent = SendPinRequest(*connection, lane::Op::kPin, image_id,
+                                       generation, open_deadline);
+    absl::StatusOr<lane::Response> response =
+        sent.ok() ? connection->ReadResponse(open_deadline, &refusal) : sent;
+    if (response.ok() && response->kind != lane::ResponseKind::kFinal) {
+      return absl::InternalError("unexpected lane response");
+    }
+    if (response.ok() && !refusal.ok()) {
+      GiveBack(std::move(connection));
+      return refusal;
+    }
+    if (response.ok()) {
+      return std::unique_ptr<ImageReader>(new LanePinnedReader(
+          self_.lock(), std::move(connection), std::move(reads),
+          ToImageInfo(*response, image_id), read_timeout));
+    }
+    // Nothing is pinned by a connection that broke: it ends its pins.
+    if (attempt > 0 || !RetryOnNewConnection(response.status(), true, reused)) {
+      return absl::UnavailableError(
+          absl::StrCat("data lane at ", address_, ": ",
+                       std::string(response.status().message())));
+    }
+    absl::StatusOr<std::unique_ptr<Connection>> fresh =
+        ConnectNew(open_deadline);
+    if (!fresh.ok()) return fresh.status();
+    connection = *std::move(fresh);
+  }
+}
+
+void DataLane::Unpin(std::unique_ptr<Connection> connection,
+                     std::string_view image_id, uint64_t generation) {
+  // A server that does not take it at once is stopped or gone: closing the
+  // connection ends the pin as surely.
+  if (SendPinRequest(*connection, lane::Op::kUnpin, image_id, generation,
+                     absl::Now() + kUnpinTimeout)
+          .ok()) {
+    GiveBack(std::move(connection));
+  }
 }
 
 }  // namespace h5depot::internal

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -66,6 +67,23 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
                                              std::string_view unix_path,
                                              LaneCredentials credentials = {});
 
+  // The lane that the server at `target` has on this host where it is found
+  // without asking (lane_protocol.h, "The lane's address"): beside a Unix
+  // socket, or at the port after that of a TCP target on a loopback
+  // address. Null for any other target. Nothing is connected yet: see
+  // ConfirmServer.
+  static std::shared_ptr<DataLane> BesideTarget(
+      std::string_view target, LaneCredentials credentials = {});
+
+  // Connects by `deadline` and checks that the server answering is the one
+  // whose gRPC listens on TCP port `grpc_port` (0: any h5depotd, for the
+  // lane beside a Unix socket), and that it admits this client's
+  // credentials. The connection then goes to the pool. UNAVAILABLE if
+  // nothing answers, FAILED_PRECONDITION if something else (another
+  // server, another program) does, PERMISSION_DENIED if it does not admit
+  // the client (gRPC then says why).
+  absl::Status ConfirmServer(uint16_t grpc_port, absl::Time deadline);
+
   // "host:port" or "unix:/path", for messages.
   const std::string& address() const { return address_; }
 
@@ -86,6 +104,12 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
 
     // Whether the server serves READ requests (lane::kFeatureRead).
     bool reads = false;
+
+    // Whether the server serves PIN and UNPIN (lane::kFeaturePin).
+    bool pins = false;
+
+    // Who answered, when the server said (lane::kFeatureIdentity).
+    std::optional<lane::Identity> identity;
 
     // Taken from the pool rather than made for this call: the server may
     // have closed it since (Push and Fetch then retry on a new one).
@@ -121,8 +145,10 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
   // to meet.
   void Prepare(absl::Time deadline);
 
-  // A new connection, never one from the pool.
-  absl::StatusOr<std::unique_ptr<Connection>> ConnectNew(absl::Time deadline);
+  // A new connection, never one from the pool; with `ask_identity`, one
+  // whose `identity` the server said (if it could).
+  absl::StatusOr<std::unique_ptr<Connection>> ConnectNew(
+      absl::Time deadline, bool ask_identity = false);
 
   // The calls. Each takes a connection from Connect() and gives it back to
   // the pool when the exchange completed (refusals included); after a
@@ -148,6 +174,28 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
                                   uint64_t generation, uint64_t offset,
                                   void* out, size_t length,
                                   absl::Time deadline);
+
+  // A reader that pins `generation` (0: the current one) of `image_id` by
+  // a PIN on `connection`, which it keeps until it is destroyed (it then
+  // sends UNPIN and gives the connection back), opened by `open_deadline`.
+  // Its reads are Read calls of `reads`, as a gRPC reader's are
+  // (GrpcTransport::OpenReader), each ending by the deadline given or by
+  // `read_timeout` (plus CallDeadline's transfer allowance). Refusals carry
+  // the server's code (NOT_FOUND, PERMISSION_DENIED, ...).
+  // UNIMPLEMENTED, with the connection given back and nothing sent, when
+  // its server does not serve PIN; UNAVAILABLE when the lane failed before
+  // anything was pinned: either way the caller may pin over gRPC instead.
+  absl::StatusOr<std::unique_ptr<ImageReader>> OpenReader(
+      std::unique_ptr<Connection> connection, std::string_view image_id,
+      uint64_t generation, absl::Time open_deadline,
+      absl::Duration read_timeout, std::shared_ptr<ImageTransport> reads);
+
+  // Ends the pin of a reader from OpenReader: sends UNPIN on `connection`,
+  // which held it, and gives the connection back (or closes it, which ends
+  // the pin too, if the send does not go within kUnpinTimeout).
+  static constexpr absl::Duration kUnpinTimeout = absl::Seconds(1);
+  void Unpin(std::unique_ptr<Connection> connection, std::string_view image_id,
+             uint64_t generation);
 
   // Puts a connection in step back into the pool, for a caller that took
   // one and then made no call on it.
@@ -197,6 +245,7 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
       std::string_view image_id, const FetchOptions& options, bool* take_bytes);
   // Sends the RELEASEs due on `connection`; false if it broke.
   bool SendDueReleases(Connection& connection);
+
   absl::StatusOr<ReadResult> ReadOnce(std::unique_ptr<Connection> connection,
                                       std::string_view image_id,
                                       uint64_t generation, uint64_t offset,

@@ -122,6 +122,20 @@ absl::StatusOr<ImageInfo> LaneFallbackTransport::PushSealed(
   return absl::UnimplementedError("no data lane to pass the memfd over");
 }
 
+absl::StatusOr<std::unique_ptr<ImageReader>>
+LaneFallbackTransport::OpenPinnedReader(std::string_view image_id,
+                                        uint64_t generation,
+                                        absl::Time open_deadline,
+                                        absl::Duration read_timeout,
+                                        std::shared_ptr<ImageTransport> reads) {
+  LaneCall call = StartLaneCall(open_deadline);
+  if (call.connection == nullptr) {
+    return absl::UnimplementedError("no data lane to pin over");
+  }
+  return call.lane->OpenReader(std::move(call.connection), image_id, generation,
+                               open_deadline, read_timeout, std::move(reads));
+}
+
 void LaneFallbackTransport::PrepareToRead() {
   DataLane* const lane = lane_.load(std::memory_order_acquire);
   if (lane == nullptr) return;

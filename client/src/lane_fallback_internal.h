@@ -61,6 +61,16 @@ class LaneFallbackTransport final : public ImageTransport {
   // Has a lane connection made while the reader's pin is opened over gRPC.
   void PrepareToRead() override;
 
+  // A reader whose pin is a PIN on the lane (DataLane::OpenReader).
+  // UNIMPLEMENTED or UNAVAILABLE, with nothing pinned, when the lane cannot
+  // pin (no lane, a server without PIN, a lane that failed): the caller
+  // then pins over gRPC, which says what is wrong if the server cannot be
+  // reached at all.
+  absl::StatusOr<std::unique_ptr<ImageReader>> OpenPinnedReader(
+      std::string_view image_id, uint64_t generation, absl::Time open_deadline,
+      absl::Duration read_timeout,
+      std::shared_ptr<ImageTransport> reads) override;
+
  private:
   // A lane connection for one call, and its lane; both null when the call
   // is to go over gRPC, or to fail at once with `unreachable` (not OK when

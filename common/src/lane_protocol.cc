@@ -35,6 +35,11 @@ uint32_t Get32(const uint8_t* in) {
   return value;
 }
 
+// The ops that name a generation instead of a precondition, TTL and wait.
+bool HasReadLayout(Op op) {
+  return op == Op::kRead || op == Op::kPin || op == Op::kUnpin;
+}
+
 }  // namespace
 
 void EncodeU64(uint64_t value, uint8_t out[8]) {
@@ -67,6 +72,20 @@ absl::Status DecodeHello(const uint8_t in[kHelloBytes], uint16_t* features) {
   return absl::OkStatus();
 }
 
+//  0 grpc_port  2 flags (bit 0: admitted; the rest reserved)  3 reserved
+void EncodeIdentity(const Identity& identity, uint8_t out[kIdentityBytes]) {
+  std::memset(out, 0, kIdentityBytes);
+  Put16(identity.grpc_port, out);
+  out[2] = identity.admitted ? 1 : 0;
+}
+
+absl::Status DecodeIdentity(const uint8_t in[kIdentityBytes],
+                            Identity* identity) {
+  identity->grpc_port = Get16(in);
+  identity->admitted = (in[2] & 1) != 0;
+  return absl::OkStatus();
+}
+
 void EncodeTokenHeader(uint16_t token_bytes, uint8_t out[kTokenHeaderBytes]) {
   Put16(token_bytes, out);
 }
@@ -86,7 +105,8 @@ absl::Status DecodeTokenHeader(const uint8_t in[kTokenHeaderBytes],
 //  0 op  1 flags  2 image_id_bytes  4 client_cpu + 1 (0: not said)  8 size
 // 16 if_generation_match  24 ttl_ms  32 wait_ms
 // READ has no generation precondition, time to live nor wait: its
-// generation is at 16 and its offset at 24.
+// generation is at 16 and its offset at 24. PIN and UNPIN are laid out as
+// READ, with only the generation set.
 void EncodeRequestHeader(const RequestHeader& header,
                          uint8_t out[kRequestHeaderBytes]) {
   std::memset(out, 0, kRequestHeaderBytes);
@@ -99,7 +119,7 @@ void EncodeRequestHeader(const RequestHeader& header,
     Put32(*header.client_cpu + 1, out + 4);
   }
   EncodeU64(header.size, out + 8);
-  if (header.op == Op::kRead) {
+  if (HasReadLayout(header.op)) {
     out[1] = 0;
     EncodeU64(header.generation, out + 16);
     EncodeU64(header.offset, out + 24);
@@ -116,7 +136,9 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
       in[0] != static_cast<uint8_t>(Op::kGet) &&
       in[0] != static_cast<uint8_t>(Op::kRead) &&
       in[0] != static_cast<uint8_t>(Op::kPutSealed) &&
-      in[0] != static_cast<uint8_t>(Op::kRelease)) {
+      in[0] != static_cast<uint8_t>(Op::kRelease) &&
+      in[0] != static_cast<uint8_t>(Op::kPin) &&
+      in[0] != static_cast<uint8_t>(Op::kUnpin)) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown data lane request ", in[0]));
   }
@@ -141,16 +163,20 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
   }
   header->generation = 0;
   header->offset = 0;
-  if (header->op == Op::kRead) {
+  if (HasReadLayout(header->op)) {
     if (header->if_generation_match.has_value() || header->wait_ms != 0 ||
         header->accepts_descriptor || header->descriptor_only) {
       return absl::InvalidArgumentError(
-          "a data lane READ with a generation precondition, a wait or "
-          "descriptor flags");
+          "a data lane READ, PIN or UNPIN with a generation precondition, a "
+          "wait or descriptor flags");
     }
     header->generation = DecodeU64(in + 16);
     header->offset = DecodeU64(in + 24);
     header->ttl_ms = 0;
+    if (header->op != Op::kRead && (header->offset != 0 || header->size != 0)) {
+      return absl::InvalidArgumentError(
+          "a data lane PIN or UNPIN with an offset or a size");
+    }
   }
   return absl::OkStatus();
 }

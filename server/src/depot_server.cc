@@ -14,6 +14,7 @@
 #include <climits>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "h5depot/internal/host_name.h"
@@ -26,6 +27,21 @@
 
 namespace h5depot::server {
 namespace {
+
+// The port after the one `listen_address` ("host:port") names, where the
+// data lane listens unless told otherwise and clients on this host look
+// for it first (lane_protocol.h); 0 for a port chosen by the system
+// (":0"), the last port, or an address without one.
+int LaneBesidePort(const std::string& listen_address) {
+  const size_t colon = listen_address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos ||
+      !absl::SimpleAtoi(listen_address.substr(colon + 1), &port) || port <= 0 ||
+      port >= 65535) {
+    return 0;
+  }
+  return port + 1;
+}
 
 // How long a stopping server keeps its gRPC connections open once its
 // calls are done, for clients still reading the last bytes of a call: the
@@ -225,6 +241,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
       lane_options.tcp_host =
           options.listen_address.substr(0, options.listen_address.rfind(':'));
       lane_options.tcp_port = options.data_lane_port;
+      lane_options.preferred_tcp_port = LaneBesidePort(options.listen_address);
     }
     // A socket path that just fits leaves no room for ".data": the server
     // still starts, and its Unix clients use gRPC.
@@ -307,6 +324,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     impl->targets.push_back(
         absl::StrCat(options.listen_address.substr(0, colon), ":", impl->port));
   }
+  if (impl->data_lane != nullptr) impl->data_lane->set_grpc_port(impl->port);
   if (impl->unix_listener != nullptr) {
     impl->unix_listener->Serve(impl->server.get());
     impl->targets.push_back("unix:" + options.unix_socket_path);

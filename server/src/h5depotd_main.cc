@@ -81,8 +81,9 @@ ABSL_FLAG(ByteSizeFlag, max_image_size, ByteSizeFlag{},
           "largest single image, e.g. 2G (default: --max-memory)");
 ABSL_FLAG(int, data_port, 0,
           "TCP port of the data lane, the fast path for image bytes beside "
-          "gRPC, on the --listen host (0: any free port; clients learn it "
-          "from the server)");
+          "gRPC, on the --listen host (0: the port after --listen's if it "
+          "is free, where clients on this host look first; else any free "
+          "port; clients learn it from the server)");
 ABSL_FLAG(bool, data_lane, true,
           "serve the data lane (--nodata-lane: image bytes over gRPC only)");
 ABSL_FLAG(bool, follow_client_cpu, true,

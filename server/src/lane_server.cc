@@ -38,6 +38,8 @@ namespace lane = internal::lane;
 // The generations a connection's client was handed the memfd of, by
 // generation: one lease per descriptor handed out.
 using LaneLeases = std::unordered_multimap<uint64_t, ImageLease>;
+// Generations a connection pinned (PIN), by generation.
+using LanePins = std::unordered_multimap<uint64_t, ImageRef>;
 
 // Pushed bytes are received and checksummed this much at a time, so that
 // the checksum reads them while they are still in the cache.
@@ -303,7 +305,8 @@ struct DataLaneServer::Impl {
   LaneSocket unix_listener;
   int tcp_port = 0;
   std::string unix_path;
-  int wake_fd = -1;  // eventfd that ends the acceptor's poll
+  std::atomic<uint16_t> grpc_port{0};  // set_grpc_port()
+  int wake_fd = -1;                    // eventfd that ends the acceptor's poll
   // A descriptor held in reserve (on /dev/null) for the acceptor to give up
   // when the process runs out of them (ShedConnection). Acceptor only.
   int reserve_fd = -1;
@@ -336,7 +339,8 @@ struct DataLaneServer::Impl {
   // Waits for the next request's first bytes. False when the connection is
   // to end: the client closed or broke it, or left it idle for the idle
   // timeout.
-  // A connection holding leases is never idle: its client maps images.
+  // A connection holding leases or pins is never idle: its client maps or
+  // reads those generations.
   bool AwaitRequest(LaneReader& reader, bool holds_leases);
   // What a connection agreed to and holds, beside its socket.
   struct Session {
@@ -346,6 +350,9 @@ struct DataLaneServer::Impl {
     // kFeatureDescriptors agreed.
     bool shares_memory = false;
     LaneLeases leases;
+    // kFeaturePin agreed.
+    bool pins_agreed = false;
+    LanePins pins;
   };
   // Each returns an error only when the connection is no longer usable;
   // refusals of a request are answered on the connection.
@@ -365,6 +372,9 @@ struct DataLaneServer::Impl {
                           const lane::RequestHeader& header,
                           const std::string& image_id,
                           ClientCpuFollower* follower);
+  absl::Status HandlePin(LaneSocket& socket, Session& session,
+                         const lane::RequestHeader& header,
+                         const std::string& image_id);
   absl::StatusOr<ImageRef> WaitForImage(LaneSocket& socket,
                                         const Caller& caller,
                                         const std::string& image_id,
@@ -377,8 +387,14 @@ absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
   impl->operations = operations;
   impl->options = options;
   if (!options.tcp_host.empty()) {
-    absl::StatusOr<LaneSocket> listener =
-        ListenTcp(options.tcp_host, options.tcp_port, &impl->tcp_port);
+    absl::StatusOr<LaneSocket> listener = absl::UnavailableError("");
+    if (options.tcp_port == 0 && options.preferred_tcp_port > 0) {
+      listener = ListenTcp(options.tcp_host, options.preferred_tcp_port,
+                           &impl->tcp_port);
+    }
+    if (!listener.ok()) {
+      listener = ListenTcp(options.tcp_host, options.tcp_port, &impl->tcp_port);
+    }
     if (!listener.ok()) return listener.status();
     impl->tcp_listener = *std::move(listener);
   }
@@ -404,6 +420,11 @@ DataLaneServer::DataLaneServer(std::unique_ptr<Impl> impl)
 DataLaneServer::~DataLaneServer() { Shutdown(absl::ZeroDuration()); }
 
 int DataLaneServer::tcp_port() const { return impl_->tcp_port; }
+
+void DataLaneServer::set_grpc_port(int port) {
+  impl_->grpc_port.store(static_cast<uint16_t>(port),
+                         std::memory_order_relaxed);
+}
 
 const std::string& DataLaneServer::unix_path() const {
   return impl_->unix_path;
@@ -522,11 +543,14 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   good = good && reader.Read(hello, sizeof(hello), handshake_deadline).ok();
   std::optional<ClientCpuFollower> follower;
   bool shares_memory = false;
+  bool pins_agreed = false;
+  bool identify = false;
   std::string token;  // the connection's, for every request on it
   if (good) {
     uint16_t offered = 0;
     const absl::Status hello_status = lane::DecodeHello(hello, &offered);
-    uint16_t agreed = offered & (lane::kFeatureToken | lane::kFeatureRead);
+    uint16_t agreed = offered & (lane::kFeatureToken | lane::kFeatureRead |
+                                 lane::kFeatureIdentity | lane::kFeaturePin);
     if (hello_status.ok() && options.follow_client_cpu && peer.local) {
       agreed |= offered & lane::kFeatureClientCpu;
     }
@@ -543,18 +567,35 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     // can tell why it is turned away.
     lane::EncodeHello(hello, agreed);
     good = socket.Send(hello, sizeof(hello)).ok() && hello_status.ok();
+    pins_agreed = (agreed & lane::kFeaturePin) != 0;
+    identify = (agreed & lane::kFeatureIdentity) != 0;
     if (good && (agreed & lane::kFeatureToken) != 0) {
       good = ReadToken(reader, handshake_deadline, &token).ok();
     }
   }
   const Caller caller =
       Caller::Known(peer.transport, peer.address, peer.local, token);
+  if (good && identify) {
+    // Whose lane this is, and whether the caller gets anything here: the
+    // client's first contact, instead of a gRPC GetLimits.
+    lane::Identity identity;
+    identity.grpc_port = grpc_port.load(std::memory_order_relaxed);
+    identity.admitted =
+        operations->Authorize(caller, Operation::kGetLimits, {}).ok();
+    uint8_t encoded[lane::kIdentityBytes];
+    lane::EncodeIdentity(identity, encoded);
+    good = socket.Send(encoded, sizeof(encoded)).ok();
+  }
   Session session;
   session.caller = &caller;
   session.follower = follower.has_value() ? &*follower : nullptr;
   session.shares_memory = shares_memory;
+  session.pins_agreed = pins_agreed;
   while (good) {
-    if (!AwaitRequest(reader, !session.leases.empty())) break;
+    if (!AwaitRequest(reader,
+                      !session.leases.empty() || !session.pins.empty())) {
+      break;
+    }
     // Sequentially consistent, against Shutdown()'s setting `stopping` and
     // then reading `busy`: either this thread sees `stopping`, or Shutdown()
     // sees the request in progress and leaves its socket alone.
@@ -638,6 +679,11 @@ absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
     return absl::InvalidArgumentError(
         "a descriptor request without agreeing to");
   }
+  const bool about_pins =
+      header.op == lane::Op::kPin || header.op == lane::Op::kUnpin;
+  if (about_pins && !session.pins_agreed) {
+    return absl::InvalidArgumentError("a pin request without agreeing to");
+  }
   std::string image_id(header.image_id_bytes, '\0');
   if (absl::Status status = reader.Read(image_id.data(), image_id.size());
       !status.ok()) {
@@ -659,6 +705,16 @@ absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
       return absl::OkStatus();
     case lane::Op::kRead:
       return HandleRead(socket, caller, header, image_id, follower);
+    case lane::Op::kPin:
+      return HandlePin(socket, session, header, image_id);
+    case lane::Op::kUnpin:
+      // One pin of that generation ends; a generation this connection did
+      // not pin is ignored. No answer.
+      if (auto it = session.pins.find(header.generation);
+          it != session.pins.end() && it->second->image_id() == image_id) {
+        session.pins.erase(it);
+      }
+      return absl::OkStatus();
     case lane::Op::kGet:
       break;
   }
@@ -802,6 +858,29 @@ absl::Status DataLaneServer::Impl::HandleRead(LaneSocket& socket,
       {const_cast<uint8_t*>(read->image->data() + read->range.offset),
        static_cast<size_t>(read->range.length)}};
   return socket.SendAll(iov, 2);
+}
+
+// A PIN is opened as gRPC's OpenReader is, by DepotOperations::OpenReader
+// (which authorises and finds the generation); the session keeps the
+// reference, which pins the generation, until UNPIN or the connection's end.
+absl::Status DataLaneServer::Impl::HandlePin(LaneSocket& socket,
+                                             Session& session,
+                                             const lane::RequestHeader& header,
+                                             const std::string& image_id) {
+  if (session.pins.size() >= lane::kMaxPinsPerConnection) {
+    return SendFinal(
+        socket,
+        absl::ResourceExhaustedError(absl::StrCat(
+            "this connection holds ", session.pins.size(),
+            " pinned generations already, the most it may; unpin one first")),
+        nullptr, false);
+  }
+  absl::StatusOr<ImageRef> image =
+      operations->OpenReader(*session.caller, image_id, header.generation);
+  if (!image.ok()) return SendFinal(socket, image.status(), nullptr, false);
+  const ImageRef& pinned =
+      session.pins.emplace((*image)->generation(), *std::move(image))->second;
+  return SendFinal(socket, absl::OkStatus(), pinned.get(), false);
 }
 
 // The connection has a thread of its own, so a wait blocks it: in one

@@ -29,6 +29,10 @@ struct DataLaneOptions {
   // address) and the port (0: any free one). Empty host: no TCP lane.
   std::string tcp_host;
   int tcp_port = 0;
+  // With tcp_port 0, the port tried first; if it is taken, any free one.
+  // (The server prefers the port after gRPC's, where clients on its host
+  // look for the lane before asking: lane_protocol.h.)
+  int preferred_tcp_port = 0;
   // Unix domain socket path; empty for none. Replaced if it exists.
   std::string unix_path;
   // The Unix socket file's mode and group, set before it listens, and the
@@ -73,6 +77,12 @@ class DataLaneServer {
 
   int tcp_port() const;                  // 0 without a TCP lane
   const std::string& unix_path() const;  // empty without a Unix lane
+
+  // The port the server's gRPC listens on over TCP, which the lane names
+  // to clients that ask whose lane it is (lane_protocol.h, Identity); 0
+  // (the start) while unknown or none. Set once gRPC listens, before the
+  // server says it is ready.
+  void set_grpc_port(int port);
 
   // Stops accepting, closes idle connections, lets requests under way
   // finish for up to `grace`, then cuts the rest and waits for every

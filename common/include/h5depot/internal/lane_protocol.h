@@ -31,6 +31,16 @@
 //   RELEASE (kFeatureDescriptors only)
 //        client: RequestHeader (`size`: a generation), image id
 //        server: nothing
+//   PIN  (kFeaturePin only)
+//        client: RequestHeader (generation: 0 for the current one), image id
+//        server: Response (the info of the generation pinned, or why not)
+//        The connection then holds that generation, as a gRPC reader's
+//        pin does: READs of it on any connection find it, however often
+//        the image is replaced, until the client sends UNPIN for it or the
+//        connection closes. At most kMaxPinsPerConnection at once.
+//   UNPIN (kFeaturePin only)
+//        client: RequestHeader (generation: one the connection pinned),
+//        image id; server: nothing (a generation not pinned is ignored)
 //
 // Descriptors ride as SCM_RIGHTS on the message's first bytes, on a Unix
 // socket only. Each descriptor a GET hands out is a lease on that
@@ -43,6 +53,13 @@
 //
 // A hello also offers features (kFeature* bits); the server's hello answers
 // with those of the client's it takes up, and only those are used.
+//
+// The lane's address: a client learns it from GetLimits, or, on the
+// server's host, finds it without asking (docs/ARCHITECTURE.md, "First
+// contact"): beside a Unix socket PATH at PATH.data, beside a TCP port P
+// given to --listen at P + 1. It then offers kFeatureIdentity, and trusts
+// the lane only if the Identity that follows the server's hello names the
+// gRPC port it was given.
 #ifndef H5DEPOT_COMMON_LANE_PROTOCOL_H_
 #define H5DEPOT_COMMON_LANE_PROTOCOL_H_
 
@@ -85,6 +102,26 @@ inline constexpr uint16_t kFeatureDescriptors = 4;
 // them agrees. Without it (a server from before READ), ranged reads go
 // over gRPC.
 inline constexpr uint16_t kFeatureRead = 8;
+// A client that asks whose lane it reached offers this; a server agrees
+// and sends an Identity right after its hello, or, if the token was
+// agreed, right after it read the token.
+inline constexpr uint16_t kFeatureIdentity = 16;
+// A client that may pin generations (PIN, UNPIN) offers this; a server
+// that serves them agrees.
+inline constexpr uint16_t kFeaturePin = 32;
+
+// Generations one connection may hold pinned at once; one more PIN is
+// refused (RESOURCE_EXHAUSTED), the connection stays usable.
+inline constexpr size_t kMaxPinsPerConnection = 64;
+
+// Who answers on a lane: the server's gRPC TCP port, 0 if it has none;
+// and whether it admits the connection's caller (the token it sent, or
+// none) as a GetLimits call from it would be.
+struct Identity {
+  uint16_t grpc_port = 0;
+  bool admitted = false;
+};
+inline constexpr size_t kIdentityBytes = 4;
 
 // A PUT of at most this many bytes sends them right behind its header; a
 // larger one waits for the server's Continue first, so that a push bound to
@@ -100,6 +137,8 @@ enum class Op : uint8_t {
   kRead = 3,
   kPutSealed = 4,
   kRelease = 5,
+  kPin = 6,
+  kUnpin = 7,
 };
 
 struct RequestHeader {
@@ -114,7 +153,7 @@ struct RequestHeader {
   // GET, with accepts_descriptor: only the descriptor; an image that
   // cannot be handed over so is refused (FAILED_PRECONDITION), no bytes.
   bool descriptor_only = false;
-  uint64_t generation = 0;  // READ; 0: the current one
+  uint64_t generation = 0;  // READ, PIN (0: the current one), UNPIN
   uint64_t offset = 0;      // READ: of `size` bytes
   // The CPU the client waits on for the answer, if kFeatureClientCpu was
   // agreed; never sent otherwise.
@@ -148,6 +187,12 @@ absl::Status DecodeHello(const uint8_t in[kHelloBytes],
                          uint16_t* features = nullptr);
 
 // The header of a token `token_bytes` long (1 to kMaxTokenBytes).
+void EncodeIdentity(const Identity& identity, uint8_t out[kIdentityBytes]);
+// Always succeeds: every value is an identity (the reserved bits are
+// ignored); returns a status only to keep the decoders alike.
+absl::Status DecodeIdentity(const uint8_t in[kIdentityBytes],
+                            Identity* identity);
+
 void EncodeTokenHeader(uint16_t token_bytes, uint8_t out[kTokenHeaderBytes]);
 // INVALID_ARGUMENT for a length of 0 or over kMaxTokenBytes.
 absl::Status DecodeTokenHeader(const uint8_t in[kTokenHeaderBytes],
@@ -155,8 +200,8 @@ absl::Status DecodeTokenHeader(const uint8_t in[kTokenHeaderBytes],
 
 void EncodeRequestHeader(const RequestHeader& header,
                          uint8_t out[kRequestHeaderBytes]);
-// INVALID_ARGUMENT for an unknown op or flags, or a READ with fields it
-// does not have.
+// INVALID_ARGUMENT for an unknown op or flags, a READ with fields it does
+// not have, or a PIN or UNPIN with any besides its generation.
 absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
                                  RequestHeader* header);
 

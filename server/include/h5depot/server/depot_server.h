@@ -37,10 +37,12 @@ struct ServerOptions {
   uint64_t send_chunk_bytes = uint64_t{1} << 20;
   // The data lane (docs/ARCHITECTURE.md): push and fetch on plain sockets
   // beside the gRPC listeners, much faster for image bytes; clients find it
-  // through GetLimits and fall back to gRPC without it. Over TCP on the
-  // listen address's host at data_lane_port (0: any free port), and at
-  // unix_socket_path + ".data" beside a Unix socket (unless that path is
-  // too long for a socket address; Unix clients then use gRPC).
+  // through GetLimits (or, on this host, at these addresses without asking)
+  // and fall back to gRPC without it. Over TCP on the listen address's host
+  // at data_lane_port (0: the port after the listen address's if that is
+  // given and free, else any free port), and at unix_socket_path + ".data"
+  // beside a Unix socket (unless that path is too long for a socket
+  // address; Unix clients then use gRPC).
   bool data_lane = true;
   int data_lane_port = 0;
   // Serve a data lane client on this host (Unix socket or TCP loopback) its
