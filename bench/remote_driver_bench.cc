@@ -13,7 +13,8 @@
 //   read /big at once    one H5Dread of all 256 MiB, file already open
 //   read /big by 1 MiB   sequential 1 MiB hyperslab reads of /big
 // Requests are the remote driver's own count (plus one for the connection's
-// GetLimits call on the first open) and, for ROS3, the lines the HTTP
+// first contact on the first open: a lane hello on the server's host, a
+// GetLimits call elsewhere) and, for ROS3, the lines the HTTP
 // server logged; bytes are payload bytes (image bytes received, or HTTP
 // body bytes sent).
 #include <algorithm>
@@ -168,7 +169,7 @@ Sample OpenAndReadSmall(const Driver& driver) {
   sample.requests = after.requests - before.requests;
   sample.bytes = after.bytes - before.bytes;
   if (std::string(driver.name) == "remote" && !g_connected) {
-    ++sample.requests;  // the connection's GetLimits call
+    ++sample.requests;  // the connection's first contact
     g_connected = true;
   }
   H5Pclose(fapl);

@@ -52,6 +52,25 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# A free port whose next port is free too: h5depotd's gRPC port, its data
+# lane then listening on the next one, as in deploy/ (where clients on the
+# server's host find the lane without asking).
+free_port_pair() {
+  python3 -c '
+import socket
+while True:
+    first = socket.socket(); first.bind(("127.0.0.1", 0))
+    port = first.getsockname()[1]
+    if port >= 65535: continue
+    second = socket.socket()
+    try:
+        second.bind(("127.0.0.1", port + 1))
+    except OSError:
+        continue
+    print(port)
+    break'
+}
+
 # nginx: serve $work/www on 127.0.0.1, logging one line per request ending
 # in the body bytes sent, in the foreground with unprivileged paths.
 http_port=$(free_port)
@@ -81,7 +100,8 @@ CONF
 "$nginx" -p "$work/nginx" -c "$work/nginx/nginx.conf" &
 nginx_pid=$!
 
-# h5depotd on a free loopback port; it prints its address once ready.
+# h5depotd on a free loopback port (its lane on the next one, as deployed);
+# it prints its address once ready.
 # H5DEPOTD_FLAGS: more flags for it (--nodata-lane: the driver's reads over
 # gRPC, as against a server without a lane).
 # H5DEPOT_VIA=unix: the driver reaches it over a Unix socket instead, as a
@@ -90,8 +110,9 @@ nginx_pid=$!
 via=${H5DEPOT_VIA:-tcp}
 unix_flag=""
 [ "$via" = unix ] && unix_flag="--unix=$work/h5depotd.sock"
+depot_port=$(free_port_pair)
 # shellcheck disable=SC2086
-"$build/server/h5depotd" --listen=127.0.0.1:0 $unix_flag ${H5DEPOTD_FLAGS:-} > "$work/h5depotd.out" &
+"$build/server/h5depotd" --listen=127.0.0.1:"$depot_port" $unix_flag ${H5DEPOTD_FLAGS:-} > "$work/h5depotd.out" &
 depot_pid=$!
 target=""
 for _ in $(seq 1 100); do
