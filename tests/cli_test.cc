@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -455,6 +456,87 @@ TEST_F(CliTest, FailedGetKeepsAnExistingFileUnchanged) {
   auto kept = ReadFile(dir_->File("keep.h5"));
   ASSERT_TRUE(kept.ok());
   EXPECT_EQ(*kept, "old contents");
+}
+
+// A get whose writes fail part way (here: a file size limit, with SIGXFSZ
+// ignored so that a write fails with EFBIG instead of killing the CLI)
+// leaves the old file and no temporary one.
+TEST_F(CliTest, AGetCutOffPartWayLeavesTheOldFileAndNoTemporaryOne) {
+  Put("cut", MakeHdf5Image(8 << 20, 21));
+  ASSERT_TRUE(WriteFile(dir_->File("keep.h5"), "old contents").ok());
+  CommandResult get = RunBare(
+      {"/bin/sh", "-c",
+       "trap '' XFSZ; exec prlimit --fsize=1048576 \"$0\" --server \"$1\" "
+       "get cut -o \"$2\"",
+       H5depotCliPath(), server_->target(), dir_->File("keep.h5")});
+  EXPECT_NE(get.exit_code, 0);
+  EXPECT_NE(get.stderr_text.find("too large"), std::string::npos)
+      << get.stderr_text;
+  auto kept = ReadFile(dir_->File("keep.h5"));
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(*kept, "old contents");
+  EXPECT_EQ(Entries(dir_->path()), std::vector<std::string>{"keep.h5"});
+}
+
+// The peak resident set, in KiB, that tools/peak_rss reported on the last
+// line of `stderr_text`; -1 if it did not.
+int64_t PeakRssKib(const std::string& stderr_text) {
+  const size_t at = stderr_text.rfind("peak_rss_kib ");
+  if (at == std::string::npos) return -1;
+  return std::strtoll(stderr_text.c_str() + at + 13, nullptr, 10);
+}
+
+// The CLI holds a piece of an image at a time, however large, over the
+// data lane and over gRPC: a put from a file and a get into a file or
+// through a pipe each peak at a small fraction of a 256 MiB image, and the
+// bytes arrive whole.
+TEST_F(CliTest, LargeImagesPassThroughASmallPieceOfMemory) {
+  const std::string image = MakeImageFile("large.h5", 256 << 20, 22);
+  const int64_t half_the_image_kib = static_cast<int64_t>(image.size()) / 2048;
+  const std::string cli = H5depotCliPath();
+  ServerProcessOptions grpc_only;
+  grpc_only.extra_flags = {"--nodata-lane"};
+  auto without_lane = ServerProcess::Start(grpc_only);
+  ASSERT_TRUE(without_lane.ok()) << without_lane.status();
+  // Under AddressSanitizer a process keeps up to 256 MiB of what it freed
+  // (its quarantine), which gRPC's chunks fill: the CLI runs with a small
+  // one, so that its peak is what it holds. (Nothing to plain builds.)
+  CommandOptions measured;
+  const char* sanitizer_options = std::getenv("ASAN_OPTIONS");
+  measured.env["ASAN_OPTIONS"] = absl::StrCat(
+      sanitizer_options == nullptr ? "" : sanitizer_options,
+      sanitizer_options == nullptr || *sanitizer_options == '\0' ? "" : ":",
+      "quarantine_size_mb=8");
+
+  for (const std::string& target :
+       {server_->target(), (*without_lane)->target()}) {
+    SCOPED_TRACE(target == server_->target() ? "lane" : "gRPC");
+    CommandResult put = RunBare({PEAK_RSS_PATH, cli, "--server", target, "put",
+                                 dir_->File("large.h5"), "--id", "large"},
+                                measured);
+    ASSERT_EQ(put.exit_code, 0) << put.stderr_text;
+    EXPECT_GT(PeakRssKib(put.stderr_text), 0) << put.stderr_text;
+    EXPECT_LT(PeakRssKib(put.stderr_text), half_the_image_kib);
+
+    CommandResult get = RunBare({PEAK_RSS_PATH, cli, "--server", target, "get",
+                                 "large", "-o", dir_->File("copy.h5")},
+                                measured);
+    ASSERT_EQ(get.exit_code, 0) << get.stderr_text;
+    EXPECT_GT(PeakRssKib(get.stderr_text), 0) << get.stderr_text;
+    EXPECT_LT(PeakRssKib(get.stderr_text), half_the_image_kib);
+    auto copy = ReadFile(dir_->File("copy.h5"));
+    ASSERT_TRUE(copy.ok());
+    EXPECT_TRUE(*copy == image);
+
+    CommandResult piped =
+        RunBare({PEAK_RSS_PATH, "/bin/sh", "-c",
+                 "\"$0\" --server \"$1\" get large | wc -c", cli, target},
+                measured);
+    ASSERT_EQ(piped.exit_code, 0) << piped.stderr_text;
+    EXPECT_EQ(piped.stdout_text, absl::StrCat(image.size(), "\n"));
+    EXPECT_GT(PeakRssKib(piped.stderr_text), 0) << piped.stderr_text;
+    EXPECT_LT(PeakRssKib(piped.stderr_text), half_the_image_kib);
+  }
 }
 
 // Writing to a path that is not a regular file writes into what is there,

@@ -403,21 +403,29 @@ int RunGet(const Invocation& call) {
 
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
   if (!client.ok()) return Fail(call.command, client.status());
-  absl::StatusOr<FetchedImage> image;
+  // The bytes are written as they arrive, so that the CLI holds a piece of
+  // the image at a time, whatever its size. A file is renamed into place
+  // only once all of it arrived intact (an OutputFile destroyed uncommitted
+  // leaves the old one); what went to stdout cannot be taken back, so a
+  // failure there is only said, with the exit status.
+  const ImageSink sink = [&](const void* data, size_t size) {
+    return to_stdout
+               ? WriteAll(STDOUT_FILENO, data, size, "cannot write to stdout")
+               : file->Write(data, size);
+  };
+  absl::StatusOr<ImageInfo> image;
   {
     ProgressBar bar(absl::StrCat("get ", id));
     options.progress = bar.Callback();
-    image = (*client)->Fetch(id, options);
+    image = (*client)->FetchTo(id, sink, options);
   }
-  if (!image.ok()) {
-    return Fail(call.command, image.status());
-  }
-  const absl::Status written =
-      to_stdout ? WriteAll(STDOUT_FILENO, image->buffer.data(),
-                           image->buffer.size(), "cannot write to stdout")
-                : file->Write(image->buffer.data(), image->buffer.size());
-  absl::Status done = written.ok() && file ? file->Commit() : written;
+  absl::Status done = image.status();
+  if (done.ok() && file) done = file->Commit();
   if (!done.ok()) {
+    if (to_stdout && absl::IsDataLoss(done)) {
+      done = absl::DataLossError(absl::StrCat(
+          done.message(), "; the bytes written to stdout are not the image"));
+    }
     return Fail(call.command, done);
   }
   return kExitOk;

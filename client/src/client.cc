@@ -5,6 +5,7 @@
 // between them.
 #include "h5depot/client.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +18,7 @@
 #include "client/src/server_target_internal.h"
 #include "client/src/tls_source_internal.h"
 #include "client/src/token_source_internal.h"
+#include "h5depot/internal/checksum.h"
 #include "h5depot/internal/image_id.h"
 #include "h5depot/internal/memfd.h"
 #include "h5depot/rpc/grpc_runtime.h"
@@ -64,6 +66,9 @@ uint16_t GrpcPortOf(const std::string& target) {
   }
   return parsed->hosts.front().port;
 }
+
+// How much of a pushed file is hashed before its pages are let go.
+constexpr size_t kFileHashPieceBytes = size_t{4} << 20;
 
 // Connects one process to the server at `target`.
 absl::StatusOr<std::unique_ptr<internal::Transports>> ConnectTransports(
@@ -186,22 +191,10 @@ const std::string& Client::target() const { return impl_->target; }
 absl::StatusOr<ImageInfo> Client::Push(std::string_view image_id,
                                        const void* data, size_t size,
                                        const PushOptions& options) {
-  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
-    return Annotated<ImageInfo>(status, "push", image_id);
-  }
-  if (data == nullptr && size > 0) {
-    return Annotated<ImageInfo>(absl::InvalidArgumentError("no data"), "push",
-                                image_id);
-  }
-  absl::StatusOr<internal::Transports*> transports = impl_->transports();
-  if (!transports.ok()) {
-    return Annotated<ImageInfo>(transports.status(), "push", image_id);
-  }
-  return Annotated(
-      (*transports)
-          ->images->Push(image_id, static_cast<const uint8_t*>(data), size,
-                         options, impl_->Deadline().Whole(size)),
-      "push", image_id);
+  internal::PushBytes bytes;
+  bytes.data = static_cast<const uint8_t*>(data);
+  bytes.size = size;
+  return PushBytesAs(image_id, bytes, options);
 }
 
 absl::StatusOr<ImageInfo> Client::PushFile(std::string_view image_id,
@@ -209,7 +202,51 @@ absl::StatusOr<ImageInfo> Client::PushFile(std::string_view image_id,
                                            const PushOptions& options) {
   absl::StatusOr<internal::MappedFile> file = internal::MappedFile::Open(path);
   if (!file.ok()) return Annotated<ImageInfo>(file.status(), "push", image_id);
-  return Push(image_id, file->data(), file->size(), options);
+  // What has been hashed or sent is not needed again (until a retry reads
+  // it from the file anew): the process holds about a piece of the file at
+  // a time, however large it is.
+  internal::PushBytes bytes;
+  bytes.data = static_cast<const uint8_t*>(file->data());
+  bytes.size = file->size();
+  bytes.checksum = [&file] {
+    internal::StreamingChecksum checksum(file->size());
+    const auto* data = static_cast<const uint8_t*>(file->data());
+    for (size_t done = 0; done < file->size();) {
+      const size_t n = std::min(kFileHashPieceBytes, file->size() - done);
+      checksum.Update(data + done, n);
+      file->Release(done, done + n);
+      done += n;
+    }
+    return checksum.Digest();
+  };
+  PushOptions releasing = options;
+  size_t released = 0;
+  releasing.progress = [&](uint64_t sent, uint64_t total) {
+    file->Release(released, static_cast<size_t>(sent));
+    released = static_cast<size_t>(sent);
+    if (options.progress) options.progress(sent, total);
+  };
+  return PushBytesAs(image_id, bytes, releasing);
+}
+
+absl::StatusOr<ImageInfo> Client::PushBytesAs(std::string_view image_id,
+                                              const internal::PushBytes& bytes,
+                                              const PushOptions& options) {
+  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
+    return Annotated<ImageInfo>(status, "push", image_id);
+  }
+  if (bytes.data == nullptr && bytes.size > 0) {
+    return Annotated<ImageInfo>(absl::InvalidArgumentError("no data"), "push",
+                                image_id);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) {
+    return Annotated<ImageInfo>(transports.status(), "push", image_id);
+  }
+  return Annotated((*transports)
+                       ->images->Push(image_id, bytes, options,
+                                      impl_->Deadline().Whole(bytes.size)),
+                   "push", image_id);
 }
 
 absl::StatusOr<ImageInfo> Client::PushMemfd(std::string_view image_id,
@@ -242,6 +279,28 @@ absl::StatusOr<ImageInfo> Client::PushMemfd(std::string_view image_id,
     return Annotated<ImageInfo>(mapping.status(), "push", image_id);
   }
   return Push(image_id, mapping->data(), size, options);
+}
+
+absl::StatusOr<ImageInfo> Client::FetchTo(std::string_view image_id,
+                                          const ImageSink& sink,
+                                          const FetchOptions& options) {
+  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
+    return Annotated<ImageInfo>(status, "fetch", image_id);
+  }
+  if (options.only_if_mapped) {
+    return Annotated<ImageInfo>(
+        absl::InvalidArgumentError(
+            "a streamed fetch hands over bytes, never a mapping"),
+        "fetch", image_id);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) {
+    return Annotated<ImageInfo>(transports.status(), "fetch", image_id);
+  }
+  return Annotated((*transports)
+                       ->images->FetchTo(image_id, options,
+                                         impl_->Deadline(options.wait), sink),
+                   "fetch", image_id);
 }
 
 absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,

@@ -256,11 +256,11 @@ class RawCall {
 };
 
 // Receives `expected` bytes of chunk messages (of type Response) from
-// `call` into `out`.
-template <typename Response>
-absl::Status ReceiveRawChunks(RawCall* call, uint8_t* out, uint64_t expected,
-                              const ProgressCallback& progress,
-                              StreamingChecksum* checksum) {
+// `call`, handing each piece to `take` in order (straight from gRPC's
+// slices); an error from `take` stops it and is returned.
+template <typename Response, typename Take>
+absl::Status ReceiveRawChunks(RawCall* call, uint64_t expected,
+                              const ProgressCallback& progress, Take take) {
   uint64_t received = 0;
   grpc::ByteBuffer message;
   ChunkPayload chunk;
@@ -270,31 +270,47 @@ absl::Status ReceiveRawChunks(RawCall* call, uint8_t* out, uint64_t expected,
           "the stream ended after ", received, " of ", expected, " bytes"));
     }
     const uint64_t left = expected - received;
-    auto take = [&](const uint8_t* data, size_t size) {
-      std::memcpy(out + received, data, size);
-      if (checksum != nullptr) checksum->Update(out + received, size);
+    absl::Status taken;
+    auto take_piece = [&](const uint8_t* data, size_t size) {
+      taken = take(data, size);
       received += size;
+      return taken.ok();
     };
     if (chunk.Parse(message)) {
       if (chunk.size() > left) {
         return absl::InternalError("the server sent more bytes than announced");
       }
-      chunk.ForEachPiece([&](const uint8_t* data, size_t size) {
-        take(data, size);
-        return true;
-      });
+      chunk.ForEachPiece(take_piece);
     } else {
       Response response;
       if (!ParseMessage(message, &response) || !response.has_chunk() ||
           response.chunk().size() > left) {
         return absl::InternalError("the server sent an unexpected message");
       }
-      take(reinterpret_cast<const uint8_t*>(response.chunk().data()),
-           response.chunk().size());
+      take_piece(reinterpret_cast<const uint8_t*>(response.chunk().data()),
+                 response.chunk().size());
     }
+    if (!taken.ok()) return taken;
     if (progress) progress(received, expected);
   }
   return absl::OkStatus();
+}
+
+// ReceiveRawChunks into `out`, checksumming as it goes if `checksum` is
+// given.
+template <typename Response>
+absl::Status ReceiveRawChunksInto(RawCall* call, uint8_t* out,
+                                  uint64_t expected,
+                                  const ProgressCallback& progress,
+                                  StreamingChecksum* checksum) {
+  return ReceiveRawChunks<Response>(call, expected, progress,
+                                    [&](const uint8_t* data, size_t size) {
+                                      std::memcpy(out, data, size);
+                                      if (checksum != nullptr)
+                                        checksum->Update(out, size);
+                                      out += size;
+                                      return absl::OkStatus();
+                                    });
 }
 
 // Reads the first message of a streamed response, which must carry the
@@ -564,9 +580,11 @@ void GrpcTransport::ReconnectIfDown(grpc::Channel& channel,
 }
 
 absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
-                                              const uint8_t* data, size_t size,
+                                              const PushBytes& bytes,
                                               const PushOptions& options,
                                               absl::Time deadline) {
+  const uint8_t* const data = bytes.data;
+  const size_t size = bytes.size;
   const GrpcUse grpc_use;
   // Chunks are copies in gRPC's own slices, not references to the caller's
   // bytes: a call cut short by its deadline may still have a write of them
@@ -584,7 +602,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
   v1::PushHeader* header = request.mutable_header();
   header->set_image_id(std::string(image_id));
   header->set_size(size);
-  header->set_checksum(Checksum(data, size));
+  header->set_checksum(bytes.Checksum());
   if (options.if_generation_match.has_value()) {
     header->set_if_generation_match(*options.if_generation_match);
   }
@@ -626,6 +644,54 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
   return ToImageInfo(response.info());
 }
 
+namespace {
+
+// Sends a Fetch request on `call` and receives the image's info (a
+// refusal: the call's status), moving the call's deadline to cover the
+// image's bytes.
+absl::StatusOr<ImageInfo> StartFetch(RawCall& call, std::string_view image_id,
+                                     const FetchOptions& options,
+                                     const CallDeadline& deadline) {
+  call.set_deadline(deadline.reply);
+  v1::FetchRequest request;
+  request.set_image_id(std::string(image_id));
+  request.set_wait_timeout_ms(ToMillis(options.wait));
+  call.WriteLast(SerializeMessage(request));
+  absl::StatusOr<ImageInfo> info = ReceiveInfo<v1::FetchResponse>(&call);
+  if (info.ok()) call.set_deadline(deadline.Whole(info->size));
+  return info;
+}
+
+}  // namespace
+
+absl::StatusOr<ImageInfo> GrpcTransport::FetchTo(std::string_view image_id,
+                                                 const FetchOptions& options,
+                                                 const CallDeadline& deadline,
+                                                 const ImageSink& sink) {
+  const GrpcUse grpc_use;
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline.reply);
+  if (!stubs.ok()) return stubs.status();
+  RawCall call((*stubs)->generic.get(), "/h5depot.v1.Depot/Fetch");
+  absl::StatusOr<ImageInfo> info =
+      StartFetch(call, image_id, options, deadline);
+  if (!info.ok()) return info.status();
+  StreamingChecksum checksum(info->size);
+  absl::Status status =
+      FinishReceiving(&call, ReceiveRawChunks<v1::FetchResponse>(
+                                 &call, info->size, options.progress,
+                                 [&](const uint8_t* data, size_t size) {
+                                   checksum.Update(data, size);
+                                   return sink(data, size);
+                                 }));
+  if (!status.ok()) return status;
+  if (absl::Status intact =
+          CheckReceivedChecksum(checksum.Digest(), info->checksum);
+      !intact.ok()) {
+    return intact;
+  }
+  return info;
+}
+
 absl::StatusOr<FetchedImage> GrpcTransport::Fetch(
     std::string_view image_id, const FetchOptions& options,
     const CallDeadline& deadline) {
@@ -633,17 +699,11 @@ absl::StatusOr<FetchedImage> GrpcTransport::Fetch(
   absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline.reply);
   if (!stubs.ok()) return stubs.status();
   RawCall call((*stubs)->generic.get(), "/h5depot.v1.Depot/Fetch");
-  call.set_deadline(deadline.reply);
-  v1::FetchRequest request;
-  request.set_image_id(std::string(image_id));
-  request.set_wait_timeout_ms(ToMillis(options.wait));
-  call.WriteLast(SerializeMessage(request));
-
-  absl::StatusOr<ImageInfo> info = ReceiveInfo<v1::FetchResponse>(&call);
+  absl::StatusOr<ImageInfo> info =
+      StartFetch(call, image_id, options, deadline);
   if (!info.ok()) return info.status();
   FetchedImage fetched;
   fetched.info = *std::move(info);
-  call.set_deadline(deadline.Whole(fetched.info.size));
   absl::StatusOr<ImageBuffer> buffer = ImageBuffer::Allocate(fetched.info.size);
   if (!buffer.ok()) {
     call.Cancel();
@@ -654,7 +714,7 @@ absl::StatusOr<FetchedImage> GrpcTransport::Fetch(
   AdviseHugePages(fetched.buffer.data(), fetched.buffer.size());
   StreamingChecksum checksum(fetched.info.size);
   absl::Status status = FinishReceiving(
-      &call, ReceiveRawChunks<v1::FetchResponse>(
+      &call, ReceiveRawChunksInto<v1::FetchResponse>(
                  &call, static_cast<uint8_t*>(fetched.buffer.data()),
                  fetched.info.size, options.progress, &checksum));
   if (!status.ok()) return status;
@@ -690,10 +750,10 @@ absl::StatusOr<ReadResult> GrpcTransport::Read(std::string_view image_id,
       offset >= result.info.size
           ? 0
           : std::min<uint64_t>(length, result.info.size - offset);
-  absl::Status status = FinishReceiving(
-      &call,
-      ReceiveRawChunks<v1::ReadResponse>(&call, static_cast<uint8_t*>(out),
-                                         result.bytes_read, nullptr, nullptr));
+  absl::Status status =
+      FinishReceiving(&call, ReceiveRawChunksInto<v1::ReadResponse>(
+                                 &call, static_cast<uint8_t*>(out),
+                                 result.bytes_read, nullptr, nullptr));
   if (!status.ok()) return status;
   return result;
 }

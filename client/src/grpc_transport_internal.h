@@ -54,12 +54,17 @@ class GrpcTransport final : public ImageTransport,
   // The limits the server gave when Connect asked (empty after Open).
   const ServerLimits& limits_at_connect() const { return limits_at_connect_; }
 
-  absl::StatusOr<ImageInfo> Push(std::string_view image_id, const uint8_t* data,
-                                 size_t size, const PushOptions& options,
+  absl::StatusOr<ImageInfo> Push(std::string_view image_id,
+                                 const PushBytes& bytes,
+                                 const PushOptions& options,
                                  absl::Time deadline) override;
   absl::StatusOr<FetchedImage> Fetch(std::string_view image_id,
                                      const FetchOptions& options,
                                      const CallDeadline& deadline) override;
+  absl::StatusOr<ImageInfo> FetchTo(std::string_view image_id,
+                                    const FetchOptions& options,
+                                    const CallDeadline& deadline,
+                                    const ImageSink& sink) override;
   absl::StatusOr<ReadResult> Read(std::string_view image_id,
                                   uint64_t generation, uint64_t offset,
                                   void* out, size_t length,

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/src/image_transport_internal.h"
+#include "h5depot/internal/checksum.h"
 
 namespace h5depot::internal {
 
@@ -33,6 +34,10 @@ absl::StatusOr<std::unique_ptr<ImageReader>> ImageTransport::OpenPinnedReader(
   static_cast<void>(read_timeout);
   static_cast<void>(reads);
   return absl::UnimplementedError("this transport pins no readers");
+}
+
+uint64_t PushBytes::Checksum() const {
+  return checksum ? checksum() : internal::Checksum(data, size);
 }
 
 PinnedGenerationReader::PinnedGenerationReader(

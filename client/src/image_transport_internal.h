@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string_view>
 
@@ -44,6 +45,18 @@ struct CallDeadline {
   absl::Time base = absl::InfiniteFuture();
 };
 
+// The bytes of a push: `size` at `data`, borrowed until the call returns.
+// A transport that must know their checksum before it sends them (gRPC's
+// push header carries it) asks Checksum(): `checksum` if set (a mapped file
+// that lets go of its pages as it hashes them), else a hash of them.
+struct PushBytes {
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+  std::function<uint64_t()> checksum;
+
+  uint64_t Checksum() const;
+};
+
 // Push, fetch and ranged reads, each ending by `deadline` (InfiniteFuture:
 // none). Client has validated the image id and the arguments; errors carry
 // the codes of client.h and no operation prefix (Client adds it).
@@ -52,9 +65,9 @@ class ImageTransport {
  public:
   virtual ~ImageTransport() = default;
 
-  // Sends `size` bytes at `data`, borrowed until the call returns.
+  // Sends `bytes`.
   virtual absl::StatusOr<ImageInfo> Push(std::string_view image_id,
-                                         const uint8_t* data, size_t size,
+                                         const PushBytes& bytes,
                                          const PushOptions& options,
                                          absl::Time deadline) = 0;
 
@@ -64,6 +77,14 @@ class ImageTransport {
                                              const FetchOptions& options,
                                              const CallDeadline& deadline) = 0;
 
+  // Fetch, handing the bytes to `sink` as they arrive through a bounded
+  // buffer (Client::FetchTo), verified as they pass: DATA_LOSS after the
+  // last piece if they do not match. Not retried once a byte went to
+  // `sink`; an error from `sink` ends the call and is returned.
+  virtual absl::StatusOr<ImageInfo> FetchTo(std::string_view image_id,
+                                            const FetchOptions& options,
+                                            const CallDeadline& deadline,
+                                            const ImageSink& sink) = 0;
   // Pushes the image in the first `size` bytes of `memfd`, sealed against
   // every change (kSealsFromClient), by handing the server the descriptor.
   // UNIMPLEMENTED, with nothing sent, where descriptors cannot pass (not

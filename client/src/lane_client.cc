@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <optional>
 #include <system_error>
 #include <thread>
@@ -465,10 +466,36 @@ absl::StatusOr<FetchedImage> DataLane::Fetch(
                    /*accept_descriptor=*/true, &unanswered, &take_bytes);
 }
 
+absl::StatusOr<ImageInfo> DataLane::FetchTo(
+    std::unique_ptr<Connection> connection, std::string_view image_id,
+    const FetchOptions& options, const CallDeadline& deadline,
+    const ImageSink& sink) {
+  const bool reused = connection->reused;
+  bool unanswered = false;
+  bool take_bytes = false;
+  absl::StatusOr<FetchedImage> fetched =
+      FetchOnce(std::move(connection), image_id, options, deadline,
+                /*accept_descriptor=*/false, &unanswered, &take_bytes, &sink);
+  // Nothing went to `sink` before an answer came.
+  if (!fetched.ok() &&
+      RetryOnNewConnection(fetched.status(), unanswered, reused)) {
+    absl::StatusOr<std::unique_ptr<Connection>> fresh =
+        ConnectNew(deadline.reply);
+    if (fresh.ok()) {
+      fetched = FetchOnce(*std::move(fresh), image_id, options, deadline,
+                          /*accept_descriptor=*/false, &unanswered, &take_bytes,
+                          &sink);
+    }
+  }
+  if (!fetched.ok()) return fetched.status();
+  return std::move(fetched->info);
+}
+
 absl::StatusOr<FetchedImage> DataLane::FetchOnce(
     std::unique_ptr<Connection> connection, std::string_view image_id,
     const FetchOptions& options, const CallDeadline& deadline,
-    bool accept_descriptor, bool* unanswered, bool* take_bytes) {
+    bool accept_descriptor, bool* unanswered, bool* take_bytes,
+    const ImageSink* sink) {
   *unanswered = false;
   *take_bytes = false;
   if (absl::Status status = CheckFramable(image_id); !status.ok()) {
@@ -518,24 +545,40 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
   }
   FetchedImage fetched;
   fetched.info = ToImageInfo(*response, image_id);
-  // Without a buffer the bytes on their way cannot be read past cheaply:
-  // the connection is dropped with them.
-  absl::StatusOr<ImageBuffer> buffer = ImageBuffer::Allocate(fetched.info.size);
-  if (!buffer.ok()) return buffer.status();
-  fetched.buffer = *std::move(buffer);
-  AdviseHugePages(fetched.buffer.data(), fetched.buffer.size());
-  auto* out = static_cast<uint8_t*>(fetched.buffer.data());
+  // The bytes go into a buffer of the image's size, or through one of a
+  // piece's to `sink`. Without a buffer the bytes on their way cannot be
+  // read past cheaply: the connection is dropped with them, as it is when
+  // `sink` fails.
+  std::unique_ptr<uint8_t[]> piece;
+  uint8_t* out = nullptr;
+  if (sink != nullptr) {
+    piece.reset(new (std::nothrow) uint8_t[static_cast<size_t>(
+        std::min<uint64_t>(kPieceBytes, fetched.info.size))]);
+    if (piece == nullptr) {
+      return absl::ResourceExhaustedError("no memory for a piece of the image");
+    }
+  } else {
+    absl::StatusOr<ImageBuffer> buffer =
+        ImageBuffer::Allocate(fetched.info.size);
+    if (!buffer.ok()) return buffer.status();
+    fetched.buffer = *std::move(buffer);
+    AdviseHugePages(fetched.buffer.data(), fetched.buffer.size());
+    out = static_cast<uint8_t*>(fetched.buffer.data());
+  }
   const absl::Time bytes_deadline = deadline.Whole(fetched.info.size);
   StreamingChecksum checksum(fetched.info.size);
   for (uint64_t received = 0; received < fetched.info.size;) {
     const size_t n = static_cast<size_t>(
         std::min<uint64_t>(kPieceBytes, fetched.info.size - received));
-    if (absl::Status status =
-            connection->reader().Read(out + received, n, bytes_deadline);
+    uint8_t* const at = sink != nullptr ? piece.get() : out + received;
+    if (absl::Status status = connection->reader().Read(at, n, bytes_deadline);
         !status.ok()) {
       return status;
     }
-    checksum.Update(out + received, n);
+    checksum.Update(at, n);
+    if (sink != nullptr) {
+      if (absl::Status taken = (*sink)(at, n); !taken.ok()) return taken;
+    }
     received += n;
     if (options.progress) options.progress(received, fetched.info.size);
   }

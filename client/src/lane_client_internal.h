@@ -163,6 +163,13 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
                                      std::string_view image_id,
                                      const FetchOptions& options,
                                      const CallDeadline& deadline);
+  // Fetch as bytes handed to `sink` a piece at a time (ImageTransport's
+  // FetchTo), never as a descriptor.
+  absl::StatusOr<ImageInfo> FetchTo(std::unique_ptr<Connection> connection,
+                                    std::string_view image_id,
+                                    const FetchOptions& options,
+                                    const CallDeadline& deadline,
+                                    const ImageSink& sink);
   // Reads up to `length` bytes at `offset` of `generation` (0: current) of
   // `image_id` into `out`, clamped at the end of the image, by `deadline`.
   // Only on a connection whose server agreed to READ (`reads`). Refusals
@@ -231,12 +238,15 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
                                      absl::Time deadline, bool* unanswered);
   // `*take_bytes`, if the answer came as a descriptor that could not be
   // used (lost for want of descriptors, say): ask again for the bytes.
+  // With `sink`, the bytes go to it (FetchTo) and the result's buffer is
+  // empty.
   absl::StatusOr<FetchedImage> FetchOnce(std::unique_ptr<Connection> connection,
                                          std::string_view image_id,
                                          const FetchOptions& options,
                                          const CallDeadline& deadline,
                                          bool accept_descriptor,
-                                         bool* unanswered, bool* take_bytes);
+                                         bool* unanswered, bool* take_bytes,
+                                         const ImageSink* sink = nullptr);
   // The image of a GET answered with `response` and a descriptor: mapped,
   // under a lease that the buffer's end releases; its progress reported
   // once, whole.

@@ -83,15 +83,16 @@ LaneFallbackTransport::LaneCall LaneFallbackTransport::RelocateLane(
 }
 
 absl::StatusOr<ImageInfo> LaneFallbackTransport::Push(
-    std::string_view image_id, const uint8_t* data, size_t size,
+    std::string_view image_id, const PushBytes& bytes,
     const PushOptions& options, absl::Time deadline) {
   LaneCall call = StartLaneCall(deadline);
   if (call.connection != nullptr) {
-    return call.lane->Push(std::move(call.connection), image_id, data, size,
-                           options, deadline);
+    // The lane hashes the bytes as it sends them.
+    return call.lane->Push(std::move(call.connection), image_id, bytes.data,
+                           bytes.size, options, deadline);
   }
   if (!call.unreachable.ok()) return call.unreachable;
-  return grpc_->Push(image_id, data, size, options, deadline);
+  return grpc_->Push(image_id, bytes, options, deadline);
 }
 
 absl::StatusOr<FetchedImage> LaneFallbackTransport::Fetch(
@@ -108,6 +109,18 @@ absl::StatusOr<FetchedImage> LaneFallbackTransport::Fetch(
         "no data lane to map the image's memory over");
   }
   return grpc_->Fetch(image_id, options, deadline);
+}
+
+absl::StatusOr<ImageInfo> LaneFallbackTransport::FetchTo(
+    std::string_view image_id, const FetchOptions& options,
+    const CallDeadline& deadline, const ImageSink& sink) {
+  LaneCall call = StartLaneCall(deadline.reply);
+  if (call.connection != nullptr) {
+    return call.lane->FetchTo(std::move(call.connection), image_id, options,
+                              deadline, sink);
+  }
+  if (!call.unreachable.ok()) return call.unreachable;
+  return grpc_->FetchTo(image_id, options, deadline, sink);
 }
 
 absl::StatusOr<ImageInfo> LaneFallbackTransport::PushSealed(

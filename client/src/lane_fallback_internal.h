@@ -44,12 +44,17 @@ class LaneFallbackTransport final : public ImageTransport {
                         std::shared_ptr<DataLane> lane);
   ~LaneFallbackTransport() override;
 
-  absl::StatusOr<ImageInfo> Push(std::string_view image_id, const uint8_t* data,
-                                 size_t size, const PushOptions& options,
+  absl::StatusOr<ImageInfo> Push(std::string_view image_id,
+                                 const PushBytes& bytes,
+                                 const PushOptions& options,
                                  absl::Time deadline) override;
   absl::StatusOr<FetchedImage> Fetch(std::string_view image_id,
                                      const FetchOptions& options,
                                      const CallDeadline& deadline) override;
+  absl::StatusOr<ImageInfo> FetchTo(std::string_view image_id,
+                                    const FetchOptions& options,
+                                    const CallDeadline& deadline,
+                                    const ImageSink& sink) override;
   absl::StatusOr<ImageInfo> PushSealed(std::string_view image_id, int memfd,
                                        uint64_t size,
                                        const PushOptions& options,

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -48,6 +49,17 @@ absl::StatusOr<MappedFile> MappedFile::Open(const std::string& path) {
 MappedFile::MappedFile(MappedFile&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
       size_(std::exchange(other.size_, 0)) {}
+
+void MappedFile::Release(size_t begin, size_t end) {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  // A page partly outside the range may be dropped too: if it is still
+  // needed, it is read again.
+  begin = begin / page * page;
+  // The last page of the file is whole in the mapping.
+  end = end >= size_ ? (size_ + page - 1) / page * page : end / page * page;
+  if (data_ == nullptr || end <= begin) return;
+  madvise(static_cast<char*>(data_) + begin, end - begin, MADV_DONTNEED);
+}
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr) munmap(data_, size_);

@@ -25,6 +25,14 @@ class MappedFile {
   const void* data() const { return data_; }
   size_t size() const { return size_; }
 
+  // Drops this process's hold on the pages within [begin, end) (the page
+  // cache keeps them), and on the page `begin` lies in: a reader that moves
+  // through the file, releasing what it is done with, holds about a piece
+  // of it, whatever the file's size. Harmless for bytes still to be read:
+  // the mapping is never written, so a dropped page is read from the file
+  // again if touched.
+  void Release(size_t begin, size_t end);
+
  private:
   void* data_ = nullptr;
   size_t size_ = 0;

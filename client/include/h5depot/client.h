@@ -81,6 +81,10 @@
 
 namespace h5depot {
 
+namespace internal {
+struct PushBytes;
+}  // namespace internal
+
 // What the server knows about one stored generation of an image.
 struct ImageInfo {
   std::string image_id;
@@ -158,6 +162,11 @@ struct FetchOptions {
   // that way (another host, a small image, a server that does not share).
   bool only_if_mapped = false;
 };
+
+// Receives a streamed image's bytes (Client::FetchTo) in order, a piece at
+// a time; `data` is valid only during the call. An error ends the fetch,
+// which returns it.
+using ImageSink = std::function<absl::Status(const void* data, size_t size)>;
 
 // A fetched image: its bytes in one malloc'ed buffer (which may be handed to
 // HDF5 with H5LT_FILE_IMAGE_DONT_COPY via buffer.Release()) and its info.
@@ -290,6 +299,19 @@ class Client {
   absl::StatusOr<FetchedImage> Fetch(std::string_view image_id,
                                      const FetchOptions& options = {});
 
+  // Fetches the current generation of `image_id` as Fetch does, but hands
+  // its bytes to `sink` in order as they arrive, through a buffer of at
+  // most a few MiB rather than one of the image's size: for images larger
+  // than memory, or bytes on their way to a file or a pipe. They are
+  // verified as they pass, so a corrupt image is known only once its last
+  // piece went to `sink`: DATA_LOSS then (a caller writing a file discards
+  // it; a stream cannot be taken back, as with curl). A transfer that
+  // breaks after some bytes went to `sink` is not retried. Returns the
+  // image's info. INVALID_ARGUMENT with options.only_if_mapped.
+  absl::StatusOr<ImageInfo> FetchTo(std::string_view image_id,
+                                    const ImageSink& sink,
+                                    const FetchOptions& options = {});
+
   // Reads up to `length` bytes at `offset` of `generation` (0: current)
   // into `out`. A range past the end is clamped; an offset past the end
   // reads nothing. NOT_FOUND if that generation is no longer stored.
@@ -324,6 +346,10 @@ class Client {
  private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
+  // Push and PushFile, once they know their bytes.
+  absl::StatusOr<ImageInfo> PushBytesAs(std::string_view image_id,
+                                        const internal::PushBytes& bytes,
+                                        const PushOptions& options);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,0 +1,144 @@
+// Client::FetchTo, the fetch that hands an image's bytes on as they arrive
+// (h5depot/client.h), against a real h5depotd: over the data lane (TCP and
+// Unix socket) and over gRPC (a server without a lane).
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "gtest/gtest.h"
+#include "h5depot/client.h"
+#include "h5depot/testing/hdf5_images.h"
+#include "h5depot/testing/server_process.h"
+
+namespace h5depot {
+namespace {
+
+using ::h5depot::testing::MakeHdf5Image;
+using ::h5depot::testing::ServerProcess;
+using ::h5depot::testing::ServerProcessOptions;
+
+enum class Path { kLaneTcp, kLaneUnix, kGrpc };
+
+std::string PathName(const ::testing::TestParamInfo<Path>& info) {
+  switch (info.param) {
+    case Path::kLaneTcp:
+      return "LaneTcp";
+    case Path::kLaneUnix:
+      return "LaneUnix";
+    case Path::kGrpc:
+      return "Grpc";
+  }
+  return "";
+}
+
+class FetchToTest : public ::testing::TestWithParam<Path> {
+ protected:
+  void SetUp() override {
+    ServerProcessOptions options;
+    options.unix_socket = GetParam() == Path::kLaneUnix;
+    if (GetParam() == Path::kGrpc) options.extra_flags = {"--nodata-lane"};
+    auto server = ServerProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto client =
+        Client::Connect(GetParam() == Path::kLaneUnix ? server_->unix_target()
+                                                      : server_->tcp_target());
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<Client> client_;
+};
+
+TEST_P(FetchToTest, HandsOnTheImageInOrderInPiecesMuchSmallerThanIt) {
+  for (size_t size : {size_t{4096}, size_t{3} << 20, size_t{40} << 20}) {
+    SCOPED_TRACE(size);
+    const std::string image = MakeHdf5Image(size, 7);
+    auto pushed = client_->Push("streamed.h5", image.data(), image.size());
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+
+    std::string received;
+    size_t largest_piece = 0;
+    uint64_t last_progress = 0;
+    FetchOptions options;
+    options.progress = [&](uint64_t done, uint64_t total) {
+      EXPECT_EQ(total, image.size());
+      EXPECT_GE(done, last_progress);
+      last_progress = done;
+    };
+    absl::StatusOr<ImageInfo> info = client_->FetchTo(
+        "streamed.h5",
+        [&](const void* data, size_t n) {
+          received.append(static_cast<const char*>(data), n);
+          largest_piece = std::max(largest_piece, n);
+          return absl::OkStatus();
+        },
+        options);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->generation, pushed->generation);
+    EXPECT_EQ(info->checksum, pushed->checksum);
+    EXPECT_TRUE(received == image);
+    EXPECT_EQ(last_progress, image.size());
+    EXPECT_LE(largest_piece, size_t{4} << 20);
+  }
+}
+
+TEST_P(FetchToTest, ASinkErrorEndsTheFetchAndTheClientCarriesOn) {
+  const std::string image = MakeHdf5Image(16 << 20, 8);
+  ASSERT_TRUE(client_->Push("refused.h5", image.data(), image.size()).ok());
+  size_t calls = 0;
+  absl::StatusOr<ImageInfo> info =
+      client_->FetchTo("refused.h5", [&](const void*, size_t) {
+        ++calls;
+        return absl::ResourceExhaustedError("disk full");
+      });
+  ASSERT_FALSE(info.ok());
+  EXPECT_EQ(info.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(info.status().message().find("disk full"), std::string::npos)
+      << info.status();
+  EXPECT_EQ(calls, 1u);
+  // The rest of the image was left behind with the connection; the next
+  // calls are in step.
+  auto fetched = client_->Fetch("refused.h5");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  EXPECT_EQ(fetched->info.size, image.size());
+  std::string again;
+  ASSERT_TRUE(client_
+                  ->FetchTo("refused.h5",
+                            [&](const void* data, size_t n) {
+                              again.append(static_cast<const char*>(data), n);
+                              return absl::OkStatus();
+                            })
+                  .ok());
+  EXPECT_TRUE(again == image);
+}
+
+TEST_P(FetchToTest, RefusalsAreTheServersAndNothingReachesTheSink) {
+  bool called = false;
+  auto sink = [&](const void*, size_t) {
+    called = true;
+    return absl::OkStatus();
+  };
+  EXPECT_EQ(client_->FetchTo("absent.h5", sink).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->FetchTo("not an id", sink).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  FetchOptions mapped;
+  mapped.only_if_mapped = true;
+  EXPECT_EQ(client_->FetchTo("absent.h5", sink, mapped).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(called);
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, FetchToTest,
+                         ::testing::Values(Path::kLaneTcp, Path::kLaneUnix,
+                                           Path::kGrpc),
+                         PathName);
+
+}  // namespace
+}  // namespace h5depot
