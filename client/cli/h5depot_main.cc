@@ -4,6 +4,8 @@
 // "h5depot: <what failed>: <why>", and an exit code a script can test
 // (see kUsageText). Standard output carries only results: image bytes for
 // `get`, image info for `put`, `stat` and `ls`.
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -50,6 +52,8 @@ namespace {
 constexpr char kDefaultServer[] = "127.0.0.1:7878";
 constexpr absl::Duration kDefaultConnectTimeout = absl::Seconds(5);
 constexpr absl::Duration kDefaultCallTimeout = absl::Seconds(30);
+// What `get` asks of a pipe it writes to (WidenIfPipe).
+constexpr int kWidePipeBytes = 1 << 20;
 
 // Exit codes, so that scripts can tell what happened without parsing text:
 // one per next step of the error table (docs/ARCHITECTURE.md "Errors"),
@@ -374,6 +378,17 @@ int RunPut(const Invocation& call) {
   return kExitOk;
 }
 
+// A pipe holds 64 KiB by default: an image written into one moves a
+// quarter of a piece at a time, with a switch to the reader and back each
+// time. A larger pipe (what the system allows an unprivileged process, 1 MiB
+// by default) lets each write go at once. Anything but a pipe is left as
+// it is, and so is a pipe that cannot be widened.
+void WidenIfPipe(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode)) return;
+  fcntl(fd, F_SETPIPE_SZ, kWidePipeBytes);
+}
+
 int RunGet(const Invocation& call) {
   const auto& pos = call.args.positionals;
   if (pos.size() != 1) return UsageError("get takes exactly one image ID");
@@ -386,6 +401,7 @@ int RunGet(const Invocation& call) {
   }
   const std::optional<std::string> output = call.args.Get("output");
   const bool to_stdout = !output.has_value() || *output == "-";
+  if (to_stdout) WidenIfPipe(STDOUT_FILENO);
   if (!output.has_value() && isatty(STDOUT_FILENO) == 1) {
     return UsageError(
         "not writing an image to a terminal; use -o FILE, or -o - to insist");

@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# The command-line tool as a user runs it, whole processes, against the
+# library it wraps and against redis-cli, in one run on this machine; prints
+# one table (docs/PERFORMANCE.md, "The command line").
+#
+#   bench/cli_bench.sh                 # 64 MiB and 1 GiB, build-bench
+#   bench/cli_bench.sh build 64M       # another build directory, sizes
+#
+# Rows, each over TCP loopback to an h5depotd this script starts (its lane
+# on the port after its gRPC port, as deployed):
+#   put FILE / get -o FILE / get | cat   whole-process time and peak RSS,
+#       warm (a running server that held the image before: median of 5)
+#       and cold (a fresh server for each: one run); beside them the
+#       library's own push and fetch of the same bytes in one process
+#       (libh5depot.so through ctypes, warm buffers, median of 5), and the
+#       ratio of the two rates.
+#   get of a 4 KiB image       median of 100 whole processes, against
+#       `redis-cli GET` of the same bytes from a redis-server started here.
+#   --version                  median of 30: the start-up alone.
+#
+# Needs (Debian): python3 with python3-h5py, redis-server, redis-tools,
+# as deploy/setup.sh installs; a Release build with the CLI and the shared
+# library (cmake -DCMAKE_BUILD_TYPE=Release, ninja h5depotd h5depot
+# h5depot_shared). Files go to a temporary directory under /tmp, removed at
+# the end; every server listens on loopback only and is stopped at the end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+build=${1:-build-bench}
+sizes=${2:-64M,1G}
+for need in "$build/server/h5depotd" "$build/client/h5depot" \
+  "$build/client/libh5depot.so"; do
+  [ -e "$need" ] || {
+    echo "cli_bench.sh: $need is missing; build it first (see the top of this script)" >&2
+    exit 1
+  }
+done
+for program in redis-server redis-cli /usr/bin/python3; do
+  command -v "$program" >/dev/null || {
+    echo "cli_bench.sh: $program is missing (deploy/setup.sh installs it)" >&2
+    exit 1
+  }
+done
+/usr/bin/python3 -c 'import h5py' 2>/dev/null || {
+  echo "cli_bench.sh: Debian's python3-h5py is missing (deploy/setup.sh installs it)" >&2
+  exit 1
+}
+work=$(mktemp -d /tmp/h5depot-cli-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+# The images: HDF5 files of about each size, made by h5py in a process of
+# their own (the measuring process stays small: a child's peak RSS counts
+# what it inherited from its parent at fork).
+/usr/bin/python3 - "$work" "$sizes" <<'PY'
+import sys
+import h5py
+import numpy as np
+
+work, sizes = sys.argv[1], sys.argv[2].split(",")
+pattern = np.random.default_rng(1).integers(0, 256, 1 << 20, dtype=np.uint8)
+def make(name, data_bytes):
+    with h5py.File(f"{work}/{name}", "w") as f:
+        d = f.create_dataset("d", (data_bytes,), dtype=np.uint8)
+        for at in range(0, data_bytes, 1 << 20):
+            n = min(1 << 20, data_bytes - at)
+            d[at:at + n] = pattern[:n]
+make("small.h5", 2048)
+for size in sizes:
+    n = int(size[:-1]) << {"K": 10, "M": 20, "G": 30}[size[-1]]
+    make(f"{size}.h5", n - 4096)
+PY
+
+exec /usr/bin/python3 - "$build" "$work" "$sizes" <<'PY'
+import os, socket, statistics, subprocess, sys, time
+
+build, work, sizes = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+cli = f"{build}/client/h5depot"
+devnull = open(os.devnull, "wb")
+
+def free_port_pair():
+    while True:
+        first = socket.socket(); first.bind(("127.0.0.1", 0))
+        port = first.getsockname()[1]
+        second = socket.socket()
+        try:
+            second.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        first.close(); second.close()
+        return port
+
+def start_server():
+    port = free_port_pair()
+    server = subprocess.Popen(
+        [f"{build}/server/h5depotd", f"--listen=127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=devnull, text=True)
+    for line in server.stdout:
+        if line.startswith("h5depotd holds"):
+            break
+    return server, f"127.0.0.1:{port}"
+
+def stop(server):
+    server.terminate(); server.wait()
+
+def run(args, shell=False):
+    """Seconds and peak RSS (MiB) of one whole process (or shell pipeline)."""
+    start = time.perf_counter()
+    child = subprocess.Popen(args, shell=shell, stdout=devnull)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        sys.exit(f"cli_bench.sh: {args} failed ({status})")
+    return seconds, usage.ru_maxrss / 1024
+
+def library(target, image_id, path, repeat):
+    """Median seconds of the library's push and fetch of `path`."""
+    code = f"""
+import ctypes, statistics, time
+lib = ctypes.CDLL({f"{build}/client/libh5depot.so"!r})
+libc = ctypes.CDLL(None)
+lib.h5depot_connect.restype = ctypes.c_void_p
+client = lib.h5depot_connect({target.encode()!r})
+data = open({path!r}, "rb").read()
+push, fetch = [], []
+for _ in range({repeat}):
+    t = time.perf_counter()
+    assert lib.h5depot_push_buffer(ctypes.c_void_p(client), {image_id.encode()!r}, data, len(data), None) == 0
+    push.append(time.perf_counter() - t)
+    buf, n = ctypes.c_void_p(), ctypes.c_size_t()
+    t = time.perf_counter()
+    assert lib.h5depot_fetch(ctypes.c_void_p(client), {image_id.encode()!r}, ctypes.byref(buf), ctypes.byref(n), None) == 0
+    fetch.append(time.perf_counter() - t)
+    libc.free(buf)
+print(statistics.median(push), statistics.median(fetch))
+"""
+    out = subprocess.run(["/usr/bin/python3", "-c", code], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+def rate(nbytes, seconds):
+    return nbytes / seconds / 1e9
+
+def row(name, nbytes, runs, peer):
+    seconds = statistics.median(r[0] for r in runs)
+    peak = max(r[1] for r in runs)
+    line = (f"| {name} | {seconds * 1e3:.1f} ms | {rate(nbytes, seconds):.2f} GB/s"
+            f" | {peak:.0f} MiB |")
+    if peer is not None:
+        line += (f" {peer * 1e3:.1f} ms | {rate(nbytes, peer):.2f} GB/s |"
+                 f" {peer / seconds:.2f}x |")
+    else:
+        line += " | | |"
+    print(line, flush=True)
+
+print("| row | CLI | CLI rate | CLI peak RSS | library | library rate | CLI / library |")
+print("|---|---|---|---|---|---|---|")
+for size in sizes:
+    path = f"{work}/{size}.h5"
+    nbytes = os.path.getsize(path)
+    image_id = f"bench/{size}"
+    put = [cli, "--server", None, "put", path, "--id", image_id]
+    get_file = [cli, "--server", None, "get", image_id, "-o", f"{work}/copy.h5"]
+    # Warm: one server that held the image already; the library in the
+    # same conditions right after.
+    server, target = start_server()
+    put[2] = get_file[2] = target
+    run(put)
+    warm_put = [run(put) for _ in range(5)]
+    warm_get = [run(get_file) for _ in range(5)]
+    pipe = f"'{cli}' --server {target} get {image_id} | cat > /dev/null"
+    warm_pipe = [run(pipe, shell=True) for _ in range(5)]
+    lib_push, lib_fetch = library(target, image_id, path, 5)
+    stop(server)
+    row(f"put {size} (warm)", nbytes, warm_put, lib_push)
+    row(f"get -o FILE {size} (warm)", nbytes, warm_get, lib_fetch)
+    row(f"get \\| cat {size} (warm)", nbytes, warm_pipe, lib_fetch)
+    # Cold: a fresh server for each command (its memory untouched).
+    cold = {}
+    for name in ("put", "get -o FILE", "get | cat"):
+        server, target = start_server()
+        put[2] = get_file[2] = target
+        if name == "put":
+            cold[name] = [run(put)]
+        else:
+            run(put)
+            if name == "get -o FILE":
+                os.unlink(f"{work}/copy.h5")
+                cold[name] = [run(get_file)]
+            else:
+                cold[name] = [run(f"'{cli}' --server {target} get {image_id} | cat > /dev/null", shell=True)]
+        stop(server)
+    for name, runs in cold.items():
+        row(f"{name.replace('|', chr(92) + '|')} {size} (cold)", nbytes, runs, None)
+
+# Small images and start-up, against redis-cli.
+server, target = start_server()
+redis_port = free_port_pair()
+redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "",
+                          "--appendonly", "no", "--bind", "127.0.0.1"],
+                         stdout=devnull, stderr=devnull)
+small = f"{work}/small.h5"
+run([cli, "--server", target, "put", small, "--id", "small"])
+for _ in range(100):
+    try:
+        subprocess.run(["redis-cli", "-p", str(redis_port), "-x", "SET", "small"],
+                       stdin=open(small, "rb"), stdout=devnull, stderr=devnull, check=True)
+        break
+    except subprocess.CalledProcessError:
+        time.sleep(0.05)
+def median_ms(args, n):
+    return statistics.median(run(args)[0] for _ in range(n)) * 1e3
+get_small = median_ms([cli, "--server", target, "get", "small", "-o", "-"], 100)
+redis_get = median_ms(["redis-cli", "-p", str(redis_port), "GET", "small"], 100)
+version = median_ms([cli, "--version"], 30)
+redis.terminate(); redis.wait(); stop(server)
+print()
+print("| row | h5depot | redis-cli | h5depot / redis-cli (speed) |")
+print("|---|---|---|---|")
+print(f"| get of a {os.path.getsize(small)}-byte image, whole process (median of 100) |"
+      f" {get_small:.1f} ms | {redis_get:.1f} ms | {redis_get / get_small:.2f}x |")
+print(f"| h5depot --version (median of 30) | {version:.1f} ms | | |")
+PY
