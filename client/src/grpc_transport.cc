@@ -518,13 +518,16 @@ absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
 
 absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Open(
     const std::string& target, const ClientOptions& options) {
-  KeepGrpcRuntimeAlive();
   return std::shared_ptr<GrpcTransport>(new GrpcTransport(target, options));
 }
 
 absl::StatusOr<const GrpcTransport::Stubs*> GrpcTransport::ChannelFor(
     absl::Time deadline) {
   absl::call_once(stubs_made_, [this] {
+    // gRPC's runtime too is started by the first call that needs it: its
+    // threads cost a short-lived process (the CLI) more than its whole
+    // exchange with the lane.
+    KeepGrpcRuntimeAlive();
     absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
         MakeChannel(target_, options_);
     if (!channel.ok()) {

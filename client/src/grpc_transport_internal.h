@@ -103,9 +103,10 @@ class GrpcTransport final : public ImageTransport,
     // this one, so that messages arrive as raw byte buffers.
     std::unique_ptr<grpc::GenericStub> generic;
   };
-  // Before each call: the channel, made by the first call (making one
-  // costs about as much as a lane's whole first contact, so a client
-  // whose calls all take the lane never pays it), and ReconnectIfDown'd.
+  // Before each call: the channel, made by the first call (making one, and
+  // starting gRPC's runtime, costs more than a lane's whole first contact,
+  // so a client whose calls all take the lane never pays it), and
+  // ReconnectIfDown'd.
   // INVALID_ARGUMENT if gRPC cannot use the target.
   absl::StatusOr<const Stubs*> ChannelFor(absl::Time deadline);
 
