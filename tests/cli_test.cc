@@ -487,9 +487,10 @@ int64_t PeakRssKib(const std::string& stderr_text) {
 }
 
 // The CLI holds a piece of an image at a time, however large, over the
-// data lane and over gRPC: a put from a file and a get into a file or
-// through a pipe each peak at a small fraction of a 256 MiB image, and the
-// bytes arrive whole.
+// data lane (TCP, and the Unix socket, where a get maps the server's
+// memory a window at a time) and over gRPC: a put from a file and a get
+// into a file or through a pipe each peak at a small fraction of a
+// 256 MiB image, and the bytes arrive whole.
 TEST_F(CliTest, LargeImagesPassThroughASmallPieceOfMemory) {
   const std::string image = MakeImageFile("large.h5", 256 << 20, 22);
   const int64_t half_the_image_kib = static_cast<int64_t>(image.size()) / 2048;
@@ -509,8 +510,8 @@ TEST_F(CliTest, LargeImagesPassThroughASmallPieceOfMemory) {
       "quarantine_size_mb=8");
 
   for (const std::string& target :
-       {server_->target(), (*without_lane)->target()}) {
-    SCOPED_TRACE(target == server_->target() ? "lane" : "gRPC");
+       {server_->target(), server_->unix_target(), (*without_lane)->target()}) {
+    SCOPED_TRACE(target);
     CommandResult put = RunBare({PEAK_RSS_PATH, cli, "--server", target, "put",
                                  dir_->File("large.h5"), "--id", "large"},
                                 measured);

@@ -135,6 +135,29 @@ TEST_P(FetchToTest, RefusalsAreTheServersAndNothingReachesTheSink) {
   EXPECT_FALSE(called);
 }
 
+// On the server's host a large image is handed on from the server's own
+// memory (its memfd, mapped a window at a time), not sent as bytes: the
+// server counts the lease while the sink runs.
+TEST_P(FetchToTest, OnTheServersHostALargeImageComesFromItsMemory) {
+  if (GetParam() != Path::kLaneUnix) GTEST_SKIP() << "same host only";
+  const std::string image = MakeHdf5Image(24 << 20, 9);
+  ASSERT_TRUE(client_->Push("shared.h5", image.data(), image.size()).ok());
+  std::string received;
+  uint64_t leased_while_sinking = 0;
+  absl::StatusOr<ImageInfo> info =
+      client_->FetchTo("shared.h5", [&](const void* data, size_t n) {
+        if (received.empty()) {
+          absl::StatusOr<ServerLimits> limits = client_->GetLimits();
+          if (limits.ok()) leased_while_sinking = limits->leased_generations;
+        }
+        received.append(static_cast<const char*>(data), n);
+        return absl::OkStatus();
+      });
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(leased_while_sinking, 1u);
+  EXPECT_TRUE(received == image);
+}
+
 INSTANTIATE_TEST_SUITE_P(Paths, FetchToTest,
                          ::testing::Values(Path::kLaneTcp, Path::kLaneUnix,
                                            Path::kGrpc),

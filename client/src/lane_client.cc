@@ -1,4 +1,5 @@
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -38,6 +39,9 @@ absl::Status CheckFramable(std::string_view image_id) {
   }
   return absl::OkStatus();
 }
+
+// A streamed fetch of a mapped image hands on this much at a time.
+constexpr size_t kMappedWindowBytes = size_t{4} << 20;
 
 // A connection idle for less than this is used without first checking that
 // the server has not closed it.
@@ -475,7 +479,16 @@ absl::StatusOr<ImageInfo> DataLane::FetchTo(
   bool take_bytes = false;
   absl::StatusOr<FetchedImage> fetched =
       FetchOnce(std::move(connection), image_id, options, deadline,
-                /*accept_descriptor=*/false, &unanswered, &take_bytes, &sink);
+                /*accept_descriptor=*/true, &unanswered, &take_bytes, &sink);
+  if (take_bytes) {
+    // The image came as a memfd this process could not use (nothing went
+    // to `sink`): the bytes.
+    absl::StatusOr<std::unique_ptr<Connection>> again = Connect(deadline.reply);
+    if (!again.ok()) return fetched.status();
+    fetched =
+        FetchOnce(*std::move(again), image_id, options, deadline,
+                  /*accept_descriptor=*/false, &unanswered, &take_bytes, &sink);
+  }
   // Nothing went to `sink` before an answer came.
   if (!fetched.ok() &&
       RetryOnNewConnection(fetched.status(), unanswered, reused)) {
@@ -540,6 +553,10 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
     if (!request.accepts_descriptor) {
       return absl::InternalError("a memfd the client did not ask for");
     }
+    if (sink != nullptr) {
+      return SinkMapped(std::move(connection), *response, image_id, options,
+                        *sink, take_bytes);
+    }
     return ReceiveMapped(std::move(connection), *response, image_id, options,
                          take_bytes);
   }
@@ -591,16 +608,15 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
   return fetched;
 }
 
-absl::StatusOr<FetchedImage> DataLane::ReceiveMapped(
-    std::unique_ptr<Connection> connection, const lane::Response& response,
-    std::string_view image_id, const FetchOptions& options, bool* take_bytes) {
+absl::StatusOr<Mapping> DataLane::MapLeased(
+    std::unique_ptr<Connection>& connection, const lane::Response& response,
+    Mapping::Access access, bool* take_bytes) {
   // The server holds a lease from here on, whatever this end makes of it.
   std::shared_ptr<LeaseLedger> leases = connection->leases;
   {
     MutexLock lock(&leases->mutex);
     ++leases->held;
   }
-  const uint64_t generation = response.generation;
   UniqueFd memfd(connection->socket().TakeDescriptor());
   absl::Status unusable;
   absl::StatusOr<Mapping> mapping = absl::UnknownError("");
@@ -613,22 +629,32 @@ absl::StatusOr<FetchedImage> DataLane::ReceiveMapped(
              !length.ok()) {
     unusable = length.status();
   } else {
-    // Copy-on-write: the buffer reads the server's pages, and a write
-    // makes a private copy of the page it lands on.
-    mapping =
-        Mapping::Map(memfd.get(), response.size, Mapping::Access::kCopyOnWrite);
+    mapping = Mapping::Map(memfd.get(), response.size, access);
     if (!mapping.ok()) unusable = mapping.status();
   }
   if (!unusable.ok()) {
     {
       MutexLock lock(&leases->mutex);
-      leases->due.push_back(generation);
+      leases->due.push_back(response.generation);
     }
     GiveBack(std::move(connection));
     *take_bytes = true;
     return absl::UnavailableError(absl::StrCat(
         "cannot map the image's memfd: ", std::string(unusable.message())));
   }
+  return mapping;
+}
+
+absl::StatusOr<FetchedImage> DataLane::ReceiveMapped(
+    std::unique_ptr<Connection> connection, const lane::Response& response,
+    std::string_view image_id, const FetchOptions& options, bool* take_bytes) {
+  // Copy-on-write: the buffer reads the server's pages, and a write makes a
+  // private copy of the page it lands on.
+  absl::StatusOr<Mapping> mapping = MapLeased(
+      connection, response, Mapping::Access::kCopyOnWrite, take_bytes);
+  if (!mapping.ok()) return mapping.status();
+  std::shared_ptr<LeaseLedger> leases = connection->leases;
+  const uint64_t generation = response.generation;
   FetchedImage fetched;
   fetched.info = ToImageInfo(response, image_id);
   fetched.buffer = MappedImage::Wrap(
@@ -647,6 +673,37 @@ absl::StatusOr<FetchedImage> DataLane::ReceiveMapped(
       });
   GiveBack(std::move(connection));
   ReportSentInOne(options.progress, response.size);
+  return fetched;
+}
+
+absl::StatusOr<FetchedImage> DataLane::SinkMapped(
+    std::unique_ptr<Connection> connection, const lane::Response& response,
+    std::string_view image_id, const FetchOptions& options,
+    const ImageSink& sink, bool* take_bytes) {
+  absl::StatusOr<Mapping> mapping =
+      MapLeased(connection, response, Mapping::Access::kReadOnly, take_bytes);
+  if (!mapping.ok()) return mapping.status();
+  // Handed on a window at a time, each let go of once handed on: the
+  // process maps only the server's pages it is passing, whatever the size.
+  auto* const data = static_cast<uint8_t*>(mapping->data());
+  absl::Status status;
+  for (uint64_t done = 0; done < response.size && status.ok();) {
+    const size_t n = static_cast<size_t>(
+        std::min<uint64_t>(kMappedWindowBytes, response.size - done));
+    status = sink(data + done, n);
+    madvise(data + done, n, MADV_DONTNEED);
+    done += n;
+    if (status.ok() && options.progress) options.progress(done, response.size);
+  }
+  *mapping = Mapping();  // unmapped: the lease can go
+  {
+    MutexLock lock(&connection->leases->mutex);
+    connection->leases->due.push_back(response.generation);
+  }
+  GiveBack(std::move(connection));
+  if (!status.ok()) return status;
+  FetchedImage fetched;
+  fetched.info = ToImageInfo(response, image_id);
   return fetched;
 }
 

@@ -22,6 +22,7 @@
 #include "h5depot/client.h"
 #include "h5depot/internal/lane_protocol.h"
 #include "h5depot/internal/lane_socket.h"
+#include "h5depot/internal/memfd.h"
 #include "h5depot/internal/mutex.h"
 #include "h5depot/internal/tls.h"
 
@@ -247,6 +248,21 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
                                          bool accept_descriptor,
                                          bool* unanswered, bool* take_bytes,
                                          const ImageSink* sink = nullptr);
+  // The descriptor that came with `response` on `connection`, checked and
+  // mapped with `access`, under a lease the caller ends (LeaseLedger).
+  // When it cannot be used the lease ends at once, the connection goes back
+  // to the pool (`connection` is then null), `*take_bytes` is set and the
+  // error is UNAVAILABLE.
+  absl::StatusOr<Mapping> MapLeased(std::unique_ptr<Connection>& connection,
+                                    const lane::Response& response,
+                                    Mapping::Access access, bool* take_bytes);
+  // A streamed fetch (FetchTo) answered with a descriptor: the mapping is
+  // handed to `sink` a window at a time, each released once handed on,
+  // then unmapped and its lease released; nothing is copied here.
+  absl::StatusOr<FetchedImage> SinkMapped(
+      std::unique_ptr<Connection> connection, const lane::Response& response,
+      std::string_view image_id, const FetchOptions& options,
+      const ImageSink& sink, bool* take_bytes);
   // The image of a GET answered with `response` and a descriptor: mapped,
   // under a lease that the buffer's end releases; its progress reported
   // once, whole.
