@@ -187,13 +187,12 @@ ForkState& State() {
 // Why a child forked now could not use gRPC; null if it can.
 const char* WhyChildCannotUseGrpc(ForkState& state) {
   if (const char* why = state.unusable.load()) return why;
-  switch (state.start.load()) {
-    case Start::kNotStarted:
-      return nullptr;  // the child starts gRPC afresh if it wants it
-    case Start::kStarting:
-      return kForkWhileStarting;
-    case Start::kStarted:
-      break;
+  if (const Start start = state.start.load(); start != Start::kStarted) {
+    // A thread in a call may be starting gRPC, or about to (a client starts
+    // it with its first call: WatchForksForGrpc). Otherwise the child
+    // starts gRPC afresh if it wants it.
+    if (state.users.load() != 0) return kBusyAtFork;
+    return start == Start::kStarting ? kForkWhileStarting : nullptr;
   }
   if (state.unsupported != nullptr) return state.unsupported;
   if (const char* why = state.disabled.load()) return why;
@@ -304,10 +303,17 @@ void AwaitQuietAtExit() {
   }
 }
 
+void RegisterForkHandlers() {
+  static const bool registered =
+      (pthread_atfork(&BeforeFork, &AfterForkInParent, &AfterForkInChild),
+       true);
+  (void)registered;
+}
+
 void StartGrpc() {
   ForkState& state = State();
+  RegisterForkHandlers();
   state.start.store(Start::kStarting);
-  pthread_atfork(&BeforeFork, &AfterForkInParent, &AfterForkInChild);
   // gRPC reads the variable once, on its first call of any kind (this
   // grpc_is_initialized() included); it is not left behind for programs
   // this process runs. A server, which never hands gRPC on, does without
@@ -335,6 +341,8 @@ void StartGrpc() {
 }
 
 }  // namespace
+
+void WatchForksForGrpc() { RegisterForkHandlers(); }
 
 void KeepGrpcRuntimeAlive() {
   static const bool started = (StartGrpc(), true);

@@ -518,6 +518,7 @@ absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Connect(
 
 absl::StatusOr<std::shared_ptr<GrpcTransport>> GrpcTransport::Open(
     const std::string& target, const ClientOptions& options) {
+  WatchForksForGrpc();  // gRPC itself starts with the first call
   return std::shared_ptr<GrpcTransport>(new GrpcTransport(target, options));
 }
 

@@ -28,6 +28,13 @@ namespace h5depot::internal {
 // with this file's fork handlers registered.
 void KeepGrpcRuntimeAlive();
 
+// Registers this file's fork handlers without starting gRPC, for a process
+// that starts it later, at its first call over gRPC (the client, whose
+// calls may all take the data lane): a fork() while a thread holds a
+// GrpcUse then follows the rules below even if that call had not started
+// gRPC yet. Idempotent; KeepGrpcRuntimeAlive does it too.
+void WatchForksForGrpc();
+
 // Sends gRPC's own log lines nowhere, unless GRPC_VERBOSITY asks for them:
 // for programs (h5depotd, the h5depot CLI) that report every failure
 // themselves, in their users' terms, and would otherwise print gRPC's
