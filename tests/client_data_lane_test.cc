@@ -808,9 +808,10 @@ TEST_P(LaneUseTest, RemoteDriverReadsOverTheLaneWhereThereIsOne) {
   }
 }
 
-// A reader being opened has its lane connection made meanwhile: the first
-// read takes that one from the pool rather than dialling its own.
-TEST(DataLanePrepareTest, ConnectTakesThePreparedConnectionRatherThanDialling) {
+// A reader being opened has the connection its reads need greeted while
+// its PIN is answered: the first read takes that one from the pool rather
+// than dialling its own. With one in the pool already, none is dialled.
+TEST(DataLanePinTest, AReaderOpenedLeavesAConnectionForItsReadsInThePool) {
   auto depot = InProcessDepot::Start();
   ASSERT_TRUE(depot.ok()) << depot.status();
   std::shared_ptr<internal::DataLane> lane = internal::DataLane::ForServer(
@@ -818,21 +819,38 @@ TEST(DataLanePrepareTest, ConnectTakesThePreparedConnectionRatherThanDialling) {
       static_cast<uint32_t>((*depot)->server().data_lane_port()), "");
   ASSERT_NE(lane, nullptr);
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
-  lane->Prepare(deadline);
-  auto prepared = lane->Connect(deadline);
-  ASSERT_TRUE(prepared.ok()) << prepared.status();
-  EXPECT_TRUE((*prepared)->reused);  // from the pool, made by Prepare
-  EXPECT_TRUE((*prepared)->reads);
+  const std::vector<uint8_t> image = MakeTestImage(10000);
+  auto pushing = lane->ConnectNew(deadline);
+  ASSERT_TRUE(pushing.ok()) << pushing.status();
+  ASSERT_TRUE(lane->Push(*std::move(pushing), "pin/reads", image.data(),
+                         image.size(), PushOptions(), deadline)
+                  .ok());
+  // The push gave its connection back: the pool holds one. Empty it.
+  auto pooled = lane->Connect(deadline);
+  ASSERT_TRUE(pooled.ok()) << pooled.status();
+  ASSERT_TRUE((*pooled)->reused);
+
+  auto reader = lane->OpenReader(*std::move(pooled), "pin/reads", 0, deadline,
+                                 absl::Seconds(30), nullptr);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  auto for_reads = lane->Connect(deadline);
+  ASSERT_TRUE(for_reads.ok()) << for_reads.status();
+  EXPECT_TRUE((*for_reads)->reused);  // dialled during the PIN
+  EXPECT_TRUE((*for_reads)->reads);
+  EXPECT_TRUE((*for_reads)->pins);
   // The pool is empty again: the next call dials.
   auto dialled = lane->Connect(deadline);
   ASSERT_TRUE(dialled.ok()) << dialled.status();
   EXPECT_FALSE((*dialled)->reused);
-  // With a connection in the pool, Prepare makes no other.
-  lane->GiveBack(*std::move(dialled));
-  lane->Prepare(deadline);
-  auto pooled = lane->Connect(deadline);
-  ASSERT_TRUE(pooled.ok()) << pooled.status();
-  EXPECT_TRUE((*pooled)->reused);
+
+  // With a connection in the pool, opening a reader dials no other.
+  lane->GiveBack(*std::move(for_reads));
+  auto second = lane->OpenReader(*std::move(dialled), "pin/reads", 0, deadline,
+                                 absl::Seconds(30), nullptr);
+  ASSERT_TRUE(second.ok()) << second.status();
+  auto from_pool = lane->Connect(deadline);
+  ASSERT_TRUE(from_pool.ok()) << from_pool.status();
+  EXPECT_TRUE((*from_pool)->reused);
   auto next = lane->Connect(deadline);
   ASSERT_TRUE(next.ok()) << next.status();
   EXPECT_FALSE((*next)->reused);

@@ -350,8 +350,7 @@ absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
                                     impl_->options.call_timeout, made.images);
   if (absl::IsUnimplemented(reader.status()) ||
       absl::IsUnavailable(reader.status())) {
-    // Over gRPC; the first read's connection is made meanwhile.
-    made.images->PrepareToRead();
+    // Over gRPC (the lane is absent, down, or does not pin).
     reader = made.grpc->OpenReader(image_id, generation, open_deadline,
                                    impl_->options.call_timeout, made.images);
   }

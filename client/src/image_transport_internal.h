@@ -109,9 +109,6 @@ class ImageTransport {
                                           void* out, size_t length,
                                           absl::Time deadline) = 0;
 
-  // A reader is about to be opened: the transport may set up what its
-  // reads need meanwhile, off the caller's thread. Returns at once.
-  virtual void PrepareToRead() {}
   // A reader that pins `generation` (0: the current one) by this
   // transport's own means, opened by `open_deadline`, whose reads are Read
   // calls of `reads` (PinnedGenerationReader). UNIMPLEMENTED or UNAVAILABLE,

@@ -7,8 +7,6 @@
 #include <cstring>
 #include <new>
 #include <optional>
-#include <system_error>
-#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -145,9 +143,6 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
     std::unique_ptr<Connection> connection;
     {
       MutexLock lock(&mutex_);
-      while (idle_.empty() && preparing_ &&
-             prepared_.WaitUntil(&mutex_, absl::ToChronoTime(deadline))) {
-      }
       if (idle_.empty()) break;
       connection = std::move(idle_.back());
       idle_.pop_back();
@@ -171,6 +166,18 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Connect(
 
 absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
     absl::Time deadline, bool ask_identity) {
+  absl::StatusOr<std::unique_ptr<Connection>> connection =
+      Dial(deadline, ask_identity);
+  if (!connection.ok()) return connection;
+  if (absl::Status status = AwaitGreeting(**connection, deadline);
+      !status.ok()) {
+    return status;
+  }
+  return connection;
+}
+
+absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Dial(
+    absl::Time deadline, bool ask_identity) {
   absl::StatusOr<LaneSocket> socket =
       host_.empty() ? lane::ConnectUnix(unix_path_, deadline)
                     : lane::ConnectTcp(host_, port_, deadline);
@@ -184,80 +191,87 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::ConnectNew(
     }
   }
   auto connection = std::make_unique<Connection>(*std::move(socket));
-  const std::string& token = credentials_.token;
-  uint8_t hello[lane::kHelloBytes];
   uint16_t offered =
       lane::kFeatureClientCpu | lane::kFeatureRead | lane::kFeaturePin;
   if (ask_identity) offered |= lane::kFeatureIdentity;
-  if (!token.empty()) offered |= lane::kFeatureToken;
+  if (!credentials_.token.empty()) offered |= lane::kFeatureToken;
   // Descriptors pass only over a Unix socket; each is received straight
   // into this process's table, so it must accept them before the hello.
-  const bool may_share = host_.empty() && credentials_.share_memory;
-  if (may_share) {
+  if (host_.empty() && credentials_.share_memory) {
     offered |= lane::kFeatureDescriptors;
     connection->socket().AcceptDescriptors();
   }
+  connection->offered = offered;
+  uint8_t hello[lane::kHelloBytes];
   lane::EncodeHello(hello, offered);
-  absl::Status status =
-      connection->socket().Send(hello, sizeof(hello), deadline);
-  if (status.ok()) {
-    status = connection->reader().Read(hello, sizeof(hello), deadline);
-  }
-  uint16_t agreed = 0;
-  if (status.ok()) status = lane::DecodeHello(hello, &agreed);
-  connection->says_cpu = (agreed & lane::kFeatureClientCpu) != 0;
-  connection->reads = (agreed & lane::kFeatureRead) != 0;
-  connection->pins = (agreed & lane::kFeaturePin) != 0;
-  if (may_share && (agreed & lane::kFeatureDescriptors) != 0) {
-    connection->shares_memory = true;
-    connection->leases = std::make_shared<LeaseLedger>();
-  }
-  // A server that does not take the token up has no use for one.
-  if (status.ok() && (agreed & lane::kFeatureToken) != 0 && !token.empty()) {
-    uint8_t header[lane::kTokenHeaderBytes];
-    lane::EncodeTokenHeader(static_cast<uint16_t>(token.size()), header);
-    iovec parts[] = {{header, sizeof(header)},
-                     {const_cast<char*>(token.data()), token.size()}};
-    status = connection->socket().SendAll(parts, 2, deadline);
-  }
-  if (status.ok() && (agreed & lane::kFeatureIdentity) != 0) {
-    uint8_t identity[lane::kIdentityBytes];
-    status = connection->reader().Read(identity, sizeof(identity), deadline);
-    if (status.ok()) {
-      connection->identity.emplace();
-      status = lane::DecodeIdentity(identity, &*connection->identity);
-    }
-  }
-  if (!status.ok()) {
+  if (absl::Status status =
+          connection->socket().Send(hello, sizeof(hello), deadline);
+      !status.ok()) {
     return absl::UnavailableError(absl::StrCat("data lane at ", address_, ": ",
                                                std::string(status.message())));
   }
   return connection;
 }
 
-void DataLane::Prepare(absl::Time deadline) {
+absl::Status DataLane::AwaitGreeting(Connection& connection,
+                                     absl::Time deadline) {
+  uint8_t hello[lane::kHelloBytes];
+  absl::Status status =
+      connection.reader().Read(hello, sizeof(hello), deadline);
+  uint16_t agreed = 0;
+  if (status.ok()) status = lane::DecodeHello(hello, &agreed);
+  // A server agrees to nothing it was not offered; a misbehaving one is
+  // held to that all the same.
+  agreed &= connection.offered;
+  connection.says_cpu = (agreed & lane::kFeatureClientCpu) != 0;
+  connection.reads = (agreed & lane::kFeatureRead) != 0;
+  connection.pins = (agreed & lane::kFeaturePin) != 0;
+  if ((agreed & lane::kFeatureDescriptors) != 0) {
+    connection.shares_memory = true;
+    connection.leases = std::make_shared<LeaseLedger>();
+  }
+  // A server that does not take the token up has no use for one.
+  const std::string& token = credentials_.token;
+  if (status.ok() && (agreed & lane::kFeatureToken) != 0) {
+    uint8_t header[lane::kTokenHeaderBytes];
+    lane::EncodeTokenHeader(static_cast<uint16_t>(token.size()), header);
+    iovec parts[] = {{header, sizeof(header)},
+                     {const_cast<char*>(token.data()), token.size()}};
+    status = connection.socket().SendAll(parts, 2, deadline);
+  }
+  if (status.ok() && (agreed & lane::kFeatureIdentity) != 0) {
+    uint8_t identity[lane::kIdentityBytes];
+    status = connection.reader().Read(identity, sizeof(identity), deadline);
+    if (status.ok()) {
+      connection.identity.emplace();
+      status = lane::DecodeIdentity(identity, &*connection.identity);
+    }
+  }
+  if (!status.ok()) {
+    return absl::UnavailableError(absl::StrCat("data lane at ", address_, ": ",
+                                               std::string(status.message())));
+  }
+  return absl::OkStatus();
+}
+
+std::unique_ptr<DataLane::Connection> DataLane::DialForReads(
+    absl::Time deadline) {
+  if (!host_.empty() && credentials_.tls != nullptr) return nullptr;
   {
     MutexLock lock(&mutex_);
-    if (!idle_.empty() || preparing_) return;
-    preparing_ = true;
+    if (!idle_.empty()) return nullptr;
   }
-  auto prepare = [self = shared_from_this(), deadline] {
-    absl::StatusOr<std::unique_ptr<Connection>> made =
-        self->ConnectNew(deadline);
-    if (made.ok()) (*made)->idle_since = std::chrono::steady_clock::now();
-    MutexLock lock(&self->mutex_);
-    self->preparing_ = false;
-    if (made.ok()) self->idle_.push_back(*std::move(made));
-    self->prepared_.SignalAll();
-  };
-  try {
-    std::thread(std::move(prepare)).detach();
-  } catch (const std::system_error&) {
-    // No thread to be had: the first call connects itself.
-    MutexLock lock(&mutex_);
-    preparing_ = false;
-    prepared_.SignalAll();
-  }
+  absl::StatusOr<std::unique_ptr<Connection>> dialled =
+      Dial(deadline, /*ask_identity=*/false);
+  return dialled.ok() ? *std::move(dialled) : nullptr;
+}
+
+void DataLane::PoolDialled(std::unique_ptr<Connection> dialled,
+                           absl::Time deadline) {
+  if (dialled == nullptr || !AwaitGreeting(*dialled, deadline).ok()) return;
+  dialled->idle_since = std::chrono::steady_clock::now();
+  MutexLock lock(&mutex_);
+  idle_.push_back(std::move(dialled));
 }
 
 void DataLane::GiveBack(std::unique_ptr<Connection> connection) {
@@ -935,9 +949,9 @@ absl::StatusOr<std::unique_ptr<ImageReader>> DataLane::OpenReader(
       connection = *std::move(fresh);
     }
   }
-  // The reads need a connection of their own: one is made while the PIN
-  // is answered, unless the pool has one.
-  Prepare(open_deadline);
+  // The reads need a connection of their own: unless the pool has one,
+  // the server answers its greeting while it answers the PIN.
+  std::unique_ptr<Connection> for_reads = DialForReads(open_deadline);
   for (int attempt = 0;; ++attempt) {
     const bool reused = connection->reused;
     absl::Status refusal;
@@ -953,6 +967,7 @@ absl::StatusOr<std::unique_ptr<ImageReader>> DataLane::OpenReader(
       return refusal;
     }
     if (response.ok()) {
+      PoolDialled(std::move(for_reads), open_deadline);
       return std::unique_ptr<ImageReader>(new LanePinnedReader(
           self_.lock(), std::move(connection), std::move(reads),
           ToImageInfo(*response, image_id), read_timeout));

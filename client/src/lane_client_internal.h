@@ -131,20 +131,15 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
     // at a fraction of absl::Now()'s cost, twice per call.)
     std::chrono::steady_clock::time_point idle_since;
 
+    // The features its hello offered (lane::EncodeHello), until the
+    // server's answer is read.
+    uint16_t offered = 0;
+
    private:
     lane::LaneSocket socket_;
     lane::LaneReader reader_;
   };
-  // A connection being made by Prepare() is waited for (not past
-  // `deadline`) rather than a second one dialled.
   absl::StatusOr<std::unique_ptr<Connection>> Connect(absl::Time deadline);
-
-  // Makes one connection for the pool, by `deadline`, on a thread of its
-  // own, unless the pool has one or one is being made; returns at once. A
-  // caller about to read (a reader being opened) has the connection made
-  // while its other round trips run. A failure is left for the next call
-  // to meet.
-  void Prepare(absl::Time deadline);
 
   // A new connection, never one from the pool; with `ask_identity`, one
   // whose `identity` the server said (if it could).
@@ -229,6 +224,26 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
   DataLane(std::string host, int port, std::string unix_path,
            LaneCredentials credentials);
 
+  // ConnectNew in two halves, so that a caller can let the server answer
+  // a new connection's greeting while it waits for another answer of its
+  // own. Dial connects (with TLS if configured) and sends the hello;
+  // AwaitGreeting reads the server's answer, sends the token if it asked
+  // for one, and reads the identity if `connection` offered to take it.
+  absl::StatusOr<std::unique_ptr<Connection>> Dial(absl::Time deadline,
+                                                   bool ask_identity);
+  absl::Status AwaitGreeting(Connection& connection, absl::Time deadline);
+
+  // For a reader about to be opened, whose reads will need a connection of
+  // their own: a connection dialled now, unless the pool has one (null
+  // then, and also over TLS, whose handshake is round trips of its own, or
+  // when dialling fails: the first read connects, and meets the failure).
+  // The caller hands it to PoolDialled after its own round trip. No thread
+  // is involved: a fork() never finds one half way through a connect.
+  std::unique_ptr<Connection> DialForReads(absl::Time deadline);
+  // Completes the greeting of what DialForReads made and pools it; a
+  // failure drops it, for the first read to connect anew.
+  void PoolDialled(std::unique_ptr<Connection> dialled, absl::Time deadline);
+
   // One attempt of Push and Fetch. `*unanswered` tells whether a failure
   // came before the server could have acted on the request: a push whose
   // request did not leave whole, a fetch that got no response header.
@@ -290,8 +305,6 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
   // (h5depot/internal/mutex.h says why not absl::Mutex).
   Mutex mutex_;
   std::vector<std::unique_ptr<Connection>> idle_ ABSL_GUARDED_BY(mutex_);
-  bool preparing_ ABSL_GUARDED_BY(mutex_) = false;
-  CondVar prepared_;  // preparing_ became false
 };
 
 }  // namespace h5depot::internal

@@ -149,14 +149,6 @@ LaneFallbackTransport::OpenPinnedReader(std::string_view image_id,
                                open_deadline, read_timeout, std::move(reads));
 }
 
-void LaneFallbackTransport::PrepareToRead() {
-  DataLane* const lane = lane_.load(std::memory_order_acquire);
-  if (lane == nullptr) return;
-  const int64_t retry_after = lane_retry_after_.load(std::memory_order_relaxed);
-  if (retry_after != 0 && SteadyNanos() < retry_after) return;
-  lane->Prepare(absl::Now() + std::min(connect_timeout_, kLaneConnectTimeout));
-}
-
 absl::StatusOr<ReadResult> LaneFallbackTransport::Read(
     std::string_view image_id, uint64_t generation, uint64_t offset, void* out,
     size_t length, absl::Time deadline) {

@@ -63,8 +63,6 @@ class LaneFallbackTransport final : public ImageTransport {
                                   uint64_t generation, uint64_t offset,
                                   void* out, size_t length,
                                   absl::Time deadline) override;
-  // Has a lane connection made while the reader's pin is opened over gRPC.
-  void PrepareToRead() override;
 
   // A reader whose pin is a PIN on the lane (DataLane::OpenReader).
   // UNIMPLEMENTED or UNAVAILABLE, with nothing pinned, when the lane cannot
