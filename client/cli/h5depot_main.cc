@@ -84,10 +84,12 @@ Commands:
       --ttl: delete the image this long after the push (e.g. 30s, 2h).
       --if-generation-match: push only if generation N is current; 0 means
       only if the image does not exist yet.
-  get ID [-o FILE|-] [--wait DURATION]
+  get ID [-o FILE|-] [--wait DURATION] [--sync]
       Fetch image ID into FILE or to stdout. A regular FILE is replaced
       whole or not at all; a device or FIFO is written into.
       --wait: if ID does not exist yet, wait this long for it to be pushed.
+      --sync: make FILE durable (fsync) before exiting, so that it also
+      survives a crash of the machine.
   ls [PREFIX]
       List the images whose ids start with PREFIX (default: all).
   stat ID [--wait DURATION]
@@ -410,7 +412,7 @@ int RunGet(const Invocation& call) {
   std::unique_ptr<OutputFile> file;
   if (!to_stdout) {
     absl::StatusOr<std::unique_ptr<OutputFile>> opened =
-        OutputFile::Open(*output);
+        OutputFile::Open(*output, /*sync=*/call.args.Has("sync"));
     if (!opened.ok()) {
       return Fail(call.command, opened.status());
     }
@@ -535,7 +537,7 @@ const std::vector<Command>& Commands() {
       {"put",
        RunPut,
        {{"id", true}, {"ttl", true}, {"if-generation-match", true}}},
-      {"get", RunGet, {{"output", true, 'o'}, {"wait", true}}},
+      {"get", RunGet, {{"output", true, 'o'}, {"wait", true}, {"sync", false}}},
       {"ls", RunLs, {}},
       {"stat", RunStat, {{"wait", true}}},
       {"rm", RunRm, {{"if-generation-match", true}}},

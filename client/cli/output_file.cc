@@ -101,7 +101,7 @@ class ReplacingFile : public OutputFile {
  public:
   // `path` is the file to replace (no symlink), existing or not.
   static absl::StatusOr<std::unique_ptr<OutputFile>> Create(
-      const std::string& path) {
+      const std::string& path, bool sync) {
     const std::string dir = DirectoryPart(path);
     const std::string base = BasePart(path);
     if (base.empty() || base == "." || base == "..") {
@@ -135,7 +135,7 @@ class ReplacingFile : public OutputFile {
     }
     temp.assign(name.data());
     return std::unique_ptr<OutputFile>(
-        new ReplacingFile(path, dir, std::move(temp), fd));
+        new ReplacingFile(path, dir, std::move(temp), fd, sync));
   }
 
   ~ReplacingFile() override {
@@ -152,7 +152,7 @@ class ReplacingFile : public OutputFile {
     if (absl::Status kept = TakeOverAttributes(); !kept.ok()) return kept;
     // Synced before the rename, so that after a crash the name holds either
     // the old file or the complete new one, never an empty or partial one.
-    if (fsync(fd_) != 0) {
+    if (sync_ && fsync(fd_) != 0) {
       return ErrnoError(absl::StrCat("cannot write ", path_), errno);
     }
     const int fd = std::exchange(fd_, -1);
@@ -163,16 +163,17 @@ class ReplacingFile : public OutputFile {
       return ErrnoError(absl::StrCat("cannot create ", path_), errno);
     }
     committed_ = true;
-    return SyncDirectory();
+    return sync_ ? SyncDirectory() : absl::OkStatus();
   }
 
  private:
   ReplacingFile(std::string path, std::string dir, std::string temp_path,
-                int fd)
+                int fd, bool sync)
       : path_(std::move(path)),
         dir_(dir.empty() ? "." : std::move(dir)),
         temp_path_(std::move(temp_path)),
-        fd_(fd) {}
+        fd_(fd),
+        sync_(sync) {}
 
   // Gives the temporary file the mode, owner and group of the file it
   // replaces, or a new file's mode. Looked up now rather than at Create()
@@ -232,6 +233,7 @@ class ReplacingFile : public OutputFile {
   const std::string dir_;
   const std::string temp_path_;
   int fd_;
+  const bool sync_;
   bool committed_ = false;
 };
 
@@ -241,7 +243,7 @@ class WriteThroughFile : public OutputFile {
   // Opens `path`, which must exist; it is never created. `truncate` is for
   // a regular file, the only kind that has a length to cut.
   static absl::StatusOr<std::unique_ptr<OutputFile>> Open(
-      const std::string& path, bool truncate) {
+      const std::string& path, bool truncate, bool sync) {
     const int fd = open(path.c_str(), O_WRONLY | O_NOCTTY | O_CLOEXEC |
                                           (truncate ? O_TRUNC : 0));
     if (fd < 0) {
@@ -262,8 +264,8 @@ class WriteThroughFile : public OutputFile {
     }
     // Only these keep written data in a cache that fsync() flushes; on
     // character devices and FIFOs it fails with EINVAL.
-    const bool sync = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode);
-    return std::unique_ptr<OutputFile>(new WriteThroughFile(path, fd, sync));
+    return std::unique_ptr<OutputFile>(new WriteThroughFile(
+        path, fd, sync && (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))));
   }
 
   ~WriteThroughFile() override {
@@ -296,7 +298,7 @@ class WriteThroughFile : public OutputFile {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<OutputFile>> OutputFile::Open(
-    const std::string& path) {
+    const std::string& path, bool sync) {
   if (path.empty()) return absl::InvalidArgumentError("no output file named");
   struct stat st;
   const bool exists = stat(path.c_str(), &st) == 0;
@@ -308,7 +310,7 @@ absl::StatusOr<std::unique_ptr<OutputFile>> OutputFile::Open(
         absl::StrCat(path, " is a directory, not a file"));
   }
   if (exists && !S_ISREG(st.st_mode)) {
-    return WriteThroughFile::Open(path, /*truncate=*/false);
+    return WriteThroughFile::Open(path, /*truncate=*/false, sync);
   }
   absl::StatusOr<std::string> resolved = FollowSymlinks(path);
   if (!resolved.ok()) return resolved.status();
@@ -318,9 +320,9 @@ absl::StatusOr<std::unique_ptr<OutputFile>> OutputFile::Open(
     // A link whose text does not name its file, such as /dev/stdout or
     // /proc/PID/fd/N for a file that was deleted or lives in another mount
     // namespace: the original path is the only way to it.
-    return WriteThroughFile::Open(path, /*truncate=*/true);
+    return WriteThroughFile::Open(path, /*truncate=*/true, sync);
   }
-  return ReplacingFile::Create(*resolved);
+  return ReplacingFile::Create(*resolved, sync);
 }
 
 absl::Status WriteAll(int fd, const void* data, size_t size,

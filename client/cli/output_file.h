@@ -21,9 +21,9 @@ class OutputFile {
   //
   //  - Nothing, or a regular file: the image is *replaced* all or nothing.
   //    Writes go to a hidden temporary file beside the file the symlinks
-  //    lead to, which Commit() syncs and renames over it, so a link stays a
-  //    link and the name shows either the old contents (or nothing) or the
-  //    whole image, even if the process is killed. A destroyed, uncommitted
+  //    lead to, which Commit() renames over it, so a link stays a link and
+  //    the name shows either the old contents (or nothing) or the whole
+  //    image, even if the process is killed. A destroyed, uncommitted
   //    file -- or a process stopped by SIGINT, SIGTERM or SIGHUP meanwhile
   //    -- removes the temporary file (one replacing OutputFile per process
   //    at a time: the signal cleanup knows one path). The new file keeps the
@@ -46,8 +46,15 @@ class OutputFile {
   // PERMISSION_DENIED, RESOURCE_EXHAUSTED (no space), FAILED_PRECONDITION
   // (the path turned into a regular file while being opened), INTERNAL
   // otherwise.
+  //
+  // With `sync`, Commit() also makes the result durable, so that it
+  // survives a crash of the machine too: the file is synced before the
+  // rename and its directory after (a written-through regular file or
+  // block device before it is closed). Without it the data reaches the
+  // disk when the kernel writes it back, as after `cp` or `curl -o`; the
+  // rename is still all or nothing for every process on the machine.
   static absl::StatusOr<std::unique_ptr<OutputFile>> Open(
-      const std::string& path);
+      const std::string& path, bool sync);
 
   virtual ~OutputFile() = default;
   OutputFile(const OutputFile&) = delete;
@@ -56,11 +63,10 @@ class OutputFile {
   // Appends `size` bytes.
   virtual absl::Status Write(const void* data, size_t size) = 0;
 
-  // Makes what was written final and durable: renames a replacement into
-  // place (syncing the file before and its directory after), or flushes
-  // and closes a written-through file. Call at most once. Errors as for
-  // Open(); FAILED_PRECONDITION if the file to replace was turned into
-  // something else meanwhile, which is then left alone.
+  // Makes what was written final: renames a replacement into place, or
+  // closes a written-through file; durable too if opened with `sync`. Call at
+  // most once. Errors as for Open(); FAILED_PRECONDITION if the file to replace
+  // was turned into something else meanwhile, which is then left alone.
   virtual absl::Status Commit() = 0;
 
  protected:
