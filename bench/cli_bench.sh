@@ -8,27 +8,29 @@
 #
 # Rows, each over TCP loopback to an h5depotd this script starts (its lane
 # on the port after its gRPC port, as deployed):
-#   put FILE / get -o FILE / get | cat   whole-process time and peak RSS,
-#       warm (a running server that held the image before: median of 5)
+#   put FILE / get -o FILE / get | cat   whole-process time and peak RSS
+#       (get -o into a new file, and over an existing one),
+#       warm (a running server that held the image before: median of 7)
 #       and cold (a fresh server for each: one run); beside them the
-#       library's own push and fetch of the same bytes in one process
-#       (libh5depot.so through ctypes, warm buffers, median of 5), and the
-#       ratio of the two rates.
+#       library's push and fetch of the same bytes as bench/run.sh
+#       measures them (h5depot_bench's cases: the C++ client, one connection,
+#       warm buffers), one measurement in each round of CLI commands, and
+#       the ratio of the two rates.
 #   get of a 4 KiB image       median of 100 whole processes, against
 #       `redis-cli GET` of the same bytes from a redis-server started here.
 #   --version                  median of 30: the start-up alone.
 #
 # Needs (Debian): python3 with python3-h5py, redis-server, redis-tools,
-# as deploy/setup.sh installs; a Release build with the CLI and the shared
-# library (cmake -DCMAKE_BUILD_TYPE=Release, ninja h5depotd h5depot
-# h5depot_shared). Files go to a temporary directory under /tmp, removed at
+# as deploy/setup.sh installs; a Release build with the CLI and the
+# benchmark (cmake -DCMAKE_BUILD_TYPE=Release -DH5DEPOT_BUILD_BENCH=ON,
+# ninja h5depotd h5depot h5depot_bench). Files go to a temporary directory under /tmp, removed at
 # the end; every server listens on loopback only and is stopped at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 build=${1:-build-bench}
 sizes=${2:-64M,1G}
 for need in "$build/server/h5depotd" "$build/client/h5depot" \
-  "$build/client/libh5depot.so"; do
+  "$build/bench/h5depot_bench"; do
   [ -e "$need" ] || {
     echo "cli_bench.sh: $need is missing; build it first (see the top of this script)" >&2
     exit 1
@@ -111,30 +113,16 @@ def run(args, shell=False):
         sys.exit(f"cli_bench.sh: {args} failed ({status})")
     return seconds, usage.ru_maxrss / 1024
 
-def library(target, image_id, path, repeat):
-    """Median seconds of the library's push and fetch of `path`."""
-    code = f"""
-import ctypes, statistics, time
-lib = ctypes.CDLL({f"{build}/client/libh5depot.so"!r})
-libc = ctypes.CDLL(None)
-lib.h5depot_connect.restype = ctypes.c_void_p
-client = lib.h5depot_connect({target.encode()!r})
-data = open({path!r}, "rb").read()
-push, fetch = [], []
-for _ in range({repeat}):
-    t = time.perf_counter()
-    assert lib.h5depot_push_buffer(ctypes.c_void_p(client), {image_id.encode()!r}, data, len(data), None) == 0
-    push.append(time.perf_counter() - t)
-    buf, n = ctypes.c_void_p(), ctypes.c_size_t()
-    t = time.perf_counter()
-    assert lib.h5depot_fetch(ctypes.c_void_p(client), {image_id.encode()!r}, ctypes.byref(buf), ctypes.byref(n), None) == 0
-    fetch.append(time.perf_counter() - t)
-    libc.free(buf)
-print(statistics.median(push), statistics.median(fetch))
-"""
-    out = subprocess.run(["/usr/bin/python3", "-c", code], check=True,
-                         capture_output=True, text=True).stdout.split()
-    return float(out[0]), float(out[1])
+def library(case, target, image_id, path):
+    """Median seconds of the library's push or fetch of `path`'s bytes, as
+    bench/run.sh measures it (h5depot_bench: the C++ client, one
+    connection, warm buffers, five calls at least), in a process of its own
+    so that its calls interleave with the CLI's."""
+    out = subprocess.run(
+        [f"{build}/bench/h5depot_bench", f"--case={case}", f"--target={target}",
+         f"--id={image_id}", f"--image={path}", "--min-seconds=0"],
+        check=True, capture_output=True, text=True).stdout
+    return float(dict(line.split("=", 1) for line in out.split())["seconds"])
 
 def rate(nbytes, seconds):
     return nbytes / seconds / 1e9
@@ -159,19 +147,39 @@ for size in sizes:
     image_id = f"bench/{size}"
     put = [cli, "--server", None, "put", path, "--id", image_id]
     get_file = [cli, "--server", None, "get", image_id, "-o", f"{work}/copy.h5"]
-    # Warm: one server that held the image already; the library in the
-    # same conditions right after.
+    # Warm: one server that held the image already. Each round makes one
+    # library call and the CLI commands it is compared with, one after the
+    # other, so that a slow spell of this shared machine falls on both.
     server, target = start_server()
     put[2] = get_file[2] = target
     run(put)
-    warm_put = [run(put) for _ in range(5)]
-    warm_get = [run(get_file) for _ in range(5)]
+    lib_push, lib_fetch = [], []
+    warm_put, warm_get, warm_get_new, warm_pipe = [], [], [], []
     pipe = f"'{cli}' --server {target} get {image_id} | cat > /dev/null"
-    warm_pipe = [run(pipe, shell=True) for _ in range(5)]
-    lib_push, lib_fetch = library(target, image_id, path, 5)
+    for _ in range(7):
+        # Its own id: the library's case deletes a large image before each
+        # push, so that the server never holds two.
+        lib_push.append(library("push", target, f"{image_id}/library", path))
+        # Deleted first (untimed), as the library's case does with a large
+        # image: the push then lands in memory the server already touched.
+        run([cli, "--server", target, "rm", image_id])
+        warm_put.append(run(put))
+        lib_fetch.append(library("fetch", target, f"{image_id}/library", path))
+        # Into a new file, as a job fetching an image usually writes; then
+        # over that file, which also pays for the file system's flush of the
+        # new file's data when a rename replaces an existing file (ext4's
+        # auto_da_alloc), a cost of the destination, not of the transfer.
+        if os.path.exists(f"{work}/copy.h5"):
+            os.unlink(f"{work}/copy.h5")
+        warm_get_new.append(run(get_file))
+        warm_get.append(run(get_file))
+        warm_pipe.append(run(pipe, shell=True))
     stop(server)
+    lib_push = statistics.median(lib_push)
+    lib_fetch = statistics.median(lib_fetch)
     row(f"put {size} (warm)", nbytes, warm_put, lib_push)
-    row(f"get -o FILE {size} (warm)", nbytes, warm_get, lib_fetch)
+    row(f"get -o NEW_FILE {size} (warm)", nbytes, warm_get_new, lib_fetch)
+    row(f"get -o FILE {size} (warm, replacing it)", nbytes, warm_get, lib_fetch)
     row(f"get \\| cat {size} (warm)", nbytes, warm_pipe, lib_fetch)
     # Cold: a fresh server for each command (its memory untouched).
     cold = {}
