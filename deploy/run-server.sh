@@ -44,5 +44,7 @@ if [[ -n $unix_socket ]]; then
   echo "  $cli --server unix:$unix_socket ls"
 fi
 echo "  (or export H5DEPOT_SERVER=... once and drop --server)"
+echo "From Python (Debian's python3, with its h5py):"
+echo "  PYTHONPATH=$repo/build-release/python /usr/bin/python3 -c 'import h5depot; print(list(h5depot.Client().ls()))'"
 echo
 exec "$server" "$@"

@@ -10,6 +10,8 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libhdf5-dev libxxhash-dev libgtest-dev libssl-dev
   python3-h5py python3-numpy
+  # The Python package (python/): its module's build and its tests.
+  python3-dev pybind11-dev python3-pybind11 python3-pytest
   # deploy/test.sh's ThreadSanitizer pass: GCC 12's TSan runtime.
   libtsan2
   # deploy/test.sh's lock annotation pass: clang's -Wthread-safety.

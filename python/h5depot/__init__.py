@@ -1,0 +1,241 @@
+"""HDF5 file images held in RAM by h5depotd, from Python.
+
+    import h5depot, h5py, numpy
+
+    with h5depot.Client() as depot:              # $H5DEPOT_SERVER, else 127.0.0.1:7878
+        with h5py.File("run42.h5", "w", driver="core", backing_store=False) as f:
+            f["x"] = numpy.arange(10)
+            depot.push("run-42/packet", f)       # the open file's image
+        with depot.open("run-42/packet") as f:   # an h5py.File on the fetched bytes
+            print(f["x"][:])
+
+Every call that moves bytes or waits releases the GIL, so threads overlap
+their transfers. Failures raise the classes of ``h5depot.errors``, each
+also the standard exception it reads as (``NotFound`` is a ``KeyError``,
+``Timeout`` a ``TimeoutError``, ``Unavailable`` a ``ConnectionError``,
+``InvalidArgument`` a ``ValueError``).
+"""
+
+import dataclasses
+import datetime
+import os
+
+from . import _native
+from .errors import (
+    Conflict,
+    DataLoss,
+    Error,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Timeout,
+    Unavailable,
+)
+
+__all__ = [
+    "Client", "Image", "ImageInfo", "Error", "Conflict", "DataLoss",
+    "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied",
+    "ResourceExhausted", "Timeout", "Unavailable",
+]
+
+DEFAULT_SERVER = "127.0.0.1:7878"
+
+Image = _native.Image
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """What the server knows about one generation of an image."""
+
+    image_id: str
+    size: int
+    generation: int
+    checksum: int  # XXH3-64 of the whole image
+    created: datetime.datetime
+    expires: "datetime.datetime | None"  # None: never
+
+    @classmethod
+    def _from_native(cls, fields):
+        def when(seconds):
+            if seconds is None:
+                return None
+            return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+        return cls(fields["image_id"], fields["size"], fields["generation"],
+                   fields["checksum"], when(fields["created"]),
+                   when(fields["expires"]))
+
+
+def _image_info(image):
+    return ImageInfo._from_native(image._native_info)
+
+
+Image.info = property(_image_info, doc="The ImageInfo of the generation fetched.")
+
+
+def _seconds(duration, what):
+    """A duration given as seconds or a timedelta, as seconds (None stays)."""
+    if duration is None:
+        return None
+    if isinstance(duration, datetime.timedelta):
+        duration = duration.total_seconds()
+    if duration < 0:
+        raise InvalidArgument(f"{what} must not be negative", "INVALID_ARGUMENT")
+    return float(duration)
+
+
+def _is_h5py_file(source):
+    h5py = _h5py_if_loaded()
+    return h5py is not None and isinstance(source, h5py.File)
+
+
+def _h5py_if_loaded():
+    import sys
+    return sys.modules.get("h5py")
+
+
+class Client:
+    """A connection to one h5depotd.
+
+    ``target`` is ``HOST:PORT`` or ``unix:/PATH``; by default the
+    ``H5DEPOT_SERVER`` environment variable, else ``127.0.0.1:7878``. The
+    options are the C++ client's (``h5depot/client.h``): timeouts in
+    seconds (``call_timeout=None``: no limit), the data lane and shared
+    memory (both on), a bearer ``token`` (default: ``H5DEPOT_TOKEN`` or the
+    file ``H5DEPOT_TOKEN_FILE`` names) and TLS (``tls=True`` or any of the
+    files; default: the ``H5DEPOT_TLS*`` variables). Raises ``Unavailable``
+    if the server cannot be reached within ``connect_timeout``.
+
+    Thread-safe; usable as a context manager, which closes it. A child of
+    ``os.fork()`` may use the client it inherited: it makes connections of
+    its own.
+    """
+
+    def __init__(self, target=None, *, connect_timeout=10.0, call_timeout=30.0,
+                 use_data_lane=True, share_memory=True, token="", tls=False,
+                 tls_ca_file="", tls_cert_file="", tls_key_file=""):
+        if target is None:
+            target = os.environ.get("H5DEPOT_SERVER") or DEFAULT_SERVER
+        options = _native.ClientOptions()
+        options.connect_timeout = _seconds(connect_timeout, "connect_timeout")
+        options.call_timeout = _seconds(call_timeout, "call_timeout")
+        options.use_data_lane = bool(use_data_lane)
+        options.share_memory = bool(share_memory)
+        options.token = token
+        options.use_tls = bool(tls)
+        options.tls_ca_file = os.fspath(tls_ca_file)
+        options.tls_cert_file = os.fspath(tls_cert_file)
+        options.tls_key_file = os.fspath(tls_key_file)
+        self._native = _native.Client(target, options)
+
+    @property
+    def target(self):
+        """The server this client talks to."""
+        return self._client().target
+
+    def close(self):
+        """Closes the connections. Images fetched or opened stay usable."""
+        self._native = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def push(self, image_id, source, *, if_generation_match=None, ttl=None):
+        """Stores ``source`` as a new generation of ``image_id``; returns
+        its ImageInfo.
+
+        ``source`` is an open ``h5py.File`` (of the core, sec2 or stdio
+        driver: its image, the file flushed and left open), a path to an
+        HDF5 file (sent as it is read), or any bytes-like object (sent from
+        its own memory). ``if_generation_match``: push only if that
+        generation is current (0: only if the image does not exist yet),
+        else ``Conflict``. ``ttl``: seconds or a timedelta after which the
+        server deletes the image.
+        """
+        ttl = _seconds(ttl, "ttl")
+        client = self._client()
+        if _is_h5py_file(source):
+            return ImageInfo._from_native(client.push_hdf5_file(
+                image_id, source.id.id, if_generation_match, ttl))
+        if isinstance(source, (str, os.PathLike)):
+            return ImageInfo._from_native(client.push_path(
+                image_id, os.fspath(source), if_generation_match, ttl))
+        try:
+            view = memoryview(source)
+        except TypeError:
+            raise InvalidArgument(
+                f"push: cannot push a {type(source).__name__}: give an "
+                "h5py.File, a path or a bytes-like object",
+                "INVALID_ARGUMENT") from None
+        return ImageInfo._from_native(client.push_bytes(
+            image_id, view, if_generation_match, ttl))
+
+    def fetch(self, image_id, *, wait=None):
+        """The current generation of ``image_id`` as an Image (buffer
+        protocol, no copy). ``wait``: seconds or a timedelta to wait for
+        the image to be pushed if it does not exist yet (else ``NotFound``
+        at once; ``Timeout`` when the wait runs out)."""
+        return self._client().fetch(image_id, _seconds(wait, "wait"))
+
+    def open(self, image_id, mode="r", *, wait=None):
+        """Fetches ``image_id`` and opens it as an ``h5py.File`` in the
+        memory it arrived in: HDF5 takes the buffer (nothing is copied) and
+        frees it when the file closes.
+
+        ``mode`` "r" opens it read-only; "r+" read-write, in memory only:
+        push the file back to store the changes, with
+        ``if_generation_match=f.image_info.generation`` to lose nothing to
+        a concurrent writer. The returned file's ``image_info`` is the
+        ImageInfo of the generation fetched.
+        """
+        if mode not in ("r", "r+"):
+            raise InvalidArgument(
+                f'open: mode must be "r" or "r+", not {mode!r}',
+                "INVALID_ARGUMENT")
+        import h5py
+        image = self.fetch(image_id, wait=wait)
+        info = image.info
+        file_id = _native.open_image(image, mode == "r+")
+        file = h5py.File(h5py.h5f.FileID(file_id))
+        file.image_info = info
+        return file
+
+    def stat(self, image_id, *, wait=None):
+        """The ImageInfo of the current generation of ``image_id``;
+        ``wait`` as for fetch."""
+        return ImageInfo._from_native(
+            self._client().stat(image_id, _seconds(wait, "wait")))
+
+    def wait(self, image_id, timeout):
+        """Waits up to ``timeout`` (seconds or a timedelta) for
+        ``image_id`` to exist; returns its ImageInfo, or raises
+        ``Timeout``."""
+        return self.stat(image_id, wait=timeout)
+
+    def ls(self, prefix="", *, page_size=0):
+        """Iterates over the ImageInfo of every image whose id starts with
+        ``prefix``, in id order, a page of the server's at a time."""
+        client = self._client()
+        token = ""
+        while True:
+            infos, token = client.list(prefix, token, page_size)
+            for fields in infos:
+                yield ImageInfo._from_native(fields)
+            if not token:
+                return
+
+    def rm(self, image_id, *, if_generation_match=None):
+        """Deletes ``image_id`` (``NotFound`` if absent); with
+        ``if_generation_match``, only if that generation is current (else
+        ``Conflict``)."""
+        self._client().delete(image_id, if_generation_match)
+
+    def _client(self):
+        if self._native is None:
+            raise FailedPrecondition("the client is closed",
+                                     "FAILED_PRECONDITION")
+        return self._native

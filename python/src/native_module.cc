@@ -1,0 +1,333 @@
+// h5depot._native: the C++ client as the Python package (h5depot/) uses it.
+//
+// Contracts kept here, so that the Python layer need not know them:
+//  - Every call that waits on the network (a transfer, a wait, a connect)
+//    releases the GIL; every call into HDF5 holds it, since Debian's HDF5
+//    is not thread-safe and h5py serialises its own calls under the GIL.
+//  - A failed call raises the exception class of h5depot.errors named for
+//    its status code (one place: SetStatusError), with the client's
+//    message.
+//  - A fetched image is exposed through the buffer protocol, read-only, in
+//    the memory it arrived in: nothing is copied after the transfer.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "h5depot/client.h"
+#include "h5depot/file_image.h"
+#include "h5depot/hdf5_transfer.h"
+
+namespace py = pybind11;
+
+namespace h5depot::python {
+namespace {
+
+// Raised by the bindings for a failed status; translated to the class of
+// h5depot.errors that its code names.
+struct StatusError {
+  absl::Status status;
+};
+
+// Waits for `run` without the GIL. `run` must not touch Python objects.
+template <typename Function>
+auto WithoutGil(Function&& run) {
+  py::gil_scoped_release released;
+  return run();
+}
+
+template <typename T>
+T ValueOrRaise(absl::StatusOr<T> result) {
+  if (!result.ok()) throw StatusError{result.status()};
+  return *std::move(result);
+}
+
+void OkOrRaise(const absl::Status& status) {
+  if (!status.ok()) throw StatusError{status};
+}
+
+// The time as seconds since the epoch, or None for an infinite one.
+py::object Seconds(absl::Time time) {
+  if (time == absl::InfiniteFuture() || time == absl::InfinitePast()) {
+    return py::none();
+  }
+  return py::float_(absl::ToDoubleSeconds(time - absl::UnixEpoch()));
+}
+
+absl::Duration Duration(std::optional<double> seconds) {
+  return seconds.has_value() ? absl::Seconds(*seconds) : absl::ZeroDuration();
+}
+
+// An ImageInfo as the keyword arguments of h5depot.ImageInfo.
+py::dict InfoDict(const ImageInfo& info) {
+  py::dict out;
+  out["image_id"] = info.image_id;
+  out["size"] = info.size;
+  out["generation"] = info.generation;
+  out["checksum"] = info.checksum;
+  out["created"] = Seconds(info.created);
+  out["expires"] = Seconds(info.expires);
+  return out;
+}
+
+PushOptions MakePushOptions(std::optional<uint64_t> if_generation_match,
+                            std::optional<double> ttl) {
+  PushOptions options;
+  options.if_generation_match = if_generation_match;
+  options.ttl = Duration(ttl);
+  return options;
+}
+
+// A fetched image, owning its buffer. Read through the buffer protocol, or
+// handed whole to HDF5 by OpenImage (after which it is empty).
+class Image {
+ public:
+  explicit Image(FetchedImage fetched) : fetched_(std::move(fetched)) {}
+
+  const ImageInfo& info() const { return fetched_.info; }
+  ImageBuffer TakeBuffer() { return std::move(fetched_.buffer); }
+  const ImageBuffer& buffer() const { return fetched_.buffer; }
+
+ private:
+  FetchedImage fetched_;
+};
+
+class NativeClient {
+ public:
+  NativeClient(const std::string& target, const ClientOptions& options)
+      : client_(ValueOrRaise(
+            WithoutGil([&] { return Client::Connect(target, options); }))) {}
+
+  const std::string& target() const { return client_->target(); }
+
+  py::dict PushBytes(const std::string& image_id, const py::buffer& source,
+                     std::optional<uint64_t> if_generation_match,
+                     std::optional<double> ttl) {
+    const py::buffer_info view = source.request();
+    if (view.ndim > 1 && !IsContiguous(view)) {
+      throw StatusError{absl::InvalidArgumentError(
+          "push: the buffer is not contiguous; pass bytes(...) of it")};
+    }
+    const size_t size = static_cast<size_t>(view.size * view.itemsize);
+    const PushOptions options = MakePushOptions(if_generation_match, ttl);
+    // `view` keeps the object's buffer exported while the GIL is released.
+    return InfoDict(ValueOrRaise(WithoutGil(
+        [&] { return client_->Push(image_id, view.ptr, size, options); })));
+  }
+
+  py::dict PushPath(const std::string& image_id, const std::string& path,
+                    std::optional<uint64_t> if_generation_match,
+                    std::optional<double> ttl) {
+    const PushOptions options = MakePushOptions(if_generation_match, ttl);
+    return InfoDict(ValueOrRaise(WithoutGil(
+        [&] { return client_->PushFile(image_id, path, options); })));
+  }
+
+  // The image of an open HDF5 file (an h5py.File's id): taken under the
+  // GIL, which guards HDF5, then sent without it.
+  py::dict PushHdf5File(const std::string& image_id, int64_t file_id,
+                        std::optional<uint64_t> if_generation_match,
+                        std::optional<double> ttl) {
+    ImageBuffer image =
+        ValueOrRaise(TakeFileImage(static_cast<hid_t>(file_id)));
+    const PushOptions options = MakePushOptions(if_generation_match, ttl);
+    return InfoDict(ValueOrRaise(WithoutGil([&] {
+      return client_->Push(image_id, image.data(), image.size(), options);
+    })));
+  }
+
+  std::unique_ptr<Image> Fetch(const std::string& image_id,
+                               std::optional<double> wait) {
+    FetchOptions options;
+    options.wait = Duration(wait);
+    return std::make_unique<Image>(ValueOrRaise(
+        WithoutGil([&] { return client_->Fetch(image_id, options); })));
+  }
+
+  py::dict Stat(const std::string& image_id, std::optional<double> wait) {
+    return InfoDict(ValueOrRaise(
+        WithoutGil([&] { return client_->Stat(image_id, Duration(wait)); })));
+  }
+
+  // One page of ids under `prefix`: (infos, next page token or "").
+  py::tuple List(const std::string& prefix, const std::string& page_token,
+                 uint32_t page_size) {
+    ListOptions options;
+    options.prefix = prefix;
+    options.page_token = page_token;
+    options.page_size = page_size;
+    const ListPage page =
+        ValueOrRaise(WithoutGil([&] { return client_->List(options); }));
+    py::list infos;
+    for (const ImageInfo& info : page.images) infos.append(InfoDict(info));
+    return py::make_tuple(infos, page.next_page_token);
+  }
+
+  void Delete(const std::string& image_id,
+              std::optional<uint64_t> if_generation_match) {
+    OkOrRaise(WithoutGil(
+        [&] { return client_->Delete(image_id, if_generation_match); }));
+  }
+
+ private:
+  static bool IsContiguous(const py::buffer_info& view) {
+    py::ssize_t expected = view.itemsize;
+    for (py::ssize_t dim = view.ndim - 1; dim >= 0; --dim) {
+      if (view.strides[dim] != expected) return false;
+      expected *= view.shape[dim];
+    }
+    return true;
+  }
+
+  std::unique_ptr<Client> client_;
+};
+
+// Opens `image` as an HDF5 file in its own memory (DONT_COPY: HDF5 takes
+// the buffer and frees it when the file closes); returns the file id for
+// h5py to adopt. `writable`: H5LT_FILE_IMAGE_OPEN_RW. Under the GIL.
+int64_t OpenImage(Image& image, bool writable) {
+  return static_cast<int64_t>(ValueOrRaise(OpenFileImage(
+      image.TakeBuffer(), writable ? H5LT_FILE_IMAGE_OPEN_RW : 0u)));
+}
+
+// absl::StatusCode's name, as h5depot.errors keys its classes.
+const char* CodeName(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kCancelled:
+      return "CANCELLED";
+    case absl::StatusCode::kInvalidArgument:
+      return "INVALID_ARGUMENT";
+    case absl::StatusCode::kDeadlineExceeded:
+      return "DEADLINE_EXCEEDED";
+    case absl::StatusCode::kNotFound:
+      return "NOT_FOUND";
+    case absl::StatusCode::kAlreadyExists:
+      return "ALREADY_EXISTS";
+    case absl::StatusCode::kPermissionDenied:
+      return "PERMISSION_DENIED";
+    case absl::StatusCode::kResourceExhausted:
+      return "RESOURCE_EXHAUSTED";
+    case absl::StatusCode::kFailedPrecondition:
+      return "FAILED_PRECONDITION";
+    case absl::StatusCode::kAborted:
+      return "ABORTED";
+    case absl::StatusCode::kOutOfRange:
+      return "OUT_OF_RANGE";
+    case absl::StatusCode::kUnimplemented:
+      return "UNIMPLEMENTED";
+    case absl::StatusCode::kUnavailable:
+      return "UNAVAILABLE";
+    case absl::StatusCode::kDataLoss:
+      return "DATA_LOSS";
+    case absl::StatusCode::kUnauthenticated:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
+  }
+}
+
+// The one conversion of a failed status to a Python exception: sets the
+// exception h5depot.errors makes for its code.
+void SetStatusError(const absl::Status& status) {
+  py::object error = py::module_::import("h5depot.errors")
+                         .attr("_for_code")(CodeName(status.code()),
+                                            std::string(status.message()));
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error.ptr())),
+                  error.ptr());
+}
+
+}  // namespace
+}  // namespace h5depot::python
+
+PYBIND11_MODULE(_native, module) {
+  using namespace h5depot::python;  // NOLINT: the module's own names
+  module.doc() = "The h5depot C++ client, for the h5depot package.";
+
+  py::register_exception_translator([](std::exception_ptr thrown) {
+    try {
+      if (thrown) std::rethrow_exception(thrown);
+    } catch (const StatusError& error) {
+      try {
+        SetStatusError(error.status);
+      } catch (py::error_already_set& unconvertible) {
+        unconvertible.restore();  // h5depot.errors itself failed to load
+      }
+    }
+  });
+
+  py::class_<h5depot::ClientOptions>(module, "ClientOptions")
+      .def(py::init<>())
+      .def_property(
+          "connect_timeout",
+          [](const h5depot::ClientOptions& o) {
+            return absl::ToDoubleSeconds(o.connect_timeout);
+          },
+          [](h5depot::ClientOptions& o, double seconds) {
+            o.connect_timeout = absl::Seconds(seconds);
+          })
+      .def_property(
+          "call_timeout",
+          [](const h5depot::ClientOptions& o) {
+            return absl::ToDoubleSeconds(o.call_timeout);
+          },
+          [](h5depot::ClientOptions& o, std::optional<double> seconds) {
+            o.call_timeout = seconds.has_value() ? absl::Seconds(*seconds)
+                                                 : absl::InfiniteDuration();
+          })
+      .def_readwrite("use_data_lane", &h5depot::ClientOptions::use_data_lane)
+      .def_readwrite("share_memory", &h5depot::ClientOptions::share_memory)
+      .def_readwrite("token", &h5depot::ClientOptions::token)
+      .def_readwrite("use_tls", &h5depot::ClientOptions::use_tls)
+      .def_readwrite("tls_ca_file", &h5depot::ClientOptions::tls_ca_file)
+      .def_readwrite("tls_cert_file", &h5depot::ClientOptions::tls_cert_file)
+      .def_readwrite("tls_key_file", &h5depot::ClientOptions::tls_key_file);
+
+  py::class_<Image>(module, "Image", py::buffer_protocol(), R"doc(
+A fetched image, in the memory it arrived in.
+
+It exposes its bytes through the buffer protocol, read-only:
+memoryview(image), numpy.frombuffer(image, numpy.uint8) and bytes(image)
+(the one that copies) all work. image.info describes the generation
+fetched; len(image) is its size in bytes; image.is_mapped tells whether it
+is a mapping of the server's memory (same host, over a Unix socket) rather
+than bytes that were sent.)doc")
+      .def_property_readonly(
+          "_native_info",
+          [](const Image& image) { return InfoDict(image.info()); })
+      .def_property_readonly(
+          "is_mapped",
+          [](const Image& image) { return image.buffer().is_mapped(); })
+      .def("__len__", [](const Image& image) { return image.buffer().size(); })
+      .def_buffer([](Image& image) {
+        const h5depot::ImageBuffer& buffer = image.buffer();
+        if (buffer.data() == nullptr && buffer.size() > 0) {
+          throw StatusError{absl::FailedPreconditionError(
+              "the image was handed to HDF5 by open()")};
+        }
+        return py::buffer_info(const_cast<void*>(buffer.data()), 1,
+                               py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(buffer.size())}, {1},
+                               /*readonly=*/true);
+      });
+
+  py::class_<NativeClient>(module, "Client")
+      .def(py::init<const std::string&, const h5depot::ClientOptions&>(),
+           py::arg("target"), py::arg("options"))
+      .def_property_readonly("target", &NativeClient::target)
+      .def("push_bytes", &NativeClient::PushBytes)
+      .def("push_path", &NativeClient::PushPath)
+      .def("push_hdf5_file", &NativeClient::PushHdf5File)
+      .def("fetch", &NativeClient::Fetch)
+      .def("stat", &NativeClient::Stat)
+      .def("list", &NativeClient::List)
+      .def("delete", &NativeClient::Delete);
+
+  module.def("open_image", &OpenImage, py::arg("image"), py::arg("writable"));
+}

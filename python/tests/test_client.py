@@ -1,0 +1,341 @@
+"""The h5depot Python package against a real h5depotd (conftest.py): h5py
+files of every standard driver and many kinds of data round-tripped, no
+copy after arrival proven by memory, the error classes, processes, threads
+and fork()."""
+
+import multiprocessing
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+import threading
+
+import h5py
+import numpy as np
+import pytest
+
+import h5depot
+
+
+def make_file(path_or_name, driver, **kwargs):
+    """An h5py file with datasets of many kinds: numbers of several types,
+    strings, a compound type, a chunked compressed dataset, attributes,
+    nested groups."""
+    f = h5py.File(path_or_name, "w", driver=driver, **kwargs)
+    rng = np.random.default_rng(7)
+    f["ints"] = np.arange(1000, dtype=np.int64)
+    f["floats"] = rng.standard_normal((50, 40))
+    f["bytes"] = rng.integers(0, 256, 3000, dtype=np.uint8)
+    f["strings"] = np.array([b"alpha", b"beta", b"gamma"])
+    f["text"] = "unicode \u00e9t\u00e9"
+    compound = np.zeros(5, dtype=[("id", np.int32), ("value", np.float64)])
+    compound["id"] = np.arange(5)
+    compound["value"] = np.linspace(0, 1, 5)
+    f["compound"] = compound
+    f.create_dataset("chunked", data=np.arange(20000, dtype=np.float32),
+                     chunks=(1000,), compression="gzip")
+    group = f.create_group("run/42")
+    group.attrs["operator"] = "A"
+    group.attrs["temperatures"] = np.array([1.5, 2.5])
+    group["empty"] = np.zeros((0,), dtype=np.int16)
+    return f
+
+
+def check_file(f):
+    rng = np.random.default_rng(7)
+    np.testing.assert_array_equal(f["ints"][:], np.arange(1000, dtype=np.int64))
+    np.testing.assert_array_equal(f["floats"][:], rng.standard_normal((50, 40)))
+    np.testing.assert_array_equal(f["bytes"][:],
+                                  rng.integers(0, 256, 3000, dtype=np.uint8))
+    assert list(f["strings"][:]) == [b"alpha", b"beta", b"gamma"]
+    assert f["text"][()].decode() == "unicode \u00e9t\u00e9"
+    assert list(f["compound"]["id"]) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(f["compound"]["value"], np.linspace(0, 1, 5))
+    np.testing.assert_array_equal(f["chunked"][:],
+                                  np.arange(20000, dtype=np.float32))
+    assert f["run/42"].attrs["operator"] == "A"
+    np.testing.assert_array_equal(f["run/42"].attrs["temperatures"], [1.5, 2.5])
+    assert f["run/42/empty"].shape == (0,)
+
+
+@pytest.mark.parametrize("driver", ["core", "sec2", "stdio"])
+def test_an_open_h5py_file_of_each_driver_round_trips(target, tmp_path, driver):
+    kwargs = {"backing_store": False} if driver == "core" else {}
+    name = "in-memory.h5" if driver == "core" else tmp_path / "on-disk.h5"
+    with h5depot.Client(target) as depot:
+        with make_file(name, driver, **kwargs) as f:
+            info = depot.push(f"py/{driver}", f)
+            # The file stays open and usable after the push.
+            assert f["ints"][3] == 3
+        assert info.image_id == f"py/{driver}"
+        assert info.size > 0 and info.generation > 0 and info.expires is None
+        with depot.open(f"py/{driver}") as f:
+            check_file(f)
+            assert f.image_info == info
+            assert f.mode == "r"
+
+
+def test_a_path_and_bytes_like_objects_push_the_same_image(target, tmp_path):
+    path = tmp_path / "file.h5"
+    make_file(path, None).close()
+    data = path.read_bytes()
+    with h5depot.Client(target) as depot:
+        for source in (path, str(path), data, bytearray(data),
+                       memoryview(data), np.frombuffer(data, np.uint8)):
+            info = depot.push("py/sources", source)
+            assert info.size == len(data)
+            image = depot.fetch("py/sources")
+            assert bytes(image) == data
+        with depot.open("py/sources") as f:
+            check_file(f)
+
+
+def test_a_fetched_image_is_read_through_the_buffer_protocol(target):
+    with h5depot.Client(target) as depot:
+        with make_file("mem.h5", "core", backing_store=False) as f:
+            depot.push("py/buffer", f)
+        image = depot.fetch("py/buffer")
+        view = memoryview(image)
+        assert view.readonly and view.format == "B" and len(view) == len(image)
+        assert bytes(view[:8]) == b"\x89HDF\r\n\x1a\n"
+        array = np.frombuffer(image, np.uint8)
+        assert not array.flags.writeable
+        # The array is a view of the image's own memory, not a copy.
+        assert np.shares_memory(array, np.frombuffer(memoryview(image), np.uint8))
+        assert image.info.size == len(image)
+
+
+def test_a_round_trip_through_r_plus_pushes_the_next_generation(target):
+    with h5depot.Client(target) as depot:
+        with make_file("mem.h5", "core", backing_store=False) as f:
+            first = depot.push("py/round-trip", f)
+        with depot.open("py/round-trip", "r+") as f:
+            assert f.image_info.generation == first.generation
+            f["added"] = np.arange(5)
+            second = depot.push("py/round-trip", f,
+                                if_generation_match=f.image_info.generation)
+        assert second.generation > first.generation
+        with depot.open("py/round-trip") as f:
+            check_file(f)
+            np.testing.assert_array_equal(f["added"][:], np.arange(5))
+        # A push from the generation fetched loses to the one since.
+        with depot.open("py/round-trip", "r+") as stale:
+            depot.push("py/round-trip", stale)
+            with pytest.raises(h5depot.Conflict) as lost:
+                depot.push("py/round-trip", stale,
+                           if_generation_match=stale.image_info.generation)
+        assert lost.value.code == "ABORTED"
+
+
+def test_errors_are_the_classes_of_the_contract(server, tmp_path):
+    with h5depot.Client(server.target) as depot:
+        with pytest.raises(KeyError) as missing:
+            depot.fetch("py/never-pushed")
+        assert isinstance(missing.value, h5depot.NotFound)
+        assert "py/never-pushed" in str(missing.value)
+        with pytest.raises(h5depot.NotFound):
+            depot.stat("py/never-pushed")
+        with pytest.raises(h5depot.NotFound):
+            depot.rm("py/never-pushed")
+        with pytest.raises(ValueError) as bad_id:
+            depot.fetch("../etc/passwd")
+        assert isinstance(bad_id.value, h5depot.InvalidArgument)
+        with pytest.raises(h5depot.InvalidArgument) as not_hdf5:
+            depot.push("py/not-hdf5", b"plain bytes")
+        assert "not an HDF5 file image" in str(not_hdf5.value)
+        with pytest.raises(h5depot.InvalidArgument):
+            depot.push("py/not-bytes", 12345)
+        with pytest.raises(h5depot.NotFound):
+            depot.push("py/no-file", tmp_path / "absent.h5")
+        with make_file("mem.h5", "core", backing_store=False) as f:
+            depot.push("py/exists", f)
+            with pytest.raises(h5depot.Conflict) as exists:
+                depot.push("py/exists", f, if_generation_match=0)
+        assert exists.value.code == "ALREADY_EXISTS"
+        with pytest.raises(TimeoutError) as waited:
+            depot.wait("py/not-yet", 0.2)
+        assert isinstance(waited.value, h5depot.Timeout)
+        with pytest.raises(h5depot.InvalidArgument):
+            depot.open("py/exists", "w")
+    with pytest.raises(h5depot.FailedPrecondition):
+        depot.stat("py/exists")  # closed
+
+
+def test_a_killed_server_is_unavailable_not_a_hang(own_server):
+    depot = h5depot.Client(own_server.target, call_timeout=10)
+    with make_file("mem.h5", "core", backing_store=False) as f:
+        depot.push("py/before", f)
+    own_server.kill()
+    with pytest.raises(ConnectionError) as gone:
+        depot.fetch("py/before")
+    assert isinstance(gone.value, h5depot.Unavailable)
+    with pytest.raises(h5depot.Unavailable):
+        h5depot.Client(own_server.target, connect_timeout=1)
+
+
+def test_ls_iterates_over_pages_in_id_order(server):
+    with h5depot.Client(server.target) as depot:
+        with make_file("mem.h5", "core", backing_store=False) as f:
+            for i in range(7):
+                depot.push(f"py/ls/{i:02d}", f)
+        ids = [info.image_id for info in depot.ls("py/ls/", page_size=3)]
+        assert ids == [f"py/ls/{i:02d}" for i in range(7)]
+        depot.rm("py/ls/03")
+        assert "py/ls/03" not in [i.image_id for i in depot.ls("py/ls/")]
+
+
+def test_ttl_sets_the_expiry(server):
+    with h5depot.Client(server.target) as depot:
+        with make_file("mem.h5", "core", backing_store=False) as f:
+            info = depot.push("py/ttl", f, ttl=3600)
+        assert info.expires is not None
+        assert 3500 < (info.expires - info.created).total_seconds() <= 3600
+
+
+def test_the_server_comes_from_the_environment(server, monkeypatch):
+    monkeypatch.setenv("H5DEPOT_SERVER", server.target)
+    with h5depot.Client() as depot:
+        assert depot.target == server.target
+
+
+# Another process, which waits for an image the test pushes after it.
+RECEIVER = textwrap.dedent("""
+    import sys, h5depot
+    with h5depot.Client(sys.argv[1]) as depot:
+        print("waiting", flush=True)
+        with depot.open(sys.argv[2], wait=60) as f:
+            print(int(f["ints"][:].sum()), flush=True)
+""")
+
+
+def test_process_a_hands_a_file_to_waiting_process_b(server):
+    receiver = subprocess.Popen(
+        [sys.executable, "-c", RECEIVER, server.unix_target, "py/a-to-b"],
+        stdout=subprocess.PIPE, text=True, env=os.environ)
+    assert receiver.stdout.readline() == "waiting\n"
+    with h5depot.Client(server.target) as depot:
+        with make_file("mem.h5", "core", backing_store=False) as f:
+            depot.push("py/a-to-b", f)
+    out, _ = receiver.communicate(timeout=120)
+    assert receiver.returncode == 0
+    assert out == f"{sum(range(1000))}\n"
+
+
+# Measures in a process of its own how much fetching and opening an image
+# raises its peak resident memory: VmHWM, the high-water mark of this
+# process's own memory since its exec (ru_maxrss would count what the
+# parent had resident when it forked).
+PEAK = textwrap.dedent("""
+    import sys, h5depot
+
+    def high_water():
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+
+    with h5depot.Client(sys.argv[1]) as depot:
+        depot.stat(sys.argv[2])
+        before = high_water()
+        with depot.open(sys.argv[2]) as f:
+            assert f["big"][-1] == 255
+            after = high_water()
+    print(after - before)
+""")
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_opening_a_fetched_image_copies_nothing(server, tmp_path, transport):
+    size = 512 << 20
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:
+        dataset = f.create_dataset("big", (size,), dtype=np.uint8)
+        piece = np.full(16 << 20, 255, dtype=np.uint8)
+        for at in range(0, size, len(piece)):
+            dataset[at:at + len(piece)] = piece
+    with h5depot.Client(server.target) as depot:
+        info = depot.push("py/big", path)
+    path.unlink()
+    target = server.target if transport == "tcp" else server.unix_target
+    out = subprocess.run([sys.executable, "-c", PEAK, target, "py/big"],
+                         check=True, capture_output=True, text=True,
+                         env=os.environ).stdout
+    grew = int(out)
+    # One copy of the image at most: the bytes received (over TCP), or
+    # none (over the Unix socket, a mapping of the server's memory, of
+    # which only the pages read become resident).
+    assert grew <= 1.1 * info.size, (
+        f"opening a {info.size}-byte image raised peak RSS by {grew} bytes")
+    if transport == "tcp":
+        assert grew >= 0.9 * info.size, "the measurement missed the fetch"
+    with h5depot.Client(server.target) as depot:
+        depot.rm("py/big")
+
+
+def test_threads_push_and_fetch_at_once(target):
+    errors = []
+
+    def work(depot, n):
+        try:
+            data = make_image_bytes(n)
+            for round in range(5):
+                depot.push(f"py/thread/{n}", data)
+                if bytes(depot.fetch(f"py/thread/{n}")) != data:
+                    errors.append(f"thread {n}: other bytes")
+        except Exception as error:  # reported below
+            errors.append(f"thread {n}: {error!r}")
+
+    with h5depot.Client(target) as depot:
+        threads = [threading.Thread(target=work, args=(depot, n))
+                   for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+
+
+def make_image_bytes(seed):
+    with h5py.File(f"seed{seed}.h5", "w", driver="core",
+                   backing_store=False) as f:
+        f["data"] = np.full(100000 + seed, seed, dtype=np.uint8)
+        f.flush()
+        return f.id.get_file_image()
+
+
+def test_a_forked_child_uses_the_client_it_inherited(server):
+    with h5depot.Client(server.unix_target) as depot:
+        depot.push("py/fork/parent", make_image_bytes(1))
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                depot.push("py/fork/child", make_image_bytes(2))
+                if bytes(depot.fetch("py/fork/parent")) == make_image_bytes(1):
+                    status = 0
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert bytes(depot.fetch("py/fork/child")) == make_image_bytes(2)
+        # The parent's client kept working.
+        assert bytes(depot.fetch("py/fork/parent")) == make_image_bytes(1)
+
+
+def fetch_size_in_worker(target_and_id):
+    target, image_id = target_and_id
+    with h5depot.Client(target) as depot:
+        with depot.open(image_id) as f:
+            return int(f["data"][0]), len(depot.fetch(image_id))
+
+
+def test_multiprocessing_workers_open_images(server):
+    with h5depot.Client(server.target) as depot:
+        for n in range(4):
+            depot.push(f"py/pool/{n}", make_image_bytes(n))
+        context = multiprocessing.get_context("fork")
+        with context.Pool(2) as pool:
+            results = pool.map(fetch_size_in_worker,
+                               [(server.target, f"py/pool/{n}") for n in range(4)])
+        assert [value for value, _ in results] == [0, 1, 2, 3]
