@@ -35,7 +35,7 @@ from .errors import (
 )
 
 __all__ = [
-    "Client", "Image", "ImageInfo", "Error", "Conflict", "DataLoss",
+    "Client", "File", "Image", "ImageInfo", "Error", "Conflict", "DataLoss",
     "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied",
     "ResourceExhausted", "Timeout", "Unavailable",
 ]
@@ -93,6 +93,66 @@ def _is_h5py_file(source):
 def _h5py_if_loaded():
     import sys
     return sys.modules.get("h5py")
+
+
+def File(image_id, mode="r", *, server=None, token="", tls=False,
+         tls_ca_file="", tls_cert_file="", tls_key_file="",
+         connect_timeout=10.0, call_timeout=30.0, page_size=64 << 10,
+         cache_size=64 << 20):
+    """An ``h5py.File`` on image ``image_id`` through the remote driver
+    (docs/REMOTE_DRIVER.md): reads fetch the pages they need, and writes
+    stay in this process until the file is flushed or closed, which commits
+    the whole image as a new generation, atomically, and only if nobody
+    pushed the image since it was opened (or last committed).
+
+    ``mode`` is h5py's: "r", "r+", "w" (create or replace), "w-" or "x"
+    (create, failing if it exists), "a" (open or create). ``server`` as
+    Client's ``target``; the other options as Client's, plus the driver's
+    page and cache sizes in bytes. Call ``f.flush()`` before closing to
+    learn whether the commit succeeded: it raises if it lost the race,
+    while a commit that fails inside ``close()`` can only be reported on
+    stderr (HDF5 1.10 cannot fail a close).
+    """
+    import h5py
+    if mode not in ("r", "r+", "w", "w-", "x", "a"):
+        raise InvalidArgument(f"File: unknown mode {mode!r}", "INVALID_ARGUMENT")
+    settings = _native.RemoteSettings()
+    settings.target = server or os.environ.get("H5DEPOT_SERVER") or DEFAULT_SERVER
+    settings.token = token
+    settings.use_tls = bool(tls)
+    settings.tls_ca_file = os.fspath(tls_ca_file)
+    settings.tls_cert_file = os.fspath(tls_cert_file)
+    settings.tls_key_file = os.fspath(tls_key_file)
+    settings.connect_timeout = _seconds(connect_timeout, "connect_timeout")
+    settings.call_timeout = _seconds(call_timeout, "call_timeout")
+    settings.page_size = page_size
+    settings.cache_size = cache_size
+    file_id = h5py.h5f.FileID(_native.open_remote(image_id, mode, settings))
+    return _remote_file_class()(file_id)
+
+
+_REMOTE_FILE_CLASS = None
+
+
+def _remote_file_class():
+    """h5py.File, whose flush raises the driver's failure as the class of
+    h5depot.errors it names (a lost commit race: Conflict)."""
+    global _REMOTE_FILE_CLASS
+    if _REMOTE_FILE_CLASS is None:
+        import h5py
+
+        class RemoteFile(h5py.File):
+            """An h5py.File through the remote driver (h5depot.File)."""
+
+            def flush(self):
+                try:
+                    super().flush()
+                except (RuntimeError, OSError) as error:
+                    from .errors import _from_driver_message
+                    raise (_from_driver_message(str(error)) or error) from error
+
+        _REMOTE_FILE_CLASS = RemoteFile
+    return _REMOTE_FILE_CLASS
 
 
 class Client:

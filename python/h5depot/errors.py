@@ -97,3 +97,15 @@ _CLASSES = {
 def _for_code(code, message):
     """The exception for a failed call with status ``code`` (its name)."""
     return _CLASSES.get(code, Error)(message, code)
+
+
+def _from_driver_message(message):
+    """The exception for an HDF5 error the remote driver caused: its
+    message names the status code ("... (ABORTED: commit of image ...)"),
+    as every message of the driver starts with it; None if it names
+    none."""
+    for code in _CLASSES:
+        at = message.find(code + ": ")
+        if at >= 0:
+            return _for_code(code, message[at + len(code) + 2:].rstrip(")"))
+    return None

@@ -18,6 +18,7 @@
 #include <string>
 #include <utility>
 
+#include "H5FDremote.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -233,6 +234,105 @@ const char* CodeName(absl::StatusCode code) {
   }
 }
 
+// Settings of the remote driver (H5FDremote.h) that h5depot.File passes.
+struct RemoteSettings {
+  std::string target;
+  std::string token;
+  bool use_tls = false;
+  std::string tls_ca_file;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  double connect_timeout = 10;
+  double call_timeout = 30;
+  size_t page_size = size_t{64} << 10;
+  size_t cache_size = size_t{64} << 20;
+};
+
+// The innermost message on HDF5's default error stack (the driver's own,
+// where it gave one), or `fallback`.
+std::string Hdf5Message(const std::string& fallback) {
+  std::string message;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_UPWARD,
+      [](unsigned, const H5E_error2_t* error, void* out) -> herr_t {
+        auto* text = static_cast<std::string*>(out);
+        if (text->empty() && error->desc != nullptr) *text = error->desc;
+        return 0;
+      },
+      &message);
+  H5Eclear2(H5E_DEFAULT);
+  return message.empty() ? fallback : message;
+}
+
+// The status a remote driver message stands for: the driver starts its
+// messages with the status code's name ("NOT_FOUND: no image ..."); HDF5's
+// own failures, without one, are INVALID_ARGUMENT (not an HDF5 file...).
+absl::Status DriverStatus(const std::string& message) {
+  for (int value = 1; value <= 16; ++value) {
+    const auto code = static_cast<absl::StatusCode>(value);
+    const std::string prefix = std::string(CodeName(code)) + ": ";
+    if (message.compare(0, prefix.size(), prefix) == 0) {
+      return absl::Status(code, message.substr(prefix.size()));
+    }
+  }
+  return absl::InvalidArgumentError(message);
+}
+
+// Opens (or creates) image `image_id` through the remote driver, as
+// h5py.File's `mode` says ("r", "r+", "w", "w-" or "x", "a"); returns the
+// file id for h5py to adopt. Under the GIL, as every HDF5 call here.
+int64_t OpenRemote(const std::string& image_id, const std::string& mode,
+                   const RemoteSettings& settings) {
+  H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
+  config.page_size = settings.page_size;
+  config.cache_size = settings.cache_size;
+  config.connect_timeout_ms =
+      static_cast<uint32_t>(settings.connect_timeout * 1000);
+  config.call_timeout_ms = static_cast<uint32_t>(settings.call_timeout * 1000);
+  config.token = settings.token.empty() ? nullptr : settings.token.c_str();
+  config.use_tls = settings.use_tls ? 1 : 0;
+  auto path = [](const std::string& value) {
+    return value.empty() ? nullptr : value.c_str();
+  };
+  config.tls_ca_file = path(settings.tls_ca_file);
+  config.tls_cert_file = path(settings.tls_cert_file);
+  config.tls_key_file = path(settings.tls_key_file);
+
+  const hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  if (fapl < 0 ||
+      H5Pset_fapl_remote(fapl, settings.target.c_str(), &config) < 0) {
+    if (fapl >= 0) H5Pclose(fapl);
+    throw StatusError{absl::InvalidArgumentError(
+        Hdf5Message("the remote driver refused its settings"))};
+  }
+  hid_t file = H5I_INVALID_HID;
+  // HDF5 prints nothing: a failure becomes the exception below.
+  H5E_auto2_t print = nullptr;
+  void* print_data = nullptr;
+  H5Eget_auto2(H5E_DEFAULT, &print, &print_data);
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  if (mode == "r" || mode == "r+") {
+    file = H5Fopen(image_id.c_str(),
+                   mode == "r" ? H5F_ACC_RDONLY : H5F_ACC_RDWR, fapl);
+  } else if (mode == "w") {
+    file = H5Fcreate(image_id.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  } else if (mode == "w-" || mode == "x") {
+    file = H5Fcreate(image_id.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+  } else if (mode == "a") {
+    file = H5Fopen(image_id.c_str(), H5F_ACC_RDWR, fapl);
+    if (file < 0) {
+      H5Eclear2(H5E_DEFAULT);
+      file = H5Fcreate(image_id.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+    }
+  }
+  const std::string why =
+      file < 0 ? Hdf5Message("HDF5 could not open it") : std::string();
+  H5Eset_auto2(H5E_DEFAULT, print, print_data);
+  H5Pclose(fapl);
+  if (file < 0) throw StatusError{DriverStatus(why)};
+  return static_cast<int64_t>(file);
+}
+
 // The one conversion of a failed status to a Python exception: sets the
 // exception h5depot.errors makes for its code.
 void SetStatusError(const absl::Status& status) {
@@ -330,4 +430,19 @@ than bytes that were sent.)doc")
       .def("delete", &NativeClient::Delete);
 
   module.def("open_image", &OpenImage, py::arg("image"), py::arg("writable"));
+
+  py::class_<RemoteSettings>(module, "RemoteSettings")
+      .def(py::init<>())
+      .def_readwrite("target", &RemoteSettings::target)
+      .def_readwrite("token", &RemoteSettings::token)
+      .def_readwrite("use_tls", &RemoteSettings::use_tls)
+      .def_readwrite("tls_ca_file", &RemoteSettings::tls_ca_file)
+      .def_readwrite("tls_cert_file", &RemoteSettings::tls_cert_file)
+      .def_readwrite("tls_key_file", &RemoteSettings::tls_key_file)
+      .def_readwrite("connect_timeout", &RemoteSettings::connect_timeout)
+      .def_readwrite("call_timeout", &RemoteSettings::call_timeout)
+      .def_readwrite("page_size", &RemoteSettings::page_size)
+      .def_readwrite("cache_size", &RemoteSettings::cache_size);
+  module.def("open_remote", &OpenRemote, py::arg("image_id"), py::arg("mode"),
+             py::arg("settings"));
 }

@@ -339,3 +339,41 @@ def test_multiprocessing_workers_open_images(server):
             results = pool.map(fetch_size_in_worker,
                                [(server.target, f"py/pool/{n}") for n in range(4)])
         assert [value for value, _ in results] == [0, 1, 2, 3]
+
+
+def test_the_remote_driver_creates_reads_and_appends(target):
+    with h5depot.File("py/remote/new", "w", server=target) as f:
+        f["x"] = np.arange(100)
+        f.attrs["made_by"] = "h5depot.File"
+    with h5depot.Client(target) as depot:
+        first = depot.stat("py/remote/new")
+        with depot.open("py/remote/new") as f:
+            np.testing.assert_array_equal(f["x"][:], np.arange(100))
+    with h5depot.File("py/remote/new", "a", server=target) as f:
+        f["y"] = np.ones(3)
+    with h5depot.File("py/remote/new", "r", server=target) as f:
+        assert sorted(f.keys()) == ["x", "y"]
+        assert f.attrs["made_by"] == "h5depot.File"
+    with h5depot.Client(target) as depot:
+        assert depot.stat("py/remote/new").generation > first.generation
+    with pytest.raises(h5depot.Conflict):
+        h5depot.File("py/remote/new", "x", server=target)
+    with pytest.raises(KeyError):
+        h5depot.File("py/remote/absent", "r", server=target)
+    with pytest.raises(ValueError):
+        h5depot.File("py/remote/bad//id", "r", server=target)
+
+
+def test_a_remote_commit_that_lost_the_race_is_a_conflict(server):
+    with h5depot.File("py/remote/race", "w", server=server.target) as f:
+        f["x"] = np.arange(10)
+    f = h5depot.File("py/remote/race", "r+", server=server.target)
+    with h5depot.Client(server.target) as depot:
+        depot.push("py/remote/race", make_image_bytes(3))
+    f["mine"] = 1
+    with pytest.raises(h5depot.Conflict) as lost:
+        f.flush()
+    assert "py/remote/race" in str(lost.value)
+    f.close()  # the failed commit is reported on stderr, not raised
+    with h5depot.Client(server.target) as depot:
+        assert bytes(depot.fetch("py/remote/race")) == make_image_bytes(3)
