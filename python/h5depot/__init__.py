@@ -131,6 +131,28 @@ def File(image_id, mode="r", *, server=None, token="", tls=False,
     return _remote_file_class()(file_id)
 
 
+_IMAGE_FILE_CLASS = None
+
+
+def _image_file_class():
+    """h5py.File, with the ImageInfo of the generation it was fetched at
+    (made when first asked for: a small open need not pay for it)."""
+    global _IMAGE_FILE_CLASS
+    if _IMAGE_FILE_CLASS is None:
+        import h5py
+
+        class ImageFile(h5py.File):
+            """An h5py.File on a fetched image (Client.open)."""
+
+            @property
+            def image_info(self):
+                """The ImageInfo of the generation this file was opened at."""
+                return ImageInfo._from_native(self._image_fields)
+
+        _IMAGE_FILE_CLASS = ImageFile
+    return _IMAGE_FILE_CLASS
+
+
 _REMOTE_FILE_CLASS = None
 
 
@@ -258,10 +280,10 @@ class Client:
                 "INVALID_ARGUMENT")
         import h5py
         image = self.fetch(image_id, wait=wait)
-        info = image.info
-        file_id = _native.open_image(image, mode == "r+")
-        file = h5py.File(h5py.h5f.FileID(file_id))
-        file.image_info = info
+        fields = image._native_info
+        file = _image_file_class()(
+            h5py.h5f.FileID(_native.open_image(image, mode == "r+")))
+        file._image_fields = fields
         return file
 
     def stat(self, image_id, *, wait=None):
