@@ -12,6 +12,9 @@ PACKAGES=(
   python3-h5py python3-numpy
   # The Python package (python/): its module's build and its tests.
   python3-dev pybind11-dev python3-pybind11 python3-pytest
+  # The Fortran module (fortran/); HDF5's Fortran modules come with
+  # libhdf5-dev.
+  gfortran
   # deploy/test.sh's ThreadSanitizer pass: GCC 12's TSan runtime.
   libtsan2
   # deploy/test.sh's lock annotation pass: clang's -Wthread-safety.

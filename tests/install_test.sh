@@ -56,4 +56,29 @@ cmake -S "$work/cmake-app" -B "$work/cmake-app/build" \
 cmake --build "$work/cmake-app/build" > "$work/cmake-build.log" 2>&1 ||
   { cat "$work/cmake-build.log"; exit 1; }
 "$work/cmake-app/build/app" "unix:$work/h5depot.sock"
+
+# A Fortran client, built with nothing but pkg-config (when the build has
+# the Fortran module): A pushes, B opens and checks every value.
+fortran_pc=$(find "$work/prefix" -name h5depot-fortran.pc)
+if [[ -n "$fortran_pc" ]]; then
+  for program in packet_producer packet_consumer; do
+    gfortran -Wall -Werror -o "$work/fortran_$program" \
+      "$source_dir/fortran/tests/$program.f90" \
+      $(pkg-config --cflags --libs h5depot-fortran) -Wl,-rpath,"$libdir"
+  done
+  H5DEPOT_SERVER="unix:$work/h5depot.sock" "$work/fortran_packet_producer" install/fortran
+  H5DEPOT_SERVER="unix:$work/h5depot.sock" "$work/fortran_packet_consumer" install/fortran
+fi
+
+# The Python package, where Debian's python3 would find it under the
+# prefix (when the build has it).
+python_dir=$(find "$work/prefix" -type d -path "*/dist-packages/h5depot" -printf '%h\n' | head -n 1)
+if [[ -n "$python_dir" ]]; then
+  PYTHONPATH=$python_dir /usr/bin/python3 -c '
+import sys, h5depot
+with h5depot.Client(sys.argv[1]) as depot:
+    with depot.open("install/fortran") as f:
+        assert f["values"].shape == (100, 10)
+' "unix:$work/h5depot.sock"
+fi
 echo "install test passed"
