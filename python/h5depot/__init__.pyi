@@ -1,0 +1,97 @@
+# Type stubs of the h5depot package, for editors and type checkers.
+import datetime
+import os
+from typing import Any, Iterator, Optional, Union
+
+import h5py
+
+from .errors import (
+    Conflict as Conflict,
+    DataLoss as DataLoss,
+    Error as Error,
+    FailedPrecondition as FailedPrecondition,
+    InvalidArgument as InvalidArgument,
+    NotFound as NotFound,
+    PermissionDenied as PermissionDenied,
+    ResourceExhausted as ResourceExhausted,
+    Timeout as Timeout,
+    Unavailable as Unavailable,
+)
+
+DEFAULT_SERVER: str
+_Duration = Union[float, int, datetime.timedelta]
+_Path = Union[str, os.PathLike[str]]
+
+class ImageInfo:
+    image_id: str
+    size: int
+    generation: int
+    checksum: int
+    created: datetime.datetime
+    expires: Optional[datetime.datetime]
+
+class Image:
+    """A fetched image; read it through the buffer protocol."""
+    @property
+    def info(self) -> ImageInfo: ...
+    @property
+    def is_mapped(self) -> bool: ...
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
+
+class ImageFile(h5py.File):
+    @property
+    def image_info(self) -> ImageInfo: ...
+
+class Client:
+    def __init__(
+        self,
+        target: Optional[str] = ...,
+        *,
+        connect_timeout: _Duration = ...,
+        call_timeout: Optional[_Duration] = ...,
+        use_data_lane: bool = ...,
+        share_memory: bool = ...,
+        token: str = ...,
+        tls: bool = ...,
+        tls_ca_file: _Path = ...,
+        tls_cert_file: _Path = ...,
+        tls_key_file: _Path = ...,
+    ) -> None: ...
+    @property
+    def target(self) -> str: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> "Client": ...
+    def __exit__(self, *exc_info: Any) -> None: ...
+    def push(
+        self,
+        image_id: str,
+        source: Union[h5py.File, _Path, bytes, bytearray, memoryview, Any],
+        *,
+        if_generation_match: Optional[int] = ...,
+        ttl: Optional[_Duration] = ...,
+    ) -> ImageInfo: ...
+    def fetch(self, image_id: str, *, wait: Optional[_Duration] = ...) -> Image: ...
+    def open(
+        self, image_id: str, mode: str = ..., *, wait: Optional[_Duration] = ...
+    ) -> ImageFile: ...
+    def stat(self, image_id: str, *, wait: Optional[_Duration] = ...) -> ImageInfo: ...
+    def wait(self, image_id: str, timeout: _Duration) -> ImageInfo: ...
+    def ls(self, prefix: str = ..., *, page_size: int = ...) -> Iterator[ImageInfo]: ...
+    def rm(self, image_id: str, *, if_generation_match: Optional[int] = ...) -> None: ...
+
+def File(
+    image_id: str,
+    mode: str = ...,
+    *,
+    server: Optional[str] = ...,
+    token: str = ...,
+    tls: bool = ...,
+    tls_ca_file: _Path = ...,
+    tls_cert_file: _Path = ...,
+    tls_key_file: _Path = ...,
+    connect_timeout: _Duration = ...,
+    call_timeout: _Duration = ...,
+    page_size: int = ...,
+    cache_size: int = ...,
+) -> h5py.File: ...
