@@ -71,37 +71,19 @@ for size in sizes:
     make(f"{size}.h5", n - 4096)
 PY
 
-exec /usr/bin/python3 - "$build" "$work" "$sizes" <<'PY'
-import os, socket, statistics, subprocess, sys, time
+exec env PYTHONPATH="$PWD/bench" /usr/bin/python3 - "$build" "$work" "$sizes" <<'PY'
+import os, statistics, subprocess, sys, time
+
+import bench_support
 
 build, work, sizes = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 cli = f"{build}/client/h5depot"
 devnull = open(os.devnull, "wb")
 
-def free_port_pair():
-    while True:
-        first = socket.socket(); first.bind(("127.0.0.1", 0))
-        port = first.getsockname()[1]
-        second = socket.socket()
-        try:
-            second.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        first.close(); second.close()
-        return port
-
 def start_server():
-    port = free_port_pair()
-    server = subprocess.Popen(
-        [f"{build}/server/h5depotd", f"--listen=127.0.0.1:{port}"],
-        stdout=subprocess.PIPE, stderr=devnull, text=True)
-    for line in server.stdout:
-        if line.startswith("h5depotd holds"):
-            break
-    return server, f"127.0.0.1:{port}"
+    return bench_support.start_server(build)
 
-def stop(server):
-    server.terminate(); server.wait()
+stop = bench_support.stop
 
 def run(args, shell=False):
     """Seconds and peak RSS (MiB) of one whole process (or shell pipeline)."""
@@ -201,7 +183,7 @@ for size in sizes:
 
 # Small images and start-up, against redis-cli.
 server, target = start_server()
-redis_port = free_port_pair()
+redis_port = bench_support.free_port_pair()
 redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "",
                           "--appendonly", "no", "--bind", "127.0.0.1"],
                          stdout=devnull, stderr=devnull)

@@ -36,37 +36,19 @@ work=$(mktemp -d /tmp/h5depot-python-bench.XXXXXX)
 shm=$(mktemp -d /dev/shm/h5depot-python-bench.XXXXXX)
 trap 'rm -rf "$work" "$shm"' EXIT
 
-exec env PYTHONPATH="$build/python" /usr/bin/python3 - "$build" "$work" "$shm" "$sizes" <<'PY'
-import socket, statistics, subprocess, sys, time
+exec env PYTHONPATH="$build/python:$PWD/bench" /usr/bin/python3 - "$build" "$work" "$shm" "$sizes" <<'PY'
+import statistics, subprocess, sys, time
 
 import h5py
 import numpy as np
 
+import bench_support
 import h5depot
 
 build, work, shm, sizes = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
 
-def free_port_pair():
-    while True:
-        first = socket.socket(); first.bind(("127.0.0.1", 0))
-        port = first.getsockname()[1]
-        second = socket.socket()
-        try:
-            second.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        first.close(); second.close()
-        return port
-
-port = free_port_pair()
-server = subprocess.Popen(
-    [f"{build}/server/h5depotd", f"--listen=127.0.0.1:{port}",
-     f"--unix={work}/h5depotd.sock"],
-    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-for line in server.stdout:
-    if line.startswith("h5depotd holds"):
-        break
-targets = {"TCP": f"127.0.0.1:{port}", "Unix socket": f"unix:{work}/h5depotd.sock"}
+server, tcp_target = bench_support.start_server(build, f"--unix={work}/h5depotd.sock")
+targets = {"TCP": tcp_target, "Unix socket": f"unix:{work}/h5depotd.sock"}
 
 def cxx_fetch_open(target, image_id):
     out = subprocess.run(
@@ -117,5 +99,5 @@ for size in sizes:
         cxx, python, local = (statistics.median(x) for x in (cxx, python, local))
         print(f"| {size} | {name} | {cxx * 1e3:.2f} ms | {python * 1e3:.2f} ms |"
               f" {python / cxx:.2f}x | {local * 1e3:.2f} ms |", flush=True)
-server.terminate(); server.wait()
+bench_support.stop(server)
 PY
