@@ -33,7 +33,8 @@ bool SameRequest(const RequestHeader& a, const RequestHeader& b) {
          a.ttl_ms == b.ttl_ms && a.wait_ms == b.wait_ms &&
          a.generation == b.generation && a.offset == b.offset &&
          a.accepts_descriptor == b.accepts_descriptor &&
-         a.descriptor_only == b.descriptor_only && a.client_cpu == b.client_cpu;
+         a.descriptor_only == b.descriptor_only &&
+         a.newer_than == b.newer_than && a.client_cpu == b.client_cpu;
 }
 
 bool SameResponse(const Response& a, const Response& b) {
@@ -94,10 +95,12 @@ void CheckRequestHeader(const uint8_t* data, size_t size) {
     FUZZ_CHECK(header.offset == 0 && header.size == 0);
   }
   // Every byte means something, except the generation to match (offset 16)
-  // of a PUT or GET whose flags do not ask for one. (A READ's, PIN's or
-  // UNPIN's generation is there.)
+  // of a PUT whose flags do not ask for one. (A GET's newer_than, and a
+  // READ's, PIN's or UNPIN's generation are there.)
   std::vector<uint8_t> meant = in;
-  if (!HasReadLayout(header.op) && !header.if_generation_match.has_value()) {
+  if (header.op == Op::kGet) FUZZ_CHECK(!header.if_generation_match);
+  if (!HasReadLayout(header.op) && header.op != Op::kGet &&
+      !header.if_generation_match.has_value()) {
     std::memset(meant.data() + 16, 0, 8);
   }
   uint8_t again[kRequestHeaderBytes];
@@ -150,6 +153,11 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
   request.wait_ms = provider.ConsumeIntegral<uint64_t>();
   if (provider.ConsumeBool()) {
     request.client_cpu = provider.ConsumeIntegral<uint32_t>();
+  }
+  if (request.op == Op::kGet) {
+    // A GET has no precondition; its newer_than is in that place.
+    request.if_generation_match.reset();
+    request.newer_than = provider.ConsumeIntegral<uint64_t>();
   }
   if (HasReadLayout(request.op)) {
     // A READ carries a generation and an offset in their place; a PIN or

@@ -647,6 +647,46 @@ TEST_F(ImageStoreTest, APublishEndsEveryWaitForItsIdAndNoOther) {
   EXPECT_TRUE(store_->CancelWait(other_wait, absl::CancelledError("done")));
 }
 
+TEST_F(ImageStoreTest, AWaitForANewerGenerationIgnoresTheCurrentOne) {
+  auto first = Push("x", MakeTestImage(100));
+  ASSERT_TRUE(first.ok());
+  WaitOutcome newer;
+  const ImageStore::WaitId wait = store_->Await(
+      "x", (*first)->generation(), absl::InfiniteFuture(), newer.Callback());
+  ASSERT_NE(wait, 0u);
+  EXPECT_FALSE(newer.ended.HasBeenNotified());
+  auto second = Push("x", MakeTestImage(100));
+  ASSERT_TRUE(second.ok());
+  ASSERT_TRUE(newer.ended.HasBeenNotified());
+  ASSERT_TRUE(newer.result.ok()) << newer.result.status();
+  EXPECT_EQ(newer.result->get(), second->get());
+
+  // Already newer: answered at once.
+  WaitOutcome at_once;
+  EXPECT_EQ(store_->Await("x", (*first)->generation(), absl::InfiniteFuture(),
+                          at_once.Callback()),
+            0u);
+  ASSERT_TRUE(at_once.result.ok());
+  EXPECT_EQ(at_once.result->get(), second->get());
+}
+
+TEST_F(ImageStoreTest, APublishNotNewerThanAWaitAsksLeavesItWaiting) {
+  WaitOutcome far;
+  const ImageStore::WaitId wait = store_->Await(
+      "x", UINT64_MAX - 1, absl::Now() + absl::Hours(1), far.Callback());
+  ASSERT_NE(wait, 0u);
+  ASSERT_TRUE(Push("x", MakeTestImage(100)).ok());
+  EXPECT_FALSE(far.ended.HasBeenNotified());
+  EXPECT_EQ(store_->Stats().pending_waits, 1u);
+  EXPECT_EQ(store_->ExpireWaits(absl::Now() + absl::Hours(2)), 1u);
+  ASSERT_TRUE(far.ended.HasBeenNotified());
+  EXPECT_EQ(far.result.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_NE(far.result.status().message().find(
+                "no generation of image 'x' newer than"),
+            std::string::npos)
+      << far.result.status();
+}
+
 TEST_F(ImageStoreTest, AWaitsCallbackMayCallTheStore) {
   // Callbacks run outside the store's lock: one that calls back in must
   // not deadlock.

@@ -103,7 +103,7 @@ absl::Status DecodeTokenHeader(const uint8_t in[kTokenHeaderBytes],
 }
 
 //  0 op  1 flags  2 image_id_bytes  4 client_cpu + 1 (0: not said)  8 size
-// 16 if_generation_match  24 ttl_ms  32 wait_ms
+// 16 if_generation_match (PUT), newer_than (GET)  24 ttl_ms  32 wait_ms
 // READ has no generation precondition, time to live nor wait: its
 // generation is at 16 and its offset at 24. PIN and UNPIN are laid out as
 // READ, with only the generation set.
@@ -125,7 +125,12 @@ void EncodeRequestHeader(const RequestHeader& header,
     EncodeU64(header.offset, out + 24);
     return;
   }
-  EncodeU64(header.if_generation_match.value_or(0), out + 16);
+  if (header.op == Op::kGet) {
+    out[1] &= ~kHasGenerationMatch;
+    EncodeU64(header.newer_than, out + 16);
+  } else {
+    EncodeU64(header.if_generation_match.value_or(0), out + 16);
+  }
   EncodeU64(header.ttl_ms, out + 24);
   EncodeU64(header.wait_ms, out + 32);
 }
@@ -163,6 +168,14 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
   }
   header->generation = 0;
   header->offset = 0;
+  header->newer_than = 0;
+  if (header->op == Op::kGet) {
+    if (header->if_generation_match.has_value()) {
+      return absl::InvalidArgumentError(
+          "a data lane GET with a generation precondition");
+    }
+    header->newer_than = DecodeU64(in + 16);
+  }
   if (HasReadLayout(header->op)) {
     if (header->if_generation_match.has_value() || header->wait_ms != 0 ||
         header->accepts_descriptor || header->descriptor_only) {

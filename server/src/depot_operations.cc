@@ -264,10 +264,25 @@ absl::StatusOr<ImageRef> DepotOperations::Find(const Caller& caller,
   return store_->Get(image_id);
 }
 
+namespace {
+
+// `image` (the current generation of `image_id`, or why there is none) if
+// it is newer than `newer_than`; FAILED_PRECONDITION if it is not.
+absl::StatusOr<ImageRef> IfNewerThan(absl::StatusOr<ImageRef> image,
+                                     std::string_view image_id,
+                                     uint64_t newer_than) {
+  if (!image.ok() || (*image)->generation() > newer_than) return image;
+  return absl::FailedPreconditionError(absl::StrCat(
+      "image '", std::string(image_id), "' has no generation newer than ",
+      newer_than, " (current: ", (*image)->generation(), ")"));
+}
+
+}  // namespace
+
 ImageStore::WaitId DepotOperations::AwaitImage(const Caller& caller,
                                                Operation op,
                                                std::string_view image_id,
-                                               uint64_t wait_ms,
+                                               ImageWait wait,
                                                ImageStore::WaitCallback done) {
   const Principal* principal = nullptr;
   if (checks_access_) {
@@ -278,8 +293,8 @@ ImageStore::WaitId DepotOperations::AwaitImage(const Caller& caller,
     }
     principal = *admitted;
   }
-  if (wait_ms == 0) {
-    done(store_->Get(image_id));
+  if (wait.wait_ms == 0) {
+    done(IfNewerThan(store_->Get(image_id), image_id, wait.newer_than));
     return 0;
   }
   std::shared_ptr<PrincipalState> state =
@@ -288,11 +303,12 @@ ImageStore::WaitId DepotOperations::AwaitImage(const Caller& caller,
   // cannot pass the cap together.
   if (waits_.fetch_add(1) >= max_waits_) {
     waits_.fetch_sub(1);
-    absl::StatusOr<ImageRef> image = store_->Get(image_id);
-    if (absl::IsNotFound(image.status())) {
+    absl::StatusOr<ImageRef> image =
+        IfNewerThan(store_->Get(image_id), image_id, wait.newer_than);
+    if (!image.ok()) {
       image = absl::ResourceExhaustedError(absl::StrCat(
-          "image '", std::string(image_id),
-          "' does not exist, and the server is at its limit of ", max_waits_,
+          image.status().message(), ", and the server is at its limit of ",
+          max_waits_,
           " fetches and stats waiting at once (h5depotd --max-waits)"));
     }
     done(std::move(image));
@@ -303,11 +319,12 @@ ImageStore::WaitId DepotOperations::AwaitImage(const Caller& caller,
           state->max_waits.load(std::memory_order_relaxed)) {
     state->waits.fetch_sub(1);
     waits_.fetch_sub(1);
-    absl::StatusOr<ImageRef> image = store_->Get(image_id);
-    if (absl::IsNotFound(image.status())) {
+    absl::StatusOr<ImageRef> image =
+        IfNewerThan(store_->Get(image_id), image_id, wait.newer_than);
+    if (!image.ok()) {
       image = absl::ResourceExhaustedError(absl::StrCat(
-          "image '", std::string(image_id), "' does not exist, and ",
-          state->quota->owner(), " is at its limit of ",
+          image.status().message(), ", and ", state->quota->owner(),
+          " is at its limit of ",
           state->max_waits.load(std::memory_order_relaxed),
           " fetches and stats waiting at once (h5depotd "
           "--principal-max-waits, or max-waits= in the auth file)"));
@@ -315,7 +332,7 @@ ImageStore::WaitId DepotOperations::AwaitImage(const Caller& caller,
     done(std::move(image));
     return 0;
   }
-  return store_->Await(image_id, WaitDeadline(wait_ms),
+  return store_->Await(image_id, wait.newer_than, WaitDeadline(wait.wait_ms),
                        [this, state = std::move(state), done = std::move(done)](
                            absl::StatusOr<ImageRef> answer) mutable {
                          // Free before the caller learns the answer, so that it

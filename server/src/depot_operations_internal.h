@@ -162,6 +162,14 @@ struct PushParams {
   uint64_t ttl_ms = 0;                          // 0: never expires
 };
 
+// What a fetch or stat waits for, as it arrives on any transport: a
+// generation newer than `newer_than` (0: any generation), for up to
+// `wait_ms` (0: answer with what is there now).
+struct ImageWait {
+  uint64_t newer_than = 0;
+  uint64_t wait_ms = 0;
+};
+
 // Bytes [offset, offset + length) of an image.
 struct ByteRange {
   uint64_t offset = 0;
@@ -294,12 +302,14 @@ class DepotOperations {
     return Find(caller, Operation::kStat, image_id);
   }
 
-  // Fetch or Stat (`op`) waiting up to `wait_ms` (clamped to kMaxWaitMs;
-  // 0: not at all, NOT_FOUND) for `image_id` to be published, holding no
-  // thread while it waits: `done` is called exactly once, as by
-  // ImageStore::Await (at once on this thread if the answer is known,
-  // later on the publishing, reaper or cancelling thread otherwise), with
-  // DEADLINE_EXCEEDED when the wait passes, UNAVAILABLE at shutdown,
+  // Fetch or Stat (`op`) waiting up to `wait.wait_ms` (clamped to
+  // kMaxWaitMs) for a generation of `image_id` newer than `wait.newer_than`
+  // to be published, holding no thread while it waits. Without a wait, the
+  // current generation if it is newer; NOT_FOUND if there is none,
+  // FAILED_PRECONDITION if it is not newer. Otherwise `done` is called exactly
+  // once, as by ImageStore::Await (at once on this thread if the answer is
+  // known, later on the publishing, reaper or cancelling thread otherwise),
+  // with DEADLINE_EXCEEDED when the wait passes, UNAVAILABLE at shutdown,
   // CANCELLED through CancelWait(). With `max_waits` waits under way, or
   // the caller's principal at its own max_waits, one more is
   // RESOURCE_EXHAUSTED at once, unless the image is there (a wait that
@@ -310,7 +320,7 @@ class DepotOperations {
   // that thread on `done` and the connection's events, not on a timer
   // (the lane: lane_server.cc).
   ImageStore::WaitId AwaitImage(const Caller& caller, Operation op,
-                                std::string_view image_id, uint64_t wait_ms,
+                                std::string_view image_id, ImageWait wait,
                                 ImageStore::WaitCallback done);
   // Ends `wait` with CANCELLED if it has not ended yet (its `done` runs on
   // this thread then); harmless for a wait that has ended (or 0).

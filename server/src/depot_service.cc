@@ -374,19 +374,20 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     Finish(ToGrpcStatus(status));
   }
 
-  // Sends the whole image once `operations` finds `image_id`, waiting up to
-  // `wait_ms` for it to be published with no thread held meanwhile, or
+  // Sends the whole image once `operations` finds `image_id` (a generation
+  // newer than `wait.newer_than`), waiting up to `wait.wait_ms` for it to
+  // be published with no thread held meanwhile, or
   // fails with the operation's error. Called from the method handler: a
   // cancellation (OnCancel) comes only once it has returned, so `wait_` is
   // set by then.
   void SendWholeImageWhenFound(DepotOperations* operations,
                                const Caller& caller, std::string_view image_id,
-                               uint64_t wait_ms) {
+                               ImageWait wait) {
     operations_ = operations;
     // The wait ends exactly once, and the reactor is finished (and so
     // deleted) only through `SendWholeImage` or `Fail` called from it:
     // `this` is alive whenever it runs.
-    wait_ = operations->AwaitImage(caller, Operation::kFetch, image_id, wait_ms,
+    wait_ = operations->AwaitImage(caller, Operation::kFetch, image_id, wait,
                                    [this](absl::StatusOr<ImageRef> image) {
                                      SendWholeImage(std::move(image));
                                    });
@@ -452,9 +453,8 @@ class WaitingStatReactor final : public grpc::ServerUnaryReactor {
 
   // Called from the method handler; see SendReactor's
   // SendWholeImageWhenFound for why `wait_` and `this` are safe.
-  void Start(const Caller& caller, std::string_view image_id,
-             uint64_t wait_ms) {
-    wait_ = operations_->AwaitImage(caller, Operation::kStat, image_id, wait_ms,
+  void Start(const Caller& caller, std::string_view image_id, ImageWait wait) {
+    wait_ = operations_->AwaitImage(caller, Operation::kStat, image_id, wait,
                                     [this](absl::StatusOr<ImageRef> image) {
                                       if (image.ok())
                                         EncodeInfo(**image, response_);
@@ -641,9 +641,10 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Fetch(
     reactor->Fail(absl::InvalidArgumentError("malformed fetch request"));
     return reactor;
   }
-  if (fetch.wait_timeout_ms() > 0) {
-    reactor->SendWholeImageWhenFound(operations_, CallerOf(context),
-                                     fetch.image_id(), fetch.wait_timeout_ms());
+  if (fetch.wait_timeout_ms() > 0 || fetch.newer_than_generation() > 0) {
+    reactor->SendWholeImageWhenFound(
+        operations_, CallerOf(context), fetch.image_id(),
+        ImageWait{fetch.newer_than_generation(), fetch.wait_timeout_ms()});
     return reactor;
   }
   reactor->SendWholeImage(
@@ -696,11 +697,12 @@ grpc::ServerUnaryReactor* DepotService::Stat(
   if (!pass.admitted()) {
     return new RefusedReactor<grpc::ServerUnaryReactor>(std::move(pass));
   }
-  if (request->wait_timeout_ms() > 0) {
+  if (request->wait_timeout_ms() > 0 || request->newer_than_generation() > 0) {
     auto* reactor =
         new WaitingStatReactor(std::move(pass), operations_, response);
     reactor->Start(CallerOf(context), request->image_id(),
-                   request->wait_timeout_ms());
+                   ImageWait{request->newer_than_generation(),
+                             request->wait_timeout_ms()});
     return reactor;
   }
   auto* reactor = new UnaryReactor(std::move(pass));

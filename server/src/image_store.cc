@@ -769,7 +769,12 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
     stored_bytes_ += published->size();
     if (!waits_by_image_.empty()) {
       auto [first, last] = waits_by_image_.equal_range(stored.image_id());
-      while (first != last) woken.push_back(TakeWait((first++)->second));
+      while (first != last) {
+        const WaitId wait = (first++)->second;
+        if (waits_.at(wait).newer_than < stored.generation_) {
+          woken.push_back(TakeWait(wait));
+        }
+      }
     }
   }
   if (published->expires() != absl::InfiniteFuture()) {
@@ -848,27 +853,44 @@ absl::StatusOr<ImageRef> ImageStore::Get(std::string_view image_id) const {
   return image;
 }
 
+namespace {
+
+// The DEADLINE_EXCEEDED of a wait for `image_id` newer than `newer_than`.
+absl::Status WaitTimedOut(std::string_view image_id, uint64_t newer_than) {
+  if (newer_than == 0) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "image '", std::string(image_id), "' did not appear in time"));
+  }
+  return absl::DeadlineExceededError(
+      absl::StrCat("no generation of image '", std::string(image_id),
+                   "' newer than ", newer_than, " came in time"));
+}
+
+}  // namespace
+
 ImageStore::WaitId ImageStore::Await(std::string_view image_id,
-                                     absl::Time deadline, WaitCallback done) {
+                                     uint64_t newer_than, absl::Time deadline,
+                                     WaitCallback done) {
   absl::StatusOr<ImageRef> answer;
   WaitId registered = 0;
   if (absl::Status valid = internal::ValidateImageId(image_id); !valid.ok()) {
     answer = std::move(valid);
   } else {
     absl::MutexLock lock(&mutex_);
-    if (ImageRef image = FindLive(image_id); image != nullptr) {
+    if (ImageRef image = FindLive(image_id);
+        image != nullptr && image->generation() > newer_than) {
       answer = std::move(image);
     } else if (shutting_down_) {
       answer = absl::UnavailableError("server is shutting down");
     } else if (deadline <= absl::Now()) {
-      answer = absl::DeadlineExceededError(absl::StrCat(
-          "image '", std::string(image_id), "' did not appear in time"));
+      answer = WaitTimedOut(image_id, newer_than);
     } else {
       registered = next_wait_++;
       Wait& wait = waits_[registered];
       wait.done = std::move(done);
       wait.by_image =
           waits_by_image_.emplace(std::string(image_id), registered);
+      wait.newer_than = newer_than;
       wait.deadline = deadline;
       if (deadline != absl::InfiniteFuture()) {
         wait_deadlines_.emplace(deadline, registered);
@@ -909,19 +931,18 @@ bool ImageStore::CancelWait(WaitId wait, const absl::Status& status) {
 }
 
 size_t ImageStore::ExpireWaits(absl::Time now) {
-  std::vector<std::pair<WaitCallback, std::string>> expired;
+  std::vector<std::pair<WaitCallback, absl::Status>> expired;
   {
     absl::MutexLock lock(&mutex_);
     while (!wait_deadlines_.empty() && wait_deadlines_.begin()->first <= now) {
       const WaitId id = wait_deadlines_.begin()->second;
-      std::string image_id = waits_.at(id).by_image->first;
-      expired.emplace_back(TakeWait(id), std::move(image_id));
+      const Wait& wait = waits_.at(id);
+      absl::Status timed_out =
+          WaitTimedOut(wait.by_image->first, wait.newer_than);
+      expired.emplace_back(TakeWait(id), std::move(timed_out));
     }
   }
-  for (auto& [done, image_id] : expired) {
-    done(absl::DeadlineExceededError(
-        absl::StrCat("image '", image_id, "' did not appear in time")));
-  }
+  for (auto& [done, timed_out] : expired) done(std::move(timed_out));
   return expired.size();
 }
 
@@ -945,9 +966,7 @@ absl::StatusOr<ImageRef> ImageStore::WaitFor(
   while (wait != 0 && !ended.HasBeenNotified()) {
     const absl::Time now = absl::Now();
     if (now >= deadline) {
-      CancelWait(wait, absl::DeadlineExceededError(
-                           absl::StrCat("image '", std::string(image_id),
-                                        "' did not appear in time")));
+      CancelWait(wait, WaitTimedOut(image_id, /*newer_than=*/0));
       break;
     }
     if (is_cancelled && is_cancelled()) {

@@ -378,7 +378,7 @@ struct DataLaneServer::Impl {
   absl::StatusOr<ImageRef> WaitForImage(LaneSocket& socket,
                                         const Caller& caller,
                                         const std::string& image_id,
-                                        uint64_t wait_ms);
+                                        ImageWait wait);
 };
 
 absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
@@ -813,9 +813,10 @@ absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,
                                              const std::string& image_id) {
   const Caller& caller = *session.caller;
   absl::StatusOr<ImageRef> image =
-      header.wait_ms == 0
+      header.wait_ms == 0 && header.newer_than == 0
           ? operations->Fetch(caller, image_id)
-          : WaitForImage(socket, caller, image_id, header.wait_ms);
+          : WaitForImage(socket, caller, image_id,
+                         ImageWait{header.newer_than, header.wait_ms});
   if (!image.ok()) return SendFinal(socket, image.status(), nullptr, false);
   if (header.accepts_descriptor && (*image)->memfd() >= 0) {
     return SendDescriptor(socket, *operations, *image, session.leases);
@@ -891,7 +892,7 @@ absl::Status DataLaneServer::Impl::HandlePin(LaneSocket& socket,
 // are. CANCELLED when the client hung up or the server stops.
 absl::StatusOr<ImageRef> DataLaneServer::Impl::WaitForImage(
     LaneSocket& socket, const Caller& caller, const std::string& image_id,
-    uint64_t wait_ms) {
+    ImageWait wait) {
   const int ended = ::eventfd(0, EFD_CLOEXEC);
   if (ended < 0) {
     return absl::ResourceExhaustedError(
@@ -908,9 +909,9 @@ absl::StatusOr<ImageRef> DataLaneServer::Impl::WaitForImage(
       // Cannot fail: an eventfd counter far from overflow.
     }
   };
-  const ImageStore::WaitId wait = operations->AwaitImage(
-      caller, Operation::kFetch, image_id, wait_ms, std::move(signal_ended));
-  if (wait != 0) {
+  const ImageStore::WaitId waiting = operations->AwaitImage(
+      caller, Operation::kFetch, image_id, wait, std::move(signal_ended));
+  if (waiting != 0) {
     // POLLRDHUP only on the socket: bytes a client sends meanwhile (it
     // should not) must not wake the wait again and again. `wake_fd` stays
     // readable once the server stops.
@@ -920,7 +921,7 @@ absl::StatusOr<ImageRef> DataLaneServer::Impl::WaitForImage(
     do {
       ready = ::poll(entries, 3, -1);
     } while (ready < 0 && errno == EINTR);
-    if (ready < 0 || entries[0].revents == 0) operations->CancelWait(wait);
+    if (ready < 0 || entries[0].revents == 0) operations->CancelWait(waiting);
   }
   // The callback has run, or is running on another thread (a publish that
   // won the race against CancelWait): this blocks until it has signalled.

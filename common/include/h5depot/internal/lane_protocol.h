@@ -148,6 +148,9 @@ struct RequestHeader {
   std::optional<uint64_t> if_generation_match;  // PUT
   uint64_t ttl_ms = 0;                          // PUT; 0: never expires
   uint64_t wait_ms = 0;                         // GET; 0: do not wait
+  // GET: only a generation newer than this one (0: any), as FetchRequest's
+  // newer_than_generation. A server from before it ignores it.
+  uint64_t newer_than = 0;
   // GET: the answer may be the image's descriptor (kFeatureDescriptors).
   bool accepts_descriptor = false;
   // GET, with accepts_descriptor: only the descriptor; an image that

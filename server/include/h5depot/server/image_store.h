@@ -426,13 +426,20 @@ class ImageStore {
   using WaitId = uint64_t;  // 0: no wait pending
   using WaitCallback = absl::AnyInvocable<void(absl::StatusOr<ImageRef>)>;
 
-  // Calls `done` with `image_id`'s current generation once there is one.
-  // If the answer is known at once (the image is there; a malformed id,
+  // Calls `done` with `image_id`'s current generation once it is newer than
+  // generation `newer_than` (0: once there is one; generations only grow,
+  // so a consumer passing the last one it saw misses no publish). If the
+  // answer is known at once (such a generation is current; a malformed id,
   // INVALID_ARGUMENT; a store shut down, UNAVAILABLE; `deadline` passed,
   // DEADLINE_EXCEEDED), `done` runs on this thread before Await returns
   // 0. Otherwise the wait is registered and its id returned.
+  WaitId Await(std::string_view image_id, uint64_t newer_than,
+               absl::Time deadline, WaitCallback done);
+  // Await for any generation.
   WaitId Await(std::string_view image_id, absl::Time deadline,
-               WaitCallback done);
+               WaitCallback done) {
+    return Await(image_id, /*newer_than=*/0, deadline, std::move(done));
+  }
 
   // Ends wait `wait` with `status` if it has not ended yet: its callback
   // runs on this thread before CancelWait returns true. False if it has
@@ -523,6 +530,7 @@ class ImageStore {
   struct Wait {
     WaitCallback done;
     std::multimap<std::string, WaitId, std::less<>>::iterator by_image;
+    uint64_t newer_than = 0;
     absl::Time deadline;
   };
   std::unordered_map<WaitId, Wait> waits_ ABSL_GUARDED_BY(mutex_);
