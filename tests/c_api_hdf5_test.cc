@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "h5depot/h5depot.h"
 #include "h5depot/testing/hdf5_datasets.h"
+#include "h5depot/testing/hdf5_images.h"
 #include "h5depot/testing/in_process_depot.h"
 
 namespace {
@@ -188,6 +189,43 @@ TEST_F(CApiHdf5Test, PushFileThenOpenReadsTheFileBack) {
     EXPECT_EQ(ReadValues(opened), Values(5));
     EXPECT_GE(H5Fclose(opened), 0);
   }
+}
+
+TEST_F(CApiHdf5Test, FetchNewerAndWaitNewerTakeOnlyALaterGeneration) {
+  const std::string image = ::h5depot::testing::MakeHdf5Image(4096, 5);
+  uint64_t first = 0;
+  ASSERT_EQ(h5depot_push_buffer(client_, "c/newer", image.data(), image.size(),
+                                &first),
+            H5DEPOT_OK)
+      << h5depot_errmsg();
+  void* buf = nullptr;
+  size_t len = 0;
+  uint64_t generation = 0;
+  EXPECT_EQ(h5depot_fetch_newer(client_, "c/newer", first, 0, &buf, &len,
+                                &generation),
+            H5DEPOT_FAILED_PRECONDITION);
+  EXPECT_EQ(buf, nullptr);
+  EXPECT_EQ(h5depot_wait_newer(client_, "c/newer", first, 50, nullptr),
+            H5DEPOT_DEADLINE_EXCEEDED);
+  EXPECT_EQ(h5depot_fetch_newer(client_, "c/newer", first, -1, &buf, &len,
+                                &generation),
+            H5DEPOT_INVALID_ARGUMENT);
+
+  uint64_t second = 0;
+  ASSERT_EQ(h5depot_push_buffer(client_, "c/newer", image.data(), image.size(),
+                                &second),
+            H5DEPOT_OK);
+  h5depot_image_info info{};
+  ASSERT_EQ(h5depot_wait_newer(client_, "c/newer", first, 0, &info), H5DEPOT_OK)
+      << h5depot_errmsg();
+  EXPECT_EQ(info.generation, second);
+  ASSERT_EQ(h5depot_fetch_newer(client_, "c/newer", first, 1000, &buf, &len,
+                                &generation),
+            H5DEPOT_OK)
+      << h5depot_errmsg();
+  EXPECT_EQ(generation, second);
+  EXPECT_EQ(std::string(static_cast<const char*>(buf), len), image);
+  free(buf);
 }
 
 TEST_F(CApiHdf5Test, OpenAndPushFileRefuseBadArguments) {

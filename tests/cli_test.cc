@@ -440,6 +440,37 @@ TEST_F(CliTest, APushThatLostAGenerationRaceIsAConflict) {
   EXPECT_TRUE(IsOneErrorLine(stale.stderr_text));
 }
 
+TEST_F(CliTest, StatAndGetTakeOnlyAGenerationNewerThanTheOneGiven) {
+  const std::string image = MakeHdf5Image(100, 12);
+  Put("n", image);
+  CommandResult stat = Cli({"stat", "n"});
+  ASSERT_EQ(stat.exit_code, 0) << stat.stderr_text;
+  const std::string generation = Field(stat.stdout_text, "generation");
+
+  CommandResult none_now = Cli({"stat", "n", "--newer-than", generation});
+  EXPECT_EQ(none_now.exit_code, kExitFailed);
+  EXPECT_TRUE(IsOneErrorLine(none_now.stderr_text));
+  EXPECT_NE(none_now.stderr_text.find("no generation newer than " + generation),
+            std::string::npos)
+      << none_now.stderr_text;
+  CommandResult none_in_time =
+      Cli({"get", "n", "-o", dir_->File("n.h5"), "--newer-than", generation,
+           "--wait", "100ms"});
+  EXPECT_EQ(none_in_time.exit_code, kExitTimedOut);
+  EXPECT_EQ(Entries(dir_->path()), std::vector<std::string>{});
+
+  const std::string older = absl::StrCat(std::stoull(generation) - 1);
+  CommandResult got =
+      Cli({"get", "n", "-o", dir_->File("n.h5"), "--newer-than", older});
+  ASSERT_EQ(got.exit_code, 0) << got.stderr_text;
+  auto copy = ReadFile(dir_->File("n.h5"));
+  ASSERT_TRUE(copy.ok());
+  EXPECT_TRUE(*copy == image);
+
+  CommandResult malformed = Cli({"stat", "n", "--newer-than", "latest"});
+  EXPECT_EQ(malformed.exit_code, kExitUsage);
+}
+
 TEST_F(CliTest, AnImageOverTheServersLimitExitsOverLimit) {
   ServerProcessOptions options;
   options.extra_flags = {"--max-image-size=1M"};

@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
 #include "h5depot/testing/hdf5_images.h"
+#include "h5depot/testing/server_paths.h"
 #include "h5depot/testing/server_process.h"
 
 namespace h5depot {
@@ -19,34 +20,20 @@ namespace {
 
 using ::h5depot::testing::MakeHdf5Image;
 using ::h5depot::testing::ServerProcess;
-using ::h5depot::testing::ServerProcessOptions;
 
-enum class Path { kLaneTcp, kLaneUnix, kGrpc };
+using ::h5depot::testing::AllServerPaths;
+using ::h5depot::testing::ServerOptionsFor;
+using ::h5depot::testing::ServerPath;
+using ::h5depot::testing::ServerPathName;
+using ::h5depot::testing::TargetFor;
 
-std::string PathName(const ::testing::TestParamInfo<Path>& info) {
-  switch (info.param) {
-    case Path::kLaneTcp:
-      return "LaneTcp";
-    case Path::kLaneUnix:
-      return "LaneUnix";
-    case Path::kGrpc:
-      return "Grpc";
-  }
-  return "";
-}
-
-class FetchToTest : public ::testing::TestWithParam<Path> {
+class FetchToTest : public ::testing::TestWithParam<ServerPath> {
  protected:
   void SetUp() override {
-    ServerProcessOptions options;
-    options.unix_socket = GetParam() == Path::kLaneUnix;
-    if (GetParam() == Path::kGrpc) options.extra_flags = {"--nodata-lane"};
-    auto server = ServerProcess::Start(options);
+    auto server = ServerProcess::Start(ServerOptionsFor(GetParam()));
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    auto client =
-        Client::Connect(GetParam() == Path::kLaneUnix ? server_->unix_target()
-                                                      : server_->tcp_target());
+    auto client = Client::Connect(TargetFor(*server_, GetParam()));
     ASSERT_TRUE(client.ok()) << client.status();
     client_ = *std::move(client);
   }
@@ -139,7 +126,7 @@ TEST_P(FetchToTest, RefusalsAreTheServersAndNothingReachesTheSink) {
 // memory (its memfd, mapped a window at a time), not sent as bytes: the
 // server counts the lease while the sink runs.
 TEST_P(FetchToTest, OnTheServersHostALargeImageComesFromItsMemory) {
-  if (GetParam() != Path::kLaneUnix) GTEST_SKIP() << "same host only";
+  if (GetParam() != ServerPath::kLaneUnix) GTEST_SKIP() << "same host only";
   const std::string image = MakeHdf5Image(24 << 20, 9);
   ASSERT_TRUE(client_->Push("shared.h5", image.data(), image.size()).ok());
   std::string received;
@@ -158,10 +145,7 @@ TEST_P(FetchToTest, OnTheServersHostALargeImageComesFromItsMemory) {
   EXPECT_TRUE(received == image);
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, FetchToTest,
-                         ::testing::Values(Path::kLaneTcp, Path::kLaneUnix,
-                                           Path::kGrpc),
-                         PathName);
+INSTANTIATE_TEST_SUITE_P(Paths, FetchToTest, AllServerPaths(), ServerPathName);
 
 }  // namespace
 }  // namespace h5depot

@@ -84,16 +84,20 @@ Commands:
       --ttl: delete the image this long after the push (e.g. 30s, 2h).
       --if-generation-match: push only if generation N is current; 0 means
       only if the image does not exist yet.
-  get ID [-o FILE|-] [--wait DURATION] [--sync]
+  get ID [-o FILE|-] [--wait DURATION] [--newer-than N] [--sync]
       Fetch image ID into FILE or to stdout. A regular FILE is replaced
       whole or not at all; a device or FIFO is written into.
       --wait: if ID does not exist yet, wait this long for it to be pushed.
+      --newer-than: only a generation newer than N will do: the current
+      one if it is, else the next pushed within --wait (without --wait,
+      fail at once).
       --sync: make FILE durable (fsync) before exiting, so that it also
       survives a crash of the machine.
   ls [PREFIX]
       List the images whose ids start with PREFIX (default: all).
-  stat ID [--wait DURATION]
-      Print the info of image ID.
+  stat ID [--wait DURATION] [--newer-than N]
+      Print the info of image ID (with --newer-than, of a generation newer
+      than N, as for get).
   rm ID [--if-generation-match N]
       Delete image ID (only if generation N is current, when given).
   new-token NAME ROLE [PREFIX ...]
@@ -283,14 +287,14 @@ int BadImageId(const Invocation& call, const std::string& id,
   return kExitUsage;
 }
 
-// Reads the optional --name N option into `out`; false (after printing the
-// usage error into `exit_code`) if it is malformed.
-bool OptionalGeneration(const ParsedArgs& args, std::optional<uint64_t>* out,
-                        int* exit_code) {
-  std::optional<std::string> text = args.Get("if-generation-match");
+// Reads the optional generation option --`name` N into `out`; false (after
+// printing the usage error into `exit_code`) if it is malformed.
+bool OptionalGeneration(const ParsedArgs& args, const std::string& name,
+                        std::optional<uint64_t>* out, int* exit_code) {
+  std::optional<std::string> text = args.Get(name);
   if (!text.has_value()) return true;
   absl::StatusOr<uint64_t> value =
-      ParseUint64Arg("--if-generation-match", *text);
+      ParseUint64Arg(absl::StrCat("--", name), *text);
   if (!value.ok()) {
     *exit_code = UsageError(OneLine(value.status()));
     return false;
@@ -352,8 +356,8 @@ int RunPut(const Invocation& call) {
   }
   PushOptions options;
   int exit_code = kExitOk;
-  if (!OptionalGeneration(call.args, &options.if_generation_match,
-                          &exit_code) ||
+  if (!OptionalGeneration(call.args, "if-generation-match",
+                          &options.if_generation_match, &exit_code) ||
       !OptionalDuration(call.args, "ttl", &options.ttl, &exit_code)) {
     return exit_code;
   }
@@ -398,9 +402,12 @@ int RunGet(const Invocation& call) {
   if (!internal::ValidateImageId(id).ok()) return BadImageId(call, id);
   FetchOptions options;
   int exit_code = kExitOk;
-  if (!OptionalDuration(call.args, "wait", &options.wait, &exit_code)) {
+  std::optional<uint64_t> newer_than;
+  if (!OptionalDuration(call.args, "wait", &options.wait, &exit_code) ||
+      !OptionalGeneration(call.args, "newer-than", &newer_than, &exit_code)) {
     return exit_code;
   }
+  options.newer_than = newer_than.value_or(0);
   const std::optional<std::string> output = call.args.Get("output");
   const bool to_stdout = !output.has_value() || *output == "-";
   if (to_stdout) WidenIfPipe(STDOUT_FILENO);
@@ -493,13 +500,16 @@ int RunStat(const Invocation& call) {
   const std::string& id = pos[0];
   if (!internal::ValidateImageId(id).ok()) return BadImageId(call, id);
   absl::Duration wait = absl::ZeroDuration();
+  std::optional<uint64_t> newer_than;
   int exit_code = kExitOk;
-  if (!OptionalDuration(call.args, "wait", &wait, &exit_code)) {
+  if (!OptionalDuration(call.args, "wait", &wait, &exit_code) ||
+      !OptionalGeneration(call.args, "newer-than", &newer_than, &exit_code)) {
     return exit_code;
   }
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
   if (!client.ok()) return Fail(call.command, client.status());
-  absl::StatusOr<ImageInfo> info = (*client)->Stat(id, wait);
+  absl::StatusOr<ImageInfo> info =
+      (*client)->Stat(id, wait, newer_than.value_or(0));
   if (!info.ok()) {
     return Fail(call.command, info.status());
   }
@@ -514,7 +524,8 @@ int RunRm(const Invocation& call) {
   if (!internal::ValidateImageId(id).ok()) return BadImageId(call, id);
   std::optional<uint64_t> generation;
   int exit_code = kExitOk;
-  if (!OptionalGeneration(call.args, &generation, &exit_code)) {
+  if (!OptionalGeneration(call.args, "if-generation-match", &generation,
+                          &exit_code)) {
     return exit_code;
   }
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
@@ -537,9 +548,14 @@ const std::vector<Command>& Commands() {
       {"put",
        RunPut,
        {{"id", true}, {"ttl", true}, {"if-generation-match", true}}},
-      {"get", RunGet, {{"output", true, 'o'}, {"wait", true}, {"sync", false}}},
+      {"get",
+       RunGet,
+       {{"output", true, 'o'},
+        {"wait", true},
+        {"newer-than", true},
+        {"sync", false}}},
       {"ls", RunLs, {}},
-      {"stat", RunStat, {{"wait", true}}},
+      {"stat", RunStat, {{"wait", true}, {"newer-than", true}}},
       {"rm", RunRm, {{"if-generation-match", true}}},
       {"new-token", RunNewToken, {}},
   };

@@ -164,28 +164,67 @@ int h5depot_push_buffer_ex(h5depot_client* client, const char* image_id,
   }
 }
 
+namespace {
+
+// h5depot_fetch and h5depot_fetch_newer: `options` says what will do.
+int FetchInto(h5depot_client* client, const char* image_id,
+              const h5depot::FetchOptions& options, void** buf, size_t* len,
+              uint64_t* generation) {
+  if (buf != nullptr) *buf = nullptr;
+  if (len != nullptr) *len = 0;
+  if (client == nullptr || image_id == nullptr || buf == nullptr ||
+      len == nullptr) {
+    return FailInvalid("client, image id, buf and len must not be NULL");
+  }
+  auto fetched = client->client->Fetch(image_id, options);
+  if (!fetched.ok()) return Fail(fetched.status());
+  const size_t size = fetched->buffer.size();
+  void* data = fetched->buffer.Release();
+  if (data == nullptr && size > 0) {
+    return Fail(absl::ResourceExhaustedError(
+        absl::StrCat("fetch '", image_id, "': cannot allocate ", size,
+                     " bytes to copy the image into")));
+  }
+  *len = size;
+  *buf = data;
+  if (generation != nullptr) *generation = fetched->info.generation;
+  return Succeed();
+}
+
+// The C form of `info`.
+h5depot_image_info ToCInfo(const h5depot::ImageInfo& info) {
+  h5depot_image_info c_info;
+  c_info.size = info.size;
+  c_info.generation = info.generation;
+  c_info.checksum = info.checksum;
+  c_info.created_unix_micros = absl::ToUnixMicros(info.created);
+  c_info.expires_unix_micros = info.expires == absl::InfiniteFuture()
+                                   ? 0
+                                   : absl::ToUnixMicros(info.expires);
+  return c_info;
+}
+
+}  // namespace
+
 int h5depot_fetch(h5depot_client* client, const char* image_id, void** buf,
                   size_t* len, uint64_t* generation) {
   try {
-    if (buf != nullptr) *buf = nullptr;
-    if (len != nullptr) *len = 0;
-    if (client == nullptr || image_id == nullptr || buf == nullptr ||
-        len == nullptr) {
-      return FailInvalid("client, image id, buf and len must not be NULL");
-    }
-    auto fetched = client->client->Fetch(image_id);
-    if (!fetched.ok()) return Fail(fetched.status());
-    const size_t size = fetched->buffer.size();
-    void* data = fetched->buffer.Release();
-    if (data == nullptr && size > 0) {
-      return Fail(absl::ResourceExhaustedError(
-          absl::StrCat("fetch '", image_id, "': cannot allocate ", size,
-                       " bytes to copy the image into")));
-    }
-    *len = size;
-    *buf = data;
-    if (generation != nullptr) *generation = fetched->info.generation;
-    return Succeed();
+    return FetchInto(client, image_id, h5depot::FetchOptions(), buf, len,
+                     generation);
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+int h5depot_fetch_newer(h5depot_client* client, const char* image_id,
+                        uint64_t newer_than, int64_t timeout_ms, void** buf,
+                        size_t* len, uint64_t* generation) {
+  try {
+    if (timeout_ms < 0) return FailInvalid("timeout must not be negative");
+    h5depot::FetchOptions options;
+    options.wait = absl::Milliseconds(timeout_ms);
+    options.newer_than = newer_than;
+    return FetchInto(client, image_id, options, buf, len, generation);
   } catch (...) {
     return FailFromException();
   }
@@ -242,6 +281,24 @@ int h5depot_wait(h5depot_client* client, const char* image_id,
   }
 }
 
+int h5depot_wait_newer(h5depot_client* client, const char* image_id,
+                       uint64_t newer_than, int64_t timeout_ms,
+                       h5depot_image_info* info) {
+  try {
+    if (client == nullptr || image_id == nullptr) {
+      return FailInvalid("client and image id must not be NULL");
+    }
+    if (timeout_ms < 0) return FailInvalid("timeout must not be negative");
+    auto stat = client->client->Stat(image_id, absl::Milliseconds(timeout_ms),
+                                     newer_than);
+    if (!stat.ok()) return Fail(stat.status());
+    if (info != nullptr) *info = ToCInfo(*stat);
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
 int h5depot_stat(h5depot_client* client, const char* image_id,
                  h5depot_image_info* info) {
   try {
@@ -250,13 +307,7 @@ int h5depot_stat(h5depot_client* client, const char* image_id,
     }
     auto stat = client->client->Stat(image_id);
     if (!stat.ok()) return Fail(stat.status());
-    info->size = stat->size;
-    info->generation = stat->generation;
-    info->checksum = stat->checksum;
-    info->created_unix_micros = absl::ToUnixMicros(stat->created);
-    info->expires_unix_micros = stat->expires == absl::InfiniteFuture()
-                                    ? 0
-                                    : absl::ToUnixMicros(stat->expires);
+    *info = ToCInfo(*stat);
     return Succeed();
   } catch (...) {
     return FailFromException();

@@ -48,6 +48,17 @@ absl::StatusOr<T> Annotated(absl::StatusOr<T> result, std::string_view verb,
                   absl::StrCat(std::string(verb), " ", Quoted(image_id)));
 }
 
+// `info`'s status for a call that asked for a generation newer than
+// `newer_than`: a server from before such waits ignores the ask and
+// answers with the current generation, which must not pass for the next.
+absl::Status CheckNewerThan(const ImageInfo& info, uint64_t newer_than) {
+  if (newer_than == 0 || info.generation > newer_than) return absl::OkStatus();
+  return absl::UnimplementedError(absl::StrCat(
+      "the server answered with generation ", info.generation,
+      ", not one newer than ", newer_than,
+      ": it cannot wait for a newer generation (upgrade h5depotd)"));
+}
+
 // How long a client on the server's host waits for the lane it looks for
 // beside the target to answer before it asks gRPC instead. A lane on this
 // host answers at once, or nothing listens there and the connection is
@@ -297,10 +308,17 @@ absl::StatusOr<ImageInfo> Client::FetchTo(std::string_view image_id,
   if (!transports.ok()) {
     return Annotated<ImageInfo>(transports.status(), "fetch", image_id);
   }
-  return Annotated((*transports)
-                       ->images->FetchTo(image_id, options,
-                                         impl_->Deadline(options.wait), sink),
-                   "fetch", image_id);
+  absl::StatusOr<ImageInfo> info =
+      (*transports)
+          ->images->FetchTo(image_id, options, impl_->Deadline(options.wait),
+                            sink);
+  if (info.ok()) {
+    if (absl::Status newer = CheckNewerThan(*info, options.newer_than);
+        !newer.ok()) {
+      info = newer;
+    }
+  }
+  return Annotated(std::move(info), "fetch", image_id);
 }
 
 absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
@@ -315,10 +333,16 @@ absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
   if (!transports.ok()) {
     return Annotated<FetchedImage>(transports.status(), "fetch", image_id);
   }
-  return Annotated(
+  absl::StatusOr<FetchedImage> fetched =
       (*transports)
-          ->images->Fetch(image_id, options, impl_->Deadline(options.wait)),
-      "fetch", image_id);
+          ->images->Fetch(image_id, options, impl_->Deadline(options.wait));
+  if (fetched.ok()) {
+    if (absl::Status newer = CheckNewerThan(fetched->info, options.newer_than);
+        !newer.ok()) {
+      fetched = newer;
+    }
+  }
+  return Annotated(std::move(fetched), "fetch", image_id);
 }
 
 absl::StatusOr<ReadResult> Client::Read(std::string_view image_id,
@@ -360,14 +384,21 @@ absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
 }
 
 absl::StatusOr<ImageInfo> Client::Stat(std::string_view image_id,
-                                       absl::Duration wait) {
+                                       absl::Duration wait,
+                                       uint64_t newer_than) {
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) {
     return Annotated<ImageInfo>(transports.status(), "stat", image_id);
   }
-  return Annotated(
-      (*transports)->grpc->Stat(image_id, wait, impl_->Deadline(wait).reply),
-      "stat", image_id);
+  absl::StatusOr<ImageInfo> info =
+      (*transports)
+          ->grpc->Stat(image_id, wait, newer_than, impl_->Deadline(wait).reply);
+  if (info.ok()) {
+    if (absl::Status newer = CheckNewerThan(*info, newer_than); !newer.ok()) {
+      info = newer;
+    }
+  }
+  return Annotated(std::move(info), "stat", image_id);
 }
 
 absl::StatusOr<ListPage> Client::List(const ListOptions& options) {

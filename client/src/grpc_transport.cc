@@ -660,6 +660,7 @@ absl::StatusOr<ImageInfo> StartFetch(RawCall& call, std::string_view image_id,
   v1::FetchRequest request;
   request.set_image_id(std::string(image_id));
   request.set_wait_timeout_ms(ToMillis(options.wait));
+  request.set_newer_than_generation(options.newer_than);
   call.WriteLast(SerializeMessage(request));
   absl::StatusOr<ImageInfo> info = ReceiveInfo<v1::FetchResponse>(&call);
   if (info.ok()) call.set_deadline(deadline.Whole(info->size));
@@ -789,6 +790,7 @@ absl::StatusOr<std::unique_ptr<ImageReader>> GrpcTransport::OpenReader(
 
 absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,
                                               absl::Duration wait,
+                                              uint64_t newer_than,
                                               absl::Time deadline) {
   const GrpcUse grpc_use;
   absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
@@ -798,6 +800,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Stat(std::string_view image_id,
   v1::StatRequest request;
   request.set_image_id(std::string(image_id));
   request.set_wait_timeout_ms(ToMillis(wait));
+  request.set_newer_than_generation(newer_than);
   v1::ImageInfo info;
   absl::Status status =
       FromGrpcStatus((*stubs)->stub->Stat(&context, request, &info));

@@ -84,7 +84,7 @@ class GrpcTransport final : public ImageTransport,
 
   // The calls only gRPC carries.
   absl::StatusOr<ImageInfo> Stat(std::string_view image_id, absl::Duration wait,
-                                 absl::Time deadline);
+                                 uint64_t newer_than, absl::Time deadline);
   absl::StatusOr<ListPage> List(const ListOptions& options,
                                 absl::Time deadline);
   absl::Status Delete(std::string_view image_id,

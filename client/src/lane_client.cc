@@ -532,6 +532,7 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
   request.op = lane::Op::kGet;
   request.image_id_bytes = static_cast<uint16_t>(image_id.size());
   request.wait_ms = ToMillis(options.wait);
+  request.newer_than = options.newer_than;
   request.client_cpu = ClientCpu(*connection);
   request.accepts_descriptor = accept_descriptor && connection->shares_memory;
   if (options.only_if_mapped && !request.accepts_descriptor) {

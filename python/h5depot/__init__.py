@@ -85,6 +85,18 @@ def _seconds(duration, what):
     return float(duration)
 
 
+def _generation(generation, what):
+    """A generation number given as an int (None: 0, none given)."""
+    if generation is None:
+        return 0
+    if isinstance(generation, bool) or not isinstance(generation, int) \
+            or not 0 <= generation < 1 << 64:
+        raise InvalidArgument(f"{what} must be a generation number (an int "
+                              f"from 0 to 2**64 - 1), not {generation!r}",
+                              "INVALID_ARGUMENT")
+    return generation
+
+
 def _is_h5py_file(source):
     h5py = _h5py_if_loaded()
     return h5py is not None and isinstance(source, h5py.File)
@@ -256,14 +268,28 @@ class Client:
         return ImageInfo._from_native(client.push_bytes(
             image_id, view, if_generation_match, ttl))
 
-    def fetch(self, image_id, *, wait=None):
+    def fetch(self, image_id, *, wait=None, newer_than=None):
         """The current generation of ``image_id`` as an Image (buffer
         protocol, no copy). ``wait``: seconds or a timedelta to wait for
         the image to be pushed if it does not exist yet (else ``NotFound``
-        at once; ``Timeout`` when the wait runs out)."""
-        return self._client().fetch(image_id, _seconds(wait, "wait"))
+        at once; ``Timeout`` when the wait runs out).
 
-    def open(self, image_id, mode="r", *, wait=None):
+        ``newer_than``: a generation; only a newer one will do: the
+        current one if it is newer, else the first pushed within ``wait``
+        (``Timeout`` if none is; without a wait, ``FailedPrecondition`` at
+        once). A consumer passing the generation it last received misses
+        no push; if several came meanwhile it gets the newest::
+
+            image = client.fetch("packets/latest", wait=3600)
+            while True:
+                handle(image)
+                image = client.fetch("packets/latest", wait=3600,
+                                     newer_than=image.info.generation)
+        """
+        return self._client().fetch(image_id, _seconds(wait, "wait"),
+                                    _generation(newer_than, "newer_than"))
+
+    def open(self, image_id, mode="r", *, wait=None, newer_than=None):
         """Fetches ``image_id`` and opens it as an ``h5py.File`` in the
         memory it arrived in: HDF5 takes the buffer (nothing is copied) and
         frees it when the file closes.
@@ -279,24 +305,25 @@ class Client:
                 f'open: mode must be "r" or "r+", not {mode!r}',
                 "INVALID_ARGUMENT")
         import h5py
-        image = self.fetch(image_id, wait=wait)
+        image = self.fetch(image_id, wait=wait, newer_than=newer_than)
         fields = image._native_info
         file = _image_file_class()(
             h5py.h5f.FileID(_native.open_image(image, mode == "r+")))
         file._image_fields = fields
         return file
 
-    def stat(self, image_id, *, wait=None):
+    def stat(self, image_id, *, wait=None, newer_than=None):
         """The ImageInfo of the current generation of ``image_id``;
-        ``wait`` as for fetch."""
+        ``wait`` and ``newer_than`` as for fetch."""
         return ImageInfo._from_native(
-            self._client().stat(image_id, _seconds(wait, "wait")))
+            self._client().stat(image_id, _seconds(wait, "wait"),
+                                _generation(newer_than, "newer_than")))
 
-    def wait(self, image_id, timeout):
+    def wait(self, image_id, timeout, *, newer_than=None):
         """Waits up to ``timeout`` (seconds or a timedelta) for
-        ``image_id`` to exist; returns its ImageInfo, or raises
-        ``Timeout``."""
-        return self.stat(image_id, wait=timeout)
+        ``image_id`` to exist (with ``newer_than``, for a generation newer
+        than that); returns its ImageInfo, or raises ``Timeout``."""
+        return self.stat(image_id, wait=timeout, newer_than=newer_than)
 
     def ls(self, prefix="", *, page_size=0):
         """Iterates over the ImageInfo of every image whose id starts with

@@ -145,16 +145,19 @@ class NativeClient {
   }
 
   std::unique_ptr<Image> Fetch(const std::string& image_id,
-                               std::optional<double> wait) {
+                               std::optional<double> wait,
+                               uint64_t newer_than) {
     FetchOptions options;
     options.wait = Duration(wait);
+    options.newer_than = newer_than;
     return std::make_unique<Image>(ValueOrRaise(
         WithoutGil([&] { return client_->Fetch(image_id, options); })));
   }
 
-  py::dict Stat(const std::string& image_id, std::optional<double> wait) {
-    return InfoDict(ValueOrRaise(
-        WithoutGil([&] { return client_->Stat(image_id, Duration(wait)); })));
+  py::dict Stat(const std::string& image_id, std::optional<double> wait,
+                uint64_t newer_than) {
+    return InfoDict(ValueOrRaise(WithoutGil(
+        [&] { return client_->Stat(image_id, Duration(wait), newer_than); })));
   }
 
   // One page of ids under `prefix`: (infos, next page token or "").

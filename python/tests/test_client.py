@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import uuid
 
 import h5py
 import numpy as np
@@ -126,6 +127,60 @@ def test_a_round_trip_through_r_plus_pushes_the_next_generation(target):
                 depot.push("py/round-trip", stale,
                            if_generation_match=stale.image_info.generation)
         assert lost.value.code == "ABORTED"
+
+
+def test_a_consumer_following_generations_gets_every_packet_once(target):
+    """The producer pushes packet i + 1 once the consumer took packet i; the
+    consumer, asking for a generation newer than the last it received, gets
+    each packet once, in order."""
+    packets = 10
+    taken = threading.Semaphore(0)
+    stream = f"py/stream/{uuid.uuid4().hex}"  # new for each transport
+
+    def produce():
+        with h5depot.Client(target) as producer:
+            for i in range(packets):
+                if i and not taken.acquire(timeout=60):
+                    return  # the consumer failed: its error says why
+                producer.push(stream, packet_bytes(i))
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        with h5depot.Client(target) as depot:
+            last = 0
+            for i in range(packets):
+                with depot.open(stream, wait=60, newer_than=last) as f:
+                    assert f.image_info.generation > last
+                    last = f.image_info.generation
+                    assert f["i"][()] == i
+                taken.release()
+    finally:
+        producer.join()
+
+
+def test_nothing_newer_fails_at_once_or_times_out(target):
+    with h5depot.Client(target) as depot:
+        first = depot.push("py/newer", packet_bytes(0))
+        with pytest.raises(h5depot.FailedPrecondition):
+            depot.fetch("py/newer", newer_than=first.generation)
+        with pytest.raises(h5depot.Timeout):
+            depot.wait("py/newer", 0.1, newer_than=first.generation)
+        with pytest.raises(h5depot.InvalidArgument):
+            depot.fetch("py/newer", newer_than=-1)
+        second = depot.push("py/newer", packet_bytes(1))
+        assert depot.stat("py/newer", newer_than=first.generation) == second
+        assert depot.fetch("py/newer",
+                           newer_than=first.generation).info == second
+
+
+def packet_bytes(i):
+    """The image of a small HDF5 file holding the scalar ``i``."""
+    with h5py.File(f"packet-{i}.h5", "w", driver="core",
+                   backing_store=False) as f:
+        f["i"] = i
+        f.flush()
+        return f.id.get_file_image()
 
 
 def test_errors_are_the_classes_of_the_contract(server, tmp_path):

@@ -155,6 +155,13 @@ struct FetchOptions {
   // Zero: NOT_FOUND at once when the image does not exist. Otherwise wait
   // up to this long for another client to push it (DEADLINE_EXCEEDED).
   absl::Duration wait = absl::ZeroDuration();
+  // Not 0: only a generation newer than this one will do, so that a
+  // consumer passing the generation it last received gets the next one:
+  // the current generation if it is newer, else the first published within
+  // `wait` (DEADLINE_EXCEEDED if none is; with no wait, FAILED_PRECONDITION
+  // at once). Generations only grow: no publish is missed, and if several
+  // came meanwhile this is the newest (compare the numbers to tell).
+  uint64_t newer_than = 0;
   ProgressCallback progress;
   // Only as a mapping of the server's memory (ImageBuffer::is_mapped()),
   // for callers that would rather read ranges than move the whole image:
@@ -329,9 +336,11 @@ class Client {
       std::string_view image_id, uint64_t generation = 0);
 
   // The current generation's info. With `wait` > 0, waits up to that long
-  // for the image to be pushed (DEADLINE_EXCEEDED if it is not).
+  // for the image to be pushed (DEADLINE_EXCEEDED if it is not); with
+  // `newer_than`, for a generation newer than that, as FetchOptions says.
   absl::StatusOr<ImageInfo> Stat(std::string_view image_id,
-                                 absl::Duration wait = absl::ZeroDuration());
+                                 absl::Duration wait = absl::ZeroDuration(),
+                                 uint64_t newer_than = 0);
 
   // One page of the images whose ids start with options.prefix.
   absl::StatusOr<ListPage> List(const ListOptions& options = {});

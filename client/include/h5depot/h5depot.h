@@ -228,6 +228,16 @@ int h5depot_push_buffer_ex(h5depot_client* client, const char* image_id,
 int h5depot_fetch(h5depot_client* client, const char* image_id, void** buf,
                   size_t* len, uint64_t* generation);
 
+/* h5depot_fetch of a generation newer than `newer_than` (0: any): the
+ * current one if it is newer, else the first published within timeout_ms
+ * milliseconds (H5DEPOT_DEADLINE_EXCEEDED if none is; with timeout_ms 0,
+ * H5DEPOT_FAILED_PRECONDITION at once). A consumer passing the generation
+ * it last received misses no publish: generations only grow, and if
+ * several were published meanwhile it gets the newest. */
+int h5depot_fetch_newer(h5depot_client* client, const char* image_id,
+                        uint64_t newer_than, int64_t timeout_ms, void** buf,
+                        size_t* len, uint64_t* generation);
+
 /* A fetched image the caller reads in place: from a server on this host
  * over its Unix socket, a copy-on-write mapping of the server's memory
  * (nothing copied, shared with every process that fetched that
@@ -251,6 +261,12 @@ void h5depot_view_free(h5depot_view* view);
  * H5DEPOT_DEADLINE_EXCEEDED if it does not appear in time. */
 int h5depot_wait(h5depot_client* client, const char* image_id,
                  int64_t timeout_ms);
+
+/* Waits as h5depot_fetch_newer does, for a generation of `image_id` newer
+ * than `newer_than`, and describes it in *info (optional: NULL). */
+int h5depot_wait_newer(h5depot_client* client, const char* image_id,
+                       uint64_t newer_than, int64_t timeout_ms,
+                       h5depot_image_info* info);
 
 /* Describes the current generation of `image_id`. */
 int h5depot_stat(h5depot_client* client, const char* image_id,
