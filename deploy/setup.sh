@@ -9,6 +9,8 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libhdf5-dev libxxhash-dev libgtest-dev libssl-dev
+  # h5depotd's --metrics-listen: the Prometheus text format over HTTP.
+  prometheus-cpp-dev
   python3-h5py python3-numpy
   # The Python package (python/): its module's build and its tests.
   python3-dev pybind11-dev python3-pybind11 python3-pytest

@@ -7,12 +7,15 @@
 #include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
+#include <grpcpp/support/server_interceptor.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <climits>
+#include <memory>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -23,6 +26,7 @@
 #include "server/src/depot_operations_internal.h"
 #include "server/src/depot_service_internal.h"
 #include "server/src/lane_server_internal.h"
+#include "server/src/server_metrics_internal.h"
 #include "server/src/unix_access_internal.h"
 
 namespace h5depot::server {
@@ -131,6 +135,10 @@ struct DepotServer::Impl {
   std::unique_ptr<internal::tls::ReloadingServerContext> lane_tls;  // or null
   std::unique_ptr<ImageStore> store;
   std::unique_ptr<DepotOperations> operations;
+  // Counted into by both transports, so destroyed after them; null, as is
+  // its endpoint, without metrics_listen.
+  std::shared_ptr<ServerMetrics> metrics;
+  std::unique_ptr<MetricsEndpoint> metrics_endpoint;
   std::unique_ptr<DataLaneServer> data_lane;  // null when turned off
   std::unique_ptr<DepotService> service;
   std::unique_ptr<grpc::Server> server;
@@ -226,6 +234,13 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   impl->operations =
       std::make_unique<DepotOperations>(impl->store.get(), options.max_waits,
                                         std::move(access), principal_limits);
+  if (!options.metrics_listen.empty()) {
+    impl->metrics = std::make_shared<ServerMetrics>(impl->store.get());
+    absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
+        MetricsEndpoint::Start(options.metrics_listen, impl->metrics);
+    if (!endpoint.ok()) return endpoint.status();
+    impl->metrics_endpoint = *std::move(endpoint);
+  }
   DataLaneAddresses lane_addresses;
   if (options.data_lane) {
     // Started first, so that GetLimits names it from the first call on.
@@ -237,6 +252,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     lane_options.max_connections_per_peer =
         options.data_lane_max_connections_per_peer;
     lane_options.tls = impl->lane_tls.get();
+    lane_options.metrics = impl->metrics.get();
     if (!options.listen_address.empty()) {
       lane_options.tcp_host =
           options.listen_address.substr(0, options.listen_address.rfind(':'));
@@ -295,6 +311,13 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   builder.SetSyncServerOption(
       grpc::ServerBuilder::SyncServerOption::CQ_TIMEOUT_MSEC, 250);
   builder.RegisterService(impl->service.get());
+  if (impl->metrics != nullptr) {
+    std::vector<
+        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+        counters;
+    counters.push_back(GrpcCallCounter(impl->metrics.get()));
+    builder.experimental().SetInterceptorCreators(std::move(counters));
+  }
   if (!options.listen_address.empty()) {
     builder.AddListeningPort(options.listen_address, TcpCredentials(options),
                              &impl->port);
@@ -340,6 +363,11 @@ int DepotServer::port() const { return impl_->port; }
 
 int DepotServer::data_lane_port() const {
   return impl_->data_lane == nullptr ? 0 : impl_->data_lane->tcp_port();
+}
+
+int DepotServer::metrics_port() const {
+  return impl_->metrics_endpoint == nullptr ? 0
+                                            : impl_->metrics_endpoint->port();
 }
 
 const std::string& DepotServer::data_lane_unix_path() const {

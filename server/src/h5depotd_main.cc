@@ -109,6 +109,11 @@ ABSL_FLAG(uint64_t, max_waits, 10000,
           "fetches and stats waiting for an image that may be under way at "
           "once, over gRPC and the data lane together; one more is refused "
           "with RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT on which to serve metrics over HTTP at /metrics, in the "
+          "Prometheus text format (calls, bytes and latency by operation, "
+          "transport and status code; images, memory and waits); they name "
+          "no image. Empty: no metrics");
 ABSL_FLAG(std::string, auth_file, "",
           "serve only callers with a token this file names, each within its "
           "role and image id prefixes (docs/SECURITY.md); empty: everyone "
@@ -249,7 +254,8 @@ int main(int argc, char** argv) {
       "[--unix-allow-uids=LIST] [--unix-allow-gids=LIST]\n"
       "                [--max-concurrent-streams=N] "
       "[--max-connection-age=DURATION]\n"
-      "                [--max-connection-age-grace=DURATION]");
+      "                [--max-connection-age-grace=DURATION] "
+      "[--metrics-listen=HOST:PORT]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   h5depot::internal::SilenceGrpcLogUnlessAsked();
@@ -344,6 +350,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   options.grpc_max_concurrent_streams = static_cast<int>(max_streams);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   if (absl::Status unix_access = UnixAccessFromFlags(options);
       !unix_access.ok()) {
     std::cerr << "h5depotd: " << unix_access.message() << "\n";
@@ -364,6 +371,12 @@ int main(int argc, char** argv) {
   if (!(*server)->data_lane_unix_path().empty()) {
     std::cout << "h5depotd data lane on unix:"
               << (*server)->data_lane_unix_path() << "\n";
+  }
+  if ((*server)->metrics_port() != 0) {
+    const std::string& listen = options.metrics_listen;
+    std::cout << "h5depotd metrics on http://"
+              << listen.substr(0, listen.rfind(':')) << ":"
+              << (*server)->metrics_port() << "/metrics\n";
   }
   if (!options.tls_cert_file.empty()) {
     std::cout << "h5depotd requires TLS on TCP"

@@ -1070,6 +1070,7 @@ size_t ImageStore::RemoveExpired() {
       expiry_queue_.erase(expiry_queue_.begin());
     }
   }
+  expired_images_ += expired.size();
   return expired.size();
 }
 
@@ -1117,6 +1118,7 @@ StoreStats ImageStore::Stats() const {
   absl::ReaderMutexLock lock(&mutex_);
   StoreStats stats{images_.size(), stored_bytes_, budget_->used(),
                    budget_->retained_bytes(), waits_.size()};
+  stats.expired_images = expired_images_;
   // Lock order: the store's, then the leases'.
   leases_->ForEach([&](const StoredImage& image) {
     mutex_.AssertReaderHeld();  // held by Stats, around this call

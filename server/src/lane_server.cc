@@ -27,6 +27,7 @@
 #include "h5depot/internal/lane_socket.h"
 #include "server/src/client_cpu_internal.h"
 #include "server/src/lane_server_internal.h"
+#include "server/src/server_metrics_internal.h"
 
 namespace h5depot::server {
 namespace {
@@ -215,8 +216,26 @@ void EncodeInfo(const StoredImage& image, lane::Response* response,
 
 // Sends the final response for `status`; with an image, its info, and with
 // `send_bytes` its bytes too, straight from the stored buffer.
+// How the request being served on this thread was answered, for the
+// metrics: a connection is served by one thread, a request at a time, so
+// the functions that send a request's final answer note it here, and
+// HandleRequest clears it before each request and reports it after.
+struct RequestOutcome {
+  bool answered = false;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  uint64_t image_bytes = 0;  // sent; a push's are counted by HandleRequest
+};
+thread_local RequestOutcome request_outcome;
+
+void NoteAnswer(absl::StatusCode code, uint64_t image_bytes) {
+  request_outcome.answered = true;
+  request_outcome.code = code;
+  request_outcome.image_bytes = image_bytes;
+}
+
 absl::Status SendFinal(LaneSocket& socket, const absl::Status& status,
                        const StoredImage* image, bool send_bytes) {
+  NoteAnswer(status.code(), send_bytes && image != nullptr ? image->size() : 0);
   lane::Response response;
   response.kind = lane::ResponseKind::kFinal;
   response.code = status.code();
@@ -274,6 +293,7 @@ absl::Status SendDescriptor(LaneSocket& socket, DepotOperations& operations,
     return status;
   }
   leases.emplace(image->generation(), std::move(lease));
+  NoteAnswer(absl::StatusCode::kOk, 0);  // no byte moved
   return absl::OkStatus();
 }
 
@@ -353,11 +373,18 @@ struct DataLaneServer::Impl {
     // kFeaturePin agreed.
     bool pins_agreed = false;
     LanePins pins;
+    // The image bytes of the request being served, if a PUT.
+    uint64_t last_put_bytes = 0;
   };
   // Each returns an error only when the connection is no longer usable;
   // refusals of a request are answered on the connection.
+  // Serves one request (Dispatch), counting it in options.metrics if set.
   absl::Status HandleRequest(LaneSocket& socket, LaneReader& reader,
                              Session& session);
+  // Reads one request and serves it; its operation goes to `op` (may be
+  // null) once read.
+  absl::Status Dispatch(LaneSocket& socket, LaneReader& reader,
+                        Session& session, lane::Op* op = nullptr);
   absl::Status HandlePutSealed(LaneSocket& socket, const Caller& caller,
                                const lane::RequestHeader& header,
                                std::string image_id);
@@ -586,6 +613,11 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     lane::EncodeIdentity(identity, encoded);
     good = socket.Send(encoded, sizeof(encoded)).ok();
   }
+  // Counted once it is through its handshake, whatever ends it.
+  const bool session_counted = good;
+  if (session_counted && options.metrics != nullptr) {
+    options.metrics->LaneConnectionOpened(peer.transport);
+  }
   Session session;
   session.caller = &caller;
   session.follower = follower.has_value() ? &*follower : nullptr;
@@ -604,6 +636,9 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     good = HandleRequest(socket, reader, session).ok();
     connection->busy.store(false);
     if (stopping.load()) break;
+  }
+  if (session_counted && options.metrics != nullptr) {
+    options.metrics->LaneConnectionClosed(peer.transport);
   }
   // The peer sees the end at once, and the descriptor is free for the next
   // connection now rather than when this one is reaped. Closed under the
@@ -655,9 +690,60 @@ bool DataLaneServer::Impl::AwaitRequest(LaneReader& reader, bool holds_leases) {
   return true;
 }
 
+namespace {
+
+// The operation a lane request is counted as; false for those that have no
+// answer (RELEASE, UNPIN).
+bool CountedAs(lane::Op op, Operation* counted) {
+  switch (op) {
+    case lane::Op::kPut:
+    case lane::Op::kPutSealed:
+      *counted = Operation::kPush;
+      return true;
+    case lane::Op::kGet:
+      *counted = Operation::kFetch;
+      return true;
+    case lane::Op::kRead:
+    case lane::Op::kPin:
+      *counted = Operation::kRead;
+      return true;
+    case lane::Op::kRelease:
+    case lane::Op::kUnpin:
+      return false;
+  }
+  return false;
+}
+
+}  // namespace
+
 absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
                                                  LaneReader& reader,
                                                  Session& session) {
+  if (options.metrics == nullptr) return Dispatch(socket, reader, session);
+  const absl::Time start = absl::Now();
+  request_outcome = RequestOutcome();
+  lane::Op op = lane::Op::kRelease;
+  const absl::Status status = Dispatch(socket, reader, session, &op);
+  Operation counted;
+  if (!request_outcome.answered || !CountedAs(op, &counted)) return status;
+  uint64_t image_bytes = request_outcome.image_bytes;
+  if (op == lane::Op::kPut && request_outcome.code == absl::StatusCode::kOk) {
+    image_bytes = session.last_put_bytes;
+  }
+  // Answered OK, but the bytes did not all go out: the client left.
+  const absl::StatusCode code =
+      request_outcome.code == absl::StatusCode::kOk && !status.ok()
+          ? absl::StatusCode::kCancelled
+          : request_outcome.code;
+  options.metrics->RecordCall(counted, session.caller->transport(), code,
+                              code == absl::StatusCode::kOk ? image_bytes : 0,
+                              absl::Now() - start);
+  return status;
+}
+
+absl::Status DataLaneServer::Impl::Dispatch(LaneSocket& socket,
+                                            LaneReader& reader,
+                                            Session& session, lane::Op* op) {
   const Caller& caller = *session.caller;
   ClientCpuFollower* follower = session.follower;
   uint8_t raw[lane::kRequestHeaderBytes];
@@ -669,6 +755,8 @@ absl::Status DataLaneServer::Impl::HandleRequest(LaneSocket& socket,
       !status.ok()) {
     return status;
   }
+  if (op != nullptr) *op = header.op;
+  session.last_put_bytes = header.op == lane::Op::kPut ? header.size : 0;
   if (header.client_cpu.has_value() && follower == nullptr) {
     return absl::InvalidArgumentError("a CPU sent without agreeing to");
   }
@@ -858,6 +946,7 @@ absl::Status DataLaneServer::Impl::HandleRead(LaneSocket& socket,
       {encoded, sizeof(encoded)},
       {const_cast<uint8_t*>(read->image->data() + read->range.offset),
        static_cast<size_t>(read->range.length)}};
+  NoteAnswer(absl::StatusCode::kOk, read->range.length);
   return socket.SendAll(iov, 2);
 }
 

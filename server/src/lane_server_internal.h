@@ -24,6 +24,8 @@
 
 namespace h5depot::server {
 
+class ServerMetrics;
+
 struct DataLaneOptions {
   // TCP: the host to bind (a name or an address, as in the gRPC listen
   // address) and the port (0: any free one). Empty host: no TCP lane.
@@ -62,6 +64,9 @@ struct DataLaneOptions {
   // hello and within the handshake timeout; Unix socket ones stay plain.
   // Null: no TLS. Must outlive the server.
   internal::tls::ReloadingServerContext* tls = nullptr;
+  // Where each answered request and each connection is counted
+  // (server_metrics_internal.h). Null: nowhere. Must outlive the server.
+  ServerMetrics* metrics = nullptr;
 };
 
 class DataLaneServer {

@@ -135,6 +135,12 @@ struct ServerOptions {
   int grpc_max_concurrent_streams = 1024;
   absl::Duration grpc_max_connection_age = absl::Minutes(30);
   absl::Duration grpc_max_connection_age_grace = absl::InfiniteDuration();
+  // "HOST:PORT" (port 0: any free one) on which to serve metrics over
+  // HTTP at /metrics, in the Prometheus text format (README.md,
+  // "Metrics"): calls, bytes and latency by operation, transport and
+  // status code, and the store's images, memory and waits. They name no
+  // image. Empty: none.
+  std::string metrics_listen;
   StoreOptions store;
 };
 
@@ -161,6 +167,8 @@ class DepotServer {
   // none).
   int data_lane_port() const;
   const std::string& data_lane_unix_path() const;
+  // The port metrics are served on; 0 without metrics_listen.
+  int metrics_port() const;
 
   // Client targets for every listener: "127.0.0.1:40123", "unix:/path".
   const std::vector<std::string>& targets() const;

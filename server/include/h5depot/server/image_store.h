@@ -358,6 +358,8 @@ struct StoreStats {
   uint64_t leased_generations = 0;
   uint64_t leased_bytes = 0;
   uint64_t leased_superseded_bytes = 0;
+  // Images deleted at the end of their time to live, since the store began.
+  uint64_t expired_images = 0;
 };
 
 class ImageStore {
@@ -540,6 +542,7 @@ class ImageStore {
       ABSL_GUARDED_BY(mutex_);
   WaitId next_wait_ ABSL_GUARDED_BY(mutex_) = 1;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t expired_images_ ABSL_GUARDED_BY(mutex_) = 0;
   // The pushes under way, watched for progress, with a lock of their own so
   // that watching costs the image map nothing. Never held with `mutex_`,
   // nor with a PushWatch's lock.

@@ -1,0 +1,393 @@
+#include <algorithm>
+#include <exception>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/interceptor.h"
+#include "grpcpp/support/server_interceptor.h"
+#include "prometheus/client_metric.h"
+#include "prometheus/exposer.h"
+#include "prometheus/metric_type.h"
+#include "server/src/server_metrics_internal.h"
+
+namespace h5depot::server {
+namespace {
+
+constexpr Operation kAllOperations[] = {
+    Operation::kPush,     Operation::kFetch, Operation::kRead,
+    Operation::kStat,     Operation::kList,  Operation::kDelete,
+    Operation::kGetLimits};
+constexpr Transport kAllTransports[] = {Transport::kGrpc, Transport::kLaneTcp,
+                                        Transport::kLaneUnix};
+
+// The label values, one place for each.
+const char* OperationLabel(Operation op) {
+  switch (op) {
+    case Operation::kPush:
+      return "push";
+    case Operation::kFetch:
+      return "fetch";
+    case Operation::kRead:
+      return "read";
+    case Operation::kStat:
+      return "stat";
+    case Operation::kList:
+      return "list";
+    case Operation::kDelete:
+      return "delete";
+    case Operation::kGetLimits:
+      return "get_limits";
+  }
+  return "unknown";
+}
+
+const char* TransportLabel(Transport transport) {
+  switch (transport) {
+    case Transport::kGrpc:
+      return "grpc";
+    case Transport::kLaneTcp:
+      return "lane_tcp";
+    case Transport::kLaneUnix:
+      return "lane_unix";
+  }
+  return "unknown";
+}
+
+bool MovesImageBytes(Operation op) {
+  return op == Operation::kPush || op == Operation::kFetch ||
+         op == Operation::kRead;
+}
+
+prometheus::MetricFamily Family(std::string name, std::string help,
+                                prometheus::MetricType type) {
+  prometheus::MetricFamily family;
+  family.name = std::move(name);
+  family.help = std::move(help);
+  family.type = type;
+  return family;
+}
+
+prometheus::ClientMetric Metric(
+    std::vector<prometheus::ClientMetric::Label> labels) {
+  prometheus::ClientMetric metric;
+  metric.label = std::move(labels);
+  return metric;
+}
+
+// One value with no labels.
+prometheus::MetricFamily Single(std::string name, std::string help,
+                                prometheus::MetricType type, double value) {
+  prometheus::MetricFamily family =
+      Family(std::move(name), std::move(help), type);
+  prometheus::ClientMetric metric;
+  if (type == prometheus::MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
+  family.metric.push_back(std::move(metric));
+  return family;
+}
+
+}  // namespace
+
+ServerMetrics::ServerMetrics(const ImageStore* store) : store_(store) {}
+
+ServerMetrics::~ServerMetrics() = default;
+
+void ServerMetrics::RecordCall(Operation op, Transport transport,
+                               absl::StatusCode code, uint64_t image_bytes,
+                               absl::Duration elapsed) {
+  CallSeries& series =
+      series_[static_cast<size_t>(op)][static_cast<size_t>(transport)];
+  const size_t code_index =
+      std::min(static_cast<size_t>(code), kCodes - 1);  // 16: UNAUTHENTICATED
+  series.calls[code_index].fetch_add(1, std::memory_order_relaxed);
+  if (image_bytes != 0) {
+    series.image_bytes.fetch_add(image_bytes, std::memory_order_relaxed);
+  }
+  const double seconds = absl::ToDoubleSeconds(elapsed);
+  // The first bucket whose bound is at least `seconds` ("le"), else +Inf.
+  const size_t bucket = static_cast<size_t>(
+      std::lower_bound(kLatencyBucketsSeconds.begin(),
+                       kLatencyBucketsSeconds.end(), seconds) -
+      kLatencyBucketsSeconds.begin());
+  series.latency_buckets[bucket].fetch_add(1, std::memory_order_relaxed);
+  series.latency_sum_nanos.fetch_add(static_cast<uint64_t>(std::max<int64_t>(
+                                         0, absl::ToInt64Nanoseconds(elapsed))),
+                                     std::memory_order_relaxed);
+}
+
+void ServerMetrics::LaneConnectionOpened(Transport transport) {
+  lane_connections_[static_cast<size_t>(transport)].fetch_add(
+      1, std::memory_order_relaxed);
+  lane_connections_total_[static_cast<size_t>(transport)].fetch_add(
+      1, std::memory_order_relaxed);
+}
+
+void ServerMetrics::LaneConnectionClosed(Transport transport) {
+  lane_connections_[static_cast<size_t>(transport)].fetch_sub(
+      1, std::memory_order_relaxed);
+}
+
+std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
+  using prometheus::MetricType;
+  prometheus::MetricFamily calls =
+      Family("h5depot_calls_total",
+             "Calls ended, by operation, transport and status code.",
+             MetricType::Counter);
+  prometheus::MetricFamily bytes =
+      Family("h5depot_image_bytes_total",
+             "Bytes of image data pushed, fetched or read, by operation and "
+             "transport.",
+             MetricType::Counter);
+  prometheus::MetricFamily latency =
+      Family("h5depot_call_duration_seconds",
+             "How long calls took, from their request to their end, by "
+             "operation and transport.",
+             MetricType::Histogram);
+  for (Operation op : kAllOperations) {
+    for (Transport transport : kAllTransports) {
+      const CallSeries& series =
+          series_[static_cast<size_t>(op)][static_cast<size_t>(transport)];
+      uint64_t count = 0;
+      for (size_t code = 0; code < kCodes; ++code) {
+        const uint64_t n = series.calls[code].load(std::memory_order_relaxed);
+        count += n;
+        // Every OK series from the start, so that a rate over them begins
+        // at 0; a failure's once it happened.
+        if (n == 0 && code != 0) continue;
+        prometheus::ClientMetric metric = Metric(
+            {{"operation", OperationLabel(op)},
+             {"transport", TransportLabel(transport)},
+             {"code",
+              absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}});
+        metric.counter.value = static_cast<double>(n);
+        calls.metric.push_back(std::move(metric));
+      }
+      if (MovesImageBytes(op)) {
+        prometheus::ClientMetric metric =
+            Metric({{"operation", OperationLabel(op)},
+                    {"transport", TransportLabel(transport)}});
+        metric.counter.value = static_cast<double>(
+            series.image_bytes.load(std::memory_order_relaxed));
+        bytes.metric.push_back(std::move(metric));
+      }
+      prometheus::ClientMetric histogram =
+          Metric({{"operation", OperationLabel(op)},
+                  {"transport", TransportLabel(transport)}});
+      uint64_t cumulative = 0;
+      for (size_t bucket = 0; bucket < kBuckets; ++bucket) {
+        cumulative +=
+            series.latency_buckets[bucket].load(std::memory_order_relaxed);
+        prometheus::ClientMetric::Bucket out;
+        out.cumulative_count = cumulative;
+        out.upper_bound = bucket < kLatencyBucketsSeconds.size()
+                              ? kLatencyBucketsSeconds[bucket]
+                              : std::numeric_limits<double>::infinity();
+        histogram.histogram.bucket.push_back(out);
+      }
+      // The buckets are read after the codes: a call recorded meanwhile
+      // may be in one and not the other until the next scrape.
+      histogram.histogram.sample_count = cumulative;
+      histogram.histogram.sample_sum =
+          static_cast<double>(
+              series.latency_sum_nanos.load(std::memory_order_relaxed)) *
+          1e-9;
+      if (count != 0 || cumulative != 0) {
+        latency.metric.push_back(std::move(histogram));
+      }
+    }
+  }
+
+  prometheus::MetricFamily connections = Family(
+      "h5depot_lane_connections",
+      "Data lane connections open now, by transport.", MetricType::Gauge);
+  prometheus::MetricFamily connections_total = Family(
+      "h5depot_lane_connections_total",
+      "Data lane connections accepted, by transport.", MetricType::Counter);
+  for (Transport transport : {Transport::kLaneTcp, Transport::kLaneUnix}) {
+    const size_t i = static_cast<size_t>(transport);
+    prometheus::ClientMetric open =
+        Metric({{"transport", TransportLabel(transport)}});
+    open.gauge.value = static_cast<double>(
+        lane_connections_[i].load(std::memory_order_relaxed));
+    connections.metric.push_back(std::move(open));
+    prometheus::ClientMetric accepted =
+        Metric({{"transport", TransportLabel(transport)}});
+    accepted.counter.value = static_cast<double>(
+        lane_connections_total_[i].load(std::memory_order_relaxed));
+    connections_total.metric.push_back(std::move(accepted));
+  }
+
+  std::vector<prometheus::MetricFamily> families;
+  families.push_back(std::move(calls));
+  families.push_back(std::move(bytes));
+  families.push_back(std::move(latency));
+  families.push_back(std::move(connections));
+  families.push_back(std::move(connections_total));
+
+  const StoreStats stats = store_->Stats();
+  const auto gauge = [&](const char* name, const char* help, uint64_t value) {
+    families.push_back(
+        Single(name, help, MetricType::Gauge, static_cast<double>(value)));
+  };
+  gauge("h5depot_images", "Images stored (their current generations).",
+        stats.image_count);
+  gauge("h5depot_stored_bytes", "Bytes of the images' current generations.",
+        stats.stored_bytes);
+  gauge("h5depot_reserved_bytes",
+        "Bytes counted against --max-memory: current generations, pushes "
+        "under way, and generations replaced or deleted that readers hold.",
+        stats.reserved_bytes);
+  gauge("h5depot_max_memory_bytes", "The --max-memory limit.",
+        store_->options().max_memory_bytes);
+  gauge("h5depot_retained_bytes",
+        "Freed large buffers kept for the next push of about their size "
+        "(not counted against --max-memory).",
+        stats.retained_bytes);
+  gauge("h5depot_pending_waits",
+        "Fetches and stats waiting for an image or a newer generation.",
+        stats.pending_waits);
+  gauge("h5depot_leased_generations",
+        "Generations whose memory clients on this host have mapped.",
+        stats.leased_generations);
+  gauge("h5depot_leased_bytes", "Bytes of the leased generations.",
+        stats.leased_bytes);
+  gauge("h5depot_leased_superseded_bytes",
+        "Bytes of leased generations no longer current (replaced or "
+        "deleted while mapped), still counted against --max-memory.",
+        stats.leased_superseded_bytes);
+  families.push_back(Single("h5depot_expired_images_total",
+                            "Images deleted at the end of their time to live.",
+                            MetricType::Counter,
+                            static_cast<double>(stats.expired_images)));
+  return families;
+}
+
+namespace {
+
+using grpc::experimental::InterceptionHookPoints;
+
+// What a Depot method is counted as; false for other services' methods.
+bool DepotOperationOf(const char* method, Operation* op) {
+  static constexpr std::string_view kPrefix = "/h5depot.v1.Depot/";
+  const std::string_view name = method == nullptr ? "" : method;
+  if (name.substr(0, kPrefix.size()) != kPrefix) return false;
+  const std::string_view short_name = name.substr(kPrefix.size());
+  static constexpr std::pair<std::string_view, Operation> kMethods[] = {
+      {"Push", Operation::kPush},     {"Fetch", Operation::kFetch},
+      {"Read", Operation::kRead},     {"OpenReader", Operation::kRead},
+      {"Stat", Operation::kStat},     {"List", Operation::kList},
+      {"Delete", Operation::kDelete}, {"GetLimits", Operation::kGetLimits}};
+  for (const auto& [method_name, operation] : kMethods) {
+    if (short_name == method_name) {
+      *op = operation;
+      return true;
+    }
+  }
+  return false;
+}
+
+// One call's record, made when the call starts and reported when its
+// status is sent. gRPC runs one interception at a time per call.
+class CallCounter final : public grpc::experimental::Interceptor {
+ public:
+  CallCounter(ServerMetrics* metrics, Operation op)
+      : metrics_(metrics), op_(op), start_(absl::Now()) {}
+
+  void Intercept(
+      grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (op_ == Operation::kPush &&
+        methods->QueryInterceptionHookPoint(
+            InterceptionHookPoints::POST_RECV_MESSAGE)) {
+      // Push's messages are raw (ByteBuffer) chunks; null if none came.
+      if (const auto* chunk =
+              static_cast<const grpc::ByteBuffer*>(methods->GetRecvMessage());
+          chunk != nullptr) {
+        image_bytes_ += chunk->Length();
+      }
+    }
+    if ((op_ == Operation::kFetch || op_ == Operation::kRead) &&
+        methods->QueryInterceptionHookPoint(
+            InterceptionHookPoints::PRE_SEND_MESSAGE)) {
+      // Already serialized: these methods send raw ByteBuffers.
+      if (const grpc::ByteBuffer* message = methods->GetSerializedSendMessage();
+          message != nullptr) {
+        image_bytes_ += message->Length();
+      }
+    }
+    if (methods->QueryInterceptionHookPoint(
+            InterceptionHookPoints::PRE_SEND_STATUS)) {
+      const auto code =
+          static_cast<absl::StatusCode>(methods->GetSendStatus().error_code());
+      metrics_->RecordCall(op_, Transport::kGrpc, code,
+                           code == absl::StatusCode::kOk ? image_bytes_ : 0,
+                           absl::Now() - start_);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  ServerMetrics* const metrics_;
+  const Operation op_;
+  const absl::Time start_;
+  uint64_t image_bytes_ = 0;
+};
+
+class CallCounterFactory final
+    : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit CallCounterFactory(ServerMetrics* metrics) : metrics_(metrics) {}
+
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    Operation op;
+    if (!DepotOperationOf(info->method(), &op)) return nullptr;
+    return new CallCounter(metrics_, op);
+  }
+
+ private:
+  ServerMetrics* const metrics_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+GrpcCallCounter(ServerMetrics* metrics) {
+  return std::make_unique<CallCounterFactory>(metrics);
+}
+
+MetricsEndpoint::MetricsEndpoint(std::unique_ptr<prometheus::Exposer> exposer,
+                                 std::shared_ptr<ServerMetrics> metrics,
+                                 int port)
+    : exposer_(std::move(exposer)), metrics_(std::move(metrics)), port_(port) {}
+
+MetricsEndpoint::~MetricsEndpoint() = default;
+
+absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
+    const std::string& listen, std::shared_ptr<ServerMetrics> metrics) {
+  std::unique_ptr<prometheus::Exposer> exposer;
+  try {
+    // One thread: a scrape is rare and quick.
+    exposer = std::make_unique<prometheus::Exposer>(listen, 1);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on ", listen, " (", e.what(), ")"));
+  }
+  const std::vector<int> ports = exposer->GetListeningPorts();
+  if (ports.empty()) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on ", listen));
+  }
+  exposer->RegisterCollectable(metrics);
+  return std::unique_ptr<MetricsEndpoint>(
+      new MetricsEndpoint(std::move(exposer), std::move(metrics), ports[0]));
+}
+
+}  // namespace h5depot::server

@@ -1,0 +1,263 @@
+// h5depotd --metrics-listen: a real server's /metrics, scraped over HTTP as
+// Prometheus would, while real clients push, fetch and stat over the data
+// lane (TCP and Unix socket) and gRPC.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "gtest/gtest.h"
+#include "h5depot/client.h"
+#include "h5depot/testing/hdf5_images.h"
+#include "h5depot/testing/server_process.h"
+
+namespace h5depot {
+namespace {
+
+using ::h5depot::testing::MakeHdf5Image;
+using ::h5depot::testing::ServerProcess;
+using ::h5depot::testing::ServerProcessOptions;
+
+// The port of the "h5depotd metrics on http://HOST:PORT/metrics" line of
+// `server`'s start-up report; 0 if there is none.
+int MetricsPort(const ServerProcess& server) {
+  constexpr absl::string_view kLine = "h5depotd metrics on http://";
+  for (absl::string_view line : absl::StrSplit(server.startup_output(), '\n')) {
+    if (line.substr(0, kLine.size()) != kLine) continue;
+    line.remove_prefix(kLine.size());
+    const size_t colon = line.rfind(':');
+    const size_t slash = line.find('/', colon);
+    int port = 0;
+    if (colon != absl::string_view::npos &&
+        absl::SimpleAtoi(line.substr(colon + 1, slash - colon - 1), &port)) {
+      return port;
+    }
+  }
+  return 0;
+}
+
+// The body of an HTTP/1.0 GET of `path` from 127.0.0.1:`port`.
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError("socket");
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&address),
+              sizeof(address)) != 0) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("connect to port ", port));
+  }
+  const std::string request =
+      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return absl::UnavailableError("send");
+  }
+  std::string response;
+  char buffer[65536];
+  ssize_t got;
+  while ((got = recv(fd, buffer, sizeof(buffer), 0)) > 0) {
+    response.append(buffer, static_cast<size_t>(got));
+  }
+  close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  if (response.rfind("HTTP/1.", 0) != 0 || body == std::string::npos) {
+    return absl::DataLossError(absl::StrCat("not an HTTP answer: ", response));
+  }
+  if (response.find(" 200 ") > response.find("\r\n")) {
+    return absl::NotFoundError(response.substr(0, response.find("\r\n")));
+  }
+  return response.substr(body + 4);
+}
+
+// The samples of a scrape in the text format, by series as written
+// ("name{label="value",...}"), labels in the order the server writes them.
+std::map<std::string, double> Samples(const std::string& text) {
+  std::map<std::string, double> samples;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    const size_t space = line.rfind(' ');
+    double value = 0;
+    if (space == absl::string_view::npos ||
+        !absl::SimpleAtod(line.substr(space + 1), &value)) {
+      continue;
+    }
+    samples[std::string(line.substr(0, space))] = value;
+  }
+  return samples;
+}
+
+std::string Calls(const std::string& operation, const std::string& transport,
+                  const std::string& code) {
+  return absl::StrCat("h5depot_calls_total{operation=\"", operation,
+                      "\",transport=\"", transport, "\",code=\"", code, "\"}");
+}
+
+std::string PerTransport(const std::string& name, const std::string& operation,
+                         const std::string& transport) {
+  return absl::StrCat(name, "{operation=\"", operation, "\",transport=\"",
+                      transport, "\"}");
+}
+
+class MetricsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerProcessOptions options;
+    options.unix_socket = true;
+    options.extra_flags = {"--metrics-listen=127.0.0.1:0"};
+    auto server = ServerProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    port_ = MetricsPort(*server_);
+    ASSERT_NE(port_, 0) << server_->startup_output();
+  }
+
+  std::map<std::string, double> Scrape() {
+    absl::StatusOr<std::string> body = HttpGet(port_, "/metrics");
+    EXPECT_TRUE(body.ok()) << body.status();
+    return body.ok() ? Samples(*body) : std::map<std::string, double>();
+  }
+
+  std::unique_ptr<Client> Connect(const std::string& target,
+                                  bool use_data_lane = true) {
+    ClientOptions options;
+    options.use_data_lane = use_data_lane;
+    auto client = Client::Connect(target, options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? *std::move(client) : nullptr;
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  int port_ = 0;
+};
+
+TEST_F(MetricsTest, CountsMoveWithRealCallsOnEveryTransport) {
+  std::map<std::string, double> before = Scrape();
+  // Every OK series is there from the start, at 0.
+  ASSERT_EQ(before.count(Calls("push", "lane_tcp", "OK")), 1u);
+  EXPECT_EQ(before[Calls("push", "lane_tcp", "OK")], 0);
+  EXPECT_EQ(before["h5depot_images"], 0);
+
+  const std::string image = MakeHdf5Image(256 << 10, 1);
+  std::unique_ptr<Client> tcp = Connect(server_->tcp_target());
+  std::unique_ptr<Client> unix_socket = Connect(server_->unix_target());
+  std::unique_ptr<Client> grpc_only =
+      Connect(server_->tcp_target(), /*use_data_lane=*/false);
+  ASSERT_TRUE(tcp && unix_socket && grpc_only);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(tcp->Push("m/a", image.data(), image.size()).ok());
+  }
+  ASSERT_TRUE(tcp->Fetch("m/a").ok());
+  ASSERT_TRUE(tcp->Fetch("m/a").ok());
+  EXPECT_EQ(tcp->Fetch("m/absent").status().code(),
+            absl::StatusCode::kNotFound);
+  ASSERT_TRUE(unix_socket->Fetch("m/a").ok());
+  ASSERT_TRUE(grpc_only->Push("m/b", image.data(), image.size()).ok());
+  ASSERT_TRUE(grpc_only->Fetch("m/b").ok());
+  ASSERT_TRUE(tcp->Stat("m/a").ok());  // Stat is gRPC's on every client
+
+  std::map<std::string, double> after = Scrape();
+  EXPECT_EQ(after[Calls("push", "lane_tcp", "OK")], 3);
+  EXPECT_EQ(after[Calls("fetch", "lane_tcp", "OK")], 2);
+  EXPECT_EQ(after[Calls("fetch", "lane_tcp", "NOT_FOUND")], 1);
+  EXPECT_EQ(after[Calls("fetch", "lane_unix", "OK")], 1);
+  EXPECT_EQ(after[Calls("push", "grpc", "OK")], 1);
+  EXPECT_EQ(after[Calls("fetch", "grpc", "OK")], 1);
+  EXPECT_GE(after[Calls("stat", "grpc", "OK")], 1);
+
+  // Image bytes: exactly the pushes' and fetches' over the lane's TCP; at
+  // least the image over gRPC, whose chunk messages carry a little framing.
+  EXPECT_EQ(
+      after[PerTransport("h5depot_image_bytes_total", "push", "lane_tcp")],
+      3.0 * image.size());
+  EXPECT_EQ(
+      after[PerTransport("h5depot_image_bytes_total", "fetch", "lane_tcp")],
+      2.0 * image.size());
+  EXPECT_GE(after[PerTransport("h5depot_image_bytes_total", "push", "grpc")],
+            1.0 * image.size());
+  EXPECT_GE(after[PerTransport("h5depot_image_bytes_total", "fetch", "grpc")],
+            1.0 * image.size());
+
+  // Latency: every call in the histogram, each in some bucket.
+  EXPECT_EQ(after[PerTransport("h5depot_call_duration_seconds_count", "push",
+                               "lane_tcp")],
+            3);
+  EXPECT_EQ(after[absl::StrCat("h5depot_call_duration_seconds_bucket{"
+                               "operation=\"push\",transport=\"lane_tcp\","
+                               "le=\"+Inf\"}")],
+            3);
+  EXPECT_GT(after[PerTransport("h5depot_call_duration_seconds_sum", "push",
+                               "lane_tcp")],
+            0);
+
+  // The store, read when scraped.
+  EXPECT_EQ(after["h5depot_images"], 2);
+  EXPECT_EQ(after["h5depot_stored_bytes"], 2.0 * image.size());
+  EXPECT_GE(after["h5depot_reserved_bytes"], 2.0 * image.size());
+  EXPECT_GT(after["h5depot_max_memory_bytes"], 0);
+  EXPECT_GE(after["h5depot_lane_connections{transport=\"lane_tcp\"}"], 1);
+  EXPECT_GE(after["h5depot_lane_connections{transport=\"lane_unix\"}"], 1);
+}
+
+TEST_F(MetricsTest, RefusalsAreCountedByTheirCode) {
+  std::unique_ptr<Client> tcp = Connect(server_->tcp_target());
+  ASSERT_TRUE(tcp);
+  const std::string not_hdf5(4096, 'x');
+  EXPECT_EQ(
+      tcp->Push("m/bad", not_hdf5.data(), not_hdf5.size()).status().code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(tcp->Delete("m/absent").code(), absl::StatusCode::kNotFound);
+  std::map<std::string, double> after = Scrape();
+  EXPECT_EQ(after[Calls("push", "lane_tcp", "INVALID_ARGUMENT")], 1);
+  EXPECT_EQ(after[Calls("delete", "grpc", "NOT_FOUND")], 1);
+  // A refused push stored nothing and moved no counted byte.
+  EXPECT_EQ(
+      after[PerTransport("h5depot_image_bytes_total", "push", "lane_tcp")], 0);
+  EXPECT_EQ(after["h5depot_images"], 0);
+}
+
+TEST(MetricsEndpointTest, OffByDefault) {
+  auto server = ServerProcess::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ(MetricsPort(**server), 0) << (*server)->startup_output();
+}
+
+TEST(MetricsEndpointTest, AnAddressInUseFailsTheStart) {
+  // A port held by a listener of this test.
+  const int held = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(held, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(
+      bind(held, reinterpret_cast<const sockaddr*>(&address), sizeof(address)),
+      0);
+  ASSERT_EQ(listen(held, 1), 0);
+  socklen_t length = sizeof(address);
+  ASSERT_EQ(getsockname(held, reinterpret_cast<sockaddr*>(&address), &length),
+            0);
+  ServerProcessOptions options;
+  options.extra_flags = {
+      absl::StrCat("--metrics-listen=127.0.0.1:", ntohs(address.sin_port))};
+  auto server = ServerProcess::Start(options);
+  EXPECT_FALSE(server.ok());
+  close(held);
+}
+
+}  // namespace
+}  // namespace h5depot
