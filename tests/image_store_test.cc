@@ -788,6 +788,199 @@ TEST_F(ImageStoreTest, DestroyingTheStoreEndsItsWaits) {
   EXPECT_EQ(outcome.result.status().code(), absl::StatusCode::kUnavailable);
 }
 
+// --- The change history (watchers) ----------------------------------------
+
+// Publishes, replaces, deletes and expiries each take the next sequence, a
+// publish's being its generation, and are read back in order, under a
+// prefix.
+TEST_F(ImageStoreTest, ChangesAreNumberedWithoutGapsAndReadInOrder) {
+  const auto bytes = MakeTestImage(4096);
+  const uint64_t start = store_->LatestSequence();
+  auto first = Push("run/a", bytes);
+  auto second = Push("run/a", bytes);
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_TRUE(Push("other/x", bytes).ok());
+  ASSERT_TRUE(store_->Delete("run/a", std::nullopt).ok());
+  PushRequest expiring = RequestFor("run/b", bytes);
+  expiring.ttl = absl::Seconds(10);
+  auto third = PushWhole(*store_, std::move(expiring), bytes);
+  ASSERT_TRUE(third.ok());
+  now_ += absl::Seconds(11);
+  ASSERT_EQ(store_->RemoveExpired(), 1u);
+  EXPECT_EQ(store_->LatestSequence(), (*third)->generation() + 1);
+
+  auto page = store_->ReadEvents("run/", start, 100, 100);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->lost_last, 0u);
+  EXPECT_FALSE(page->more);
+  EXPECT_EQ(page->position, store_->LatestSequence());
+  using Kind = ImageEvent::Kind;
+  const std::vector<ImageEvent>& events = page->events;
+  ASSERT_EQ(events.size(), 5u);
+  EXPECT_EQ(events[0].kind, Kind::kPublished);
+  EXPECT_EQ(events[0].sequence, (*first)->generation());
+  EXPECT_EQ(events[1].kind, Kind::kReplaced);
+  EXPECT_EQ(events[1].generation, (*second)->generation());
+  EXPECT_EQ(events[1].replaced_generation, (*first)->generation());
+  EXPECT_EQ(events[2].kind, Kind::kDeleted);
+  EXPECT_EQ(events[2].generation, (*second)->generation());
+  EXPECT_EQ(events[2].sequence, (*second)->generation() + 2);
+  EXPECT_EQ(events[3].kind, Kind::kPublished);
+  EXPECT_EQ(events[3].image_id, "run/b");
+  EXPECT_EQ(events[4].kind, Kind::kExpired);
+  EXPECT_EQ(events[4].generation, (*third)->generation());
+  EXPECT_EQ(events[4].time, now_);
+}
+
+// An expired image the reaper has not removed yet, pushed again: it
+// expires, then the new one is a first publish, not a replacement.
+TEST_F(ImageStoreTest, PushingOverAnExpiredImageRecordsItsExpiryFirst) {
+  const auto bytes = MakeTestImage(4096);
+  PushRequest expiring = RequestFor("x", bytes);
+  expiring.ttl = absl::Seconds(1);
+  auto old = PushWhole(*store_, std::move(expiring), bytes);
+  ASSERT_TRUE(old.ok());
+  now_ += absl::Seconds(2);
+  auto fresh = Push("x", bytes);
+  ASSERT_TRUE(fresh.ok());
+  auto page = store_->ReadEvents("", (*old)->generation(), 10, 10);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->events.size(), 2u);
+  EXPECT_EQ(page->events[0].kind, ImageEvent::Kind::kExpired);
+  EXPECT_EQ(page->events[0].generation, (*old)->generation());
+  EXPECT_EQ(page->events[1].kind, ImageEvent::Kind::kPublished);
+  EXPECT_EQ(page->events[1].generation, (*fresh)->generation());
+  EXPECT_EQ(store_->Stats().expired_images, 1u);
+}
+
+// The store keeps the latest event_history changes; a read from further
+// back says exactly which it lost, then goes on from the oldest kept. A
+// read looks at no more than max_scan changes and says there are more.
+TEST_F(ImageStoreTest, TheHistoryKeepsTheLatestChangesAndNamesTheLost) {
+  StoreOptions options;
+  options.event_history = 3;
+  auto store = MakeStore(options);
+  const auto bytes = MakeTestImage(4096);
+  std::vector<uint64_t> generations;
+  for (int i = 0; i < 6; ++i) {
+    auto pushed =
+        PushWhole(*store, RequestFor(absl::StrCat("i", i), bytes), bytes);
+    ASSERT_TRUE(pushed.ok());
+    generations.push_back((*pushed)->generation());
+  }
+  auto page = store->ReadEvents("", generations[0], 100, 2);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->lost_first, generations[1]);
+  EXPECT_EQ(page->lost_last, generations[2]);
+  ASSERT_EQ(page->events.size(), 2u);
+  EXPECT_EQ(page->events[0].generation, generations[3]);
+  EXPECT_EQ(page->events[1].generation, generations[4]);
+  EXPECT_TRUE(page->more);
+  EXPECT_EQ(page->position, generations[4]);
+  page = store->ReadEvents("", page->position, 100, 2);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->lost_last, 0u);
+  ASSERT_EQ(page->events.size(), 1u);
+  EXPECT_EQ(page->events[0].generation, generations[5]);
+  EXPECT_FALSE(page->more);
+  // From before the store began: lost too, it never knew them.
+  page = store->ReadEvents("", 0, 100, 100);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->lost_first, 1u);
+  EXPECT_EQ(page->lost_last, generations[2]);
+  // A filter the caller gives hides what it refuses.
+  page = store->ReadEvents("", generations[2], 100, 100,
+                           [](std::string_view id) { return id != "i4"; });
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->events.size(), 2u);
+  EXPECT_EQ(page->events[1].image_id, "i5");
+}
+
+// A notification is called once, by the first change under its prefix
+// after its position, and not by others; it is not registered when such a
+// change came already; it can be cancelled; shutdown calls those left.
+TEST_F(ImageStoreTest, EventNotificationsComeOnceForTheirPrefix) {
+  const auto bytes = MakeTestImage(4096);
+  int calls = 0;
+  const ImageStore::NotificationId id = store_->NotifyOnEvent(
+      "a/", store_->LatestSequence(), [&calls] { ++calls; });
+  ASSERT_NE(id, 0u);
+  ASSERT_TRUE(Push("b/x", bytes).ok());
+  EXPECT_EQ(calls, 0);
+  ASSERT_TRUE(Push("a/x", bytes).ok());
+  EXPECT_EQ(calls, 1);
+  ASSERT_TRUE(Push("a/x", bytes).ok());
+  EXPECT_EQ(calls, 1);
+  EXPECT_FALSE(store_->CancelEventNotification(id));
+  EXPECT_EQ(store_->NotifyOnEvent("a/", 0, [&calls] { ++calls; }), 0u);
+
+  const ImageStore::NotificationId cancelled = store_->NotifyOnEvent(
+      "", store_->LatestSequence(), [&calls] { ++calls; });
+  EXPECT_TRUE(store_->CancelEventNotification(cancelled));
+  ASSERT_TRUE(Push("a/y", bytes).ok());
+  EXPECT_EQ(calls, 1);
+
+  ASSERT_NE(store_->NotifyOnEvent("z/", store_->LatestSequence(),
+                                  [&calls] { ++calls; }),
+            0u);
+  store_->Shutdown();
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(store_->ReadEvents("", 0, 1, 1).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+// Producers publishing on several threads, and a watcher reading the
+// history and sleeping on notifications when it has caught up: it sees
+// every publish once, in sequence order, and never sleeps through one.
+TEST_F(ImageStoreTest, AWatcherOfConcurrentPublishesSeesEachOnceInOrder) {
+  constexpr int kProducers = 4;
+  constexpr int kPushesEach = 200;
+  const auto bytes = MakeTestImage(4096);
+  const uint64_t start = store_->LatestSequence();
+  std::vector<std::vector<uint64_t>> published(kProducers);
+  std::vector<ImageEvent> seen;
+  std::thread watcher([&] {
+    uint64_t position = start;
+    while (seen.size() < size_t{kProducers} * kPushesEach) {
+      auto page = store_->ReadEvents("p/", position, 64, 4096);
+      ASSERT_TRUE(page.ok()) << page.status();
+      ASSERT_EQ(page->lost_last, 0u);
+      seen.insert(seen.end(), page->events.begin(), page->events.end());
+      position = page->position;
+      if (page->more || !page->events.empty()) continue;
+      auto woken = std::make_shared<absl::Notification>();
+      if (store_->NotifyOnEvent("p/", position, [woken] { woken->Notify(); }) !=
+          0) {
+        woken->WaitForNotification();
+      }
+    }
+  });
+  std::vector<std::thread> producers;
+  for (int t = 0; t < kProducers; ++t) {
+    producers.emplace_back([&, t] {
+      for (int i = 0; i < kPushesEach; ++i) {
+        // Other ids too, which the watcher skips.
+        ASSERT_TRUE(Push(absl::StrCat("q/", t), bytes).ok());
+        auto pushed = Push(absl::StrCat("p/", t), bytes);
+        ASSERT_TRUE(pushed.ok());
+        published[t].push_back((*pushed)->generation());
+      }
+    });
+  }
+  for (std::thread& producer : producers) producer.join();
+  watcher.join();
+  ASSERT_EQ(seen.size(), size_t{kProducers} * kPushesEach);
+  std::vector<std::vector<uint64_t>> seen_by_producer(kProducers);
+  for (size_t i = 0; i < seen.size(); ++i) {
+    if (i > 0) {
+      EXPECT_GT(seen[i].sequence, seen[i - 1].sequence);
+    }
+    seen_by_producer[seen[i].image_id.back() - '0'].push_back(
+        seen[i].generation);
+  }
+  EXPECT_EQ(seen_by_producer, published);
+}
+
 // Publishes, cancellations, deadlines and shutdown racing: every wait ends
 // exactly once, whichever wins.
 TEST_F(ImageStoreTest, RacingEndsOfAWaitCallItsCallbackExactlyOnce) {

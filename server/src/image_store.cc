@@ -204,6 +204,10 @@ bool IsExpired(const StoredImage& image, absl::Time now) {
   return image.expires() <= now;
 }
 
+bool HasPrefix(std::string_view text, std::string_view prefix) {
+  return text.substr(0, prefix.size()) == prefix;
+}
+
 // A watched push is looked at again no sooner than this after a look, so
 // that a client keeping just ahead of its schedule cannot make the reaper
 // spin; a push falling behind is cut off at most this late.
@@ -518,6 +522,7 @@ ImageStore::ImageStore(StoreOptions options)
       // stay unique and increasing across restarts of the server.
       next_generation_(
           std::max<uint64_t>(1, absl::ToUnixMicros(options_.clock()))) {
+  first_sequence_ = next_generation_;
   if (options_.start_reaper) {
     budget_->SetOnRetained([this](absl::Time due) { WakeReaperFor(due); });
     reaper_ = std::thread([this] { ReaperLoop(); });
@@ -747,6 +752,7 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
   const ImageRef published(std::move(image));
   ImageRef replaced;                // released after the lock, it may be large
   std::vector<WaitCallback> woken;  // called after the lock
+  std::vector<absl::AnyInvocable<void()>> watchers;  // the same
   {
     absl::MutexLock lock(&mutex_);
     if (shutting_down_)
@@ -756,15 +762,26 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
         !status.ok()) {
       return status;
     }
-    stored.generation_ = next_generation_++;
-    if (stored.expires_ != absl::InfiniteFuture()) {
-      expiry_queue_.emplace(stored.expires_, stored.image_id_);
-    }
     auto [it, inserted] = images_.try_emplace(stored.image_id(), published);
     if (!inserted) {
       replaced = std::move(it->second);
       Retire(replaced);
       it->second = published;
+    }
+    // An expired image the reaper has not removed yet was, to everyone,
+    // gone: it expires now, and its successor is a first publish.
+    const bool replaces_live =
+        replaced != nullptr && !IsExpired(*replaced, stored.created_);
+    if (replaced != nullptr && !replaces_live) {
+      RecordEvent(ImageEvent::Kind::kExpired, *replaced, 0, &watchers);
+      ++expired_images_;
+    }
+    stored.generation_ = RecordEvent(
+        replaces_live ? ImageEvent::Kind::kReplaced
+                      : ImageEvent::Kind::kPublished,
+        stored, replaces_live ? replaced->generation() : 0, &watchers);
+    if (stored.expires_ != absl::InfiniteFuture()) {
+      expiry_queue_.emplace(stored.expires_, stored.image_id_);
     }
     stored_bytes_ += published->size();
     if (!waits_by_image_.empty()) {
@@ -781,7 +798,108 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
     WakeReaperFor(published->expires());
   }
   for (WaitCallback& done : woken) done(published);
+  for (auto& ready : watchers) ready();
   return published;
+}
+
+uint64_t ImageStore::RecordEvent(
+    ImageEvent::Kind kind, const StoredImage& image,
+    uint64_t replaced_generation,
+    std::vector<absl::AnyInvocable<void()>>* ready) {
+  const uint64_t sequence = next_generation_++;
+  const size_t capacity = std::max<size_t>(1, options_.event_history);
+  ImageEvent* event;
+  if (event_count_ < capacity) {
+    if (events_.size() < capacity) events_.emplace_back();
+    event = &events_[(event_head_ + event_count_++) % capacity];
+  } else {
+    // The oldest goes; its slot (and its string's memory) is reused.
+    event = &events_[event_head_];
+    event_head_ = (event_head_ + 1) % capacity;
+  }
+  event->kind = kind;
+  event->sequence = sequence;
+  event->image_id.assign(image.image_id());
+  event->generation = kind == ImageEvent::Kind::kPublished ||
+                              kind == ImageEvent::Kind::kReplaced
+                          ? sequence
+                          : image.generation();
+  event->size = image.size();
+  event->replaced_generation = replaced_generation;
+  event->time = options_.clock();
+  for (size_t i = 0; i < notifications_.size();) {
+    if (HasPrefix(image.image_id(), notifications_[i].prefix)) {
+      ready->push_back(std::move(notifications_[i].ready));
+      notifications_[i] = std::move(notifications_.back());
+      notifications_.pop_back();
+    } else {
+      ++i;
+    }
+  }
+  return sequence;
+}
+
+uint64_t ImageStore::LatestSequence() const {
+  absl::ReaderMutexLock lock(&mutex_);
+  return next_generation_ - 1;
+}
+
+absl::StatusOr<EventPage> ImageStore::ReadEvents(
+    std::string_view prefix, uint64_t position, size_t max_events,
+    size_t max_scan,
+    const std::function<bool(std::string_view)>& visible) const {
+  EventPage page;
+  page.position = position;
+  absl::ReaderMutexLock lock(&mutex_);
+  if (shutting_down_) return absl::UnavailableError("server is shutting down");
+  const uint64_t end = next_generation_;  // the next change's sequence
+  const uint64_t oldest = end - event_count_;
+  uint64_t next = position + 1;
+  if (next < oldest) {
+    page.lost_first = next;
+    page.lost_last = oldest - 1;
+    next = oldest;
+    page.position = oldest - 1;
+  }
+  const size_t capacity = std::max<size_t>(1, options_.event_history);
+  for (size_t scanned = 0;
+       next < end && scanned < max_scan && page.events.size() < max_events;
+       ++next, ++scanned) {
+    const ImageEvent& event =
+        events_[(event_head_ + (next - oldest)) % capacity];
+    page.position = next;
+    if (HasPrefix(event.image_id, prefix) &&
+        (visible == nullptr || visible(event.image_id))) {
+      page.events.push_back(event);
+    }
+  }
+  page.more = next < end;
+  return page;
+}
+
+ImageStore::NotificationId ImageStore::NotifyOnEvent(
+    std::string_view prefix, uint64_t position,
+    absl::AnyInvocable<void()> ready) {
+  absl::MutexLock lock(&mutex_);
+  if (shutting_down_ || next_generation_ - 1 > position) return 0;
+  const NotificationId id = next_notification_++;
+  notifications_.push_back(
+      EventNotification{id, std::string(prefix), std::move(ready)});
+  return id;
+}
+
+bool ImageStore::CancelEventNotification(NotificationId id) {
+  absl::AnyInvocable<void()> cancelled;  // destroyed after the lock
+  absl::MutexLock lock(&mutex_);
+  for (EventNotification& notification : notifications_) {
+    if (notification.id == id) {
+      cancelled = std::move(notification.ready);
+      notification = std::move(notifications_.back());
+      notifications_.pop_back();
+      return true;
+    }
+  }
+  return false;
 }
 
 void ImageStore::WakeReaperFor(absl::Time due) {
@@ -1013,22 +1131,27 @@ absl::Status ImageStore::Delete(std::string_view image_id,
     return valid;
   }
   ImageRef deleted;  // released after the lock, it may be large
-  absl::MutexLock lock(&mutex_);
-  ImageRef current = FindLive(image_id);
-  if (current == nullptr) {
-    return absl::NotFoundError(
-        absl::StrCat("no image '", std::string(image_id), "'"));
+  std::vector<absl::AnyInvocable<void()>> watchers;  // called after the lock
+  {
+    absl::MutexLock lock(&mutex_);
+    ImageRef current = FindLive(image_id);
+    if (current == nullptr) {
+      return absl::NotFoundError(
+          absl::StrCat("no image '", std::string(image_id), "'"));
+    }
+    if (if_generation_match.has_value() &&
+        *if_generation_match != current->generation()) {
+      return absl::AbortedError(
+          absl::StrCat("image '", std::string(image_id), "' is at generation ",
+                       current->generation(), ", not ", *if_generation_match));
+    }
+    auto it = images_.find(image_id);
+    deleted = std::move(it->second);
+    images_.erase(it);
+    Retire(deleted);
+    RecordEvent(ImageEvent::Kind::kDeleted, *deleted, 0, &watchers);
   }
-  if (if_generation_match.has_value() &&
-      *if_generation_match != current->generation()) {
-    return absl::AbortedError(
-        absl::StrCat("image '", std::string(image_id), "' is at generation ",
-                     current->generation(), ", not ", *if_generation_match));
-  }
-  auto it = images_.find(image_id);
-  deleted = std::move(it->second);
-  images_.erase(it);
-  Retire(deleted);
+  for (auto& ready : watchers) ready();
   return absl::OkStatus();
 }
 
@@ -1057,20 +1180,25 @@ ListResult ImageStore::List(std::string_view prefix, size_t page_size,
 }
 
 size_t ImageStore::RemoveExpired() {
-  std::vector<ImageRef> expired;  // released after the lock
-  absl::MutexLock lock(&mutex_);
-  const absl::Time now = options_.clock();
-  while (!expiry_queue_.empty() && expiry_queue_.begin()->first <= now) {
-    auto it = images_.find(expiry_queue_.begin()->second);
-    if (it != images_.end() && IsExpired(*it->second, now)) {
-      expired.push_back(std::move(it->second));
-      images_.erase(it);
-      Retire(expired.back());  // also pops the queue entry
-    } else {
-      expiry_queue_.erase(expiry_queue_.begin());
+  std::vector<ImageRef> expired;                     // released after the lock
+  std::vector<absl::AnyInvocable<void()>> watchers;  // called after the lock
+  {
+    absl::MutexLock lock(&mutex_);
+    const absl::Time now = options_.clock();
+    while (!expiry_queue_.empty() && expiry_queue_.begin()->first <= now) {
+      auto it = images_.find(expiry_queue_.begin()->second);
+      if (it != images_.end() && IsExpired(*it->second, now)) {
+        expired.push_back(std::move(it->second));
+        images_.erase(it);
+        Retire(expired.back());  // also pops the queue entry
+        RecordEvent(ImageEvent::Kind::kExpired, *expired.back(), 0, &watchers);
+      } else {
+        expiry_queue_.erase(expiry_queue_.begin());
+      }
     }
+    expired_images_ += expired.size();
   }
-  expired_images_ += expired.size();
+  for (auto& ready : watchers) ready();
   return expired.size();
 }
 
@@ -1133,7 +1261,8 @@ StoreStats ImageStore::Stats() const {
 }
 
 void ImageStore::Shutdown() {
-  std::vector<WaitCallback> ended;  // called after the lock
+  std::vector<WaitCallback> ended;          // called after the lock
+  std::vector<EventNotification> notified;  // the same
   {
     absl::MutexLock lock(&mutex_);
     shutting_down_ = true;
@@ -1142,10 +1271,12 @@ void ImageStore::Shutdown() {
     waits_.clear();
     waits_by_image_.clear();
     wait_deadlines_.clear();
+    notified.swap(notifications_);
   }
   for (WaitCallback& done : ended) {
     done(absl::UnavailableError("server is shutting down"));
   }
+  for (EventNotification& notification : notified) notification.ready();
   absl::MutexLock lock(&reaper_mutex_);
   reaper_stop_ = true;
   reaper_wakeup_.Signal();

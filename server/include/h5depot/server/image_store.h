@@ -158,6 +158,55 @@ struct StoreOptions {
   // push_min_bytes_per_second: only the idle rule.
   absl::Duration push_idle_timeout = absl::Seconds(30);
   uint64_t push_min_bytes_per_second = uint64_t{256} << 10;
+  // How many of the latest changes (ImageEvent) the store keeps for
+  // watchers: a watcher further behind than this learns that it lost
+  // events rather than holding memory on the store (at least 1).
+  size_t event_history = 65536;
+};
+
+// One change to the store, as watchers see it (ImageStore::ReadEvents).
+//
+// Every change takes the next number of the store's one counter, its
+// sequence: a publish's sequence is the generation it made, a delete's or
+// an expiry's a number no generation gets. So a store's changes are
+// numbered without gaps, in the order they took effect, and a consumer
+// that holds generation G of an image (or saw sequence G) can ask for
+// every change after it.
+struct ImageEvent {
+  enum class Kind : uint8_t {
+    kPublished,  // the first generation under its id (or the first after
+                 // a delete or an expiry)
+    kReplaced,   // a new generation replacing the current one
+    kDeleted,    // removed by a delete
+    kExpired,    // removed at the end of its time to live
+  };
+  Kind kind = Kind::kPublished;
+  uint64_t sequence = 0;
+  std::string image_id;
+  // Published, replaced: the new generation and its size. Deleted,
+  // expired: the generation removed and its size.
+  uint64_t generation = 0;
+  uint64_t size = 0;
+  // Replaced: the generation it replaced; else 0.
+  uint64_t replaced_generation = 0;
+  absl::Time time;  // when it took effect, on StoreOptions::clock
+};
+
+// A piece of the store's change history (ImageStore::ReadEvents).
+struct EventPage {
+  // The changes under the prefix asked for, in sequence order.
+  std::vector<ImageEvent> events;
+  // Changes after the position asked for that the store no longer keeps
+  // (StoreOptions::event_history), or never knew (before it started):
+  // sequences lost_first through lost_last. 0 and 0: none.
+  uint64_t lost_first = 0;
+  uint64_t lost_last = 0;
+  // Where the next read goes on from: every change up to this sequence
+  // has been looked at.
+  uint64_t position = 0;
+  // Whether more changes are kept after `position` now (a read looks at a
+  // bounded number at a time).
+  bool more = false;
 };
 
 // One published generation of an image. Immutable; shared by the store and
@@ -489,8 +538,38 @@ class ImageStore {
 
   StoreStats Stats() const;
 
+  // Watching the store's changes: the history of the latest ones
+  // (ImageEvent, StoreOptions::event_history), read by each watcher at its
+  // own pace from its own position, so that a slow watcher costs the store
+  // nothing but the history it keeps anyway.
+
+  // The sequence of the latest change (a watch "from now" starts after it).
+  uint64_t LatestSequence() const;
+
+  // Up to `max_events` changes after sequence `position` to ids that start
+  // with `prefix` and that `visible` (may be null) accepts, looking at no
+  // more than `max_scan` changes. UNAVAILABLE once the store is shutting
+  // down.
+  absl::StatusOr<EventPage> ReadEvents(
+      std::string_view prefix, uint64_t position, size_t max_events,
+      size_t max_scan,
+      const std::function<bool(std::string_view)>& visible = nullptr) const;
+
+  // Calls `ready` once, when a change after `position` to an id starting
+  // with `prefix` has taken effect, or the store is shutting down: on the
+  // thread that made it (after the store's lock is released), so it must
+  // be quick. Returns 0 without calling it if that is so already (read
+  // again); otherwise the id of the notification, for
+  // CancelEventNotification.
+  using NotificationId = uint64_t;
+  NotificationId NotifyOnEvent(std::string_view prefix, uint64_t position,
+                               absl::AnyInvocable<void()> ready);
+  // Forgets notification `id` if it has not been called yet; false if it
+  // has (or is being called on another thread).
+  bool CancelEventNotification(NotificationId id);
+
   // Refuses new pushes and ends every wait with UNAVAILABLE (new ones too,
-  // at once). Idempotent.
+  // at once), and calls every event notification. Idempotent.
   void Shutdown();
 
  private:
@@ -509,6 +588,13 @@ class ImageStore {
   ImageRef FindLive(std::string_view image_id) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   void Retire(const ImageRef& image) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Records a change that takes the next sequence (which it returns), and
+  // moves the notifications it satisfies to `ready`, to be called once the
+  // lock is released.
+  uint64_t RecordEvent(ImageEvent::Kind kind, const StoredImage& image,
+                       uint64_t replaced_generation,
+                       std::vector<absl::AnyInvocable<void()>>* ready)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Removes wait `wait` from the list and hands over its callback.
   WaitCallback TakeWait(WaitId wait) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void ReaperLoop();
@@ -543,6 +629,22 @@ class ImageStore {
   WaitId next_wait_ ABSL_GUARDED_BY(mutex_) = 1;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   uint64_t expired_images_ ABSL_GUARDED_BY(mutex_) = 0;
+  // The latest changes, oldest first from `event_head_`, in a ring of at
+  // most StoreOptions::event_history entries whose strings are reused.
+  // Their sequences are next_generation_ - event_count_ onwards, without
+  // gaps, so a sequence's slot is found by arithmetic.
+  std::vector<ImageEvent> events_ ABSL_GUARDED_BY(mutex_);
+  size_t event_head_ ABSL_GUARDED_BY(mutex_) = 0;
+  size_t event_count_ ABSL_GUARDED_BY(mutex_) = 0;
+  // The store's first sequence: what came before, it never knew.
+  uint64_t first_sequence_ = 0;
+  struct EventNotification {
+    NotificationId id;
+    std::string prefix;
+    absl::AnyInvocable<void()> ready;
+  };
+  std::vector<EventNotification> notifications_ ABSL_GUARDED_BY(mutex_);
+  NotificationId next_notification_ ABSL_GUARDED_BY(mutex_) = 1;
   // The pushes under way, watched for progress, with a lock of their own so
   // that watching costs the image map nothing. Never held with `mutex_`,
   // nor with a PushWatch's lock.
