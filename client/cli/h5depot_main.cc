@@ -3,7 +3,7 @@
 // Every failure ends with exactly one line on stderr,
 // "h5depot: <what failed>: <why>", and an exit code a script can test
 // (see kUsageText). Standard output carries only results: image bytes for
-// `get`, image info for `put`, `stat` and `ls`.
+// `get`, image info for `put`, `stat` and `ls`, changes for `watch`.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -100,6 +100,18 @@ Commands:
       than N, as for get).
   rm ID [--if-generation-match N]
       Delete image ID (only if generation N is current, when given).
+  watch [PREFIX] [--after N] [--count N] [--for DURATION]
+      Print each change to the images whose ids start with PREFIX (default:
+      all) as it happens, one line each, until interrupted:
+        SEQUENCE published|replaced ID generation=G size=S [replaced=G0]
+        SEQUENCE deleted|expired ID generation=G size=S
+        SEQUENCE lost first=F
+      Every change has the next sequence of the server's counter, and a
+      publish's sequence is its generation. --after: start with the changes
+      after sequence N (e.g. a generation you hold) instead of from now;
+      "lost" says the server no longer kept changes F to SEQUENCE (look
+      again with ls or stat). --count: stop after N changes. --for: stop
+      after this long (exit 0). Ends with exit 5 if the server stops.
   new-token NAME ROLE [PREFIX ...]
       Make a random token for a principal NAME of ROLE (read, write or
       admin) that may touch the image ids starting with a PREFIX (none or
@@ -537,6 +549,51 @@ int RunRm(const Invocation& call) {
   return kExitOk;
 }
 
+// The `watch` format: one line per event (kUsageText).
+void PrintEvent(const ImageEvent& event) {
+  if (event.kind == ImageEvent::Kind::kLost) {
+    std::printf("%s lost first=%s\n", absl::StrCat(event.sequence).c_str(),
+                absl::StrCat(event.first_lost_sequence).c_str());
+  } else {
+    std::string line = absl::StrCat(
+        event.sequence, " ", ImageEventKindName(event.kind), " ",
+        event.image_id, " generation=", event.generation, " size=", event.size);
+    if (event.kind == ImageEvent::Kind::kReplaced) {
+      absl::StrAppend(&line, " replaced=", event.replaced_generation);
+    }
+    std::printf("%s\n", line.c_str());
+  }
+  // A line at a time, for whoever reads the pipe as changes happen.
+  std::fflush(stdout);
+}
+
+int RunWatch(const Invocation& call) {
+  const auto& pos = call.args.positionals;
+  if (pos.size() > 1) return UsageError("watch takes at most one PREFIX");
+  WatchOptions options;
+  if (!pos.empty()) options.prefix = pos[0];
+  std::optional<uint64_t> count;
+  absl::Duration duration = absl::InfiniteDuration();
+  int exit_code = kExitOk;
+  if (!OptionalGeneration(call.args, "after", &options.after, &exit_code) ||
+      !OptionalGeneration(call.args, "count", &count, &exit_code) ||
+      !OptionalDuration(call.args, "for", &duration, &exit_code)) {
+    return exit_code;
+  }
+  const absl::Time until = absl::Now() + duration;
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  absl::StatusOr<std::unique_ptr<ImageWatch>> watch = (*client)->Watch(options);
+  if (!watch.ok()) return Fail(call.command, watch.status());
+  for (uint64_t seen = 0; !count.has_value() || seen < *count; ++seen) {
+    absl::StatusOr<ImageEvent> event = (*watch)->Next(until);
+    if (absl::IsDeadlineExceeded(event.status())) break;  // --for is over
+    if (!event.ok()) return Fail(call.command, event.status());
+    PrintEvent(*event);
+  }
+  return kExitOk;
+}
+
 struct Command {
   const char* name;
   int (*run)(const Invocation&);
@@ -557,6 +614,7 @@ const std::vector<Command>& Commands() {
       {"ls", RunLs, {}},
       {"stat", RunStat, {{"wait", true}, {"newer-than", true}}},
       {"rm", RunRm, {{"if-generation-match", true}}},
+      {"watch", RunWatch, {{"after", true}, {"count", true}, {"for", true}}},
       {"new-token", RunNewToken, {}},
   };
   return *commands;

@@ -421,6 +421,33 @@ absl::Status Client::Delete(std::string_view image_id,
                   absl::StrCat("delete ", Quoted(image_id)));
 }
 
+const char* ImageEventKindName(ImageEvent::Kind kind) {
+  switch (kind) {
+    case ImageEvent::Kind::kPublished:
+      return "published";
+    case ImageEvent::Kind::kReplaced:
+      return "replaced";
+    case ImageEvent::Kind::kDeleted:
+      return "deleted";
+    case ImageEvent::Kind::kExpired:
+      return "expired";
+    case ImageEvent::Kind::kLost:
+      return "lost";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<ImageWatch>> Client::Watch(
+    const WatchOptions& options) {
+  const std::string what = absl::StrCat("watch ", Quoted(options.prefix));
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), what);
+  absl::StatusOr<std::unique_ptr<ImageWatch>> watch =
+      (*transports)->grpc->Watch(options, impl_->Deadline().reply);
+  if (!watch.ok()) return Annotate(watch.status(), what);
+  return watch;
+}
+
 absl::StatusOr<ServerLimits> Client::GetLimits() {
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), "get limits");

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <iterator>
 #include <thread>
@@ -347,6 +348,164 @@ absl::Status FinishReceiving(RawCall* call, absl::Status received) {
 
 // A reader pinning one generation through an OpenReader stream, which
 // holds it on the server for as long as the stream lives.
+// The one conversion of the wire's WatchEvent to the client's.
+ImageEvent ToImageEvent(const v1::WatchEvent& event) {
+  ImageEvent out;
+  switch (event.kind()) {
+    case v1::WatchEvent::REPLACED:
+      out.kind = ImageEvent::Kind::kReplaced;
+      break;
+    case v1::WatchEvent::DELETED:
+      out.kind = ImageEvent::Kind::kDeleted;
+      break;
+    case v1::WatchEvent::EXPIRED:
+      out.kind = ImageEvent::Kind::kExpired;
+      break;
+    default:
+      out.kind = ImageEvent::Kind::kPublished;
+      break;
+  }
+  out.sequence = event.sequence();
+  out.image_id = event.image_id();
+  out.generation = event.generation();
+  out.size = event.size();
+  out.replaced_generation = event.replaced_generation();
+  out.time = absl::FromUnixMicros(event.unix_micros());
+  return out;
+}
+
+// A Watch call, driven on a completion queue of its own so that Next can
+// give up at its deadline while the read stays pending for the next Next.
+// Messages are taken apart into `ready_` as they arrive.
+class GrpcImageWatch final : public ImageWatch {
+ public:
+  explicit GrpcImageWatch(std::shared_ptr<GrpcTransport> transport)
+      : transport_(std::move(transport)) {}
+
+  ~GrpcImageWatch() override {
+    const GrpcUse grpc_use;
+    context_.TryCancel();
+    queue_.Shutdown();
+    void* tag;
+    bool ok;
+    while (queue_.Next(&tag, &ok)) {
+    }
+    reader_.reset();
+  }
+
+  // Starts the call and waits for its `started` message.
+  absl::Status Start(v1::Depot::Stub* stub, const WatchOptions& options,
+                     absl::Time deadline) {
+    v1::WatchRequest request;
+    request.set_prefix(options.prefix);
+    if (options.after.has_value()) request.set_after_sequence(*options.after);
+    reader_ = stub->PrepareAsyncWatch(&context_, request, &queue_);
+    reader_->StartCall(&started_tag_);
+    pending_ = 1;
+    absl::StatusOr<bool> started = AwaitMessage(deadline);
+    if (!started.ok()) {
+      Cancel();
+      return started.status();
+    }
+    if (!*started || !inbox_.has_started()) {
+      return ended_.ok() ? absl::InternalError(
+                               "the server did not start the watch as asked")
+                         : ended_;
+    }
+    started_after_ = inbox_.started().after_sequence();
+    return absl::OkStatus();
+  }
+
+  uint64_t started_after() const override { return started_after_; }
+
+  absl::StatusOr<ImageEvent> Next(absl::Time deadline) override {
+    const GrpcUse grpc_use;
+    while (ready_.empty()) {
+      if (!ended_.ok()) return ended_;
+      absl::StatusOr<bool> got = AwaitMessage(deadline);
+      if (!got.ok()) return got.status();
+      if (!*got) return ended_;
+      if (inbox_.has_lost()) {
+        ImageEvent lost;
+        lost.kind = ImageEvent::Kind::kLost;
+        lost.first_lost_sequence = inbox_.lost().first_sequence();
+        lost.sequence = inbox_.lost().last_sequence();
+        ready_.push_back(std::move(lost));
+      }
+      for (const v1::WatchEvent& event : inbox_.events().events()) {
+        ready_.push_back(ToImageEvent(event));
+      }
+    }
+    ImageEvent event = std::move(ready_.front());
+    ready_.pop_front();
+    return event;
+  }
+
+  void Cancel() override { context_.TryCancel(); }
+
+ private:
+  // Waits until `deadline` for the next message (in `inbox_`): true when
+  // one came, false when the call ended (`ended_` says how),
+  // DEADLINE_EXCEEDED if none came in time (the read stays pending).
+  absl::StatusOr<bool> AwaitMessage(absl::Time deadline) {
+    if (pending_ == 0) {
+      reader_->Read(&inbox_, &read_tag_);
+      pending_ = 1;
+    }
+    while (pending_ > 0) {
+      void* tag = nullptr;
+      bool ok = false;
+      const grpc::CompletionQueue::NextStatus next =
+          deadline == absl::InfiniteFuture()
+              ? (queue_.Next(&tag, &ok) ? grpc::CompletionQueue::GOT_EVENT
+                                        : grpc::CompletionQueue::SHUTDOWN)
+              : queue_.AsyncNext(&tag, &ok, absl::ToChronoTime(deadline));
+      if (next == grpc::CompletionQueue::TIMEOUT) {
+        return absl::DeadlineExceededError("no change came in time");
+      }
+      if (next != grpc::CompletionQueue::GOT_EVENT) {
+        ended_ = absl::CancelledError("the watch was closed");
+        return false;
+      }
+      pending_ = 0;
+      if (!ok && tag != &finish_tag_) {
+        // The stream ended: its status says why.
+        reader_->Finish(&status_, &finish_tag_);
+        pending_ = 1;
+        continue;
+      }
+      if (tag == &finish_tag_) {
+        ended_ = status_.ok()
+                     ? absl::UnavailableError("the server ended the watch")
+                     : FromGrpcStatus(status_);
+        return false;
+      }
+      if (tag == &started_tag_) {
+        reader_->Read(&inbox_, &read_tag_);
+        pending_ = 1;
+        continue;
+      }
+      return true;  // read_tag_
+    }
+    return false;
+  }
+
+  const std::shared_ptr<GrpcTransport> transport_;  // the channel's
+  grpc::ClientContext context_;
+  grpc::CompletionQueue queue_;
+  std::unique_ptr<grpc::ClientAsyncReader<v1::WatchResponse>> reader_;
+  v1::WatchResponse inbox_;
+  grpc::Status status_;
+  // Tags: only their addresses matter.
+  char started_tag_ = 0;
+  char read_tag_ = 0;
+  char finish_tag_ = 0;
+  int pending_ = 0;     // operations started and not completed (0 or 1)
+  absl::Status ended_;  // not OK once the call is over
+  uint64_t started_after_ = 0;
+  std::deque<ImageEvent> ready_;
+};
+
 class GrpcImageReader final : public PinnedGenerationReader {
  public:
   GrpcImageReader(std::shared_ptr<GrpcTransport> transport,
@@ -871,6 +1030,20 @@ absl::StatusOr<ServerLimits> GrpcTransport::GetLimits(absl::Time deadline) {
   result.data_lane_port = static_cast<int>(limits.data_lane_port());
   result.data_lane_unix_path = limits.data_lane_unix_path();
   return result;
+}
+
+absl::StatusOr<std::unique_ptr<ImageWatch>> GrpcTransport::Watch(
+    const WatchOptions& options, absl::Time start_deadline) {
+  const GrpcUse grpc_use;
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(start_deadline);
+  if (!stubs.ok()) return stubs.status();
+  auto watch = std::make_unique<GrpcImageWatch>(shared_from_this());
+  if (absl::Status started =
+          watch->Start((*stubs)->stub.get(), options, start_deadline);
+      !started.ok()) {
+    return started;
+  }
+  return std::unique_ptr<ImageWatch>(std::move(watch));
 }
 
 }  // namespace h5depot::internal

@@ -91,6 +91,9 @@ class GrpcTransport final : public ImageTransport,
                       std::optional<uint64_t> if_generation_match,
                       absl::Time deadline);
   absl::StatusOr<ServerLimits> GetLimits(absl::Time deadline);
+  // A watch, started (its first message received) by `start_deadline`.
+  absl::StatusOr<std::unique_ptr<ImageWatch>> Watch(const WatchOptions& options,
+                                                    absl::Time start_deadline);
 
  private:
   GrpcTransport(std::string target, const ClientOptions& options);

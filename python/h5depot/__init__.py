@@ -35,7 +35,7 @@ from .errors import (
 )
 
 __all__ = [
-    "Client", "File", "Image", "ImageInfo", "Error", "Conflict", "DataLoss",
+    "Client", "File", "Image", "ImageEvent", "ImageInfo", "Watch", "Error", "Conflict", "DataLoss",
     "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied",
     "ResourceExhausted", "Timeout", "Unavailable",
 ]
@@ -65,6 +65,79 @@ class ImageInfo:
         return cls(fields["image_id"], fields["size"], fields["generation"],
                    fields["checksum"], when(fields["created"]),
                    when(fields["expires"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEvent:
+    """One change a watch reports (Client.watch).
+
+    ``kind`` is "published", "replaced", "deleted", "expired", or "lost":
+    not a change, but word that the changes ``first_lost_sequence`` through
+    ``sequence`` were not delivered (the server no longer kept them); look
+    again with ls or stat and go on. Every change takes the next number of
+    the server's one counter, its ``sequence``; a publish's sequence is the
+    generation it made. ``generation`` and ``size`` are the new
+    generation's (published, replaced) or the removed one's (deleted,
+    expired); ``replaced_generation`` the one a replace replaced.
+    """
+
+    kind: str
+    sequence: int
+    image_id: str
+    generation: int
+    size: int
+    replaced_generation: int
+    time: "datetime.datetime | None"
+    first_lost_sequence: int
+
+    @classmethod
+    def _from_native(cls, fields):
+        seconds = fields["time"]
+        when = None if seconds is None else datetime.datetime.fromtimestamp(
+            seconds, datetime.timezone.utc)
+        return cls(fields["kind"], fields["sequence"], fields["image_id"],
+                   fields["generation"], fields["size"],
+                   fields["replaced_generation"], when,
+                   fields["first_lost_sequence"])
+
+
+class Watch:
+    """The changes under a prefix, in order (Client.watch). Iterating
+    blocks for each next change; ``next(timeout)`` gives up with
+    ``Timeout`` and the watch goes on. It ends with ``Unavailable`` when
+    the server stops, or after ``cancel()`` or ``close()``."""
+
+    def __init__(self, native):
+        self._native = native
+
+    @property
+    def started_after(self):
+        """The changes reported have sequences after this one."""
+        return self._native.started_after
+
+    def next(self, timeout=None):
+        """The next ImageEvent, waiting up to ``timeout`` (seconds or a
+        timedelta; None: for ever)."""
+        return ImageEvent._from_native(
+            self._native.next(_seconds(timeout, "timeout")))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.next()
+
+    def cancel(self):
+        """Ends the watch; may be called from another thread."""
+        self._native.cancel()
+
+    close = cancel
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.cancel()
 
 
 def _image_info(image):
@@ -336,6 +409,16 @@ class Client:
                 yield ImageInfo._from_native(fields)
             if not token:
                 return
+
+    def watch(self, prefix="", *, after=None):
+        """A Watch of every change (publish, replace, delete, expiry) to
+        the images whose ids start with ``prefix``, from now on, or with
+        ``after``, every change after that sequence (a generation you
+        hold, or the last event's sequence) that the server still keeps.
+        The watch runs on the server when this returns."""
+        if after is not None:
+            after = _generation(after, "after")
+        return Watch(self._client().watch(prefix, after))
 
     def rm(self, image_id, *, if_generation_match=None):
         """Deletes ``image_id`` (``NotFound`` if absent); with

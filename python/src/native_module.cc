@@ -12,6 +12,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -85,6 +86,55 @@ PushOptions MakePushOptions(std::optional<uint64_t> if_generation_match,
   options.ttl = Duration(ttl);
   return options;
 }
+
+// An ImageEvent as the keyword arguments of h5depot.ImageEvent.
+py::dict EventDict(const ImageEvent& event) {
+  py::dict out;
+  out["kind"] = ImageEventKindName(event.kind);
+  out["sequence"] = event.sequence;
+  out["image_id"] = event.image_id;
+  out["generation"] = event.generation;
+  out["size"] = event.size;
+  out["replaced_generation"] = event.replaced_generation;
+  out["time"] = Seconds(event.time);
+  out["first_lost_sequence"] = event.first_lost_sequence;
+  return out;
+}
+
+// A watch (Client::Watch). Next waits without the GIL, in slices, so that
+// a signal (Ctrl-C) interrupts a long wait as Python code would be.
+class NativeWatch {
+ public:
+  explicit NativeWatch(std::unique_ptr<ImageWatch> watch)
+      : watch_(std::move(watch)) {}
+
+  uint64_t started_after() const { return watch_->started_after(); }
+
+  // The next event, waiting up to `timeout` seconds (None: for ever);
+  // DEADLINE_EXCEEDED when it passes.
+  py::dict Next(std::optional<double> timeout) {
+    constexpr absl::Duration kSignalCheck = absl::Milliseconds(200);
+    const absl::Time deadline = timeout.has_value()
+                                    ? absl::Now() + absl::Seconds(*timeout)
+                                    : absl::InfiniteFuture();
+    while (true) {
+      const absl::Time slice = std::min(deadline, absl::Now() + kSignalCheck);
+      absl::StatusOr<ImageEvent> event =
+          WithoutGil([&] { return watch_->Next(slice); });
+      if (event.ok()) return EventDict(*event);
+      if (!absl::IsDeadlineExceeded(event.status()) ||
+          absl::Now() >= deadline) {
+        throw StatusError{event.status()};
+      }
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    }
+  }
+
+  void Cancel() { watch_->Cancel(); }
+
+ private:
+  std::unique_ptr<ImageWatch> watch_;
+};
 
 // A fetched image, owning its buffer. Read through the buffer protocol, or
 // handed whole to HDF5 by OpenImage (after which it is empty).
@@ -178,6 +228,15 @@ class NativeClient {
               std::optional<uint64_t> if_generation_match) {
     OkOrRaise(WithoutGil(
         [&] { return client_->Delete(image_id, if_generation_match); }));
+  }
+
+  std::unique_ptr<NativeWatch> Watch(const std::string& prefix,
+                                     std::optional<uint64_t> after) {
+    WatchOptions options;
+    options.prefix = prefix;
+    options.after = after;
+    return std::make_unique<NativeWatch>(
+        ValueOrRaise(WithoutGil([&] { return client_->Watch(options); })));
   }
 
  private:
@@ -430,7 +489,13 @@ than bytes that were sent.)doc")
       .def("fetch", &NativeClient::Fetch)
       .def("stat", &NativeClient::Stat)
       .def("list", &NativeClient::List)
-      .def("delete", &NativeClient::Delete);
+      .def("delete", &NativeClient::Delete)
+      .def("watch", &NativeClient::Watch);
+
+  py::class_<NativeWatch>(module, "Watch")
+      .def_property_readonly("started_after", &NativeWatch::started_after)
+      .def("next", &NativeWatch::Next, py::arg("timeout"))
+      .def("cancel", &NativeWatch::Cancel);
 
   module.def("open_image", &OpenImage, py::arg("image"), py::arg("writable"));
 

@@ -174,6 +174,44 @@ def test_nothing_newer_fails_at_once_or_times_out(target):
                            newer_than=first.generation).info == second
 
 
+def test_a_watch_reports_each_change_under_its_prefix_in_order(target):
+    prefix = f"py/watch/{uuid.uuid4().hex}/"  # new for each transport
+    with h5depot.Client(target) as depot:
+        held = depot.push(prefix + "a", packet_bytes(0))
+        with depot.watch(prefix) as watch:
+            assert watch.started_after >= held.generation
+            with pytest.raises(h5depot.Timeout):
+                watch.next(timeout=0.01)
+            replaced = depot.push(prefix + "a", packet_bytes(1))
+            depot.push("py/elsewhere", packet_bytes(2))
+            depot.rm(prefix + "a")
+            first, second = watch.next(timeout=60), next(watch)
+        assert (first.kind, first.image_id) == ("replaced", prefix + "a")
+        assert first.generation == first.sequence == replaced.generation
+        assert first.replaced_generation == held.generation
+        assert first.size == replaced.size
+        assert (second.kind, second.generation) == ("deleted",
+                                                    replaced.generation)
+        assert second.sequence == replaced.generation + 2
+        with pytest.raises(h5depot.Unavailable):
+            watch.next(timeout=60)  # closed
+        # From a held generation: what came after it, replayed.
+        replay = depot.watch(prefix, after=held.generation)
+        assert [replay.next(60).kind for _ in range(2)] == ["replaced",
+                                                           "deleted"]
+        replay.close()
+        with pytest.raises(h5depot.InvalidArgument):
+            depot.watch(prefix, after=-1)
+
+
+def test_a_stopping_server_ends_its_watches(own_server):
+    with h5depot.Client(own_server.target) as depot:
+        watch = depot.watch("")
+        own_server.stop()
+        with pytest.raises(h5depot.Unavailable):
+            watch.next(timeout=60)
+
+
 def packet_bytes(i):
     """The image of a small HDF5 file holding the scalar ``i``."""
     with h5py.File(f"packet-{i}.h5", "w", driver="core",

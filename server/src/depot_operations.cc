@@ -1,8 +1,10 @@
 #include <algorithm>
+#include <functional>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "h5depot/internal/image_id.h"
 #include "server/src/depot_operations_internal.h"
 
 namespace h5depot::server {
@@ -121,6 +123,7 @@ bool RoleAllows(Role role, Operation op) {
     case Operation::kStat:
     case Operation::kList:
     case Operation::kGetLimits:
+    case Operation::kWatch:
       return true;
     case Operation::kPush:
     case Operation::kDelete:
@@ -145,6 +148,8 @@ std::string_view OperationName(Operation op) {
       return "delete";
     case Operation::kGetLimits:
       return "ask for the limits";
+    case Operation::kWatch:
+      return "watch";
   }
   return "do this";
 }
@@ -175,9 +180,11 @@ absl::StatusOr<const Principal*> DepotOperations::Admit(
                      std::string(RoleName(principal->role)), ", which may not ",
                      std::string(OperationName(op))));
   }
-  // A list's prefix only narrows what it shows: List cuts its answer.
-  const bool names_an_image =
-      op != Operation::kList && op != Operation::kGetLimits;
+  // A list's or a watch's prefix only narrows what it shows: List cuts
+  // its answer, a watch its events.
+  const bool names_an_image = op != Operation::kList &&
+                              op != Operation::kWatch &&
+                              op != Operation::kGetLimits;
   if (names_an_image && !principal->MayTouch(image_id)) {
     return absl::PermissionDeniedError(absl::StrCat(
         "principal '", principal->name, "' may not ",
@@ -422,6 +429,41 @@ absl::StatusOr<StoreLimits> DepotOperations::Limits(const Caller& caller) {
   limits.leased_bytes = stats.leased_bytes;
   limits.leased_superseded_bytes = stats.leased_superseded_bytes;
   return limits;
+}
+
+absl::StatusOr<EventFeed> DepotOperations::Watch(
+    const Caller& caller, std::string_view prefix,
+    std::optional<uint64_t> after) {
+  const Principal* principal = nullptr;
+  if (checks_access_) {
+    absl::StatusOr<const Principal*> admitted =
+        Admit(caller, Operation::kWatch, prefix);
+    if (!admitted.ok()) return admitted.status();
+    if (!(*admitted)->prefixes.empty()) principal = *admitted;
+  }
+  if (prefix.size() > internal::kMaxImageIdLength) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a watched prefix is at most ",
+                     internal::kMaxImageIdLength, " bytes, as an image id"));
+  }
+  return EventFeed(store_, std::string(prefix), principal,
+                   after.has_value() ? *after : store_->LatestSequence());
+}
+
+absl::StatusOr<EventPage> EventFeed::Next(size_t max_events) {
+  // How many changes one read looks at, matching or not: a watch of a
+  // quiet prefix on a busy store holds the store's lock only this long.
+  constexpr size_t kMaxScan = 4096;
+  std::function<bool(std::string_view)> visible;
+  if (principal_ != nullptr) {
+    visible = [principal = principal_](std::string_view image_id) {
+      return principal->MayTouch(image_id);
+    };
+  }
+  absl::StatusOr<EventPage> page =
+      store_->ReadEvents(prefix_, position_, max_events, kMaxScan, visible);
+  if (page.ok()) position_ = page->position;
+  return page;
 }
 
 }  // namespace h5depot::server

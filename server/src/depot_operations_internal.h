@@ -70,6 +70,7 @@ enum class Operation {
   kList,  // the image id is the listed prefix
   kDelete,
   kGetLimits,  // no image id
+  kWatch,      // the image id is the watched prefix
 };
 
 // Who is calling: the transport, the peer and the bearer token the call
@@ -191,6 +192,46 @@ struct StoreLimits {
   uint64_t leased_generations = 0;
   uint64_t leased_bytes = 0;
   uint64_t leased_superseded_bytes = 0;
+};
+
+// One caller's watch of the store's changes under a prefix
+// (DepotOperations::Watch): where it has read up to, and what the caller
+// may see (the ids its principal may touch; with access rules a watch's
+// prefix only narrows what it shows, as a list's does). Used by one thread
+// at a time; its notifications come on other threads.
+class EventFeed {
+ public:
+  // Every change up to this sequence has been read (or was lost).
+  uint64_t position() const { return position_; }
+
+  // The next changes after position(), at most `max_events` of them, as
+  // ImageStore::ReadEvents finds them; moves position() past everything
+  // looked at. UNAVAILABLE once the store is shutting down.
+  absl::StatusOr<EventPage> Next(size_t max_events);
+
+  // Calls `ready` once when Next would find something new (or the store
+  // shuts down), as ImageStore::NotifyOnEvent does: 0, without calling
+  // it, if that is so already.
+  ImageStore::NotificationId NotifyWhenMore(absl::AnyInvocable<void()> ready) {
+    return store_->NotifyOnEvent(prefix_, position_, std::move(ready));
+  }
+  bool CancelNotification(ImageStore::NotificationId id) {
+    return store_->CancelEventNotification(id);
+  }
+
+ private:
+  friend class DepotOperations;
+  EventFeed(ImageStore* store, std::string prefix, const Principal* principal,
+            uint64_t position)
+      : store_(store),
+        prefix_(std::move(prefix)),
+        principal_(principal),
+        position_(position) {}
+
+  ImageStore* store_;
+  std::string prefix_;
+  const Principal* principal_;  // null: the caller sees everything
+  uint64_t position_;
 };
 
 class DepotOperations {
@@ -350,6 +391,14 @@ class DepotOperations {
                       std::optional<uint64_t> if_generation_match);
 
   absl::StatusOr<StoreLimits> Limits(const Caller& caller);
+
+  // A feed of the changes (published, replaced, deleted, expired) to the
+  // ids under `prefix` that `caller` may see, after sequence `after`
+  // (ImageEvent: a generation is a sequence), or from now if absent.
+  // Changes the store no longer keeps, or never knew, come out of the
+  // feed as lost (EventPage::lost_first, lost_last).
+  absl::StatusOr<EventFeed> Watch(const Caller& caller, std::string_view prefix,
+                                  std::optional<uint64_t> after);
 
  private:
   // Authorize's checks with access rules: the caller's principal, valid

@@ -472,6 +472,197 @@ class WaitingStatReactor final : public grpc::ServerUnaryReactor {
   ImageStore::WaitId wait_ = 0;
 };
 
+// The one conversion of a store change to the wire's WatchEvent.
+void EncodeEvent(const ImageEvent& event, v1::WatchEvent* out) {
+  switch (event.kind) {
+    case ImageEvent::Kind::kPublished:
+      out->set_kind(v1::WatchEvent::PUBLISHED);
+      break;
+    case ImageEvent::Kind::kReplaced:
+      out->set_kind(v1::WatchEvent::REPLACED);
+      break;
+    case ImageEvent::Kind::kDeleted:
+      out->set_kind(v1::WatchEvent::DELETED);
+      break;
+    case ImageEvent::Kind::kExpired:
+      out->set_kind(v1::WatchEvent::EXPIRED);
+      break;
+  }
+  out->set_sequence(event.sequence);
+  out->set_image_id(event.image_id);
+  out->set_generation(event.generation);
+  out->set_size(event.size);
+  out->set_replaced_generation(event.replaced_generation);
+  out->set_unix_micros(absl::ToUnixMicros(event.time));
+}
+
+// Serves one watch: the `started` message, then the feed's pages as they
+// come, one write at a time, each followed by the next read of the feed.
+// When the feed has nothing new the reactor asks the store to call it
+// back and holds no thread. A slow client slows only its own reads of the
+// store's history (the feed tells it what it lost if it falls too far
+// behind); the server buffers one message for it.
+//
+// The watch is moved on by whichever thread comes: gRPC's (OnWriteDone,
+// OnCancel) or the one that made a change (the store's notification).
+// Each decides under the lock what to do and does it after releasing it
+// (gRPC may run a reaction inline in StartWrite or Finish). At most one
+// write is under way, and once `finished_` is set nothing else is done.
+// The notification holds `shared_`, not the reactor, so one that comes
+// after the call ended finds it gone.
+class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
+ public:
+  WatchReactor(CallGate::Pass pass, absl::StatusOr<EventFeed> feed)
+      : pass_(std::move(pass)), shared_(std::make_shared<Shared>()) {
+    shared_->reactor = this;
+    if (!feed.ok()) {
+      finished_ = true;
+      Finish(ToGrpcStatus(feed.status()));
+      return;
+    }
+    absl::MutexLock lock(&shared_->mutex);
+    feed_.emplace(*std::move(feed));
+    writing_ = true;
+    message_.mutable_started()->set_after_sequence(feed_->position());
+    StartWrite(&message_);  // no other thread knows of the reactor yet
+  }
+
+  void OnWriteDone(bool ok) override {
+    Action action = Action::kNothing;
+    {
+      absl::MutexLock lock(&shared_->mutex);
+      writing_ = false;
+      if (!ok) {
+        finished_ = true;
+        status_ =
+            grpc::Status(grpc::StatusCode::CANCELLED, "the watcher went away");
+        action = Action::kFinish;
+      } else {
+        action = DecideLocked();
+      }
+    }
+    Act(action);
+  }
+
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&shared_->mutex);
+      // A write under way ends with OnWriteDone(false), which finishes.
+      if (finished_ || writing_) return;
+      if (notification_ != 0) feed_->CancelNotification(notification_);
+      notification_ = 0;
+      finished_ = true;
+    }
+    Finish(
+        grpc::Status(grpc::StatusCode::CANCELLED, "the watch was cancelled"));
+  }
+
+  void OnDone() override {
+    {
+      absl::MutexLock lock(&shared_->mutex);
+      shared_->reactor = nullptr;
+    }
+    delete this;
+  }
+
+ private:
+  // Changes per message: a message stays small, and a slow watcher's
+  // message in flight holds little memory.
+  static constexpr size_t kMaxBatch = 512;
+
+  struct Shared {
+    absl::Mutex mutex;
+    WatchReactor* reactor ABSL_GUARDED_BY(mutex);  // null once done
+  };
+  enum class Action { kNothing, kWrite, kFinish };
+
+  // The store's notification: a change came, or the store is stopping.
+  static void Notified(const std::shared_ptr<Shared>& shared) {
+    WatchReactor* reactor;
+    Action action = Action::kNothing;
+    {
+      absl::MutexLock lock(&shared->mutex);
+      reactor = shared->reactor;
+      if (reactor == nullptr) return;
+      reactor->shared_->mutex.AssertHeld();
+      reactor->notification_ = 0;
+      action = reactor->DecideLocked();
+    }
+    // Alive: it is finished only by this Act, or after the write this
+    // Act starts.
+    reactor->Act(action);
+  }
+
+  // What to do next, with the lock held: write the next message, finish,
+  // or nothing (a write is under way, the call is finished, or the feed
+  // is waiting for a change).
+  Action DecideLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(shared_->mutex) {
+    if (finished_ || writing_ || notification_ != 0) return Action::kNothing;
+    message_.Clear();
+    if (pending_.has_value()) {
+      message_.mutable_events()->Swap(&*pending_);
+      pending_.reset();
+      writing_ = true;
+      return Action::kWrite;
+    }
+    while (true) {
+      absl::StatusOr<EventPage> page = feed_->Next(kMaxBatch);
+      if (!page.ok()) {
+        finished_ = true;
+        status_ = ToGrpcStatus(page.status());
+        return Action::kFinish;
+      }
+      v1::WatchEventBatch batch;
+      for (const ImageEvent& event : page->events) {
+        EncodeEvent(event, batch.add_events());
+      }
+      if (page->lost_last != 0) {
+        v1::EventsLost* lost = message_.mutable_lost();
+        lost->set_first_sequence(page->lost_first);
+        lost->set_last_sequence(page->lost_last);
+        if (batch.events_size() > 0) pending_.emplace(std::move(batch));
+        writing_ = true;
+        return Action::kWrite;
+      }
+      if (batch.events_size() > 0) {
+        message_.mutable_events()->Swap(&batch);
+        writing_ = true;
+        return Action::kWrite;
+      }
+      if (page->more) continue;
+      notification_ =
+          feed_->NotifyWhenMore([shared = shared_] { Notified(shared); });
+      if (notification_ != 0) return Action::kNothing;
+    }
+  }
+
+  void Act(Action action) {
+    switch (action) {
+      case Action::kNothing:
+        return;
+      case Action::kWrite:
+        StartWrite(&message_);
+        return;
+      case Action::kFinish:
+        Finish(status_);
+        return;
+    }
+  }
+
+  CallGate::Pass pass_;
+  const std::shared_ptr<Shared> shared_;
+  std::optional<EventFeed> feed_ ABSL_GUARDED_BY(shared_->mutex);
+  // The message being written: set before a write starts, untouched until
+  // it is done.
+  v1::WatchResponse message_;
+  // Events read together with a loss, sent after it.
+  std::optional<v1::WatchEventBatch> pending_ ABSL_GUARDED_BY(shared_->mutex);
+  grpc::Status status_;  // what Finish sends, set before it is called
+  bool writing_ ABSL_GUARDED_BY(shared_->mutex) = false;
+  bool finished_ ABSL_GUARDED_BY(shared_->mutex) = false;
+  ImageStore::NotificationId notification_ ABSL_GUARDED_BY(shared_->mutex) = 0;
+};
+
 // Serves one reader: the open message pins a generation, and each range
 // after it is answered with its bytes as chunk messages built from slices
 // of the stored buffer. One operation at a time: the next request is read
@@ -777,6 +968,20 @@ grpc::ServerUnaryReactor* DepotService::GetLimits(
   response->set_data_lane_unix_path(data_lane_.unix_path);
   reactor->Finish(grpc::Status::OK);
   return reactor;
+}
+
+grpc::ServerWriteReactor<v1::WatchResponse>* DepotService::Watch(
+    grpc::CallbackServerContext* context, const v1::WatchRequest* request) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerWriteReactor<v1::WatchResponse>>(
+        std::move(pass));
+  }
+  return new WatchReactor(
+      std::move(pass),
+      operations_->Watch(CallerOf(context), request->prefix(),
+                         OptionalGeneration(request->has_after_sequence(),
+                                            request->after_sequence())));
 }
 
 }  // namespace h5depot::server

@@ -32,7 +32,8 @@ using DepotServiceBase = h5depot::v1::Depot::WithRawCallbackMethod_Push<
                     h5depot::v1::Depot::WithCallbackMethod_List<
                         h5depot::v1::Depot::WithCallbackMethod_Delete<
                             h5depot::v1::Depot::WithCallbackMethod_GetLimits<
-                                h5depot::v1::Depot::Service>>>>>>>>;
+                                h5depot::v1::Depot::WithCallbackMethod_Watch<
+                                    h5depot::v1::Depot::Service>>>>>>>>>;
 
 // The calls under way, counted so that a stop can wait for them and no
 // longer: gRPC's own Shutdown also waits for every idle connection's
@@ -134,6 +135,9 @@ class DepotService final : public DepotServiceBase {
       grpc::CallbackServerContext* context,
       const h5depot::v1::GetLimitsRequest* request,
       h5depot::v1::ServerLimits* response) override;
+  grpc::ServerWriteReactor<h5depot::v1::WatchResponse>* Watch(
+      grpc::CallbackServerContext* context,
+      const h5depot::v1::WatchRequest* request) override;
 
   // The stop, in two steps: from Close() on every new call is answered
   // UNAVAILABLE ("server is shutting down"); AwaitCalls() then waits until

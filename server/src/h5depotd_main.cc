@@ -109,6 +109,10 @@ ABSL_FLAG(uint64_t, max_waits, 10000,
           "fetches and stats waiting for an image that may be under way at "
           "once, over gRPC and the data lane together; one more is refused "
           "with RESOURCE_EXHAUSTED");
+ABSL_FLAG(uint64_t, watch_history, 65536,
+          "how many of the latest changes (publishes, replaces, deletes, "
+          "expiries) to keep for watchers; a watcher further behind is told "
+          "which changes it lost");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT on which to serve metrics over HTTP at /metrics, in the "
           "Prometheus text format (calls, bytes and latency by operation, "
@@ -255,7 +259,8 @@ int main(int argc, char** argv) {
       "                [--max-concurrent-streams=N] "
       "[--max-connection-age=DURATION]\n"
       "                [--max-connection-age-grace=DURATION] "
-      "[--metrics-listen=HOST:PORT]");
+      "[--metrics-listen=HOST:PORT]\n"
+      "                [--watch-history=N]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   h5depot::internal::SilenceGrpcLogUnlessAsked();
@@ -307,6 +312,12 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
   options.insecure = absl::GetFlag(FLAGS_insecure);
+  options.store.event_history =
+      static_cast<size_t>(absl::GetFlag(FLAGS_watch_history));
+  if (options.store.event_history == 0) {
+    std::cerr << "h5depotd: --watch-history must be at least 1\n";
+    return 1;
+  }
   options.store.push_idle_timeout = absl::GetFlag(FLAGS_push_idle_timeout);
   if (options.store.push_idle_timeout < absl::ZeroDuration()) {
     std::cerr << "h5depotd: --push-idle-timeout must not be negative\n";

@@ -19,9 +19,9 @@ namespace h5depot::server {
 namespace {
 
 constexpr Operation kAllOperations[] = {
-    Operation::kPush,     Operation::kFetch, Operation::kRead,
-    Operation::kStat,     Operation::kList,  Operation::kDelete,
-    Operation::kGetLimits};
+    Operation::kPush,      Operation::kFetch, Operation::kRead,
+    Operation::kStat,      Operation::kList,  Operation::kDelete,
+    Operation::kGetLimits, Operation::kWatch};
 constexpr Transport kAllTransports[] = {Transport::kGrpc, Transport::kLaneTcp,
                                         Transport::kLaneUnix};
 
@@ -42,6 +42,8 @@ const char* OperationLabel(Operation op) {
       return "delete";
     case Operation::kGetLimits:
       return "get_limits";
+    case Operation::kWatch:
+      return "watch";
   }
   return "unknown";
 }
@@ -284,7 +286,8 @@ bool DepotOperationOf(const char* method, Operation* op) {
       {"Push", Operation::kPush},     {"Fetch", Operation::kFetch},
       {"Read", Operation::kRead},     {"OpenReader", Operation::kRead},
       {"Stat", Operation::kStat},     {"List", Operation::kList},
-      {"Delete", Operation::kDelete}, {"GetLimits", Operation::kGetLimits}};
+      {"Delete", Operation::kDelete}, {"GetLimits", Operation::kGetLimits},
+      {"Watch", Operation::kWatch}};
   for (const auto& [method_name, operation] : kMethods) {
     if (short_name == method_name) {
       *op = operation;

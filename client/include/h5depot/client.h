@@ -255,6 +255,74 @@ class ImageReader {
   }
 };
 
+// A change to the images a watch follows (Client::Watch). Every change to
+// a server's store takes the next number of one counter, its sequence: a
+// publish's sequence is the generation it made, a delete's or an expiry's
+// a number no generation gets. Within one run of the server the sequences
+// of all changes have no gaps, so a watch's events only grow in sequence,
+// and a consumer holding generation G of an image can ask for every change
+// after G (WatchOptions::after).
+struct ImageEvent {
+  enum class Kind {
+    kPublished,  // the first generation under its id (or the first after a
+                 // delete or an expiry)
+    kReplaced,   // a new generation replacing the current one
+    kDeleted,    // removed by a delete
+    kExpired,    // removed at the end of its time to live
+    // Not a change: changes first_lost_sequence through sequence were not
+    // delivered, because the server no longer kept them when the watch came
+    // to read them (a watcher far behind, or asking from before the
+    // server started). Look again (List, Stat) and go on: the events after
+    // this one follow as usual.
+    kLost,
+  };
+  Kind kind = Kind::kPublished;
+  uint64_t sequence = 0;
+  std::string image_id;  // empty for kLost
+  // Published, replaced: the new generation (= sequence) and its size.
+  // Deleted, expired: the generation removed and its size.
+  uint64_t generation = 0;
+  uint64_t size = 0;
+  uint64_t replaced_generation = 0;        // kReplaced: the generation replaced
+  absl::Time time = absl::InfinitePast();  // when it took effect
+  uint64_t first_lost_sequence = 0;        // kLost only
+};
+
+// "published", "replaced", "deleted", "expired", "lost".
+const char* ImageEventKindName(ImageEvent::Kind kind);
+
+struct WatchOptions {
+  // Only changes to ids that start with this; empty: every change.
+  std::string prefix;
+  // Absent: changes from the moment the watch starts. N: every change
+  // after sequence N that the server still keeps (a kLost event first for
+  // those it does not).
+  std::optional<uint64_t> after;
+};
+
+// A watch of the changes under a prefix, in the order they took effect,
+// each once (Client::Watch). The server holds nothing for a slow watcher
+// but a history of its latest changes (h5depotd --watch-history): one that
+// falls further behind gets a kLost event. Destroying the watch ends it.
+// Next() is for one thread at a time; Cancel() may be called from any.
+class ImageWatch {
+ public:
+  virtual ~ImageWatch() = default;
+
+  // Events follow with sequences after this one.
+  virtual uint64_t started_after() const = 0;
+
+  // The next event, waiting until `deadline` for one: DEADLINE_EXCEEDED
+  // then, and the watch goes on. UNAVAILABLE once the server stops or the
+  // connection breaks, CANCELLED after Cancel(); the watch is over then,
+  // and every later call says the same.
+  virtual absl::StatusOr<ImageEvent> Next(
+      absl::Time deadline = absl::InfiniteFuture()) = 0;
+
+  // Ends the watch: a Next() waiting on another thread returns CANCELLED.
+  virtual void Cancel() = 0;
+};
+
 class Client {
  public:
   // Connects to h5depotd at `target`: "host:port", "unix:/path/to/socket"
@@ -351,6 +419,13 @@ class Client {
                       std::optional<uint64_t> if_generation_match = {});
 
   absl::StatusOr<ServerLimits> GetLimits();
+
+  // Starts a watch of the changes under options.prefix; it has started on
+  // the server when this returns, so no change made afterwards is missed.
+  // With an access-rules server, a principal sees only the ids under its
+  // prefixes. The watch may outlive the Client.
+  absl::StatusOr<std::unique_ptr<ImageWatch>> Watch(
+      const WatchOptions& options = {});
 
  private:
   struct Impl;
