@@ -788,6 +788,97 @@ TEST_F(ImageStoreTest, DestroyingTheStoreEndsItsWaits) {
   EXPECT_EQ(outcome.result.status().code(), absl::StatusCode::kUnavailable);
 }
 
+// --- Eviction ----------------------------------------------------------------
+
+class EvictionTest : public ImageStoreTest {
+ protected:
+  // Room for three images of kSize.
+  static constexpr size_t kSize = 4096;
+  EvictionTest() {
+    StoreOptions options;
+    options.max_memory_bytes = 3 * kSize + kSize / 2;
+    options.eviction = StoreOptions::Eviction::kLru;
+    store_ = MakeStore(options);
+  }
+  const std::vector<uint8_t> bytes_ = MakeTestImage(kSize);
+};
+
+// A push that does not fit deletes the least recently used image: the
+// oldest publish, unless a fetch, stat or read used it since.
+TEST_F(EvictionTest, APushThatDoesNotFitEvictsTheLeastRecentlyUsed) {
+  for (const char* id : {"a", "b", "c"}) ASSERT_TRUE(Push(id, bytes_).ok());
+  ASSERT_TRUE(store_->Get("a").ok());  // a is now the most recently used
+  auto d = Push("d", bytes_);
+  ASSERT_TRUE(d.ok()) << d.status();
+  const uint64_t d_generation = (*d)->generation();
+  d = absl::NotFoundError("not held any more");
+  EXPECT_EQ(store_->Get("b").status().code(), absl::StatusCode::kNotFound);
+  for (const char* id : {"a", "c", "d"}) EXPECT_TRUE(store_->Get(id).ok());
+  // c, d, then a (just used above in that order): c goes next.
+  ASSERT_TRUE(store_->GetGeneration("c", 0).ok());
+  ASSERT_TRUE(store_->Get("a").ok());
+  ASSERT_TRUE(Push("e", bytes_).ok());
+  EXPECT_EQ(store_->Get("d").status().code(), absl::StatusCode::kNotFound);
+  const StoreStats stats = store_->Stats();
+  EXPECT_EQ(stats.evicted_images, 2u);
+  EXPECT_EQ(stats.evicted_bytes, 2 * kSize);
+  EXPECT_EQ(stats.image_count, 3u);
+
+  auto page = store_->ReadEvents("", d_generation, 10, 10);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->events.size(), 2u);
+  EXPECT_EQ(page->events[0].kind, ImageEvent::Kind::kEvicted);
+  EXPECT_EQ(page->events[0].image_id, "d");
+  EXPECT_EQ(page->events[1].image_id, "e");
+}
+
+// An image somebody holds (a reader, a call sending it) is never
+// evicted; if evicting what nobody holds would not make room, nothing is
+// evicted and the push is refused.
+TEST_F(EvictionTest, HeldImagesStayAndAPushThatCannotFitEvictsNothing) {
+  for (const char* id : {"a", "b", "c"}) ASSERT_TRUE(Push(id, bytes_).ok());
+  auto held_a = store_->Get("a");
+  auto held_b = store_->Get("b");
+  ASSERT_TRUE(held_a.ok() && held_b.ok());
+  ASSERT_TRUE(Push("d", bytes_).ok());  // c goes
+  EXPECT_EQ(store_->Get("c").status().code(), absl::StatusCode::kNotFound);
+  // Two images' worth: only d could go, which is not enough.
+  const auto big = MakeTestImage(2 * kSize);
+  auto refused = Push("big", big);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(store_->Get("d").ok());
+  EXPECT_EQ(store_->Stats().evicted_images, 1u);
+  // Once the readers let go, they can go too.
+  held_a = absl::NotFoundError("released");
+  held_b = absl::NotFoundError("released");
+  ASSERT_TRUE(Push("big", big).ok());
+}
+
+// Replaced and deleted images leave the order of use with them: what
+// is evicted is always current.
+TEST_F(EvictionTest, ReplacedAndDeletedImagesLeaveTheOrder) {
+  for (const char* id : {"a", "b", "a", "c"}) {
+    ASSERT_TRUE(Push(id, bytes_).ok());
+  }
+  ASSERT_TRUE(store_->Delete("c", std::nullopt).ok());
+  ASSERT_TRUE(Push("d", bytes_).ok());
+  ASSERT_TRUE(Push("e", bytes_).ok());  // b, the oldest current, goes
+  EXPECT_EQ(store_->Get("b").status().code(), absl::StatusCode::kNotFound);
+  for (const char* id : {"a", "d", "e"}) EXPECT_TRUE(store_->Get(id).ok());
+}
+
+// Without eviction (the default) a full store refuses, as always.
+TEST_F(ImageStoreTest, WithoutEvictionAFullStoreRefuses) {
+  StoreOptions options;
+  options.max_memory_bytes = 4096 + 2048;
+  auto store = MakeStore(options);
+  const auto bytes = MakeTestImage(4096);
+  ASSERT_TRUE(PushWhole(*store, RequestFor("a", bytes), bytes).ok());
+  EXPECT_EQ(PushWhole(*store, RequestFor("b", bytes), bytes).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(store->Get("a").ok());
+}
+
 // --- The change history (watchers) ----------------------------------------
 
 // Publishes, replaces, deletes and expiries each take the next sequence, a

@@ -104,7 +104,7 @@ Commands:
       Print each change to the images whose ids start with PREFIX (default:
       all) as it happens, one line each, until interrupted:
         SEQUENCE published|replaced ID generation=G size=S [replaced=G0]
-        SEQUENCE deleted|expired ID generation=G size=S
+        SEQUENCE deleted|expired|evicted ID generation=G size=S
         SEQUENCE lost first=F
       Every change has the next sequence of the server's counter, and a
       publish's sequence is its generation. --after: start with the changes

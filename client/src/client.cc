@@ -431,6 +431,8 @@ const char* ImageEventKindName(ImageEvent::Kind kind) {
       return "deleted";
     case ImageEvent::Kind::kExpired:
       return "expired";
+    case ImageEvent::Kind::kEvicted:
+      return "evicted";
     case ImageEvent::Kind::kLost:
       return "lost";
   }

@@ -361,6 +361,9 @@ ImageEvent ToImageEvent(const v1::WatchEvent& event) {
     case v1::WatchEvent::EXPIRED:
       out.kind = ImageEvent::Kind::kExpired;
       break;
+    case v1::WatchEvent::EVICTED:
+      out.kind = ImageEvent::Kind::kEvicted;
+      break;
     default:
       out.kind = ImageEvent::Kind::kPublished;
       break;

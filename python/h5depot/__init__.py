@@ -71,14 +71,15 @@ class ImageInfo:
 class ImageEvent:
     """One change a watch reports (Client.watch).
 
-    ``kind`` is "published", "replaced", "deleted", "expired", or "lost":
+    ``kind`` is "published", "replaced", "deleted", "expired", "evicted",
+    or "lost":
     not a change, but word that the changes ``first_lost_sequence`` through
     ``sequence`` were not delivered (the server no longer kept them); look
     again with ls or stat and go on. Every change takes the next number of
     the server's one counter, its ``sequence``; a publish's sequence is the
     generation it made. ``generation`` and ``size`` are the new
     generation's (published, replaced) or the removed one's (deleted,
-    expired); ``replaced_generation`` the one a replace replaced.
+    expired, evicted); ``replaced_generation`` the one a replace replaced.
     """
 
     kind: str

@@ -31,7 +31,7 @@ class ImageInfo:
     expires: Optional[datetime.datetime]
 
 class ImageEvent:
-    kind: str  # "published", "replaced", "deleted", "expired", "lost"
+    kind: str  # "published", "replaced", "deleted", "expired", "evicted", "lost"
     sequence: int
     image_id: str
     generation: int

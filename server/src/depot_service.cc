@@ -487,6 +487,9 @@ void EncodeEvent(const ImageEvent& event, v1::WatchEvent* out) {
     case ImageEvent::Kind::kExpired:
       out->set_kind(v1::WatchEvent::EXPIRED);
       break;
+    case ImageEvent::Kind::kEvicted:
+      out->set_kind(v1::WatchEvent::EVICTED);
+      break;
   }
   out->set_sequence(event.sequence);
   out->set_image_id(event.image_id);

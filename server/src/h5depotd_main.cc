@@ -109,6 +109,10 @@ ABSL_FLAG(uint64_t, max_waits, 10000,
           "fetches and stats waiting for an image that may be under way at "
           "once, over gRPC and the data lane together; one more is refused "
           "with RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, eviction, "none",
+          "what a push that does not fit in --max-memory does: none (it is "
+          "refused) or lru (the least recently used images no reader holds "
+          "are deleted to make room)");
 ABSL_FLAG(uint64_t, watch_history, 65536,
           "how many of the latest changes (publishes, replaces, deletes, "
           "expiries) to keep for watchers; a watcher further behind is told "
@@ -260,7 +264,7 @@ int main(int argc, char** argv) {
       "[--max-connection-age=DURATION]\n"
       "                [--max-connection-age-grace=DURATION] "
       "[--metrics-listen=HOST:PORT]\n"
-      "                [--watch-history=N]");
+      "                [--watch-history=N] [--eviction=none|lru]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   h5depot::internal::SilenceGrpcLogUnlessAsked();
@@ -312,6 +316,14 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
   options.insecure = absl::GetFlag(FLAGS_insecure);
+  if (const std::string eviction = absl::GetFlag(FLAGS_eviction);
+      eviction == "lru") {
+    options.store.eviction = h5depot::server::StoreOptions::Eviction::kLru;
+  } else if (eviction != "none") {
+    std::cerr << "h5depotd: --eviction must be none or lru, not '" << eviction
+              << "'\n";
+    return 1;
+  }
   options.store.event_history =
       static_cast<size_t>(absl::GetFlag(FLAGS_watch_history));
   if (options.store.event_history == 0) {

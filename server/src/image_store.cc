@@ -584,7 +584,15 @@ absl::Status ImageStore::Admit(const PushRequest& request, uint64_t charge) {
           "pushes under way)"));
     }
   }
-  if (!budget_->TryReserve(charge)) {
+  bool reserved = budget_->TryReserve(charge);
+  // Room made by an eviction may go to a concurrent push first.
+  for (int attempt = 0;
+       !reserved && attempt < 3 &&
+       options_.eviction == StoreOptions::Eviction::kLru && EvictFor(charge);
+       ++attempt) {
+    reserved = budget_->TryReserve(charge);
+  }
+  if (!reserved) {
     if (quota != nullptr) {
       quota->used_bytes_.fetch_sub(charge, std::memory_order_relaxed);
       quota->pending_pushes_.fetch_sub(1, std::memory_order_relaxed);
@@ -596,7 +604,11 @@ absl::Status ImageStore::Admit(const PushRequest& request, uint64_t charge) {
         internal::HumanSize(budget_->limit() -
                             std::min(used, budget_->limit())),
         " of this server's ", internal::HumanSize(budget_->limit()),
-        " memory limit is free"));
+        " memory limit is free",
+        options_.eviction == StoreOptions::Eviction::kLru
+            ? " (the images that could be evicted would not make room: "
+              "the rest are held by readers or pushes under way)"
+            : ""));
   }
   return absl::OkStatus();
 }
@@ -768,6 +780,7 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
       Retire(replaced);
       it->second = published;
     }
+    LruAdd(stored);
     // An expired image the reaper has not removed yet was, to everyone,
     // gone: it expires now, and its successor is a first publish.
     const bool replaces_live =
@@ -941,7 +954,83 @@ ImageRef ImageStore::FindLive(std::string_view image_id) const {
   return it->second;
 }
 
+void ImageStore::LruAdd(const StoredImage& image) {
+  if (options_.eviction != StoreOptions::Eviction::kLru) return;
+  absl::MutexLock lock(&lru_mutex_);
+  image.lru_older_ = lru_newest_;
+  image.lru_newer_ = nullptr;
+  if (lru_newest_ != nullptr)
+    lru_newest_->lru_newer_ = const_cast<StoredImage*>(&image);
+  lru_newest_ = const_cast<StoredImage*>(&image);
+  if (lru_oldest_ == nullptr) lru_oldest_ = lru_newest_;
+}
+
+void ImageStore::LruRemove(const StoredImage& image) {
+  if (options_.eviction != StoreOptions::Eviction::kLru) return;
+  absl::MutexLock lock(&lru_mutex_);
+  (image.lru_older_ != nullptr ? image.lru_older_->lru_newer_ : lru_oldest_) =
+      image.lru_newer_;
+  (image.lru_newer_ != nullptr ? image.lru_newer_->lru_older_ : lru_newest_) =
+      image.lru_older_;
+  image.lru_older_ = image.lru_newer_ = nullptr;
+}
+
+void ImageStore::LruTouch(const StoredImage& image) const {
+  if (options_.eviction != StoreOptions::Eviction::kLru) return;
+  absl::MutexLock lock(&lru_mutex_);
+  if (lru_newest_ == &image) return;
+  // Unlinked (it has a newer one), then linked as the newest. Current:
+  // the caller's shared hold of mutex_ keeps it from being retired.
+  image.lru_newer_->lru_older_ = image.lru_older_;
+  (image.lru_older_ != nullptr ? image.lru_older_->lru_newer_ : lru_oldest_) =
+      image.lru_newer_;
+  image.lru_older_ = lru_newest_;
+  image.lru_newer_ = nullptr;
+  lru_newest_->lru_newer_ = const_cast<StoredImage*>(&image);
+  lru_newest_ = const_cast<StoredImage*>(&image);
+}
+
+bool ImageStore::EvictFor(uint64_t charge) {
+  std::vector<ImageRef> evicted;  // freed last, after the lock
+  std::vector<absl::AnyInvocable<void()>> watchers;  // called after the lock
+  {
+    absl::MutexLock lock(&mutex_);
+    const uint64_t limit = budget_->limit();
+    const uint64_t used = budget_->used();
+    if (charge > limit) return false;
+    if (used <= limit - charge) return true;  // room came meanwhile
+    const uint64_t needed = used - (limit - charge);
+    // Chosen first, evicted only if they make room: deleting images that
+    // would not let the push in helps nobody.
+    std::vector<const StoredImage*> chosen;
+    uint64_t freeing = 0;
+    {
+      absl::MutexLock lru(&lru_mutex_);
+      for (const StoredImage* image = lru_oldest_;
+           image != nullptr && freeing < needed; image = image->lru_newer_) {
+        // Nobody can take hold of it meanwhile: that goes through mutex_.
+        if (images_.find(image->image_id())->second.use_count() > 1) continue;
+        chosen.push_back(image);
+        freeing += image->charged_bytes_;
+      }
+    }
+    if (freeing < needed) return false;
+    for (const StoredImage* image : chosen) {
+      auto it = images_.find(image->image_id());
+      evicted.push_back(std::move(it->second));
+      images_.erase(it);
+      Retire(evicted.back());
+      RecordEvent(ImageEvent::Kind::kEvicted, *evicted.back(), 0, &watchers);
+      ++evicted_images_;
+      evicted_bytes_ += evicted.back()->size();
+    }
+  }
+  for (auto& ready : watchers) ready();
+  return true;
+}
+
 void ImageStore::Retire(const ImageRef& image) {
+  LruRemove(*image);
   stored_bytes_ -= image->size();
   if (image->expires() != absl::InfiniteFuture()) {
     expiry_queue_.erase({image->expires(), image->image_id()});
@@ -968,6 +1057,7 @@ absl::StatusOr<ImageRef> ImageStore::Get(std::string_view image_id) const {
     return absl::NotFoundError(
         absl::StrCat("no image '", std::string(image_id), "'"));
   }
+  LruTouch(*image);
   return image;
 }
 
@@ -997,6 +1087,7 @@ ImageStore::WaitId ImageStore::Await(std::string_view image_id,
     absl::MutexLock lock(&mutex_);
     if (ImageRef image = FindLive(image_id);
         image != nullptr && image->generation() > newer_than) {
+      LruTouch(*image);
       answer = std::move(image);
     } else if (shutting_down_) {
       answer = absl::UnavailableError("server is shutting down");
@@ -1109,7 +1200,10 @@ absl::StatusOr<ImageRef> ImageStore::GetGeneration(std::string_view image_id,
   ImageRef current = FindLive(image_id);
   if (generation == 0 ||
       (current != nullptr && current->generation() == generation)) {
-    if (current != nullptr) return current;
+    if (current != nullptr) {
+      LruTouch(*current);
+      return current;
+    }
   } else if (auto it = retired_.find(generation); it != retired_.end()) {
     if (ImageRef held = it->second.lock();
         held != nullptr && held->image_id() == image_id) {
@@ -1247,6 +1341,8 @@ StoreStats ImageStore::Stats() const {
   StoreStats stats{images_.size(), stored_bytes_, budget_->used(),
                    budget_->retained_bytes(), waits_.size()};
   stats.expired_images = expired_images_;
+  stats.evicted_images = evicted_images_;
+  stats.evicted_bytes = evicted_bytes_;
   // Lock order: the store's, then the leases'.
   leases_->ForEach([&](const StoredImage& image) {
     mutex_.AssertReaderHeld();  // held by Stats, around this call

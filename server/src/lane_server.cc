@@ -233,9 +233,12 @@ void NoteAnswer(absl::StatusCode code, uint64_t image_bytes) {
   request_outcome.image_bytes = image_bytes;
 }
 
-absl::Status SendFinal(LaneSocket& socket, const absl::Status& status,
-                       const StoredImage* image, bool send_bytes) {
-  NoteAnswer(status.code(), send_bytes && image != nullptr ? image->size() : 0);
+// The header of a final response with `status` and `image`'s info (none
+// if null), into `header`; its message is status.message()'s first
+// `*message_bytes`.
+void EncodeFinal(const absl::Status& status, const StoredImage* image,
+                 bool send_bytes, uint8_t (&header)[lane::kResponseHeaderBytes],
+                 size_t* message_bytes_out) {
   lane::Response response;
   response.kind = lane::ResponseKind::kFinal;
   response.code = status.code();
@@ -249,8 +252,16 @@ absl::Status SendFinal(LaneSocket& socket, const absl::Status& status,
                send_bytes ? DepotOperations::ChecksumNeed::kCompute
                           : DepotOperations::ChecksumNeed::kOnlyIfKnown);
   }
-  uint8_t header[lane::kResponseHeaderBytes];
   lane::EncodeResponse(response, header);
+  *message_bytes_out = message_bytes;
+}
+
+absl::Status SendFinal(LaneSocket& socket, const absl::Status& status,
+                       const StoredImage* image, bool send_bytes) {
+  NoteAnswer(status.code(), send_bytes && image != nullptr ? image->size() : 0);
+  uint8_t header[lane::kResponseHeaderBytes];
+  size_t message_bytes = 0;
+  EncodeFinal(status, image, send_bytes, header, &message_bytes);
   iovec iov[3] = {{header, sizeof(header)},
                   {const_cast<char*>(status.message().data()), message_bytes},
                   {nullptr, 0}};
@@ -258,6 +269,23 @@ absl::Status SendFinal(LaneSocket& socket, const absl::Status& status,
     iov[2] = {const_cast<uint8_t*>(image->data()), image->size()};
   }
   return socket.SendAll(iov, 3);
+}
+
+// A push's answer: `published`'s info, sent once this hold on the image
+// is dropped, so that a client told its push is done finds the image
+// held by nobody it does not know of (an eviction may take it then).
+absl::Status SendPublished(LaneSocket& socket,
+                           absl::StatusOr<ImageRef> published) {
+  const absl::Status status = published.status();
+  NoteAnswer(status.code(), 0);
+  uint8_t header[lane::kResponseHeaderBytes];
+  size_t message_bytes = 0;
+  EncodeFinal(status, published.ok() ? published->get() : nullptr, false,
+              header, &message_bytes);
+  published = status.ok() ? absl::CancelledError("answered") : status;
+  iovec iov[2] = {{header, sizeof(header)},
+                  {const_cast<char*>(status.message().data()), message_bytes}};
+  return socket.SendAll(iov, 2);
 }
 
 // A push that broke off before its end (`status`): if the server cut it
@@ -829,10 +857,9 @@ absl::Status DataLaneServer::Impl::HandlePutSealed(
   params.size = header.size;
   params.if_generation_match = header.if_generation_match;
   params.ttl_ms = header.ttl_ms;
-  absl::StatusOr<ImageRef> published =
-      operations->PublishSealed(caller, std::move(params), std::move(memfd));
-  return SendFinal(socket, published.status(),
-                   published.ok() ? published->get() : nullptr, false);
+  return SendPublished(
+      socket,
+      operations->PublishSealed(caller, std::move(params), std::move(memfd)));
 }
 
 absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
@@ -889,10 +916,8 @@ absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
       !status.ok()) {
     return EndBrokenPush(socket, *std::move(pending), std::move(status));
   }
-  absl::StatusOr<ImageRef> published =
-      operations->FinishPush(image, lane::DecodeU64(trailer));
-  return SendFinal(socket, published.status(),
-                   published.ok() ? published->get() : nullptr, false);
+  return SendPublished(socket,
+                       operations->FinishPush(image, lane::DecodeU64(trailer)));
 }
 
 absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,

@@ -269,6 +269,14 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
                             "Images deleted at the end of their time to live.",
                             MetricType::Counter,
                             static_cast<double>(stats.expired_images)));
+  families.push_back(Single("h5depot_evicted_images_total",
+                            "Images deleted to make room (--eviction=lru).",
+                            MetricType::Counter,
+                            static_cast<double>(stats.evicted_images)));
+  families.push_back(Single("h5depot_evicted_bytes_total",
+                            "Bytes of the images deleted to make room.",
+                            MetricType::Counter,
+                            static_cast<double>(stats.evicted_bytes)));
   return families;
 }
 

@@ -257,8 +257,8 @@ class ImageReader {
 
 // A change to the images a watch follows (Client::Watch). Every change to
 // a server's store takes the next number of one counter, its sequence: a
-// publish's sequence is the generation it made, a delete's or an expiry's
-// a number no generation gets. Within one run of the server the sequences
+// publish's sequence is the generation it made, a delete's, an expiry's or
+// an eviction's a number no generation gets. Within one run of the server the sequences
 // of all changes have no gaps, so a watch's events only grow in sequence,
 // and a consumer holding generation G of an image can ask for every change
 // after G (WatchOptions::after).
@@ -269,6 +269,7 @@ struct ImageEvent {
     kReplaced,   // a new generation replacing the current one
     kDeleted,    // removed by a delete
     kExpired,    // removed at the end of its time to live
+    kEvicted,    // removed to make room (h5depotd --eviction=lru)
     // Not a change: changes first_lost_sequence through sequence were not
     // delivered, because the server no longer kept them when the watch came
     // to read them (a watcher far behind, or asking from before the
@@ -280,7 +281,7 @@ struct ImageEvent {
   uint64_t sequence = 0;
   std::string image_id;  // empty for kLost
   // Published, replaced: the new generation (= sequence) and its size.
-  // Deleted, expired: the generation removed and its size.
+  // Deleted, expired, evicted: the generation removed and its size.
   uint64_t generation = 0;
   uint64_t size = 0;
   uint64_t replaced_generation = 0;        // kReplaced: the generation replaced
@@ -288,7 +289,7 @@ struct ImageEvent {
   uint64_t first_lost_sequence = 0;        // kLost only
 };
 
-// "published", "replaced", "deleted", "expired", "lost".
+// "published", "replaced", "deleted", "expired", "evicted", "lost".
 const char* ImageEventKindName(ImageEvent::Kind kind);
 
 struct WatchOptions {

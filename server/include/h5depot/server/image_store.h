@@ -158,6 +158,16 @@ struct StoreOptions {
   // push_min_bytes_per_second: only the idle rule.
   absl::Duration push_idle_timeout = absl::Seconds(30);
   uint64_t push_min_bytes_per_second = uint64_t{256} << 10;
+  // What a push that does not fit in max_memory_bytes does.
+  enum class Eviction {
+    kNone,  // it is refused (RESOURCE_EXHAUSTED)
+    // The least recently used images nobody holds (no reader, no call
+    // under way, no client mapping) are deleted, oldest use first, until it
+    // fits; it is refused only if it still cannot. A use is a publish, a
+    // fetch, a stat or a read; changes show evictions as kEvicted.
+    kLru,
+  };
+  Eviction eviction = Eviction::kNone;
   // How many of the latest changes (ImageEvent) the store keeps for
   // watchers: a watcher further behind than this learns that it lost
   // events rather than holding memory on the store (at least 1).
@@ -167,8 +177,8 @@ struct StoreOptions {
 // One change to the store, as watchers see it (ImageStore::ReadEvents).
 //
 // Every change takes the next number of the store's one counter, its
-// sequence: a publish's sequence is the generation it made, a delete's or
-// an expiry's a number no generation gets. So a store's changes are
+// sequence: a publish's sequence is the generation it made, a delete's,
+// an expiry's or an eviction's a number no generation gets. So a store's changes are
 // numbered without gaps, in the order they took effect, and a consumer
 // that holds generation G of an image (or saw sequence G) can ask for
 // every change after it.
@@ -179,12 +189,13 @@ struct ImageEvent {
     kReplaced,   // a new generation replacing the current one
     kDeleted,    // removed by a delete
     kExpired,    // removed at the end of its time to live
+    kEvicted,    // removed to make room (StoreOptions::eviction)
   };
   Kind kind = Kind::kPublished;
   uint64_t sequence = 0;
   std::string image_id;
   // Published, replaced: the new generation and its size. Deleted,
-  // expired: the generation removed and its size.
+  // expired, evicted: the generation removed and its size.
   uint64_t generation = 0;
   uint64_t size = 0;
   // Replaced: the generation it replaced; else 0.
@@ -268,6 +279,10 @@ class StoredImage {
   uint64_t charged_bytes_ = 0;
   std::shared_ptr<MemoryBudget> budget_;
   std::shared_ptr<Quota> quota_;  // charged charged_bytes_; null: none
+  // Its place in the store's order of use, while current, with eviction
+  // on (guarded by the store's lru_mutex_).
+  mutable StoredImage* lru_older_ = nullptr;
+  mutable StoredImage* lru_newer_ = nullptr;
 };
 
 using ImageRef = std::shared_ptr<const StoredImage>;
@@ -409,6 +424,9 @@ struct StoreStats {
   uint64_t leased_superseded_bytes = 0;
   // Images deleted at the end of their time to live, since the store began.
   uint64_t expired_images = 0;
+  // Images deleted to make room (StoreOptions::eviction), and their bytes.
+  uint64_t evicted_images = 0;
+  uint64_t evicted_bytes = 0;
 };
 
 class ImageStore {
@@ -588,6 +606,18 @@ class ImageStore {
   ImageRef FindLive(std::string_view image_id) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   void Retire(const ImageRef& image) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // The order of use of current images, with eviction on (no-ops
+  // without): the newest is the last published or used. Lock order: the
+  // store's mutex_ (shared is enough to touch), then lru_mutex_.
+  void LruAdd(const StoredImage& image) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void LruRemove(const StoredImage& image)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void LruTouch(const StoredImage& image) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  // Deletes least recently used images nobody holds until `charge` more
+  // bytes fit in the memory limit, or none is left to delete; returns
+  // whether any was.
+  bool EvictFor(uint64_t charge);
   // Records a change that takes the next sequence (which it returns), and
   // moves the notifications it satisfies to `ready`, to be called once the
   // lock is released.
@@ -629,6 +659,11 @@ class ImageStore {
   WaitId next_wait_ ABSL_GUARDED_BY(mutex_) = 1;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   uint64_t expired_images_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t evicted_images_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t evicted_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
+  mutable absl::Mutex lru_mutex_ ABSL_ACQUIRED_AFTER(mutex_);
+  mutable StoredImage* lru_oldest_ ABSL_GUARDED_BY(lru_mutex_) = nullptr;
+  mutable StoredImage* lru_newest_ ABSL_GUARDED_BY(lru_mutex_) = nullptr;
   // The latest changes, oldest first from `event_head_`, in a ring of at
   // most StoreOptions::event_history entries whose strings are reused.
   // Their sequences are next_generation_ - event_count_ onwards, without
