@@ -107,8 +107,7 @@ TEST_P(EvictionTest, WithoutEvictionAFullServerRefuses) {
   for (const char* id : {"a", "b", "c"}) EXPECT_TRUE(client_->Stat(id).ok());
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, EvictionTest, AllServerPaths(),
-                         ServerPathName);
+INSTANTIATE_TEST_SUITE_P(Paths, EvictionTest, AllServerPaths(), ServerPathName);
 
 TEST(EvictionFlagTest, AnUnknownPolicyIsRefusedAtStart) {
   ServerProcessOptions options;

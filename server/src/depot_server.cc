@@ -13,13 +13,18 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdio>
+#include <functional>
 #include <memory>
+#include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "h5depot/internal/byte_size.h"
 #include "h5depot/internal/host_name.h"
 #include "h5depot/internal/tls.h"
 #include "h5depot/rpc/grpc_runtime.h"
@@ -27,10 +32,27 @@
 #include "server/src/depot_service_internal.h"
 #include "server/src/lane_server_internal.h"
 #include "server/src/server_metrics_internal.h"
+#include "server/src/snapshot_internal.h"
 #include "server/src/unix_access_internal.h"
 
 namespace h5depot::server {
 namespace {
+
+// The line that says what a start found in its snapshot directory.
+std::string RestoreLine(const RestoreReport& report, const std::string& dir) {
+  if (!report.found) {
+    return absl::StrCat("h5depotd snapshot: none in ", dir, " yet");
+  }
+  return absl::StrCat(
+      "h5depotd restored ", report.images, " images (",
+      internal::HumanSize(report.bytes), ") from ", dir, " in ",
+      absl::FormatDuration(absl::Trunc(report.took, absl::Milliseconds(1))),
+      report.expired > 0 ? absl::StrCat(", ", report.expired, " expired since")
+                         : "",
+      report.refused > 0
+          ? absl::StrCat(", ", report.refused, " refused (see above)")
+          : "");
+}
 
 // The port after the one `listen_address` ("host:port") names, where the
 // data lane listens unless told otherwise and clients on this host look
@@ -148,6 +170,14 @@ struct DepotServer::Impl {
   int port = 0;
   std::vector<std::string> targets;
   std::string auth_file;  // empty: no access rules
+  std::function<void(std::string_view)> log;
+  // Snapshots (null without snapshot_dir), taken every snapshot_interval
+  // by `snapshotter` until `stop_snapshots`.
+  std::unique_ptr<SnapshotDirectory> snapshots;
+  std::thread snapshotter;
+  absl::Mutex snapshot_mutex;
+  absl::CondVar snapshot_wakeup;
+  bool stop_snapshots ABSL_GUARDED_BY(snapshot_mutex) = false;
 
   // Held by a reload from reading the file to putting its rules in force,
   // so that the last file read is the one in force.
@@ -224,7 +254,21 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     impl->lane_tls = *std::move(tls);
   }
   impl->auth_file = options.auth_file;
+  impl->log = options.log ? options.log : [](std::string_view line) {
+    std::fprintf(stderr, "%.*s\n", static_cast<int>(line.size()), line.data());
+  };
   impl->store = std::make_unique<ImageStore>(options.store);
+  if (!options.snapshot_dir.empty()) {
+    // Loaded before anything listens: no client sees a partial store.
+    absl::StatusOr<std::unique_ptr<SnapshotDirectory>> snapshots =
+        SnapshotDirectory::Open(options.snapshot_dir, impl->log);
+    if (!snapshots.ok()) return snapshots.status();
+    impl->snapshots = *std::move(snapshots);
+    absl::StatusOr<RestoreReport> restored =
+        impl->snapshots->Restore(*impl->store);
+    if (!restored.ok()) return restored.status();
+    impl->log(RestoreLine(*restored, options.snapshot_dir));
+  }
   PrincipalLimits principal_limits;
   principal_limits.max_memory_bytes = options.principal_max_memory_bytes == 0
                                           ? PrincipalLimits::kUnlimited
@@ -352,12 +396,61 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     impl->unix_listener->Serve(impl->server.get());
     impl->targets.push_back("unix:" + options.unix_socket_path);
   }
-  return std::unique_ptr<DepotServer>(new DepotServer(std::move(impl)));
+  auto server = std::unique_ptr<DepotServer>(new DepotServer(std::move(impl)));
+  const absl::Duration interval = options.snapshot_interval;
+  if (server->impl_->snapshots != nullptr && interval > absl::ZeroDuration() &&
+      interval != absl::InfiniteDuration()) {
+    DepotServer* const self = server.get();
+    server->impl_->snapshotter = std::thread([self, interval] {
+      Impl& state = *self->impl_;
+      absl::Time next = absl::Now() + interval;
+      while (true) {
+        {
+          absl::MutexLock lock(&state.snapshot_mutex);
+          while (!state.stop_snapshots &&
+                 !state.snapshot_wakeup.WaitWithDeadline(&state.snapshot_mutex,
+                                                         next)) {
+          }
+          if (state.stop_snapshots) return;
+        }
+        self->WriteSnapshot().IgnoreError();  // reported through the log
+        next = absl::Now() + interval;
+      }
+    });
+  }
+  return server;
 }
 
 DepotServer::DepotServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-DepotServer::~DepotServer() { Shutdown(absl::Seconds(1)); }
+DepotServer::~DepotServer() {
+  Shutdown(absl::Seconds(1));
+  if (impl_->snapshotter.joinable()) impl_->snapshotter.join();
+}
+
+absl::Status DepotServer::WriteSnapshot() {
+  if (impl_->snapshots == nullptr) {
+    return absl::FailedPreconditionError(
+        "no snapshot directory: the server was started without one "
+        "(--snapshot-dir)");
+  }
+  absl::StatusOr<SnapshotReport> written =
+      impl_->snapshots->Write(*impl_->store);
+  if (!written.ok()) {
+    impl_->log(
+        absl::StrCat("h5depotd snapshot failed, the previous one "
+                     "stays: ",
+                     written.status().message()));
+    return written.status();
+  }
+  impl_->log(absl::StrCat(
+      "h5depotd snapshot: ", written->images, " images (",
+      internal::HumanSize(written->bytes), ") in ", impl_->snapshots->path(),
+      ", ", written->files_written, " files written (",
+      internal::HumanSize(written->bytes_written), ") in ",
+      absl::FormatDuration(absl::Trunc(written->took, absl::Milliseconds(1)))));
+  return absl::OkStatus();
+}
 
 int DepotServer::port() const { return impl_->port; }
 
@@ -428,6 +521,16 @@ void DepotServer::Shutdown(absl::Duration grace) {
   if (impl_->unix_listener != nullptr) impl_->unix_listener->Stop();
   impl_->server->Shutdown(absl::ToChronoTime(
       std::min(deadline, absl::Now() + kLingerForLastBytes)));
+  if (impl_->snapshots != nullptr) {
+    {
+      absl::MutexLock lock(&impl_->snapshot_mutex);
+      impl_->stop_snapshots = true;
+      impl_->snapshot_wakeup.Signal();
+    }
+    if (impl_->snapshotter.joinable()) impl_->snapshotter.join();
+    // Every call has ended: the store is as its clients left it.
+    WriteSnapshot().IgnoreError();  // reported through the log
+  }
 }
 
 void DepotServer::Wait() { impl_->server->Wait(); }

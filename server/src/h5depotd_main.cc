@@ -109,6 +109,13 @@ ABSL_FLAG(uint64_t, max_waits, 10000,
           "fetches and stats waiting for an image that may be under way at "
           "once, over gRPC and the data lane together; one more is refused "
           "with RESOURCE_EXHAUSTED");
+ABSL_FLAG(std::string, snapshot_dir, "",
+          "a directory to write the images to (every --snapshot-interval, "
+          "on SIGUSR1 and when stopping) and to restore them from when "
+          "starting; empty: images live in RAM only");
+ABSL_FLAG(absl::Duration, snapshot_interval, absl::Minutes(5),
+          "how often to write a snapshot to --snapshot-dir (0 or inf: only "
+          "on SIGUSR1 and when stopping)");
 ABSL_FLAG(std::string, eviction, "none",
           "what a push that does not fit in --max-memory does: none (it is "
           "refused) or lru (the least recently used images no reader holds "
@@ -264,7 +271,8 @@ int main(int argc, char** argv) {
       "[--max-connection-age=DURATION]\n"
       "                [--max-connection-age-grace=DURATION] "
       "[--metrics-listen=HOST:PORT]\n"
-      "                [--watch-history=N] [--eviction=none|lru]");
+      "                [--watch-history=N] [--eviction=none|lru]\n"
+      "                [--snapshot-dir=DIR [--snapshot-interval=DURATION]]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
   h5depot::internal::SilenceGrpcLogUnlessAsked();
@@ -275,12 +283,14 @@ int main(int argc, char** argv) {
 
   // Signals are taken synchronously by this thread; block them before any
   // other thread exists so that they all inherit the mask. SIGINT and
-  // SIGTERM stop the server, SIGHUP reloads its auth file.
+  // SIGTERM stop the server, SIGHUP reloads its auth file, SIGUSR1 writes
+  // a snapshot.
   sigset_t handled_signals;
   sigemptyset(&handled_signals);
   sigaddset(&handled_signals, SIGINT);
   sigaddset(&handled_signals, SIGTERM);
   sigaddset(&handled_signals, SIGHUP);
+  sigaddset(&handled_signals, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &handled_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
   // Each large image holds a descriptor (its memfd) beside every
@@ -324,6 +334,14 @@ int main(int argc, char** argv) {
               << "'\n";
     return 1;
   }
+  options.snapshot_dir = absl::GetFlag(FLAGS_snapshot_dir);
+  options.snapshot_interval = absl::GetFlag(FLAGS_snapshot_interval);
+  if (options.snapshot_interval < absl::ZeroDuration()) {
+    std::cerr << "h5depotd: --snapshot-interval must not be negative\n";
+    return 1;
+  }
+  // Reports go where the start-up lines go, a line at a time.
+  options.log = [](std::string_view line) { std::cout << line << std::endl; };
   options.store.event_history =
       static_cast<size_t>(absl::GetFlag(FLAGS_watch_history));
   if (options.store.event_history == 0) {
@@ -414,8 +432,16 @@ int main(int argc, char** argv) {
 
   int signal_number = 0;
   while (sigwait(&handled_signals, &signal_number) == 0 &&
-         signal_number == SIGHUP) {
-    ReportReload((*server)->ReloadAccessRules(), options.auth_file);
+         (signal_number == SIGHUP || signal_number == SIGUSR1)) {
+    if (signal_number == SIGHUP) {
+      ReportReload((*server)->ReloadAccessRules(), options.auth_file);
+    } else if (options.snapshot_dir.empty()) {
+      std::cout << "h5depotd: SIGUSR1 asks for a snapshot, but there is no "
+                   "--snapshot-dir"
+                << std::endl;
+    } else {
+      (*server)->WriteSnapshot().IgnoreError();  // reported through the log
+    }
   }
   std::cerr << "h5depotd: " << strsignal(signal_number) << ", shutting down\n";
   (*server)->Shutdown(absl::Seconds(5));

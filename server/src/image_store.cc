@@ -522,7 +522,6 @@ ImageStore::ImageStore(StoreOptions options)
       // stay unique and increasing across restarts of the server.
       next_generation_(
           std::max<uint64_t>(1, absl::ToUnixMicros(options_.clock()))) {
-  first_sequence_ = next_generation_;
   if (options_.start_reaper) {
     budget_->SetOnRetained([this](absl::Time due) { WakeReaperFor(due); });
     reaper_ = std::thread([this] { ReaperLoop(); });
@@ -752,8 +751,45 @@ size_t ImageStore::CutOffStalledPushes() {
   return cut;
 }
 
+absl::StatusOr<ImageRef> ImageStore::InstallRestored(
+    std::unique_ptr<StoredImage> image, const PushRequest::Restored& restored) {
+  StoredImage& stored = *image;
+  stored.created_ = restored.created;
+  stored.expires_ = restored.expires;
+  stored.generation_ = restored.generation;
+  const ImageRef published(std::move(image));
+  {
+    absl::MutexLock lock(&mutex_);
+    if (shutting_down_)
+      return absl::UnavailableError("server is shutting down");
+    if (event_count_ > 0) {
+      return absl::FailedPreconditionError(
+          "images are restored only into a store that has not changed yet");
+    }
+    if (!images_.try_emplace(stored.image_id(), published).second) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("image '", stored.image_id(), "' is restored twice"));
+    }
+    // Sequences go on after every restored generation; what came before
+    // is history this store never recorded (ReadEvents calls it lost).
+    next_generation_ = std::max(next_generation_, stored.generation_ + 1);
+    LruAdd(stored);
+    if (stored.expires_ != absl::InfiniteFuture()) {
+      expiry_queue_.emplace(stored.expires_, stored.image_id_);
+    }
+    stored_bytes_ += published->size();
+  }
+  if (published->expires() != absl::InfiniteFuture()) {
+    WakeReaperFor(published->expires());
+  }
+  return published;
+}
+
 absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
                                              const PushRequest& request) {
+  if (request.restored.has_value()) {
+    return InstallRestored(std::move(image), *request.restored);
+  }
   // Every push waits for this lock, so what needs none (reading the clock,
   // allocating the reference count) is done before taking it.
   StoredImage& stored = *image;

@@ -150,6 +150,7 @@ absl::Status ServerProcess::Launch(const std::vector<std::string>& argv,
   request.stdin_fd = dev_null;
   request.stdout_fd = out->second;
   request.max_open_files = options_.max_open_files;
+  request.env_changes = options_.env;
   auto child = internal::Spawn(request);
   close(out->second);
   if (dev_null >= 0) close(dev_null);

@@ -13,9 +13,11 @@
 #define H5DEPOT_SERVER_DEPOT_SERVER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -141,6 +143,21 @@ struct ServerOptions {
   // status code, and the store's images, memory and waits. They name no
   // image. Empty: none.
   std::string metrics_listen;
+  // Snapshots (README.md, "Snapshots"): a directory where the store's
+  // images are written so that a restart brings them back with their ids,
+  // generations, checksums and expiry. Start loads the last complete
+  // snapshot there before it listens (an image that does not load is
+  // logged and skipped; a damaged manifest fails Start with DATA_LOSS);
+  // a snapshot is then taken every snapshot_interval (InfiniteDuration or
+  // zero: never on a schedule), on WriteSnapshot(), and at Shutdown once
+  // the calls under way have ended. Empty: no snapshots, images live in
+  // RAM only.
+  std::string snapshot_dir;
+  absl::Duration snapshot_interval = absl::Minutes(5);
+  // Where the server reports what happened without a caller to tell
+  // (a snapshot written or failed, images restored or refused); one line
+  // each, without a newline. Null: standard error.
+  std::function<void(std::string_view)> log;
   StoreOptions store;
 };
 
@@ -185,11 +202,18 @@ class DepotServer {
   // applied one after the other.
   absl::StatusOr<size_t> ReloadAccessRules();
 
+  // Writes a snapshot to ServerOptions::snapshot_dir now, reporting it
+  // (or why it failed, leaving the previous one) through the log, and
+  // returns how it went. FAILED_PRECONDITION without a snapshot_dir.
+  // Thread-safe; snapshots are taken one at a time.
+  absl::Status WriteSnapshot();
+
   // Stops: ends waits with UNAVAILABLE, answers new calls UNAVAILABLE
   // ("server is shutting down") and stops accepting lane connections, lets
   // the calls under way finish for up to `grace`, then cancels the rest and
   // closes every connection. Idle connections do not hold it up: with no
-  // call under way it returns at once. Idempotent.
+  // call under way it returns at once. With a snapshot_dir, a last
+  // snapshot is then written. Idempotent.
   void Shutdown(absl::Duration grace);
 
   // Blocks until Shutdown() has completed.

@@ -178,9 +178,9 @@ struct StoreOptions {
 //
 // Every change takes the next number of the store's one counter, its
 // sequence: a publish's sequence is the generation it made, a delete's,
-// an expiry's or an eviction's a number no generation gets. So a store's changes are
-// numbered without gaps, in the order they took effect, and a consumer
-// that holds generation G of an image (or saw sequence G) can ask for
+// an expiry's or an eviction's a number no generation gets. So a store's
+// changes are numbered without gaps, in the order they took effect, and a
+// consumer that holds generation G of an image (or saw sequence G) can ask for
 // every change after it.
 struct ImageEvent {
   enum class Kind : uint8_t {
@@ -331,6 +331,18 @@ struct PushRequest {
   // The share the push is charged to, beside the store's limit (see
   // Quota); null: only the store's limit.
   std::shared_ptr<Quota> quota;
+  // Set when the push brings back an image from a snapshot: it is
+  // published with this generation, creation and expiry time (`ttl` is
+  // not used), as no change (no event is recorded), and the store's
+  // counter moves past the generation. Only into a store that has
+  // recorded no change yet (FAILED_PRECONDITION otherwise), and only for an
+  // id not stored (ALREADY_EXISTS).
+  struct Restored {
+    uint64_t generation = 0;
+    absl::Time created;
+    absl::Time expires = absl::InfiniteFuture();
+  };
+  std::optional<Restored> restored;
 };
 
 class ImageStore;
@@ -595,6 +607,9 @@ class ImageStore {
 
   absl::StatusOr<ImageRef> Install(std::unique_ptr<StoredImage> image,
                                    const PushRequest& request);
+  absl::StatusOr<ImageRef> InstallRestored(
+      std::unique_ptr<StoredImage> image,
+      const PushRequest::Restored& restored);
   // The checks and charges a push passes before its data moves (those of
   // BeginPush but the allocation): charges `charge` bytes to the budget
   // and the quota, and counts the push among the quota's pending ones.
@@ -671,8 +686,6 @@ class ImageStore {
   std::vector<ImageEvent> events_ ABSL_GUARDED_BY(mutex_);
   size_t event_head_ ABSL_GUARDED_BY(mutex_) = 0;
   size_t event_count_ ABSL_GUARDED_BY(mutex_) = 0;
-  // The store's first sequence: what came before, it never knew.
-  uint64_t first_sequence_ = 0;
   struct EventNotification {
     NotificationId id;
     std::string prefix;

@@ -21,6 +21,7 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -49,6 +50,9 @@ struct ServerProcessOptions {
   // before it starts; 0: the test's own. For tests of what it does when it
   // runs out of them.
   uint64_t max_open_files = 0;
+  // Changes to the server's environment, which is otherwise this
+  // process's: a value sets the variable, nullopt removes it.
+  std::map<std::string, std::optional<std::string>> env;
   // The binary to run; empty: H5depotdPath().
   std::string binary;
   // How long Start() waits for the "listening on" lines before it gives up
