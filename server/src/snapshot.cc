@@ -85,32 +85,91 @@ absl::Status WriteAll(int fd, const uint8_t* data, uint64_t size,
   return absl::OkStatus();
 }
 
-// Writes `size` bytes at `data` to `path` durably: to path.tmp, fsynced,
-// closed, renamed. The caller fsyncs the directory. On an error the
-// temporary file is removed. `halfway` runs once half the bytes are
-// written (the mid-data failpoint).
-absl::Status WriteFileDurably(const std::string& path, const uint8_t* data,
-                              uint64_t size,
-                              const std::function<void()>& halfway) {
-  const std::string temp = path + kTempSuffix;
-  const int fd =
-      open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return SystemError("cannot create", temp);
-  absl::Status status = WriteAll(fd, data, size / 2, temp);
-  if (status.ok() && halfway) halfway();
-  if (status.ok()) {
-    status = WriteAll(fd, data + size / 2, size - size / 2, temp);
+// A file written durably: created as path.tmp, written, then fsynced,
+// closed and renamed into place by Finish (the caller fsyncs the
+// directory). Destroyed unfinished, the temporary file is removed. Movable.
+class DurableFile {
+ public:
+  static absl::StatusOr<DurableFile> Create(std::string path) {
+    std::string temp = path + kTempSuffix;
+    const int fd =
+        ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return SystemError("cannot create", temp);
+    return DurableFile(fd, std::move(path), std::move(temp));
   }
+
+  DurableFile() = default;  // none
+  DurableFile(DurableFile&& other) noexcept
+      : fd_(std::exchange(other.fd_, -1)),
+        path_(std::move(other.path_)),
+        temp_(std::move(other.temp_)) {}
+  DurableFile& operator=(DurableFile&& other) noexcept {
+    if (this != &other) {
+      Abandon();
+      fd_ = std::exchange(other.fd_, -1);
+      path_ = std::move(other.path_);
+      temp_ = std::move(other.temp_);
+    }
+    return *this;
+  }
+  ~DurableFile() { Abandon(); }
+
+  absl::Status Write(const uint8_t* data, uint64_t size) {
+    return WriteAll(fd_, data, size, temp_);
+  }
+
+  // Starts writing the file's pages to the disk without waiting, so that
+  // they go out while the next file is written, and Finish waits less.
+  void StartWriteback() { sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE); }
+
   // An fsync error means the bytes may not be on disk, and the page cache
-  // may already have dropped them: that snapshot fails, and is not retried
-  // on the same file.
-  if (status.ok() && fsync(fd) != 0) status = SystemError("cannot fsync", temp);
-  if (close(fd) != 0 && status.ok()) status = SystemError("cannot close", temp);
-  if (status.ok() && rename(temp.c_str(), path.c_str()) != 0) {
-    status = SystemError("cannot rename into place", temp);
+  // may already have dropped them: the snapshot fails, and is not retried
+  // on the same file. On an error the temporary file is removed.
+  absl::Status Finish() {
+    absl::Status status;
+    if (fsync(fd_) != 0) status = SystemError("cannot fsync", temp_);
+    if (close(std::exchange(fd_, -1)) != 0 && status.ok()) {
+      status = SystemError("cannot close", temp_);
+    }
+    if (status.ok() && rename(temp_.c_str(), path_.c_str()) != 0) {
+      status = SystemError("cannot rename into place", temp_);
+    }
+    if (!status.ok()) unlink(temp_.c_str());
+    return status;
   }
-  if (!status.ok()) unlink(temp.c_str());
-  return status;
+
+ private:
+  DurableFile(int fd, std::string path, std::string temp)
+      : fd_(fd), path_(std::move(path)), temp_(std::move(temp)) {}
+
+  void Abandon() {
+    if (fd_ >= 0) {
+      close(std::exchange(fd_, -1));
+      unlink(temp_.c_str());
+    }
+  }
+
+  int fd_ = -1;
+  std::string path_;
+  std::string temp_;
+};
+
+// Writes `size` bytes at `data` to a new DurableFile at `path`, running
+// `halfway` (a failpoint) once half of them are written.
+absl::StatusOr<DurableFile> WriteDurableFile(
+    const std::string& path, const uint8_t* data, uint64_t size,
+    const std::function<void()>& halfway) {
+  absl::StatusOr<DurableFile> file = DurableFile::Create(path);
+  if (!file.ok()) return file.status();
+  if (absl::Status written = file->Write(data, size / 2); !written.ok()) {
+    return written;
+  }
+  if (halfway) halfway();
+  if (absl::Status written = file->Write(data + size / 2, size - size / 2);
+      !written.ok()) {
+    return written;
+  }
+  return file;
 }
 
 // Makes the entries of directory `path` (renames, creations) durable.
@@ -335,7 +394,25 @@ absl::StatusOr<SnapshotReport> SnapshotDirectory::Write(
   std::vector<std::string> referenced;
   entries.reserve(images.size());
   MaybeCrashAt(Step::kBeforeData, snapshot);
-  bool first_written = true;
+  // Files are written with their writeback started at once, and finished
+  // (fsynced, renamed) in batches, most of their pages on the disk by
+  // then: the disk writes while this thread copies, as with one large
+  // file, and a batch's fsyncs find little left to wait for. A batch is
+  // bounded in files (descriptors) and bytes (dirty pages).
+  constexpr size_t kBatchFiles = 64;
+  constexpr uint64_t kBatchBytes = uint64_t{2} << 30;
+  std::vector<DurableFile> batch;
+  uint64_t batch_bytes = 0;
+  const auto finish_batch = [&batch, &batch_bytes]() -> absl::Status {
+    for (DurableFile& file : batch) {
+      if (absl::Status finished = file.Finish(); !finished.ok()) {
+        return finished;  // the rest are removed with `batch`
+      }
+    }
+    batch.clear();
+    batch_bytes = 0;
+    return absl::OkStatus();
+  };
   for (const ImageRef& image : images) {
     const std::string file = ImageFileName(image->generation());
     const std::string path = absl::StrCat(images_dir, "/", file);
@@ -344,16 +421,20 @@ absl::StatusOr<SnapshotReport> SnapshotDirectory::Write(
     // renamed into place only once fsynced.
     if (stat(path.c_str(), &existing) != 0 ||
         static_cast<uint64_t>(existing.st_size) != image->size()) {
-      const std::function<void()> halfway =
-          first_written ? std::function<void()>([snapshot] {
-            MaybeCrashAt(Step::kMidData, snapshot);
-          })
-                        : nullptr;
-      first_written = false;
-      if (absl::Status written =
-              WriteFileDurably(path, image->data(), image->size(), halfway);
-          !written.ok()) {
-        return written;
+      std::function<void()> halfway;
+      if (report.files_written == 0) {
+        halfway = [snapshot] { MaybeCrashAt(Step::kMidData, snapshot); };
+      }
+      absl::StatusOr<DurableFile> written =
+          WriteDurableFile(path, image->data(), image->size(), halfway);
+      if (!written.ok()) return written.status();
+      written->StartWriteback();
+      batch.push_back(*std::move(written));
+      batch_bytes += image->size();
+      if (batch.size() == kBatchFiles || batch_bytes >= kBatchBytes) {
+        if (absl::Status finished = finish_batch(); !finished.ok()) {
+          return finished;
+        }
       }
       ++report.files_written;
       report.bytes_written += image->size();
@@ -372,17 +453,20 @@ absl::StatusOr<SnapshotReport> SnapshotDirectory::Write(
     report.bytes += image->size();
   }
   report.images = entries.size();
+  if (absl::Status finished = finish_batch(); !finished.ok()) {
+    return finished;
+  }
   if (absl::Status synced = FsyncDirectory(images_dir); !synced.ok()) {
     return synced;
   }
   const std::string text = ManifestText(entries);
-  const std::string manifest_path = absl::StrCat(path_, "/", kManifest);
-  if (absl::Status written = WriteFileDurably(
-          manifest_path, reinterpret_cast<const uint8_t*>(text.data()),
-          text.size(),
-          [snapshot] { MaybeCrashAt(Step::kBeforeManifest, snapshot); });
-      !written.ok()) {
-    return written;
+  absl::StatusOr<DurableFile> manifest = WriteDurableFile(
+      absl::StrCat(path_, "/", kManifest),
+      reinterpret_cast<const uint8_t*>(text.data()), text.size(),
+      [snapshot] { MaybeCrashAt(Step::kBeforeManifest, snapshot); });
+  if (!manifest.ok()) return manifest.status();
+  if (absl::Status finished = manifest->Finish(); !finished.ok()) {
+    return finished;
   }
   if (absl::Status synced = FsyncDirectory(path_); !synced.ok()) {
     return synced;
