@@ -290,12 +290,13 @@ absl::Status RestoreImage(ImageStore& store, const ManifestEntry& entry,
   request.image_id = entry.image_id;
   request.size = entry.size;
   request.checksum = entry.checksum;
-  request.restored.emplace();
-  request.restored->generation = entry.generation;
-  request.restored->created = absl::FromUnixMicros(entry.created_micros);
+  PushRequest::Restored restored;
+  restored.generation = entry.generation;
+  restored.created = absl::FromUnixMicros(entry.created_micros);
   if (entry.expires_micros != 0) {
-    request.restored->expires = absl::FromUnixMicros(entry.expires_micros);
+    restored.expires = absl::FromUnixMicros(entry.expires_micros);
   }
+  request.restored = restored;
   absl::StatusOr<std::unique_ptr<PendingImage>> pending =
       store.BeginPush(std::move(request));
   if (!pending.ok()) {
