@@ -1415,6 +1415,10 @@ TEST_F(DataLaneTest, PinHoldsAGenerationForReadsAnywhereUntilUnpinned) {
   ASSERT_EQ(old_read->reply.header.code, absl::StatusCode::kOk)
       << Describe(old_read->reply);
   EXPECT_TRUE(old_read->bytes == first);
+  // The reader's connection lets go of what it sent only once sendmsg
+  // returns, which may be after the bytes arrived here; its next answer
+  // comes once it has.
+  ASSERT_TRUE(ReadRange(*reader, "runs/pin.h5", 0, 0, 16).ok());
 
   // Unpinned: gone. (The pinner's own connection reads it next, after the
   // UNPIN, which has no answer.) An UNPIN of nothing pinned is ignored.
