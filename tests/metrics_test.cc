@@ -231,6 +231,32 @@ TEST_F(MetricsTest, RefusalsAreCountedByTheirCode) {
   EXPECT_EQ(after["h5depot_images"], 0);
 }
 
+// Every operation has its series from the start, watch included, and a
+// watch that ends is counted (a wait on the scrapes: the server counts
+// the call when it sends the watch's final status, after the client has
+// gone).
+TEST_F(MetricsTest, WatchesAreCounted) {
+  std::map<std::string, double> before = Scrape();
+  ASSERT_EQ(before.count(Calls("watch", "grpc", "OK")), 1u);
+  std::unique_ptr<Client> tcp = Connect(server_->tcp_target());
+  ASSERT_TRUE(tcp);
+  WatchOptions options;
+  options.prefix = "w/";
+  absl::StatusOr<std::unique_ptr<ImageWatch>> watch = tcp->Watch(options);
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  const std::string image = MakeHdf5Image(4096, 1);
+  ASSERT_TRUE(tcp->Push("w/a", image.data(), image.size()).ok());
+  ASSERT_TRUE((*watch)->Next(absl::Now() + absl::Seconds(60)).ok());
+  (*watch)->Cancel();
+  watch->reset();
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  double ended = 0;
+  while (ended == 0 && absl::Now() < deadline) {
+    ended = Scrape()[Calls("watch", "grpc", "CANCELLED")];
+  }
+  EXPECT_EQ(ended, 1);
+}
+
 TEST(MetricsEndpointTest, OffByDefault) {
   auto server = ServerProcess::Start();
   ASSERT_TRUE(server.ok()) << server.status();

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <exception>
+#include <iterator>
 #include <limits>
 #include <string>
 #include <string_view>
@@ -22,6 +23,8 @@ constexpr Operation kAllOperations[] = {
     Operation::kPush,      Operation::kFetch, Operation::kRead,
     Operation::kStat,      Operation::kList,  Operation::kDelete,
     Operation::kGetLimits, Operation::kWatch};
+// Every Operation has its series: ServerMetrics sizes them by this count.
+static_assert(std::size(kAllOperations) == ServerMetrics::kOperations);
 constexpr Transport kAllTransports[] = {Transport::kGrpc, Transport::kLaneTcp,
                                         Transport::kLaneUnix};
 

@@ -61,6 +61,10 @@ class ServerMetrics final : public prometheus::Collectable {
   // prometheus::Collectable: every series, as of now.
   std::vector<prometheus::MetricFamily> Collect() const override;
 
+  // Operation's values, each with its series (kAllOperations in
+  // server_metrics.cc lists them, and is checked against this).
+  static constexpr size_t kOperations = 8;
+
   // Upper bounds of the latency histogram's buckets, in seconds (the last,
   // +Inf, is implicit).
   static constexpr std::array<double, 14> kLatencyBucketsSeconds = {
@@ -68,7 +72,6 @@ class ServerMetrics final : public prometheus::Collectable {
       0.01,    0.025,  0.05,    0.1,    0.25,  1,      10};
 
  private:
-  static constexpr size_t kOperations = 7;  // Operation's values
   static constexpr size_t kTransports = 3;  // Transport's values
   static constexpr size_t kCodes = 17;      // absl::StatusCode 0 to 16
   static constexpr size_t kBuckets = kLatencyBucketsSeconds.size() + 1;
