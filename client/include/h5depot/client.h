@@ -258,10 +258,10 @@ class ImageReader {
 // A change to the images a watch follows (Client::Watch). Every change to
 // a server's store takes the next number of one counter, its sequence: a
 // publish's sequence is the generation it made, a delete's, an expiry's or
-// an eviction's a number no generation gets. Within one run of the server the sequences
-// of all changes have no gaps, so a watch's events only grow in sequence,
-// and a consumer holding generation G of an image can ask for every change
-// after G (WatchOptions::after).
+// an eviction's a number no generation gets. Within one run of the server the
+// sequences of all changes have no gaps, so a watch's events only grow in
+// sequence, and a consumer holding generation G of an image can ask for every
+// change after G (WatchOptions::after).
 struct ImageEvent {
   enum class Kind {
     kPublished,  // the first generation under its id (or the first after a
