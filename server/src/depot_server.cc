@@ -7,7 +7,6 @@
 #include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
-#include <grpcpp/support/server_interceptor.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -319,7 +318,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   }
   impl->service = std::make_unique<DepotService>(
       impl->operations.get(), options.max_chunk_bytes, options.send_chunk_bytes,
-      lane_addresses);
+      lane_addresses, impl->metrics.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -355,13 +354,6 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   builder.SetSyncServerOption(
       grpc::ServerBuilder::SyncServerOption::CQ_TIMEOUT_MSEC, 250);
   builder.RegisterService(impl->service.get());
-  if (impl->metrics != nullptr) {
-    std::vector<
-        std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-        counters;
-    counters.push_back(GrpcCallCounter(impl->metrics.get()));
-    builder.experimental().SetInterceptorCreators(std::move(counters));
-  }
   if (!options.listen_address.empty()) {
     builder.AddListeningPort(options.listen_address, TcpCredentials(options),
                              &impl->port);

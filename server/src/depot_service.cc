@@ -10,6 +10,7 @@
 #include "h5depot/rpc/chunk_codec.h"
 #include "h5depot/rpc/grpc_status.h"
 #include "server/src/depot_service_internal.h"
+#include "server/src/server_metrics_internal.h"
 
 namespace h5depot::server {
 namespace {
@@ -71,7 +72,9 @@ grpc::ByteBuffer InfoMessage(const StoredImage& image) {
 template <typename Reactor>
 class RefusedReactor final : public Reactor {
  public:
-  explicit RefusedReactor(CallGate::Pass pass) : pass_(std::move(pass)) {
+  RefusedReactor(CallGate::Pass pass, CallRecord record)
+      : pass_(std::move(pass)) {
+    record.End(CallGate::RefusedStatus());
     this->Finish(CallGate::RefusedStatus());
   }
 
@@ -82,15 +85,22 @@ class RefusedReactor final : public Reactor {
 };
 
 // A unary call its method handler answers at once (the handler calls
-// Finish before returning it).
+// Answer before returning it).
 class UnaryReactor final : public grpc::ServerUnaryReactor {
  public:
-  explicit UnaryReactor(CallGate::Pass pass) : pass_(std::move(pass)) {}
+  UnaryReactor(CallGate::Pass pass, CallRecord record)
+      : pass_(std::move(pass)), record_(record) {}
+
+  void Answer(const grpc::Status& status) {
+    record_.End(status);
+    Finish(status);
+  }
 
   void OnDone() override { delete this; }
 
  private:
   CallGate::Pass pass_;
+  CallRecord record_;
 };
 
 // Receives one push: the header, then chunks straight into the
@@ -104,9 +114,11 @@ class UnaryReactor final : public grpc::ServerUnaryReactor {
 // destroyed, releasing its memory, before the client is told why.
 class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  PushReactor(CallGate::Pass pass, DepotOperations* operations,
-              grpc::CallbackServerContext* context, grpc::ByteBuffer* response)
+  PushReactor(CallGate::Pass pass, CallRecord record,
+              DepotOperations* operations, grpc::CallbackServerContext* context,
+              grpc::ByteBuffer* response)
       : pass_(std::move(pass)),
+        record_(record),
         operations_(operations),
         context_(context),
         response_(response) {
@@ -255,6 +267,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         v1::PushResponse response;
         EncodeInfo(**published, response.mutable_info());
         *response_ = SerializeMessage(response);
+        record_.AddImageBytes((*published)->size());
       }
       status = published.status();
     }
@@ -311,7 +324,9 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
       if (finished_) return;
       finished_ = true;
     }
-    Finish(ToGrpcStatus(status));
+    const grpc::Status sent = ToGrpcStatus(status);
+    record_.End(sent);
+    Finish(sent);
   }
 
   // Ends the call with `status` by the thread that just set `finished_`:
@@ -321,10 +336,13 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
                const absl::Status& status) {
     dropped.reset();
     queued_.Signal();
-    Finish(ToGrpcStatus(status));
+    const grpc::Status sent = ToGrpcStatus(status);
+    record_.End(sent);
+    Finish(sent);
   }
 
   CallGate::Pass pass_;
+  CallRecord record_;  // ended by whichever thread finishes the call
   DepotOperations* const operations_;
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const response_;
@@ -350,8 +368,8 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
 // until gRPC has sent the last byte of it.
 class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  SendReactor(CallGate::Pass pass, uint64_t chunk_bytes)
-      : pass_(std::move(pass)), chunk_bytes_(chunk_bytes) {}
+  SendReactor(CallGate::Pass pass, CallRecord record, uint64_t chunk_bytes)
+      : pass_(std::move(pass)), record_(record), chunk_bytes_(chunk_bytes) {}
 
   // Sends `info`, then bytes [offset, offset + length) of `image` (which
   // must lie within it), then OK.
@@ -361,8 +379,10 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     next_ = offset;
     end_ = offset + length;
     message_ = std::move(info);
+    record_.AddImageBytes(length);
     if (next_ == end_) {
       finishing_ = true;
+      record_.End(grpc::Status::OK);
       StartWriteAndFinish(&message_, grpc::WriteOptions(), grpc::Status::OK);
     } else {
       StartWrite(&message_);
@@ -371,7 +391,9 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
   void Fail(const absl::Status& status) {
     finishing_ = true;
-    Finish(ToGrpcStatus(status));
+    const grpc::Status sent = ToGrpcStatus(status);
+    record_.End(sent);
+    Finish(sent);
   }
 
   // Sends the whole image once `operations` finds `image_id` (a generation
@@ -422,6 +444,7 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     next_ += n;
     if (next_ == end_) {
       finishing_ = true;
+      record_.End(grpc::Status::OK);
       StartWriteAndFinish(&message_, grpc::WriteOptions(), grpc::Status::OK);
     } else {
       StartWrite(&message_);
@@ -432,6 +455,7 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
  private:
   CallGate::Pass pass_;
+  CallRecord record_;
   const uint64_t chunk_bytes_;
   ImageRef image_;
   uint64_t next_ = 0;
@@ -447,9 +471,12 @@ class SendReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 // it (a publish, the deadline, shutdown, or OnCancel).
 class WaitingStatReactor final : public grpc::ServerUnaryReactor {
  public:
-  WaitingStatReactor(CallGate::Pass pass, DepotOperations* operations,
-                     v1::ImageInfo* response)
-      : pass_(std::move(pass)), operations_(operations), response_(response) {}
+  WaitingStatReactor(CallGate::Pass pass, CallRecord record,
+                     DepotOperations* operations, v1::ImageInfo* response)
+      : pass_(std::move(pass)),
+        record_(record),
+        operations_(operations),
+        response_(response) {}
 
   // Called from the method handler; see SendReactor's
   // SendWholeImageWhenFound for why `wait_` and `this` are safe.
@@ -458,7 +485,10 @@ class WaitingStatReactor final : public grpc::ServerUnaryReactor {
                                     [this](absl::StatusOr<ImageRef> image) {
                                       if (image.ok())
                                         EncodeInfo(**image, response_);
-                                      Finish(ToGrpcStatus(image.status()));
+                                      const grpc::Status sent =
+                                          ToGrpcStatus(image.status());
+                                      record_.End(sent);
+                                      Finish(sent);
                                     });
   }
 
@@ -467,6 +497,7 @@ class WaitingStatReactor final : public grpc::ServerUnaryReactor {
 
  private:
   CallGate::Pass pass_;
+  CallRecord record_;  // ended by the wait's end, on its thread
   DepotOperations* const operations_;
   v1::ImageInfo* const response_;
   ImageStore::WaitId wait_ = 0;
@@ -515,12 +546,17 @@ void EncodeEvent(const ImageEvent& event, v1::WatchEvent* out) {
 // after the call ended finds it gone.
 class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
  public:
-  WatchReactor(CallGate::Pass pass, absl::StatusOr<EventFeed> feed)
-      : pass_(std::move(pass)), shared_(std::make_shared<Shared>()) {
+  WatchReactor(CallGate::Pass pass, CallRecord record,
+               absl::StatusOr<EventFeed> feed)
+      : pass_(std::move(pass)),
+        record_(record),
+        shared_(std::make_shared<Shared>()) {
     shared_->reactor = this;
     if (!feed.ok()) {
       finished_ = true;
-      Finish(ToGrpcStatus(feed.status()));
+      status_ = ToGrpcStatus(feed.status());
+      record_.End(status_);
+      Finish(status_);
       return;
     }
     absl::MutexLock lock(&shared_->mutex);
@@ -556,8 +592,10 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
       notification_ = 0;
       finished_ = true;
     }
-    Finish(
-        grpc::Status(grpc::StatusCode::CANCELLED, "the watch was cancelled"));
+    status_ =
+        grpc::Status(grpc::StatusCode::CANCELLED, "the watch was cancelled");
+    record_.End(status_);
+    Finish(status_);
   }
 
   void OnDone() override {
@@ -647,12 +685,14 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
         StartWrite(&message_);
         return;
       case Action::kFinish:
+        record_.End(status_);
         Finish(status_);
         return;
     }
   }
 
   CallGate::Pass pass_;
+  CallRecord record_;  // ended by the thread that finishes the call
   const std::shared_ptr<Shared> shared_;
   std::optional<EventFeed> feed_ ABSL_GUARDED_BY(shared_->mutex);
   // The message being written: set before a write starts, untouched until
@@ -675,10 +715,11 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchResponse> {
 class ReaderReactor final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  ReaderReactor(CallGate::Pass pass, CallGate* gate,
+  ReaderReactor(CallGate::Pass pass, CallRecord record, CallGate* gate,
                 DepotOperations* operations,
                 grpc::CallbackServerContext* context, uint64_t chunk_bytes)
       : pass_(std::move(pass)),
+        record_(record),
         gate_(gate),
         operations_(operations),
         context_(context),
@@ -688,13 +729,13 @@ class ReaderReactor final
 
   void OnReadDone(bool ok) override {
     if (!ok) {  // the client closed the reader
-      Finish(grpc::Status::OK);
+      End(grpc::Status::OK);
       return;
     }
     if (image_ != nullptr) {
       pass_ = gate_->Enter();
       if (!pass_.admitted()) {
-        Finish(CallGate::RefusedStatus());
+        End(CallGate::RefusedStatus());
         return;
       }
     }
@@ -703,12 +744,12 @@ class ReaderReactor final
     in_.Clear();
     absl::Status status =
         image_ == nullptr ? Open(parsed, request) : StartRange(parsed, request);
-    if (!status.ok()) Finish(ToGrpcStatus(status));
+    if (!status.ok()) End(ToGrpcStatus(status));
   }
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
-      Finish(ToGrpcStatus(
+      End(ToGrpcStatus(
           absl::CancelledError("the client went away during the transfer")));
       return;
     }
@@ -718,6 +759,12 @@ class ReaderReactor final
   void OnDone() override { delete this; }
 
  private:
+  // The whole stream is one read call in the metrics, ended here.
+  void End(const grpc::Status& status) {
+    record_.End(status);
+    Finish(status);
+  }
+
   absl::Status Open(bool parsed, const v1::ReaderRequest& request) {
     if (!parsed || !request.has_open()) {
       return absl::InvalidArgumentError(
@@ -743,6 +790,7 @@ class ReaderReactor final
         *image_, request.range().offset(), request.range().length());
     next_ = range.offset;
     end_ = range.offset + range.length;
+    record_.AddImageBytes(range.length);
     SendNextOrRead();
     return absl::OkStatus();
   }
@@ -760,6 +808,7 @@ class ReaderReactor final
   }
 
   CallGate::Pass pass_;
+  CallRecord record_;
   CallGate* const gate_;
   DepotOperations* const operations_;
   grpc::CallbackServerContext* const context_;
@@ -772,6 +821,20 @@ class ReaderReactor final
 };
 
 }  // namespace
+
+CallRecord::CallRecord(ServerMetrics* metrics, Operation op)
+    : metrics_(metrics),
+      op_(op),
+      start_(metrics != nullptr ? absl::Now() : absl::InfinitePast()) {}
+
+void CallRecord::End(const grpc::Status& status) {
+  if (metrics_ == nullptr) return;
+  const auto code = static_cast<absl::StatusCode>(status.error_code());
+  std::exchange(metrics_, nullptr)
+      ->RecordCall(op_, Transport::kGrpc, code,
+                   code == absl::StatusCode::kOk ? image_bytes_ : 0,
+                   absl::Now() - start_);
+}
 
 void CallGate::Pass::Leave() {
   if (gate_ != nullptr) std::exchange(gate_, nullptr)->Leave();
@@ -806,8 +869,9 @@ grpc::Status CallGate::RefusedStatus() {
 
 DepotService::DepotService(DepotOperations* operations,
                            uint64_t max_chunk_bytes, uint64_t send_chunk_bytes,
-                           DataLaneAddresses data_lane)
+                           DataLaneAddresses data_lane, ServerMetrics* metrics)
     : operations_(operations),
+      metrics_(metrics),
       max_chunk_bytes_(max_chunk_bytes),
       send_chunk_bytes_(send_chunk_bytes),
       data_lane_(std::move(data_lane)) {}
@@ -817,9 +881,10 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* DepotService::Push(
   CallGate::Pass pass = gate_.Enter();
   if (!pass.admitted()) {
     return new RefusedReactor<grpc::ServerReadReactor<grpc::ByteBuffer>>(
-        std::move(pass));
+        std::move(pass), Record(Operation::kPush));
   }
-  return new PushReactor(std::move(pass), operations_, context, response);
+  return new PushReactor(std::move(pass), Record(Operation::kPush), operations_,
+                         context, response);
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Fetch(
@@ -827,9 +892,10 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Fetch(
   CallGate::Pass pass = gate_.Enter();
   if (!pass.admitted()) {
     return new RefusedReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
-        std::move(pass));
+        std::move(pass), Record(Operation::kFetch));
   }
-  auto* reactor = new SendReactor(std::move(pass), send_chunk_bytes_);
+  auto* reactor = new SendReactor(std::move(pass), Record(Operation::kFetch),
+                                  send_chunk_bytes_);
   v1::FetchRequest fetch;
   if (!ParseMessage(*request, &fetch)) {
     reactor->Fail(absl::InvalidArgumentError("malformed fetch request"));
@@ -851,9 +917,10 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* DepotService::Read(
   CallGate::Pass pass = gate_.Enter();
   if (!pass.admitted()) {
     return new RefusedReactor<grpc::ServerWriteReactor<grpc::ByteBuffer>>(
-        std::move(pass));
+        std::move(pass), Record(Operation::kRead));
   }
-  auto* reactor = new SendReactor(std::move(pass), send_chunk_bytes_);
+  auto* reactor = new SendReactor(std::move(pass), Record(Operation::kRead),
+                                  send_chunk_bytes_);
   v1::ReadRequest read;
   if (!ParseMessage(*request, &read)) {
     reactor->Fail(absl::InvalidArgumentError("malformed read request"));
@@ -878,10 +945,10 @@ DepotService::OpenReader(grpc::CallbackServerContext* context) {
   if (!pass.admitted()) {
     return new RefusedReactor<
         grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>>(
-        std::move(pass));
+        std::move(pass), Record(Operation::kRead));
   }
-  return new ReaderReactor(std::move(pass), &gate_, operations_, context,
-                           send_chunk_bytes_);
+  return new ReaderReactor(std::move(pass), Record(Operation::kRead), &gate_,
+                           operations_, context, send_chunk_bytes_);
 }
 
 grpc::ServerUnaryReactor* DepotService::Stat(
@@ -889,21 +956,22 @@ grpc::ServerUnaryReactor* DepotService::Stat(
     v1::ImageInfo* response) {
   CallGate::Pass pass = gate_.Enter();
   if (!pass.admitted()) {
-    return new RefusedReactor<grpc::ServerUnaryReactor>(std::move(pass));
+    return new RefusedReactor<grpc::ServerUnaryReactor>(
+        std::move(pass), Record(Operation::kStat));
   }
   if (request->wait_timeout_ms() > 0 || request->newer_than_generation() > 0) {
-    auto* reactor =
-        new WaitingStatReactor(std::move(pass), operations_, response);
+    auto* reactor = new WaitingStatReactor(
+        std::move(pass), Record(Operation::kStat), operations_, response);
     reactor->Start(CallerOf(context), request->image_id(),
                    ImageWait{request->newer_than_generation(),
                              request->wait_timeout_ms()});
     return reactor;
   }
-  auto* reactor = new UnaryReactor(std::move(pass));
+  auto* reactor = new UnaryReactor(std::move(pass), Record(Operation::kStat));
   absl::StatusOr<ImageRef> image =
       operations_->Stat(CallerOf(context), request->image_id());
   if (image.ok()) EncodeInfo(**image, response);
-  reactor->Finish(ToGrpcStatus(image.status()));
+  reactor->Answer(ToGrpcStatus(image.status()));
   return reactor;
 }
 
@@ -912,21 +980,22 @@ grpc::ServerUnaryReactor* DepotService::List(
     v1::ListResponse* response) {
   CallGate::Pass pass = gate_.Enter();
   if (!pass.admitted()) {
-    return new RefusedReactor<grpc::ServerUnaryReactor>(std::move(pass));
+    return new RefusedReactor<grpc::ServerUnaryReactor>(
+        std::move(pass), Record(Operation::kList));
   }
-  auto* reactor = new UnaryReactor(std::move(pass));
+  auto* reactor = new UnaryReactor(std::move(pass), Record(Operation::kList));
   absl::StatusOr<ListResult> result =
       operations_->List(CallerOf(context), request->prefix(),
                         request->page_size(), request->page_token());
   if (!result.ok()) {
-    reactor->Finish(ToGrpcStatus(result.status()));
+    reactor->Answer(ToGrpcStatus(result.status()));
     return reactor;
   }
   for (const ImageRef& image : result->images) {
     EncodeInfo(*image, response->add_images());
   }
   response->set_next_page_token(std::move(result->next_page_token));
-  reactor->Finish(grpc::Status::OK);
+  reactor->Answer(grpc::Status::OK);
   return reactor;
 }
 
@@ -935,10 +1004,11 @@ grpc::ServerUnaryReactor* DepotService::Delete(
     v1::DeleteResponse* /*response*/) {
   CallGate::Pass pass = gate_.Enter();
   if (!pass.admitted()) {
-    return new RefusedReactor<grpc::ServerUnaryReactor>(std::move(pass));
+    return new RefusedReactor<grpc::ServerUnaryReactor>(
+        std::move(pass), Record(Operation::kDelete));
   }
-  auto* reactor = new UnaryReactor(std::move(pass));
-  reactor->Finish(ToGrpcStatus(
+  auto* reactor = new UnaryReactor(std::move(pass), Record(Operation::kDelete));
+  reactor->Answer(ToGrpcStatus(
       operations_->Delete(CallerOf(context), request->image_id(),
                           OptionalGeneration(request->has_if_generation_match(),
                                              request->if_generation_match()))));
@@ -950,12 +1020,14 @@ grpc::ServerUnaryReactor* DepotService::GetLimits(
     const v1::GetLimitsRequest* /*request*/, v1::ServerLimits* response) {
   CallGate::Pass pass = gate_.Enter();
   if (!pass.admitted()) {
-    return new RefusedReactor<grpc::ServerUnaryReactor>(std::move(pass));
+    return new RefusedReactor<grpc::ServerUnaryReactor>(
+        std::move(pass), Record(Operation::kGetLimits));
   }
-  auto* reactor = new UnaryReactor(std::move(pass));
+  auto* reactor =
+      new UnaryReactor(std::move(pass), Record(Operation::kGetLimits));
   absl::StatusOr<StoreLimits> limits = operations_->Limits(CallerOf(context));
   if (!limits.ok()) {
-    reactor->Finish(ToGrpcStatus(limits.status()));
+    reactor->Answer(ToGrpcStatus(limits.status()));
     return reactor;
   }
   response->set_max_image_bytes(limits->max_image_bytes);
@@ -969,7 +1041,7 @@ grpc::ServerUnaryReactor* DepotService::GetLimits(
   response->set_max_chunk_bytes(max_chunk_bytes_);
   response->set_data_lane_port(static_cast<uint32_t>(data_lane_.tcp_port));
   response->set_data_lane_unix_path(data_lane_.unix_path);
-  reactor->Finish(grpc::Status::OK);
+  reactor->Answer(grpc::Status::OK);
   return reactor;
 }
 
@@ -978,10 +1050,10 @@ grpc::ServerWriteReactor<v1::WatchResponse>* DepotService::Watch(
   CallGate::Pass pass = gate_.Enter();
   if (!pass.admitted()) {
     return new RefusedReactor<grpc::ServerWriteReactor<v1::WatchResponse>>(
-        std::move(pass));
+        std::move(pass), Record(Operation::kWatch));
   }
   return new WatchReactor(
-      std::move(pass),
+      std::move(pass), Record(Operation::kWatch),
       operations_->Watch(CallerOf(context), request->prefix(),
                          OptionalGeneration(request->has_after_sequence(),
                                             request->after_sequence())));

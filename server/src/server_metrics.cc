@@ -8,9 +8,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "grpcpp/support/byte_buffer.h"
-#include "grpcpp/support/interceptor.h"
-#include "grpcpp/support/server_interceptor.h"
 #include "prometheus/client_metric.h"
 #include "prometheus/exposer.h"
 #include "prometheus/metric_type.h"
@@ -281,100 +278,6 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
                             MetricType::Counter,
                             static_cast<double>(stats.evicted_bytes)));
   return families;
-}
-
-namespace {
-
-using grpc::experimental::InterceptionHookPoints;
-
-// What a Depot method is counted as; false for other services' methods.
-bool DepotOperationOf(const char* method, Operation* op) {
-  static constexpr std::string_view kPrefix = "/h5depot.v1.Depot/";
-  const std::string_view name = method == nullptr ? "" : method;
-  if (name.substr(0, kPrefix.size()) != kPrefix) return false;
-  const std::string_view short_name = name.substr(kPrefix.size());
-  static constexpr std::pair<std::string_view, Operation> kMethods[] = {
-      {"Push", Operation::kPush},     {"Fetch", Operation::kFetch},
-      {"Read", Operation::kRead},     {"OpenReader", Operation::kRead},
-      {"Stat", Operation::kStat},     {"List", Operation::kList},
-      {"Delete", Operation::kDelete}, {"GetLimits", Operation::kGetLimits},
-      {"Watch", Operation::kWatch}};
-  for (const auto& [method_name, operation] : kMethods) {
-    if (short_name == method_name) {
-      *op = operation;
-      return true;
-    }
-  }
-  return false;
-}
-
-// One call's record, made when the call starts and reported when its
-// status is sent. gRPC runs one interception at a time per call.
-class CallCounter final : public grpc::experimental::Interceptor {
- public:
-  CallCounter(ServerMetrics* metrics, Operation op)
-      : metrics_(metrics), op_(op), start_(absl::Now()) {}
-
-  void Intercept(
-      grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (op_ == Operation::kPush &&
-        methods->QueryInterceptionHookPoint(
-            InterceptionHookPoints::POST_RECV_MESSAGE)) {
-      // Push's messages are raw (ByteBuffer) chunks; null if none came.
-      if (const auto* chunk =
-              static_cast<const grpc::ByteBuffer*>(methods->GetRecvMessage());
-          chunk != nullptr) {
-        image_bytes_ += chunk->Length();
-      }
-    }
-    if ((op_ == Operation::kFetch || op_ == Operation::kRead) &&
-        methods->QueryInterceptionHookPoint(
-            InterceptionHookPoints::PRE_SEND_MESSAGE)) {
-      // Already serialized: these methods send raw ByteBuffers.
-      if (const grpc::ByteBuffer* message = methods->GetSerializedSendMessage();
-          message != nullptr) {
-        image_bytes_ += message->Length();
-      }
-    }
-    if (methods->QueryInterceptionHookPoint(
-            InterceptionHookPoints::PRE_SEND_STATUS)) {
-      const auto code =
-          static_cast<absl::StatusCode>(methods->GetSendStatus().error_code());
-      metrics_->RecordCall(op_, Transport::kGrpc, code,
-                           code == absl::StatusCode::kOk ? image_bytes_ : 0,
-                           absl::Now() - start_);
-    }
-    methods->Proceed();
-  }
-
- private:
-  ServerMetrics* const metrics_;
-  const Operation op_;
-  const absl::Time start_;
-  uint64_t image_bytes_ = 0;
-};
-
-class CallCounterFactory final
-    : public grpc::experimental::ServerInterceptorFactoryInterface {
- public:
-  explicit CallCounterFactory(ServerMetrics* metrics) : metrics_(metrics) {}
-
-  grpc::experimental::Interceptor* CreateServerInterceptor(
-      grpc::experimental::ServerRpcInfo* info) override {
-    Operation op;
-    if (!DepotOperationOf(info->method(), &op)) return nullptr;
-    return new CallCounter(metrics_, op);
-  }
-
- private:
-  ServerMetrics* const metrics_;
-};
-
-}  // namespace
-
-std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
-GrpcCallCounter(ServerMetrics* metrics) {
-  return std::make_unique<CallCounterFactory>(metrics);
 }
 
 MetricsEndpoint::MetricsEndpoint(std::unique_ptr<prometheus::Exposer> exposer,

@@ -32,9 +32,6 @@
 #include "prometheus/metric_family.h"
 #include "server/src/depot_operations_internal.h"
 
-namespace grpc::experimental {
-class ServerInterceptorFactoryInterface;
-}  // namespace grpc::experimental
 namespace prometheus {
 class Exposer;
 }  // namespace prometheus
@@ -88,16 +85,6 @@ class ServerMetrics final : public prometheus::Collectable {
   std::array<std::atomic<int64_t>, kTransports> lane_connections_{};
   std::array<std::atomic<uint64_t>, kTransports> lane_connections_total_{};
 };
-
-// A gRPC server interceptor that records each call of the Depot service in
-// `metrics` when it ends (its status sent): the method's operation, the
-// status code, the image bytes of a push received or of a fetch or read
-// sent (chunk messages, counted whole), and the time since the call
-// began. An OpenReader stream is one "read" call, however many reads it
-// serves. Other services' calls (health, reflection) are not counted.
-// `metrics` must outlive the server.
-std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
-GrpcCallCounter(ServerMetrics* metrics);
 
 // An HTTP listener serving `metrics` at /metrics.
 class MetricsEndpoint {
