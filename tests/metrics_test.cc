@@ -257,6 +257,36 @@ TEST_F(MetricsTest, WatchesAreCounted) {
   EXPECT_EQ(ended, 1);
 }
 
+// gRPC connections are counted by socket while open, and no longer once
+// their clients have gone (a wait on the scrapes: the server notices a
+// closed connection when it reads its end).
+TEST_F(MetricsTest, GrpcConnectionsAreCountedWhileOpen) {
+  const std::string kTcp = "h5depot_grpc_connections{socket=\"tcp\"}";
+  const std::string kUnix = "h5depot_grpc_connections{socket=\"unix\"}";
+  std::vector<std::unique_ptr<Client>> clients;
+  clients.push_back(Connect(server_->tcp_target(), /*use_data_lane=*/false));
+  clients.push_back(Connect(server_->tcp_target(), /*use_data_lane=*/false));
+  clients.push_back(Connect(server_->unix_target(), /*use_data_lane=*/false));
+  for (const std::unique_ptr<Client>& client : clients) {
+    ASSERT_TRUE(client);
+    EXPECT_EQ(client->Stat("m/absent").status().code(),
+              absl::StatusCode::kNotFound);
+  }
+  std::map<std::string, double> open = Scrape();
+  ASSERT_EQ(open.count(kTcp), 1u);
+  EXPECT_GE(open[kTcp], 2);
+  EXPECT_GE(open[kUnix], 1);
+
+  clients.clear();
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  std::map<std::string, double> closed = Scrape();
+  while ((closed[kTcp] != 0 || closed[kUnix] != 0) && absl::Now() < deadline) {
+    closed = Scrape();
+  }
+  EXPECT_EQ(closed[kTcp], 0);
+  EXPECT_EQ(closed[kUnix], 0);
+}
+
 TEST(MetricsEndpointTest, OffByDefault) {
   auto server = ServerProcess::Start();
   ASSERT_TRUE(server.ok()) << server.status();

@@ -367,6 +367,9 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     if (!listener.ok()) return listener.status();
     impl->unix_listener = *std::move(listener);
   }
+  const std::vector<intptr_t> grpc_servers_before =
+      impl->metrics != nullptr ? GrpcConnectionCensus::ServersNow()
+                               : std::vector<intptr_t>();
   impl->server = builder.BuildAndStart();
   if (impl->server == nullptr) {
     return absl::UnavailableError(
@@ -384,8 +387,17 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
         absl::StrCat(options.listen_address.substr(0, colon), ":", impl->port));
   }
   if (impl->data_lane != nullptr) impl->data_lane->set_grpc_port(impl->port);
+  GrpcConnectionCensus* census = nullptr;
+  if (impl->metrics != nullptr) {
+    census = impl->metrics->grpc_connections();
+    if (!census->FindServer(grpc_servers_before)) {
+      impl->log(
+          "metrics: another gRPC server was built at the same time; "
+          "gRPC connections over TCP are not counted");
+    }
+  }
   if (impl->unix_listener != nullptr) {
-    impl->unix_listener->Serve(impl->server.get());
+    impl->unix_listener->Serve(impl->server.get(), census);
     impl->targets.push_back("unix:" + options.unix_socket_path);
   }
   auto server = std::unique_ptr<DepotServer>(new DepotServer(std::move(impl)));

@@ -227,12 +227,26 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
     connections_total.metric.push_back(std::move(accepted));
   }
 
+  prometheus::MetricFamily grpc_connections =
+      Family("h5depot_grpc_connections",
+             "gRPC connections open now, by socket (tcp: TCP or TLS; unix).",
+             MetricType::Gauge);
+  const GrpcConnectionCensus::Counts grpc_counts = grpc_connections_.Count();
+  for (const auto& [socket, count] :
+       {std::pair{"tcp", grpc_counts.tcp},
+        std::pair{"unix", grpc_counts.unix_socket}}) {
+    prometheus::ClientMetric open = Metric({{"socket", socket}});
+    open.gauge.value = static_cast<double>(count);
+    grpc_connections.metric.push_back(std::move(open));
+  }
+
   std::vector<prometheus::MetricFamily> families;
   families.push_back(std::move(calls));
   families.push_back(std::move(bytes));
   families.push_back(std::move(latency));
   families.push_back(std::move(connections));
   families.push_back(std::move(connections_total));
+  families.push_back(std::move(grpc_connections));
 
   const StoreStats stats = store_->Stats();
   const auto gauge = [&](const char* name, const char* help, uint64_t value) {

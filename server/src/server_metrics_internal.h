@@ -31,6 +31,7 @@
 #include "prometheus/collectable.h"
 #include "prometheus/metric_family.h"
 #include "server/src/depot_operations_internal.h"
+#include "server/src/grpc_connections_internal.h"
 
 namespace prometheus {
 class Exposer;
@@ -54,6 +55,10 @@ class ServerMetrics final : public prometheus::Collectable {
   // A data lane connection over `transport` was accepted, or closed.
   void LaneConnectionOpened(Transport transport);
   void LaneConnectionClosed(Transport transport);
+
+  // The gRPC server's connections, counted when scraped: the server
+  // building it finds it there and has its Unix socket's connections noted.
+  GrpcConnectionCensus* grpc_connections() { return &grpc_connections_; }
 
   // prometheus::Collectable: every series, as of now.
   std::vector<prometheus::MetricFamily> Collect() const override;
@@ -84,6 +89,7 @@ class ServerMetrics final : public prometheus::Collectable {
   std::array<std::array<CallSeries, kTransports>, kOperations> series_;
   std::array<std::atomic<int64_t>, kTransports> lane_connections_{};
   std::array<std::atomic<uint64_t>, kTransports> lane_connections_total_{};
+  mutable GrpcConnectionCensus grpc_connections_;  // Count() when scraped
 };
 
 // An HTTP listener serving `metrics` at /metrics.

@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "server/src/grpc_connections_internal.h"
 #include "server/src/unix_access_internal.h"
 
 namespace h5depot::server {
@@ -205,6 +206,7 @@ struct UnixGrpcListener::Impl {
   int listener = -1;
   int wake_fd = -1;  // eventfd that ends the acceptor's poll
   grpc::Server* server = nullptr;
+  GrpcConnectionCensus* census = nullptr;  // null: connections not counted
   // With an allow-list: a server of its own for refused connections, which
   // answers every call PERMISSION_DENIED and holds nothing of the depot.
   RefusingService refusing_service;
@@ -291,8 +293,10 @@ UnixGrpcListener::UnixGrpcListener(std::unique_ptr<Impl> impl)
 
 UnixGrpcListener::~UnixGrpcListener() { Stop(); }
 
-void UnixGrpcListener::Serve(grpc::Server* server) {
+void UnixGrpcListener::Serve(grpc::Server* server,
+                             GrpcConnectionCensus* census) {
   impl_->server = server;
+  impl_->census = census;
   Impl* raw = impl_.get();
   impl_->acceptor = std::thread([raw] { raw->AcceptLoop(); });
 }
@@ -352,6 +356,7 @@ bool UnixGrpcListener::Impl::AcceptOne() {
     grpc::AddInsecureChannelFromFd(refusing.get(), fd);
     return true;
   }
+  if (census != nullptr) census->UnixConnectionAccepted(fd);
   grpc::AddInsecureChannelFromFd(server, fd);  // gRPC owns fd now
   return true;
 }

@@ -30,6 +30,8 @@ class Server;
 
 namespace h5depot::server {
 
+class GrpcConnectionCensus;
+
 struct UnixSocketAccess {
   // Permission bits of the socket files (chmod); nullopt: as bind() leaves
   // them, 0777 less the process's umask.
@@ -85,9 +87,10 @@ class UnixGrpcListener {
   // Starts accepting on a thread of its own: admitted connections go to
   // `server` (which must outlive Stop()); refused ones to a server of the
   // listener's own that answers every call PERMISSION_DENIED and closes
-  // the connection within about two seconds.
+  // the connection within about two seconds. Admitted connections are
+  // noted in `census` (null: not counted), which must outlive Stop().
   // Called once.
-  void Serve(grpc::Server* server);
+  void Serve(grpc::Server* server, GrpcConnectionCensus* census);
 
   // Stops accepting, waits for the accepting thread, closes the socket and
   // removes its file. Connections handed to gRPC stay gRPC's. Idempotent.
