@@ -7,10 +7,12 @@
 #   bench/metrics_bench.sh build 5         # another build directory, rounds
 #
 # Each round runs h5depot_bench's small_ops case (16 threads, each with its
-# own client, pushing then fetching their own id for 2 s each) against one
-# server, then the other, alternating which goes first, so that a slow
-# spell of the shared machine falls on both; each figure is the median of
-# its rounds. The server with metrics is scraped over HTTP after each of
+# own client, pushing then fetching their own id for 2 s each) against
+# three servers in turn, rotating which goes first, so that a slow spell of
+# the shared machine falls on all: one without metrics, one with, and a
+# second one without, the control, whose ratio to the first is the noise
+# floor of the comparison (two identical servers); each figure is the
+# median of its rounds. The server with metrics is scraped over HTTP after each of
 # its rounds, as Prometheus would, and the calls it counted are checked
 # against the round's. Over TCP loopback (the data lane) and the Unix
 # socket.
@@ -70,39 +72,39 @@ def counted_calls(port):
 
 
 metrics_port = free_port_pair()
-plain, plain_tcp = start_server(build, f"--unix={work}/plain.sock")
-measured, measured_tcp = start_server(
-    build, f"--unix={work}/measured.sock",
-    f"--metrics-listen=127.0.0.1:{metrics_port}")
+servers = {}  # name: (process, TCP target, Unix socket target)
+for name, flags in (("without", []), ("control", []),
+                    ("with", [f"--metrics-listen=127.0.0.1:{metrics_port}"])):
+    process, tcp = start_server(build, f"--unix={work}/{name}.sock", *flags)
+    servers[name] = (process, tcp, f"unix:{work}/{name}.sock")
 try:
     print(f"4 KiB ops/s with 16 clients ({size} bytes; median of {rounds} "
           f"rounds of 2 s per operation)")
     print("| transport | operation | without metrics | with metrics | "
-          "with / without |")
-    print("|---|---|---|---|---|")
-    for transport, plain_target, measured_target, grpc_only in (
-            ("TCP (data lane)", plain_tcp, measured_tcp, False),
-            ("Unix socket", f"unix:{work}/plain.sock",
-             f"unix:{work}/measured.sock", False),
-            ("TCP, gRPC only", plain_tcp, measured_tcp, True)):
-        results = {"without": ([], []), "with": ([], [])}
+          "with / without | control / without |")
+    print("|---|---|---|---|---|---|")
+    for transport, target_index, grpc_only in (
+            ("TCP (data lane)", 1, False), ("Unix socket", 2, False),
+            ("TCP, gRPC only", 1, True)):
+        results = {name: ([], []) for name in servers}
         for round_number in range(rounds):
-            order = [("without", plain_target), ("with", measured_target)]
-            if round_number % 2:
-                order.reverse()
-            for name, target in order:
+            order = list(servers)
+            shift = round_number % len(order)
+            for name in order[shift:] + order[:shift]:
                 before = counted_calls(metrics_port) if name == "with" else 0
-                push, fetch = small_ops(target, grpc_only)
+                push, fetch = small_ops(servers[name][target_index], grpc_only)
                 results[name][0].append(push)
                 results[name][1].append(fetch)
                 if name == "with" and counted_calls(metrics_port) <= before:
                     sys.exit("metrics_bench.sh: the server counted no calls")
         for index, operation in ((0, "push"), (1, "fetch")):
-            without = statistics.median(results["without"][index])
-            with_metrics = statistics.median(results["with"][index])
+            median = {name: statistics.median(values[index])
+                      for name, values in results.items()}
+            without = median["without"]
             print(f"| {transport} | {operation} | {without:,.0f} | "
-                  f"{with_metrics:,.0f} | {with_metrics / without:.3f}x |")
+                  f"{median['with']:,.0f} | {median['with'] / without:.3f}x | "
+                  f"{median['control'] / without:.3f}x |")
 finally:
-    stop(plain)
-    stop(measured)
+    for process, _, _ in servers.values():
+        stop(process)
 PY
