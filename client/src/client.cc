@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "client/src/cluster_internal.h"
 #include "client/src/grpc_transport_internal.h"
 #include "client/src/image_transport_internal.h"
 #include "client/src/lane_client_internal.h"
@@ -27,9 +29,12 @@ namespace h5depot {
 namespace {
 
 // Prefixes a failed call's message with what was being done, keeping the
-// code, so that errors read "fetch 'x': no image 'x'".
+// code, so that errors read "fetch 'x': no image 'x'"; once only (a
+// cluster passes on its members' messages, which have it).
 absl::Status Annotate(const absl::Status& status, std::string_view what) {
   if (status.ok()) return status;
+  const std::string prefix = absl::StrCat(std::string(what), ": ");
+  if (absl::StartsWith(status.message(), prefix)) return status;
   return absl::Status(
       status.code(),
       absl::StrCat(std::string(what), ": ", std::string(status.message())));
@@ -135,19 +140,27 @@ absl::StatusOr<std::unique_ptr<internal::Transports>> ConnectTransports(
 struct Client::Impl {
   Impl(std::string target_in, const ClientOptions& options_in,
        std::unique_ptr<internal::Transports> made)
+      : target(std::move(target_in)), options(options_in) {
+    per_process.emplace(std::move(made),
+                        [this] { return ConnectTransports(target, options); });
+  }
+  Impl(std::string target_in, const ClientOptions& options_in,
+       std::unique_ptr<internal::Cluster> cluster_in)
       : target(std::move(target_in)),
         options(options_in),
-        per_process(std::move(made),
-                    [this] { return ConnectTransports(target, options); }) {}
+        cluster(std::move(cluster_in)) {}
 
   // The calling process's transports (in a child of fork(), its own).
+  // Not for a cluster, whose members are Clients of their own.
   absl::StatusOr<internal::Transports*> transports() {
-    return per_process.ForThisProcess();
+    return per_process->ForThisProcess();
   }
 
   const std::string target;
   const ClientOptions options;
-  internal::PerProcessTransports per_process;
+  // One server's transports, or else the cluster.
+  std::optional<internal::PerProcessTransports> per_process;
+  std::unique_ptr<internal::Cluster> cluster;
 
   // The deadlines of a call starting now that waits up to `wait` for an
   // image to appear (client.h, "Deadlines").
@@ -159,6 +172,19 @@ struct Client::Impl {
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(
     std::string_view target, const ClientOptions& options) {
+  if (internal::IsClusterTarget(target)) {
+    absl::StatusOr<internal::ClusterTarget> members =
+        internal::ParseClusterTarget(target);
+    if (!members.ok()) return members.status();
+    absl::StatusOr<std::unique_ptr<internal::Cluster>> cluster =
+        internal::Cluster::Connect(*std::move(members), options);
+    if (!cluster.ok()) {
+      return Annotate(cluster.status(),
+                      absl::StrCat("connect to ", std::string(target)));
+    }
+    return std::unique_ptr<Client>(new Client(std::make_unique<Impl>(
+        std::string(target), options, *std::move(cluster))));
+  }
   if (absl::Status bad = internal::ValidateServerTarget(target); !bad.ok()) {
     return bad;
   }
@@ -250,6 +276,16 @@ absl::StatusOr<ImageInfo> Client::PushBytesAs(std::string_view image_id,
     return Annotated<ImageInfo>(absl::InvalidArgumentError("no data"), "push",
                                 image_id);
   }
+  if (impl_->cluster != nullptr) {
+    return Annotated(
+        impl_->cluster->Push(
+            image_id, options,
+            [&](Client& member, const PushOptions& member_options) {
+              return member.Push(image_id, bytes.data, bytes.size,
+                                 member_options);
+            }),
+        "push", image_id);
+  }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) {
     return Annotated<ImageInfo>(transports.status(), "push", image_id);
@@ -270,6 +306,15 @@ absl::StatusOr<ImageInfo> Client::PushMemfd(std::string_view image_id,
           internal::CheckSealedImage(memfd, internal::kSealsFromClient, size);
       !length.ok()) {
     return Annotated<ImageInfo>(length.status(), "push", image_id);
+  }
+  if (impl_->cluster != nullptr) {
+    return Annotated(
+        impl_->cluster->Push(
+            image_id, options,
+            [&](Client& member, const PushOptions& member_options) {
+              return member.PushMemfd(image_id, memfd, size, member_options);
+            }),
+        "push", image_id);
   }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) {
@@ -304,14 +349,18 @@ absl::StatusOr<ImageInfo> Client::FetchTo(std::string_view image_id,
             "a streamed fetch hands over bytes, never a mapping"),
         "fetch", image_id);
   }
-  absl::StatusOr<internal::Transports*> transports = impl_->transports();
-  if (!transports.ok()) {
-    return Annotated<ImageInfo>(transports.status(), "fetch", image_id);
+  absl::StatusOr<ImageInfo> info;
+  if (impl_->cluster != nullptr) {
+    info = impl_->cluster->FetchTo(image_id, sink, options);
+  } else {
+    absl::StatusOr<internal::Transports*> transports = impl_->transports();
+    if (!transports.ok()) {
+      return Annotated<ImageInfo>(transports.status(), "fetch", image_id);
+    }
+    info = (*transports)
+               ->images->FetchTo(image_id, options,
+                                 impl_->Deadline(options.wait), sink);
   }
-  absl::StatusOr<ImageInfo> info =
-      (*transports)
-          ->images->FetchTo(image_id, options, impl_->Deadline(options.wait),
-                            sink);
   if (info.ok()) {
     if (absl::Status newer = CheckNewerThan(*info, options.newer_than);
         !newer.ok()) {
@@ -329,13 +378,18 @@ absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
   if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
     return Annotated<FetchedImage>(status, "fetch", image_id);
   }
-  absl::StatusOr<internal::Transports*> transports = impl_->transports();
-  if (!transports.ok()) {
-    return Annotated<FetchedImage>(transports.status(), "fetch", image_id);
+  absl::StatusOr<FetchedImage> fetched;
+  if (impl_->cluster != nullptr) {
+    fetched = impl_->cluster->Fetch(image_id, options);
+  } else {
+    absl::StatusOr<internal::Transports*> transports = impl_->transports();
+    if (!transports.ok()) {
+      return Annotated<FetchedImage>(transports.status(), "fetch", image_id);
+    }
+    fetched =
+        (*transports)
+            ->images->Fetch(image_id, options, impl_->Deadline(options.wait));
   }
-  absl::StatusOr<FetchedImage> fetched =
-      (*transports)
-          ->images->Fetch(image_id, options, impl_->Deadline(options.wait));
   if (fetched.ok()) {
     if (absl::Status newer = CheckNewerThan(fetched->info, options.newer_than);
         !newer.ok()) {
@@ -348,6 +402,11 @@ absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
 absl::StatusOr<ReadResult> Client::Read(std::string_view image_id,
                                         uint64_t generation, uint64_t offset,
                                         void* out, size_t length) {
+  if (impl_->cluster != nullptr) {
+    return Annotated(
+        impl_->cluster->Read(image_id, generation, offset, out, length), "read",
+        image_id);
+  }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) {
     return Annotated<ReadResult>(transports.status(), "read", image_id);
@@ -360,6 +419,10 @@ absl::StatusOr<ReadResult> Client::Read(std::string_view image_id,
 
 absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
     std::string_view image_id, uint64_t generation) {
+  if (impl_->cluster != nullptr) {
+    return Annotated(impl_->cluster->OpenReader(image_id, generation),
+                     "open reader on", image_id);
+  }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) {
     return Annotate(transports.status(),
@@ -386,13 +449,18 @@ absl::StatusOr<std::unique_ptr<ImageReader>> Client::OpenReader(
 absl::StatusOr<ImageInfo> Client::Stat(std::string_view image_id,
                                        absl::Duration wait,
                                        uint64_t newer_than) {
-  absl::StatusOr<internal::Transports*> transports = impl_->transports();
-  if (!transports.ok()) {
-    return Annotated<ImageInfo>(transports.status(), "stat", image_id);
+  absl::StatusOr<ImageInfo> info;
+  if (impl_->cluster != nullptr) {
+    info = impl_->cluster->Stat(image_id, wait, newer_than);
+  } else {
+    absl::StatusOr<internal::Transports*> transports = impl_->transports();
+    if (!transports.ok()) {
+      return Annotated<ImageInfo>(transports.status(), "stat", image_id);
+    }
+    info = (*transports)
+               ->grpc->Stat(image_id, wait, newer_than,
+                            impl_->Deadline(wait).reply);
   }
-  absl::StatusOr<ImageInfo> info =
-      (*transports)
-          ->grpc->Stat(image_id, wait, newer_than, impl_->Deadline(wait).reply);
   if (info.ok()) {
     if (absl::Status newer = CheckNewerThan(*info, newer_than); !newer.ok()) {
       info = newer;
@@ -402,6 +470,11 @@ absl::StatusOr<ImageInfo> Client::Stat(std::string_view image_id,
 }
 
 absl::StatusOr<ListPage> Client::List(const ListOptions& options) {
+  if (impl_->cluster != nullptr) {
+    absl::StatusOr<ListPage> page = impl_->cluster->List(options);
+    if (!page.ok()) return Annotate(page.status(), "list");
+    return page;
+  }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), "list");
   absl::StatusOr<ListPage> page =
@@ -412,6 +485,10 @@ absl::StatusOr<ListPage> Client::List(const ListOptions& options) {
 
 absl::Status Client::Delete(std::string_view image_id,
                             std::optional<uint64_t> if_generation_match) {
+  if (impl_->cluster != nullptr) {
+    return Annotate(impl_->cluster->Delete(image_id, if_generation_match),
+                    absl::StrCat("delete ", Quoted(image_id)));
+  }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   return Annotate(transports.ok()
                       ? (*transports)
@@ -442,6 +519,12 @@ const char* ImageEventKindName(ImageEvent::Kind kind) {
 absl::StatusOr<std::unique_ptr<ImageWatch>> Client::Watch(
     const WatchOptions& options) {
   const std::string what = absl::StrCat("watch ", Quoted(options.prefix));
+  if (impl_->cluster != nullptr) {
+    return Annotate(absl::UnimplementedError(
+                        "a cluster target cannot be watched yet; watch each "
+                        "of its servers"),
+                    what);
+  }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), what);
   absl::StatusOr<std::unique_ptr<ImageWatch>> watch =
@@ -451,6 +534,11 @@ absl::StatusOr<std::unique_ptr<ImageWatch>> Client::Watch(
 }
 
 absl::StatusOr<ServerLimits> Client::GetLimits() {
+  if (impl_->cluster != nullptr) {
+    absl::StatusOr<ServerLimits> limits = impl_->cluster->GetLimits();
+    if (!limits.ok()) return Annotate(limits.status(), "get limits");
+    return limits;
+  }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), "get limits");
   absl::StatusOr<ServerLimits> limits =

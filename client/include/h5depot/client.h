@@ -327,7 +327,10 @@ class ImageWatch {
 class Client {
  public:
   // Connects to h5depotd at `target`: "host:port", "unix:/path/to/socket"
-  // or any gRPC target. Each Client has a connection of its own. UNAVAILABLE if
+  // or any gRPC target; or to several servers as one with a cluster
+  // target, "cluster:MEMBER,MEMBER,...[?replicas=R]" (README.md, "Several
+  // servers as one", says how calls behave there; Watch is not available
+  // on one). Each Client has a connection of its own. UNAVAILABLE if
   // the server does not answer within options.connect_timeout; INVALID_ARGUMENT
   // for a malformed target; FAILED_PRECONDITION in a child of fork() that
   // cannot use gRPC (above).

@@ -1,0 +1,653 @@
+// Cluster: placement, replication and fallback over member Clients
+// (cluster_internal.h says what each operation does).
+#include <xxhash.h>
+
+#include <algorithm>
+#include <future>
+#include <map>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "client/src/cluster_internal.h"
+#include "client/src/server_target_internal.h"
+
+namespace h5depot::internal {
+namespace {
+
+constexpr std::string_view kScheme = "cluster:";
+constexpr char kExpected[] =
+    "expected cluster:MEMBER,MEMBER,...[?replicas=R], each MEMBER a server "
+    "target such as HOST:PORT";
+constexpr int kMaxReplicas = 16;
+// How long a member that could not be reached is left alone before the
+// next call tries to connect again.
+constexpr absl::Duration kReconnectInterval = absl::Seconds(1);
+// Ids asked of each member per listed page when the caller names no size.
+constexpr uint32_t kDefaultPageSize = 1000;
+
+absl::Status Refuse(std::string_view target, std::string_view reason) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("not a cluster target: '", std::string(target), "' (",
+                   std::string(reason), "); ", kExpected));
+}
+
+std::string Quoted(std::string_view image_id) {
+  return absl::StrCat("'", std::string(image_id), "'");
+}
+
+// Runs `call(i)` for every i in `indices` at once, the first on the
+// calling thread, and returns when all have.
+void ForEachAtOnce(const std::vector<size_t>& indices,
+                   const std::function<void(size_t)>& call) {
+  std::vector<std::future<void>> others;
+  others.reserve(indices.size());
+  for (size_t n = 1; n < indices.size(); ++n) {
+    others.push_back(std::async(std::launch::async, call, indices[n]));
+  }
+  if (!indices.empty()) call(indices.front());
+  for (std::future<void>& other : others) other.get();
+}
+
+}  // namespace
+
+bool IsClusterTarget(std::string_view target) {
+  return target.substr(0, kScheme.size()) == kScheme;
+}
+
+absl::StatusOr<ClusterTarget> ParseClusterTarget(std::string_view target) {
+  if (!IsClusterTarget(target)) return Refuse(target, "no cluster: scheme");
+  std::string_view rest = target.substr(kScheme.size());
+  std::string_view options;
+  if (const size_t question = rest.find('?');
+      question != std::string_view::npos) {
+    options = rest.substr(question + 1);
+    rest = rest.substr(0, question);
+  }
+  ClusterTarget parsed;
+  if (rest.empty()) return Refuse(target, "no members");
+  while (true) {
+    const size_t comma = rest.find(',');
+    const std::string_view member = rest.substr(0, comma);
+    if (member.empty()) return Refuse(target, "an empty member");
+    if (IsClusterTarget(member)) return Refuse(target, "a cluster as member");
+    if (absl::Status bad = ValidateServerTarget(member); !bad.ok()) {
+      return Refuse(target, absl::StrCat("member '", std::string(member),
+                                         "': ", bad.message()));
+    }
+    if (std::find(parsed.members.begin(), parsed.members.end(), member) !=
+        parsed.members.end()) {
+      return Refuse(target, absl::StrCat("member '", std::string(member),
+                                         "' given twice"));
+    }
+    parsed.members.emplace_back(member);
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  while (!options.empty()) {
+    const size_t amp = options.find('&');
+    const std::string_view option = options.substr(0, amp);
+    constexpr std::string_view kReplicas = "replicas=";
+    int replicas = 0;
+    if (option.substr(0, kReplicas.size()) != kReplicas) {
+      return Refuse(target,
+                    absl::StrCat("unknown option '", std::string(option),
+                                 "' (the one option is replicas)"));
+    }
+    const std::string_view count = option.substr(kReplicas.size());
+    if (!absl::SimpleAtoi(absl::string_view(count.data(), count.size()),
+                          &replicas) ||
+        replicas < 1 || replicas > kMaxReplicas) {
+      return Refuse(target,
+                    absl::StrCat("replicas must be 1 to ", kMaxReplicas));
+    }
+    parsed.replicas = replicas;
+    if (amp == std::string_view::npos) break;
+    options.remove_prefix(amp + 1);
+  }
+  return parsed;
+}
+
+uint64_t RendezvousSeed(std::string_view member) {
+  return XXH3_64bits(member.data(), member.size());
+}
+
+std::vector<size_t> PlacementOrder(const std::vector<uint64_t>& seeds,
+                                   std::string_view image_id) {
+  std::vector<std::pair<uint64_t, size_t>> scored;
+  scored.reserve(seeds.size());
+  for (size_t i = 0; i < seeds.size(); ++i) {
+    scored.emplace_back(
+        XXH3_64bits_withSeed(image_id.data(), image_id.size(), seeds[i]), i);
+  }
+  std::sort(scored.begin(), scored.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first > b.first : a.second < b.second;
+  });
+  std::vector<size_t> order;
+  order.reserve(scored.size());
+  for (const auto& [score, index] : scored) order.push_back(index);
+  return order;
+}
+
+struct Cluster::Member {
+  explicit Member(std::string target_in) : target(std::move(target_in)) {}
+
+  const std::string target;
+  absl::Mutex mutex;
+  std::shared_ptr<Client> client ABSL_GUARDED_BY(mutex);
+  // After a failed connect, or a call it answered UNAVAILABLE: the error,
+  // given instead of trying it until retry_after.
+  absl::Status error ABSL_GUARDED_BY(mutex);
+  absl::Time retry_after ABSL_GUARDED_BY(mutex) = absl::InfinitePast();
+};
+
+Cluster::Cluster(ClusterTarget target, const ClientOptions& options)
+    : target_(std::move(target)), options_(options) {
+  for (const std::string& member : target_.members) {
+    seeds_.push_back(RendezvousSeed(member));
+    members_.push_back(std::make_unique<Member>(member));
+  }
+}
+
+Cluster::~Cluster() = default;
+
+absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Connect(
+    ClusterTarget target, const ClientOptions& options) {
+  std::unique_ptr<Cluster> cluster(new Cluster(std::move(target), options));
+  std::vector<size_t> all(cluster->members_.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  std::vector<absl::Status> results(all.size());
+  ForEachAtOnce(
+      all, [&](size_t i) { results[i] = cluster->MemberClient(i).status(); });
+  std::vector<std::string> errors;
+  for (size_t i = 0; i < results.size(); ++i) {
+    if (results[i].ok()) continue;
+    // Options that are wrong for a member are wrong for the cluster.
+    if (absl::IsInvalidArgument(results[i]) ||
+        absl::IsFailedPrecondition(results[i])) {
+      return results[i];
+    }
+    errors.emplace_back(results[i].message());
+  }
+  if (errors.size() == results.size()) {
+    return absl::UnavailableError(absl::StrCat(
+        "no server of the cluster answered: ", absl::StrJoin(errors, "; ")));
+  }
+  return cluster;
+}
+
+absl::StatusOr<std::shared_ptr<Client>> Cluster::MemberClient(size_t index) {
+  Member& member = *members_[index];
+  absl::MutexLock lock(&member.mutex);
+  if (absl::Now() < member.retry_after) return member.error;
+  if (member.client != nullptr) return member.client;
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Connect(member.target, options_);
+  if (!client.ok()) {
+    member.error = absl::Status(client.status().code(),
+                                absl::StrCat("server ", member.target, ": ",
+                                             client.status().message()));
+    member.retry_after = absl::Now() + kReconnectInterval;
+    return member.error;
+  }
+  member.client = *std::move(client);
+  return member.client;
+}
+
+void Cluster::Note(size_t index, const absl::Status& answer) {
+  if (!absl::IsUnavailable(answer)) return;
+  Member& member = *members_[index];
+  absl::MutexLock lock(&member.mutex);
+  member.error = answer;
+  member.retry_after = absl::Now() + kReconnectInterval;
+}
+
+std::vector<size_t> Cluster::Order(std::string_view image_id) const {
+  return PlacementOrder(seeds_, image_id);
+}
+
+absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>>
+Cluster::FirstReachable(const std::vector<size_t>& order) {
+  absl::Status first_error;
+  for (size_t index : order) {
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(index);
+    if (client.ok()) return std::make_pair(index, *std::move(client));
+    if (first_error.ok()) first_error = client.status();
+  }
+  return absl::UnavailableError(absl::StrCat(
+      "no server of the cluster can be reached: ", first_error.message()));
+}
+
+template <typename T>
+absl::StatusOr<T> Cluster::DownTheOrder(
+    std::string_view image_id,
+    const std::function<absl::StatusOr<T>(Client&)>& call,
+    const std::function<bool()>& may_go_on) {
+  absl::Status not_found;
+  absl::Status first_unavailable;
+  std::vector<std::string> unreachable;
+  // The first member that answered NOT_FOUND, asked again if a later one
+  // has the image: a push reaches the first reachable replica before the
+  // others, so it may have arrived there meanwhile, and its answer (its
+  // generation numbers) is the one to give.
+  std::shared_ptr<Client> first_without;
+  for (size_t index : Order(image_id)) {
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(index);
+    absl::StatusOr<T> answer =
+        client.ok() ? call(**client) : absl::StatusOr<T>(client.status());
+    if (client.ok()) Note(index, answer.status());
+    if (answer.ok()) {
+      if (first_without != nullptr && (!may_go_on || may_go_on())) {
+        absl::StatusOr<T> again = call(*first_without);
+        if (again.ok()) return again;
+      }
+      return answer;
+    }
+    if (absl::IsNotFound(answer.status())) {
+      if (not_found.ok() && unreachable.empty()) first_without = *client;
+      not_found = answer.status();
+    } else if (absl::IsUnavailable(answer.status()) || !client.ok()) {
+      unreachable.push_back(members_[index]->target);
+      if (first_unavailable.ok()) first_unavailable = answer.status();
+    } else {
+      return answer;
+    }
+    if (may_go_on && !may_go_on()) return answer;
+  }
+  if (!unreachable.empty()) {
+    return absl::UnavailableError(
+        absl::StrCat(Quoted(image_id), " is on no server that answered, and ",
+                     absl::StrJoin(unreachable, ", "),
+                     " could not be asked: ", first_unavailable.message()));
+  }
+  return not_found;
+}
+
+absl::StatusOr<ImageInfo> Cluster::Push(std::string_view image_id,
+                                        const PushOptions& options,
+                                        const PushOne& push_one) {
+  const std::vector<size_t> order = Order(image_id);
+  const size_t wanted =
+      std::min(order.size(), static_cast<size_t>(target_.replicas));
+  size_t next = 0;  // in `order`, the next member to try
+  std::optional<std::pair<size_t, ImageInfo>> first;  // position, info
+  std::vector<std::string> published_on;
+  std::vector<std::string> unreachable;
+  absl::Status first_unavailable;
+  PushOptions replica_options = options;
+  replica_options.progress = nullptr;
+
+  // The first copy, before any other, so that a replica never has an
+  // image its primary does not (reads then see the primary's generation
+  // numbers). With a condition it must be the primary: it decides, and the
+  // others follow unconditionally.
+  if (options.if_generation_match.has_value()) {
+    absl::StatusOr<std::shared_ptr<Client>> primary = MemberClient(order[0]);
+    if (!primary.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "a conditional push is decided by the image's primary server, "
+          "which cannot be reached: ",
+          primary.status().message()));
+    }
+    absl::StatusOr<ImageInfo> decided = push_one(**primary, options);
+    if (!decided.ok()) return decided;
+    first.emplace(0, *decided);
+    published_on.push_back(members_[order[0]]->target);
+    next = 1;
+  }
+  while (!first.has_value() && next < order.size()) {
+    const size_t position = next++;
+    const std::string& member = members_[order[position]]->target;
+    absl::StatusOr<std::shared_ptr<Client>> client =
+        MemberClient(order[position]);
+    absl::StatusOr<ImageInfo> pushed =
+        client.ok() ? push_one(**client, options)
+                    : absl::StatusOr<ImageInfo>(client.status());
+    if (client.ok()) Note(order[position], pushed.status());
+    if (pushed.ok()) {
+      first.emplace(position, *pushed);
+      published_on.push_back(member);
+    } else if (absl::IsUnavailable(pushed.status()) || !client.ok()) {
+      unreachable.push_back(member);
+      if (first_unavailable.ok()) first_unavailable = pushed.status();
+    } else {
+      return pushed.status();  // a refusal: the same everywhere
+    }
+  }
+  size_t published = first.has_value() ? 1 : 0;
+  replica_options.if_generation_match.reset();
+
+  // The other copies, at once.
+  while (published < wanted && next < order.size()) {
+    // The next members that can be reached, as many as are missing.
+    std::vector<std::pair<size_t, std::shared_ptr<Client>>> batch;
+    while (batch.size() < wanted - published && next < order.size()) {
+      absl::StatusOr<std::shared_ptr<Client>> client =
+          MemberClient(order[next]);
+      if (client.ok()) {
+        batch.emplace_back(next, *std::move(client));
+      } else {
+        unreachable.push_back(members_[order[next]]->target);
+        if (first_unavailable.ok()) first_unavailable = client.status();
+      }
+      ++next;
+    }
+    std::vector<absl::StatusOr<ImageInfo>> results(
+        batch.size(), absl::UnknownError("not pushed"));
+    std::vector<size_t> slots(batch.size());
+    for (size_t n = 0; n < slots.size(); ++n) slots[n] = n;
+    ForEachAtOnce(slots, [&](size_t n) {
+      // The progress goes with the first push of an unconditional one.
+      const bool reports = n == 0 && !first.has_value() && published == 0;
+      results[n] =
+          push_one(*batch[n].second, reports ? options : replica_options);
+    });
+    for (size_t n = 0; n < batch.size(); ++n) {
+      const std::string& member = members_[order[batch[n].first]]->target;
+      if (results[n].ok()) {
+        ++published;
+        published_on.push_back(member);
+      } else if (absl::IsUnavailable(results[n].status())) {
+        Note(order[batch[n].first], results[n].status());
+        unreachable.push_back(member);
+        if (first_unavailable.ok()) first_unavailable = results[n].status();
+      } else {
+        return results[n].status();  // a refusal: the same everywhere
+      }
+    }
+  }
+  if (published == wanted) return first->second;
+  if (!first.has_value()) {
+    return absl::UnavailableError(
+        absl::StrCat("no server of the cluster could take it: ",
+                     first_unavailable.message()));
+  }
+  return absl::UnavailableError(
+      absl::StrCat("published on ", published, " of the ", wanted,
+                   " servers it needs (", absl::StrJoin(published_on, ", "),
+                   "); ", absl::StrJoin(unreachable, ", "),
+                   " could not take it: push again to place every copy (",
+                   first_unavailable.message(), ")"));
+}
+
+absl::StatusOr<FetchedImage> Cluster::Fetch(std::string_view image_id,
+                                            const FetchOptions& options) {
+  const auto fetch = [&](const FetchOptions& with) {
+    return std::function<absl::StatusOr<FetchedImage>(Client&)>(
+        [&image_id, with](Client& member) {
+          return member.Fetch(image_id, with);
+        });
+  };
+  if (options.newer_than == 0) {
+    FetchOptions now = options;
+    now.wait = absl::ZeroDuration();
+    absl::StatusOr<FetchedImage> found = DownTheOrder(image_id, fetch(now));
+    if (options.wait == absl::ZeroDuration() ||
+        !(absl::IsNotFound(found.status()) ||
+          absl::IsUnavailable(found.status()))) {
+      return found;
+    }
+  }
+  // A wait, or a generation's number: where pushes go first.
+  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
+      FirstReachable(Order(image_id));
+  if (!member.ok()) return member.status();
+  return member->second->Fetch(image_id, options);
+}
+
+absl::StatusOr<ImageInfo> Cluster::FetchTo(std::string_view image_id,
+                                           const ImageSink& sink,
+                                           const FetchOptions& options) {
+  bool handed_bytes = false;
+  const ImageSink counting = [&](const void* data, size_t size) {
+    handed_bytes = true;
+    return sink(data, size);
+  };
+  if (options.newer_than == 0) {
+    FetchOptions now = options;
+    now.wait = absl::ZeroDuration();
+    absl::StatusOr<ImageInfo> found = DownTheOrder<ImageInfo>(
+        image_id,
+        [&](Client& member) { return member.FetchTo(image_id, counting, now); },
+        [&] { return !handed_bytes; });
+    if (options.wait == absl::ZeroDuration() || handed_bytes ||
+        !(absl::IsNotFound(found.status()) ||
+          absl::IsUnavailable(found.status()))) {
+      return found;
+    }
+  }
+  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
+      FirstReachable(Order(image_id));
+  if (!member.ok()) return member.status();
+  return member->second->FetchTo(image_id, sink, options);
+}
+
+absl::StatusOr<ReadResult> Cluster::Read(std::string_view image_id,
+                                         uint64_t generation, uint64_t offset,
+                                         void* out, size_t length) {
+  if (generation == 0) {
+    return DownTheOrder<ReadResult>(image_id, [&](Client& member) {
+      return member.Read(image_id, 0, offset, out, length);
+    });
+  }
+  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
+      FirstReachable(Order(image_id));
+  if (!member.ok()) return member.status();
+  return member->second->Read(image_id, generation, offset, out, length);
+}
+
+absl::StatusOr<std::unique_ptr<ImageReader>> Cluster::OpenReader(
+    std::string_view image_id, uint64_t generation) {
+  if (generation == 0) {
+    return DownTheOrder<std::unique_ptr<ImageReader>>(
+        image_id,
+        [&](Client& member) { return member.OpenReader(image_id, 0); });
+  }
+  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
+      FirstReachable(Order(image_id));
+  if (!member.ok()) return member.status();
+  return member->second->OpenReader(image_id, generation);
+}
+
+absl::StatusOr<ImageInfo> Cluster::Stat(std::string_view image_id,
+                                        absl::Duration wait,
+                                        uint64_t newer_than) {
+  if (newer_than == 0) {
+    absl::StatusOr<ImageInfo> found = DownTheOrder<ImageInfo>(
+        image_id, [&](Client& member) { return member.Stat(image_id); });
+    if (wait == absl::ZeroDuration() ||
+        !(absl::IsNotFound(found.status()) ||
+          absl::IsUnavailable(found.status()))) {
+      return found;
+    }
+  }
+  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
+      FirstReachable(Order(image_id));
+  if (!member.ok()) return member.status();
+  return member->second->Stat(image_id, wait, newer_than);
+}
+
+absl::StatusOr<ListPage> Cluster::List(const ListOptions& options) {
+  const uint32_t page_size =
+      options.page_size != 0 ? options.page_size : kDefaultPageSize;
+  std::vector<size_t> all(members_.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  std::vector<absl::StatusOr<ListPage>> pages(all.size(),
+                                              absl::UnknownError("not listed"));
+  ForEachAtOnce(all, [&](size_t i) {
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(i);
+    if (!client.ok()) {
+      pages[i] = client.status();
+      return;
+    }
+    // A server's page token is the last id of its page, so the cluster's
+    // (the last id it gave) continues every member's listing.
+    ListOptions member_options = options;
+    member_options.page_size = page_size;
+    pages[i] = (*client)->List(member_options);
+    Note(i, pages[i].status());
+  });
+  // Ids up to `cutoff` are complete: every member that has more listed
+  // all its ids up to its page's last one.
+  std::optional<std::string> cutoff;
+  std::map<std::string, std::pair<size_t, ImageInfo>> merged;  // id: member
+  std::vector<std::string> unreachable;
+  absl::Status first_unavailable;
+  for (size_t i = 0; i < pages.size(); ++i) {
+    if (!pages[i].ok()) {
+      if (!absl::IsUnavailable(pages[i].status())) return pages[i].status();
+      unreachable.push_back(members_[i]->target);
+      if (first_unavailable.ok()) first_unavailable = pages[i].status();
+      continue;
+    }
+    if (!pages[i]->next_page_token.empty() && !pages[i]->images.empty()) {
+      const std::string& last = pages[i]->images.back().image_id;
+      if (!cutoff.has_value() || last < *cutoff) cutoff = last;
+    }
+    for (ImageInfo& info : pages[i]->images) {
+      auto [at, inserted] = merged.try_emplace(info.image_id, i, info);
+      if (inserted) continue;
+      // A replica listed twice: the copy reads would find first.
+      for (size_t index : Order(info.image_id)) {
+        if (index == at->second.first) break;
+        if (index == i) {
+          at->second = {i, info};
+          break;
+        }
+      }
+    }
+  }
+  if (unreachable.size() >= static_cast<size_t>(target_.replicas)) {
+    return absl::UnavailableError(absl::StrCat(
+        "the listing would miss the images of ",
+        absl::StrJoin(unreachable, ", "), ": ", first_unavailable.message()));
+  }
+  ListPage page;
+  bool more = false;
+  for (auto& [id, entry] : merged) {
+    if ((cutoff.has_value() && id > *cutoff) ||
+        page.images.size() == page_size) {
+      more = true;
+      break;
+    }
+    page.images.push_back(std::move(entry.second));
+  }
+  if ((more || cutoff.has_value()) && !page.images.empty()) {
+    page.next_page_token = page.images.back().image_id;
+  }
+  return page;
+}
+
+absl::Status Cluster::Delete(std::string_view image_id,
+                             std::optional<uint64_t> if_generation_match) {
+  const std::vector<size_t> order = Order(image_id);
+  const size_t replicas =
+      std::min(order.size(), static_cast<size_t>(target_.replicas));
+  std::vector<size_t> others = order;
+  bool deleted = false;
+  if (if_generation_match.has_value()) {
+    absl::StatusOr<std::shared_ptr<Client>> primary = MemberClient(order[0]);
+    if (!primary.ok()) {
+      return absl::UnavailableError(absl::StrCat(
+          "a conditional delete is decided by the image's primary server, "
+          "which cannot be reached: ",
+          primary.status().message()));
+    }
+    absl::Status decided = (*primary)->Delete(image_id, if_generation_match);
+    if (!decided.ok()) return decided;
+    deleted = true;
+    others.erase(others.begin());
+  }
+  std::vector<absl::Status> results(members_.size());
+  ForEachAtOnce(others, [&](size_t index) {
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(index);
+    results[index] =
+        client.ok() ? (*client)->Delete(image_id) : client.status();
+    if (client.ok()) Note(index, results[index]);
+  });
+  absl::Status not_found = absl::NotFoundError(absl::StrCat(
+      "delete ", Quoted(image_id), ": no image ", Quoted(image_id)));
+  std::vector<std::string> unreachable_replicas;
+  bool unreachable_elsewhere = false;
+  absl::Status first_unavailable;
+  for (size_t index : others) {
+    const absl::Status& result = results[index];
+    if (result.ok()) {
+      deleted = true;
+    } else if (absl::IsNotFound(result)) {
+      not_found = result;
+    } else if (absl::IsUnavailable(result)) {
+      const bool replica = std::find(order.begin(), order.begin() + replicas,
+                                     index) != order.begin() + replicas;
+      if (replica) {
+        unreachable_replicas.push_back(members_[index]->target);
+      } else {
+        unreachable_elsewhere = true;
+      }
+      if (first_unavailable.ok()) first_unavailable = result;
+    } else {
+      return result;
+    }
+  }
+  if (!unreachable_replicas.empty() || (!deleted && unreachable_elsewhere)) {
+    return absl::UnavailableError(absl::StrCat(
+        "delete ", Quoted(image_id), ": ",
+        deleted ? "deleted where it could be, but " : "",
+        unreachable_replicas.empty()
+            ? std::string("a server")
+            : absl::StrJoin(unreachable_replicas, ", "),
+        " could not be reached and may keep a copy: delete again once it "
+        "is back (",
+        first_unavailable.message(), ")"));
+  }
+  return deleted ? absl::OkStatus() : not_found;
+}
+
+absl::StatusOr<ServerLimits> Cluster::GetLimits() {
+  std::vector<size_t> all(members_.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  std::vector<absl::StatusOr<ServerLimits>> limits(
+      all.size(), absl::UnknownError("not asked"));
+  ForEachAtOnce(all, [&](size_t i) {
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(i);
+    limits[i] = client.ok() ? (*client)->GetLimits()
+                            : absl::StatusOr<ServerLimits>(client.status());
+  });
+  std::optional<ServerLimits> combined;
+  absl::Status first_error;
+  for (const absl::StatusOr<ServerLimits>& one : limits) {
+    if (!one.ok()) {
+      if (first_error.ok()) first_error = one.status();
+      continue;
+    }
+    if (!combined.has_value()) {
+      combined = *one;
+      combined->data_lane_port = 0;
+      combined->data_lane_unix_path.clear();
+      continue;
+    }
+    combined->max_image_bytes =
+        std::min(combined->max_image_bytes, one->max_image_bytes);
+    combined->max_chunk_bytes =
+        std::min(combined->max_chunk_bytes, one->max_chunk_bytes);
+    combined->max_memory_bytes += one->max_memory_bytes;
+    combined->stored_bytes += one->stored_bytes;
+    combined->reserved_bytes += one->reserved_bytes;
+    combined->leased_generations += one->leased_generations;
+    combined->leased_bytes += one->leased_bytes;
+    combined->leased_superseded_bytes += one->leased_superseded_bytes;
+  }
+  if (!combined.has_value()) {
+    return absl::UnavailableError(absl::StrCat(
+        "no server of the cluster answered: ", first_error.message()));
+  }
+  return *combined;
+}
+
+}  // namespace h5depot::internal

@@ -1,0 +1,158 @@
+// Cluster targets: several independent h5depotd behind one target, each
+// image placed by the client on servers of its own. Internal to the client.
+//
+//   cluster:MEMBER,MEMBER,...[?replicas=R]
+//
+// Each MEMBER is a single-server target (server_target_internal.h) without
+// commas or '?', written as the member's stable name (a StatefulSet's
+// "h5depot-0.h5depot:7878"): placement hashes these strings, so the same
+// list in any order places every image alike, and an address that changes
+// with a restart must not be used. R (default 1) is how many servers hold
+// each image.
+//
+// Placement is rendezvous (highest random weight) hashing: for an image id
+// every member has a score, XXH3-64 of the id seeded with the hash of the
+// member's name, and the members in descending score order are the id's
+// *placement order*. The first is its primary; the first R its replicas.
+// Adding or removing a member moves only the ids whose first R change.
+//
+// What each operation does (docs/ARCHITECTURE.md, "Clusters", says why):
+// - Push: to the first R members of the placement order that can be
+//   reached, in parallel; it succeeds when R servers (all, if the cluster
+//   has fewer) have published it, and returns the first one's info. A push
+//   that some could not take returns UNAVAILABLE; those that published
+//   keep the new generation, and pushing again restores R copies.
+//   A refusal (not HDF5, too large, ...) is returned as it is.
+// - Conditional push and delete (if_generation_match): generations are
+//   each server's own, so the condition is decided by the primary alone,
+//   which must be reachable (else UNAVAILABLE, nothing changed); once it
+//   has accepted, the other replicas follow unconditionally.
+// - Fetch, stat, read, readers: down the placement order, past servers
+//   that do not have the image or cannot be reached, so an image is found
+//   after a membership change that moved its placement. NOT_FOUND only when
+//   every member answered that; UNAVAILABLE if one could not be asked.
+//   A wait, "newer than", or a given generation, whose numbers are one
+//   server's, go to the first reachable member of the order (where pushes
+//   go first).
+// - Delete: on every member; UNAVAILABLE if one of the id's replicas could
+//   not be reached (its copy remains: delete again once it is back).
+// - List: every member's pages merged in id order, each id once; a member
+//   that cannot be reached fails it with UNAVAILABLE unless fewer than R
+//   members are unreachable (each image then has a copy listed).
+// - Watch: not yet across a cluster (UNIMPLEMENTED; watch each member).
+#ifndef H5DEPOT_CLIENT_CLUSTER_INTERNAL_H_
+#define H5DEPOT_CLIENT_CLUSTER_INTERNAL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "h5depot/client.h"
+
+namespace h5depot::internal {
+
+struct ClusterTarget {
+  std::vector<std::string> members;  // single-server targets, as written
+  int replicas = 1;
+};
+
+// Whether `target` is a cluster target (starts with "cluster:").
+bool IsClusterTarget(std::string_view target);
+
+// Parses a cluster target; INVALID_ARGUMENT saying what is wrong (no
+// members, an empty or repeated member, a member that is not a target, a
+// bad or unknown option).
+absl::StatusOr<ClusterTarget> ParseClusterTarget(std::string_view target);
+
+// The rendezvous seed of a member: XXH3-64 of its name.
+uint64_t RendezvousSeed(std::string_view member);
+
+// The placement order of `image_id` over members with `seeds`: their
+// indices, highest score first (ties, which XXH3 makes vanishingly rare,
+// by index).
+std::vector<size_t> PlacementOrder(const std::vector<uint64_t>& seeds,
+                                   std::string_view image_id);
+
+// The operations of Client over a cluster, with Client's arguments and
+// errors (messages not yet prefixed with the operation: Client adds it).
+// Each member is a Client of its own, connected when first needed; one
+// that cannot be reached, or answered a call UNAVAILABLE, is passed over
+// for a second before it is tried again.
+// Thread-safe.
+class Cluster {
+ public:
+  // Connects to every member at once; OK if at least one answers.
+  // INVALID_ARGUMENT or FAILED_PRECONDITION as a member's Connect says
+  // (the options are wrong for it); UNAVAILABLE, naming each member's
+  // error, if none answers.
+  static absl::StatusOr<std::unique_ptr<Cluster>> Connect(
+      ClusterTarget target, const ClientOptions& options);
+  ~Cluster();
+
+  // Pushes to the replicas as above; `push_one` sends the image to one
+  // member with the options given.
+  using PushOne = std::function<absl::StatusOr<ImageInfo>(
+      Client& member, const PushOptions& options)>;
+  absl::StatusOr<ImageInfo> Push(std::string_view image_id,
+                                 const PushOptions& options,
+                                 const PushOne& push_one);
+
+  absl::StatusOr<FetchedImage> Fetch(std::string_view image_id,
+                                     const FetchOptions& options);
+  absl::StatusOr<ImageInfo> FetchTo(std::string_view image_id,
+                                    const ImageSink& sink,
+                                    const FetchOptions& options);
+  absl::StatusOr<ReadResult> Read(std::string_view image_id,
+                                  uint64_t generation, uint64_t offset,
+                                  void* out, size_t length);
+  absl::StatusOr<std::unique_ptr<ImageReader>> OpenReader(
+      std::string_view image_id, uint64_t generation);
+  absl::StatusOr<ImageInfo> Stat(std::string_view image_id, absl::Duration wait,
+                                 uint64_t newer_than);
+  absl::StatusOr<ListPage> List(const ListOptions& options);
+  absl::Status Delete(std::string_view image_id,
+                      std::optional<uint64_t> if_generation_match);
+  // The members' limits combined: the smallest per-image and per-chunk
+  // limits, the sums of memory and usage; no data lane.
+  absl::StatusOr<ServerLimits> GetLimits();
+
+ private:
+  struct Member;
+  Cluster(ClusterTarget target, const ClientOptions& options);
+
+  // Member `index`'s client, connecting it if it is not yet.
+  absl::StatusOr<std::shared_ptr<Client>> MemberClient(size_t index);
+  // Notes member `index`'s answer to a call: after UNAVAILABLE it is left
+  // alone, as if it could not be connected, for a second.
+  void Note(size_t index, const absl::Status& answer);
+  std::vector<size_t> Order(std::string_view image_id) const;
+  // The first member of `order` that can be reached, and its client.
+  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> FirstReachable(
+      const std::vector<size_t>& order);
+  // Calls `call` on each member of `image_id`'s placement order until one
+  // answers other than NOT_FOUND or UNAVAILABLE (or `may_go_on` says it
+  // must not go on), and returns that answer; else NOT_FOUND, or
+  // UNAVAILABLE naming the members that could not be asked.
+  template <typename T>
+  absl::StatusOr<T> DownTheOrder(
+      std::string_view image_id,
+      const std::function<absl::StatusOr<T>(Client&)>& call,
+      const std::function<bool()>& may_go_on = nullptr);
+
+  const ClusterTarget target_;
+  const ClientOptions options_;
+  std::vector<uint64_t> seeds_;
+  std::vector<std::unique_ptr<Member>> members_;
+};
+
+}  // namespace h5depot::internal
+
+#endif  // H5DEPOT_CLIENT_CLUSTER_INTERNAL_H_

@@ -1,0 +1,395 @@
+// Cluster targets: three real h5depotd on loopback behind one
+// "cluster:..." target, images placed by the client, replicated, found
+// after a server is killed or added; the remote driver through one; and
+// the placement rule itself, simulated over 100,000 ids.
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "H5FDremote.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "client/src/cluster_internal.h"
+#include "gtest/gtest.h"
+#include "h5depot/client.h"
+#include "h5depot/testing/hdf5_images.h"
+#include "h5depot/testing/server_process.h"
+#include "hdf5.h"
+#include "hdf5_hl.h"
+
+namespace h5depot {
+namespace {
+
+using ::h5depot::internal::ClusterTarget;
+using ::h5depot::internal::ParseClusterTarget;
+using ::h5depot::internal::PlacementOrder;
+using ::h5depot::internal::RendezvousSeed;
+using ::h5depot::testing::MakeHdf5Image;
+using ::h5depot::testing::ServerProcess;
+
+TEST(ClusterTargetTest, ListsMembersAndReplicas) {
+  absl::StatusOr<ClusterTarget> target =
+      ParseClusterTarget("cluster:a:7878,b.example:7878,unix:/run/c.sock");
+  ASSERT_TRUE(target.ok()) << target.status();
+  EXPECT_EQ(target->members,
+            (std::vector<std::string>{"a:7878", "b.example:7878",
+                                      "unix:/run/c.sock"}));
+  EXPECT_EQ(target->replicas, 1);
+  target = ParseClusterTarget("cluster:a:1,b:1?replicas=2");
+  ASSERT_TRUE(target.ok()) << target.status();
+  EXPECT_EQ(target->replicas, 2);
+}
+
+TEST(ClusterTargetTest, RefusesMalformedTargetsBeforeConnecting) {
+  for (const char* bad :
+       {"cluster:", "cluster:a:1,,b:1", "cluster:a:1,a:1", "cluster:a:99999",
+        "cluster:a:1?replicas=0", "cluster:a:1?replicas=x",
+        "cluster:a:1?copies=2", "cluster:cluster:a:1"}) {
+    EXPECT_EQ(ParseClusterTarget(bad).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+    ClientOptions options;
+    options.connect_timeout = absl::Milliseconds(100);
+    EXPECT_EQ(Client::Connect(bad, options).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
+}
+
+// Deterministic: the placement of 100,000 ids over ten members named as a
+// StatefulSet names them, and what adding an eleventh moves.
+TEST(PlacementTest, SpreadsEvenlyAndMovesLittleWhenAServerIsAdded) {
+  constexpr int kIds = 100000;
+  std::vector<uint64_t> seeds;
+  for (int i = 0; i < 10; ++i) {
+    seeds.push_back(
+        RendezvousSeed(absl::StrCat("h5depot-", i, ".h5depot:7878")));
+  }
+  std::vector<size_t> primary(kIds);
+  std::vector<int> held(seeds.size());
+  for (int id = 0; id < kIds; ++id) {
+    primary[id] = PlacementOrder(seeds, absl::StrCat("run-7/packet-", id))[0];
+    ++held[primary[id]];
+  }
+  const double mean = static_cast<double>(kIds) / seeds.size();
+  EXPECT_LE(*std::max_element(held.begin(), held.end()), 1.1 * mean);
+
+  seeds.push_back(RendezvousSeed("h5depot-10.h5depot:7878"));
+  int moved = 0;
+  for (int id = 0; id < kIds; ++id) {
+    const size_t now =
+        PlacementOrder(seeds, absl::StrCat("run-7/packet-", id))[0];
+    if (now == primary[id]) continue;
+    ++moved;
+    EXPECT_EQ(now, 10u) << "an id moved between two old servers";
+  }
+  EXPECT_LE(moved, 1.2 * kIds / 11.0);
+  EXPECT_GT(moved, 0.8 * kIds / 11.0);
+}
+
+TEST(PlacementTest, DependsOnTheMembersNamesNotTheirOrder) {
+  const std::vector<std::string> names = {"a:1", "b:1", "c:1", "d:1"};
+  std::vector<uint64_t> seeds;
+  for (const std::string& name : names) seeds.push_back(RendezvousSeed(name));
+  std::vector<uint64_t> reversed(seeds.rbegin(), seeds.rend());
+  for (int id = 0; id < 1000; ++id) {
+    const std::string image_id = absl::StrCat("id-", id);
+    const size_t first = PlacementOrder(seeds, image_id)[0];
+    const size_t first_reversed = PlacementOrder(reversed, image_id)[0];
+    EXPECT_EQ(names[first], names[names.size() - 1 - first_reversed]);
+  }
+}
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  static constexpr int kServers = 3;
+
+  void SetUp() override {
+    for (int i = 0; i < kServers; ++i) {
+      auto server = ServerProcess::Start();
+      ASSERT_TRUE(server.ok()) << server.status();
+      servers_.push_back(*std::move(server));
+    }
+  }
+
+  // The cluster target of servers [0, count), with `replicas`.
+  std::string Target(int replicas, int count = kServers) const {
+    std::vector<std::string> members;
+    for (int i = 0; i < count; ++i) {
+      members.push_back(servers_[i]->tcp_target());
+    }
+    return absl::StrCat("cluster:", absl::StrJoin(members, ","),
+                        "?replicas=", replicas);
+  }
+
+  static std::unique_ptr<Client> Connect(const std::string& target) {
+    auto client = Client::Connect(target);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? *std::move(client) : nullptr;
+  }
+
+  // How many of the servers hold `image_id`, asked directly.
+  int Holders(const std::string& image_id) {
+    int holders = 0;
+    for (const auto& server : servers_) {
+      if (!server->running()) continue;
+      std::unique_ptr<Client> direct = Connect(server->tcp_target());
+      if (direct != nullptr && direct->Stat(image_id).ok()) ++holders;
+    }
+    return holders;
+  }
+
+  std::vector<std::unique_ptr<ServerProcess>> servers_;
+};
+
+TEST_F(ClusterTest, EveryOperationBehavesAsOneDepot) {
+  std::unique_ptr<Client> cluster = Connect(Target(/*replicas=*/2));
+  ASSERT_TRUE(cluster);
+  std::map<std::string, std::string> images;
+  for (int i = 0; i < 24; ++i) {
+    const std::string id = absl::StrCat("c/", i);
+    images[id] = MakeHdf5Image(8192 + 512 * i, i);
+    absl::StatusOr<ImageInfo> pushed =
+        cluster->Push(id, images[id].data(), images[id].size());
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+    EXPECT_EQ(pushed->size, images[id].size());
+  }
+  for (const auto& [id, bytes] : images) {
+    absl::StatusOr<FetchedImage> fetched = cluster->Fetch(id);
+    ASSERT_TRUE(fetched.ok()) << fetched.status();
+    EXPECT_EQ(std::string(static_cast<const char*>(fetched->buffer.data()),
+                          fetched->buffer.size()),
+              bytes);
+    EXPECT_EQ(Holders(id), 2) << id;
+  }
+  // Stat, a ranged read, a reader, a streamed fetch.
+  const std::string& bytes = images["c/7"];
+  absl::StatusOr<ImageInfo> info = cluster->Stat("c/7");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->size, bytes.size());
+  std::string range(100, '\0');
+  absl::StatusOr<ReadResult> read =
+      cluster->Read("c/7", 0, 1000, range.data(), range.size());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(range, bytes.substr(1000, 100));
+  absl::StatusOr<std::unique_ptr<ImageReader>> reader =
+      cluster->OpenReader("c/7");
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  ASSERT_TRUE((*reader)->Read(2000, range.data(), range.size()).ok());
+  EXPECT_EQ(range, bytes.substr(2000, 100));
+  std::string streamed;
+  ASSERT_TRUE(cluster
+                  ->FetchTo("c/7",
+                            [&](const void* data, size_t size) {
+                              streamed.append(static_cast<const char*>(data),
+                                              size);
+                              return absl::OkStatus();
+                            })
+                  .ok());
+  EXPECT_EQ(streamed, bytes);
+
+  // One listing, in id order, each id once, over pages of 5.
+  std::vector<std::string> listed;
+  ListOptions list;
+  list.prefix = "c/";
+  list.page_size = 5;
+  for (int pages = 0; pages < 20; ++pages) {
+    absl::StatusOr<ListPage> page = cluster->List(list);
+    ASSERT_TRUE(page.ok()) << page.status();
+    EXPECT_LE(page->images.size(), 5u);
+    for (const ImageInfo& image : page->images) {
+      listed.push_back(image.image_id);
+    }
+    if (page->next_page_token.empty()) break;
+    list.page_token = page->next_page_token;
+  }
+  std::vector<std::string> expected;
+  for (const auto& [id, unused] : images) expected.push_back(id);
+  EXPECT_EQ(listed, expected);
+
+  // Delete: gone from the cluster and from every server.
+  ASSERT_TRUE(cluster->Delete("c/3").ok());
+  EXPECT_EQ(cluster->Fetch("c/3").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Holders("c/3"), 0);
+  EXPECT_EQ(cluster->Delete("c/3").code(), absl::StatusCode::kNotFound);
+
+  absl::StatusOr<ServerLimits> limits = cluster->GetLimits();
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  std::unique_ptr<Client> one = Connect(servers_[0]->tcp_target());
+  absl::StatusOr<ServerLimits> one_limits = one->GetLimits();
+  ASSERT_TRUE(one_limits.ok());
+  EXPECT_EQ(limits->max_memory_bytes, 3 * one_limits->max_memory_bytes);
+}
+
+TEST_F(ClusterTest, AKilledServerLosesNoImageWithTwoReplicas) {
+  std::unique_ptr<Client> cluster = Connect(Target(/*replicas=*/2));
+  ASSERT_TRUE(cluster);
+  const std::string image = MakeHdf5Image(16384, 3);
+  for (int i = 0; i < 30; ++i) {
+    ASSERT_TRUE(
+        cluster->Push(absl::StrCat("k/", i), image.data(), image.size()).ok());
+  }
+  servers_[1]->Kill();
+  for (int i = 0; i < 30; ++i) {
+    absl::StatusOr<FetchedImage> fetched =
+        cluster->Fetch(absl::StrCat("k/", i));
+    ASSERT_TRUE(fetched.ok()) << fetched.status();
+    EXPECT_EQ(fetched->buffer.size(), image.size());
+  }
+  // New pushes still find two servers, and the listing is whole.
+  for (int i = 30; i < 40; ++i) {
+    const std::string id = absl::StrCat("k/", i);
+    ASSERT_TRUE(cluster->Push(id, image.data(), image.size()).ok()) << id;
+    EXPECT_EQ(Holders(id), 2) << id;
+  }
+  ListOptions list;
+  list.prefix = "k/";
+  absl::StatusOr<ListPage> page = cluster->List(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->images.size(), 40u);
+}
+
+TEST_F(ClusterTest, WithOneReplicaAKilledServersImagesAreUnavailableNotGone) {
+  std::unique_ptr<Client> cluster = Connect(Target(/*replicas=*/1));
+  ASSERT_TRUE(cluster);
+  const std::string image = MakeHdf5Image(8192, 5);
+  for (int i = 0; i < 30; ++i) {
+    ASSERT_TRUE(
+        cluster->Push(absl::StrCat("u/", i), image.data(), image.size()).ok());
+  }
+  std::unique_ptr<Client> killed = Connect(servers_[2]->tcp_target());
+  absl::StatusOr<ListPage> on_killed = killed->List();
+  ASSERT_TRUE(on_killed.ok());
+  ASSERT_FALSE(on_killed->images.empty());
+  servers_[2]->Kill();
+  const std::string lost = on_killed->images[0].image_id;
+  absl::Status status = cluster->Fetch(lost).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_EQ(cluster->Fetch("u/never-pushed").status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(cluster->List().status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(ClusterTest, ConditionalOperationsAreDecidedByThePrimary) {
+  std::unique_ptr<Client> cluster = Connect(Target(/*replicas=*/2));
+  ASSERT_TRUE(cluster);
+  const std::string image = MakeHdf5Image(8192, 1);
+  PushOptions create;
+  create.if_generation_match = 0;
+  absl::StatusOr<ImageInfo> first =
+      cluster->Push("cond", image.data(), image.size(), create);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(Holders("cond"), 2);
+  EXPECT_EQ(
+      cluster->Push("cond", image.data(), image.size(), create).status().code(),
+      absl::StatusCode::kAlreadyExists);
+
+  PushOptions update;
+  update.if_generation_match = first->generation;
+  absl::StatusOr<ImageInfo> second =
+      cluster->Push("cond", image.data(), image.size(), update);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_GT(second->generation, first->generation);
+  // The generation a reader sees is the one conditions are checked on.
+  absl::StatusOr<ImageInfo> seen = cluster->Stat("cond");
+  ASSERT_TRUE(seen.ok());
+  EXPECT_EQ(seen->generation, second->generation);
+  EXPECT_EQ(
+      cluster->Push("cond", image.data(), image.size(), update).status().code(),
+      absl::StatusCode::kAborted);
+
+  EXPECT_EQ(cluster->Delete("cond", first->generation).code(),
+            absl::StatusCode::kAborted);
+  EXPECT_EQ(Holders("cond"), 2);
+  ASSERT_TRUE(cluster->Delete("cond", second->generation).ok());
+  EXPECT_EQ(Holders("cond"), 0);
+}
+
+TEST_F(ClusterTest, WaitsSeeAnotherClientsPush) {
+  std::unique_ptr<Client> consumer = Connect(Target(/*replicas=*/2));
+  std::unique_ptr<Client> producer = Connect(Target(/*replicas=*/2));
+  ASSERT_TRUE(consumer && producer);
+  const std::string image = MakeHdf5Image(8192, 2);
+  absl::StatusOr<FetchedImage> waited = absl::UnknownError("not run");
+  std::thread waiter([&] {
+    FetchOptions options;
+    options.wait = absl::Seconds(60);
+    waited = consumer->Fetch("w/next", options);
+  });
+  // The wait is under way once the server counts it; pushing before that
+  // is fine too (the fetch then finds the image at once).
+  absl::StatusOr<ImageInfo> pushed =
+      producer->Push("w/next", image.data(), image.size());
+  waiter.join();
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  ASSERT_TRUE(waited.ok()) << waited.status();
+  EXPECT_EQ(waited->info.generation, pushed->generation);
+
+  // A consumer loop: the generation after the one it has.
+  absl::StatusOr<ImageInfo> next = absl::UnknownError("not run");
+  std::thread follower([&] {
+    next = consumer->Stat("w/next", absl::Seconds(60), pushed->generation);
+  });
+  absl::StatusOr<ImageInfo> again =
+      producer->Push("w/next", image.data(), image.size());
+  follower.join();
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->generation, again->generation);
+}
+
+TEST_F(ClusterTest, AnAddedServerStillFindsEveryImage) {
+  std::unique_ptr<Client> two = Connect(Target(/*replicas=*/1, /*count=*/2));
+  ASSERT_TRUE(two);
+  const std::string image = MakeHdf5Image(8192, 4);
+  for (int i = 0; i < 30; ++i) {
+    ASSERT_TRUE(
+        two->Push(absl::StrCat("m/", i), image.data(), image.size()).ok());
+  }
+  // With a third server, about a third of the ids now place there first
+  // and are found further down.
+  std::unique_ptr<Client> three = Connect(Target(/*replicas=*/1));
+  ASSERT_TRUE(three);
+  for (int i = 0; i < 30; ++i) {
+    EXPECT_TRUE(three->Fetch(absl::StrCat("m/", i)).ok()) << i;
+  }
+  ListOptions list;
+  list.prefix = "m/";
+  absl::StatusOr<ListPage> page = three->List(list);
+  ASSERT_TRUE(page.ok()) << page.status();
+  EXPECT_EQ(page->images.size(), 30u);
+}
+
+TEST_F(ClusterTest, TheRemoteDriverCreatesAndOpensThroughACluster) {
+  const std::string target = Target(/*replicas=*/2);
+  H5FD_remote_config_t config = H5FD_REMOTE_CONFIG_INIT;
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  ASSERT_GE(H5Pset_fapl_remote(fapl, target.c_str(), &config), 0);
+  const hsize_t count = 1000;
+  std::vector<int> values(count);
+  for (hsize_t i = 0; i < count; ++i) values[i] = static_cast<int>(i * 3);
+  hid_t file = H5Fcreate("driver/run", H5F_ACC_EXCL, H5P_DEFAULT, fapl);
+  ASSERT_GE(file, 0);
+  ASSERT_GE(H5LTmake_dataset_int(file, "ints", 1, &count, values.data()), 0);
+  ASSERT_GE(H5Fclose(file), 0);
+  EXPECT_EQ(Holders("driver/run"), 2);
+
+  file = H5Fopen("driver/run", H5F_ACC_RDONLY, fapl);
+  ASSERT_GE(file, 0);
+  std::vector<int> read(count, -1);
+  EXPECT_GE(H5LTread_dataset_int(file, "ints", read.data()), 0);
+  EXPECT_EQ(read, values);
+  H5Fclose(file);
+  H5Pclose(fapl);
+}
+
+}  // namespace
+}  // namespace h5depot
