@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import h5depot
+from conftest import Server
 
 
 def make_file(path_or_name, driver, **kwargs):
@@ -470,3 +471,32 @@ def test_a_remote_commit_that_lost_the_race_is_a_conflict(server):
     f.close()  # the failed commit is reported on stderr, not raised
     with h5depot.Client(server.target) as depot:
         assert bytes(depot.fetch("py/remote/race")) == make_image_bytes(3)
+
+
+def test_a_cluster_target_places_two_copies_and_survives_a_killed_server(
+        tmp_path):
+    servers = []
+    try:
+        for i in range(3):
+            (tmp_path / f"s{i}").mkdir()
+            servers.append(Server(tmp_path / f"s{i}"))
+        target = "cluster:" + ",".join(s.target for s in servers) + "?replicas=2"
+        with h5depot.Client(target) as depot:
+            for i in range(12):
+                with make_file(f"c{i}.h5", "core", backing_store=False) as f:
+                    depot.push(f"py/cluster/{i}", f)
+            # Each image is on exactly two servers.
+            held = 0
+            for s in servers:
+                with h5depot.Client(s.target) as direct:
+                    held += len(list(direct.ls("py/cluster/")))
+            assert held == 24
+            servers[0].kill()
+            for i in range(12):
+                with depot.open(f"py/cluster/{i}") as f:
+                    check_file(f)
+            assert [info.image_id for info in depot.ls("py/cluster/")] == \
+                sorted(f"py/cluster/{i}" for i in range(12))
+    finally:
+        for s in servers:
+            s.stop()
