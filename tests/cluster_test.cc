@@ -391,5 +391,131 @@ TEST_F(ClusterTest, TheRemoteDriverCreatesAndOpensThroughACluster) {
   H5Pclose(fapl);
 }
 
+// Rebalancing: a server joins, then one leaves (drained, then stopped),
+// and nothing is lost; each image ends with exactly its one copy.
+TEST_F(ClusterTest, RebalanceMovesImagesSoThatAServerCanLeave) {
+  std::unique_ptr<Client> two = Connect(Target(/*replicas=*/1, /*count=*/2));
+  ASSERT_TRUE(two);
+  std::map<std::string, std::string> images;
+  for (int i = 0; i < 30; ++i) {
+    const std::string id = absl::StrCat("r/", i);
+    images[id] = MakeHdf5Image(8192, 100 + i);
+    ASSERT_TRUE(two->Push(id, images[id].data(), images[id].size()).ok());
+  }
+  std::unique_ptr<Client> three = Connect(Target(/*replicas=*/1));
+  ASSERT_TRUE(three);
+  absl::StatusOr<RebalanceReport> joined = three->Rebalance();
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  EXPECT_EQ(joined->images, 30u);
+  EXPECT_GT(joined->copies_made, 0u);
+  EXPECT_EQ(joined->copies_removed, joined->copies_made);
+  EXPECT_EQ(joined->failed, 0u) << joined->first_error;
+  std::unique_ptr<Client> newcomer = Connect(servers_[2]->tcp_target());
+  absl::StatusOr<ListPage> moved = newcomer->List();
+  ASSERT_TRUE(moved.ok());
+  EXPECT_EQ(moved->images.size(), joined->copies_made);
+  for (const auto& [id, bytes] : images) EXPECT_EQ(Holders(id), 1) << id;
+
+  // Server 0 leaves: drained into servers 1 and 2, then stopped.
+  const std::string without_first = absl::StrCat(
+      "cluster:", servers_[1]->tcp_target(), ",", servers_[2]->tcp_target());
+  std::unique_ptr<Client> remaining = Connect(without_first);
+  ASSERT_TRUE(remaining);
+  RebalanceOptions drain;
+  drain.drain = {servers_[0]->tcp_target()};
+  absl::StatusOr<RebalanceReport> left = remaining->Rebalance(drain);
+  ASSERT_TRUE(left.ok()) << left.status();
+  EXPECT_EQ(left->failed, 0u) << left->first_error;
+  std::unique_ptr<Client> leaving = Connect(servers_[0]->tcp_target());
+  absl::StatusOr<ListPage> left_behind = leaving->List();
+  ASSERT_TRUE(left_behind.ok());
+  EXPECT_TRUE(left_behind->images.empty());
+  ASSERT_TRUE(servers_[0]->Terminate().ok());
+  for (const auto& [id, bytes] : images) {
+    absl::StatusOr<FetchedImage> fetched = remaining->Fetch(id);
+    ASSERT_TRUE(fetched.ok()) << fetched.status();
+    EXPECT_EQ(std::string(static_cast<const char*>(fetched->buffer.data()),
+                          fetched->buffer.size()),
+              bytes);
+    EXPECT_EQ(Holders(id), 1) << id;
+  }
+}
+
+// A server that comes back empty gets its copies again.
+TEST_F(ClusterTest, RebalanceRestoresTheCopiesOfARestartedServer) {
+  std::unique_ptr<Client> cluster = Connect(Target(/*replicas=*/2));
+  ASSERT_TRUE(cluster);
+  const std::string image = MakeHdf5Image(8192, 9);
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(
+        cluster->Push(absl::StrCat("l/", i), image.data(), image.size()).ok());
+  }
+  std::unique_ptr<Client> direct = Connect(servers_[1]->tcp_target());
+  absl::StatusOr<ListPage> before = direct->List();
+  ASSERT_TRUE(before.ok());
+  ASSERT_TRUE(servers_[1]->Restart().ok());
+  absl::StatusOr<RebalanceReport> report = cluster->Rebalance();
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->copies_made, before->images.size());
+  EXPECT_EQ(report->copies_removed, 0u);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(Holders(absl::StrCat("l/", i)), 2);
+}
+
+// Clients keep pushing new generations through the new membership while
+// the rebalance runs: every id ends with the last one pushed.
+TEST_F(ClusterTest, RebalanceKeepsWhatClientsPushMeanwhile) {
+  std::unique_ptr<Client> two = Connect(Target(/*replicas=*/1, /*count=*/2));
+  ASSERT_TRUE(two);
+  constexpr int kIds = 20;
+  std::vector<std::string> versions;
+  for (int v = 0; v < 4; ++v) versions.push_back(MakeHdf5Image(8192, 200 + v));
+  for (int i = 0; i < kIds; ++i) {
+    ASSERT_TRUE(
+        two->Push(absl::StrCat("p/", i), versions[0].data(), versions[0].size())
+            .ok());
+  }
+  std::unique_ptr<Client> writer = Connect(Target(/*replicas=*/1));
+  std::unique_ptr<Client> operator_client = Connect(Target(/*replicas=*/1));
+  ASSERT_TRUE(writer && operator_client);
+  std::thread pushes([&] {
+    for (int v = 1; v < 4; ++v) {
+      for (int i = 0; i < kIds; ++i) {
+        EXPECT_TRUE(writer
+                        ->Push(absl::StrCat("p/", i), versions[v].data(),
+                               versions[v].size())
+                        .ok());
+      }
+    }
+  });
+  absl::StatusOr<RebalanceReport> during = operator_client->Rebalance();
+  pushes.join();
+  ASSERT_TRUE(during.ok()) << during.status();
+  EXPECT_EQ(during->failed, 0u) << during->first_error;
+  absl::StatusOr<RebalanceReport> after = operator_client->Rebalance();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->failed, 0u) << after->first_error;
+  for (int i = 0; i < kIds; ++i) {
+    const std::string id = absl::StrCat("p/", i);
+    absl::StatusOr<FetchedImage> fetched = writer->Fetch(id);
+    ASSERT_TRUE(fetched.ok()) << fetched.status();
+    EXPECT_EQ(std::string(static_cast<const char*>(fetched->buffer.data()),
+                          fetched->buffer.size()),
+              versions[3])
+        << id;
+    EXPECT_EQ(Holders(id), 1) << id;
+  }
+}
+
+TEST_F(ClusterTest, RebalanceMovesNothingWhenAMemberIsDown) {
+  std::unique_ptr<Client> cluster = Connect(Target(/*replicas=*/2));
+  ASSERT_TRUE(cluster);
+  servers_[2]->Kill();
+  EXPECT_EQ(cluster->Rebalance().status().code(),
+            absl::StatusCode::kUnavailable);
+  std::unique_ptr<Client> one = Connect(servers_[0]->tcp_target());
+  EXPECT_EQ(one->Rebalance().status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 }  // namespace
 }  // namespace h5depot

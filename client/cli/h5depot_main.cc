@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "command_line.h"
 #include "h5depot/client.h"
@@ -112,6 +113,13 @@ Commands:
       "lost" says the server no longer kept changes F to SEQUENCE (look
       again with ls or stat). --count: stop after N changes. --for: stop
       after this long (exit 0). Ends with exit 5 if the server stops.
+  rebalance [PREFIX] [--drain TARGET,...]
+      For a cluster target (--server=cluster:...): put every copy of the
+      images whose ids start with PREFIX where placement now says, after
+      servers were added or removed, while clients keep working. --drain:
+      servers leaving the cluster; their images are moved onto it and
+      deleted from them, after which they can be stopped. Prints what it
+      did; exit 1 if some image could not be placed.
   new-token NAME ROLE [PREFIX ...]
       Make a random token for a principal NAME of ROLE (read, write or
       admin) that may touch the image ids starting with a PREFIX (none or
@@ -594,6 +602,38 @@ int RunWatch(const Invocation& call) {
   return kExitOk;
 }
 
+int RunRebalance(const Invocation& call) {
+  const auto& pos = call.args.positionals;
+  if (pos.size() > 1) return UsageError("rebalance takes at most one PREFIX");
+  RebalanceOptions options;
+  if (!pos.empty()) options.prefix = pos[0];
+  const std::string drain = call.args.Get("drain").value_or("");
+  for (absl::string_view drained :
+       absl::StrSplit(drain, ',', absl::SkipEmpty())) {
+    options.drain.emplace_back(drained);
+  }
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  absl::StatusOr<RebalanceReport> report = (*client)->Rebalance(options);
+  if (!report.ok()) return Fail(call.command, report.status());
+  std::printf(
+      "images: %s\ncopies made: %s\ncopies replaced: %s\ncopies removed: "
+      "%s\nchanged meanwhile: %s\nfailed: %s\n",
+      absl::StrCat(report->images).c_str(),
+      absl::StrCat(report->copies_made).c_str(),
+      absl::StrCat(report->copies_replaced).c_str(),
+      absl::StrCat(report->copies_removed).c_str(),
+      absl::StrCat(report->changed).c_str(),
+      absl::StrCat(report->failed).c_str());
+  if (report->failed != 0) {
+    std::fprintf(stderr, "h5depot: rebalance: %s image(s) not placed: %s\n",
+                 absl::StrCat(report->failed).c_str(),
+                 report->first_error.c_str());
+    return kExitFailed;
+  }
+  return kExitOk;
+}
+
 struct Command {
   const char* name;
   int (*run)(const Invocation&);
@@ -615,6 +655,7 @@ const std::vector<Command>& Commands() {
       {"stat", RunStat, {{"wait", true}, {"newer-than", true}}},
       {"rm", RunRm, {{"if-generation-match", true}}},
       {"watch", RunWatch, {{"after", true}, {"count", true}, {"for", true}}},
+      {"rebalance", RunRebalance, {{"drain", true}}},
       {"new-token", RunNewToken, {}},
   };
   return *commands;

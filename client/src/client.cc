@@ -498,6 +498,18 @@ absl::Status Client::Delete(std::string_view image_id,
                   absl::StrCat("delete ", Quoted(image_id)));
 }
 
+absl::StatusOr<RebalanceReport> Client::Rebalance(
+    const RebalanceOptions& options) {
+  if (impl_->cluster == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("rebalance: ", impl_->target,
+                     " is one server; rebalancing is for a cluster target"));
+  }
+  absl::StatusOr<RebalanceReport> report = impl_->cluster->Rebalance(options);
+  if (!report.ok()) return Annotate(report.status(), "rebalance");
+  return report;
+}
+
 const char* ImageEventKindName(ImageEvent::Kind kind) {
   switch (kind) {
     case ImageEvent::Kind::kPublished:

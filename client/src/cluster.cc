@@ -651,3 +651,166 @@ absl::StatusOr<ServerLimits> Cluster::GetLimits() {
 }
 
 }  // namespace h5depot::internal
+
+namespace h5depot::internal {
+namespace {
+
+// One server's copy of an image, as a rebalance listed it.
+struct Copy {
+  size_t holder;  // a member's index, or members + a drained server's
+  ImageInfo info;
+};
+
+// Every image under `prefix` on `server`, by id.
+absl::Status ListAll(Client& server, const std::string& prefix, size_t holder,
+                     std::map<std::string, std::vector<Copy>>* copies) {
+  ListOptions options;
+  options.prefix = prefix;
+  options.page_size = kDefaultPageSize;
+  while (true) {
+    absl::StatusOr<ListPage> page = server.List(options);
+    if (!page.ok()) return page.status();
+    for (ImageInfo& info : page->images) {
+      std::string id = info.image_id;
+      (*copies)[std::move(id)].push_back({holder, std::move(info)});
+    }
+    if (page->next_page_token.empty()) return absl::OkStatus();
+    options.page_token = page->next_page_token;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<RebalanceReport> Cluster::Rebalance(
+    const RebalanceOptions& options) {
+  // Every server that holds copies, reachable before anything moves.
+  std::vector<std::shared_ptr<Client>> holders;
+  std::vector<std::string> names;
+  for (size_t i = 0; i < members_.size(); ++i) {
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(i);
+    if (!client.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("nothing moved: every member must be reachable: ",
+                       client.status().message()));
+    }
+    holders.push_back(*std::move(client));
+    names.push_back(members_[i]->target);
+  }
+  for (const std::string& drained : options.drain) {
+    if (std::find(names.begin(), names.end(), drained) != names.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("nothing moved: ", drained,
+                       " is a member of the cluster; a drained server must "
+                       "not be"));
+    }
+    absl::StatusOr<std::unique_ptr<Client>> client =
+        Client::Connect(drained, options_);
+    if (!client.ok()) {
+      return absl::Status(
+          client.status().code(),
+          absl::StrCat("nothing moved: drained server ", drained, ": ",
+                       client.status().message()));
+    }
+    holders.push_back(*std::move(client));
+    names.push_back(drained);
+  }
+  std::map<std::string, std::vector<Copy>> copies;
+  for (size_t holder = 0; holder < holders.size(); ++holder) {
+    if (absl::Status listed =
+            ListAll(*holders[holder], options.prefix, holder, &copies);
+        !listed.ok()) {
+      return absl::Status(listed.code(),
+                          absl::StrCat("nothing moved: listing ", names[holder],
+                                       ": ", listed.message()));
+    }
+  }
+
+  RebalanceReport report;
+  const auto fail = [&report](const absl::Status& status) {
+    ++report.failed;
+    if (report.first_error.empty()) {
+      report.first_error = std::string(status.message());
+    }
+  };
+  for (const auto& [id, held] : copies) {
+    ++report.images;
+    const std::vector<size_t> order = Order(id);
+    const size_t replicas =
+        std::min(order.size(), static_cast<size_t>(target_.replicas));
+    const std::vector<size_t> wanted(order.begin(), order.begin() + replicas);
+    // The newest copy (last writer wins, by creation time); on a tie, the
+    // one reads find first, a member's before a drained server's.
+    const auto rank = [&order](size_t holder) {
+      return static_cast<size_t>(std::find(order.begin(), order.end(), holder) -
+                                 order.begin());
+    };
+    const Copy* newest = &held.front();
+    for (const Copy& copy : held) {
+      if (copy.info.created > newest->info.created ||
+          (copy.info.created == newest->info.created &&
+           rank(copy.holder) < rank(newest->holder))) {
+        newest = &copy;
+      }
+    }
+    bool placed = true;
+    std::optional<FetchedImage> fetched;
+    for (size_t member : wanted) {
+      const auto existing =
+          std::find_if(held.begin(), held.end(),
+                       [member](const Copy& c) { return c.holder == member; });
+      if (existing != held.end() &&
+          existing->info.created >= newest->info.created) {
+        continue;  // up to date (the newest itself, or as new)
+      }
+      if (!fetched.has_value()) {
+        absl::StatusOr<FetchedImage> image = holders[newest->holder]->Fetch(id);
+        if (absl::IsNotFound(image.status())) {  // deleted meanwhile
+          ++report.changed;
+          placed = false;
+          break;
+        }
+        if (!image.ok()) {
+          fail(image.status());
+          placed = false;
+          break;
+        }
+        fetched = *std::move(image);
+      }
+      // Only where the image is absent, or still the older copy listed.
+      PushOptions push;
+      push.if_generation_match =
+          existing != held.end() ? existing->info.generation : 0;
+      absl::StatusOr<ImageInfo> pushed = holders[member]->Push(
+          id, fetched->buffer.data(), fetched->buffer.size(), push);
+      if (pushed.ok()) {
+        ++(existing != held.end() ? report.copies_replaced
+                                  : report.copies_made);
+      } else if (absl::IsAlreadyExists(pushed.status()) ||
+                 absl::IsAborted(pushed.status())) {
+        ++report.changed;  // a client's newer push stands
+      } else {
+        fail(pushed.status());
+        placed = false;
+      }
+    }
+    if (!placed) continue;  // every copy stays until all replicas have it
+    for (const Copy& copy : held) {
+      if (std::find(wanted.begin(), wanted.end(), copy.holder) !=
+          wanted.end()) {
+        continue;
+      }
+      const absl::Status deleted =
+          holders[copy.holder]->Delete(id, copy.info.generation);
+      if (deleted.ok()) {
+        ++report.copies_removed;
+      } else if (absl::IsAborted(deleted) || absl::IsNotFound(deleted)) {
+        ++report.changed;
+      } else {
+        fail(deleted);
+      }
+    }
+  }
+  return report;
+}
+
+}  // namespace h5depot::internal

@@ -123,6 +123,8 @@ class Cluster {
   // The members' limits combined: the smallest per-image and per-chunk
   // limits, the sums of memory and usage; no data lane.
   absl::StatusOr<ServerLimits> GetLimits();
+  // Client::Rebalance.
+  absl::StatusOr<RebalanceReport> Rebalance(const RebalanceOptions& options);
 
  private:
   struct Member;

@@ -324,6 +324,28 @@ class ImageWatch {
   virtual void Cancel() = 0;
 };
 
+// What Client::Rebalance moves.
+struct RebalanceOptions {
+  std::string prefix;  // only the images whose ids start with this
+  // Servers leaving the cluster (single-server targets, not members of
+  // it): every image they hold is placed on the cluster, then deleted
+  // from them, so that they can be stopped without losing an image.
+  std::vector<std::string> drain;
+};
+
+// What a rebalance did, in copies of images (one server's copy each).
+struct RebalanceReport {
+  uint64_t images = 0;           // ids looked at
+  uint64_t copies_made = 0;      // placed where a replica was missing
+  uint64_t copies_replaced = 0;  // older copies replaced by the newest
+  uint64_t copies_removed = 0;   // deleted where placement puts none
+  // Ids a client changed while they were being moved (a push or delete
+  // meanwhile): what the client did stands; the next run places them.
+  uint64_t changed = 0;
+  uint64_t failed = 0;      // ids that could not be placed: nothing removed
+  std::string first_error;  // of the first failure, if any
+};
+
 class Client {
  public:
   // Connects to h5depotd at `target`: "host:port", "unix:/path/to/socket"
@@ -423,6 +445,18 @@ class Client {
                       std::optional<uint64_t> if_generation_match = {});
 
   absl::StatusOr<ServerLimits> GetLimits();
+
+  // For a cluster target: puts every copy where placement now says
+  // (README.md, "Rebalancing"): each image's newest copy (by creation
+  // time) is copied to each of its replicas that lacks it or holds an
+  // older one, and then, once all of them have it, removed from servers
+  // that are not its replicas (and from options.drain). Safe while clients
+  // work: a copy is placed only where the image is absent or unchanged
+  // since it was listed, and removed only if unchanged. FAILED_PRECONDITION
+  // for a single server's target; UNAVAILABLE, with nothing moved, if a
+  // member or a drained server cannot be reached.
+  absl::StatusOr<RebalanceReport> Rebalance(
+      const RebalanceOptions& options = {});
 
   // Starts a watch of the changes under options.prefix; it has started on
   // the server when this returns, so no change made afterwards is missed.
