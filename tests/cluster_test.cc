@@ -46,13 +46,21 @@ TEST(ClusterTargetTest, ListsMembersAndReplicas) {
   target = ParseClusterTarget("cluster:a:1,b:1?replicas=2");
   ASSERT_TRUE(target.ok()) << target.status();
   EXPECT_EQ(target->replicas, 2);
+  // A StatefulSet's pods, by range.
+  target = ParseClusterTarget("cluster:h5depot-{0..2}.h5depot.ns.svc:7878,x:1");
+  ASSERT_TRUE(target.ok()) << target.status();
+  EXPECT_EQ(target->members,
+            (std::vector<std::string>{"h5depot-0.h5depot.ns.svc:7878",
+                                      "h5depot-1.h5depot.ns.svc:7878",
+                                      "h5depot-2.h5depot.ns.svc:7878", "x:1"}));
 }
 
 TEST(ClusterTargetTest, RefusesMalformedTargetsBeforeConnecting) {
   for (const char* bad :
        {"cluster:", "cluster:a:1,,b:1", "cluster:a:1,a:1", "cluster:a:99999",
         "cluster:a:1?replicas=0", "cluster:a:1?replicas=x",
-        "cluster:a:1?copies=2", "cluster:cluster:a:1"}) {
+        "cluster:a:1?copies=2", "cluster:cluster:a:1", "cluster:a-{2..1}:1",
+        "cluster:a-{0..x}:1", "cluster:a-{0..5000}:1", "cluster:a-{0..1:1"}) {
     EXPECT_EQ(ParseClusterTarget(bad).status().code(),
               absl::StatusCode::kInvalidArgument)
         << bad;

@@ -26,6 +26,7 @@ constexpr char kExpected[] =
     "expected cluster:MEMBER,MEMBER,...[?replicas=R], each MEMBER a server "
     "target such as HOST:PORT";
 constexpr int kMaxReplicas = 16;
+constexpr int kMaxMembers = 1024;
 // How long a member that could not be reached is left alone before the
 // next call tries to connect again.
 constexpr absl::Duration kReconnectInterval = absl::Seconds(1);
@@ -72,10 +73,44 @@ absl::StatusOr<ClusterTarget> ParseClusterTarget(std::string_view target) {
   }
   ClusterTarget parsed;
   if (rest.empty()) return Refuse(target, "no members");
+  std::vector<std::string> members;
   while (true) {
     const size_t comma = rest.find(',');
-    const std::string_view member = rest.substr(0, comma);
-    if (member.empty()) return Refuse(target, "an empty member");
+    const std::string_view written = rest.substr(0, comma);
+    if (written.empty()) return Refuse(target, "an empty member");
+    // A StatefulSet's pods: "h5depot-{0..2}.h5depot:7878" is three members.
+    const size_t open = written.find('{');
+    if (open == std::string_view::npos) {
+      members.emplace_back(written);
+    } else {
+      const size_t dots = written.find("..", open);
+      const size_t close = written.find('}', open);
+      int first = 0;
+      int last = -1;
+      if (dots == std::string_view::npos || close == std::string_view::npos ||
+          dots > close ||
+          !absl::SimpleAtoi(
+              absl::string_view(written.data() + open + 1, dots - open - 1),
+              &first) ||
+          !absl::SimpleAtoi(
+              absl::string_view(written.data() + dots + 2, close - dots - 2),
+              &last) ||
+          first < 0 || last < first || last - first >= kMaxMembers) {
+        return Refuse(target, absl::StrCat("member '", std::string(written),
+                                           "': a range is {FIRST..LAST}"));
+      }
+      for (int n = first; n <= last; ++n) {
+        members.push_back(absl::StrCat(std::string(written.substr(0, open)), n,
+                                       std::string(written.substr(close + 1))));
+      }
+    }
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  if (members.size() > static_cast<size_t>(kMaxMembers)) {
+    return Refuse(target, absl::StrCat("more than ", kMaxMembers, " members"));
+  }
+  for (const std::string& member : members) {
     if (IsClusterTarget(member)) return Refuse(target, "a cluster as member");
     if (absl::Status bad = ValidateServerTarget(member); !bad.ok()) {
       return Refuse(target, absl::StrCat("member '", std::string(member),
@@ -86,9 +121,7 @@ absl::StatusOr<ClusterTarget> ParseClusterTarget(std::string_view target) {
       return Refuse(target, absl::StrCat("member '", std::string(member),
                                          "' given twice"));
     }
-    parsed.members.emplace_back(member);
-    if (comma == std::string_view::npos) break;
-    rest.remove_prefix(comma + 1);
+    parsed.members.push_back(member);
   }
   while (!options.empty()) {
     const size_t amp = options.find('&');

@@ -7,8 +7,9 @@
 // commas or '?', written as the member's stable name (a StatefulSet's
 // "h5depot-0.h5depot:7878"): placement hashes these strings, so the same
 // list in any order places every image alike, and an address that changes
-// with a restart must not be used. R (default 1) is how many servers hold
-// each image.
+// with a restart must not be used. A member may hold one range,
+// "h5depot-{0..2}.h5depot:7878", standing for a member per number (at most
+// 1024 members in all). R (default 1) is how many servers hold each image.
 //
 // Placement is rendezvous (highest random weight) hashing: for an image id
 // every member has a score, XXH3-64 of the id seeded with the hash of the
