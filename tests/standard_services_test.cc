@@ -4,9 +4,12 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <future>
 #include <string>
+#include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "h5depot/testing/in_process_depot.h"
 #include "wire_messages.h"
@@ -80,6 +83,36 @@ TEST_F(StandardServicesTest, ReflectionListsTheDepotService) {
   const std::string bytes = WireBytes(response);
   EXPECT_NE(bytes.find("h5depot.v1.Depot"), std::string::npos);
   EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
+}
+
+// The plaintext health listener (--health-listen), for probes that cannot
+// speak TLS: SERVING while the server runs, and nothing else served there.
+TEST(HealthListenerTest, AnswersHealthAndNothingElse) {
+  server::ServerOptions options;
+  options.health_listen = "127.0.0.1:0";
+  auto depot = testing::InProcessDepot::Start(options);
+  ASSERT_TRUE(depot.ok()) << depot.status();
+  const int port = (*depot)->server().health_port();
+  ASSERT_NE(port, 0);
+  grpc::GenericStub stub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  const auto call = [&stub](const std::string& method,
+                            grpc::ByteBuffer* response) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(30));
+    grpc::ByteBuffer request = BytesToBuffer("");
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&context, method, grpc::StubOptions(), &request, response,
+                   [&](grpc::Status status) { done.set_value(status); });
+    return done.get_future().get();
+  };
+  grpc::ByteBuffer response;
+  grpc::Status status = call("/grpc.health.v1.Health/Check", &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(WireBytes(response), std::string("\x08\x01", 2));  // SERVING
+  status = call("/h5depot.v1.Depot/GetLimits", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
 }
 
 }  // namespace

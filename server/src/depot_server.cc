@@ -1,6 +1,7 @@
 #include "h5depot/server/depot_server.h"
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
@@ -166,6 +167,11 @@ struct DepotServer::Impl {
   // Accepts the Unix socket's connections for `server` (null without one);
   // destroyed, so stopped, before it.
   std::unique_ptr<UnixGrpcListener> unix_listener;
+  // The plaintext health-only listener (null without health_listen), and
+  // the service that answers any other call on it UNIMPLEMENTED.
+  grpc::CallbackGenericService health_only;
+  std::unique_ptr<grpc::Server> health_server;
+  int health_port = 0;
   int port = 0;
   std::vector<std::string> targets;
   std::string auth_file;  // empty: no access rules
@@ -400,6 +406,20 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     impl->unix_listener->Serve(impl->server.get(), census);
     impl->targets.push_back("unix:" + options.unix_socket_path);
   }
+  if (!options.health_listen.empty()) {
+    grpc::ServerBuilder health;
+    health.RegisterCallbackGenericService(&impl->health_only);
+    health.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    health.AddListeningPort(options.health_listen,
+                            grpc::InsecureServerCredentials(),
+                            &impl->health_port);
+    impl->health_server = health.BuildAndStart();
+    if (impl->health_server == nullptr || impl->health_port == 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve health on ", options.health_listen,
+                       " (address in use, or a bad address?)"));
+    }
+  }
   auto server = std::unique_ptr<DepotServer>(new DepotServer(std::move(impl)));
   const absl::Duration interval = options.snapshot_interval;
   if (server->impl_->snapshots != nullptr && interval > absl::ZeroDuration() &&
@@ -462,6 +482,8 @@ int DepotServer::data_lane_port() const {
   return impl_->data_lane == nullptr ? 0 : impl_->data_lane->tcp_port();
 }
 
+int DepotServer::health_port() const { return impl_->health_port; }
+
 int DepotServer::metrics_port() const {
   return impl_->metrics_endpoint == nullptr ? 0
                                             : impl_->metrics_endpoint->port();
@@ -503,6 +525,10 @@ void DepotServer::Shutdown(absl::Duration grace) {
     if (impl_->shut_down) return;
     impl_->shut_down = true;
   }
+  // Probes learn first that the server is going.
+  if (impl_->health_server != nullptr) {
+    impl_->health_server->GetHealthCheckService()->SetServingStatus(false);
+  }
   // Waits end first, so that they do not hold the grace period hostage.
   impl_->store->Shutdown();
   const absl::Time deadline = absl::Now() + grace;
@@ -534,6 +560,9 @@ void DepotServer::Shutdown(absl::Duration grace) {
     if (impl_->snapshotter.joinable()) impl_->snapshotter.join();
     // Every call has ended: the store is as its clients left it.
     WriteSnapshot().IgnoreError();  // reported through the log
+  }
+  if (impl_->health_server != nullptr) {
+    impl_->health_server->Shutdown(std::chrono::system_clock::now());
   }
 }
 

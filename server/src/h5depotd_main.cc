@@ -129,6 +129,10 @@ ABSL_FLAG(std::string, metrics_listen, "",
           "Prometheus text format (calls, bytes and latency by operation, "
           "transport and status code; images, memory and waits); they name "
           "no image. Empty: no metrics");
+ABSL_FLAG(std::string, health_listen, "",
+          "HOST:PORT of a plaintext gRPC listener serving only the standard "
+          "health service, for probes that cannot speak TLS (Kubernetes' "
+          "gRPC probes). Empty: none");
 ABSL_FLAG(std::string, auth_file, "",
           "serve only callers with a token this file names, each within its "
           "role and image id prefixes (docs/SECURITY.md); empty: everyone "
@@ -271,7 +275,8 @@ int main(int argc, char** argv) {
       "[--max-connection-age=DURATION]\n"
       "                [--max-connection-age-grace=DURATION] "
       "[--metrics-listen=HOST:PORT]\n"
-      "                [--watch-history=N] [--eviction=none|lru]\n"
+      "                [--health-listen=HOST:PORT] [--watch-history=N] "
+      "[--eviction=none|lru]\n"
       "                [--snapshot-dir=DIR [--snapshot-interval=DURATION]]");
   AcceptDashedFlagNames(argc, argv);
   absl::ParseCommandLine(argc, argv);
@@ -392,6 +397,7 @@ int main(int argc, char** argv) {
   }
   options.grpc_max_concurrent_streams = static_cast<int>(max_streams);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.health_listen = absl::GetFlag(FLAGS_health_listen);
   if (absl::Status unix_access = UnixAccessFromFlags(options);
       !unix_access.ok()) {
     std::cerr << "h5depotd: " << unix_access.message() << "\n";
@@ -418,6 +424,11 @@ int main(int argc, char** argv) {
     std::cout << "h5depotd metrics on http://"
               << listen.substr(0, listen.rfind(':')) << ":"
               << (*server)->metrics_port() << "/metrics\n";
+  }
+  if ((*server)->health_port() != 0) {
+    const std::string& listen = options.health_listen;
+    std::cout << "h5depotd health on " << listen.substr(0, listen.rfind(':'))
+              << ":" << (*server)->health_port() << "\n";
   }
   if (!options.tls_cert_file.empty()) {
     std::cout << "h5depotd requires TLS on TCP"

@@ -143,6 +143,12 @@ struct ServerOptions {
   // status code, and the store's images, memory and waits. They name no
   // image. Empty: none.
   std::string metrics_listen;
+  // "HOST:PORT" (port 0: any free one) of a plaintext gRPC listener that
+  // serves only the standard health service (grpc.health.v1), for probes
+  // that cannot speak TLS, such as Kubernetes' gRPC probes: SERVING while
+  // the server runs, NOT_SERVING once it stops. No h5depot call is served
+  // there. Empty: none.
+  std::string health_listen;
   // Snapshots (README.md, "Snapshots"): a directory where the store's
   // images are written so that a restart brings them back with their ids,
   // generations, checksums and expiry. Start loads the last complete
@@ -186,6 +192,8 @@ class DepotServer {
   const std::string& data_lane_unix_path() const;
   // The port metrics are served on; 0 without metrics_listen.
   int metrics_port() const;
+  // The port of the health listener; 0 without health_listen.
+  int health_port() const;
 
   // Client targets for every listener: "127.0.0.1:40123", "unix:/path".
   const std::vector<std::string>& targets() const;
