@@ -12,6 +12,8 @@ PACKAGES=(
   # h5depotd's --metrics-listen: the Prometheus text format over HTTP.
   prometheus-cpp-dev
   python3-h5py python3-numpy
+  # tests/kubernetes_manifests_test.py: reading deploy/kubernetes/'s YAML.
+  python3-yaml
   # The Python package (python/): its module's build and its tests.
   python3-dev pybind11-dev python3-pybind11 python3-pytest
   # The Fortran module (fortran/); HDF5's Fortran modules come with
