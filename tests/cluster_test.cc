@@ -2,6 +2,13 @@
 // "cluster:..." target, images placed by the client, replicated, found
 // after a server is killed or added; the remote driver through one; and
 // the placement rule itself, simulated over 100,000 ids.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <map>
@@ -16,6 +23,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/src/cluster_internal.h"
 #include "gtest/gtest.h"
@@ -35,6 +44,120 @@ using ::h5depot::internal::RendezvousSeed;
 using ::h5depot::testing::MakeHdf5Image;
 using ::h5depot::testing::ServerProcess;
 
+// A DNS server on 127.0.0.1 for one SRV name: it answers that name's SRV
+// queries with the records it is given (which may change while it runs)
+// and every other query with NXDOMAIN, over UDP, as a Kubernetes headless
+// Service's DNS does for a StatefulSet.
+class SrvNameServer {
+ public:
+  explicit SrvNameServer(std::string name) : name_(std::move(name)) {
+    socket_ = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(socket_, reinterpret_cast<const sockaddr*>(&address),
+                     sizeof(address)),
+              0);
+    socklen_t length = sizeof(address);
+    ::getsockname(socket_, reinterpret_cast<sockaddr*>(&address), &length);
+    port_ = ntohs(address.sin_port);
+    EXPECT_EQ(::pipe2(stop_, O_CLOEXEC), 0);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~SrvNameServer() {
+    EXPECT_EQ(::write(stop_[1], "x", 1), 1);
+    thread_.join();
+    ::close(socket_);
+    ::close(stop_[0]);
+    ::close(stop_[1]);
+  }
+
+  std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+  // The records answered from now on: each a target host and port.
+  void SetRecords(std::vector<std::pair<std::string, int>> records) {
+    absl::MutexLock lock(&mutex_);
+    records_ = std::move(records);
+  }
+
+ private:
+  static void Put16(std::string* out, int value) {
+    out->push_back(static_cast<char>((value >> 8) & 0xff));
+    out->push_back(static_cast<char>(value & 0xff));
+  }
+  static void PutName(std::string* out, const std::string& name) {
+    for (absl::string_view label : absl::StrSplit(name, '.')) {
+      out->push_back(static_cast<char>(label.size()));
+      out->append(label.data(), label.size());
+    }
+    out->push_back('\0');
+  }
+
+  void Serve() {
+    while (true) {
+      pollfd waits[2] = {{socket_, POLLIN, 0}, {stop_[0], POLLIN, 0}};
+      if (::poll(waits, 2, -1) < 0 || waits[1].revents != 0) return;
+      char query[512];
+      sockaddr_in peer{};
+      socklen_t peer_length = sizeof(peer);
+      const ssize_t got =
+          ::recvfrom(socket_, query, sizeof(query), 0,
+                     reinterpret_cast<sockaddr*>(&peer), &peer_length);
+      if (got < 17) continue;
+      // The question: labels from byte 12, then type and class.
+      std::string asked;
+      size_t at = 12;
+      while (at < static_cast<size_t>(got) && query[at] != 0) {
+        const size_t label = static_cast<unsigned char>(query[at]);
+        if (!asked.empty()) asked.push_back('.');
+        asked.append(query + at + 1, label);
+        at += label + 1;
+      }
+      const size_t question_end = at + 5;
+      if (question_end > static_cast<size_t>(got)) continue;
+      const int type = (static_cast<unsigned char>(query[at + 1]) << 8) |
+                       static_cast<unsigned char>(query[at + 2]);
+      std::vector<std::pair<std::string, int>> records;
+      if (asked == name_ && type == 33) {
+        absl::MutexLock lock(&mutex_);
+        records = records_;
+      }
+      std::string answer(query, 2);  // the query's id
+      const bool known = asked == name_;
+      Put16(&answer, known ? 0x8180 : 0x8183);  // an answer; NXDOMAIN
+      Put16(&answer, 1);
+      Put16(&answer, static_cast<int>(records.size()));
+      Put16(&answer, 0);
+      Put16(&answer, 0);
+      answer.append(query + 12, question_end - 12);
+      for (const auto& [host, port] : records) {
+        std::string data;
+        Put16(&data, 0);  // priority
+        Put16(&data, 0);  // weight
+        Put16(&data, port);
+        PutName(&data, host);
+        Put16(&answer, 0xc00c);  // the question's name
+        Put16(&answer, 33);      // SRV
+        Put16(&answer, 1);       // IN
+        Put16(&answer, 0);
+        Put16(&answer, 5);  // TTL
+        Put16(&answer, static_cast<int>(data.size()));
+        answer += data;
+      }
+      ::sendto(socket_, answer.data(), answer.size(), 0,
+               reinterpret_cast<const sockaddr*>(&peer), peer_length);
+    }
+  }
+
+  const std::string name_;
+  int socket_ = -1;
+  int port_ = 0;
+  int stop_[2] = {-1, -1};
+  absl::Mutex mutex_;
+  std::vector<std::pair<std::string, int>> records_ ABSL_GUARDED_BY(mutex_);
+  std::thread thread_;
+};
+
 TEST(ClusterTargetTest, ListsMembersAndReplicas) {
   absl::StatusOr<ClusterTarget> target =
       ParseClusterTarget("cluster:a:7878,b.example:7878,unix:/run/c.sock");
@@ -43,6 +166,13 @@ TEST(ClusterTargetTest, ListsMembersAndReplicas) {
             (std::vector<std::string>{"a:7878", "b.example:7878",
                                       "unix:/run/c.sock"}));
   EXPECT_EQ(target->replicas, 1);
+  target = ParseClusterTarget(
+      "cluster+srv://10.0.0.10:53/_grpc._tcp.h5depot?replicas=2&refresh=5s");
+  ASSERT_TRUE(target.ok()) << target.status();
+  EXPECT_EQ(target->srv_name, "_grpc._tcp.h5depot");
+  EXPECT_EQ(target->dns_server, "10.0.0.10:53");
+  EXPECT_EQ(target->refresh, absl::Seconds(5));
+  EXPECT_EQ(target->replicas, 2);
   target = ParseClusterTarget("cluster:a:1,b:1?replicas=2");
   ASSERT_TRUE(target.ok()) << target.status();
   EXPECT_EQ(target->replicas, 2);
@@ -60,7 +190,10 @@ TEST(ClusterTargetTest, RefusesMalformedTargetsBeforeConnecting) {
        {"cluster:", "cluster:a:1,,b:1", "cluster:a:1,a:1", "cluster:a:99999",
         "cluster:a:1?replicas=0", "cluster:a:1?replicas=x",
         "cluster:a:1?copies=2", "cluster:cluster:a:1", "cluster:a-{2..1}:1",
-        "cluster:a-{0..x}:1", "cluster:a-{0..5000}:1", "cluster:a-{0..1:1"}) {
+        "cluster:a-{0..x}:1", "cluster:a-{0..5000}:1", "cluster:a-{0..1:1",
+        "cluster+srv:", "cluster+srv://1.2.3.4:53", "cluster+srv:a b",
+        "cluster+srv:x?refresh=soon", "cluster:a:1?refresh=1s",
+        "cluster+srv://nohost/_grpc._tcp.x"}) {
     EXPECT_EQ(ParseClusterTarget(bad).status().code(),
               absl::StatusCode::kInvalidArgument)
         << bad;
@@ -374,6 +507,56 @@ TEST_F(ClusterTest, AnAddedServerStillFindsEveryImage) {
   absl::StatusOr<ListPage> page = three->List(list);
   ASSERT_TRUE(page.ok()) << page.status();
   EXPECT_EQ(page->images.size(), 30u);
+}
+
+// Members found in DNS, as a headless Service publishes a StatefulSet's
+// pods, and a server added to DNS taken up while the client runs.
+TEST_F(ClusterTest, AnSrvTargetFindsItsMembersInDnsAndFollowsChanges) {
+  SrvNameServer dns("_grpc._tcp.h5depot.test");
+  std::vector<std::pair<std::string, int>> records;
+  for (const auto& server : servers_) {
+    const std::string& target = server->tcp_target();
+    records.emplace_back(target.substr(0, target.rfind(':')),
+                         std::stoi(target.substr(target.rfind(':') + 1)));
+  }
+  dns.SetRecords({records[0], records[1]});
+  const std::string target =
+      absl::StrCat("cluster+srv://", dns.address(),
+                   "/_grpc._tcp.h5depot.test?replicas=1&refresh=100ms");
+  std::unique_ptr<Client> cluster = Connect(target);
+  ASSERT_TRUE(cluster);
+  const std::string image = MakeHdf5Image(8192, 6);
+  for (int i = 0; i < 20; ++i) {
+    const std::string id = absl::StrCat("srv/", i);
+    ASSERT_TRUE(cluster->Push(id, image.data(), image.size()).ok());
+    EXPECT_EQ(Holders(id), 1);
+  }
+  std::unique_ptr<Client> third = Connect(servers_[2]->tcp_target());
+  absl::StatusOr<ListPage> none = third->List();
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->images.empty());
+
+  // The third server appears in DNS: within the refresh, new ids start to
+  // be placed on it too.
+  dns.SetRecords(records);
+  bool placed_on_third = false;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  for (int i = 0; !placed_on_third && absl::Now() < deadline; ++i) {
+    const std::string id = absl::StrCat("srv/new-", i);
+    ASSERT_TRUE(cluster->Push(id, image.data(), image.size()).ok());
+    placed_on_third = third->Stat(id).ok();
+  }
+  EXPECT_TRUE(placed_on_third);
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_TRUE(cluster->Fetch(absl::StrCat("srv/", i)).ok()) << i;
+  }
+
+  // A name DNS does not know.
+  EXPECT_EQ(Client::Connect(absl::StrCat("cluster+srv://", dns.address(),
+                                         "/_grpc._tcp.unknown.test"))
+                .status()
+                .code(),
+            absl::StatusCode::kUnavailable);
 }
 
 TEST_F(ClusterTest, TheRemoteDriverCreatesAndOpensThroughACluster) {

@@ -94,6 +94,8 @@ def test_every_manifest_has_what_its_kind_requires(documents):
 def test_the_service_is_headless_and_selects_the_servers(documents):
     service, servers = documents["Service"], documents["StatefulSet"]
     assert service["spec"]["clusterIP"] == "None"
+    # Members stay in DNS while they restart: placement does not move.
+    assert service["spec"]["publishNotReadyAddresses"] is True
     assert servers["spec"]["serviceName"] == service["metadata"]["name"]
     labels = servers["spec"]["template"]["metadata"]["labels"]
     assert servers["spec"]["selector"]["matchLabels"].items() <= labels.items()

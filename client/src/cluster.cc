@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cctype>
 #include <future>
 #include <map>
 #include <string>
@@ -15,16 +16,20 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "client/src/cluster_internal.h"
 #include "client/src/server_target_internal.h"
+#include "client/src/srv_lookup_internal.h"
 
 namespace h5depot::internal {
 namespace {
 
 constexpr std::string_view kScheme = "cluster:";
+constexpr std::string_view kSrvScheme = "cluster+srv:";
 constexpr char kExpected[] =
     "expected cluster:MEMBER,MEMBER,...[?replicas=R], each MEMBER a server "
-    "target such as HOST:PORT";
+    "target such as HOST:PORT, or cluster+srv:[//DNS-IP:PORT/]SRV-NAME"
+    "[?replicas=R&refresh=DURATION]";
 constexpr int kMaxReplicas = 16;
 constexpr int kMaxMembers = 1024;
 // How long a member that could not be reached is left alone before the
@@ -59,12 +64,15 @@ void ForEachAtOnce(const std::vector<size_t>& indices,
 }  // namespace
 
 bool IsClusterTarget(std::string_view target) {
-  return target.substr(0, kScheme.size()) == kScheme;
+  return target.substr(0, kScheme.size()) == kScheme ||
+         target.substr(0, kSrvScheme.size()) == kSrvScheme;
 }
 
 absl::StatusOr<ClusterTarget> ParseClusterTarget(std::string_view target) {
   if (!IsClusterTarget(target)) return Refuse(target, "no cluster: scheme");
-  std::string_view rest = target.substr(kScheme.size());
+  const bool discovers = target.substr(0, kSrvScheme.size()) == kSrvScheme;
+  std::string_view rest =
+      target.substr(discovers ? kSrvScheme.size() : kScheme.size());
   std::string_view options;
   if (const size_t question = rest.find('?');
       question != std::string_view::npos) {
@@ -72,9 +80,30 @@ absl::StatusOr<ClusterTarget> ParseClusterTarget(std::string_view target) {
     rest = rest.substr(0, question);
   }
   ClusterTarget parsed;
-  if (rest.empty()) return Refuse(target, "no members");
+  if (discovers) {
+    if (rest.substr(0, 2) == "//") {
+      const size_t slash = rest.find('/', 2);
+      if (slash == std::string_view::npos) {
+        return Refuse(target, "no SRV name after the DNS server");
+      }
+      parsed.dns_server = std::string(rest.substr(2, slash - 2));
+      if (absl::Status bad = ValidateDnsServer(parsed.dns_server); !bad.ok()) {
+        return Refuse(target, std::string(bad.message()));
+      }
+      rest.remove_prefix(slash + 1);
+    }
+    if (rest.empty()) return Refuse(target, "no SRV name");
+    for (char c : rest) {
+      if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' ||
+            c == '_' || c == '.')) {
+        return Refuse(target, "the SRV name is not a DNS name");
+      }
+    }
+    parsed.srv_name = std::string(rest);
+  }
+  if (!discovers && rest.empty()) return Refuse(target, "no members");
   std::vector<std::string> members;
-  while (true) {
+  while (!discovers) {
     const size_t comma = rest.find(',');
     const std::string_view written = rest.substr(0, comma);
     if (written.empty()) return Refuse(target, "an empty member");
@@ -127,11 +156,25 @@ absl::StatusOr<ClusterTarget> ParseClusterTarget(std::string_view target) {
     const size_t amp = options.find('&');
     const std::string_view option = options.substr(0, amp);
     constexpr std::string_view kReplicas = "replicas=";
+    constexpr std::string_view kRefresh = "refresh=";
     int replicas = 0;
+    if (discovers && option.substr(0, kRefresh.size()) == kRefresh) {
+      const std::string_view every = option.substr(kRefresh.size());
+      if (!absl::ParseDuration(absl::string_view(every.data(), every.size()),
+                               &parsed.refresh) ||
+          parsed.refresh <= absl::ZeroDuration()) {
+        return Refuse(target, "refresh must be a duration such as 30s");
+      }
+      if (amp == std::string_view::npos) break;
+      options.remove_prefix(amp + 1);
+      continue;
+    }
     if (option.substr(0, kReplicas.size()) != kReplicas) {
       return Refuse(target,
                     absl::StrCat("unknown option '", std::string(option),
-                                 "' (the one option is replicas)"));
+                                 discovers ? "' (the options are replicas and "
+                                             "refresh)"
+                                           : "' (the one option is replicas)"));
     }
     const std::string_view count = option.substr(kReplicas.size());
     if (!absl::SimpleAtoi(absl::string_view(count.data(), count.size()),
@@ -181,23 +224,73 @@ struct Cluster::Member {
 };
 
 Cluster::Cluster(ClusterTarget target, const ClientOptions& options)
-    : target_(std::move(target)), options_(options) {
-  for (const std::string& member : target_.members) {
-    seeds_.push_back(RendezvousSeed(member));
-    members_.push_back(std::make_unique<Member>(member));
-  }
-}
+    : target_(std::move(target)), options_(options) {}
 
 Cluster::~Cluster() = default;
+
+std::shared_ptr<const Cluster::Membership> Cluster::MembershipOf(
+    const std::vector<std::string>& names, const Membership* previous) {
+  auto made = std::make_shared<Membership>();
+  for (const std::string& name : names) {
+    std::shared_ptr<Member> member;
+    if (previous != nullptr) {
+      for (const std::shared_ptr<Member>& kept : previous->members) {
+        if (kept->target == name) member = kept;
+      }
+    }
+    if (member == nullptr) member = std::make_shared<Member>(name);
+    made->seeds.push_back(RendezvousSeed(name));
+    made->members.push_back(std::move(member));
+  }
+  return made;
+}
+
+std::shared_ptr<const Cluster::Membership> Cluster::Current() {
+  if (fixed_ != nullptr) return fixed_;
+  std::shared_ptr<const Membership> previous;
+  {
+    absl::MutexLock lock(&membership_mutex_);
+    if (looking_up_ || absl::Now() < next_lookup_) return discovered_;
+    looking_up_ = true;  // one lookup at a time; others use what is known
+    previous = discovered_;
+  }
+  absl::StatusOr<std::vector<std::string>> names =
+      LookUpSrvMembers(target_.srv_name, target_.dns_server);
+  absl::MutexLock lock(&membership_mutex_);
+  looking_up_ = false;
+  next_lookup_ = absl::Now() + target_.refresh;
+  // A failed or empty answer keeps the members known.
+  if (names.ok() && !names->empty()) {
+    discovered_ = MembershipOf(*names, previous.get());
+  }
+  return discovered_;
+}
 
 absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Connect(
     ClusterTarget target, const ClientOptions& options) {
   std::unique_ptr<Cluster> cluster(new Cluster(std::move(target), options));
-  std::vector<size_t> all(cluster->members_.size());
+  if (cluster->target_.srv_name.empty()) {
+    cluster->fixed_ = MembershipOf(cluster->target_.members, nullptr);
+  } else {
+    absl::StatusOr<std::vector<std::string>> names = LookUpSrvMembers(
+        cluster->target_.srv_name, cluster->target_.dns_server);
+    if (!names.ok()) return names.status();
+    if (names->empty()) {
+      return absl::UnavailableError(absl::StrCat("DNS names no server under ",
+                                                 cluster->target_.srv_name));
+    }
+    absl::MutexLock lock(&cluster->membership_mutex_);
+    cluster->discovered_ = MembershipOf(*names, nullptr);
+    cluster->next_lookup_ = absl::Now() + cluster->target_.refresh;
+  }
+  const std::shared_ptr<const Membership> current = cluster->Current();
+  const Membership& m = *current;
+  std::vector<size_t> all(m.members.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
   std::vector<absl::Status> results(all.size());
-  ForEachAtOnce(
-      all, [&](size_t i) { results[i] = cluster->MemberClient(i).status(); });
+  ForEachAtOnce(all, [&](size_t i) {
+    results[i] = cluster->MemberClient(m, i).status();
+  });
   std::vector<std::string> errors;
   for (size_t i = 0; i < results.size(); ++i) {
     if (results[i].ok()) continue;
@@ -215,8 +308,9 @@ absl::StatusOr<std::unique_ptr<Cluster>> Cluster::Connect(
   return cluster;
 }
 
-absl::StatusOr<std::shared_ptr<Client>> Cluster::MemberClient(size_t index) {
-  Member& member = *members_[index];
+absl::StatusOr<std::shared_ptr<Client>> Cluster::MemberClient(
+    const Membership& m, size_t index) {
+  Member& member = *m.members[index];
   absl::MutexLock lock(&member.mutex);
   if (absl::Now() < member.retry_after) return member.error;
   if (member.client != nullptr) return member.client;
@@ -233,23 +327,20 @@ absl::StatusOr<std::shared_ptr<Client>> Cluster::MemberClient(size_t index) {
   return member.client;
 }
 
-void Cluster::Note(size_t index, const absl::Status& answer) {
+void Cluster::Note(const Membership& m, size_t index,
+                   const absl::Status& answer) {
   if (!absl::IsUnavailable(answer)) return;
-  Member& member = *members_[index];
+  Member& member = *m.members[index];
   absl::MutexLock lock(&member.mutex);
   member.error = answer;
   member.retry_after = absl::Now() + kReconnectInterval;
 }
 
-std::vector<size_t> Cluster::Order(std::string_view image_id) const {
-  return PlacementOrder(seeds_, image_id);
-}
-
 absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>>
-Cluster::FirstReachable(const std::vector<size_t>& order) {
+Cluster::FirstReachable(const Membership& m, const std::vector<size_t>& order) {
   absl::Status first_error;
   for (size_t index : order) {
-    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(index);
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, index);
     if (client.ok()) return std::make_pair(index, *std::move(client));
     if (first_error.ok()) first_error = client.status();
   }
@@ -259,7 +350,7 @@ Cluster::FirstReachable(const std::vector<size_t>& order) {
 
 template <typename T>
 absl::StatusOr<T> Cluster::DownTheOrder(
-    std::string_view image_id,
+    const Membership& m, std::string_view image_id,
     const std::function<absl::StatusOr<T>(Client&)>& call,
     const std::function<bool()>& may_go_on) {
   absl::Status not_found;
@@ -270,11 +361,11 @@ absl::StatusOr<T> Cluster::DownTheOrder(
   // others, so it may have arrived there meanwhile, and its answer (its
   // generation numbers) is the one to give.
   std::shared_ptr<Client> first_without;
-  for (size_t index : Order(image_id)) {
-    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(index);
+  for (size_t index : m.Order(image_id)) {
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, index);
     absl::StatusOr<T> answer =
         client.ok() ? call(**client) : absl::StatusOr<T>(client.status());
-    if (client.ok()) Note(index, answer.status());
+    if (client.ok()) Note(m, index, answer.status());
     if (answer.ok()) {
       if (first_without != nullptr && (!may_go_on || may_go_on())) {
         absl::StatusOr<T> again = call(*first_without);
@@ -286,7 +377,7 @@ absl::StatusOr<T> Cluster::DownTheOrder(
       if (not_found.ok() && unreachable.empty()) first_without = *client;
       not_found = answer.status();
     } else if (absl::IsUnavailable(answer.status()) || !client.ok()) {
-      unreachable.push_back(members_[index]->target);
+      unreachable.push_back(m.members[index]->target);
       if (first_unavailable.ok()) first_unavailable = answer.status();
     } else {
       return answer;
@@ -305,7 +396,9 @@ absl::StatusOr<T> Cluster::DownTheOrder(
 absl::StatusOr<ImageInfo> Cluster::Push(std::string_view image_id,
                                         const PushOptions& options,
                                         const PushOne& push_one) {
-  const std::vector<size_t> order = Order(image_id);
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
+  const std::vector<size_t> order = m.Order(image_id);
   const size_t wanted =
       std::min(order.size(), static_cast<size_t>(target_.replicas));
   size_t next = 0;  // in `order`, the next member to try
@@ -321,7 +414,7 @@ absl::StatusOr<ImageInfo> Cluster::Push(std::string_view image_id,
   // numbers). With a condition it must be the primary: it decides, and the
   // others follow unconditionally.
   if (options.if_generation_match.has_value()) {
-    absl::StatusOr<std::shared_ptr<Client>> primary = MemberClient(order[0]);
+    absl::StatusOr<std::shared_ptr<Client>> primary = MemberClient(m, order[0]);
     if (!primary.ok()) {
       return absl::UnavailableError(absl::StrCat(
           "a conditional push is decided by the image's primary server, "
@@ -331,18 +424,18 @@ absl::StatusOr<ImageInfo> Cluster::Push(std::string_view image_id,
     absl::StatusOr<ImageInfo> decided = push_one(**primary, options);
     if (!decided.ok()) return decided;
     first.emplace(0, *decided);
-    published_on.push_back(members_[order[0]]->target);
+    published_on.push_back(m.members[order[0]]->target);
     next = 1;
   }
   while (!first.has_value() && next < order.size()) {
     const size_t position = next++;
-    const std::string& member = members_[order[position]]->target;
+    const std::string& member = m.members[order[position]]->target;
     absl::StatusOr<std::shared_ptr<Client>> client =
-        MemberClient(order[position]);
+        MemberClient(m, order[position]);
     absl::StatusOr<ImageInfo> pushed =
         client.ok() ? push_one(**client, options)
                     : absl::StatusOr<ImageInfo>(client.status());
-    if (client.ok()) Note(order[position], pushed.status());
+    if (client.ok()) Note(m, order[position], pushed.status());
     if (pushed.ok()) {
       first.emplace(position, *pushed);
       published_on.push_back(member);
@@ -362,11 +455,11 @@ absl::StatusOr<ImageInfo> Cluster::Push(std::string_view image_id,
     std::vector<std::pair<size_t, std::shared_ptr<Client>>> batch;
     while (batch.size() < wanted - published && next < order.size()) {
       absl::StatusOr<std::shared_ptr<Client>> client =
-          MemberClient(order[next]);
+          MemberClient(m, order[next]);
       if (client.ok()) {
         batch.emplace_back(next, *std::move(client));
       } else {
-        unreachable.push_back(members_[order[next]]->target);
+        unreachable.push_back(m.members[order[next]]->target);
         if (first_unavailable.ok()) first_unavailable = client.status();
       }
       ++next;
@@ -382,12 +475,12 @@ absl::StatusOr<ImageInfo> Cluster::Push(std::string_view image_id,
           push_one(*batch[n].second, reports ? options : replica_options);
     });
     for (size_t n = 0; n < batch.size(); ++n) {
-      const std::string& member = members_[order[batch[n].first]]->target;
+      const std::string& member = m.members[order[batch[n].first]]->target;
       if (results[n].ok()) {
         ++published;
         published_on.push_back(member);
       } else if (absl::IsUnavailable(results[n].status())) {
-        Note(order[batch[n].first], results[n].status());
+        Note(m, order[batch[n].first], results[n].status());
         unreachable.push_back(member);
         if (first_unavailable.ok()) first_unavailable = results[n].status();
       } else {
@@ -411,6 +504,8 @@ absl::StatusOr<ImageInfo> Cluster::Push(std::string_view image_id,
 
 absl::StatusOr<FetchedImage> Cluster::Fetch(std::string_view image_id,
                                             const FetchOptions& options) {
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
   const auto fetch = [&](const FetchOptions& with) {
     return std::function<absl::StatusOr<FetchedImage>(Client&)>(
         [&image_id, with](Client& member) {
@@ -420,7 +515,7 @@ absl::StatusOr<FetchedImage> Cluster::Fetch(std::string_view image_id,
   if (options.newer_than == 0) {
     FetchOptions now = options;
     now.wait = absl::ZeroDuration();
-    absl::StatusOr<FetchedImage> found = DownTheOrder(image_id, fetch(now));
+    absl::StatusOr<FetchedImage> found = DownTheOrder(m, image_id, fetch(now));
     if (options.wait == absl::ZeroDuration() ||
         !(absl::IsNotFound(found.status()) ||
           absl::IsUnavailable(found.status()))) {
@@ -429,7 +524,7 @@ absl::StatusOr<FetchedImage> Cluster::Fetch(std::string_view image_id,
   }
   // A wait, or a generation's number: where pushes go first.
   absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
-      FirstReachable(Order(image_id));
+      FirstReachable(m, m.Order(image_id));
   if (!member.ok()) return member.status();
   return member->second->Fetch(image_id, options);
 }
@@ -437,6 +532,8 @@ absl::StatusOr<FetchedImage> Cluster::Fetch(std::string_view image_id,
 absl::StatusOr<ImageInfo> Cluster::FetchTo(std::string_view image_id,
                                            const ImageSink& sink,
                                            const FetchOptions& options) {
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
   bool handed_bytes = false;
   const ImageSink counting = [&](const void* data, size_t size) {
     handed_bytes = true;
@@ -446,7 +543,7 @@ absl::StatusOr<ImageInfo> Cluster::FetchTo(std::string_view image_id,
     FetchOptions now = options;
     now.wait = absl::ZeroDuration();
     absl::StatusOr<ImageInfo> found = DownTheOrder<ImageInfo>(
-        image_id,
+        m, image_id,
         [&](Client& member) { return member.FetchTo(image_id, counting, now); },
         [&] { return !handed_bytes; });
     if (options.wait == absl::ZeroDuration() || handed_bytes ||
@@ -456,7 +553,7 @@ absl::StatusOr<ImageInfo> Cluster::FetchTo(std::string_view image_id,
     }
   }
   absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
-      FirstReachable(Order(image_id));
+      FirstReachable(m, m.Order(image_id));
   if (!member.ok()) return member.status();
   return member->second->FetchTo(image_id, sink, options);
 }
@@ -464,26 +561,30 @@ absl::StatusOr<ImageInfo> Cluster::FetchTo(std::string_view image_id,
 absl::StatusOr<ReadResult> Cluster::Read(std::string_view image_id,
                                          uint64_t generation, uint64_t offset,
                                          void* out, size_t length) {
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
   if (generation == 0) {
-    return DownTheOrder<ReadResult>(image_id, [&](Client& member) {
+    return DownTheOrder<ReadResult>(m, image_id, [&](Client& member) {
       return member.Read(image_id, 0, offset, out, length);
     });
   }
   absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
-      FirstReachable(Order(image_id));
+      FirstReachable(m, m.Order(image_id));
   if (!member.ok()) return member.status();
   return member->second->Read(image_id, generation, offset, out, length);
 }
 
 absl::StatusOr<std::unique_ptr<ImageReader>> Cluster::OpenReader(
     std::string_view image_id, uint64_t generation) {
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
   if (generation == 0) {
     return DownTheOrder<std::unique_ptr<ImageReader>>(
-        image_id,
+        m, image_id,
         [&](Client& member) { return member.OpenReader(image_id, 0); });
   }
   absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
-      FirstReachable(Order(image_id));
+      FirstReachable(m, m.Order(image_id));
   if (!member.ok()) return member.status();
   return member->second->OpenReader(image_id, generation);
 }
@@ -491,9 +592,11 @@ absl::StatusOr<std::unique_ptr<ImageReader>> Cluster::OpenReader(
 absl::StatusOr<ImageInfo> Cluster::Stat(std::string_view image_id,
                                         absl::Duration wait,
                                         uint64_t newer_than) {
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
   if (newer_than == 0) {
     absl::StatusOr<ImageInfo> found = DownTheOrder<ImageInfo>(
-        image_id, [&](Client& member) { return member.Stat(image_id); });
+        m, image_id, [&](Client& member) { return member.Stat(image_id); });
     if (wait == absl::ZeroDuration() ||
         !(absl::IsNotFound(found.status()) ||
           absl::IsUnavailable(found.status()))) {
@@ -501,20 +604,22 @@ absl::StatusOr<ImageInfo> Cluster::Stat(std::string_view image_id,
     }
   }
   absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
-      FirstReachable(Order(image_id));
+      FirstReachable(m, m.Order(image_id));
   if (!member.ok()) return member.status();
   return member->second->Stat(image_id, wait, newer_than);
 }
 
 absl::StatusOr<ListPage> Cluster::List(const ListOptions& options) {
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
   const uint32_t page_size =
       options.page_size != 0 ? options.page_size : kDefaultPageSize;
-  std::vector<size_t> all(members_.size());
+  std::vector<size_t> all(m.members.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
   std::vector<absl::StatusOr<ListPage>> pages(all.size(),
                                               absl::UnknownError("not listed"));
   ForEachAtOnce(all, [&](size_t i) {
-    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(i);
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, i);
     if (!client.ok()) {
       pages[i] = client.status();
       return;
@@ -524,7 +629,7 @@ absl::StatusOr<ListPage> Cluster::List(const ListOptions& options) {
     ListOptions member_options = options;
     member_options.page_size = page_size;
     pages[i] = (*client)->List(member_options);
-    Note(i, pages[i].status());
+    Note(m, i, pages[i].status());
   });
   // Ids up to `cutoff` are complete: every member that has more listed
   // all its ids up to its page's last one.
@@ -535,7 +640,7 @@ absl::StatusOr<ListPage> Cluster::List(const ListOptions& options) {
   for (size_t i = 0; i < pages.size(); ++i) {
     if (!pages[i].ok()) {
       if (!absl::IsUnavailable(pages[i].status())) return pages[i].status();
-      unreachable.push_back(members_[i]->target);
+      unreachable.push_back(m.members[i]->target);
       if (first_unavailable.ok()) first_unavailable = pages[i].status();
       continue;
     }
@@ -547,7 +652,7 @@ absl::StatusOr<ListPage> Cluster::List(const ListOptions& options) {
       auto [at, inserted] = merged.try_emplace(info.image_id, i, info);
       if (inserted) continue;
       // A replica listed twice: the copy reads would find first.
-      for (size_t index : Order(info.image_id)) {
+      for (size_t index : m.Order(info.image_id)) {
         if (index == at->second.first) break;
         if (index == i) {
           at->second = {i, info};
@@ -579,13 +684,15 @@ absl::StatusOr<ListPage> Cluster::List(const ListOptions& options) {
 
 absl::Status Cluster::Delete(std::string_view image_id,
                              std::optional<uint64_t> if_generation_match) {
-  const std::vector<size_t> order = Order(image_id);
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
+  const std::vector<size_t> order = m.Order(image_id);
   const size_t replicas =
       std::min(order.size(), static_cast<size_t>(target_.replicas));
   std::vector<size_t> others = order;
   bool deleted = false;
   if (if_generation_match.has_value()) {
-    absl::StatusOr<std::shared_ptr<Client>> primary = MemberClient(order[0]);
+    absl::StatusOr<std::shared_ptr<Client>> primary = MemberClient(m, order[0]);
     if (!primary.ok()) {
       return absl::UnavailableError(absl::StrCat(
           "a conditional delete is decided by the image's primary server, "
@@ -597,12 +704,12 @@ absl::Status Cluster::Delete(std::string_view image_id,
     deleted = true;
     others.erase(others.begin());
   }
-  std::vector<absl::Status> results(members_.size());
+  std::vector<absl::Status> results(m.members.size());
   ForEachAtOnce(others, [&](size_t index) {
-    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(index);
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, index);
     results[index] =
         client.ok() ? (*client)->Delete(image_id) : client.status();
-    if (client.ok()) Note(index, results[index]);
+    if (client.ok()) Note(m, index, results[index]);
   });
   absl::Status not_found = absl::NotFoundError(absl::StrCat(
       "delete ", Quoted(image_id), ": no image ", Quoted(image_id)));
@@ -619,7 +726,7 @@ absl::Status Cluster::Delete(std::string_view image_id,
       const bool replica = std::find(order.begin(), order.begin() + replicas,
                                      index) != order.begin() + replicas;
       if (replica) {
-        unreachable_replicas.push_back(members_[index]->target);
+        unreachable_replicas.push_back(m.members[index]->target);
       } else {
         unreachable_elsewhere = true;
       }
@@ -643,12 +750,14 @@ absl::Status Cluster::Delete(std::string_view image_id,
 }
 
 absl::StatusOr<ServerLimits> Cluster::GetLimits() {
-  std::vector<size_t> all(members_.size());
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
+  std::vector<size_t> all(m.members.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
   std::vector<absl::StatusOr<ServerLimits>> limits(
       all.size(), absl::UnknownError("not asked"));
   ForEachAtOnce(all, [&](size_t i) {
-    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(i);
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, i);
     limits[i] = client.ok() ? (*client)->GetLimits()
                             : absl::StatusOr<ServerLimits>(client.status());
   });
@@ -716,18 +825,20 @@ absl::Status ListAll(Client& server, const std::string& prefix, size_t holder,
 
 absl::StatusOr<RebalanceReport> Cluster::Rebalance(
     const RebalanceOptions& options) {
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
   // Every server that holds copies, reachable before anything moves.
   std::vector<std::shared_ptr<Client>> holders;
   std::vector<std::string> names;
-  for (size_t i = 0; i < members_.size(); ++i) {
-    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(i);
+  for (size_t i = 0; i < m.members.size(); ++i) {
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, i);
     if (!client.ok()) {
       return absl::UnavailableError(
           absl::StrCat("nothing moved: every member must be reachable: ",
                        client.status().message()));
     }
     holders.push_back(*std::move(client));
-    names.push_back(members_[i]->target);
+    names.push_back(m.members[i]->target);
   }
   for (const std::string& drained : options.drain) {
     if (std::find(names.begin(), names.end(), drained) != names.end()) {
@@ -767,7 +878,7 @@ absl::StatusOr<RebalanceReport> Cluster::Rebalance(
   };
   for (const auto& [id, held] : copies) {
     ++report.images;
-    const std::vector<size_t> order = Order(id);
+    const std::vector<size_t> order = m.Order(id);
     const size_t replicas =
         std::min(order.size(), static_cast<size_t>(target_.replicas));
     const std::vector<size_t> wanted(order.begin(), order.begin() + replicas);

@@ -2,12 +2,15 @@
 // image placed by the client on servers of its own. Internal to the client.
 //
 //   cluster:MEMBER,MEMBER,...[?replicas=R]
+//   cluster+srv:[//DNS-IP:PORT/]SRV-NAME[?replicas=R&refresh=DURATION]
 //
 // Each MEMBER is a single-server target (server_target_internal.h) without
 // commas or '?', written as the member's stable name (a StatefulSet's
 // "h5depot-0.h5depot:7878"): placement hashes these strings, so the same
 // list in any order places every image alike, and an address that changes
-// with a restart must not be used. A member may hold one range,
+// with a restart must not be used. With cluster+srv: the members are the
+// targets and ports of SRV-NAME's SRV records (looked up again every
+// `refresh`, 30 s by default). A member may hold one range,
 // "h5depot-{0..2}.h5depot:7878", standing for a member per number (at most
 // 1024 members in all). R (default 1) is how many servers hold each image.
 //
@@ -53,8 +56,10 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "h5depot/client.h"
 
@@ -63,9 +68,16 @@ namespace h5depot::internal {
 struct ClusterTarget {
   std::vector<std::string> members;  // single-server targets, as written
   int replicas = 1;
+  // Members found in DNS instead (cluster+srv:): the SRV name, the DNS
+  // server to ask ("HOST:PORT"; empty: the system's), and how often to
+  // look again.
+  std::string srv_name;
+  std::string dns_server;
+  absl::Duration refresh = absl::Seconds(30);
 };
 
-// Whether `target` is a cluster target (starts with "cluster:").
+// Whether `target` is a cluster target (starts with "cluster:" or
+// "cluster+srv:").
 bool IsClusterTarget(std::string_view target);
 
 // Parses a cluster target; INVALID_ARGUMENT saying what is wrong (no
@@ -90,6 +102,7 @@ std::vector<size_t> PlacementOrder(const std::vector<uint64_t>& seeds,
 // Thread-safe.
 class Cluster {
  public:
+  struct Member;
   // Connects to every member at once; OK if at least one answers.
   // INVALID_ARGUMENT or FAILED_PRECONDITION as a member's Connect says
   // (the options are wrong for it); UNAVAILABLE, naming each member's
@@ -128,32 +141,53 @@ class Cluster {
   absl::StatusOr<RebalanceReport> Rebalance(const RebalanceOptions& options);
 
  private:
-  struct Member;
+  // The members at one time: each operation works on the membership it
+  // started with, while a discovering cluster may replace it meanwhile.
+  struct Membership {
+    std::vector<std::shared_ptr<Member>> members;
+    std::vector<uint64_t> seeds;  // RendezvousSeed of each member
+    std::vector<size_t> Order(std::string_view image_id) const {
+      return PlacementOrder(seeds, image_id);
+    }
+  };
   Cluster(ClusterTarget target, const ClientOptions& options);
 
+  // The current members; looked up in DNS again first when due.
+  std::shared_ptr<const Membership> Current();
+  // A membership of `names`, keeping the members (and their connections)
+  // of `previous` (may be null) that are still named.
+  static std::shared_ptr<const Membership> MembershipOf(
+      const std::vector<std::string>& names, const Membership* previous);
+
   // Member `index`'s client, connecting it if it is not yet.
-  absl::StatusOr<std::shared_ptr<Client>> MemberClient(size_t index);
+  absl::StatusOr<std::shared_ptr<Client>> MemberClient(const Membership& m,
+                                                       size_t index);
   // Notes member `index`'s answer to a call: after UNAVAILABLE it is left
   // alone, as if it could not be connected, for a second.
-  void Note(size_t index, const absl::Status& answer);
-  std::vector<size_t> Order(std::string_view image_id) const;
+  static void Note(const Membership& m, size_t index,
+                   const absl::Status& answer);
   // The first member of `order` that can be reached, and its client.
   absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> FirstReachable(
-      const std::vector<size_t>& order);
+      const Membership& m, const std::vector<size_t>& order);
   // Calls `call` on each member of `image_id`'s placement order until one
   // answers other than NOT_FOUND or UNAVAILABLE (or `may_go_on` says it
   // must not go on), and returns that answer; else NOT_FOUND, or
   // UNAVAILABLE naming the members that could not be asked.
   template <typename T>
   absl::StatusOr<T> DownTheOrder(
-      std::string_view image_id,
+      const Membership& m, std::string_view image_id,
       const std::function<absl::StatusOr<T>(Client&)>& call,
       const std::function<bool()>& may_go_on = nullptr);
 
   const ClusterTarget target_;
   const ClientOptions options_;
-  std::vector<uint64_t> seeds_;
-  std::vector<std::unique_ptr<Member>> members_;
+  // A list of members: fixed. Discovered ones: replaced on refresh.
+  std::shared_ptr<const Membership> fixed_;
+  absl::Mutex membership_mutex_;
+  std::shared_ptr<const Membership> discovered_
+      ABSL_GUARDED_BY(membership_mutex_);
+  absl::Time next_lookup_ ABSL_GUARDED_BY(membership_mutex_);
+  bool looking_up_ ABSL_GUARDED_BY(membership_mutex_) = false;
 };
 
 }  // namespace h5depot::internal
