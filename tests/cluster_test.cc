@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <set>
@@ -31,6 +32,8 @@
 #include "h5depot/client.h"
 #include "h5depot/testing/hdf5_images.h"
 #include "h5depot/testing/server_process.h"
+#include "h5depot/testing/subprocess.h"
+#include "h5depot/testing/temp_dir.h"
 #include "hdf5.h"
 #include "hdf5_hl.h"
 
@@ -695,6 +698,64 @@ TEST_F(ClusterTest, RebalanceKeepsWhatClientsPushMeanwhile) {
         << id;
     EXPECT_EQ(Holders(id), 1) << id;
   }
+}
+
+// The command an operator (or a Kubernetes Job) runs: the CLI, through a
+// cluster target given as H5DEPOT_SERVER would be, puts and lists, then
+// drains a server and says what it moved.
+TEST_F(ClusterTest, TheCommandLineRebalancesAndDrains) {
+  const std::string all = Target(/*replicas=*/1);
+  absl::StatusOr<testing::TempDir> dir = testing::TempDir::Create();
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  const std::string file = dir->File("packet.h5");
+  {
+    const std::string image = MakeHdf5Image(8192, 11);
+    FILE* out = std::fopen(file.c_str(), "wb");
+    ASSERT_NE(out, nullptr);
+    ASSERT_EQ(std::fwrite(image.data(), 1, image.size(), out), image.size());
+    std::fclose(out);
+  }
+  for (int i = 0; i < 12; ++i) {
+    const testing::CommandResult put =
+        testing::RunCommand({testing::H5depotCliPath(), "--server", all, "put",
+                             file, "--id", absl::StrCat("cli/", i)});
+    ASSERT_EQ(put.exit_code, 0) << put.stderr_text;
+  }
+  const testing::CommandResult listed = testing::RunCommand(
+      {testing::H5depotCliPath(), "--server", all, "ls", "cli/"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.stderr_text;
+  EXPECT_EQ(
+      std::count(listed.stdout_text.begin(), listed.stdout_text.end(), '\n'),
+      13);  // a header and twelve images
+
+  std::unique_ptr<Client> leaving = Connect(servers_[0]->tcp_target());
+  absl::StatusOr<ListPage> held = leaving->List();
+  ASSERT_TRUE(held.ok());
+  const std::string remaining = absl::StrCat(
+      "cluster:", servers_[1]->tcp_target(), ",", servers_[2]->tcp_target());
+  const testing::CommandResult drained = testing::RunCommand(
+      {testing::H5depotCliPath(), "--server", remaining, "rebalance", "cli/",
+       "--drain", servers_[0]->tcp_target()});
+  ASSERT_EQ(drained.exit_code, 0) << drained.stderr_text;
+  EXPECT_NE(drained.stdout_text.find("images: 12\n"), std::string::npos)
+      << drained.stdout_text;
+  EXPECT_NE(drained.stdout_text.find(
+                absl::StrCat("copies removed: ", held->images.size(), "\n")),
+            std::string::npos)
+      << drained.stdout_text;
+  EXPECT_NE(drained.stdout_text.find("failed: 0\n"), std::string::npos);
+  absl::StatusOr<ListPage> left = leaving->List();
+  ASSERT_TRUE(left.ok());
+  EXPECT_TRUE(left->images.empty());
+
+  // A single server is not a cluster to rebalance.
+  const testing::CommandResult single =
+      testing::RunCommand({testing::H5depotCliPath(), "--server",
+                           servers_[1]->tcp_target(), "rebalance"});
+  EXPECT_EQ(single.exit_code, 1) << single.stderr_text;
+  EXPECT_NE(single.stderr_text.find("rebalancing is for a cluster target"),
+            std::string::npos)
+      << single.stderr_text;
 }
 
 TEST_F(ClusterTest, RebalanceMovesNothingWhenAMemberIsDown) {
