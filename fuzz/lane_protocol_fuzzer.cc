@@ -34,7 +34,9 @@ bool SameRequest(const RequestHeader& a, const RequestHeader& b) {
          a.generation == b.generation && a.offset == b.offset &&
          a.accepts_descriptor == b.accepts_descriptor &&
          a.descriptor_only == b.descriptor_only &&
-         a.newer_than == b.newer_than && a.client_cpu == b.client_cpu;
+         a.newer_than == b.newer_than &&
+         a.replica_generation == b.replica_generation &&
+         a.client_cpu == b.client_cpu;
 }
 
 bool SameResponse(const Response& a, const Response& b) {
@@ -153,6 +155,11 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
   request.wait_ms = provider.ConsumeIntegral<uint64_t>();
   if (provider.ConsumeBool()) {
     request.client_cpu = provider.ConsumeIntegral<uint32_t>();
+  }
+  if (request.op == Op::kPut || request.op == Op::kPutSealed) {
+    // A PUT's replica generation takes the place of a GET's wait.
+    request.wait_ms = 0;
+    request.replica_generation = provider.ConsumeIntegral<uint64_t>();
   }
   if (request.op == Op::kGet) {
     // A GET has no precondition; its newer_than is in that place.

@@ -987,6 +987,112 @@ TEST_F(ImageStoreTest, TheHistoryKeepsTheLatestChangesAndNamesTheLost) {
   EXPECT_EQ(page->events[1].image_id, "i5");
 }
 
+// A copy of another server's generation is published under that number,
+// and the store's own changes are numbered after it, as a Lamport clock
+// moves on receiving a later time; a copy that is not newer than what the
+// store holds, or is implausibly far ahead, changes nothing.
+TEST_F(ImageStoreTest,
+       AReplicaIsPublishedUnderItsGenerationAndMovesTheCounter) {
+  const auto bytes = MakeTestImage(4096);
+  const uint64_t start = store_->LatestSequence();
+  const uint64_t ahead = start + 1000;
+  PushRequest copy = RequestFor("r/x", bytes);
+  copy.replica_generation = ahead;
+  auto copied = PushWhole(*store_, copy, bytes);
+  ASSERT_TRUE(copied.ok()) << copied.status();
+  EXPECT_EQ((*copied)->generation(), ahead);
+  auto local = Push("r/y", bytes);
+  ASSERT_TRUE(local.ok());
+  EXPECT_EQ((*local)->generation(), ahead + 1);
+
+  // The same generation again, or an older one: the store has it.
+  for (uint64_t older : {ahead, ahead - 1}) {
+    PushRequest again = RequestFor("r/x", bytes);
+    again.replica_generation = older;
+    auto refused = PushWhole(*store_, again, bytes);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition)
+        << refused.status();
+  }
+  PushRequest far = RequestFor("r/far", bytes);
+  far.replica_generation =
+      store_->LatestSequence() + ImageStore::kMaxGenerationLead + 2;
+  EXPECT_EQ(PushWhole(*store_, far, bytes).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->Get("r/far").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*store_->Get("r/x"))->generation(), ahead);
+
+  // A copy of a generation the counter passed already: published under
+  // it, numbered after the counter as a change.
+  PushRequest behind = RequestFor("r/z", bytes);
+  behind.replica_generation = start + 5;
+  auto late = PushWhole(*store_, behind, bytes);
+  ASSERT_TRUE(late.ok()) << late.status();
+  EXPECT_EQ((*late)->generation(), start + 5);
+
+  // The history reads across the jump with nothing lost.
+  auto page = store_->ReadEvents("r/", start, 100, 100);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->lost_last, 0u);
+  ASSERT_EQ(page->events.size(), 3u);
+  EXPECT_EQ(page->events[0].sequence, ahead);
+  EXPECT_EQ(page->events[0].generation, ahead);
+  EXPECT_EQ(page->events[1].sequence, ahead + 1);
+  EXPECT_EQ(page->events[2].generation, start + 5);
+  EXPECT_EQ(page->events[2].sequence, ahead + 2);
+  EXPECT_EQ(page->position, store_->LatestSequence());
+  // From inside the gap: the changes after it.
+  page = store_->ReadEvents("r/", start + 10, 100, 100);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->lost_last, 0u);
+  EXPECT_EQ(page->events.size(), 3u);
+}
+
+// A history that lost the changes around a jump names what it lost up to
+// the last one it dropped, and goes on from the oldest kept.
+TEST_F(ImageStoreTest, TheHistoryNamesWhatItLostAcrossAJump) {
+  StoreOptions options;
+  options.event_history = 2;
+  auto store = MakeStore(options);
+  const auto bytes = MakeTestImage(4096);
+  const uint64_t start = store->LatestSequence();
+  auto first = PushWhole(*store, RequestFor("a", bytes), bytes);
+  PushRequest copy = RequestFor("b", bytes);
+  copy.replica_generation = start + 500;
+  auto jumped = PushWhole(*store, copy, bytes);
+  auto third = PushWhole(*store, RequestFor("c", bytes), bytes);
+  auto fourth = PushWhole(*store, RequestFor("d", bytes), bytes);
+  ASSERT_TRUE(first.ok() && jumped.ok() && third.ok() && fourth.ok());
+  auto page = store->ReadEvents("", start, 100, 100);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->lost_first, start + 1);
+  EXPECT_EQ(page->lost_last, start + 500);
+  ASSERT_EQ(page->events.size(), 2u);
+  EXPECT_EQ(page->events[0].image_id, "c");
+  EXPECT_EQ(page->events[1].image_id, "d");
+}
+
+// Two images may hold generations with the same number (one a copy of
+// another server's): a reader of either finds its own, replaced or not.
+TEST_F(ImageStoreTest, EqualGenerationsOfTwoImagesAreKeptApart) {
+  const auto bytes = MakeTestImage(4096);
+  const auto other_bytes = MakeTestImage(8192);
+  auto a = Push("a", bytes);
+  ASSERT_TRUE(a.ok());
+  PushRequest copy = RequestFor("b", other_bytes);
+  copy.replica_generation = (*a)->generation();
+  auto b = PushWhole(*store_, copy, other_bytes);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ((*b)->generation(), (*a)->generation());
+  const uint64_t shared = (*a)->generation();
+  ASSERT_TRUE(Push("a", other_bytes).ok());
+  ASSERT_TRUE(Push("b", bytes).ok());
+  auto old_a = store_->GetGeneration("a", shared);
+  auto old_b = store_->GetGeneration("b", shared);
+  ASSERT_TRUE(old_a.ok() && old_b.ok());
+  EXPECT_EQ(*old_a, *a);
+  EXPECT_EQ(*old_b, *b);
+}
+
 // A notification is called once, by the first change under its prefix
 // after its position, and not by others; it is not registered when such a
 // change came already; it can be cancelled; shutdown calls those left.

@@ -773,6 +773,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
     header->set_if_generation_match(*options.if_generation_match);
   }
   header->set_ttl_ms(ToMillis(options.ttl));
+  header->set_replica_generation(options.replica_generation);
   auto chunk = [&](size_t offset, size_t n) {
     return ChunkMessageCopying(data + offset, n);
   };

@@ -385,6 +385,7 @@ absl::StatusOr<ImageInfo> DataLane::PushOnce(
   request.size = size;
   request.if_generation_match = options.if_generation_match;
   request.ttl_ms = ToMillis(options.ttl);
+  request.replica_generation = options.replica_generation;
   request.client_cpu = ClientCpu(*connection);
   uint8_t header[lane::kRequestHeaderBytes];
   lane::EncodeRequestHeader(request, header);
@@ -739,6 +740,7 @@ absl::StatusOr<ImageInfo> DataLane::PushSealed(
   request.size = size;
   request.if_generation_match = options.if_generation_match;
   request.ttl_ms = ToMillis(options.ttl);
+  request.replica_generation = options.replica_generation;
   request.client_cpu = ClientCpu(*connection);
   uint8_t header[lane::kRequestHeaderBytes];
   lane::EncodeRequestHeader(request, header);

@@ -132,7 +132,8 @@ void EncodeRequestHeader(const RequestHeader& header,
     EncodeU64(header.if_generation_match.value_or(0), out + 16);
   }
   EncodeU64(header.ttl_ms, out + 24);
-  EncodeU64(header.wait_ms, out + 32);
+  const bool put = header.op == Op::kPut || header.op == Op::kPutSealed;
+  EncodeU64(put ? header.replica_generation : header.wait_ms, out + 32);
 }
 
 absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
@@ -161,7 +162,13 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
   header->accepts_descriptor = (in[1] & kAcceptsDescriptor) != 0;
   header->descriptor_only = (in[1] & kDescriptorOnly) != 0;
   header->ttl_ms = DecodeU64(in + 24);
-  header->wait_ms = DecodeU64(in + 32);
+  header->wait_ms = 0;
+  header->replica_generation = 0;
+  if (header->op == Op::kPut || header->op == Op::kPutSealed) {
+    header->replica_generation = DecodeU64(in + 32);
+  } else {
+    header->wait_ms = DecodeU64(in + 32);
+  }
   header->client_cpu.reset();
   if (const uint32_t cpu_plus_one = Get32(in + 4); cpu_plus_one != 0) {
     header->client_cpu = cpu_plus_one - 1;

@@ -236,6 +236,7 @@ absl::StatusOr<PushRequest> DepotOperations::PushRequestFor(
   request.size = params.size;
   request.checksum = params.checksum;
   request.if_generation_match = params.if_generation_match;
+  request.replica_generation = params.replica_generation;
   request.ttl = absl::Milliseconds(std::min(params.ttl_ms, kMaxTtlMs));
   return request;
 }

@@ -161,6 +161,7 @@ struct PushParams {
   uint64_t checksum = 0;  // ignored when the checksum follows the bytes
   std::optional<uint64_t> if_generation_match;  // 0: only if absent
   uint64_t ttl_ms = 0;                          // 0: never expires
+  uint64_t replica_generation = 0;  // 0: a new generation (PushRequest)
 };
 
 // What a fetch or stat waits for, as it arrives on any transport: a

@@ -220,6 +220,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     params.if_generation_match = OptionalGeneration(
         header.has_if_generation_match(), header.if_generation_match());
     params.ttl_ms = header.ttl_ms();
+    params.replica_generation = header.replica_generation();
     // The cut-off comes only while pending_ lives, and OnDone destroys it
     // before the reactor: `this` is alive whenever it runs.
     absl::StatusOr<std::unique_ptr<PendingImage>> pending =

@@ -521,7 +521,8 @@ ImageStore::ImageStore(StoreOptions options)
       // Generations start at the current time in microseconds so that they
       // stay unique and increasing across restarts of the server.
       next_generation_(
-          std::max<uint64_t>(1, absl::ToUnixMicros(options_.clock()))) {
+          std::max<uint64_t>(1, absl::ToUnixMicros(options_.clock()))),
+      history_after_(next_generation_ - 1) {
   if (options_.start_reaper) {
     budget_->SetOnRetained([this](absl::Time due) { WakeReaperFor(due); });
     reaper_ = std::thread([this] { ReaperLoop(); });
@@ -553,10 +554,16 @@ absl::Status ImageStore::Admit(const PushRequest& request, uint64_t charge) {
     return absl::UnavailableError("server is shutting down");
   }
   // Only a precondition needs the map (Install() checks everything again).
-  if (request.if_generation_match.has_value()) {
+  if (request.if_generation_match.has_value() ||
+      request.replica_generation != 0) {
     absl::ReaderMutexLock lock(&mutex_);
     if (absl::Status status =
             CheckGeneration(request.image_id, request.if_generation_match);
+        !status.ok()) {
+      return status;
+    }
+    if (absl::Status status = CheckReplicaGeneration(
+            request.image_id, request.replica_generation);
         !status.ok()) {
       return status;
     }
@@ -773,6 +780,7 @@ absl::StatusOr<ImageRef> ImageStore::InstallRestored(
     // Sequences go on after every restored generation; what came before
     // is history this store never recorded (ReadEvents calls it lost).
     next_generation_ = std::max(next_generation_, stored.generation_ + 1);
+    history_after_ = next_generation_ - 1;
     LruAdd(stored);
     if (stored.expires_ != absl::InfiniteFuture()) {
       expiry_queue_.emplace(stored.expires_, stored.image_id_);
@@ -810,6 +818,11 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
         !status.ok()) {
       return status;
     }
+    if (absl::Status status = CheckReplicaGeneration(
+            request.image_id, request.replica_generation);
+        !status.ok()) {
+      return status;
+    }
     auto [it, inserted] = images_.try_emplace(stored.image_id(), published);
     if (!inserted) {
       replaced = std::move(it->second);
@@ -825,10 +838,13 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
       RecordEvent(ImageEvent::Kind::kExpired, *replaced, 0, &watchers);
       ++expired_images_;
     }
-    stored.generation_ = RecordEvent(
-        replaces_live ? ImageEvent::Kind::kReplaced
-                      : ImageEvent::Kind::kPublished,
-        stored, replaces_live ? replaced->generation() : 0, &watchers);
+    const uint64_t sequence =
+        RecordEvent(replaces_live ? ImageEvent::Kind::kReplaced
+                                  : ImageEvent::Kind::kPublished,
+                    stored, replaces_live ? replaced->generation() : 0,
+                    &watchers, request.replica_generation);
+    stored.generation_ =
+        request.replica_generation != 0 ? request.replica_generation : sequence;
     if (stored.expires_ != absl::InfiniteFuture()) {
       expiry_queue_.emplace(stored.expires_, stored.image_id_);
     }
@@ -851,10 +867,14 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
   return published;
 }
 
-uint64_t ImageStore::RecordEvent(
-    ImageEvent::Kind kind, const StoredImage& image,
-    uint64_t replaced_generation,
-    std::vector<absl::AnyInvocable<void()>>* ready) {
+uint64_t ImageStore::RecordEvent(ImageEvent::Kind kind,
+                                 const StoredImage& image,
+                                 uint64_t replaced_generation,
+                                 std::vector<absl::AnyInvocable<void()>>* ready,
+                                 uint64_t replica_generation) {
+  // A replica's generation ahead of the counter moves it there (a Lamport
+  // clock's receive); CheckReplicaGeneration bounded how far.
+  next_generation_ = std::max(next_generation_, replica_generation);
   const uint64_t sequence = next_generation_++;
   const size_t capacity = std::max<size_t>(1, options_.event_history);
   ImageEvent* event;
@@ -864,15 +884,17 @@ uint64_t ImageStore::RecordEvent(
   } else {
     // The oldest goes; its slot (and its string's memory) is reused.
     event = &events_[event_head_];
+    history_after_ = event->sequence;
     event_head_ = (event_head_ + 1) % capacity;
   }
   event->kind = kind;
   event->sequence = sequence;
   event->image_id.assign(image.image_id());
-  event->generation = kind == ImageEvent::Kind::kPublished ||
-                              kind == ImageEvent::Kind::kReplaced
-                          ? sequence
-                          : image.generation();
+  event->generation =
+      kind == ImageEvent::Kind::kPublished ||
+              kind == ImageEvent::Kind::kReplaced
+          ? (replica_generation != 0 ? replica_generation : sequence)
+          : image.generation();
   event->size = image.size();
   event->replaced_generation = replaced_generation;
   event->time = options_.clock();
@@ -901,29 +923,42 @@ absl::StatusOr<EventPage> ImageStore::ReadEvents(
   page.position = position;
   absl::ReaderMutexLock lock(&mutex_);
   if (shutting_down_) return absl::UnavailableError("server is shutting down");
-  const uint64_t end = next_generation_;  // the next change's sequence
-  const uint64_t oldest = end - event_count_;
-  uint64_t next = position + 1;
-  if (next < oldest) {
-    page.lost_first = next;
-    page.lost_last = oldest - 1;
-    next = oldest;
-    page.position = oldest - 1;
+  if (position < history_after_) {
+    page.lost_first = position + 1;
+    page.lost_last = history_after_;
+    page.position = history_after_;
   }
   const size_t capacity = std::max<size_t>(1, options_.event_history);
-  for (size_t scanned = 0;
-       next < end && scanned < max_scan && page.events.size() < max_events;
-       ++next, ++scanned) {
-    const ImageEvent& event =
-        events_[(event_head_ + (next - oldest)) % capacity];
-    page.position = next;
+  size_t slot = FirstEventAfter(page.position);
+  for (size_t scanned = 0; slot < event_count_ && scanned < max_scan &&
+                           page.events.size() < max_events;
+       ++slot, ++scanned) {
+    const ImageEvent& event = events_[(event_head_ + slot) % capacity];
+    page.position = event.sequence;
     if (HasPrefix(event.image_id, prefix) &&
         (visible == nullptr || visible(event.image_id))) {
       page.events.push_back(event);
     }
   }
-  page.more = next < end;
+  page.more = slot < event_count_;
+  // Numbers a replica's publish skipped are no changes: looked at too.
+  if (!page.more) page.position = std::max(page.position, next_generation_ - 1);
   return page;
+}
+
+size_t ImageStore::FirstEventAfter(uint64_t position) const {
+  const size_t capacity = std::max<size_t>(1, options_.event_history);
+  size_t low = 0;
+  size_t high = event_count_;
+  while (low < high) {
+    const size_t middle = low + (high - low) / 2;
+    if (events_[(event_head_ + middle) % capacity].sequence <= position) {
+      low = middle + 1;
+    } else {
+      high = middle;
+    }
+  }
+  return low;
 }
 
 ImageStore::NotificationId ImageStore::NotifyOnEvent(
@@ -978,6 +1013,29 @@ absl::Status ImageStore::CheckGeneration(
         absl::StrCat("image '", std::string(image_id), "' is at generation ",
                      current->generation(), ", not ", *if_generation_match,
                      "; it was changed by someone else"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ImageStore::CheckReplicaGeneration(
+    std::string_view image_id, uint64_t replica_generation) const {
+  if (replica_generation == 0) return absl::OkStatus();
+  const uint64_t now_micros = static_cast<uint64_t>(
+      std::max<int64_t>(0, absl::ToUnixMicros(options_.clock())));
+  if (replica_generation - 1 >=
+      std::max(next_generation_, now_micros) + kMaxGenerationLead) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "push of '", std::string(image_id), "' as a copy of generation ",
+        replica_generation, ": that is too far ahead of this server's ",
+        next_generation_ - 1,
+        " (a generation counts microseconds since 1970 and changes)"));
+  }
+  if (ImageRef current = FindLive(image_id);
+      current != nullptr && current->generation() >= replica_generation) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "push of '", std::string(image_id), "' as a copy of generation ",
+        replica_generation, ": this server holds generation ",
+        current->generation(), ", as new or newer"));
   }
   return absl::OkStatus();
 }
@@ -1074,7 +1132,7 @@ void ImageStore::Retire(const ImageRef& image) {
   // Only a generation somebody still holds can be asked for again. Nobody
   // new can take hold of it (that would go through the store's lock), so
   // one held by `image` alone is gone for good.
-  if (image.use_count() > 1) retired_[image->generation()] = image;
+  if (image.use_count() > 1) retired_.emplace(image->generation(), image);
   // Forget generations nobody holds any more, in batches.
   if (retired_.size() > 64 && retired_.size() > 2 * images_.size()) {
     for (auto it = retired_.begin(); it != retired_.end();) {
@@ -1240,10 +1298,13 @@ absl::StatusOr<ImageRef> ImageStore::GetGeneration(std::string_view image_id,
       LruTouch(*current);
       return current;
     }
-  } else if (auto it = retired_.find(generation); it != retired_.end()) {
-    if (ImageRef held = it->second.lock();
-        held != nullptr && held->image_id() == image_id) {
-      return held;
+  } else {
+    auto [first, last] = retired_.equal_range(generation);
+    for (; first != last; ++first) {
+      if (ImageRef held = first->second.lock();
+          held != nullptr && held->image_id() == image_id) {
+        return held;
+      }
     }
   }
   if (generation == 0 || current == nullptr) {

@@ -42,6 +42,25 @@ using LaneLeases = std::unordered_multimap<uint64_t, ImageLease>;
 // Generations a connection pinned (PIN), by generation.
 using LanePins = std::unordered_multimap<uint64_t, ImageRef>;
 
+const ImageRef& HeldImage(const ImageLease& lease) { return lease.image(); }
+const ImageRef& HeldImage(const ImageRef& image) { return image; }
+
+// Ends one of `held`'s holds on `generation` of `image_id`, if it has one.
+// Generations of different images may be equal (a replica's is another
+// server's number), so the id is compared too, unless none is given (a
+// RELEASE names none: which of two such leases ends first does not matter,
+// as the client releases each).
+template <typename Holds>
+void EndHold(Holds& held, uint64_t generation, std::string_view image_id) {
+  auto [first, last] = held.equal_range(generation);
+  for (; first != last; ++first) {
+    if (image_id.empty() || HeldImage(first->second)->image_id() == image_id) {
+      held.erase(first);
+      return;
+    }
+  }
+}
+
 // Pushed bytes are received and checksummed this much at a time, so that
 // the checksum reads them while they are still in the cache.
 constexpr size_t kReceivePieceBytes = size_t{256} << 10;
@@ -814,10 +833,7 @@ absl::Status DataLaneServer::Impl::Dispatch(LaneSocket& socket,
     case lane::Op::kRelease:
       // One lease on that generation ends; a generation this connection
       // holds none of is ignored. No answer.
-      if (auto it = session.leases.find(header.size);
-          it != session.leases.end()) {
-        session.leases.erase(it);
-      }
+      EndHold(session.leases, header.size, image_id);
       return absl::OkStatus();
     case lane::Op::kRead:
       return HandleRead(socket, caller, header, image_id, follower);
@@ -826,10 +842,7 @@ absl::Status DataLaneServer::Impl::Dispatch(LaneSocket& socket,
     case lane::Op::kUnpin:
       // One pin of that generation ends; a generation this connection did
       // not pin is ignored. No answer.
-      if (auto it = session.pins.find(header.generation);
-          it != session.pins.end() && it->second->image_id() == image_id) {
-        session.pins.erase(it);
-      }
+      EndHold(session.pins, header.generation, image_id);
       return absl::OkStatus();
     case lane::Op::kGet:
       break;
@@ -857,6 +870,7 @@ absl::Status DataLaneServer::Impl::HandlePutSealed(
   params.size = header.size;
   params.if_generation_match = header.if_generation_match;
   params.ttl_ms = header.ttl_ms;
+  params.replica_generation = header.replica_generation;
   return SendPublished(
       socket,
       operations->PublishSealed(caller, std::move(params), std::move(memfd)));
@@ -875,6 +889,7 @@ absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
   params.size = header.size;
   params.if_generation_match = header.if_generation_match;
   params.ttl_ms = header.ttl_ms;
+  params.replica_generation = header.replica_generation;
   // The checksum follows the bytes (FinishPush below). A push cut off for
   // falling behind stops receiving: the blocked recv returns at once (and
   // the connection is closed after the answer, its stream out of step).

@@ -149,6 +149,14 @@ struct PushOptions {
   // The image is deleted this long after it was published; zero: never.
   absl::Duration ttl = absl::ZeroDuration();
   ProgressCallback progress;
+  // For replication (a cluster target sets it on its replicas): not 0, the
+  // image is a copy of generation N held by another server, and is
+  // published under N instead of a new generation, so that every copy of
+  // it has the same number. The server's later generations then number
+  // after N. FAILED_PRECONDITION if the server holds generation N of the
+  // image or a newer one. Servers from before it publish a new generation
+  // of their own instead (the answer's generation says which).
+  uint64_t replica_generation = 0;
 };
 
 struct FetchOptions {
@@ -258,10 +266,16 @@ class ImageReader {
 // A change to the images a watch follows (Client::Watch). Every change to
 // a server's store takes the next number of one counter, its sequence: a
 // publish's sequence is the generation it made, a delete's, an expiry's or
-// an eviction's a number no generation gets. Within one run of the server the
-// sequences of all changes have no gaps, so a watch's events only grow in
-// sequence, and a consumer holding generation G of an image can ask for every
-// change after G (WatchOptions::after).
+// an eviction's a number no generation gets. A watch's events only grow in
+// sequence, and a consumer holding generation G of an image can ask for
+// every change after G (WatchOptions::after). The numbers have gaps only
+// where a replica's copy (PushOptions::replica_generation) moved the
+// counter on; such a copy's sequence is at least its generation.
+//
+// A watch of a cluster target merges its servers' watches: each change
+// once (replicas report it under one generation), each event with the
+// sequence of the server that reported it; it cannot start after a
+// sequence (README.md, "Watching a cluster").
 struct ImageEvent {
   enum class Kind {
     kPublished,  // the first generation under its id (or the first after a
@@ -351,11 +365,10 @@ class Client {
   // Connects to h5depotd at `target`: "host:port", "unix:/path/to/socket"
   // or any gRPC target; or to several servers as one with a cluster
   // target, "cluster:MEMBER,MEMBER,...[?replicas=R]" (README.md, "Several
-  // servers as one", says how calls behave there; Watch is not available
-  // on one). Each Client has a connection of its own. UNAVAILABLE if
-  // the server does not answer within options.connect_timeout; INVALID_ARGUMENT
-  // for a malformed target; FAILED_PRECONDITION in a child of fork() that
-  // cannot use gRPC (above).
+  // servers as one", says how calls behave there). Each Client has a connection
+  // of its own. UNAVAILABLE if the server does not answer within
+  // options.connect_timeout; INVALID_ARGUMENT for a malformed target;
+  // FAILED_PRECONDITION in a child of fork() that cannot use gRPC (above).
   static absl::StatusOr<std::unique_ptr<Client>> Connect(
       std::string_view target, const ClientOptions& options = {});
 

@@ -148,6 +148,11 @@ struct RequestHeader {
   std::optional<uint64_t> if_generation_match;  // PUT
   uint64_t ttl_ms = 0;                          // PUT; 0: never expires
   uint64_t wait_ms = 0;                         // GET; 0: do not wait
+  // PUT, PUT_SEALED: not 0, the push is a copy of this generation held
+  // elsewhere, published under it (PushOptions::replica_generation). It
+  // rides in the slot a GET's wait takes, which servers from before it
+  // ignore on a PUT.
+  uint64_t replica_generation = 0;
   // GET: only a generation newer than this one (0: any), as FetchRequest's
   // newer_than_generation. A server from before it ignores it.
   uint64_t newer_than = 0;

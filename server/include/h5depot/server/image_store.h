@@ -179,9 +179,12 @@ struct StoreOptions {
 // Every change takes the next number of the store's one counter, its
 // sequence: a publish's sequence is the generation it made, a delete's,
 // an expiry's or an eviction's a number no generation gets. So a store's
-// changes are numbered without gaps, in the order they took effect, and a
-// consumer that holds generation G of an image (or saw sequence G) can ask for
-// every change after it.
+// changes are numbered in the order they took effect, and a consumer that
+// holds generation G of an image (or saw sequence G) can ask for every
+// change after it. The numbers have gaps only where a replica's publish
+// (PushRequest::replica_generation) moved the counter forward; such a
+// publish's sequence is its generation if that was ahead of the counter,
+// else the counter's next number (after the generation, never before).
 struct ImageEvent {
   enum class Kind : uint8_t {
     kPublished,  // the first generation under its id (or the first after
@@ -328,6 +331,15 @@ struct PushRequest {
   uint64_t checksum = 0;                        // XXH3-64 of the whole image
   std::optional<uint64_t> if_generation_match;  // 0: only if absent
   absl::Duration ttl = absl::ZeroDuration();    // zero: never expires
+  // Not 0: the image is a copy of this generation held by another server
+  // (a cluster's replica), published under it rather than a new one. The
+  // store's counter then moves past it, as a Lamport clock does, so that
+  // every later change here is numbered after it: a generation the client
+  // saw anywhere in the cluster is older than any this store makes next.
+  // FAILED_PRECONDITION if the store holds that generation of the image or
+  // a newer one; INVALID_ARGUMENT if it is over kMaxGenerationLead ahead
+  // of both the counter and the clock (in microseconds).
+  uint64_t replica_generation = 0;
   // The share the push is charged to, beside the store's limit (see
   // Quota); null: only the store's limit.
   std::shared_ptr<Quota> quota;
@@ -443,6 +455,12 @@ struct StoreStats {
 
 class ImageStore {
  public:
+  // How far ahead of this store's counter and clock (in microseconds, about
+  // 71 minutes) a replica's generation may be (PushRequest): clocks of
+  // servers differ, but a number further ahead is a mistake that would
+  // spend the counter.
+  static constexpr uint64_t kMaxGenerationLead = uint64_t{1} << 32;
+
   explicit ImageStore(StoreOptions options);
   ~ImageStore();
   ImageStore(const ImageStore&) = delete;
@@ -635,11 +653,22 @@ class ImageStore {
   bool EvictFor(uint64_t charge);
   // Records a change that takes the next sequence (which it returns), and
   // moves the notifications it satisfies to `ready`, to be called once the
-  // lock is released.
+  // lock is released. A publish's generation is `replica_generation` if
+  // not 0 (the sequence is then at least that), else its sequence.
   uint64_t RecordEvent(ImageEvent::Kind kind, const StoredImage& image,
                        uint64_t replaced_generation,
-                       std::vector<absl::AnyInvocable<void()>>* ready)
+                       std::vector<absl::AnyInvocable<void()>>* ready,
+                       uint64_t replica_generation = 0)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Why `replica_generation` cannot be published as `image_id`'s next
+  // generation (PushRequest::replica_generation); OK if it can.
+  absl::Status CheckReplicaGeneration(std::string_view image_id,
+                                      uint64_t replica_generation) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  // The slot in the ring of the oldest kept change with a sequence after
+  // `position` (event_count_ if none).
+  size_t FirstEventAfter(uint64_t position) const
+      ABSL_SHARED_LOCKS_REQUIRED(mutex_);
   // Removes wait `wait` from the list and hands over its callback.
   WaitCallback TakeWait(WaitId wait) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void ReaperLoop();
@@ -653,7 +682,10 @@ class ImageStore {
   mutable absl::Mutex mutex_;
   std::map<std::string, ImageRef, std::less<>> images_ ABSL_GUARDED_BY(mutex_);
   // Replaced or deleted generations that a reader may still hold.
-  std::unordered_map<uint64_t, std::weak_ptr<const StoredImage>> retired_
+  // By generation: a replica's generation may equal one this store made
+  // for another id, so each entry names its image (checked on lookup) and a
+  // generation may have several.
+  std::unordered_multimap<uint64_t, std::weak_ptr<const StoredImage>> retired_
       ABSL_GUARDED_BY(mutex_);
   std::set<std::pair<absl::Time, std::string>> expiry_queue_
       ABSL_GUARDED_BY(mutex_);
@@ -681,9 +713,10 @@ class ImageStore {
   mutable StoredImage* lru_newest_ ABSL_GUARDED_BY(lru_mutex_) = nullptr;
   // The latest changes, oldest first from `event_head_`, in a ring of at
   // most StoreOptions::event_history entries whose strings are reused.
-  // Their sequences are next_generation_ - event_count_ onwards, without
-  // gaps, so a sequence's slot is found by arithmetic.
+  // Their sequences grow along the ring, so a sequence's slot is found by
+  // binary search. The ring holds every change after `history_after_`.
   std::vector<ImageEvent> events_ ABSL_GUARDED_BY(mutex_);
+  uint64_t history_after_ ABSL_GUARDED_BY(mutex_);
   size_t event_head_ ABSL_GUARDED_BY(mutex_) = 0;
   size_t event_count_ ABSL_GUARDED_BY(mutex_) = 0;
   struct EventNotification {
