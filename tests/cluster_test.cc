@@ -291,6 +291,43 @@ class ClusterTest : public ::testing::Test {
     return holders;
   }
 
+  // The generation each server holding `image_id` has, asked directly.
+  std::set<uint64_t> Generations(const std::string& image_id) {
+    std::set<uint64_t> generations;
+    for (const auto& server : servers_) {
+      if (!server->running()) continue;
+      std::unique_ptr<Client> direct = Connect(server->tcp_target());
+      if (direct == nullptr) continue;
+      if (absl::StatusOr<ImageInfo> info = direct->Stat(image_id); info.ok()) {
+        generations.insert(info->generation);
+      }
+    }
+    return generations;
+  }
+
+  // The index of the server `image_id` is pushed to first, among
+  // servers [0, count).
+  size_t Primary(const std::string& image_id, int count = kServers) const {
+    std::vector<uint64_t> seeds;
+    for (int i = 0; i < count; ++i) {
+      seeds.push_back(RendezvousSeed(servers_[i]->tcp_target()));
+    }
+    return PlacementOrder(seeds, image_id)[0];
+  }
+
+  // The next `count` events of `watch`, each within 30 s.
+  static std::vector<ImageEvent> NextEvents(ImageWatch& watch, size_t count) {
+    std::vector<ImageEvent> events;
+    while (events.size() < count) {
+      absl::StatusOr<ImageEvent> event =
+          watch.Next(absl::Now() + absl::Seconds(30));
+      EXPECT_TRUE(event.ok()) << event.status();
+      if (!event.ok()) break;
+      events.push_back(*std::move(event));
+    }
+    return events;
+  }
+
   std::vector<std::unique_ptr<ServerProcess>> servers_;
 };
 
@@ -652,7 +689,12 @@ TEST_F(ClusterTest, RebalanceRestoresTheCopiesOfARestartedServer) {
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_EQ(report->copies_made, before->images.size());
   EXPECT_EQ(report->copies_removed, 0u);
-  for (int i = 0; i < 20; ++i) EXPECT_EQ(Holders(absl::StrCat("l/", i)), 2);
+  for (int i = 0; i < 20; ++i) {
+    const std::string id = absl::StrCat("l/", i);
+    EXPECT_EQ(Holders(id), 2);
+    // The copies made are of the generation the other replica holds.
+    EXPECT_EQ(Generations(id).size(), 1u) << id;
+  }
 }
 
 // Clients keep pushing new generations through the new membership while
@@ -767,6 +809,178 @@ TEST_F(ClusterTest, RebalanceMovesNothingWhenAMemberIsDown) {
   std::unique_ptr<Client> one = Connect(servers_[0]->tcp_target());
   EXPECT_EQ(one->Rebalance().status().code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// Every copy of a push carries the first copy's generation, and servers
+// number their later changes after it: a consumer following generations
+// with "newer than" goes on through a failover of the image's primary.
+TEST_F(ClusterTest, ReplicasShareAGenerationAndAConsumerGoesOnAfterAFailover) {
+  std::unique_ptr<Client> producer = Connect(Target(/*replicas=*/2));
+  std::unique_ptr<Client> consumer = Connect(Target(/*replicas=*/2));
+  ASSERT_TRUE(producer && consumer);
+  const std::string id = "f/packet";
+  const std::string first = MakeHdf5Image(8192, 41);
+  absl::StatusOr<ImageInfo> pushed =
+      producer->Push(id, first.data(), first.size());
+  ASSERT_TRUE(pushed.ok()) << pushed.status();
+  EXPECT_EQ(Holders(id), 2);
+  EXPECT_EQ(Generations(id), std::set<uint64_t>{pushed->generation});
+  absl::StatusOr<FetchedImage> held = consumer->Fetch(id);
+  ASSERT_TRUE(held.ok()) << held.status();
+  ASSERT_EQ(held->info.generation, pushed->generation);
+
+  servers_[Primary(id)]->Kill();
+  const std::string second = MakeHdf5Image(8192, 42);
+  absl::StatusOr<ImageInfo> next =
+      producer->Push(id, second.data(), second.size());
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_GT(next->generation, pushed->generation);
+  EXPECT_EQ(Generations(id), std::set<uint64_t>{next->generation});
+  FetchOptions newer;
+  newer.newer_than = held->info.generation;
+  newer.wait = absl::Seconds(30);
+  absl::StatusOr<FetchedImage> got = consumer->Fetch(id, newer);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->info.generation, next->generation);
+  EXPECT_EQ(std::string(static_cast<const char*>(got->buffer.data()),
+                        got->buffer.size()),
+            second);
+  // A given generation is read from whichever replica holds it.
+  std::string head(8, '\0');
+  absl::StatusOr<ReadResult> read =
+      consumer->Read(id, next->generation, 0, head.data(), head.size());
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(head, second.substr(0, 8));
+}
+
+// A watch of a cluster merges its servers' watches: with two copies of
+// every image, each push, replacement and delete is reported once, with
+// the generation the push returned.
+TEST_F(ClusterTest, AWatchOfAClusterReportsEachChangeOnce) {
+  std::unique_ptr<Client> cluster = Connect(Target(/*replicas=*/2));
+  ASSERT_TRUE(cluster);
+  WatchOptions options;
+  options.prefix = "w/";
+  absl::StatusOr<std::unique_ptr<ImageWatch>> watch = cluster->Watch(options);
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  const std::string image = MakeHdf5Image(8192, 51);
+  std::map<std::string, uint64_t> published;  // "kind id" -> generation
+  for (int i = 0; i < 10; ++i) {
+    const std::string id = absl::StrCat("w/", i);
+    absl::StatusOr<ImageInfo> pushed =
+        cluster->Push(id, image.data(), image.size());
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+    published[absl::StrCat("published ", id)] = pushed->generation;
+  }
+  for (int i = 0; i < 3; ++i) {
+    const std::string id = absl::StrCat("w/", i);
+    absl::StatusOr<ImageInfo> pushed =
+        cluster->Push(id, image.data(), image.size());
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+    published[absl::StrCat("replaced ", id)] = pushed->generation;
+  }
+  for (int i = 3; i < 5; ++i) {
+    const std::string id = absl::StrCat("w/", i);
+    published[absl::StrCat("deleted ", id)] =
+        published[absl::StrCat("published ", id)];
+    ASSERT_TRUE(cluster->Delete(id).ok());
+  }
+  ASSERT_TRUE(cluster->Push("x/elsewhere", image.data(), image.size()).ok());
+
+  std::map<std::string, uint64_t> seen;
+  for (const ImageEvent& event : NextEvents(**watch, published.size())) {
+    const std::string key =
+        absl::StrCat(ImageEventKindName(event.kind), " ", event.image_id);
+    EXPECT_TRUE(seen.emplace(key, event.generation).second) << key;
+  }
+  EXPECT_EQ(seen, published);
+  // Nothing more: no replica's second report, no other prefix.
+  absl::StatusOr<ImageEvent> more =
+      (*watch)->Next(absl::Now() + absl::Seconds(1));
+  EXPECT_EQ(more.status().code(), absl::StatusCode::kDeadlineExceeded)
+      << ImageEventKindName(more->kind) << " " << more->image_id;
+
+  // Members number their changes each their own way.
+  WatchOptions after;
+  after.after = 1;
+  EXPECT_EQ(cluster->Watch(after).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// A rebalance moves copies between servers: the copies it removes from
+// the old places are no deletions of the cluster's images.
+TEST_F(ClusterTest, AWatchOfAClusterDoesNotReportARebalancesMovesAsDeletes) {
+  std::unique_ptr<Client> two = Connect(Target(/*replicas=*/1, /*count=*/2));
+  ASSERT_TRUE(two);
+  const std::string image = MakeHdf5Image(8192, 61);
+  std::map<std::string, uint64_t> generations;
+  for (int i = 0; i < 30; ++i) {
+    const std::string id = absl::StrCat("m/", i);
+    absl::StatusOr<ImageInfo> pushed =
+        two->Push(id, image.data(), image.size());
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+    generations[id] = pushed->generation;
+  }
+  std::unique_ptr<Client> three = Connect(Target(/*replicas=*/1));
+  ASSERT_TRUE(three);
+  WatchOptions options;
+  options.prefix = "m/";
+  absl::StatusOr<std::unique_ptr<ImageWatch>> watch = three->Watch(options);
+  ASSERT_TRUE(watch.ok()) << watch.status();
+  absl::StatusOr<RebalanceReport> report = three->Rebalance();
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_GT(report->copies_removed, 0u);
+  // Then a real delete, reported after the moves.
+  ASSERT_TRUE(three->Delete("m/0").ok());
+  std::vector<ImageEvent> events;
+  while (events.empty() || events.back().kind == ImageEvent::Kind::kPublished) {
+    std::vector<ImageEvent> one = NextEvents(**watch, 1);
+    if (one.empty()) break;
+    events.push_back(one[0]);
+  }
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back().kind, ImageEvent::Kind::kDeleted);
+  EXPECT_EQ(events.back().image_id, "m/0");
+  // The moves' copies: published again, with the generation they had.
+  EXPECT_EQ(events.size() - 1, report->copies_made);
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    EXPECT_EQ(events[i].generation, generations[events[i].image_id]);
+  }
+}
+
+// With two copies of every image a watch goes on past a killed server;
+// with one it ends, since the killed server's images would go unwatched.
+TEST_F(ClusterTest, AWatchOfAClusterOutlivesAKilledServerOnlyWithReplicas) {
+  std::unique_ptr<Client> replicated = Connect(Target(/*replicas=*/2));
+  std::unique_ptr<Client> single = Connect(Target(/*replicas=*/1));
+  ASSERT_TRUE(replicated && single);
+  WatchOptions options;
+  options.prefix = "s/";
+  absl::StatusOr<std::unique_ptr<ImageWatch>> survives =
+      replicated->Watch(options);
+  absl::StatusOr<std::unique_ptr<ImageWatch>> ends = single->Watch(options);
+  ASSERT_TRUE(survives.ok() && ends.ok());
+  servers_[1]->Kill();
+  absl::StatusOr<ImageEvent> ended =
+      (*ends)->Next(absl::Now() + absl::Seconds(30));
+  EXPECT_EQ(ended.status().code(), absl::StatusCode::kUnavailable)
+      << ended.status();
+  EXPECT_EQ(single->Watch(options).status().code(),
+            absl::StatusCode::kUnavailable);
+
+  const std::string image = MakeHdf5Image(8192, 71);
+  std::set<std::string> pushed;
+  for (int i = 0; i < 10; ++i) {
+    const std::string id = absl::StrCat("s/", i);
+    ASSERT_TRUE(replicated->Push(id, image.data(), image.size()).ok()) << id;
+    pushed.insert(id);
+  }
+  std::set<std::string> seen;
+  for (const ImageEvent& event : NextEvents(**survives, pushed.size())) {
+    EXPECT_EQ(event.kind, ImageEvent::Kind::kPublished);
+    EXPECT_TRUE(seen.insert(event.image_id).second) << event.image_id;
+  }
+  EXPECT_EQ(seen, pushed);
 }
 
 }  // namespace

@@ -532,10 +532,10 @@ absl::StatusOr<std::unique_ptr<ImageWatch>> Client::Watch(
     const WatchOptions& options) {
   const std::string what = absl::StrCat("watch ", Quoted(options.prefix));
   if (impl_->cluster != nullptr) {
-    return Annotate(absl::UnimplementedError(
-                        "a cluster target cannot be watched yet; watch each "
-                        "of its servers"),
-                    what);
+    absl::StatusOr<std::unique_ptr<ImageWatch>> watch =
+        impl_->cluster->Watch(options);
+    if (!watch.ok()) return Annotate(watch.status(), what);
+    return watch;
   }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), what);

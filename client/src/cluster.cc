@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "client/src/cluster_internal.h"
+#include "client/src/cluster_watch_internal.h"
 #include "client/src/server_target_internal.h"
 #include "client/src/srv_lookup_internal.h"
 
@@ -336,13 +337,24 @@ void Cluster::Note(const Membership& m, size_t index,
   member.retry_after = absl::Now() + kReconnectInterval;
 }
 
-absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>>
-Cluster::FirstReachable(const Membership& m, const std::vector<size_t>& order) {
+template <typename T>
+absl::StatusOr<T> Cluster::FirstAnswering(
+    const Membership& m, std::string_view image_id,
+    const std::function<absl::StatusOr<T>(Client&)>& call,
+    const std::function<bool()>& may_go_on) {
   absl::Status first_error;
-  for (size_t index : order) {
+  for (size_t index : m.Order(image_id)) {
     absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, index);
-    if (client.ok()) return std::make_pair(index, *std::move(client));
-    if (first_error.ok()) first_error = client.status();
+    if (!client.ok()) {
+      if (first_error.ok()) first_error = client.status();
+      continue;
+    }
+    absl::StatusOr<T> answer = call(**client);
+    Note(m, index, answer.status());
+    if (!absl::IsUnavailable(answer.status()) || (may_go_on && !may_go_on())) {
+      return answer;
+    }
+    if (first_error.ok()) first_error = answer.status();
   }
   return absl::UnavailableError(absl::StrCat(
       "no server of the cluster can be reached: ", first_error.message()));
@@ -448,6 +460,11 @@ absl::StatusOr<ImageInfo> Cluster::Push(std::string_view image_id,
   }
   size_t published = first.has_value() ? 1 : 0;
   replica_options.if_generation_match.reset();
+  // Every copy under the first one's generation, so that a reader or a
+  // consumer following generations sees the same numbers on any replica.
+  if (first.has_value()) {
+    replica_options.replica_generation = first->second.generation;
+  }
 
   // The other copies, at once.
   while (published < wanted && next < order.size()) {
@@ -476,7 +493,12 @@ absl::StatusOr<ImageInfo> Cluster::Push(std::string_view image_id,
     });
     for (size_t n = 0; n < batch.size(); ++n) {
       const std::string& member = m.members[order[batch[n].first]]->target;
-      if (results[n].ok()) {
+      // A replica that holds a newer generation already got a later push
+      // (from another client, racing this one): as on one server, the
+      // later one stands, and this copy counts as placed.
+      const bool superseded = replica_options.replica_generation != 0 &&
+                              absl::IsFailedPrecondition(results[n].status());
+      if (results[n].ok() || superseded) {
         ++published;
         published_on.push_back(member);
       } else if (absl::IsUnavailable(results[n].status())) {
@@ -522,11 +544,8 @@ absl::StatusOr<FetchedImage> Cluster::Fetch(std::string_view image_id,
       return found;
     }
   }
-  // A wait, or a generation's number: where pushes go first.
-  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
-      FirstReachable(m, m.Order(image_id));
-  if (!member.ok()) return member.status();
-  return member->second->Fetch(image_id, options);
+  // A wait, or a newer generation: where pushes go first.
+  return FirstAnswering(m, image_id, fetch(options));
 }
 
 absl::StatusOr<ImageInfo> Cluster::FetchTo(std::string_view image_id,
@@ -552,10 +571,12 @@ absl::StatusOr<ImageInfo> Cluster::FetchTo(std::string_view image_id,
       return found;
     }
   }
-  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
-      FirstReachable(m, m.Order(image_id));
-  if (!member.ok()) return member.status();
-  return member->second->FetchTo(image_id, sink, options);
+  return FirstAnswering<ImageInfo>(
+      m, image_id,
+      [&](Client& member) {
+        return member.FetchTo(image_id, counting, options);
+      },
+      [&] { return !handed_bytes; });
 }
 
 absl::StatusOr<ReadResult> Cluster::Read(std::string_view image_id,
@@ -563,30 +584,19 @@ absl::StatusOr<ReadResult> Cluster::Read(std::string_view image_id,
                                          void* out, size_t length) {
   const std::shared_ptr<const Membership> current = Current();
   const Membership& m = *current;
-  if (generation == 0) {
-    return DownTheOrder<ReadResult>(m, image_id, [&](Client& member) {
-      return member.Read(image_id, 0, offset, out, length);
-    });
-  }
-  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
-      FirstReachable(m, m.Order(image_id));
-  if (!member.ok()) return member.status();
-  return member->second->Read(image_id, generation, offset, out, length);
+  // Replicas hold a generation under the same number: any will do.
+  return DownTheOrder<ReadResult>(m, image_id, [&](Client& member) {
+    return member.Read(image_id, generation, offset, out, length);
+  });
 }
 
 absl::StatusOr<std::unique_ptr<ImageReader>> Cluster::OpenReader(
     std::string_view image_id, uint64_t generation) {
   const std::shared_ptr<const Membership> current = Current();
   const Membership& m = *current;
-  if (generation == 0) {
-    return DownTheOrder<std::unique_ptr<ImageReader>>(
-        m, image_id,
-        [&](Client& member) { return member.OpenReader(image_id, 0); });
-  }
-  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
-      FirstReachable(m, m.Order(image_id));
-  if (!member.ok()) return member.status();
-  return member->second->OpenReader(image_id, generation);
+  return DownTheOrder<std::unique_ptr<ImageReader>>(
+      m, image_id,
+      [&](Client& member) { return member.OpenReader(image_id, generation); });
 }
 
 absl::StatusOr<ImageInfo> Cluster::Stat(std::string_view image_id,
@@ -603,10 +613,9 @@ absl::StatusOr<ImageInfo> Cluster::Stat(std::string_view image_id,
       return found;
     }
   }
-  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> member =
-      FirstReachable(m, m.Order(image_id));
-  if (!member.ok()) return member.status();
-  return member->second->Stat(image_id, wait, newer_than);
+  return FirstAnswering<ImageInfo>(m, image_id, [&](Client& member) {
+    return member.Stat(image_id, wait, newer_than);
+  });
 }
 
 absl::StatusOr<ListPage> Cluster::List(const ListOptions& options) {
@@ -792,6 +801,22 @@ absl::StatusOr<ServerLimits> Cluster::GetLimits() {
   return *combined;
 }
 
+absl::StatusOr<std::unique_ptr<ImageWatch>> Cluster::Watch(
+    const WatchOptions& options) {
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
+  std::vector<size_t> all(m.members.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  std::vector<WatchedMember> members(all.size());
+  ForEachAtOnce(all, [&](size_t i) {
+    members[i].target = m.members[i]->target;
+    members[i].seed = m.seeds[i];
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, i);
+    if (client.ok()) members[i].client = *std::move(client);
+  });
+  return WatchCluster(std::move(members), target_.replicas, options_, options);
+}
+
 }  // namespace h5depot::internal
 
 namespace h5depot::internal {
@@ -882,16 +907,18 @@ absl::StatusOr<RebalanceReport> Cluster::Rebalance(
     const size_t replicas =
         std::min(order.size(), static_cast<size_t>(target_.replicas));
     const std::vector<size_t> wanted(order.begin(), order.begin() + replicas);
-    // The newest copy (last writer wins, by creation time); on a tie, the
-    // one reads find first, a member's before a drained server's.
+    // The newest copy (last writer wins, by generation: copies carry their
+    // first one's, and a server numbers its changes after every
+    // generation it took a copy of); on a tie, the one reads find first, a
+    // member's before a drained server's.
     const auto rank = [&order](size_t holder) {
       return static_cast<size_t>(std::find(order.begin(), order.end(), holder) -
                                  order.begin());
     };
     const Copy* newest = &held.front();
     for (const Copy& copy : held) {
-      if (copy.info.created > newest->info.created ||
-          (copy.info.created == newest->info.created &&
+      if (copy.info.generation > newest->info.generation ||
+          (copy.info.generation == newest->info.generation &&
            rank(copy.holder) < rank(newest->holder))) {
         newest = &copy;
       }
@@ -903,8 +930,8 @@ absl::StatusOr<RebalanceReport> Cluster::Rebalance(
           std::find_if(held.begin(), held.end(),
                        [member](const Copy& c) { return c.holder == member; });
       if (existing != held.end() &&
-          existing->info.created >= newest->info.created) {
-        continue;  // up to date (the newest itself, or as new)
+          existing->info.generation >= newest->info.generation) {
+        continue;  // up to date (the newest itself, or a copy of it)
       }
       if (!fetched.has_value()) {
         absl::StatusOr<FetchedImage> image = holders[newest->holder]->Fetch(id);
@@ -920,17 +947,20 @@ absl::StatusOr<RebalanceReport> Cluster::Rebalance(
         }
         fetched = *std::move(image);
       }
-      // Only where the image is absent, or still the older copy listed.
+      // Only where the image is absent, or still the older copy listed;
+      // under the generation it has where it came from.
       PushOptions push;
       push.if_generation_match =
           existing != held.end() ? existing->info.generation : 0;
+      push.replica_generation = fetched->info.generation;
       absl::StatusOr<ImageInfo> pushed = holders[member]->Push(
           id, fetched->buffer.data(), fetched->buffer.size(), push);
       if (pushed.ok()) {
         ++(existing != held.end() ? report.copies_replaced
                                   : report.copies_made);
       } else if (absl::IsAlreadyExists(pushed.status()) ||
-                 absl::IsAborted(pushed.status())) {
+                 absl::IsAborted(pushed.status()) ||
+                 absl::IsFailedPrecondition(pushed.status())) {
         ++report.changed;  // a client's newer push stands
       } else {
         fail(pushed.status());

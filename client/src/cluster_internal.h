@@ -27,23 +27,30 @@
 //   that some could not take returns UNAVAILABLE; those that published
 //   keep the new generation, and pushing again restores R copies.
 //   A refusal (not HDF5, too large, ...) is returned as it is.
-// - Conditional push and delete (if_generation_match): generations are
-//   each server's own, so the condition is decided by the primary alone,
-//   which must be reachable (else UNAVAILABLE, nothing changed); once it
-//   has accepted, the other replicas follow unconditionally.
-// - Fetch, stat, read, readers: down the placement order, past servers
-//   that do not have the image or cannot be reached, so an image is found
-//   after a membership change that moved its placement. NOT_FOUND only when
-//   every member answered that; UNAVAILABLE if one could not be asked.
-//   A wait, "newer than", or a given generation, whose numbers are one
-//   server's, go to the first reachable member of the order (where pushes
-//   go first).
+//   The replicas publish under the first copy's generation
+//   (PushOptions::replica_generation), so every copy has the same number,
+//   and each server numbers its later changes after every generation it
+//   holds (a Lamport clock): a consumer that holds generation G from any
+//   replica gets a newer one from any other after a failover. A replica
+//   that holds a newer generation already (a racing push) counts as placed.
+// - Conditional push and delete (if_generation_match): decided by the
+//   primary alone, which must be reachable (else UNAVAILABLE, nothing
+//   changed), since a replica may lag it; once it has accepted, the other
+//   replicas follow unconditionally.
+// - Fetch, stat, read, readers (of the current or a given generation):
+//   down the placement order, past servers that do not have the image or
+//   cannot be reached, so an image is found after a membership change that
+//   moved its placement. NOT_FOUND only when every member answered that;
+//   UNAVAILABLE if one could not be asked. A wait, or "newer than", goes to
+//   the first member of the order that answers (where pushes go first).
 // - Delete: on every member; UNAVAILABLE if one of the id's replicas could
 //   not be reached (its copy remains: delete again once it is back).
 // - List: every member's pages merged in id order, each id once; a member
 //   that cannot be reached fails it with UNAVAILABLE unless fewer than R
 //   members are unreachable (each image then has a copy listed).
-// - Watch: not yet across a cluster (UNIMPLEMENTED; watch each member).
+// - Watch: every member's watch, merged: each change once (by id and
+//   generation), a removal only once no replica holds the generation; it
+//   cannot start after a sequence (cluster_watch_internal.h).
 #ifndef H5DEPOT_CLIENT_CLUSTER_INTERNAL_H_
 #define H5DEPOT_CLIENT_CLUSTER_INTERNAL_H_
 
@@ -139,6 +146,9 @@ class Cluster {
   absl::StatusOr<ServerLimits> GetLimits();
   // Client::Rebalance.
   absl::StatusOr<RebalanceReport> Rebalance(const RebalanceOptions& options);
+  // A watch of every member merged into one (cluster_watch_internal.h).
+  absl::StatusOr<std::unique_ptr<ImageWatch>> Watch(
+      const WatchOptions& options);
 
  private:
   // The members at one time: each operation works on the membership it
@@ -166,9 +176,15 @@ class Cluster {
   // alone, as if it could not be connected, for a second.
   static void Note(const Membership& m, size_t index,
                    const absl::Status& answer);
-  // The first member of `order` that can be reached, and its client.
-  absl::StatusOr<std::pair<size_t, std::shared_ptr<Client>>> FirstReachable(
-      const Membership& m, const std::vector<size_t>& order);
+  // Calls `call` on the first member of `image_id`'s placement order that
+  // can be reached, and on the next after an UNAVAILABLE answer (a server
+  // that went down, even during a wait) unless `may_go_on` says it must
+  // not; the first other answer, else UNAVAILABLE.
+  template <typename T>
+  absl::StatusOr<T> FirstAnswering(
+      const Membership& m, std::string_view image_id,
+      const std::function<absl::StatusOr<T>(Client&)>& call,
+      const std::function<bool()>& may_go_on = nullptr);
   // Calls `call` on each member of `image_id`'s placement order until one
   // answers other than NOT_FOUND or UNAVAILABLE (or `may_go_on` says it
   // must not go on), and returns that answer; else NOT_FOUND, or
