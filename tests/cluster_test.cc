@@ -798,6 +798,21 @@ TEST_F(ClusterTest, TheCommandLineRebalancesAndDrains) {
   EXPECT_NE(single.stderr_text.find("rebalancing is for a cluster target"),
             std::string::npos)
       << single.stderr_text;
+  EXPECT_EQ(single.stderr_text.find("rebalance: rebalance:"), std::string::npos)
+      << single.stderr_text;
+
+  // A watch of the cluster starts (and refuses to start after a number).
+  const testing::CommandResult watched =
+      testing::RunCommand({testing::H5depotCliPath(), "--server", all, "watch",
+                           "cli/", "--count", "0"});
+  EXPECT_EQ(watched.exit_code, 0) << watched.stderr_text;
+  const testing::CommandResult after =
+      testing::RunCommand({testing::H5depotCliPath(), "--server", all, "watch",
+                           "cli/", "--after", "1"});
+  EXPECT_NE(after.exit_code, 0);
+  EXPECT_NE(after.stderr_text.find("cannot start after a sequence"),
+            std::string::npos)
+      << after.stderr_text;
 }
 
 TEST_F(ClusterTest, RebalanceMovesNothingWhenAMemberIsDown) {

@@ -27,6 +27,7 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
+#include "h5depot/internal/checksum.h"
 #include "h5depot/testing/hdf5_images.h"
 #include "h5depot/testing/server_process.h"
 #include "h5depot/testing/subprocess.h"
@@ -98,6 +99,16 @@ class SnapshotTest : public ::testing::Test {
         server.AwaitOutputLine("h5depotd snapshot", kLineWait);
     EXPECT_TRUE(line.ok()) << line.status();
     return line.ok() ? *line : "";
+  }
+
+  // The name of the file that holds `image`: its generation and a hash of
+  // its id.
+  static std::string FileOf(const ImageInfo& image) {
+    return absl::StrCat(image.generation, "-",
+                        absl::Hex(internal::Checksum(image.image_id.data(),
+                                                     image.image_id.size()),
+                                  absl::kZeroPad16),
+                        ".img");
   }
 
   // The image files the snapshot directory holds.
@@ -178,9 +189,7 @@ TEST_P(SnapshotCrashTest, ARestartLoadsTheLastCompleteSnapshot) {
     EXPECT_EQ(client_->Stat("a")->generation, a2.generation);
     EXPECT_EQ(client_->Stat("b").status().code(), absl::StatusCode::kNotFound);
     EXPECT_EQ(client_->Stat("c")->generation, c2.generation);
-    EXPECT_EQ(ImageFiles(),
-              (std::set<std::string>{absl::StrCat(a2.generation, ".img"),
-                                     absl::StrCat(c2.generation, ".img")}));
+    EXPECT_EQ(ImageFiles(), (std::set<std::string>{FileOf(a2), FileOf(c2)}));
   } else {
     EXPECT_EQ(client_->Stat("a")->generation, a1.generation);
     EXPECT_EQ(client_->Stat("b")->generation, b1.generation);
@@ -215,9 +224,8 @@ TEST_F(SnapshotTest, ADamagedImageFileIsRefusedAndTheRestLoads) {
   const ImageInfo b = Push("b", second_);
   ASSERT_TRUE(server->Terminate().ok());
   {
-    std::fstream file(
-        absl::StrCat(snapshots_, "/images/", b.generation, ".img"),
-        std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream file(absl::StrCat(snapshots_, "/images/", FileOf(b)),
+                      std::ios::in | std::ios::out | std::ios::binary);
     file.seekp(1000);
     file.put('\x5a');
   }
@@ -282,8 +290,51 @@ TEST_F(SnapshotTest, AFullDiskFailsTheSnapshotAndKeepsThePreviousOne) {
   ASSERT_NE(server, nullptr);
   EXPECT_EQ(client_->Stat("a")->generation, a.generation);
   EXPECT_EQ(client_->Stat("big").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(ImageFiles(),
-            (std::set<std::string>{absl::StrCat(a.generation, ".img")}));
+  EXPECT_EQ(ImageFiles(), (std::set<std::string>{FileOf(a)}));
+}
+
+// Two images whose generations have one number (one a cluster replica's
+// copy) are kept apart on disk and come back each with its own bytes; a
+// snapshot from before that, whose files are named by generation alone,
+// still loads.
+TEST_F(SnapshotTest, ImagesSharingAGenerationNumberComeBackApart) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  const ImageInfo a = Push("a", first_);
+  PushOptions copy;
+  copy.replica_generation = a.generation;
+  absl::StatusOr<ImageInfo> b =
+      client_->Push("b", second_.data(), second_.size(), copy);
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(b->generation, a.generation);
+  ASSERT_TRUE(server->Terminate().ok());
+  EXPECT_EQ(ImageFiles(), (std::set<std::string>{FileOf(a), FileOf(*b)}));
+
+  server = StartServer();
+  ASSERT_NE(server, nullptr);
+  for (const auto& [id, bytes] : {std::pair{"a", &first_}, {"b", &second_}}) {
+    absl::StatusOr<FetchedImage> fetched = client_->Fetch(id);
+    ASSERT_TRUE(fetched.ok()) << fetched.status();
+    EXPECT_EQ(fetched->info.generation, a.generation);
+    EXPECT_EQ(std::string(static_cast<const char*>(fetched->buffer.data()),
+                          fetched->buffer.size()),
+              *bytes);
+  }
+  ASSERT_TRUE(server->Terminate().ok());
+
+  // The older naming: a's file renamed to its generation alone.
+  ASSERT_EQ(
+      std::rename(
+          (snapshots_ + "/images/" + FileOf(a)).c_str(),
+          absl::StrCat(snapshots_, "/images/", a.generation, ".img").c_str()),
+      0);
+  server = StartServer();
+  ASSERT_NE(server, nullptr);
+  absl::StatusOr<FetchedImage> legacy = client_->Fetch("a");
+  ASSERT_TRUE(legacy.ok()) << legacy.status();
+  EXPECT_EQ(std::string(static_cast<const char*>(legacy->buffer.data()),
+                        legacy->buffer.size()),
+            first_);
 }
 
 }  // namespace

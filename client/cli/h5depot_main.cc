@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
@@ -208,8 +209,13 @@ int ExitCodeFor(absl::StatusCode code) {
 // client library's messages already name the operation, the image id and
 // the server, so <what> is just the command that failed.
 int Fail(const std::string& what, const absl::Status& status) {
-  std::fprintf(stderr, "h5depot: %s: %s\n", what.c_str(),
-               OneLine(status).c_str());
+  const std::string line = OneLine(status);
+  // The library's message may name the operation already ("watch 'p/':",
+  // "rebalance:"): once is enough.
+  const bool named = absl::StartsWith(line, absl::StrCat(what, ":")) ||
+                     absl::StartsWith(line, absl::StrCat(what, " "));
+  std::fprintf(stderr, "h5depot: %s\n",
+               named ? line.c_str() : absl::StrCat(what, ": ", line).c_str());
   return ExitCodeFor(status.code());
 }
 

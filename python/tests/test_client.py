@@ -500,3 +500,29 @@ def test_a_cluster_target_places_two_copies_and_survives_a_killed_server(
     finally:
         for s in servers:
             s.stop()
+
+
+def test_a_watch_of_a_cluster_reports_each_change_once(tmp_path):
+    servers = []
+    try:
+        for i in range(3):
+            (tmp_path / f"s{i}").mkdir()
+            servers.append(Server(tmp_path / f"s{i}"))
+        target = "cluster:" + ",".join(s.target for s in servers) + "?replicas=2"
+        with h5depot.Client(target) as depot:
+            with depot.watch("py/cw/") as watch:
+                pushed = [depot.push(f"py/cw/{i}", packet_bytes(i))
+                          for i in range(5)]
+                depot.rm("py/cw/0")
+                events = [watch.next(timeout=60) for _ in range(6)]
+                with pytest.raises(h5depot.Timeout):
+                    watch.next(timeout=1)  # no replica's second report
+            assert sorted((e.kind, e.image_id, e.generation) for e in events) \
+                == sorted([("published", p.image_id, p.generation)
+                           for p in pushed] +
+                          [("deleted", "py/cw/0", pushed[0].generation)])
+            with pytest.raises(ValueError):
+                depot.watch("py/cw/", after=1)
+    finally:
+        for s in servers:
+            s.stop()

@@ -182,7 +182,20 @@ absl::Status FsyncDirectory(const std::string& path) {
   return status;
 }
 
-std::string ImageFileName(uint64_t generation) {
+// An image's file: named by its generation and a hash of its id, since
+// two images may hold generations with one number (a replica's copy keeps
+// its primary's). Each file is also checked against the manifest's size
+// and checksum when restored.
+std::string ImageFileName(uint64_t generation, std::string_view image_id) {
+  return absl::StrCat(
+      generation, "-",
+      absl::Hex(internal::Checksum(image_id.data(), image_id.size()),
+                absl::kZeroPad16),
+      ".img");
+}
+
+// The name snapshots written before that had: the generation alone.
+std::string LegacyImageFileName(uint64_t generation) {
   return absl::StrCat(generation, ".img");
 }
 
@@ -356,7 +369,13 @@ absl::StatusOr<RestoreReport> SnapshotDirectory::Restore(ImageStore& store) {
   const absl::Time now = store.options().clock();
   std::vector<std::string> referenced;
   for (const ManifestEntry& entry : *entries) {
-    const std::string file = ImageFileName(entry.generation);
+    std::string file = ImageFileName(entry.generation, entry.image_id);
+    const std::string images_dir = absl::StrCat(path_, "/", kImagesDir, "/");
+    if (access((images_dir + file).c_str(), F_OK) != 0 &&
+        access((images_dir + LegacyImageFileName(entry.generation)).c_str(),
+               F_OK) == 0) {
+      file = LegacyImageFileName(entry.generation);
+    }
     referenced.push_back(file);
     if (entry.expires_micros != 0 &&
         absl::FromUnixMicros(entry.expires_micros) <= now) {
@@ -415,7 +434,8 @@ absl::StatusOr<SnapshotReport> SnapshotDirectory::Write(
     return absl::OkStatus();
   };
   for (const ImageRef& image : images) {
-    const std::string file = ImageFileName(image->generation());
+    const std::string file =
+        ImageFileName(image->generation(), image->image_id());
     const std::string path = absl::StrCat(images_dir, "/", file);
     struct stat existing;
     // A file of this generation from an earlier snapshot is whole: it was
