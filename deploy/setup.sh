@@ -28,6 +28,8 @@ PACKAGES=(
   libclang-rt-14-dev
   # deploy/test.sh with H5DEPOT_LOAD_REPEAT: the CPU load beside the suite.
   stress-ng
+  # tests/fork_test.cc: the stacks of a child that hung, to name the lock.
+  gdb
   # bench/run.sh: its peers (iperf3, Redis with redis-benchmark) and the C
   # Redis client it measures them with.
   iperf3 redis-server redis-tools libhiredis-dev

@@ -37,6 +37,7 @@
 #include "h5depot/internal/mutex.h"
 #include "h5depot/rpc/grpc_runtime.h"
 #include "h5depot/testing/server_process.h"
+#include "h5depot/testing/subprocess.h"
 #include "remote_driver_content.h"
 #include "test_images.h"
 
@@ -50,9 +51,11 @@ using ::h5depot::testing::MakeTestImage;
 using ::h5depot::testing::ServerProcess;
 using ::h5depot::testing::ServerProcessOptions;
 
-// A child that has not ended by then counts as hung (its alarm); sanitizer
-// builds are slow. The parent waits a little longer before killing it.
-constexpr int kChildAlarmSeconds = 90;
+// A child that has not ended by then counts as hung; sanitizer builds are
+// slow. The parent then prints its threads' stacks and kills it; the
+// child's own alarm, later, is for a parent that is gone.
+constexpr int kChildHangSeconds = 90;
+constexpr int kChildAlarmSeconds = kChildHangSeconds + 60;
 // What "promptly" means for a disconnect or a refused call in a child.
 constexpr absl::Duration kPrompt = absl::Seconds(5);
 
@@ -101,9 +104,22 @@ int WaitForChild(pid_t pid) {
   const int pid_fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
   if (pid_fd >= 0) {
     pollfd exited{pid_fd, POLLIN, 0};
-    const int ready = poll(&exited, 1, (kChildAlarmSeconds + 30) * 1000);
+    const int ready = poll(&exited, 1, kChildHangSeconds * 1000);
     close(pid_fd);
-    if (ready == 0) kill(pid, SIGKILL);
+    if (ready == 0) {
+      // Hung: most likely on a lock another thread held across fork().
+      // Its stacks name it (a parent may trace its child).
+      testing::CommandOptions options;
+      options.timeout = absl::Seconds(60);
+      const testing::CommandResult stacks =
+          testing::RunCommand({"gdb", "-batch", "-p", absl::StrCat(pid), "-ex",
+                               "thread apply all bt"},
+                              options);
+      ADD_FAILURE() << "child " << pid << " hung for " << kChildHangSeconds
+                    << " s; its threads:\n"
+                    << stacks.stdout_text << stacks.stderr_text;
+      kill(pid, SIGKILL);
+    }
   }
   int status = 0;
   if (waitpid(pid, &status, 0) != pid) {
