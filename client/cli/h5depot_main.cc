@@ -73,6 +73,8 @@ enum ExitCode : int {
   kExitCorrupted = 8,    // DATA_LOSS: the bytes failed their checksum
   kExitDenied = 9,       // UNAUTHENTICATED, PERMISSION_DENIED: no token the
                          // server knows, or one that may not do this
+  kExitFinished = 10,    // OUT_OF_RANGE: the stream is finished and the
+                         // reader group has had every step
 };
 
 constexpr char kUsageText[] = R"(usage: h5depot [--server=TARGET] COMMAND [ARGS]
@@ -121,6 +123,31 @@ Commands:
       servers leaving the cluster; their images are moved onto it and
       deleted from them, after which they can be stopped. Prints what it
       did; exit 1 if some image could not be placed.
+  stream create STREAM [--max-steps N] [--max-bytes N] [--when-full POLICY]
+                [--reserve N] [--keep-first]
+      Create a stream (docs/STREAMS.md) with its queue limits (default 8
+      steps, 256 MiB) and what a full queue does: block (the writer waits,
+      the default), discard-oldest or refuse. --reserve: keep this many
+      acknowledged steps for readers that join late; --keep-first: keep
+      step 0 for every new reader. Optional: a first append creates the
+      stream with the defaults.
+  stream append STREAM FILE [--wait DURATION]
+      Append FILE as the stream's next step; prints the step number and
+      its info. --wait: how long to wait for room in a full stream that
+      blocks (default 30s).
+  stream next STREAM --group G [-o FILE|-] [--wait DURATION]
+              [--start oldest|latest|N] [--lease DURATION]
+      Take the next step for reader group G, write it to FILE (replaced
+      whole or not at all) or stdout, and acknowledge it. Prints the step
+      number and its info (with -o FILE). Exit 6 if no step came within
+      --wait (default: answer at once), exit 10 once the stream is
+      finished and G has had every step. --start: where G starts if it is
+      new (default oldest). Steps the group lost to discard-oldest are
+      reported on stderr.
+  stream finish STREAM
+      End the stream: readers get the steps appended, then the end.
+  stream stat STREAM
+      Print the stream's policy, queue and reader groups.
   new-token NAME ROLE [PREFIX ...]
       Make a random token for a principal NAME of ROLE (read, write or
       admin) that may touch the image ids starting with a PREFIX (none or
@@ -156,7 +183,8 @@ Exit status: 0 success, 1 failure, 2 bad command line or malformed image
 id, 3 image or file not found, 4 image exists / generation did not match
 (fetch again and redo), 5 server unreachable, 6 timed out (--wait,
 --timeout), 7 over the server's limits, 8 bytes failed their checksum
-(send again), 9 no token the server knows, or not allowed to do this.
+(send again), 9 no token the server knows, or not allowed to do this,
+10 the stream is finished (stream next).
 )";
 
 // Options every command accepts, before or after the command name.
@@ -200,6 +228,8 @@ int ExitCodeFor(absl::StatusCode code) {
     case absl::StatusCode::kUnauthenticated:
     case absl::StatusCode::kPermissionDenied:
       return kExitDenied;
+    case absl::StatusCode::kOutOfRange:
+      return kExitFinished;
     default:
       return kExitFailed;
   }
@@ -425,7 +455,7 @@ int RunGet(const Invocation& call) {
   const auto& pos = call.args.positionals;
   if (pos.size() != 1) return UsageError("get takes exactly one image ID");
   const std::string& id = pos[0];
-  if (!internal::ValidateImageId(id).ok()) return BadImageId(call, id);
+  if (!internal::ValidateReadableId(id).ok()) return BadImageId(call, id);
   FetchOptions options;
   int exit_code = kExitOk;
   std::optional<uint64_t> newer_than;
@@ -524,7 +554,7 @@ int RunStat(const Invocation& call) {
   const auto& pos = call.args.positionals;
   if (pos.size() != 1) return UsageError("stat takes exactly one image ID");
   const std::string& id = pos[0];
-  if (!internal::ValidateImageId(id).ok()) return BadImageId(call, id);
+  if (!internal::ValidateReadableId(id).ok()) return BadImageId(call, id);
   absl::Duration wait = absl::ZeroDuration();
   std::optional<uint64_t> newer_than;
   int exit_code = kExitOk;
@@ -640,6 +670,188 @@ int RunRebalance(const Invocation& call) {
   return kExitOk;
 }
 
+// The `stream stat` format: "key: value" lines, then one per group.
+void PrintStreamInfo(const StreamInfo& info) {
+  std::printf(
+      "stream:      %s\n"
+      "finished:    %s\n"
+      "appended:    %s\n"
+      "queued:      %s steps, %s bytes\n"
+      "kept:        %s steps, %s bytes\n"
+      "limits:      %s steps, %s bytes, when full: %s\n"
+      "reserve:     %s\n"
+      "keep first:  %s\n",
+      info.stream.c_str(), info.finished ? "yes" : "no",
+      absl::StrCat(info.appended_steps).c_str(),
+      absl::StrCat(info.queued_steps).c_str(),
+      absl::StrCat(info.queued_bytes).c_str(),
+      absl::StrCat(info.kept_steps).c_str(),
+      absl::StrCat(info.kept_bytes).c_str(),
+      absl::StrCat(info.policy.max_steps).c_str(),
+      absl::StrCat(info.policy.max_bytes).c_str(),
+      info.policy.when_full == StreamPolicy::WhenFull::kBlock ? "block"
+      : info.policy.when_full == StreamPolicy::WhenFull::kRefuse
+          ? "refuse"
+          : "discard-oldest",
+      absl::StrCat(info.policy.reserve_steps).c_str(),
+      info.policy.keep_first_step ? "yes" : "no");
+  for (const StreamGroupInfo& group : info.groups) {
+    std::printf("group:       %s next=%s acked_below=%s leased=%s\n",
+                group.name.c_str(), absl::StrCat(group.next_step).c_str(),
+                absl::StrCat(group.acked_below).c_str(),
+                absl::StrCat(group.leased_steps).c_str());
+  }
+}
+
+bool OptionalCount(const ParsedArgs& args, const std::string& name,
+                   uint64_t* out, int* exit_code) {
+  std::optional<uint64_t> value;
+  if (!OptionalGeneration(args, name, &value, exit_code)) return false;
+  if (value.has_value()) *out = *value;
+  return true;
+}
+
+int RunStreamCreate(const Invocation& call, const std::string& stream) {
+  StreamPolicy policy;
+  int exit_code = kExitOk;
+  if (!OptionalCount(call.args, "max-steps", &policy.max_steps, &exit_code) ||
+      !OptionalCount(call.args, "max-bytes", &policy.max_bytes, &exit_code) ||
+      !OptionalCount(call.args, "reserve", &policy.reserve_steps, &exit_code)) {
+    return exit_code;
+  }
+  const std::string when_full = call.args.Get("when-full").value_or("block");
+  if (when_full == "block") {
+    policy.when_full = StreamPolicy::WhenFull::kBlock;
+  } else if (when_full == "discard-oldest") {
+    policy.when_full = StreamPolicy::WhenFull::kDiscardOldest;
+  } else if (when_full == "refuse") {
+    policy.when_full = StreamPolicy::WhenFull::kRefuse;
+  } else {
+    return UsageError(
+        absl::StrCat("--when-full is block, discard-oldest or refuse, not ",
+                     Quoted(when_full)));
+  }
+  policy.keep_first_step = call.args.Has("keep-first");
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  absl::StatusOr<StreamInfo> info = (*client)->CreateStream(stream, policy);
+  if (!info.ok()) return Fail(call.command, info.status());
+  PrintStreamInfo(*info);
+  return kExitOk;
+}
+
+int RunStreamAppend(const Invocation& call, const std::string& stream,
+                    const std::string& path) {
+  AppendOptions options;
+  int exit_code = kExitOk;
+  if (!OptionalDuration(call.args, "wait", &options.wait_for_room,
+                        &exit_code)) {
+    return exit_code;
+  }
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  absl::StatusOr<AppendedStep> appended =
+      (*client)->AppendFile(stream, path, options);
+  if (!appended.ok()) return Fail(call.command, appended.status());
+  std::printf("step:        %s\n", absl::StrCat(appended->step).c_str());
+  PrintInfo(appended->info);
+  return kExitOk;
+}
+
+int RunStreamNext(const Invocation& call, const std::string& stream) {
+  const std::optional<std::string> group = call.args.Get("group");
+  if (!group.has_value()) return UsageError("stream next needs --group G");
+  NextOptions options;
+  int exit_code = kExitOk;
+  if (!OptionalDuration(call.args, "wait", &options.wait, &exit_code) ||
+      !OptionalDuration(call.args, "lease", &options.lease, &exit_code)) {
+    return exit_code;
+  }
+  const std::string start = call.args.Get("start").value_or("oldest");
+  if (start == "latest") {
+    options.start = NextOptions::Start::kLatest;
+  } else if (start != "oldest") {
+    absl::StatusOr<uint64_t> step = ParseUint64Arg("--start", start);
+    if (!step.ok()) {
+      return UsageError("--start is oldest, latest or a step number");
+    }
+    options.start = NextOptions::Start::kStep;
+    options.start_step = *step;
+  }
+  const std::optional<std::string> output = call.args.Get("output");
+  const bool to_stdout = !output.has_value() || *output == "-";
+  if (!output.has_value() && isatty(STDOUT_FILENO) == 1) {
+    return UsageError(
+        "not writing a step to a terminal; use -o FILE, or -o - to insist");
+  }
+  std::unique_ptr<OutputFile> file;
+  if (!to_stdout) {
+    absl::StatusOr<std::unique_ptr<OutputFile>> opened =
+        OutputFile::Open(*output, /*sync=*/false);
+    if (!opened.ok()) return Fail(call.command, opened.status());
+    file = *std::move(opened);
+  }
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  absl::StatusOr<StreamStep> step = (*client)->Next(stream, *group, options);
+  if (!step.ok()) return Fail(call.command, step.status());
+  for (const StepRange& lost : step->lost) {
+    std::fprintf(stderr, "h5depot: stream next: group %s lost steps %s-%s\n",
+                 Quoted(*group).c_str(), absl::StrCat(lost.first).c_str(),
+                 absl::StrCat(lost.last).c_str());
+  }
+  const ImageBuffer& buffer = step->image.buffer;
+  absl::Status written = to_stdout
+                             ? WriteAll(STDOUT_FILENO, buffer.data(),
+                                        buffer.size(), "cannot write to stdout")
+                             : file->Write(buffer.data(), buffer.size());
+  if (written.ok() && file) written = file->Commit();
+  // Not acknowledged unless it was written: the lease then runs out and
+  // the step goes to another member of the group.
+  if (!written.ok()) return Fail(call.command, written);
+  if (absl::Status acked =
+          (*client)->Ack(stream, *group, step->step, step->consumer);
+      !acked.ok()) {
+    return Fail(call.command, acked);
+  }
+  if (!to_stdout) {
+    std::printf("step:        %s\n", absl::StrCat(step->step).c_str());
+    PrintInfo(step->image.info);
+  }
+  return kExitOk;
+}
+
+int RunStream(const Invocation& call) {
+  const auto& pos = call.args.positionals;
+  if (pos.empty()) {
+    return UsageError(
+        "stream takes create, append, next, finish or stat, then a STREAM");
+  }
+  const std::string& verb = pos[0];
+  const size_t arguments = verb == "append" ? 3 : 2;
+  if (pos.size() != arguments) {
+    return UsageError(
+        absl::StrCat("stream ", verb, " takes ",
+                     verb == "append" ? "a STREAM and a FILE" : "one STREAM"));
+  }
+  const std::string& stream = pos[1];
+  if (!internal::ValidateImageId(stream).ok()) return BadImageId(call, stream);
+  if (verb == "create") return RunStreamCreate(call, stream);
+  if (verb == "append") return RunStreamAppend(call, stream, pos[2]);
+  if (verb == "next") return RunStreamNext(call, stream);
+  if (verb != "finish" && verb != "stat") {
+    return UsageError(absl::StrCat("unknown stream command ", Quoted(verb)));
+  }
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  absl::StatusOr<StreamInfo> info = verb == "finish"
+                                        ? (*client)->FinishStream(stream)
+                                        : (*client)->StatStream(stream);
+  if (!info.ok()) return Fail(call.command, info.status());
+  PrintStreamInfo(*info);
+  return kExitOk;
+}
+
 struct Command {
   const char* name;
   int (*run)(const Invocation&);
@@ -662,6 +874,18 @@ const std::vector<Command>& Commands() {
       {"rm", RunRm, {{"if-generation-match", true}}},
       {"watch", RunWatch, {{"after", true}, {"count", true}, {"for", true}}},
       {"rebalance", RunRebalance, {{"drain", true}}},
+      {"stream",
+       RunStream,
+       {{"group", true},
+        {"output", true, 'o'},
+        {"wait", true},
+        {"lease", true},
+        {"start", true},
+        {"max-steps", true},
+        {"max-bytes", true},
+        {"when-full", true},
+        {"reserve", true},
+        {"keep-first", false}}},
       {"new-token", RunNewToken, {}},
   };
   return *commands;

@@ -5,6 +5,8 @@
 // between them.
 #include "h5depot/client.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -340,7 +342,8 @@ absl::StatusOr<ImageInfo> Client::PushMemfd(std::string_view image_id,
 absl::StatusOr<ImageInfo> Client::FetchTo(std::string_view image_id,
                                           const ImageSink& sink,
                                           const FetchOptions& options) {
-  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
+  if (absl::Status status = internal::ValidateReadableId(image_id);
+      !status.ok()) {
     return Annotated<ImageInfo>(status, "fetch", image_id);
   }
   if (options.only_if_mapped) {
@@ -375,7 +378,8 @@ absl::StatusOr<FetchedImage> Client::Fetch(std::string_view image_id,
   // Checked here, not only by the server, so that both transports refuse a
   // bad id alike, and so that an id too long for the data lane's header is
   // never cut short into another image's id.
-  if (absl::Status status = internal::ValidateImageId(image_id); !status.ok()) {
+  if (absl::Status status = internal::ValidateReadableId(image_id);
+      !status.ok()) {
     return Annotated<FetchedImage>(status, "fetch", image_id);
   }
   absl::StatusOr<FetchedImage> fetched;
@@ -557,6 +561,227 @@ absl::StatusOr<ServerLimits> Client::GetLimits() {
       (*transports)->grpc->GetLimits(impl_->Deadline().reply);
   if (!limits.ok()) return Annotate(limits.status(), "get limits");
   return limits;
+}
+
+namespace {
+
+absl::Status NoStreamsOnClusters(std::string_view what,
+                                 std::string_view stream) {
+  return absl::UnimplementedError(absl::StrCat(
+      std::string(what), " ", Quoted(stream),
+      ": streams are served by one server; a cluster target cannot carry "
+      "them yet"));
+}
+
+}  // namespace
+
+std::string Client::ConsumerName(std::string_view asked) const {
+  if (!asked.empty()) return std::string(asked);
+  // Unique per Client and per process: a child of fork() is a member of
+  // its own.
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  return absl::StrCat(host, "-", getpid(), "-",
+                      absl::Hex(reinterpret_cast<uintptr_t>(impl_.get())));
+}
+
+absl::StatusOr<StreamInfo> Client::CreateStream(std::string_view stream,
+                                                const StreamPolicy& policy) {
+  const std::string what = absl::StrCat("create stream ", Quoted(stream));
+  if (impl_->cluster != nullptr) {
+    return NoStreamsOnClusters("create stream", stream);
+  }
+  if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
+    return Annotate(status, what);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), what);
+  absl::StatusOr<StreamInfo> info =
+      (*transports)
+          ->grpc->CreateStream(stream, policy, impl_->Deadline().reply);
+  if (!info.ok()) return Annotate(info.status(), what);
+  return info;
+}
+
+absl::StatusOr<AppendedStep> Client::Append(std::string_view stream,
+                                            const void* data, size_t size,
+                                            const AppendOptions& options) {
+  internal::PushBytes bytes;
+  bytes.data = static_cast<const uint8_t*>(data);
+  bytes.size = size;
+  return AppendBytes(stream, bytes, options);
+}
+
+absl::StatusOr<AppendedStep> Client::AppendFile(std::string_view stream,
+                                                const std::string& path,
+                                                const AppendOptions& options) {
+  absl::StatusOr<internal::MappedFile> file = internal::MappedFile::Open(path);
+  if (!file.ok()) {
+    return Annotate(file.status(),
+                    absl::StrCat("append to stream ", Quoted(stream)));
+  }
+  internal::PushBytes bytes;
+  bytes.data = static_cast<const uint8_t*>(file->data());
+  bytes.size = file->size();
+  return AppendBytes(stream, bytes, options);
+}
+
+absl::StatusOr<AppendedStep> Client::AppendBytes(std::string_view stream,
+                                                 internal::PushBytes bytes,
+                                                 const AppendOptions& options) {
+  const std::string what = absl::StrCat("append to stream ", Quoted(stream));
+  if (impl_->cluster != nullptr) {
+    return NoStreamsOnClusters("append to stream", stream);
+  }
+  if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
+    return Annotate(status, what);
+  }
+  if (bytes.data == nullptr && bytes.size > 0) {
+    return Annotate(absl::InvalidArgumentError("no data"), what);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), what);
+  internal::GrpcTransport& grpc = *(*transports)->grpc;
+  bytes.stream_append = true;
+  const uint64_t checksum = bytes.Checksum();  // once, for every attempt
+  bytes.checksum = [checksum] { return checksum; };
+  const absl::Time room_deadline = absl::Now() + options.wait_for_room;
+  // A full stream whose policy is to block refuses the append before any
+  // data moves; the writer then waits for room and tries again. Room
+  // found at once, again and again, means the refusal was not the
+  // queue's (the server's memory, the principal's quota): that is the
+  // answer. (Once may be readers freeing room in between.)
+  constexpr int kMaxRetriesWithRoom = 3;
+  int retries_with_room = 0;
+  for (;;) {
+    absl::StatusOr<ImageInfo> pushed = grpc.Push(
+        stream, bytes, PushOptions{}, impl_->Deadline().Whole(bytes.size));
+    if (pushed.ok()) {
+      AppendedStep appended;
+      std::string_view name;
+      if (!internal::ParseStreamStepId(pushed->image_id, &name,
+                                       &appended.step)) {
+        return Annotate(
+            absl::InternalError(absl::StrCat(
+                "the server answered with ", Quoted(pushed->image_id),
+                ", not a step id: it does not know streams")),
+            what);
+      }
+      appended.info = *std::move(pushed);
+      return appended;
+    }
+    if (!absl::IsResourceExhausted(pushed.status())) {
+      return Annotate(pushed.status(), what);
+    }
+    const absl::Duration wait =
+        std::max(room_deadline - absl::Now(), absl::ZeroDuration());
+    bool waited = false;
+    absl::Status room = grpc.AwaitStreamRoom(
+        stream, bytes.size, wait, impl_->Deadline(wait).reply, &waited);
+    retries_with_room = room.ok() && !waited ? retries_with_room + 1 : 0;
+    if (absl::IsResourceExhausted(room) ||
+        retries_with_room > kMaxRetriesWithRoom) {
+      return Annotate(pushed.status(), what);
+    }
+    if (!room.ok()) return Annotate(room, what);
+  }
+}
+
+absl::StatusOr<StreamInfo> Client::FinishStream(std::string_view stream) {
+  const std::string what = absl::StrCat("finish stream ", Quoted(stream));
+  if (impl_->cluster != nullptr) {
+    return NoStreamsOnClusters("finish stream", stream);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), what);
+  absl::StatusOr<StreamInfo> info =
+      (*transports)->grpc->FinishStream(stream, impl_->Deadline().reply);
+  if (!info.ok()) return Annotate(info.status(), what);
+  return info;
+}
+
+absl::StatusOr<StreamInfo> Client::StatStream(std::string_view stream) {
+  const std::string what = absl::StrCat("stat stream ", Quoted(stream));
+  if (impl_->cluster != nullptr) {
+    return NoStreamsOnClusters("stat stream", stream);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), what);
+  absl::StatusOr<StreamInfo> info =
+      (*transports)->grpc->StatStream(stream, impl_->Deadline().reply);
+  if (!info.ok()) return Annotate(info.status(), what);
+  return info;
+}
+
+absl::StatusOr<StreamStep> Client::Next(std::string_view stream,
+                                        std::string_view group,
+                                        const NextOptions& options) {
+  const std::string what = absl::StrCat("next step of stream ", Quoted(stream),
+                                        " for group ", Quoted(group));
+  if (impl_->cluster != nullptr) {
+    return NoStreamsOnClusters("next step of stream", stream);
+  }
+  if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
+    return Annotate(status, what);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), what);
+  const std::string consumer = ConsumerName(options.consumer);
+  const internal::CallDeadline deadline = impl_->Deadline(options.wait);
+  const absl::Time wait_until = absl::Now() + options.wait;
+  std::vector<StepRange> lost;
+  for (;;) {
+    NextOptions asked = options;
+    asked.wait = std::max(wait_until - absl::Now(), absl::ZeroDuration());
+    absl::StatusOr<internal::GrpcTransport::LeasedStep> leased =
+        (*transports)
+            ->grpc->NextStep(stream, group, consumer, asked, deadline.reply);
+    if (!leased.ok()) return Annotate(leased.status(), what);
+    lost.insert(lost.end(), leased->lost.begin(), leased->lost.end());
+    // The bytes come as a fetch's do: mapped on the server's host.
+    absl::StatusOr<FetchedImage> fetched =
+        (*transports)
+            ->images->Fetch(leased->info.image_id, FetchOptions{},
+                            impl_->Deadline());
+    if (fetched.ok()) {
+      StreamStep step;
+      step.step = leased->step;
+      step.image = *std::move(fetched);
+      step.lost = std::move(lost);
+      step.consumer = consumer;
+      return step;
+    }
+    if (!absl::IsNotFound(fetched.status())) {
+      return Annotate(fetched.status(), what);
+    }
+    // Discarded (discard-oldest) between the lease and the fetch: lost to
+    // this member, which lets go of it and takes the next.
+    (*transports)
+        ->grpc
+        ->AckStep(stream, group, consumer, leased->step,
+                  impl_->Deadline().reply)
+        .IgnoreError();
+    if (!lost.empty() && lost.back().last + 1 == leased->step) {
+      lost.back().last = leased->step;
+    } else {
+      lost.push_back(StepRange{leased->step, leased->step});
+    }
+  }
+}
+
+absl::Status Client::Ack(std::string_view stream, std::string_view group,
+                         uint64_t step, std::string_view consumer) {
+  const std::string what =
+      absl::StrCat("acknowledge step ", step, " of stream ", Quoted(stream));
+  if (impl_->cluster != nullptr) {
+    return NoStreamsOnClusters("acknowledge a step of stream", stream);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), what);
+  return Annotate((*transports)
+                      ->grpc->AckStep(stream, group, ConsumerName(consumer),
+                                      step, impl_->Deadline().reply),
+                  what);
 }
 
 }  // namespace h5depot

@@ -774,6 +774,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
   }
   header->set_ttl_ms(ToMillis(options.ttl));
   header->set_replica_generation(options.replica_generation);
+  header->set_stream_append(bytes.stream_append);
   auto chunk = [&](size_t offset, size_t n) {
     return ChunkMessageCopying(data + offset, n);
   };
@@ -1010,6 +1011,194 @@ absl::Status GrpcTransport::Delete(std::string_view image_id,
   }
   v1::DeleteResponse response;
   return FromGrpcStatus((*stubs)->stub->Delete(&context, request, &response));
+}
+
+namespace {
+
+// The one conversion of a stream's policy to the wire (0: the server's
+// default) and of its state from it.
+void EncodePolicy(const StreamPolicy& policy, v1::StreamPolicy* out) {
+  out->set_max_steps(policy.max_steps);
+  out->set_max_bytes(policy.max_bytes);
+  switch (policy.when_full) {
+    case StreamPolicy::WhenFull::kBlock:
+      out->set_when_full(v1::StreamPolicy::BLOCK);
+      break;
+    case StreamPolicy::WhenFull::kDiscardOldest:
+      out->set_when_full(v1::StreamPolicy::DISCARD_OLDEST);
+      break;
+    case StreamPolicy::WhenFull::kRefuse:
+      out->set_when_full(v1::StreamPolicy::REFUSE);
+      break;
+  }
+  out->set_reserve_steps(policy.reserve_steps);
+  out->set_keep_first_step(policy.keep_first_step);
+}
+
+StreamInfo ToStreamInfo(const v1::StreamInfo& info) {
+  StreamInfo out;
+  out.stream = info.stream();
+  out.policy.max_steps = info.policy().max_steps();
+  out.policy.max_bytes = info.policy().max_bytes();
+  switch (info.policy().when_full()) {
+    case v1::StreamPolicy::DISCARD_OLDEST:
+      out.policy.when_full = StreamPolicy::WhenFull::kDiscardOldest;
+      break;
+    case v1::StreamPolicy::REFUSE:
+      out.policy.when_full = StreamPolicy::WhenFull::kRefuse;
+      break;
+    default:
+      out.policy.when_full = StreamPolicy::WhenFull::kBlock;
+      break;
+  }
+  out.policy.reserve_steps = info.policy().reserve_steps();
+  out.policy.keep_first_step = info.policy().keep_first_step();
+  out.created = info.created();
+  out.finished = info.finished();
+  out.appended_steps = info.appended_steps();
+  out.queued_steps = info.queued_steps();
+  out.queued_bytes = info.queued_bytes();
+  out.kept_steps = info.kept_steps();
+  out.kept_bytes = info.kept_bytes();
+  if (info.has_oldest_kept_step()) {
+    out.oldest_kept_step = info.oldest_kept_step();
+  }
+  for (const v1::StreamGroupInfo& group : info.groups()) {
+    StreamGroupInfo& g = out.groups.emplace_back();
+    g.name = group.name();
+    g.next_step = group.next_step();
+    g.acked_below = group.acked_below();
+    g.leased_steps = group.leased_steps();
+    g.waiting_steps = group.waiting_steps();
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<StreamInfo> GrpcTransport::CreateStream(
+    std::string_view stream, const StreamPolicy& policy, absl::Time deadline) {
+  const GrpcUse grpc_use;
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
+  grpc::ClientContext context;
+  SetDeadline(&context, deadline);
+  v1::CreateStreamRequest request;
+  request.set_stream(std::string(stream));
+  EncodePolicy(policy, request.mutable_policy());
+  v1::StreamInfo info;
+  absl::Status status =
+      FromGrpcStatus((*stubs)->stub->CreateStream(&context, request, &info));
+  if (!status.ok()) return status;
+  return ToStreamInfo(info);
+}
+
+absl::StatusOr<StreamInfo> GrpcTransport::FinishStream(std::string_view stream,
+                                                       absl::Time deadline) {
+  const GrpcUse grpc_use;
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
+  grpc::ClientContext context;
+  SetDeadline(&context, deadline);
+  v1::FinishStreamRequest request;
+  request.set_stream(std::string(stream));
+  v1::StreamInfo info;
+  absl::Status status =
+      FromGrpcStatus((*stubs)->stub->FinishStream(&context, request, &info));
+  if (!status.ok()) return status;
+  return ToStreamInfo(info);
+}
+
+absl::StatusOr<StreamInfo> GrpcTransport::StatStream(std::string_view stream,
+                                                     absl::Time deadline) {
+  const GrpcUse grpc_use;
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
+  grpc::ClientContext context;
+  SetDeadline(&context, deadline);
+  v1::StatStreamRequest request;
+  request.set_stream(std::string(stream));
+  v1::StreamInfo info;
+  absl::Status status =
+      FromGrpcStatus((*stubs)->stub->StatStream(&context, request, &info));
+  if (!status.ok()) return status;
+  return ToStreamInfo(info);
+}
+
+absl::StatusOr<GrpcTransport::LeasedStep> GrpcTransport::NextStep(
+    std::string_view stream, std::string_view group, std::string_view consumer,
+    const NextOptions& options, absl::Time deadline) {
+  const GrpcUse grpc_use;
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
+  grpc::ClientContext context;
+  SetDeadline(&context, deadline);
+  v1::NextStepRequest request;
+  request.set_stream(std::string(stream));
+  request.set_group(std::string(group));
+  request.set_consumer(std::string(consumer));
+  switch (options.start) {
+    case NextOptions::Start::kOldest:
+      request.set_start(v1::NextStepRequest::OLDEST);
+      break;
+    case NextOptions::Start::kLatest:
+      request.set_start(v1::NextStepRequest::LATEST);
+      break;
+    case NextOptions::Start::kStep:
+      request.set_start(v1::NextStepRequest::AT_STEP);
+      request.set_start_step(options.start_step);
+      break;
+  }
+  request.set_lease_ms(ToMillis(options.lease));
+  request.set_wait_timeout_ms(ToMillis(options.wait));
+  v1::NextStepResponse response;
+  absl::Status status =
+      FromGrpcStatus((*stubs)->stub->NextStep(&context, request, &response));
+  if (!status.ok()) return status;
+  LeasedStep leased;
+  leased.step = response.step();
+  leased.info = ToImageInfo(response.info());
+  for (const v1::StepRange& range : response.lost()) {
+    leased.lost.push_back(StepRange{range.first(), range.last()});
+  }
+  return leased;
+}
+
+absl::Status GrpcTransport::AckStep(std::string_view stream,
+                                    std::string_view group,
+                                    std::string_view consumer, uint64_t step,
+                                    absl::Time deadline) {
+  const GrpcUse grpc_use;
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
+  grpc::ClientContext context;
+  SetDeadline(&context, deadline);
+  v1::AckStepRequest request;
+  request.set_stream(std::string(stream));
+  request.set_group(std::string(group));
+  request.set_consumer(std::string(consumer));
+  request.set_step(step);
+  v1::AckStepResponse response;
+  return FromGrpcStatus((*stubs)->stub->AckStep(&context, request, &response));
+}
+
+absl::Status GrpcTransport::AwaitStreamRoom(std::string_view stream,
+                                            uint64_t size, absl::Duration wait,
+                                            absl::Time deadline, bool* waited) {
+  const GrpcUse grpc_use;
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
+  grpc::ClientContext context;
+  SetDeadline(&context, deadline);
+  v1::AwaitStreamRoomRequest request;
+  request.set_stream(std::string(stream));
+  request.set_size(size);
+  request.set_wait_timeout_ms(ToMillis(wait));
+  v1::AwaitStreamRoomResponse response;
+  absl::Status status = FromGrpcStatus(
+      (*stubs)->stub->AwaitStreamRoom(&context, request, &response));
+  *waited = response.waited();
+  return status;
 }
 
 absl::StatusOr<ServerLimits> GrpcTransport::GetLimits(absl::Time deadline) {

@@ -91,6 +91,35 @@ class GrpcTransport final : public ImageTransport,
                       std::optional<uint64_t> if_generation_match,
                       absl::Time deadline);
   absl::StatusOr<ServerLimits> GetLimits(absl::Time deadline);
+  // Streams (Client::CreateStream and the rest; appends are Push with
+  // PushBytes::stream_append).
+  absl::StatusOr<StreamInfo> CreateStream(std::string_view stream,
+                                          const StreamPolicy& policy,
+                                          absl::Time deadline);
+  absl::StatusOr<StreamInfo> FinishStream(std::string_view stream,
+                                          absl::Time deadline);
+  absl::StatusOr<StreamInfo> StatStream(std::string_view stream,
+                                        absl::Time deadline);
+  // The step a NextStep call leased: its number, its image's info (not
+  // its bytes) and the losses reported with it.
+  struct LeasedStep {
+    uint64_t step = 0;
+    ImageInfo info;
+    std::vector<StepRange> lost;
+  };
+  absl::StatusOr<LeasedStep> NextStep(std::string_view stream,
+                                      std::string_view group,
+                                      std::string_view consumer,
+                                      const NextOptions& options,
+                                      absl::Time deadline);
+  absl::Status AckStep(std::string_view stream, std::string_view group,
+                       std::string_view consumer, uint64_t step,
+                       absl::Time deadline);
+  // OK once the stream's queue has room for `size` bytes; `*waited` says
+  // whether the server had to wait for it.
+  absl::Status AwaitStreamRoom(std::string_view stream, uint64_t size,
+                               absl::Duration wait, absl::Time deadline,
+                               bool* waited);
   // A watch, started (its first message received) by `start_deadline`.
   absl::StatusOr<std::unique_ptr<ImageWatch>> Watch(const WatchOptions& options,
                                                     absl::Time start_deadline);

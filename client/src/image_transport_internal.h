@@ -53,6 +53,9 @@ struct PushBytes {
   const uint8_t* data = nullptr;
   size_t size = 0;
   std::function<uint64_t()> checksum;
+  // The push appends a step to the stream named by the image id (gRPC
+  // only: Client::Append).
+  bool stream_append = false;
 
   uint64_t Checksum() const;
 };

@@ -1,5 +1,6 @@
 #include "h5depot/internal/image_id.h"
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace h5depot::internal {
@@ -48,6 +49,36 @@ absl::Status ValidateImageId(std::string_view image_id) {
     }
   }
   return absl::OkStatus();
+}
+
+std::string StreamStepId(std::string_view stream, uint64_t step) {
+  return absl::StrCat(std::string(stream), "@", step);
+}
+
+bool ParseStreamStepId(std::string_view image_id, std::string_view* stream,
+                       uint64_t* step) {
+  const size_t at = image_id.rfind('@');
+  if (at == std::string_view::npos || at + 1 == image_id.size()) return false;
+  const std::string_view digits = image_id.substr(at + 1);
+  for (char c : digits) {
+    if (c < '0' || c > '9') return false;
+  }
+  // One spelling per step: no leading zeros.
+  if (digits.size() > 1 && digits[0] == '0') return false;
+  uint64_t number = 0;
+  if (!absl::SimpleAtoi(std::string(digits), &number)) return false;
+  const std::string_view name = image_id.substr(0, at);
+  if (!ValidateImageId(name).ok()) return false;
+  *stream = name;
+  *step = number;
+  return true;
+}
+
+absl::Status ValidateReadableId(std::string_view image_id) {
+  std::string_view stream;
+  uint64_t step = 0;
+  if (ParseStreamStepId(image_id, &stream, &step)) return absl::OkStatus();
+  return ValidateImageId(image_id);
 }
 
 }  // namespace h5depot::internal

@@ -237,6 +237,7 @@ absl::StatusOr<PushRequest> DepotOperations::PushRequestFor(
   request.checksum = params.checksum;
   request.if_generation_match = params.if_generation_match;
   request.replica_generation = params.replica_generation;
+  request.stream_append = params.stream_append;
   request.ttl = absl::Milliseconds(std::min(params.ttl_ms, kMaxTtlMs));
   return request;
 }
@@ -465,6 +466,77 @@ absl::StatusOr<EventPage> EventFeed::Next(size_t max_events) {
       store_->ReadEvents(prefix_, position_, max_events, kMaxScan, visible);
   if (page.ok()) position_ = page->position;
   return page;
+}
+
+absl::StatusOr<StreamState> DepotOperations::CreateStream(
+    const Caller& caller, std::string_view stream, const StreamPolicy& policy) {
+  if (absl::Status allowed = Authorize(caller, Operation::kPush, stream);
+      !allowed.ok()) {
+    return allowed;
+  }
+  return store_->streams().Create(stream, policy);
+}
+
+absl::StatusOr<StreamState> DepotOperations::FinishStream(
+    const Caller& caller, std::string_view stream) {
+  if (absl::Status allowed = Authorize(caller, Operation::kPush, stream);
+      !allowed.ok()) {
+    return allowed;
+  }
+  return store_->streams().Finish(stream);
+}
+
+absl::StatusOr<StreamState> DepotOperations::DescribeStream(
+    const Caller& caller, std::string_view stream) {
+  if (absl::Status allowed = Authorize(caller, Operation::kStat, stream);
+      !allowed.ok()) {
+    return allowed;
+  }
+  return store_->streams().Describe(stream);
+}
+
+StreamTable::WaitId DepotOperations::NextStep(const Caller& caller,
+                                              NextRequest request,
+                                              uint64_t wait_ms,
+                                              StreamTable::NextCallback done) {
+  if (absl::Status allowed =
+          Authorize(caller, Operation::kFetch, request.stream);
+      !allowed.ok()) {
+    done(allowed);
+    return 0;
+  }
+  return store_->streams().Next(request, WaitDeadline(wait_ms),
+                                std::move(done));
+}
+
+absl::Status DepotOperations::AckStep(const Caller& caller,
+                                      std::string_view stream,
+                                      std::string_view group,
+                                      std::string_view consumer,
+                                      uint64_t step) {
+  if (absl::Status allowed = Authorize(caller, Operation::kFetch, stream);
+      !allowed.ok()) {
+    return allowed;
+  }
+  return store_->streams().Ack(stream, group, consumer, step);
+}
+
+StreamTable::WaitId DepotOperations::AwaitStreamRoom(
+    const Caller& caller, std::string_view stream, uint64_t size,
+    uint64_t wait_ms, StreamTable::RoomCallback done) {
+  if (absl::Status allowed = Authorize(caller, Operation::kPush, stream);
+      !allowed.ok()) {
+    done(allowed, /*waited=*/false);
+    return 0;
+  }
+  return store_->streams().AwaitRoom(stream, size, WaitDeadline(wait_ms),
+                                     std::move(done));
+}
+
+void DepotOperations::CancelStreamWait(StreamTable::WaitId wait) {
+  if (wait == 0) return;
+  store_->streams().CancelWait(
+      wait, absl::CancelledError("the wait was cancelled by the client"));
 }
 
 }  // namespace h5depot::server

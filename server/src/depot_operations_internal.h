@@ -55,6 +55,7 @@
 #include "absl/time/time.h"
 #include "h5depot/server/image_store.h"
 #include "server/src/access_rules_internal.h"
+#include "server/src/stream_table_internal.h"
 
 namespace h5depot::server {
 
@@ -162,6 +163,7 @@ struct PushParams {
   std::optional<uint64_t> if_generation_match;  // 0: only if absent
   uint64_t ttl_ms = 0;                          // 0: never expires
   uint64_t replica_generation = 0;  // 0: a new generation (PushRequest)
+  bool stream_append = false;       // image_id names a stream (PushRequest)
 };
 
 // What a fetch or stat waits for, as it arrives on any transport: a
@@ -400,6 +402,32 @@ class DepotOperations {
   // feed as lost (EventPage::lost_first, lost_last).
   absl::StatusOr<EventFeed> Watch(const Caller& caller, std::string_view prefix,
                                   std::optional<uint64_t> after);
+
+  // Streams (StreamTable; docs/STREAMS.md). A stream's name is authorised
+  // as an image id: creating and finishing it as a push, reading it
+  // (NextStep, AckStep, describing it) as a fetch.
+  absl::StatusOr<StreamState> CreateStream(const Caller& caller,
+                                           std::string_view stream,
+                                           const StreamPolicy& policy);
+  absl::StatusOr<StreamState> FinishStream(const Caller& caller,
+                                           std::string_view stream);
+  absl::StatusOr<StreamState> DescribeStream(const Caller& caller,
+                                             std::string_view stream);
+  // StreamTable::Next, waiting up to `wait_ms` (clamped as image waits).
+  // Returns the wait for CancelStreamWait (0 if `done` has run).
+  StreamTable::WaitId NextStep(const Caller& caller, NextRequest request,
+                               uint64_t wait_ms,
+                               StreamTable::NextCallback done);
+  absl::Status AckStep(const Caller& caller, std::string_view stream,
+                       std::string_view group, std::string_view consumer,
+                       uint64_t step);
+  // StreamTable::AwaitRoom for a writer (authorised as a push).
+  StreamTable::WaitId AwaitStreamRoom(const Caller& caller,
+                                      std::string_view stream, uint64_t size,
+                                      uint64_t wait_ms,
+                                      StreamTable::RoomCallback done);
+  // Ends a stream wait with CANCELLED; harmless once it has ended (or 0).
+  void CancelStreamWait(StreamTable::WaitId wait);
 
  private:
   // Authorize's checks with access rules: the caller's principal, valid

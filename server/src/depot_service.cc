@@ -30,6 +30,66 @@ void EncodeInfo(const StoredImage& image, v1::ImageInfo* info) {
   info->set_expires_unix_micros(description.expires_unix_micros);
 }
 
+// The one conversion of a stream's policy from the wire (0: default).
+StreamPolicy DecodePolicy(const v1::StreamPolicy& wire) {
+  StreamPolicy policy;
+  if (wire.max_steps() != 0) policy.max_steps = wire.max_steps();
+  if (wire.max_bytes() != 0) policy.max_bytes = wire.max_bytes();
+  switch (wire.when_full()) {
+    case v1::StreamPolicy::DISCARD_OLDEST:
+      policy.when_full = StreamPolicy::WhenFull::kDiscardOldest;
+      break;
+    case v1::StreamPolicy::REFUSE:
+      policy.when_full = StreamPolicy::WhenFull::kRefuse;
+      break;
+    default:
+      policy.when_full = StreamPolicy::WhenFull::kBlock;
+      break;
+  }
+  policy.reserve_steps = wire.reserve_steps();
+  policy.keep_first_step = wire.keep_first_step();
+  return policy;
+}
+
+// And of a stream's state to the wire.
+void EncodeStreamInfo(const StreamState& state, v1::StreamInfo* out) {
+  out->set_stream(state.name);
+  v1::StreamPolicy* policy = out->mutable_policy();
+  policy->set_max_steps(state.policy.max_steps);
+  policy->set_max_bytes(state.policy.max_bytes);
+  switch (state.policy.when_full) {
+    case StreamPolicy::WhenFull::kBlock:
+      policy->set_when_full(v1::StreamPolicy::BLOCK);
+      break;
+    case StreamPolicy::WhenFull::kDiscardOldest:
+      policy->set_when_full(v1::StreamPolicy::DISCARD_OLDEST);
+      break;
+    case StreamPolicy::WhenFull::kRefuse:
+      policy->set_when_full(v1::StreamPolicy::REFUSE);
+      break;
+  }
+  policy->set_reserve_steps(state.policy.reserve_steps);
+  policy->set_keep_first_step(state.policy.keep_first_step);
+  out->set_created(state.created);
+  out->set_finished(state.finished);
+  out->set_appended_steps(state.appended_steps);
+  out->set_queued_steps(state.queued_steps);
+  out->set_queued_bytes(state.queued_bytes);
+  out->set_kept_steps(state.kept_steps);
+  out->set_kept_bytes(state.kept_bytes);
+  if (state.oldest_kept_step.has_value()) {
+    out->set_oldest_kept_step(*state.oldest_kept_step);
+  }
+  for (const StreamGroupState& group : state.groups) {
+    v1::StreamGroupInfo* info = out->add_groups();
+    info->set_name(group.name);
+    info->set_next_step(group.next_step);
+    info->set_acked_below(group.acked_below);
+    info->set_leased_steps(group.leased_steps);
+    info->set_waiting_steps(group.waiting_steps);
+  }
+}
+
 std::string PeerOfContext(const void* context) {
   return static_cast<const grpc::ServerContextBase*>(context)->peer();
 }
@@ -221,6 +281,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
         header.has_if_generation_match(), header.if_generation_match());
     params.ttl_ms = header.ttl_ms();
     params.replica_generation = header.replica_generation();
+    params.stream_append = header.stream_append();
     // The cut-off comes only while pending_ lives, and OnDone destroys it
     // before the reactor: `this` is alive whenever it runs.
     absl::StatusOr<std::unique_ptr<PendingImage>> pending =
@@ -1058,6 +1119,184 @@ grpc::ServerWriteReactor<v1::WatchResponse>* DepotService::Watch(
       operations_->Watch(CallerOf(context), request->prefix(),
                          OptionalGeneration(request->has_after_sequence(),
                                             request->after_sequence())));
+}
+
+namespace {
+
+// A NextStep or AwaitStreamRoom: finished by the wait's end, whoever ends
+// it (a step or room, the deadline, shutdown, or OnCancel), as
+// WaitingStatReactor is.
+class StreamWaitReactor final : public grpc::ServerUnaryReactor {
+ public:
+  StreamWaitReactor(CallGate::Pass pass, CallRecord record,
+                    DepotOperations* operations)
+      : pass_(std::move(pass)), record_(record), operations_(operations) {}
+
+  void StartNext(const Caller& caller, NextRequest request, uint64_t wait_ms,
+                 v1::NextStepResponse* response) {
+    wait_ = operations_->NextStep(
+        caller, std::move(request), wait_ms,
+        [this, response](absl::StatusOr<TakenStep> taken) {
+          if (taken.ok()) {
+            response->set_step(taken->step);
+            EncodeInfo(*taken->image, response->mutable_info());
+            for (const StepRange& range : taken->lost) {
+              v1::StepRange* lost = response->add_lost();
+              lost->set_first(range.first);
+              lost->set_last(range.last);
+            }
+          }
+          End(taken.status());
+        });
+  }
+
+  void StartRoom(const Caller& caller, std::string_view stream, uint64_t size,
+                 uint64_t wait_ms, v1::AwaitStreamRoomResponse* response) {
+    wait_ = operations_->AwaitStreamRoom(
+        caller, stream, size, wait_ms,
+        [this, response](const absl::Status& status, bool waited) {
+          response->set_waited(waited);
+          End(status);
+        });
+  }
+
+  void OnCancel() override { operations_->CancelStreamWait(wait_); }
+  void OnDone() override { delete this; }
+
+ private:
+  void End(const absl::Status& status) {
+    const grpc::Status sent = ToGrpcStatus(status);
+    record_.End(sent);
+    Finish(sent);
+  }
+
+  CallGate::Pass pass_;
+  CallRecord record_;  // ended by the wait's end, on its thread
+  DepotOperations* const operations_;
+  StreamTable::WaitId wait_ = 0;
+};
+
+StreamStart DecodeStart(const v1::NextStepRequest& request) {
+  StreamStart start;
+  switch (request.start()) {
+    case v1::NextStepRequest::LATEST:
+      start.kind = StreamStart::Kind::kLatest;
+      break;
+    case v1::NextStepRequest::AT_STEP:
+      start.kind = StreamStart::Kind::kStep;
+      start.step = request.start_step();
+      break;
+    default:
+      start.kind = StreamStart::Kind::kOldest;
+      break;
+  }
+  return start;
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* DepotService::CreateStream(
+    grpc::CallbackServerContext* context,
+    const v1::CreateStreamRequest* request, v1::StreamInfo* response) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerUnaryReactor>(
+        std::move(pass), Record(Operation::kPush));
+  }
+  auto* reactor = new UnaryReactor(std::move(pass), Record(Operation::kPush));
+  absl::StatusOr<StreamState> state = operations_->CreateStream(
+      CallerOf(context), request->stream(), DecodePolicy(request->policy()));
+  if (state.ok()) EncodeStreamInfo(*state, response);
+  reactor->Answer(ToGrpcStatus(state.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DepotService::FinishStream(
+    grpc::CallbackServerContext* context,
+    const v1::FinishStreamRequest* request, v1::StreamInfo* response) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerUnaryReactor>(
+        std::move(pass), Record(Operation::kPush));
+  }
+  auto* reactor = new UnaryReactor(std::move(pass), Record(Operation::kPush));
+  absl::StatusOr<StreamState> state =
+      operations_->FinishStream(CallerOf(context), request->stream());
+  if (state.ok()) EncodeStreamInfo(*state, response);
+  reactor->Answer(ToGrpcStatus(state.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DepotService::StatStream(
+    grpc::CallbackServerContext* context, const v1::StatStreamRequest* request,
+    v1::StreamInfo* response) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerUnaryReactor>(
+        std::move(pass), Record(Operation::kStat));
+  }
+  auto* reactor = new UnaryReactor(std::move(pass), Record(Operation::kStat));
+  absl::StatusOr<StreamState> state =
+      operations_->DescribeStream(CallerOf(context), request->stream());
+  if (state.ok()) EncodeStreamInfo(*state, response);
+  reactor->Answer(ToGrpcStatus(state.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DepotService::NextStep(
+    grpc::CallbackServerContext* context, const v1::NextStepRequest* request,
+    v1::NextStepResponse* response) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerUnaryReactor>(
+        std::move(pass), Record(Operation::kFetch));
+  }
+  NextRequest next;
+  next.stream = request->stream();
+  next.group = request->group();
+  next.consumer = request->consumer();
+  next.start = DecodeStart(*request);
+  if (request->lease_ms() != 0) {
+    next.lease = absl::Milliseconds(
+        std::min<uint64_t>(request->lease_ms(),
+                           absl::ToInt64Milliseconds(StreamTable::kMaxLease)));
+  }
+  auto* reactor = new StreamWaitReactor(std::move(pass),
+                                        Record(Operation::kFetch), operations_);
+  reactor->StartNext(CallerOf(context), std::move(next),
+                     request->wait_timeout_ms(), response);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DepotService::AckStep(
+    grpc::CallbackServerContext* context, const v1::AckStepRequest* request,
+    v1::AckStepResponse* /*response*/) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerUnaryReactor>(
+        std::move(pass), Record(Operation::kFetch));
+  }
+  auto* reactor = new UnaryReactor(std::move(pass), Record(Operation::kFetch));
+  reactor->Answer(ToGrpcStatus(operations_->AckStep(
+      CallerOf(context), request->stream(), request->group(),
+      request->consumer(), request->step())));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* DepotService::AwaitStreamRoom(
+    grpc::CallbackServerContext* context,
+    const v1::AwaitStreamRoomRequest* request,
+    v1::AwaitStreamRoomResponse* response) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerUnaryReactor>(
+        std::move(pass), Record(Operation::kPush));
+  }
+  auto* reactor = new StreamWaitReactor(std::move(pass),
+                                        Record(Operation::kPush), operations_);
+  reactor->StartRoom(CallerOf(context), request->stream(), request->size(),
+                     request->wait_timeout_ms(), response);
+  return reactor;
 }
 
 }  // namespace h5depot::server

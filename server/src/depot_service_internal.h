@@ -24,6 +24,15 @@ namespace h5depot::server {
 // a Stat waiting for its image holds no thread (nor does a waiting Fetch).
 // So do the others: every call then ends in a reactor's OnDone, once gRPC
 // is done with it, which is what CallGate counts.
+// The stream calls, each served by a reactor too.
+using DepotStreamServiceBase =
+    h5depot::v1::Depot::WithCallbackMethod_CreateStream<
+        h5depot::v1::Depot::WithCallbackMethod_FinishStream<
+            h5depot::v1::Depot::WithCallbackMethod_StatStream<
+                h5depot::v1::Depot::WithCallbackMethod_NextStep<
+                    h5depot::v1::Depot::WithCallbackMethod_AckStep<
+                        h5depot::v1::Depot::WithCallbackMethod_AwaitStreamRoom<
+                            h5depot::v1::Depot::Service>>>>>>;
 using DepotServiceBase = h5depot::v1::Depot::WithRawCallbackMethod_Push<
     h5depot::v1::Depot::WithRawCallbackMethod_Fetch<
         h5depot::v1::Depot::WithRawCallbackMethod_Read<
@@ -33,7 +42,7 @@ using DepotServiceBase = h5depot::v1::Depot::WithRawCallbackMethod_Push<
                         h5depot::v1::Depot::WithCallbackMethod_Delete<
                             h5depot::v1::Depot::WithCallbackMethod_GetLimits<
                                 h5depot::v1::Depot::WithCallbackMethod_Watch<
-                                    h5depot::v1::Depot::Service>>>>>>>>>;
+                                    DepotStreamServiceBase>>>>>>>>>;
 
 // The calls under way, counted so that a stop can wait for them and no
 // longer: gRPC's own Shutdown also waits for every idle connection's
@@ -167,6 +176,30 @@ class DepotService final : public DepotServiceBase {
   grpc::ServerWriteReactor<h5depot::v1::WatchResponse>* Watch(
       grpc::CallbackServerContext* context,
       const h5depot::v1::WatchRequest* request) override;
+  grpc::ServerUnaryReactor* CreateStream(
+      grpc::CallbackServerContext* context,
+      const h5depot::v1::CreateStreamRequest* request,
+      h5depot::v1::StreamInfo* response) override;
+  grpc::ServerUnaryReactor* FinishStream(
+      grpc::CallbackServerContext* context,
+      const h5depot::v1::FinishStreamRequest* request,
+      h5depot::v1::StreamInfo* response) override;
+  grpc::ServerUnaryReactor* StatStream(
+      grpc::CallbackServerContext* context,
+      const h5depot::v1::StatStreamRequest* request,
+      h5depot::v1::StreamInfo* response) override;
+  grpc::ServerUnaryReactor* NextStep(
+      grpc::CallbackServerContext* context,
+      const h5depot::v1::NextStepRequest* request,
+      h5depot::v1::NextStepResponse* response) override;
+  grpc::ServerUnaryReactor* AckStep(
+      grpc::CallbackServerContext* context,
+      const h5depot::v1::AckStepRequest* request,
+      h5depot::v1::AckStepResponse* response) override;
+  grpc::ServerUnaryReactor* AwaitStreamRoom(
+      grpc::CallbackServerContext* context,
+      const h5depot::v1::AwaitStreamRoomRequest* request,
+      h5depot::v1::AwaitStreamRoomResponse* response) override;
 
   // The stop, in two steps: from Close() on every new call is answered
   // UNAVAILABLE ("server is shutting down"); AwaitCalls() then waits until

@@ -18,6 +18,7 @@
 #include "h5depot/internal/huge_pages.h"
 #include "h5depot/internal/image_id.h"
 #include "h5depot/internal/retained_buffers.h"
+#include "server/src/stream_table_internal.h"
 
 namespace h5depot::server {
 
@@ -426,6 +427,9 @@ PendingImage::PendingImage(ImageStore* store, PushRequest request,
       checksum_(std::make_unique<internal::StreamingChecksum>(request_.size)) {}
 
 PendingImage::~PendingImage() {
+  if (holds_stream_place_) {
+    store_->streams().AbandonAppend(request_.image_id, request_.size);
+  }
   EndPending();
   EndWatch().IgnoreError();
 }
@@ -511,7 +515,10 @@ absl::StatusOr<ImageRef> PendingImage::Publish(uint64_t expected_checksum) {
     return NotHdf5Error(request_.image_id);
   }
   image->checksum_ = checksum;
-  return store_->Install(std::move(image), request_);
+  absl::StatusOr<ImageRef> published =
+      store_->Install(std::move(image), request_);
+  if (published.ok()) holds_stream_place_ = false;  // it is a step now
+  return published;
 }
 
 ImageStore::ImageStore(StoreOptions options)
@@ -522,7 +529,13 @@ ImageStore::ImageStore(StoreOptions options)
       // stay unique and increasing across restarts of the server.
       next_generation_(
           std::max<uint64_t>(1, absl::ToUnixMicros(options_.clock()))),
-      history_after_(next_generation_ - 1) {
+      history_after_(next_generation_ - 1),
+      streams_(std::make_unique<StreamTable>(
+          options_.clock,
+          [this](std::vector<std::string> step_ids) {
+            RemoveStreamSteps(step_ids);
+          },
+          options_.start_reaper)) {
   if (options_.start_reaper) {
     budget_->SetOnRetained([this](absl::Time due) { WakeReaperFor(due); });
     reaper_ = std::thread([this] { ReaperLoop(); });
@@ -553,6 +566,17 @@ absl::Status ImageStore::Admit(const PushRequest& request, uint64_t charge) {
   if (shutting_down_.load(std::memory_order_relaxed)) {
     return absl::UnavailableError("server is shutting down");
   }
+  if (request.stream_append) {
+    if (request.if_generation_match.has_value() ||
+        request.replica_generation != 0 ||
+        request.ttl != absl::ZeroDuration()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "an append to stream '", request.image_id,
+          "' takes no generation precondition, replica generation or time "
+          "to live"));
+    }
+    return AdmitStreamAppend(request, charge);
+  }
   // Only a precondition needs the map (Install() checks everything again).
   if (request.if_generation_match.has_value() ||
       request.replica_generation != 0) {
@@ -568,6 +592,22 @@ absl::Status ImageStore::Admit(const PushRequest& request, uint64_t charge) {
       return status;
     }
   }
+  return Charge(request, charge);
+}
+
+absl::Status ImageStore::AdmitStreamAppend(const PushRequest& request,
+                                           uint64_t charge) {
+  if (absl::Status status =
+          streams_->AdmitAppend(request.image_id, request.size);
+      !status.ok()) {
+    return status;
+  }
+  absl::Status charged = Charge(request, charge);
+  if (!charged.ok()) streams_->AbandonAppend(request.image_id, request.size);
+  return charged;
+}
+
+absl::Status ImageStore::Charge(const PushRequest& request, uint64_t charge) {
   // Charged in this order, each given back if a later one refuses: the
   // pending push, the tenant's memory, the store's memory.
   Quota* const quota = request.quota.get();
@@ -638,6 +678,9 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
     if (quota != nullptr) {
       quota->pending_pushes_.fetch_sub(1, std::memory_order_relaxed);
     }
+    if (request.stream_append) {
+      streams_->AbandonAppend(request.image_id, request.size);
+    }
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate ", internal::HumanSize(request.size),
                      " for image '", request.image_id, "'"));
@@ -646,6 +689,7 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
   auto pending = std::unique_ptr<PendingImage>(
       new PendingImage(this, std::move(request), std::move(image)));
   pending->counted_pending_ = quota != nullptr;
+  pending->holds_stream_place_ = pending->request_.stream_append;
   if (!WatchesPushes(options_)) return pending;
   const absl::Time begun = options_.clock();
   const absl::Time first_check = begun + options_.push_idle_timeout;
@@ -707,6 +751,9 @@ absl::StatusOr<ImageRef> ImageStore::PublishSealed(PushRequest request,
   }
   if (request.quota != nullptr) {
     request.quota->pending_pushes_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  if (request.stream_append && !published.ok()) {
+    streams_->AbandonAppend(request.image_id, request.size);
   }
   return published;
 }
@@ -805,6 +852,7 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
   if (request.ttl > absl::ZeroDuration()) {
     stored.expires_ = stored.created_ + request.ttl;
   }
+  if (request.stream_append) return InstallStep(std::move(image), request);
   const ImageRef published(std::move(image));
   ImageRef replaced;                // released after the lock, it may be large
   std::vector<WaitCallback> woken;  // called after the lock
@@ -865,6 +913,68 @@ absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
   for (WaitCallback& done : woken) done(published);
   for (auto& ready : watchers) ready();
   return published;
+}
+
+absl::StatusOr<ImageRef> ImageStore::InstallStep(
+    std::unique_ptr<StoredImage> image, const PushRequest& request) {
+  StoredImage& stored = *image;
+  stored.created_ = options_.clock();
+  stored.stream_step_ = true;
+  const ImageRef published(std::move(image));
+  std::vector<ImageRef> discarded;                // released after the lock
+  std::vector<WaitCallback> woken;                // called after the lock
+  std::vector<absl::AnyInvocable<void()>> after;  // the same
+  {
+    absl::MutexLock lock(&mutex_);
+    if (shutting_down_)
+      return absl::UnavailableError("server is shutting down");
+    // Numbered and published under the store's lock, so that steps are
+    // numbered in the order they are published.
+    absl::StatusOr<uint64_t> step =
+        streams_->ReserveStepNumber(request.image_id);
+    if (!step.ok()) return step.status();
+    stored.image_id_ = internal::StreamStepId(request.image_id, *step);
+    // A step id was never an image's, and is never used again.
+    images_.emplace(stored.image_id(), published);
+    stored.generation_ =
+        RecordEvent(ImageEvent::Kind::kPublished, stored, 0, &after);
+    stored_bytes_ += published->size();
+    std::vector<std::string> dropped;
+    streams_->AddStep(request.image_id, *step, request.size, published,
+                      &dropped, &after);
+    for (const std::string& id : dropped) {
+      auto it = images_.find(id);
+      if (it == images_.end()) continue;
+      discarded.push_back(std::move(it->second));
+      images_.erase(it);
+      Retire(discarded.back());
+      RecordEvent(ImageEvent::Kind::kDeleted, *discarded.back(), 0, &after);
+    }
+    if (!waits_by_image_.empty()) {
+      auto [first, last] = waits_by_image_.equal_range(stored.image_id());
+      while (first != last) woken.push_back(TakeWait((first++)->second));
+    }
+  }
+  for (WaitCallback& done : woken) done(published);
+  for (auto& run : after) run();
+  return published;
+}
+
+void ImageStore::RemoveStreamSteps(const std::vector<std::string>& step_ids) {
+  std::vector<ImageRef> removed;                     // released after the lock
+  std::vector<absl::AnyInvocable<void()>> watchers;  // called after the lock
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const std::string& id : step_ids) {
+      auto it = images_.find(id);
+      if (it == images_.end()) continue;
+      removed.push_back(std::move(it->second));
+      images_.erase(it);
+      Retire(removed.back());
+      RecordEvent(ImageEvent::Kind::kDeleted, *removed.back(), 0, &watchers);
+    }
+  }
+  for (auto& ready : watchers) ready();
 }
 
 uint64_t ImageStore::RecordEvent(ImageEvent::Kind kind,
@@ -1049,7 +1159,9 @@ ImageRef ImageStore::FindLive(std::string_view image_id) const {
 }
 
 void ImageStore::LruAdd(const StoredImage& image) {
-  if (options_.eviction != StoreOptions::Eviction::kLru) return;
+  if (options_.eviction != StoreOptions::Eviction::kLru || image.stream_step_) {
+    return;
+  }
   absl::MutexLock lock(&lru_mutex_);
   image.lru_older_ = lru_newest_;
   image.lru_newer_ = nullptr;
@@ -1060,7 +1172,9 @@ void ImageStore::LruAdd(const StoredImage& image) {
 }
 
 void ImageStore::LruRemove(const StoredImage& image) {
-  if (options_.eviction != StoreOptions::Eviction::kLru) return;
+  if (options_.eviction != StoreOptions::Eviction::kLru || image.stream_step_) {
+    return;
+  }
   absl::MutexLock lock(&lru_mutex_);
   (image.lru_older_ != nullptr ? image.lru_older_->lru_newer_ : lru_oldest_) =
       image.lru_newer_;
@@ -1070,7 +1184,9 @@ void ImageStore::LruRemove(const StoredImage& image) {
 }
 
 void ImageStore::LruTouch(const StoredImage& image) const {
-  if (options_.eviction != StoreOptions::Eviction::kLru) return;
+  if (options_.eviction != StoreOptions::Eviction::kLru || image.stream_step_) {
+    return;
+  }
   absl::MutexLock lock(&lru_mutex_);
   if (lru_newest_ == &image) return;
   // Unlinked (it has a newer one), then linked as the newest. Current:
@@ -1142,7 +1258,8 @@ void ImageStore::Retire(const ImageRef& image) {
 }
 
 absl::StatusOr<ImageRef> ImageStore::Get(std::string_view image_id) const {
-  if (absl::Status valid = internal::ValidateImageId(image_id); !valid.ok()) {
+  if (absl::Status valid = internal::ValidateReadableId(image_id);
+      !valid.ok()) {
     return valid;
   }
   absl::ReaderMutexLock lock(&mutex_);
@@ -1175,7 +1292,8 @@ ImageStore::WaitId ImageStore::Await(std::string_view image_id,
                                      WaitCallback done) {
   absl::StatusOr<ImageRef> answer;
   WaitId registered = 0;
-  if (absl::Status valid = internal::ValidateImageId(image_id); !valid.ok()) {
+  if (absl::Status valid = internal::ValidateReadableId(image_id);
+      !valid.ok()) {
     answer = std::move(valid);
   } else {
     absl::MutexLock lock(&mutex_);
@@ -1287,7 +1405,8 @@ absl::StatusOr<ImageRef> ImageStore::WaitFor(
 
 absl::StatusOr<ImageRef> ImageStore::GetGeneration(std::string_view image_id,
                                                    uint64_t generation) const {
-  if (absl::Status valid = internal::ValidateImageId(image_id); !valid.ok()) {
+  if (absl::Status valid = internal::ValidateReadableId(image_id);
+      !valid.ok()) {
     return valid;
   }
   absl::ReaderMutexLock lock(&mutex_);
@@ -1466,6 +1585,7 @@ void ImageStore::Shutdown() {
     wait_deadlines_.clear();
     notified.swap(notifications_);
   }
+  streams_->Shutdown();
   for (WaitCallback& done : ended) {
     done(absl::UnavailableError("server is shutting down"));
   }

@@ -22,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "h5depot/internal/byte_size.h"
 #include "h5depot/internal/checksum.h"
+#include "h5depot/internal/image_id.h"
 #include "server/src/snapshot_internal.h"
 
 namespace h5depot::server {
@@ -434,6 +435,13 @@ absl::StatusOr<SnapshotReport> SnapshotDirectory::Write(
     return absl::OkStatus();
   };
   for (const ImageRef& image : images) {
+    // Streams are not in snapshots yet: their steps alone would come back
+    // as nobody's.
+    std::string_view stream;
+    uint64_t step = 0;
+    if (internal::ParseStreamStepId(image->image_id(), &stream, &step)) {
+      continue;
+    }
     const std::string file =
         ImageFileName(image->generation(), image->image_id());
     const std::string path = absl::StrCat(images_dir, "/", file);

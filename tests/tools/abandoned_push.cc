@@ -1,6 +1,7 @@
 // Test tool: starts a push of a large image to TARGET, sends the header and
 // one chunk, prints "streaming" and then waits to be killed, as a client
-// that dies mid-stream would. Usage: abandoned_push TARGET IMAGE_ID
+// that dies mid-stream would. Usage: abandoned_push TARGET IMAGE_ID [append]
+// ("append": the push appends a step to the stream IMAGE_ID).
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
@@ -12,7 +13,7 @@
 #include "h5depot/v1/depot.grpc.pb.h"
 
 int main(int argc, char** argv) {
-  if (argc != 3) return 2;
+  if (argc != 3 && argc != 4) return 2;
   auto stub = h5depot::v1::Depot::NewStub(
       grpc::CreateChannel(argv[1], grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
@@ -22,6 +23,8 @@ int main(int argc, char** argv) {
   request.mutable_header()->set_image_id(argv[2]);
   request.mutable_header()->set_size(uint64_t{64} << 20);
   request.mutable_header()->set_checksum(1);
+  request.mutable_header()->set_stream_append(argc == 4 &&
+                                              std::string(argv[3]) == "append");
   if (!writer->Write(request)) return 1;
   writer->WaitForInitialMetadata();
   std::string chunk(1 << 20, 'x');

@@ -360,6 +360,93 @@ struct RebalanceReport {
   std::string first_error;  // of the first failure, if any
 };
 
+// Streams (docs/STREAMS.md): a named, ordered sequence of HDF5 images,
+// its steps 0, 1, 2, ..., read by reader groups. Every group gets every
+// step; within a group each step goes to one member at a time, leased to
+// it until it acknowledges it (Client::Ack) or the lease runs out, when
+// it goes to the next member that asks: delivery is at least once.
+struct StreamPolicy {
+  enum class WhenFull {
+    kBlock,          // Append waits for room (AppendOptions::wait_for_room)
+    kDiscardOldest,  // the oldest queued step is dropped; readers are told
+    kRefuse,         // Append fails RESOURCE_EXHAUSTED
+  };
+  // The queue: steps not yet acknowledged by every reader group, and
+  // appends under way. 0: the server's default (8 steps, 256 MiB).
+  uint64_t max_steps = 0;
+  uint64_t max_bytes = 0;
+  WhenFull when_full = WhenFull::kBlock;
+  // Steps every group acknowledged that are kept anyway (the newest), for
+  // groups that join late.
+  uint64_t reserve_steps = 0;
+  // Step 0 is kept for the stream's life and given first to every group
+  // that joins after it was appended.
+  bool keep_first_step = false;
+};
+
+struct StreamGroupInfo {
+  std::string name;
+  uint64_t next_step = 0;      // the next step never handed to the group
+  uint64_t acked_below = 0;    // every step below it acknowledged or lost
+  uint64_t leased_steps = 0;   // handed to members, not acknowledged
+  uint64_t waiting_steps = 0;  // whose lease ran out, to be handed again
+};
+
+struct StreamInfo {
+  std::string stream;
+  StreamPolicy policy;          // as the server applies it
+  bool created = false;         // false: only readers named it so far
+  bool finished = false;        // FinishStream was called
+  uint64_t appended_steps = 0;  // the next append's step number
+  uint64_t queued_steps = 0;    // counted against policy.max_steps
+  uint64_t queued_bytes = 0;    // counted against policy.max_bytes
+  uint64_t kept_steps = 0;      // held in memory, the reserve included
+  uint64_t kept_bytes = 0;
+  std::optional<uint64_t> oldest_kept_step;
+  std::vector<StreamGroupInfo> groups;
+};
+
+struct AppendOptions {
+  // How long an append to a full stream whose policy is to block waits
+  // for readers to make room, beyond ClientOptions::call_timeout for
+  // the transfer itself. DEADLINE_EXCEEDED after it.
+  absl::Duration wait_for_room = absl::Seconds(30);
+};
+
+struct AppendedStep {
+  uint64_t step = 0;
+  ImageInfo info;  // info.image_id is the step's id, "STREAM@N"
+};
+
+// Steps first to last, both included.
+struct StepRange {
+  uint64_t first = 0;
+  uint64_t last = 0;
+};
+
+struct NextOptions {
+  // Where the group starts if this call makes it: the oldest step the
+  // stream keeps, the newest one appended, or `start_step`.
+  enum class Start { kOldest, kLatest, kStep };
+  Start start = Start::kOldest;
+  uint64_t start_step = 0;
+  // How long to wait for a step (zero: answer at once).
+  absl::Duration wait = absl::ZeroDuration();
+  // How long the step stays leased to this member (zero: the server's
+  // default, 60 s).
+  absl::Duration lease = absl::ZeroDuration();
+  // Who takes the step, and must be the one to acknowledge it. Empty: a
+  // name of this Client in this process.
+  std::string consumer;
+};
+
+struct StreamStep {
+  uint64_t step = 0;
+  FetchedImage image;           // opened as a fetch is (same host: mapped)
+  std::vector<StepRange> lost;  // discarded before the group got them
+  std::string consumer;         // who holds it (NextOptions::consumer)
+};
+
 class Client {
  public:
   // Connects to h5depotd at `target`: "host:port", "unix:/path/to/socket"
@@ -478,6 +565,42 @@ class Client {
   absl::StatusOr<std::unique_ptr<ImageWatch>> Watch(
       const WatchOptions& options = {});
 
+  // Streams (docs/STREAMS.md; one server, not a cluster target yet:
+  // UNIMPLEMENTED). A stream's name is an image id.
+  //
+  // Creates `stream` with `policy`: OK again with the same policy,
+  // ALREADY_EXISTS with another. Optional: a first Append creates the
+  // stream with the default policy.
+  absl::StatusOr<StreamInfo> CreateStream(std::string_view stream,
+                                          const StreamPolicy& policy = {});
+  // Appends one HDF5 image as the stream's next step, validated as a push
+  // is; no partial step is ever visible. FAILED_PRECONDITION for a
+  // finished stream, INVALID_ARGUMENT for a step larger than the queue's
+  // byte limit or not HDF5, RESOURCE_EXHAUSTED for a full queue whose
+  // policy refuses, DEADLINE_EXCEEDED for one that blocks past
+  // options.wait_for_room.
+  absl::StatusOr<AppendedStep> Append(std::string_view stream, const void* data,
+                                      size_t size,
+                                      const AppendOptions& options = {});
+  // The same, the step's bytes read from the file at `path`.
+  absl::StatusOr<AppendedStep> AppendFile(std::string_view stream,
+                                          const std::string& path,
+                                          const AppendOptions& options = {});
+  // Ends the stream: readers get every step appended, then OUT_OF_RANGE.
+  absl::StatusOr<StreamInfo> FinishStream(std::string_view stream);
+  absl::StatusOr<StreamInfo> StatStream(std::string_view stream);
+  // The next step for this member of reader group `group`, leased to it:
+  // DEADLINE_EXCEEDED if none comes within options.wait, OUT_OF_RANGE
+  // once the stream is finished and the group has had every step.
+  absl::StatusOr<StreamStep> Next(std::string_view stream,
+                                  std::string_view group,
+                                  const NextOptions& options = {});
+  // The member is done with `step` (`consumer` as Next named it; empty:
+  // this Client's name). FAILED_PRECONDITION if it does not hold it (its
+  // lease ran out and it went to another member, or it acknowledged it).
+  absl::Status Ack(std::string_view stream, std::string_view group,
+                   uint64_t step, std::string_view consumer = {});
+
  private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
@@ -485,6 +608,11 @@ class Client {
   absl::StatusOr<ImageInfo> PushBytesAs(std::string_view image_id,
                                         const internal::PushBytes& bytes,
                                         const PushOptions& options);
+  absl::StatusOr<AppendedStep> AppendBytes(std::string_view stream,
+                                           internal::PushBytes bytes,
+                                           const AppendOptions& options);
+  // `asked`, or this Client's own consumer name in this process.
+  std::string ConsumerName(std::string_view asked) const;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -57,6 +57,7 @@ namespace h5depot::server {
 
 class MemoryBudget;
 class PushWatch;
+class StreamTable;
 
 // One tenant's share of a store, charged by the pushes that name it
 // (PushRequest::quota): a memory quota and a cap on pushes under way,
@@ -284,6 +285,8 @@ class StoredImage {
   std::shared_ptr<Quota> quota_;  // charged charged_bytes_; null: none
   // Its place in the store's order of use, while current, with eviction
   // on (guarded by the store's lru_mutex_).
+  // A stream's step (StreamTable): freed by its stream, never evicted.
+  bool stream_step_ = false;
   mutable StoredImage* lru_older_ = nullptr;
   mutable StoredImage* lru_newer_ = nullptr;
 };
@@ -340,6 +343,10 @@ struct PushRequest {
   // a newer one; INVALID_ARGUMENT if it is over kMaxGenerationLead ahead
   // of both the counter and the clock (in microseconds).
   uint64_t replica_generation = 0;
+  // The push appends a step to the stream named `image_id` (StreamTable):
+  // it is published as "image_id@N", N the step's number, under the
+  // stream's policy. No precondition, time to live or replica generation.
+  bool stream_append = false;
   // The share the push is charged to, beside the store's limit (see
   // Quota); null: only the store's limit.
   std::shared_ptr<Quota> quota;
@@ -423,6 +430,9 @@ class PendingImage {
   std::shared_ptr<PushWatch> watch_;
   // Whether the push counts among request_.quota's pending pushes.
   bool counted_pending_ = false;
+  // A stream append holding a place in its stream's queue, given back by
+  // the destructor unless it became a step.
+  bool holds_stream_place_ = false;
 };
 
 struct ListResult {
@@ -620,8 +630,14 @@ class ImageStore {
   // at once), and calls every event notification. Idempotent.
   void Shutdown();
 
+  // The store's streams (server/src/stream_table_internal.h).
+  StreamTable& streams() { return *streams_; }
+
  private:
   friend class PendingImage;
+
+  // Removes freed steps of streams (StreamTable's remove_steps).
+  void RemoveStreamSteps(const std::vector<std::string>& step_ids);
 
   absl::StatusOr<ImageRef> Install(std::unique_ptr<StoredImage> image,
                                    const PushRequest& request);
@@ -633,6 +649,14 @@ class ImageStore {
   // and the quota, and counts the push among the quota's pending ones.
   // On an error nothing stays charged.
   absl::Status Admit(const PushRequest& request, uint64_t charge);
+  // Admit's part for a stream append: a place in the stream's queue, then
+  // the charges.
+  absl::Status AdmitStreamAppend(const PushRequest& request, uint64_t charge);
+  // Admit's charges: the pending push, the tenant's memory, the store's.
+  absl::Status Charge(const PushRequest& request, uint64_t charge);
+  // Install for a stream append: numbers the step and publishes it.
+  absl::StatusOr<ImageRef> InstallStep(std::unique_ptr<StoredImage> image,
+                                       const PushRequest& request);
   absl::Status CheckGeneration(std::string_view image_id,
                                std::optional<uint64_t> if_generation_match)
       const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
@@ -758,6 +782,9 @@ class ImageStore {
   uint64_t reaper_wakeups_ ABSL_GUARDED_BY(reaper_mutex_) = 0;
   bool reaper_stop_ ABSL_GUARDED_BY(reaper_mutex_) = false;
   std::thread reaper_;
+
+  // Last, so that it goes first: its timer thread calls into the store.
+  std::unique_ptr<StreamTable> streams_;
 };
 
 }  // namespace h5depot::server
