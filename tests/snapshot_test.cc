@@ -159,6 +159,76 @@ TEST_F(SnapshotTest, ARestartBringsEveryImageBack) {
   EXPECT_GT(later.generation, expiring.generation);
 }
 
+// Streams survive a restart: the policy, the steps kept (their numbers,
+// bytes and generations), each group's position, and a step that was
+// leased when the server stopped, which is handed out again; appends go
+// on with the next number.
+TEST_F(SnapshotTest, ARestartBringsStreamsAndTheirGroupsBack) {
+  auto server = StartServer();
+  ASSERT_NE(server, nullptr);
+  StreamPolicy policy;
+  policy.max_steps = 5;
+  policy.reserve_steps = 1;
+  policy.keep_first_step = true;
+  ASSERT_TRUE(client_->CreateStream("sim/out", policy).ok());
+  NextOptions now;
+  now.wait = absl::Seconds(30);
+  std::vector<AppendedStep> appended;
+  for (const std::string* image : {&first_, &second_, &first_, &second_}) {
+    absl::StatusOr<AppendedStep> step =
+        client_->Append("sim/out", image->data(), image->size());
+    ASSERT_TRUE(step.ok()) << step.status();
+    appended.push_back(*step);
+  }
+  // "fast" has acknowledged steps 0 and 1, and holds step 2; "slow" has
+  // acknowledged step 0.
+  for (uint64_t i = 0; i < 2; ++i) {
+    absl::StatusOr<StreamStep> step = client_->Next("sim/out", "fast", now);
+    ASSERT_TRUE(step.ok()) << step.status();
+    ASSERT_TRUE(client_->Ack("sim/out", "fast", step->step).ok());
+  }
+  ASSERT_TRUE(client_->Next("sim/out", "fast", now).ok());
+  absl::StatusOr<StreamStep> slow = client_->Next("sim/out", "slow", now);
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  EXPECT_EQ(slow->step, 0u);
+  ASSERT_TRUE(client_->Ack("sim/out", "slow", 0).ok());
+  ASSERT_TRUE(server->Terminate().ok());
+
+  server = StartServer();
+  ASSERT_NE(server, nullptr);
+  EXPECT_TRUE(
+      absl::StrContains(server->startup_output(), "and 1 streams (4 steps)"))
+      << server->startup_output();
+  absl::StatusOr<StreamInfo> info = client_->StatStream("sim/out");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->policy.max_steps, 5u);
+  EXPECT_EQ(info->policy.reserve_steps, 1u);
+  EXPECT_TRUE(info->policy.keep_first_step);
+  EXPECT_EQ(info->appended_steps, 4u);
+  // The leased step 2 comes again, then 3; the slow group goes on at 1.
+  for (uint64_t expected : {2u, 3u}) {
+    absl::StatusOr<StreamStep> step = client_->Next("sim/out", "fast", now);
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_EQ(step->step, expected);
+    EXPECT_EQ(step->image.info.generation, appended[expected].info.generation);
+    ASSERT_TRUE(client_->Ack("sim/out", "fast", step->step).ok());
+  }
+  for (uint64_t expected : {1u, 2u, 3u}) {
+    absl::StatusOr<StreamStep> step = client_->Next("sim/out", "slow", now);
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_EQ(step->step, expected);
+    EXPECT_EQ(std::string(static_cast<const char*>(step->image.buffer.data()),
+                          step->image.buffer.size()),
+              expected % 2 == 0 ? first_ : second_);
+    ASSERT_TRUE(client_->Ack("sim/out", "slow", step->step).ok());
+  }
+  absl::StatusOr<AppendedStep> next =
+      client_->Append("sim/out", first_.data(), first_.size());
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->step, 4u);
+  EXPECT_GT(next->info.generation, appended.back().info.generation);
+}
+
 // A crash (SIGKILL) at each step of a snapshot: the restart loads the last
 // complete snapshot, which is the new one only once its manifest is in
 // place, and leaves no file that manifest does not name.

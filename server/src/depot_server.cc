@@ -44,8 +44,11 @@ std::string RestoreLine(const RestoreReport& report, const std::string& dir) {
     return absl::StrCat("h5depotd snapshot: none in ", dir, " yet");
   }
   return absl::StrCat(
-      "h5depotd restored ", report.images, " images (",
-      internal::HumanSize(report.bytes), ") from ", dir, " in ",
+      "h5depotd restored ", report.images, " images",
+      report.streams > 0 ? absl::StrCat(" and ", report.streams, " streams (",
+                                        report.steps, " steps)")
+                         : "",
+      " (", internal::HumanSize(report.bytes), ") from ", dir, " in ",
       absl::FormatDuration(absl::Trunc(report.took, absl::Milliseconds(1))),
       report.expired > 0 ? absl::StrCat(", ", report.expired, " expired since")
                          : "",
@@ -468,10 +471,14 @@ absl::Status DepotServer::WriteSnapshot() {
     return written.status();
   }
   impl_->log(absl::StrCat(
-      "h5depotd snapshot: ", written->images, " images (",
-      internal::HumanSize(written->bytes), ") in ", impl_->snapshots->path(),
-      ", ", written->files_written, " files written (",
-      internal::HumanSize(written->bytes_written), ") in ",
+      "h5depotd snapshot: ", written->images, " images",
+      written->streams > 0
+          ? absl::StrCat(" and ", written->streams, " streams (",
+                         written->steps, " steps)")
+          : "",
+      " (", internal::HumanSize(written->bytes), ") in ",
+      impl_->snapshots->path(), ", ", written->files_written,
+      " files written (", internal::HumanSize(written->bytes_written), ") in ",
       absl::FormatDuration(absl::Trunc(written->took, absl::Milliseconds(1)))));
   return absl::OkStatus();
 }

@@ -597,8 +597,11 @@ absl::Status ImageStore::Admit(const PushRequest& request, uint64_t charge) {
 
 absl::Status ImageStore::AdmitStreamAppend(const PushRequest& request,
                                            uint64_t charge) {
+  // A restored step was in the queue before: it is not admitted again.
   if (absl::Status status =
-          streams_->AdmitAppend(request.image_id, request.size);
+          request.restored.has_value()
+              ? streams_->AdmitRestoredStep(request.image_id, request.size)
+              : streams_->AdmitAppend(request.image_id, request.size);
       !status.ok()) {
     return status;
   }
@@ -806,11 +809,16 @@ size_t ImageStore::CutOffStalledPushes() {
 }
 
 absl::StatusOr<ImageRef> ImageStore::InstallRestored(
-    std::unique_ptr<StoredImage> image, const PushRequest::Restored& restored) {
+    std::unique_ptr<StoredImage> image, const PushRequest& request) {
+  const PushRequest::Restored& restored = *request.restored;
   StoredImage& stored = *image;
   stored.created_ = restored.created;
   stored.expires_ = restored.expires;
   stored.generation_ = restored.generation;
+  if (request.stream_append) {
+    stored.image_id_ = internal::StreamStepId(request.image_id, restored.step);
+    stored.stream_step_ = true;
+  }
   const ImageRef published(std::move(image));
   {
     absl::MutexLock lock(&mutex_);
@@ -829,6 +837,10 @@ absl::StatusOr<ImageRef> ImageStore::InstallRestored(
     next_generation_ = std::max(next_generation_, stored.generation_ + 1);
     history_after_ = next_generation_ - 1;
     LruAdd(stored);
+    if (request.stream_append) {
+      streams_->AddRestoredStep(request.image_id, restored.step, request.size,
+                                published);
+    }
     if (stored.expires_ != absl::InfiniteFuture()) {
       expiry_queue_.emplace(stored.expires_, stored.image_id_);
     }
@@ -843,7 +855,7 @@ absl::StatusOr<ImageRef> ImageStore::InstallRestored(
 absl::StatusOr<ImageRef> ImageStore::Install(std::unique_ptr<StoredImage> image,
                                              const PushRequest& request) {
   if (request.restored.has_value()) {
-    return InstallRestored(std::move(image), *request.restored);
+    return InstallRestored(std::move(image), request);
   }
   // Every push waits for this lock, so what needs none (reading the clock,
   // allocating the reference count) is done before taking it.

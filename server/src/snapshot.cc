@@ -19,11 +19,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "h5depot/internal/byte_size.h"
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/image_id.h"
 #include "server/src/snapshot_internal.h"
+#include "server/src/stream_table_internal.h"
 
 namespace h5depot::server {
 namespace {
@@ -210,22 +212,131 @@ struct ManifestEntry {
   std::string image_id;
 };
 
-std::string ManifestText(const std::vector<ManifestEntry>& entries) {
+// A stream as the manifest lists it: its record (no image references)
+// and its steps, each an entry whose image_id is the stream's name.
+struct StreamEntry {
+  StreamRecord record;
+  std::vector<std::pair<uint64_t, ManifestEntry>> steps;
+};
+
+// The manifest: the images, then the streams. The end line counts the
+// images alone (as before streams were kept); its checksum covers all.
+struct Manifest {
+  std::vector<ManifestEntry> images;
+  std::vector<StreamEntry> streams;
+};
+
+std::string StepList(const std::vector<uint64_t>& steps) {
+  return steps.empty() ? "-" : absl::StrJoin(steps, ",");
+}
+
+bool ParseStepList(absl::string_view text, std::vector<uint64_t>* steps) {
+  if (text == "-") return true;
+  for (absl::string_view item : absl::StrSplit(text, ',')) {
+    uint64_t step = 0;
+    if (!absl::SimpleAtoi(item, &step)) return false;
+    steps->push_back(step);
+  }
+  return true;
+}
+
+std::string ManifestText(const Manifest& manifest) {
   std::string text(kHeader.data(), kHeader.size());
-  for (const ManifestEntry& entry : entries) {
+  for (const ManifestEntry& entry : manifest.images) {
     absl::StrAppendFormat(&text, "image %d %d %016x %d %d %s\n",
                           entry.generation, entry.size, entry.checksum,
                           entry.created_micros, entry.expires_micros,
                           entry.image_id);
   }
-  absl::StrAppendFormat(&text, "end %d %016x\n", entries.size(),
+  for (const StreamEntry& stream : manifest.streams) {
+    const StreamRecord& record = stream.record;
+    absl::StrAppendFormat(
+        &text, "stream %s %d %d %d %d %d %d %d\n", record.name,
+        record.finished ? 1 : 0, record.appended, record.policy.max_steps,
+        record.policy.max_bytes, static_cast<int>(record.policy.when_full),
+        record.policy.reserve_steps, record.policy.keep_first_step ? 1 : 0);
+    for (const auto& [step, entry] : stream.steps) {
+      absl::StrAppendFormat(&text, "step %s %d %d %d %016x %d\n", record.name,
+                            step, entry.generation, entry.size, entry.checksum,
+                            entry.created_micros);
+    }
+    for (const StreamRecord::GroupRecord& group : record.groups) {
+      absl::StrAppendFormat(&text, "group %s %s %d %d %s %s\n", record.name,
+                            group.name, group.next_step, group.acked_below,
+                            StepList(group.acked_above),
+                            StepList(group.hand_again));
+    }
+  }
+  absl::StrAppendFormat(&text, "end %d %016x\n", manifest.images.size(),
                         internal::Checksum(text.data(), text.size()));
   return text;
 }
 
+// A manifest's "stream", "step" or "group" line into `streams` (a step or
+// group line follows its stream's line); false if it is malformed.
+bool ParseStreamLine(const std::vector<absl::string_view>& fields,
+                     std::vector<StreamEntry>* streams) {
+  if (fields[0] == "stream") {
+    StreamEntry stream;
+    StreamRecord& record = stream.record;
+    int when_full = 0;
+    int finished = 0;
+    int keep_first = 0;
+    if (fields.size() != 9 || !absl::SimpleAtoi(fields[2], &finished) ||
+        !absl::SimpleAtoi(fields[3], &record.appended) ||
+        !absl::SimpleAtoi(fields[4], &record.policy.max_steps) ||
+        !absl::SimpleAtoi(fields[5], &record.policy.max_bytes) ||
+        !absl::SimpleAtoi(fields[6], &when_full) || when_full < 0 ||
+        when_full > 2 ||
+        !absl::SimpleAtoi(fields[7], &record.policy.reserve_steps) ||
+        !absl::SimpleAtoi(fields[8], &keep_first)) {
+      return false;
+    }
+    record.name = std::string(fields[1]);
+    record.created = true;
+    record.finished = finished != 0;
+    record.policy.when_full = static_cast<StreamPolicy::WhenFull>(when_full);
+    record.policy.keep_first_step = keep_first != 0;
+    streams->push_back(std::move(stream));
+    return true;
+  }
+  if (streams->empty() || fields.size() < 2 ||
+      fields[1] != streams->back().record.name) {
+    return false;
+  }
+  StreamEntry& stream = streams->back();
+  if (fields[0] == "step") {
+    uint64_t step = 0;
+    ManifestEntry entry;
+    if (fields.size() != 7 || !absl::SimpleAtoi(fields[2], &step) ||
+        !absl::SimpleAtoi(fields[3], &entry.generation) ||
+        !absl::SimpleAtoi(fields[4], &entry.size) ||
+        !absl::SimpleHexAtoi(fields[5], &entry.checksum) ||
+        !absl::SimpleAtoi(fields[6], &entry.created_micros)) {
+      return false;
+    }
+    entry.image_id = stream.record.name;
+    stream.steps.emplace_back(step, std::move(entry));
+    return true;
+  }
+  if (fields[0] == "group") {
+    StreamRecord::GroupRecord group;
+    if (fields.size() != 7 || !absl::SimpleAtoi(fields[3], &group.next_step) ||
+        !absl::SimpleAtoi(fields[4], &group.acked_below) ||
+        !ParseStepList(fields[5], &group.acked_above) ||
+        !ParseStepList(fields[6], &group.hand_again)) {
+      return false;
+    }
+    group.name = std::string(fields[2]);
+    stream.record.groups.push_back(std::move(group));
+    return true;
+  }
+  return false;
+}
+
 // The entries of a manifest; DATA_LOSS naming `path` unless it is whole.
-absl::StatusOr<std::vector<ManifestEntry>> ParseManifest(
-    absl::string_view text, const std::string& path) {
+absl::StatusOr<Manifest> ParseManifest(absl::string_view text,
+                                       const std::string& path) {
   const auto damaged = [&path](const std::string& why) {
     return absl::DataLossError(
         absl::StrCat(path, " is not a complete snapshot (", why,
@@ -247,11 +358,18 @@ absl::StatusOr<std::vector<ManifestEntry>> ParseManifest(
       checksum != internal::Checksum(text.data(), end_line)) {
     return damaged("its checksum does not match");
   }
-  std::vector<ManifestEntry> entries;
+  Manifest manifest;
+  std::vector<ManifestEntry>& entries = manifest.images;
   for (absl::string_view line :
        absl::StrSplit(text.substr(kHeader.size(), end_line - kHeader.size()),
                       '\n', absl::SkipEmpty())) {
     std::vector<absl::string_view> fields = absl::StrSplit(line, ' ');
+    if (!fields.empty() && fields[0] != "image") {
+      if (!ParseStreamLine(fields, &manifest.streams)) {
+        return damaged(absl::StrCat("a malformed line: ", std::string(line)));
+      }
+      continue;
+    }
     ManifestEntry entry;
     if (fields.size() != 7 || fields[0] != "image" ||
         !absl::SimpleAtoi(fields[1], &entry.generation) ||
@@ -265,7 +383,7 @@ absl::StatusOr<std::vector<ManifestEntry>> ParseManifest(
     entries.push_back(std::move(entry));
   }
   if (entries.size() != count) return damaged("its count does not match");
-  return entries;
+  return manifest;
 }
 
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
@@ -289,8 +407,10 @@ absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
 }
 
 // Loads the image of `entry` from `path` into `store` with its identity.
+// With `step`, the entry is that step of the stream entry.image_id names.
 absl::Status RestoreImage(ImageStore& store, const ManifestEntry& entry,
-                          const std::string& path) {
+                          const std::string& path,
+                          std::optional<uint64_t> step = std::nullopt) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return SystemError("cannot open", path);
   struct stat info;
@@ -309,6 +429,10 @@ absl::Status RestoreImage(ImageStore& store, const ManifestEntry& entry,
   restored.created = absl::FromUnixMicros(entry.created_micros);
   if (entry.expires_micros != 0) {
     restored.expires = absl::FromUnixMicros(entry.expires_micros);
+  }
+  if (step.has_value()) {
+    request.stream_append = true;
+    restored.step = *step;
   }
   request.restored = restored;
   absl::StatusOr<std::unique_ptr<PendingImage>> pending =
@@ -364,12 +488,11 @@ absl::StatusOr<RestoreReport> SnapshotDirectory::Restore(ImageStore& store) {
   absl::StatusOr<std::string> text = ReadWholeFile(manifest_path);
   if (!text.ok()) return text.status();
   report.found = true;
-  absl::StatusOr<std::vector<ManifestEntry>> entries =
-      ParseManifest(*text, manifest_path);
-  if (!entries.ok()) return entries.status();
+  absl::StatusOr<Manifest> manifest = ParseManifest(*text, manifest_path);
+  if (!manifest.ok()) return manifest.status();
   const absl::Time now = store.options().clock();
   std::vector<std::string> referenced;
-  for (const ManifestEntry& entry : *entries) {
+  for (const ManifestEntry& entry : manifest->images) {
     std::string file = ImageFileName(entry.generation, entry.image_id);
     const std::string images_dir = absl::StrCat(path_, "/", kImagesDir, "/");
     if (access((images_dir + file).c_str(), F_OK) != 0 &&
@@ -394,6 +517,30 @@ absl::StatusOr<RestoreReport> SnapshotDirectory::Restore(ImageStore& store) {
     }
     ++report.images;
     report.bytes += entry.size;
+  }
+  for (const StreamEntry& stream : manifest->streams) {
+    store.streams().Restore(stream.record);
+    std::vector<uint64_t> lost;
+    for (const auto& [step, entry] : stream.steps) {
+      const std::string file = ImageFileName(
+          entry.generation, internal::StreamStepId(entry.image_id, step));
+      referenced.push_back(file);
+      const absl::Status restored = RestoreImage(
+          store, entry, absl::StrCat(path_, "/", kImagesDir, "/", file), step);
+      if (!restored.ok()) {
+        ++report.refused;
+        lost.push_back(step);
+        log_(absl::StrCat("snapshot: step ", step, " of stream '",
+                          entry.image_id,
+                          "' not restored: ", restored.message()));
+        continue;
+      }
+      ++report.steps;
+      report.bytes += entry.size;
+    }
+    // Its groups are told, as of a discarded step.
+    store.streams().LoseSteps(stream.record.name, lost);
+    ++report.streams;
   }
   RemoveUnreferenced(referenced);
   report.took = absl::Now() - began;
@@ -434,14 +581,24 @@ absl::StatusOr<SnapshotReport> SnapshotDirectory::Write(
     batch_bytes = 0;
     return absl::OkStatus();
   };
+  // The streams at one instant, with the steps they keep (held, like the
+  // images, until written); their steps are written from here, not from
+  // the list of images, so that they match the streams' state.
+  const std::vector<StreamRecord> streams = store.streams().Capture();
+  std::vector<ImageRef> to_write;
+  to_write.reserve(images.size());
   for (const ImageRef& image : images) {
-    // Streams are not in snapshots yet: their steps alone would come back
-    // as nobody's.
     std::string_view stream;
     uint64_t step = 0;
-    if (internal::ParseStreamStepId(image->image_id(), &stream, &step)) {
-      continue;
+    if (!internal::ParseStreamStepId(image->image_id(), &stream, &step)) {
+      to_write.push_back(image);
     }
+  }
+  const size_t plain_images = to_write.size();
+  for (const StreamRecord& record : streams) {
+    for (const auto& [step, image] : record.steps) to_write.push_back(image);
+  }
+  for (const ImageRef& image : to_write) {
     const std::string file =
         ImageFileName(image->generation(), image->image_id());
     const std::string path = absl::StrCat(images_dir, "/", file);
@@ -481,14 +638,27 @@ absl::StatusOr<SnapshotReport> SnapshotDirectory::Write(
     referenced.push_back(file);
     report.bytes += image->size();
   }
-  report.images = entries.size();
+  report.images = plain_images;
+  report.steps = entries.size() - plain_images;
+  Manifest contents;
+  contents.images.assign(entries.begin(), entries.begin() + plain_images);
+  size_t next_step_entry = plain_images;
+  for (const StreamRecord& record : streams) {
+    StreamEntry& stream = contents.streams.emplace_back();
+    stream.record = record;
+    stream.record.steps.clear();
+    for (const auto& [step, image] : record.steps) {
+      stream.steps.emplace_back(step, entries[next_step_entry++]);
+    }
+  }
+  report.streams = contents.streams.size();
   if (absl::Status finished = finish_batch(); !finished.ok()) {
     return finished;
   }
   if (absl::Status synced = FsyncDirectory(images_dir); !synced.ok()) {
     return synced;
   }
-  const std::string text = ManifestText(entries);
+  const std::string text = ManifestText(contents);
   absl::StatusOr<DurableFile> manifest = WriteDurableFile(
       absl::StrCat(path_, "/", kManifest),
       reinterpret_cast<const uint8_t*>(text.data()), text.size(),

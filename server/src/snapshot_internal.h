@@ -45,7 +45,9 @@ namespace h5depot::server {
 
 // What a snapshot wrote.
 struct SnapshotReport {
-  size_t images = 0;         // in the snapshot
+  size_t images = 0;  // in the snapshot (streams' steps apart)
+  size_t streams = 0;
+  size_t steps = 0;          // kept by the streams
   uint64_t bytes = 0;        // their bytes
   size_t files_written = 0;  // image files written (the rest were kept)
   uint64_t bytes_written = 0;
@@ -56,6 +58,8 @@ struct SnapshotReport {
 struct RestoreReport {
   bool found = false;  // a snapshot was there
   size_t images = 0;
+  size_t streams = 0;
+  size_t steps = 0;
   uint64_t bytes = 0;
   size_t expired = 0;  // expired since the snapshot: not loaded
   size_t refused = 0;  // damaged or not admitted: logged, not loaded

@@ -291,6 +291,14 @@ void StreamTable::MarkAcked(Group& group, uint64_t step) {
 
 void StreamTable::Discard(Stream& stream, uint64_t step,
                           std::vector<std::string>* removed) {
+  LoseForGroups(stream, step);
+  auto it = stream.steps.find(step);
+  stream.kept_bytes -= it->second.size;
+  stream.steps.erase(it);
+  removed->push_back(internal::StreamStepId(stream.name, step));
+}
+
+void StreamTable::LoseForGroups(Stream& stream, uint64_t step) {
   for (auto& [name, group] : stream.groups) {
     if (step < group.acked_below || group.acked_above.count(step) != 0) {
       continue;
@@ -307,10 +315,6 @@ void StreamTable::Discard(Stream& stream, uint64_t step,
     }
     MarkAcked(group, step);
   }
-  auto it = stream.steps.find(step);
-  stream.kept_bytes -= it->second.size;
-  stream.steps.erase(it);
-  removed->push_back(internal::StreamStepId(stream.name, step));
 }
 
 void StreamTable::Trim(Stream& stream, std::vector<std::string>* removed) {
@@ -469,7 +473,12 @@ void StreamTable::Serve(Stream& stream, After* after) {
 StreamTable::WaitId StreamTable::Next(const NextRequest& request,
                                       absl::Time deadline, NextCallback done) {
   absl::Status invalid = internal::ValidateImageId(request.stream);
-  if (invalid.ok()) invalid = ValidateMemberName("group", request.group);
+  // Group names are kept in snapshots, as image ids are: the same rules.
+  if (invalid.ok() && !internal::ValidateImageId(request.group).ok()) {
+    invalid = absl::InvalidArgumentError(
+        absl::StrCat("reader group names follow the image id rules: ",
+                     internal::ValidateImageId(request.group).message()));
+  }
   if (invalid.ok()) invalid = ValidateMemberName("consumer", request.consumer);
   if (!invalid.ok()) {
     done(invalid);
@@ -622,6 +631,84 @@ bool StreamTable::CancelWait(WaitId wait, const absl::Status& status) {
   if (next) next(status);
   if (room) room(status, /*waited=*/true);
   return true;
+}
+
+std::vector<StreamRecord> StreamTable::Capture() const {
+  absl::ReaderMutexLock lock(&mutex_);
+  std::vector<StreamRecord> records;
+  for (const auto& [name, stream] : streams_) {
+    if (!stream.created) continue;  // named by readers alone: nothing yet
+    StreamRecord& record = records.emplace_back();
+    record.name = name;
+    record.policy = stream.policy;
+    record.created = stream.created;
+    record.finished = stream.finished;
+    record.appended = stream.appended;
+    for (const auto& [number, step] : stream.steps) {
+      record.steps.emplace_back(number, step.image);
+    }
+    for (const auto& [group_name, group] : stream.groups) {
+      StreamRecord::GroupRecord& out = record.groups.emplace_back();
+      out.name = group_name;
+      out.next_step = group.next_step;
+      out.acked_below = group.acked_below;
+      out.acked_above.assign(group.acked_above.begin(),
+                             group.acked_above.end());
+      out.hand_again.assign(group.to_redeliver.begin(),
+                            group.to_redeliver.end());
+      for (const auto& [step, lease] : group.leased) {
+        out.hand_again.push_back(step);
+      }
+    }
+  }
+  return records;
+}
+
+void StreamTable::Restore(const StreamRecord& record) {
+  absl::MutexLock lock(&mutex_);
+  Stream& stream = Named(record.name);
+  stream.policy = record.policy;
+  stream.created = record.created;
+  stream.finished = record.finished;
+  stream.appended = record.appended;
+  for (const StreamRecord::GroupRecord& in : record.groups) {
+    Group& group = stream.groups[in.name];
+    group.next_step = in.next_step;
+    group.acked_below = in.acked_below;
+    group.acked_above.insert(in.acked_above.begin(), in.acked_above.end());
+    group.to_redeliver.insert(in.hand_again.begin(), in.hand_again.end());
+  }
+}
+
+absl::Status StreamTable::AdmitRestoredStep(std::string_view stream,
+                                            uint64_t size) {
+  absl::MutexLock lock(&mutex_);
+  Stream* found = Find(stream);
+  if (found == nullptr) {
+    return absl::NotFoundError(absl::StrCat("no stream '", Sv(stream), "'"));
+  }
+  ++found->pending_steps;
+  found->pending_bytes += size;
+  return absl::OkStatus();
+}
+
+void StreamTable::AddRestoredStep(std::string_view stream, uint64_t step,
+                                  uint64_t admitted_size, ImageRef image) {
+  absl::MutexLock lock(&mutex_);
+  Stream& named = Named(stream);
+  --named.pending_steps;
+  named.pending_bytes -= admitted_size;
+  const uint64_t size = image->size();
+  named.steps.emplace(step, Step{std::move(image), size});
+  named.kept_bytes += size;
+}
+
+void StreamTable::LoseSteps(std::string_view stream,
+                            const std::vector<uint64_t>& steps) {
+  absl::MutexLock lock(&mutex_);
+  Stream* found = Find(stream);
+  if (found == nullptr) return;
+  for (uint64_t step : steps) LoseForGroups(*found, step);
 }
 
 void StreamTable::AddTimer(absl::Time due, Timer timer) {

@@ -126,6 +126,25 @@ struct StreamState {
   std::vector<StreamGroupState> groups;  // by name
 };
 
+// A stream as a snapshot keeps it (Capture, Restore): its state and its
+// kept steps. Leases do not survive: a leased step is handed out again.
+struct StreamRecord {
+  struct GroupRecord {
+    std::string name;
+    uint64_t next_step = 0;
+    uint64_t acked_below = 0;
+    std::vector<uint64_t> acked_above;
+    std::vector<uint64_t> hand_again;  // leased, or waiting to be handed
+  };
+  std::string name;
+  StreamPolicy policy;
+  bool created = false;
+  bool finished = false;
+  uint64_t appended = 0;
+  std::vector<std::pair<uint64_t, ImageRef>> steps;  // Capture only
+  std::vector<GroupRecord> groups;
+};
+
 // A member of a group asking for the next step.
 struct NextRequest {
   std::string stream;
@@ -224,8 +243,21 @@ class StreamTable {
   // Ends a pending Next or AwaitRoom with `status`; false if it had ended.
   bool CancelWait(WaitId wait, const absl::Status& status);
 
-  // Every stream's state, by name (for snapshots and metrics).
+  // Every stream's state, by name (for metrics).
   std::vector<StreamState> DescribeAll() const;
+
+  // Snapshots. Capture: every stream at one instant, with its kept
+  // steps. Restore (into a table that has none of them): the stream and
+  // its groups, no steps; then each step that loads comes through
+  // AdmitRestoredStep and AddRestoredStep (ImageStore, for a restored
+  // stream append), and LoseSteps names those that did not load, which
+  // the groups that needed them are told they lost.
+  std::vector<StreamRecord> Capture() const;
+  void Restore(const StreamRecord& record);
+  absl::Status AdmitRestoredStep(std::string_view stream, uint64_t size);
+  void AddRestoredStep(std::string_view stream, uint64_t step,
+                       uint64_t admitted_size, ImageRef image);
+  void LoseSteps(std::string_view stream, const std::vector<uint64_t>& steps);
 
   // Ends every wait UNAVAILABLE; later ones end so at once.
   void Shutdown();
@@ -301,6 +333,9 @@ class StreamTable {
                                 const NextRequest& request)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   static bool GroupIsDone(const Stream& stream, const Group& group);
+  // The group part of losing `step`: a group that had not acknowledged it
+  // records it lost, unless a member holds it, and counts it as done.
+  static void LoseForGroups(Stream& stream, uint64_t step);
   static void MarkAcked(Group& group, uint64_t step);
   // Drops step `step` (discard-oldest): each group that had not
   // acknowledged it records it lost, unless a member holds it.

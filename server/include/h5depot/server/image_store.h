@@ -360,6 +360,7 @@ struct PushRequest {
     uint64_t generation = 0;
     absl::Time created;
     absl::Time expires = absl::InfiniteFuture();
+    uint64_t step = 0;  // with stream_append: the step's number
   };
   std::optional<Restored> restored;
 };
@@ -632,6 +633,7 @@ class ImageStore {
 
   // The store's streams (server/src/stream_table_internal.h).
   StreamTable& streams() { return *streams_; }
+  const StreamTable& streams() const { return *streams_; }
 
  private:
   friend class PendingImage;
@@ -641,9 +643,8 @@ class ImageStore {
 
   absl::StatusOr<ImageRef> Install(std::unique_ptr<StoredImage> image,
                                    const PushRequest& request);
-  absl::StatusOr<ImageRef> InstallRestored(
-      std::unique_ptr<StoredImage> image,
-      const PushRequest::Restored& restored);
+  absl::StatusOr<ImageRef> InstallRestored(std::unique_ptr<StoredImage> image,
+                                           const PushRequest& request);
   // The checks and charges a push passes before its data moves (those of
   // BeginPush but the allocation): charges `charge` bytes to the budget
   // and the quota, and counts the push among the quota's pending ones.
