@@ -26,6 +26,7 @@ from .errors import (
     DataLoss,
     Error,
     FailedPrecondition,
+    Finished,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -36,6 +37,7 @@ from .errors import (
 
 __all__ = [
     "Client", "File", "Image", "ImageEvent", "ImageInfo", "Watch", "Error", "Conflict", "DataLoss",
+    "StreamInfo", "StreamStep", "Finished",
     "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied",
     "ResourceExhausted", "Timeout", "Unavailable",
 ]
@@ -100,6 +102,65 @@ class ImageEvent:
                    fields["generation"], fields["size"],
                    fields["replaced_generation"], when,
                    fields["first_lost_sequence"])
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamInfo:
+    """A stream's policy, queue and reader groups (docs/STREAMS.md).
+    ``groups`` maps each group's name to a dict of ``next_step``,
+    ``acked_below``, ``leased_steps`` and ``waiting_steps``."""
+
+    stream: str
+    max_steps: int
+    max_bytes: int
+    when_full: str  # "block", "discard-oldest" or "refuse"
+    reserve_steps: int
+    keep_first_step: bool
+    finished: bool
+    appended_steps: int
+    queued_steps: int
+    queued_bytes: int
+    kept_steps: int
+    kept_bytes: int
+    groups: dict
+
+    @classmethod
+    def _from_native(cls, fields):
+        return cls(**fields)
+
+
+class StreamStep:
+    """One step of a stream, leased to this reader (Client.next) until
+    ``ack()``: ``step`` is its number, ``image`` the Image (read through
+    the buffer protocol, or ``open()`` as an h5py.File), ``info`` its
+    ImageInfo, ``lost`` the (first, last) ranges of steps the group lost
+    to discard-oldest since it was last told."""
+
+    def __init__(self, client, stream, group, native):
+        self.step, self.image, self.lost, self._consumer = native
+        self.lost = [tuple(r) for r in self.lost]
+        self.info = _image_info(self.image)
+        self._client = client
+        self._stream = stream
+        self._group = group
+
+    def open(self, mode="r"):
+        """The step as an ``h5py.File`` in the memory it arrived in (the
+        buffer goes to HDF5: ``image`` is empty afterwards)."""
+        import h5py
+        if mode not in ("r", "r+"):
+            raise InvalidArgument(
+                f'open: mode must be "r" or "r+", not {mode!r}',
+                "INVALID_ARGUMENT")
+        fields = self.image._native_info
+        file = _image_file_class()(h5py.h5f.FileID(
+            _native.open_image(self.image, mode == "r+")))
+        file._image_fields = fields
+        return file
+
+    def ack(self):
+        """Done with the step: the group will not get it again."""
+        self._client.ack(self._stream, self._group, self.step, self._consumer)
 
 
 class Watch:
@@ -420,6 +481,83 @@ class Client:
         if after is not None:
             after = _generation(after, "after")
         return Watch(self._client().watch(prefix, after))
+
+    def create_stream(self, stream, *, max_steps=0, max_bytes=0,
+                      when_full="block", reserve_steps=0,
+                      keep_first_step=False):
+        """Creates ``stream`` (docs/STREAMS.md) with its queue limits (0:
+        the server's defaults, 8 steps and 256 MiB), what a full queue
+        does (``when_full``: "block", "discard-oldest" or "refuse"), the
+        acknowledged steps kept for late groups (``reserve_steps``) and
+        whether step 0 is kept for every new group. Again with the same
+        policy is fine; with another, ``Conflict``. Optional: a first
+        append creates the stream with the defaults."""
+        return StreamInfo._from_native(self._client().create_stream(
+            stream, max_steps, max_bytes, when_full, reserve_steps,
+            keep_first_step))
+
+    def append(self, stream, source, *, wait_for_room=30.0):
+        """Appends ``source`` (an open h5py.File, a path, or bytes-like, as
+        for push) as the stream's next step; returns (step, ImageInfo).
+        A full stream that blocks makes it wait up to ``wait_for_room``
+        seconds (then ``Timeout``); one that refuses raises
+        ``ResourceExhausted``; a finished one ``FailedPrecondition``."""
+        wait = _seconds(wait_for_room, "wait_for_room")
+        client = self._client()
+        if _is_h5py_file(source):
+            step, info = client.append_hdf5_file(stream, source.id.id, wait)
+        elif isinstance(source, (str, os.PathLike)):
+            step, info = client.append_path(stream, os.fspath(source), wait)
+        else:
+            try:
+                view = memoryview(source)
+            except TypeError:
+                raise InvalidArgument(
+                    f"append: cannot append a {type(source).__name__}: give "
+                    "an h5py.File, a path or a bytes-like object",
+                    "INVALID_ARGUMENT") from None
+            step, info = client.append_bytes(stream, view, wait)
+        return step, ImageInfo._from_native(info)
+
+    def next(self, stream, group, *, wait=None, lease=None, start="oldest"):
+        """The next step of ``stream`` for reader ``group``, leased to this
+        client until its ``ack()`` (or for ``lease`` seconds, default 60,
+        after which another member of the group gets it). ``wait``: how
+        long to wait for one (``Timeout`` after it). ``Finished`` once the
+        stream is finished and the group has had every step. ``start``
+        ("oldest", "latest" or a step number): where a new group starts."""
+        if start in ("oldest", "latest"):
+            kind, at = start, 0
+        else:
+            kind, at = "step", _generation(start, "start")
+        native = self._client().next_step(
+            stream, group, _seconds(wait, "wait"), _seconds(lease, "lease"),
+            kind, at)
+        return StreamStep(self._client(), stream, group, native)
+
+    def steps(self, stream, group, *, wait=None, lease=None, start="oldest"):
+        """Iterates over the steps of ``stream`` for ``group`` until the
+        stream is finished, each acknowledged when the next one is asked
+        for. A step the loop leaves (break, an exception) is not
+        acknowledged: ``ack()`` it, or another member gets it when its
+        lease runs out."""
+        while True:
+            try:
+                step = self.next(stream, group, wait=wait, lease=lease,
+                                 start=start)
+            except Finished:
+                return
+            yield step
+            step.ack()
+
+    def finish_stream(self, stream):
+        """Ends ``stream``: readers get the steps appended, then
+        ``Finished``."""
+        return StreamInfo._from_native(self._client().finish_stream(stream))
+
+    def stat_stream(self, stream):
+        """The StreamInfo of ``stream``."""
+        return StreamInfo._from_native(self._client().stat_stream(stream))
 
     def rm(self, image_id, *, if_generation_match=None):
         """Deletes ``image_id`` (``NotFound`` if absent); with

@@ -10,6 +10,7 @@ from .errors import (
     DataLoss as DataLoss,
     Error as Error,
     FailedPrecondition as FailedPrecondition,
+    Finished as Finished,
     InvalidArgument as InvalidArgument,
     NotFound as NotFound,
     PermissionDenied as PermissionDenied,
@@ -50,6 +51,29 @@ class Watch:
     def close(self) -> None: ...
     def __enter__(self) -> "Watch": ...
     def __exit__(self, *exc_info: Any) -> None: ...
+
+class StreamInfo:
+    stream: str
+    max_steps: int
+    max_bytes: int
+    when_full: str  # "block", "discard-oldest", "refuse"
+    reserve_steps: int
+    keep_first_step: bool
+    finished: bool
+    appended_steps: int
+    queued_steps: int
+    queued_bytes: int
+    kept_steps: int
+    kept_bytes: int
+    groups: dict[str, dict[str, int]]
+
+class StreamStep:
+    step: int
+    image: "Image"
+    info: ImageInfo
+    lost: list[tuple[int, int]]
+    def open(self, mode: str = ...) -> h5py.File: ...
+    def ack(self) -> None: ...
 
 class Image:
     """A fetched image; read it through the buffer protocol."""
@@ -120,6 +144,43 @@ class Client:
     def ls(self, prefix: str = ..., *, page_size: int = ...) -> Iterator[ImageInfo]: ...
     def watch(self, prefix: str = ..., *, after: Optional[int] = ...) -> Watch: ...
     def rm(self, image_id: str, *, if_generation_match: Optional[int] = ...) -> None: ...
+    def create_stream(
+        self,
+        stream: str,
+        *,
+        max_steps: int = ...,
+        max_bytes: int = ...,
+        when_full: str = ...,
+        reserve_steps: int = ...,
+        keep_first_step: bool = ...,
+    ) -> StreamInfo: ...
+    def append(
+        self,
+        stream: str,
+        source: Union[h5py.File, _Path, bytes, bytearray, memoryview],
+        *,
+        wait_for_room: _Duration = ...,
+    ) -> tuple[int, ImageInfo]: ...
+    def next(
+        self,
+        stream: str,
+        group: str,
+        *,
+        wait: Optional[_Duration] = ...,
+        lease: Optional[_Duration] = ...,
+        start: Union[str, int] = ...,
+    ) -> StreamStep: ...
+    def steps(
+        self,
+        stream: str,
+        group: str,
+        *,
+        wait: Optional[_Duration] = ...,
+        lease: Optional[_Duration] = ...,
+        start: Union[str, int] = ...,
+    ) -> Iterator[StreamStep]: ...
+    def finish_stream(self, stream: str) -> StreamInfo: ...
+    def stat_stream(self, stream: str) -> StreamInfo: ...
 
 def File(
     image_id: str,

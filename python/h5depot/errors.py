@@ -71,6 +71,13 @@ class Unavailable(Error, ConnectionError):
     code = "UNAVAILABLE"
 
 
+class Finished(InvalidArgument):
+    """The stream is finished and the reader group has had every step
+    (Client.next); also an out-of-range request elsewhere."""
+
+    code = "OUT_OF_RANGE"
+
+
 class DataLoss(Error):
     """The bytes that arrived do not match the image's checksum."""
 
@@ -79,7 +86,7 @@ class DataLoss(Error):
 
 _CLASSES = {
     "INVALID_ARGUMENT": InvalidArgument,
-    "OUT_OF_RANGE": InvalidArgument,
+    "OUT_OF_RANGE": Finished,
     "NOT_FOUND": NotFound,
     "ALREADY_EXISTS": Conflict,
     "ABORTED": Conflict,

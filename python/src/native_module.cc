@@ -87,6 +87,49 @@ PushOptions MakePushOptions(std::optional<uint64_t> if_generation_match,
   return options;
 }
 
+// A StreamInfo as the keyword arguments of h5depot.StreamInfo.
+py::dict StreamInfoDict(const StreamInfo& info) {
+  py::dict out;
+  out["stream"] = info.stream;
+  out["max_steps"] = info.policy.max_steps;
+  out["max_bytes"] = info.policy.max_bytes;
+  switch (info.policy.when_full) {
+    case StreamPolicy::WhenFull::kBlock:
+      out["when_full"] = "block";
+      break;
+    case StreamPolicy::WhenFull::kDiscardOldest:
+      out["when_full"] = "discard-oldest";
+      break;
+    case StreamPolicy::WhenFull::kRefuse:
+      out["when_full"] = "refuse";
+      break;
+  }
+  out["reserve_steps"] = info.policy.reserve_steps;
+  out["keep_first_step"] = info.policy.keep_first_step;
+  out["finished"] = info.finished;
+  out["appended_steps"] = info.appended_steps;
+  out["queued_steps"] = info.queued_steps;
+  out["queued_bytes"] = info.queued_bytes;
+  out["kept_steps"] = info.kept_steps;
+  out["kept_bytes"] = info.kept_bytes;
+  py::dict groups;
+  for (const StreamGroupInfo& group : info.groups) {
+    py::dict g;
+    g["next_step"] = group.next_step;
+    g["acked_below"] = group.acked_below;
+    g["leased_steps"] = group.leased_steps;
+    g["waiting_steps"] = group.waiting_steps;
+    groups[py::str(group.name)] = g;
+  }
+  out["groups"] = groups;
+  return out;
+}
+
+// An appended step as (step, ImageInfo fields).
+py::tuple AppendedTuple(const AppendedStep& appended) {
+  return py::make_tuple(appended.step, InfoDict(appended.info));
+}
+
 // An ImageEvent as the keyword arguments of h5depot.ImageEvent.
 py::dict EventDict(const ImageEvent& event) {
   py::dict out;
@@ -228,6 +271,102 @@ class NativeClient {
               std::optional<uint64_t> if_generation_match) {
     OkOrRaise(WithoutGil(
         [&] { return client_->Delete(image_id, if_generation_match); }));
+  }
+
+  py::dict CreateStream(const std::string& stream, uint64_t max_steps,
+                        uint64_t max_bytes, const std::string& when_full,
+                        uint64_t reserve_steps, bool keep_first_step) {
+    StreamPolicy policy;
+    policy.max_steps = max_steps;
+    policy.max_bytes = max_bytes;
+    if (when_full == "discard-oldest") {
+      policy.when_full = StreamPolicy::WhenFull::kDiscardOldest;
+    } else if (when_full == "refuse") {
+      policy.when_full = StreamPolicy::WhenFull::kRefuse;
+    } else if (when_full != "block") {
+      throw StatusError{absl::InvalidArgumentError(
+          "create_stream: when_full is \"block\", \"discard-oldest\" or "
+          "\"refuse\", not \"" +
+          when_full + "\"")};
+    }
+    policy.reserve_steps = reserve_steps;
+    policy.keep_first_step = keep_first_step;
+    return StreamInfoDict(ValueOrRaise(
+        WithoutGil([&] { return client_->CreateStream(stream, policy); })));
+  }
+
+  py::tuple AppendBytes(const std::string& stream, const py::buffer& source,
+                        double wait_for_room) {
+    const py::buffer_info view = source.request();
+    if (view.ndim > 1 && !IsContiguous(view)) {
+      throw StatusError{absl::InvalidArgumentError(
+          "append: the buffer is not contiguous; pass bytes(...) of it")};
+    }
+    const size_t size = static_cast<size_t>(view.size * view.itemsize);
+    AppendOptions options;
+    options.wait_for_room = absl::Seconds(wait_for_room);
+    return AppendedTuple(ValueOrRaise(WithoutGil(
+        [&] { return client_->Append(stream, view.ptr, size, options); })));
+  }
+
+  py::tuple AppendPath(const std::string& stream, const std::string& path,
+                       double wait_for_room) {
+    AppendOptions options;
+    options.wait_for_room = absl::Seconds(wait_for_room);
+    return AppendedTuple(ValueOrRaise(WithoutGil(
+        [&] { return client_->AppendFile(stream, path, options); })));
+  }
+
+  // The image of an open HDF5 file, taken under the GIL, sent without it.
+  py::tuple AppendHdf5File(const std::string& stream, int64_t file_id,
+                           double wait_for_room) {
+    ImageBuffer image =
+        ValueOrRaise(TakeFileImage(static_cast<hid_t>(file_id)));
+    AppendOptions options;
+    options.wait_for_room = absl::Seconds(wait_for_room);
+    return AppendedTuple(ValueOrRaise(WithoutGil([&] {
+      return client_->Append(stream, image.data(), image.size(), options);
+    })));
+  }
+
+  // (step, Image, [(first, last) lost], consumer).
+  py::tuple Next(const std::string& stream, const std::string& group,
+                 std::optional<double> wait, std::optional<double> lease,
+                 const std::string& start, uint64_t start_step) {
+    NextOptions options;
+    options.wait = Duration(wait);
+    options.lease = Duration(lease);
+    if (start == "latest") {
+      options.start = NextOptions::Start::kLatest;
+    } else if (start == "step") {
+      options.start = NextOptions::Start::kStep;
+      options.start_step = start_step;
+    }
+    StreamStep step = ValueOrRaise(
+        WithoutGil([&] { return client_->Next(stream, group, options); }));
+    py::list lost;
+    for (const StepRange& range : step.lost) {
+      lost.append(py::make_tuple(range.first, range.last));
+    }
+    return py::make_tuple(step.step,
+                          std::make_unique<Image>(std::move(step.image)), lost,
+                          step.consumer);
+  }
+
+  void Ack(const std::string& stream, const std::string& group, uint64_t step,
+           const std::string& consumer) {
+    OkOrRaise(WithoutGil(
+        [&] { return client_->Ack(stream, group, step, consumer); }));
+  }
+
+  py::dict FinishStream(const std::string& stream) {
+    return StreamInfoDict(ValueOrRaise(
+        WithoutGil([&] { return client_->FinishStream(stream); })));
+  }
+
+  py::dict StatStream(const std::string& stream) {
+    return StreamInfoDict(
+        ValueOrRaise(WithoutGil([&] { return client_->StatStream(stream); })));
   }
 
   std::unique_ptr<NativeWatch> Watch(const std::string& prefix,
@@ -490,7 +629,15 @@ than bytes that were sent.)doc")
       .def("stat", &NativeClient::Stat)
       .def("list", &NativeClient::List)
       .def("delete", &NativeClient::Delete)
-      .def("watch", &NativeClient::Watch);
+      .def("watch", &NativeClient::Watch)
+      .def("create_stream", &NativeClient::CreateStream)
+      .def("append_bytes", &NativeClient::AppendBytes)
+      .def("append_path", &NativeClient::AppendPath)
+      .def("append_hdf5_file", &NativeClient::AppendHdf5File)
+      .def("next_step", &NativeClient::Next)
+      .def("ack", &NativeClient::Ack)
+      .def("finish_stream", &NativeClient::FinishStream)
+      .def("stat_stream", &NativeClient::StatStream);
 
   py::class_<NativeWatch>(module, "Watch")
       .def_property_readonly("started_after", &NativeWatch::started_after)

@@ -1,0 +1,113 @@
+"""Streams from Python (docs/STREAMS.md), against a real h5depotd: h5py
+files appended as steps reach two reader groups, one of them shared by
+two processes, each step once per group and in order; the end is
+``Finished``; a step not acknowledged by a reader goes to another."""
+
+import multiprocessing
+import uuid
+
+import h5py
+import numpy as np
+import pytest
+
+import h5depot
+
+
+def step_file(i):
+    """An in-memory h5py file whose dataset "i" holds i."""
+    f = h5py.File(f"step-{i}-{uuid.uuid4().hex}.h5", "w", driver="core",
+                  backing_store=False)
+    f["i"] = i
+    f["data"] = np.full(1000, i, dtype=np.int32)
+    return f
+
+
+def take_all(target, stream, group, out):
+    """A worker process: takes steps of `group` until the end."""
+    with h5depot.Client(target) as depot:
+        for step in depot.steps(stream, group, wait=60):
+            with step.open() as f:
+                out.put((step.step, int(f["i"][()])))
+    out.put(None)
+
+
+def test_every_group_gets_every_step_once_in_order(target):
+    stream = f"py/frames/{uuid.uuid4().hex}"
+    steps = 40
+    with h5depot.Client(target) as depot:
+        info = depot.create_stream(stream, max_steps=4)
+        assert info.max_steps == 4 and info.when_full == "block"
+        # The groups exist from their first next(): from then on every
+        # step waits for them (the workers take a while to start).
+        for group in ("pool", "archive"):
+            with pytest.raises(h5depot.Timeout):
+                depot.next(stream, group)
+        context = multiprocessing.get_context("spawn")
+        out = context.Queue()
+        workers = [context.Process(target=take_all,
+                                   args=(target, stream, "pool", out))
+                   for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        archived = []
+        for i in range(steps):
+            with step_file(i) as f:
+                number, image_info = depot.append(stream, f)
+            assert number == i
+            assert image_info.image_id == f"{stream}@{i}"
+            if i % 2 == 1:  # the "archive" group reads along
+                for _ in range(2):
+                    step = depot.next(stream, "archive", wait=60)
+                    assert np.all(np.frombuffer(step.image, np.uint8)[:8]
+                                  == np.frombuffer(b"\x89HDF\r\n\x1a\n",
+                                                   np.uint8))
+                    archived.append(step.step)
+                    step.ack()
+        depot.finish_stream(stream)
+        with pytest.raises(h5depot.Finished):
+            depot.next(stream, "archive", wait=1)
+        pooled = []
+        ended = 0
+        while ended < len(workers):
+            item = out.get(timeout=120)
+            if item is None:
+                ended += 1
+            else:
+                pooled.append(item)
+        for worker in workers:
+            worker.join(timeout=60)
+            assert worker.exitcode == 0
+        assert archived == list(range(steps))
+        assert sorted(number for number, _ in pooled) == list(range(steps))
+        assert all(number == value for number, value in pooled)
+        assert depot.stat_stream(stream).kept_steps == 0
+
+
+def test_a_step_not_acknowledged_goes_to_another_member(target):
+    stream = f"py/jobs/{uuid.uuid4().hex}"
+    with h5depot.Client(target) as depot, h5depot.Client(target) as other:
+        depot.append(stream, bytes(step_file(0).id.get_file_image()))
+        held = depot.next(stream, "pool", lease=0.5, wait=10)
+        assert held.step == 0
+        again = other.next(stream, "pool", wait=30)  # after the lease
+        assert again.step == 0
+        again.ack()
+        with pytest.raises(h5depot.FailedPrecondition):
+            held.ack()  # its lease ran out: the step went to `other`
+
+
+def test_a_full_refusing_stream_and_a_finished_one_refuse(target):
+    stream = f"py/full/{uuid.uuid4().hex}"
+    with h5depot.Client(target) as depot:
+        depot.create_stream(stream, max_steps=1, when_full="refuse")
+        image = bytes(step_file(1).id.get_file_image())
+        with pytest.raises(h5depot.InvalidArgument):
+            depot.append(stream, b"not an HDF5 file" * 100)
+        depot.append(stream, image)
+        with pytest.raises(h5depot.ResourceExhausted):
+            depot.append(stream, image)
+        depot.finish_stream(stream)
+        with pytest.raises(h5depot.FailedPrecondition):
+            depot.append(stream, image)
+        with pytest.raises(h5depot.Conflict):
+            depot.create_stream(stream, max_steps=2)
