@@ -27,11 +27,14 @@ module h5depot
   public :: h5depot_wait_f, h5depot_stat_f, h5depot_delete_f
   public :: h5depot_errcode_f, h5depot_errmsg_f
   public :: h5pset_fapl_remote_f
+  public :: h5depot_stream_append_f, h5depot_stream_next_f
+  public :: h5depot_stream_ack_f, h5depot_stream_finish_f
   public :: H5DEPOT_OK, H5DEPOT_INVALID_ARGUMENT, H5DEPOT_DEADLINE_EXCEEDED, &
             H5DEPOT_NOT_FOUND, H5DEPOT_ALREADY_EXISTS, &
             H5DEPOT_PERMISSION_DENIED, H5DEPOT_RESOURCE_EXHAUSTED, &
             H5DEPOT_FAILED_PRECONDITION, H5DEPOT_ABORTED, &
-            H5DEPOT_UNAVAILABLE, H5DEPOT_DATA_LOSS, H5DEPOT_UNAUTHENTICATED
+            H5DEPOT_UNAVAILABLE, H5DEPOT_DATA_LOSS, H5DEPOT_UNAUTHENTICATED, &
+            H5DEPOT_OUT_OF_RANGE
   public :: H5DEPOT_OPEN_RW
 
   ! The codes of h5depot_code (h5depot.h).
@@ -44,6 +47,8 @@ module h5depot
   integer, parameter :: H5DEPOT_RESOURCE_EXHAUSTED = 8
   integer, parameter :: H5DEPOT_FAILED_PRECONDITION = 9
   integer, parameter :: H5DEPOT_ABORTED = 10
+  ! A stream is finished and the reader group has had every step.
+  integer, parameter :: H5DEPOT_OUT_OF_RANGE = 11
   integer, parameter :: H5DEPOT_UNAVAILABLE = 14
   integer, parameter :: H5DEPOT_DATA_LOSS = 15
   integer, parameter :: H5DEPOT_UNAUTHENTICATED = 16
@@ -105,6 +110,45 @@ module h5depot
       integer(c_int64_t), intent(out) :: generation
       integer(c_int) :: c_fetch
     end function c_fetch
+
+    function c_stream_append_file(client, stream, file_id, wait_ms, step) &
+        bind(c, name="h5depot_stream_append_file")
+      import :: c_ptr, c_char, c_int, c_int64_t
+      type(c_ptr), value :: client
+      character(kind=c_char), dimension(*), intent(in) :: stream
+      integer(c_int64_t), value :: file_id  ! hid_t
+      integer(c_int64_t), value :: wait_ms
+      integer(c_int64_t), intent(out) :: step
+      integer(c_int) :: c_stream_append_file
+    end function c_stream_append_file
+
+    function c_stream_open_next(client, stream, group, wait_ms, flags, step) &
+        bind(c, name="h5depot_stream_open_next")
+      import :: c_ptr, c_char, c_int, c_int64_t
+      type(c_ptr), value :: client
+      character(kind=c_char), dimension(*), intent(in) :: stream, group
+      integer(c_int64_t), value :: wait_ms
+      integer(c_int), value :: flags
+      integer(c_int64_t), intent(out) :: step
+      integer(c_int64_t) :: c_stream_open_next  ! hid_t
+    end function c_stream_open_next
+
+    function c_stream_ack(client, stream, group, step) &
+        bind(c, name="h5depot_stream_ack")
+      import :: c_ptr, c_char, c_int, c_int64_t
+      type(c_ptr), value :: client
+      character(kind=c_char), dimension(*), intent(in) :: stream, group
+      integer(c_int64_t), value :: step
+      integer(c_int) :: c_stream_ack
+    end function c_stream_ack
+
+    function c_stream_finish(client, stream) &
+        bind(c, name="h5depot_stream_finish")
+      import :: c_ptr, c_char, c_int
+      type(c_ptr), value :: client
+      character(kind=c_char), dimension(*), intent(in) :: stream
+      integer(c_int) :: c_stream_finish
+    end function c_stream_finish
 
     subroutine c_free(buf) bind(c, name="free")
       import :: c_ptr
@@ -306,6 +350,60 @@ contains
     integer, intent(out) :: hdferr
     hdferr = status_of(c_delete(client, c_string(image_id)))
   end subroutine h5depot_delete_f
+
+  ! Appends the image of `file_id` (an open HDF5 file of the core, sec2 or
+  ! stdio driver) as the next step of `stream` (docs/STREAMS.md); `step`
+  ! receives its number. A full stream that blocks waits up to 30 s.
+  subroutine h5depot_stream_append_f(client, stream, file_id, hdferr, step)
+    type(c_ptr), intent(in) :: client
+    character(len=*), intent(in) :: stream
+    integer(hid_t), intent(in) :: file_id
+    integer, intent(out) :: hdferr
+    integer(c_int64_t), intent(out), optional :: step
+    integer(c_int64_t) :: appended
+    hdferr = status_of(c_stream_append_file(client, c_string(stream), &
+                                            int(file_id, c_int64_t), &
+                                            -1_c_int64_t, appended))
+    if (present(step)) step = appended
+  end subroutine h5depot_stream_append_f
+
+  ! Takes the next step of `stream` for reader group `group`, waiting up to
+  ! `wait_ms` milliseconds, and opens it as an HDF5 file in the memory it
+  ! arrived in (close with h5fclose_f); `step` receives its number. hdferr
+  ! -1 with H5DEPOT_DEADLINE_EXCEEDED if none came, H5DEPOT_OUT_OF_RANGE
+  ! once the stream is finished. Acknowledge it with h5depot_stream_ack_f.
+  subroutine h5depot_stream_next_f(client, stream, group, wait_ms, file_id, &
+                                   step, hdferr)
+    type(c_ptr), intent(in) :: client
+    character(len=*), intent(in) :: stream, group
+    integer(c_int64_t), intent(in) :: wait_ms
+    integer(hid_t), intent(out) :: file_id
+    integer(c_int64_t), intent(out) :: step
+    integer, intent(out) :: hdferr
+    step = -1
+    file_id = int(c_stream_open_next(client, c_string(stream), &
+                                     c_string(group), wait_ms, 0_c_int, step), &
+                  hid_t)
+    hdferr = merge(0, -1, file_id >= 0)
+  end subroutine h5depot_stream_next_f
+
+  ! Done with `step` of `group`: the group will not get it again.
+  subroutine h5depot_stream_ack_f(client, stream, group, step, hdferr)
+    type(c_ptr), intent(in) :: client
+    character(len=*), intent(in) :: stream, group
+    integer(c_int64_t), intent(in) :: step
+    integer, intent(out) :: hdferr
+    hdferr = status_of(c_stream_ack(client, c_string(stream), c_string(group), &
+                                    step))
+  end subroutine h5depot_stream_ack_f
+
+  ! Ends `stream`: readers get the steps appended, then the end.
+  subroutine h5depot_stream_finish_f(client, stream, hdferr)
+    type(c_ptr), intent(in) :: client
+    character(len=*), intent(in) :: stream
+    integer, intent(out) :: hdferr
+    hdferr = status_of(c_stream_finish(client, c_string(stream)))
+  end subroutine h5depot_stream_finish_f
 
   ! The code of the calling thread's last failure (H5DEPOT_OK if none).
   subroutine h5depot_errcode_f(code)

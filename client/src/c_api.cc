@@ -206,6 +206,81 @@ h5depot_image_info ToCInfo(const h5depot::ImageInfo& info) {
 
 }  // namespace
 
+int h5depot_stream_append(h5depot_client* client, const char* stream,
+                          const void* buf, size_t len, int64_t wait_ms,
+                          uint64_t* step) {
+  try {
+    if (client == nullptr || stream == nullptr) {
+      return FailInvalid("client and stream must not be NULL");
+    }
+    if (buf == nullptr && len > 0) return FailInvalid("buffer is NULL");
+    h5depot::AppendOptions options;
+    if (wait_ms >= 0) options.wait_for_room = absl::Milliseconds(wait_ms);
+    auto appended = client->client->Append(stream, buf, len, options);
+    if (!appended.ok()) return Fail(appended.status());
+    if (step != nullptr) *step = appended->step;
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+int h5depot_stream_next(h5depot_client* client, const char* stream,
+                        const char* group, int64_t wait_ms, void** buf,
+                        size_t* len, uint64_t* step) {
+  try {
+    if (buf != nullptr) *buf = nullptr;
+    if (len != nullptr) *len = 0;
+    if (client == nullptr || stream == nullptr || group == nullptr ||
+        buf == nullptr || len == nullptr) {
+      return FailInvalid("client, stream, group, buf and len must not be NULL");
+    }
+    if (wait_ms < 0) return FailInvalid("wait must not be negative");
+    h5depot::NextOptions options;
+    options.wait = absl::Milliseconds(wait_ms);
+    auto taken = client->client->Next(stream, group, options);
+    if (!taken.ok()) return Fail(taken.status());
+    const size_t size = taken->image.buffer.size();
+    void* data = taken->image.buffer.Release();
+    if (data == nullptr && size > 0) {
+      return Fail(absl::ResourceExhaustedError(
+          absl::StrCat("next step of '", stream, "': cannot allocate ", size,
+                       " bytes to copy the step into")));
+    }
+    *buf = data;
+    *len = size;
+    if (step != nullptr) *step = taken->step;
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+int h5depot_stream_ack(h5depot_client* client, const char* stream,
+                       const char* group, uint64_t step) {
+  try {
+    if (client == nullptr || stream == nullptr || group == nullptr) {
+      return FailInvalid("client, stream and group must not be NULL");
+    }
+    absl::Status acked = client->client->Ack(stream, group, step);
+    return acked.ok() ? Succeed() : Fail(acked);
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+int h5depot_stream_finish(h5depot_client* client, const char* stream) {
+  try {
+    if (client == nullptr || stream == nullptr) {
+      return FailInvalid("client and stream must not be NULL");
+    }
+    auto finished = client->client->FinishStream(stream);
+    return finished.ok() ? Succeed() : Fail(finished.status());
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
 int h5depot_fetch(h5depot_client* client, const char* image_id, void** buf,
                   size_t* len, uint64_t* generation) {
   try {

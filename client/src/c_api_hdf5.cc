@@ -43,6 +43,65 @@ int h5depot_push_file_ex(h5depot_client* client, const char* image_id,
   }
 }
 
+int h5depot_stream_append_file(h5depot_client* client, const char* stream,
+                               hid_t file_id, int64_t wait_ms, uint64_t* step) {
+  try {
+    if (client == nullptr || stream == nullptr) {
+      return FailInvalid("client and stream must not be NULL");
+    }
+    absl::StatusOr<h5depot::ImageBuffer> image =
+        h5depot::TakeFileImage(file_id);
+    if (!image.ok()) return Fail(image.status());
+    return h5depot_stream_append(client, stream, image->data(), image->size(),
+                                 wait_ms, step);
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+hid_t h5depot_stream_open_next(h5depot_client* client, const char* stream,
+                               const char* group, int64_t wait_ms,
+                               unsigned flags, uint64_t* step) {
+  try {
+    if (client == nullptr || stream == nullptr || group == nullptr) {
+      FailInvalid("client, stream and group must not be NULL");
+      return H5I_INVALID_HID;
+    }
+    if (wait_ms < 0) {
+      FailInvalid("wait must not be negative");
+      return H5I_INVALID_HID;
+    }
+    // Checked before a step is taken, which then could not be opened.
+    if ((flags &
+         ~unsigned{H5LT_FILE_IMAGE_OPEN_RW | H5LT_FILE_IMAGE_DONT_COPY}) != 0) {
+      FailInvalid(
+          "a step opens with H5LT_FILE_IMAGE_OPEN_RW or without; no other "
+          "flags");
+      return H5I_INVALID_HID;
+    }
+    h5depot::NextOptions options;
+    options.wait = absl::Milliseconds(wait_ms);
+    absl::StatusOr<h5depot::StreamStep> taken =
+        client->client->Next(stream, group, options);
+    if (!taken.ok()) {
+      Fail(taken.status());
+      return H5I_INVALID_HID;
+    }
+    absl::StatusOr<hid_t> file = h5depot::OpenFileImage(
+        std::move(taken->image.buffer), flags | H5LT_FILE_IMAGE_DONT_COPY);
+    if (!file.ok()) {
+      Fail(file.status());
+      return H5I_INVALID_HID;
+    }
+    if (step != nullptr) *step = taken->step;
+    Succeed();
+    return *file;
+  } catch (...) {
+    FailFromException();
+    return H5I_INVALID_HID;
+  }
+}
+
 hid_t h5depot_open_image(void* buf, size_t len, unsigned flags) {
   try {
     absl::StatusOr<hid_t> file = h5depot::OpenFileImage(buf, len, flags);

@@ -275,6 +275,41 @@ int h5depot_stat(h5depot_client* client, const char* image_id,
 /* Deletes `image_id`. H5DEPOT_NOT_FOUND if it does not exist. */
 int h5depot_delete(h5depot_client* client, const char* image_id);
 
+/* --- Streams (docs/STREAMS.md) --------------------------------------- */
+
+/* Appends the `len` bytes at `buf`, an HDF5 image, as the next step of
+ * `stream` (created with the default policy by its first append). A full
+ * stream whose policy blocks makes it wait up to `wait_ms` milliseconds
+ * (negative: 30 s) for room, then H5DEPOT_DEADLINE_EXCEEDED; one that
+ * refuses fails H5DEPOT_RESOURCE_EXHAUSTED; a finished one
+ * H5DEPOT_FAILED_PRECONDITION. Stores the step's number in *step if not
+ * NULL. */
+int h5depot_stream_append(h5depot_client* client, const char* stream,
+                          const void* buf, size_t len, int64_t wait_ms,
+                          uint64_t* step);
+
+/* The next step of `stream` for reader group `group`, leased to this
+ * client until h5depot_stream_ack (or for 60 s, after which another
+ * member of the group gets it): *buf (malloc'ed: free() it, or open it
+ * with h5depot_open_image and H5LT_FILE_IMAGE_DONT_COPY) and *len receive
+ * its image, *step its number. Waits up to `wait_ms` milliseconds for a
+ * step (H5DEPOT_DEADLINE_EXCEEDED); H5DEPOT_OUT_OF_RANGE once the stream
+ * is finished and the group has had every step. A new group starts at
+ * the oldest step the stream keeps. */
+int h5depot_stream_next(h5depot_client* client, const char* stream,
+                        const char* group, int64_t wait_ms, void** buf,
+                        size_t* len, uint64_t* step);
+
+/* This client is done with `step` of `group`: the group will not get it
+ * again. H5DEPOT_FAILED_PRECONDITION if the client does not hold it (its
+ * lease ran out and another member got it). */
+int h5depot_stream_ack(h5depot_client* client, const char* stream,
+                       const char* group, uint64_t step);
+
+/* Ends `stream`: readers get the steps appended, then
+ * H5DEPOT_OUT_OF_RANGE. */
+int h5depot_stream_finish(h5depot_client* client, const char* stream);
+
 /* --- HDF5 files and file images ------------------------------------- */
 
 /* Pushes the image of `file_id`, an open HDF5 file of the core, sec2 or
@@ -291,6 +326,22 @@ int h5depot_push_file(h5depot_client* client, const char* image_id,
 int h5depot_push_file_ex(h5depot_client* client, const char* image_id,
                          hid_t file_id, const h5depot_push_options* options,
                          uint64_t* generation);
+
+/* Appends the image of `file_id` (an open HDF5 file of the core, sec2 or
+ * stdio driver, taken as h5depot_push_file takes it) as the next step of
+ * `stream`; otherwise as h5depot_stream_append. */
+int h5depot_stream_append_file(h5depot_client* client, const char* stream,
+                               hid_t file_id, int64_t wait_ms, uint64_t* step);
+
+/* h5depot_stream_next, the step opened as an HDF5 file in the memory it
+ * arrived in (as h5depot_open: `flags` 0 or H5LT_FILE_IMAGE_OPEN_RW, HDF5
+ * frees the image when the file closes); *step receives its number.
+ * Returns the file id, or H5I_INVALID_HID with the errors of
+ * h5depot_stream_next and h5depot_open_image. Acknowledge the step with
+ * h5depot_stream_ack once done with it. */
+hid_t h5depot_stream_open_next(h5depot_client* client, const char* stream,
+                               const char* group, int64_t wait_ms,
+                               unsigned flags, uint64_t* step);
 
 /* Opens `len` bytes at `buf` as an HDF5 file in memory: the thread-safe
  * replacement of H5LTopen_file_image(buf, len, flags), with the same flags

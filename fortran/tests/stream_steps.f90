@@ -1,0 +1,84 @@
+! Streams from Fortran: appends five HDF5 files built in memory (core
+! driver) as steps of a stream, finishes it, then takes every step as a
+! reader group would: each opens in place, holds the value written, and
+! is acknowledged; after the last one the end is H5DEPOT_OUT_OF_RANGE.
+! The server comes from H5DEPOT_SERVER.
+!
+! Usage: fortran_stream_steps STREAM
+program stream_steps
+  use, intrinsic :: iso_c_binding
+  use hdf5
+  use h5depot
+  implicit none
+  character(len=255) :: stream
+  type(c_ptr) :: client
+  integer(hid_t) :: fapl, file, space, dataset
+  integer(hsize_t), dimension(1) :: dims = [100]
+  integer(c_int32_t) :: values(100)
+  integer(c_int64_t) :: step
+  integer :: hdferr, code, i
+
+  call get_command_argument(1, stream)
+  call h5open_f(hdferr)
+  call h5depot_connect_f("", client, hdferr)
+  call check(hdferr, "connect")
+
+  do i = 0, 4
+    values = i
+    call h5pcreate_f(H5P_FILE_ACCESS_F, fapl, hdferr)
+    call h5pset_fapl_core_f(fapl, int(65536, size_t), .false., hdferr)
+    call h5fcreate_f("step.h5", H5F_ACC_TRUNC_F, file, hdferr, &
+                     access_prp=fapl)
+    call check(hdferr, "h5fcreate_f")
+    call h5screate_simple_f(1, dims, space, hdferr)
+    call h5dcreate_f(file, "values", H5T_NATIVE_INTEGER, space, dataset, &
+                     hdferr)
+    call h5dwrite_f(dataset, H5T_NATIVE_INTEGER, values, dims, hdferr)
+    call h5dclose_f(dataset, hdferr)
+    call h5sclose_f(space, hdferr)
+    call h5depot_stream_append_f(client, trim(stream), file, hdferr, step)
+    call check(hdferr, "append")
+    if (step /= i) error stop "steps are numbered in order from 0"
+    call h5fclose_f(file, hdferr)
+    call h5pclose_f(fapl, hdferr)
+  end do
+  call h5depot_stream_finish_f(client, trim(stream), hdferr)
+  call check(hdferr, "finish")
+
+  do i = 0, 4
+    call h5depot_stream_next_f(client, trim(stream), "readers", &
+                               10000_c_int64_t, file, step, hdferr)
+    call check(hdferr, "next")
+    if (step /= i) error stop "steps arrive in order"
+    call h5dopen_f(file, "values", dataset, hdferr)
+    call h5dread_f(dataset, H5T_NATIVE_INTEGER, values, dims, hdferr)
+    call check(hdferr, "h5dread_f")
+    if (any(values /= i)) error stop "a step holds another step's values"
+    call h5dclose_f(dataset, hdferr)
+    call h5fclose_f(file, hdferr)
+    call h5depot_stream_ack_f(client, trim(stream), "readers", step, hdferr)
+    call check(hdferr, "ack")
+  end do
+  call h5depot_stream_next_f(client, trim(stream), "readers", &
+                             1000_c_int64_t, file, step, hdferr)
+  call h5depot_errcode_f(code)
+  if (hdferr /= -1 .or. code /= H5DEPOT_OUT_OF_RANGE) then
+    error stop "the end of a finished stream is H5DEPOT_OUT_OF_RANGE"
+  end if
+  print '(a, a)', trim(stream), ": 5 steps appended and read back"
+  call h5depot_disconnect_f(client)
+  call h5close_f(hdferr)
+
+contains
+
+  subroutine check(status, what)
+    integer, intent(in) :: status
+    character(len=*), intent(in) :: what
+    character(len=512) :: message
+    if (status /= 0) then
+      call h5depot_errmsg_f(message)
+      print '(a, a, a, a)', "failed: ", what, ": ", trim(message)
+      error stop 1
+    end if
+  end subroutine check
+end program stream_steps
