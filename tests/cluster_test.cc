@@ -410,6 +410,48 @@ TEST_F(ClusterTest, EveryOperationBehavesAsOneDepot) {
   EXPECT_EQ(limits->max_memory_bytes, 3 * one_limits->max_memory_bytes);
 }
 
+// A stream through a cluster target lives on one member, its name's
+// primary: appends, reads and acknowledgements through the cluster all
+// reach it, and readers through other cluster clients share its groups.
+TEST_F(ClusterTest, AStreamLivesOnItsPrimary) {
+  const std::string target = Target(/*replicas=*/2);
+  std::unique_ptr<Client> writer = Connect(target);
+  std::unique_ptr<Client> reader = Connect(target);
+  ASSERT_NE(writer, nullptr);
+  ASSERT_NE(reader, nullptr);
+  const std::string stream = "cluster/frames";
+  StreamPolicy policy;
+  policy.max_steps = 4;
+  ASSERT_TRUE(writer->CreateStream(stream, policy).ok());
+  const std::string image = MakeHdf5Image(8192, 3);
+  for (uint64_t i = 0; i < 6; ++i) {
+    absl::StatusOr<AppendedStep> step =
+        writer->Append(stream, image.data(), image.size());
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_EQ(step->step, i);
+    NextOptions now;
+    now.wait = absl::Seconds(30);
+    absl::StatusOr<StreamStep> taken = reader->Next(stream, "g", now);
+    ASSERT_TRUE(taken.ok()) << taken.status();
+    EXPECT_EQ(taken->step, i);
+    EXPECT_TRUE(reader->Ack(stream, "g", taken->step).ok());
+  }
+  int owners = 0;
+  for (int i = 0; i < kServers; ++i) {
+    std::unique_ptr<Client> direct = Connect(servers_[i]->tcp_target());
+    absl::StatusOr<StreamInfo> info = direct->StatStream(stream);
+    if (info.ok()) {
+      ++owners;
+      EXPECT_EQ(static_cast<size_t>(i), Primary(stream));
+      EXPECT_EQ(info->appended_steps, 6u);
+    }
+  }
+  EXPECT_EQ(owners, 1);
+  absl::StatusOr<StreamInfo> through = writer->StatStream(stream);
+  ASSERT_TRUE(through.ok()) << through.status();
+  EXPECT_EQ(through->appended_steps, 6u);
+}
+
 TEST_F(ClusterTest, AKilledServerLosesNoImageWithTwoReplicas) {
   std::unique_ptr<Client> cluster = Connect(Target(/*replicas=*/2));
   ASSERT_TRUE(cluster);

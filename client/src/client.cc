@@ -563,17 +563,7 @@ absl::StatusOr<ServerLimits> Client::GetLimits() {
   return limits;
 }
 
-namespace {
-
-absl::Status NoStreamsOnClusters(std::string_view what,
-                                 std::string_view stream) {
-  return absl::UnimplementedError(absl::StrCat(
-      std::string(what), " ", Quoted(stream),
-      ": streams are served by one server; a cluster target cannot carry "
-      "them yet"));
-}
-
-}  // namespace
+namespace {}  // namespace
 
 std::string Client::ConsumerName(std::string_view asked) const {
   if (!asked.empty()) return std::string(asked);
@@ -589,7 +579,10 @@ absl::StatusOr<StreamInfo> Client::CreateStream(std::string_view stream,
                                                 const StreamPolicy& policy) {
   const std::string what = absl::StrCat("create stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    return NoStreamsOnClusters("create stream", stream);
+    absl::StatusOr<std::shared_ptr<Client>> owner =
+        impl_->cluster->StreamOwner(stream);
+    if (!owner.ok()) return Annotate(owner.status(), what);
+    return (*owner)->CreateStream(stream, policy);
   }
   if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
     return Annotate(status, what);
@@ -631,7 +624,10 @@ absl::StatusOr<AppendedStep> Client::AppendBytes(std::string_view stream,
                                                  const AppendOptions& options) {
   const std::string what = absl::StrCat("append to stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    return NoStreamsOnClusters("append to stream", stream);
+    absl::StatusOr<std::shared_ptr<Client>> owner =
+        impl_->cluster->StreamOwner(stream);
+    if (!owner.ok()) return Annotate(owner.status(), what);
+    return (*owner)->AppendBytes(stream, std::move(bytes), options);
   }
   if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
     return Annotate(status, what);
@@ -690,7 +686,10 @@ absl::StatusOr<AppendedStep> Client::AppendBytes(std::string_view stream,
 absl::StatusOr<StreamInfo> Client::FinishStream(std::string_view stream) {
   const std::string what = absl::StrCat("finish stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    return NoStreamsOnClusters("finish stream", stream);
+    absl::StatusOr<std::shared_ptr<Client>> owner =
+        impl_->cluster->StreamOwner(stream);
+    if (!owner.ok()) return Annotate(owner.status(), what);
+    return (*owner)->FinishStream(stream);
   }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), what);
@@ -703,7 +702,10 @@ absl::StatusOr<StreamInfo> Client::FinishStream(std::string_view stream) {
 absl::StatusOr<StreamInfo> Client::StatStream(std::string_view stream) {
   const std::string what = absl::StrCat("stat stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    return NoStreamsOnClusters("stat stream", stream);
+    absl::StatusOr<std::shared_ptr<Client>> owner =
+        impl_->cluster->StreamOwner(stream);
+    if (!owner.ok()) return Annotate(owner.status(), what);
+    return (*owner)->StatStream(stream);
   }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), what);
@@ -719,7 +721,11 @@ absl::StatusOr<StreamStep> Client::Next(std::string_view stream,
   const std::string what = absl::StrCat("next step of stream ", Quoted(stream),
                                         " for group ", Quoted(group));
   if (impl_->cluster != nullptr) {
-    return NoStreamsOnClusters("next step of stream", stream);
+    // The member's own consumer name, which its Ack uses alike.
+    absl::StatusOr<std::shared_ptr<Client>> owner =
+        impl_->cluster->StreamOwner(stream);
+    if (!owner.ok()) return Annotate(owner.status(), what);
+    return (*owner)->Next(stream, group, options);
   }
   if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
     return Annotate(status, what);
@@ -774,7 +780,10 @@ absl::Status Client::Ack(std::string_view stream, std::string_view group,
   const std::string what =
       absl::StrCat("acknowledge step ", step, " of stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    return NoStreamsOnClusters("acknowledge a step of stream", stream);
+    absl::StatusOr<std::shared_ptr<Client>> owner =
+        impl_->cluster->StreamOwner(stream);
+    if (!owner.ok()) return Annotate(owner.status(), what);
+    return (*owner)->Ack(stream, group, step, consumer);
   }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), what);

@@ -328,6 +328,12 @@ absl::StatusOr<std::shared_ptr<Client>> Cluster::MemberClient(
   return member.client;
 }
 
+absl::StatusOr<std::shared_ptr<Client>> Cluster::StreamOwner(
+    std::string_view stream) {
+  const std::shared_ptr<const Membership> current = Current();
+  return MemberClient(*current, current->Order(stream)[0]);
+}
+
 void Cluster::Note(const Membership& m, size_t index,
                    const absl::Status& answer) {
   if (!absl::IsUnavailable(answer)) return;

@@ -150,6 +150,11 @@ class Cluster {
   absl::StatusOr<std::unique_ptr<ImageWatch>> Watch(
       const WatchOptions& options);
 
+  // The member a stream lives on: the first of its name's placement order
+  // (its primary), connected. A stream has one server, no replicas yet:
+  // UNAVAILABLE while that one cannot be reached.
+  absl::StatusOr<std::shared_ptr<Client>> StreamOwner(std::string_view stream);
+
  private:
   // The members at one time: each operation works on the membership it
   // started with, while a discovering cluster may replace it meanwhile.

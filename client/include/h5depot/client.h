@@ -565,8 +565,9 @@ class Client {
   absl::StatusOr<std::unique_ptr<ImageWatch>> Watch(
       const WatchOptions& options = {});
 
-  // Streams (docs/STREAMS.md; one server, not a cluster target yet:
-  // UNIMPLEMENTED). A stream's name is an image id.
+  // Streams (docs/STREAMS.md). A stream's name is an image id. Through a
+  // cluster target a stream lives on its name's primary, without
+  // replicas: UNAVAILABLE while that server is down.
   //
   // Creates `stream` with `policy`: OK again with the same policy,
   // ALREADY_EXISTS with another. Optional: a first Append creates the
