@@ -20,8 +20,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdarg>
 #include <chrono>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -104,14 +104,12 @@ double RunH5depot(const std::string& target, const std::string& image,
       h5depot::NextOptions options;
       options.wait = absl::Seconds(60);
       for (;;) {
+        // Each step's acknowledgement rides on the request for the next.
         auto step = clients[r]->Next(stream, "readers", options);
         if (absl::IsOutOfRange(step.status())) return;
         if (!step.ok()) Die(std::string(step.status().message()));
         g_sink += Touch(step->image.buffer.data(), step->image.buffer.size());
-        if (!clients[r]->Ack(stream, "readers", step->step, step->consumer)
-                 .ok()) {
-          Die("ack");
-        }
+        options.ack_step = step->step;
         taken.fetch_add(1);
       }
     });
@@ -149,17 +147,18 @@ redisReply* Command(redisContext* redis, const char* format, ...) {
   auto* reply = static_cast<redisReply*>(redisvCommand(redis, format, ap));
   va_end(ap);
   if (reply == nullptr) Die(absl::StrCat("redis: ", redis->errstr));
-  if (reply->type == REDIS_REPLY_ERROR) Die(absl::StrCat("redis: ", reply->str));
+  if (reply->type == REDIS_REPLY_ERROR)
+    Die(absl::StrCat("redis: ", reply->str));
   return reply;
 }
 
 double RunRedis(const std::map<std::string, std::string>& args,
                 const std::string& image, uint64_t steps, int readers) {
   redisContext* writer = RedisConnect(args);
-  const std::string stream = absl::StrCat("bench-", getpid(), "-",
-                                          Clock::now().time_since_epoch().count());
-  freeReplyObject(Command(writer, "XGROUP CREATE %s readers $ MKSTREAM",
-                          stream.c_str()));
+  const std::string stream = absl::StrCat(
+      "bench-", getpid(), "-", Clock::now().time_since_epoch().count());
+  freeReplyObject(
+      Command(writer, "XGROUP CREATE %s readers $ MKSTREAM", stream.c_str()));
   std::atomic<uint64_t> taken{0};
   std::vector<std::thread> threads;
   std::vector<redisContext*> contexts;
@@ -171,8 +170,7 @@ double RunRedis(const std::map<std::string, std::string>& args,
       const std::string consumer = absl::StrCat("c", r);
       while (taken.load() < steps) {
         redisReply* reply = Command(
-            redis,
-            "XREADGROUP GROUP readers %s COUNT 1 BLOCK 200 STREAMS %s >",
+            redis, "XREADGROUP GROUP readers %s COUNT 1 BLOCK 200 STREAMS %s >",
             consumer.c_str(), stream.c_str());
         if (reply->type == REDIS_REPLY_NIL) {
           freeReplyObject(reply);
@@ -184,8 +182,8 @@ double RunRedis(const std::map<std::string, std::string>& args,
         redisReply* value = entry->element[1]->element[1];
         g_sink += Touch(value->str, value->len);
         freeReplyObject(reply);
-        freeReplyObject(Command(redis, "XACK %s readers %s", stream.c_str(),
-                                id.c_str()));
+        freeReplyObject(
+            Command(redis, "XACK %s readers %s", stream.c_str(), id.c_str()));
         freeReplyObject(
             Command(redis, "XDEL %s %s", stream.c_str(), id.c_str()));
         taken.fetch_add(1);
@@ -207,8 +205,8 @@ double RunRedis(const std::map<std::string, std::string>& args,
 
 // ------------------------------------------------------------- /dev/shm
 
-double RunShm(const std::string& dir, const std::string& image,
-              uint64_t steps, int readers) {
+double RunShm(const std::string& dir, const std::string& image, uint64_t steps,
+              int readers) {
   std::atomic<uint64_t> taken{0};
   std::vector<std::thread> threads;
   std::vector<int> watches;
@@ -244,8 +242,8 @@ double RunShm(const std::string& dir, const std::string& image,
           buffer.resize(static_cast<size_t>(info.st_size));
           size_t done = 0;
           while (done < buffer.size()) {
-            const ssize_t n = read(fd, buffer.data() + done,
-                                   buffer.size() - done);
+            const ssize_t n =
+                read(fd, buffer.data() + done, buffer.size() - done);
             if (n <= 0) Die("read a step");
             done += static_cast<size_t>(n);
           }
@@ -315,9 +313,9 @@ int main(int argc, char** argv) {
   } else {
     Die("--peer is h5depot, redis or shm");
   }
-  std::printf("steps_per_second=%.1f\nbytes_per_second=%.1f\n",
-              static_cast<double>(steps) / seconds,
-              static_cast<double>(steps) * static_cast<double>(image.size()) /
-                  seconds);
+  std::printf(
+      "steps_per_second=%.1f\nbytes_per_second=%.1f\n",
+      static_cast<double>(steps) / seconds,
+      static_cast<double>(steps) * static_cast<double>(image.size()) / seconds);
   return 0;
 }

@@ -460,6 +460,31 @@ TEST_P(StreamTest, ReadersSeeTheEndAfterTheLastStep) {
       absl::IsOutOfRange(client_->Next(stream, "after", briefly).status()));
 }
 
+// A reader's acknowledgement may ride on its request for the next step;
+// one for a step it does not hold is refused, and then no step is taken.
+TEST_P(StreamTest, TheNextRequestCarriesTheLastAcknowledgement) {
+  const std::string stream = "riding";
+  Create(stream, StreamPolicy{});
+  for (uint64_t i = 0; i < 3; ++i) Append(stream, i);
+  NextOptions options;
+  options.wait = kLongWait;
+  absl::StatusOr<StreamStep> first = client_->Next(stream, "g", options);
+  ASSERT_TRUE(first.ok()) << first.status();
+  options.ack_step = first->step;
+  absl::StatusOr<StreamStep> second = client_->Next(stream, "g", options);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->step, 1u);
+  EXPECT_EQ(BytesOf(*second), ImageOf(1));
+  options.ack_step = 2;  // not held
+  EXPECT_TRUE(
+      absl::IsFailedPrecondition(client_->Next(stream, "g", options).status()));
+  const StreamInfo info = Stat(stream);
+  ASSERT_EQ(info.groups.size(), 1u);
+  EXPECT_EQ(info.groups[0].acked_below, 1u);
+  EXPECT_EQ(info.groups[0].next_step, 2u);
+  EXPECT_EQ(info.groups[0].leased_steps, 1u);
+}
+
 // Bad input gets a clear error and changes nothing.
 TEST_P(StreamTest, BadInputChangesNothing) {
   const std::string stream = "checked";

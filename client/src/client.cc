@@ -736,19 +736,25 @@ absl::StatusOr<StreamStep> Client::Next(std::string_view stream,
   const internal::CallDeadline deadline = impl_->Deadline(options.wait);
   const absl::Time wait_until = absl::Now() + options.wait;
   std::vector<StepRange> lost;
+  NextOptions asked = options;
   for (;;) {
-    NextOptions asked = options;
     asked.wait = std::max(wait_until - absl::Now(), absl::ZeroDuration());
     absl::StatusOr<internal::GrpcTransport::LeasedStep> leased =
         (*transports)
             ->grpc->NextStep(stream, group, consumer, asked, deadline.reply);
     if (!leased.ok()) return Annotate(leased.status(), what);
     lost.insert(lost.end(), leased->lost.begin(), leased->lost.end());
-    // The bytes come as a fetch's do: mapped on the server's host.
-    absl::StatusOr<FetchedImage> fetched =
-        (*transports)
-            ->images->Fetch(leased->info.image_id, FetchOptions{},
-                            impl_->Deadline());
+    asked.ack_step.reset();  // acknowledged once, even if this one is lost
+    // A small step came with the answer; a larger one comes as a fetch
+    // does (mapped on the server's host).
+    absl::StatusOr<FetchedImage> fetched;
+    if (leased->bytes.has_value()) {
+      fetched = FetchedImage{leased->info, *std::move(leased->bytes)};
+    } else {
+      fetched = (*transports)
+                    ->images->Fetch(leased->info.image_id, FetchOptions{},
+                                    impl_->Deadline());
+    }
     if (fetched.ok()) {
       StreamStep step;
       step.step = leased->step;

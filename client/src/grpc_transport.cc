@@ -1151,6 +1151,7 @@ absl::StatusOr<GrpcTransport::LeasedStep> GrpcTransport::NextStep(
   }
   request.set_lease_ms(ToMillis(options.lease));
   request.set_wait_timeout_ms(ToMillis(options.wait));
+  if (options.ack_step.has_value()) request.set_ack_step(*options.ack_step);
   v1::NextStepResponse response;
   absl::Status status =
       FromGrpcStatus((*stubs)->stub->NextStep(&context, request, &response));
@@ -1160,6 +1161,20 @@ absl::StatusOr<GrpcTransport::LeasedStep> GrpcTransport::NextStep(
   leased.info = ToImageInfo(response.info());
   for (const v1::StepRange& range : response.lost()) {
     leased.lost.push_back(StepRange{range.first(), range.last()});
+  }
+  if (!response.inline_image().empty()) {
+    const std::string& bytes = response.inline_image();
+    if (bytes.size() != leased.info.size ||
+        internal::Checksum(bytes.data(), bytes.size()) !=
+            leased.info.checksum) {
+      return absl::DataLossError(absl::StrCat(
+          "step ", leased.step, " of stream '", std::string(stream),
+          "' arrived with bytes that do not match its checksum"));
+    }
+    absl::StatusOr<ImageBuffer> buffer = ImageBuffer::Allocate(bytes.size());
+    if (!buffer.ok()) return buffer.status();
+    std::memcpy(buffer->data(), bytes.data(), bytes.size());
+    leased.bytes = *std::move(buffer);
   }
   return leased;
 }

@@ -106,6 +106,9 @@ class GrpcTransport final : public ImageTransport,
     uint64_t step = 0;
     ImageInfo info;
     std::vector<StepRange> lost;
+    // A small step's bytes, checked against info.checksum; else empty
+    // (fetch info.image_id).
+    std::optional<ImageBuffer> bytes;
   };
   absl::StatusOr<LeasedStep> NextStep(std::string_view stream,
                                       std::string_view group,

@@ -519,20 +519,23 @@ class Client:
             step, info = client.append_bytes(stream, view, wait)
         return step, ImageInfo._from_native(info)
 
-    def next(self, stream, group, *, wait=None, lease=None, start="oldest"):
+    def next(self, stream, group, *, wait=None, lease=None, start="oldest",
+             ack=None):
         """The next step of ``stream`` for reader ``group``, leased to this
         client until its ``ack()`` (or for ``lease`` seconds, default 60,
         after which another member of the group gets it). ``wait``: how
         long to wait for one (``Timeout`` after it). ``Finished`` once the
         stream is finished and the group has had every step. ``start``
-        ("oldest", "latest" or a step number): where a new group starts."""
+        ("oldest", "latest" or a step number): where a new group starts.
+        ``ack``: a StreamStep this client holds, acknowledged in the same
+        round trip first."""
         if start in ("oldest", "latest"):
             kind, at = start, 0
         else:
             kind, at = "step", _generation(start, "start")
         native = self._client().next_step(
             stream, group, _seconds(wait, "wait"), _seconds(lease, "lease"),
-            kind, at)
+            kind, at, None if ack is None else ack.step)
         return StreamStep(self._client(), stream, group, native)
 
     def steps(self, stream, group, *, wait=None, lease=None, start="oldest"):
@@ -541,14 +544,15 @@ class Client:
         for. A step the loop leaves (break, an exception) is not
         acknowledged: ``ack()`` it, or another member gets it when its
         lease runs out."""
+        step = None
         while True:
             try:
+                # The last step's acknowledgement rides on this request.
                 step = self.next(stream, group, wait=wait, lease=lease,
-                                 start=start)
+                                 start=start, ack=step)
             except Finished:
                 return
             yield step
-            step.ack()
 
     def finish_stream(self, stream):
         """Ends ``stream``: readers get the steps appended, then

@@ -169,6 +169,7 @@ class Client:
         wait: Optional[_Duration] = ...,
         lease: Optional[_Duration] = ...,
         start: Union[str, int] = ...,
+        ack: Optional[StreamStep] = ...,
     ) -> StreamStep: ...
     def steps(
         self,

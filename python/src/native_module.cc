@@ -332,10 +332,12 @@ class NativeClient {
   // (step, Image, [(first, last) lost], consumer).
   py::tuple Next(const std::string& stream, const std::string& group,
                  std::optional<double> wait, std::optional<double> lease,
-                 const std::string& start, uint64_t start_step) {
+                 const std::string& start, uint64_t start_step,
+                 std::optional<uint64_t> ack_step) {
     NextOptions options;
     options.wait = Duration(wait);
     options.lease = Duration(lease);
+    options.ack_step = ack_step;
     if (start == "latest") {
       options.start = NextOptions::Start::kLatest;
     } else if (start == "step") {

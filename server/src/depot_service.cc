@@ -1123,6 +1123,10 @@ grpc::ServerWriteReactor<v1::WatchResponse>* DepotService::Watch(
 
 namespace {
 
+// Steps up to this size come inside the NextStep answer (one round trip
+// instead of a fetch after it).
+constexpr uint64_t kInlineStepBytes = uint64_t{64} << 10;
+
 // A NextStep or AwaitStreamRoom: finished by the wait's end, whoever ends
 // it (a step or room, the deadline, shutdown, or OnCancel), as
 // WaitingStatReactor is.
@@ -1140,6 +1144,10 @@ class StreamWaitReactor final : public grpc::ServerUnaryReactor {
           if (taken.ok()) {
             response->set_step(taken->step);
             EncodeInfo(*taken->image, response->mutable_info());
+            if (taken->image->size() <= kInlineStepBytes) {
+              response->set_inline_image(taken->image->data(),
+                                         taken->image->size());
+            }
             for (const StepRange& range : taken->lost) {
               v1::StepRange* lost = response->add_lost();
               lost->set_first(range.first);
@@ -1260,6 +1268,17 @@ grpc::ServerUnaryReactor* DepotService::NextStep(
     next.lease = absl::Milliseconds(
         std::min<uint64_t>(request->lease_ms(),
                            absl::ToInt64Milliseconds(StreamTable::kMaxLease)));
+  }
+  if (request->has_ack_step()) {
+    absl::Status acked = operations_->AckStep(
+        CallerOf(context), request->stream(), request->group(),
+        request->consumer(), request->ack_step());
+    if (!acked.ok()) {
+      auto* refused =
+          new UnaryReactor(std::move(pass), Record(Operation::kFetch));
+      refused->Answer(ToGrpcStatus(acked));
+      return refused;
+    }
   }
   auto* reactor = new StreamWaitReactor(std::move(pass),
                                         Record(Operation::kFetch), operations_);

@@ -438,6 +438,9 @@ struct NextOptions {
   // Who takes the step, and must be the one to acknowledge it. Empty: a
   // name of this Client in this process.
   std::string consumer;
+  // Acknowledges this step (one this consumer holds) first, in the same
+  // round trip: Ack's errors, and then no step is taken.
+  std::optional<uint64_t> ack_step;
 };
 
 struct StreamStep {
