@@ -823,7 +823,8 @@ TEST(DataLanePinTest, AReaderOpenedLeavesAConnectionForItsReadsInThePool) {
   auto pushing = lane->ConnectNew(deadline);
   ASSERT_TRUE(pushing.ok()) << pushing.status();
   ASSERT_TRUE(lane->Push(*std::move(pushing), "pin/reads", image.data(),
-                         image.size(), PushOptions(), deadline)
+                         image.size(), PushOptions(), deadline,
+                         /*stream_append=*/false)
                   .ok());
   // The push gave its connection back: the pool holds one. Empty it.
   auto pooled = lane->Connect(deadline);
@@ -979,7 +980,7 @@ TEST(ServerRestartTest, APooledConnectionTheServerClosedIsReplacedNotReported) {
   auto first = lane->ConnectNew(deadline);
   ASSERT_TRUE(first.ok()) << first.status();
   ASSERT_TRUE(lane->Push(*std::move(first), "a", bytes.data(), bytes.size(), {},
-                         deadline)
+                         deadline, /*stream_append=*/false)
                   .ok());
   auto pooled = lane->Connect(deadline);
   ASSERT_TRUE(pooled.ok()) << pooled.status();
@@ -989,7 +990,8 @@ TEST(ServerRestartTest, APooledConnectionTheServerClosedIsReplacedNotReported) {
   server = StartAt({"--listen=", unix});
   ASSERT_TRUE(server.ok()) << server.status();
   absl::StatusOr<ImageInfo> pushed = lane->Push(
-      *std::move(pooled), "b", bytes.data(), bytes.size(), {}, deadline);
+      *std::move(pooled), "b", bytes.data(), bytes.size(), {}, deadline,
+      /*stream_append=*/false);
   ASSERT_TRUE(pushed.ok()) << pushed.status();
   EXPECT_EQ(pushed->size, bytes.size());
 

@@ -114,6 +114,8 @@ struct PutOptions {
   uint64_t ttl_ms = 0;
   // Sent instead of the bytes' own checksum.
   std::optional<uint64_t> trailer_checksum;
+  // The image id names a stream; the image is its next step.
+  bool stream_append = false;
 };
 
 PutOptions IfGenerationMatch(uint64_t generation) {
@@ -143,6 +145,7 @@ absl::StatusOr<PutResult> Put(LaneSocket& socket, std::string_view image_id,
   header.size = bytes.size();
   header.if_generation_match = options.if_generation_match;
   header.ttl_ms = options.ttl_ms;
+  header.stream_append = options.stream_append;
   std::string trailer = Trailer(bytes);
   if (options.trailer_checksum.has_value()) {
     uint8_t raw[8];
@@ -412,6 +415,27 @@ TEST(LaneProtocolTest, RequestSaysTheClientCpuOnlyWhenGiven) {
   }
 }
 
+TEST(LaneProtocolTest, OnlyAPutMayAppendToAStream) {
+  for (lane::Op op : {lane::Op::kPut, lane::Op::kPutSealed, lane::Op::kGet,
+                      lane::Op::kRead, lane::Op::kPin}) {
+    lane::RequestHeader header;
+    header.op = op;
+    header.stream_append = true;
+    uint8_t raw[lane::kRequestHeaderBytes];
+    lane::EncodeRequestHeader(header, raw);
+    raw[1] |= 8;  // the flag, whatever the encoder makes of it for `op`
+    lane::RequestHeader decoded;
+    const absl::Status status = lane::DecodeRequestHeader(raw, &decoded);
+    if (op == lane::Op::kPut || op == lane::Op::kPutSealed) {
+      ASSERT_TRUE(status.ok()) << status;
+      EXPECT_TRUE(decoded.stream_append);
+    } else {
+      EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument)
+          << static_cast<int>(op);
+    }
+  }
+}
+
 TEST_F(DataLaneTest, ServerReportsItsLaneOnStartAndInGetLimits) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
   EXPECT_GT(limits_.data_lane_port, 0);
@@ -470,6 +494,69 @@ TEST_P(DataLaneTransportTest, EagerPutThenGetReturnsTheSameBytesAndInfo) {
   auto fetched = client_->Fetch("runs/eager.h5");
   ASSERT_TRUE(fetched.ok()) << fetched.status();
   EXPECT_EQ(fetched->info.generation, again->final_reply.header.generation);
+}
+
+// A stream append (kFeatureStreams) is answered with the id of the step
+// it published; a cut-off one publishes nothing, and the next is the step
+// it would have been.
+TEST_P(DataLaneTransportTest, AStreamAppendIsAnsweredWithItsStepsId) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  uint16_t agreed = 0;
+  auto socket = OpenLane(GetParam(), lane::kFeatureStreams, &agreed);
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  EXPECT_NE(agreed & lane::kFeatureStreams, 0);
+  PutOptions append;
+  append.stream_append = true;
+  const std::string small = MakeHdf5Image(16 << 10, 1);
+  const std::string large = MakeHdf5Image(3 << 20, 2);
+
+  auto first = Put(*socket, "frames", small, append);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(first->final_reply);
+  EXPECT_EQ(first->final_reply.message, "frames@0");
+  EXPECT_EQ(first->final_reply.header.size, small.size());
+  auto second = Put(*socket, "frames", large, append);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_TRUE(second->continued);
+  ASSERT_EQ(second->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(second->final_reply);
+  EXPECT_EQ(second->final_reply.message, "frames@1");
+
+  // Cut off half way: nothing of it is ever a step.
+  {
+    auto cut = OpenLane(GetParam(), lane::kFeatureStreams);
+    ASSERT_TRUE(cut.ok()) << cut.status();
+    lane::RequestHeader header;
+    header.op = lane::Op::kPut;
+    header.size = small.size();
+    header.stream_append = true;
+    ASSERT_TRUE(SendRequest(*cut, header, "frames",
+                            std::string_view(small).substr(0, small.size() / 2))
+                    .ok());
+  }  // closes the connection
+  // A step id may not be pushed to, and a plain push's answer names nothing.
+  auto forged = Put(*socket, "frames@2", small);
+  ASSERT_TRUE(forged.ok()) << forged.status();
+  EXPECT_EQ(forged->final_reply.header.code, absl::StatusCode::kInvalidArgument)
+      << Describe(forged->final_reply);
+  auto plain = Put(*socket, "plain", small);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->final_reply.message, "");
+
+  auto third = Put(*socket, "frames", small, append);
+  ASSERT_TRUE(third.ok()) << third.status();
+  ASSERT_EQ(third->final_reply.header.code, absl::StatusCode::kOk)
+      << Describe(third->final_reply);
+  EXPECT_EQ(third->final_reply.message, "frames@2");
+  absl::StatusOr<StreamInfo> info = client_->StatStream("frames");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->appended_steps, 3u);
+  absl::StatusOr<FetchedImage> step = client_->Fetch("frames@1");
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_EQ(std::string(static_cast<const char*>(step->buffer.data()),
+                        step->buffer.size()),
+            large);
 }
 
 TEST_P(DataLaneTransportTest, LargePutWaitsForContinueAndIsPublished) {

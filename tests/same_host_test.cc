@@ -323,6 +323,44 @@ TEST_F(SameHostTest, AFileBuiltInAMemfdIsPushedWithoutACopy) {
   H5Fclose(*file);
 }
 
+// A stream step built in a memfd is handed over as a push is: the server
+// holds the producer's memfd, and a reader on this host maps it.
+TEST_F(SameHostTest, AStepBuiltInAMemfdIsAppendedWithoutACopy) {
+  StartServer();
+  std::unique_ptr<Client> client = ConnectUnix();
+  ASSERT_NE(client, nullptr);
+  absl::StatusOr<hid_t> file = CreateMemoryFile();
+  ASSERT_TRUE(file.ok()) << file.status();
+  const std::vector<double> values(512 * 1024, 4.5);
+  ASSERT_TRUE(testing::WriteDataset(*file, "/values", values));
+  absl::StatusOr<AppendedStep> appended =
+      AppendFileImage(*client, "frames", *file);
+  ASSERT_TRUE(appended.ok()) << appended.status();
+  EXPECT_EQ(appended->step, 0u);
+  EXPECT_EQ(appended->info.image_id, "frames@0");
+  EXPECT_GE(MemfdsOf(server_->pid(), "h5depot-memory-file"), 1);
+  // The file goes on as the producer's own: its next state is the next
+  // step.
+  const std::vector<double> changed(512 * 1024, -4.5);
+  ASSERT_TRUE(testing::WriteDataset(*file, "/values", changed));
+  appended = AppendFileImage(*client, "frames", *file);
+  ASSERT_TRUE(appended.ok()) << appended.status();
+  EXPECT_EQ(appended->step, 1u);
+  H5Fclose(*file);
+
+  for (const std::vector<double>* expected : {&values, &changed}) {
+    absl::StatusOr<StreamStep> step = client->Next("frames", "readers");
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_TRUE(step->image.buffer.is_mapped());
+    const uint64_t number = step->step;
+    absl::StatusOr<hid_t> opened = OpenFileImage(std::move(step->image.buffer));
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    EXPECT_EQ(testing::ReadDataset<double>(*opened, "/values"), *expected);
+    H5Fclose(*opened);
+    ASSERT_TRUE(client->Ack("frames", "readers", number).ok());
+  }
+}
+
 TEST_F(SameHostTest, AnImageCrossesProcessesAsSealedMemory) {
   StartServer();
   const std::string image = MakeHdf5Image(8 * kMiB, 9);

@@ -152,7 +152,8 @@ TEST_F(TlsTest, TheDataLaneSpeaksTlsAndOnlyTls) {
   const std::string image = testing::MakeHdf5Image(1 << 20, 12);
   auto pushed = lane->Push(*std::move(connection), "by-lane.h5",
                            reinterpret_cast<const uint8_t*>(image.data()),
-                           image.size(), {}, deadline);
+                           image.size(), {}, deadline,
+                           /*stream_append=*/false);
   ASSERT_TRUE(pushed.ok()) << pushed.status();
   // And reads a range over TLS, on the connection the push gave back.
   auto pooled = lane->Connect(deadline);

@@ -49,11 +49,13 @@ int h5depot_stream_append_file(h5depot_client* client, const char* stream,
     if (client == nullptr || stream == nullptr) {
       return FailInvalid("client and stream must not be NULL");
     }
-    absl::StatusOr<h5depot::ImageBuffer> image =
-        h5depot::TakeFileImage(file_id);
-    if (!image.ok()) return Fail(image.status());
-    return h5depot_stream_append(client, stream, image->data(), image->size(),
-                                 wait_ms, step);
+    h5depot::AppendOptions options;
+    if (wait_ms >= 0) options.wait_for_room = absl::Milliseconds(wait_ms);
+    auto appended =
+        h5depot::AppendFileImage(*client->client, stream, file_id, options);
+    if (!appended.ok()) return Fail(appended.status());
+    if (step != nullptr) *step = appended->step;
+    return Succeed();
   } catch (...) {
     return FailFromException();
   }

@@ -8,6 +8,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -325,7 +328,8 @@ absl::StatusOr<ImageInfo> Client::PushMemfd(std::string_view image_id,
   absl::StatusOr<ImageInfo> pushed =
       (*transports)
           ->images->PushSealed(image_id, memfd, size, options,
-                               impl_->Deadline().Whole(0));
+                               impl_->Deadline().Whole(0),
+                               /*stream_append=*/false);
   if (!absl::IsUnimplemented(pushed.status())) {
     return Annotated(std::move(pushed), "push", image_id);
   }
@@ -619,6 +623,49 @@ absl::StatusOr<AppendedStep> Client::AppendFile(std::string_view stream,
   return AppendBytes(stream, bytes, options);
 }
 
+absl::StatusOr<AppendedStep> Client::AppendMemfd(std::string_view stream,
+                                                 int memfd, uint64_t size,
+                                                 const AppendOptions& options) {
+  const std::string what = absl::StrCat("append to stream ", Quoted(stream));
+  if (impl_->cluster != nullptr) {
+    absl::StatusOr<std::shared_ptr<Client>> owner =
+        impl_->cluster->StreamOwner(stream);
+    if (!owner.ok()) return Annotate(owner.status(), what);
+    return (*owner)->AppendMemfd(stream, memfd, size, options);
+  }
+  if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
+    return Annotate(status, what);
+  }
+  if (absl::StatusOr<uint64_t> length =
+          internal::CheckSealedImage(memfd, internal::kSealsFromClient, size);
+      !length.ok()) {
+    return Annotate(length.status(), what);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), what);
+  internal::ImageTransport& images = *(*transports)->images;
+  absl::StatusOr<ImageInfo> handed = images.PushSealed(
+      stream, memfd, size, PushOptions{}, impl_->Deadline().Whole(0),
+      /*stream_append=*/true);
+  if (absl::IsUnimplemented(handed.status())) {
+    // No descriptor can pass: the bytes, straight from a mapping.
+    absl::StatusOr<internal::Mapping> mapping = internal::Mapping::Map(
+        memfd, size, internal::Mapping::Access::kReadOnly);
+    if (!mapping.ok()) return Annotate(mapping.status(), what);
+    internal::PushBytes bytes;
+    bytes.data = static_cast<const uint8_t*>(mapping->data());
+    bytes.size = size;
+    return AppendBytes(stream, bytes, options);
+  }
+  bool first = true;
+  return AppendWithRoom(stream, size, options, [&]() {
+    if (std::exchange(first, false)) return handed;
+    return images.PushSealed(stream, memfd, size, PushOptions{},
+                             impl_->Deadline().Whole(0),
+                             /*stream_append=*/true);
+  });
+}
+
 absl::StatusOr<AppendedStep> Client::AppendBytes(std::string_view stream,
                                                  internal::PushBytes bytes,
                                                  const AppendOptions& options) {
@@ -637,10 +684,28 @@ absl::StatusOr<AppendedStep> Client::AppendBytes(std::string_view stream,
   }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), what);
-  internal::GrpcTransport& grpc = *(*transports)->grpc;
+  internal::ImageTransport& images = *(*transports)->images;
   bytes.stream_append = true;
-  const uint64_t checksum = bytes.Checksum();  // once, for every attempt
-  bytes.checksum = [checksum] { return checksum; };
+  // Hashed at most once, for every attempt, and only if a transport asks
+  // (the data lane hashes as it sends).
+  auto checksum = std::make_shared<std::optional<uint64_t>>();
+  bytes.checksum = [checksum, unhashed = bytes] {
+    if (!checksum->has_value()) *checksum = unhashed.Checksum();
+    return **checksum;
+  };
+  return AppendWithRoom(stream, bytes.size, options, [&]() {
+    return images.Push(stream, bytes, PushOptions{},
+                       impl_->Deadline().Whole(bytes.size));
+  });
+}
+
+absl::StatusOr<AppendedStep> Client::AppendWithRoom(
+    std::string_view stream, uint64_t size, const AppendOptions& options,
+    const std::function<absl::StatusOr<ImageInfo>()>& push_once) {
+  const std::string what = absl::StrCat("append to stream ", Quoted(stream));
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), what);
+  internal::GrpcTransport& grpc = *(*transports)->grpc;
   const absl::Time room_deadline = absl::Now() + options.wait_for_room;
   // A full stream whose policy is to block refuses the append before any
   // data moves; the writer then waits for room and tries again. Room
@@ -650,8 +715,7 @@ absl::StatusOr<AppendedStep> Client::AppendBytes(std::string_view stream,
   constexpr int kMaxRetriesWithRoom = 3;
   int retries_with_room = 0;
   for (;;) {
-    absl::StatusOr<ImageInfo> pushed = grpc.Push(
-        stream, bytes, PushOptions{}, impl_->Deadline().Whole(bytes.size));
+    absl::StatusOr<ImageInfo> pushed = push_once();
     if (pushed.ok()) {
       AppendedStep appended;
       std::string_view name;
@@ -673,7 +737,7 @@ absl::StatusOr<AppendedStep> Client::AppendBytes(std::string_view stream,
         std::max(room_deadline - absl::Now(), absl::ZeroDuration());
     bool waited = false;
     absl::Status room = grpc.AwaitStreamRoom(
-        stream, bytes.size, wait, impl_->Deadline(wait).reply, &waited);
+        stream, size, wait, impl_->Deadline(wait).reply, &waited);
     retries_with_room = room.ok() && !waited ? retries_with_room + 1 : 0;
     if (absl::IsResourceExhausted(room) ||
         retries_with_room > kMaxRetriesWithRoom) {

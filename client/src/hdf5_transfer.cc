@@ -89,6 +89,25 @@ absl::StatusOr<ImageInfo> PushFileImage(Client& client,
   return PushImage(client, image_id, image->data(), image->size(), options);
 }
 
+absl::StatusOr<AppendedStep> AppendFileImage(Client& client,
+                                             std::string_view stream,
+                                             hid_t file_id,
+                                             const AppendOptions& options) {
+  const std::string what = absl::StrCat("append to stream ", Quoted(stream));
+  if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
+    return Annotate(status, what);
+  }
+  absl::StatusOr<std::optional<internal::SealedFileImage>> sealed =
+      internal::SealMemoryFile(file_id);
+  if (sealed.ok() && sealed->has_value()) {
+    const internal::SealedFileImage& image = **sealed;
+    return client.AppendMemfd(stream, image.fd.get(), image.size, options);
+  }
+  absl::StatusOr<ImageBuffer> image = TakeFileImage(file_id);
+  if (!image.ok()) return Annotate(image.status(), what);
+  return client.Append(stream, image->data(), image->size(), options);
+}
+
 absl::StatusOr<FetchedFile> FetchAndOpen(Client& client,
                                          std::string_view image_id,
                                          unsigned flags,

@@ -53,8 +53,8 @@ struct PushBytes {
   const uint8_t* data = nullptr;
   size_t size = 0;
   std::function<uint64_t()> checksum;
-  // The push appends a step to the stream named by the image id (gRPC
-  // only: Client::Append).
+  // The push appends a step to the stream named by the image id
+  // (Client::Append); the info returned is the step's.
   bool stream_append = false;
 
   uint64_t Checksum() const;
@@ -92,11 +92,14 @@ class ImageTransport {
   // every change (kSealsFromClient), by handing the server the descriptor.
   // UNIMPLEMENTED, with nothing sent, where descriptors cannot pass (not
   // over the server's Unix socket, or a server that does not take them):
-  // the caller then sends the bytes.
+  // the caller then sends the bytes. With `stream_append`, as
+  // PushBytes::stream_append.
   virtual absl::StatusOr<ImageInfo> PushSealed(std::string_view image_id,
                                                int memfd, uint64_t size,
                                                const PushOptions& options,
-                                               absl::Time deadline) {
+                                               absl::Time deadline,
+                                               bool stream_append) {
+    static_cast<void>(stream_append);
     static_cast<void>(image_id);
     static_cast<void>(memfd);
     static_cast<void>(size);

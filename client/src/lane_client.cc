@@ -17,6 +17,7 @@
 #include "h5depot/internal/checksum.h"
 #include "h5depot/internal/fork_generation.h"
 #include "h5depot/internal/huge_pages.h"
+#include "h5depot/internal/image_id.h"
 #include "h5depot/internal/lane_protocol.h"
 #include "h5depot/internal/memfd.h"
 
@@ -55,6 +56,23 @@ ImageInfo ToImageInfo(const lane::Response& response,
                                response.expires_unix_micros);
 }
 
+// A push's answer: the info of the image published under `image_id`, or,
+// for a stream append, of the step the server named in `message`.
+absl::StatusOr<ImageInfo> PublishedInfo(const lane::Response& response,
+                                        std::string_view image_id,
+                                        bool stream_append,
+                                        std::string_view message) {
+  if (!stream_append) return ToImageInfo(response, image_id);
+  std::string_view stream;
+  uint64_t step = 0;
+  if (!ParseStreamStepId(message, &stream, &step) || stream != image_id) {
+    return absl::InternalError(
+        absl::StrCat("the data lane answered a stream append with '",
+                     std::string(message), "', not a step of the stream"));
+  }
+  return ToImageInfo(response, message);
+}
+
 // The CPU the calling thread runs on, for a request on `connection` to
 // say; none if the server did not agree to hear it.
 std::optional<uint32_t> ClientCpu(const DataLane::Connection& connection) {
@@ -78,7 +96,7 @@ bool StartsWith(std::string_view text, std::string_view prefix) {
 }  // namespace
 
 absl::StatusOr<lane::Response> DataLane::Connection::ReadResponse(
-    absl::Time deadline, absl::Status* refusal) {
+    absl::Time deadline, absl::Status* refusal, std::string* message_out) {
   uint8_t header[lane::kResponseHeaderBytes];
   if (absl::Status status = reader_.Read(header, sizeof(header), deadline);
       !status.ok()) {
@@ -96,6 +114,7 @@ absl::StatusOr<lane::Response> DataLane::Connection::ReadResponse(
     return status;
   }
   *refusal = absl::Status(response.code, message);
+  if (message_out != nullptr) *message_out = std::move(message);
   return response;
 }
 
@@ -191,8 +210,8 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Dial(
     }
   }
   auto connection = std::make_unique<Connection>(*std::move(socket));
-  uint16_t offered =
-      lane::kFeatureClientCpu | lane::kFeatureRead | lane::kFeaturePin;
+  uint16_t offered = lane::kFeatureClientCpu | lane::kFeatureRead |
+                     lane::kFeaturePin | lane::kFeatureStreams;
   if (ask_identity) offered |= lane::kFeatureIdentity;
   if (!credentials_.token.empty()) offered |= lane::kFeatureToken;
   // Descriptors pass only over a Unix socket; each is received straight
@@ -226,6 +245,7 @@ absl::Status DataLane::AwaitGreeting(Connection& connection,
   connection.says_cpu = (agreed & lane::kFeatureClientCpu) != 0;
   connection.reads = (agreed & lane::kFeatureRead) != 0;
   connection.pins = (agreed & lane::kFeaturePin) != 0;
+  connection.streams = (agreed & lane::kFeatureStreams) != 0;
   if ((agreed & lane::kFeatureDescriptors) != 0) {
     connection.shares_memory = true;
     connection.leases = std::make_shared<LeaseLedger>();
@@ -355,26 +375,33 @@ absl::StatusOr<ImageInfo> DataLane::Push(std::unique_ptr<Connection> connection,
                                          std::string_view image_id,
                                          const uint8_t* data, size_t size,
                                          const PushOptions& options,
-                                         absl::Time deadline) {
+                                         absl::Time deadline,
+                                         bool stream_append) {
+  if (stream_append && !connection->streams) {
+    GiveBack(std::move(connection));
+    return absl::UnimplementedError(
+        "the data lane's server does not take stream appends");
+  }
   const bool reused = connection->reused;
   bool unanswered = false;
   absl::StatusOr<ImageInfo> pushed =
       PushOnce(std::move(connection), image_id, data, size, options, deadline,
-               &unanswered);
+               stream_append, &unanswered);
   if (pushed.ok() ||
       !RetryOnNewConnection(pushed.status(), unanswered, reused)) {
     return pushed;
   }
   absl::StatusOr<std::unique_ptr<Connection>> fresh = ConnectNew(deadline);
   if (!fresh.ok()) return pushed;
+  if (stream_append && !(*fresh)->streams) return pushed;
   return PushOnce(*std::move(fresh), image_id, data, size, options, deadline,
-                  &unanswered);
+                  stream_append, &unanswered);
 }
 
 absl::StatusOr<ImageInfo> DataLane::PushOnce(
     std::unique_ptr<Connection> connection, std::string_view image_id,
     const uint8_t* data, size_t size, const PushOptions& options,
-    absl::Time deadline, bool* unanswered) {
+    absl::Time deadline, bool stream_append, bool* unanswered) {
   *unanswered = false;
   if (absl::Status status = CheckFramable(image_id); !status.ok()) {
     return status;
@@ -386,6 +413,7 @@ absl::StatusOr<ImageInfo> DataLane::PushOnce(
   request.if_generation_match = options.if_generation_match;
   request.ttl_ms = ToMillis(options.ttl);
   request.replica_generation = options.replica_generation;
+  request.stream_append = stream_append;
   request.client_cpu = ClientCpu(*connection);
   uint8_t header[lane::kRequestHeaderBytes];
   lane::EncodeRequestHeader(request, header);
@@ -441,11 +469,13 @@ absl::StatusOr<ImageInfo> DataLane::PushOnce(
       return status;
     }
   }
+  std::string message;
   absl::StatusOr<lane::Response> response =
-      connection->ReadResponse(deadline, &refusal);
+      connection->ReadResponse(deadline, &refusal, &message);
   if (!response.ok()) {
-    // Sent in one go, the push's first answer is its last.
-    *unanswered = size <= lane::kEagerPutBytes;
+    // Sent in one go, the push's first answer is its last. (A pushed image
+    // is the same image pushed twice; an append would be two steps.)
+    *unanswered = size <= lane::kEagerPutBytes && !stream_append;
     return response.status();
   }
   if (response->kind != lane::ResponseKind::kFinal) {
@@ -454,7 +484,7 @@ absl::StatusOr<ImageInfo> DataLane::PushOnce(
   GiveBack(std::move(connection));
   if (!refusal.ok()) return refusal;
   if (size <= lane::kEagerPutBytes) ReportSentInOne(options.progress, size);
-  return ToImageInfo(*response, image_id);
+  return PublishedInfo(*response, image_id, stream_append, message);
 }
 
 absl::StatusOr<FetchedImage> DataLane::Fetch(
@@ -725,11 +755,17 @@ absl::StatusOr<FetchedImage> DataLane::SinkMapped(
 
 absl::StatusOr<ImageInfo> DataLane::PushSealed(
     std::unique_ptr<Connection> connection, std::string_view image_id,
-    int memfd, uint64_t size, const PushOptions& options, absl::Time deadline) {
+    int memfd, uint64_t size, const PushOptions& options, absl::Time deadline,
+    bool stream_append) {
   if (!connection->shares_memory) {
     GiveBack(std::move(connection));
     return absl::UnimplementedError(
         "the data lane connection does not take memfds");
+  }
+  if (stream_append && !connection->streams) {
+    GiveBack(std::move(connection));
+    return absl::UnimplementedError(
+        "the data lane's server does not take stream appends");
   }
   if (absl::Status status = CheckFramable(image_id); !status.ok()) {
     return status;
@@ -741,6 +777,7 @@ absl::StatusOr<ImageInfo> DataLane::PushSealed(
   request.if_generation_match = options.if_generation_match;
   request.ttl_ms = ToMillis(options.ttl);
   request.replica_generation = options.replica_generation;
+  request.stream_append = stream_append;
   request.client_cpu = ClientCpu(*connection);
   uint8_t header[lane::kRequestHeaderBytes];
   lane::EncodeRequestHeader(request, header);
@@ -752,8 +789,9 @@ absl::StatusOr<ImageInfo> DataLane::PushSealed(
     return status;
   }
   absl::Status refusal;
+  std::string message;
   absl::StatusOr<lane::Response> response =
-      connection->ReadResponse(deadline, &refusal);
+      connection->ReadResponse(deadline, &refusal, &message);
   if (!response.ok()) return response.status();
   if (response->kind != lane::ResponseKind::kFinal) {
     return absl::InternalError("unexpected lane response");
@@ -761,7 +799,7 @@ absl::StatusOr<ImageInfo> DataLane::PushSealed(
   GiveBack(std::move(connection));
   if (!refusal.ok()) return refusal;
   ReportSentInOne(options.progress, size);
-  return ToImageInfo(*response, image_id);
+  return PublishedInfo(*response, image_id, stream_append, message);
 }
 
 absl::StatusOr<ReadResult> DataLane::Read(

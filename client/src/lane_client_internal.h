@@ -109,6 +109,9 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
     // Whether the server serves PIN and UNPIN (lane::kFeaturePin).
     bool pins = false;
 
+    // Whether the server takes stream appends (lane::kFeatureStreams).
+    bool streams = false;
+
     // Who answered, when the server said (lane::kFeatureIdentity).
     std::optional<lane::Identity> identity;
 
@@ -122,10 +125,12 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
     std::shared_ptr<LeaseLedger> leases;
 
     // Reads a response header and its message into `*refusal` (OK for a
-    // success). Errors are transport or protocol failures, after which the
+    // success), and the message, whatever the code, into `*message` if
+    // given. Errors are transport or protocol failures, after which the
     // connection is unusable.
     absl::StatusOr<lane::Response> ReadResponse(absl::Time deadline,
-                                                absl::Status* refusal);
+                                                absl::Status* refusal,
+                                                std::string* message = nullptr);
 
     // When it was last given back to the pool. (The steady clock is read
     // at a fraction of absl::Now()'s cost, twice per call.)
@@ -151,10 +156,16 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
   // transport failure the connection is dropped. A pooled connection that
   // turns out closed before the server could act on the request (it
   // restarted) is dropped and the call made again on a new one.
+  // With `stream_append`, the image is the next step of the stream
+  // `image_id` names, and the info returned is the step's (its id the
+  // step's id); UNIMPLEMENTED, with the connection given back and nothing
+  // sent, when the server does not take stream appends on the lane. An
+  // append is made again only if it did not leave whole: one that did may
+  // have been appended.
   absl::StatusOr<ImageInfo> Push(std::unique_ptr<Connection> connection,
                                  std::string_view image_id, const uint8_t* data,
                                  size_t size, const PushOptions& options,
-                                 absl::Time deadline);
+                                 absl::Time deadline, bool stream_append);
   absl::StatusOr<FetchedImage> Fetch(std::unique_ptr<Connection> connection,
                                      std::string_view image_id,
                                      const FetchOptions& options,
@@ -207,12 +218,13 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
   // Pushes the image in the first `size` bytes of `memfd`, sealed against
   // every change (kSealsFromClient), by handing the server the descriptor:
   // no byte is sent. UNIMPLEMENTED, with nothing sent, when `connection`
-  // cannot (not a Unix socket, or a server that does not take memfds).
+  // cannot (not a Unix socket, or a server that does not take memfds, or,
+  // with `stream_append` (as Push's), stream appends).
   absl::StatusOr<ImageInfo> PushSealed(std::unique_ptr<Connection> connection,
                                        std::string_view image_id, int memfd,
                                        uint64_t size,
                                        const PushOptions& options,
-                                       absl::Time deadline);
+                                       absl::Time deadline, bool stream_append);
 
   // Sends the RELEASEs due on the connection of `leases` now if it is idle
   // in the pool; otherwise the call using it sends them as it gives it back.
@@ -251,7 +263,8 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
                                      std::string_view image_id,
                                      const uint8_t* data, size_t size,
                                      const PushOptions& options,
-                                     absl::Time deadline, bool* unanswered);
+                                     absl::Time deadline, bool stream_append,
+                                     bool* unanswered);
   // `*take_bytes`, if the answer came as a descriptor that could not be
   // used (lost for want of descriptors, say): ask again for the bytes.
   // With `sink`, the bytes go to it (FetchTo) and the result's buffer is

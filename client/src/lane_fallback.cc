@@ -88,10 +88,14 @@ absl::StatusOr<ImageInfo> LaneFallbackTransport::Push(
   LaneCall call = StartLaneCall(deadline);
   if (call.connection != nullptr) {
     // The lane hashes the bytes as it sends them.
-    return call.lane->Push(std::move(call.connection), image_id, bytes.data,
-                           bytes.size, options, deadline);
+    absl::StatusOr<ImageInfo> pushed =
+        call.lane->Push(std::move(call.connection), image_id, bytes.data,
+                        bytes.size, options, deadline, bytes.stream_append);
+    // A server whose lane takes no stream appends takes them over gRPC.
+    if (!absl::IsUnimplemented(pushed.status())) return pushed;
+  } else if (!call.unreachable.ok()) {
+    return call.unreachable;
   }
-  if (!call.unreachable.ok()) return call.unreachable;
   return grpc_->Push(image_id, bytes, options, deadline);
 }
 
@@ -125,11 +129,11 @@ absl::StatusOr<ImageInfo> LaneFallbackTransport::FetchTo(
 
 absl::StatusOr<ImageInfo> LaneFallbackTransport::PushSealed(
     std::string_view image_id, int memfd, uint64_t size,
-    const PushOptions& options, absl::Time deadline) {
+    const PushOptions& options, absl::Time deadline, bool stream_append) {
   LaneCall call = StartLaneCall(deadline);
   if (call.connection != nullptr) {
     return call.lane->PushSealed(std::move(call.connection), image_id, memfd,
-                                 size, options, deadline);
+                                 size, options, deadline, stream_append);
   }
   if (!call.unreachable.ok()) return call.unreachable;
   return absl::UnimplementedError("no data lane to pass the memfd over");

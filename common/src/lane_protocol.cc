@@ -12,6 +12,7 @@ namespace {
 constexpr uint8_t kHasGenerationMatch = 1;
 constexpr uint8_t kAcceptsDescriptor = 2;
 constexpr uint8_t kDescriptorOnly = 4;
+constexpr uint8_t kStreamAppend = 8;
 
 // Response flag bits.
 constexpr uint8_t kWithDescriptor = 1;
@@ -113,7 +114,8 @@ void EncodeRequestHeader(const RequestHeader& header,
   out[0] = static_cast<uint8_t>(header.op);
   out[1] = (header.if_generation_match.has_value() ? kHasGenerationMatch : 0) |
            (header.accepts_descriptor ? kAcceptsDescriptor : 0) |
-           (header.descriptor_only ? kDescriptorOnly : 0);
+           (header.descriptor_only ? kDescriptorOnly : 0) |
+           (header.stream_append ? kStreamAppend : 0);
   Put16(header.image_id_bytes, out + 2);
   if (header.client_cpu.has_value() && *header.client_cpu < UINT32_MAX) {
     Put32(*header.client_cpu + 1, out + 4);
@@ -148,8 +150,8 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
     return absl::InvalidArgumentError(
         absl::StrCat("unknown data lane request ", in[0]));
   }
-  if ((in[1] & ~(kHasGenerationMatch | kAcceptsDescriptor | kDescriptorOnly)) !=
-      0) {
+  if ((in[1] & ~(kHasGenerationMatch | kAcceptsDescriptor | kDescriptorOnly |
+                 kStreamAppend)) != 0) {
     return absl::InvalidArgumentError("unknown data lane request flags");
   }
   header->op = static_cast<Op>(in[0]);
@@ -161,6 +163,12 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
   }
   header->accepts_descriptor = (in[1] & kAcceptsDescriptor) != 0;
   header->descriptor_only = (in[1] & kDescriptorOnly) != 0;
+  header->stream_append = (in[1] & kStreamAppend) != 0;
+  if (header->stream_append && header->op != Op::kPut &&
+      header->op != Op::kPutSealed) {
+    return absl::InvalidArgumentError(
+        "a stream append that is not a PUT or PUT_SEALED");
+  }
   header->ttl_ms = DecodeU64(in + 24);
   header->wait_ms = 0;
   header->replica_generation = 0;

@@ -255,14 +255,17 @@ void NoteAnswer(absl::StatusCode code, uint64_t image_bytes) {
 // The header of a final response with `status` and `image`'s info (none
 // if null), into `header`; its message is status.message()'s first
 // `*message_bytes`.
-void EncodeFinal(const absl::Status& status, const StoredImage* image,
-                 bool send_bytes, uint8_t (&header)[lane::kResponseHeaderBytes],
+// The header of a final Response with `code` and a message of
+// `message` (cut at kMaxMessageBytes: its length goes to
+// `*message_bytes_out`), and `image`'s info if given.
+void EncodeFinal(absl::StatusCode code, absl::string_view message,
+                 const StoredImage* image, bool send_bytes,
+                 uint8_t (&header)[lane::kResponseHeaderBytes],
                  size_t* message_bytes_out) {
   lane::Response response;
   response.kind = lane::ResponseKind::kFinal;
-  response.code = status.code();
-  const size_t message_bytes =
-      std::min(status.message().size(), lane::kMaxMessageBytes);
+  response.code = code;
+  const size_t message_bytes = std::min(message.size(), lane::kMaxMessageBytes);
   response.message_bytes = static_cast<uint16_t>(message_bytes);
   // Bytes that move are checked against the checksum; an answer without
   // them need not hash an image pushed as a memfd.
@@ -280,7 +283,8 @@ absl::Status SendFinal(LaneSocket& socket, const absl::Status& status,
   NoteAnswer(status.code(), send_bytes && image != nullptr ? image->size() : 0);
   uint8_t header[lane::kResponseHeaderBytes];
   size_t message_bytes = 0;
-  EncodeFinal(status, image, send_bytes, header, &message_bytes);
+  EncodeFinal(status.code(), status.message(), image, send_bytes, header,
+              &message_bytes);
   iovec iov[3] = {{header, sizeof(header)},
                   {const_cast<char*>(status.message().data()), message_bytes},
                   {nullptr, 0}};
@@ -292,18 +296,25 @@ absl::Status SendFinal(LaneSocket& socket, const absl::Status& status,
 
 // A push's answer: `published`'s info, sent once this hold on the image
 // is dropped, so that a client told its push is done finds the image
-// held by nobody it does not know of (an eviction may take it then).
+// held by nobody it does not know of (an eviction may take it then). A
+// stream append's success carries the id of the step it published as its
+// message (lane::kFeatureStreams).
 absl::Status SendPublished(LaneSocket& socket,
-                           absl::StatusOr<ImageRef> published) {
+                           absl::StatusOr<ImageRef> published,
+                           bool stream_append) {
   const absl::Status status = published.status();
   NoteAnswer(status.code(), 0);
+  const std::string message =
+      status.ok() ? (stream_append ? (*published)->image_id() : std::string())
+                  : std::string(status.message());
   uint8_t header[lane::kResponseHeaderBytes];
   size_t message_bytes = 0;
-  EncodeFinal(status, published.ok() ? published->get() : nullptr, false,
-              header, &message_bytes);
+  EncodeFinal(status.code(), message,
+              published.ok() ? published->get() : nullptr, false, header,
+              &message_bytes);
   published = status.ok() ? absl::CancelledError("answered") : status;
   iovec iov[2] = {{header, sizeof(header)},
-                  {const_cast<char*>(status.message().data()), message_bytes}};
+                  {const_cast<char*>(message.data()), message_bytes}};
   return socket.SendAll(iov, 2);
 }
 
@@ -624,7 +635,8 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     uint16_t offered = 0;
     const absl::Status hello_status = lane::DecodeHello(hello, &offered);
     uint16_t agreed = offered & (lane::kFeatureToken | lane::kFeatureRead |
-                                 lane::kFeatureIdentity | lane::kFeaturePin);
+                                 lane::kFeatureIdentity | lane::kFeaturePin |
+                                 lane::kFeatureStreams);
     if (hello_status.ok() && options.follow_client_cpu && peer.local) {
       agreed |= offered & lane::kFeatureClientCpu;
     }
@@ -871,9 +883,11 @@ absl::Status DataLaneServer::Impl::HandlePutSealed(
   params.if_generation_match = header.if_generation_match;
   params.ttl_ms = header.ttl_ms;
   params.replica_generation = header.replica_generation;
+  params.stream_append = header.stream_append;
   return SendPublished(
       socket,
-      operations->PublishSealed(caller, std::move(params), std::move(memfd)));
+      operations->PublishSealed(caller, std::move(params), std::move(memfd)),
+      header.stream_append);
 }
 
 absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
@@ -890,6 +904,7 @@ absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
   params.if_generation_match = header.if_generation_match;
   params.ttl_ms = header.ttl_ms;
   params.replica_generation = header.replica_generation;
+  params.stream_append = header.stream_append;
   // The checksum follows the bytes (FinishPush below). A push cut off for
   // falling behind stops receiving: the blocked recv returns at once (and
   // the connection is closed after the answer, its stream out of step).
@@ -932,7 +947,8 @@ absl::Status DataLaneServer::Impl::HandlePut(LaneSocket& socket,
     return EndBrokenPush(socket, *std::move(pending), std::move(status));
   }
   return SendPublished(socket,
-                       operations->FinishPush(image, lane::DecodeU64(trailer)));
+                       operations->FinishPush(image, lane::DecodeU64(trailer)),
+                       header.stream_append);
 }
 
 absl::Status DataLaneServer::Impl::HandleGet(LaneSocket& socket,

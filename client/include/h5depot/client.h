@@ -590,6 +590,13 @@ class Client {
   absl::StatusOr<AppendedStep> AppendFile(std::string_view stream,
                                           const std::string& path,
                                           const AppendOptions& options = {});
+  // The same, the step being the first `size` bytes of `memfd`, sealed as
+  // PushMemfd's: to a server on this host over its Unix socket the
+  // descriptor itself is handed over, nothing copied; elsewhere the bytes
+  // are sent. The caller keeps `memfd`.
+  absl::StatusOr<AppendedStep> AppendMemfd(std::string_view stream, int memfd,
+                                           uint64_t size,
+                                           const AppendOptions& options = {});
   // Ends the stream: readers get every step appended, then OUT_OF_RANGE.
   absl::StatusOr<StreamInfo> FinishStream(std::string_view stream);
   absl::StatusOr<StreamInfo> StatStream(std::string_view stream);
@@ -615,6 +622,12 @@ class Client {
   absl::StatusOr<AppendedStep> AppendBytes(std::string_view stream,
                                            internal::PushBytes bytes,
                                            const AppendOptions& options);
+  // Append's one loop: `push_once` sends the step once (the info it
+  // returns is the step's); a full stream that blocks is waited on and
+  // the step sent again, until options.wait_for_room runs out.
+  absl::StatusOr<AppendedStep> AppendWithRoom(
+      std::string_view stream, uint64_t size, const AppendOptions& options,
+      const std::function<absl::StatusOr<ImageInfo>()>& push_once);
   // `asked`, or this Client's own consumer name in this process.
   std::string ConsumerName(std::string_view asked) const;
   std::unique_ptr<Impl> impl_;

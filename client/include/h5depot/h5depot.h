@@ -328,8 +328,10 @@ int h5depot_push_file_ex(h5depot_client* client, const char* image_id,
                          uint64_t* generation);
 
 /* Appends the image of `file_id` (an open HDF5 file of the core, sec2 or
- * stdio driver, taken as h5depot_push_file takes it) as the next step of
- * `stream`; otherwise as h5depot_stream_append. */
+ * stdio driver, or one made by h5depot_create_memory_file, taken as
+ * h5depot_push_file takes it: a memory file is handed over without a copy
+ * to a server on this host) as the next step of `stream`; otherwise as
+ * h5depot_stream_append. */
 int h5depot_stream_append_file(h5depot_client* client, const char* stream,
                                hid_t file_id, int64_t wait_ms, uint64_t* step);
 

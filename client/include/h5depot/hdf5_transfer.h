@@ -79,6 +79,21 @@ absl::StatusOr<ImageInfo> PushFileImage(Client& client,
                                         hid_t file_id,
                                         const ImagePushOptions& options = {});
 
+// Appends the image of `file_id` as the next step of `stream`
+// (Client::Append), taken as PushFileImage takes it: a file made by
+// CreateMemoryFile is sealed as it is and handed over with
+// Client::AppendMemfd (to a server on this host over its Unix socket,
+// nothing is copied); any other file's image is taken in one copy. The file
+// stays open and unchanged either way.
+//
+// Errors: INVALID_ARGUMENT for a malformed stream name, an id that is not
+// an open file or a driver that cannot give an image; otherwise those of
+// TakeFileImage and Client::Append.
+absl::StatusOr<AppendedStep> AppendFileImage(Client& client,
+                                             std::string_view stream,
+                                             hid_t file_id,
+                                             const AppendOptions& options = {});
+
 // An image fetched and open as an HDF5 file.
 struct FetchedFile {
   ImageInfo info;                // the generation that was fetched

@@ -110,6 +110,15 @@ inline constexpr uint16_t kFeatureIdentity = 16;
 // that serves them agrees.
 inline constexpr uint16_t kFeaturePin = 32;
 
+// A client that may append steps to streams offers this; a server that
+// has streams agrees. A PUT or PUT_SEALED may then set
+// RequestHeader::stream_append: its image id names a stream, and the
+// image becomes the stream's next step (docs/STREAMS.md). The Response
+// that says it succeeded carries, as its message, the id of the step it
+// published (image_id.h, StreamStepId). A stream append is not repeated
+// by the client once all of it was sent: it may have been appended.
+inline constexpr uint16_t kFeatureStreams = 64;
+
 // Generations one connection may hold pinned at once; one more PIN is
 // refused (RESOURCE_EXHAUSTED), the connection stays usable.
 inline constexpr size_t kMaxPinsPerConnection = 64;
@@ -156,6 +165,9 @@ struct RequestHeader {
   // GET: only a generation newer than this one (0: any), as FetchRequest's
   // newer_than_generation. A server from before it ignores it.
   uint64_t newer_than = 0;
+  // PUT, PUT_SEALED: the image is the next step of the stream the id
+  // names (kFeatureStreams).
+  bool stream_append = false;
   // GET: the answer may be the image's descriptor (kFeatureDescriptors).
   bool accepts_descriptor = false;
   // GET, with accepts_descriptor: only the descriptor; an image that
