@@ -8,7 +8,8 @@
 #   bench/stream_bench.sh                 # every size
 #   bench/stream_bench.sh 4K 1M           # some
 #
-# Environment: BUILD_DIR (default build-bench, a Release build).
+# Environment: BUILD_DIR (default build-bench, a Release build);
+# H5DEPOTD_FLAGS, more flags for the h5depotd under test.
 # Needs (Debian): redis-server libhiredis-dev python3-h5py, as
 # deploy/setup.sh installs. Everything listens on loopback or in a
 # private directory, and is stopped at the end.
@@ -42,7 +43,7 @@ free_port() {
 }
 port=$(free_port)
 "$build/server/h5depotd" --listen="127.0.0.1:$port" --unix="$work/h5depotd.sock" \
-  --max-memory=8G --max-image-size=1G >"$work/h5depotd.log" 2>&1 &
+  --max-memory=8G --max-image-size=1G ${H5DEPOTD_FLAGS:-} >"$work/h5depotd.log" 2>&1 &
 pids+=($!)
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --unixsocket "$work/redis.sock" \

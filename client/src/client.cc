@@ -91,6 +91,10 @@ uint16_t GrpcPortOf(const std::string& target) {
 // How much of a pushed file is hashed before its pages are let go.
 constexpr size_t kFileHashPieceBytes = size_t{4} << 20;
 
+// AppendMemfd sends the bytes of a smaller step rather than its memfd
+// (docs/PERFORMANCE.md, "Streams").
+constexpr uint64_t kSmallestHandedOverStep = uint64_t{256} << 10;
+
 // Connects one process to the server at `target`.
 absl::StatusOr<std::unique_ptr<internal::Transports>> ConnectTransports(
     const std::string& target, const ClientOptions& options) {
@@ -644,11 +648,17 @@ absl::StatusOr<AppendedStep> Client::AppendMemfd(std::string_view stream,
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), what);
   internal::ImageTransport& images = *(*transports)->images;
-  absl::StatusOr<ImageInfo> handed = images.PushSealed(
-      stream, memfd, size, PushOptions{}, impl_->Deadline().Whole(0),
-      /*stream_append=*/true);
+  // A small step is cheaper to send than to hand over: mapping a memfd,
+  // and unmapping it once read, costs the server more than the copy.
+  absl::StatusOr<ImageInfo> handed =
+      size < kSmallestHandedOverStep
+          ? absl::UnimplementedError("sent as bytes")
+          : images.PushSealed(stream, memfd, size, PushOptions{},
+                              impl_->Deadline().Whole(0),
+                              /*stream_append=*/true);
   if (absl::IsUnimplemented(handed.status())) {
-    // No descriptor can pass: the bytes, straight from a mapping.
+    // No descriptor can pass, or none is worth it: the bytes, straight
+    // from a mapping.
     absl::StatusOr<internal::Mapping> mapping = internal::Mapping::Map(
         memfd, size, internal::Mapping::Access::kReadOnly);
     if (!mapping.ok()) return Annotate(mapping.status(), what);
