@@ -20,8 +20,11 @@ using internal::SerializeMessage;
 using internal::ToGrpcStatus;
 
 // The one conversion of an image's description to the wire's ImageInfo.
-void EncodeInfo(const StoredImage& image, v1::ImageInfo* info) {
-  const ImageDescription description = DepotOperations::Describe(image);
+void EncodeInfo(const StoredImage& image, v1::ImageInfo* info,
+                DepotOperations::ChecksumNeed checksum =
+                    DepotOperations::ChecksumNeed::kCompute) {
+  const ImageDescription description =
+      DepotOperations::Describe(image, checksum);
   info->set_image_id(std::string(description.image_id));
   info->set_size(description.size);
   info->set_generation(description.generation);
@@ -1143,8 +1146,15 @@ class StreamWaitReactor final : public grpc::ServerUnaryReactor {
         [this, response](absl::StatusOr<TakenStep> taken) {
           if (taken.ok()) {
             response->set_step(taken->step);
-            EncodeInfo(*taken->image, response->mutable_info());
-            if (taken->image->size() <= kInlineStepBytes) {
+            // The bytes of a larger step come by a fetch, which says their
+            // checksum if they move: hashing them here (a step handed over
+            // as a memfd was never hashed) would only cost time.
+            const bool inline_image = taken->image->size() <= kInlineStepBytes;
+            EncodeInfo(*taken->image, response->mutable_info(),
+                       inline_image
+                           ? DepotOperations::ChecksumNeed::kCompute
+                           : DepotOperations::ChecksumNeed::kOnlyIfKnown);
+            if (inline_image) {
               response->set_inline_image(taken->image->data(),
                                          taken->image->size());
             }
