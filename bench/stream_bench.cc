@@ -1,10 +1,10 @@
 // Streams against their peers: one writer hands `steps` HDF5 images of one
 // size to R readers sharing one reader group, through an h5depot stream
-// (Append, or on the same host AppendMemfd of a memfd the writer fills;
-// Next + Ack), through a Redis stream (XADD; XREADGROUP + XACK +
-// XDEL, the same number of client threads, hiredis), and, on the same
-// host, through files written to a /dev/shm directory and announced with
-// inotify (write, rename into place; a reader claims a file by renaming
+// (Append, or on the same host AppendMemfd of a memfd the writer fills
+// for steps of 256 KiB and more; Next + Ack), through a Redis stream (XADD;
+// XREADGROUP + XACK + XDEL, the same number of client threads, hiredis), and,
+// on the same host, through files written to a /dev/shm directory and announced
+// with inotify (write, rename into place; a reader claims a file by renaming
 // it, reads it whole, unlinks it). Every reader touches each page of each
 // step it gets. Prints one line per case: steps/s and GB/s from the
 // writer's first step to the last step taken. bench/stream_bench.sh
@@ -136,10 +136,12 @@ double RunH5depot(const std::string& target, const std::string& image,
   }
   h5depot::AppendOptions append;
   append.wait_for_room = absl::Seconds(120);
-  // On this host the writer makes each step in a memfd of its own (one
-  // write, as the /dev/shm peer's file) and hands it over; elsewhere it
-  // sends the bytes.
-  const bool same_host = target.rfind("unix:", 0) == 0;
+  // On this host the writer makes each step of 256 KiB or more in a memfd
+  // of its own (one write, as the /dev/shm peer's file) and hands it
+  // over; smaller steps, and any elsewhere, it sends as bytes (AppendMemfd
+  // would send a smaller one's bytes too).
+  const bool same_host =
+      target.rfind("unix:", 0) == 0 && image.size() >= (size_t{256} << 10);
   for (uint64_t i = 0; i < steps; ++i) {
     absl::StatusOr<h5depot::AppendedStep> appended;
     if (same_host) {

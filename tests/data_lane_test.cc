@@ -436,6 +436,62 @@ TEST(LaneProtocolTest, OnlyAPutMayAppendToAStream) {
   }
 }
 
+TEST(LaneProtocolTest, NextBodiesAndStepTrailersRoundTripAndAreChecked) {
+  lane::NextBody body;
+  body.start = lane::NextBody::Start::kStep;
+  body.start_step = 12;
+  body.lease_ms = 5000;
+  body.ack_step = 11;
+  body.group = "analysis";
+  body.consumer = "worker-3";
+  const std::string encoded = lane::EncodeNextBody(body);
+  lane::NextBody decoded;
+  ASSERT_TRUE(lane::DecodeNextBody(encoded, &decoded).ok());
+  EXPECT_EQ(decoded.start, lane::NextBody::Start::kStep);
+  EXPECT_EQ(decoded.start_step, 12u);
+  EXPECT_EQ(decoded.lease_ms, 5000u);
+  EXPECT_EQ(decoded.ack_step, std::optional<uint64_t>(11));
+  EXPECT_EQ(decoded.group, "analysis");
+  EXPECT_EQ(decoded.consumer, "worker-3");
+
+  // Cut short, one byte too many, an empty name, an unknown start.
+  EXPECT_FALSE(
+      lane::DecodeNextBody(encoded.substr(0, encoded.size() - 1), &decoded)
+          .ok());
+  EXPECT_FALSE(lane::DecodeNextBody(encoded + "x", &decoded).ok());
+  lane::NextBody nameless = body;
+  nameless.group.clear();
+  EXPECT_FALSE(
+      lane::DecodeNextBody(lane::EncodeNextBody(nameless), &decoded).ok());
+  std::string unknown_start = encoded;
+  unknown_start[1] = 3;
+  EXPECT_FALSE(lane::DecodeNextBody(unknown_start, &decoded).ok());
+
+  lane::StepTrailer trailer;
+  trailer.step = 1u << 20;
+  trailer.lost_ranges = 2;
+  trailer.with_bytes = true;
+  uint8_t raw[lane::kStepTrailerBytes];
+  lane::EncodeStepTrailer(trailer, raw);
+  lane::StepTrailer back;
+  ASSERT_TRUE(lane::DecodeStepTrailer(raw, &back).ok());
+  EXPECT_EQ(back.step, trailer.step);
+  EXPECT_EQ(back.lost_ranges, 2u);
+  EXPECT_TRUE(back.with_bytes);
+  trailer.lost_ranges = lane::kMaxLostRanges + 1;
+  lane::EncodeStepTrailer(trailer, raw);
+  EXPECT_FALSE(lane::DecodeStepTrailer(raw, &back).ok());
+
+  // A NEXT header whose body cannot be one.
+  lane::RequestHeader header;
+  header.op = lane::Op::kNext;
+  header.size = lane::kMaxNextBodyBytes + 1;
+  uint8_t raw_header[lane::kRequestHeaderBytes];
+  lane::EncodeRequestHeader(header, raw_header);
+  lane::RequestHeader decoded_header;
+  EXPECT_FALSE(lane::DecodeRequestHeader(raw_header, &decoded_header).ok());
+}
+
 TEST_F(DataLaneTest, ServerReportsItsLaneOnStartAndInGetLimits) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
   EXPECT_GT(limits_.data_lane_port, 0);
@@ -557,6 +613,136 @@ TEST_P(DataLaneTransportTest, AStreamAppendIsAnsweredWithItsStepsId) {
   EXPECT_EQ(std::string(static_cast<const char*>(step->buffer.data()),
                         step->buffer.size()),
             large);
+}
+
+struct NextResult {
+  Reply reply;
+  lane::StepTrailer trailer;
+  std::vector<StepRange> lost;
+  std::string bytes;  // when the trailer says they follow
+};
+
+// A NEXT for `consumer` of `group`, waiting up to `wait_ms`, with `ack`
+// acknowledged first if given.
+absl::StatusOr<NextResult> Next(LaneSocket& socket, std::string_view stream,
+                                std::string group, std::string consumer,
+                                uint64_t wait_ms = 0,
+                                std::optional<uint64_t> ack = std::nullopt) {
+  lane::NextBody body;
+  body.group = std::move(group);
+  body.consumer = std::move(consumer);
+  body.ack_step = ack;
+  const std::string encoded = lane::EncodeNextBody(body);
+  lane::RequestHeader header;
+  header.op = lane::Op::kNext;
+  header.size = encoded.size();
+  header.wait_ms = wait_ms;
+  if (absl::Status status = SendRequest(socket, header, stream, encoded);
+      !status.ok()) {
+    return status;
+  }
+  absl::StatusOr<Reply> reply = ReceiveReply(socket);
+  if (!reply.ok()) return reply.status();
+  NextResult result;
+  result.reply = *std::move(reply);
+  if (result.reply.header.code != absl::StatusCode::kOk) return result;
+  uint8_t raw[lane::kStepTrailerBytes];
+  if (absl::Status status = socket.Receive(raw, sizeof(raw), IoDeadline());
+      !status.ok()) {
+    return status;
+  }
+  if (absl::Status status = lane::DecodeStepTrailer(raw, &result.trailer);
+      !status.ok()) {
+    return status;
+  }
+  for (uint32_t i = 0; i < result.trailer.lost_ranges; ++i) {
+    uint8_t range[16];
+    if (absl::Status status =
+            socket.Receive(range, sizeof(range), IoDeadline());
+        !status.ok()) {
+      return status;
+    }
+    result.lost.push_back({lane::DecodeU64(range), lane::DecodeU64(range + 8)});
+  }
+  if (result.trailer.with_bytes) {
+    result.bytes.resize(result.reply.header.size);
+    if (absl::Status status = socket.Receive(result.bytes.data(),
+                                             result.bytes.size(), IoDeadline());
+        !status.ok()) {
+      return status;
+    }
+  }
+  return result;
+}
+
+// A NEXT leases a step as gRPC's NextStep does: its info, id, number and
+// bytes in one answer; an acknowledgement rides on the next one; a
+// refusal or a wait that runs out leaves the connection in step.
+TEST_P(DataLaneTransportTest, ANextLeasesAStepAndSendsItsBytes) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto socket = OpenLane(GetParam(), lane::kFeatureStreams);
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  PutOptions append;
+  append.stream_append = true;
+  const std::string first = MakeHdf5Image(8 << 10, 1);
+  const std::string second = MakeHdf5Image(2 << 20, 2);
+  for (const std::string* image : {&first, &second}) {
+    auto put = Put(*socket, "frames", *image, append);
+    ASSERT_TRUE(put.ok()) << put.status();
+    ASSERT_EQ(put->final_reply.header.code, absl::StatusCode::kOk)
+        << Describe(put->final_reply);
+  }
+
+  auto taken = Next(*socket, "frames", "readers", "w1");
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  ASSERT_EQ(taken->reply.header.code, absl::StatusCode::kOk)
+      << Describe(taken->reply);
+  EXPECT_EQ(taken->reply.message, "frames@0");
+  EXPECT_EQ(taken->trailer.step, 0u);
+  EXPECT_TRUE(taken->lost.empty());
+  ASSERT_TRUE(taken->trailer.with_bytes);
+  EXPECT_TRUE(taken->bytes == first);
+  EXPECT_EQ(taken->reply.header.checksum,
+            internal::Checksum(first.data(), first.size()));
+
+  // Acknowledging a step this consumer does not hold is refused, and
+  // takes nothing.
+  auto wrong = Next(*socket, "frames", "readers", "w1", 0, uint64_t{1});
+  ASSERT_TRUE(wrong.ok()) << wrong.status();
+  EXPECT_EQ(wrong->reply.header.code, absl::StatusCode::kFailedPrecondition)
+      << Describe(wrong->reply);
+
+  auto next = Next(*socket, "frames", "readers", "w1", 0, uint64_t{0});
+  ASSERT_TRUE(next.ok()) << next.status();
+  ASSERT_EQ(next->reply.header.code, absl::StatusCode::kOk)
+      << Describe(next->reply);
+  EXPECT_EQ(next->trailer.step, 1u);
+  EXPECT_TRUE(next->bytes == second) << "the step's bytes differ";
+
+  // Nothing more: a wait that runs out, the connection still in step.
+  auto none = Next(*socket, "frames", "readers", "w1", 20, uint64_t{1});
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->reply.header.code, absl::StatusCode::kDeadlineExceeded)
+      << Describe(none->reply);
+  absl::StatusOr<StreamInfo> info = client_->StatStream("frames");
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_EQ(info->groups.size(), 1u);
+  EXPECT_EQ(info->groups[0].next_step, 2u);
+  EXPECT_EQ(info->groups[0].leased_steps, 0u);
+  EXPECT_EQ(info->kept_steps, 0u);  // both acknowledged: freed
+
+  // A NEXT on a connection that did not agree to streams is malformed.
+  auto plain = OpenLane(GetParam());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  lane::NextBody body;
+  body.group = "readers";
+  body.consumer = "w2";
+  const std::string encoded = lane::EncodeNextBody(body);
+  lane::RequestHeader header;
+  header.op = lane::Op::kNext;
+  header.size = encoded.size();
+  ASSERT_TRUE(SendRequest(*plain, header, "frames", encoded).ok());
+  EXPECT_TRUE(ServerClosed(*plain));
 }
 
 TEST_P(DataLaneTransportTest, LargePutWaitsForContinueAndIsPublished) {

@@ -813,9 +813,15 @@ absl::StatusOr<StreamStep> Client::Next(std::string_view stream,
   NextOptions asked = options;
   for (;;) {
     asked.wait = std::max(wait_until - absl::Now(), absl::ZeroDuration());
-    absl::StatusOr<internal::GrpcTransport::LeasedStep> leased =
+    // On the data lane where its server takes NEXT, else over gRPC.
+    absl::StatusOr<internal::LeasedStep> leased =
         (*transports)
-            ->grpc->NextStep(stream, group, consumer, asked, deadline.reply);
+            ->images->NextStep(stream, group, consumer, asked, deadline.reply);
+    if (absl::IsUnimplemented(leased.status())) {
+      leased =
+          (*transports)
+              ->grpc->NextStep(stream, group, consumer, asked, deadline.reply);
+    }
     if (!leased.ok()) return Annotate(leased.status(), what);
     lost.insert(lost.end(), leased->lost.begin(), leased->lost.end());
     asked.ack_step.reset();  // acknowledged once, even if this one is lost

@@ -1125,9 +1125,11 @@ absl::StatusOr<StreamInfo> GrpcTransport::StatStream(std::string_view stream,
   return ToStreamInfo(info);
 }
 
-absl::StatusOr<GrpcTransport::LeasedStep> GrpcTransport::NextStep(
-    std::string_view stream, std::string_view group, std::string_view consumer,
-    const NextOptions& options, absl::Time deadline) {
+absl::StatusOr<LeasedStep> GrpcTransport::NextStep(std::string_view stream,
+                                                   std::string_view group,
+                                                   std::string_view consumer,
+                                                   const NextOptions& options,
+                                                   absl::Time deadline) {
   const GrpcUse grpc_use;
   absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
   if (!stubs.ok()) return stubs.status();

@@ -100,16 +100,6 @@ class GrpcTransport final : public ImageTransport,
                                           absl::Time deadline);
   absl::StatusOr<StreamInfo> StatStream(std::string_view stream,
                                         absl::Time deadline);
-  // The step a NextStep call leased: its number, its image's info (not
-  // its bytes) and the losses reported with it.
-  struct LeasedStep {
-    uint64_t step = 0;
-    ImageInfo info;
-    std::vector<StepRange> lost;
-    // A small step's bytes, checked against info.checksum; else empty
-    // (fetch info.image_id).
-    std::optional<ImageBuffer> bytes;
-  };
   absl::StatusOr<LeasedStep> NextStep(std::string_view stream,
                                       std::string_view group,
                                       std::string_view consumer,

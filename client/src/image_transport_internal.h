@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -60,6 +62,17 @@ struct PushBytes {
   uint64_t Checksum() const;
 };
 
+// The step a NextStep call leased: its number, its image's info and the
+// losses reported with it, and its bytes if they came with the answer.
+struct LeasedStep {
+  uint64_t step = 0;
+  ImageInfo info;
+  std::vector<StepRange> lost;
+  // The step's bytes, checked against info.checksum, if they came with
+  // the answer; else empty (fetch info.image_id).
+  std::optional<ImageBuffer> bytes;
+};
+
 // Push, fetch and ranged reads, each ending by `deadline` (InfiniteFuture:
 // none). Client has validated the image id and the arguments; errors carry
 // the codes of client.h and no operation prefix (Client adds it).
@@ -106,6 +119,24 @@ class ImageTransport {
     static_cast<void>(options);
     static_cast<void>(deadline);
     return absl::UnimplementedError("this transport cannot pass memfds");
+  }
+
+  // Leases the next step of `stream` to `consumer` of `group`
+  // (Client::Next's one call to the server, acknowledging
+  // options.ack_step first), its answer due by `deadline`. UNIMPLEMENTED,
+  // with nothing sent, where this transport cannot (the default): the
+  // caller then asks over gRPC.
+  virtual absl::StatusOr<LeasedStep> NextStep(std::string_view stream,
+                                              std::string_view group,
+                                              std::string_view consumer,
+                                              const NextOptions& options,
+                                              absl::Time deadline) {
+    static_cast<void>(stream);
+    static_cast<void>(group);
+    static_cast<void>(consumer);
+    static_cast<void>(options);
+    static_cast<void>(deadline);
+    return absl::UnimplementedError("this transport cannot take steps");
   }
 
   // Reads up to `length` bytes at `offset` of `generation` (0: current)

@@ -654,6 +654,128 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
   return fetched;
 }
 
+absl::StatusOr<LeasedStep> DataLane::Next(
+    std::unique_ptr<Connection> connection, std::string_view stream,
+    std::string_view group, std::string_view consumer,
+    const NextOptions& options, absl::Time deadline) {
+  if (!connection->streams) {
+    GiveBack(std::move(connection));
+    return absl::UnimplementedError(
+        "the data lane's server does not take NEXT requests");
+  }
+  if (absl::Status status = CheckFramable(stream); !status.ok()) {
+    GiveBack(std::move(connection));
+    return status;
+  }
+  lane::NextBody body;
+  switch (options.start) {
+    case NextOptions::Start::kOldest:
+      body.start = lane::NextBody::Start::kOldest;
+      break;
+    case NextOptions::Start::kLatest:
+      body.start = lane::NextBody::Start::kLatest;
+      break;
+    case NextOptions::Start::kStep:
+      body.start = lane::NextBody::Start::kStep;
+      break;
+  }
+  body.start_step = options.start_step;
+  body.lease_ms = ToMillis(options.lease);
+  body.ack_step = options.ack_step;
+  body.group = std::string(group);
+  body.consumer = std::string(consumer);
+  if (body.group.empty() || body.group.size() > lane::kMaxStreamNameBytes ||
+      body.consumer.empty() ||
+      body.consumer.size() > lane::kMaxStreamNameBytes) {
+    GiveBack(std::move(connection));
+    return absl::InvalidArgumentError(
+        absl::StrCat("group and consumer names must be 1 to ",
+                     lane::kMaxStreamNameBytes, " bytes"));
+  }
+  const std::string encoded_body = lane::EncodeNextBody(body);
+  lane::RequestHeader request;
+  request.op = lane::Op::kNext;
+  request.image_id_bytes = static_cast<uint16_t>(stream.size());
+  request.size = encoded_body.size();
+  request.wait_ms = ToMillis(options.wait);
+  request.client_cpu = ClientCpu(*connection);
+  uint8_t header[lane::kRequestHeaderBytes];
+  lane::EncodeRequestHeader(request, header);
+  iovec iov[3] = {
+      {header, sizeof(header)},
+      {const_cast<char*>(stream.data()), stream.size()},
+      {const_cast<char*>(encoded_body.data()), encoded_body.size()}};
+  if (absl::Status status = connection->socket().SendAll(iov, 3, deadline);
+      !status.ok()) {
+    return status;
+  }
+  absl::Status refusal;
+  std::string step_id;
+  absl::StatusOr<lane::Response> response =
+      connection->ReadResponse(deadline, &refusal, &step_id);
+  if (!response.ok()) return response.status();
+  if (response->kind != lane::ResponseKind::kFinal ||
+      response->with_descriptor) {
+    return absl::InternalError("unexpected lane response");
+  }
+  if (!refusal.ok()) {
+    GiveBack(std::move(connection));
+    return refusal;
+  }
+  uint8_t raw_trailer[lane::kStepTrailerBytes];
+  if (absl::Status status =
+          connection->reader().Read(raw_trailer, sizeof(raw_trailer), deadline);
+      !status.ok()) {
+    return status;
+  }
+  lane::StepTrailer trailer;
+  if (absl::Status status = lane::DecodeStepTrailer(raw_trailer, &trailer);
+      !status.ok()) {
+    return absl::InternalError(std::string(status.message()));
+  }
+  std::string_view named_stream;
+  uint64_t named_step = 0;
+  if (!ParseStreamStepId(step_id, &named_stream, &named_step) ||
+      named_stream != stream || named_step != trailer.step) {
+    return absl::InternalError(
+        absl::StrCat("the data lane answered a NEXT with step ", trailer.step,
+                     " as '", step_id, "'"));
+  }
+  LeasedStep leased;
+  leased.step = trailer.step;
+  leased.info = ToImageInfo(*response, step_id);
+  for (uint32_t i = 0; i < trailer.lost_ranges; ++i) {
+    uint8_t range[16];
+    if (absl::Status status =
+            connection->reader().Read(range, sizeof(range), deadline);
+        !status.ok()) {
+      return status;
+    }
+    leased.lost.push_back({lane::DecodeU64(range), lane::DecodeU64(range + 8)});
+  }
+  if (trailer.with_bytes) {
+    absl::StatusOr<ImageBuffer> buffer =
+        ImageBuffer::Allocate(leased.info.size);
+    if (!buffer.ok()) return buffer.status();
+    const absl::Time bytes_deadline =
+        CallDeadline::At(deadline).Whole(leased.info.size);
+    if (absl::Status status = connection->reader().Read(
+            buffer->data(), buffer->size(), bytes_deadline);
+        !status.ok()) {
+      return status;
+    }
+    if (absl::Status intact = CheckReceivedChecksum(
+            Checksum(buffer->data(), buffer->size()), leased.info.checksum);
+        !intact.ok()) {
+      GiveBack(std::move(connection));
+      return intact;
+    }
+    leased.bytes = *std::move(buffer);
+  }
+  GiveBack(std::move(connection));
+  return leased;
+}
+
 absl::StatusOr<Mapping> DataLane::MapLeased(
     std::unique_ptr<Connection>& connection, const lane::Response& response,
     Mapping::Access access, bool* take_bytes) {

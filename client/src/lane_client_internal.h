@@ -211,6 +211,19 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
   void Unpin(std::unique_ptr<Connection> connection, std::string_view image_id,
              uint64_t generation);
 
+  // Leases the next step of `stream` to `consumer` of `group` (NEXT), as
+  // ImageTransport::NextStep. The step's bytes come with the answer unless
+  // the server would rather hand them over as a memfd (the caller then
+  // fetches the step by its id). UNIMPLEMENTED, with the connection given
+  // back and nothing sent, when its server takes no NEXT. Never made
+  // again on another connection: the server may have leased the step.
+  absl::StatusOr<LeasedStep> Next(std::unique_ptr<Connection> connection,
+                                  std::string_view stream,
+                                  std::string_view group,
+                                  std::string_view consumer,
+                                  const NextOptions& options,
+                                  absl::Time deadline);
+
   // Puts a connection in step back into the pool, for a caller that took
   // one and then made no call on it.
   void GiveBack(std::unique_ptr<Connection> connection);

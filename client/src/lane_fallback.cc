@@ -127,6 +127,18 @@ absl::StatusOr<ImageInfo> LaneFallbackTransport::FetchTo(
   return grpc_->FetchTo(image_id, options, deadline, sink);
 }
 
+absl::StatusOr<LeasedStep> LaneFallbackTransport::NextStep(
+    std::string_view stream, std::string_view group, std::string_view consumer,
+    const NextOptions& options, absl::Time deadline) {
+  LaneCall call = StartLaneCall(deadline);
+  if (call.connection != nullptr) {
+    return call.lane->Next(std::move(call.connection), stream, group, consumer,
+                           options, deadline);
+  }
+  if (!call.unreachable.ok()) return call.unreachable;
+  return absl::UnimplementedError("no data lane to take the step over");
+}
+
 absl::StatusOr<ImageInfo> LaneFallbackTransport::PushSealed(
     std::string_view image_id, int memfd, uint64_t size,
     const PushOptions& options, absl::Time deadline, bool stream_append) {

@@ -55,6 +55,11 @@ class LaneFallbackTransport final : public ImageTransport {
                                     const FetchOptions& options,
                                     const CallDeadline& deadline,
                                     const ImageSink& sink) override;
+  absl::StatusOr<LeasedStep> NextStep(std::string_view stream,
+                                      std::string_view group,
+                                      std::string_view consumer,
+                                      const NextOptions& options,
+                                      absl::Time deadline) override;
   absl::StatusOr<ImageInfo> PushSealed(std::string_view image_id, int memfd,
                                        uint64_t size,
                                        const PushOptions& options,

@@ -146,7 +146,8 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
       in[0] != static_cast<uint8_t>(Op::kPutSealed) &&
       in[0] != static_cast<uint8_t>(Op::kRelease) &&
       in[0] != static_cast<uint8_t>(Op::kPin) &&
-      in[0] != static_cast<uint8_t>(Op::kUnpin)) {
+      in[0] != static_cast<uint8_t>(Op::kUnpin) &&
+      in[0] != static_cast<uint8_t>(Op::kNext)) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown data lane request ", in[0]));
   }
@@ -190,6 +191,15 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
           "a data lane GET with a generation precondition");
     }
     header->newer_than = DecodeU64(in + 16);
+  }
+  if (header->op == Op::kNext &&
+      (header->if_generation_match.has_value() || header->ttl_ms != 0 ||
+       header->accepts_descriptor || header->descriptor_only ||
+       header->size < kNextBodyFixedBytes ||
+       header->size > kMaxNextBodyBytes)) {
+    return absl::InvalidArgumentError(
+        "a data lane NEXT with a generation precondition, a time to live, "
+        "descriptor flags or a body of the wrong length");
   }
   if (HasReadLayout(header->op)) {
     if (header->if_generation_match.has_value() || header->wait_ms != 0 ||
@@ -252,6 +262,74 @@ absl::Status DecodeResponse(const uint8_t in[kResponseHeaderBytes],
   response->checksum = DecodeU64(in + 24);
   response->created_unix_micros = static_cast<int64_t>(DecodeU64(in + 32));
   response->expires_unix_micros = static_cast<int64_t>(DecodeU64(in + 40));
+  return absl::OkStatus();
+}
+
+//  0 flags (bit 0: ack_step set)  1 start  2 group bytes  4 consumer bytes
+//  6 reserved  8 start_step  16 lease_ms  24 ack_step; then the names
+std::string EncodeNextBody(const NextBody& body) {
+  std::string out(kNextBodyFixedBytes, '\0');
+  auto* raw = reinterpret_cast<uint8_t*>(out.data());
+  raw[0] = body.ack_step.has_value() ? 1 : 0;
+  raw[1] = static_cast<uint8_t>(body.start);
+  Put16(static_cast<uint16_t>(body.group.size()), raw + 2);
+  Put16(static_cast<uint16_t>(body.consumer.size()), raw + 4);
+  EncodeU64(body.start_step, raw + 8);
+  EncodeU64(body.lease_ms, raw + 16);
+  EncodeU64(body.ack_step.value_or(0), raw + 24);
+  out += body.group;
+  out += body.consumer;
+  return out;
+}
+
+absl::Status DecodeNextBody(std::string_view in, NextBody* body) {
+  if (in.size() < kNextBodyFixedBytes) {
+    return absl::InvalidArgumentError("a NEXT body too short");
+  }
+  const auto* raw = reinterpret_cast<const uint8_t*>(in.data());
+  if ((raw[0] & ~1) != 0 ||
+      raw[1] > static_cast<uint8_t>(NextBody::Start::kStep)) {
+    return absl::InvalidArgumentError("a NEXT body with unknown flags");
+  }
+  const size_t group_bytes = Get16(raw + 2);
+  const size_t consumer_bytes = Get16(raw + 4);
+  if (group_bytes == 0 || group_bytes > kMaxStreamNameBytes ||
+      consumer_bytes == 0 || consumer_bytes > kMaxStreamNameBytes ||
+      in.size() != kNextBodyFixedBytes + group_bytes + consumer_bytes) {
+    return absl::InvalidArgumentError(
+        "a NEXT body whose names are empty, too long or not its length");
+  }
+  body->start = static_cast<NextBody::Start>(raw[1]);
+  body->start_step = DecodeU64(raw + 8);
+  body->lease_ms = DecodeU64(raw + 16);
+  body->ack_step.reset();
+  if ((raw[0] & 1) != 0) body->ack_step = DecodeU64(raw + 24);
+  body->group = std::string(in.substr(kNextBodyFixedBytes, group_bytes));
+  body->consumer =
+      std::string(in.substr(kNextBodyFixedBytes + group_bytes, consumer_bytes));
+  return absl::OkStatus();
+}
+
+//  0 step  8 lost ranges  12 flags (bit 0: the bytes follow)  13 reserved
+void EncodeStepTrailer(const StepTrailer& trailer,
+                       uint8_t out[kStepTrailerBytes]) {
+  std::memset(out, 0, kStepTrailerBytes);
+  EncodeU64(trailer.step, out);
+  Put32(trailer.lost_ranges, out + 8);
+  out[12] = trailer.with_bytes ? 1 : 0;
+}
+
+absl::Status DecodeStepTrailer(const uint8_t in[kStepTrailerBytes],
+                               StepTrailer* trailer) {
+  if ((in[12] & ~1) != 0) {
+    return absl::InvalidArgumentError("a step trailer with unknown flags");
+  }
+  trailer->step = DecodeU64(in);
+  trailer->lost_ranges = Get32(in + 8);
+  trailer->with_bytes = (in[12] & 1) != 0;
+  if (trailer->lost_ranges > kMaxLostRanges) {
+    return absl::InvalidArgumentError("a step trailer with too many ranges");
+  }
   return absl::OkStatus();
 }
 

@@ -431,6 +431,8 @@ struct DataLaneServer::Impl {
     // kFeaturePin agreed.
     bool pins_agreed = false;
     LanePins pins;
+    // kFeatureStreams agreed.
+    bool streams_agreed = false;
     // The image bytes of the request being served, if a PUT.
     uint64_t last_put_bytes = 0;
   };
@@ -460,10 +462,22 @@ struct DataLaneServer::Impl {
   absl::Status HandlePin(LaneSocket& socket, Session& session,
                          const lane::RequestHeader& header,
                          const std::string& image_id);
+  absl::Status HandleNext(LaneSocket& socket, LaneReader& reader,
+                          Session& session, const lane::RequestHeader& header,
+                          const std::string& stream);
   absl::StatusOr<ImageRef> WaitForImage(LaneSocket& socket,
                                         const Caller& caller,
                                         const std::string& image_id,
                                         ImageWait wait);
+  // Starts a wait by `start(done)`, which returns its id (0: `done` has
+  // run already), and blocks until `done` has run: ended by the wait
+  // itself, or by `cancel(id)` once the client hangs up or the server
+  // stops. Returns what `done` was given.
+  template <typename Answer, typename WaitId>
+  Answer AwaitAnswer(
+      LaneSocket& socket,
+      const std::function<WaitId(absl::AnyInvocable<void(Answer)>)>& start,
+      const std::function<void(WaitId)>& cancel, absl::string_view what);
 };
 
 absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
@@ -629,6 +643,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   std::optional<ClientCpuFollower> follower;
   bool shares_memory = false;
   bool pins_agreed = false;
+  bool streams_agreed = false;
   bool identify = false;
   std::string token;  // the connection's, for every request on it
   if (good) {
@@ -654,6 +669,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     lane::EncodeHello(hello, agreed);
     good = socket.Send(hello, sizeof(hello)).ok() && hello_status.ok();
     pins_agreed = (agreed & lane::kFeaturePin) != 0;
+    streams_agreed = (agreed & lane::kFeatureStreams) != 0;
     identify = (agreed & lane::kFeatureIdentity) != 0;
     if (good && (agreed & lane::kFeatureToken) != 0) {
       good = ReadToken(reader, handshake_deadline, &token).ok();
@@ -682,6 +698,7 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
   session.follower = follower.has_value() ? &*follower : nullptr;
   session.shares_memory = shares_memory;
   session.pins_agreed = pins_agreed;
+  session.streams_agreed = streams_agreed;
   while (good) {
     if (!AwaitRequest(reader,
                       !session.leases.empty() || !session.pins.empty())) {
@@ -760,6 +777,7 @@ bool CountedAs(lane::Op op, Operation* counted) {
       *counted = Operation::kPush;
       return true;
     case lane::Op::kGet:
+    case lane::Op::kNext:
       *counted = Operation::kFetch;
       return true;
     case lane::Op::kRead:
@@ -831,6 +849,10 @@ absl::Status DataLaneServer::Impl::Dispatch(LaneSocket& socket,
   if (about_pins && !session.pins_agreed) {
     return absl::InvalidArgumentError("a pin request without agreeing to");
   }
+  if ((header.stream_append || header.op == lane::Op::kNext) &&
+      !session.streams_agreed) {
+    return absl::InvalidArgumentError("a stream request without agreeing to");
+  }
   std::string image_id(header.image_id_bytes, '\0');
   if (absl::Status status = reader.Read(image_id.data(), image_id.size());
       !status.ok()) {
@@ -856,6 +878,8 @@ absl::Status DataLaneServer::Impl::Dispatch(LaneSocket& socket,
       // not pin is ignored. No answer.
       EndHold(session.pins, header.generation, image_id);
       return absl::OkStatus();
+    case lane::Op::kNext:
+      return HandleNext(socket, reader, session, header, image_id);
     case lane::Op::kGet:
       break;
   }
@@ -1035,17 +1059,19 @@ absl::Status DataLaneServer::Impl::HandlePin(LaneSocket& socket,
 // `ended`), the client hangs up, or the server stops. Nothing wakes it
 // meanwhile, so that waiting connections cost no CPU however many there
 // are. CANCELLED when the client hung up or the server stops.
-absl::StatusOr<ImageRef> DataLaneServer::Impl::WaitForImage(
-    LaneSocket& socket, const Caller& caller, const std::string& image_id,
-    ImageWait wait) {
+template <typename Answer, typename WaitId>
+Answer DataLaneServer::Impl::AwaitAnswer(
+    LaneSocket& socket,
+    const std::function<WaitId(absl::AnyInvocable<void(Answer)>)>& start,
+    const std::function<void(WaitId)>& cancel, absl::string_view what) {
   const int ended = ::eventfd(0, EFD_CLOEXEC);
   if (ended < 0) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("the server cannot wait for image '", image_id,
-                     "' now: eventfd: ", std::strerror(errno)));
+        absl::StrCat("the server cannot wait for ", what,
+                     " now: eventfd: ", std::strerror(errno)));
   }
-  absl::StatusOr<ImageRef> result;
-  auto signal_ended = [&result, ended](absl::StatusOr<ImageRef> answer) {
+  Answer result = absl::UnknownError("no answer");
+  auto signal_ended = [&result, ended](Answer answer) {
     result = std::move(answer);
     // The last touch of this thread's frame: once `ended` is signalled
     // the waiting thread may return.
@@ -1054,8 +1080,7 @@ absl::StatusOr<ImageRef> DataLaneServer::Impl::WaitForImage(
       // Cannot fail: an eventfd counter far from overflow.
     }
   };
-  const ImageStore::WaitId waiting = operations->AwaitImage(
-      caller, Operation::kFetch, image_id, wait, std::move(signal_ended));
+  const WaitId waiting = start(std::move(signal_ended));
   if (waiting != 0) {
     // POLLRDHUP only on the socket: bytes a client sends meanwhile (it
     // should not) must not wake the wait again and again. `wake_fd` stays
@@ -1066,15 +1091,118 @@ absl::StatusOr<ImageRef> DataLaneServer::Impl::WaitForImage(
     do {
       ready = ::poll(entries, 3, -1);
     } while (ready < 0 && errno == EINTR);
-    if (ready < 0 || entries[0].revents == 0) operations->CancelWait(waiting);
+    if (ready < 0 || entries[0].revents == 0) cancel(waiting);
   }
-  // The callback has run, or is running on another thread (a publish that
-  // won the race against CancelWait): this blocks until it has signalled.
+  // The callback has run, or is running on another thread (an answer that
+  // won the race against the cancel): this blocks until it has signalled.
   uint64_t count = 0;
   while (::read(ended, &count, sizeof(count)) < 0 && errno == EINTR) {
   }
   ::close(ended);
   return result;
+}
+
+absl::StatusOr<ImageRef> DataLaneServer::Impl::WaitForImage(
+    LaneSocket& socket, const Caller& caller, const std::string& image_id,
+    ImageWait wait) {
+  using Answer = absl::StatusOr<ImageRef>;
+  return AwaitAnswer<Answer, ImageStore::WaitId>(
+      socket,
+      [&](absl::AnyInvocable<void(Answer)> done) {
+        return operations->AwaitImage(caller, Operation::kFetch, image_id, wait,
+                                      std::move(done));
+      },
+      [this](ImageStore::WaitId waiting) { operations->CancelWait(waiting); },
+      absl::StrCat("image '", image_id, "'"));
+}
+
+// A NEXT is answered as gRPC's NextStep is, by DepotOperations (AckStep
+// first if the body asks, then NextStep, waiting as a GET does): the
+// step's info with its id as the message, a StepTrailer, the lost ranges,
+// and the step's bytes unless the client may map them, which it then
+// fetches by the id. A refusal leaves the connection in step.
+absl::Status DataLaneServer::Impl::HandleNext(LaneSocket& socket,
+                                              LaneReader& reader,
+                                              Session& session,
+                                              const lane::RequestHeader& header,
+                                              const std::string& stream) {
+  const Caller& caller = *session.caller;
+  std::string raw_body(header.size, '\0');
+  if (absl::Status status = reader.Read(raw_body.data(), raw_body.size());
+      !status.ok()) {
+    return status;
+  }
+  lane::NextBody body;
+  if (absl::Status status = lane::DecodeNextBody(raw_body, &body);
+      !status.ok()) {
+    return status;
+  }
+  if (body.ack_step.has_value()) {
+    absl::Status acked = operations->AckStep(caller, stream, body.group,
+                                             body.consumer, *body.ack_step);
+    if (!acked.ok()) return SendFinal(socket, acked, nullptr, false);
+  }
+  NextRequest next;
+  next.stream = stream;
+  next.group = std::move(body.group);
+  next.consumer = std::move(body.consumer);
+  switch (body.start) {
+    case lane::NextBody::Start::kOldest:
+      next.start.kind = StreamStart::Kind::kOldest;
+      break;
+    case lane::NextBody::Start::kLatest:
+      next.start.kind = StreamStart::Kind::kLatest;
+      break;
+    case lane::NextBody::Start::kStep:
+      next.start.kind = StreamStart::Kind::kStep;
+      next.start.step = body.start_step;
+      break;
+  }
+  if (body.lease_ms != 0) {
+    next.lease = absl::Milliseconds(std::min<uint64_t>(
+        body.lease_ms, absl::ToInt64Milliseconds(StreamTable::kMaxLease)));
+  }
+  using Answer = absl::StatusOr<TakenStep>;
+  Answer taken = AwaitAnswer<Answer, StreamTable::WaitId>(
+      socket,
+      [&](absl::AnyInvocable<void(Answer)> done) {
+        return operations->NextStep(caller, std::move(next), header.wait_ms,
+                                    std::move(done));
+      },
+      [this](StreamTable::WaitId waiting) {
+        operations->CancelStreamWait(waiting);
+      },
+      absl::StrCat("stream '", stream, "'"));
+  if (!taken.ok()) return SendFinal(socket, taken.status(), nullptr, false);
+  const StoredImage& image = *taken->image;
+  // On this host a step the server can hand over is fetched by its id, as
+  // its memfd; anywhere else its bytes come now.
+  const bool with_bytes = !(session.shares_memory && image.memfd() >= 0);
+  NoteAnswer(absl::StatusCode::kOk, with_bytes ? image.size() : 0);
+  uint8_t encoded[lane::kResponseHeaderBytes];
+  size_t message_bytes = 0;
+  EncodeFinal(absl::StatusCode::kOk, image.image_id(), &image, with_bytes,
+              encoded, &message_bytes);
+  lane::StepTrailer trailer;
+  trailer.step = taken->step;
+  trailer.lost_ranges = static_cast<uint32_t>(
+      std::min<size_t>(taken->lost.size(), lane::kMaxLostRanges));
+  trailer.with_bytes = with_bytes;
+  uint8_t encoded_trailer[lane::kStepTrailerBytes];
+  lane::EncodeStepTrailer(trailer, encoded_trailer);
+  std::vector<uint8_t> lost(16 * size_t{trailer.lost_ranges});
+  for (uint32_t i = 0; i < trailer.lost_ranges; ++i) {
+    lane::EncodeU64(taken->lost[i].first, lost.data() + 16 * i);
+    lane::EncodeU64(taken->lost[i].last, lost.data() + 16 * i + 8);
+  }
+  // The reference pins the step until its last byte is sent.
+  iovec iov[5] = {{encoded, sizeof(encoded)},
+                  {const_cast<char*>(image.image_id().data()), message_bytes},
+                  {encoded_trailer, sizeof(encoded_trailer)},
+                  {lost.data(), lost.size()},
+                  {with_bytes ? const_cast<uint8_t*>(image.data()) : nullptr,
+                   with_bytes ? image.size() : 0}};
+  return socket.SendAll(iov, 5);
 }
 
 void DataLaneServer::Shutdown(absl::Duration grace) {

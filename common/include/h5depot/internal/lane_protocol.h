@@ -41,6 +41,13 @@
 //   UNPIN (kFeaturePin only)
 //        client: RequestHeader (generation: one the connection pinned),
 //        image id; server: nothing (a generation not pinned is ignored)
+//   NEXT (kFeatureStreams only)
+//        client: RequestHeader (size: the NextBody's length; wait_ms),
+//        the stream's name as the image id, then the NextBody
+//        server: Response (the step's info, its message the step's id;
+//        or why not), and if it says OK, a StepTrailer, its lost ranges,
+//        and, if the trailer says so, the step's `size` bytes (else the
+//        client fetches the step by its id)
 //
 // Descriptors ride as SCM_RIGHTS on the message's first bytes, on a Unix
 // socket only. Each descriptor a GET hands out is a lease on that
@@ -67,6 +74,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "h5depot/internal/token.h"
@@ -110,7 +118,8 @@ inline constexpr uint16_t kFeatureIdentity = 16;
 // that serves them agrees.
 inline constexpr uint16_t kFeaturePin = 32;
 
-// A client that may append steps to streams offers this; a server that
+// A client that may append steps to streams, and take them (NEXT),
+// offers this; a server that
 // has streams agrees. A PUT or PUT_SEALED may then set
 // RequestHeader::stream_append: its image id names a stream, and the
 // image becomes the stream's next step (docs/STREAMS.md). The Response
@@ -148,6 +157,7 @@ enum class Op : uint8_t {
   kRelease = 5,
   kPin = 6,
   kUnpin = 7,
+  kNext = 8,
 };
 
 struct RequestHeader {
@@ -230,6 +240,46 @@ void EncodeResponse(const Response& response,
 // INVALID_ARGUMENT for an unknown kind or code.
 absl::Status DecodeResponse(const uint8_t in[kResponseHeaderBytes],
                             Response* response);
+
+// What a NEXT asks besides its stream and wait: as
+// Client::Next's NextOptions, with the consumer named.
+struct NextBody {
+  enum class Start : uint8_t { kOldest = 0, kLatest = 1, kStep = 2 };
+  Start start = Start::kOldest;      // for a group that does not exist yet
+  uint64_t start_step = 0;           // kStep
+  uint64_t lease_ms = 0;             // 0: the server's default
+  std::optional<uint64_t> ack_step;  // acknowledged first
+  std::string group;                 // 1 to kMaxStreamNameBytes
+  std::string consumer;              // 1 to kMaxStreamNameBytes
+};
+inline constexpr size_t kNextBodyFixedBytes = 32;
+inline constexpr size_t kMaxStreamNameBytes = 255;
+inline constexpr size_t kMaxNextBodyBytes =
+    kNextBodyFixedBytes + 2 * kMaxStreamNameBytes;
+
+// Follows a NEXT's OK response: the step's number, how many lost ranges
+// (two u64 each: first, last) follow it, and whether the step's bytes
+// follow them.
+struct StepTrailer {
+  uint64_t step = 0;
+  uint32_t lost_ranges = 0;
+  bool with_bytes = false;
+};
+inline constexpr size_t kStepTrailerBytes = 16;
+// More lost ranges than this in one answer is malformed.
+inline constexpr uint32_t kMaxLostRanges = 1 << 16;
+
+// The body's encoding: kNextBodyFixedBytes, then the group and consumer.
+std::string EncodeNextBody(const NextBody& body);
+// INVALID_ARGUMENT for a body of the wrong length, an unknown start or
+// flags, or a name of 0 or over kMaxStreamNameBytes bytes.
+absl::Status DecodeNextBody(std::string_view in, NextBody* body);
+
+void EncodeStepTrailer(const StepTrailer& trailer,
+                       uint8_t out[kStepTrailerBytes]);
+// INVALID_ARGUMENT for unknown flags or more than kMaxLostRanges.
+absl::Status DecodeStepTrailer(const uint8_t in[kStepTrailerBytes],
+                               StepTrailer* trailer);
 
 void EncodeU64(uint64_t value, uint8_t out[8]);
 uint64_t DecodeU64(const uint8_t in[8]);
