@@ -100,11 +100,13 @@ class GrpcTransport final : public ImageTransport,
                                           absl::Time deadline);
   absl::StatusOr<StreamInfo> StatStream(std::string_view stream,
                                         absl::Time deadline);
+  // ImageTransport's: over gRPC, a step of at most 64 KiB comes with its
+  // bytes; a larger one is to be fetched by its id.
   absl::StatusOr<LeasedStep> NextStep(std::string_view stream,
                                       std::string_view group,
                                       std::string_view consumer,
                                       const NextOptions& options,
-                                      absl::Time deadline);
+                                      absl::Time deadline) override;
   absl::Status AckStep(std::string_view stream, std::string_view group,
                        std::string_view consumer, uint64_t step,
                        absl::Time deadline);
