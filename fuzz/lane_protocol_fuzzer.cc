@@ -2,12 +2,14 @@
 // first thing the server does with a client's bytes, and the client with
 // the server's. The first byte of an input says what the rest is:
 //
-//   0  a hello, then an identity  2  a response header
-//   1  a request header           3  field values, encoded and decoded again
+//   0  a hello, then an identity  3  field values, encoded and decoded again
+//   1  a request header           4  a NEXT's body (any length)
+//   2  a response header          5  a step trailer
 //
-// (the byte modulo 4). Each decoder gets a buffer of exactly its fixed size
-// (the input's bytes, zero-padded when short), so ASan reports a read past
-// it. Besides not crashing, decoding must refuse only with
+// (the byte modulo 6). Each fixed-size decoder gets a buffer of exactly its
+// size (the input's bytes, zero-padded when short), so ASan reports a read
+// past it; a NEXT's body is the rest of the input, copied to a buffer of
+// its own. Besides not crashing, decoding must refuse only with
 // INVALID_ARGUMENT, and what it accepts must encode back to the same bytes,
 // less those the protocol ignores.
 #include <fuzzer/FuzzedDataProvider.h>
@@ -16,6 +18,8 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -36,7 +40,7 @@ bool SameRequest(const RequestHeader& a, const RequestHeader& b) {
          a.descriptor_only == b.descriptor_only &&
          a.newer_than == b.newer_than &&
          a.replica_generation == b.replica_generation &&
-         a.client_cpu == b.client_cpu;
+         a.stream_append == b.stream_append && a.client_cpu == b.client_cpu;
 }
 
 bool SameResponse(const Response& a, const Response& b) {
@@ -92,7 +96,16 @@ void CheckRequestHeader(const uint8_t* data, size_t size) {
   FUZZ_CHECK(header.op == Op::kPut || header.op == Op::kGet ||
              header.op == Op::kRead || header.op == Op::kPutSealed ||
              header.op == Op::kRelease || header.op == Op::kPin ||
-             header.op == Op::kUnpin);
+             header.op == Op::kUnpin || header.op == Op::kNext);
+  if (header.stream_append) {
+    FUZZ_CHECK(header.op == Op::kPut || header.op == Op::kPutSealed);
+  }
+  if (header.op == Op::kNext) {
+    FUZZ_CHECK(header.size >= kNextBodyFixedBytes &&
+               header.size <= kMaxNextBodyBytes && header.ttl_ms == 0 &&
+               !header.if_generation_match && !header.accepts_descriptor &&
+               !header.descriptor_only);
+  }
   if (header.op == Op::kPin || header.op == Op::kUnpin) {
     FUZZ_CHECK(header.offset == 0 && header.size == 0);
   }
@@ -129,6 +142,44 @@ void CheckResponse(const uint8_t* data, size_t size) {
   FUZZ_CHECK(std::memcmp(again, meant.data(), kResponseHeaderBytes) == 0);
 }
 
+void CheckNextBody(const uint8_t* data, size_t size) {
+  // A buffer of its own, so that ASan sees a read past it.
+  const std::vector<char> in(data, data + size);
+  const std::string_view body_bytes(in.data(), in.size());
+  NextBody body;
+  const absl::Status status = DecodeNextBody(body_bytes, &body);
+  if (!status.ok()) {
+    FUZZ_CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+    return;
+  }
+  FUZZ_CHECK(!body.group.empty() && body.group.size() <= kMaxStreamNameBytes);
+  FUZZ_CHECK(!body.consumer.empty() &&
+             body.consumer.size() <= kMaxStreamNameBytes);
+  // Bytes 6 and 7 are reserved, and the acknowledged step is read only
+  // when the flags say one is there.
+  std::string meant(body_bytes);
+  meant[6] = meant[7] = 0;
+  if (!body.ack_step.has_value()) std::memset(meant.data() + 24, 0, 8);
+  FUZZ_CHECK(EncodeNextBody(body) == meant);
+}
+
+void CheckStepTrailer(const uint8_t* data, size_t size) {
+  const std::vector<uint8_t> in = ExactBytes(data, size, kStepTrailerBytes);
+  StepTrailer trailer;
+  const absl::Status status = DecodeStepTrailer(in.data(), &trailer);
+  if (!status.ok()) {
+    FUZZ_CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+    return;
+  }
+  FUZZ_CHECK(trailer.lost_ranges <= kMaxLostRanges);
+  // Bytes 13 to 15 are reserved.
+  std::vector<uint8_t> meant = in;
+  meant[13] = meant[14] = meant[15] = 0;
+  uint8_t again[kStepTrailerBytes];
+  EncodeStepTrailer(trailer, again);
+  FUZZ_CHECK(std::memcmp(again, meant.data(), kStepTrailerBytes) == 0);
+}
+
 // Whatever the sender may say decodes to what it said.
 void CheckRoundTrips(const uint8_t* data, size_t size) {
   FuzzedDataProvider provider(data, size);
@@ -141,9 +192,9 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
   FUZZ_CHECK(features_read == features);
 
   RequestHeader request;
-  constexpr Op kOps[] = {Op::kPut,     Op::kGet, Op::kRead, Op::kPutSealed,
-                         Op::kRelease, Op::kPin, Op::kUnpin};
-  request.op = kOps[provider.ConsumeIntegralInRange(0, 6)];
+  constexpr Op kOps[] = {Op::kPut,     Op::kGet, Op::kRead,  Op::kPutSealed,
+                         Op::kRelease, Op::kPin, Op::kUnpin, Op::kNext};
+  request.op = kOps[provider.ConsumeIntegralInRange(0, 7)];
   request.accepts_descriptor = provider.ConsumeBool();
   request.descriptor_only = provider.ConsumeBool();
   request.image_id_bytes = provider.ConsumeIntegral<uint16_t>();
@@ -160,6 +211,16 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
     // A PUT's replica generation takes the place of a GET's wait.
     request.wait_ms = 0;
     request.replica_generation = provider.ConsumeIntegral<uint64_t>();
+    request.stream_append = provider.ConsumeBool();
+  }
+  if (request.op == Op::kNext) {
+    // A NEXT has a wait and a body's length, and nothing of a push.
+    request.if_generation_match.reset();
+    request.ttl_ms = 0;
+    request.accepts_descriptor = false;
+    request.descriptor_only = false;
+    request.size = provider.ConsumeIntegralInRange<uint64_t>(
+        kNextBodyFixedBytes, kMaxNextBodyBytes);
   }
   if (request.op == Op::kGet) {
     // A GET has no precondition; its newer_than is in that place.
@@ -215,6 +276,39 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
   FUZZ_CHECK(identity_read.grpc_port == identity.grpc_port &&
              identity_read.admitted == identity.admitted);
 
+  NextBody body;
+  body.start = static_cast<NextBody::Start>(provider.ConsumeIntegralInRange(
+      0, static_cast<int>(NextBody::Start::kStep)));
+  body.start_step = provider.ConsumeIntegral<uint64_t>();
+  body.lease_ms = provider.ConsumeIntegral<uint64_t>();
+  if (provider.ConsumeBool())
+    body.ack_step = provider.ConsumeIntegral<uint64_t>();
+  body.group = provider.ConsumeRandomLengthString(kMaxStreamNameBytes);
+  body.consumer = provider.ConsumeRandomLengthString(kMaxStreamNameBytes);
+  if (body.group.empty()) body.group = "g";
+  if (body.consumer.empty()) body.consumer = "c";
+  NextBody body_read;
+  FUZZ_CHECK(DecodeNextBody(EncodeNextBody(body), &body_read).ok());
+  FUZZ_CHECK(body_read.start == body.start &&
+             body_read.start_step == body.start_step &&
+             body_read.lease_ms == body.lease_ms &&
+             body_read.ack_step == body.ack_step &&
+             body_read.group == body.group &&
+             body_read.consumer == body.consumer);
+
+  StepTrailer trailer;
+  trailer.step = provider.ConsumeIntegral<uint64_t>();
+  trailer.lost_ranges =
+      provider.ConsumeIntegralInRange<uint32_t>(0, kMaxLostRanges);
+  trailer.with_bytes = provider.ConsumeBool();
+  uint8_t trailer_bytes[kStepTrailerBytes];
+  EncodeStepTrailer(trailer, trailer_bytes);
+  StepTrailer trailer_read;
+  FUZZ_CHECK(DecodeStepTrailer(trailer_bytes, &trailer_read).ok());
+  FUZZ_CHECK(trailer_read.step == trailer.step &&
+             trailer_read.lost_ranges == trailer.lost_ranges &&
+             trailer_read.with_bytes == trailer.with_bytes);
+
   const uint64_t value = provider.ConsumeIntegral<uint64_t>();
   uint8_t value_bytes[8];
   EncodeU64(value, value_bytes);
@@ -229,7 +323,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const uint8_t* message = data + 1;
   const size_t message_size = size - 1;
-  switch (data[0] % 4) {
+  switch (data[0] % 6) {
     case 0:
       lane::CheckHello(message, message_size);
       break;
@@ -241,6 +335,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 3:
       lane::CheckRoundTrips(message, message_size);
+      break;
+    case 4:
+      lane::CheckNextBody(message, message_size);
+      break;
+    case 5:
+      lane::CheckStepTrailer(message, message_size);
       break;
   }
   return 0;
