@@ -116,13 +116,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::vector<Row> rows = {
-      {"memfd, pages faulted in by the writes (h5depotd today)",
+      {"memfd, pages faulted in by the writes",
        [](size_t n) { return MapMemfd(n, 0, false); }},
       {"memfd, MAP_POPULATE",
        [](size_t n) { return MapMemfd(n, MAP_POPULATE, false); }},
-      {"memfd, fallocate before mapping",
+      {"memfd, fallocate before mapping (h5depotd over 16 MiB)",
        [](size_t n) { return MapMemfd(n, 0, true); }},
-      {"memfd, fallocate and MAP_POPULATE",
+      {"memfd, fallocate and MAP_POPULATE (h5depotd up to 16 MiB)",
        [](size_t n) { return MapMemfd(n, MAP_POPULATE, true); }},
       {"memfd, MADV_HUGEPAGE (takes effect if shared memory allows it)",
        [](size_t n) { return MapMemfd(n, 0, false, MADV_HUGEPAGE); }},

@@ -14,6 +14,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -170,6 +171,30 @@ herr_t TraceFree(void* ptr, H5FD_file_image_op_t op, void* udata) {
 }
 void* TraceUdataCopy(void* udata) { return udata; }
 herr_t TraceUdataFree(void*) { return 0; }
+
+// A mapping whose pages are made at once (MAP_POPULATE) is the same memory
+// as one that faults them in: what is written through one is read through
+// the others, to the last byte.
+TEST(MappingTest, PagesMadeAtOnceAreTheSameMemory) {
+  constexpr size_t kSize = (size_t{3} << 20) + 123;
+  absl::StatusOr<internal::UniqueFd> memfd =
+      internal::CreateMemfd("mapping-test", kSize);
+  ASSERT_TRUE(memfd.ok()) << memfd.status();
+  absl::StatusOr<Mapping> written =
+      Mapping::Map(memfd->get(), kSize, Mapping::Access::kReadWrite,
+                   Mapping::Pages::kAtOnce);
+  ASSERT_TRUE(written.ok()) << written.status();
+  auto* bytes = static_cast<uint8_t*>(written->data());
+  for (size_t at = 0; at < kSize; ++at)
+    bytes[at] = static_cast<uint8_t>(at * 7);
+  for (const Mapping::Pages pages :
+       {Mapping::Pages::kAtOnce, Mapping::Pages::kOnFirstTouch}) {
+    absl::StatusOr<Mapping> read =
+        Mapping::Map(memfd->get(), kSize, Mapping::Access::kReadOnly, pages);
+    ASSERT_TRUE(read.ok()) << read.status();
+    EXPECT_EQ(std::memcmp(read->data(), bytes, kSize), 0);
+  }
+}
 
 TEST(CoreDriverTest, NewFileCallsOnlyReallocAndFreeAtClose) {
   Trace trace;

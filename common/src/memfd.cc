@@ -90,7 +90,8 @@ absl::StatusOr<uint64_t> CheckSealedImage(int fd, int seals, uint64_t size) {
   return length;
 }
 
-absl::StatusOr<Mapping> Mapping::Map(int fd, size_t length, Access access) {
+absl::StatusOr<Mapping> Mapping::Map(int fd, size_t length, Access access,
+                                     Pages pages) {
   if (length == 0) return absl::InvalidArgumentError("cannot map 0 bytes");
   int prot = PROT_READ;
   int flags = MAP_SHARED;
@@ -100,6 +101,7 @@ absl::StatusOr<Mapping> Mapping::Map(int fd, size_t length, Access access) {
   } else if (access == Access::kReadWrite) {
     prot |= PROT_WRITE;
   }
+  if (pages == Pages::kAtOnce) flags |= MAP_POPULATE;
   void* data = mmap(nullptr, length, prot, flags, fd, 0);
   if (data == MAP_FAILED) {
     int error = errno;

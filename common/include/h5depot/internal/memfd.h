@@ -88,10 +88,17 @@ class Mapping {
     kReadWrite,    // PROT_READ|PROT_WRITE, MAP_SHARED
   };
 
+  // When the mapping's page table entries are made.
+  enum class Pages {
+    kOnFirstTouch,  // a page fault for each page (or run of pages) touched
+    kAtOnce,        // MAP_POPULATE: all in the mmap call, no faults later
+  };
+
   Mapping() = default;
   // Maps the first `length` (> 0) bytes of `fd`. RESOURCE_EXHAUSTED or
   // INVALID_ARGUMENT with mmap's reason.
-  static absl::StatusOr<Mapping> Map(int fd, size_t length, Access access);
+  static absl::StatusOr<Mapping> Map(int fd, size_t length, Access access,
+                                     Pages pages = Pages::kOnFirstTouch);
 
   ~Mapping() { Reset(); }
   Mapping(Mapping&& other) noexcept;
