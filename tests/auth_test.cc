@@ -242,6 +242,43 @@ TEST_P(AuthTest, EachRoleDoesWhatItMayAndARefusalChangesNothing) {
   EXPECT_TRUE(writer->Delete("runs/1.h5").ok());
 }
 
+// A stream's name is authorised as an image id: the reader reads it,
+// only the writer appends, finishes or deletes it, and a refusal changes
+// nothing.
+TEST_P(AuthTest, StreamsFollowTheRolesOfTheirNames) {
+  const std::string step = testing::MakeHdf5Image(4 << 10, 3);
+  std::unique_ptr<Client> writer = MustConnect(writer_token_);
+  std::unique_ptr<Client> reader = MustConnect(reader_token_);
+  ASSERT_NE(writer, nullptr);
+  ASSERT_NE(reader, nullptr);
+  const std::string stream = "runs/stream";
+  NextOptions at_once;
+  EXPECT_TRUE(absl::IsDeadlineExceeded(
+      reader->Next(stream, "g", at_once).status()));  // makes the group
+  EXPECT_EQ(reader->Append(stream, step.data(), step.size()).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  ASSERT_TRUE(writer->Append(stream, step.data(), step.size()).ok());
+  EXPECT_EQ(reader->FinishStream(stream).status().code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(reader->DeleteStreamGroup(stream, "g").code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(reader->DeleteStream(stream).code(),
+            absl::StatusCode::kPermissionDenied);
+  absl::StatusOr<StreamInfo> info = writer->StatStream(stream);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->appended_steps, 1u);
+  EXPECT_FALSE(info->finished);
+  EXPECT_EQ(info->groups.size(), 1u);
+
+  absl::StatusOr<StreamStep> taken = reader->Next(stream, "g", at_once);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->step, 0u);
+  EXPECT_TRUE(reader->Ack(stream, "g", taken->step, taken->consumer).ok());
+  EXPECT_EQ(writer->DeleteStream("elsewhere/stream").code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(writer->DeleteStream(stream).ok());
+}
+
 TEST_P(AuthTest, AnIdOutsideThePrefixesIsRefusedWhetherOrNotItExists) {
   const std::string image = testing::MakeHdf5Image(64 << 10, 3);
   std::unique_ptr<Client> admin = MustConnect(admin_token_);

@@ -1,4 +1,5 @@
-// Streams (Client::Append, Next, Ack, FinishStream; `h5depot stream`),
+// Streams (Client::Append, Next, Ack, FinishStream, DeleteStream;
+// `h5depot stream`),
 // against a real h5depotd over every transport: every step reaches every
 // reader group once, in order within each member, with its bytes intact;
 // a full queue blocks, discards (telling readers exactly what they lost)
@@ -26,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
@@ -604,6 +606,98 @@ TEST_P(StreamTest, CommandLineAppendsAndTakesSteps) {
       run({"stream", "next", "cli/none", "--group", "g", "--wait", "10ms", "-o",
            dir.path() + "/y"});
   EXPECT_EQ(empty.exit_code, 6) << empty.stderr_text;
+  EXPECT_EQ(run({"stream", "delete", "cli/s", "--group", "g"}).exit_code, 0);
+  EXPECT_EQ(run({"stream", "delete", "cli/s", "--group", "g"}).exit_code, 3);
+  EXPECT_EQ(run({"stream", "delete", "cli/s"}).exit_code, 0);
+  testing::CommandResult gone = run({"stream", "stat", "cli/s"});
+  EXPECT_EQ(gone.exit_code, 3) << gone.stdout_text;
+  EXPECT_EQ(run({"stream", "delete", "cli/s"}).exit_code, 3);
+}
+
+// Deleting a stream frees its steps at once (the server's memory goes
+// back to what it was), ends the wait of a reader on it with NOT_FOUND,
+// and a later append starts a new stream of that name at step 0.
+TEST_P(StreamTest, DeletingAStreamFreesItsStepsAndEndsItsWaits) {
+  const std::string stream = "doomed";
+  Create(stream, StreamPolicy{});
+  absl::StatusOr<ServerLimits> before = client_->GetLimits();
+  ASSERT_TRUE(before.ok()) << before.status();
+  NextOptions at_once;
+  EXPECT_TRUE(absl::IsDeadlineExceeded(
+      client_->Next(stream, "keeper", at_once).status()));
+  for (uint64_t i = 0; i < 3; ++i) ASSERT_EQ(Append(stream, i), i);
+  EXPECT_EQ(Stat(stream).kept_steps, 3u);
+
+  // A reader of another group, done with every step, waits for a fourth.
+  absl::Notification took_every_step;
+  std::atomic<bool> reader_done{false};
+  absl::Status reader_status;
+  std::thread reader([&] {
+    std::unique_ptr<Client> client = NewClient();
+    for (uint64_t i = 0; i < 3; ++i) TakeAndAck(*client, stream, "waiter");
+    took_every_step.Notify();
+    NextOptions options;
+    options.wait = kLongWait;
+    reader_status = client->Next(stream, "waiter", options).status();
+    reader_done.store(true);
+  });
+  ASSERT_TRUE(took_every_step.WaitForNotificationWithTimeout(kLongWait));
+  // Until the reader has its answer: deleting again finds nothing, or a
+  // stream its late request named, whose wait it ends the same way.
+  ASSERT_TRUE(client_->DeleteStream(stream).ok());
+  const absl::Time deadline = absl::Now() + kLongWait;
+  while (!reader_done.load() && absl::Now() < deadline) {
+    const absl::Status again = client_->DeleteStream(stream);
+    EXPECT_TRUE(again.ok() || absl::IsNotFound(again)) << again;
+  }
+  reader.join();
+  EXPECT_TRUE(absl::IsNotFound(reader_status)) << reader_status;
+  EXPECT_NE(reader_status.message().find("deleted"), std::string::npos)
+      << reader_status;
+
+  EXPECT_TRUE(absl::IsNotFound(client_->StatStream(stream).status()));
+  EXPECT_TRUE(absl::IsNotFound(client_->Fetch(stream + "@0").status()));
+  absl::StatusOr<ServerLimits> after = client_->GetLimits();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->reserved_bytes, before->reserved_bytes);
+  EXPECT_TRUE(absl::IsNotFound(client_->DeleteStream(stream)));
+  EXPECT_EQ(Append(stream, 5), 0u);
+  EXPECT_EQ(BytesOf(TakeAndAck(*client_, stream, "keeper")), ImageOf(5));
+}
+
+// Deleting a group frees the steps only it still needed and forgets its
+// position; the other groups keep theirs. A member that asks again makes
+// a new group. Unknown streams and groups are NOT_FOUND.
+TEST_P(StreamTest, DeletingAGroupFreesTheStepsOnlyItNeeded) {
+  const std::string stream = "shared";
+  Create(stream, StreamPolicy{});
+  NextOptions at_once;
+  for (const char* group : {"fast", "stalled"}) {
+    EXPECT_TRUE(absl::IsDeadlineExceeded(
+        client_->Next(stream, group, at_once).status()));
+  }
+  for (uint64_t i = 0; i < 3; ++i) Append(stream, i);
+  for (uint64_t i = 0; i < 3; ++i) TakeAndAck(*client_, stream, "fast");
+  EXPECT_EQ(Stat(stream).kept_steps, 3u);  // "stalled" has had none
+
+  ASSERT_TRUE(client_->DeleteStreamGroup(stream, "stalled").ok());
+  const StreamInfo info = Stat(stream);
+  EXPECT_EQ(info.kept_steps, 0u);
+  ASSERT_EQ(info.groups.size(), 1u);
+  EXPECT_EQ(info.groups[0].name, "fast");
+  EXPECT_EQ(info.groups[0].acked_below, 3u);
+  // Asked again, "stalled" is new, at the oldest step kept: none yet.
+  EXPECT_TRUE(absl::IsDeadlineExceeded(
+      client_->Next(stream, "stalled", at_once).status()));
+  Append(stream, 3);
+  EXPECT_EQ(TakeAndAck(*client_, stream, "stalled").step, 3u);
+  EXPECT_EQ(TakeAndAck(*client_, stream, "fast").step, 3u);
+
+  EXPECT_TRUE(
+      absl::IsNotFound(client_->DeleteStreamGroup(stream, "never-was")));
+  EXPECT_TRUE(absl::IsNotFound(client_->DeleteStreamGroup("no-such", "g")));
+  EXPECT_TRUE(absl::IsInvalidArgument(client_->DeleteStreamGroup(stream, "")));
+  EXPECT_EQ(Stat(stream).groups.size(), 2u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, StreamTest, AllServerPaths(), ServerPathName);

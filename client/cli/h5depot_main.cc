@@ -148,6 +148,11 @@ Commands:
       End the stream: readers get the steps appended, then the end.
   stream stat STREAM
       Print the stream's policy, queue and reader groups.
+  stream delete STREAM [--group G]
+      Delete the stream: its steps are freed, its reader groups
+      forgotten. With --group, delete only reader group G (steps no other
+      group needs are freed). Exit 3 if there is no such stream or group;
+      refused (exit 1) while an append is under way: finish it first.
   new-token NAME ROLE [PREFIX ...]
       Make a random token for a principal NAME of ROLE (read, write or
       admin) that may touch the image ids starting with a PREFIX (none or
@@ -821,11 +826,23 @@ int RunStreamNext(const Invocation& call, const std::string& stream) {
   return kExitOk;
 }
 
+int RunStreamDelete(const Invocation& call, const std::string& stream) {
+  const std::optional<std::string> group = call.args.Get("group");
+  absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
+  if (!client.ok()) return Fail(call.command, client.status());
+  const absl::Status deleted =
+      group.has_value() ? (*client)->DeleteStreamGroup(stream, *group)
+                        : (*client)->DeleteStream(stream);
+  if (!deleted.ok()) return Fail(call.command, deleted);
+  return kExitOk;
+}
+
 int RunStream(const Invocation& call) {
   const auto& pos = call.args.positionals;
   if (pos.empty()) {
     return UsageError(
-        "stream takes create, append, next, finish or stat, then a STREAM");
+        "stream takes create, append, next, finish, stat or delete, then a "
+        "STREAM");
   }
   const std::string& verb = pos[0];
   const size_t arguments = verb == "append" ? 3 : 2;
@@ -839,6 +856,7 @@ int RunStream(const Invocation& call) {
   if (verb == "create") return RunStreamCreate(call, stream);
   if (verb == "append") return RunStreamAppend(call, stream, pos[2]);
   if (verb == "next") return RunStreamNext(call, stream);
+  if (verb == "delete") return RunStreamDelete(call, stream);
   if (verb != "finish" && verb != "stat") {
     return UsageError(absl::StrCat("unknown stream command ", Quoted(verb)));
   }

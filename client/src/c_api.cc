@@ -281,6 +281,21 @@ int h5depot_stream_finish(h5depot_client* client, const char* stream) {
   }
 }
 
+int h5depot_stream_delete(h5depot_client* client, const char* stream,
+                          const char* group) {
+  try {
+    if (client == nullptr || stream == nullptr) {
+      return FailInvalid("client and stream must not be NULL");
+    }
+    absl::Status deleted =
+        group == nullptr ? client->client->DeleteStream(stream)
+                         : client->client->DeleteStreamGroup(stream, group);
+    return deleted.ok() ? Succeed() : Fail(deleted);
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
 int h5depot_fetch(h5depot_client* client, const char* image_id, void** buf,
                   size_t* len, uint64_t* generation) {
   try {

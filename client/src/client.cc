@@ -789,6 +789,40 @@ absl::StatusOr<StreamInfo> Client::StatStream(std::string_view stream) {
   return info;
 }
 
+absl::Status Client::DeleteStream(std::string_view stream) {
+  return DeleteStreamOrGroup(stream, "");
+}
+
+absl::Status Client::DeleteStreamGroup(std::string_view stream,
+                                       std::string_view group) {
+  if (group.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("delete a reader group of stream ", Quoted(stream),
+                     ": the group's name is empty"));
+  }
+  return DeleteStreamOrGroup(stream, group);
+}
+
+absl::Status Client::DeleteStreamOrGroup(std::string_view stream,
+                                         std::string_view group) {
+  const std::string what =
+      group.empty() ? absl::StrCat("delete stream ", Quoted(stream))
+                    : absl::StrCat("delete reader group ", Quoted(group),
+                                   " of stream ", Quoted(stream));
+  if (impl_->cluster != nullptr) {
+    absl::StatusOr<std::shared_ptr<Client>> owner =
+        impl_->cluster->StreamOwner(stream);
+    if (!owner.ok()) return Annotate(owner.status(), what);
+    return (*owner)->DeleteStreamOrGroup(stream, group);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), what);
+  absl::Status deleted =
+      (*transports)->grpc->DeleteStream(stream, group, impl_->Deadline().reply);
+  if (!deleted.ok()) return Annotate(deleted, what);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<StreamStep> Client::Next(std::string_view stream,
                                         std::string_view group,
                                         const NextOptions& options) {

@@ -1109,6 +1109,22 @@ absl::StatusOr<StreamInfo> GrpcTransport::FinishStream(std::string_view stream,
   return ToStreamInfo(info);
 }
 
+absl::Status GrpcTransport::DeleteStream(std::string_view stream,
+                                         std::string_view group,
+                                         absl::Time deadline) {
+  const GrpcUse grpc_use;
+  absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
+  if (!stubs.ok()) return stubs.status();
+  grpc::ClientContext context;
+  SetDeadline(&context, deadline);
+  v1::DeleteStreamRequest request;
+  request.set_stream(std::string(stream));
+  request.set_group(std::string(group));
+  v1::DeleteStreamResponse response;
+  return FromGrpcStatus(
+      (*stubs)->stub->DeleteStream(&context, request, &response));
+}
+
 absl::StatusOr<StreamInfo> GrpcTransport::StatStream(std::string_view stream,
                                                      absl::Time deadline) {
   const GrpcUse grpc_use;

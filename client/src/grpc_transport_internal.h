@@ -100,6 +100,9 @@ class GrpcTransport final : public ImageTransport,
                                           absl::Time deadline);
   absl::StatusOr<StreamInfo> StatStream(std::string_view stream,
                                         absl::Time deadline);
+  // `group` empty: the whole stream.
+  absl::Status DeleteStream(std::string_view stream, std::string_view group,
+                            absl::Time deadline);
   // ImageTransport's: over gRPC, a step of at most 64 KiB comes with its
   // bytes; a larger one is to be fetched by its id.
   absl::StatusOr<LeasedStep> NextStep(std::string_view stream,

@@ -559,6 +559,14 @@ class Client:
         ``Finished``."""
         return StreamInfo._from_native(self._client().finish_stream(stream))
 
+    def delete_stream(self, stream, *, group=None):
+        """Deletes ``stream`` (its steps and reader groups), or with
+        ``group`` only that reader group; readers and writers waiting on
+        it get ``NotFound``. ``NotFound`` if there is no such stream or
+        group; ``FailedPrecondition``, deleting nothing, while an append
+        to the stream is under way."""
+        self._client().delete_stream(stream, group)
+
     def stat_stream(self, stream):
         """The StreamInfo of ``stream``."""
         return StreamInfo._from_native(self._client().stat_stream(stream))

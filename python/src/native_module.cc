@@ -366,6 +366,14 @@ class NativeClient {
         WithoutGil([&] { return client_->FinishStream(stream); })));
   }
 
+  void DeleteStream(const std::string& stream,
+                    std::optional<std::string> group) {
+    OkOrRaise(WithoutGil([&] {
+      return group.has_value() ? client_->DeleteStreamGroup(stream, *group)
+                               : client_->DeleteStream(stream);
+    }));
+  }
+
   py::dict StatStream(const std::string& stream) {
     return StreamInfoDict(
         ValueOrRaise(WithoutGil([&] { return client_->StatStream(stream); })));
@@ -639,6 +647,7 @@ than bytes that were sent.)doc")
       .def("next_step", &NativeClient::Next)
       .def("ack", &NativeClient::Ack)
       .def("finish_stream", &NativeClient::FinishStream)
+      .def("delete_stream", &NativeClient::DeleteStream)
       .def("stat_stream", &NativeClient::StatStream);
 
   py::class_<NativeWatch>(module, "Watch")

@@ -111,3 +111,26 @@ def test_a_full_refusing_stream_and_a_finished_one_refuse(target):
             depot.append(stream, image)
         with pytest.raises(h5depot.Conflict):
             depot.create_stream(stream, max_steps=2)
+
+
+def test_a_deleted_stream_and_group_are_gone(target):
+    stream = f"py/deleted/{uuid.uuid4().hex}"
+    with h5depot.Client(target) as depot:
+        image = bytes(step_file(2).id.get_file_image())
+        depot.create_stream(stream)
+        for group in ("g", "h"):
+            with pytest.raises(h5depot.Timeout):
+                depot.next(stream, group)  # makes the group
+        step, _ = depot.append(stream, image)
+        assert step == 0
+        depot.next(stream, "h").ack()
+        assert depot.stat_stream(stream).kept_steps == 1  # "g" needs it
+        depot.delete_stream(stream, group="g")
+        assert depot.stat_stream(stream).kept_steps == 0
+        with pytest.raises(h5depot.NotFound):
+            depot.delete_stream(stream, group="g")
+        depot.delete_stream(stream)
+        with pytest.raises(h5depot.NotFound):
+            depot.stat_stream(stream)
+        with pytest.raises(h5depot.NotFound):
+            depot.delete_stream(stream)

@@ -486,6 +486,17 @@ absl::StatusOr<StreamState> DepotOperations::FinishStream(
   return store_->streams().Finish(stream);
 }
 
+absl::Status DepotOperations::DeleteStream(const Caller& caller,
+                                           std::string_view stream,
+                                           std::string_view group) {
+  if (absl::Status allowed = Authorize(caller, Operation::kDelete, stream);
+      !allowed.ok()) {
+    return allowed;
+  }
+  return group.empty() ? store_->streams().Delete(stream)
+                       : store_->streams().DeleteGroup(stream, group);
+}
+
 absl::StatusOr<StreamState> DepotOperations::DescribeStream(
     const Caller& caller, std::string_view stream) {
   if (absl::Status allowed = Authorize(caller, Operation::kStat, stream);

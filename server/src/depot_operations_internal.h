@@ -404,8 +404,8 @@ class DepotOperations {
                                   std::optional<uint64_t> after);
 
   // Streams (StreamTable; docs/STREAMS.md). A stream's name is authorised
-  // as an image id: creating and finishing it as a push, reading it
-  // (NextStep, AckStep, describing it) as a fetch.
+  // as an image id: creating and finishing it as a push, deleting it as a
+  // delete, reading it (NextStep, AckStep, describing it) as a fetch.
   absl::StatusOr<StreamState> CreateStream(const Caller& caller,
                                            std::string_view stream,
                                            const StreamPolicy& policy);
@@ -413,6 +413,11 @@ class DepotOperations {
                                            std::string_view stream);
   absl::StatusOr<StreamState> DescribeStream(const Caller& caller,
                                              std::string_view stream);
+  // Deletes `stream`, or only its reader group `group` if that is not
+  // empty (StreamTable::Delete, DeleteGroup); authorised as deleting an
+  // image of the stream's name.
+  absl::Status DeleteStream(const Caller& caller, std::string_view stream,
+                            std::string_view group);
   // StreamTable::Next, waiting up to `wait_ms` (clamped as image waits).
   // Returns the wait for CancelStreamWait (0 if `done` has run).
   StreamTable::WaitId NextStep(const Caller& caller, NextRequest request,

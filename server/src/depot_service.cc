@@ -1245,6 +1245,21 @@ grpc::ServerUnaryReactor* DepotService::FinishStream(
   return reactor;
 }
 
+grpc::ServerUnaryReactor* DepotService::DeleteStream(
+    grpc::CallbackServerContext* context,
+    const v1::DeleteStreamRequest* request,
+    v1::DeleteStreamResponse* /*response*/) {
+  CallGate::Pass pass = gate_.Enter();
+  if (!pass.admitted()) {
+    return new RefusedReactor<grpc::ServerUnaryReactor>(
+        std::move(pass), Record(Operation::kDelete));
+  }
+  auto* reactor = new UnaryReactor(std::move(pass), Record(Operation::kDelete));
+  reactor->Answer(ToGrpcStatus(operations_->DeleteStream(
+      CallerOf(context), request->stream(), request->group())));
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* DepotService::StatStream(
     grpc::CallbackServerContext* context, const v1::StatStreamRequest* request,
     v1::StreamInfo* response) {

@@ -32,7 +32,8 @@ using DepotStreamServiceBase =
                 h5depot::v1::Depot::WithCallbackMethod_NextStep<
                     h5depot::v1::Depot::WithCallbackMethod_AckStep<
                         h5depot::v1::Depot::WithCallbackMethod_AwaitStreamRoom<
-                            h5depot::v1::Depot::Service>>>>>>;
+                            h5depot::v1::Depot::WithCallbackMethod_DeleteStream<
+                                h5depot::v1::Depot::Service>>>>>>>;
 using DepotServiceBase = h5depot::v1::Depot::WithRawCallbackMethod_Push<
     h5depot::v1::Depot::WithRawCallbackMethod_Fetch<
         h5depot::v1::Depot::WithRawCallbackMethod_Read<
@@ -200,6 +201,10 @@ class DepotService final : public DepotServiceBase {
       grpc::CallbackServerContext* context,
       const h5depot::v1::AwaitStreamRoomRequest* request,
       h5depot::v1::AwaitStreamRoomResponse* response) override;
+  grpc::ServerUnaryReactor* DeleteStream(
+      grpc::CallbackServerContext* context,
+      const h5depot::v1::DeleteStreamRequest* request,
+      h5depot::v1::DeleteStreamResponse* response) override;
 
   // The stop, in two steps: from Close() on every new call is answered
   // UNAVAILABLE ("server is shutting down"); AwaitCalls() then waits until

@@ -170,6 +170,92 @@ absl::StatusOr<StreamState> StreamTable::Finish(std::string_view stream) {
   return state;
 }
 
+absl::Status StreamTable::Delete(std::string_view stream) {
+  After after;
+  std::vector<std::string> removed;
+  {
+    absl::MutexLock lock(&mutex_);
+    auto found = streams_.find(stream);
+    if (found == streams_.end()) {
+      return absl::NotFoundError(absl::StrCat("no stream '", Sv(stream), "'"));
+    }
+    Stream& doomed = found->second;
+    if (doomed.pending_steps > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "stream '", Sv(stream), "' has ", doomed.pending_steps,
+          " append(s) under way; nothing was deleted (finish the stream, "
+          "then delete it)"));
+    }
+    EndWaits(doomed, "",
+             absl::NotFoundError(
+                 absl::StrCat("stream '", Sv(stream), "' was deleted")),
+             &after);
+    for (const auto& [number, step] : doomed.steps) {
+      removed.push_back(internal::StreamStepId(doomed.name, number));
+    }
+    streams_.erase(found);  // its timers find nothing and pass
+  }
+  RunAfter(std::move(after), std::move(removed));
+  return absl::OkStatus();
+}
+
+absl::Status StreamTable::DeleteGroup(std::string_view stream,
+                                      std::string_view group) {
+  After after;
+  std::vector<std::string> removed;
+  {
+    absl::MutexLock lock(&mutex_);
+    Stream* found = Find(stream);
+    if (found == nullptr) {
+      return absl::NotFoundError(absl::StrCat("no stream '", Sv(stream), "'"));
+    }
+    auto doomed = found->groups.find(group);
+    if (doomed == found->groups.end()) {
+      return absl::NotFoundError(absl::StrCat(
+          "stream '", Sv(stream), "' has no reader group '", Sv(group), "'"));
+    }
+    EndWaits(*found, group,
+             absl::NotFoundError(absl::StrCat("reader group '", Sv(group),
+                                              "' of stream '", Sv(stream),
+                                              "' was deleted")),
+             &after);
+    found->groups.erase(doomed);
+    Trim(*found, &removed);
+    Serve(*found, &after);  // writers waiting for room it held
+  }
+  RunAfter(std::move(after), std::move(removed));
+  return absl::OkStatus();
+}
+
+void StreamTable::EndWaits(Stream& stream, std::string_view group,
+                           const absl::Status& status, After* after) {
+  for (auto it = stream.next_waits.begin(); it != stream.next_waits.end();) {
+    auto wait = next_waits_.find(*it);
+    if (wait != next_waits_.end() && !group.empty() &&
+        wait->second.request.group != group) {
+      ++it;
+      continue;
+    }
+    if (wait != next_waits_.end()) {
+      after->push_back([done = std::move(wait->second.done), status]() mutable {
+        done(status);
+      });
+      next_waits_.erase(wait);
+    }
+    it = stream.next_waits.erase(it);
+  }
+  if (!group.empty()) return;
+  for (WaitId id : stream.room_waits) {
+    auto wait = room_waits_.find(id);
+    if (wait == room_waits_.end()) continue;
+    after->push_back([done = std::move(wait->second.done), status]() mutable {
+      done(status, /*waited=*/true);
+    });
+    room_waits_.erase(wait);
+  }
+  stream.room_waits.clear();
+}
+
 absl::StatusOr<StreamState> StreamTable::Describe(
     std::string_view stream) const {
   absl::ReaderMutexLock lock(&mutex_);

@@ -189,6 +189,19 @@ class StreamTable {
   // NOT_FOUND for a stream nobody named.
   absl::StatusOr<StreamState> Describe(std::string_view stream) const;
 
+  // Deletes `stream`: its kept steps are freed and its groups forgotten;
+  // the waits on it (readers', and writers' waiting for room) end
+  // NOT_FOUND. A later append or reader makes a new stream of that name,
+  // from step 0. NOT_FOUND for a stream nobody named; FAILED_PRECONDITION,
+  // deleting nothing, while an append to it is under way (finish it
+  // first).
+  absl::Status Delete(std::string_view stream);
+  // Deletes reader group `group` of `stream`: its leases and position are
+  // forgotten, its members' waits end NOT_FOUND, and the steps no other
+  // group needs are freed (beyond the reserve). A member that asks again
+  // makes a new group. NOT_FOUND for an unknown stream or group.
+  absl::Status DeleteGroup(std::string_view stream, std::string_view group);
+
   // The append of `size` bytes to `stream` begins (ImageStore::Admit):
   // creates the stream with the default policy if it was not created, and
   // takes a place in its queue, or refuses: FAILED_PRECONDITION for a
@@ -343,6 +356,12 @@ class StreamTable {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Frees the steps no group needs, beyond the reserve.
   void Trim(Stream& stream, std::vector<std::string>* removed)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Ends with `status` the waits on `stream` of group `group` (every
+  // wait, readers' and writers', if `group` is empty); their callbacks go
+  // to `after`.
+  void EndWaits(Stream& stream, std::string_view group,
+                const absl::Status& status, After* after)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Ends the waits the stream can now answer; their callbacks go to
   // `after`.

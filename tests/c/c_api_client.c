@@ -207,6 +207,34 @@ static void check_connect_options(const char* target, const void* image,
   CHECK(h5depot_errcode() == H5DEPOT_INVALID_ARGUMENT);
 }
 
+/* A stream's steps through the C API: appended, taken and acknowledged,
+ * then a reader group and the stream deleted. */
+static void check_streams(h5depot_client* client, const void* image,
+                          size_t len) {
+  uint64_t step = 99;
+  void* buf = NULL;
+  size_t got = 0;
+  CHECK(h5depot_stream_next(client, "c/stream", "g", 0, &buf, &got, &step) ==
+        H5DEPOT_DEADLINE_EXCEEDED); /* makes the group */
+  CHECK(h5depot_stream_append(client, "c/stream", image, len, -1, &step) ==
+        H5DEPOT_OK);
+  CHECK(step == 0);
+  CHECK(h5depot_stream_next(client, "c/stream", "g", 1000, &buf, &got, &step) ==
+        H5DEPOT_OK);
+  CHECK(step == 0 && got == len && buf != NULL && memcmp(buf, image, len) == 0);
+  free(buf);
+  CHECK(h5depot_stream_ack(client, "c/stream", "g", 0) == H5DEPOT_OK);
+  CHECK(h5depot_stream_ack(client, "c/stream", "g", 0) ==
+        H5DEPOT_FAILED_PRECONDITION);
+  CHECK(h5depot_stream_finish(client, "c/stream") == H5DEPOT_OK);
+  CHECK(h5depot_stream_delete(client, "c/stream", "g") == H5DEPOT_OK);
+  CHECK(h5depot_stream_delete(client, "c/stream", "g") == H5DEPOT_NOT_FOUND);
+  CHECK(h5depot_stream_delete(client, "c/stream", NULL) == H5DEPOT_OK);
+  CHECK(h5depot_stream_delete(client, "c/stream", NULL) == H5DEPOT_NOT_FOUND);
+  CHECK(h5depot_stream_delete(NULL, "c/stream", NULL) ==
+        H5DEPOT_INVALID_ARGUMENT);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s TARGET\n", argv[0]);
@@ -260,6 +288,7 @@ int main(int argc, char** argv) {
         H5DEPOT_INVALID_ARGUMENT);
 
   check_connect_options(argv[1], image, len);
+  check_streams(client, image, len);
   free(image);
   check_file_images(client);
   h5depot_disconnect(client);

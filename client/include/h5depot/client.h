@@ -600,6 +600,19 @@ class Client {
   // Ends the stream: readers get every step appended, then OUT_OF_RANGE.
   absl::StatusOr<StreamInfo> FinishStream(std::string_view stream);
   absl::StatusOr<StreamInfo> StatStream(std::string_view stream);
+  // Deletes the stream: its steps are freed and its groups forgotten;
+  // readers and writers waiting on it get NOT_FOUND, and a later append
+  // or reader starts a new stream of that name at step 0. NOT_FOUND if the
+  // server has no such stream; FAILED_PRECONDITION, deleting nothing,
+  // while an append to it is under way (finish the stream first). Needs
+  // the role that deletes images of the stream's name.
+  absl::Status DeleteStream(std::string_view stream);
+  // Deletes reader group `group` of the stream: its position and leases
+  // are forgotten, its members' waits get NOT_FOUND, and the steps no
+  // other group needs are freed. A member that asks again starts a new
+  // group. NOT_FOUND for an unknown stream or group.
+  absl::Status DeleteStreamGroup(std::string_view stream,
+                                 std::string_view group);
   // The next step for this member of reader group `group`, leased to it:
   // DEADLINE_EXCEEDED if none comes within options.wait, OUT_OF_RANGE
   // once the stream is finished and the group has had every step.
@@ -628,6 +641,9 @@ class Client {
   absl::StatusOr<AppendedStep> AppendWithRoom(
       std::string_view stream, uint64_t size, const AppendOptions& options,
       const std::function<absl::StatusOr<ImageInfo>()>& push_once);
+  // DeleteStream (`group` empty) and DeleteStreamGroup.
+  absl::Status DeleteStreamOrGroup(std::string_view stream,
+                                   std::string_view group);
   // `asked`, or this Client's own consumer name in this process.
   std::string ConsumerName(std::string_view asked) const;
   std::unique_ptr<Impl> impl_;

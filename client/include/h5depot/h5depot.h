@@ -310,6 +310,14 @@ int h5depot_stream_ack(h5depot_client* client, const char* stream,
  * H5DEPOT_OUT_OF_RANGE. */
 int h5depot_stream_finish(h5depot_client* client, const char* stream);
 
+/* Deletes `stream` (its steps and reader groups), or with `group` not NULL
+ * only that reader group; readers and writers waiting on what is deleted
+ * get H5DEPOT_NOT_FOUND. H5DEPOT_NOT_FOUND if there is no such stream or
+ * group; H5DEPOT_FAILED_PRECONDITION, deleting nothing, while an append to
+ * the stream is under way. */
+int h5depot_stream_delete(h5depot_client* client, const char* stream,
+                          const char* group);
+
 /* --- HDF5 files and file images ------------------------------------- */
 
 /* Pushes the image of `file_id`, an open HDF5 file of the core, sec2 or
