@@ -116,10 +116,16 @@ std::string PerTransport(const std::string& name, const std::string& operation,
 
 class MetricsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { Restart({}); }
+
+  // A new server, with metrics and `flags`.
+  void Restart(const std::vector<std::string>& flags) {
+    server_.reset();
     ServerProcessOptions options;
     options.unix_socket = true;
     options.extra_flags = {"--metrics-listen=127.0.0.1:0"};
+    options.extra_flags.insert(options.extra_flags.end(), flags.begin(),
+                               flags.end());
     auto server = ServerProcess::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
@@ -255,6 +261,75 @@ TEST_F(MetricsTest, WatchesAreCounted) {
     ended = Scrape()[Calls("watch", "grpc", "CANCELLED")];
   }
   EXPECT_EQ(ended, 1);
+}
+
+// A stream's queue and each reader group's lag show in the metrics as
+// they are: steps appended, queued and held, and how far behind a group
+// is; a deleted stream's series go away.
+// Without --metrics-stream-names only the totals show, naming nothing.
+TEST_F(MetricsTest, StreamsShowTheirQueuesAndTheirGroupsLag) {
+  ASSERT_NO_FATAL_FAILURE(Restart({"--metrics-stream-names"}));
+  std::unique_ptr<Client> client = Connect(server_->unix_target());
+  ASSERT_TRUE(client);
+  ASSERT_EQ(Scrape()["h5depot_streams"], 0);
+  const std::string stream = "metrics/stream";
+  NextOptions at_once;
+  for (const char* group : {"fast", "slow"}) {
+    ASSERT_TRUE(absl::IsDeadlineExceeded(
+        client->Next(stream, group, at_once).status()));
+  }
+  const std::string image = MakeHdf5Image(4096, 2);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(client->Append(stream, image.data(), image.size()).ok());
+  }
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<StreamStep> step = client->Next(stream, "fast", at_once);
+    ASSERT_TRUE(step.ok()) << step.status();
+    if (i < 2) {
+      ASSERT_TRUE(client->Ack(stream, "fast", step->step, step->consumer).ok());
+    }
+  }
+  std::map<std::string, double> scraped = Scrape();
+  const std::string of_stream = "{stream=\"metrics/stream\"}";
+  const auto of_group = [](const char* group) {
+    return absl::StrCat("{stream=\"metrics/stream\",group=\"", group, "\"}");
+  };
+  EXPECT_EQ(scraped["h5depot_streams"], 1);
+  EXPECT_EQ(scraped["h5depot_stream_appended_steps_total" + of_stream], 3);
+  EXPECT_EQ(scraped["h5depot_stream_queued_steps" + of_stream], 3);
+  EXPECT_EQ(scraped["h5depot_stream_queued_bytes" + of_stream],
+            3.0 * image.size());
+  EXPECT_EQ(scraped["h5depot_stream_kept_bytes" + of_stream],
+            3.0 * image.size());
+  EXPECT_EQ(scraped["h5depot_stream_group_lag_steps" + of_group("fast")], 1);
+  EXPECT_EQ(scraped["h5depot_stream_group_leased_steps" + of_group("fast")], 1);
+  EXPECT_EQ(scraped["h5depot_stream_group_lag_steps" + of_group("slow")], 3);
+  EXPECT_EQ(scraped["h5depot_stream_group_leased_steps" + of_group("slow")], 0);
+
+  EXPECT_EQ(scraped["h5depot_stream_groups"], 2);
+  EXPECT_EQ(scraped["h5depot_streams_queued_steps"], 3);
+  EXPECT_EQ(scraped["h5depot_stream_groups_max_lag_steps"], 3);
+
+  ASSERT_TRUE(client->DeleteStream(stream).ok());
+  scraped = Scrape();
+  EXPECT_EQ(scraped["h5depot_streams"], 0);
+  EXPECT_EQ(scraped["h5depot_streams_kept_bytes"], 0);
+  EXPECT_EQ(scraped.count("h5depot_stream_queued_steps" + of_stream), 0u);
+}
+
+TEST_F(MetricsTest, StreamsAreCountedTogetherUnlessNamesAreAsked) {
+  std::unique_ptr<Client> client = Connect(server_->tcp_target());
+  ASSERT_TRUE(client);
+  const std::string image = MakeHdf5Image(4096, 3);
+  for (const char* stream : {"private/a", "private/b"}) {
+    ASSERT_TRUE(client->Append(stream, image.data(), image.size()).ok());
+  }
+  absl::StatusOr<std::string> body = HttpGet(port_, "/metrics");
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_EQ(body->find("private/"), std::string::npos) << *body;
+  const std::map<std::string, double> scraped = Samples(*body);
+  EXPECT_EQ(scraped.at("h5depot_streams"), 2);
+  EXPECT_EQ(scraped.at("h5depot_streams_queued_bytes"), 2.0 * image.size());
 }
 
 // gRPC connections are counted by socket while open, and no longer once

@@ -287,7 +287,8 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
       std::make_unique<DepotOperations>(impl->store.get(), options.max_waits,
                                         std::move(access), principal_limits);
   if (!options.metrics_listen.empty()) {
-    impl->metrics = std::make_shared<ServerMetrics>(impl->store.get());
+    impl->metrics = std::make_shared<ServerMetrics>(
+        impl->store.get(), options.metrics_stream_names);
     absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
         MetricsEndpoint::Start(options.metrics_listen, impl->metrics);
     if (!endpoint.ok()) return endpoint.status();

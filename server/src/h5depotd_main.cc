@@ -129,6 +129,11 @@ ABSL_FLAG(std::string, metrics_listen, "",
           "Prometheus text format (calls, bytes and latency by operation, "
           "transport and status code; images, memory and waits); they name "
           "no image. Empty: no metrics");
+ABSL_FLAG(bool, metrics_stream_names, false,
+          "give each stream and reader group series of their own in the "
+          "metrics, labelled with their names (stream names are image ids: "
+          "whoever reaches the metrics sees them); without, streams are "
+          "counted together");
 ABSL_FLAG(std::string, health_listen, "",
           "HOST:PORT of a plaintext gRPC listener serving only the standard "
           "health service, for probes that cannot speak TLS (Kubernetes' "
@@ -274,7 +279,7 @@ int main(int argc, char** argv) {
       "                [--max-concurrent-streams=N] "
       "[--max-connection-age=DURATION]\n"
       "                [--max-connection-age-grace=DURATION] "
-      "[--metrics-listen=HOST:PORT]\n"
+      "[--metrics-listen=HOST:PORT [--metrics-stream-names]]\n"
       "                [--health-listen=HOST:PORT] [--watch-history=N] "
       "[--eviction=none|lru]\n"
       "                [--snapshot-dir=DIR [--snapshot-interval=DURATION]]");
@@ -397,6 +402,7 @@ int main(int argc, char** argv) {
   }
   options.grpc_max_concurrent_streams = static_cast<int>(max_streams);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.metrics_stream_names = absl::GetFlag(FLAGS_metrics_stream_names);
   options.health_listen = absl::GetFlag(FLAGS_health_listen);
   if (absl::Status unix_access = UnixAccessFromFlags(options);
       !unix_access.ok()) {

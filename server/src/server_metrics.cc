@@ -12,6 +12,7 @@
 #include "prometheus/exposer.h"
 #include "prometheus/metric_type.h"
 #include "server/src/server_metrics_internal.h"
+#include "server/src/stream_table_internal.h"
 
 namespace h5depot::server {
 namespace {
@@ -96,9 +97,114 @@ prometheus::MetricFamily Single(std::string name, std::string help,
   return family;
 }
 
+// How many steps of `stream` `group` is behind: appended, from the first
+// it has not acknowledged on.
+uint64_t LagOf(const StreamState& stream, const StreamGroupState& group) {
+  return stream.appended_steps -
+         std::min(group.acked_below, stream.appended_steps);
+}
+
+// The streams' series (README.md, "Metrics"): totals over every stream,
+// and with `name_streams`, one series per stream and per reader group.
+void AddStreamFamilies(const std::vector<StreamState>& streams,
+                       bool name_streams,
+                       std::vector<prometheus::MetricFamily>* families) {
+  using prometheus::MetricType;
+  uint64_t groups = 0;
+  uint64_t queued_steps_total = 0;
+  uint64_t queued_bytes_total = 0;
+  uint64_t kept_bytes_total = 0;
+  uint64_t most_behind = 0;
+  for (const StreamState& stream : streams) {
+    queued_steps_total += stream.queued_steps;
+    queued_bytes_total += stream.queued_bytes;
+    kept_bytes_total += stream.kept_bytes;
+    groups += stream.groups.size();
+    for (const StreamGroupState& group : stream.groups) {
+      most_behind = std::max(most_behind, LagOf(stream, group));
+    }
+  }
+  const auto total = [&](const char* name, const char* help, uint64_t value) {
+    families->push_back(
+        Single(name, help, MetricType::Gauge, static_cast<double>(value)));
+  };
+  total("h5depot_streams", "Streams the server holds (docs/STREAMS.md).",
+        streams.size());
+  total("h5depot_stream_groups", "Reader groups of all streams.", groups);
+  total("h5depot_streams_queued_steps",
+        "Steps of all streams that some reader group has not acknowledged.",
+        queued_steps_total);
+  total("h5depot_streams_queued_bytes", "Bytes of those steps.",
+        queued_bytes_total);
+  total("h5depot_streams_kept_bytes",
+        "Bytes of every step all streams hold: queued, reserved and step 0.",
+        kept_bytes_total);
+  total("h5depot_stream_groups_max_lag_steps",
+        "The most steps any reader group is behind its stream's newest.",
+        most_behind);
+  if (!name_streams) return;
+
+  prometheus::MetricFamily appended = Family(
+      "h5depot_stream_appended_steps_total",
+      "Steps appended to the stream since it was made.", MetricType::Counter);
+  prometheus::MetricFamily queued_steps =
+      Family("h5depot_stream_queued_steps",
+             "Steps some reader group has not acknowledged (the queue's limit "
+             "counts them).",
+             MetricType::Gauge);
+  prometheus::MetricFamily queued_bytes =
+      Family("h5depot_stream_queued_bytes", "Bytes of the queued steps.",
+             MetricType::Gauge);
+  prometheus::MetricFamily kept_bytes = Family(
+      "h5depot_stream_kept_bytes",
+      "Bytes of every step the stream holds: queued, reserved and step 0.",
+      MetricType::Gauge);
+  prometheus::MetricFamily lag = Family(
+      "h5depot_stream_group_lag_steps",
+      "Steps appended that the reader group has not all acknowledged: from "
+      "the first it has not, to the newest.",
+      MetricType::Gauge);
+  prometheus::MetricFamily leased =
+      Family("h5depot_stream_group_leased_steps",
+             "Steps handed to the group's members and not yet acknowledged.",
+             MetricType::Gauge);
+  for (const StreamState& stream : streams) {
+    const std::vector<prometheus::ClientMetric::Label> labels = {
+        {"stream", stream.name}};
+    const auto add = [&](prometheus::MetricFamily& family, uint64_t value) {
+      prometheus::ClientMetric metric = Metric(labels);
+      if (family.type == MetricType::Counter) {
+        metric.counter.value = static_cast<double>(value);
+      } else {
+        metric.gauge.value = static_cast<double>(value);
+      }
+      family.metric.push_back(std::move(metric));
+    };
+    add(appended, stream.appended_steps);
+    add(queued_steps, stream.queued_steps);
+    add(queued_bytes, stream.queued_bytes);
+    add(kept_bytes, stream.kept_bytes);
+    for (const StreamGroupState& group : stream.groups) {
+      const std::vector<prometheus::ClientMetric::Label> group_labels = {
+          {"stream", stream.name}, {"group", group.name}};
+      prometheus::ClientMetric behind = Metric(group_labels);
+      behind.gauge.value = static_cast<double>(LagOf(stream, group));
+      lag.metric.push_back(std::move(behind));
+      prometheus::ClientMetric held = Metric(group_labels);
+      held.gauge.value = static_cast<double>(group.leased_steps);
+      leased.metric.push_back(std::move(held));
+    }
+  }
+  for (prometheus::MetricFamily* family :
+       {&appended, &queued_steps, &queued_bytes, &kept_bytes, &lag, &leased}) {
+    families->push_back(std::move(*family));
+  }
+}
+
 }  // namespace
 
-ServerMetrics::ServerMetrics(const ImageStore* store) : store_(store) {}
+ServerMetrics::ServerMetrics(const ImageStore* store, bool name_streams)
+    : store_(store), name_streams_(name_streams) {}
 
 ServerMetrics::~ServerMetrics() = default;
 
@@ -291,6 +397,7 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
                             "Bytes of the images deleted to make room.",
                             MetricType::Counter,
                             static_cast<double>(stats.evicted_bytes)));
+  AddStreamFamilies(store_->streams().DescribeAll(), name_streams_, &families);
   return families;
 }
 

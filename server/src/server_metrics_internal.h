@@ -5,7 +5,8 @@
 // operation, transport and status code, the image bytes it moved and how
 // long it took. Data lane connections are counted as they open and close.
 // The store's state (images, memory, waits, leases, expiries) is read from
-// ImageStore::Stats when scraped, so it costs the hot path nothing.
+// ImageStore::Stats when scraped, and its streams' (queues, groups' lag)
+// from its StreamTable, so they cost the hot path nothing.
 //
 // The series and the bucket bounds below are the contract a dashboard is
 // built on; README.md ("Metrics") lists them.
@@ -42,8 +43,10 @@ namespace h5depot::server {
 class ServerMetrics final : public prometheus::Collectable {
  public:
   // Reads the store's gauges from `store` when scraped; `store` must
-  // outlive the metrics.
-  explicit ServerMetrics(const ImageStore* store);
+  // outlive the metrics. With `name_streams`, each stream and reader
+  // group has series of its own, labelled with its name; without, the
+  // streams are counted together and no name is shown.
+  explicit ServerMetrics(const ImageStore* store, bool name_streams = false);
   ~ServerMetrics() override;
 
   // One call of `op` over `transport` ended with `code` after `elapsed`,
@@ -86,6 +89,7 @@ class ServerMetrics final : public prometheus::Collectable {
   };
 
   const ImageStore* const store_;
+  const bool name_streams_;
   std::array<std::array<CallSeries, kTransports>, kOperations> series_;
   std::array<std::atomic<int64_t>, kTransports> lane_connections_{};
   std::array<std::atomic<uint64_t>, kTransports> lane_connections_total_{};

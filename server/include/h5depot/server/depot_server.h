@@ -140,9 +140,13 @@ struct ServerOptions {
   // "HOST:PORT" (port 0: any free one) on which to serve metrics over
   // HTTP at /metrics, in the Prometheus text format (README.md,
   // "Metrics"): calls, bytes and latency by operation, transport and
-  // status code, and the store's images, memory and waits. They name no
-  // image. Empty: none.
+  // status code, and the store's images, memory, waits and streams. They
+  // name no image. Empty: none.
   std::string metrics_listen;
+  // The metrics also have a series per stream and reader group, labelled
+  // with their names (which are image ids, so this shows them to whoever
+  // reaches the metrics).
+  bool metrics_stream_names = false;
   // "HOST:PORT" (port 0: any free one) of a plaintext gRPC listener that
   // serves only the standard health service (grpc.health.v1), for probes
   // that cannot speak TLS, such as Kubernetes' gRPC probes: SERVING while
