@@ -29,6 +29,7 @@ module h5depot
   public :: h5pset_fapl_remote_f
   public :: h5depot_stream_append_f, h5depot_stream_next_f
   public :: h5depot_stream_ack_f, h5depot_stream_finish_f
+  public :: h5depot_stream_delete_f
   public :: H5DEPOT_OK, H5DEPOT_INVALID_ARGUMENT, H5DEPOT_DEADLINE_EXCEEDED, &
             H5DEPOT_NOT_FOUND, H5DEPOT_ALREADY_EXISTS, &
             H5DEPOT_PERMISSION_DENIED, H5DEPOT_RESOURCE_EXHAUSTED, &
@@ -149,6 +150,16 @@ module h5depot
       character(kind=c_char), dimension(*), intent(in) :: stream
       integer(c_int) :: c_stream_finish
     end function c_stream_finish
+
+    ! `group`: a NUL-terminated name, or C_NULL_PTR for the whole stream.
+    function c_stream_delete(client, stream, group) &
+        bind(c, name="h5depot_stream_delete")
+      import :: c_ptr, c_char, c_int
+      type(c_ptr), value :: client
+      character(kind=c_char), dimension(*), intent(in) :: stream
+      type(c_ptr), value :: group
+      integer(c_int) :: c_stream_delete
+    end function c_stream_delete
 
     subroutine c_free(buf) bind(c, name="free")
       import :: c_ptr
@@ -404,6 +415,29 @@ contains
     integer, intent(out) :: hdferr
     hdferr = status_of(c_stream_finish(client, c_string(stream)))
   end subroutine h5depot_stream_finish_f
+
+  ! Deletes `stream` (its steps and reader groups), or with `group` only
+  ! that reader group; hdferr -1 with H5DEPOT_NOT_FOUND if there is none.
+  subroutine h5depot_stream_delete_f(client, stream, hdferr, group)
+    type(c_ptr), intent(in) :: client
+    character(len=*), intent(in) :: stream
+    integer, intent(out) :: hdferr
+    character(len=*), intent(in), optional :: group
+    character(kind=c_char), dimension(:), allocatable, target :: name
+    integer :: i
+    if (present(group)) then
+      allocate(name(len_trim(group) + 1))
+      do i = 1, len_trim(group)
+        name(i) = group(i:i)
+      end do
+      name(len_trim(group) + 1) = c_null_char
+      hdferr = status_of(c_stream_delete(client, c_string(stream), &
+                                         c_loc(name)))
+    else
+      hdferr = status_of(c_stream_delete(client, c_string(stream), &
+                                         c_null_ptr))
+    end if
+  end subroutine h5depot_stream_delete_f
 
   ! The code of the calling thread's last failure (H5DEPOT_OK if none).
   subroutine h5depot_errcode_f(code)

@@ -65,6 +65,17 @@ program stream_steps
   if (hdferr /= -1 .or. code /= H5DEPOT_OUT_OF_RANGE) then
     error stop "the end of a finished stream is H5DEPOT_OUT_OF_RANGE"
   end if
+  call h5depot_stream_delete_f(client, trim(stream), hdferr, group="readers")
+  call check(hdferr, "delete the group")
+  call h5depot_stream_delete_f(client, trim(stream), hdferr, group="readers")
+  call h5depot_errcode_f(code)
+  if (hdferr /= -1 .or. code /= H5DEPOT_NOT_FOUND) then
+    error stop "a deleted group is H5DEPOT_NOT_FOUND"
+  end if
+  call h5depot_stream_delete_f(client, trim(stream), hdferr)
+  call check(hdferr, "delete the stream")
+  call h5depot_stream_delete_f(client, trim(stream), hdferr)
+  if (hdferr /= -1) error stop "a deleted stream is not there to delete"
   print '(a, a)', trim(stream), ": 5 steps appended and read back"
   call h5depot_disconnect_f(client)
   call h5close_f(hdferr)
