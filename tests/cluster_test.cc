@@ -413,7 +413,10 @@ TEST_F(ClusterTest, EveryOperationBehavesAsOneDepot) {
 // A stream through a cluster target lives on one member, its name's
 // primary: appends, reads and acknowledgements through the cluster all
 // reach it, and readers through other cluster clients share its groups.
-TEST_F(ClusterTest, AStreamLivesOnItsPrimary) {
+// With two replicas a stream lives on the first two servers of its
+// name's order: both have every step, and the acknowledgements of its
+// groups, so that either can serve the readers.
+TEST_F(ClusterTest, AStreamLivesOnItsCopies) {
   const std::string target = Target(/*replicas=*/2);
   std::unique_ptr<Client> writer = Connect(target);
   std::unique_ptr<Client> reader = Connect(target);
@@ -434,22 +437,141 @@ TEST_F(ClusterTest, AStreamLivesOnItsPrimary) {
     absl::StatusOr<StreamStep> taken = reader->Next(stream, "g", now);
     ASSERT_TRUE(taken.ok()) << taken.status();
     EXPECT_EQ(taken->step, i);
-    EXPECT_TRUE(reader->Ack(stream, "g", taken->step).ok());
+    EXPECT_TRUE(reader->Ack(stream, "g", taken->step, taken->consumer).ok());
   }
-  int owners = 0;
+  int copies = 0;
   for (int i = 0; i < kServers; ++i) {
     std::unique_ptr<Client> direct = Connect(servers_[i]->tcp_target());
     absl::StatusOr<StreamInfo> info = direct->StatStream(stream);
-    if (info.ok()) {
-      ++owners;
-      EXPECT_EQ(static_cast<size_t>(i), Primary(stream));
-      EXPECT_EQ(info->appended_steps, 6u);
-    }
+    if (!info.ok()) continue;
+    ++copies;
+    EXPECT_EQ(info->appended_steps, 6u);
+    EXPECT_EQ(info->policy.max_steps, 4u);
+    ASSERT_EQ(info->groups.size(), 1u);
+    EXPECT_EQ(info->groups[0].acked_below, 6u) << i;
+    EXPECT_EQ(info->kept_steps, 0u) << i;  // every step acknowledged
   }
-  EXPECT_EQ(owners, 1);
+  EXPECT_EQ(copies, 2);
   absl::StatusOr<StreamInfo> through = writer->StatStream(stream);
   ASSERT_TRUE(through.ok()) << through.status();
   EXPECT_EQ(through->appended_steps, 6u);
+}
+
+// The primary killed: the writer goes on appending to the replica, which
+// numbers after the steps it has; the reader goes on reading there, gets
+// the step it held unacknowledged again (delivery is at least once), and
+// every step after, in order, then the end.
+TEST_F(ClusterTest, AStreamOutlivesItsPrimaryWithTwoReplicas) {
+  const std::string target = Target(/*replicas=*/2);
+  std::unique_ptr<Client> writer = Connect(target);
+  std::unique_ptr<Client> reader = Connect(target);
+  ASSERT_TRUE(writer && reader);
+  const std::string stream = "cluster/survivor";
+  ASSERT_TRUE(writer->CreateStream(stream, StreamPolicy{}).ok());
+  std::vector<std::string> images;
+  for (int i = 0; i < 9; ++i) images.push_back(MakeHdf5Image(4096, 60 + i));
+  NextOptions wait;
+  wait.wait = absl::Seconds(30);
+  EXPECT_TRUE(absl::IsDeadlineExceeded(
+      reader->Next(stream, "g", NextOptions{}).status()));
+  for (int i = 0; i < 6; ++i) {
+    absl::StatusOr<AppendedStep> step =
+        writer->Append(stream, images[i].data(), images[i].size());
+    ASSERT_TRUE(step.ok()) << step.status();
+  }
+  for (uint64_t i = 0; i < 3; ++i) {
+    absl::StatusOr<StreamStep> taken = reader->Next(stream, "g", wait);
+    ASSERT_TRUE(taken.ok()) << taken.status();
+    ASSERT_EQ(taken->step, i);
+    ASSERT_TRUE(reader->Ack(stream, "g", taken->step, taken->consumer).ok());
+  }
+  absl::StatusOr<StreamStep> held = reader->Next(stream, "g", wait);
+  ASSERT_TRUE(held.ok()) << held.status();
+  ASSERT_EQ(held->step, 3u);
+
+  servers_[Primary(stream)]->Kill();
+  for (int i = 6; i < 9; ++i) {
+    absl::StatusOr<AppendedStep> step =
+        writer->Append(stream, images[i].data(), images[i].size());
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_EQ(step->step, static_cast<uint64_t>(i));
+  }
+  ASSERT_TRUE(writer->FinishStream(stream).ok());
+  for (uint64_t i = 3; i < 9; ++i) {
+    absl::StatusOr<StreamStep> taken = reader->Next(stream, "g", wait);
+    ASSERT_TRUE(taken.ok()) << taken.status();
+    ASSERT_EQ(taken->step, i);
+    EXPECT_EQ(std::string(static_cast<const char*>(taken->image.buffer.data()),
+                          taken->image.buffer.size()),
+              images[i]);
+    ASSERT_TRUE(reader->Ack(stream, "g", taken->step, taken->consumer).ok());
+  }
+  EXPECT_TRUE(
+      absl::IsOutOfRange(reader->Next(stream, "g", NextOptions{}).status()));
+}
+
+// A primary that comes back without the stream (restarted, no snapshot)
+// is caught up by the next append through it, numbered after every step
+// the other copy has; the reader, which went over to the other copy while
+// the primary was down, reads on there and misses nothing.
+TEST_F(ClusterTest, AStreamsPrimaryThatComesBackEmptyIsCaughtUp) {
+  const std::string target = Target(/*replicas=*/2);
+  std::unique_ptr<Client> writer = Connect(target);
+  std::unique_ptr<Client> reader = Connect(target);
+  ASSERT_TRUE(writer && reader);
+  const std::string stream = "cluster/returning";
+  const std::string image = MakeHdf5Image(4096, 70);
+  NextOptions wait;
+  wait.wait = absl::Seconds(30);
+  for (uint64_t i = 0; i < 2; ++i) {
+    ASSERT_TRUE(writer->Append(stream, image.data(), image.size()).ok());
+    absl::StatusOr<StreamStep> taken = reader->Next(stream, "g", wait);
+    ASSERT_TRUE(taken.ok()) << taken.status();
+    ASSERT_EQ(taken->step, i);
+    ASSERT_TRUE(reader->Ack(stream, "g", taken->step, taken->consumer).ok());
+  }
+  const size_t primary = Primary(stream);
+  servers_[primary]->Kill();
+  absl::StatusOr<AppendedStep> during =
+      writer->Append(stream, image.data(), image.size());
+  ASSERT_TRUE(during.ok()) << during.status();
+  EXPECT_EQ(during->step, 2u);
+  // The reader, reading on, goes over to the replica.
+  absl::StatusOr<StreamStep> failed_over = reader->Next(stream, "g", wait);
+  ASSERT_TRUE(failed_over.ok()) << failed_over.status();
+  EXPECT_EQ(failed_over->step, 2u);
+  ASSERT_TRUE(
+      reader->Ack(stream, "g", failed_over->step, failed_over->consumer).ok());
+  ASSERT_TRUE(servers_[primary]->Restart().ok());
+
+  // A writer that starts now (this one would leave the server it saw
+  // fail alone for a second) appends to the primary first.
+  writer = Connect(target);
+  ASSERT_TRUE(writer);
+  absl::StatusOr<AppendedStep> after =
+      writer->Append(stream, image.data(), image.size());
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->step, 3u);
+  std::unique_ptr<Client> direct = Connect(servers_[primary]->tcp_target());
+  absl::StatusOr<StreamInfo> on_primary = direct->StatStream(stream);
+  ASSERT_TRUE(on_primary.ok()) << on_primary.status();
+  EXPECT_EQ(on_primary->appended_steps, 4u);
+  absl::StatusOr<StreamStep> taken = reader->Next(stream, "g", wait);
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->step, 3u);
+  ASSERT_TRUE(reader->Ack(stream, "g", taken->step, taken->consumer).ok());
+  // A reader that starts now reads from the copy with the most steps
+  // (both have all four): nothing is left for the group but, at most,
+  // step 3 again, if its acknowledgement came while the reader still
+  // left the restarted server alone (no copy went there).
+  std::unique_ptr<Client> late = Connect(target);
+  ASSERT_TRUE(late);
+  absl::StatusOr<StreamStep> again = late->Next(stream, "g", NextOptions{});
+  if (again.ok()) {
+    EXPECT_EQ(again->step, 3u);
+  } else {
+    EXPECT_TRUE(absl::IsDeadlineExceeded(again.status())) << again.status();
+  }
 }
 
 TEST_F(ClusterTest, AKilledServerLosesNoImageWithTwoReplicas) {

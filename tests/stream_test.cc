@@ -614,6 +614,50 @@ TEST_P(StreamTest, CommandLineAppendsAndTakesSteps) {
   EXPECT_EQ(run({"stream", "delete", "cli/s"}).exit_code, 3);
 }
 
+// A copy of another server's step (a cluster's replica) is appended
+// under that step's number: the steps this server never got are lost to
+// its groups, which are told exactly which, and a copy of a step it has
+// is refused, changing nothing.
+TEST_P(StreamTest, ACopiedStepKeepsItsNumberAndTellsTheGroupsWhatWasMissed) {
+  const std::string stream = "copied";
+  EXPECT_TRUE(absl::IsDeadlineExceeded(
+      client_->Next(stream, "g", NextOptions{}).status()));
+  Append(stream, 0);
+  Append(stream, 1);
+  AppendOptions copy;
+  copy.replica_step = 5;
+  const std::string& image = ImageOf(5);
+  absl::StatusOr<AppendedStep> copied =
+      client_->Append(stream, image.data(), image.size(), copy);
+  ASSERT_TRUE(copied.ok()) << copied.status();
+  EXPECT_EQ(copied->step, 5u);
+  EXPECT_EQ(copied->info.image_id, "copied@5");
+  copy.replica_step = 3;
+  EXPECT_EQ(
+      client_->Append(stream, image.data(), image.size(), copy).status().code(),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Stat(stream).appended_steps, 6u);
+  EXPECT_EQ(Append(stream, 6), 6u);  // numbered on from the copy
+
+  // The loss is told with the next step the group takes after it was
+  // known, as discard-oldest's are.
+  std::vector<uint64_t> steps;
+  std::vector<StepRange> lost;
+  for (int i = 0; i < 4; ++i) {
+    const StreamStep taken = TakeAndAck(*client_, stream, "g");
+    steps.push_back(taken.step);
+    lost.insert(lost.end(), taken.lost.begin(), taken.lost.end());
+    if (taken.step == 5) {
+      EXPECT_EQ(BytesOf(taken), ImageOf(5));
+    }
+  }
+  EXPECT_EQ(steps, (std::vector<uint64_t>{0, 1, 5, 6}));
+  ASSERT_EQ(lost.size(), 1u);
+  EXPECT_EQ(lost[0].first, 2u);
+  EXPECT_EQ(lost[0].last, 4u);
+  EXPECT_EQ(Stat(stream).kept_steps, 0u);
+}
+
 // Deleting a stream frees its steps at once (the server's memory goes
 // back to what it was), ends the wait of a reader on it with NOT_FOUND,
 // and a later append starts a new stream of that name at step 0.

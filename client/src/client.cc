@@ -587,10 +587,16 @@ absl::StatusOr<StreamInfo> Client::CreateStream(std::string_view stream,
                                                 const StreamPolicy& policy) {
   const std::string what = absl::StrCat("create stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    absl::StatusOr<std::shared_ptr<Client>> owner =
-        impl_->cluster->StreamOwner(stream);
-    if (!owner.ok()) return Annotate(owner.status(), what);
-    return (*owner)->CreateStream(stream, policy);
+    std::optional<StreamInfo> info;  // the acting primary's
+    const absl::Status created =
+        impl_->cluster->OnStreamCopies(stream, [&](Client& member) {
+          absl::StatusOr<StreamInfo> answer =
+              member.CreateStream(stream, policy);
+          if (answer.ok() && !info.has_value()) info = *answer;
+          return answer.status();
+        });
+    if (!created.ok()) return Annotate(created, what);
+    return *std::move(info);
   }
   if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
     return Annotate(status, what);
@@ -632,10 +638,13 @@ absl::StatusOr<AppendedStep> Client::AppendMemfd(std::string_view stream,
                                                  const AppendOptions& options) {
   const std::string what = absl::StrCat("append to stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    absl::StatusOr<std::shared_ptr<Client>> owner =
-        impl_->cluster->StreamOwner(stream);
-    if (!owner.ok()) return Annotate(owner.status(), what);
-    return (*owner)->AppendMemfd(stream, memfd, size, options);
+    absl::StatusOr<AppendedStep> appended = impl_->cluster->StreamAppend(
+        stream, options,
+        [&](Client& member, const AppendOptions& member_options) {
+          return member.AppendMemfd(stream, memfd, size, member_options);
+        });
+    if (!appended.ok()) return Annotate(appended.status(), what);
+    return appended;
   }
   if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
     return Annotate(status, what);
@@ -651,7 +660,7 @@ absl::StatusOr<AppendedStep> Client::AppendMemfd(std::string_view stream,
   // A small step is cheaper to send than to hand over: mapping a memfd,
   // and unmapping it once read, costs the server more than the copy.
   absl::StatusOr<ImageInfo> handed =
-      size < kSmallestHandedOverStep
+      size < kSmallestHandedOverStep || options.replica_step.has_value()
           ? absl::UnimplementedError("sent as bytes")
           : images.PushSealed(stream, memfd, size, PushOptions{},
                               impl_->Deadline().Whole(0),
@@ -681,10 +690,13 @@ absl::StatusOr<AppendedStep> Client::AppendBytes(std::string_view stream,
                                                  const AppendOptions& options) {
   const std::string what = absl::StrCat("append to stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    absl::StatusOr<std::shared_ptr<Client>> owner =
-        impl_->cluster->StreamOwner(stream);
-    if (!owner.ok()) return Annotate(owner.status(), what);
-    return (*owner)->AppendBytes(stream, std::move(bytes), options);
+    absl::StatusOr<AppendedStep> appended = impl_->cluster->StreamAppend(
+        stream, options,
+        [&](Client& member, const AppendOptions& member_options) {
+          return member.AppendBytes(stream, bytes, member_options);
+        });
+    if (!appended.ok()) return Annotate(appended.status(), what);
+    return appended;
   }
   if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
     return Annotate(status, what);
@@ -703,6 +715,15 @@ absl::StatusOr<AppendedStep> Client::AppendBytes(std::string_view stream,
     if (!checksum->has_value()) *checksum = unhashed.Checksum();
     return **checksum;
   };
+  if (options.replica_step.has_value()) {
+    bytes.replica_step = options.replica_step;
+    absl::StatusOr<ImageInfo> copied =
+        (*transports)
+            ->grpc->Push(stream, bytes, PushOptions{},
+                         impl_->Deadline().Whole(bytes.size));
+    if (!copied.ok()) return Annotate(copied.status(), what);
+    return AppendedStep{*options.replica_step, *std::move(copied)};
+  }
   return AppendWithRoom(stream, bytes.size, options, [&]() {
     return images.Push(stream, bytes, PushOptions{},
                        impl_->Deadline().Whole(bytes.size));
@@ -760,10 +781,15 @@ absl::StatusOr<AppendedStep> Client::AppendWithRoom(
 absl::StatusOr<StreamInfo> Client::FinishStream(std::string_view stream) {
   const std::string what = absl::StrCat("finish stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    absl::StatusOr<std::shared_ptr<Client>> owner =
-        impl_->cluster->StreamOwner(stream);
-    if (!owner.ok()) return Annotate(owner.status(), what);
-    return (*owner)->FinishStream(stream);
+    std::optional<StreamInfo> info;  // the acting primary's
+    const absl::Status finished =
+        impl_->cluster->OnStreamCopies(stream, [&](Client& member) {
+          absl::StatusOr<StreamInfo> answer = member.FinishStream(stream);
+          if (answer.ok() && !info.has_value()) info = *answer;
+          return answer.status();
+        });
+    if (!finished.ok()) return Annotate(finished, what);
+    return *std::move(info);
   }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), what);
@@ -776,10 +802,10 @@ absl::StatusOr<StreamInfo> Client::FinishStream(std::string_view stream) {
 absl::StatusOr<StreamInfo> Client::StatStream(std::string_view stream) {
   const std::string what = absl::StrCat("stat stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    absl::StatusOr<std::shared_ptr<Client>> owner =
-        impl_->cluster->StreamOwner(stream);
-    if (!owner.ok()) return Annotate(owner.status(), what);
-    return (*owner)->StatStream(stream);
+    absl::StatusOr<StreamInfo> info = impl_->cluster->StreamStat(
+        stream, [&](Client& member) { return member.StatStream(stream); });
+    if (!info.ok()) return Annotate(info.status(), what);
+    return info;
   }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), what);
@@ -810,10 +836,12 @@ absl::Status Client::DeleteStreamOrGroup(std::string_view stream,
                     : absl::StrCat("delete reader group ", Quoted(group),
                                    " of stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    absl::StatusOr<std::shared_ptr<Client>> owner =
-        impl_->cluster->StreamOwner(stream);
-    if (!owner.ok()) return Annotate(owner.status(), what);
-    return (*owner)->DeleteStreamOrGroup(stream, group);
+    return Annotate(impl_->cluster->OnStreamCopies(
+                        stream,
+                        [&](Client& member) {
+                          return member.DeleteStreamOrGroup(stream, group);
+                        }),
+                    what);
   }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), what);
@@ -830,10 +858,10 @@ absl::StatusOr<StreamStep> Client::Next(std::string_view stream,
                                         " for group ", Quoted(group));
   if (impl_->cluster != nullptr) {
     // The member's own consumer name, which its Ack uses alike.
-    absl::StatusOr<std::shared_ptr<Client>> owner =
-        impl_->cluster->StreamOwner(stream);
-    if (!owner.ok()) return Annotate(owner.status(), what);
-    return (*owner)->Next(stream, group, options);
+    absl::StatusOr<StreamStep> step =
+        impl_->cluster->StreamNext(stream, group, options);
+    if (!step.ok()) return Annotate(step.status(), what);
+    return step;
   }
   if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
     return Annotate(status, what);
@@ -900,10 +928,8 @@ absl::Status Client::Ack(std::string_view stream, std::string_view group,
   const std::string what =
       absl::StrCat("acknowledge step ", step, " of stream ", Quoted(stream));
   if (impl_->cluster != nullptr) {
-    absl::StatusOr<std::shared_ptr<Client>> owner =
-        impl_->cluster->StreamOwner(stream);
-    if (!owner.ok()) return Annotate(owner.status(), what);
-    return (*owner)->Ack(stream, group, step, consumer);
+    return Annotate(impl_->cluster->StreamAck(stream, group, step, consumer),
+                    what);
   }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();
   if (!transports.ok()) return Annotate(transports.status(), what);
@@ -911,6 +937,15 @@ absl::Status Client::Ack(std::string_view stream, std::string_view group,
                       ->grpc->AckStep(stream, group, ConsumerName(consumer),
                                       step, impl_->Deadline().reply),
                   what);
+}
+
+absl::Status Client::AckCopy(std::string_view stream, std::string_view group,
+                             uint64_t step) {
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return transports.status();
+  return (*transports)
+      ->grpc->AckStep(stream, group, "", step, impl_->Deadline().reply,
+                      /*copy=*/true);
 }
 
 }  // namespace h5depot

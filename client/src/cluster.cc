@@ -328,10 +328,270 @@ absl::StatusOr<std::shared_ptr<Client>> Cluster::MemberClient(
   return member.client;
 }
 
-absl::StatusOr<std::shared_ptr<Client>> Cluster::StreamOwner(
-    std::string_view stream) {
+std::vector<std::pair<size_t, std::shared_ptr<Client>>>
+Cluster::ReachableCopies(const Membership& m, const std::vector<size_t>& order,
+                         size_t most, size_t from) {
+  std::vector<std::pair<size_t, std::shared_ptr<Client>>> reachable;
+  for (size_t position = from;
+       position < order.size() && reachable.size() < most; ++position) {
+    absl::StatusOr<std::shared_ptr<Client>> client =
+        MemberClient(m, order[position]);
+    if (client.ok()) reachable.emplace_back(position, *std::move(client));
+  }
+  return reachable;
+}
+
+namespace {
+
+// The key of a (stream, group) in Cluster::served_by_.
+std::string ServedKey(std::string_view stream, std::string_view group) {
+  return absl::StrCat(std::string(stream), "\n",
+                      std::string(group));  // neither may hold a newline
+}
+
+absl::Status NoCopyReachable(const absl::Status& first_error) {
+  return absl::UnavailableError(absl::StrCat(
+      "no server of the cluster that holds the stream can be reached",
+      first_error.ok() ? "" : ": ", first_error.message()));
+}
+
+}  // namespace
+
+absl::StatusOr<AppendedStep> Cluster::StreamAppend(
+    std::string_view stream, const AppendOptions& options,
+    const AppendOne& append_one) {
   const std::shared_ptr<const Membership> current = Current();
-  return MemberClient(*current, current->Order(stream)[0]);
+  const Membership& m = *current;
+  const std::vector<size_t> order = m.Order(stream);
+  // The acting primary: the first member that takes it, past those that
+  // cannot be reached or answer UNAVAILABLE.
+  absl::Status first_error;
+  size_t next = 0;
+  std::optional<absl::StatusOr<AppendedStep>> appended;
+  while (!appended.has_value() && next < order.size()) {
+    const size_t index = order[next++];
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, index);
+    if (!client.ok()) {
+      if (first_error.ok()) first_error = client.status();
+      continue;
+    }
+    const std::string& target = m.members[index]->target;
+    AppendOptions primary_options = options;
+    if (std::optional<uint64_t> at = PrimaryCatchUp(m, stream, target)) {
+      primary_options.replica_step = *at;
+    }
+    absl::StatusOr<AppendedStep> answer = append_one(**client, primary_options);
+    Note(m, index, answer.status());
+    if (absl::IsUnavailable(answer.status())) {
+      if (first_error.ok()) first_error = answer.status();
+      continue;
+    }
+    if (answer.ok()) {
+      absl::MutexLock lock(&served_mutex_);
+      Appending& known = appending_[std::string(stream)];
+      // A number that went back: the primary lost the stream unseen (it
+      // restarted between two appends). Checked again next time.
+      if (known.primary == target && answer->step <= known.last_step &&
+          !primary_options.replica_step.has_value()) {
+        known.primary.clear();
+      } else {
+        known.primary = target;
+      }
+      known.last_step = answer->step;
+    }
+    appended = std::move(answer);
+  }
+  if (!appended.has_value()) return NoCopyReachable(first_error);
+  if (!appended->ok()) return *appended;
+  // The copies, each once: one that fails is skipped (its server's groups
+  // are told the steps it missed).
+  AppendOptions copy = options;
+  copy.replica_step = (*appended)->step;
+  const size_t copies = static_cast<size_t>(target_.replicas) - 1;
+  for (auto& [position, client] : ReachableCopies(m, order, copies, next)) {
+    Note(m, order[position], append_one(*client, copy).status());
+  }
+  return appended->value();
+}
+
+absl::Status Cluster::OnStreamCopies(
+    std::string_view stream, const std::function<absl::Status(Client&)>& call) {
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
+  const std::vector<size_t> order = m.Order(stream);
+  std::vector<std::pair<size_t, std::shared_ptr<Client>>> copies =
+      ReachableCopies(m, order, static_cast<size_t>(target_.replicas));
+  if (copies.empty()) return NoCopyReachable(absl::OkStatus());
+  absl::Status first = call(*copies[0].second);
+  Note(m, order[copies[0].first], first);
+  if (!first.ok()) return first;
+  for (size_t n = 1; n < copies.size(); ++n) {
+    Note(m, order[copies[n].first], call(*copies[n].second));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StreamInfo> Cluster::StreamStat(
+    std::string_view stream,
+    const std::function<absl::StatusOr<StreamInfo>(Client&)>& call) {
+  const std::shared_ptr<const Membership> current = Current();
+  return FirstAnswering(*current, stream, call);
+}
+
+std::optional<uint64_t> Cluster::PrimaryCatchUp(const Membership& m,
+                                                std::string_view stream,
+                                                std::string_view target) {
+  {
+    absl::MutexLock lock(&served_mutex_);
+    auto it = appending_.find(std::string(stream));
+    if (it != appending_.end() && it->second.primary == target) {
+      return std::nullopt;
+    }
+  }
+  const std::vector<size_t> order = m.Order(stream);
+  uint64_t most = 0;
+  std::optional<uint64_t> primary_has;
+  for (auto& [position, client] :
+       ReachableCopies(m, order, static_cast<size_t>(target_.replicas))) {
+    absl::StatusOr<StreamInfo> info = client->StatStream(stream);
+    const uint64_t appended = info.ok() ? info->appended_steps : 0;
+    if (m.members[order[position]]->target == target) primary_has = appended;
+    most = std::max(most, appended);
+  }
+  if (!primary_has.has_value() || *primary_has >= most) return std::nullopt;
+  return most;  // the next step after the most any copy has
+}
+
+std::string Cluster::ChooseReadingCopy(const Membership& m,
+                                       std::string_view stream,
+                                       std::string_view failed) {
+  const std::vector<size_t> order = m.Order(stream);
+  std::string chosen;
+  uint64_t most = 0;
+  for (auto& [position, client] :
+       ReachableCopies(m, order, static_cast<size_t>(target_.replicas))) {
+    const std::string& target = m.members[order[position]]->target;
+    if (target == failed) continue;
+    absl::StatusOr<StreamInfo> info = client->StatStream(stream);
+    Note(m, order[position], info.status());
+    if (absl::IsUnavailable(info.status())) continue;
+    const uint64_t appended = info.ok() ? info->appended_steps : 0;
+    if (chosen.empty() || appended > most) {
+      chosen = target;
+      most = appended;
+    }
+  }
+  return chosen;
+}
+
+size_t Cluster::CopyAck(const Membership& m, std::string_view stream,
+                        std::string_view group, uint64_t step,
+                        std::string_view except) {
+  const std::vector<size_t> order = m.Order(stream);
+  size_t took = 0;
+  for (auto& [position, client] :
+       ReachableCopies(m, order, static_cast<size_t>(target_.replicas))) {
+    if (m.members[order[position]]->target == except) continue;
+    const absl::Status copied = client->AckCopy(stream, group, step);
+    Note(m, order[position], copied);
+    if (copied.ok()) ++took;
+  }
+  return took;
+}
+
+absl::StatusOr<StreamStep> Cluster::StreamNext(std::string_view stream,
+                                               std::string_view group,
+                                               const NextOptions& options) {
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
+  const std::string key = ServedKey(stream, group);
+  std::string served;
+  {
+    absl::MutexLock lock(&served_mutex_);
+    auto it = served_by_.find(key);
+    if (it != served_by_.end()) served = it->second;
+  }
+  NextOptions asked = options;
+  std::string reading = served;
+  std::string failed;
+  absl::Status first_error;
+  for (size_t tries = 0; tries <= m.members.size(); ++tries) {
+    if (reading.empty()) reading = ChooseReadingCopy(m, stream, failed);
+    if (reading.empty()) break;
+    size_t index = 0;
+    while (index < m.members.size() && m.members[index]->target != reading) {
+      ++index;
+    }
+    absl::StatusOr<std::shared_ptr<Client>> client =
+        index < m.members.size() ? MemberClient(m, index)
+                                 : absl::StatusOr<std::shared_ptr<Client>>(
+                                       absl::UnavailableError("left"));
+    // An acknowledgement rides only to the member that handed the step
+    // out; for any other it is sent on its own first.
+    if (client.ok() && asked.ack_step.has_value() && reading != served) {
+      absl::Status acked =
+          StreamAck(stream, group, *asked.ack_step, asked.consumer);
+      if (!acked.ok()) return acked;
+      asked.ack_step.reset();
+    }
+    absl::StatusOr<StreamStep> step =
+        client.ok() ? (*client)->Next(stream, group, asked)
+                    : absl::StatusOr<StreamStep>(client.status());
+    if (client.ok()) Note(m, index, step.status());
+    if (absl::IsUnavailable(step.status())) {
+      if (first_error.ok()) first_error = step.status();
+      if (asked.ack_step.has_value()) {
+        // Whether that member took it is unknown: the others take a copy.
+        CopyAck(m, stream, group, *asked.ack_step, reading);
+        asked.ack_step.reset();
+      }
+      failed = reading;
+      reading.clear();
+      continue;
+    }
+    if (asked.ack_step.has_value() &&
+        step.status().code() != absl::StatusCode::kFailedPrecondition) {
+      // Taken where the step was leased: the other copies follow.
+      CopyAck(m, stream, group, *asked.ack_step, reading);
+    }
+    {
+      absl::MutexLock lock(&served_mutex_);
+      served_by_[key] = reading;
+    }
+    return step;
+  }
+  return NoCopyReachable(first_error);
+}
+
+absl::Status Cluster::StreamAck(std::string_view stream, std::string_view group,
+                                uint64_t step, std::string_view consumer) {
+  const std::shared_ptr<const Membership> current = Current();
+  const Membership& m = *current;
+  std::string served;
+  {
+    absl::MutexLock lock(&served_mutex_);
+    auto it = served_by_.find(ServedKey(stream, group));
+    if (it != served_by_.end()) served = it->second;
+  }
+  std::string acked_on;
+  for (size_t index : m.Order(stream)) {
+    if (m.members[index]->target != served) continue;
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, index);
+    if (!client.ok()) break;
+    const absl::Status acked = (*client)->Ack(stream, group, step, consumer);
+    Note(m, index, acked);
+    if (absl::IsUnavailable(acked)) break;
+    // Refused where the step was leased (its lease ran out, say): that is
+    // the answer, and the copies change nothing.
+    if (!acked.ok()) return acked;
+    acked_on = served;
+    break;
+  }
+  const size_t copied = CopyAck(m, stream, group, step, acked_on);
+  if (acked_on.empty() && copied == 0) {
+    return NoCopyReachable(absl::OkStatus());
+  }
+  return absl::OkStatus();
 }
 
 void Cluster::Note(const Membership& m, size_t index,

@@ -51,6 +51,9 @@
 // - Watch: every member's watch, merged: each change once (by id and
 //   generation), a removal only once no replica holds the generation; it
 //   cannot start after a sequence (cluster_watch_internal.h).
+// - Streams: on the first R reachable members of the stream's order, the
+//   first numbering the steps and the others copying them; see the
+//   stream methods below and docs/STREAMS.md ("Through a cluster").
 #ifndef H5DEPOT_CLIENT_CLUSTER_INTERNAL_H_
 #define H5DEPOT_CLIENT_CLUSTER_INTERNAL_H_
 
@@ -64,6 +67,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -150,10 +154,45 @@ class Cluster {
   absl::StatusOr<std::unique_ptr<ImageWatch>> Watch(
       const WatchOptions& options);
 
-  // The member a stream lives on: the first of its name's placement order
-  // (its primary), connected. A stream has one server, no replicas yet:
-  // UNAVAILABLE while that one cannot be reached.
-  absl::StatusOr<std::shared_ptr<Client>> StreamOwner(std::string_view stream);
+  // Streams (docs/STREAMS.md, "Through a cluster"). A stream lives on its
+  // *copies*: the first R members of its name's placement order that can
+  // be reached, the first of them acting as its primary.
+  //
+  // An append goes to the acting primary, which numbers the step, then to
+  // the other copies as a copy of that step (AppendOptions::replica_step),
+  // each tried once: a copy that fails (unreachable, full) is skipped, and
+  // that server's groups are told the steps it missed when they next read
+  // there. The primary's answer is the append's. `append_one` makes the
+  // append on one member with the options given.
+  using AppendOne = std::function<absl::StatusOr<AppendedStep>(
+      Client& member, const AppendOptions& options)>;
+  absl::StatusOr<AppendedStep> StreamAppend(std::string_view stream,
+                                            const AppendOptions& options,
+                                            const AppendOne& append_one);
+  // `call` on the acting primary, then, if it succeeded, on the other
+  // copies, whose answers are not waited for beyond their calls: create,
+  // finish and delete. The primary's answer; UNAVAILABLE if no member can
+  // be reached.
+  absl::Status OnStreamCopies(std::string_view stream,
+                              const std::function<absl::Status(Client&)>& call);
+  // `call` on the first member of the stream's order that answers other
+  // than UNAVAILABLE: a stat.
+  absl::StatusOr<StreamInfo> StreamStat(
+      std::string_view stream,
+      const std::function<absl::StatusOr<StreamInfo>(Client&)>& call);
+  // The next step from the first copy that answers, so that readers go on
+  // from a replica when the primary is lost (a step it had leased comes
+  // again, at least once). An acknowledgement riding on the request goes
+  // to the member that handed the step out, and as a copy to the other
+  // copies.
+  absl::StatusOr<StreamStep> StreamNext(std::string_view stream,
+                                        std::string_view group,
+                                        const NextOptions& options);
+  // To the member that handed the step out (Client::Ack), and as a copy
+  // to the other copies; if that member cannot be reached, as a copy to
+  // every copy. UNAVAILABLE if none took it.
+  absl::Status StreamAck(std::string_view stream, std::string_view group,
+                         uint64_t step, std::string_view consumer);
 
  private:
   // The members at one time: each operation works on the membership it
@@ -200,8 +239,49 @@ class Cluster {
       const std::function<absl::StatusOr<T>(Client&)>& call,
       const std::function<bool()>& may_go_on = nullptr);
 
+  // Up to `most` members of `stream`'s placement order that can be
+  // reached, in order, with their indices; from position `from` of the
+  // order on.
+  std::vector<std::pair<size_t, std::shared_ptr<Client>>> ReachableCopies(
+      const Membership& m, const std::vector<size_t>& order, size_t most,
+      size_t from = 0);
+  // The copy of `stream` to read from: the reachable one, of its first R,
+  // that has appended the most steps (the first in order of those), so
+  // that a primary that came back without the stream, or with less of it,
+  // is not read from until it has caught up. Its target; empty if none
+  // can be reached. Skips `failed`.
+  std::string ChooseReadingCopy(const Membership& m, std::string_view stream,
+                                std::string_view failed);
+  // The step number the acting primary `target` must give the next
+  // append, if it must be told (it came back without the stream, or with
+  // less of it, than the other copies): the most any copy has appended.
+  // Asked once per acting primary and stream, and again after a step
+  // number went back.
+  std::optional<uint64_t> PrimaryCatchUp(const Membership& m,
+                                         std::string_view stream,
+                                         std::string_view target);
+  // Copies of the acknowledgement of `step` to the stream's copies other
+  // than member `except` (its target; empty: none excepted); how many
+  // took it.
+  size_t CopyAck(const Membership& m, std::string_view stream,
+                 std::string_view group, uint64_t step,
+                 std::string_view except);
+
   const ClusterTarget target_;
   const ClientOptions options_;
+  // Which member handed out each (stream, group)'s last step to this
+  // client, by target: where its acknowledgement goes.
+  absl::Mutex served_mutex_;
+  absl::flat_hash_map<std::string, std::string> served_by_
+      ABSL_GUARDED_BY(served_mutex_);
+  // Each stream's acting primary as last checked (PrimaryCatchUp), and the
+  // last step it numbered for this client.
+  struct Appending {
+    std::string primary;
+    uint64_t last_step = 0;
+  };
+  absl::flat_hash_map<std::string, Appending> appending_
+      ABSL_GUARDED_BY(served_mutex_);
   // A list of members: fixed. Discovered ones: replaced on refresh.
   std::shared_ptr<const Membership> fixed_;
   absl::Mutex membership_mutex_;

@@ -775,6 +775,9 @@ absl::StatusOr<ImageInfo> GrpcTransport::Push(std::string_view image_id,
   header->set_ttl_ms(ToMillis(options.ttl));
   header->set_replica_generation(options.replica_generation);
   header->set_stream_append(bytes.stream_append);
+  if (bytes.replica_step.has_value()) {
+    header->set_replica_step(*bytes.replica_step);
+  }
   auto chunk = [&](size_t offset, size_t n) {
     return ChunkMessageCopying(data + offset, n);
   };
@@ -1200,7 +1203,7 @@ absl::StatusOr<LeasedStep> GrpcTransport::NextStep(std::string_view stream,
 absl::Status GrpcTransport::AckStep(std::string_view stream,
                                     std::string_view group,
                                     std::string_view consumer, uint64_t step,
-                                    absl::Time deadline) {
+                                    absl::Time deadline, bool copy) {
   const GrpcUse grpc_use;
   absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline);
   if (!stubs.ok()) return stubs.status();
@@ -1211,6 +1214,7 @@ absl::Status GrpcTransport::AckStep(std::string_view stream,
   request.set_group(std::string(group));
   request.set_consumer(std::string(consumer));
   request.set_step(step);
+  request.set_replica(copy);
   v1::AckStepResponse response;
   return FromGrpcStatus((*stubs)->stub->AckStep(&context, request, &response));
 }

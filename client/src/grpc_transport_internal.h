@@ -110,9 +110,11 @@ class GrpcTransport final : public ImageTransport,
                                       std::string_view consumer,
                                       const NextOptions& options,
                                       absl::Time deadline) override;
+  // `copy`: a cluster's copy of an acknowledgement made on another
+  // server (AckStepRequest::replica; `consumer` is not used).
   absl::Status AckStep(std::string_view stream, std::string_view group,
                        std::string_view consumer, uint64_t step,
-                       absl::Time deadline);
+                       absl::Time deadline, bool copy = false);
   // OK once the stream's queue has room for `size` bytes; `*waited` says
   // whether the server had to wait for it.
   absl::Status AwaitStreamRoom(std::string_view stream, uint64_t size,

@@ -58,6 +58,9 @@ struct PushBytes {
   // The push appends a step to the stream named by the image id
   // (Client::Append); the info returned is the step's.
   bool stream_append = false;
+  // With stream_append: a cluster's copy of this step, held by another
+  // server (AppendOptions::replica_step). Only gRPC carries it.
+  std::optional<uint64_t> replica_step;
 
   uint64_t Checksum() const;
 };

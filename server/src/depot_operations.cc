@@ -238,6 +238,7 @@ absl::StatusOr<PushRequest> DepotOperations::PushRequestFor(
   request.if_generation_match = params.if_generation_match;
   request.replica_generation = params.replica_generation;
   request.stream_append = params.stream_append;
+  request.replica_step = params.replica_step;
   request.ttl = absl::Milliseconds(std::min(params.ttl_ms, kMaxTtlMs));
   return request;
 }
@@ -530,6 +531,17 @@ absl::Status DepotOperations::AckStep(const Caller& caller,
     return allowed;
   }
   return store_->streams().Ack(stream, group, consumer, step);
+}
+
+absl::Status DepotOperations::AckStepCopy(const Caller& caller,
+                                          std::string_view stream,
+                                          std::string_view group,
+                                          uint64_t step) {
+  if (absl::Status allowed = Authorize(caller, Operation::kFetch, stream);
+      !allowed.ok()) {
+    return allowed;
+  }
+  return store_->streams().AckCopy(stream, group, step);
 }
 
 StreamTable::WaitId DepotOperations::AwaitStreamRoom(

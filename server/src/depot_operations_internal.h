@@ -164,6 +164,7 @@ struct PushParams {
   uint64_t ttl_ms = 0;                          // 0: never expires
   uint64_t replica_generation = 0;  // 0: a new generation (PushRequest)
   bool stream_append = false;       // image_id names a stream (PushRequest)
+  std::optional<uint64_t> replica_step;  // with stream_append (PushRequest)
 };
 
 // What a fetch or stat waits for, as it arrives on any transport: a
@@ -426,6 +427,9 @@ class DepotOperations {
   absl::Status AckStep(const Caller& caller, std::string_view stream,
                        std::string_view group, std::string_view consumer,
                        uint64_t step);
+  // StreamTable::AckCopy, authorised as AckStep.
+  absl::Status AckStepCopy(const Caller& caller, std::string_view stream,
+                           std::string_view group, uint64_t step);
   // StreamTable::AwaitRoom for a writer (authorised as a push).
   StreamTable::WaitId AwaitStreamRoom(const Caller& caller,
                                       std::string_view stream, uint64_t size,

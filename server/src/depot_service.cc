@@ -285,6 +285,7 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     params.ttl_ms = header.ttl_ms();
     params.replica_generation = header.replica_generation();
     params.stream_append = header.stream_append();
+    if (header.has_replica_step()) params.replica_step = header.replica_step();
     // The cut-off comes only while pending_ lives, and OnDone destroys it
     // before the reactor: `this` is alive whenever it runs.
     absl::StatusOr<std::unique_ptr<PendingImage>> pending =
@@ -1321,9 +1322,13 @@ grpc::ServerUnaryReactor* DepotService::AckStep(
         std::move(pass), Record(Operation::kFetch));
   }
   auto* reactor = new UnaryReactor(std::move(pass), Record(Operation::kFetch));
-  reactor->Answer(ToGrpcStatus(operations_->AckStep(
-      CallerOf(context), request->stream(), request->group(),
-      request->consumer(), request->step())));
+  reactor->Answer(ToGrpcStatus(
+      request->replica()
+          ? operations_->AckStepCopy(CallerOf(context), request->stream(),
+                                     request->group(), request->step())
+          : operations_->AckStep(CallerOf(context), request->stream(),
+                                 request->group(), request->consumer(),
+                                 request->step())));
   return reactor;
 }
 

@@ -576,6 +576,10 @@ absl::Status ImageStore::Admit(const PushRequest& request, uint64_t charge) {
   if (shutting_down_.load(std::memory_order_relaxed)) {
     return absl::UnavailableError("server is shutting down");
   }
+  if (request.replica_step.has_value() && !request.stream_append) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", request.image_id, "': a replica step is for stream appends only"));
+  }
   if (request.stream_append) {
     if (request.if_generation_match.has_value() ||
         request.replica_generation != 0 ||
@@ -611,7 +615,8 @@ absl::Status ImageStore::AdmitStreamAppend(const PushRequest& request,
   if (absl::Status status =
           request.restored.has_value()
               ? streams_->AdmitRestoredStep(request.image_id, request.size)
-              : streams_->AdmitAppend(request.image_id, request.size);
+              : streams_->AdmitAppend(request.image_id, request.size,
+                                      request.replica_step);
       !status.ok()) {
     return status;
   }
@@ -953,7 +958,7 @@ absl::StatusOr<ImageRef> ImageStore::InstallStep(
     // Numbered and published under the store's lock, so that steps are
     // numbered in the order they are published.
     absl::StatusOr<uint64_t> step =
-        streams_->ReserveStepNumber(request.image_id);
+        streams_->ReserveStepNumber(request.image_id, request.replica_step);
     if (!step.ok()) return step.status();
     stored.image_id_ = internal::StreamStepId(request.image_id, *step);
     // A step id was never an image's, and is never used again.

@@ -274,9 +274,33 @@ std::vector<StreamState> StreamTable::DescribeAll() const {
   return states;
 }
 
-absl::Status StreamTable::AdmitAppend(std::string_view stream, uint64_t size) {
+absl::Status StreamTable::CheckReplicaStep(const Stream& stream,
+                                           uint64_t replica_step) {
+  if (replica_step < stream.appended) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("stream '", stream.name, "' has step ", replica_step,
+                     " already (its next is ", stream.appended, ")"));
+  }
+  if (replica_step - stream.appended > kMaxReplicaStepLead) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a copy of step ", replica_step, " of stream '", stream.name,
+        "' is too far ahead of its next step, ", stream.appended));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StreamTable::AdmitAppend(std::string_view stream, uint64_t size,
+                                      std::optional<uint64_t> replica_step) {
   absl::MutexLock lock(&mutex_);
   if (shutting_down_) return absl::UnavailableError("server is shutting down");
+  if (replica_step.has_value()) {
+    if (const Stream* found = Find(stream); found != nullptr) {
+      if (absl::Status status = CheckReplicaStep(*found, *replica_step);
+          !status.ok()) {
+        return status;
+      }
+    }
+  }
   Stream& named = Named(stream);
   named.created = true;  // with the default policy, if it was not
   if (named.finished) {
@@ -322,7 +346,7 @@ void StreamTable::AbandonAppend(std::string_view stream, uint64_t size) {
 }
 
 absl::StatusOr<uint64_t> StreamTable::ReserveStepNumber(
-    std::string_view stream) {
+    std::string_view stream, std::optional<uint64_t> replica_step) {
   absl::MutexLock lock(&mutex_);
   Stream* found = Find(stream);
   if (found == nullptr || found->finished) {
@@ -331,7 +355,32 @@ absl::StatusOr<uint64_t> StreamTable::ReserveStepNumber(
                      "' was finished while the append was under way; nothing "
                      "was appended"));
   }
-  return found->appended++;
+  if (!replica_step.has_value()) return found->appended++;
+  if (absl::Status status = CheckReplicaStep(*found, *replica_step);
+      !status.ok()) {
+    return status;
+  }
+  const uint64_t missed = found->appended;  // [missed, replica_step)
+  if (missed < *replica_step) {
+    for (auto& [name, group] : found->groups) {
+      StepRange lost{missed, *replica_step - 1};
+      if (!group.lost.empty() && group.lost.back().last + 1 == missed) {
+        group.lost.back().last = lost.last;
+      } else {
+        group.lost.push_back(lost);
+      }
+      // Nothing at or past `missed` was acknowledged or handed out yet.
+      if (group.acked_below >= missed) {
+        group.acked_below = *replica_step;
+      } else {
+        for (uint64_t step = missed; step < *replica_step; ++step) {
+          group.acked_above.insert(step);
+        }
+      }
+    }
+  }
+  found->appended = *replica_step + 1;
+  return *replica_step;
 }
 
 void StreamTable::AddStep(std::string_view stream, uint64_t step,
@@ -471,7 +520,13 @@ std::optional<TakenStep> StreamTable::Take(Stream& stream, Group& group,
     // Steps missing below the newest were freed before the group joined
     // or discarded (and recorded lost): skipped.
     // (A step numbered but not yet added is not skipped: it comes.)
+    // Steps the group acknowledged elsewhere (AckCopy) are skipped too.
     auto next = stream.steps.lower_bound(group.next_step);
+    while (next != stream.steps.end() &&
+           (next->first < group.acked_below ||
+            group.acked_above.count(next->first) != 0)) {
+      ++next;
+    }
     if (next == stream.steps.end()) return std::nullopt;
     step = next->first;
     group.next_step = step + 1;
@@ -650,6 +705,38 @@ absl::Status StreamTable::Ack(std::string_view stream,
                        Sv(stream), "': ", why));
     }
     group.leased.erase(lease);
+    MarkAcked(group, step);
+    Trim(*found, &removed);
+    Serve(*found, &after);
+  }
+  RunAfter(std::move(after), std::move(removed));
+  return absl::OkStatus();
+}
+
+absl::Status StreamTable::AckCopy(std::string_view stream,
+                                  std::string_view group_name, uint64_t step) {
+  absl::Status invalid = internal::ValidateImageId(group_name);
+  if (!invalid.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "reader group names follow the image id rules: ", invalid.message()));
+  }
+  After after;
+  std::vector<std::string> removed;
+  {
+    absl::MutexLock lock(&mutex_);
+    Stream* found = Find(stream);
+    if (found == nullptr) {
+      return absl::NotFoundError(absl::StrCat("no stream '", Sv(stream), "'"));
+    }
+    auto [it, made] = found->groups.try_emplace(std::string(group_name));
+    Group& group = it->second;
+    if (made) {
+      // From this step on: what the group did before it is the primary's.
+      group.next_step = step;
+      group.acked_below = step;
+    }
+    group.leased.erase(step);  // its timer finds no lease and passes
+    group.to_redeliver.erase(step);
     MarkAcked(group, step);
     Trim(*found, &removed);
     Serve(*found, &after);

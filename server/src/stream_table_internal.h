@@ -207,14 +207,26 @@ class StreamTable {
   // takes a place in its queue, or refuses: FAILED_PRECONDITION for a
   // finished stream, INVALID_ARGUMENT for a step larger than the queue's
   // byte limit, RESOURCE_EXHAUSTED for a full queue whose policy blocks or
-  // refuses (AwaitRoom tells a blocking writer when to try again).
-  absl::Status AdmitAppend(std::string_view stream, uint64_t size);
+  // refuses (AwaitRoom tells a blocking writer when to try again). A copy
+  // of another server's step (`replica_step`) is refused early as
+  // ReserveStepNumber would refuse it.
+  absl::Status AdmitAppend(std::string_view stream, uint64_t size,
+                           std::optional<uint64_t> replica_step = {});
   // The append admitted with `size` ends without a step.
   void AbandonAppend(std::string_view stream, uint64_t size);
   // Under the store's lock, when it publishes an admitted append: the
   // step's number, or FAILED_PRECONDITION if the stream was finished
   // meanwhile. Nothing can fail between this and AddStep.
-  absl::StatusOr<uint64_t> ReserveStepNumber(std::string_view stream);
+  //
+  // With `replica_step` N the append is a copy of another server's step N
+  // (a cluster's): it is numbered N. FAILED_PRECONDITION if the stream has
+  // step N or a later one already; INVALID_ARGUMENT if N is more than
+  // kMaxReplicaStepLead steps ahead. The steps between the stream's last
+  // and N, never copied here, are lost to its groups: each is told, as
+  // of a discarded step, and none of them waits for them.
+  absl::StatusOr<uint64_t> ReserveStepNumber(
+      std::string_view stream, std::optional<uint64_t> replica_step = {});
+  static constexpr uint64_t kMaxReplicaStepLead = uint64_t{1} << 20;
   // Under the store's lock, right after ReserveStepNumber: `image` (named
   // and numbered) is step `step`. The ids of steps dropped to make room
   // (discard-oldest) go to `*discarded`, for the store to remove under its
@@ -244,6 +256,12 @@ class StreamTable {
   // or group.
   absl::Status Ack(std::string_view stream, std::string_view group,
                    std::string_view consumer, uint64_t step);
+  // A copy of an acknowledgement `group` made on another server (a
+  // cluster's): `step` is marked acknowledged for the group, whoever here
+  // holds it, and OK if it already was. A group that does not exist is
+  // made, starting at `step`. NOT_FOUND for an unknown stream.
+  absl::Status AckCopy(std::string_view stream, std::string_view group,
+                       uint64_t step);
 
   // For a writer refused RESOURCE_EXHAUSTED by a blocking stream: `done`
   // is called with OK once the queue has room for `size` bytes (at once
@@ -339,6 +357,10 @@ class StreamTable {
   static void CountQueued(const Stream& stream, uint64_t* steps,
                           uint64_t* bytes);
   static bool HasRoom(const Stream& stream, uint64_t size);
+  // Why a copy of step `replica_step` cannot be appended to `stream`; OK
+  // if it can.
+  static absl::Status CheckReplicaStep(const Stream& stream,
+                                       uint64_t replica_step);
   Group& JoinGroup(Stream& stream, const NextRequest& request)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Hands the group's next step to the request's consumer, if it has one.

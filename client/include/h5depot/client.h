@@ -83,6 +83,7 @@ namespace h5depot {
 
 namespace internal {
 struct PushBytes;
+class Cluster;
 }  // namespace internal
 
 // What the server knows about one stored generation of an image.
@@ -411,6 +412,12 @@ struct AppendOptions {
   // for readers to make room, beyond ClientOptions::call_timeout for
   // the transfer itself. DEADLINE_EXCEEDED after it.
   absl::Duration wait_for_room = absl::Seconds(30);
+  // A copy of step N of the stream that another server holds (a cluster
+  // client sets it for a stream's replicas), appended as step N: sent
+  // over gRPC and tried once, never waiting for room (a full stream
+  // refuses it). FAILED_PRECONDITION where the server has step N or a
+  // later one already.
+  std::optional<uint64_t> replica_step;
 };
 
 struct AppendedStep {
@@ -641,6 +648,11 @@ class Client {
   absl::StatusOr<AppendedStep> AppendWithRoom(
       std::string_view stream, uint64_t size, const AppendOptions& options,
       const std::function<absl::StatusOr<ImageInfo>()>& push_once);
+  friend class internal::Cluster;
+  // A cluster's copy of an acknowledgement `group` made of `step` on
+  // another server (AckStepRequest::replica).
+  absl::Status AckCopy(std::string_view stream, std::string_view group,
+                       uint64_t step);
   // DeleteStream (`group` empty) and DeleteStreamGroup.
   absl::Status DeleteStreamOrGroup(std::string_view stream,
                                    std::string_view group);

@@ -347,6 +347,9 @@ struct PushRequest {
   // it is published as "image_id@N", N the step's number, under the
   // stream's policy. No precondition, time to live or replica generation.
   bool stream_append = false;
+  // With stream_append: a copy of this step of the stream held by another
+  // server, appended as that step (StreamTable::ReserveStepNumber).
+  std::optional<uint64_t> replica_step;
   // The share the push is charged to, beside the store's limit (see
   // Quota); null: only the store's limit.
   std::shared_ptr<Quota> quota;
