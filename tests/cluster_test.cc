@@ -520,6 +520,9 @@ TEST_F(ClusterTest, AStreamsPrimaryThatComesBackEmptyIsCaughtUp) {
   std::unique_ptr<Client> reader = Connect(target);
   ASSERT_TRUE(writer && reader);
   const std::string stream = "cluster/returning";
+  StreamPolicy policy;
+  policy.max_steps = 5;
+  ASSERT_TRUE(writer->CreateStream(stream, policy).ok());
   const std::string image = MakeHdf5Image(4096, 70);
   NextOptions wait;
   wait.wait = absl::Seconds(30);
@@ -556,6 +559,7 @@ TEST_F(ClusterTest, AStreamsPrimaryThatComesBackEmptyIsCaughtUp) {
   absl::StatusOr<StreamInfo> on_primary = direct->StatStream(stream);
   ASSERT_TRUE(on_primary.ok()) << on_primary.status();
   EXPECT_EQ(on_primary->appended_steps, 4u);
+  EXPECT_EQ(on_primary->policy.max_steps, 5u);  // made again with it
   absl::StatusOr<StreamStep> taken = reader->Next(stream, "g", wait);
   ASSERT_TRUE(taken.ok()) << taken.status();
   EXPECT_EQ(taken->step, 3u);
@@ -571,6 +575,13 @@ TEST_F(ClusterTest, AStreamsPrimaryThatComesBackEmptyIsCaughtUp) {
     EXPECT_EQ(again->step, 3u);
   } else {
     EXPECT_TRUE(absl::IsDeadlineExceeded(again.status())) << again.status();
+  }
+  // Deleted, it is gone from every server.
+  ASSERT_TRUE(writer->DeleteStream(stream).ok());
+  for (const auto& server : servers_) {
+    std::unique_ptr<Client> each = Connect(server->tcp_target());
+    ASSERT_TRUE(each);
+    EXPECT_TRUE(absl::IsNotFound(each->StatStream(stream).status()));
   }
 }
 

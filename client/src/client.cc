@@ -840,7 +840,8 @@ absl::Status Client::DeleteStreamOrGroup(std::string_view stream,
                         stream,
                         [&](Client& member) {
                           return member.DeleteStreamOrGroup(stream, group);
-                        }),
+                        },
+                        /*any_suffices=*/true),
                     what);
   }
   absl::StatusOr<internal::Transports*> transports = impl_->transports();

@@ -415,20 +415,28 @@ absl::StatusOr<AppendedStep> Cluster::StreamAppend(
 }
 
 absl::Status Cluster::OnStreamCopies(
-    std::string_view stream, const std::function<absl::Status(Client&)>& call) {
+    std::string_view stream, const std::function<absl::Status(Client&)>& call,
+    bool any_suffices) {
   const std::shared_ptr<const Membership> current = Current();
   const Membership& m = *current;
   const std::vector<size_t> order = m.Order(stream);
+  // A delete reaches every member: a server that was a copy while another
+  // was down may hold one too.
   std::vector<std::pair<size_t, std::shared_ptr<Client>>> copies =
-      ReachableCopies(m, order, static_cast<size_t>(target_.replicas));
+      ReachableCopies(
+          m, order,
+          any_suffices ? order.size() : static_cast<size_t>(target_.replicas));
   if (copies.empty()) return NoCopyReachable(absl::OkStatus());
   absl::Status first = call(*copies[0].second);
   Note(m, order[copies[0].first], first);
-  if (!first.ok()) return first;
+  if (!first.ok() && !any_suffices) return first;
+  bool any = first.ok();
   for (size_t n = 1; n < copies.size(); ++n) {
-    Note(m, order[copies[n].first], call(*copies[n].second));
+    const absl::Status answer = call(*copies[n].second);
+    Note(m, order[copies[n].first], answer);
+    any = any || answer.ok();
   }
-  return absl::OkStatus();
+  return any ? absl::OkStatus() : first;
 }
 
 absl::StatusOr<StreamInfo> Cluster::StreamStat(
@@ -451,14 +459,26 @@ std::optional<uint64_t> Cluster::PrimaryCatchUp(const Membership& m,
   const std::vector<size_t> order = m.Order(stream);
   uint64_t most = 0;
   std::optional<uint64_t> primary_has;
+  std::shared_ptr<Client> primary;
+  std::optional<StreamPolicy> policy;  // a copy's, for a primary without it
   for (auto& [position, client] :
        ReachableCopies(m, order, static_cast<size_t>(target_.replicas))) {
     absl::StatusOr<StreamInfo> info = client->StatStream(stream);
     const uint64_t appended = info.ok() ? info->appended_steps : 0;
-    if (m.members[order[position]]->target == target) primary_has = appended;
+    if (m.members[order[position]]->target == target) {
+      primary_has = appended;
+      primary = client;
+    } else if (info.ok() && info->created && !policy.has_value()) {
+      policy = info->policy;
+    }
     most = std::max(most, appended);
   }
   if (!primary_has.has_value() || *primary_has >= most) return std::nullopt;
+  // Made again with its policy if it lost the stream (an append would make
+  // it with the defaults); one it still has keeps its own.
+  if (*primary_has == 0 && policy.has_value()) {
+    primary->CreateStream(stream, *policy).IgnoreError();
+  }
   return most;  // the next step after the most any copy has
 }
 

@@ -170,11 +170,13 @@ class Cluster {
                                             const AppendOptions& options,
                                             const AppendOne& append_one);
   // `call` on the acting primary, then, if it succeeded, on the other
-  // copies, whose answers are not waited for beyond their calls: create,
-  // finish and delete. The primary's answer; UNAVAILABLE if no member can
-  // be reached.
+  // copies: create and finish. The primary's answer; UNAVAILABLE if no
+  // member can be reached. With `any_suffices` (delete) every reachable
+  // member is called, whatever the first answered (a server that was a
+  // copy while another was down may hold one), and OK if any said OK.
   absl::Status OnStreamCopies(std::string_view stream,
-                              const std::function<absl::Status(Client&)>& call);
+                              const std::function<absl::Status(Client&)>& call,
+                              bool any_suffices = false);
   // `call` on the first member of the stream's order that answers other
   // than UNAVAILABLE: a stat.
   absl::StatusOr<StreamInfo> StreamStat(
