@@ -18,7 +18,7 @@ namespace h5depot::internal {
 // gRPC's threads therefore still run while the process exits, finishing
 // the teardown of channels destroyed just before. So that they are not
 // caught by the destruction of gRPC's statics, exit() first waits until
-// no GrpcUse ended for kGrpcQuietBeforeFork, at most 250 ms in all; a
+// no GrpcUse ended for 200 ms, at most a second in all; a
 // process that never called through a GrpcUse does not wait.
 //
 // The first call starts gRPC the way children of fork() need it (below):
