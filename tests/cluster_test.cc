@@ -872,6 +872,27 @@ TEST_F(ClusterTest, RebalanceRestoresTheCopiesOfARestartedServer) {
   }
 }
 
+// A stream's steps are images of the servers that hold the stream, but
+// they belong to it: a rebalance leaves them where they are, and reports
+// no failure for them.
+TEST_F(ClusterTest, RebalanceLeavesStreamsAlone) {
+  std::unique_ptr<Client> cluster = Connect(Target(/*replicas=*/2));
+  ASSERT_TRUE(cluster);
+  const std::string image = MakeHdf5Image(8192, 12);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(cluster->Append("s/steps", image.data(), image.size()).ok());
+    ASSERT_TRUE(
+        cluster->Push(absl::StrCat("i/", i), image.data(), image.size()).ok());
+  }
+  absl::StatusOr<RebalanceReport> report = cluster->Rebalance();
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->images, 3u);  // the images, not the steps
+  EXPECT_EQ(report->failed, 0u) << report->first_error;
+  absl::StatusOr<StreamInfo> info = cluster->StatStream("s/steps");
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->kept_steps, 3u);
+}
+
 // Clients keep pushing new generations through the new membership while
 // the rebalance runs: every id ends with the last one pushed.
 TEST_F(ClusterTest, RebalanceKeepsWhatClientsPushMeanwhile) {

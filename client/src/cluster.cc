@@ -21,6 +21,7 @@
 #include "client/src/cluster_watch_internal.h"
 #include "client/src/server_target_internal.h"
 #include "client/src/srv_lookup_internal.h"
+#include "h5depot/internal/image_id.h"
 
 namespace h5depot::internal {
 namespace {
@@ -1124,6 +1125,11 @@ absl::Status ListAll(Client& server, const std::string& prefix, size_t holder,
     absl::StatusOr<ListPage> page = server.List(options);
     if (!page.ok()) return page.status();
     for (ImageInfo& info : page->images) {
+      // A stream's steps are its own (they live on the stream's copies and
+      // cannot be pushed): rebalancing moves images, not streams.
+      std::string_view stream;
+      uint64_t step = 0;
+      if (internal::ParseStreamStepId(info.image_id, &stream, &step)) continue;
       std::string id = info.image_id;
       (*copies)[std::move(id)].push_back({holder, std::move(info)});
     }
