@@ -166,10 +166,19 @@ absl::StatusOr<std::unique_ptr<AccessRules>> AccessRules::Parse(
                               "' (read, write or admin)"));
     }
     std::string hash(fields[2]);
-    if (!IsTokenHash(hash)) {
+    const bool is_public = hash == kPublicTokenHash;
+    if (!is_public && !IsTokenHash(hash)) {
       return bad(
           "the token hash is not 'sha256:' and 64 lowercase hex digits "
-          "(h5depot new-token prints one)");
+          "(h5depot new-token prints one), nor 'public'");
+    }
+    if (is_public && principal.role != Role::kRead) {
+      return bad("a public principal may only read: its role must be 'read'");
+    }
+    if (is_public && fields.size() == 3) {
+      return bad(
+          "a public principal names the prefixes everyone may read ('*' for "
+          "every id)");
     }
     bool every_id = false;
     for (size_t i = 3; i < fields.size(); ++i) {
@@ -198,12 +207,20 @@ absl::StatusOr<std::unique_ptr<AccessRules>> AccessRules::Parse(
       principal.prefixes.emplace_back(fields[i]);
     }
     if (every_id) principal.prefixes.clear();
+    if (is_public) {
+      if (rules->public_.has_value()) {
+        return bad(absl::StrCat("principal '", rules->public_->name,
+                                "' is the public one already"));
+      }
+      rules->public_ = std::move(principal);
+      continue;
+    }
     if (!rules->by_token_hash_.emplace(std::move(hash), std::move(principal))
              .second) {
       return bad("this token hash is given to another principal already");
     }
   }
-  if (rules->by_token_hash_.empty()) {
+  if (rules->by_token_hash_.empty() && !rules->public_.has_value()) {
     return absl::InvalidArgumentError(
         absl::StrCat(std::string(source),
                      " names no principal: nobody could use the server"));

@@ -15,7 +15,11 @@
 //               admin: everything (also what later operations reserve
 //                      to operators)
 //   TOKEN-HASH  sha256:<64 hex digits>, the SHA-256 of the token
-//               (`h5depot new-token` makes a token and its line); unique
+//               (`h5depot new-token` makes a token and its line); unique.
+//               Or `public`: the principal of every caller that presents
+//               no token (HTTP readers such as HDF5's ROS3 driver, which
+//               cannot send one). At most one; its role must be read and
+//               it must name its prefixes ("*" for every id).
 //   PREFIX      the image ids the principal may touch start with one of
 //               these; none, or "*", means every id
 //   LIMIT       KEY=VALUE, this principal's own value of a per-principal
@@ -89,13 +93,25 @@ class AccessRules {
 
   // The principal whose token `token` is; null if none is.
   const Principal* Find(std::string_view token) const;
+  // The principal of callers without a token (TOKEN-HASH `public`); null
+  // if the file has none.
+  const Principal* FindPublic() const {
+    return public_.has_value() ? &*public_ : nullptr;
+  }
 
-  size_t size() const { return by_token_hash_.size(); }
+  // How many principals the file names, the public one included.
+  size_t size() const {
+    return by_token_hash_.size() + (public_.has_value() ? 1 : 0);
+  }
+
+  // The TOKEN-HASH field of the public principal.
+  static constexpr std::string_view kPublicTokenHash = "public";
 
  private:
   AccessRules() = default;
 
   absl::flat_hash_map<std::string, Principal> by_token_hash_;
+  std::optional<Principal> public_;
 };
 
 }  // namespace h5depot::server

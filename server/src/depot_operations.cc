@@ -9,10 +9,6 @@
 
 namespace h5depot::server {
 
-namespace {
-
-// Whether a peer named in gRPC's notation is on this host. "fd:N" is a
-// Unix socket connection the server accepted itself (unix_access.cc).
 bool IsLocalPeer(std::string_view peer) {
   for (std::string_view local :
        {"unix:", "fd:", "ipv4:127.", "ipv6:[::1]", "ipv6:[::ffff:127."}) {
@@ -20,8 +16,6 @@ bool IsLocalPeer(std::string_view peer) {
   }
   return false;
 }
-
-}  // namespace
 
 std::string Caller::peer() const {
   return lookup_ == nullptr ? std::string(peer_) : lookup_(context_);
@@ -115,6 +109,14 @@ void DepotOperations::ApplyLimits(PrincipalState& state,
 
 namespace {
 
+// Whether `op`'s id names one image. A list's or a watch's prefix only
+// narrows what it shows (List cuts its answer, a watch its events), so it
+// is not checked against the principal's prefixes.
+bool NamesAnImage(Operation op) {
+  return op != Operation::kList && op != Operation::kWatch &&
+         op != Operation::kGetLimits;
+}
+
 // What each role may do beyond the one below it.
 bool RoleAllows(Role role, Operation op) {
   switch (op) {
@@ -159,12 +161,23 @@ std::string_view OperationName(Operation op) {
 absl::StatusOr<const Principal*> DepotOperations::Admit(
     const Caller& caller, Operation op, std::string_view image_id) const {
   const std::string_view token = caller.token();
-  if (token.empty()) {
-    return absl::UnauthenticatedError(
-        "this server needs a token (ClientOptions::token, the C API's or the "
-        "remote driver's token, or H5DEPOT_TOKEN / H5DEPOT_TOKEN_FILE)");
-  }
   const AccessRules* rules = access_.load(std::memory_order_acquire);
+  if (token.empty()) {
+    // Without a token a caller may do what the public principal may, if
+    // there is one; whatever that does not allow needs a token.
+    const Principal* everyone = rules->FindPublic();
+    if (everyone != nullptr && RoleAllows(everyone->role, op) &&
+        (!NamesAnImage(op) || everyone->MayTouch(image_id))) {
+      return everyone;
+    }
+    return absl::UnauthenticatedError(
+        everyone == nullptr
+            ? "this server needs a token (ClientOptions::token, the C API's "
+              "or the remote driver's token, H5DEPOT_TOKEN / "
+              "H5DEPOT_TOKEN_FILE, or an Authorization: Bearer header)"
+            : "this needs a token: without one a caller may only read the "
+              "images the server makes public");
+  }
   if (caller.rules_seen_ != rules) {
     caller.principal_seen_ = rules->Find(token);
     caller.rules_seen_ = rules;
@@ -180,12 +193,7 @@ absl::StatusOr<const Principal*> DepotOperations::Admit(
                      std::string(RoleName(principal->role)), ", which may not ",
                      std::string(OperationName(op))));
   }
-  // A list's or a watch's prefix only narrows what it shows: List cuts
-  // its answer, a watch its events.
-  const bool names_an_image = op != Operation::kList &&
-                              op != Operation::kWatch &&
-                              op != Operation::kGetLimits;
-  if (names_an_image && !principal->MayTouch(image_id)) {
+  if (NamesAnImage(op) && !principal->MayTouch(image_id)) {
     return absl::PermissionDeniedError(absl::StrCat(
         "principal '", principal->name, "' may not ",
         std::string(OperationName(op)), " '", std::string(image_id),

@@ -60,7 +60,12 @@
 namespace h5depot::server {
 
 // The transport a call came through.
-enum class Transport { kGrpc, kLaneTcp, kLaneUnix };
+enum class Transport { kGrpc, kLaneTcp, kLaneUnix, kHttp };
+
+// Whether a peer named in gRPC's notation (Caller::peer) is on this host.
+// "fd:N" is a Unix socket connection the server accepted itself
+// (unix_access_internal.h).
+bool IsLocalPeer(std::string_view peer);
 
 // What a caller asks to do, as Authorize() sees it.
 enum class Operation {

@@ -30,6 +30,7 @@
 #include "h5depot/rpc/grpc_runtime.h"
 #include "server/src/depot_operations_internal.h"
 #include "server/src/depot_service_internal.h"
+#include "server/src/http_gateway_internal.h"
 #include "server/src/lane_server_internal.h"
 #include "server/src/server_metrics_internal.h"
 #include "server/src/snapshot_internal.h"
@@ -108,19 +109,34 @@ absl::Status CheckProtection(const ServerOptions& options) {
         "a client CA file (mutual TLS) needs the server's own certificate "
         "and key files too");
   }
-  if (options.insecure || options.listen_address.empty() ||
-      internal::IsLoopbackHost(ListenHost(options.listen_address))) {
+  // The HTTP gateway serves plain HTTP only (http_gateway_internal.h):
+  // beside TLS elsewhere it stays on this host.
+  if (tls && !options.http_listen.empty() &&
+      !internal::IsLoopbackHost(ListenHost(options.http_listen))) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the HTTP gateway serves plain HTTP only, so with TLS it listens on "
+        "a loopback address, not ",
+        options.http_listen,
+        " (docs/HTTP.md, \"HTTPS\": put a TLS proxy in front of it)"));
+  }
+  if (options.insecure || (tls && !options.auth_file.empty())) {
     return absl::OkStatus();
   }
-  if (tls && !options.auth_file.empty()) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      "refusing to listen on ", options.listen_address, " without ",
-      tls ? "" : "TLS", tls || !options.auth_file.empty() ? "" : " and ",
-      options.auth_file.empty() ? "an auth file" : "",
-      ": anyone who can reach it could read, replace and delete every "
-      "image. Give --tls-cert-file, --tls-key-file and --auth-file "
-      "(docs/SECURITY.md), listen on a loopback address (127.0.0.1) or a "
-      "Unix socket, or pass --insecure on a network you trust"));
+  for (const std::string& listen :
+       {options.listen_address, options.http_listen}) {
+    if (listen.empty() || internal::IsLoopbackHost(ListenHost(listen))) {
+      continue;
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refusing to listen on ", listen, " without ", tls ? "" : "TLS",
+        tls || !options.auth_file.empty() ? "" : " and ",
+        options.auth_file.empty() ? "an auth file" : "",
+        ": anyone who can reach it could read, replace and delete every "
+        "image. Give --tls-cert-file, --tls-key-file and --auth-file "
+        "(docs/SECURITY.md), listen on a loopback address (127.0.0.1) or a "
+        "Unix socket, or pass --insecure on a network you trust"));
+  }
+  return absl::OkStatus();
 }
 
 // The TCP listener's credentials: TLS from the options' files, which gRPC
@@ -165,6 +181,7 @@ struct DepotServer::Impl {
   std::shared_ptr<ServerMetrics> metrics;
   std::unique_ptr<MetricsEndpoint> metrics_endpoint;
   std::unique_ptr<DataLaneServer> data_lane;  // null when turned off
+  std::unique_ptr<HttpGateway> http_gateway;  // null without http_listen
   std::unique_ptr<DepotService> service;
   std::unique_ptr<grpc::Server> server;
   // Accepts the Unix socket's connections for `server` (null without one);
@@ -293,6 +310,19 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
         MetricsEndpoint::Start(options.metrics_listen, impl->metrics);
     if (!endpoint.ok()) return endpoint.status();
     impl->metrics_endpoint = *std::move(endpoint);
+  }
+  if (!options.http_listen.empty()) {
+    HttpGatewayOptions http;
+    http.listen = options.http_listen;
+    http.max_connections = options.http_max_connections;
+    http.request_timeout = options.http_request_timeout;
+    http.keep_alive_timeout = options.http_keep_alive_timeout;
+    http.max_header_bytes = options.http_max_header_bytes;
+    http.metrics = impl->metrics.get();
+    absl::StatusOr<std::unique_ptr<HttpGateway>> gateway =
+        HttpGateway::Start(impl->operations.get(), http);
+    if (!gateway.ok()) return gateway.status();
+    impl->http_gateway = *std::move(gateway);
   }
   DataLaneAddresses lane_addresses;
   if (options.data_lane) {
@@ -492,6 +522,10 @@ int DepotServer::data_lane_port() const {
 
 int DepotServer::health_port() const { return impl_->health_port; }
 
+int DepotServer::http_port() const {
+  return impl_->http_gateway == nullptr ? 0 : impl_->http_gateway->port();
+}
+
 int DepotServer::metrics_port() const {
   return impl_->metrics_endpoint == nullptr ? 0
                                             : impl_->metrics_endpoint->port();
@@ -542,6 +576,9 @@ void DepotServer::Shutdown(absl::Duration grace) {
   const absl::Time deadline = absl::Now() + grace;
   impl_->service->Close();
   if (impl_->data_lane != nullptr) impl_->data_lane->Shutdown(grace);
+  // Stops it and waits for its requests: a send to a client that stopped
+  // reading ends within the gateway's request timeout.
+  impl_->http_gateway.reset();
   // gRPC's Shutdown(deadline) would wait, after the last call, for every
   // idle connection's client to acknowledge the GOAWAY, and a client that
   // is idle does not read its socket until it next polls (gRPC's backup

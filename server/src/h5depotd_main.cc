@@ -134,6 +134,24 @@ ABSL_FLAG(bool, metrics_stream_names, false,
           "metrics, labelled with their names (stream names are image ids: "
           "whoever reaches the metrics sees them); without, streams are "
           "counted together");
+ABSL_FLAG(std::string, http_listen, "",
+          "HOST:PORT of the HTTP gateway (docs/HTTP.md): images read with "
+          "GET and HEAD, byte ranges and ETags, a JSON listing at /v1/images, "
+          "for HDF5's ROS3 driver, h5py, browsers and curl; checked against "
+          "the auth file. Plain HTTP: a loopback address when TLS is on. "
+          "Empty: none");
+ABSL_FLAG(uint64_t, http_max_connections, 128,
+          "HTTP connections served at once, a thread each; more wait to be "
+          "accepted");
+ABSL_FLAG(absl::Duration, http_request_timeout, absl::Seconds(30),
+          "how long an HTTP request may take to arrive, and a send may make "
+          "no progress (a client that stopped reading), before its "
+          "connection is closed");
+ABSL_FLAG(absl::Duration, http_keep_alive_timeout, absl::Seconds(15),
+          "how long an idle HTTP keep-alive connection stays open");
+ABSL_FLAG(ByteSizeFlag, http_max_header_size, ByteSizeFlag{16 << 10},
+          "largest HTTP request head (request line and headers); larger "
+          "ones are answered 431");
 ABSL_FLAG(std::string, health_listen, "",
           "HOST:PORT of a plaintext gRPC listener serving only the standard "
           "health service, for probes that cannot speak TLS (Kubernetes' "
@@ -280,6 +298,10 @@ int main(int argc, char** argv) {
       "[--max-connection-age=DURATION]\n"
       "                [--max-connection-age-grace=DURATION] "
       "[--metrics-listen=HOST:PORT [--metrics-stream-names]]\n"
+      "                [--http-listen=HOST:PORT [--http-max-connections=N]\n"
+      "                 [--http-request-timeout=DURATION] "
+      "[--http-keep-alive-timeout=DURATION]\n"
+      "                 [--http-max-header-size=SIZE]]\n"
       "                [--health-listen=HOST:PORT] [--watch-history=N] "
       "[--eviction=none|lru]\n"
       "                [--snapshot-dir=DIR [--snapshot-interval=DURATION]]");
@@ -404,6 +426,21 @@ int main(int argc, char** argv) {
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.metrics_stream_names = absl::GetFlag(FLAGS_metrics_stream_names);
   options.health_listen = absl::GetFlag(FLAGS_health_listen);
+  options.http_listen = absl::GetFlag(FLAGS_http_listen);
+  options.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
+  options.http_request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
+  options.http_keep_alive_timeout =
+      absl::GetFlag(FLAGS_http_keep_alive_timeout);
+  const uint64_t header_bytes = absl::GetFlag(FLAGS_http_max_header_size).bytes;
+  if (header_bytes < 1024 || header_bytes > (uint64_t{1} << 30) ||
+      options.http_max_connections == 0 ||
+      options.http_request_timeout <= absl::ZeroDuration() ||
+      options.http_keep_alive_timeout <= absl::ZeroDuration()) {
+    std::cerr << "h5depotd: the HTTP limits must be positive, and "
+                 "--http-max-header-size 1K to 1G\n";
+    return 1;
+  }
+  options.http_max_header_bytes = static_cast<size_t>(header_bytes);
   if (absl::Status unix_access = UnixAccessFromFlags(options);
       !unix_access.ok()) {
     std::cerr << "h5depotd: " << unix_access.message() << "\n";
@@ -430,6 +467,12 @@ int main(int argc, char** argv) {
     std::cout << "h5depotd metrics on http://"
               << listen.substr(0, listen.rfind(':')) << ":"
               << (*server)->metrics_port() << "/metrics\n";
+  }
+  if ((*server)->http_port() != 0) {
+    const std::string& listen = options.http_listen;
+    std::cout << "h5depotd HTTP gateway on "
+              << "http://" << listen.substr(0, listen.rfind(':')) << ":"
+              << (*server)->http_port() << "/v1/images\n";
   }
   if ((*server)->health_port() != 0) {
     const std::string& listen = options.health_listen;

@@ -24,7 +24,8 @@ constexpr Operation kAllOperations[] = {
 // Every Operation has its series: ServerMetrics sizes them by this count.
 static_assert(std::size(kAllOperations) == ServerMetrics::kOperations);
 constexpr Transport kAllTransports[] = {Transport::kGrpc, Transport::kLaneTcp,
-                                        Transport::kLaneUnix};
+                                        Transport::kLaneUnix, Transport::kHttp};
+static_assert(std::size(kAllTransports) == ServerMetrics::kTransports);
 
 // The label values, one place for each.
 const char* OperationLabel(Operation op) {
@@ -57,6 +58,8 @@ const char* TransportLabel(Transport transport) {
       return "lane_tcp";
     case Transport::kLaneUnix:
       return "lane_unix";
+    case Transport::kHttp:
+      return "http";
   }
   return "unknown";
 }

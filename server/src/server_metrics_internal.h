@@ -69,6 +69,8 @@ class ServerMetrics final : public prometheus::Collectable {
   // Operation's values, each with its series (kAllOperations in
   // server_metrics.cc lists them, and is checked against this).
   static constexpr size_t kOperations = 8;
+  // Transport's values (kAllTransports, likewise).
+  static constexpr size_t kTransports = 4;
 
   // Upper bounds of the latency histogram's buckets, in seconds (the last,
   // +Inf, is implicit).
@@ -77,8 +79,7 @@ class ServerMetrics final : public prometheus::Collectable {
       0.01,    0.025,  0.05,    0.1,    0.25,  1,      10};
 
  private:
-  static constexpr size_t kTransports = 3;  // Transport's values
-  static constexpr size_t kCodes = 17;      // absl::StatusCode 0 to 16
+  static constexpr size_t kCodes = 17;  // absl::StatusCode 0 to 16
   static constexpr size_t kBuckets = kLatencyBucketsSeconds.size() + 1;
 
   struct CallSeries {

@@ -147,6 +147,24 @@ struct ServerOptions {
   // with their names (which are image ids, so this shows them to whoever
   // reaches the metrics).
   bool metrics_stream_names = false;
+  // "HOST:PORT" (port 0: any free one) of the HTTP gateway (docs/HTTP.md):
+  // images read with GET and HEAD, with byte ranges and ETags, and a JSON
+  // listing, for programs that do not link h5depot (HDF5's ROS3 driver,
+  // h5py, browsers, curl). Checked against the auth file like every
+  // transport (Authorization: Bearer; its public principal for requests
+  // without a token). Plain HTTP only so far: with the TLS files set it
+  // must be a loopback address (FAILED_PRECONDITION otherwise), as must it
+  // be without TLS and an auth file unless `insecure`. Empty: none.
+  std::string http_listen;
+  // The gateway's limits (docs/HTTP.md, "Limits"): connections served at
+  // once (one thread each; more wait to be accepted); how long a request
+  // may take to arrive and a send may make no progress before the
+  // connection is closed; how long an idle keep-alive connection stays
+  // open; the largest request head (431 beyond). All positive.
+  size_t http_max_connections = 128;
+  absl::Duration http_request_timeout = absl::Seconds(30);
+  absl::Duration http_keep_alive_timeout = absl::Seconds(15);
+  size_t http_max_header_bytes = 16 << 10;
   // "HOST:PORT" (port 0: any free one) of a plaintext gRPC listener that
   // serves only the standard health service (grpc.health.v1), for probes
   // that cannot speak TLS, such as Kubernetes' gRPC probes: SERVING while
@@ -196,6 +214,8 @@ class DepotServer {
   const std::string& data_lane_unix_path() const;
   // The port metrics are served on; 0 without metrics_listen.
   int metrics_port() const;
+  // The HTTP gateway's port; 0 without http_listen.
+  int http_port() const;
   // The port of the health listener; 0 without health_listen.
   int health_port() const;
 

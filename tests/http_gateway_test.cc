@@ -1,0 +1,549 @@
+// h5depotd --http-listen: a real server's HTTP gateway, spoken to over raw
+// sockets as any HTTP client would, and read by real HDF5 programs: h5py
+// and HDF5's own ROS3 driver.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "h5depot/client.h"
+#include "h5depot/internal/token.h"
+#include "h5depot/testing/hdf5_images.h"
+#include "h5depot/testing/server_process.h"
+#include "h5depot/testing/temp_dir.h"
+#include "hdf5.h"
+#include "tests/h5py_images.h"
+
+namespace h5depot {
+namespace {
+
+using ::h5depot::testing::MakeHdf5Image;
+using ::h5depot::testing::ServerProcess;
+using ::h5depot::testing::ServerProcessOptions;
+using ::h5depot::testing::TempDir;
+
+// The port of the "h5depotd HTTP gateway on http://HOST:PORT/..." line of
+// `server`'s start-up report; 0 if there is none.
+int GatewayPort(const ServerProcess& server) {
+  constexpr absl::string_view kLine = "h5depotd HTTP gateway on http://";
+  for (absl::string_view line : absl::StrSplit(server.startup_output(), '\n')) {
+    if (line.substr(0, kLine.size()) != kLine) continue;
+    line.remove_prefix(kLine.size());
+    const size_t colon = line.rfind(':');
+    const size_t slash = line.find('/', colon);
+    int port = 0;
+    if (colon != absl::string_view::npos &&
+        absl::SimpleAtoi(line.substr(colon + 1, slash - colon - 1), &port)) {
+      return port;
+    }
+  }
+  return 0;
+}
+
+// A TCP connection to 127.0.0.1:`port`; -1 if it cannot be made.
+int ConnectTcp(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&address),
+              sizeof(address)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool SendAll(int fd, absl::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t sent = send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (sent <= 0) return false;
+    bytes.remove_prefix(static_cast<size_t>(sent));
+  }
+  return true;
+}
+
+struct Answer {
+  int status = 0;                              // 0: no answer
+  std::map<std::string, std::string> headers;  // names in lower case
+  std::string body;
+
+  std::string header(const std::string& name) const {
+    auto found = headers.find(name);
+    return found == headers.end() ? "" : found->second;
+  }
+};
+
+// Reads one answer's status line and headers from `fd` into `answer`;
+// leaves in `rest` what came after them.
+bool ReadHead(int fd, Answer& answer, std::string& rest) {
+  std::string received;
+  size_t end;
+  while ((end = received.find("\r\n\r\n")) == std::string::npos) {
+    char buffer[4096];
+    const ssize_t got = recv(fd, buffer, sizeof buffer, 0);
+    if (got <= 0) return false;
+    received.append(buffer, static_cast<size_t>(got));
+  }
+  rest = received.substr(end + 4);
+  std::vector<std::string> lines =
+      absl::StrSplit(received.substr(0, end), "\r\n");
+  std::vector<std::string> status_line = absl::StrSplit(lines[0], ' ');
+  if (status_line.size() < 2 ||
+      !absl::SimpleAtoi(status_line[1], &answer.status)) {
+    return false;
+  }
+  for (size_t i = 1; i < lines.size(); ++i) {
+    const size_t colon = lines[i].find(':');
+    if (colon == std::string::npos) continue;
+    answer.headers[absl::AsciiStrToLower(lines[i].substr(0, colon))] =
+        std::string(absl::StripAsciiWhitespace(lines[i].substr(colon + 1)));
+  }
+  return true;
+}
+
+// One request on a connection of its own: `method` of `target` with
+// `headers` ("Name: value\r\n" each); the whole answer, read to its end.
+Answer Request(int port, const std::string& method, const std::string& target,
+               const std::string& headers = "") {
+  Answer answer;
+  const int fd = ConnectTcp(port);
+  if (fd < 0) return answer;
+  const std::string request =
+      absl::StrCat(method, " ", target, " HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+                   headers, "Connection: close\r\n\r\n");
+  std::string rest;
+  if (SendAll(fd, request) && ReadHead(fd, answer, rest)) {
+    answer.body = std::move(rest);
+    char buffer[65536];
+    ssize_t got;
+    while ((got = recv(fd, buffer, sizeof buffer, 0)) > 0) {
+      answer.body.append(buffer, static_cast<size_t>(got));
+    }
+  }
+  close(fd);
+  return answer;
+}
+
+Answer Get(int port, const std::string& target,
+           const std::string& headers = "") {
+  return Request(port, "GET", target, headers);
+}
+
+class HttpGatewayTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start({}); }
+
+  void Start(std::vector<std::string> flags) {
+    server_.reset();
+    ServerProcessOptions options;
+    options.extra_flags = {"--http-listen=127.0.0.1:0"};
+    options.extra_flags.insert(options.extra_flags.end(), flags.begin(),
+                               flags.end());
+    auto server = ServerProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    port_ = GatewayPort(*server_);
+    ASSERT_NE(port_, 0) << server_->startup_output();
+  }
+
+  std::unique_ptr<Client> Connect(const std::string& token = "") {
+    ClientOptions options;
+    options.token = token;
+    auto client = Client::Connect(server_->target(), options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? *std::move(client) : nullptr;
+  }
+
+  // Pushes `bytes` as `id`; its generation.
+  uint64_t Push(const std::string& id, const std::string& bytes,
+                const std::string& token = "") {
+    std::unique_ptr<Client> client = Connect(token);
+    if (client == nullptr) return 0;
+    absl::StatusOr<ImageInfo> pushed =
+        client->Push(id, bytes.data(), bytes.size());
+    EXPECT_TRUE(pushed.ok()) << pushed.status();
+    return pushed.ok() ? pushed->generation : 0;
+  }
+
+  std::string Url(const std::string& id) const {
+    return absl::StrCat("http://127.0.0.1:", port_, "/v1/images/", id);
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  int port_ = 0;
+};
+
+TEST_F(HttpGatewayTest, AGetIsTheWholeImageWithItsDescription) {
+  const std::string image = MakeHdf5Image(100000, 1);
+  const uint64_t generation = Push("runs/a.h5", image);
+
+  const Answer got = Get(port_, "/v1/images/runs/a.h5");
+  ASSERT_EQ(got.status, 200);
+  EXPECT_EQ(got.body, image);
+  EXPECT_EQ(got.header("content-length"), absl::StrCat(image.size()));
+  EXPECT_EQ(got.header("content-type"), "application/x-hdf5");
+  EXPECT_EQ(got.header("accept-ranges"), "bytes");
+  EXPECT_EQ(got.header("x-h5depot-generation"), absl::StrCat(generation));
+  EXPECT_EQ(got.header("etag").rfind(absl::StrCat("\"", generation, "-"), 0),
+            0u)
+      << got.header("etag");
+
+  const Answer head = Request(port_, "HEAD", "/v1/images/runs/a.h5");
+  ASSERT_EQ(head.status, 200);
+  EXPECT_EQ(head.body, "");
+  EXPECT_EQ(head.header("content-length"), absl::StrCat(image.size()));
+  EXPECT_EQ(head.header("etag"), got.header("etag"));
+}
+
+TEST_F(HttpGatewayTest, RangesSelectTheirBytes) {
+  const std::string image = MakeHdf5Image(50000, 2);
+  Push("r.h5", image);
+  const std::string size = absl::StrCat(image.size());
+  struct Case {
+    std::string range;
+    uint64_t first;
+    uint64_t length;
+  };
+  const uint64_t n = image.size();
+  for (const Case& c : std::vector<Case>{
+           {"bytes=0-0", 0, 1},                                    // first byte
+           {"bytes=1000-1999", 1000, 1000},                        // middle
+           {absl::StrCat("bytes=", n - 1, "-", n - 1), n - 1, 1},  // last byte
+           {"bytes=-100", n - 100, 100},                           // suffix
+           {absl::StrCat("bytes=", n - 10, "-"), n - 10, 10},      // open end
+           {absl::StrCat("bytes=", n - 10, "-", n + 500), n - 10, 10},
+           {absl::StrCat("bytes=-", n + 5), 0, n},  // suffix past the start
+       }) {
+    SCOPED_TRACE(c.range);
+    const Answer got =
+        Get(port_, "/v1/images/r.h5", absl::StrCat("Range: ", c.range, "\r\n"));
+    ASSERT_EQ(got.status, 206);
+    EXPECT_EQ(got.body, image.substr(c.first, c.length));
+    EXPECT_EQ(got.header("content-range"),
+              absl::StrCat("bytes ", c.first, "-", c.first + c.length - 1, "/",
+                           size));
+  }
+  // Past the end: 416, saying how long the image is.
+  const Answer past =
+      Get(port_, "/v1/images/r.h5", absl::StrCat("Range: bytes=", n, "-\r\n"));
+  EXPECT_EQ(past.status, 416);
+  EXPECT_EQ(past.header("content-range"), absl::StrCat("bytes */", size));
+  // Several ranges, or a malformed one: the whole image.
+  for (const std::string& ignored :
+       {std::string("bytes=0-1,5-6"), std::string("bytes=abc"),
+        std::string("items=0-1")}) {
+    const Answer whole =
+        Get(port_, "/v1/images/r.h5", absl::StrCat("Range: ", ignored, "\r\n"));
+    EXPECT_EQ(whole.status, 200) << ignored;
+    EXPECT_EQ(whole.body.size(), image.size()) << ignored;
+  }
+}
+
+TEST_F(HttpGatewayTest, BadIdsAreRefusedAndUnknownOnesNotFound) {
+  Push("dir/a.h5", MakeHdf5Image(4096, 3));
+  EXPECT_EQ(Get(port_, "/v1/images/dir/none.h5").status, 404);
+  EXPECT_EQ(Request(port_, "HEAD", "/v1/images/dir/none.h5").status, 404);
+  // Percent-encoded ids are the ids they spell.
+  EXPECT_EQ(Get(port_, "/v1/images/dir%2Fa%2Eh5").status, 200);
+  EXPECT_EQ(Get(port_, "/v1/images/dir/%61.h5").status, 200);
+  // A %00 must not cut the id short into one that exists.
+  EXPECT_EQ(Get(port_, "/v1/images/dir/a.h5%00.x").status, 400);
+  EXPECT_EQ(Get(port_, "/v1/images/dir/a.h5%2").status, 400);
+  EXPECT_EQ(Get(port_, "/v1/images/dir/a.h5%zz").status, 400);
+  // '..' is no way out of an id: no id has a '..' segment.
+  EXPECT_EQ(Get(port_, "/v1/images/dir/../dir/a.h5").status, 400);
+  EXPECT_EQ(Get(port_, "/v1/images/dir/%2E%2E/dir/a.h5").status, 400);
+  EXPECT_EQ(Get(port_, "/v1/images/").status, 200);  // the listing
+  EXPECT_EQ(Get(port_, "/v1/images/a%20b").status, 400);
+  const Answer unknown = Get(port_, "/v2/other");
+  EXPECT_EQ(unknown.status, 404);
+  EXPECT_NE(unknown.body.find("\"code\":\"NOT_FOUND\""), std::string::npos)
+      << unknown.body;
+  // Only reads are served.
+  const Answer put = Request(port_, "PUT", "/v1/images/dir/a.h5");
+  EXPECT_EQ(put.status, 405);
+  EXPECT_EQ(put.header("allow"), "GET, HEAD");
+  EXPECT_EQ(Get(port_, "/v1/images/dir/a.h5?generation=x").status, 400);
+}
+
+TEST_F(HttpGatewayTest, EntityTagsMakeRequestsConditional) {
+  const std::string first = MakeHdf5Image(8192, 4);
+  Push("c.h5", first);
+  const std::string tag = Get(port_, "/v1/images/c.h5").header("etag");
+  ASSERT_FALSE(tag.empty());
+
+  EXPECT_EQ(Get(port_, "/v1/images/c.h5",
+                absl::StrCat("If-None-Match: ", tag, "\r\n"))
+                .status,
+            304);
+  EXPECT_EQ(Get(port_, "/v1/images/c.h5",
+                absl::StrCat("If-None-Match: \"1-0\", W/", tag, "\r\n"))
+                .status,
+            304);
+  EXPECT_EQ(Get(port_, "/v1/images/c.h5", "If-None-Match: \"1-0\"\r\n").status,
+            200);
+  EXPECT_EQ(
+      Get(port_, "/v1/images/c.h5", absl::StrCat("If-Match: ", tag, "\r\n"))
+          .status,
+      200);
+  EXPECT_EQ(Get(port_, "/v1/images/c.h5", "If-Match: \"1-0\"\r\n").status, 412);
+
+  // A new generation has a new tag: old conditions now say so.
+  Push("c.h5", MakeHdf5Image(8192, 5));
+  EXPECT_EQ(Get(port_, "/v1/images/c.h5",
+                absl::StrCat("If-None-Match: ", tag, "\r\n"))
+                .status,
+            200);
+  EXPECT_EQ(
+      Get(port_, "/v1/images/c.h5", absl::StrCat("If-Match: ", tag, "\r\n"))
+          .status,
+      412);
+  // If-Range with the old tag: the whole new image, not a piece of it.
+  const Answer changed =
+      Get(port_, "/v1/images/c.h5",
+          absl::StrCat("Range: bytes=0-9\r\nIf-Range: ", tag, "\r\n"));
+  EXPECT_EQ(changed.status, 200);
+  const std::string new_tag = changed.header("etag");
+  EXPECT_NE(new_tag, tag);
+  EXPECT_EQ(Get(port_, "/v1/images/c.h5",
+                absl::StrCat("Range: bytes=0-9\r\nIf-Range: ", new_tag, "\r\n"))
+                .status,
+            206);
+  // ?generation=N names one generation: the current one is served, one
+  // nobody holds any more is gone.
+  const std::string generation = changed.header("x-h5depot-generation");
+  EXPECT_EQ(Get(port_, absl::StrCat("/v1/images/c.h5?generation=", generation))
+                .status,
+            200);
+  EXPECT_EQ(Get(port_, "/v1/images/c.h5?generation=1").status, 404);
+}
+
+TEST_F(HttpGatewayTest, AReplaceMidDownloadDoesNotMixGenerations) {
+  const std::string first = MakeHdf5Image(64 << 20, 6);
+  Push("big.h5", first);
+  const int fd = ConnectTcp(port_);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(SendAll(fd,
+                      "GET /v1/images/big.h5 HTTP/1.1\r\nHost: x\r\n"
+                      "Connection: close\r\n\r\n"));
+  Answer answer;
+  std::string body;
+  ASSERT_TRUE(ReadHead(fd, answer, body));
+  ASSERT_EQ(answer.status, 200);
+  // The download is under way; the image is replaced under it.
+  const std::string second = MakeHdf5Image(64 << 20, 7);
+  Push("big.h5", second);
+  char buffer[1 << 16];
+  ssize_t got;
+  while ((got = recv(fd, buffer, sizeof buffer, 0)) > 0) {
+    body.append(buffer, static_cast<size_t>(got));
+  }
+  close(fd);
+  EXPECT_TRUE(body == first) << "a download begun on one generation ended "
+                                "with other bytes ("
+                             << body.size() << " bytes)";
+  EXPECT_EQ(Get(port_, "/v1/images/big.h5").body, second);
+}
+
+TEST_F(HttpGatewayTest, TheListingIsJsonAPageAtATime) {
+  Push("l/a.h5", MakeHdf5Image(4096, 8));
+  Push("l/b.h5", MakeHdf5Image(4096, 9));
+  Push("other.h5", MakeHdf5Image(4096, 10));
+  const Answer all = Get(port_, "/v1/images?prefix=l/");
+  ASSERT_EQ(all.status, 200);
+  EXPECT_EQ(all.header("content-type"), "application/json");
+  EXPECT_NE(all.body.find("\"id\":\"l/a.h5\""), std::string::npos) << all.body;
+  EXPECT_NE(all.body.find("\"id\":\"l/b.h5\""), std::string::npos) << all.body;
+  EXPECT_EQ(all.body.find("other.h5"), std::string::npos) << all.body;
+  EXPECT_NE(all.body.find("\"expires\":null"), std::string::npos) << all.body;
+
+  const Answer first = Get(port_, "/v1/images?prefix=l%2F&page_size=1");
+  ASSERT_EQ(first.status, 200);
+  EXPECT_NE(first.body.find("l/a.h5"), std::string::npos) << first.body;
+  const std::string key = "\"next_page_token\":\"";
+  const size_t at = first.body.find(key);
+  ASSERT_NE(at, std::string::npos) << first.body;
+  const std::string token = first.body.substr(
+      at + key.size(), first.body.find('"', at + key.size()) - at - key.size());
+  ASSERT_FALSE(token.empty()) << first.body;
+  const Answer second =
+      Get(port_,
+          absl::StrCat("/v1/images?prefix=l/&page_size=1&page_token=", token));
+  EXPECT_NE(second.body.find("l/b.h5"), std::string::npos) << second.body;
+  EXPECT_EQ(Get(port_, "/v1/images?page_size=-1").status, 400);
+}
+
+TEST_F(HttpGatewayTest, OversizedHeadersAreRefused) {
+  Start({"--http-max-header-size=4K"});
+  Push("h.h5", MakeHdf5Image(4096, 11));
+  const Answer big =
+      Get(port_, "/v1/images/h.h5",
+          absl::StrCat("X-Filler: ", std::string(8000, 'x'), "\r\n"));
+  EXPECT_TRUE(big.status == 413 || big.status == 431 || big.status == 0)
+      << big.status;
+  EXPECT_NE(big.status, 200);
+  // The gateway still serves everyone else.
+  EXPECT_EQ(Get(port_, "/v1/images/h.h5").status, 200);
+}
+
+TEST_F(HttpGatewayTest, AClientThatStopsReadingLetsItsGenerationGo) {
+  Start({"--http-request-timeout=5s"});
+  const std::string image = MakeHdf5Image(64 << 20, 12);
+  Push("slow.h5", image);
+  const int fd = ConnectTcp(port_);
+  ASSERT_GE(fd, 0);
+  // A small receive buffer, never read: the server's send stalls.
+  ASSERT_TRUE(
+      SendAll(fd, "GET /v1/images/slow.h5 HTTP/1.1\r\nHost: x\r\n\r\n"));
+  // The download holds its generation; a replace leaves that generation
+  // held until the gateway gives up on the client.
+  std::unique_ptr<Client> client = Connect();
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->Push("slow.h5", image.data(), image.size()).ok());
+  absl::StatusOr<ServerLimits> held = client->GetLimits();
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(held->reserved_bytes, 2 * image.size())
+      << "the download should hold the generation it began with";
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  uint64_t reserved = 0;
+  while (absl::Now() < deadline) {
+    absl::StatusOr<ServerLimits> limits = client->GetLimits();
+    ASSERT_TRUE(limits.ok()) << limits.status();
+    reserved = limits->reserved_bytes;
+    if (reserved == image.size()) break;
+    // Polling the server's own account of what it holds; nothing to wait
+    // on but the gateway's timeout.
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  close(fd);
+  EXPECT_EQ(reserved, image.size())
+      << "the stalled download still holds the replaced generation";
+  EXPECT_EQ(Get(port_, "/v1/images/slow.h5").status, 200);
+}
+
+// --- Who may read ----------------------------------------------------------
+
+class HttpGatewayAuthTest : public HttpGatewayTest {
+ protected:
+  void SetUp() override {
+    unsetenv("H5DEPOT_TOKEN");
+    unsetenv("H5DEPOT_TOKEN_FILE");
+    auto dir = TempDir::Create();
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    dir_ = std::make_unique<TempDir>(*std::move(dir));
+    writer_ = internal::NewToken();
+    reader_ = internal::NewToken();
+    const std::string auth = dir_->File("auth");
+    ASSERT_TRUE(
+        testing::WriteFile(
+            auth,
+            absl::StrCat("writer write ", internal::TokenHash(writer_), " *\n",
+                         "reader read ", internal::TokenHash(reader_),
+                         " runs/\n", "everyone read public pub/\n"))
+            .ok());
+    Start({absl::StrCat("--auth-file=", auth)});
+  }
+
+  std::unique_ptr<TempDir> dir_;
+  std::string writer_;
+  std::string reader_;
+};
+
+TEST_F(HttpGatewayAuthTest, TokensAndPublicPrefixesDecide) {
+  const std::string image = MakeHdf5Image(4096, 13);
+  Push("runs/a.h5", image, writer_);
+  Push("secret/a.h5", image, writer_);
+  Push("pub/a.h5", image, writer_);
+  auto bearer = [](const std::string& token) {
+    return absl::StrCat("Authorization: Bearer ", token, "\r\n");
+  };
+  // No token: only the public prefixes.
+  EXPECT_EQ(Get(port_, "/v1/images/pub/a.h5").status, 200);
+  const Answer anonymous = Get(port_, "/v1/images/runs/a.h5");
+  EXPECT_EQ(anonymous.status, 401);
+  EXPECT_EQ(anonymous.header("www-authenticate").rfind("Bearer", 0), 0u);
+  // An unknown token is no one, not the public.
+  EXPECT_EQ(Get(port_, "/v1/images/pub/a.h5", bearer("nobody")).status, 401);
+  // A token: its prefixes. The refusal is the same whether or not the
+  // image exists.
+  EXPECT_EQ(Get(port_, "/v1/images/runs/a.h5", bearer(reader_)).status, 200);
+  EXPECT_EQ(Get(port_, "/v1/images/secret/a.h5", bearer(reader_)).status, 403);
+  EXPECT_EQ(Get(port_, "/v1/images/secret/none.h5", bearer(reader_)).status,
+            403);
+  EXPECT_EQ(Get(port_, "/v1/images/secret/none.h5").status, 401);
+  EXPECT_EQ(Get(port_, "/v1/images/secret/a.h5", bearer(writer_)).status, 200);
+  // Listings show what the caller may see.
+  const Answer public_listing = Get(port_, "/v1/images");
+  ASSERT_EQ(public_listing.status, 200);
+  EXPECT_NE(public_listing.body.find("pub/a.h5"), std::string::npos);
+  EXPECT_EQ(public_listing.body.find("runs/a.h5"), std::string::npos);
+  const Answer reader_listing = Get(port_, "/v1/images", bearer(reader_));
+  EXPECT_NE(reader_listing.body.find("runs/a.h5"), std::string::npos);
+  EXPECT_EQ(reader_listing.body.find("secret/a.h5"), std::string::npos);
+  // The public may read, never write, on every transport.
+  std::unique_ptr<Client> tokenless = Connect();
+  ASSERT_NE(tokenless, nullptr);
+  EXPECT_TRUE(tokenless->Stat("pub/a.h5").ok());
+  EXPECT_EQ(
+      tokenless->Push("pub/b.h5", image.data(), image.size()).status().code(),
+      absl::StatusCode::kUnauthenticated);
+}
+
+// --- Unmodified HDF5 programs ----------------------------------------------
+
+TEST_F(HttpGatewayTest, HdfFivesRos3DriverReadsEveryValue) {
+  for (const char* low : {"earliest", "latest"}) {
+    SCOPED_TRACE(low);
+    const std::vector<unsigned char>& file = testing::H5pyWritten(low);
+    ASSERT_FALSE(file.empty());
+    Push(absl::StrCat("corpus/", low, ".h5"),
+         std::string(file.begin(), file.end()));
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5FD_ros3_fapl_t config;
+    std::memset(&config, 0, sizeof config);
+    config.version = H5FD_CURR_ROS3_FAPL_T_VERSION;
+    config.authenticate = 0;
+    ASSERT_GE(H5Pset_fapl_ros3(fapl, &config), 0);
+    const hid_t opened = H5Fopen(
+        Url(absl::StrCat("corpus/", low, ".h5")).c_str(), H5F_ACC_RDONLY, fapl);
+    H5Pclose(fapl);
+    ASSERT_GE(opened, 0);
+    testing::ExpectH5pyContents(opened);
+    H5Fclose(opened);
+  }
+}
+
+TEST_F(HttpGatewayTest, H5pyReadsEveryValueThroughTheRos3Driver) {
+  if (!testing::HaveH5py()) GTEST_SKIP() << "no Python with h5py";
+  for (const char* low : {"earliest", "v108", "latest"}) {
+    SCOPED_TRACE(low);
+    const std::vector<unsigned char>& file = testing::H5pyWritten(low);
+    ASSERT_FALSE(file.empty());
+    Push(absl::StrCat("corpus/", low, ".h5"),
+         std::string(file.begin(), file.end()));
+    const testing::H5pyReport report =
+        testing::ReadWithH5py(Url(absl::StrCat("corpus/", low, ".h5")));
+    EXPECT_EQ(report.exit_code, 0) << report.output;
+  }
+}
+
+}  // namespace
+}  // namespace h5depot
