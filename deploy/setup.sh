@@ -11,9 +11,8 @@ PACKAGES=(
   libabsl-dev libhdf5-dev libxxhash-dev libgtest-dev libssl-dev
   # h5depotd's --metrics-listen: the Prometheus text format over HTTP.
   prometheus-cpp-dev
-  # h5depotd's --http-listen: civetweb, which prometheus-cpp serves with too
-  # (its CMake package also wants the civetweb program).
-  libcivetweb-dev civetweb
+  # h5depotd's HTTP endpoints (--http-listen): libmicrohttpd.
+  libmicrohttpd-dev
   python3-h5py python3-numpy
   # tests/kubernetes_manifests_test.py: reading deploy/kubernetes/'s YAML.
   python3-yaml

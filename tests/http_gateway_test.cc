@@ -27,6 +27,8 @@
 #include "h5depot/testing/server_process.h"
 #include "h5depot/testing/temp_dir.h"
 #include "hdf5.h"
+#include "server/src/access_rules_internal.h"
+#include "server/src/http_semantics_internal.h"
 #include "tests/h5py_images.h"
 
 namespace h5depot {
@@ -146,6 +148,98 @@ Answer Get(int port, const std::string& target,
            const std::string& headers = "") {
   return Request(port, "GET", target, headers);
 }
+
+// --- HTTP's rules, apart from any server ----------------------------------
+
+TEST(HttpSemanticsTest, RangesAreCutToTheImage) {
+  using Kind = server::http::RangeSelection::Kind;
+  auto select = [](const char* header, uint64_t size) {
+    return server::http::SelectRange(header, size);
+  };
+  EXPECT_EQ(select("", 10).kind, Kind::kWhole);
+  EXPECT_EQ(select("bytes=0-4", 10).range.length, 5u);
+  EXPECT_EQ(select("BYTES=2-", 10).range.offset, 2u);
+  EXPECT_EQ(select("bytes=-3", 10).range.offset, 7u);
+  EXPECT_EQ(select("bytes=-0", 10).kind, Kind::kUnsatisfiable);
+  EXPECT_EQ(select("bytes=10-", 10).kind, Kind::kUnsatisfiable);
+  EXPECT_EQ(select("bytes=0-", 0).kind, Kind::kUnsatisfiable);
+  EXPECT_EQ(select("bytes=-5", 0).kind, Kind::kUnsatisfiable);
+  EXPECT_EQ(select("bytes=5-2", 10).kind, Kind::kWhole);  // invalid
+  EXPECT_EQ(select("bytes=x-2", 10).kind, Kind::kWhole);
+  EXPECT_EQ(select("bytes=-", 10).kind, Kind::kWhole);
+  EXPECT_EQ(select("bytes=99999999999999999999-", 10).kind, Kind::kWhole);
+  EXPECT_EQ(select("bytes=18446744073709551615-", 10).kind,
+            Kind::kUnsatisfiable);
+}
+
+TEST(HttpSemanticsTest, TagsCompareStronglyForIfMatchOnly) {
+  using server::http::Comparison;
+  using server::http::TagListMatches;
+  EXPECT_TRUE(TagListMatches("\"1-a\"", "\"1-a\"", Comparison::kStrong));
+  EXPECT_TRUE(
+      TagListMatches(" \"2-b\" , \"1-a\"", "\"1-a\"", Comparison::kStrong));
+  EXPECT_FALSE(TagListMatches("W/\"1-a\"", "\"1-a\"", Comparison::kStrong));
+  EXPECT_TRUE(TagListMatches("W/\"1-a\"", "\"1-a\"", Comparison::kWeak));
+  EXPECT_TRUE(TagListMatches("*", "\"1-a\"", Comparison::kStrong));
+  EXPECT_FALSE(TagListMatches("\"1-ab\"", "\"1-a\"", Comparison::kWeak));
+}
+
+TEST(HttpSemanticsTest, PathsDecodeStrictly) {
+  using server::http::DecodePath;
+  using server::http::DecodeQueryValue;
+  EXPECT_EQ(DecodePath("/a%2Fb%2e"), "/a/b.");
+  EXPECT_EQ(DecodePath("/a+b"), "/a+b");
+  EXPECT_EQ(DecodeQueryValue("a+b%2B"), "a b+");
+  EXPECT_EQ(DecodePath("/a%00b"), std::nullopt);
+  EXPECT_EQ(DecodePath("/a%0a"), std::nullopt);
+  EXPECT_EQ(DecodePath("/a%"), std::nullopt);
+  EXPECT_EQ(DecodePath("/a%4"), std::nullopt);
+  EXPECT_EQ(DecodePath("/a%g1"), std::nullopt);
+}
+
+TEST(HttpSemanticsTest, ListingsAndErrorsAreJson) {
+  server::ImageDescription image;
+  image.image_id = "a\"b";
+  image.size = 5;
+  image.generation = 7;
+  image.checksum = 0xabc;
+  image.created_unix_micros = 1'000'000;
+  EXPECT_EQ(server::http::ListingJson({image}, "t"),
+            "{\"images\":[{\"id\":\"a\\\"b\",\"size\":5,\"generation\":7,"
+            "\"checksum\":\"0000000000000abc\","
+            "\"created\":\"1970-01-01T00:00:01.000000Z\",\"expires\":null}],"
+            "\"next_page_token\":\"t\"}\n");
+  EXPECT_EQ(
+      server::http::ErrorJson(absl::NotFoundError("no\nimage")),
+      "{\"error\":{\"code\":\"NOT_FOUND\",\"message\":\"no\\nimage\"}}\n");
+  EXPECT_EQ(server::http::StatusFor(absl::StatusCode::kPermissionDenied), 403);
+  EXPECT_EQ(server::http::StatusFor(absl::StatusCode::kUnauthenticated), 401);
+  EXPECT_EQ(server::http::StatusFor(absl::StatusCode::kResourceExhausted), 429);
+  EXPECT_EQ(server::http::BearerToken("bearer  abc "), "abc");
+  EXPECT_EQ(server::http::BearerToken("Basic abc"), "");
+}
+
+TEST(HttpSemanticsTest, ThePublicPrincipalOnlyReadsNamedPrefixes) {
+  auto parse = [](const std::string& text) {
+    return server::AccessRules::Parse(text, "auth");
+  };
+  absl::StatusOr<std::unique_ptr<server::AccessRules>> rules =
+      parse("everyone read public pub/ open/\n");
+  ASSERT_TRUE(rules.ok()) << rules.status();
+  ASSERT_NE((*rules)->FindPublic(), nullptr);
+  EXPECT_TRUE((*rules)->FindPublic()->MayTouch("pub/x"));
+  EXPECT_FALSE((*rules)->FindPublic()->MayTouch("secret/x"));
+  EXPECT_EQ((*rules)->Find(""), nullptr);
+  EXPECT_EQ(parse("everyone write public pub/\n").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parse("everyone read public\n").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(parse("a read public x/\nb read public y/\n").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(parse("everyone read public *\n").ok());
+}
+
+// --- A real h5depotd ------------------------------------------------------
 
 class HttpGatewayTest : public ::testing::Test {
  protected:
@@ -405,7 +499,7 @@ TEST_F(HttpGatewayTest, OversizedHeadersAreRefused) {
 }
 
 TEST_F(HttpGatewayTest, AClientThatStopsReadingLetsItsGenerationGo) {
-  Start({"--http-request-timeout=5s"});
+  Start({"--http-idle-timeout=5s"});
   const std::string image = MakeHdf5Image(64 << 20, 12);
   Push("slow.h5", image);
   const int fd = ConnectTcp(port_);

@@ -313,11 +313,10 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   }
   if (!options.http_listen.empty()) {
     HttpGatewayOptions http;
-    http.listen = options.http_listen;
-    http.max_connections = options.http_max_connections;
-    http.request_timeout = options.http_request_timeout;
-    http.keep_alive_timeout = options.http_keep_alive_timeout;
-    http.max_header_bytes = options.http_max_header_bytes;
+    http.http.listen = options.http_listen;
+    http.http.max_connections = options.http_max_connections;
+    http.http.idle_timeout = options.http_idle_timeout;
+    http.http.max_header_bytes = options.http_max_header_bytes;
     http.metrics = impl->metrics.get();
     absl::StatusOr<std::unique_ptr<HttpGateway>> gateway =
         HttpGateway::Start(impl->operations.get(), http);
@@ -576,8 +575,8 @@ void DepotServer::Shutdown(absl::Duration grace) {
   const absl::Time deadline = absl::Now() + grace;
   impl_->service->Close();
   if (impl_->data_lane != nullptr) impl_->data_lane->Shutdown(grace);
-  // Stops it and waits for its requests: a send to a client that stopped
-  // reading ends within the gateway's request timeout.
+  // Stops it: its connections are closed, and answers under way let go
+  // of the generations they held.
   impl_->http_gateway.reset();
   // gRPC's Shutdown(deadline) would wait, after the last call, for every
   // idle connection's client to acknowledge the GOAWAY, and a client that

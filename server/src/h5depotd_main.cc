@@ -140,15 +140,13 @@ ABSL_FLAG(std::string, http_listen, "",
           "for HDF5's ROS3 driver, h5py, browsers and curl; checked against "
           "the auth file. Plain HTTP: a loopback address when TLS is on. "
           "Empty: none");
-ABSL_FLAG(uint64_t, http_max_connections, 128,
-          "HTTP connections served at once, a thread each; more wait to be "
+ABSL_FLAG(uint64_t, http_max_connections, 1024,
+          "HTTP connections open at once; more are closed as they are "
           "accepted");
-ABSL_FLAG(absl::Duration, http_request_timeout, absl::Seconds(30),
-          "how long an HTTP request may take to arrive, and a send may make "
-          "no progress (a client that stopped reading), before its "
-          "connection is closed");
-ABSL_FLAG(absl::Duration, http_keep_alive_timeout, absl::Seconds(15),
-          "how long an idle HTTP keep-alive connection stays open");
+ABSL_FLAG(absl::Duration, http_idle_timeout, absl::Seconds(30),
+          "how long an HTTP connection may see nothing move (a request that "
+          "stops arriving, an idle keep-alive connection, a client that "
+          "stops reading) before it is closed; whole seconds, at least 1s");
 ABSL_FLAG(ByteSizeFlag, http_max_header_size, ByteSizeFlag{16 << 10},
           "largest HTTP request head (request line and headers); larger "
           "ones are answered 431");
@@ -299,9 +297,8 @@ int main(int argc, char** argv) {
       "                [--max-connection-age-grace=DURATION] "
       "[--metrics-listen=HOST:PORT [--metrics-stream-names]]\n"
       "                [--http-listen=HOST:PORT [--http-max-connections=N]\n"
-      "                 [--http-request-timeout=DURATION] "
-      "[--http-keep-alive-timeout=DURATION]\n"
-      "                 [--http-max-header-size=SIZE]]\n"
+      "                 [--http-idle-timeout=DURATION] "
+      "[--http-max-header-size=SIZE]]\n"
       "                [--health-listen=HOST:PORT] [--watch-history=N] "
       "[--eviction=none|lru]\n"
       "                [--snapshot-dir=DIR [--snapshot-interval=DURATION]]");
@@ -428,16 +425,14 @@ int main(int argc, char** argv) {
   options.health_listen = absl::GetFlag(FLAGS_health_listen);
   options.http_listen = absl::GetFlag(FLAGS_http_listen);
   options.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
-  options.http_request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
-  options.http_keep_alive_timeout =
-      absl::GetFlag(FLAGS_http_keep_alive_timeout);
+  options.http_idle_timeout = absl::GetFlag(FLAGS_http_idle_timeout);
   const uint64_t header_bytes = absl::GetFlag(FLAGS_http_max_header_size).bytes;
   if (header_bytes < 1024 || header_bytes > (uint64_t{1} << 30) ||
       options.http_max_connections == 0 ||
-      options.http_request_timeout <= absl::ZeroDuration() ||
-      options.http_keep_alive_timeout <= absl::ZeroDuration()) {
-    std::cerr << "h5depotd: the HTTP limits must be positive, and "
-                 "--http-max-header-size 1K to 1G\n";
+      options.http_idle_timeout < absl::Seconds(1)) {
+    std::cerr << "h5depotd: --http-max-connections must be positive, "
+                 "--http-idle-timeout at least 1s, --http-max-header-size "
+                 "1K to 1G\n";
     return 1;
   }
   options.http_max_header_bytes = static_cast<size_t>(header_bytes);

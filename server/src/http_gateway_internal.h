@@ -22,46 +22,24 @@
 // file's public principal if it has one (public prefixes, read only).
 // Errors are JSON (http::ErrorJson) with the HTTP status of their code.
 //
-// The HTTP itself (parsing, keep-alive) is civetweb's, the library
-// Prometheus's exposer (--metrics-listen) is served by too; each
-// connection is served on one of civetweb's worker threads. Plain HTTP
-// only: Debian's civetweb 1.15 looks up OpenSSL 1.1 functions that
-// OpenSSL 3 no longer has, and crashes on a TLS connection
-// (docs/HTTP.md, "HTTPS"), so the server keeps the gateway on a loopback
-// address when it serves TLS elsewhere.
+// The HTTP itself is an HttpServer's (http_server_internal.h): parsing,
+// keep-alive, limits, and a body sent from the image's memory.
 #ifndef H5DEPOT_SERVER_HTTP_GATEWAY_INTERNAL_H_
 #define H5DEPOT_SERVER_HTTP_GATEWAY_INTERNAL_H_
 
-#include <cstddef>
-#include <cstdint>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "absl/time/time.h"
 #include "server/src/depot_operations_internal.h"
+#include "server/src/http_server_internal.h"
 #include "server/src/server_metrics_internal.h"
-
-struct mg_context;  // civetweb's server
 
 namespace h5depot::server {
 
 struct HttpGatewayOptions {
-  // "HOST:PORT" to listen on (port 0: any free one).
-  std::string listen;
-  // Connections served at once, one worker thread each; a further one
-  // waits in the accept queue until a connection closes. An idle
-  // keep-alive connection holds its thread until keep_alive_timeout.
-  size_t max_connections = 128;
-  // How long a request may take to arrive, headers and body, and how long
-  // a send may make no progress (a client that stops reading): past it
-  // the connection is closed, and the generation it was sent is let go.
-  absl::Duration request_timeout = absl::Seconds(30);
-  // How long an idle keep-alive connection is kept open.
-  absl::Duration keep_alive_timeout = absl::Seconds(15);
-  // Largest request head (request line and headers); a larger one is
-  // answered 431 and the connection closed.
-  size_t max_header_bytes = 16 << 10;
+  // Where and how it listens, and its limits (HttpServerOptions).
+  HttpServerOptions http;
   // Counts each call (Transport::kHttp); null: not counted. Must outlive
   // the gateway.
   ServerMetrics* metrics = nullptr;
@@ -69,28 +47,23 @@ struct HttpGatewayOptions {
 
 class HttpGateway {
  public:
-  // Listens on options.listen and serves `operations`, which must outlive
-  // the gateway. UNAVAILABLE if the address cannot be bound,
-  // INVALID_ARGUMENT for a malformed address or limit.
+  // Listens on options.http.listen and serves `operations`, which must
+  // outlive the gateway. HttpServer::Start's errors.
   static absl::StatusOr<std::unique_ptr<HttpGateway>> Start(
       DepotOperations* operations, const HttpGatewayOptions& options);
 
-  // Stops listening and waits for the requests under way to end (a send
-  // to a client that does not read ends within request_timeout).
+  // Stops serving: HttpServer's destructor.
   ~HttpGateway();
   HttpGateway(const HttpGateway&) = delete;
   HttpGateway& operator=(const HttpGateway&) = delete;
 
-  int port() const { return port_; }
-
-  struct Impl;  // the handlers' state (http_gateway.cc)
+  int port() const { return server_->port(); }
 
  private:
-  HttpGateway(std::unique_ptr<Impl> impl, mg_context* context, int port);
+  explicit HttpGateway(std::unique_ptr<HttpServer> server)
+      : server_(std::move(server)) {}
 
-  std::unique_ptr<Impl> impl_;
-  mg_context* context_;
-  int port_;
+  std::unique_ptr<HttpServer> server_;
 };
 
 }  // namespace h5depot::server

@@ -268,7 +268,11 @@ std::string ListingJson(const std::vector<ImageDescription>& images,
   return json;
 }
 
-std::optional<std::string> DecodePath(std::string_view path) {
+namespace {
+
+// `text` with its %XX escapes decoded (and '+' as a space if
+// `plus_is_space`); nullopt for a malformed escape or a control character.
+std::optional<std::string> Unescape(std::string_view text, bool plus_is_space) {
   auto hex_digit = [](char c) -> int {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -276,21 +280,33 @@ std::optional<std::string> DecodePath(std::string_view path) {
     return -1;
   };
   std::string decoded;
-  decoded.reserve(path.size());
-  for (size_t i = 0; i < path.size(); ++i) {
-    char c = path[i];
+  decoded.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
     if (c == '%') {
-      if (i + 2 >= path.size()) return std::nullopt;
-      const int high = hex_digit(path[i + 1]);
-      const int low = hex_digit(path[i + 2]);
+      if (i + 2 >= text.size()) return std::nullopt;
+      const int high = hex_digit(text[i + 1]);
+      const int low = hex_digit(text[i + 2]);
       if (high < 0 || low < 0) return std::nullopt;
       c = static_cast<char>(high * 16 + low);
       i += 2;
+    } else if (c == '+' && plus_is_space) {
+      c = ' ';
     }
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return std::nullopt;
     decoded += c;
   }
   return decoded;
+}
+
+}  // namespace
+
+std::optional<std::string> DecodePath(std::string_view path) {
+  return Unescape(path, /*plus_is_space=*/false);
+}
+
+std::optional<std::string> DecodeQueryValue(std::string_view value) {
+  return Unescape(value, /*plus_is_space=*/true);
 }
 
 std::string_view BearerToken(std::string_view authorization) {

@@ -97,6 +97,9 @@ std::optional<uint64_t> ParseDecimal(std::string_view text);
 // the path short in C code that reads it). '+' is left alone: it means a
 // space only in forms.
 std::optional<std::string> DecodePath(std::string_view path);
+// A query parameter's value decoded as a form's: DecodePath's rules, and
+// '+' is a space.
+std::optional<std::string> DecodeQueryValue(std::string_view value);
 
 // The bearer token of an Authorization header's value: the text after
 // "Bearer " (the scheme in any case); empty if the header is absent or

@@ -28,6 +28,7 @@
 #include "server/src/client_cpu_internal.h"
 #include "server/src/lane_server_internal.h"
 #include "server/src/server_metrics_internal.h"
+#include "server/src/tcp_listener_internal.h"
 
 namespace h5depot::server {
 namespace {
@@ -128,57 +129,6 @@ Peer PeerOf(int fd, const UnixSocketAccess& unix_access) {
 absl::Status ErrnoError(std::string_view what) {
   return absl::UnavailableError(
       absl::StrCat(std::string(what), ": ", std::strerror(errno)));
-}
-
-absl::StatusOr<LaneSocket> ListenTcp(const std::string& host, int port,
-                                     int* bound_port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* addresses = nullptr;
-  const std::string service = std::to_string(port);
-  // gRPC's notation for "every address" and bracketed IPv6 literals.
-  std::string name = host;
-  if (name.size() >= 2 && name.front() == '[' && name.back() == ']') {
-    name = name.substr(1, name.size() - 2);
-  }
-  if (const int error = ::getaddrinfo(name.empty() ? nullptr : name.c_str(),
-                                      service.c_str(), &hints, &addresses);
-      error != 0) {
-    return absl::UnavailableError(absl::StrCat(
-        "data lane: cannot resolve '", host, "': ", ::gai_strerror(error)));
-  }
-  absl::Status last = absl::UnavailableError(
-      absl::StrCat("data lane: no address for '", host, "'"));
-  for (addrinfo* a = addresses; a != nullptr; a = a->ai_next) {
-    LaneSocket listener(
-        ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, 0));
-    if (!listener.is_open()) {
-      last = ErrnoError("data lane: socket");
-      continue;
-    }
-    int on = 1;
-    ::setsockopt(listener.fd(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
-    if (::bind(listener.fd(), a->ai_addr, a->ai_addrlen) != 0 ||
-        ::listen(listener.fd(), 128) != 0) {
-      last = ErrnoError(
-          absl::StrCat("data lane: cannot listen on ", host, ":", port));
-      continue;
-    }
-    sockaddr_storage bound{};
-    socklen_t bound_bytes = sizeof(bound);
-    ::getsockname(listener.fd(), reinterpret_cast<sockaddr*>(&bound),
-                  &bound_bytes);
-    *bound_port =
-        bound.ss_family == AF_INET6
-            ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
-            : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-    ::freeaddrinfo(addresses);
-    return listener;
-  }
-  ::freeaddrinfo(addresses);
-  return last;
 }
 
 absl::StatusOr<LaneSocket> ListenUnix(const std::string& path,
@@ -486,16 +436,17 @@ absl::StatusOr<std::unique_ptr<DataLaneServer>> DataLaneServer::Start(
   impl->operations = operations;
   impl->options = options;
   if (!options.tcp_host.empty()) {
-    absl::StatusOr<LaneSocket> listener = absl::UnavailableError("");
+    absl::StatusOr<internal::UniqueFd> listener = absl::UnavailableError("");
     if (options.tcp_port == 0 && options.preferred_tcp_port > 0) {
-      listener = ListenTcp(options.tcp_host, options.preferred_tcp_port,
-                           &impl->tcp_port);
+      listener = ListenTcp("data lane", options.tcp_host,
+                           options.preferred_tcp_port, &impl->tcp_port);
     }
     if (!listener.ok()) {
-      listener = ListenTcp(options.tcp_host, options.tcp_port, &impl->tcp_port);
+      listener = ListenTcp("data lane", options.tcp_host, options.tcp_port,
+                           &impl->tcp_port);
     }
     if (!listener.ok()) return listener.status();
-    impl->tcp_listener = *std::move(listener);
+    impl->tcp_listener = LaneSocket(listener->Release());
   }
   if (!options.unix_path.empty()) {
     absl::StatusOr<LaneSocket> listener =

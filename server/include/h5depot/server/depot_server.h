@@ -156,14 +156,14 @@ struct ServerOptions {
   // must be a loopback address (FAILED_PRECONDITION otherwise), as must it
   // be without TLS and an auth file unless `insecure`. Empty: none.
   std::string http_listen;
-  // The gateway's limits (docs/HTTP.md, "Limits"): connections served at
-  // once (one thread each; more wait to be accepted); how long a request
-  // may take to arrive and a send may make no progress before the
-  // connection is closed; how long an idle keep-alive connection stays
-  // open; the largest request head (431 beyond). All positive.
-  size_t http_max_connections = 128;
-  absl::Duration http_request_timeout = absl::Seconds(30);
-  absl::Duration http_keep_alive_timeout = absl::Seconds(15);
+  // The gateway's limits (docs/HTTP.md, "Limits"): connections open at
+  // once (more are closed as they are accepted); how long a connection
+  // may see nothing move (a request that stops arriving, an idle
+  // keep-alive connection, a client that stops reading) before it is
+  // closed, in whole seconds, at least one; the largest request head
+  // (431 beyond).
+  size_t http_max_connections = 1024;
+  absl::Duration http_idle_timeout = absl::Seconds(30);
   size_t http_max_header_bytes = 16 << 10;
   // "HOST:PORT" (port 0: any free one) of a plaintext gRPC listener that
   // serves only the standard health service (grpc.health.v1), for probes
