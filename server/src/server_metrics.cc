@@ -1,5 +1,4 @@
 #include <algorithm>
-#include <exception>
 #include <iterator>
 #include <limits>
 #include <string>
@@ -9,8 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "prometheus/client_metric.h"
-#include "prometheus/exposer.h"
 #include "prometheus/metric_type.h"
+#include "prometheus/text_serializer.h"
 #include "server/src/server_metrics_internal.h"
 #include "server/src/stream_table_internal.h"
 
@@ -404,31 +403,39 @@ std::vector<prometheus::MetricFamily> ServerMetrics::Collect() const {
   return families;
 }
 
-MetricsEndpoint::MetricsEndpoint(std::unique_ptr<prometheus::Exposer> exposer,
-                                 std::shared_ptr<ServerMetrics> metrics,
-                                 int port)
-    : exposer_(std::move(exposer)), metrics_(std::move(metrics)), port_(port) {}
-
 MetricsEndpoint::~MetricsEndpoint() = default;
 
 absl::StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(
     const std::string& listen, std::shared_ptr<ServerMetrics> metrics) {
-  std::unique_ptr<prometheus::Exposer> exposer;
-  try {
-    // One thread: a scrape is rare and quick.
-    exposer = std::make_unique<prometheus::Exposer>(listen, 1);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", listen, " (", e.what(), ")"));
+  HttpServerOptions options;
+  options.listen = listen;
+  options.threads = 1;  // a scrape is rare and quick
+  options.max_connections = 64;
+  absl::StatusOr<std::unique_ptr<HttpServer>> server =
+      HttpServer::Start(options, [metrics](const HttpRequest& request) {
+        HttpAnswer answer;
+        if (request.raw_path() != "/metrics") {
+          answer.status = 404;
+          answer.text = "the metrics are at /metrics\n";
+          return answer;
+        }
+        if (request.method() != "GET" && request.method() != "HEAD") {
+          answer.status = 405;
+          answer.headers = {{"Allow", "GET, HEAD"}};
+          return answer;
+        }
+        answer.headers = {
+            {"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}};
+        answer.text =
+            prometheus::TextSerializer().Serialize(metrics->Collect());
+        return answer;
+      });
+  if (!server.ok()) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot serve metrics on ", listen, ": ", server.status().message()));
   }
-  const std::vector<int> ports = exposer->GetListeningPorts();
-  if (ports.empty()) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", listen));
-  }
-  exposer->RegisterCollectable(metrics);
   return std::unique_ptr<MetricsEndpoint>(
-      new MetricsEndpoint(std::move(exposer), std::move(metrics), ports[0]));
+      new MetricsEndpoint(*std::move(server), std::move(metrics)));
 }
 
 }  // namespace h5depot::server

@@ -33,10 +33,7 @@
 #include "prometheus/metric_family.h"
 #include "server/src/depot_operations_internal.h"
 #include "server/src/grpc_connections_internal.h"
-
-namespace prometheus {
-class Exposer;
-}  // namespace prometheus
+#include "server/src/http_server_internal.h"
 
 namespace h5depot::server {
 
@@ -97,25 +94,26 @@ class ServerMetrics final : public prometheus::Collectable {
   mutable GrpcConnectionCensus grpc_connections_;  // Count() when scraped
 };
 
-// An HTTP listener serving `metrics` at /metrics.
+// An HTTP listener serving `metrics` at /metrics (an HttpServer, as the
+// gateway's, with one thread).
 class MetricsEndpoint {
  public:
   // Listens on `listen` ("HOST:PORT"; port 0: any free one). UNAVAILABLE
-  // if it cannot. `metrics` must outlive the endpoint.
+  // if it cannot.
   static absl::StatusOr<std::unique_ptr<MetricsEndpoint>> Start(
       const std::string& listen, std::shared_ptr<ServerMetrics> metrics);
   ~MetricsEndpoint();
 
   // The port it listens on.
-  int port() const { return port_; }
+  int port() const { return server_->port(); }
 
  private:
-  MetricsEndpoint(std::unique_ptr<prometheus::Exposer> exposer,
-                  std::shared_ptr<ServerMetrics> metrics, int port);
+  MetricsEndpoint(std::unique_ptr<HttpServer> server,
+                  std::shared_ptr<ServerMetrics> metrics)
+      : server_(std::move(server)), metrics_(std::move(metrics)) {}
 
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<HttpServer> server_;
   std::shared_ptr<ServerMetrics> metrics_;
-  int port_;
 };
 
 }  // namespace h5depot::server
