@@ -11,8 +11,9 @@ PACKAGES=(
   libabsl-dev libhdf5-dev libxxhash-dev libgtest-dev libssl-dev
   # h5depotd's --metrics-listen: the Prometheus text format over HTTP.
   prometheus-cpp-dev
-  # h5depotd's HTTP endpoints (--http-listen): libmicrohttpd.
-  libmicrohttpd-dev
+  # h5depotd's HTTP endpoints (--http-listen): libmicrohttpd, and GnuTLS,
+  # its TLS, for HTTPS.
+  libmicrohttpd-dev libgnutls28-dev
   python3-h5py python3-numpy
   # tests/kubernetes_manifests_test.py: reading deploy/kubernetes/'s YAML.
   python3-yaml

@@ -109,16 +109,6 @@ absl::Status CheckProtection(const ServerOptions& options) {
         "a client CA file (mutual TLS) needs the server's own certificate "
         "and key files too");
   }
-  // The HTTP gateway serves plain HTTP only (http_gateway_internal.h):
-  // beside TLS elsewhere it stays on this host.
-  if (tls && !options.http_listen.empty() &&
-      !internal::IsLoopbackHost(ListenHost(options.http_listen))) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the HTTP gateway serves plain HTTP only, so with TLS it listens on "
-        "a loopback address, not ",
-        options.http_listen,
-        " (docs/HTTP.md, \"HTTPS\": put a TLS proxy in front of it)"));
-  }
   if (options.insecure || (tls && !options.auth_file.empty())) {
     return absl::OkStatus();
   }
@@ -317,6 +307,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     http.http.max_connections = options.http_max_connections;
     http.http.idle_timeout = options.http_idle_timeout;
     http.http.max_header_bytes = options.http_max_header_bytes;
+    http.http.tls = impl->lane_tls.get();  // HTTPS with the TLS files
     http.metrics = impl->metrics.get();
     absl::StatusOr<std::unique_ptr<HttpGateway>> gateway =
         HttpGateway::Start(impl->operations.get(), http);

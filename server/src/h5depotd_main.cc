@@ -137,9 +137,8 @@ ABSL_FLAG(bool, metrics_stream_names, false,
 ABSL_FLAG(std::string, http_listen, "",
           "HOST:PORT of the HTTP gateway (docs/HTTP.md): images read with "
           "GET and HEAD, byte ranges and ETags, a JSON listing at /v1/images, "
-          "for HDF5's ROS3 driver, h5py, browsers and curl; checked against "
-          "the auth file. Plain HTTP: a loopback address when TLS is on. "
-          "Empty: none");
+          "for HDF5's ROS3 driver, h5py, browsers and curl; HTTPS with the "
+          "TLS files, checked against the auth file. Empty: none");
 ABSL_FLAG(uint64_t, http_max_connections, 1024,
           "HTTP connections open at once; more are closed as they are "
           "accepted");
@@ -466,7 +465,8 @@ int main(int argc, char** argv) {
   if ((*server)->http_port() != 0) {
     const std::string& listen = options.http_listen;
     std::cout << "h5depotd HTTP gateway on "
-              << "http://" << listen.substr(0, listen.rfind(':')) << ":"
+              << (options.tls_cert_file.empty() ? "http" : "https") << "://"
+              << listen.substr(0, listen.rfind(':')) << ":"
               << (*server)->http_port() << "/v1/images\n";
   }
   if ((*server)->health_port() != 0) {

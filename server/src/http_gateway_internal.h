@@ -23,7 +23,7 @@
 // Errors are JSON (http::ErrorJson) with the HTTP status of their code.
 //
 // The HTTP itself is an HttpServer's (http_server_internal.h): parsing,
-// keep-alive, limits, and a body sent from the image's memory.
+// keep-alive, limits, TLS, and a body sent from the image's memory.
 #ifndef H5DEPOT_SERVER_HTTP_GATEWAY_INTERNAL_H_
 #define H5DEPOT_SERVER_HTTP_GATEWAY_INTERNAL_H_
 

@@ -1,4 +1,6 @@
 #include <arpa/inet.h>
+#include <gnutls/abstract.h>
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -6,9 +8,14 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "server/src/http_server_internal.h"
 #include "server/src/tcp_listener_internal.h"
 
@@ -55,6 +62,169 @@ std::string PeerOf(const sockaddr* address) {
 
 }  // namespace
 
+// The certificate chain and key an HTTPS server presents, as GnuTLS takes
+// them: loaded from the PEM files of the ReloadingServerContext the other
+// transports use, and loaded again whenever that context is remade (its
+// files changed and load). Every version loaded is kept until the server
+// stops, since a handshake under way may still use an older one; a
+// version is a few kilobytes, and certificates change rarely.
+class HttpServer::TlsIdentity {
+ public:
+  explicit TlsIdentity(internal::tls::ReloadingServerContext* files)
+      : files_(files) {}
+
+  ~TlsIdentity() {
+    for (Version& version : versions_) {
+      for (gnutls_pcert_st& certificate : version.chain) {
+        gnutls_pcert_deinit(&certificate);
+      }
+      gnutls_privkey_deinit(version.key);
+    }
+  }
+
+  // Loads the files once: their errors are the server's start-up errors.
+  absl::Status Load() {
+    absl::MutexLock lock(&mutex_);
+    return LoadLocked(files_->Current().get());
+  }
+
+  // The chain and key for a handshake now: 0, or a GnuTLS error.
+  int Current(gnutls_pcert_st** chain, unsigned* length,
+              gnutls_privkey_t* key) {
+    const std::shared_ptr<const internal::tls::Context> context =
+        files_->Current();
+    absl::MutexLock lock(&mutex_);
+    if (context.get() != loaded_from_) {
+      // A failure leaves the last version in use, as on the other
+      // transports.
+      LoadLocked(context.get()).IgnoreError();
+    }
+    if (versions_.empty()) return GNUTLS_E_CERTIFICATE_ERROR;
+    Version& version = versions_.back();
+    *chain = version.chain.data();
+    *length = static_cast<unsigned>(version.chain.size());
+    *key = version.key;
+    return 0;
+  }
+
+ private:
+  struct Version {
+    std::vector<gnutls_pcert_st> chain;
+    gnutls_privkey_t key = nullptr;
+  };
+
+  static absl::StatusOr<std::string> ReadPem(const std::string& path) {
+    std::ifstream file(path, std::ios::binary);
+    if (!file) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+    std::ostringstream text;
+    text << file.rdbuf();
+    return text.str();
+  }
+
+  absl::Status LoadLocked(const void* context)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    loaded_from_ = context;
+    const internal::tls::ServerFiles& files = files_->files();
+    absl::StatusOr<std::string> chain_pem = ReadPem(files.cert_file);
+    if (!chain_pem.ok()) return chain_pem.status();
+    absl::StatusOr<std::string> key_pem = ReadPem(files.key_file);
+    if (!key_pem.ok()) return key_pem.status();
+    Version version;
+    version.chain.resize(kMaxChain);
+    unsigned count = kMaxChain;
+    gnutls_datum_t chain_datum{
+        reinterpret_cast<unsigned char*>(chain_pem->data()),
+        static_cast<unsigned>(chain_pem->size())};
+    int error = gnutls_pcert_list_import_x509_raw(
+        version.chain.data(), &count, &chain_datum, GNUTLS_X509_FMT_PEM, 0);
+    if (error < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(files.cert_file, ": no certificate chain for HTTPS (",
+                       gnutls_strerror(error), ")"));
+    }
+    version.chain.resize(count);
+    gnutls_datum_t key_datum{reinterpret_cast<unsigned char*>(key_pem->data()),
+                             static_cast<unsigned>(key_pem->size())};
+    error = gnutls_privkey_init(&version.key);
+    if (error >= 0) {
+      error = gnutls_privkey_import_x509_raw(version.key, &key_datum,
+                                             GNUTLS_X509_FMT_PEM, nullptr, 0);
+    }
+    if (error < 0) {
+      for (gnutls_pcert_st& certificate : version.chain) {
+        gnutls_pcert_deinit(&certificate);
+      }
+      if (version.key != nullptr) gnutls_privkey_deinit(version.key);
+      return absl::InvalidArgumentError(
+          absl::StrCat(files.key_file, ": no private key for HTTPS (",
+                       gnutls_strerror(error), ")"));
+    }
+    versions_.push_back(std::move(version));
+    return absl::OkStatus();
+  }
+
+  static constexpr unsigned kMaxChain = 16;
+  internal::tls::ReloadingServerContext* const files_;
+  absl::Mutex mutex_;
+  const void* loaded_from_ ABSL_GUARDED_BY(mutex_) = nullptr;
+  std::vector<Version> versions_ ABSL_GUARDED_BY(mutex_);
+};
+
+namespace {
+
+// TLS 1.2 or later, as on the other transports.
+constexpr char kTlsPriorities[] = "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
+
+// GnuTLS's certificate callback has no argument of its own, so each HTTPS
+// server is found by the local port of the connection being handshaken.
+absl::Mutex https_servers_mutex(absl::kConstInit);
+absl::flat_hash_map<int, HttpServer::TlsIdentity*>& HttpsServers()
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(https_servers_mutex) {
+  static auto* servers = new absl::flat_hash_map<int, HttpServer::TlsIdentity*>;
+  return *servers;
+}
+
+int LocalPort(int fd) {
+  sockaddr_storage local{};
+  socklen_t size = sizeof local;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &size) != 0) {
+    return -1;
+  }
+  return ntohs(local.ss_family == AF_INET6
+                   ? reinterpret_cast<sockaddr_in6*>(&local)->sin6_port
+                   : reinterpret_cast<sockaddr_in*>(&local)->sin_port);
+}
+
+int PresentCertificate(gnutls_session_t session,
+                       const gnutls_datum_t* /*acceptable_cas*/,
+                       int /*ca_count*/,
+                       const gnutls_pk_algorithm_t* /*algorithms*/,
+                       int /*algorithm_count*/, gnutls_pcert_st** chain,
+                       unsigned int* length, gnutls_privkey_t* key) {
+  const int port = LocalPort(gnutls_transport_get_int(session));
+  HttpServer::TlsIdentity* identity = nullptr;
+  {
+    absl::MutexLock lock(&https_servers_mutex);
+    auto found = HttpsServers().find(port);
+    if (found != HttpsServers().end()) identity = found->second;
+  }
+  if (identity == nullptr) return GNUTLS_E_CERTIFICATE_ERROR;
+  return identity->Current(chain, length, key);
+}
+
+// Whether the client of `connection` presented a certificate the client
+// CA signed (GnuTLS checks it against the trust MHD was given).
+bool HasTrustedClientCertificate(MHD_Connection* connection) {
+  const MHD_ConnectionInfo* info =
+      MHD_get_connection_info(connection, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+  if (info == nullptr || info->tls_session == nullptr) return false;
+  auto session = static_cast<gnutls_session_t>(info->tls_session);
+  unsigned status = 0;
+  return gnutls_certificate_verify_peers2(session, &status) == 0 && status == 0;
+}
+
+}  // namespace
+
 std::optional<std::string_view> HttpRequest::raw_query(const char* name) const {
   const char* value =
       MHD_lookup_connection_value(connection_, MHD_GET_ARGUMENT_KIND, name);
@@ -89,13 +259,28 @@ struct HttpServerCallbacks {
     }
     if (exchange->answered) return MHD_YES;
     exchange->answered = true;
+    auto* server = static_cast<HttpServer*>(self);
+    if (!server->tls_client_ca_.empty() &&
+        !HasTrustedClientCertificate(connection)) {
+      HttpAnswer refusal;
+      refusal.status = 403;
+      refusal.text =
+          "a client certificate signed by the server's client CA is "
+          "required\n";
+      return Queue(connection, std::move(refusal), *exchange);
+    }
     const MHD_ConnectionInfo* info =
         MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const HttpRequest request(
         connection, method, url,
         PeerOf(info == nullptr ? nullptr : info->client_addr));
-    HttpAnswer answer = static_cast<HttpServer*>(self)->handler_(request);
-    exchange->done = std::move(answer.done);
+    return Queue(connection, server->handler_(request), *exchange);
+  }
+
+  // Sends `answer` on `connection`.
+  static MHD_Result Queue(MHD_Connection* connection, HttpAnswer answer,
+                          Exchange& exchange) {
+    exchange.done = std::move(answer.done);
 
     auto* body = new Body{std::move(answer.text), std::move(answer.keep)};
     const void* bytes = answer.bytes;
@@ -133,6 +318,9 @@ struct HttpServerCallbacks {
   }
 };
 
+HttpServer::HttpServer(HttpHandler handler, int port)
+    : handler_(std::move(handler)), port_(port) {}
+
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     const HttpServerOptions& options, HttpHandler handler) {
   if (options.max_connections == 0 ||
@@ -154,21 +342,57 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
                            : std::max(1u, std::thread::hardware_concurrency());
   auto server =
       std::unique_ptr<HttpServer>(new HttpServer(std::move(handler), port));
-  const int listen_fd = listener->get();
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
+  std::vector<MHD_OptionItem> settings = {
+      {MHD_OPTION_LISTEN_SOCKET, listener->get(), nullptr},
+      {MHD_OPTION_THREAD_POOL_SIZE, threads, nullptr},
+      {MHD_OPTION_CONNECTION_LIMIT,
+       static_cast<intptr_t>(options.max_connections), nullptr},
+      {MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+       static_cast<intptr_t>(options.max_connections_per_address), nullptr},
+      {MHD_OPTION_CONNECTION_TIMEOUT,
+       static_cast<intptr_t>(absl::ToInt64Seconds(options.idle_timeout)),
+       nullptr},
+      {MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+       static_cast<intptr_t>(options.max_header_bytes), nullptr},
+      // Two-argument options: the function as the value, its argument as
+      // the pointer.
+      {MHD_OPTION_UNESCAPE_CALLBACK, reinterpret_cast<intptr_t>(&KeepEscapes),
+       nullptr},
+      {MHD_OPTION_NOTIFY_COMPLETED,
+       reinterpret_cast<intptr_t>(&HttpServerCallbacks::OnCompleted),
+       server.get()},
+  };
+  if (options.tls != nullptr) {
+    flags |= MHD_USE_TLS;
+    server->tls_identity_ = std::make_unique<TlsIdentity>(options.tls);
+    if (absl::Status loaded = server->tls_identity_->Load(); !loaded.ok()) {
+      return loaded;
+    }
+    const std::string& client_ca_file = options.tls->files().client_ca_file;
+    if (!client_ca_file.empty()) {
+      std::ifstream file(client_ca_file, std::ios::binary);
+      std::ostringstream text;
+      text << file.rdbuf();
+      server->tls_client_ca_ = text.str();
+      if (!file || server->tls_client_ca_.empty()) {
+        return absl::NotFoundError(
+            absl::StrCat("cannot read the client CA file ", client_ca_file));
+      }
+      settings.push_back(
+          {MHD_OPTION_HTTPS_MEM_TRUST, 0, server->tls_client_ca_.data()});
+    }
+    settings.push_back({MHD_OPTION_HTTPS_CERT_CALLBACK, 0,
+                        reinterpret_cast<void*>(&PresentCertificate)});
+    settings.push_back(
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, const_cast<char*>(kTlsPriorities)});
+    absl::MutexLock lock(&https_servers_mutex);
+    HttpsServers()[port] = server->tls_identity_.get();
+  }
+  settings.push_back({MHD_OPTION_END, 0, nullptr});
   server->daemon_ = MHD_start_daemon(
-      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TURBO, 0,
-      nullptr, nullptr, &HttpServerCallbacks::OnRequest, server.get(),
-      MHD_OPTION_LISTEN_SOCKET, listen_fd, MHD_OPTION_THREAD_POOL_SIZE, threads,
-      MHD_OPTION_CONNECTION_LIMIT,
-      static_cast<unsigned>(options.max_connections),
-      MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-      static_cast<unsigned>(options.max_connections_per_address),
-      MHD_OPTION_CONNECTION_TIMEOUT,
-      static_cast<unsigned>(absl::ToInt64Seconds(options.idle_timeout)),
-      MHD_OPTION_CONNECTION_MEMORY_LIMIT, options.max_header_bytes,
-      MHD_OPTION_UNESCAPE_CALLBACK, &KeepEscapes, nullptr,
-      MHD_OPTION_NOTIFY_COMPLETED, &HttpServerCallbacks::OnCompleted,
-      server.get(), MHD_OPTION_END);
+      flags, 0, nullptr, nullptr, &HttpServerCallbacks::OnRequest, server.get(),
+      MHD_OPTION_ARRAY, settings.data(), MHD_OPTION_END);
   if (server->daemon_ == nullptr) {
     return absl::UnavailableError(
         absl::StrCat("cannot serve HTTP on ", options.listen));
@@ -177,6 +401,15 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   return server;
 }
 
-HttpServer::~HttpServer() { MHD_stop_daemon(daemon_); }
+HttpServer::~HttpServer() {
+  if (daemon_ != nullptr) MHD_stop_daemon(daemon_);
+  if (tls_identity_ != nullptr) {
+    absl::MutexLock lock(&https_servers_mutex);
+    auto found = HttpsServers().find(port_);
+    if (found != HttpsServers().end() && found->second == tls_identity_.get()) {
+      HttpsServers().erase(found);
+    }
+  }
+}
 
 }  // namespace h5depot::server

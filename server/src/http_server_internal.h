@@ -24,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "h5depot/internal/tls.h"
 
 struct MHD_Connection;  // libmicrohttpd's
 struct MHD_Daemon;
@@ -99,6 +100,13 @@ struct HttpServerOptions {
   size_t max_header_bytes = 16 << 10;
   // Event threads; 0: one per CPU.
   unsigned threads = 0;
+  // HTTPS (TLS 1.2 or later) with the certificate chain and key of these
+  // files, read again whenever `tls` is remade from them (when they
+  // change on disk), and, if it names a client CA file, only for clients
+  // with a certificate that CA signed (others are answered 403); the CA
+  // file is read once, at Start. Null: plain HTTP. Must outlive the
+  // server.
+  internal::tls::ReloadingServerContext* tls = nullptr;
 };
 
 class HttpServer {
@@ -117,12 +125,16 @@ class HttpServer {
 
   int port() const { return port_; }
 
+  // The certificate an HTTPS server presents (http_server.cc).
+  class TlsIdentity;
+
  private:
   friend struct HttpServerCallbacks;  // libmicrohttpd's (http_server.cc)
-  HttpServer(HttpHandler handler, int port)
-      : handler_(std::move(handler)), port_(port) {}
+  HttpServer(HttpHandler handler, int port);
 
   const HttpHandler handler_;
+  std::unique_ptr<TlsIdentity> tls_identity_;  // null: plain HTTP
+  std::string tls_client_ca_;  // PEM; empty: no client certificate asked
   MHD_Daemon* daemon_ = nullptr;
   int port_;
 };

@@ -81,6 +81,9 @@ class ReloadingServerContext {
   // OK, or why the files on disk could not replace the context in use.
   absl::Status last_reload_error();
 
+  // The files it follows.
+  const ServerFiles& files() const { return files_; }
+
   static constexpr absl::Duration kRecheckInterval = absl::Seconds(1);
 
  private:

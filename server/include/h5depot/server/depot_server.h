@@ -150,11 +150,11 @@ struct ServerOptions {
   // "HOST:PORT" (port 0: any free one) of the HTTP gateway (docs/HTTP.md):
   // images read with GET and HEAD, with byte ranges and ETags, and a JSON
   // listing, for programs that do not link h5depot (HDF5's ROS3 driver,
-  // h5py, browsers, curl). Checked against the auth file like every
-  // transport (Authorization: Bearer; its public principal for requests
-  // without a token). Plain HTTP only so far: with the TLS files set it
-  // must be a loopback address (FAILED_PRECONDITION otherwise), as must it
-  // be without TLS and an auth file unless `insecure`. Empty: none.
+  // h5py, browsers, curl). HTTPS with the TLS files above (GnuTLS reads
+  // the same PEM files; a client CA file is read once, at start), checked
+  // against the auth file like every transport (Authorization: Bearer;
+  // its public principal for requests without a token), and held to the
+  // same protected mode as the TCP listen address. Empty: none.
   std::string http_listen;
   // The gateway's limits (docs/HTTP.md, "Limits"): connections open at
   // once (more are closed as they are accepted); how long a connection
