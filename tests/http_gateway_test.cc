@@ -655,9 +655,9 @@ Answer HttpsGet(int port, const std::string& target, const std::string& ca_file,
       received.append(buffer, static_cast<size_t>(got));
     }
     const size_t end = received.find("\r\n\r\n");
-    if (received.rfind("HTTP/1.1 ", 0) == 0 && end != std::string::npos) {
-      absl::SimpleAtoi(absl::string_view(received).substr(9, 3),
-                       &answer.status);
+    if (received.rfind("HTTP/1.1 ", 0) == 0 && end != std::string::npos &&
+        absl::SimpleAtoi(absl::string_view(received).substr(9, 3),
+                         &answer.status)) {
       answer.body = received.substr(end + 4);
     }
   }
