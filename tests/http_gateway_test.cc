@@ -503,7 +503,7 @@ TEST_F(HttpGatewayTest, OversizedHeadersAreRefused) {
 }
 
 TEST_F(HttpGatewayTest, AClientThatStopsReadingLetsItsGenerationGo) {
-  Start({"--http-idle-timeout=5s"});
+  Start({"--http-idle-timeout=10s"});
   const std::string image = MakeHdf5Image(64 << 20, 12);
   Push("slow.h5", image);
   const int fd = ConnectTcp(port_);
