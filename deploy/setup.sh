@@ -40,7 +40,13 @@ PACKAGES=(
   openssl
   # bench/remote_driver_bench.sh: the HTTP server ROS3 reads from.
   nginx-light
+  # The web console's browser test (console/tests/): a headless Chromium.
+  chromium
 )
+# The web console's build (deploy/build-console.sh): Node.js and npm, from
+# Debian unless the machine has them already (from Debian or elsewhere).
+command -v node >/dev/null || PACKAGES+=(nodejs)
+command -v npm >/dev/null || PACKAGES+=(npm)
 
 installed() {
   [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]

@@ -6,6 +6,8 @@
 #      not run), then builds the libFuzzer targets (the fuzz preset) and
 #      runs each for H5DEPOT_FUZZ_SECONDS on its seeds (deploy/fuzz.sh);
 #      a crash or a broken FUZZ_CHECK fails the run (docs/FUZZING.md);
+#      then builds the web console (deploy/build-console.sh) and runs its
+#      browser test in headless Chromium (console/tests/);
 #   2. the asan preset (AddressSanitizer + UndefinedBehaviorSanitizer, with
 #      LeakSanitizer), under ctest, in its own build directory;
 #   3. the tsan preset (ThreadSanitizer): only the components and tests
@@ -19,6 +21,8 @@
 #   H5DEPOT_SKIP_TSAN=1        skip pass 3
 #   H5DEPOT_SKIP_THREAD_SAFETY=1  skip the lock analysis build
 #   H5DEPOT_SKIP_FUZZ=1        skip building and running the fuzz targets
+#   H5DEPOT_SKIP_CONSOLE=1     skip building the web console and its
+#                              browser test
 #   H5DEPOT_FUZZ_SECONDS=N     how long each fuzz target runs (default 20)
 #   H5DEPOT_LOAD_REPEAT=N      the suite under load: every test pass runs
 #                              beside stress-ng keeping each CPU busy, and
@@ -117,9 +121,28 @@ tsan_tests() {
   TSAN_OPTIONS=$tsan run_tests build-tsan "${launcher[@]}"
 }
 
+# The web console in a real browser (console/tests/), against the dev
+# build's h5depotd and h5depot; its screenshot goes to build/console.png.
+console_test() {
+  if H5DEPOTD=build/server/h5depotd H5DEPOT=build/client/h5depot \
+    CONSOLE_DIR=console/dist SCREENSHOT=build/console.png \
+    node console/tests/console_browser_test.mjs; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    return 1
+  fi
+}
+
 phase "setup" deploy/setup.sh
 phase "build (dev, -Werror)" deploy/build.sh dev
 phase "test (dev)" run_tests build
+if [[ ${H5DEPOT_SKIP_CONSOLE:-0} == 1 ]]; then
+  echo "==> skipping the web console (H5DEPOT_SKIP_CONSOLE=1)"
+else
+  phase "build (web console)" deploy/build-console.sh
+  phase "test (web console, headless Chromium)" console_test
+fi
 if [[ ${H5DEPOT_SKIP_THREAD_SAFETY:-0} == 1 ]]; then
   echo "==> skipping the lock analysis (H5DEPOT_SKIP_THREAD_SAFETY=1)"
 else

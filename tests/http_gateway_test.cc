@@ -7,6 +7,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -544,6 +545,66 @@ TEST(HttpGatewayStartTest, AnAddressBeyondThisHostNeedsTlsAndTokens) {
   EXPECT_NE(daemon.exit_code, 0);
   EXPECT_NE(daemon.stderr_text.find("refusing to listen on 0.0.0.0:0"),
             std::string::npos)
+      << daemon.stderr_text;
+}
+
+TEST_F(HttpGatewayTest, TheStatusCountsImagesMemoryAndCalls) {
+  const std::string image = MakeHdf5Image(4096, 16);
+  Push("s/a.h5", image);
+  Push("s/b.h5", image);
+  ASSERT_EQ(Get(port_, "/v1/images/s/a.h5").status, 200);
+  const Answer status = Get(port_, "/v1/status");
+  ASSERT_EQ(status.status, 200);
+  EXPECT_EQ(status.header("content-type"), "application/json");
+  EXPECT_NE(status.body.find("\"images\":2,"), std::string::npos)
+      << status.body;
+  EXPECT_NE(status.body.find(
+                absl::StrCat("\"stored_bytes\":", 2 * image.size(), ",")),
+            std::string::npos)
+      << status.body;
+  EXPECT_NE(status.body.find("\"pushes\":2,"), std::string::npos)
+      << status.body;
+  EXPECT_NE(status.body.find("\"fetches\":1}"), std::string::npos)
+      << status.body;
+  EXPECT_EQ(Request(port_, "DELETE", "/v1/status").status, 405);
+}
+
+TEST_F(HttpGatewayTest, TheConsolesFilesAreServedAtTheRoot) {
+  auto dir = TempDir::Create();
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  ASSERT_EQ(::mkdir(dir->File("assets").c_str(), 0755), 0);
+  ASSERT_TRUE(
+      testing::WriteFile(dir->File("index.html"), "<p>console</p>").ok());
+  ASSERT_TRUE(
+      testing::WriteFile(dir->File("assets/app-1234.js"), "let x = 1;").ok());
+  Start({absl::StrCat("--http-console-dir=", dir->path())});
+  const Answer index = Get(port_, "/");
+  EXPECT_EQ(index.status, 200);
+  EXPECT_EQ(index.body, "<p>console</p>");
+  EXPECT_EQ(index.header("content-type"), "text/html; charset=utf-8");
+  EXPECT_EQ(index.header("cache-control"), "no-cache");
+  const Answer script = Get(port_, "/assets/app-1234.js");
+  EXPECT_EQ(script.status, 200);
+  EXPECT_EQ(script.header("content-type"), "text/javascript; charset=utf-8");
+  EXPECT_NE(script.header("cache-control").find("immutable"),
+            std::string::npos);
+  // Only what the directory held at start: nothing else of the file
+  // system, however the path is written.
+  EXPECT_EQ(Get(port_, "/assets/none.js").status, 404);
+  EXPECT_EQ(Get(port_, "/assets/../index.html").status, 404);
+  EXPECT_EQ(Get(port_, "/../../etc/passwd").status, 404);
+  EXPECT_EQ(Get(port_, "/%2E%2E/%2E%2E/etc/passwd").status, 404);
+  // The API is beside it, unchanged.
+  EXPECT_EQ(Get(port_, "/v1/images").status, 200);
+  EXPECT_EQ(Get(port_, "/v1/other").status, 404);
+}
+
+TEST(HttpGatewayStartTest, AConsoleDirectoryThatIsNotOneStopsTheServer) {
+  const testing::CommandResult daemon = testing::RunCommand(
+      {testing::H5depotdPath(), "--listen=127.0.0.1:0",
+       "--http-listen=127.0.0.1:0", "--http-console-dir=/nonexistent/dist"});
+  EXPECT_NE(daemon.exit_code, 0);
+  EXPECT_NE(daemon.stderr_text.find("/nonexistent/dist"), std::string::npos)
       << daemon.stderr_text;
 }
 

@@ -434,6 +434,7 @@ absl::StatusOr<StoreLimits> DepotOperations::Limits(const Caller& caller) {
   limits.max_image_bytes = store_->options().max_image_bytes;
   limits.max_memory_bytes = store_->options().max_memory_bytes;
   const StoreStats stats = store_->Stats();
+  limits.image_count = stats.image_count;
   limits.stored_bytes = stats.stored_bytes;
   limits.reserved_bytes = stats.reserved_bytes;
   limits.leased_generations = stats.leased_generations;

@@ -194,6 +194,7 @@ struct ImageRange {
 
 // The limits a client may ask for (the codecs add their own transport's).
 struct StoreLimits {
+  uint64_t image_count = 0;
   uint64_t max_image_bytes = 0;
   uint64_t max_memory_bytes = 0;
   uint64_t stored_bytes = 0;

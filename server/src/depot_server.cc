@@ -166,8 +166,8 @@ struct DepotServer::Impl {
   std::unique_ptr<internal::tls::ReloadingServerContext> lane_tls;  // or null
   std::unique_ptr<ImageStore> store;
   std::unique_ptr<DepotOperations> operations;
-  // Counted into by both transports, so destroyed after them; null, as is
-  // its endpoint, without metrics_listen.
+  // Counted into by the transports, so destroyed after them; null without
+  // metrics_listen and http_listen, its endpoint without metrics_listen.
   std::shared_ptr<ServerMetrics> metrics;
   std::unique_ptr<MetricsEndpoint> metrics_endpoint;
   std::unique_ptr<DataLaneServer> data_lane;  // null when turned off
@@ -293,9 +293,12 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
   impl->operations =
       std::make_unique<DepotOperations>(impl->store.get(), options.max_waits,
                                         std::move(access), principal_limits);
-  if (!options.metrics_listen.empty()) {
+  // The gateway's status (and its console) shows the calls' rates too.
+  if (!options.metrics_listen.empty() || !options.http_listen.empty()) {
     impl->metrics = std::make_shared<ServerMetrics>(
         impl->store.get(), options.metrics_stream_names);
+  }
+  if (!options.metrics_listen.empty()) {
     absl::StatusOr<std::unique_ptr<MetricsEndpoint>> endpoint =
         MetricsEndpoint::Start(options.metrics_listen, impl->metrics);
     if (!endpoint.ok()) return endpoint.status();
@@ -308,6 +311,7 @@ absl::StatusOr<std::unique_ptr<DepotServer>> DepotServer::Start(
     http.http.idle_timeout = options.http_idle_timeout;
     http.http.max_header_bytes = options.http_max_header_bytes;
     http.http.tls = impl->lane_tls.get();  // HTTPS with the TLS files
+    http.console_dir = options.http_console_dir;
     http.metrics = impl->metrics.get();
     absl::StatusOr<std::unique_ptr<HttpGateway>> gateway =
         HttpGateway::Start(impl->operations.get(), http);

@@ -146,6 +146,10 @@ ABSL_FLAG(absl::Duration, http_idle_timeout, absl::Seconds(30),
           "how long an HTTP connection may see nothing move (a request that "
           "stops arriving, an idle keep-alive connection, a client that "
           "stops reading) before it is closed; whole seconds, at least 1s");
+ABSL_FLAG(std::string, http_console_dir, "",
+          "a directory of static files the HTTP gateway serves at / (the web "
+          "console: console/dist, which deploy/build-console.sh builds); "
+          "read once at start. Empty: none");
 ABSL_FLAG(ByteSizeFlag, http_max_header_size, ByteSizeFlag{16 << 10},
           "largest HTTP request head (request line and headers); larger "
           "ones are answered 431");
@@ -297,7 +301,8 @@ int main(int argc, char** argv) {
       "[--metrics-listen=HOST:PORT [--metrics-stream-names]]\n"
       "                [--http-listen=HOST:PORT [--http-max-connections=N]\n"
       "                 [--http-idle-timeout=DURATION] "
-      "[--http-max-header-size=SIZE]]\n"
+      "[--http-max-header-size=SIZE]\n"
+      "                 [--http-console-dir=DIR]]\n"
       "                [--health-listen=HOST:PORT] [--watch-history=N] "
       "[--eviction=none|lru]\n"
       "                [--snapshot-dir=DIR [--snapshot-interval=DURATION]]");
@@ -425,6 +430,7 @@ int main(int argc, char** argv) {
   options.http_listen = absl::GetFlag(FLAGS_http_listen);
   options.http_max_connections = absl::GetFlag(FLAGS_http_max_connections);
   options.http_idle_timeout = absl::GetFlag(FLAGS_http_idle_timeout);
+  options.http_console_dir = absl::GetFlag(FLAGS_http_console_dir);
   const uint64_t header_bytes = absl::GetFlag(FLAGS_http_max_header_size).bytes;
   if (header_bytes < 1024 || header_bytes > (uint64_t{1} << 30) ||
       options.http_max_connections == 0 ||

@@ -1,9 +1,13 @@
+#include <filesystem>
+#include <fstream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -15,9 +19,11 @@ namespace {
 
 constexpr std::string_view kImagesPath = "/v1/images";
 constexpr std::string_view kImagesPathSlash = "/v1/images/";
+constexpr std::string_view kStatusPath = "/v1/status";
 
 // What one request came to, for the metrics.
 struct Outcome {
+  bool counted = true;  // false: no operation (the console's files)
   Operation counted_as = Operation::kFetch;
   absl::StatusCode code = absl::StatusCode::kOk;
   uint64_t image_bytes = 0;
@@ -59,16 +65,88 @@ absl::StatusOr<std::optional<std::string>> Query(const HttpRequest& request,
   return decoded;
 }
 
+// One file of the console, held in memory.
+struct StaticFile {
+  std::string bytes;
+  std::string content_type;
+};
+// By request path ("/index.html", "/assets/index-3f2a.js").
+using StaticFiles =
+    absl::flat_hash_map<std::string, std::shared_ptr<const StaticFile>>;
+
+std::string ContentTypeOf(const std::filesystem::path& path) {
+  static const auto* types = new absl::flat_hash_map<std::string, std::string>{
+      {".html", "text/html; charset=utf-8"},
+      {".js", "text/javascript; charset=utf-8"},
+      {".mjs", "text/javascript; charset=utf-8"},
+      {".css", "text/css; charset=utf-8"},
+      {".json", "application/json"},
+      {".map", "application/json"},
+      {".wasm", "application/wasm"},
+      {".svg", "image/svg+xml"},
+      {".png", "image/png"},
+      {".ico", "image/x-icon"},
+      {".woff2", "font/woff2"},
+      {".txt", "text/plain; charset=utf-8"}};
+  auto found = types->find(path.extension().string());
+  return found == types->end() ? "application/octet-stream" : found->second;
+}
+
+// Every file under `directory`, read now.
+absl::StatusOr<StaticFiles> LoadStaticFiles(const std::string& directory) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  if (!fs::is_directory(directory, error)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the console directory ", directory, " is not a directory"));
+  }
+  StaticFiles files;
+  uint64_t total = 0;
+  for (auto entry = fs::recursive_directory_iterator(directory, error);
+       !error && entry != fs::recursive_directory_iterator();
+       entry.increment(error)) {
+    if (!entry->is_regular_file(error)) continue;
+    std::ifstream in(entry->path(), std::ios::binary);
+    std::ostringstream bytes;
+    bytes << in.rdbuf();
+    if (!in) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot read ", entry->path().string()));
+    }
+    auto file = std::make_shared<StaticFile>();
+    file->bytes = bytes.str();
+    file->content_type = ContentTypeOf(entry->path());
+    total += file->bytes.size();
+    if (total > HttpGateway::kMaxConsoleBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the console directory ", directory, " holds more than ",
+                       HttpGateway::kMaxConsoleBytes >> 20, " MiB"));
+    }
+    files.emplace(
+        "/" + fs::relative(entry->path(), directory, error).generic_string(),
+        std::move(file));
+  }
+  if (error) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read the console directory ", directory, ": ",
+                     error.message()));
+  }
+  return files;
+}
+
 class Gateway {
  public:
-  Gateway(DepotOperations* operations, ServerMetrics* metrics)
-      : operations_(operations), metrics_(metrics) {}
+  Gateway(DepotOperations* operations, ServerMetrics* metrics,
+          StaticFiles console)
+      : operations_(operations),
+        metrics_(metrics),
+        console_(std::move(console)) {}
 
   HttpAnswer Handle(const HttpRequest& request) {
     const absl::Time start = absl::Now();
     Outcome outcome;
     HttpAnswer answer = Dispatch(request, outcome);
-    if (metrics_ != nullptr) {
+    if (metrics_ != nullptr && outcome.counted) {
       ServerMetrics* metrics = metrics_;
       answer.done = [metrics, outcome, start](bool sent) {
         // Answered OK, but the bytes did not all go out: the client left.
@@ -95,6 +173,10 @@ class Gateway {
                                      "control-character %-escape"),
           outcome);
     }
+    if (*path == kStatusPath) return ServeStatus(request, outcome);
+    if (!console_.empty() && path->compare(0, 4, "/v1/") != 0) {
+      return ServeConsole(request, *path, outcome);
+    }
     const bool listing = *path == kImagesPath || *path == kImagesPathSlash;
     const bool image =
         !listing && path->size() > kImagesPath.size() + 1 &&
@@ -105,26 +187,83 @@ class Gateway {
                                           std::string(kImagesPathSlash))),
                          outcome);
     }
-    const std::string_view method = request.method();
-    const bool head = method == "HEAD";
-    if (method != "GET" && !head) {
-      outcome.code = absl::StatusCode::kUnimplemented;
-      HttpAnswer answer = JsonAnswer(
-          405, http::ErrorJson(absl::UnimplementedError(absl::StrCat(
-                   std::string(method),
-                   " is not served: images are read with GET and HEAD"))));
-      answer.headers.emplace_back("Allow", "GET, HEAD");
-      return answer;
+    if (std::optional<HttpAnswer> refused = OnlyReads(request, outcome)) {
+      return *std::move(refused);
     }
-    const std::optional<std::string_view> authorization =
-        request.header("Authorization");
-    const Caller caller = Caller::Known(
-        Transport::kHttp, request.peer(), IsLocalPeer(request.peer()),
-        http::BearerToken(authorization.value_or("")));
+    const bool head = request.method() == "HEAD";
+    const Caller caller = CallerOf(request);
     if (listing) return ServeListing(request, caller, outcome);
     return ServeImage(request, caller,
                       std::string_view(*path).substr(kImagesPath.size() + 1),
                       head, outcome);
+  }
+
+  // The method check of what is only read: nullopt for GET and HEAD, the
+  // 405 answer otherwise.
+  static std::optional<HttpAnswer> OnlyReads(const HttpRequest& request,
+                                             Outcome& outcome) {
+    if (request.method() == "GET" || request.method() == "HEAD") {
+      return std::nullopt;
+    }
+    outcome.code = absl::StatusCode::kUnimplemented;
+    HttpAnswer answer =
+        JsonAnswer(405, http::ErrorJson(absl::UnimplementedError(absl::StrCat(
+                            std::string(request.method()),
+                            " is not served: this is read with GET and "
+                            "HEAD"))));
+    answer.headers.emplace_back("Allow", "GET, HEAD");
+    return answer;
+  }
+
+  // The caller of `request`: its bearer token, if any.
+  static Caller CallerOf(const HttpRequest& request) {
+    const std::optional<std::string_view> authorization =
+        request.header("Authorization");
+    return Caller::Known(Transport::kHttp, request.peer(),
+                         IsLocalPeer(request.peer()),
+                         http::BearerToken(authorization.value_or("")));
+  }
+
+  HttpAnswer ServeStatus(const HttpRequest& request, Outcome& outcome) {
+    outcome.counted_as = Operation::kGetLimits;
+    if (std::optional<HttpAnswer> refused = OnlyReads(request, outcome)) {
+      return *std::move(refused);
+    }
+    absl::StatusOr<StoreLimits> limits = operations_->Limits(CallerOf(request));
+    if (!limits.ok()) return ErrorAnswer(limits.status(), outcome);
+    const uint64_t pushes =
+        metrics_ == nullptr ? 0 : metrics_->SucceededCalls(Operation::kPush);
+    const uint64_t fetches =
+        metrics_ == nullptr ? 0 : metrics_->SucceededCalls(Operation::kFetch);
+    return JsonAnswer(200, http::StatusJson(*limits, pushes, fetches));
+  }
+
+  // The console's files. They hold no image, so they are served without a
+  // token; the console asks its user for one and sends it with its calls.
+  HttpAnswer ServeConsole(const HttpRequest& request, const std::string& path,
+                          Outcome& outcome) {
+    outcome.counted = false;
+    if (std::optional<HttpAnswer> refused = OnlyReads(request, outcome)) {
+      return *std::move(refused);
+    }
+    auto found = console_.find(path == "/" ? "/index.html" : path);
+    if (found == console_.end()) {
+      return ErrorAnswer(
+          absl::NotFoundError(absl::StrCat("no such file: ", path)), outcome);
+    }
+    const std::shared_ptr<const StaticFile>& file = found->second;
+    HttpAnswer answer;
+    // Vite names the files under /assets/ by their hash: a new build has
+    // new names, so they may be cached for good; index.html may not.
+    const bool hashed = path.rfind("/assets/", 0) == 0;
+    answer.headers = {
+        {"Content-Type", file->content_type},
+        {"Cache-Control",
+         hashed ? "public, max-age=31536000, immutable" : "no-cache"}};
+    answer.bytes = reinterpret_cast<const uint8_t*>(file->bytes.data());
+    answer.size = file->bytes.size();
+    answer.keep = file;
+    return answer;
   }
 
   HttpAnswer ServeListing(const HttpRequest& request, const Caller& caller,
@@ -258,13 +397,21 @@ class Gateway {
 
   DepotOperations* const operations_;
   ServerMetrics* const metrics_;
+  const StaticFiles console_;  // empty: no console
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HttpGateway>> HttpGateway::Start(
     DepotOperations* operations, const HttpGatewayOptions& options) {
-  auto gateway = std::make_shared<Gateway>(operations, options.metrics);
+  StaticFiles console;
+  if (!options.console_dir.empty()) {
+    absl::StatusOr<StaticFiles> loaded = LoadStaticFiles(options.console_dir);
+    if (!loaded.ok()) return loaded.status();
+    console = *std::move(loaded);
+  }
+  auto gateway = std::make_shared<Gateway>(operations, options.metrics,
+                                           std::move(console));
   absl::StatusOr<std::unique_ptr<HttpServer>> server =
       HttpServer::Start(options.http, [gateway](const HttpRequest& request) {
         return gateway->Handle(request);

@@ -7,6 +7,8 @@
 //   GET  /v1/images?prefix=P&page_token=T&page_size=N   a JSON listing
 //   HEAD /v1/images/{id}[?generation=N]                 its headers
 //   GET  /v1/images/{id}[?generation=N]                 its bytes
+//   GET  /v1/status                                     memory, images, calls
+//   GET  /, /assets/...                                 the console's files
 //
 // An image's answer carries Content-Length, ETag (http_semantics_internal.h),
 // Last-Modified, X-H5depot-Generation and Accept-Ranges; GET and HEAD honour
@@ -40,17 +42,24 @@ namespace h5depot::server {
 struct HttpGatewayOptions {
   // Where and how it listens, and its limits (HttpServerOptions).
   HttpServerOptions http;
-  // Counts each call (Transport::kHttp); null: not counted. Must outlive
-  // the gateway.
+  // Counts each call (Transport::kHttp), and gives /v1/status its call
+  // counts; null: not counted, and /v1/status says 0. Must outlive the
+  // gateway.
   ServerMetrics* metrics = nullptr;
+  // Static files served at "/" (the web console), read at Start; empty:
+  // none.
+  std::string console_dir;
 };
 
 class HttpGateway {
  public:
   // Listens on options.http.listen and serves `operations`, which must
-  // outlive the gateway. HttpServer::Start's errors.
+  // outlive the gateway. HttpServer::Start's errors; INVALID_ARGUMENT if
+  // console_dir is not a readable directory of at most kMaxConsoleBytes.
   static absl::StatusOr<std::unique_ptr<HttpGateway>> Start(
       DepotOperations* operations, const HttpGatewayOptions& options);
+
+  static constexpr uint64_t kMaxConsoleBytes = uint64_t{64} << 20;
 
   // Stops serving: HttpServer's destructor.
   ~HttpGateway();

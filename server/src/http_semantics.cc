@@ -309,6 +309,15 @@ std::optional<std::string> DecodeQueryValue(std::string_view value) {
   return Unescape(value, /*plus_is_space=*/true);
 }
 
+std::string StatusJson(const StoreLimits& limits, uint64_t pushes,
+                       uint64_t fetches) {
+  return absl::StrCat("{\"images\":", limits.image_count,
+                      ",\"stored_bytes\":", limits.stored_bytes,
+                      ",\"reserved_bytes\":", limits.reserved_bytes,
+                      ",\"max_memory_bytes\":", limits.max_memory_bytes,
+                      ",\"pushes\":", pushes, ",\"fetches\":", fetches, "}\n");
+}
+
 std::string_view BearerToken(std::string_view authorization) {
   std::string_view value = Trim(authorization);
   if (!StartsWithIgnoringCase(value, "bearer ")) return {};

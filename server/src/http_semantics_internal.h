@@ -85,6 +85,14 @@ std::string ErrorJson(const absl::Status& status);
 std::string ListingJson(const std::vector<ImageDescription>& images,
                         std::string_view next_page_token);
 
+// The server's state for a status panel:
+//   {"images":3,"stored_bytes":...,"reserved_bytes":...,
+//    "max_memory_bytes":...,"pushes":12,"fetches":40}
+// `pushes` and `fetches`: the calls that succeeded since the server
+// started, over every transport (a rate is the difference of two).
+std::string StatusJson(const StoreLimits& limits, uint64_t pushes,
+                       uint64_t fetches);
+
 // `text` as a JSON string, quotes included.
 std::string JsonString(std::string_view text);
 

@@ -233,6 +233,15 @@ void ServerMetrics::RecordCall(Operation op, Transport transport,
                                      std::memory_order_relaxed);
 }
 
+uint64_t ServerMetrics::SucceededCalls(Operation op) const {
+  uint64_t calls = 0;
+  for (const CallSeries& series : series_[static_cast<size_t>(op)]) {
+    calls += series.calls[static_cast<size_t>(absl::StatusCode::kOk)].load(
+        std::memory_order_relaxed);
+  }
+  return calls;
+}
+
 void ServerMetrics::LaneConnectionOpened(Transport transport) {
   lane_connections_[static_cast<size_t>(transport)].fetch_add(
       1, std::memory_order_relaxed);

@@ -52,6 +52,9 @@ class ServerMetrics final : public prometheus::Collectable {
   void RecordCall(Operation op, Transport transport, absl::StatusCode code,
                   uint64_t image_bytes, absl::Duration elapsed);
 
+  // Calls of `op` that succeeded so far, over every transport.
+  uint64_t SucceededCalls(Operation op) const;
+
   // A data lane connection over `transport` was accepted, or closed.
   void LaneConnectionOpened(Transport transport);
   void LaneConnectionClosed(Transport transport);

@@ -165,6 +165,10 @@ struct ServerOptions {
   size_t http_max_connections = 1024;
   absl::Duration http_idle_timeout = absl::Seconds(30);
   size_t http_max_header_bytes = 16 << 10;
+  // A directory of static files (the web console, console/dist) the
+  // gateway serves at "/", read once at start (INVALID_ARGUMENT if it is
+  // not a directory of at most 64 MiB of files). Empty: none.
+  std::string http_console_dir;
   // "HOST:PORT" (port 0: any free one) of a plaintext gRPC listener that
   // serves only the standard health service (grpc.health.v1), for probes
   // that cannot speak TLS, such as Kubernetes' gRPC probes: SERVING while
