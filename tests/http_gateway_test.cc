@@ -6,6 +6,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -501,6 +502,35 @@ TEST_F(HttpGatewayTest, OversizedHeadersAreRefused) {
   EXPECT_EQ(big.status, 431);
   // The gateway still serves everyone else.
   EXPECT_EQ(Get(port_, "/v1/images/h.h5").status, 200);
+}
+
+TEST_F(HttpGatewayTest, AnIdleConnectionIsClosed) {
+  Start({"--http-idle-timeout=1s"});
+  // One that never sends a request, and one idle after its answer (a
+  // keep-alive connection): the server closes both.
+  const int silent = ConnectTcp(port_);
+  const int kept = ConnectTcp(port_);
+  ASSERT_GE(silent, 0);
+  ASSERT_GE(kept, 0);
+  ASSERT_TRUE(SendAll(kept, "GET /v1/images HTTP/1.1\r\nHost: x\r\n\r\n"));
+  Answer answer;
+  std::string rest;
+  ASSERT_TRUE(ReadHead(kept, answer, rest));
+  EXPECT_EQ(answer.status, 200);
+  for (const int fd : {silent, kept}) {
+    // Reads until the server closes the connection; a server that kept it
+    // open would leave this waiting until the deadline.
+    pollfd ready{fd, POLLIN, 0};
+    bool closed = false;
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (!closed && absl::Now() < deadline) {
+      if (poll(&ready, 1, 1000) <= 0) continue;
+      char buffer[4096];
+      closed = recv(fd, buffer, sizeof buffer, 0) <= 0;
+    }
+    EXPECT_TRUE(closed) << "an idle connection was kept open for 60 s";
+    close(fd);
+  }
 }
 
 TEST_F(HttpGatewayTest, AClientThatStopsReadingLetsItsGenerationGo) {
