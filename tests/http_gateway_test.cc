@@ -47,24 +47,6 @@ using ::h5depot::testing::ServerProcess;
 using ::h5depot::testing::ServerProcessOptions;
 using ::h5depot::testing::TempDir;
 
-// The port of the "h5depotd HTTP gateway on http[s]://HOST:PORT/..." line of
-// `server`'s start-up report; 0 if there is none.
-int GatewayPort(const ServerProcess& server) {
-  constexpr absl::string_view kLine = "h5depotd HTTP gateway on http";
-  for (absl::string_view line : absl::StrSplit(server.startup_output(), '\n')) {
-    if (line.substr(0, kLine.size()) != kLine) continue;
-    line.remove_prefix(line.find("://") + 3);
-    const size_t colon = line.rfind(':');
-    const size_t slash = line.find('/', colon);
-    int port = 0;
-    if (colon != absl::string_view::npos &&
-        absl::SimpleAtoi(line.substr(colon + 1, slash - colon - 1), &port)) {
-      return port;
-    }
-  }
-  return 0;
-}
-
 // A TCP connection to 127.0.0.1:`port`; -1 if it cannot be made.
 int ConnectTcp(int port) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -262,7 +244,7 @@ class HttpGatewayTest : public ::testing::Test {
     auto server = ServerProcess::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    port_ = GatewayPort(*server_);
+    port_ = server_->ReportedPort("h5depotd HTTP gateway on http");
     ASSERT_NE(port_, 0) << server_->startup_output();
   }
 

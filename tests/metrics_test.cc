@@ -30,24 +30,6 @@ using ::h5depot::testing::MakeHdf5Image;
 using ::h5depot::testing::ServerProcess;
 using ::h5depot::testing::ServerProcessOptions;
 
-// The port of the "h5depotd metrics on http://HOST:PORT/metrics" line of
-// `server`'s start-up report; 0 if there is none.
-int MetricsPort(const ServerProcess& server) {
-  constexpr absl::string_view kLine = "h5depotd metrics on http://";
-  for (absl::string_view line : absl::StrSplit(server.startup_output(), '\n')) {
-    if (line.substr(0, kLine.size()) != kLine) continue;
-    line.remove_prefix(kLine.size());
-    const size_t colon = line.rfind(':');
-    const size_t slash = line.find('/', colon);
-    int port = 0;
-    if (colon != absl::string_view::npos &&
-        absl::SimpleAtoi(line.substr(colon + 1, slash - colon - 1), &port)) {
-      return port;
-    }
-  }
-  return 0;
-}
-
 // The body of an HTTP/1.0 GET of `path` from 127.0.0.1:`port`.
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -129,7 +111,7 @@ class MetricsTest : public ::testing::Test {
     auto server = ServerProcess::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    port_ = MetricsPort(*server_);
+    port_ = server_->ReportedPort("h5depotd metrics on http://");
     ASSERT_NE(port_, 0) << server_->startup_output();
   }
 
@@ -365,7 +347,8 @@ TEST_F(MetricsTest, GrpcConnectionsAreCountedWhileOpen) {
 TEST(MetricsEndpointTest, OffByDefault) {
   auto server = ServerProcess::Start();
   ASSERT_TRUE(server.ok()) << server.status();
-  EXPECT_EQ(MetricsPort(**server), 0) << (*server)->startup_output();
+  EXPECT_EQ((*server)->ReportedPort("h5depotd metrics on http://"), 0)
+      << (*server)->startup_output();
 }
 
 TEST(MetricsEndpointTest, AnAddressInUseFailsTheStart) {

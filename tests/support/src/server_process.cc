@@ -267,6 +267,21 @@ ServerProcess::~ServerProcess() {
   internal::CloseFd(stdout_fd_);
 }
 
+int ServerProcess::ReportedPort(std::string_view line_start) const {
+  const absl::string_view start(line_start.data(), line_start.size());
+  for (absl::string_view line : absl::StrSplit(startup_output_, '\n')) {
+    if (!absl::StartsWith(line, start)) continue;
+    const size_t colon = line.rfind(':');
+    const size_t slash = line.find('/', colon);
+    int port = 0;
+    if (colon != absl::string_view::npos &&
+        absl::SimpleAtoi(line.substr(colon + 1, slash - colon - 1), &port)) {
+      return port;
+    }
+  }
+  return 0;
+}
+
 const std::string& ServerProcess::target() const {
   return tcp_target_.empty() ? unix_target_ : tcp_target_;
 }

@@ -25,6 +25,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -97,6 +98,10 @@ class ServerProcess {
   }
   // Everything h5depotd printed on stdout while starting, line by line.
   const std::string& startup_output() const { return startup_output_; }
+  // The port of the address in the start-up line that begins with
+  // `line_start` ("h5depotd metrics on http://" finds 9464 in "h5depotd
+  // metrics on http://127.0.0.1:9464/metrics"); 0 if there is no such line.
+  int ReportedPort(std::string_view line_start) const;
 
   // Reads what h5depotd prints on stdout after its start-up report until a
   // line that starts with `prefix`, and returns that line (without its
