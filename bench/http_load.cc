@@ -44,7 +44,7 @@ struct Options {
   std::string path = "/";
   int connections = 16;
   double seconds = 5;
-  std::string range;          // "first-last", sent as a Range header
+  std::string range;            // "first-last", sent as a Range header
   long long expect_bytes = -1;  // the body's length every answer must have
 };
 
@@ -71,7 +71,8 @@ bool ParseUrl(std::string_view url, Options& options) {
   url.remove_prefix(kScheme.size());
   const std::size_t slash = url.find('/');
   const std::string_view authority = url.substr(0, slash);
-  options.path = slash == std::string_view::npos ? "/" : std::string(url.substr(slash));
+  options.path =
+      slash == std::string_view::npos ? "/" : std::string(url.substr(slash));
   const std::size_t colon = authority.rfind(':');
   options.host = std::string(authority.substr(0, colon));
   if (colon != std::string_view::npos) {
@@ -90,7 +91,8 @@ Options ParseOptions(int argc, char** argv) {
     const std::string_view name = arg.substr(0, equals);
     const std::string value(arg.substr(equals + 1));
     if (name == "--url") {
-      if (!ParseUrl(value, options)) Usage("--url is not http://IPV4:PORT/PATH");
+      if (!ParseUrl(value, options))
+        Usage("--url is not http://IPV4:PORT/PATH");
       have_url = true;
     } else if (name == "--connections") {
       options.connections = std::atoi(value.c_str());
@@ -115,7 +117,8 @@ int Connect(const sockaddr_in& address) {
   if (fd < 0) return -1;
   const int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&address),
+              sizeof address) != 0) {
     close(fd);
     return -1;
   }
@@ -125,7 +128,8 @@ int Connect(const sockaddr_in& address) {
 bool SendAll(int fd, const std::string& bytes) {
   std::size_t sent = 0;
   while (sent < bytes.size()) {
-    const ssize_t n = send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    const ssize_t n =
+        send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
     sent += static_cast<std::size_t>(n);
@@ -176,9 +180,11 @@ long long ReadAnswer(int fd, std::vector<char>& buffer) {
     if (!StartsWithNoCase(rest, kName)) continue;
     std::size_t i = kName.size();
     while (i < rest.size() && rest[i] == ' ') ++i;
-    if (i == rest.size() || !std::isdigit(static_cast<unsigned char>(rest[i]))) return -1;
+    if (i == rest.size() || !std::isdigit(static_cast<unsigned char>(rest[i])))
+      return -1;
     length = 0;
-    while (i < rest.size() && std::isdigit(static_cast<unsigned char>(rest[i]))) {
+    while (i < rest.size() &&
+           std::isdigit(static_cast<unsigned char>(rest[i]))) {
       length = length * 10 + (rest[i] - '0');
       ++i;
     }
@@ -203,8 +209,8 @@ long long ReadAnswer(int fd, std::vector<char>& buffer) {
 
 void RunConnection(const Options& options, const sockaddr_in& address,
                    const std::string& request, std::atomic<int>& ready,
-                   const std::atomic<bool>& go, const Clock::time_point& deadline,
-                   Counts& counts) {
+                   const std::atomic<bool>& go,
+                   const Clock::time_point& deadline, Counts& counts) {
   std::vector<char> buffer(64 * 1024);
   int fd = Connect(address);
   ready.fetch_add(1);
@@ -220,10 +226,12 @@ void RunConnection(const Options& options, const sockaddr_in& address,
       }
     }
     long long length = SendAll(fd, request) ? ReadAnswer(fd, buffer) : -1;
-    if (length >= 0 && options.expect_bytes >= 0 && length != options.expect_bytes) {
+    if (length >= 0 && options.expect_bytes >= 0 &&
+        length != options.expect_bytes) {
       length = -1;
     }
-    if (Clock::now() >= deadline) break;  // finished after the time: not counted
+    if (Clock::now() >= deadline)
+      break;  // finished after the time: not counted
     if (length < 0) {
       ++counts.failures;
       close(fd);
@@ -246,9 +254,11 @@ int main(int argc, char** argv) {
   if (inet_pton(AF_INET, options.host.c_str(), &address.sin_addr) != 1) {
     Usage("the host must be an IPv4 address");
   }
-  std::string request = "GET " + options.path + " HTTP/1.1\r\nHost: " + options.host +
-                        ":" + std::to_string(options.port) + "\r\n";
-  if (!options.range.empty()) request += "Range: bytes=" + options.range + "\r\n";
+  std::string request = "GET " + options.path +
+                        " HTTP/1.1\r\nHost: " + options.host + ":" +
+                        std::to_string(options.port) + "\r\n";
+  if (!options.range.empty())
+    request += "Range: bytes=" + options.range + "\r\n";
   request += "\r\n";
 
   // Every thread connects first; the clock starts once all have.
@@ -277,12 +287,13 @@ int main(int argc, char** argv) {
     total.reconnects += mine.reconnects;
     total.bytes += mine.bytes;
   }
-  std::printf("requests=%llu\nfailures=%llu\nreconnects=%llu\nseconds=%.3f\n"
-              "requests_per_second=%.1f\nbytes=%llu\n",
-              static_cast<unsigned long long>(total.requests),
-              static_cast<unsigned long long>(total.failures),
-              static_cast<unsigned long long>(total.reconnects), options.seconds,
-              static_cast<double>(total.requests) / options.seconds,
-              static_cast<unsigned long long>(total.bytes));
+  std::printf(
+      "requests=%llu\nfailures=%llu\nreconnects=%llu\nseconds=%.3f\n"
+      "requests_per_second=%.1f\nbytes=%llu\n",
+      static_cast<unsigned long long>(total.requests),
+      static_cast<unsigned long long>(total.failures),
+      static_cast<unsigned long long>(total.reconnects), options.seconds,
+      static_cast<double>(total.requests) / options.seconds,
+      static_cast<unsigned long long>(total.bytes));
   return total.requests > 0 ? 0 : 1;
 }
