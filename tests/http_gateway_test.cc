@@ -112,15 +112,16 @@ bool ReadHead(int fd, Answer& answer, std::string& rest) {
 }
 
 // One request on a connection of its own: `method` of `target` with
-// `headers` ("Name: value\r\n" each); the whole answer, read to its end.
+// `headers` ("Name: value\r\n" each) and `body`; the whole answer, read to
+// its end.
 Answer Request(int port, const std::string& method, const std::string& target,
-               const std::string& headers = "") {
+               const std::string& headers = "", const std::string& body = "") {
   Answer answer;
   const int fd = ConnectTcp(port);
   if (fd < 0) return answer;
   const std::string request =
       absl::StrCat(method, " ", target, " HTTP/1.1\r\nHost: 127.0.0.1\r\n",
-                   headers, "Connection: close\r\n\r\n");
+                   headers, "Connection: close\r\n\r\n", body);
   std::string rest;
   if (SendAll(fd, request) && ReadHead(fd, answer, rest)) {
     answer.body = std::move(rest);
@@ -137,6 +138,14 @@ Answer Request(int port, const std::string& method, const std::string& target,
 Answer Get(int port, const std::string& target,
            const std::string& headers = "") {
   return Request(port, "GET", target, headers);
+}
+
+// A PUT of `body` (with its Content-Length) to `target`.
+Answer Put(int port, const std::string& target, const std::string& body,
+           const std::string& headers = "") {
+  return Request(port, "PUT", target,
+                 absl::StrCat(headers, "Content-Length: ", body.size(), "\r\n"),
+                 body);
 }
 
 // --- HTTP's rules, apart from any server ----------------------------------
@@ -361,10 +370,12 @@ TEST_F(HttpGatewayTest, BadIdsAreRefusedAndUnknownOnesNotFound) {
   EXPECT_EQ(unknown.status, 404);
   EXPECT_NE(unknown.body.find("\"code\":\"NOT_FOUND\""), std::string::npos)
       << unknown.body;
-  // Only reads are served.
-  const Answer put = Request(port_, "PUT", "/v1/images/dir/a.h5");
-  EXPECT_EQ(put.status, 405);
-  EXPECT_EQ(put.header("allow"), "GET, HEAD");
+  // The listing is only read.
+  const Answer post = Request(port_, "POST", "/v1/images");
+  EXPECT_EQ(post.status, 405);
+  EXPECT_EQ(post.header("allow"), "GET, HEAD");
+  EXPECT_EQ(Request(port_, "POST", "/v1/images/dir/a.h5").header("allow"),
+            "GET, HEAD, PUT, DELETE");
   EXPECT_EQ(Get(port_, "/v1/images/dir/a.h5?generation=x").status, 400);
 }
 
@@ -620,6 +631,92 @@ TEST(HttpGatewayStartTest, AConsoleDirectoryThatIsNotOneStopsTheServer) {
       << daemon.stderr_text;
 }
 
+// --- Writing -----------------------------------------------------------------
+
+TEST_F(HttpGatewayTest, APutIsAPushAndADeleteADelete) {
+  const std::string image = MakeHdf5Image(200000, 20);
+  const Answer put = Put(port_, "/v1/images/w/a.h5?ttl=1h", image);
+  ASSERT_EQ(put.status, 200) << put.body;
+  EXPECT_NE(put.body.find("\"id\":\"w/a.h5\""), std::string::npos) << put.body;
+  EXPECT_EQ(put.body.find("\"expires\":null"), std::string::npos) << put.body;
+  const std::string tag = put.header("etag");
+  ASSERT_FALSE(tag.empty());
+  // Readable on every path, with the checksum of its bytes.
+  const Answer got = Get(port_, "/v1/images/w/a.h5");
+  EXPECT_TRUE(got.body == image);
+  EXPECT_EQ(got.header("etag"), tag);
+  std::unique_ptr<Client> client = Connect();
+  ASSERT_NE(client, nullptr);
+  absl::StatusOr<FetchedImage> fetched = client->Fetch("w/a.h5");
+  ASSERT_TRUE(fetched.ok()) << fetched.status();
+  EXPECT_EQ(fetched->info.size, image.size());
+
+  // Conditional: create-only, and only over a given generation.
+  EXPECT_EQ(
+      Put(port_, "/v1/images/w/a.h5", image, "If-None-Match: *\r\n").status,
+      409);
+  const Answer second = Put(port_, "/v1/images/w/a.h5", image,
+                            absl::StrCat("If-Match: ", tag, "\r\n"));
+  ASSERT_EQ(second.status, 200) << second.body;
+  EXPECT_EQ(Put(port_, "/v1/images/w/a.h5", image,
+                absl::StrCat("If-Match: ", tag, "\r\n"))
+                .status,
+            412);
+  EXPECT_EQ(Request(port_, "DELETE", "/v1/images/w/a.h5",
+                    absl::StrCat("If-Match: ", tag, "\r\n"))
+                .status,
+            412);
+  EXPECT_EQ(Request(port_, "DELETE", "/v1/images/w/a.h5").status, 204);
+  EXPECT_EQ(Get(port_, "/v1/images/w/a.h5").status, 404);
+  EXPECT_EQ(Request(port_, "DELETE", "/v1/images/w/a.h5").status, 404);
+}
+
+TEST_F(HttpGatewayTest, ABadPutChangesNothing) {
+  const std::string image = MakeHdf5Image(100000, 21);
+  // Not HDF5; the wrong checksum; no length; a bad TTL or condition.
+  EXPECT_EQ(Put(port_, "/v1/images/bad.h5", std::string(5000, 'x')).status,
+            400);
+  EXPECT_EQ(Put(port_, "/v1/images/bad.h5", image,
+                "X-H5depot-Checksum: 0123456789abcdef\r\n")
+                .status,
+            400);
+  EXPECT_EQ(Request(port_, "PUT", "/v1/images/bad.h5",
+                    "Transfer-Encoding: chunked\r\n", "0\r\n\r\n")
+                .status,
+            411);
+  EXPECT_EQ(Put(port_, "/v1/images/bad.h5?ttl=soon", image).status, 400);
+  EXPECT_EQ(Put(port_, "/v1/images/bad.h5", image, "If-Match: 7\r\n").status,
+            400);
+  EXPECT_EQ(Get(port_, "/v1/images/bad.h5").status, 404);
+
+  // A body cut short by a client that leaves: nothing is published, and
+  // what the push reserved is freed.
+  const int fd = ConnectTcp(port_);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(
+      SendAll(fd, absl::StrCat("PUT /v1/images/cut.h5 HTTP/1.1\r\nHost: x\r\n"
+                               "Content-Length: ",
+                               image.size(), "\r\n\r\n",
+                               image.substr(0, image.size() / 2))));
+  std::unique_ptr<Client> client = Connect();
+  ASSERT_NE(client, nullptr);
+  // The push is under way: its reservation shows.
+  auto reserved_now = [&client] {
+    absl::StatusOr<ServerLimits> limits = client->GetLimits();
+    EXPECT_TRUE(limits.ok()) << limits.status();
+    return limits.ok() ? limits->reserved_bytes : ~uint64_t{0};
+  };
+  absl::Time deadline = absl::Now() + absl::Seconds(60);
+  uint64_t reserved = 0;
+  while (reserved == 0 && absl::Now() < deadline) reserved = reserved_now();
+  EXPECT_EQ(reserved, image.size());
+  close(fd);
+  deadline = absl::Now() + absl::Seconds(60);
+  while (reserved != 0 && absl::Now() < deadline) reserved = reserved_now();
+  EXPECT_EQ(reserved, 0u) << "a push cut short still holds its memory";
+  EXPECT_EQ(Get(port_, "/v1/images/cut.h5").status, 404);
+}
+
 // --- Who may read ----------------------------------------------------------
 
 class HttpGatewayAuthTest : public HttpGatewayTest {
@@ -679,6 +776,20 @@ TEST_F(HttpGatewayAuthTest, TokensAndPublicPrefixesDecide) {
   const Answer reader_listing = Get(port_, "/v1/images", bearer(reader_));
   EXPECT_NE(reader_listing.body.find("runs/a.h5"), std::string::npos);
   EXPECT_EQ(reader_listing.body.find("secret/a.h5"), std::string::npos);
+  // Writing takes the write role, within its prefixes.
+  const std::string pushed = MakeHdf5Image(4096, 22);
+  EXPECT_EQ(Put(port_, "/v1/images/runs/b.h5", pushed, bearer(reader_)).status,
+            403);
+  EXPECT_EQ(Put(port_, "/v1/images/pub/b.h5", pushed).status, 401);
+  EXPECT_EQ(Put(port_, "/v1/images/runs/b.h5", pushed, bearer(writer_)).status,
+            200);
+  EXPECT_EQ(
+      Request(port_, "DELETE", "/v1/images/runs/b.h5", bearer(reader_)).status,
+      403);
+  EXPECT_EQ(Request(port_, "DELETE", "/v1/images/pub/a.h5").status, 401);
+  EXPECT_EQ(
+      Request(port_, "DELETE", "/v1/images/runs/b.h5", bearer(writer_)).status,
+      204);
   // The public may read, never write, on every transport.
   std::unique_ptr<Client> tokenless = Connect();
   ASSERT_NE(tokenless, nullptr);

@@ -134,6 +134,79 @@ absl::StatusOr<StaticFiles> LoadStaticFiles(const std::string& directory) {
   return files;
 }
 
+// The answer to a push: the new generation's description.
+HttpAnswer PushedAnswer(const ImageRef& image, Outcome& outcome) {
+  const ImageDescription description = DepotOperations::Describe(*image);
+  HttpAnswer answer = JsonAnswer(200, http::ImageJson(description) + "\n");
+  answer.headers.emplace_back("ETag", http::EntityTag(description));
+  answer.headers.emplace_back("X-H5depot-Generation",
+                              absl::StrCat(description.generation));
+  outcome.image_bytes = description.size;
+  return answer;
+}
+
+// A PUT's body, pushed as it arrives into the image the push reserved.
+// Destroyed before the end (the client left or stalled), it drops the
+// push: nothing is published and the memory is freed.
+class PushSink final : public HttpBodySink {
+ public:
+  PushSink(DepotOperations* operations, std::unique_ptr<PendingImage> pending,
+           std::optional<uint64_t> checksum, std::shared_ptr<Outcome> outcome)
+      : operations_(operations),
+        pending_(std::move(pending)),
+        checksum_(checksum),
+        outcome_(std::move(outcome)) {}
+
+  std::optional<HttpAnswer> Append(const char* data, size_t size) override {
+    const absl::Status appended = pending_->Append(data, size);
+    if (appended.ok()) return std::nullopt;
+    pending_.reset();  // its memory is free before the client hears why
+    return ErrorAnswer(appended, *outcome_);
+  }
+
+  HttpAnswer Finish() override {
+    // HTTP has no checksum of its own beyond TCP's: without the client's,
+    // the image is published with that of the bytes received.
+    const uint64_t checksum =
+        checksum_.has_value() ? *checksum_ : pending_->received_checksum();
+    absl::StatusOr<ImageRef> published =
+        operations_->FinishPush(*pending_, checksum);
+    pending_.reset();
+    if (!published.ok()) return ErrorAnswer(published.status(), *outcome_);
+    return PushedAnswer(*published, *outcome_);
+  }
+
+ private:
+  DepotOperations* const operations_;
+  std::unique_ptr<PendingImage> pending_;
+  const std::optional<uint64_t> checksum_;
+  const std::shared_ptr<Outcome> outcome_;
+};
+
+// Counts the call a sink's answer ends (as Gateway::Handle counts the
+// others): `count` gives that answer its `done`.
+class CountingSink final : public HttpBodySink {
+ public:
+  CountingSink(std::unique_ptr<HttpBodySink> inner,
+               std::function<void(HttpAnswer&)> count)
+      : inner_(std::move(inner)), count_(std::move(count)) {}
+
+  std::optional<HttpAnswer> Append(const char* data, size_t size) override {
+    std::optional<HttpAnswer> early = inner_->Append(data, size);
+    if (early.has_value()) count_(*early);
+    return early;
+  }
+  HttpAnswer Finish() override {
+    HttpAnswer answer = inner_->Finish();
+    count_(answer);
+    return answer;
+  }
+
+ private:
+  std::unique_ptr<HttpBodySink> inner_;
+  std::function<void(HttpAnswer&)> count_;
+};
+
 class Gateway {
  public:
   Gateway(DepotOperations* operations, ServerMetrics* metrics,
@@ -144,27 +217,37 @@ class Gateway {
 
   HttpAnswer Handle(const HttpRequest& request) {
     const absl::Time start = absl::Now();
-    Outcome outcome;
+    // Shared with a body's sink, which learns the outcome of a push.
+    auto outcome = std::make_shared<Outcome>();
     HttpAnswer answer = Dispatch(request, outcome);
-    if (metrics_ != nullptr && outcome.counted) {
-      ServerMetrics* metrics = metrics_;
-      answer.done = [metrics, outcome, start](bool sent) {
+    if (metrics_ == nullptr || !outcome->counted) return answer;
+    ServerMetrics* metrics = metrics_;
+    auto count = [metrics, outcome, start](HttpAnswer& final_answer) {
+      final_answer.done = [metrics, outcome, start](bool sent) {
         // Answered OK, but the bytes did not all go out: the client left.
         const absl::StatusCode code =
-            outcome.code == absl::StatusCode::kOk && !sent
+            outcome->code == absl::StatusCode::kOk && !sent
                 ? absl::StatusCode::kCancelled
-                : outcome.code;
+                : outcome->code;
         metrics->RecordCall(
-            outcome.counted_as, Transport::kHttp, code,
-            code == absl::StatusCode::kOk ? outcome.image_bytes : 0,
+            outcome->counted_as, Transport::kHttp, code,
+            code == absl::StatusCode::kOk ? outcome->image_bytes : 0,
             absl::Now() - start);
       };
+    };
+    if (answer.body_sink != nullptr) {
+      answer.body_sink = std::make_unique<CountingSink>(
+          std::move(answer.body_sink), std::move(count));
+    } else {
+      count(answer);
     }
     return answer;
   }
 
  private:
-  HttpAnswer Dispatch(const HttpRequest& request, Outcome& outcome) {
+  HttpAnswer Dispatch(const HttpRequest& request,
+                      const std::shared_ptr<Outcome>& shared_outcome) {
+    Outcome& outcome = *shared_outcome;
     const std::optional<std::string> path =
         http::DecodePath(request.raw_path());
     if (!path.has_value()) {
@@ -187,21 +270,145 @@ class Gateway {
                                           std::string(kImagesPathSlash))),
                          outcome);
     }
-    if (std::optional<HttpAnswer> refused = OnlyReads(request, outcome)) {
+    const std::string_view image_id =
+        listing ? std::string_view()
+                : std::string_view(*path).substr(kImagesPath.size() + 1);
+    if (image && request.method() == "PUT") {
+      return ServePut(request, image_id, shared_outcome);
+    }
+    if (image && request.method() == "DELETE") {
+      return ServeDelete(request, image_id, outcome);
+    }
+    if (std::optional<HttpAnswer> refused =
+            OnlyReads(request, outcome, image ? kImageMethods : kReadMethods)) {
       return *std::move(refused);
     }
     const bool head = request.method() == "HEAD";
     const Caller caller = CallerOf(request);
     if (listing) return ServeListing(request, caller, outcome);
-    return ServeImage(request, caller,
-                      std::string_view(*path).substr(kImagesPath.size() + 1),
-                      head, outcome);
+    return ServeImage(request, caller, image_id, head, outcome);
+  }
+
+  // PUT /v1/images/{id}: a push of the request's body, whose length the
+  // Content-Length header gives (411 without one). If-None-Match: * makes
+  // it create-only, If-Match: ETAG conditional on that generation;
+  // ?ttl=DURATION gives it a time to live; X-H5depot-Checksum (16 hex
+  // digits, XXH3-64) is checked if sent. Answered with the new
+  // generation's description.
+  HttpAnswer ServePut(const HttpRequest& request, std::string_view image_id,
+                      const std::shared_ptr<Outcome>& shared_outcome) {
+    Outcome& outcome = *shared_outcome;
+    outcome.counted_as = Operation::kPush;
+    PushParams params;
+    params.image_id = std::string(image_id);
+    const std::optional<std::string_view> length =
+        request.header("Content-Length");
+    const std::optional<uint64_t> size =
+        length.has_value() ? http::ParseDecimal(*length) : std::nullopt;
+    if (!size.has_value()) {
+      outcome.code = absl::StatusCode::kInvalidArgument;
+      return JsonAnswer(411, http::ErrorJson(absl::InvalidArgumentError(
+                                 "a PUT needs a Content-Length: the image's "
+                                 "size is reserved before its bytes come")));
+    }
+    params.size = *size;
+    if (const std::optional<std::string_view> none =
+            request.header("If-None-Match")) {
+      if (*none != "*") {
+        return ErrorAnswer(absl::InvalidArgumentError(
+                               "a PUT's If-None-Match may only be '*' (create "
+                               "the image only if it does not exist)"),
+                           outcome);
+      }
+      params.if_generation_match = 0;
+    }
+    if (const std::optional<std::string_view> match =
+            request.header("If-Match")) {
+      params.if_generation_match = http::GenerationOfTag(*match);
+      if (!params.if_generation_match.has_value()) {
+        return ErrorAnswer(absl::InvalidArgumentError(absl::StrCat(
+                               "a PUT's If-Match names one ETag of this "
+                               "server, not '",
+                               std::string(*match), "'")),
+                           outcome);
+      }
+    }
+    absl::StatusOr<std::optional<std::string>> ttl = Query(request, "ttl");
+    if (!ttl.ok()) return ErrorAnswer(ttl.status(), outcome);
+    if (ttl->has_value()) {
+      absl::Duration duration;
+      if (!absl::ParseDuration(**ttl, &duration) ||
+          duration <= absl::ZeroDuration()) {
+        return ErrorAnswer(absl::InvalidArgumentError(absl::StrCat(
+                               "ttl=", **ttl,
+                               " is not a positive duration such as 30s or "
+                               "2h")),
+                           outcome);
+      }
+      params.ttl_ms = static_cast<uint64_t>(
+          std::max<int64_t>(1, absl::ToInt64Milliseconds(absl::Ceil(
+                                   duration, absl::Milliseconds(1)))));
+    }
+    std::optional<uint64_t> checksum;
+    if (const std::optional<std::string_view> sent =
+            request.header("X-H5depot-Checksum")) {
+      uint64_t value = 0;
+      if (sent->size() != 16 ||
+          !absl::SimpleHexAtoi(absl::string_view(sent->data(), sent->size()),
+                               &value)) {
+        return ErrorAnswer(absl::InvalidArgumentError(
+                               "X-H5depot-Checksum is the XXH3-64 of the "
+                               "image in 16 hex digits"),
+                           outcome);
+      }
+      checksum = value;
+    }
+    // The push is reserved (and authorised, and its precondition checked)
+    // before a byte of the body is read. A client that stalls is closed at
+    // the idle timeout, which frees what was reserved; the store's cut-off
+    // shows as the next bytes' refusal.
+    absl::StatusOr<std::unique_ptr<PendingImage>> pending =
+        operations_->BeginPush(CallerOf(request), std::move(params),
+                               [](const absl::Status&) {});
+    if (!pending.ok()) return ErrorAnswer(pending.status(), outcome);
+    HttpAnswer answer;
+    answer.body_sink = std::make_unique<PushSink>(
+        operations_, *std::move(pending), checksum, shared_outcome);
+    return answer;
+  }
+
+  // DELETE /v1/images/{id}; If-Match: ETAG deletes only that generation.
+  // 204 when deleted.
+  HttpAnswer ServeDelete(const HttpRequest& request, std::string_view image_id,
+                         Outcome& outcome) {
+    outcome.counted_as = Operation::kDelete;
+    std::optional<uint64_t> generation;
+    if (const std::optional<std::string_view> match =
+            request.header("If-Match")) {
+      generation = http::GenerationOfTag(*match);
+      if (!generation.has_value()) {
+        return ErrorAnswer(absl::InvalidArgumentError(absl::StrCat(
+                               "a DELETE's If-Match names one ETag of this "
+                               "server, not '",
+                               std::string(*match), "'")),
+                           outcome);
+      }
+    }
+    const absl::Status deleted =
+        operations_->Delete(CallerOf(request), image_id, generation);
+    if (!deleted.ok()) return ErrorAnswer(deleted, outcome);
+    HttpAnswer answer;
+    answer.status = 204;
+    return answer;
   }
 
   // The method check of what is only read: nullopt for GET and HEAD, the
-  // 405 answer otherwise.
-  static std::optional<HttpAnswer> OnlyReads(const HttpRequest& request,
-                                             Outcome& outcome) {
+  // 405 answer, naming `allowed`, otherwise.
+  static constexpr char kReadMethods[] = "GET, HEAD";
+  static constexpr char kImageMethods[] = "GET, HEAD, PUT, DELETE";
+  static std::optional<HttpAnswer> OnlyReads(
+      const HttpRequest& request, Outcome& outcome,
+      const char* allowed = kReadMethods) {
     if (request.method() == "GET" || request.method() == "HEAD") {
       return std::nullopt;
     }
@@ -209,9 +416,8 @@ class Gateway {
     HttpAnswer answer =
         JsonAnswer(405, http::ErrorJson(absl::UnimplementedError(absl::StrCat(
                             std::string(request.method()),
-                            " is not served: this is read with GET and "
-                            "HEAD"))));
-    answer.headers.emplace_back("Allow", "GET, HEAD");
+                            " is not served here (", allowed, ")"))));
+    answer.headers.emplace_back("Allow", allowed);
     return answer;
   }
 

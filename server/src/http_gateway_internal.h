@@ -7,6 +7,8 @@
 //   GET  /v1/images?prefix=P&page_token=T&page_size=N   a JSON listing
 //   HEAD /v1/images/{id}[?generation=N]                 its headers
 //   GET  /v1/images/{id}[?generation=N]                 its bytes
+//   PUT  /v1/images/{id}[?ttl=DURATION]                 a push of the body
+//   DELETE /v1/images/{id}                              a delete
 //   GET  /v1/status                                     memory, images, calls
 //   GET  /, /assets/...                                 the console's files
 //

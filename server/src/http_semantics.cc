@@ -110,6 +110,19 @@ std::string EntityTag(const ImageDescription& image) {
                       absl::Hex(image.checksum, absl::kZeroPad16), "\"");
 }
 
+std::optional<uint64_t> GenerationOfTag(std::string_view tag) {
+  tag = Trim(tag);
+  if (tag.size() < 4 || tag.front() != '"' || tag.back() != '"') {
+    return std::nullopt;
+  }
+  tag = tag.substr(1, tag.size() - 2);
+  const size_t dash = tag.find('-');
+  if (dash == std::string_view::npos || tag.size() - dash - 1 != 16) {
+    return std::nullopt;
+  }
+  return ParseDecimal(tag.substr(0, dash));
+}
+
 bool TagListMatches(std::string_view header, std::string_view tag,
                     Comparison comparison) {
   if (Trim(header) == "*") return true;
@@ -130,7 +143,10 @@ int StatusFor(absl::StatusCode code) {
   switch (code) {
     case absl::StatusCode::kOk:
       return 200;
+    // A malformed request, or a body that is not what it says (the wrong
+    // checksum).
     case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kDataLoss:
       return 400;
     case absl::StatusCode::kUnauthenticated:
       return 401;
@@ -249,19 +265,22 @@ std::string ErrorJson(const absl::Status& status) {
                       "}}\n");
 }
 
+std::string ImageJson(const ImageDescription& image) {
+  return absl::StrCat(
+      "{\"id\":", JsonString(image.image_id), ",\"size\":", image.size,
+      ",\"generation\":", image.generation, ",\"checksum\":\"",
+      absl::Hex(image.checksum, absl::kZeroPad16),
+      "\",\"created\":", JsonTime(image.created_unix_micros), ",\"expires\":",
+      image.expires_unix_micros == 0 ? std::string("null")
+                                     : JsonTime(image.expires_unix_micros),
+      "}");
+}
+
 std::string ListingJson(const std::vector<ImageDescription>& images,
                         std::string_view next_page_token) {
   std::string json = "{\"images\":[";
   for (size_t i = 0; i < images.size(); ++i) {
-    const ImageDescription& image = images[i];
-    absl::StrAppend(
-        &json, i == 0 ? "" : ",", "{\"id\":", JsonString(image.image_id),
-        ",\"size\":", image.size, ",\"generation\":", image.generation,
-        ",\"checksum\":\"", absl::Hex(image.checksum, absl::kZeroPad16),
-        "\",\"created\":", JsonTime(image.created_unix_micros), ",\"expires\":",
-        image.expires_unix_micros == 0 ? std::string("null")
-                                       : JsonTime(image.expires_unix_micros),
-        "}");
+    absl::StrAppend(&json, i == 0 ? "" : ",", ImageJson(images[i]));
   }
   absl::StrAppend(&json, "],\"next_page_token\":", JsonString(next_page_token),
                   "}\n");

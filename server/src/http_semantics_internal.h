@@ -50,6 +50,10 @@ std::string ContentRange(const RangeSelection& selection, uint64_t size);
 // takes one generation for another.
 std::string EntityTag(const ImageDescription& image);
 
+// The generation an entity tag made by EntityTag names; nullopt for any
+// other text (a weak tag, a list, "*").
+std::optional<uint64_t> GenerationOfTag(std::string_view tag);
+
 // Whether an If-Match or If-None-Match header's value `header` names
 // `tag`: "*" names every tag; otherwise a comma-separated list of tags.
 // If-None-Match compares weakly (a W/ tag matches its strong twin),
@@ -71,6 +75,11 @@ std::string_view ReasonPhrase(int status);
 // The body of an error answer:
 //   {"error":{"code":"NOT_FOUND","message":"..."}}
 std::string ErrorJson(const absl::Status& status);
+
+// One image's description, as the listing shows each:
+//   {"id":"a.h5","size":123,"generation":4,"checksum":"0123456789abcdef",
+//    "created":"2026-12-06T12:00:00.123456Z","expires":null}
+std::string ImageJson(const ImageDescription& image);
 
 // One page of a listing:
 //   {"images":[{"id":"a.h5","size":123,"generation":4,

@@ -24,8 +24,11 @@ namespace {
 
 // One request's state, from its first call to its completion.
 struct Exchange {
-  // The handler's answer is made on the second call (below).
+  // The handler runs on the second call (below).
+  bool started = false;
   bool answered = false;
+  // Where the body goes, while it arrives (null: nowhere).
+  std::unique_ptr<HttpBodySink> sink;
   std::function<void(bool sent)> done;
 };
 
@@ -242,8 +245,7 @@ std::optional<std::string_view> HttpRequest::header(const char* name) const {
 struct HttpServerCallbacks {
   static MHD_Result OnRequest(void* self, MHD_Connection* connection,
                               const char* url, const char* method,
-                              const char* /*version*/,
-                              const char* /*upload_data*/,
+                              const char* /*version*/, const char* upload_data,
                               size_t* upload_data_size, void** state) {
     auto* exchange = static_cast<Exchange*>(*state);
     if (exchange == nullptr) {
@@ -253,33 +255,51 @@ struct HttpServerCallbacks {
       *state = new Exchange();
       return MHD_YES;
     }
+    if (!exchange->started) {
+      exchange->started = true;
+      auto* server = static_cast<HttpServer*>(self);
+      if (!server->tls_client_ca_.empty() &&
+          !HasTrustedClientCertificate(connection)) {
+        HttpAnswer refusal;
+        refusal.status = 403;
+        refusal.text =
+            "a client certificate signed by the server's client CA is "
+            "required\n";
+        return Queue(connection, std::move(refusal), *exchange);
+      }
+      const MHD_ConnectionInfo* info = MHD_get_connection_info(
+          connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+      const HttpRequest request(
+          connection, method, url,
+          PeerOf(info == nullptr ? nullptr : info->client_addr));
+      HttpAnswer answer = server->handler_(request);
+      if (answer.body_sink == nullptr) {
+        // Answered before any body is read: a body that follows is not
+        // (libmicrohttpd then closes the connection after the answer).
+        return Queue(connection, std::move(answer), *exchange);
+      }
+      exchange->sink = std::move(answer.body_sink);
+    }
     if (*upload_data_size != 0) {
-      *upload_data_size = 0;  // no endpoint takes a body: dropped
-      return MHD_YES;
+      const size_t size = *upload_data_size;
+      *upload_data_size = 0;  // consumed, or dropped
+      if (exchange->sink == nullptr) return MHD_YES;
+      std::optional<HttpAnswer> early =
+          exchange->sink->Append(upload_data, size);
+      if (!early.has_value()) return MHD_YES;
+      exchange->sink.reset();
+      return Queue(connection, *std::move(early), *exchange);
     }
-    if (exchange->answered) return MHD_YES;
-    exchange->answered = true;
-    auto* server = static_cast<HttpServer*>(self);
-    if (!server->tls_client_ca_.empty() &&
-        !HasTrustedClientCertificate(connection)) {
-      HttpAnswer refusal;
-      refusal.status = 403;
-      refusal.text =
-          "a client certificate signed by the server's client CA is "
-          "required\n";
-      return Queue(connection, std::move(refusal), *exchange);
-    }
-    const MHD_ConnectionInfo* info =
-        MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    const HttpRequest request(
-        connection, method, url,
-        PeerOf(info == nullptr ? nullptr : info->client_addr));
-    return Queue(connection, server->handler_(request), *exchange);
+    if (exchange->answered || exchange->sink == nullptr) return MHD_YES;
+    HttpAnswer answer = exchange->sink->Finish();
+    exchange->sink.reset();
+    return Queue(connection, std::move(answer), *exchange);
   }
 
   // Sends `answer` on `connection`.
   static MHD_Result Queue(MHD_Connection* connection, HttpAnswer answer,
                           Exchange& exchange) {
+    exchange.answered = true;
     exchange.done = std::move(answer.done);
 
     auto* body = new Body{std::move(answer.text), std::move(answer.keep)};

@@ -61,6 +61,23 @@ class HttpRequest {
   std::string peer_;
 };
 
+struct HttpAnswer;
+
+// Where a request's body goes, for a handler that takes one (a PUT): fed
+// the body as it arrives, in order, on a server thread, then asked for the
+// answer. Destroyed unfinished if the client leaves (or stalls for the
+// idle timeout) before the end, or once it answered early.
+class HttpBodySink {
+ public:
+  virtual ~HttpBodySink() = default;
+  // The next `size` bytes of the body. An answer ends the exchange there:
+  // it is sent, the rest of the body is not read, and the connection is
+  // closed after it.
+  virtual std::optional<HttpAnswer> Append(const char* data, size_t size) = 0;
+  // The whole body has arrived.
+  virtual HttpAnswer Finish() = 0;
+};
+
 // What a handler answers.
 struct HttpAnswer {
   int status = 200;
@@ -79,6 +96,10 @@ struct HttpAnswer {
   // whole answer went out (false: the client left, or stopped reading for
   // the idle timeout).
   std::function<void(bool sent)> done;
+  // Set by a handler that takes the request's body: the answer is then its
+  // sink's (HttpBodySink), and everything above is ignored. Without one, a
+  // body is not read (and the connection is closed after the answer).
+  std::unique_ptr<HttpBodySink> body_sink;
 };
 
 using HttpHandler = std::function<HttpAnswer(const HttpRequest&)>;

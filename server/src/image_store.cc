@@ -462,6 +462,10 @@ absl::Status PendingImage::cut_status() const {
   return watch_ == nullptr ? absl::OkStatus() : watch_->cut_status();
 }
 
+uint64_t PendingImage::received_checksum() const {
+  return checksum_ == nullptr ? 0 : checksum_->Digest();
+}
+
 absl::Status PendingImage::Append(const void* data, size_t size) {
   // CommitReceived refuses what does not fit; copy only what does.
   if (image_ != nullptr && size <= request_.size - received_) {

@@ -396,6 +396,10 @@ class PendingImage {
   absl::Status CommitReceived(size_t size);
 
   uint64_t received() const { return received_; }
+  // The XXH3-64 of the bytes received so far: what a transport with no
+  // checksum of its own (HTTP's PUT, whose client may send none) publishes
+  // with, once every byte is in.
+  uint64_t received_checksum() const;
   uint64_t declared_size() const { return request_.size; }
 
   // Why the store cut this push off for falling behind (DEADLINE_EXCEEDED,
