@@ -140,12 +140,37 @@ Answer Get(int port, const std::string& target,
   return Request(port, "GET", target, headers);
 }
 
-// A PUT of `body` (with its Content-Length) to `target`.
+// A PUT of `body` (with its Content-Length) to `target`, as careful
+// clients send one: the body only once the server said 100 Continue, so
+// that a refusal comes before it.
 Answer Put(int port, const std::string& target, const std::string& body,
            const std::string& headers = "") {
-  return Request(port, "PUT", target,
-                 absl::StrCat(headers, "Content-Length: ", body.size(), "\r\n"),
-                 body);
+  Answer answer;
+  const int fd = ConnectTcp(port);
+  if (fd < 0) return answer;
+  std::string rest;
+  if (SendAll(fd,
+              absl::StrCat("PUT ", target, " HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+                           headers, "Content-Length: ", body.size(),
+                           "\r\nExpect: 100-continue\r\n"
+                           "Connection: close\r\n\r\n")) &&
+      ReadHead(fd, answer, rest)) {
+    if (answer.status == 100) {
+      answer = Answer();
+      if (!SendAll(fd, body) || !ReadHead(fd, answer, rest)) {
+        close(fd);
+        return Answer();
+      }
+    }
+    answer.body = std::move(rest);
+    char buffer[65536];
+    ssize_t got;
+    while ((got = recv(fd, buffer, sizeof buffer, 0)) > 0) {
+      answer.body.append(buffer, static_cast<size_t>(got));
+    }
+  }
+  close(fd);
+  return answer;
 }
 
 // --- HTTP's rules, apart from any server ----------------------------------

@@ -251,9 +251,18 @@ struct HttpServerCallbacks {
     if (exchange == nullptr) {
       // The first call sees only the head. Answering on it would make
       // libmicrohttpd close the connection after the answer, in case a
-      // body follows that nobody reads; the answer is made on the next.
-      *state = new Exchange();
-      return MHD_YES;
+      // body follows that nobody reads; the answer is made on the next,
+      // unless a body is coming: the handler then takes it or refuses it
+      // now, before the client is told to send it (100 Continue).
+      *state = exchange = new Exchange();
+      if (MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                      MHD_HTTP_HEADER_CONTENT_LENGTH) ==
+              nullptr &&
+          MHD_lookup_connection_value(connection, MHD_HEADER_KIND,
+                                      MHD_HTTP_HEADER_TRANSFER_ENCODING) ==
+              nullptr) {
+        return MHD_YES;
+      }
     }
     if (!exchange->started) {
       exchange->started = true;
@@ -279,6 +288,8 @@ struct HttpServerCallbacks {
         return Queue(connection, std::move(answer), *exchange);
       }
       exchange->sink = std::move(answer.body_sink);
+      // The body comes on the calls after this one.
+      if (*upload_data_size == 0) return MHD_YES;
     }
     if (*upload_data_size != 0) {
       const size_t size = *upload_data_size;
