@@ -1,6 +1,7 @@
 #include <arpa/inet.h>
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -65,11 +66,13 @@ std::string PeerOf(const sockaddr* address) {
 
 }  // namespace
 
-// The certificate chain and key an HTTPS server presents, as GnuTLS takes
-// them: loaded from the PEM files of the ReloadingServerContext the other
-// transports use, and loaded again whenever that context is remade (its
-// files changed and load). Every version loaded is kept until the server
-// stops, since a handshake under way may still use an older one; a
+// The certificate chain and key an HTTPS server presents, and the client
+// CAs it trusts, as GnuTLS takes them: loaded from the PEM files of the
+// ReloadingServerContext the other transports use, and loaded again
+// whenever that context is remade (its files changed and load), so that a
+// renewed certificate or a rotated client CA holds here when it holds on
+// the lane and gRPC. Every version loaded is kept until the server stops,
+// since a handshake or a check under way may still use an older one; a
 // version is a few kilobytes, and certificates change rarely.
 class HttpServer::TlsIdentity {
  public:
@@ -82,6 +85,9 @@ class HttpServer::TlsIdentity {
         gnutls_pcert_deinit(&certificate);
       }
       gnutls_privkey_deinit(version.key);
+      if (version.client_cas != nullptr) {
+        gnutls_x509_trust_list_deinit(version.client_cas, 1);
+      }
     }
   }
 
@@ -94,14 +100,8 @@ class HttpServer::TlsIdentity {
   // The chain and key for a handshake now: 0, or a GnuTLS error.
   int Current(gnutls_pcert_st** chain, unsigned* length,
               gnutls_privkey_t* key) {
-    const std::shared_ptr<const internal::tls::Context> context =
-        files_->Current();
     absl::MutexLock lock(&mutex_);
-    if (context.get() != loaded_from_) {
-      // A failure leaves the last version in use, as on the other
-      // transports.
-      LoadLocked(context.get()).IgnoreError();
-    }
+    RefreshLocked();
     if (versions_.empty()) return GNUTLS_E_CERTIFICATE_ERROR;
     Version& version = versions_.back();
     *chain = version.chain.data();
@@ -110,11 +110,63 @@ class HttpServer::TlsIdentity {
     return 0;
   }
 
+  // Whether the client of `session` presented a certificate chain that
+  // the current client CAs sign, for TLS client use. False without a
+  // client CA file.
+  bool TrustsClientOf(gnutls_session_t session) {
+    gnutls_x509_trust_list_t client_cas = nullptr;
+    {
+      absl::MutexLock lock(&mutex_);
+      RefreshLocked();
+      if (versions_.empty()) return false;
+      client_cas = versions_.back().client_cas;  // lives until the server
+    }
+    if (client_cas == nullptr) return false;
+    unsigned count = 0;
+    const gnutls_datum_t* sent = gnutls_certificate_get_peers(session, &count);
+    if (sent == nullptr || count == 0) return false;
+    std::vector<gnutls_x509_crt_t> chain;
+    bool imported = true;
+    for (unsigned i = 0; i < count && imported; ++i) {
+      gnutls_x509_crt_t certificate = nullptr;
+      imported = gnutls_x509_crt_init(&certificate) >= 0;
+      if (!imported) break;
+      chain.push_back(certificate);
+      imported = gnutls_x509_crt_import(certificate, &sent[i],
+                                        GNUTLS_X509_FMT_DER) >= 0;
+    }
+    unsigned problems = 1;
+    if (imported) {
+      gnutls_typed_vdata_st purpose{};
+      purpose.type = GNUTLS_DT_KEY_PURPOSE_OID;
+      purpose.data = reinterpret_cast<unsigned char*>(
+          const_cast<char*>(GNUTLS_KP_TLS_WWW_CLIENT));
+      if (gnutls_x509_trust_list_verify_crt2(
+              client_cas, chain.data(), static_cast<unsigned>(chain.size()),
+              &purpose, 1, 0, &problems, nullptr) < 0) {
+        problems = 1;
+      }
+    }
+    for (gnutls_x509_crt_t certificate : chain) {
+      gnutls_x509_crt_deinit(certificate);
+    }
+    return problems == 0;
+  }
+
  private:
   struct Version {
     std::vector<gnutls_pcert_st> chain;
     gnutls_privkey_t key = nullptr;
+    gnutls_x509_trust_list_t client_cas = nullptr;  // null: none asked for
   };
+
+  // Loads the files again if the context they make was remade. A failure
+  // leaves the last version in use, as on the other transports.
+  void RefreshLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    const std::shared_ptr<const internal::tls::Context> context =
+        files_->Current();
+    if (context.get() != loaded_from_) LoadLocked(context.get()).IgnoreError();
+  }
 
   static absl::StatusOr<std::string> ReadPem(const std::string& path) {
     std::ifstream file(path, std::ios::binary);
@@ -161,6 +213,29 @@ class HttpServer::TlsIdentity {
       return absl::InvalidArgumentError(
           absl::StrCat(files.key_file, ": no private key for HTTPS (",
                        gnutls_strerror(error), ")"));
+    }
+    if (!files.client_ca_file.empty()) {
+      absl::StatusOr<std::string> cas_pem = ReadPem(files.client_ca_file);
+      gnutls_datum_t cas_datum{};
+      if (cas_pem.ok()) {
+        cas_datum = {reinterpret_cast<unsigned char*>(cas_pem->data()),
+                     static_cast<unsigned>(cas_pem->size())};
+      }
+      if (!cas_pem.ok() ||
+          gnutls_x509_trust_list_init(&version.client_cas, 0) < 0 ||
+          gnutls_x509_trust_list_add_trust_mem(version.client_cas, &cas_datum,
+                                               nullptr, GNUTLS_X509_FMT_PEM, 0,
+                                               0) <= 0) {
+        for (gnutls_pcert_st& certificate : version.chain) {
+          gnutls_pcert_deinit(&certificate);
+        }
+        gnutls_privkey_deinit(version.key);
+        if (version.client_cas != nullptr) {
+          gnutls_x509_trust_list_deinit(version.client_cas, 1);
+        }
+        return absl::InvalidArgumentError(
+            absl::StrCat(files.client_ca_file, ": no client CA for HTTPS"));
+      }
     }
     versions_.push_back(std::move(version));
     return absl::OkStatus();
@@ -215,15 +290,15 @@ int PresentCertificate(gnutls_session_t session,
   return identity->Current(chain, length, key);
 }
 
-// Whether the client of `connection` presented a certificate the client
-// CA signed (GnuTLS checks it against the trust MHD was given).
-bool HasTrustedClientCertificate(MHD_Connection* connection) {
+// Whether the client of `connection` presented a certificate the current
+// client CAs sign.
+bool HasTrustedClientCertificate(MHD_Connection* connection,
+                                 HttpServer::TlsIdentity& identity) {
   const MHD_ConnectionInfo* info =
       MHD_get_connection_info(connection, MHD_CONNECTION_INFO_GNUTLS_SESSION);
   if (info == nullptr || info->tls_session == nullptr) return false;
-  auto session = static_cast<gnutls_session_t>(info->tls_session);
-  unsigned status = 0;
-  return gnutls_certificate_verify_peers2(session, &status) == 0 && status == 0;
+  return identity.TrustsClientOf(
+      static_cast<gnutls_session_t>(info->tls_session));
 }
 
 }  // namespace
@@ -268,7 +343,7 @@ struct HttpServerCallbacks {
       exchange->started = true;
       auto* server = static_cast<HttpServer*>(self);
       if (!server->tls_client_ca_.empty() &&
-          !HasTrustedClientCertificate(connection)) {
+          !HasTrustedClientCertificate(connection, *server->tls_identity_)) {
         HttpAnswer refusal;
         refusal.status = 403;
         refusal.text =

@@ -155,7 +155,10 @@ class HttpServer {
 
   const HttpHandler handler_;
   std::unique_ptr<TlsIdentity> tls_identity_;  // null: plain HTTP
-  std::string tls_client_ca_;  // PEM; empty: no client certificate asked
+  // The client CA file as read at start (PEM), only so that libmicrohttpd
+  // asks for a client certificate; empty: none asked for. Which CAs an
+  // acceptable one is signed by is tls_identity_'s current list.
+  std::string tls_client_ca_;
   MHD_Daemon* daemon_ = nullptr;
   int port_;
 };
