@@ -1,7 +1,8 @@
 // Fuzzes what the HTTP gateway reads from a request's text
 // (server/src/http_semantics_internal.h): the Range header against an
 // image size, If-Match / If-None-Match lists, %-escaped paths and query
-// values, and the Authorization header. An input is an 8-byte image size
+// values, the generation an If-Match tag names, and the Authorization
+// header. An input is an 8-byte image size
 // followed by the header text. A selected range must lie within the image
 // and be non-empty; a decoded path must hold no control character and be
 // no longer than its text; a bearer token must be a piece of its header.
@@ -50,6 +51,12 @@ void Check(const uint8_t* data, size_t size) {
   // A list always matches its own tag when the tag is all of it.
   FUZZ_CHECK(TagListMatches(tag, tag, Comparison::kStrong));
   TagListMatches(text, tag, Comparison::kWeak);
+  // The tag names its generation back; any other text names at most one.
+  const std::optional<uint64_t> named = GenerationOfTag(tag);
+  FUZZ_CHECK(named.has_value() && *named == image.generation);
+  if (const std::optional<uint64_t> other = GenerationOfTag(text)) {
+    FUZZ_CHECK(text.find(std::to_string(*other)) != std::string_view::npos);
+  }
 
   CheckDecoded(DecodePath(text), text);
   CheckDecoded(DecodeQueryValue(text), text);

@@ -208,6 +208,22 @@ TEST(HttpSemanticsTest, TagsCompareStronglyForIfMatchOnly) {
   EXPECT_FALSE(TagListMatches("\"1-ab\"", "\"1-a\"", Comparison::kWeak));
 }
 
+TEST(HttpSemanticsTest, AWritesIfMatchNamesOneGenerationOfThisServer) {
+  using server::http::GenerationOfTag;
+  server::ImageDescription image;
+  image.generation = 42;
+  image.checksum = 0x0123456789abcdefULL;
+  EXPECT_EQ(GenerationOfTag(server::http::EntityTag(image)), 42u);
+  EXPECT_EQ(GenerationOfTag(" \"7-0123456789ABCDEF\" "), 7u);
+  EXPECT_EQ(GenerationOfTag("\"7-0123456789abcdeg\""), std::nullopt);
+  EXPECT_EQ(GenerationOfTag("\"7-0123\""), std::nullopt);
+  EXPECT_EQ(GenerationOfTag("W/\"7-0123456789abcdef\""), std::nullopt);
+  EXPECT_EQ(GenerationOfTag("\"7-0123456789abcdef\", \"8-0123456789abcdef\""),
+            std::nullopt);
+  EXPECT_EQ(GenerationOfTag("*"), std::nullopt);
+  EXPECT_EQ(GenerationOfTag("\"x-0123456789abcdef\""), std::nullopt);
+}
+
 TEST(HttpSemanticsTest, PathsDecodeStrictly) {
   using server::http::DecodePath;
   using server::http::DecodeQueryValue;

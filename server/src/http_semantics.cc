@@ -1,5 +1,6 @@
 #include <cstdio>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -119,6 +120,11 @@ std::optional<uint64_t> GenerationOfTag(std::string_view tag) {
   const size_t dash = tag.find('-');
   if (dash == std::string_view::npos || tag.size() - dash - 1 != 16) {
     return std::nullopt;
+  }
+  for (char c : tag.substr(dash + 1)) {
+    if (!absl::ascii_isxdigit(static_cast<unsigned char>(c))) {
+      return std::nullopt;
+    }
   }
   return ParseDecimal(tag.substr(0, dash));
 }
