@@ -111,6 +111,17 @@ bool ReadHead(int fd, Answer& answer, std::string& rest) {
   return true;
 }
 
+// The answer's body: what came after its head (`rest`), then everything
+// until the server closes the connection.
+void ReadBodyToEnd(int fd, std::string rest, Answer& answer) {
+  answer.body = std::move(rest);
+  char buffer[65536];
+  ssize_t got;
+  while ((got = recv(fd, buffer, sizeof buffer, 0)) > 0) {
+    answer.body.append(buffer, static_cast<size_t>(got));
+  }
+}
+
 // One request on a connection of its own: `method` of `target` with
 // `headers` ("Name: value\r\n" each) and `body`; the whole answer, read to
 // its end.
@@ -124,12 +135,7 @@ Answer Request(int port, const std::string& method, const std::string& target,
                    headers, "Connection: close\r\n\r\n", body);
   std::string rest;
   if (SendAll(fd, request) && ReadHead(fd, answer, rest)) {
-    answer.body = std::move(rest);
-    char buffer[65536];
-    ssize_t got;
-    while ((got = recv(fd, buffer, sizeof buffer, 0)) > 0) {
-      answer.body.append(buffer, static_cast<size_t>(got));
-    }
+    ReadBodyToEnd(fd, std::move(rest), answer);
   }
   close(fd);
   return answer;
@@ -162,12 +168,7 @@ Answer Put(int port, const std::string& target, const std::string& body,
         return Answer();
       }
     }
-    answer.body = std::move(rest);
-    char buffer[65536];
-    ssize_t got;
-    while ((got = recv(fd, buffer, sizeof buffer, 0)) > 0) {
-      answer.body.append(buffer, static_cast<size_t>(got));
-    }
+    ReadBodyToEnd(fd, std::move(rest), answer);
   }
   close(fd);
   return answer;
