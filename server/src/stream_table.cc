@@ -53,8 +53,37 @@ StreamTable::Stream& StreamTable::Named(std::string_view name) {
   if (it == streams_.end()) {
     it = streams_.emplace(std::string(name), Stream{}).first;
     it->second.name = std::string(name);
+    it->second.naming = namings_++;
   }
   return it->second;
+}
+
+absl::Status StreamTable::RoomForAStreamNamedByAReader() {
+  if (streams_.size() < kMaxStreamsNamedByReaders) return absl::OkStatus();
+  size_t named_only = 0;
+  auto forgettable = streams_.end();
+  for (auto it = streams_.begin(); it != streams_.end(); ++it) {
+    const Stream& stream = it->second;
+    // Not created means nothing appended, nothing kept, nothing admitted.
+    if (stream.created) continue;
+    ++named_only;
+    const bool waited_on = std::any_of(
+        stream.next_waits.begin(), stream.next_waits.end(),
+        [this](WaitId wait) { return next_waits_.count(wait) != 0; });
+    if (!waited_on && (forgettable == streams_.end() ||
+                       stream.naming < forgettable->second.naming)) {
+      forgettable = it;
+    }
+  }
+  if (named_only < kMaxStreamsNamedByReaders) return absl::OkStatus();
+  if (forgettable == streams_.end()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the server holds ", named_only,
+        " streams that only readers have named, each with a reader waiting "
+        "on it: append to one, or wait for a reader to give up"));
+  }
+  streams_.erase(forgettable);  // no lease or wait: no timer finds it
+  return absl::OkStatus();
 }
 
 StreamTable::Stream* StreamTable::Find(std::string_view name) {
@@ -631,6 +660,11 @@ StreamTable::WaitId StreamTable::Next(const NextRequest& request,
     absl::MutexLock lock(&mutex_);
     if (shutting_down_) {
       result = absl::UnavailableError("server is shutting down");
+    } else if (absl::Status room = Find(request.stream) != nullptr
+                                       ? absl::OkStatus()
+                                       : RoomForAStreamNamedByAReader();
+               !room.ok()) {
+      result = room;
     } else {
       Stream& stream = Named(request.stream);
       Group& group = JoinGroup(stream, request);

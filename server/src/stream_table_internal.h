@@ -160,6 +160,12 @@ class StreamTable {
   static constexpr absl::Duration kMaxLease = absl::Hours(24);
   // Names of groups and consumers: 1 to this many bytes.
   static constexpr size_t kMaxNameBytes = 255;
+  // Streams that only readers have named (no append, no CreateStream yet)
+  // held at once. A reader naming one more makes room by forgetting the
+  // one named longest ago that no reader is waiting on (its groups'
+  // positions, all at a stream's start); with every one waited on, it is
+  // refused RESOURCE_EXHAUSTED.
+  static constexpr size_t kMaxStreamsNamedByReaders = 4096;
 
   using RemoveSteps = std::function<void(std::vector<std::string> step_ids)>;
   using NextCallback = absl::AnyInvocable<void(absl::StatusOr<TakenStep>)>;
@@ -242,7 +248,8 @@ class StreamTable {
   // is finished and the group has every step acknowledged, DEADLINE_
   // EXCEEDED at `deadline`, UNAVAILABLE at Shutdown, or the status given
   // to CancelWait. A group that does not exist is made, at `start`; a
-  // stream that does not exist is named, and made by its first append.
+  // stream that does not exist is named, and made by its first append
+  // (RESOURCE_EXHAUSTED if kMaxStreamsNamedByReaders are waited on).
   WaitId Next(const NextRequest& request, absl::Time deadline,
               NextCallback done);
   // The blocking form, for callers with nothing else to wait for.
@@ -323,6 +330,7 @@ class StreamTable {
   };
   struct Stream {
     std::string name;
+    uint64_t naming = 0;  // the order in which streams were named
     StreamPolicy policy;
     bool created = false;
     bool finished = false;
@@ -346,6 +354,11 @@ class StreamTable {
   using After = std::vector<absl::AnyInvocable<void()>>;
 
   Stream& Named(std::string_view name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Before a reader names a stream that does not exist: OK if one more
+  // named-only stream fits, after forgetting one if need be;
+  // RESOURCE_EXHAUSTED if none can be forgotten.
+  absl::Status RoomForAStreamNamedByAReader()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   Stream* Find(std::string_view name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   const Stream* Find(std::string_view name) const
       ABSL_SHARED_LOCKS_REQUIRED(mutex_);
@@ -403,6 +416,7 @@ class StreamTable {
   absl::flat_hash_map<WaitId, NextWait> next_waits_ ABSL_GUARDED_BY(mutex_);
   absl::flat_hash_map<WaitId, RoomWait> room_waits_ ABSL_GUARDED_BY(mutex_);
   WaitId next_wait_id_ ABSL_GUARDED_BY(mutex_) = 1;
+  uint64_t namings_ ABSL_GUARDED_BY(mutex_) = 0;
   std::multimap<absl::Time, Timer> timers_ ABSL_GUARDED_BY(mutex_);
   bool shutting_down_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread timer_thread_;
