@@ -67,9 +67,11 @@ absl::Status StreamTable::RoomForAStreamNamedByAReader() {
     // Not created means nothing appended, nothing kept, nothing admitted.
     if (stream.created) continue;
     ++named_only;
-    const bool waited_on = std::any_of(
-        stream.next_waits.begin(), stream.next_waits.end(),
-        [this](WaitId wait) { return next_waits_.count(wait) != 0; });
+    // The stream's list of waits may still hold some that ended.
+    bool waited_on = false;
+    for (WaitId wait : stream.next_waits) {
+      waited_on = waited_on || next_waits_.count(wait) != 0;
+    }
     if (!waited_on && (forgettable == streams_.end() ||
                        stream.naming < forgettable->second.naming)) {
       forgettable = it;
