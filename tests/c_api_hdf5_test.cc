@@ -392,3 +392,72 @@ TEST_F(CApiHdf5Test, ThousandsOfOpenCyclesLeaveNothingBehind) {
 }
 
 }  // namespace
+
+TEST_F(CApiHdf5Test, AWatchReportsEachChangeInOrder) {
+  h5depot_watch* watch = nullptr;
+  ASSERT_EQ(h5depot_watch_start(client_, "w/", nullptr, &watch), H5DEPOT_OK)
+      << h5depot_errmsg();
+  ASSERT_NE(watch, nullptr);
+  size_t len = 0;
+  void* image = MakeImage(3, &len);
+  uint64_t first = 0;
+  uint64_t second = 0;
+  ASSERT_EQ(h5depot_push_buffer(client_, "w/a", image, len, &first),
+            H5DEPOT_OK);
+  ASSERT_EQ(h5depot_push_buffer(client_, "other", image, len, nullptr),
+            H5DEPOT_OK);
+  ASSERT_EQ(h5depot_push_buffer(client_, "w/a", image, len, &second),
+            H5DEPOT_OK);
+  ASSERT_EQ(h5depot_delete(client_, "w/a"), H5DEPOT_OK);
+  std::free(image);
+
+  h5depot_event event;
+  ASSERT_EQ(h5depot_watch_next(watch, 10000, &event), H5DEPOT_OK);
+  EXPECT_EQ(event.kind, H5DEPOT_EVENT_PUBLISHED);
+  EXPECT_STREQ(event.image_id, "w/a");
+  EXPECT_EQ(event.generation, first);
+  EXPECT_EQ(event.sequence, first);
+  EXPECT_EQ(event.size, len);
+  EXPECT_GT(event.time_unix_micros, 0);
+  ASSERT_EQ(h5depot_watch_next(watch, 10000, &event), H5DEPOT_OK);
+  EXPECT_EQ(event.kind, H5DEPOT_EVENT_REPLACED);
+  EXPECT_EQ(event.generation, second);
+  EXPECT_EQ(event.replaced_generation, first);
+  ASSERT_EQ(h5depot_watch_next(watch, 10000, &event), H5DEPOT_OK);
+  EXPECT_EQ(event.kind, H5DEPOT_EVENT_DELETED);
+  EXPECT_STREQ(event.image_id, "w/a");
+  EXPECT_EQ(event.generation, second);
+  const uint64_t deleted_at = event.sequence;
+  EXPECT_GT(deleted_at, second);
+  EXPECT_EQ(h5depot_watch_next(watch, 50, &event), H5DEPOT_DEADLINE_EXCEEDED);
+  h5depot_watch_cancel(watch);
+  EXPECT_EQ(h5depot_watch_next(watch, -1, &event), H5DEPOT_CANCELLED);
+  h5depot_watch_close(watch);
+
+  // From a sequence on: the changes after it are replayed.
+  ASSERT_EQ(h5depot_watch_start(client_, "w/", &first, &watch), H5DEPOT_OK)
+      << h5depot_errmsg();
+  ASSERT_EQ(h5depot_watch_next(watch, 10000, &event), H5DEPOT_OK);
+  EXPECT_EQ(event.kind, H5DEPOT_EVENT_REPLACED);
+  EXPECT_EQ(event.generation, second);
+  ASSERT_EQ(h5depot_watch_next(watch, 10000, &event), H5DEPOT_OK);
+  EXPECT_EQ(event.sequence, deleted_at);
+  h5depot_watch_close(watch);
+
+  EXPECT_EQ(h5depot_watch_start(nullptr, "w/", nullptr, &watch),
+            H5DEPOT_INVALID_ARGUMENT);
+  EXPECT_EQ(watch, nullptr);
+  EXPECT_EQ(h5depot_watch_next(nullptr, 0, &event), H5DEPOT_INVALID_ARGUMENT);
+  h5depot_watch_close(nullptr);
+}
+
+TEST_F(CApiHdf5Test, AWatchEndsUnavailableWhenTheServerStops) {
+  h5depot_watch* watch = nullptr;
+  ASSERT_EQ(h5depot_watch_start(client_, "", nullptr, &watch), H5DEPOT_OK)
+      << h5depot_errmsg();
+  depot_.reset();
+  h5depot_event event;
+  EXPECT_EQ(h5depot_watch_next(watch, 30000, &event), H5DEPOT_UNAVAILABLE)
+      << h5depot_errmsg();
+  h5depot_watch_close(watch);
+}

@@ -60,6 +60,24 @@ ImagePushOptions ToPushOptions(const h5depot_push_options* options) {
   return push_options;
 }
 
+h5depot_event_kind ToCEventKind(ImageEvent::Kind kind) {
+  switch (kind) {
+    case ImageEvent::Kind::kPublished:
+      return H5DEPOT_EVENT_PUBLISHED;
+    case ImageEvent::Kind::kReplaced:
+      return H5DEPOT_EVENT_REPLACED;
+    case ImageEvent::Kind::kDeleted:
+      return H5DEPOT_EVENT_DELETED;
+    case ImageEvent::Kind::kExpired:
+      return H5DEPOT_EVENT_EXPIRED;
+    case ImageEvent::Kind::kEvicted:
+      return H5DEPOT_EVENT_EVICTED;
+    case ImageEvent::Kind::kLost:
+      return H5DEPOT_EVENT_LOST;
+  }
+  return H5DEPOT_EVENT_LOST;
+}
+
 }  // namespace h5depot::c_api
 
 using h5depot::c_api::Fail;
@@ -403,6 +421,64 @@ int h5depot_stat(h5depot_client* client, const char* image_id,
     return FailFromException();
   }
 }
+
+int h5depot_watch_start(h5depot_client* client, const char* prefix,
+                        const uint64_t* after, h5depot_watch** watch) {
+  try {
+    if (watch != nullptr) *watch = nullptr;
+    if (client == nullptr || watch == nullptr) {
+      return FailInvalid("client and watch must not be NULL");
+    }
+    h5depot::WatchOptions options;
+    if (prefix != nullptr) options.prefix = prefix;
+    if (after != nullptr) options.after = *after;
+    auto started = client->client->Watch(options);
+    if (!started.ok()) return Fail(started.status());
+    auto made = std::make_unique<h5depot_watch>();
+    made->watch = *std::move(started);
+    *watch = made.release();
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+int h5depot_watch_next(h5depot_watch* watch, int64_t timeout_ms,
+                       h5depot_event* event) {
+  try {
+    if (watch == nullptr || event == nullptr) {
+      return FailInvalid("watch and event must not be NULL");
+    }
+    const absl::Time deadline =
+        timeout_ms < 0 ? absl::InfiniteFuture()
+                       : absl::Now() + absl::Milliseconds(timeout_ms);
+    absl::StatusOr<h5depot::ImageEvent> next = watch->watch->Next(deadline);
+    if (!next.ok()) return Fail(next.status());
+    watch->image_id = std::move(next->image_id);
+    *event = h5depot_event{};
+    event->kind = h5depot::c_api::ToCEventKind(next->kind);
+    event->sequence = next->sequence;
+    event->image_id = watch->image_id.c_str();
+    event->generation = next->generation;
+    event->size = next->size;
+    event->replaced_generation = next->replaced_generation;
+    event->time_unix_micros = absl::ToUnixMicros(next->time);
+    event->first_lost_sequence = next->first_lost_sequence;
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+void h5depot_watch_cancel(h5depot_watch* watch) {
+  try {
+    if (watch != nullptr) watch->watch->Cancel();
+  } catch (...) {
+    FailFromException();
+  }
+}
+
+void h5depot_watch_close(h5depot_watch* watch) { delete watch; }
 
 int h5depot_delete(h5depot_client* client, const char* image_id) {
   try {

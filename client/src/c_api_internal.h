@@ -5,6 +5,7 @@
 #define H5DEPOT_CLIENT_C_API_INTERNAL_H_
 
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "h5depot/client.h"
@@ -13,6 +14,11 @@
 
 struct h5depot_client {
   std::unique_ptr<h5depot::Client> client;
+};
+
+struct h5depot_watch {
+  std::unique_ptr<h5depot::ImageWatch> watch;
+  std::string image_id;  // of the last event, which points into it
 };
 
 struct h5depot_view {
@@ -35,6 +41,9 @@ int Succeed();
 
 // The C++ push options for `options` (NULL: the defaults).
 ImagePushOptions ToPushOptions(const h5depot_push_options* options);
+
+// The C API's name for a kind of change.
+h5depot_event_kind ToCEventKind(ImageEvent::Kind kind);
 
 }  // namespace h5depot::c_api
 

@@ -235,6 +235,34 @@ static void check_streams(h5depot_client* client, const void* image,
         H5DEPOT_INVALID_ARGUMENT);
 }
 
+/* A watch through the C API: a publish, a replace and a delete reported
+ * in order, then a wait that gives up, then the end of the watch. */
+static void check_watch(h5depot_client* client, const void* image, size_t len) {
+  h5depot_watch* watch = NULL;
+  CHECK(h5depot_watch_start(client, "c/watched/", NULL, &watch) == H5DEPOT_OK);
+  if (watch == NULL) return;
+  uint64_t first = 0;
+  uint64_t second = 0;
+  CHECK(h5depot_push_buffer(client, "c/watched/a", image, len, &first) ==
+        H5DEPOT_OK);
+  CHECK(h5depot_push_buffer(client, "c/watched/a", image, len, &second) ==
+        H5DEPOT_OK);
+  CHECK(h5depot_delete(client, "c/watched/a") == H5DEPOT_OK);
+  h5depot_event event;
+  CHECK(h5depot_watch_next(watch, 10000, &event) == H5DEPOT_OK);
+  CHECK(event.kind == H5DEPOT_EVENT_PUBLISHED && event.generation == first &&
+        strcmp(event.image_id, "c/watched/a") == 0 && event.size == len);
+  CHECK(h5depot_watch_next(watch, 10000, &event) == H5DEPOT_OK);
+  CHECK(event.kind == H5DEPOT_EVENT_REPLACED && event.generation == second &&
+        event.replaced_generation == first);
+  CHECK(h5depot_watch_next(watch, 10000, &event) == H5DEPOT_OK);
+  CHECK(event.kind == H5DEPOT_EVENT_DELETED && event.sequence > second);
+  CHECK(h5depot_watch_next(watch, 20, &event) == H5DEPOT_DEADLINE_EXCEEDED);
+  h5depot_watch_cancel(watch);
+  CHECK(h5depot_watch_next(watch, -1, &event) == H5DEPOT_CANCELLED);
+  h5depot_watch_close(watch);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s TARGET\n", argv[0]);
@@ -289,6 +317,7 @@ int main(int argc, char** argv) {
 
   check_connect_options(argv[1], image, len);
   check_streams(client, image, len);
+  check_watch(client, image, len);
   free(image);
   check_file_images(client);
   h5depot_disconnect(client);

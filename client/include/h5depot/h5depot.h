@@ -353,6 +353,65 @@ hid_t h5depot_stream_open_next(h5depot_client* client, const char* stream,
                                const char* group, int64_t wait_ms,
                                unsigned flags, uint64_t* step);
 
+/* --- Watching changes (README.md, "Watching changes") ----------------- */
+
+/* What changed (h5depot_event.kind). */
+typedef enum h5depot_event_kind {
+  H5DEPOT_EVENT_PUBLISHED = 0, /* the first generation under its id */
+  H5DEPOT_EVENT_REPLACED = 1,  /* a new generation replacing the current */
+  H5DEPOT_EVENT_DELETED = 2,   /* removed by a delete */
+  H5DEPOT_EVENT_EXPIRED = 3,   /* removed at the end of its time to live */
+  H5DEPOT_EVENT_EVICTED = 4,   /* removed to make room (--eviction=lru) */
+  /* not a change: changes first_lost_sequence through sequence were not
+   * delivered (the server no longer kept them); look again
+   * (h5depot_stat) and go on */
+  H5DEPOT_EVENT_LOST = 5
+} h5depot_event_kind;
+
+/* One change, in the order changes took effect; sequences only grow. */
+typedef struct h5depot_event {
+  int kind; /* an h5depot_event_kind */
+  uint64_t sequence;
+  /* The image's id ("" for H5DEPOT_EVENT_LOST), owned by the watch: valid
+   * until the next h5depot_watch_next or h5depot_watch_close on it. */
+  const char* image_id;
+  /* Published, replaced: the new generation and its size; deleted,
+   * expired, evicted: the generation removed and its size. */
+  uint64_t generation;
+  uint64_t size;
+  uint64_t replaced_generation; /* H5DEPOT_EVENT_REPLACED only */
+  int64_t time_unix_micros;     /* when it took effect */
+  uint64_t first_lost_sequence; /* H5DEPOT_EVENT_LOST only */
+} h5depot_event;
+
+typedef struct h5depot_watch h5depot_watch;
+
+/* Starts watching the changes to the images whose ids start with `prefix`
+ * (NULL or "": every image): from now on, or with `after` not NULL, every
+ * change after sequence *after that the server still keeps (an
+ * H5DEPOT_EVENT_LOST first for those it does not). Returns once the watch
+ * runs on the server, so nothing done after it is missed; *watch receives
+ * it (NULL on failure). Watches travel over gRPC. */
+int h5depot_watch_start(h5depot_client* client, const char* prefix,
+                        const uint64_t* after, h5depot_watch** watch);
+
+/* The next change, waiting up to timeout_ms milliseconds (negative: for
+ * ever): H5DEPOT_DEADLINE_EXCEEDED then, and the watch goes on.
+ * H5DEPOT_UNAVAILABLE once the server stops or the connection breaks,
+ * H5DEPOT_CANCELLED after h5depot_watch_cancel: the watch is over then.
+ * For one thread at a time. */
+int h5depot_watch_next(h5depot_watch* watch, int64_t timeout_ms,
+                       h5depot_event* event);
+
+/* Ends the watch, from any thread: an h5depot_watch_next waiting on
+ * another thread returns H5DEPOT_CANCELLED. */
+void h5depot_watch_cancel(h5depot_watch* watch);
+
+/* Ends the watch and frees it (NULL: nothing); before its client is
+ * disconnected. Not while another thread is in h5depot_watch_next on it:
+ * cancel, let it return, then close. */
+void h5depot_watch_close(h5depot_watch* watch);
+
 /* Opens `len` bytes at `buf` as an HDF5 file in memory: the thread-safe
  * replacement of H5LTopen_file_image(buf, len, flags), with the same flags
  * and the ownership of the table above. Images opened at once, from any
