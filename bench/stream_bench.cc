@@ -1,7 +1,8 @@
 // Streams against their peers: one writer hands `steps` HDF5 images of one
 // size to R readers sharing one reader group, through an h5depot stream
-// (Append, or on the same host AppendMemfd of a memfd the writer fills
-// for steps of 256 KiB and more; Next + Ack), through a Redis stream (XADD;
+// (Append, or on the same host, for steps of 256 KiB and more, a step
+// buffer the writer fills, or with --memfds=1 AppendMemfd of a new memfd
+// per step; Next + Ack), through a Redis stream (XADD;
 // XREADGROUP + XACK + XDEL, the same number of client threads, hiredis), and,
 // on the same host, through files written to a /dev/shm directory and announced
 // with inotify (write, rename into place; a reader claims a file by renaming
@@ -11,7 +12,7 @@
 // starts the servers and prints the table.
 //
 //   stream_bench --peer=h5depot|redis|shm --size=BYTES --steps=N
-//                --readers=R [--target=T] [--redis-socket=PATH |
+//                --readers=R [--target=T] [--memfds=1] [--redis-socket=PATH |
 //                --redis-port=P] [--shm-dir=DIR] --image=PATH
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
@@ -99,7 +100,7 @@ int MemfdOf(const std::string& image) {
 // ---------------------------------------------------------------- h5depot
 
 double RunH5depot(const std::string& target, const std::string& image,
-                  uint64_t steps, int readers) {
+                  uint64_t steps, int readers, bool memfds) {
   auto writer = h5depot::Client::Connect(target);
   if (!writer.ok()) Die(std::string(writer.status().message()));
   const std::string stream = absl::StrCat(
@@ -136,18 +137,26 @@ double RunH5depot(const std::string& target, const std::string& image,
   }
   h5depot::AppendOptions append;
   append.wait_for_room = absl::Seconds(120);
-  // On this host the writer makes each step of 256 KiB or more in a memfd
-  // of its own (one write, as the /dev/shm peer's file) and hands it
-  // over; smaller steps, and any elsewhere, it sends as bytes (AppendMemfd
-  // would send a smaller one's bytes too).
+  // On this host the writer builds each step of 256 KiB or more in a step
+  // buffer (Client::BeginStep: one copy of the image, as the /dev/shm
+  // peer's one write of its file) and hands it over; with --memfds, in a
+  // new memfd of its own each (AppendMemfd), as before step buffers.
+  // Smaller steps, and any elsewhere, it sends as bytes (CommitStep and
+  // AppendMemfd would send a smaller one's bytes too).
   const bool same_host =
       target.rfind("unix:", 0) == 0 && image.size() >= (size_t{256} << 10);
   for (uint64_t i = 0; i < steps; ++i) {
     absl::StatusOr<h5depot::AppendedStep> appended;
-    if (same_host) {
+    if (same_host && memfds) {
       const int memfd = MemfdOf(image);
       appended = (*writer)->AppendMemfd(stream, memfd, image.size(), append);
       close(memfd);
+    } else if (same_host) {
+      absl::StatusOr<h5depot::StepBuffer> buffer =
+          (*writer)->BeginStep(stream, image.size(), append);
+      if (!buffer.ok()) Die(std::string(buffer.status().message()));
+      std::memcpy(buffer->data(), image.data(), image.size());
+      appended = (*writer)->CommitStep(*std::move(buffer), append);
     } else {
       appended = (*writer)->Append(stream, image.data(), image.size(), append);
     }
@@ -337,7 +346,8 @@ int main(int argc, char** argv) {
   const std::string peer = get("peer");
   double seconds = 0;
   if (peer == "h5depot") {
-    seconds = RunH5depot(get("target"), image, steps, readers);
+    seconds = RunH5depot(get("target"), image, steps, readers,
+                         args.count("memfds") != 0 && args.at("memfds") == "1");
   } else if (peer == "redis") {
     seconds = RunRedis(args, image, steps, readers);
   } else if (peer == "shm") {

@@ -40,7 +40,8 @@ bool SameRequest(const RequestHeader& a, const RequestHeader& b) {
          a.descriptor_only == b.descriptor_only &&
          a.newer_than == b.newer_than &&
          a.replica_generation == b.replica_generation &&
-         a.stream_append == b.stream_append && a.client_cpu == b.client_cpu;
+         a.stream_append == b.stream_append && a.step_buffer == b.step_buffer &&
+         a.client_cpu == b.client_cpu;
 }
 
 bool SameResponse(const Response& a, const Response& b) {
@@ -99,6 +100,9 @@ void CheckRequestHeader(const uint8_t* data, size_t size) {
              header.op == Op::kUnpin || header.op == Op::kNext);
   if (header.stream_append) {
     FUZZ_CHECK(header.op == Op::kPut || header.op == Op::kPutSealed);
+  }
+  if (header.step_buffer) {
+    FUZZ_CHECK(header.op == Op::kPutSealed && header.stream_append);
   }
   if (header.op == Op::kNext) {
     FUZZ_CHECK(header.size >= kNextBodyFixedBytes &&
@@ -212,6 +216,8 @@ void CheckRoundTrips(const uint8_t* data, size_t size) {
     request.wait_ms = 0;
     request.replica_generation = provider.ConsumeIntegral<uint64_t>();
     request.stream_append = provider.ConsumeBool();
+    request.step_buffer = request.op == Op::kPutSealed &&
+                          request.stream_append && provider.ConsumeBool();
   }
   if (request.op == Op::kNext) {
     // A NEXT has a wait and a body's length, and nothing of a push.

@@ -436,6 +436,32 @@ TEST(LaneProtocolTest, OnlyAPutMayAppendToAStream) {
   }
 }
 
+// A step buffer rides only on a PUT_SEALED that appends to a stream.
+TEST(LaneProtocolTest, OnlyASealedStreamAppendMayCarryAStepBuffer) {
+  for (lane::Op op : {lane::Op::kPut, lane::Op::kPutSealed, lane::Op::kGet}) {
+    for (bool stream_append : {false, true}) {
+      lane::RequestHeader header;
+      header.op = op;
+      header.stream_append = stream_append && op != lane::Op::kGet;
+      uint8_t raw[lane::kRequestHeaderBytes];
+      lane::EncodeRequestHeader(header, raw);
+      raw[1] |= 16;  // the step buffer flag
+      lane::RequestHeader decoded;
+      const absl::Status status = lane::DecodeRequestHeader(raw, &decoded);
+      if (op == lane::Op::kPutSealed && stream_append) {
+        ASSERT_TRUE(status.ok()) << status;
+        EXPECT_TRUE(decoded.step_buffer);
+        uint8_t again[lane::kRequestHeaderBytes];
+        lane::EncodeRequestHeader(decoded, again);
+        EXPECT_EQ(std::memcmp(raw, again, sizeof(raw)), 0);
+      } else {
+        EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument)
+            << static_cast<int>(op) << " " << stream_append;
+      }
+    }
+  }
+}
+
 TEST(LaneProtocolTest, NextBodiesAndStepTrailersRoundTripAndAreChecked) {
   lane::NextBody body;
   body.start = lane::NextBody::Start::kStep;

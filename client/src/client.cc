@@ -23,6 +23,7 @@
 #include "client/src/mapped_file_internal.h"
 #include "client/src/process_transports_internal.h"
 #include "client/src/server_target_internal.h"
+#include "client/src/step_buffers_internal.h"
 #include "client/src/tls_source_internal.h"
 #include "client/src/token_source_internal.h"
 #include "h5depot/internal/checksum.h"
@@ -170,6 +171,8 @@ struct Client::Impl {
   // One server's transports, or else the cluster.
   std::optional<internal::PerProcessTransports> per_process;
   std::unique_ptr<internal::Cluster> cluster;
+  // The buffers BeginStep lends (Lend and Trim are thread-safe).
+  internal::StepBufferPool step_buffers;
 
   // The deadlines of a call starting now that waits up to `wait` for an
   // image to appear (client.h, "Deadlines").
@@ -778,8 +781,103 @@ absl::StatusOr<AppendedStep> Client::AppendWithRoom(
   }
 }
 
+StepBuffer::StepBuffer() = default;
+
+StepBuffer::~StepBuffer() {
+  if (slot_ != nullptr) slot_->lent.store(false);
+}
+
+StepBuffer::StepBuffer(StepBuffer&& other) noexcept
+    : stream_(std::move(other.stream_)),
+      size_(std::exchange(other.size_, 0)),
+      slot_(std::move(other.slot_)) {}
+
+StepBuffer& StepBuffer::operator=(StepBuffer&& other) noexcept {
+  if (this != &other) {
+    if (slot_ != nullptr) slot_->lent.store(false);
+    stream_ = std::move(other.stream_);
+    size_ = std::exchange(other.size_, 0);
+    slot_ = std::move(other.slot_);
+  }
+  return *this;
+}
+
+void* StepBuffer::data() const {
+  return slot_ == nullptr ? nullptr : slot_->mapping.data();
+}
+
+absl::StatusOr<StepBuffer> Client::BeginStep(std::string_view stream,
+                                             size_t size,
+                                             const AppendOptions& options) {
+  const std::string what =
+      absl::StrCat("begin a step of stream ", Quoted(stream));
+  if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
+    return Annotate(status, what);
+  }
+  if (size == 0) {
+    return Annotate(absl::InvalidArgumentError("a step of 0 bytes"), what);
+  }
+  absl::StatusOr<std::shared_ptr<internal::StepBufferSlot>> slot =
+      impl_->step_buffers.Lend(size, absl::Now() + options.wait_for_room);
+  if (!slot.ok()) return Annotate(slot.status(), what);
+  StepBuffer buffer;
+  buffer.stream_ = std::string(stream);
+  buffer.size_ = size;
+  buffer.slot_ = *std::move(slot);
+  return buffer;
+}
+
+absl::StatusOr<AppendedStep> Client::CommitStep(StepBuffer buffer,
+                                                const AppendOptions& options) {
+  const std::string what =
+      absl::StrCat("commit a step to stream ", Quoted(buffer.stream_));
+  if (buffer.slot_ == nullptr) {
+    return Annotate(absl::InvalidArgumentError(
+                        "an empty step buffer (moved from, or never lent)"),
+                    what);
+  }
+  // `buffer` goes back to the pool as this call returns; the pool lends it
+  // again only once every holder of the step closed its release pipe.
+  internal::StepBufferSlot& slot = *buffer.slot_;
+  const std::string& stream = buffer.stream_;
+  internal::PushBytes bytes;
+  bytes.data = static_cast<const uint8_t*>(slot.mapping.data());
+  bytes.size = buffer.size_;
+  // A small step is cheaper to send than to hand over (as AppendMemfd's);
+  // a cluster's and a replica's steps go as bytes.
+  if (impl_->cluster != nullptr || bytes.size < kSmallestHandedOverStep ||
+      options.replica_step.has_value()) {
+    return AppendBytes(stream, bytes, options);
+  }
+  absl::StatusOr<internal::Transports*> transports = impl_->transports();
+  if (!transports.ok()) return Annotate(transports.status(), what);
+  internal::ImageTransport& images = *(*transports)->images;
+  auto hand_over = [&]() -> absl::StatusOr<ImageInfo> {
+    // A pipe of its own for each attempt: a refused one is closed by the
+    // server at once, so only the taken one keeps the buffer held.
+    absl::StatusOr<internal::UniqueFd> release_signal =
+        impl_->step_buffers.NewHolder(slot);
+    if (!release_signal.ok()) return release_signal.status();
+    return images.PushSealed(stream, slot.memfd.get(), bytes.size,
+                             PushOptions{}, impl_->Deadline().Whole(0),
+                             /*stream_append=*/true, release_signal->get());
+  };
+  absl::StatusOr<ImageInfo> handed = hand_over();
+  if (absl::IsUnimplemented(handed.status())) {
+    // No descriptor can pass (another host, TLS, a server without step
+    // buffers): the bytes, as Append sends them.
+    return AppendBytes(stream, bytes, options);
+  }
+  bool first = true;
+  return AppendWithRoom(stream, bytes.size, options, [&]() {
+    if (std::exchange(first, false)) return handed;
+    return hand_over();
+  });
+}
+
 absl::StatusOr<StreamInfo> Client::FinishStream(std::string_view stream) {
   const std::string what = absl::StrCat("finish stream ", Quoted(stream));
+  impl_->step_buffers.Trim();
   if (impl_->cluster != nullptr) {
     std::optional<StreamInfo> info;  // the acting primary's
     const absl::Status finished =

@@ -391,9 +391,11 @@ absl::StatusOr<hid_t> OpenFileImage(ImageBuffer image, unsigned flags) {
         "an ImageBuffer is always handed over to HDF5: "
         "H5LT_FILE_IMAGE_DONT_RELEASE does not apply");
   }
-  if (image.is_mapped()) {
+  const bool read_write = (flags & H5LT_FILE_IMAGE_OPEN_RW) != 0;
+  // A read-only mapping opened read-write goes by a copy (Release() below).
+  if (image.is_mapped() && !(read_write && image.is_read_only())) {
     absl::StatusOr<OpenedImage> opened =
-        OpenMapped(std::move(image), (flags & H5LT_FILE_IMAGE_OPEN_RW) != 0);
+        OpenMapped(std::move(image), read_write);
     if (!opened.ok()) return opened.status();
     return opened->file;
   }
@@ -466,7 +468,7 @@ absl::StatusOr<std::unique_ptr<WritableImage>> WritableImage::Open(
     ImageBuffer image) {
   const size_t size = image.size();
   absl::StatusOr<OpenedImage> opened =
-      image.is_mapped()
+      image.is_mapped() && !image.is_read_only()
           ? OpenMapped(std::move(image), /*read_write=*/true)
           : OpenImage(image.Release(), size,
                       H5LT_FILE_IMAGE_OPEN_RW | H5LT_FILE_IMAGE_DONT_COPY);

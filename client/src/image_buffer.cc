@@ -53,6 +53,10 @@ ImageBuffer& ImageBuffer::operator=(ImageBuffer&& other) noexcept {
   return *this;
 }
 
+bool ImageBuffer::is_read_only() const {
+  return internal::MappedImage::IsReadOnly(*this);
+}
+
 void* ImageBuffer::Release() {
   if (mapping_ != nullptr) {
     void* copy = std::malloc(size_ == 0 ? 1 : size_);

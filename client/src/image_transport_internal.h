@@ -109,13 +109,19 @@ class ImageTransport {
   // UNIMPLEMENTED, with nothing sent, where descriptors cannot pass (not
   // over the server's Unix socket, or a server that does not take them):
   // the caller then sends the bytes. With `stream_append`, as
-  // PushBytes::stream_append.
+  // PushBytes::stream_append. With a `release_signal` too (the write end
+  // of a pipe), `memfd` is a step buffer the writer reuses, sealed only
+  // against resizing (kSealsOfStepBuffer), and the pipe's end goes with it
+  // (lane_protocol.h, PUT_SEALED); UNIMPLEMENTED where the server takes
+  // no step buffers.
   virtual absl::StatusOr<ImageInfo> PushSealed(std::string_view image_id,
                                                int memfd, uint64_t size,
                                                const PushOptions& options,
                                                absl::Time deadline,
-                                               bool stream_append) {
+                                               bool stream_append,
+                                               int release_signal = -1) {
     static_cast<void>(stream_append);
+    static_cast<void>(release_signal);
     static_cast<void>(image_id);
     static_cast<void>(memfd);
     static_cast<void>(size);

@@ -217,7 +217,7 @@ absl::StatusOr<std::unique_ptr<DataLane::Connection>> DataLane::Dial(
   // Descriptors pass only over a Unix socket; each is received straight
   // into this process's table, so it must accept them before the hello.
   if (host_.empty() && credentials_.share_memory) {
-    offered |= lane::kFeatureDescriptors;
+    offered |= lane::kFeatureDescriptors | lane::kFeatureStepBuffers;
     connection->socket().AcceptDescriptors();
   }
   connection->offered = offered;
@@ -246,6 +246,7 @@ absl::Status DataLane::AwaitGreeting(Connection& connection,
   connection.reads = (agreed & lane::kFeatureRead) != 0;
   connection.pins = (agreed & lane::kFeaturePin) != 0;
   connection.streams = (agreed & lane::kFeatureStreams) != 0;
+  connection.step_buffers = (agreed & lane::kFeatureStepBuffers) != 0;
   if ((agreed & lane::kFeatureDescriptors) != 0) {
     connection.shares_memory = true;
     connection.leases = std::make_shared<LeaseLedger>();
@@ -778,7 +779,8 @@ absl::StatusOr<LeasedStep> DataLane::Next(
 
 absl::StatusOr<Mapping> DataLane::MapLeased(
     std::unique_ptr<Connection>& connection, const lane::Response& response,
-    Mapping::Access access, bool* take_bytes) {
+    Mapping::Access access, bool* take_bytes,
+    std::shared_ptr<const Mapping>* step_buffer) {
   // The server holds a lease from here on, whatever this end makes of it.
   std::shared_ptr<LeaseLedger> leases = connection->leases;
   {
@@ -792,13 +794,29 @@ absl::StatusOr<Mapping> DataLane::MapLeased(
     unusable = connection->socket().TakeLostDescriptors()
                    ? absl::ResourceExhaustedError("out of descriptors")
                    : absl::InternalError("a memfd answer without its memfd");
-  } else if (absl::StatusOr<uint64_t> length =
-                 CheckSealedImage(memfd.get(), kSealsFromServer, response.size);
-             !length.ok()) {
-    unusable = length.status();
   } else {
-    mapping = Mapping::Map(memfd.get(), response.size, access);
-    if (!mapping.ok()) unusable = mapping.status();
+    // A writer's step buffer is not sealed against writes (its writer
+    // fills it again once every holder let go): only read here.
+    const bool writers = !IsWriteSealed(memfd.get());
+    absl::StatusOr<uint64_t> length = CheckSealedImage(
+        memfd.get(), writers ? kSealsOfStepBuffer : kSealsFromServer,
+        response.size);
+    if (!length.ok()) {
+      unusable = length.status();
+    } else if (writers && step_buffer != nullptr) {
+      absl::StatusOr<std::shared_ptr<const Mapping>> kept =
+          step_mappings_.Map(memfd.get(), *length);
+      if (kept.ok()) {
+        *step_buffer = *std::move(kept);
+        mapping = Mapping();
+      } else {
+        unusable = kept.status();
+      }
+    } else {
+      mapping = Mapping::Map(memfd.get(), response.size,
+                             writers ? Mapping::Access::kReadOnly : access);
+      if (!mapping.ok()) unusable = mapping.status();
+    }
   }
   if (!unusable.ok()) {
     {
@@ -817,28 +835,36 @@ absl::StatusOr<FetchedImage> DataLane::ReceiveMapped(
     std::unique_ptr<Connection> connection, const lane::Response& response,
     std::string_view image_id, const FetchOptions& options, bool* take_bytes) {
   // Copy-on-write: the buffer reads the server's pages, and a write makes a
-  // private copy of the page it lands on.
-  absl::StatusOr<Mapping> mapping = MapLeased(
-      connection, response, Mapping::Access::kCopyOnWrite, take_bytes);
+  // private copy of the page it lands on. A writer's step buffer instead
+  // maps read-only, that mapping kept for the buffer's next step.
+  std::shared_ptr<const Mapping> step_buffer;
+  absl::StatusOr<Mapping> mapping =
+      MapLeased(connection, response, Mapping::Access::kCopyOnWrite, take_bytes,
+                &step_buffer);
   if (!mapping.ok()) return mapping.status();
   std::shared_ptr<LeaseLedger> leases = connection->leases;
   const uint64_t generation = response.generation;
   FetchedImage fetched;
   fetched.info = ToImageInfo(response, image_id);
-  fetched.buffer = MappedImage::Wrap(
-      *std::move(mapping), response.size,
-      [leases, lane = self_, generation, forks = ForkGeneration()]() {
-        // A forked child's copy of the buffer: the lease and the
-        // connection are the parent's.
-        if (ForkGeneration() != forks) return;
-        {
-          MutexLock lock(&leases->mutex);
-          leases->due.push_back(generation);
-        }
-        if (std::shared_ptr<DataLane> alive = lane.lock()) {
-          alive->FlushReleases(leases);
-        }
-      });
+  auto release = [leases, lane = self_, generation,
+                  forks = ForkGeneration()]() {
+    // A forked child's copy of the buffer: the lease and the
+    // connection are the parent's.
+    if (ForkGeneration() != forks) return;
+    {
+      MutexLock lock(&leases->mutex);
+      leases->due.push_back(generation);
+    }
+    if (std::shared_ptr<DataLane> alive = lane.lock()) {
+      alive->FlushReleases(leases);
+    }
+  };
+  fetched.buffer =
+      step_buffer != nullptr
+          ? MappedImage::WrapReadOnly(std::move(step_buffer), response.size,
+                                      std::move(release))
+          : MappedImage::Wrap(*std::move(mapping), response.size,
+                              std::move(release));
   GiveBack(std::move(connection));
   ReportSentInOne(options.progress, response.size);
   return fetched;
@@ -878,7 +904,7 @@ absl::StatusOr<FetchedImage> DataLane::SinkMapped(
 absl::StatusOr<ImageInfo> DataLane::PushSealed(
     std::unique_ptr<Connection> connection, std::string_view image_id,
     int memfd, uint64_t size, const PushOptions& options, absl::Time deadline,
-    bool stream_append) {
+    bool stream_append, int release_signal) {
   if (!connection->shares_memory) {
     GiveBack(std::move(connection));
     return absl::UnimplementedError(
@@ -888,6 +914,12 @@ absl::StatusOr<ImageInfo> DataLane::PushSealed(
     GiveBack(std::move(connection));
     return absl::UnimplementedError(
         "the data lane's server does not take stream appends");
+  }
+  const bool step_buffer = release_signal >= 0;
+  if (step_buffer && (!stream_append || !connection->step_buffers)) {
+    GiveBack(std::move(connection));
+    return absl::UnimplementedError(
+        "the data lane's server does not take step buffers");
   }
   if (absl::Status status = CheckFramable(image_id); !status.ok()) {
     return status;
@@ -900,13 +932,14 @@ absl::StatusOr<ImageInfo> DataLane::PushSealed(
   request.ttl_ms = ToMillis(options.ttl);
   request.replica_generation = options.replica_generation;
   request.stream_append = stream_append;
+  request.step_buffer = step_buffer;
   request.client_cpu = ClientCpu(*connection);
   uint8_t header[lane::kRequestHeaderBytes];
   lane::EncodeRequestHeader(request, header);
   iovec iov[2] = {{header, sizeof(header)},
                   {const_cast<char*>(image_id.data()), image_id.size()}};
-  if (absl::Status status =
-          connection->socket().SendAllWithDescriptor(iov, 2, memfd, deadline);
+  if (absl::Status status = connection->socket().SendAllWithDescriptors(
+          iov, 2, memfd, release_signal, deadline);
       !status.ok()) {
     return status;
   }

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/src/image_transport_internal.h"
+#include "client/src/step_buffers_internal.h"
 #include "h5depot/client.h"
 #include "h5depot/internal/lane_protocol.h"
 #include "h5depot/internal/lane_socket.h"
@@ -111,6 +112,7 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
 
     // Whether the server takes stream appends (lane::kFeatureStreams).
     bool streams = false;
+    bool step_buffers = false;  // kFeatureStepBuffers agreed
 
     // Who answered, when the server said (lane::kFeatureIdentity).
     std::optional<lane::Identity> identity;
@@ -232,12 +234,14 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
   // every change (kSealsFromClient), by handing the server the descriptor:
   // no byte is sent. UNIMPLEMENTED, with nothing sent, when `connection`
   // cannot (not a Unix socket, or a server that does not take memfds, or,
-  // with `stream_append` (as Push's), stream appends).
+  // with `stream_append` (as Push's), stream appends, or, with a
+  // `release_signal`, step buffers: ImageTransport::PushSealed).
   absl::StatusOr<ImageInfo> PushSealed(std::unique_ptr<Connection> connection,
                                        std::string_view image_id, int memfd,
                                        uint64_t size,
                                        const PushOptions& options,
-                                       absl::Time deadline, bool stream_append);
+                                       absl::Time deadline, bool stream_append,
+                                       int release_signal = -1);
 
   // Sends the RELEASEs due on the connection of `leases` now if it is idle
   // in the pool; otherwise the call using it sends them as it gives it back.
@@ -293,10 +297,13 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
   // mapped with `access`, under a lease the caller ends (LeaseLedger).
   // When it cannot be used the lease ends at once, the connection goes back
   // to the pool (`connection` is then null), `*take_bytes` is set and the
-  // error is UNAVAILABLE.
-  absl::StatusOr<Mapping> MapLeased(std::unique_ptr<Connection>& connection,
-                                    const lane::Response& response,
-                                    Mapping::Access access, bool* take_bytes);
+  // error is UNAVAILABLE. A writer's step buffer (sealed only against
+  // resizing) is mapped read-only; with `step_buffer` given, through
+  // step_mappings_ into `*step_buffer`, the Mapping returned then empty.
+  absl::StatusOr<Mapping> MapLeased(
+      std::unique_ptr<Connection>& connection, const lane::Response& response,
+      Mapping::Access access, bool* take_bytes,
+      std::shared_ptr<const Mapping>* step_buffer = nullptr);
   // A streamed fetch (FetchTo) answered with a descriptor: the mapping is
   // handed to `sink` a window at a time, each released once handed on,
   // then unmapped and its lease released; nothing is copied here.
@@ -326,6 +333,8 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
   const LaneCredentials credentials_;
   // This lane, for the buffers it maps to find it (or learn it is gone).
   std::weak_ptr<DataLane> self_;
+  // The step buffers this lane's fetches mapped, kept for their next steps.
+  StepBufferMappings step_mappings_;
 
   // Taken twice per call: an internal::Mutex, as everywhere in the client
   // (h5depot/internal/mutex.h says why not absl::Mutex).

@@ -141,11 +141,13 @@ absl::StatusOr<LeasedStep> LaneFallbackTransport::NextStep(
 
 absl::StatusOr<ImageInfo> LaneFallbackTransport::PushSealed(
     std::string_view image_id, int memfd, uint64_t size,
-    const PushOptions& options, absl::Time deadline, bool stream_append) {
+    const PushOptions& options, absl::Time deadline, bool stream_append,
+    int release_signal) {
   LaneCall call = StartLaneCall(deadline);
   if (call.connection != nullptr) {
     return call.lane->PushSealed(std::move(call.connection), image_id, memfd,
-                                 size, options, deadline, stream_append);
+                                 size, options, deadline, stream_append,
+                                 release_signal);
   }
   if (!call.unreachable.ok()) return call.unreachable;
   return absl::UnimplementedError("no data lane to pass the memfd over");

@@ -63,8 +63,8 @@ class LaneFallbackTransport final : public ImageTransport {
   absl::StatusOr<ImageInfo> PushSealed(std::string_view image_id, int memfd,
                                        uint64_t size,
                                        const PushOptions& options,
-                                       absl::Time deadline,
-                                       bool stream_append) override;
+                                       absl::Time deadline, bool stream_append,
+                                       int release_signal = -1) override;
   absl::StatusOr<ReadResult> Read(std::string_view image_id,
                                   uint64_t generation, uint64_t offset,
                                   void* out, size_t length,

@@ -6,6 +6,7 @@
 #define H5DEPOT_CLIENT_MAPPED_IMAGE_INTERNAL_H_
 
 #include <cstddef>
+#include <memory>
 
 #include "absl/functional/any_invocable.h"
 #include "h5depot/image_buffer.h"
@@ -22,6 +23,14 @@ class MappedImage {
   // A buffer of the first `size` bytes of `mapping` (at most its length),
   // which it owns from now on.
   static ImageBuffer Wrap(Mapping mapping, size_t size, OnUnmapped on_unmapped);
+  // A read-only buffer of the first `size` bytes of `mapping`, a mapping
+  // kept elsewhere too (a step buffer's, StepBufferMappings), which the
+  // buffer holds until it goes.
+  static ImageBuffer WrapReadOnly(std::shared_ptr<const Mapping> mapping,
+                                  size_t size, OnUnmapped on_unmapped);
+
+  // Whether `buffer` (mapped) may not be written to.
+  static bool IsReadOnly(const ImageBuffer& buffer);
 
   // Makes `buffer`, a mapped one, `size` bytes long (never longer than its
   // mapping); the mapping stays whole.
@@ -34,8 +43,11 @@ class MappedImage {
  private:
   MappedImage(Mapping mapping, OnUnmapped on_unmapped)
       : mapping_(std::move(mapping)), on_unmapped_(std::move(on_unmapped)) {}
+  MappedImage(std::shared_ptr<const Mapping> shared, OnUnmapped on_unmapped)
+      : shared_(std::move(shared)), on_unmapped_(std::move(on_unmapped)) {}
 
-  Mapping mapping_;
+  Mapping mapping_;                        // owned, or
+  std::shared_ptr<const Mapping> shared_;  // held, read-only
   OnUnmapped on_unmapped_;
 };
 

@@ -13,6 +13,7 @@ constexpr uint8_t kHasGenerationMatch = 1;
 constexpr uint8_t kAcceptsDescriptor = 2;
 constexpr uint8_t kDescriptorOnly = 4;
 constexpr uint8_t kStreamAppend = 8;
+constexpr uint8_t kStepBuffer = 16;
 
 // Response flag bits.
 constexpr uint8_t kWithDescriptor = 1;
@@ -115,7 +116,8 @@ void EncodeRequestHeader(const RequestHeader& header,
   out[1] = (header.if_generation_match.has_value() ? kHasGenerationMatch : 0) |
            (header.accepts_descriptor ? kAcceptsDescriptor : 0) |
            (header.descriptor_only ? kDescriptorOnly : 0) |
-           (header.stream_append ? kStreamAppend : 0);
+           (header.stream_append ? kStreamAppend : 0) |
+           (header.step_buffer ? kStepBuffer : 0);
   Put16(header.image_id_bytes, out + 2);
   if (header.client_cpu.has_value() && *header.client_cpu < UINT32_MAX) {
     Put32(*header.client_cpu + 1, out + 4);
@@ -152,7 +154,7 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
         absl::StrCat("unknown data lane request ", in[0]));
   }
   if ((in[1] & ~(kHasGenerationMatch | kAcceptsDescriptor | kDescriptorOnly |
-                 kStreamAppend)) != 0) {
+                 kStreamAppend | kStepBuffer)) != 0) {
     return absl::InvalidArgumentError("unknown data lane request flags");
   }
   header->op = static_cast<Op>(in[0]);
@@ -165,6 +167,12 @@ absl::Status DecodeRequestHeader(const uint8_t in[kRequestHeaderBytes],
   header->accepts_descriptor = (in[1] & kAcceptsDescriptor) != 0;
   header->descriptor_only = (in[1] & kDescriptorOnly) != 0;
   header->stream_append = (in[1] & kStreamAppend) != 0;
+  header->step_buffer = (in[1] & kStepBuffer) != 0;
+  if (header->step_buffer &&
+      (header->op != Op::kPutSealed || !header->stream_append)) {
+    return absl::InvalidArgumentError(
+        "a step buffer that is not a PUT_SEALED stream append");
+  }
   if (header->stream_append && header->op != Op::kPut &&
       header->op != Op::kPutSealed) {
     return absl::InvalidArgumentError(

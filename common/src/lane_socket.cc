@@ -164,7 +164,7 @@ absl::Status LaneSocket::AwaitReady(short events, absl::Time deadline) {
 absl::Status LaneSocket::SendAll(struct iovec* iov, int count,
                                  absl::Time deadline) {
   if (ssl_ != nullptr) return TlsSendAll(iov, count, deadline);
-  return SendAllPlain(iov, count, -1, deadline);
+  return SendAllPlain(iov, count, {-1, -1}, deadline);
 }
 
 absl::Status LaneSocket::SendAllWithDescriptor(struct iovec* iov, int count,
@@ -173,11 +173,24 @@ absl::Status LaneSocket::SendAllWithDescriptor(struct iovec* iov, int count,
   if (ssl_ != nullptr) {
     return absl::FailedPreconditionError("descriptors cannot be sent over TLS");
   }
-  return SendAllPlain(iov, count, descriptor, deadline);
+  return SendAllPlain(iov, count, {descriptor, -1}, deadline);
+}
+
+absl::Status LaneSocket::SendAllWithDescriptors(struct iovec* iov, int count,
+                                                int first, int second,
+                                                absl::Time deadline) {
+  if (ssl_ != nullptr) {
+    return absl::FailedPreconditionError("descriptors cannot be sent over TLS");
+  }
+  return SendAllPlain(iov, count, {first, second}, deadline);
 }
 
 absl::Status LaneSocket::SendAllPlain(struct iovec* iov, int count,
-                                      int descriptor, absl::Time deadline) {
+                                      const int (&descriptors)[2],
+                                      absl::Time deadline) {
+  const int riding =
+      (descriptors[0] >= 0 ? 1 : 0) + (descriptors[1] >= 0 ? 1 : 0);
+  bool descriptors_sent = riding == 0;
   const int flags =
       MSG_NOSIGNAL | (deadline == absl::InfiniteFuture() ? 0 : MSG_DONTWAIT);
   while (count > 0) {
@@ -189,20 +202,26 @@ absl::Status LaneSocket::SendAllPlain(struct iovec* iov, int count,
     msghdr message{};
     message.msg_iov = iov;
     message.msg_iovlen = static_cast<size_t>(std::min(count, IOV_MAX));
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-    if (descriptor >= 0) {
-      // On the first bytes only: once any went, the descriptor went too.
+    alignas(cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))];
+    if (!descriptors_sent) {
+      // On the first bytes only: once any went, the descriptors went too.
+      const size_t bytes = static_cast<size_t>(riding) * sizeof(int);
       std::memset(control, 0, sizeof(control));
       message.msg_control = control;
-      message.msg_controllen = sizeof(control);
+      message.msg_controllen = CMSG_SPACE(bytes);
       cmsghdr* header = CMSG_FIRSTHDR(&message);
       header->cmsg_level = SOL_SOCKET;
       header->cmsg_type = SCM_RIGHTS;
-      header->cmsg_len = CMSG_LEN(sizeof(int));
-      std::memcpy(CMSG_DATA(header), &descriptor, sizeof(int));
+      header->cmsg_len = CMSG_LEN(bytes);
+      unsigned char* out = CMSG_DATA(header);
+      for (const int descriptor : descriptors) {
+        if (descriptor < 0) continue;
+        std::memcpy(out, &descriptor, sizeof(int));
+        out += sizeof(int);
+      }
     }
     const ssize_t sent = ::sendmsg(fd_, &message, flags);
-    if (sent > 0) descriptor = -1;
+    if (sent > 0) descriptors_sent = true;
     if (sent < 0) {
       if (errno == EINTR) continue;
       if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
@@ -261,7 +280,7 @@ ssize_t LaneSocket::ReceivePlain(void* data, size_t size, int flags) {
   msghdr message{};
   message.msg_iov = &iov;
   message.msg_iovlen = 1;
-  // Room for a few: a peer sends at most one per message, and a receive
+  // Room for a few: a peer sends at most two per message, and a receive
   // stops at the next message that carries one.
   alignas(cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))];
   message.msg_control = control;

@@ -65,6 +65,11 @@ absl::Status AddSeals(int fd, int seals) {
       absl::StrCat("cannot seal: ", std::strerror(error)));
 }
 
+bool IsWriteSealed(int fd) {
+  const int present = fcntl(fd, F_GET_SEALS);
+  return present >= 0 && (present & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)) != 0;
+}
+
 absl::StatusOr<uint64_t> CheckSealedImage(int fd, int seals, uint64_t size) {
   int present = fcntl(fd, F_GET_SEALS);
   if (present < 0) {

@@ -260,11 +260,13 @@ absl::StatusOr<std::unique_ptr<PendingImage>> DepotOperations::BeginPush(
 }
 
 absl::StatusOr<ImageRef> DepotOperations::PublishSealed(
-    const Caller& caller, PushParams params, internal::UniqueFd memfd) {
+    const Caller& caller, PushParams params, internal::UniqueFd memfd,
+    internal::UniqueFd release_signal) {
   absl::StatusOr<PushRequest> request =
       PushRequestFor(caller, std::move(params));
   if (!request.ok()) return request.status();
-  return store_->PublishSealed(*std::move(request), std::move(memfd));
+  return store_->PublishSealed(*std::move(request), std::move(memfd),
+                               std::move(release_signal));
 }
 
 absl::StatusOr<ImageRef> DepotOperations::FinishPush(

@@ -333,9 +333,11 @@ class DepotOperations {
   // against every change (ImageStore::PublishSealed): authorised and
   // charged like BeginPush, published without copying (params.checksum is
   // not used).
-  absl::StatusOr<ImageRef> PublishSealed(const Caller& caller,
-                                         PushParams params,
-                                         internal::UniqueFd memfd);
+  // With `release_signal`, `memfd` is a stream writer's step buffer
+  // (ImageStore::PublishSealed says how it differs).
+  absl::StatusOr<ImageRef> PublishSealed(
+      const Caller& caller, PushParams params, internal::UniqueFd memfd,
+      internal::UniqueFd release_signal = internal::UniqueFd());
 
   // A lease on `image` for a client on this host about to be handed its
   // memfd (ImageStore::Lease).

@@ -373,9 +373,12 @@ StoredImage::~StoredImage() {
   if (quota_ != nullptr) {
     quota_->used_bytes_.fetch_sub(charged_bytes_, std::memory_order_relaxed);
   }
-  if (budget_ == nullptr) return;
-  budget_->Free(data_, capacity_, memfd_, !shared_.load());
-  budget_->Release(charged_bytes_);
+  if (budget_ != nullptr) {
+    budget_->Free(data_, capacity_, memfd_, !shared_.load());
+    budget_->Release(charged_bytes_);
+  }
+  // Last: the writer may fill its buffer again once this end closes.
+  if (release_signal_ >= 0) close(release_signal_);
 }
 
 uint64_t StoredImage::checksum() const {
@@ -728,14 +731,22 @@ absl::StatusOr<std::unique_ptr<PendingImage>> ImageStore::BeginPush(
   return pending;
 }
 
-absl::StatusOr<ImageRef> ImageStore::PublishSealed(PushRequest request,
-                                                   internal::UniqueFd memfd) {
-  absl::StatusOr<uint64_t> length = internal::CheckSealedImage(
-      memfd.get(), internal::kSealsFromClient, request.size);
+absl::StatusOr<ImageRef> ImageStore::PublishSealed(
+    PushRequest request, internal::UniqueFd memfd,
+    internal::UniqueFd release_signal) {
+  const bool step_buffer = static_cast<bool>(release_signal);
+  absl::StatusOr<uint64_t> length =
+      step_buffer && !request.stream_append
+          ? absl::InvalidArgumentError("a step buffer outside a stream")
+          : internal::CheckSealedImage(memfd.get(),
+                                       step_buffer
+                                           ? internal::kSealsOfStepBuffer
+                                           : internal::kSealsFromClient,
+                                       request.size);
   if (!length.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("push of '", request.image_id,
-                     "' as a memfd refused: ", length.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        request.stream_append ? "append to '" : "push of '", request.image_id,
+        "' as a memfd refused: ", length.status().message()));
   }
   if (request.size == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -764,6 +775,7 @@ absl::StatusOr<ImageRef> ImageStore::PublishSealed(PushRequest request,
     image->capacity_ = mapping->length();
     image->data_ = static_cast<uint8_t*>(mapping->Release());
     image->memfd_ = memfd.Release();
+    image->release_signal_ = release_signal.Release();
     if (options_.require_hdf5 &&
         !internal::FindSuperblock(image->data_, image->size_).has_value()) {
       published = NotHdf5Error(request.image_id);

@@ -614,6 +614,9 @@ void DataLaneServer::Impl::Serve(Connection* connection) {
     if ((agreed & lane::kFeatureDescriptors) != 0) {
       socket.AcceptDescriptors();
       shares_memory = true;
+      if ((agreed & lane::kFeatureStreams) != 0) {
+        agreed |= offered & lane::kFeatureStepBuffers;
+      }
     }
     // Our hello goes back either way, so that a client of another version
     // can tell why it is turned away.
@@ -840,9 +843,12 @@ absl::Status DataLaneServer::Impl::Dispatch(LaneSocket& socket,
 absl::Status DataLaneServer::Impl::HandlePutSealed(
     LaneSocket& socket, const Caller& caller, const lane::RequestHeader& header,
     std::string image_id) {
-  // The memfd rode with the request's first bytes, received by now.
+  // The memfd rode with the request's first bytes, received by now; a
+  // step buffer's release pipe right behind it.
   internal::UniqueFd memfd(socket.TakeDescriptor());
-  if (!memfd) {
+  internal::UniqueFd release_signal;
+  if (header.step_buffer) release_signal.Reset(socket.TakeDescriptor());
+  if (!memfd || (header.step_buffer && !release_signal)) {
     const bool lost = socket.TakeLostDescriptors();
     return SendFinal(
         socket,
@@ -861,7 +867,8 @@ absl::Status DataLaneServer::Impl::HandlePutSealed(
   params.stream_append = header.stream_append;
   return SendPublished(
       socket,
-      operations->PublishSealed(caller, std::move(params), std::move(memfd)),
+      operations->PublishSealed(caller, std::move(params), std::move(memfd),
+                                std::move(release_signal)),
       header.stream_append);
 }
 

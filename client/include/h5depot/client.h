@@ -84,6 +84,7 @@ namespace h5depot {
 namespace internal {
 struct PushBytes;
 class Cluster;
+struct StepBufferSlot;
 }  // namespace internal
 
 // What the server knows about one stored generation of an image.
@@ -425,6 +426,31 @@ struct AppendedStep {
   ImageInfo info;  // info.image_id is the step's id, "STREAM@N"
 };
 
+// A buffer to build a stream's next step in, lent by Client::BeginStep and
+// appended by Client::CommitStep (docs/STREAMS.md, "Step buffers"). Its
+// bytes are uninitialised (an earlier step's, typically). Destroyed
+// uncommitted, it goes back to the Client unused. Move-only.
+class StepBuffer {
+ public:
+  StepBuffer();
+  ~StepBuffer();
+  StepBuffer(StepBuffer&& other) noexcept;
+  StepBuffer& operator=(StepBuffer&& other) noexcept;
+  StepBuffer(const StepBuffer&) = delete;
+  StepBuffer& operator=(const StepBuffer&) = delete;
+
+  // Where to write the step: size() bytes, all of which become the step.
+  void* data() const;
+  size_t size() const { return size_; }
+  const std::string& stream() const { return stream_; }
+
+ private:
+  friend class Client;
+  std::string stream_;
+  size_t size_ = 0;
+  std::shared_ptr<internal::StepBufferSlot> slot_;
+};
+
 // Steps first to last, both included.
 struct StepRange {
   uint64_t first = 0;
@@ -604,7 +630,25 @@ class Client {
   absl::StatusOr<AppendedStep> AppendMemfd(std::string_view stream, int memfd,
                                            uint64_t size,
                                            const AppendOptions& options = {});
+  // Builds a step in place (docs/STREAMS.md, "Step buffers"): a buffer of
+  // `size` (> 0) bytes for `stream`'s next step, to fill and hand to
+  // CommitStep. On the server's host over its Unix socket, the buffer is
+  // one of at most 16 memfds this Client keeps mapped and fills step after
+  // step: CommitStep hands it to the server and to readers on this host
+  // with nothing copied and no fresh memory met, and it is lent again only
+  // once the server and every reader it handed the step to let go of it.
+  // Anywhere else CommitStep sends its bytes, as Append does. Waits up to
+  // options.wait_for_room for a buffer to come back (DEADLINE_EXCEEDED
+  // after it); RESOURCE_EXHAUSTED if all 16 are lent to steps being built.
+  absl::StatusOr<StepBuffer> BeginStep(std::string_view stream, size_t size,
+                                       const AppendOptions& options = {});
+  // Appends the buffer's bytes as the stream's next step, as Append does
+  // (the same errors, and the same waiting for room). The buffer goes back
+  // to this Client whatever happens; its bytes must not be written again.
+  absl::StatusOr<AppendedStep> CommitStep(StepBuffer buffer,
+                                          const AppendOptions& options = {});
   // Ends the stream: readers get every step appended, then OUT_OF_RANGE.
+  // The step buffers no one holds any longer are freed.
   absl::StatusOr<StreamInfo> FinishStream(std::string_view stream);
   absl::StatusOr<StreamInfo> StatStream(std::string_view stream);
   // Deletes the stream: its steps are freed and its groups forgotten;

@@ -57,6 +57,11 @@ class ImageBuffer {
   // Whether the buffer maps an image shared by the server (above) rather
   // than holding a malloc'ed block.
   bool is_mapped() const { return mapping_ != nullptr; }
+  // Whether the buffer maps memory this process may only read: a stream
+  // step its writer built in a step buffer (docs/STREAMS.md, "Step
+  // buffers"), taken on the writer's host. Writing to data() then faults;
+  // Release() copies, and opening it read-write opens a copy.
+  bool is_read_only() const;
 
   // Gives up ownership: the caller must free() the returned pointer (or
   // hand it to something that will). The buffer is empty afterwards. A

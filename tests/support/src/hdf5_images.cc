@@ -83,4 +83,21 @@ std::string MakeHdf5Image(size_t data_bytes, uint32_t seed) {
   return image;
 }
 
+std::string StepBufferImage(uint64_t step) {
+  static const auto* const images = [] {
+    auto* made = new std::vector<std::string>;
+    const size_t kDataBytes[] = {300 << 10, 1 << 20, 2 << 20, 512 << 10,
+                                 1536 << 10};
+    for (uint32_t i = 0; i < 5; ++i) {
+      made->push_back(MakeHdf5Image(kDataBytes[i], 100 + i));
+    }
+    return made;
+  }();
+  std::string bytes = (*images)[step % images->size()];
+  for (int i = 0; i < 8; ++i) {
+    bytes.push_back(static_cast<char>((step >> (8 * i)) & 0xff));
+  }
+  return bytes;
+}
+
 }  // namespace h5depot::testing

@@ -28,6 +28,13 @@
 //        client: RequestHeader, image id, with a memfd sealed against any
 //                change (memfd.h, kSealsFromClient) riding with the header
 //        server: Response (the published generation, or why not)
+//        With step_buffer set (kFeatureStepBuffers, stream appends only),
+//        two descriptors ride instead: the writer's step buffer, a memfd
+//        sealed only against resizing (memfd.h, kSealsOfStepBuffer) that
+//        the writer fills again later, and the write end of a pipe that
+//        the server holds until nothing of it, nor any reader it handed
+//        the step to, uses the buffer any longer (docs/STREAMS.md, "Step
+//        buffers")
 //   RELEASE (kFeatureDescriptors only)
 //        client: RequestHeader (`size`: a generation), image id
 //        server: nothing
@@ -128,6 +135,11 @@ inline constexpr uint16_t kFeaturePin = 32;
 // by the client once all of it was sent: it may have been appended.
 inline constexpr uint16_t kFeatureStreams = 64;
 
+// A writer that may append a step in a buffer it reuses (PUT_SEALED with
+// RequestHeader::step_buffer) offers this; a server that holds such steps
+// agrees. Only with kFeatureDescriptors and kFeatureStreams.
+inline constexpr uint16_t kFeatureStepBuffers = 128;
+
 // Generations one connection may hold pinned at once; one more PIN is
 // refused (RESOURCE_EXHAUSTED), the connection stays usable.
 inline constexpr size_t kMaxPinsPerConnection = 64;
@@ -178,6 +190,9 @@ struct RequestHeader {
   // PUT, PUT_SEALED: the image is the next step of the stream the id
   // names (kFeatureStreams).
   bool stream_append = false;
+  // PUT_SEALED with stream_append: the memfd is a step buffer the writer
+  // reuses, with its release pipe (kFeatureStepBuffers).
+  bool step_buffer = false;
   // GET: the answer may be the image's descriptor (kFeatureDescriptors).
   bool accepts_descriptor = false;
   // GET, with accepts_descriptor: only the descriptor; an image that

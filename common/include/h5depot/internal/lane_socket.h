@@ -69,6 +69,10 @@ class LaneSocket {
   absl::Status SendAllWithDescriptor(
       struct iovec* iov, int count, int descriptor,
       absl::Time deadline = absl::InfiniteFuture());
+  // The same with two descriptors, which the peer takes in this order.
+  absl::Status SendAllWithDescriptors(
+      struct iovec* iov, int count, int first, int second,
+      absl::Time deadline = absl::InfiniteFuture());
 
   // From now on, receives take the descriptors that ride with the bytes
   // (plain Unix sockets), kept for TakeDescriptor() in the order they came.
@@ -117,8 +121,9 @@ class LaneSocket {
   absl::StatusOr<size_t> TlsReceiveSome(void* data, size_t size,
                                         absl::Time deadline);
 
-  absl::Status SendAllPlain(struct iovec* iov, int count, int descriptor,
-                            absl::Time deadline);
+  // `descriptors` (-1 for none) ride on the first bytes sent.
+  absl::Status SendAllPlain(struct iovec* iov, int count,
+                            const int (&descriptors)[2], absl::Time deadline);
   // recv(), or with descriptors accepted recvmsg() keeping them.
   ssize_t ReceivePlain(void* data, size_t size, int flags);
   void CloseDescriptors();

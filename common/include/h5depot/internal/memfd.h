@@ -14,6 +14,10 @@
 //                     shrink or grow; the server's own mapping, which
 //                     received the bytes, stays writable (F_SEAL_FUTURE_WRITE)
 //                     and the server never writes through it again
+//   kSealsOfStepBuffer a stream writer's step buffer (docs/STREAMS.md,
+//                     "Step buffers"): its size is fixed, so that no
+//                     mapping of it can fault, but its writer keeps it
+//                     writable to fill it again once every holder let go
 //
 // Both include F_SEAL_SEAL, so that nobody can take a seal back.
 #ifndef H5DEPOT_COMMON_MEMFD_H_
@@ -33,6 +37,12 @@ inline constexpr int kSealsFromClient =
     F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 inline constexpr int kSealsFromServer =
     F_SEAL_FUTURE_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+inline constexpr int kSealsOfStepBuffer =
+    F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+// Whether `fd` is sealed against writes (F_SEAL_WRITE or
+// F_SEAL_FUTURE_WRITE); false for anything else, a step buffer included.
+bool IsWriteSealed(int fd);
 
 // An owned file descriptor; closed on destruction.
 class UniqueFd {

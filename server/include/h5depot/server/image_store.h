@@ -253,7 +253,8 @@ class StoredImage {
 
   // The sealed memfd holding the bytes from offset 0, for handing to a
   // client on this host; -1 if they are in anonymous memory (small
-  // images, or no memfd could be made). Valid as long as the image.
+  // images, or no memfd could be made). Valid as long as the image. For a
+  // stream step in a writer's step buffer, sealed only against resizing.
   int memfd() const { return memfd_; }
 
  private:
@@ -275,6 +276,9 @@ class StoredImage {
   uint64_t size_ = 0;
   uint64_t capacity_ = 0;  // of the buffer at data_, at least size_
   int memfd_ = -1;
+  // A step buffer's release pipe (ImageStore::PublishSealed), closed once
+  // the memfd is unmapped and closed; -1 for any other image.
+  int release_signal_ = -1;
   // Once its memfd has gone to a client (who may map it for as long as it
   // likes), its memory is never reused for another image.
   mutable std::atomic<bool> shared_{false};
@@ -515,8 +519,16 @@ class ImageStore {
   // quota. request.checksum is not used: the image's checksum is computed
   // when first asked for. Errors: INVALID_ARGUMENT (an unsealed or short
   // memfd, not HDF5) and those of BeginPush and Publish.
-  absl::StatusOr<ImageRef> PublishSealed(PushRequest request,
-                                         internal::UniqueFd memfd);
+  //
+  // With `release_signal` (the write end of a pipe), the memfd is instead a
+  // stream writer's step buffer (docs/STREAMS.md, "Step buffers"): sealed
+  // only against resizing (kSealsOfStepBuffer), for a stream append only
+  // (INVALID_ARGUMENT otherwise). The image closes `release_signal` once
+  // it is freed, after unmapping the buffer: the writer's end then reads
+  // end-of-file and it may fill the buffer again.
+  absl::StatusOr<ImageRef> PublishSealed(
+      PushRequest request, internal::UniqueFd memfd,
+      internal::UniqueFd release_signal = internal::UniqueFd());
 
   // A lease on `image` for a client about to be handed its memfd (which
   // it must have): from now on its memory is never reused.

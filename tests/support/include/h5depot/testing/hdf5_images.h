@@ -15,6 +15,12 @@ namespace h5depot::testing {
 // HDF5 itself fails. Thread-safe.
 std::string MakeHdf5Image(size_t data_bytes, uint32_t seed = 0);
 
+// Step `step` of the step buffer tests: one of five HDF5 images of 300 KiB
+// to 2 MiB of data (MakeHdf5Image), then the step's number in 8 bytes (an
+// HDF5 file may be followed by anything), so that no two steps' bytes are
+// alike. Thread-safe.
+std::string StepBufferImage(uint64_t step);
+
 }  // namespace h5depot::testing
 
 #endif  // H5DEPOT_TESTING_HDF5_IMAGES_H_

@@ -1,0 +1,261 @@
+// Step buffers (Client::BeginStep, CommitStep; docs/STREAMS.md, "Step
+// buffers"), against a real h5depotd over every transport, with the writer
+// a process of its own: every step arrives intact and once, although the
+// writer fills the same few buffers again and again, even while readers
+// hold steps; on the server's host a step is the writer's memory, mapped
+// read-only; elsewhere its bytes are sent, as Append's are.
+#include <fcntl.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "h5depot/client.h"
+#include "h5depot/internal/lane_protocol.h"
+#include "h5depot/internal/lane_socket.h"
+#include "h5depot/internal/memfd.h"
+#include "h5depot/testing/hdf5_images.h"
+#include "h5depot/testing/server_paths.h"
+#include "h5depot/testing/server_process.h"
+#include "h5depot/testing/subprocess.h"
+
+namespace h5depot {
+namespace {
+
+using ::h5depot::testing::AllServerPaths;
+using ::h5depot::testing::CommandResult;
+using ::h5depot::testing::RunCommand;
+using ::h5depot::testing::ServerOptionsFor;
+using ::h5depot::testing::ServerPath;
+using ::h5depot::testing::ServerPathName;
+using ::h5depot::testing::ServerProcess;
+using ::h5depot::testing::StepBufferImage;
+using ::h5depot::testing::TargetFor;
+
+constexpr absl::Duration kLongWait = absl::Seconds(60);
+
+std::string BytesOf(const StreamStep& step) {
+  return std::string(static_cast<const char*>(step.image.buffer.data()),
+                     step.image.buffer.size());
+}
+
+class StepBufferTest : public ::testing::TestWithParam<ServerPath> {
+ protected:
+  void SetUp() override {
+    auto server = ServerProcess::Start(ServerOptionsFor(GetParam()));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto client = Client::Connect(Target());
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+  }
+
+  std::string Target() const { return TargetFor(*server_, GetParam()); }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<Client> client_;
+};
+
+// The writer, another process, builds 300 steps in at most 16 buffers
+// while this reader holds four steps at a time (four members of one
+// group) and checks them only after taking all four: a buffer filled
+// again while a reader held its step would show here as wrong bytes.
+TEST_P(StepBufferTest, EveryStepArrivesIntactWhileTheWriterReusesBuffers) {
+  const std::string stream = "frames";
+  ASSERT_TRUE(client_->CreateStream(stream, StreamPolicy{}).ok());
+  constexpr uint64_t kSteps = 300;
+  CommandResult writer;
+  std::thread writing([&] {
+    writer = RunCommand(
+        {STEP_BUFFER_WRITER_PATH, Target(), stream, absl::StrCat(kSteps)});
+  });
+
+  std::set<uint64_t> seen;
+  bool finished = false;
+  while (!finished) {
+    std::vector<StreamStep> held;
+    for (int member = 0; member < 4 && !finished; ++member) {
+      NextOptions options;
+      options.wait = kLongWait;
+      options.consumer = absl::StrCat("member-", member);
+      absl::StatusOr<StreamStep> step = client_->Next(stream, "g", options);
+      if (absl::IsOutOfRange(step.status())) {
+        finished = true;
+        break;
+      }
+      ASSERT_TRUE(step.ok()) << step.status();
+      held.push_back(*std::move(step));
+    }
+    for (const StreamStep& step : held) {
+      EXPECT_EQ(BytesOf(step), StepBufferImage(step.step))
+          << "step " << step.step;
+      EXPECT_TRUE(seen.insert(step.step).second) << "step " << step.step;
+      EXPECT_EQ(step.image.buffer.is_read_only(),
+                GetParam() == ServerPath::kLaneUnix);
+      ASSERT_TRUE(client_->Ack(stream, "g", step.step, step.consumer).ok());
+    }
+  }
+  writing.join();
+  ASSERT_EQ(writer.exit_code, 0) << writer.stderr_text;
+  EXPECT_EQ(seen.size(), kSteps);
+  if (seen.size() == kSteps) {
+    EXPECT_EQ(*seen.rbegin(), kSteps - 1);
+  }
+  // The buffers were reused: never more than a client keeps.
+  int buffers = -1;
+  ASSERT_EQ(std::sscanf(writer.stdout_text.c_str(), "buffers %d", &buffers), 1)
+      << writer.stdout_text;
+  EXPECT_GE(buffers, 1);
+  EXPECT_LE(buffers, 16);
+  // Every step freed, and with it every hold on the writer's buffers.
+  absl::StatusOr<StreamInfo> info = client_->StatStream(stream);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->kept_steps, 0u);
+}
+
+// A step from a step buffer is read-only on the writer's host: Release()
+// hands over a copy, which may be written.
+TEST_P(StepBufferTest, ATakenStepCopiesOutOfItsReadOnlyBuffer) {
+  const std::string stream = "copies";
+  const std::string image = StepBufferImage(1);
+  absl::StatusOr<StepBuffer> buffer = client_->BeginStep(stream, image.size());
+  ASSERT_TRUE(buffer.ok()) << buffer.status();
+  std::memcpy(buffer->data(), image.data(), image.size());
+  absl::StatusOr<AppendedStep> appended =
+      client_->CommitStep(*std::move(buffer));
+  ASSERT_TRUE(appended.ok()) << appended.status();
+  EXPECT_EQ(appended->step, 0u);
+
+  NextOptions options;
+  options.wait = kLongWait;
+  absl::StatusOr<StreamStep> step = client_->Next(stream, "g", options);
+  ASSERT_TRUE(step.ok()) << step.status();
+  EXPECT_EQ(step->image.buffer.is_read_only(),
+            GetParam() == ServerPath::kLaneUnix);
+  const size_t size = step->image.buffer.size();
+  auto* copy = static_cast<char*>(step->image.buffer.Release());
+  ASSERT_NE(copy, nullptr);
+  EXPECT_EQ(std::string(copy, size), image);
+  copy[size - 1] ^= 1;  // the copy is this process's own
+  std::free(copy);
+}
+
+// Bad use changes nothing: an empty step, a buffer moved from, and a step
+// that is not HDF5, which the server refuses without appending anything.
+TEST_P(StepBufferTest, BadStepsAreRefusedAndChangeNothing) {
+  const std::string stream = "refusals";
+  ASSERT_TRUE(client_->CreateStream(stream, StreamPolicy{}).ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(client_->BeginStep(stream, 0).status()));
+
+  absl::StatusOr<StepBuffer> buffer = client_->BeginStep(stream, 1 << 20);
+  ASSERT_TRUE(buffer.ok()) << buffer.status();
+  std::memset(buffer->data(), 'x', buffer->size());
+  StepBuffer moved = *std::move(buffer);
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      client_->CommitStep(*std::move(buffer)).status()));
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(client_->CommitStep(std::move(moved)).status()));
+
+  absl::StatusOr<StreamInfo> info = client_->StatStream(stream);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->appended_steps, 0u);
+  EXPECT_EQ(info->kept_steps, 0u);
+
+  // The refused buffer is free again at once: a good step goes next.
+  const std::string image = StepBufferImage(2);
+  absl::StatusOr<StepBuffer> next = client_->BeginStep(stream, image.size());
+  ASSERT_TRUE(next.ok()) << next.status();
+  std::memcpy(next->data(), image.data(), image.size());
+  absl::StatusOr<AppendedStep> appended = client_->CommitStep(*std::move(next));
+  ASSERT_TRUE(appended.ok()) << appended.status();
+  EXPECT_EQ(appended->step, 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, StepBufferTest, AllServerPaths(),
+                         ServerPathName);
+
+// The server takes a step buffer only sealed against resizing, which a
+// mapping needs to never fault: one that could still shrink is refused
+// with a clear error, nothing is appended, and the release pipe is
+// closed at once (the writer may use its buffer again).
+TEST(StepBufferLaneTest, ABufferThatCouldShrinkIsRefusedAndReleasedAtOnce) {
+  testing::ServerProcessOptions options;
+  options.unix_socket = true;
+  auto server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Client::Connect((*server)->unix_target());
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::string stream = "unsealed";
+  ASSERT_TRUE((*client)->CreateStream(stream, StreamPolicy{}).ok());
+
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  absl::StatusOr<internal::lane::LaneSocket> socket =
+      internal::lane::ConnectUnix((*server)->data_lane_unix_path(), deadline);
+  ASSERT_TRUE(socket.ok()) << socket.status();
+  socket->AcceptDescriptors();
+  const uint16_t features = internal::lane::kFeatureDescriptors |
+                            internal::lane::kFeatureStreams |
+                            internal::lane::kFeatureStepBuffers;
+  uint8_t hello[internal::lane::kHelloBytes];
+  internal::lane::EncodeHello(hello, features);
+  ASSERT_TRUE(socket->Send(hello, sizeof(hello), deadline).ok());
+  ASSERT_TRUE(socket->Receive(hello, sizeof(hello), deadline).ok());
+  uint16_t agreed = 0;
+  ASSERT_TRUE(internal::lane::DecodeHello(hello, &agreed).ok());
+  ASSERT_EQ(agreed & features, features);
+
+  const std::string image = StepBufferImage(0);
+  absl::StatusOr<internal::UniqueFd> memfd =
+      internal::CreateMemfd("unsealed-step", image.size());
+  ASSERT_TRUE(memfd.ok()) << memfd.status();
+  ASSERT_EQ(pwrite(memfd->get(), image.data(), image.size(), 0),
+            static_cast<ssize_t>(image.size()));
+  int release[2];
+  ASSERT_EQ(pipe2(release, O_CLOEXEC), 0);
+  internal::UniqueFd release_read(release[0]);
+  internal::lane::RequestHeader request;
+  request.op = internal::lane::Op::kPutSealed;
+  request.image_id_bytes = static_cast<uint16_t>(stream.size());
+  request.size = image.size();
+  request.stream_append = true;
+  request.step_buffer = true;
+  uint8_t header[internal::lane::kRequestHeaderBytes];
+  internal::lane::EncodeRequestHeader(request, header);
+  iovec iov[2] = {{header, sizeof(header)},
+                  {const_cast<char*>(stream.data()), stream.size()}};
+  ASSERT_TRUE(
+      socket->SendAllWithDescriptors(iov, 2, memfd->get(), release[1], deadline)
+          .ok());
+  close(release[1]);
+  uint8_t answer[internal::lane::kResponseHeaderBytes];
+  ASSERT_TRUE(socket->Receive(answer, sizeof(answer), deadline).ok());
+  internal::lane::Response response;
+  ASSERT_TRUE(internal::lane::DecodeResponse(answer, &response).ok());
+  EXPECT_EQ(response.code, absl::StatusCode::kInvalidArgument);
+  std::string message(response.message_bytes, '\0');
+  ASSERT_TRUE(socket->Receive(message.data(), message.size(), deadline).ok());
+  EXPECT_NE(message.find("F_SEAL_SHRINK"), std::string::npos) << message;
+  // The server's end of the pipe is closed: end-of-file, not a wait.
+  char byte;
+  EXPECT_EQ(read(release_read.get(), &byte, 1), 0);
+
+  absl::StatusOr<StreamInfo> info = (*client)->StatStream(stream);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->appended_steps, 0u);
+}
+
+}  // namespace
+}  // namespace h5depot
