@@ -58,9 +58,11 @@ bytes_of() {  # 4K -> 4096
   local n=${1%[KMG]} unit=${1: -1}
   case $unit in K) echo $((n << 10)) ;; M) echo $((n << 20)) ;; G) echo $((n << 30)) ;; *) echo "$1" ;; esac
 }
-steps_for() {  # about 200 MiB per case, at least 12 steps, at most 3000
+steps_for() {  # about 200 MiB per case, at least 48 steps, at most 3000
+  # (a stream runs long: 48 steps spread a writer's first fills of its
+  # step buffers, pages met once, as a long stream does)
   local bytes=$1 steps=$(((200 << 20) / $1))
-  ((steps < 12)) && steps=12
+  ((steps < 48)) && steps=48
   ((steps > 3000)) && steps=3000
   echo $steps
 }
