@@ -243,6 +243,55 @@ int h5depot_stream_append(h5depot_client* client, const char* stream,
   }
 }
 
+int h5depot_stream_begin_step(h5depot_client* client, const char* stream,
+                              size_t len, int64_t wait_ms,
+                              h5depot_step_buffer** out) {
+  try {
+    if (out != nullptr) *out = nullptr;
+    if (client == nullptr || stream == nullptr || out == nullptr) {
+      return FailInvalid("client, stream and out must not be NULL");
+    }
+    h5depot::AppendOptions options;
+    if (wait_ms >= 0) options.wait_for_room = absl::Milliseconds(wait_ms);
+    auto lent = client->client->BeginStep(stream, len, options);
+    if (!lent.ok()) return Fail(lent.status());
+    *out = new h5depot_step_buffer{*std::move(lent)};
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+void* h5depot_step_buffer_data(h5depot_step_buffer* buffer) {
+  return buffer == nullptr ? nullptr : buffer->buffer.data();
+}
+
+size_t h5depot_step_buffer_size(const h5depot_step_buffer* buffer) {
+  return buffer == nullptr ? 0 : buffer->buffer.size();
+}
+
+int h5depot_stream_commit_step(h5depot_client* client,
+                               h5depot_step_buffer* buffer, int64_t wait_ms,
+                               uint64_t* step) {
+  std::unique_ptr<h5depot_step_buffer> owned(buffer);
+  try {
+    if (client == nullptr || buffer == nullptr) {
+      return FailInvalid("client and buffer must not be NULL");
+    }
+    h5depot::AppendOptions options;
+    if (wait_ms >= 0) options.wait_for_room = absl::Milliseconds(wait_ms);
+    auto appended =
+        client->client->CommitStep(std::move(owned->buffer), options);
+    if (!appended.ok()) return Fail(appended.status());
+    if (step != nullptr) *step = appended->step;
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
+void h5depot_step_buffer_free(h5depot_step_buffer* buffer) { delete buffer; }
+
 int h5depot_stream_next(h5depot_client* client, const char* stream,
                         const char* group, int64_t wait_ms, void** buf,
                         size_t* len, uint64_t* step) {

@@ -16,6 +16,10 @@ struct h5depot_client {
   std::unique_ptr<h5depot::Client> client;
 };
 
+struct h5depot_step_buffer {
+  h5depot::StepBuffer buffer;
+};
+
 struct h5depot_watch {
   std::unique_ptr<h5depot::ImageWatch> watch;
   std::string image_id;  // of the last event, which points into it

@@ -496,17 +496,27 @@ class Client:
             stream, max_steps, max_bytes, when_full, reserve_steps,
             keep_first_step))
 
-    def append(self, stream, source, *, wait_for_room=30.0):
+    def append(self, stream, source, *, wait_for_room=30.0,
+               step_buffer=False):
         """Appends ``source`` (an open h5py.File, a path, or bytes-like, as
         for push) as the stream's next step; returns (step, ImageInfo).
         A full stream that blocks makes it wait up to ``wait_for_room``
         seconds (then ``Timeout``); one that refuses raises
-        ``ResourceExhausted``; a finished one ``FailedPrecondition``."""
+        ``ResourceExhausted``; a finished one ``FailedPrecondition``.
+        With ``step_buffer=True`` (an h5py.File or bytes-like), the step is
+        copied into one of the client's step buffers and handed over: on
+        the server's host, the way to append many large steps
+        (docs/STREAMS.md, "Step buffers")."""
         wait = _seconds(wait_for_room, "wait_for_room")
         client = self._client()
         if _is_h5py_file(source):
-            step, info = client.append_hdf5_file(stream, source.id.id, wait)
+            step, info = client.append_hdf5_file(stream, source.id.id, wait,
+                                                 bool(step_buffer))
         elif isinstance(source, (str, os.PathLike)):
+            if step_buffer:
+                raise InvalidArgument(
+                    "append: step_buffer=True takes an h5py.File or bytes, "
+                    "not a path", "INVALID_ARGUMENT")
             step, info = client.append_path(stream, os.fspath(source), wait)
         else:
             try:
@@ -516,7 +526,8 @@ class Client:
                     f"append: cannot append a {type(source).__name__}: give "
                     "an h5py.File, a path or a bytes-like object",
                     "INVALID_ARGUMENT") from None
-            step, info = client.append_bytes(stream, view, wait)
+            step, info = client.append_bytes(stream, view, wait,
+                                             bool(step_buffer))
         return step, ImageInfo._from_native(info)
 
     def next(self, stream, group, *, wait=None, lease=None, start="oldest",

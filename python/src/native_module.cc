@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -296,7 +297,7 @@ class NativeClient {
   }
 
   py::tuple AppendBytes(const std::string& stream, const py::buffer& source,
-                        double wait_for_room) {
+                        double wait_for_room, bool step_buffer) {
     const py::buffer_info view = source.request();
     if (view.ndim > 1 && !IsContiguous(view)) {
       throw StatusError{absl::InvalidArgumentError(
@@ -305,8 +306,22 @@ class NativeClient {
     const size_t size = static_cast<size_t>(view.size * view.itemsize);
     AppendOptions options;
     options.wait_for_room = absl::Seconds(wait_for_room);
-    return AppendedTuple(ValueOrRaise(WithoutGil(
-        [&] { return client_->Append(stream, view.ptr, size, options); })));
+    return AppendedTuple(ValueOrRaise(WithoutGil([&] {
+      return step_buffer ? AppendInStepBuffer(stream, view.ptr, size, options)
+                         : client_->Append(stream, view.ptr, size, options);
+    })));
+  }
+
+  // Append's bytes copied into one of the client's step buffers and
+  // committed (docs/STREAMS.md, "Step buffers").
+  absl::StatusOr<AppendedStep> AppendInStepBuffer(
+      const std::string& stream, const void* data, size_t size,
+      const AppendOptions& options) {
+    absl::StatusOr<StepBuffer> buffer =
+        client_->BeginStep(stream, size, options);
+    if (!buffer.ok()) return buffer.status();
+    std::memcpy(buffer->data(), data, size);
+    return client_->CommitStep(*std::move(buffer), options);
   }
 
   py::tuple AppendPath(const std::string& stream, const std::string& path,
@@ -319,13 +334,16 @@ class NativeClient {
 
   // The image of an open HDF5 file, taken under the GIL, sent without it.
   py::tuple AppendHdf5File(const std::string& stream, int64_t file_id,
-                           double wait_for_room) {
+                           double wait_for_room, bool step_buffer) {
     ImageBuffer image =
         ValueOrRaise(TakeFileImage(static_cast<hid_t>(file_id)));
     AppendOptions options;
     options.wait_for_room = absl::Seconds(wait_for_room);
     return AppendedTuple(ValueOrRaise(WithoutGil([&] {
-      return client_->Append(stream, image.data(), image.size(), options);
+      return step_buffer
+                 ? AppendInStepBuffer(stream, image.data(), image.size(),
+                                      options)
+                 : client_->Append(stream, image.data(), image.size(), options);
     })));
   }
 

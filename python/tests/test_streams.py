@@ -134,3 +134,36 @@ def test_a_deleted_stream_and_group_are_gone(target):
             depot.stat_stream(stream)
         with pytest.raises(h5depot.NotFound):
             depot.delete_stream(stream)
+
+
+def test_steps_appended_in_step_buffers_arrive_intact(target):
+    """Steps copied into the client's step buffers (on the Unix socket
+    handed over and reused; over TCP sent as bytes) arrive whole and in
+    order, more of them than a client keeps buffers."""
+    stream = f"py/buffered/{uuid.uuid4().hex}"
+    rng = np.random.default_rng(7)
+    images = []
+    for i in range(3):
+        with step_file(i) as f:
+            f["payload"] = rng.integers(0, 255, 300_000 + 50_000 * i,
+                                        dtype=np.uint8)
+            f.flush()
+            images.append(bytes(f.id.get_file_image()))
+    with h5depot.Client(target) as depot, h5depot.Client(target) as reader:
+        depot.create_stream(stream, max_steps=4)
+        with pytest.raises(h5depot.Timeout):
+            reader.next(stream, "g")
+        taken = []
+        for i in range(24):
+            number, _ = depot.append(stream, images[i % 3], step_buffer=True)
+            assert number == i
+            step = reader.next(stream, "g", wait=60)
+            taken.append((step.step, bytes(step.image) == images[i % 3]))
+            step.ack()
+        with step_file(99) as f:
+            assert depot.append(stream, f, step_buffer=True)[0] == 24
+        with pytest.raises(h5depot.InvalidArgument):
+            depot.append(stream, "some/path.h5", step_buffer=True)
+        depot.finish_stream(stream)
+        assert taken == [(i, True) for i in range(24)]
+        assert reader.next(stream, "g", wait=60).step == 24

@@ -226,6 +226,28 @@ static void check_streams(h5depot_client* client, const void* image,
   CHECK(h5depot_stream_ack(client, "c/stream", "g", 0) == H5DEPOT_OK);
   CHECK(h5depot_stream_ack(client, "c/stream", "g", 0) ==
         H5DEPOT_FAILED_PRECONDITION);
+  /* Step 1 built in place, in a step buffer. */
+  h5depot_step_buffer* buffer = NULL;
+  CHECK(h5depot_stream_begin_step(client, "c/stream", 0, -1, &buffer) ==
+        H5DEPOT_INVALID_ARGUMENT);
+  CHECK(buffer == NULL);
+  CHECK(h5depot_stream_begin_step(client, "c/stream", len, -1, &buffer) ==
+        H5DEPOT_OK);
+  h5depot_step_buffer_free(buffer); /* not committed: nothing appended */
+  buffer = NULL;
+  CHECK(h5depot_stream_begin_step(client, "c/stream", len, -1, &buffer) ==
+        H5DEPOT_OK);
+  if (buffer != NULL) {
+    CHECK(h5depot_step_buffer_size(buffer) == len);
+    memcpy(h5depot_step_buffer_data(buffer), image, len);
+    CHECK(h5depot_stream_commit_step(client, buffer, -1, &step) == H5DEPOT_OK);
+    CHECK(step == 1);
+  }
+  CHECK(h5depot_stream_next(client, "c/stream", "g", 1000, &buf, &got, &step) ==
+        H5DEPOT_OK);
+  CHECK(step == 1 && got == len && buf != NULL && memcmp(buf, image, len) == 0);
+  free(buf);
+  CHECK(h5depot_stream_ack(client, "c/stream", "g", 1) == H5DEPOT_OK);
   CHECK(h5depot_stream_finish(client, "c/stream") == H5DEPOT_OK);
   CHECK(h5depot_stream_delete(client, "c/stream", "g") == H5DEPOT_OK);
   CHECK(h5depot_stream_delete(client, "c/stream", "g") == H5DEPOT_NOT_FOUND);

@@ -288,6 +288,36 @@ int h5depot_stream_append(h5depot_client* client, const char* stream,
                           const void* buf, size_t len, int64_t wait_ms,
                           uint64_t* step);
 
+/* A buffer to build the next step of a stream in (docs/STREAMS.md, "Step
+ * buffers"): on the server's host one of a few memories the client fills
+ * again once every holder of its last step let go, handed over with no
+ * copy and no fresh memory; elsewhere its bytes are sent. */
+typedef struct h5depot_step_buffer h5depot_step_buffer;
+
+/* Lends a step buffer of `len` (> 0) bytes for the next step of `stream`:
+ * *out receives it, h5depot_step_buffer_data() says where to write the
+ * step's HDF5 image (all `len` bytes of it). Waits up to `wait_ms`
+ * milliseconds (negative: 30 s) while every buffer is still held, then
+ * H5DEPOT_DEADLINE_EXCEEDED. */
+int h5depot_stream_begin_step(h5depot_client* client, const char* stream,
+                              size_t len, int64_t wait_ms,
+                              h5depot_step_buffer** out);
+
+/* Where to write the step: h5depot_step_buffer_size() bytes. */
+void* h5depot_step_buffer_data(h5depot_step_buffer* buffer);
+size_t h5depot_step_buffer_size(const h5depot_step_buffer* buffer);
+
+/* Appends the buffer's bytes as the stream's next step, as
+ * h5depot_stream_append does (the same errors and wait), and frees
+ * `buffer` whatever happens: its memory must not be written again. Stores
+ * the step's number in *step if not NULL. */
+int h5depot_stream_commit_step(h5depot_client* client,
+                               h5depot_step_buffer* buffer, int64_t wait_ms,
+                               uint64_t* step);
+
+/* Frees a buffer not committed; it goes back unused. NULL is ignored. */
+void h5depot_step_buffer_free(h5depot_step_buffer* buffer);
+
 /* The next step of `stream` for reader group `group`, leased to this
  * client until h5depot_stream_ack (or for 60 s, after which another
  * member of the group gets it): *buf (malloc'ed: free() it, or open it
