@@ -6,6 +6,7 @@
 // read-only; elsewhere its bytes are sent, as Append's are.
 #include <fcntl.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -255,6 +256,68 @@ TEST(StepBufferLaneTest, ABufferThatCouldShrinkIsRefusedAndReleasedAtOnce) {
   absl::StatusOr<StreamInfo> info = (*client)->StatStream(stream);
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->appended_steps, 0u);
+}
+
+// A child of fork() that goes on with its parent's Client fills buffers
+// of its own: were it lent the parent's free buffer, the two processes
+// would write one buffer and one step would carry the other's bytes.
+TEST(StepBufferForkTest, AChildOfForkFillsBuffersOfItsOwn) {
+  testing::ServerProcessOptions options;
+  options.unix_socket = true;
+  auto server = ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto client = Client::Connect((*server)->unix_target());
+  ASSERT_TRUE(client.ok()) << client.status();
+  const std::string stream = "forked";
+  ASSERT_TRUE((*client)->CreateStream(stream, StreamPolicy{}).ok());
+  const std::string parents = StepBufferImage(2);
+  const std::string childs = StepBufferImage(1);
+  {
+    // One free buffer in the pool when the fork comes.
+    absl::StatusOr<StepBuffer> unused =
+        (*client)->BeginStep(stream, parents.size());
+    ASSERT_TRUE(unused.ok()) << unused.status();
+  }
+  int lent[2];
+  int go[2];
+  ASSERT_EQ(pipe(lent), 0);
+  ASSERT_EQ(pipe(go), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    absl::StatusOr<StepBuffer> buffer =
+        (*client)->BeginStep(stream, childs.size());
+    if (!buffer.ok()) _exit(3);
+    std::memcpy(buffer->data(), childs.data(), childs.size());
+    char byte = 'l';
+    if (write(lent[1], &byte, 1) != 1 || read(go[0], &byte, 1) != 1) _exit(4);
+    _exit((*client)->CommitStep(*std::move(buffer)).ok() ? 0 : 5);
+  }
+  absl::StatusOr<StepBuffer> buffer =
+      (*client)->BeginStep(stream, parents.size());
+  ASSERT_TRUE(buffer.ok()) << buffer.status();
+  char byte = 0;
+  ASSERT_EQ(read(lent[0], &byte, 1), 1);  // the child's buffer is filled
+  std::memcpy(buffer->data(), parents.data(), parents.size());
+  ASSERT_EQ(write(go[1], &byte, 1), 1);
+  ASSERT_TRUE((*client)->CommitStep(*std::move(buffer)).ok());
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  for (int fd : {lent[0], lent[1], go[0], go[1]}) close(fd);
+
+  std::multiset<std::string> taken;
+  for (int i = 0; i < 2; ++i) {
+    NextOptions next;
+    next.wait = kLongWait;
+    absl::StatusOr<StreamStep> step = (*client)->Next(stream, "g", next);
+    ASSERT_TRUE(step.ok()) << step.status();
+    const std::string bytes = BytesOf(*step);
+    taken.insert(bytes == parents  ? "the parent's"
+                 : bytes == childs ? "the child's"
+                                   : "other bytes");
+  }
+  EXPECT_EQ(taken, (std::multiset<std::string>{"the child's", "the parent's"}));
 }
 
 }  // namespace

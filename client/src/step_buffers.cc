@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "client/src/step_buffers_internal.h"
+#include "h5depot/internal/fork_generation.h"
 
 namespace h5depot::internal {
 namespace {
@@ -46,6 +47,13 @@ bool StepBufferPool::Released(StepBufferSlot& slot) {
   return holders.empty();
 }
 
+void StepBufferPool::ForgetAfterFork() {
+  const uint64_t generation = ForkGeneration();
+  if (generation == fork_generation_) return;
+  fork_generation_ = generation;
+  slots_.clear();
+}
+
 absl::StatusOr<std::shared_ptr<StepBufferSlot>> StepBufferPool::Lend(
     uint64_t size, absl::Time deadline) {
   const uint64_t capacity = CapacityFor(size);
@@ -53,6 +61,7 @@ absl::StatusOr<std::shared_ptr<StepBufferSlot>> StepBufferPool::Lend(
     std::vector<UniqueFd> waited_on;
     {
       MutexLock lock(&mutex_);
+      ForgetAfterFork();
       // The smallest free buffer that fits; free ones too small are
       // dropped if a new buffer is to be made.
       std::shared_ptr<StepBufferSlot> best;
@@ -141,6 +150,7 @@ absl::StatusOr<UniqueFd> StepBufferPool::NewHolder(StepBufferSlot& slot) {
 
 void StepBufferPool::Trim() {
   MutexLock lock(&mutex_);
+  ForgetAfterFork();
   std::vector<std::shared_ptr<StepBufferSlot>> kept;
   for (std::shared_ptr<StepBufferSlot>& slot : slots_) {
     if (slot->lent.load() || !Released(*slot)) kept.push_back(std::move(slot));

@@ -11,8 +11,9 @@
 // it, whatever the writer does next through this pool.
 //
 // Each buffer is sealed against resizing (kSealsOfStepBuffer): a mapping of
-// it can never fault past its end, in the server or in a reader. Thread-
-// safe. Internal to the client.
+// it can never fault past its end, in the server or in a reader. A child of
+// fork() lends none of its parent's buffers (both would fill them): its
+// pool starts empty. Thread-safe. Internal to the client.
 #ifndef H5DEPOT_CLIENT_STEP_BUFFERS_INTERNAL_H_
 #define H5DEPOT_CLIENT_STEP_BUFFERS_INTERNAL_H_
 
@@ -69,9 +70,14 @@ class StepBufferPool {
  private:
   // Whether `slot`'s holders all let go (those that did are dropped).
   bool Released(StepBufferSlot& slot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // In a child of fork(), forgets the parent's buffers (this process's
+  // copies of their descriptors and mappings go; the parent's stay).
+  void ForgetAfterFork() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
 
   mutable Mutex mutex_;
   std::vector<std::shared_ptr<StepBufferSlot>> slots_ ABSL_GUARDED_BY(mutex_);
+  // The process the buffers were made in (ForkGeneration()).
+  uint64_t fork_generation_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
 // A reader's mappings of the step buffers it was handed, kept for the next
