@@ -167,6 +167,13 @@ TEST_P(StepBufferTest, BadStepsAreRefusedAndChangeNothing) {
   StepBuffer moved = *std::move(buffer);
   EXPECT_TRUE(absl::IsInvalidArgument(
       client_->CommitStep(*std::move(buffer)).status()));
+  // Only the Client that lent a buffer commits it.
+  absl::StatusOr<std::unique_ptr<Client>> other = Client::Connect(Target());
+  ASSERT_TRUE(other.ok()) << other.status();
+  absl::StatusOr<StepBuffer> others = (*other)->BeginStep(stream, 4096);
+  ASSERT_TRUE(others.ok()) << others.status();
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      client_->CommitStep(*std::move(others)).status()));
   EXPECT_TRUE(
       absl::IsInvalidArgument(client_->CommitStep(std::move(moved)).status()));
 

@@ -790,7 +790,8 @@ StepBuffer::~StepBuffer() {
 StepBuffer::StepBuffer(StepBuffer&& other) noexcept
     : stream_(std::move(other.stream_)),
       size_(std::exchange(other.size_, 0)),
-      slot_(std::move(other.slot_)) {}
+      slot_(std::move(other.slot_)),
+      lender_(std::exchange(other.lender_, nullptr)) {}
 
 StepBuffer& StepBuffer::operator=(StepBuffer&& other) noexcept {
   if (this != &other) {
@@ -798,6 +799,7 @@ StepBuffer& StepBuffer::operator=(StepBuffer&& other) noexcept {
     stream_ = std::move(other.stream_);
     size_ = std::exchange(other.size_, 0);
     slot_ = std::move(other.slot_);
+    lender_ = std::exchange(other.lender_, nullptr);
   }
   return *this;
 }
@@ -824,6 +826,7 @@ absl::StatusOr<StepBuffer> Client::BeginStep(std::string_view stream,
   buffer.stream_ = std::string(stream);
   buffer.size_ = size;
   buffer.slot_ = *std::move(slot);
+  buffer.lender_ = impl_.get();
   return buffer;
 }
 
@@ -834,6 +837,11 @@ absl::StatusOr<AppendedStep> Client::CommitStep(StepBuffer buffer,
   if (buffer.slot_ == nullptr) {
     return Annotate(absl::InvalidArgumentError(
                         "an empty step buffer (moved from, or never lent)"),
+                    what);
+  }
+  if (buffer.lender_ != impl_.get()) {
+    return Annotate(absl::InvalidArgumentError(
+                        "a step buffer another Client lent: commit it there"),
                     what);
   }
   // `buffer` goes back to the pool as this call returns; the pool lends it

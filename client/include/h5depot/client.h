@@ -449,6 +449,7 @@ class StepBuffer {
   std::string stream_;
   size_t size_ = 0;
   std::shared_ptr<internal::StepBufferSlot> slot_;
+  const void* lender_ = nullptr;  // the Client's, which alone commits it
 };
 
 // Steps first to last, both included.
@@ -645,6 +646,8 @@ class Client {
   // Appends the buffer's bytes as the stream's next step, as Append does
   // (the same errors, and the same waiting for room). The buffer goes back
   // to this Client whatever happens; its bytes must not be written again.
+  // INVALID_ARGUMENT for a buffer another Client lent, or none (moved
+  // from).
   absl::StatusOr<AppendedStep> CommitStep(StepBuffer buffer,
                                           const AppendOptions& options = {});
   // Ends the stream: readers get every step appended, then OUT_OF_RANGE.
