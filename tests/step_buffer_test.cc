@@ -195,23 +195,36 @@ TEST_P(StepBufferTest, BadStepsAreRefusedAndChangeNothing) {
 INSTANTIATE_TEST_SUITE_P(Paths, StepBufferTest, AllServerPaths(),
                          ServerPathName);
 
+// A real h5depotd on a Unix socket only, where step buffers are handed
+// over.
+class StepBufferUnixTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::ServerProcessOptions options;
+    options.unix_socket = true;
+    auto server = ServerProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    auto client = Client::Connect(server_->unix_target());
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::unique_ptr<Client> client_;
+};
+
 // The server takes a step buffer only sealed against resizing, which a
 // mapping needs to never fault: one that could still shrink is refused
 // with a clear error, nothing is appended, and the release pipe is
 // closed at once (the writer may use its buffer again).
-TEST(StepBufferLaneTest, ABufferThatCouldShrinkIsRefusedAndReleasedAtOnce) {
-  testing::ServerProcessOptions options;
-  options.unix_socket = true;
-  auto server = ServerProcess::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto client = Client::Connect((*server)->unix_target());
-  ASSERT_TRUE(client.ok()) << client.status();
+TEST_F(StepBufferUnixTest, ABufferThatCouldShrinkIsRefusedAndReleasedAtOnce) {
   const std::string stream = "unsealed";
-  ASSERT_TRUE((*client)->CreateStream(stream, StreamPolicy{}).ok());
+  ASSERT_TRUE(client_->CreateStream(stream, StreamPolicy{}).ok());
 
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   absl::StatusOr<internal::lane::LaneSocket> socket =
-      internal::lane::ConnectUnix((*server)->data_lane_unix_path(), deadline);
+      internal::lane::ConnectUnix(server_->data_lane_unix_path(), deadline);
   ASSERT_TRUE(socket.ok()) << socket.status();
   socket->AcceptDescriptors();
   const uint16_t features = internal::lane::kFeatureDescriptors |
@@ -260,7 +273,7 @@ TEST(StepBufferLaneTest, ABufferThatCouldShrinkIsRefusedAndReleasedAtOnce) {
   char byte;
   EXPECT_EQ(read(release_read.get(), &byte, 1), 0);
 
-  absl::StatusOr<StreamInfo> info = (*client)->StatStream(stream);
+  absl::StatusOr<StreamInfo> info = client_->StatStream(stream);
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->appended_steps, 0u);
 }
@@ -268,21 +281,15 @@ TEST(StepBufferLaneTest, ABufferThatCouldShrinkIsRefusedAndReleasedAtOnce) {
 // A child of fork() that goes on with its parent's Client fills buffers
 // of its own: were it lent the parent's free buffer, the two processes
 // would write one buffer and one step would carry the other's bytes.
-TEST(StepBufferForkTest, AChildOfForkFillsBuffersOfItsOwn) {
-  testing::ServerProcessOptions options;
-  options.unix_socket = true;
-  auto server = ServerProcess::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto client = Client::Connect((*server)->unix_target());
-  ASSERT_TRUE(client.ok()) << client.status();
+TEST_F(StepBufferUnixTest, AChildOfForkFillsBuffersOfItsOwn) {
   const std::string stream = "forked";
-  ASSERT_TRUE((*client)->CreateStream(stream, StreamPolicy{}).ok());
+  ASSERT_TRUE(client_->CreateStream(stream, StreamPolicy{}).ok());
   const std::string parents = StepBufferImage(2);
   const std::string childs = StepBufferImage(1);
   {
     // One free buffer in the pool when the fork comes.
     absl::StatusOr<StepBuffer> unused =
-        (*client)->BeginStep(stream, parents.size());
+        client_->BeginStep(stream, parents.size());
     ASSERT_TRUE(unused.ok()) << unused.status();
   }
   int lent[2];
@@ -293,21 +300,21 @@ TEST(StepBufferForkTest, AChildOfForkFillsBuffersOfItsOwn) {
   ASSERT_GE(child, 0);
   if (child == 0) {
     absl::StatusOr<StepBuffer> buffer =
-        (*client)->BeginStep(stream, childs.size());
+        client_->BeginStep(stream, childs.size());
     if (!buffer.ok()) _exit(3);
     std::memcpy(buffer->data(), childs.data(), childs.size());
     char byte = 'l';
     if (write(lent[1], &byte, 1) != 1 || read(go[0], &byte, 1) != 1) _exit(4);
-    _exit((*client)->CommitStep(*std::move(buffer)).ok() ? 0 : 5);
+    _exit(client_->CommitStep(*std::move(buffer)).ok() ? 0 : 5);
   }
   absl::StatusOr<StepBuffer> buffer =
-      (*client)->BeginStep(stream, parents.size());
+      client_->BeginStep(stream, parents.size());
   ASSERT_TRUE(buffer.ok()) << buffer.status();
   char byte = 0;
   ASSERT_EQ(read(lent[0], &byte, 1), 1);  // the child's buffer is filled
   std::memcpy(buffer->data(), parents.data(), parents.size());
   ASSERT_EQ(write(go[1], &byte, 1), 1);
-  ASSERT_TRUE((*client)->CommitStep(*std::move(buffer)).ok());
+  ASSERT_TRUE(client_->CommitStep(*std::move(buffer)).ok());
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
@@ -317,7 +324,7 @@ TEST(StepBufferForkTest, AChildOfForkFillsBuffersOfItsOwn) {
   for (int i = 0; i < 2; ++i) {
     NextOptions next;
     next.wait = kLongWait;
-    absl::StatusOr<StreamStep> step = (*client)->Next(stream, "g", next);
+    absl::StatusOr<StreamStep> step = client_->Next(stream, "g", next);
     ASSERT_TRUE(step.ok()) << step.status();
     const std::string bytes = BytesOf(*step);
     taken.insert(bytes == parents  ? "the parent's"
