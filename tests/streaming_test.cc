@@ -1,10 +1,16 @@
 // Client::FetchTo, the fetch that hands an image's bytes on as they arrive
-// (h5depot/client.h), against a real h5depotd: over the data lane (TCP and
-// Unix socket) and over gRPC (a server without a lane).
+// (h5depot/client.h), and FetchToDescriptor, against a real h5depotd: over the
+// data lane (TCP and Unix socket) and over gRPC (a server without a lane).
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -143,6 +149,64 @@ TEST_P(FetchToTest, OnTheServersHostALargeImageComesFromItsMemory) {
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(leased_while_sinking, 1u);
   EXPECT_TRUE(received == image);
+}
+
+// Everything read from `fd` until its writers are gone.
+std::string ReadUntilClosed(int fd) {
+  std::string data;
+  char buffer[1 << 16];
+  while (true) {
+    const ssize_t got = read(fd, buffer, sizeof(buffer));
+    if (got > 0) {
+      data.append(buffer, static_cast<size_t>(got));
+    } else if (got == 0 || errno != EINTR) {
+      return data;
+    }
+  }
+}
+
+// FetchToDescriptor into a pipe that another thread drains (over the TCP
+// lane the bytes are spliced into it, on the Unix socket they come from the
+// server's memory, over gRPC they are written) and into a file where its
+// offset stands: the bytes are the image's, progress reaches the end, and
+// the descriptor stays open.
+TEST_P(FetchToTest, WritesTheImageIntoAPipeOrAFile) {
+  for (size_t size : {size_t{4096}, size_t{40} << 20}) {
+    SCOPED_TRACE(size);
+    const std::string image = MakeHdf5Image(size, 10);
+    auto pushed = client_->Push("to-fd.h5", image.data(), image.size());
+    ASSERT_TRUE(pushed.ok()) << pushed.status();
+
+    int ends[2];
+    ASSERT_EQ(pipe2(ends, O_CLOEXEC), 0) << std::strerror(errno);
+    std::string piped;
+    std::thread drainer([&] { piped = ReadUntilClosed(ends[0]); });
+    uint64_t last_progress = 0;
+    FetchOptions options;
+    options.progress = [&](uint64_t done, uint64_t) { last_progress = done; };
+    absl::StatusOr<ImageInfo> info =
+        client_->FetchToDescriptor("to-fd.h5", ends[1], options);
+    EXPECT_EQ(fcntl(ends[1], F_GETFD), FD_CLOEXEC) << "the pipe was closed";
+    close(ends[1]);
+    drainer.join();
+    close(ends[0]);
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(info->checksum, pushed->checksum);
+    EXPECT_EQ(last_progress, image.size());
+    EXPECT_TRUE(piped == image) << "the pipe carried other bytes";
+
+    std::FILE* file = std::tmpfile();
+    ASSERT_NE(file, nullptr);
+    ASSERT_GE(std::fputs("head", file), 0);
+    ASSERT_EQ(std::fflush(file), 0);
+    info = client_->FetchToDescriptor("to-fd.h5", fileno(file));
+    ASSERT_TRUE(info.ok()) << info.status();
+    std::string written(4 + image.size(), '\0');
+    ASSERT_EQ(pread(fileno(file), written.data(), written.size(), 0),
+              static_cast<ssize_t>(written.size()));
+    std::fclose(file);
+    EXPECT_TRUE(written == "head" + image) << "the file holds other bytes";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, FetchToTest, AllServerPaths(), ServerPathName);

@@ -490,20 +490,22 @@ int RunGet(const Invocation& call) {
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
   if (!client.ok()) return Fail(call.command, client.status());
   // The bytes are written as they arrive, so that the CLI holds a piece of
-  // the image at a time, whatever its size. A file is renamed into place
-  // only once all of it arrived intact (an OutputFile destroyed uncommitted
-  // leaves the old one); what went to stdout cannot be taken back, so a
-  // failure there is only said, with the exit status.
-  const ImageSink sink = [&](const void* data, size_t size) {
-    return to_stdout
-               ? WriteAll(STDOUT_FILENO, data, size, "cannot write to stdout")
-               : file->Write(data, size);
-  };
+  // the image at a time, whatever its size (into a pipe, none at all:
+  // FetchToDescriptor moves them there by reference where it can). A file
+  // is renamed into place only once all of it arrived intact (an OutputFile
+  // destroyed uncommitted leaves the old one); what went to stdout cannot
+  // be taken back, so a failure there is only said, with the exit status.
   absl::StatusOr<ImageInfo> image;
   {
     ProgressBar bar(absl::StrCat("get ", id));
     options.progress = bar.Callback();
-    image = (*client)->FetchTo(id, sink, options);
+    image = to_stdout ? (*client)->FetchToDescriptor(id, STDOUT_FILENO, options)
+                      : (*client)->FetchTo(
+                            id,
+                            [&](const void* data, size_t size) {
+                              return file->Write(data, size);
+                            },
+                            options);
   }
   absl::Status done = image.status();
   if (done.ok() && file) done = file->Commit();

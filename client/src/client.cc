@@ -5,9 +5,13 @@
 // between them.
 #include "h5depot/client.h"
 
+#include <poll.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -33,6 +37,29 @@
 
 namespace h5depot {
 namespace {
+
+// Writes all of `data` to `fd` where it stands, waiting for room if `fd`
+// is non-blocking.
+absl::Status WriteToDescriptor(int fd, const void* data, size_t size) {
+  const char* next = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t written = write(fd, next, size);
+    if (written >= 0) {
+      next += written;
+      size -= static_cast<size_t>(written);
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {
+      pollfd entry{fd, POLLOUT, 0};
+      if (poll(&entry, 1, -1) >= 0 || errno == EINTR) continue;
+    }
+    return absl::UnavailableError(
+        absl::StrCat("cannot write the image to descriptor ", fd, ": ",
+                     std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
 
 // Prefixes a failed call's message with what was being done, keeping the
 // code, so that errors read "fetch 'x': no image 'x'"; once only (a
@@ -353,6 +380,23 @@ absl::StatusOr<ImageInfo> Client::PushMemfd(std::string_view image_id,
 absl::StatusOr<ImageInfo> Client::FetchTo(std::string_view image_id,
                                           const ImageSink& sink,
                                           const FetchOptions& options) {
+  return FetchToSink(image_id, internal::FetchSink{sink}, options);
+}
+
+absl::StatusOr<ImageInfo> Client::FetchToDescriptor(
+    std::string_view image_id, int fd, const FetchOptions& options) {
+  struct stat st;
+  const bool is_pipe = fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
+  const internal::FetchSink sink{[fd](const void* data, size_t size) {
+                                   return WriteToDescriptor(fd, data, size);
+                                 },
+                                 is_pipe ? fd : -1};
+  return FetchToSink(image_id, sink, options);
+}
+
+absl::StatusOr<ImageInfo> Client::FetchToSink(std::string_view image_id,
+                                              const internal::FetchSink& sink,
+                                              const FetchOptions& options) {
   if (absl::Status status = internal::ValidateReadableId(image_id);
       !status.ok()) {
     return Annotated<ImageInfo>(status, "fetch", image_id);
@@ -365,7 +409,7 @@ absl::StatusOr<ImageInfo> Client::FetchTo(std::string_view image_id,
   }
   absl::StatusOr<ImageInfo> info;
   if (impl_->cluster != nullptr) {
-    info = impl_->cluster->FetchTo(image_id, sink, options);
+    info = impl_->cluster->FetchTo(image_id, sink.write, options);
   } else {
     absl::StatusOr<internal::Transports*> transports = impl_->transports();
     if (!transports.ok()) {

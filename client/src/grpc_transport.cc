@@ -839,7 +839,7 @@ absl::StatusOr<ImageInfo> StartFetch(RawCall& call, std::string_view image_id,
 absl::StatusOr<ImageInfo> GrpcTransport::FetchTo(std::string_view image_id,
                                                  const FetchOptions& options,
                                                  const CallDeadline& deadline,
-                                                 const ImageSink& sink) {
+                                                 const FetchSink& sink) {
   const GrpcUse grpc_use;
   absl::StatusOr<const Stubs*> stubs = ChannelFor(deadline.reply);
   if (!stubs.ok()) return stubs.status();
@@ -853,7 +853,7 @@ absl::StatusOr<ImageInfo> GrpcTransport::FetchTo(std::string_view image_id,
                                  &call, info->size, options.progress,
                                  [&](const uint8_t* data, size_t size) {
                                    checksum.Update(data, size);
-                                   return sink(data, size);
+                                   return sink.write(data, size);
                                  }));
   if (!status.ok()) return status;
   if (absl::Status intact =

@@ -64,7 +64,7 @@ class GrpcTransport final : public ImageTransport,
   absl::StatusOr<ImageInfo> FetchTo(std::string_view image_id,
                                     const FetchOptions& options,
                                     const CallDeadline& deadline,
-                                    const ImageSink& sink) override;
+                                    const FetchSink& sink) override;
   absl::StatusOr<ReadResult> Read(std::string_view image_id,
                                   uint64_t generation, uint64_t offset,
                                   void* out, size_t length,

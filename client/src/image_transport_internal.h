@@ -20,6 +20,16 @@
 
 namespace h5depot::internal {
 
+// Where a streamed fetch (Client::FetchTo, FetchToDescriptor) puts the
+// image's bytes: each piece to `write`, in order. Where `pipe` is the write
+// end of a pipe (else -1) and the bytes arrive on a plain data lane socket,
+// the lane moves them into `pipe` itself instead, without passing them
+// through `write` (LaneReader::MoveToPipe: one copy fewer).
+struct FetchSink {
+  ImageSink write;
+  int pipe = -1;
+};
+
 // When a call must have ended, by the rules of client.h ("Deadlines"). The
 // server's first answer (the image's info, a confirmation or a refusal) is
 // due by `reply`; the whole call, once it is known to move `bytes` image
@@ -103,7 +113,7 @@ class ImageTransport {
   virtual absl::StatusOr<ImageInfo> FetchTo(std::string_view image_id,
                                             const FetchOptions& options,
                                             const CallDeadline& deadline,
-                                            const ImageSink& sink) = 0;
+                                            const FetchSink& sink) = 0;
   // Pushes the image in the first `size` bytes of `memfd`, sealed against
   // every change (kSealsFromClient), by handing the server the descriptor.
   // UNIMPLEMENTED, with nothing sent, where descriptors cannot pass (not

@@ -519,7 +519,7 @@ absl::StatusOr<FetchedImage> DataLane::Fetch(
 absl::StatusOr<ImageInfo> DataLane::FetchTo(
     std::unique_ptr<Connection> connection, std::string_view image_id,
     const FetchOptions& options, const CallDeadline& deadline,
-    const ImageSink& sink) {
+    const FetchSink& sink) {
   const bool reused = connection->reused;
   bool unanswered = false;
   bool take_bytes = false;
@@ -554,7 +554,7 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
     std::unique_ptr<Connection> connection, std::string_view image_id,
     const FetchOptions& options, const CallDeadline& deadline,
     bool accept_descriptor, bool* unanswered, bool* take_bytes,
-    const ImageSink* sink) {
+    const FetchSink* sink) {
   *unanswered = false;
   *take_bytes = false;
   if (absl::Status status = CheckFramable(image_id); !status.ok()) {
@@ -602,13 +602,17 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
     }
     if (sink != nullptr) {
       return SinkMapped(std::move(connection), *response, image_id, options,
-                        *sink, take_bytes);
+                        sink->write, take_bytes);
     }
     return ReceiveMapped(std::move(connection), *response, image_id, options,
                          take_bytes);
   }
   FetchedImage fetched;
   fetched.info = ToImageInfo(*response, image_id);
+  if (sink != nullptr && sink->pipe >= 0 && connection->socket().can_splice()) {
+    return SpliceToPipe(std::move(connection), std::move(fetched), options,
+                        deadline, sink->pipe);
+  }
   // The bytes go into a buffer of the image's size, or through one of a
   // piece's to `sink`. Without a buffer the bytes on their way cannot be
   // read past cheaply: the connection is dropped with them, as it is when
@@ -641,7 +645,7 @@ absl::StatusOr<FetchedImage> DataLane::FetchOnce(
     }
     checksum.Update(at, n);
     if (sink != nullptr) {
-      if (absl::Status taken = (*sink)(at, n); !taken.ok()) return taken;
+      if (absl::Status taken = sink->write(at, n); !taken.ok()) return taken;
     }
     received += n;
     if (options.progress) options.progress(received, fetched.info.size);
@@ -867,6 +871,32 @@ absl::StatusOr<FetchedImage> DataLane::ReceiveMapped(
                               std::move(release));
   GiveBack(std::move(connection));
   ReportSentInOne(options.progress, response.size);
+  return fetched;
+}
+
+absl::StatusOr<FetchedImage> DataLane::SpliceToPipe(
+    std::unique_ptr<Connection> connection, FetchedImage fetched,
+    const FetchOptions& options, const CallDeadline& deadline, int pipe) {
+  const uint64_t size = fetched.info.size;
+  StreamingChecksum checksum(size);
+  uint64_t moved = 0;
+  if (absl::Status status =
+          connection->reader().MoveToPipe(pipe, size, deadline.Whole(size),
+                                          [&](const uint8_t* data, size_t n) {
+                                            checksum.Update(data, n);
+                                            moved += n;
+                                            if (options.progress)
+                                              options.progress(moved, size);
+                                          });
+      !status.ok()) {
+    return status;
+  }
+  GiveBack(std::move(connection));
+  if (absl::Status intact =
+          CheckReceivedChecksum(checksum.Digest(), fetched.info.checksum);
+      !intact.ok()) {
+    return intact;
+  }
   return fetched;
 }
 

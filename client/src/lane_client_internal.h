@@ -178,7 +178,7 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
                                     std::string_view image_id,
                                     const FetchOptions& options,
                                     const CallDeadline& deadline,
-                                    const ImageSink& sink);
+                                    const FetchSink& sink);
   // Reads up to `length` bytes at `offset` of `generation` (0: current) of
   // `image_id` into `out`, clamped at the end of the image, by `deadline`.
   // Only on a connection whose server agreed to READ (`reads`). Refusals
@@ -292,7 +292,7 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
                                          const CallDeadline& deadline,
                                          bool accept_descriptor,
                                          bool* unanswered, bool* take_bytes,
-                                         const ImageSink* sink = nullptr);
+                                         const FetchSink* sink = nullptr);
   // The descriptor that came with `response` on `connection`, checked and
   // mapped with `access`, under a lease the caller ends (LeaseLedger).
   // When it cannot be used the lease ends at once, the connection goes back
@@ -304,6 +304,12 @@ class DataLane : public std::enable_shared_from_this<DataLane> {
       std::unique_ptr<Connection>& connection, const lane::Response& response,
       Mapping::Access access, bool* take_bytes,
       std::shared_ptr<const Mapping>* step_buffer = nullptr);
+  // A streamed fetch (FetchTo) answered with bytes on a plain socket, for a
+  // sink with a pipe: the `fetched.info.size` bytes moved into `pipe` by
+  // the kernel (LaneReader::MoveToPipe), verified as they pass.
+  absl::StatusOr<FetchedImage> SpliceToPipe(
+      std::unique_ptr<Connection> connection, FetchedImage fetched,
+      const FetchOptions& options, const CallDeadline& deadline, int pipe);
   // A streamed fetch (FetchTo) answered with a descriptor: the mapping is
   // handed to `sink` a window at a time, each released once handed on,
   // then unmapped and its lease released; nothing is copied here.

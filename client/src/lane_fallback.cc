@@ -117,7 +117,7 @@ absl::StatusOr<FetchedImage> LaneFallbackTransport::Fetch(
 
 absl::StatusOr<ImageInfo> LaneFallbackTransport::FetchTo(
     std::string_view image_id, const FetchOptions& options,
-    const CallDeadline& deadline, const ImageSink& sink) {
+    const CallDeadline& deadline, const FetchSink& sink) {
   LaneCall call = StartLaneCall(deadline.reply);
   if (call.connection != nullptr) {
     return call.lane->FetchTo(std::move(call.connection), image_id, options,

@@ -54,7 +54,7 @@ class LaneFallbackTransport final : public ImageTransport {
   absl::StatusOr<ImageInfo> FetchTo(std::string_view image_id,
                                     const FetchOptions& options,
                                     const CallDeadline& deadline,
-                                    const ImageSink& sink) override;
+                                    const FetchSink& sink) override;
   absl::StatusOr<LeasedStep> NextStep(std::string_view stream,
                                       std::string_view group,
                                       std::string_view consumer,

@@ -271,6 +271,31 @@ absl::StatusOr<size_t> LaneSocket::ReceiveSome(void* data, size_t size,
   }
 }
 
+absl::StatusOr<size_t> LaneSocket::SpliceSome(int pipe, size_t size,
+                                              absl::Time deadline) {
+  if (!can_splice()) {
+    return absl::FailedPreconditionError(
+        "bytes can be spliced only from a plain socket");
+  }
+  while (true) {
+    // Waiting in poll first keeps `deadline`: the socket itself blocks (up
+    // to the stall timeout) once splice is called.
+    if (absl::Status status = AwaitReady(POLLIN, deadline); !status.ok()) {
+      return status;
+    }
+    const ssize_t moved =
+        ::splice(fd_, nullptr, pipe, nullptr, size, SPLICE_F_MOVE);
+    if (moved > 0) return static_cast<size_t>(moved);
+    if (moved == 0) return PeerClosed();
+    if (errno == EINTR) continue;
+    if ((errno == EAGAIN || errno == EWOULDBLOCK) &&
+        deadline != absl::InfiniteFuture()) {
+      continue;
+    }
+    return ErrnoStatus(errno, "receive on the data lane");
+  }
+}
+
 // Received descriptors not yet taken, at most.
 constexpr size_t kMaxHeldDescriptors = 16;
 
@@ -580,6 +605,140 @@ absl::Status LaneReader::Fill(absl::Time deadline) {
       socket_->ReceiveSome(buffer_.get() + end_, kBufferBytes - end_, deadline);
   if (!received.ok()) return received.status();
   end_ += *received;
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Waits until the pipe whose write end is `pipe` has room, for a
+// non-blocking one (a blocking one waits in the call itself).
+absl::Status AwaitPipeRoom(int pipe, absl::Time deadline) {
+  pollfd entry{pipe, POLLOUT, 0};
+  while (true) {
+    const int ready = ::poll(&entry, 1, PollTimeout(deadline));
+    if (ready > 0) return absl::OkStatus();
+    if (ready == 0) {
+      return absl::DeadlineExceededError("the pipe written to stayed full");
+    }
+    if (errno != EINTR) return ErrnoStatus(errno, "poll");
+  }
+}
+
+absl::Status PipeWriteError(int error) {
+  return absl::UnavailableError(
+      absl::StrCat("cannot write to the pipe: ", std::strerror(error)));
+}
+
+absl::Status WriteToPipe(int pipe, const uint8_t* data, size_t size,
+                         absl::Time deadline) {
+  while (size > 0) {
+    const ssize_t written = ::write(pipe, data, size);
+    if (written >= 0) {
+      data += written;
+      size -= static_cast<size_t>(written);
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {
+      if (absl::Status status = AwaitPipeRoom(pipe, deadline); !status.ok()) {
+        return status;
+      }
+      continue;
+    }
+    return PipeWriteError(errno);
+  }
+  return absl::OkStatus();
+}
+
+// A pipe of this process's own, closed with it.
+class PrivatePipe {
+ public:
+  PrivatePipe() {
+    if (::pipe2(ends_, O_CLOEXEC) != 0) ends_[0] = ends_[1] = -1;
+  }
+  ~PrivatePipe() {
+    for (int end : ends_) {
+      if (end >= 0) ::close(end);
+    }
+  }
+  PrivatePipe(const PrivatePipe&) = delete;
+  PrivatePipe& operator=(const PrivatePipe&) = delete;
+
+  bool is_open() const { return ends_[0] >= 0; }
+  int read_end() const { return ends_[0]; }
+  int write_end() const { return ends_[1]; }
+
+ private:
+  int ends_[2];
+};
+
+// What a private pipe is widened to, so that each splice moves a large
+// piece (what an unprivileged process may ask for by default).
+constexpr int kSplicePipeBytes = 1 << 20;
+
+}  // namespace
+
+absl::Status LaneReader::MoveToPipe(
+    int pipe, uint64_t size, absl::Time deadline,
+    absl::FunctionRef<void(const uint8_t*, size_t)> seen) {
+  if (!socket_->can_splice()) {
+    return absl::FailedPreconditionError(
+        "bytes can be spliced only from a plain socket");
+  }
+  if (buffered() > 0) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(size, buffered()));
+    const uint8_t* from = buffer_.get() + begin_;
+    if (absl::Status status = WriteToPipe(pipe, from, n, deadline);
+        !status.ok()) {
+      return status;
+    }
+    seen(from, n);
+    begin_ += n;
+    size -= n;
+  }
+  if (size == 0) return absl::OkStatus();
+  PrivatePipe staging;
+  if (!staging.is_open()) return ErrnoStatus(errno, "pipe");
+  ::fcntl(staging.write_end(), F_SETPIPE_SZ, kSplicePipeBytes);
+  const int room = ::fcntl(staging.write_end(), F_GETPIPE_SZ);
+  const size_t piece = room > 0 ? static_cast<size_t>(room) : kBufferBytes;
+  while (size > 0) {
+    // The staging pipe is empty here, so the splice moves up to its size.
+    absl::StatusOr<size_t> spliced = socket_->SpliceSome(
+        staging.write_end(),
+        static_cast<size_t>(std::min<uint64_t>(size, piece)), deadline);
+    if (!spliced.ok()) return spliced.status();
+    size -= *spliced;
+    // tee duplicates the head of the staging pipe into `pipe`, as much as
+    // `pipe` has room for; exactly those bytes are then read out of the
+    // staging pipe (through this reader's buffer), so the next tee starts
+    // where this one ended.
+    for (size_t left = *spliced; left > 0;) {
+      const ssize_t teed = ::tee(staging.read_end(), pipe, left, 0);
+      if (teed <= 0) {
+        if (teed < 0 && errno == EINTR) continue;
+        if (teed < 0 && errno == EAGAIN) {
+          if (absl::Status status = AwaitPipeRoom(pipe, deadline);
+              !status.ok()) {
+            return status;
+          }
+          continue;
+        }
+        return PipeWriteError(teed < 0 ? errno : EIO);
+      }
+      left -= static_cast<size_t>(teed);
+      for (size_t unread = static_cast<size_t>(teed); unread > 0;) {
+        const ssize_t got = ::read(staging.read_end(), buffer_.get(),
+                                   std::min(unread, kBufferBytes));
+        if (got <= 0) {
+          if (got < 0 && errno == EINTR) continue;
+          return ErrnoStatus(got < 0 ? errno : EIO, "read a private pipe");
+        }
+        seen(buffer_.get(), static_cast<size_t>(got));
+        unread -= static_cast<size_t>(got);
+      }
+    }
+  }
   return absl::OkStatus();
 }
 

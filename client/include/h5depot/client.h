@@ -82,6 +82,7 @@
 namespace h5depot {
 
 namespace internal {
+struct FetchSink;
 struct PushBytes;
 class Cluster;
 struct StepBufferSlot;
@@ -549,6 +550,14 @@ class Client {
   absl::StatusOr<ImageInfo> FetchTo(std::string_view image_id,
                                     const ImageSink& sink,
                                     const FetchOptions& options = {});
+  // FetchTo with the bytes written to the descriptor `fd` (a file, a pipe,
+  // a socket; left open, written from where it stands). A write that fails
+  // ends the fetch with an error saying so. Into a pipe, bytes that arrive
+  // on a plain TCP connection move by reference (splice), read once here
+  // only to be verified: the fastest way to stream an image to another
+  // program.
+  absl::StatusOr<ImageInfo> FetchToDescriptor(std::string_view image_id, int fd,
+                                              const FetchOptions& options = {});
 
   // Reads up to `length` bytes at `offset` of `generation` (0: current)
   // into `out`. A range past the end is clamped; an offset past the end
@@ -682,6 +691,10 @@ class Client {
  private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
+  // FetchTo and FetchToDescriptor, once they know where the bytes go.
+  absl::StatusOr<ImageInfo> FetchToSink(std::string_view image_id,
+                                        const internal::FetchSink& sink,
+                                        const FetchOptions& options);
   // Push and PushFile, once they know their bytes.
   absl::StatusOr<ImageInfo> PushBytesAs(std::string_view image_id,
                                         const internal::PushBytes& bytes,

@@ -13,6 +13,7 @@
 #include <string>
 #include <utility>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -94,6 +95,15 @@ class LaneSocket {
   absl::StatusOr<size_t> ReceiveSome(
       void* data, size_t size, absl::Time deadline = absl::InfiniteFuture());
 
+  // Whether received bytes can be moved into a pipe by SpliceSome: a plain
+  // socket that takes no descriptors.
+  bool can_splice() const { return ssl_ == nullptr && !accepts_descriptors_; }
+  // As ReceiveSome, but the bytes go into the pipe whose write end is `pipe`
+  // by reference (splice), not copied; at most the room the pipe has left.
+  // Only where can_splice() (FAILED_PRECONDITION otherwise).
+  absl::StatusOr<size_t> SpliceSome(
+      int pipe, size_t size, absl::Time deadline = absl::InfiniteFuture());
+
   // Each later send or receive fails with DEADLINE_EXCEEDED when no byte
   // moves for `timeout`; InfiniteDuration (the default) to wait forever.
   absl::Status SetStallTimeout(absl::Duration timeout);
@@ -161,6 +171,20 @@ class LaneReader {
 
   // Bytes received but not read yet.
   size_t buffered() const { return end_ - begin_; }
+
+  // Receives exactly `size` bytes and writes them to the pipe whose write
+  // end is `pipe`, handing each piece to `seen` as well, in order (to be
+  // verified; `seen`'s pointer is valid only during the call). Buffered
+  // bytes are written from the buffer; the rest move from the socket into
+  // the pipe by reference (spliced into a private pipe, duplicated into
+  // `pipe` with tee) and are read once, for `seen`: one copy of each byte
+  // in this process, not two. A `pipe` without room blocks, as write()
+  // does (or is polled, if non-blocking, until `deadline`). Only where
+  // socket.can_splice() (FAILED_PRECONDITION otherwise, nothing moved).
+  // Failing to write to `pipe` returns an error saying so, and SIGPIPE is
+  // raised as a write() would (its reader gone).
+  absl::Status MoveToPipe(int pipe, uint64_t size, absl::Time deadline,
+                          absl::FunctionRef<void(const uint8_t*, size_t)> seen);
 
  private:
   static constexpr size_t kBufferBytes = size_t{64} << 10;
