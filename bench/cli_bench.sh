@@ -151,10 +151,15 @@ for size in sizes:
         # over that file, which also pays for the file system's flush of the
         # new file's data when a rename replaces an existing file (ext4's
         # auto_da_alloc), a cost of the destination, not of the transfer.
+        # Each followed by an untimed sync: the kernel writes the file back
+        # after the command exits, and that writeback, on the same two
+        # CPUs, would otherwise fall on the next command's time.
         if os.path.exists(f"{work}/copy.h5"):
             os.unlink(f"{work}/copy.h5")
         warm_get_new.append(run(get_file))
+        os.sync()
         warm_get.append(run(get_file))
+        os.sync()
         warm_pipe.append(run(pipe, shell=True))
     stop(server)
     lib_push = statistics.median(lib_push)
