@@ -1,6 +1,6 @@
 // The server's stream table on its own, where a case needs more readers
-// at once than a test can run as real clients: the bound on streams that
-// only readers have named. (The streams' behaviour end to end, through
+// at once than a test can run as real clients: the bounds on streams that
+// only readers have named and on reader groups per stream. (The streams' behaviour end to end, through
 // real servers, is tests/stream_test.cc.)
 #include <optional>
 #include <string>
@@ -96,6 +96,36 @@ TEST_F(StreamTableTest, AReaderNamingOneMoreIsRefusedWhileEveryOneIsWaitedOn) {
   table_.Shutdown();
   EXPECT_EQ(answers[0]->code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(second_reader->code(), absl::StatusCode::kUnavailable);
+}
+
+// Every group holds the steps it has not acknowledged: a stream takes
+// kMaxGroupsPerStream of them, and a reader naming one more is refused
+// until one is deleted. The groups it has keep reading.
+TEST_F(StreamTableTest, ReaderGroupsPerStreamAreBounded) {
+  ASSERT_TRUE(table_.Create("busy", StreamPolicy{}).ok());
+  NextRequest reader = Reader("busy");
+  for (size_t i = 0; i < StreamTable::kMaxGroupsPerStream; ++i) {
+    reader.group = absl::StrCat("g", i);
+    ASSERT_EQ(table_.NextFor(reader, absl::InfinitePast()).status().code(),
+              absl::StatusCode::kDeadlineExceeded);
+  }
+  reader.group = "one-more";
+  const absl::Status refused =
+      table_.NextFor(reader, absl::InfiniteFuture()).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find("reader groups"), std::string::npos)
+      << refused;
+  auto described = table_.Describe("busy");
+  ASSERT_TRUE(described.ok()) << described.status();
+  EXPECT_EQ(described->groups.size(), StreamTable::kMaxGroupsPerStream);
+
+  reader.group = "g7";
+  EXPECT_EQ(table_.NextFor(reader, absl::InfinitePast()).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(table_.DeleteGroup("busy", "g7").ok());
+  reader.group = "one-more";
+  EXPECT_EQ(table_.NextFor(reader, absl::InfinitePast()).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
 }
 
 }  // namespace

@@ -667,6 +667,14 @@ StreamTable::WaitId StreamTable::Next(const NextRequest& request,
                                        : RoomForAStreamNamedByAReader();
                !room.ok()) {
       result = room;
+    } else if (const Stream* named = Find(request.stream);
+               named != nullptr &&
+               named->groups.size() >= kMaxGroupsPerStream &&
+               named->groups.count(request.group) == 0) {
+      result = absl::ResourceExhaustedError(absl::StrCat(
+          "stream '", request.stream, "' has ", named->groups.size(),
+          " reader groups, the most a stream takes: delete one it no longer "
+          "needs (h5depot stream delete STREAM --group GROUP)"));
     } else {
       Stream& stream = Named(request.stream);
       Group& group = JoinGroup(stream, request);

@@ -166,6 +166,10 @@ class StreamTable {
   // positions, all at a stream's start); with every one waited on, it is
   // refused RESOURCE_EXHAUSTED.
   static constexpr size_t kMaxStreamsNamedByReaders = 4096;
+  // Reader groups one stream holds. Each keeps its position, its leases
+  // and every step it has not acknowledged, so a reader naming one more is
+  // refused RESOURCE_EXHAUSTED until a group is deleted (DeleteGroup).
+  static constexpr size_t kMaxGroupsPerStream = 1024;
 
   using RemoveSteps = std::function<void(std::vector<std::string> step_ids)>;
   using NextCallback = absl::AnyInvocable<void(absl::StatusOr<TakenStep>)>;
