@@ -1,7 +1,7 @@
 // The server's stream table on its own, where a case needs more readers
 // at once than a test can run as real clients: the bounds on streams that
-// only readers have named and on reader groups per stream. (The streams' behaviour end to end, through
-// real servers, is tests/stream_test.cc.)
+// only readers have named and on reader groups per stream. (The streams'
+// behaviour end to end, through real servers, is tests/stream_test.cc.)
 #include <optional>
 #include <string>
 #include <vector>
