@@ -387,6 +387,23 @@ int h5depot_fetch_newer(h5depot_client* client, const char* image_id,
   }
 }
 
+int h5depot_fetch_to_fd(h5depot_client* client, const char* image_id, int fd,
+                        h5depot_image_info* info) {
+  try {
+    if (client == nullptr || image_id == nullptr) {
+      return FailInvalid("client and image id must not be NULL");
+    }
+    if (fd < 0) return FailInvalid("the descriptor must not be negative");
+    absl::StatusOr<h5depot::ImageInfo> fetched =
+        client->client->FetchToDescriptor(image_id, fd);
+    if (!fetched.ok()) return Fail(fetched.status());
+    if (info != nullptr) *info = ToCInfo(*fetched);
+    return Succeed();
+  } catch (...) {
+    return FailFromException();
+  }
+}
+
 int h5depot_fetch_view(h5depot_client* client, const char* image_id,
                        h5depot_view** view, void** data, size_t* len,
                        uint64_t* generation) {

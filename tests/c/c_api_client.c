@@ -2,9 +2,12 @@
  * install_test.sh exactly as an application would be:
  *   cc c_api_client.c $(pkg-config --cflags --libs h5depot)
  * Usage: c_api_client TARGET. Exits 0 when every check passes. */
+#define _POSIX_C_SOURCE 200809L /* pipe, pread, fileno */
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "h5depot/h5depot.h"
 
@@ -316,6 +319,37 @@ int main(int argc, char** argv) {
         memcmp(fetched, image, len) == 0);
   CHECK(fetched_generation == pushed_generation);
   free(fetched);
+
+  /* Into a pipe (the image is smaller than a pipe holds) and a file, which
+   * keep their descriptors open; a missing image writes nothing. */
+  int ends[2];
+  CHECK(pipe(ends) == 0);
+  CHECK(h5depot_fetch_to_fd(client, "c/packet", ends[1], &info) == H5DEPOT_OK);
+  CHECK(info.generation == pushed_generation && info.size == len);
+  CHECK(h5depot_fetch_to_fd(client, "c/absent", ends[1], NULL) ==
+        H5DEPOT_NOT_FOUND);
+  close(ends[1]);
+  char* piped = malloc(len + 1);
+  size_t piped_len = 0;
+  for (ssize_t got = 1; got > 0 && piped_len <= len; piped_len += (size_t)got) {
+    got = read(ends[0], piped + piped_len, len + 1 - piped_len);
+    if (got < 0) break;
+  }
+  close(ends[0]);
+  CHECK(piped_len == len && memcmp(piped, image, len) == 0);
+  free(piped);
+  FILE* file = tmpfile();
+  CHECK(file != NULL && fputs("head", file) >= 0 && fflush(file) == 0);
+  CHECK(h5depot_fetch_to_fd(client, "c/packet", fileno(file), NULL) ==
+        H5DEPOT_OK);
+  char* written = malloc(4 + len);
+  CHECK(pread(fileno(file), written, 4 + len, 0) == (ssize_t)(4 + len));
+  CHECK(memcmp(written, "head", 4) == 0 &&
+        memcmp(written + 4, image, len) == 0);
+  free(written);
+  fclose(file);
+  CHECK(h5depot_fetch_to_fd(client, "c/packet", -1, NULL) ==
+        H5DEPOT_INVALID_ARGUMENT);
 
   /* A create-only push of an existing id fails with ALREADY_EXISTS. */
   h5depot_push_options options;

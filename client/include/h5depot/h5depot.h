@@ -238,6 +238,16 @@ int h5depot_fetch_newer(h5depot_client* client, const char* image_id,
                         uint64_t newer_than, int64_t timeout_ms, void** buf,
                         size_t* len, uint64_t* generation);
 
+/* Writes the current generation of `image_id` to the open descriptor `fd`
+ * (a file, from where its offset stands; a pipe; a socket) through a few
+ * MiB of memory whatever the image's size, and leaves `fd` open. The
+ * bytes are verified as they pass: H5DEPOT_DATA_LOSS after the last one
+ * if they do not match (what was written cannot be taken back: discard
+ * it). Into a pipe, bytes arriving over TCP move inside the kernel and
+ * are read once, to be verified. *info is optional (NULL). */
+int h5depot_fetch_to_fd(h5depot_client* client, const char* image_id, int fd,
+                        h5depot_image_info* info);
+
 /* A fetched image the caller reads in place: from a server on this host
  * over its Unix socket, a copy-on-write mapping of the server's memory
  * (nothing copied, shared with every process that fetched that
