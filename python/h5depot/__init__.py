@@ -18,6 +18,7 @@ also the standard exception it reads as (``NotFound`` is a ``KeyError``,
 
 import dataclasses
 import datetime
+import io
 import os
 
 from . import _native
@@ -237,6 +238,11 @@ def _is_h5py_file(source):
     return h5py is not None and isinstance(source, h5py.File)
 
 
+def _seekable(stream):
+    seekable = getattr(stream, "seekable", None)
+    return seekable is not None and seekable()
+
+
 def _h5py_if_loaded():
     import sys
     return sys.modules.get("h5py")
@@ -423,6 +429,49 @@ class Client:
         """
         return self._client().fetch(image_id, _seconds(wait, "wait"),
                                     _generation(newer_than, "newer_than"))
+
+    def fetch_to(self, image_id, destination, *, wait=None, newer_than=None):
+        """Writes the current generation of ``image_id`` to ``destination``
+        as its bytes arrive, through a buffer of a few MiB whatever the
+        image's size; returns its ImageInfo. ``wait`` and ``newer_than`` as
+        for fetch.
+
+        ``destination`` is a binary file object that has a descriptor (a
+        file opened with "wb" or "ab", a pipe's or a socket's file, a
+        ``socket.socket``) or a descriptor (an int); the bytes go from where
+        it stands, and it is left open. Into a pipe the bytes move without
+        a copy where the kernel allows. The bytes are verified as they
+        pass, so a damaged image is known only after its last byte was
+        written: ``DataLoss`` then, and a failed write ``Unavailable``;
+        discard what was written (as with a download)::
+
+            with open("run.h5", "wb") as f:
+                client.fetch_to("run-42/packet", f)
+        """
+        if isinstance(destination, int) and not isinstance(destination, bool):
+            fd = destination
+        else:
+            if isinstance(destination, io.TextIOBase):
+                raise InvalidArgument(
+                    "fetch_to: the destination is a text file; open it in "
+                    'binary mode ("wb")', "INVALID_ARGUMENT")
+            try:
+                fd = destination.fileno()
+            except (AttributeError, io.UnsupportedOperation):
+                raise InvalidArgument(
+                    "fetch_to: the destination needs a descriptor (a file, "
+                    f"pipe or socket, or an int), not a {type(destination).__name__}",
+                    "INVALID_ARGUMENT") from None
+            flush = getattr(destination, "flush", None)
+            if flush is not None:
+                flush()  # what it buffered goes first
+        info = ImageInfo._from_native(self._client().fetch_to_fd(
+            image_id, fd, _seconds(wait, "wait"),
+            _generation(newer_than, "newer_than")))
+        if not isinstance(destination, int) and _seekable(destination):
+            # A buffered file learns where its descriptor now stands.
+            destination.seek(0, os.SEEK_CUR)
+        return info
 
     def open(self, image_id, mode="r", *, wait=None, newer_than=None):
         """Fetches ``image_id`` and opens it as an ``h5py.File`` in the

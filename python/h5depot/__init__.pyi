@@ -123,6 +123,14 @@ class Client:
         wait: Optional[_Duration] = ...,
         newer_than: Optional[int] = ...,
     ) -> Image: ...
+    def fetch_to(
+        self,
+        image_id: str,
+        destination: Union[int, Any],
+        *,
+        wait: Optional[_Duration] = ...,
+        newer_than: Optional[int] = ...,
+    ) -> ImageInfo: ...
     def open(
         self,
         image_id: str,

@@ -248,6 +248,17 @@ class NativeClient {
         WithoutGil([&] { return client_->Fetch(image_id, options); })));
   }
 
+  // The image's bytes written to the descriptor `fd` as they arrive
+  // (Client::FetchToDescriptor), without the GIL; its info.
+  py::dict FetchToDescriptor(const std::string& image_id, int fd,
+                             std::optional<double> wait, uint64_t newer_than) {
+    FetchOptions options;
+    options.wait = Duration(wait);
+    options.newer_than = newer_than;
+    return InfoDict(ValueOrRaise(WithoutGil(
+        [&] { return client_->FetchToDescriptor(image_id, fd, options); })));
+  }
+
   py::dict Stat(const std::string& image_id, std::optional<double> wait,
                 uint64_t newer_than) {
     return InfoDict(ValueOrRaise(WithoutGil(
@@ -654,6 +665,7 @@ than bytes that were sent.)doc")
       .def("push_path", &NativeClient::PushPath)
       .def("push_hdf5_file", &NativeClient::PushHdf5File)
       .def("fetch", &NativeClient::Fetch)
+      .def("fetch_to_fd", &NativeClient::FetchToDescriptor)
       .def("stat", &NativeClient::Stat)
       .def("list", &NativeClient::List)
       .def("delete", &NativeClient::Delete)

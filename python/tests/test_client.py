@@ -3,9 +3,11 @@ files of every standard driver and many kinds of data round-tripped, no
 copy after arrival proven by memory, the error classes, processes, threads
 and fork()."""
 
+import io
 import multiprocessing
 import os
 import resource
+import socket
 import subprocess
 import sys
 import textwrap
@@ -106,6 +108,79 @@ def test_a_fetched_image_is_read_through_the_buffer_protocol(target):
         # The array is a view of the image's own memory, not a copy.
         assert np.shares_memory(array, np.frombuffer(memoryview(image), np.uint8))
         assert image.info.size == len(image)
+
+
+def read_all_in_a_thread(fd):
+    """Reads `fd` to its end in a thread; the bytes once joined."""
+    chunks = []
+
+    def drain():
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    return lambda: (thread.join(), b"".join(chunks))[1]
+
+
+def test_fetch_to_writes_into_a_file_a_pipe_and_a_socket(target, tmp_path):
+    image = tmp_path / "image.h5"
+    with h5py.File(image, "w") as f:
+        # Larger than the few MiB fetch_to passes through at a time.
+        f["noise"] = np.random.default_rng(3).integers(
+            0, 256, 9 << 20, dtype=np.uint8)
+    data = image.read_bytes()
+    with h5depot.Client(target) as depot:
+        pushed = depot.push("py/fetch-to", image)
+        # A buffered file: what it holds unflushed goes first, and it writes
+        # on after the image.
+        out = tmp_path / "out.bin"
+        with open(out, "wb") as f:
+            f.write(b"head")
+            assert depot.fetch_to("py/fetch-to", f) == pushed
+            f.write(b"tail")
+        assert out.read_bytes() == b"head" + data + b"tail"
+        # A pipe, by its descriptor, and a socket object.
+        read_end, write_end = os.pipe()
+        received = read_all_in_a_thread(read_end)
+        assert depot.fetch_to("py/fetch-to", write_end).size == len(data)
+        os.close(write_end)
+        assert received() == data
+        os.close(read_end)
+        ours, theirs = socket.socketpair()
+        received = read_all_in_a_thread(theirs.fileno())
+        depot.fetch_to("py/fetch-to", ours)
+        ours.shutdown(socket.SHUT_WR)
+        assert received() == data
+        ours.close()
+        theirs.close()
+
+
+def test_fetch_to_refuses_what_it_cannot_write_and_writes_nothing_then(
+        target, tmp_path):
+    with h5depot.Client(target) as depot:
+        with make_file("mem.h5", "core", backing_store=False) as f:
+            depot.push("py/fetch-to-errors", f)
+        out = tmp_path / "out.bin"
+        with open(out, "wb") as f:
+            with pytest.raises(h5depot.NotFound):
+                depot.fetch_to("py/never-pushed", f)
+        assert out.read_bytes() == b""
+        with open(out, "w") as text:
+            with pytest.raises(h5depot.InvalidArgument) as text_mode:
+                depot.fetch_to("py/fetch-to-errors", text)
+        assert "binary" in str(text_mode.value)
+        with pytest.raises(h5depot.InvalidArgument) as no_descriptor:
+            depot.fetch_to("py/fetch-to-errors", io.BytesIO())
+        assert "descriptor" in str(no_descriptor.value)
+        with open(out, "rb") as read_only:
+            with pytest.raises(h5depot.Unavailable) as unwritable:
+                depot.fetch_to("py/fetch-to-errors", read_only)
+        assert "cannot write" in str(unwritable.value)
+        assert out.read_bytes() == b""
 
 
 def test_a_round_trip_through_r_plus_pushes_the_next_generation(target):
@@ -365,6 +440,45 @@ def test_opening_a_fetched_image_copies_nothing(server, tmp_path, transport):
         assert grew >= 0.9 * info.size, "the measurement missed the fetch"
     with h5depot.Client(server.target) as depot:
         depot.rm("py/big")
+
+
+FETCH_TO_PEAK = textwrap.dedent("""
+    import sys, h5depot
+
+    def high_water():
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+
+    with h5depot.Client(sys.argv[1]) as depot:
+        depot.stat(sys.argv[2])
+        before = high_water()
+        with open(sys.argv[3], "wb") as out:
+            depot.fetch_to(sys.argv[2], out)
+        print(high_water() - before)
+""")
+
+
+def test_fetch_to_holds_a_few_mib_whatever_the_image(server, tmp_path):
+    size = 256 << 20
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:
+        dataset = f.create_dataset("big", (size,), dtype=np.uint8)
+        dataset[-1] = 255
+    with h5depot.Client(server.target) as depot:
+        info = depot.push("py/big-to-file", path)
+    out = tmp_path / "out.h5"
+    grew = int(subprocess.run(
+        [sys.executable, "-c", FETCH_TO_PEAK, server.target, "py/big-to-file",
+         str(out)], check=True, capture_output=True, text=True,
+        env=os.environ).stdout)
+    assert out.stat().st_size == info.size
+    assert out.read_bytes() == path.read_bytes()
+    assert grew < 32 << 20, (
+        f"writing a {info.size}-byte image raised peak RSS by {grew} bytes")
+    with h5depot.Client(server.target) as depot:
+        depot.rm("py/big-to-file")
 
 
 def test_threads_push_and_fetch_at_once(target):
