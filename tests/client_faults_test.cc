@@ -1079,23 +1079,32 @@ TEST_F(StalledTransferTest, AGrpcPushStalledHalfwayEndsByItsDeadline) {
 TEST_F(ClientFaultsTest,
        AFlushThatFailsWhileTheServerIsAwayLeavesAFileThatCloses) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // The child runs SetUp again (a server and a directory of its own) but
+  // ends before the fixture's teardown: it ends both itself. A failure
+  // leaves at once, without HDF5's exit handler and its open handles.
+  auto fail = [this](int code) {
+    server_.reset();
+    dir_.reset();
+    std::_Exit(code);
+  };
   EXPECT_EXIT(
       {
         hid_t fapl = DriverFapl(server_->target(), kCallTimeout);
         std::string errors;
-        if (!CreateThroughDriver(fapl, "flushed", 1, &errors)) std::_Exit(10);
+        if (!CreateThroughDriver(fapl, "flushed", 1, &errors)) fail(10);
         hid_t file = H5Fopen("flushed", H5F_ACC_RDWR, fapl);
         const std::vector<int> more = Ints(2);
         if (file < 0 ||
             H5LTmake_dataset_int(file, "more", 1, &kInts, more.data()) < 0) {
-          std::_Exit(11);
+          fail(11);
         }
-        if (!server_->Suspend().ok()) std::_Exit(12);
-        if (H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0) std::_Exit(13);
-        if (!server_->Resume().ok()) std::_Exit(14);
+        if (!server_->Suspend().ok()) fail(12);
+        if (H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0) fail(13);
+        if (!server_->Resume().ok()) fail(14);
         const bool closed = H5Fclose(file) >= 0;
         H5Pclose(fapl);
         server_.reset();
+        dir_.reset();
         std::exit(closed ? 0 : 15);  // and HDF5's exit handler runs
       },
       ::testing::ExitedWithCode(0), "");
