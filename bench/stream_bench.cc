@@ -6,13 +6,17 @@
 // XREADGROUP + XACK + XDEL, the same number of client threads, hiredis), and,
 // on the same host, through files written to a /dev/shm directory and announced
 // with inotify (write, rename into place; a reader claims a file by renaming
-// it, reads it whole, unlinks it). Every reader touches each page of each
-// step it gets. Prints one line per case: steps/s and GB/s from the
-// writer's first step to the last step taken. bench/stream_bench.sh
-// starts the servers and prints the table.
+// it, reads it whole, unlinks it). With --file=plain or --file=buffered
+// the h5depot writer appends the image as an open HDF5 file (the --image
+// file opened once, read-only) with AppendFileImage, or with
+// AppendFileImageInStepBuffer (HDF5 copies it into a step buffer). Every
+// reader touches each page of each step it gets. Prints one line per case:
+// steps/s and GB/s from the writer's first step to the last step taken.
+// bench/stream_bench.sh starts the servers and prints the table.
 //
 //   stream_bench --peer=h5depot|redis|shm --size=BYTES --steps=N
-//                --readers=R [--target=T] [--memfds=1] [--redis-socket=PATH |
+//                --readers=R [--target=T] [--memfds=1]
+//                [--file=plain|buffered] [--redis-socket=PATH |
 //                --redis-port=P] [--shm-dir=DIR] --image=PATH
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
@@ -39,6 +43,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "h5depot/client.h"
+#include "h5depot/hdf5_transfer.h"
+#include "hdf5.h"
 
 namespace {
 
@@ -100,7 +106,16 @@ int MemfdOf(const std::string& image) {
 // ---------------------------------------------------------------- h5depot
 
 double RunH5depot(const std::string& target, const std::string& image,
-                  uint64_t steps, int readers, bool memfds) {
+                  uint64_t steps, int readers, bool memfds,
+                  const std::string& image_path, const std::string& file_mode) {
+  hid_t file = H5I_INVALID_HID;
+  if (!file_mode.empty()) {
+    if (file_mode != "plain" && file_mode != "buffered") {
+      Die("--file is plain or buffered");
+    }
+    file = H5Fopen(image_path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (file < 0) Die("H5Fopen " + image_path);
+  }
   auto writer = h5depot::Client::Connect(target);
   if (!writer.ok()) Die(std::string(writer.status().message()));
   const std::string stream = absl::StrCat(
@@ -147,7 +162,12 @@ double RunH5depot(const std::string& target, const std::string& image,
       target.rfind("unix:", 0) == 0 && image.size() >= (size_t{256} << 10);
   for (uint64_t i = 0; i < steps; ++i) {
     absl::StatusOr<h5depot::AppendedStep> appended;
-    if (same_host && memfds) {
+    if (file >= 0) {
+      appended = file_mode == "buffered"
+                     ? h5depot::AppendFileImageInStepBuffer(**writer, stream,
+                                                            file, append)
+                     : h5depot::AppendFileImage(**writer, stream, file, append);
+    } else if (same_host && memfds) {
       const int memfd = MemfdOf(image);
       appended = (*writer)->AppendMemfd(stream, memfd, image.size(), append);
       close(memfd);
@@ -162,6 +182,7 @@ double RunH5depot(const std::string& target, const std::string& image,
     }
     if (!appended.ok()) Die(std::string(appended.status().message()));
   }
+  if (file >= 0) H5Fclose(file);
   if (!(*writer)->FinishStream(stream).ok()) Die("finish");
   for (std::thread& thread : threads) thread.join();
   const double seconds =
@@ -347,7 +368,9 @@ int main(int argc, char** argv) {
   double seconds = 0;
   if (peer == "h5depot") {
     seconds = RunH5depot(get("target"), image, steps, readers,
-                         args.count("memfds") != 0 && args.at("memfds") == "1");
+                         args.count("memfds") != 0 && args.at("memfds") == "1",
+                         get("image"),
+                         args.count("file") != 0 ? args.at("file") : "");
   } else if (peer == "redis") {
     seconds = RunRedis(args, image, steps, readers);
   } else if (peer == "shm") {

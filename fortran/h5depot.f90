@@ -123,6 +123,18 @@ module h5depot
       integer(c_int) :: c_stream_append_file
     end function c_stream_append_file
 
+    function c_stream_append_file_buffered(client, stream, file_id, wait_ms, &
+                                           step) &
+        bind(c, name="h5depot_stream_append_file_buffered")
+      import :: c_ptr, c_char, c_int, c_int64_t
+      type(c_ptr), value :: client
+      character(kind=c_char), dimension(*), intent(in) :: stream
+      integer(c_int64_t), value :: file_id  ! hid_t
+      integer(c_int64_t), value :: wait_ms
+      integer(c_int64_t), intent(out) :: step
+      integer(c_int) :: c_stream_append_file_buffered
+    end function c_stream_append_file_buffered
+
     function c_stream_open_next(client, stream, group, wait_ms, flags, step) &
         bind(c, name="h5depot_stream_open_next")
       import :: c_ptr, c_char, c_int, c_int64_t
@@ -365,16 +377,30 @@ contains
   ! Appends the image of `file_id` (an open HDF5 file of the core, sec2 or
   ! stdio driver) as the next step of `stream` (docs/STREAMS.md); `step`
   ! receives its number. A full stream that blocks waits up to 30 s.
-  subroutine h5depot_stream_append_f(client, stream, file_id, hdferr, step)
+  ! `step_buffer` .true.: the image is copied by HDF5 straight into one of
+  ! the client's step buffers, the fast way for large steps on the
+  ! server's host (h5depot_stream_append_file_buffered).
+  subroutine h5depot_stream_append_f(client, stream, file_id, hdferr, step, &
+                                     step_buffer)
     type(c_ptr), intent(in) :: client
     character(len=*), intent(in) :: stream
     integer(hid_t), intent(in) :: file_id
     integer, intent(out) :: hdferr
     integer(c_int64_t), intent(out), optional :: step
+    logical, intent(in), optional :: step_buffer
     integer(c_int64_t) :: appended
-    hdferr = status_of(c_stream_append_file(client, c_string(stream), &
-                                            int(file_id, c_int64_t), &
-                                            -1_c_int64_t, appended))
+    logical :: buffered
+    buffered = .false.
+    if (present(step_buffer)) buffered = step_buffer
+    if (buffered) then
+      hdferr = status_of(c_stream_append_file_buffered( &
+          client, c_string(stream), int(file_id, c_int64_t), &
+          -1_c_int64_t, appended))
+    else
+      hdferr = status_of(c_stream_append_file(client, c_string(stream), &
+                                              int(file_id, c_int64_t), &
+                                              -1_c_int64_t, appended))
+    end if
     if (present(step)) step = appended
   end subroutine h5depot_stream_append_f
 

@@ -28,12 +28,14 @@
 #include "h5depot/testing/hdf5_datasets.h"
 #include "h5depot/testing/hdf5_images.h"
 #include "h5depot/testing/server_process.h"
+#include "h5depot/testing/subprocess.h"
 
 namespace h5depot {
 namespace {
 
 using internal::UniqueFd;
 using testing::MakeHdf5Image;
+using testing::MemfdsOf;
 using testing::ServerProcess;
 using testing::ServerProcessOptions;
 
@@ -63,21 +65,6 @@ UniqueFd SealedMemfd(const std::string& bytes) {
     return UniqueFd();
   }
   return *std::move(memfd);
-}
-
-// How many descriptors of process `pid` are memfds named `name`.
-int MemfdsOf(pid_t pid, const std::string& name) {
-  const std::string directory = absl::StrCat("/proc/", pid, "/fd");
-  int count = 0;
-  for (int fd = 0; fd < 4096; ++fd) {
-    char target[256];
-    const std::string link = absl::StrCat(directory, "/", fd);
-    const ssize_t length = readlink(link.c_str(), target, sizeof(target) - 1);
-    if (length <= 0) continue;
-    target[length] = '\0';
-    if (std::string(target).find(absl::StrCat("/memfd:", name)) == 0) ++count;
-  }
-  return count;
 }
 
 std::string BytesOf(const ImageBuffer& buffer) {

@@ -25,19 +25,25 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
+#include "h5depot/file_image.h"
+#include "h5depot/h5depot.h"
+#include "h5depot/hdf5_transfer.h"
 #include "h5depot/internal/lane_protocol.h"
 #include "h5depot/internal/lane_socket.h"
 #include "h5depot/internal/memfd.h"
+#include "h5depot/testing/hdf5_datasets.h"
 #include "h5depot/testing/hdf5_images.h"
 #include "h5depot/testing/server_paths.h"
 #include "h5depot/testing/server_process.h"
 #include "h5depot/testing/subprocess.h"
+#include "h5depot/testing/temp_dir.h"
 
 namespace h5depot {
 namespace {
 
 using ::h5depot::testing::AllServerPaths;
 using ::h5depot::testing::CommandResult;
+using ::h5depot::testing::MemfdsOf;
 using ::h5depot::testing::RunCommand;
 using ::h5depot::testing::ServerOptionsFor;
 using ::h5depot::testing::ServerPath;
@@ -190,6 +196,69 @@ TEST_P(StepBufferTest, BadStepsAreRefusedAndChangeNothing) {
   absl::StatusOr<AppendedStep> appended = client_->CommitStep(*std::move(next));
   ASSERT_TRUE(appended.ok()) << appended.status();
   EXPECT_EQ(appended->step, 0u);
+}
+
+// An open file's image copied by HDF5 straight into a step buffer
+// (AppendFileImageInStepBuffer, and the C API's
+// h5depot_stream_append_file_buffered): each step is the file as it was
+// when appended, read-only writer's memory on the server's host, and the
+// file stays open and the writer's own. Something that is not a file is
+// refused and appends nothing.
+TEST_P(StepBufferTest, AnOpenFilesImageIsCopiedStraightIntoAStepBuffer) {
+  const std::string stream = "files";
+  absl::StatusOr<testing::TempDir> dir = testing::TempDir::Create();
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  const hid_t file = H5Fcreate(dir->File("frames.h5").c_str(), H5F_ACC_TRUNC,
+                               H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(file, 0);
+  // 4 MiB a step: handed over on the server's host.
+  const std::vector<double> first(512 * 1024, 1.5);
+  const std::vector<double> second(512 * 1024, -2.5);
+  ASSERT_TRUE(testing::WriteDataset(file, "/values", first));
+  absl::StatusOr<AppendedStep> appended =
+      AppendFileImageInStepBuffer(*client_, stream, file);
+  ASSERT_TRUE(appended.ok()) << appended.status();
+  EXPECT_EQ(appended->step, 0u);
+  // The image went through one of this client's step buffers, which on
+  // the server's host the server now holds too.
+  EXPECT_GE(MemfdsOf(getpid(), "h5depot-step-buffer"), 1);
+  EXPECT_EQ(MemfdsOf(server_->pid(), "h5depot-step-buffer") >= 1,
+            GetParam() == ServerPath::kLaneUnix);
+  ASSERT_TRUE(testing::WriteDataset(file, "/values", second));
+  // The C API's form of the same call.
+  h5depot_client* c_client = h5depot_connect(Target().c_str());
+  ASSERT_NE(c_client, nullptr) << h5depot_errmsg();
+  uint64_t second_step = 0;
+  EXPECT_EQ(h5depot_stream_append_file_buffered(c_client, stream.c_str(), file,
+                                                -1, &second_step),
+            0)
+      << h5depot_errmsg();
+  EXPECT_EQ(second_step, 1u);
+  h5depot_disconnect(c_client);
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      AppendFileImageInStepBuffer(*client_, stream, H5P_DEFAULT).status()));
+  absl::StatusOr<StreamInfo> info = client_->StatStream(stream);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->appended_steps, 2u);
+  // The writer's file is still open, and its own.
+  EXPECT_EQ(testing::ReadDataset<double>(file, "/values"), second);
+  H5Fclose(file);
+
+  for (const std::vector<double>* expected : {&first, &second}) {
+    NextOptions options;
+    options.wait = kLongWait;
+    absl::StatusOr<StreamStep> step = client_->Next(stream, "g", options);
+    ASSERT_TRUE(step.ok()) << step.status();
+    EXPECT_EQ(step->image.buffer.is_read_only(),
+              GetParam() == ServerPath::kLaneUnix);
+    const uint64_t number = step->step;
+    absl::StatusOr<hid_t> opened = OpenFileImage(std::move(step->image.buffer));
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    EXPECT_EQ(testing::ReadDataset<double>(*opened, "/values"), *expected)
+        << "step " << number;
+    H5Fclose(*opened);
+    ASSERT_TRUE(client_->Ack(stream, "g", number).ok());
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, StepBufferTest, AllServerPaths(),

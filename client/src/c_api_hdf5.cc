@@ -43,22 +43,43 @@ int h5depot_push_file_ex(h5depot_client* client, const char* image_id,
   }
 }
 
-int h5depot_stream_append_file(h5depot_client* client, const char* stream,
-                               hid_t file_id, int64_t wait_ms, uint64_t* step) {
+namespace {
+
+// The two appends of a file's image: the same checks, options and result.
+int AppendFile(h5depot_client* client, const char* stream, hid_t file_id,
+               int64_t wait_ms, uint64_t* step, bool in_step_buffer) {
   try {
     if (client == nullptr || stream == nullptr) {
       return FailInvalid("client and stream must not be NULL");
     }
     h5depot::AppendOptions options;
     if (wait_ms >= 0) options.wait_for_room = absl::Milliseconds(wait_ms);
-    auto appended =
-        h5depot::AppendFileImage(*client->client, stream, file_id, options);
+    auto appended = in_step_buffer
+                        ? h5depot::AppendFileImageInStepBuffer(
+                              *client->client, stream, file_id, options)
+                        : h5depot::AppendFileImage(*client->client, stream,
+                                                   file_id, options);
     if (!appended.ok()) return Fail(appended.status());
     if (step != nullptr) *step = appended->step;
     return Succeed();
   } catch (...) {
     return FailFromException();
   }
+}
+
+}  // namespace
+
+int h5depot_stream_append_file(h5depot_client* client, const char* stream,
+                               hid_t file_id, int64_t wait_ms, uint64_t* step) {
+  return AppendFile(client, stream, file_id, wait_ms, step,
+                    /*in_step_buffer=*/false);
+}
+
+int h5depot_stream_append_file_buffered(h5depot_client* client,
+                                        const char* stream, hid_t file_id,
+                                        int64_t wait_ms, uint64_t* step) {
+  return AppendFile(client, stream, file_id, wait_ms, step,
+                    /*in_step_buffer=*/true);
 }
 
 hid_t h5depot_stream_open_next(h5depot_client* client, const char* stream,

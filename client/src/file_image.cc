@@ -344,9 +344,8 @@ absl::StatusOr<size_t> CopyFileImage(hid_t file_id, void* buffer,
   return static_cast<size_t>(copied);
 }
 
-}  // namespace internal
-
-absl::StatusOr<ImageBuffer> TakeFileImage(hid_t file_id) {
+absl::StatusOr<size_t> CopyFlushedFileImage(
+    hid_t file_id, absl::FunctionRef<absl::StatusOr<void*>(size_t)> place) {
   QuietHdf5Errors quiet;
   if (H5Iget_type(file_id) != H5I_FILE) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -364,12 +363,11 @@ absl::StatusOr<ImageBuffer> TakeFileImage(hid_t file_id) {
                          "cannot take an image of the file (images exist "
                          "for files of the core, sec2 and stdio drivers)");
     }
-    absl::StatusOr<ImageBuffer> image =
-        ImageBuffer::Allocate(static_cast<size_t>(size));
-    if (!image.ok()) return image.status();
+    absl::StatusOr<void*> buffer = place(static_cast<size_t>(size));
+    if (!buffer.ok()) return buffer.status();
     absl::StatusOr<size_t> copied =
-        internal::CopyFileImage(file_id, image->data(), image->size());
-    if (copied.ok() && *copied == image->size()) return image;
+        CopyFileImage(file_id, *buffer, static_cast<size_t>(size));
+    if (copied.ok() && *copied == static_cast<size_t>(size)) return *copied;
     if (!copied.ok() &&
         copied.status().code() != absl::StatusCode::kFailedPrecondition) {
       return copied.status();
@@ -377,6 +375,21 @@ absl::StatusOr<ImageBuffer> TakeFileImage(hid_t file_id) {
   }
   return absl::AbortedError(
       "the file kept changing size while its image was taken; try again");
+}
+
+}  // namespace internal
+
+absl::StatusOr<ImageBuffer> TakeFileImage(hid_t file_id) {
+  std::optional<ImageBuffer> image;
+  absl::StatusOr<size_t> taken = internal::CopyFlushedFileImage(
+      file_id, [&image](size_t size) -> absl::StatusOr<void*> {
+        absl::StatusOr<ImageBuffer> allocated = ImageBuffer::Allocate(size);
+        if (!allocated.ok()) return allocated.status();
+        image = *std::move(allocated);
+        return image->data();
+      });
+  if (!taken.ok()) return taken.status();
+  return *std::move(image);
 }
 
 absl::StatusOr<hid_t> OpenFileImage(void* buffer, size_t size, unsigned flags) {

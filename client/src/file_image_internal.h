@@ -4,6 +4,7 @@
 
 #include <cstddef>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "hdf5.h"
 
@@ -16,6 +17,15 @@ namespace h5depot::internal {
 // than `capacity`; INVALID_ARGUMENT if the file has no image.
 absl::StatusOr<size_t> CopyFileImage(hid_t file_id, void* buffer,
                                      size_t capacity);
+
+// The whole image of the open file `file_id`, flushed first, copied once
+// into the memory `place(size)` gives for an image of `size` bytes
+// (non-null, at least `size` bytes, the caller's to keep). `place` is asked
+// again if another thread changed the file's size meanwhile, and the
+// memory it gave before is the caller's to drop. The one way TakeFileImage
+// and the appends into step buffers take an image; returns its size.
+absl::StatusOr<size_t> CopyFlushedFileImage(
+    hid_t file_id, absl::FunctionRef<absl::StatusOr<void*>(size_t)> place);
 
 }  // namespace h5depot::internal
 

@@ -1,11 +1,14 @@
 #include "h5depot/hdf5_transfer.h"
 
+#include <optional>
 #include <string>
 #include <utility>
 
 #include "H5LTpublic.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "client/src/file_image_internal.h"
 #include "client/src/memory_file_internal.h"
 #include "h5depot/internal/image_id.h"
 #include "h5depot/internal/memfd.h"
@@ -89,10 +92,17 @@ absl::StatusOr<ImageInfo> PushFileImage(Client& client,
   return PushImage(client, image_id, image->data(), image->size(), options);
 }
 
-absl::StatusOr<AppendedStep> AppendFileImage(Client& client,
-                                             std::string_view stream,
-                                             hid_t file_id,
-                                             const AppendOptions& options) {
+namespace {
+
+// The two appends of a file's image: a file made by CreateMemoryFile is
+// sealed and handed over as its memfd; any other's image is taken by
+// `append_copy`, which copies it once and appends it (its failures to take
+// the image prefixed with the `what` it is given).
+absl::StatusOr<AppendedStep> AppendFile(
+    Client& client, std::string_view stream, hid_t file_id,
+    const AppendOptions& options,
+    absl::FunctionRef<absl::StatusOr<AppendedStep>(const std::string& what)>
+        append_copy) {
   const std::string what = absl::StrCat("append to stream ", Quoted(stream));
   if (absl::Status status = internal::ValidateImageId(stream); !status.ok()) {
     return Annotate(status, what);
@@ -103,9 +113,43 @@ absl::StatusOr<AppendedStep> AppendFileImage(Client& client,
     const internal::SealedFileImage& image = **sealed;
     return client.AppendMemfd(stream, image.fd.get(), image.size, options);
   }
-  absl::StatusOr<ImageBuffer> image = TakeFileImage(file_id);
-  if (!image.ok()) return Annotate(image.status(), what);
-  return client.Append(stream, image->data(), image->size(), options);
+  return append_copy(what);
+}
+
+}  // namespace
+
+absl::StatusOr<AppendedStep> AppendFileImage(Client& client,
+                                             std::string_view stream,
+                                             hid_t file_id,
+                                             const AppendOptions& options) {
+  return AppendFile(
+      client, stream, file_id, options,
+      [&](const std::string& what) -> absl::StatusOr<AppendedStep> {
+        absl::StatusOr<ImageBuffer> image = TakeFileImage(file_id);
+        if (!image.ok()) return Annotate(image.status(), what);
+        return client.Append(stream, image->data(), image->size(), options);
+      });
+}
+
+absl::StatusOr<AppendedStep> AppendFileImageInStepBuffer(
+    Client& client, std::string_view stream, hid_t file_id,
+    const AppendOptions& options) {
+  return AppendFile(
+      client, stream, file_id, options,
+      [&](const std::string& what) -> absl::StatusOr<AppendedStep> {
+        std::optional<StepBuffer> buffer;
+        absl::StatusOr<size_t> taken = internal::CopyFlushedFileImage(
+            file_id, [&](size_t size) -> absl::StatusOr<void*> {
+              buffer.reset();  // one lent for a size that changed goes back
+              absl::StatusOr<StepBuffer> lent =
+                  client.BeginStep(stream, size, options);
+              if (!lent.ok()) return lent.status();
+              buffer = *std::move(lent);
+              return buffer->data();
+            });
+        if (!taken.ok()) return Annotate(taken.status(), what);
+        return client.CommitStep(*std::move(buffer), options);
+      });
 }
 
 absl::StatusOr<FetchedFile> FetchAndOpen(Client& client,

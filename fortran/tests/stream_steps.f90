@@ -1,5 +1,6 @@
 ! Streams from Fortran: appends five HDF5 files built in memory (core
-! driver) as steps of a stream, finishes it, then takes every step as a
+! driver) as steps of a stream, two of them through step buffers,
+! finishes it, then takes every step as a
 ! reader group would: each opens in place, holds the value written, and
 ! is acknowledged; after the last one the end is H5DEPOT_OUT_OF_RANGE.
 ! The server comes from H5DEPOT_SERVER.
@@ -13,8 +14,8 @@ program stream_steps
   character(len=255) :: stream
   type(c_ptr) :: client
   integer(hid_t) :: fapl, file, space, dataset
-  integer(hsize_t), dimension(1) :: dims = [100]
-  integer(c_int32_t) :: values(100)
+  integer(hsize_t), dimension(1) :: dims = [100000]
+  integer(c_int32_t) :: values(100000)
   integer(c_int64_t) :: step
   integer :: hdferr, code, i
 
@@ -36,7 +37,10 @@ program stream_steps
     call h5dwrite_f(dataset, H5T_NATIVE_INTEGER, values, dims, hdferr)
     call h5dclose_f(dataset, hdferr)
     call h5sclose_f(space, hdferr)
-    call h5depot_stream_append_f(client, trim(stream), file, hdferr, step)
+    ! Every other step copied into a step buffer of the client's (400 KB
+    ! each: on the server's host, large enough to be handed over).
+    call h5depot_stream_append_f(client, trim(stream), file, hdferr, step, &
+                                 step_buffer=(mod(i, 2) == 1))
     call check(hdferr, "append")
     if (step /= i) error stop "steps are numbered in order from 0"
     call h5fclose_f(file, hdferr)

@@ -383,6 +383,17 @@ int h5depot_push_file_ex(h5depot_client* client, const char* image_id,
 int h5depot_stream_append_file(h5depot_client* client, const char* stream,
                                hid_t file_id, int64_t wait_ms, uint64_t* step);
 
+/* h5depot_stream_append_file for large steps on the server's host: the
+ * image of any file but a memory file is copied by HDF5 straight into one
+ * of the client's step buffers (h5depot_stream_begin_step) and handed
+ * over: one copy, into memory the client reuses from step to step, where
+ * h5depot_stream_append_file copies into new memory and sends that.
+ * Elsewhere the buffer's bytes are sent. `wait_ms` (< 0: 30 s) also
+ * bounds the wait for a step buffer to come back. */
+int h5depot_stream_append_file_buffered(h5depot_client* client,
+                                        const char* stream, hid_t file_id,
+                                        int64_t wait_ms, uint64_t* step);
+
 /* h5depot_stream_next, the step opened as an HDF5 file in the memory it
  * arrived in (as h5depot_open: `flags` 0 or H5LT_FILE_IMAGE_OPEN_RW, HDF5
  * frees the image when the file closes); *step receives its number.

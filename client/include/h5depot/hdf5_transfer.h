@@ -94,6 +94,20 @@ absl::StatusOr<AppendedStep> AppendFileImage(Client& client,
                                              hid_t file_id,
                                              const AppendOptions& options = {});
 
+// AppendFileImage for a writer of large steps on the server's host: any
+// file but CreateMemoryFile's has its image copied by HDF5 straight into
+// one of `client`'s step buffers (Client::BeginStep), which CommitStep
+// hands over: one copy, into memory the client reuses from step to step,
+// where AppendFileImage copies into new memory and sends that. Elsewhere
+// the buffer's bytes are sent, as CommitStep does. Waits for a step
+// buffer as BeginStep does (options.wait_for_room).
+//
+// Errors: those of AppendFileImage, and of Client::BeginStep and
+// Client::CommitStep.
+absl::StatusOr<AppendedStep> AppendFileImageInStepBuffer(
+    Client& client, std::string_view stream, hid_t file_id,
+    const AppendOptions& options = {});
+
 // An image fetched and open as an HDF5 file.
 struct FetchedFile {
   ImageInfo info;                // the generation that was fetched

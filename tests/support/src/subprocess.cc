@@ -77,6 +77,21 @@ CommandResult CannotRun(const absl::Status& status) {
 
 }  // namespace
 
+int MemfdsOf(pid_t pid, const std::string& name) {
+  const std::string directory = absl::StrCat("/proc/", pid, "/fd");
+  const std::string wanted = absl::StrCat("/memfd:", name);
+  int count = 0;
+  for (int fd = 0; fd < 4096; ++fd) {
+    char target[256];
+    const std::string link = absl::StrCat(directory, "/", fd);
+    const ssize_t length = readlink(link.c_str(), target, sizeof(target) - 1);
+    if (length <= 0) continue;
+    target[length] = '\0';
+    if (std::string(target).find(wanted) == 0) ++count;
+  }
+  return count;
+}
+
 const std::string& H5depotdPath() {
   static const std::string* const path =
       new std::string(H5DEPOT_TESTING_H5DEPOTD_PATH);

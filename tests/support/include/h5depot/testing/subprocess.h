@@ -9,6 +9,8 @@
 #ifndef H5DEPOT_TESTING_SUBPROCESS_H_
 #define H5DEPOT_TESTING_SUBPROCESS_H_
 
+#include <sys/types.h>
+
 #include <map>
 #include <optional>
 #include <string>
@@ -22,6 +24,10 @@ namespace h5depot::testing {
 // this build.
 const std::string& H5depotdPath();
 const std::string& H5depotCliPath();
+
+// How many memfds named `name` (memfd_create's name) process `pid` holds
+// open, from /proc/PID/fd: which process holds whose memory.
+int MemfdsOf(pid_t pid, const std::string& name);
 
 struct CommandOptions {
   // Written to the child's standard input, which is then closed. The child
