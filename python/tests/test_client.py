@@ -395,7 +395,7 @@ def test_process_a_hands_a_file_to_waiting_process_b(server):
 # raises its peak resident memory: VmHWM, the high-water mark of this
 # process's own memory since its exec (ru_maxrss would count what the
 # parent had resident when it forked).
-PEAK = textwrap.dedent("""
+HIGH_WATER = textwrap.dedent("""
     import sys, h5depot
 
     def high_water():
@@ -403,7 +403,9 @@ PEAK = textwrap.dedent("""
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
+""")
 
+PEAK = HIGH_WATER + textwrap.dedent("""
     with h5depot.Client(sys.argv[1]) as depot:
         depot.stat(sys.argv[2])
         before = high_water()
@@ -442,15 +444,8 @@ def test_opening_a_fetched_image_copies_nothing(server, tmp_path, transport):
         depot.rm("py/big")
 
 
-FETCH_TO_PEAK = textwrap.dedent("""
-    import sys, h5depot
-
-    def high_water():
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-
+# fetch_to's peak: the same measure around a fetch into a file.
+FETCH_TO_PEAK = HIGH_WATER + textwrap.dedent("""
     with h5depot.Client(sys.argv[1]) as depot:
         depot.stat(sys.argv[2])
         before = high_water()
