@@ -131,23 +131,32 @@ absl::StatusOr<AppendedStep> AppendFileImage(Client& client,
       });
 }
 
+absl::StatusOr<StepBuffer> TakeFileImageInStepBuffer(
+    Client& client, std::string_view stream, hid_t file_id,
+    const AppendOptions& options) {
+  std::optional<StepBuffer> buffer;
+  absl::StatusOr<size_t> taken = internal::CopyFlushedFileImage(
+      file_id, [&](size_t size) -> absl::StatusOr<void*> {
+        buffer.reset();  // one lent for a size that changed goes back
+        absl::StatusOr<StepBuffer> lent =
+            client.BeginStep(stream, size, options);
+        if (!lent.ok()) return lent.status();
+        buffer = *std::move(lent);
+        return buffer->data();
+      });
+  if (!taken.ok()) return taken.status();
+  return *std::move(buffer);
+}
+
 absl::StatusOr<AppendedStep> AppendFileImageInStepBuffer(
     Client& client, std::string_view stream, hid_t file_id,
     const AppendOptions& options) {
   return AppendFile(
       client, stream, file_id, options,
       [&](const std::string& what) -> absl::StatusOr<AppendedStep> {
-        std::optional<StepBuffer> buffer;
-        absl::StatusOr<size_t> taken = internal::CopyFlushedFileImage(
-            file_id, [&](size_t size) -> absl::StatusOr<void*> {
-              buffer.reset();  // one lent for a size that changed goes back
-              absl::StatusOr<StepBuffer> lent =
-                  client.BeginStep(stream, size, options);
-              if (!lent.ok()) return lent.status();
-              buffer = *std::move(lent);
-              return buffer->data();
-            });
-        if (!taken.ok()) return Annotate(taken.status(), what);
+        absl::StatusOr<StepBuffer> buffer =
+            TakeFileImageInStepBuffer(client, stream, file_id, options);
+        if (!buffer.ok()) return Annotate(buffer.status(), what);
         return client.CommitStep(*std::move(buffer), options);
       });
 }

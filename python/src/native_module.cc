@@ -346,10 +346,27 @@ class NativeClient {
   // The image of an open HDF5 file, taken under the GIL, sent without it.
   py::tuple AppendHdf5File(const std::string& stream, int64_t file_id,
                            double wait_for_room, bool step_buffer) {
-    ImageBuffer image =
-        ValueOrRaise(TakeFileImage(static_cast<hid_t>(file_id)));
     AppendOptions options;
     options.wait_for_room = absl::Seconds(wait_for_room);
+    if (step_buffer) {
+      // Under the GIL, which guards HDF5, with a step buffer free now: HDF5
+      // writes the image straight into it. With none free the image is
+      // taken first, below, and the wait for one made without the GIL.
+      AppendOptions at_once = options;
+      at_once.wait_for_room = absl::ZeroDuration();
+      absl::StatusOr<StepBuffer> buffer = TakeFileImageInStepBuffer(
+          *client_, stream, static_cast<hid_t>(file_id), at_once);
+      if (buffer.ok()) {
+        return AppendedTuple(ValueOrRaise(WithoutGil(
+            [&] { return client_->CommitStep(*std::move(buffer), options); })));
+      }
+      if (!absl::IsDeadlineExceeded(buffer.status()) &&
+          !absl::IsResourceExhausted(buffer.status())) {
+        throw StatusError{buffer.status()};
+      }
+    }
+    ImageBuffer image =
+        ValueOrRaise(TakeFileImage(static_cast<hid_t>(file_id)));
     return AppendedTuple(ValueOrRaise(WithoutGil([&] {
       return step_buffer
                  ? AppendInStepBuffer(stream, image.data(), image.size(),

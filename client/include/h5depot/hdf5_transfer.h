@@ -108,6 +108,15 @@ absl::StatusOr<AppendedStep> AppendFileImageInStepBuffer(
     Client& client, std::string_view stream, hid_t file_id,
     const AppendOptions& options = {});
 
+// The first half of AppendFileImageInStepBuffer, for callers that commit
+// apart (a binding that holds a lock around HDF5 calls only): the image of
+// `file_id`, flushed and taken as TakeFileImage takes it, written by HDF5
+// into one of `client`'s step buffers for `stream`, ready for
+// Client::CommitStep. Waits for a buffer as BeginStep does.
+absl::StatusOr<StepBuffer> TakeFileImageInStepBuffer(
+    Client& client, std::string_view stream, hid_t file_id,
+    const AppendOptions& options = {});
+
 // An image fetched and open as an HDF5 file.
 struct FetchedFile {
   ImageInfo info;                // the generation that was fetched
