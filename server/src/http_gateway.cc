@@ -563,6 +563,7 @@ class Gateway {
         http::TagListMatches(header("If-None-Match"), tag,
                              http::Comparison::kWeak)) {
       answer.status = 304;
+      answer.not_modified_length = description.size;
       return answer;
     }
     http::RangeSelection selection =

@@ -395,9 +395,19 @@ struct HttpServerCallbacks {
       bytes = body->text.data();
       size = body->text.size();
     }
+    // A 304 is a response whose body is never sent (libmicrohttpd sends
+    // none for that status), of the 200's length, which libmicrohttpd then
+    // gives as its one Content-Length; a buffer's would say 0.
     MHD_Response* response =
-        MHD_create_response_from_buffer_with_free_callback_cls(
-            size, const_cast<void*>(bytes), &FreeBody, body);
+        answer.not_modified_length.has_value()
+            ? MHD_create_response_from_callback(
+                  *answer.not_modified_length, 4096,
+                  [](void*, uint64_t, char*, size_t) -> ssize_t {
+                    return MHD_CONTENT_READER_END_OF_STREAM;
+                  },
+                  body, &FreeBody)
+            : MHD_create_response_from_buffer_with_free_callback_cls(
+                  size, const_cast<void*>(bytes), &FreeBody, body);
     if (response == nullptr) {
       FreeBody(body);
       return MHD_NO;  // closes the connection

@@ -92,6 +92,10 @@ struct HttpAnswer {
   const uint8_t* bytes = nullptr;
   uint64_t size = 0;
   std::shared_ptr<const void> keep;
+  // A 304 (Not Modified): the Content-Length the 200 answer would have
+  // had, sent as this answer's, with no body (RFC 9110 section 8.6 lets a
+  // 304 carry no other length: "0" would tell a cache the image is empty).
+  std::optional<uint64_t> not_modified_length;
   // Called once when the exchange ends, on a server thread: whether the
   // whole answer went out (false: the client left, or stopped reading for
   // the idle timeout).
