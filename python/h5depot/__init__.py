@@ -465,13 +465,15 @@ class Client:
             flush = getattr(destination, "flush", None)
             if flush is not None:
                 flush()  # what it buffered goes first
-        info = ImageInfo._from_native(self._client().fetch_to_fd(
-            image_id, fd, _seconds(wait, "wait"),
-            _generation(newer_than, "newer_than")))
-        if not isinstance(destination, int) and _seekable(destination):
-            # A buffered file learns where its descriptor now stands.
-            destination.seek(0, os.SEEK_CUR)
-        return info
+        try:
+            return ImageInfo._from_native(self._client().fetch_to_fd(
+                image_id, fd, _seconds(wait, "wait"),
+                _generation(newer_than, "newer_than")))
+        finally:
+            if not isinstance(destination, int) and _seekable(destination):
+                # A buffered file learns where its descriptor now stands,
+                # also after a failure that wrote part of the image.
+                destination.seek(0, os.SEEK_CUR)
 
     def open(self, image_id, mode="r", *, wait=None, newer_than=None):
         """Fetches ``image_id`` and opens it as an ``h5py.File`` in the
