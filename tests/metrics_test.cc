@@ -18,6 +18,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "h5depot/client.h"
 #include "h5depot/testing/hdf5_images.h"
@@ -121,6 +123,22 @@ class MetricsTest : public ::testing::Test {
     return body.ok() ? Samples(*body) : std::map<std::string, double>();
   }
 
+  // A scrape once every series in `expected` has reached at least its
+  // value, or the last one after 60 s: the server counts a call as the call
+  // ends, which can be just after its answer reached the client.
+  std::map<std::string, double> ScrapeWhenCounted(
+      const std::map<std::string, double>& expected) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    for (;;) {
+      std::map<std::string, double> scraped = Scrape();
+      bool counted = true;
+      for (const auto& [series, value] : expected) {
+        if (scraped[series] < value) counted = false;
+      }
+      if (counted || absl::Now() >= deadline) return scraped;
+    }
+  }
+
   std::unique_ptr<Client> Connect(const std::string& target,
                                   bool use_data_lane = true) {
     ClientOptions options;
@@ -159,7 +177,15 @@ TEST_F(MetricsTest, CountsMoveWithRealCallsOnEveryTransport) {
   ASSERT_TRUE(grpc_only->Fetch("m/b").ok());
   ASSERT_TRUE(tcp->Stat("m/a").ok());  // Stat is gRPC's on every client
 
-  std::map<std::string, double> after = Scrape();
+  std::map<std::string, double> after = ScrapeWhenCounted({
+      {Calls("push", "lane_tcp", "OK"), 3},
+      {Calls("fetch", "lane_tcp", "OK"), 2},
+      {Calls("fetch", "lane_tcp", "NOT_FOUND"), 1},
+      {Calls("fetch", "lane_unix", "OK"), 1},
+      {Calls("push", "grpc", "OK"), 1},
+      {Calls("fetch", "grpc", "OK"), 1},
+      {Calls("stat", "grpc", "OK"), 1},
+  });
   EXPECT_EQ(after[Calls("push", "lane_tcp", "OK")], 3);
   EXPECT_EQ(after[Calls("fetch", "lane_tcp", "OK")], 2);
   EXPECT_EQ(after[Calls("fetch", "lane_tcp", "NOT_FOUND")], 1);
@@ -210,7 +236,10 @@ TEST_F(MetricsTest, RefusalsAreCountedByTheirCode) {
       tcp->Push("m/bad", not_hdf5.data(), not_hdf5.size()).status().code(),
       absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(tcp->Delete("m/absent").code(), absl::StatusCode::kNotFound);
-  std::map<std::string, double> after = Scrape();
+  std::map<std::string, double> after = ScrapeWhenCounted({
+      {Calls("push", "lane_tcp", "INVALID_ARGUMENT"), 1},
+      {Calls("delete", "grpc", "NOT_FOUND"), 1},
+  });
   EXPECT_EQ(after[Calls("push", "lane_tcp", "INVALID_ARGUMENT")], 1);
   EXPECT_EQ(after[Calls("delete", "grpc", "NOT_FOUND")], 1);
   // A refused push stored nothing and moved no counted byte.
@@ -237,12 +266,9 @@ TEST_F(MetricsTest, WatchesAreCounted) {
   ASSERT_TRUE((*watch)->Next(absl::Now() + absl::Seconds(60)).ok());
   (*watch)->Cancel();
   watch->reset();
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  double ended = 0;
-  while (ended == 0 && absl::Now() < deadline) {
-    ended = Scrape()[Calls("watch", "grpc", "CANCELLED")];
-  }
-  EXPECT_EQ(ended, 1);
+  EXPECT_EQ(ScrapeWhenCounted({{Calls("watch", "grpc", "CANCELLED"),
+                                1}})[Calls("watch", "grpc", "CANCELLED")],
+            1);
 }
 
 // A stream's queue and each reader group's lag show in the metrics as
