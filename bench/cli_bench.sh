@@ -15,7 +15,9 @@
 #       library's push and fetch of the same bytes as bench/run.sh
 #       measures them (h5depot_bench's cases: the C++ client, one connection,
 #       warm buffers), one measurement in each round of CLI commands, and
-#       the ratio of the two rates.
+#       the ratio of the two rates. Beside the replacing get, `cp` of the
+#       image's file over an existing file: what the destination costs any
+#       program that replaces a file (ext4 writes the new data back first).
 #   get of a 4 KiB image       median of 100 whole processes, against
 #       `redis-cli GET` of the same bytes from a redis-server started here.
 #   --version                  median of 30: the start-up alone.
@@ -136,7 +138,7 @@ for size in sizes:
     put[2] = get_file[2] = target
     run(put)
     lib_push, lib_fetch = [], []
-    warm_put, warm_get, warm_get_new, warm_pipe = [], [], [], []
+    warm_put, warm_get, warm_get_new, warm_pipe, warm_cp = [], [], [], [], []
     pipe = f"'{cli}' --server {target} get {image_id} | cat > /dev/null"
     for _ in range(7):
         # Its own id: the library's case deletes a large image before each
@@ -160,6 +162,11 @@ for size in sizes:
         os.sync()
         warm_get.append(run(get_file))
         os.sync()
+        # The destination's own cost, for comparison: cp of the image's
+        # file (in the page cache) over the same existing file pays the
+        # same flush (ext4 does it at the close of a truncated file).
+        warm_cp.append(run(["cp", path, f"{work}/copy.h5"]))
+        os.sync()
         warm_pipe.append(run(pipe, shell=True))
     stop(server)
     lib_push = statistics.median(lib_push)
@@ -168,6 +175,8 @@ for size in sizes:
     row(f"get -o NEW_FILE {size} (warm)", nbytes, warm_get_new, lib_fetch)
     row(f"get -o FILE {size} (warm, replacing it)", nbytes, warm_get, lib_fetch)
     row(f"get \\| cat {size} (warm)", nbytes, warm_pipe, lib_fetch)
+    row(f"cp FILE over an existing file {size} (warm; a peer, not the CLI)",
+        nbytes, warm_cp, lib_fetch)
     # Cold: a fresh server for each command (its memory untouched).
     cold = {}
     for name in ("put", "get -o FILE", "get | cat"):

@@ -706,6 +706,29 @@ TEST_F(CliTest, GetOverAnExistingFileKeepsItsModeAndOwner) {
   }
 }
 
+// A replacement larger than the step at which its writeback is started
+// early (8 MiB) has it started several times during the transfer; the file
+// is still the image alone, over an old file larger than it, with or
+// without --sync, and no temporary file is left beside it.
+TEST_F(CliTest, GetReplacingAFileWithALargeImageWritesExactlyTheImage) {
+  const std::string image = MakeHdf5Image(20 << 20, 23);
+  Put("large", image);
+  const std::string path = dir_->File("large.h5");
+  for (const bool sync : {false, true}) {
+    SCOPED_TRACE(sync ? "--sync" : "without --sync");
+    ASSERT_TRUE(WriteFile(path, std::string(image.size() + 12345, 'o')).ok());
+    std::vector<std::string> args = {"get", "large", "-o", path};
+    if (sync) args.push_back("--sync");
+    CommandResult get = Cli(args);
+    ASSERT_EQ(get.exit_code, 0) << get.stderr_text;
+    auto written = ReadFile(path);
+    ASSERT_TRUE(written.ok()) << written.status();
+    EXPECT_EQ(written->size(), image.size());
+    EXPECT_TRUE(*written == image) << "the file differs from the image";
+    EXPECT_EQ(Entries(dir_->path()), std::vector<std::string>{"large.h5"});
+  }
+}
+
 TEST_F(CliTest, GetIntoAPathThatCannotBeCreatedFailsBeforeFetching) {
   // A directory's write permission does not stop root, which tests often
   // run as; a path through a regular file stops everyone (ENOTDIR).

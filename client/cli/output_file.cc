@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -134,8 +135,15 @@ class ReplacingFile : public OutputFile {
           error);
     }
     temp.assign(name.data());
-    return std::unique_ptr<OutputFile>(
-        new ReplacingFile(path, dir, std::move(temp), fd, sync));
+    // A rename over an existing file makes ext4 (auto_da_alloc) write the
+    // new file back before the rename returns; a synced file is written
+    // back anyway. Either way the writeback is better started as the bytes
+    // arrive, beside the transfer, than all at once at the end.
+    struct stat old;
+    const bool write_back_early =
+        sync || (lstat(path.c_str(), &old) == 0 && S_ISREG(old.st_mode));
+    return std::unique_ptr<OutputFile>(new ReplacingFile(
+        path, dir, std::move(temp), fd, sync, write_back_early));
   }
 
   ~ReplacingFile() override {
@@ -145,7 +153,19 @@ class ReplacingFile : public OutputFile {
   }
 
   absl::Status Write(const void* data, size_t size) override {
-    return WriteAll(fd_, data, size, absl::StrCat("cannot write ", path_));
+    absl::Status written =
+        WriteAll(fd_, data, size, absl::StrCat("cannot write ", path_));
+    if (!written.ok()) return written;
+    written_ += size;
+    if (write_back_early_ && written_ - started_ >= kWriteBackStep) {
+      // Only starts the writeback; a failure of it shows where it would
+      // have without this call (at fsync, if asked for).
+      (void)sync_file_range(fd_, static_cast<off_t>(started_),
+                            static_cast<off_t>(written_ - started_),
+                            SYNC_FILE_RANGE_WRITE);
+      started_ = written_;
+    }
+    return absl::OkStatus();
   }
 
   absl::Status Commit() override {
@@ -167,13 +187,18 @@ class ReplacingFile : public OutputFile {
   }
 
  private:
+  // How much is written before its writeback is started, when it is
+  // started early: large enough that the requests are large.
+  static constexpr uint64_t kWriteBackStep = uint64_t{8} << 20;
+
   ReplacingFile(std::string path, std::string dir, std::string temp_path,
-                int fd, bool sync)
+                int fd, bool sync, bool write_back_early)
       : path_(std::move(path)),
         dir_(dir.empty() ? "." : std::move(dir)),
         temp_path_(std::move(temp_path)),
         fd_(fd),
-        sync_(sync) {}
+        sync_(sync),
+        write_back_early_(write_back_early) {}
 
   // Gives the temporary file the mode, owner and group of the file it
   // replaces, or a new file's mode. Looked up now rather than at Create()
@@ -234,6 +259,9 @@ class ReplacingFile : public OutputFile {
   const std::string temp_path_;
   int fd_;
   const bool sync_;
+  const bool write_back_early_;
+  uint64_t written_ = 0;  // bytes written so far
+  uint64_t started_ = 0;  // of those, the bytes whose writeback was started
   bool committed_ = false;
 };
 

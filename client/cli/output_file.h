@@ -53,6 +53,13 @@ class OutputFile {
   // block device before it is closed). Without it the data reaches the
   // disk when the kernel writes it back, as after `cp` or `curl -o`; the
   // rename is still all or nothing for every process on the machine.
+  //
+  // Where the file system would write the new file back before the rename
+  // anyway -- ext4 does for a rename over an existing file (auto_da_alloc),
+  // so that a crash cannot leave the name empty -- and with `sync`, the
+  // writeback is started as the bytes are written, 8 MiB at a time, so that
+  // it runs beside the transfer instead of after it. A new file without
+  // `sync` is left to the kernel's own writeback.
   static absl::StatusOr<std::unique_ptr<OutputFile>> Open(
       const std::string& path, bool sync);
 
