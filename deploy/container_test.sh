@@ -35,6 +35,8 @@
 #   H5DEPOT_DEBIAN_MIRROR    mirror for debootstrap and the base's apt
 #                            sources (default: http://deb.debian.org/debian)
 #   H5DEPOT_IMAGE            tag of the image built (default: localhost/h5depot)
+#   JOBS                     compile jobs inside the image's build (default:
+#                            the CPUs the build sees)
 #   H5DEPOT_GRPC_PORT        preferred gRPC port (default 7878; the data lane
 #                            is the next one); if either is taken on the
 #                            host, the next free pair is used and passed to
@@ -203,7 +205,8 @@ phase_end base
 # --- phase 2: the project's image --------------------------------------------
 phase_begin "build: $image from $repo"
 (cd "$repo" && "${podman[@]}" build --pull=never --network host \
-  "${ulimits[@]}" -f deploy/Containerfile -t "$image" .) ||
+  "${ulimits[@]}" ${JOBS:+--build-arg "JOBS=$JOBS"} \
+  -f deploy/Containerfile -t "$image" .) ||
   fail "podman build failed (its output is above)"
 say "image: $(podman image inspect --format '{{.Id}} {{.Size}} bytes' "$image")"
 phase_end build
