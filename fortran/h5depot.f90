@@ -30,7 +30,13 @@ module h5depot
   public :: h5depot_stream_append_f, h5depot_stream_next_f
   public :: h5depot_stream_ack_f, h5depot_stream_finish_f
   public :: h5depot_stream_delete_f
-  public :: H5DEPOT_OK, H5DEPOT_INVALID_ARGUMENT, H5DEPOT_DEADLINE_EXCEEDED, &
+  public :: h5depot_event_t
+  public :: h5depot_watch_start_f, h5depot_watch_next_f
+  public :: h5depot_watch_cancel_f, h5depot_watch_close_f
+  public :: H5DEPOT_EVENT_PUBLISHED, H5DEPOT_EVENT_REPLACED, &
+            H5DEPOT_EVENT_DELETED, H5DEPOT_EVENT_EXPIRED, &
+            H5DEPOT_EVENT_EVICTED, H5DEPOT_EVENT_LOST
+  public :: H5DEPOT_OK, H5DEPOT_CANCELLED, H5DEPOT_INVALID_ARGUMENT, H5DEPOT_DEADLINE_EXCEEDED, &
             H5DEPOT_NOT_FOUND, H5DEPOT_ALREADY_EXISTS, &
             H5DEPOT_PERMISSION_DENIED, H5DEPOT_RESOURCE_EXHAUSTED, &
             H5DEPOT_FAILED_PRECONDITION, H5DEPOT_ABORTED, &
@@ -40,6 +46,8 @@ module h5depot
 
   ! The codes of h5depot_code (h5depot.h).
   integer, parameter :: H5DEPOT_OK = 0
+  ! A watch was cancelled (h5depot_watch_cancel_f).
+  integer, parameter :: H5DEPOT_CANCELLED = 1
   integer, parameter :: H5DEPOT_INVALID_ARGUMENT = 3
   integer, parameter :: H5DEPOT_DEADLINE_EXCEEDED = 4
   integer, parameter :: H5DEPOT_NOT_FOUND = 5
@@ -67,6 +75,42 @@ module h5depot
     integer(c_int64_t) :: created_unix_micros
     integer(c_int64_t) :: expires_unix_micros
   end type h5depot_image_info_t
+
+  ! The kinds of change a watch reports (h5depot_event_kind).
+  integer, parameter :: H5DEPOT_EVENT_PUBLISHED = 0  ! an id's first generation
+  integer, parameter :: H5DEPOT_EVENT_REPLACED = 1   ! a new generation
+  integer, parameter :: H5DEPOT_EVENT_DELETED = 2    ! removed by a delete
+  integer, parameter :: H5DEPOT_EVENT_EXPIRED = 3    ! its time to live ended
+  integer, parameter :: H5DEPOT_EVENT_EVICTED = 4    ! removed to make room
+  ! Not a change: changes first_lost_sequence through sequence were not
+  ! delivered (the server no longer kept them); look again and go on.
+  integer, parameter :: H5DEPOT_EVENT_LOST = 5
+
+  ! One change seen by a watch (h5depot_event), in the order changes took
+  ! effect; sequences only grow. Published, replaced: the new generation
+  ! and its size; deleted, expired, evicted: the generation removed and its
+  ! size. The image's id comes apart, as a Fortran string.
+  type :: h5depot_event_t
+    integer :: kind
+    integer(c_int64_t) :: sequence
+    integer(c_int64_t) :: generation
+    integer(c_int64_t) :: size
+    integer(c_int64_t) :: replaced_generation  ! H5DEPOT_EVENT_REPLACED only
+    integer(c_int64_t) :: time_unix_micros     ! when it took effect
+    integer(c_int64_t) :: first_lost_sequence  ! H5DEPOT_EVENT_LOST only
+  end type h5depot_event_t
+
+  ! h5depot_event as C lays it out; converted by h5depot_watch_next_f.
+  type, bind(c) :: c_event
+    integer(c_int) :: kind
+    integer(c_int64_t) :: sequence
+    type(c_ptr) :: image_id
+    integer(c_int64_t) :: generation
+    integer(c_int64_t) :: size
+    integer(c_int64_t) :: replaced_generation
+    integer(c_int64_t) :: time_unix_micros
+    integer(c_int64_t) :: first_lost_sequence
+  end type c_event
 
   interface
     function c_connect(target) bind(c, name="h5depot_connect")
@@ -208,6 +252,35 @@ module h5depot
       character(kind=c_char), dimension(*), intent(in) :: image_id
       integer(c_int) :: c_delete
     end function c_delete
+
+    function c_watch_start(client, prefix, after, watch) &
+        bind(c, name="h5depot_watch_start")
+      import :: c_ptr, c_char, c_int
+      type(c_ptr), value :: client
+      character(kind=c_char), dimension(*), intent(in) :: prefix
+      type(c_ptr), value :: after  ! const uint64_t*, or NULL
+      type(c_ptr), intent(out) :: watch
+      integer(c_int) :: c_watch_start
+    end function c_watch_start
+
+    function c_watch_next(watch, timeout_ms, event) &
+        bind(c, name="h5depot_watch_next")
+      import :: c_ptr, c_int, c_int64_t, c_event
+      type(c_ptr), value :: watch
+      integer(c_int64_t), value :: timeout_ms
+      type(c_event), intent(out) :: event
+      integer(c_int) :: c_watch_next
+    end function c_watch_next
+
+    subroutine c_watch_cancel(watch) bind(c, name="h5depot_watch_cancel")
+      import :: c_ptr
+      type(c_ptr), value :: watch
+    end subroutine c_watch_cancel
+
+    subroutine c_watch_close(watch) bind(c, name="h5depot_watch_close")
+      import :: c_ptr
+      type(c_ptr), value :: watch
+    end subroutine c_watch_close
 
     function c_errcode() bind(c, name="h5depot_errcode")
       import :: c_int
@@ -464,6 +537,84 @@ contains
                                          c_null_ptr))
     end if
   end subroutine h5depot_stream_delete_f
+
+  ! Starts watching the changes to the images whose ids start with `prefix`
+  ! (blank: every image): from now on, or with `after`, every change after
+  ! that sequence the server still keeps (H5DEPOT_EVENT_LOST first for
+  ! those it does not). Returns once the watch runs on the server, so
+  ! nothing done after it is missed. Close `watch` with
+  ! h5depot_watch_close_f before disconnecting the client.
+  subroutine h5depot_watch_start_f(client, prefix, watch, hdferr, after)
+    type(c_ptr), intent(in) :: client
+    character(len=*), intent(in) :: prefix
+    type(c_ptr), intent(out) :: watch
+    integer, intent(out) :: hdferr
+    integer(c_int64_t), intent(in), optional :: after
+    integer(c_int64_t), target :: sequence
+    if (present(after)) then
+      sequence = after
+      hdferr = status_of(c_watch_start(client, c_string(prefix), &
+                                       c_loc(sequence), watch))
+    else
+      hdferr = status_of(c_watch_start(client, c_string(prefix), &
+                                       c_null_ptr, watch))
+    end if
+  end subroutine h5depot_watch_start_f
+
+  ! The next change, waiting up to `timeout_ms` milliseconds (negative: for
+  ! ever). `image_id` receives the image's id, blank-padded (blank for
+  ! H5DEPOT_EVENT_LOST); `id_length` its length, which is more than
+  ! len(image_id) when the id had to be cut. hdferr -1 with
+  ! H5DEPOT_DEADLINE_EXCEEDED if nothing changed in time (the watch goes
+  ! on), H5DEPOT_UNAVAILABLE once the server stops or the connection
+  ! breaks, H5DEPOT_CANCELLED after h5depot_watch_cancel_f.
+  subroutine h5depot_watch_next_f(watch, timeout_ms, event, image_id, &
+                                  hdferr, id_length)
+    type(c_ptr), intent(in) :: watch
+    integer(c_int64_t), intent(in) :: timeout_ms
+    type(h5depot_event_t), intent(out) :: event
+    character(len=*), intent(out) :: image_id
+    integer, intent(out) :: hdferr
+    integer, intent(out), optional :: id_length
+    type(c_event) :: raw
+    character(kind=c_char), dimension(:), pointer :: text
+    integer :: length, i
+    image_id = ""
+    length = 0
+    hdferr = status_of(c_watch_next(watch, timeout_ms, raw))
+    if (hdferr == 0) then
+      event%kind = int(raw%kind)
+      event%sequence = raw%sequence
+      event%generation = raw%generation
+      event%size = raw%size
+      event%replaced_generation = raw%replaced_generation
+      event%time_unix_micros = raw%time_unix_micros
+      event%first_lost_sequence = raw%first_lost_sequence
+      if (c_associated(raw%image_id)) then
+        length = int(c_strlen(raw%image_id))
+        call c_f_pointer(raw%image_id, text, [length])
+        do i = 1, min(length, len(image_id))
+          image_id(i:i) = text(i)
+        end do
+      end if
+    end if
+    if (present(id_length)) id_length = length
+  end subroutine h5depot_watch_next_f
+
+  ! Ends the watch, from any thread: an h5depot_watch_next_f waiting on
+  ! another thread returns with H5DEPOT_CANCELLED.
+  subroutine h5depot_watch_cancel_f(watch)
+    type(c_ptr), intent(in) :: watch
+    call c_watch_cancel(watch)
+  end subroutine h5depot_watch_cancel_f
+
+  ! Ends the watch and frees it; `watch` is C_NULL_PTR afterwards. Not while
+  ! another thread is in h5depot_watch_next_f on it.
+  subroutine h5depot_watch_close_f(watch)
+    type(c_ptr), intent(inout) :: watch
+    call c_watch_close(watch)
+    watch = c_null_ptr
+  end subroutine h5depot_watch_close_f
 
   ! The code of the calling thread's last failure (H5DEPOT_OK if none).
   subroutine h5depot_errcode_f(code)
