@@ -8,6 +8,7 @@ program packet_consumer
   use, intrinsic :: iso_c_binding
   use hdf5
   use h5depot
+  use test_checks
   implicit none
   character(len=255) :: image_id
   character(len=512) :: message
@@ -70,16 +71,4 @@ program packet_consumer
   print '(a, a, i0, a)', trim(image_id), ": ", size(values), " values checked"
   call h5depot_disconnect_f(client)
   call h5close_f(hdferr)
-
-contains
-
-  subroutine check_depot(status, what)
-    integer, intent(in) :: status
-    character(len=*), intent(in) :: what
-    if (status /= 0) then
-      call h5depot_errmsg_f(message)
-      print '(a, a, a, a)', "failed: ", what, ": ", trim(message)
-      error stop 1
-    end if
-  end subroutine check_depot
 end program packet_consumer

@@ -7,9 +7,9 @@ program packet_producer
   use, intrinsic :: iso_c_binding
   use hdf5
   use h5depot
+  use test_checks
   implicit none
   character(len=255) :: image_id
-  character(len=512) :: message
   type(c_ptr) :: client
   integer(hid_t) :: fapl, file, space, dataset
   integer(hsize_t), dimension(2) :: dims = [10, 100]
@@ -46,25 +46,4 @@ program packet_producer
   call h5fclose_f(file, hdferr)
   call h5pclose_f(fapl, hdferr)
   call h5close_f(hdferr)
-
-contains
-
-  subroutine check(status, what)
-    integer, intent(in) :: status
-    character(len=*), intent(in) :: what
-    if (status /= 0) then
-      print '(a, a)', "failed: ", what
-      error stop 1
-    end if
-  end subroutine check
-
-  subroutine check_depot(status, what)
-    integer, intent(in) :: status
-    character(len=*), intent(in) :: what
-    if (status /= 0) then
-      call h5depot_errmsg_f(message)
-      print '(a, a, a, a)', "failed: ", what, ": ", trim(message)
-      error stop 1
-    end if
-  end subroutine check_depot
 end program packet_producer

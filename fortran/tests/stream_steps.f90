@@ -10,6 +10,7 @@ program stream_steps
   use, intrinsic :: iso_c_binding
   use hdf5
   use h5depot
+  use test_checks
   implicit none
   character(len=255) :: stream
   type(c_ptr) :: client
@@ -22,7 +23,7 @@ program stream_steps
   call get_command_argument(1, stream)
   call h5open_f(hdferr)
   call h5depot_connect_f("", client, hdferr)
-  call check(hdferr, "connect")
+  call check_depot(hdferr, "connect")
 
   do i = 0, 4
     values = i
@@ -30,7 +31,7 @@ program stream_steps
     call h5pset_fapl_core_f(fapl, int(65536, size_t), .false., hdferr)
     call h5fcreate_f("step.h5", H5F_ACC_TRUNC_F, file, hdferr, &
                      access_prp=fapl)
-    call check(hdferr, "h5fcreate_f")
+    call check_depot(hdferr, "h5fcreate_f")
     call h5screate_simple_f(1, dims, space, hdferr)
     call h5dcreate_f(file, "values", H5T_NATIVE_INTEGER, space, dataset, &
                      hdferr)
@@ -41,27 +42,27 @@ program stream_steps
     ! each: on the server's host, large enough to be handed over).
     call h5depot_stream_append_f(client, trim(stream), file, hdferr, step, &
                                  step_buffer=(mod(i, 2) == 1))
-    call check(hdferr, "append")
+    call check_depot(hdferr, "append")
     if (step /= i) error stop "steps are numbered in order from 0"
     call h5fclose_f(file, hdferr)
     call h5pclose_f(fapl, hdferr)
   end do
   call h5depot_stream_finish_f(client, trim(stream), hdferr)
-  call check(hdferr, "finish")
+  call check_depot(hdferr, "finish")
 
   do i = 0, 4
     call h5depot_stream_next_f(client, trim(stream), "readers", &
                                10000_c_int64_t, file, step, hdferr)
-    call check(hdferr, "next")
+    call check_depot(hdferr, "next")
     if (step /= i) error stop "steps arrive in order"
     call h5dopen_f(file, "values", dataset, hdferr)
     call h5dread_f(dataset, H5T_NATIVE_INTEGER, values, dims, hdferr)
-    call check(hdferr, "h5dread_f")
+    call check_depot(hdferr, "h5dread_f")
     if (any(values /= i)) error stop "a step holds another step's values"
     call h5dclose_f(dataset, hdferr)
     call h5fclose_f(file, hdferr)
     call h5depot_stream_ack_f(client, trim(stream), "readers", step, hdferr)
-    call check(hdferr, "ack")
+    call check_depot(hdferr, "ack")
   end do
   call h5depot_stream_next_f(client, trim(stream), "readers", &
                              1000_c_int64_t, file, step, hdferr)
@@ -70,30 +71,17 @@ program stream_steps
     error stop "the end of a finished stream is H5DEPOT_OUT_OF_RANGE"
   end if
   call h5depot_stream_delete_f(client, trim(stream), hdferr, group="readers")
-  call check(hdferr, "delete the group")
+  call check_depot(hdferr, "delete the group")
   call h5depot_stream_delete_f(client, trim(stream), hdferr, group="readers")
   call h5depot_errcode_f(code)
   if (hdferr /= -1 .or. code /= H5DEPOT_NOT_FOUND) then
     error stop "a deleted group is H5DEPOT_NOT_FOUND"
   end if
   call h5depot_stream_delete_f(client, trim(stream), hdferr)
-  call check(hdferr, "delete the stream")
+  call check_depot(hdferr, "delete the stream")
   call h5depot_stream_delete_f(client, trim(stream), hdferr)
   if (hdferr /= -1) error stop "a deleted stream is not there to delete"
   print '(a, a)', trim(stream), ": 5 steps appended and read back"
   call h5depot_disconnect_f(client)
   call h5close_f(hdferr)
-
-contains
-
-  subroutine check(status, what)
-    integer, intent(in) :: status
-    character(len=*), intent(in) :: what
-    character(len=512) :: message
-    if (status /= 0) then
-      call h5depot_errmsg_f(message)
-      print '(a, a, a, a)', "failed: ", what, ": ", trim(message)
-      error stop 1
-    end if
-  end subroutine check
 end program stream_steps

@@ -9,9 +9,9 @@ program watch_changes
   use, intrinsic :: iso_c_binding
   use hdf5
   use h5depot
+  use test_checks
   implicit none
   character(len=200) :: prefix
-  character(len=512) :: message
   character(len=300) :: seen_id
   character(len=8) :: short_id
   type(c_ptr) :: client, watch, again
@@ -107,25 +107,4 @@ contains
     if (event%generation /= generation) call fail("event generation")
     if (event%size <= 0) call fail("event size")
   end subroutine next_event
-
-  subroutine fail(what)
-    character(len=*), intent(in) :: what
-    print '(a, a)', "failed: ", what
-    error stop 1
-  end subroutine fail
-
-  subroutine check(status, what)
-    integer, intent(in) :: status
-    character(len=*), intent(in) :: what
-    if (status /= 0) call fail(what)
-  end subroutine check
-
-  subroutine check_depot(status, what)
-    integer, intent(in) :: status
-    character(len=*), intent(in) :: what
-    if (status /= 0) then
-      call h5depot_errmsg_f(message)
-      call fail(what//": "//trim(message))
-    end if
-  end subroutine check_depot
 end program watch_changes
