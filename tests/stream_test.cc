@@ -595,8 +595,23 @@ TEST_P(StreamTest, CommandLineAppendsAndTakesSteps) {
               std::string::npos)
         << appended.stdout_text;
   }
+  // A third from stdin, as a producer piping its file in would.
+  testing::CommandOptions from_stdin;
+  from_stdin.stdin_data = ImageOf(1);
+  testing::CommandResult piped = testing::RunCommand(
+      {testing::H5depotCliPath(), server, "stream", "append", "cli/s", "-"},
+      from_stdin);
+  ASSERT_EQ(piped.exit_code, 0) << piped.stderr_text;
+  EXPECT_NE(piped.stdout_text.find("step:        2"), std::string::npos)
+      << piped.stdout_text;
+  // Something that is not HDF5 is refused, and no step is taken for it.
+  from_stdin.stdin_data = "not an HDF5 file";
+  testing::CommandResult refused = testing::RunCommand(
+      {testing::H5depotCliPath(), server, "stream", "append", "cli/s", "-"},
+      from_stdin);
+  EXPECT_NE(refused.exit_code, 0);
   ASSERT_EQ(run({"stream", "finish", "cli/s"}).exit_code, 0);
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < 3; ++i) {
     const std::string out = absl::StrCat(dir.path(), "/out", i, ".h5");
     testing::CommandResult next =
         run({"stream", "next", "cli/s", "--group", "g", "-o", out});

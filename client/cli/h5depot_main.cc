@@ -132,8 +132,8 @@ Commands:
       step 0 for every new reader. Optional: a first append creates the
       stream with the defaults.
   stream append STREAM FILE [--wait DURATION]
-      Append FILE as the stream's next step; prints the step number and
-      its info. --wait: how long to wait for room in a full stream that
+      Append FILE (or stdin if FILE is -) as the stream's next step; prints
+      the step number and its info. --wait: how long to wait for room in a full stream that
       blocks (default 30s).
   stream next STREAM --group G [-o FILE|-] [--wait DURATION]
               [--start oldest|latest|N] [--lease DURATION]
@@ -755,10 +755,17 @@ int RunStreamAppend(const Invocation& call, const std::string& stream,
                         &exit_code)) {
     return exit_code;
   }
+  std::string data;
+  if (path == "-") {
+    absl::StatusOr<std::string> read = ReadStdin();
+    if (!read.ok()) return Fail(call.command, read.status());
+    data = *std::move(read);
+  }
   absl::StatusOr<std::unique_ptr<Client>> client = Connect(call);
   if (!client.ok()) return Fail(call.command, client.status());
   absl::StatusOr<AppendedStep> appended =
-      (*client)->AppendFile(stream, path, options);
+      path == "-" ? (*client)->Append(stream, data.data(), data.size(), options)
+                  : (*client)->AppendFile(stream, path, options);
   if (!appended.ok()) return Fail(call.command, appended.status());
   std::printf("step:        %s\n", absl::StrCat(appended->step).c_str());
   PrintInfo(appended->info);
