@@ -61,8 +61,12 @@ cmake --build "$work/cmake-app/build" > "$work/cmake-build.log" 2>&1 ||
 # the Fortran module): A pushes, B opens and checks every value.
 fortran_pc=$(find "$work/prefix" -name h5depot-fortran.pc)
 if [[ -n "$fortran_pc" ]]; then
+  mkdir -p "$work/fortran-modules"
   for program in packet_producer packet_consumer; do
-    gfortran -Wall -Werror -o "$work/fortran_$program" \
+    # With the module of checks the test programs share, built first.
+    gfortran -Wall -Werror -J "$work/fortran-modules" \
+      -o "$work/fortran_$program" \
+      "$source_dir/fortran/tests/test_checks.f90" \
       "$source_dir/fortran/tests/$program.f90" \
       $(pkg-config --cflags --libs h5depot-fortran) -Wl,-rpath,"$libdir"
   done
