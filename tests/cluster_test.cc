@@ -872,6 +872,94 @@ TEST_F(ClusterTest, RebalanceRestoresTheCopiesOfARestartedServer) {
   }
 }
 
+// A server that comes back from a snapshot holds the generation it had
+// when it stopped, and is first in the order of the ids it held. With two
+// replicas a read that reaches it first still gets the newer generation
+// pushed to the other copies while it was down, from a client that saw it
+// go and from one that starts afterwards; a restored copy that is still
+// current is read from it as before.
+TEST_F(ClusterTest, AReadDoesNotStopAtAnOlderCopyRestoredFromASnapshot) {
+  absl::StatusOr<testing::TempDir> snapshots = testing::TempDir::Create();
+  ASSERT_TRUE(snapshots.ok()) << snapshots.status();
+  servers_.clear();
+  for (int i = 0; i < kServers; ++i) {
+    testing::ServerProcessOptions options;
+    options.extra_flags = {
+        absl::StrCat("--snapshot-dir=", snapshots->File(absl::StrCat(i)))};
+    auto server = ServerProcess::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    servers_.push_back(*std::move(server));
+  }
+  const std::string replaced_id = "restored/replaced";
+  const size_t primary = Primary(replaced_id);
+  // An id the same server holds first, which nobody pushes again.
+  std::string kept_id;
+  for (int i = 0; kept_id.empty(); ++i) {
+    const std::string candidate = absl::StrCat("restored/kept-", i);
+    if (Primary(candidate) == primary) kept_id = candidate;
+  }
+  const std::string old_image = MakeHdf5Image(4096, 31);
+  const std::string new_image = MakeHdf5Image(5000, 32);
+  std::unique_ptr<Client> cluster = Connect(Target(/*replicas=*/2));
+  ASSERT_TRUE(cluster);
+  absl::StatusOr<ImageInfo> old_info =
+      cluster->Push(replaced_id, old_image.data(), old_image.size());
+  ASSERT_TRUE(old_info.ok()) << old_info.status();
+  absl::StatusOr<ImageInfo> kept_info =
+      cluster->Push(kept_id, old_image.data(), old_image.size());
+  ASSERT_TRUE(kept_info.ok()) << kept_info.status();
+
+  ASSERT_TRUE(servers_[primary]->Terminate().ok());  // writes its snapshot
+  absl::StatusOr<ImageInfo> new_info =
+      cluster->Push(replaced_id, new_image.data(), new_image.size());
+  ASSERT_TRUE(new_info.ok()) << new_info.status();
+  ASSERT_GT(new_info->generation, old_info->generation);
+  ASSERT_TRUE(servers_[primary]->Restart().ok());
+  {
+    std::unique_ptr<Client> direct = Connect(servers_[primary]->tcp_target());
+    ASSERT_TRUE(direct);
+    absl::StatusOr<ImageInfo> restored = direct->Stat(replaced_id);
+    ASSERT_TRUE(restored.ok()) << restored.status();
+    ASSERT_EQ(restored->generation, old_info->generation);
+  }
+
+  std::unique_ptr<Client> fresh = Connect(Target(/*replicas=*/2));
+  ASSERT_TRUE(fresh);
+  for (Client* reader : {fresh.get(), cluster.get()}) {
+    SCOPED_TRACE(reader == fresh.get() ? "a new client" : "the same client");
+    for (int round = 0; round < 2; ++round) {
+      absl::StatusOr<ImageInfo> stat = reader->Stat(replaced_id);
+      ASSERT_TRUE(stat.ok()) << stat.status();
+      EXPECT_EQ(stat->generation, new_info->generation);
+      absl::StatusOr<FetchedImage> fetched = reader->Fetch(replaced_id);
+      ASSERT_TRUE(fetched.ok()) << fetched.status();
+      EXPECT_EQ(fetched->info.generation, new_info->generation);
+      EXPECT_EQ(std::string(static_cast<const char*>(fetched->buffer.data()),
+                            fetched->buffer.size()),
+                new_image);
+      std::string streamed;
+      absl::StatusOr<ImageInfo> fetched_to =
+          reader->FetchTo(replaced_id, [&](const void* data, size_t size) {
+            streamed.append(static_cast<const char*>(data), size);
+            return absl::OkStatus();
+          });
+      ASSERT_TRUE(fetched_to.ok()) << fetched_to.status();
+      EXPECT_EQ(fetched_to->generation, new_info->generation);
+      EXPECT_EQ(streamed, new_image);
+
+      absl::StatusOr<FetchedImage> kept = reader->Fetch(kept_id);
+      ASSERT_TRUE(kept.ok()) << kept.status();
+      EXPECT_EQ(kept->info.generation, kept_info->generation);
+      EXPECT_EQ(std::string(static_cast<const char*>(kept->buffer.data()),
+                            kept->buffer.size()),
+                old_image);
+    }
+  }
+  absl::StatusOr<ServerLimits> limits = fresh->GetLimits();
+  ASSERT_TRUE(limits.ok()) << limits.status();
+  EXPECT_NE(limits->restored_at, absl::InfinitePast());
+}
+
 // A stream's steps are images of the servers that hold the stream, but
 // they belong to it: a rebalance leaves them where they are, and reports
 // no failure for them.

@@ -37,6 +37,10 @@ constexpr int kMaxMembers = 1024;
 // How long a member that could not be reached is left alone before the
 // next call tries to connect again.
 constexpr absl::Duration kReconnectInterval = absl::Seconds(1);
+// How long a member's restored_at is trusted before it is asked again.
+constexpr absl::Duration kRestoredAtRefresh = absl::Seconds(10);
+// Restored copies remembered as current, at most (then forgotten at once).
+constexpr size_t kMaxCheckedCopies = 65536;
 // Ids asked of each member per listed page when the caller names no size.
 constexpr uint32_t kDefaultPageSize = 1000;
 
@@ -223,6 +227,10 @@ struct Cluster::Member {
   // given instead of trying it until retry_after.
   absl::Status error ABSL_GUARDED_BY(mutex);
   absl::Time retry_after ABSL_GUARDED_BY(mutex) = absl::InfinitePast();
+  // Its ServerLimits::restored_at, and when to ask again
+  // (Cluster::RestoredAt).
+  absl::Time restored_at ABSL_GUARDED_BY(mutex) = absl::InfinitePast();
+  absl::Time restored_at_due ABSL_GUARDED_BY(mutex) = absl::InfinitePast();
 };
 
 Cluster::Cluster(ClusterTarget target, const ClientOptions& options)
@@ -622,6 +630,124 @@ void Cluster::Note(const Membership& m, size_t index,
   absl::MutexLock lock(&member.mutex);
   member.error = answer;
   member.retry_after = absl::Now() + kReconnectInterval;
+  member.restored_at_due = absl::InfinitePast();  // it may come back restored
+}
+
+absl::Time Cluster::RestoredAt(const Membership& m, size_t index) {
+  Member& member = *m.members[index];
+  {
+    absl::MutexLock lock(&member.mutex);
+    if (absl::Now() < member.restored_at_due) return member.restored_at;
+  }
+  absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, index);
+  absl::StatusOr<ServerLimits> limits =
+      client.ok() ? (*client)->GetLimits()
+                  : absl::StatusOr<ServerLimits>(client.status());
+  absl::MutexLock lock(&member.mutex);
+  member.restored_at = limits.ok() ? limits->restored_at : absl::InfinitePast();
+  member.restored_at_due =
+      absl::Now() + (limits.ok() ? kRestoredAtRefresh : kReconnectInterval);
+  return member.restored_at;
+}
+
+std::optional<size_t> Cluster::NewerThanARestoredCopy(
+    const Membership& m, std::string_view image_id) {
+  if (target_.replicas < 2) return std::nullopt;
+  const std::vector<size_t> order = m.Order(image_id);
+  const size_t copies =
+      std::min(order.size(), static_cast<size_t>(target_.replicas));
+  bool any_restored = false;
+  for (size_t position = 0; position < copies; ++position) {
+    if (RestoredAt(m, order[position]) != absl::InfinitePast()) {
+      any_restored = true;
+    }
+  }
+  if (!any_restored) return std::nullopt;
+  // The copy a read down the order would stop at.
+  for (size_t index : order) {
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, index);
+    if (!client.ok()) continue;
+    absl::StatusOr<ImageInfo> info = (*client)->Stat(image_id);
+    Note(m, index, info.status());
+    if (info.ok()) return NewerThanCopy(m, image_id, index, *info);
+    // Anything else is for the read itself to report.
+    if (!absl::IsNotFound(info.status()) &&
+        !absl::IsUnavailable(info.status())) {
+      return std::nullopt;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<size_t> Cluster::NewerThanCopy(const Membership& m,
+                                             std::string_view image_id,
+                                             size_t holder,
+                                             const ImageInfo& held) {
+  if (target_.replicas < 2 || held.created >= RestoredAt(m, holder)) {
+    return std::nullopt;
+  }
+  const std::string key =
+      absl::StrCat(m.members[holder]->target, "\n", held.generation, "\n",
+                   std::string(image_id));
+  {
+    absl::MutexLock lock(&checked_mutex_);
+    if (checked_current_.contains(key)) return std::nullopt;
+  }
+  // A push made while the holder was down went to the first R members of
+  // the order that could be reached then: among the first R + 1.
+  const std::vector<size_t> order = m.Order(image_id);
+  const size_t asked =
+      std::min(order.size(), static_cast<size_t>(target_.replicas) + 1);
+  std::optional<size_t> newest;
+  uint64_t newest_generation = held.generation;
+  bool all_answered = true;
+  for (size_t position = 0; position < asked; ++position) {
+    const size_t index = order[position];
+    if (index == holder) continue;
+    absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, index);
+    absl::StatusOr<ImageInfo> info =
+        client.ok() ? (*client)->Stat(image_id)
+                    : absl::StatusOr<ImageInfo>(client.status());
+    if (client.ok()) Note(m, index, info.status());
+    if (info.ok() && info->generation > newest_generation) {
+      newest = index;
+      newest_generation = info->generation;
+    } else if (!info.ok() && !absl::IsNotFound(info.status())) {
+      all_answered = false;
+    }
+  }
+  if (newest.has_value() || !all_answered) return newest;
+  absl::MutexLock lock(&checked_mutex_);
+  if (checked_current_.size() >= kMaxCheckedCopies) checked_current_.clear();
+  checked_current_.insert(key);
+  return std::nullopt;
+}
+
+template <typename T>
+std::optional<T> Cluster::FromNewerCopy(
+    const Membership& m, std::string_view image_id, const Client* answered,
+    const ImageInfo& held,
+    const std::function<absl::StatusOr<T>(Client&)>& call) {
+  const std::optional<size_t> holder = IndexOf(m, answered);
+  if (!holder.has_value()) return std::nullopt;
+  const std::optional<size_t> newer = NewerThanCopy(m, image_id, *holder, held);
+  if (!newer.has_value()) return std::nullopt;
+  absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, *newer);
+  if (!client.ok()) return std::nullopt;
+  absl::StatusOr<T> answer = call(**client);
+  Note(m, *newer, answer.status());
+  if (!answer.ok()) return std::nullopt;
+  return *std::move(answer);
+}
+
+std::optional<size_t> Cluster::IndexOf(const Membership& m,
+                                       const Client* client) {
+  for (size_t index = 0; index < m.members.size(); ++index) {
+    Member& member = *m.members[index];
+    absl::MutexLock lock(&member.mutex);
+    if (member.client.get() == client) return index;
+  }
+  return std::nullopt;
 }
 
 template <typename T>
@@ -824,7 +950,19 @@ absl::StatusOr<FetchedImage> Cluster::Fetch(std::string_view image_id,
   if (options.newer_than == 0) {
     FetchOptions now = options;
     now.wait = absl::ZeroDuration();
-    absl::StatusOr<FetchedImage> found = DownTheOrder(m, image_id, fetch(now));
+    const Client* answered = nullptr;
+    absl::StatusOr<FetchedImage> found =
+        DownTheOrder<FetchedImage>(m, image_id, [&](Client& member) {
+          absl::StatusOr<FetchedImage> fetched = member.Fetch(image_id, now);
+          if (fetched.ok()) answered = &member;
+          return fetched;
+        });
+    if (found.ok()) {
+      if (std::optional<FetchedImage> newer =
+              FromNewerCopy(m, image_id, answered, found->info, fetch(now))) {
+        return *std::move(newer);
+      }
+    }
     if (options.wait == absl::ZeroDuration() ||
         !(absl::IsNotFound(found.status()) ||
           absl::IsUnavailable(found.status()))) {
@@ -848,6 +986,15 @@ absl::StatusOr<ImageInfo> Cluster::FetchTo(std::string_view image_id,
   if (options.newer_than == 0) {
     FetchOptions now = options;
     now.wait = absl::ZeroDuration();
+    if (std::optional<size_t> newer = NewerThanARestoredCopy(m, image_id)) {
+      absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, *newer);
+      if (client.ok()) {
+        absl::StatusOr<ImageInfo> fetched =
+            (*client)->FetchTo(image_id, counting, now);
+        Note(m, *newer, fetched.status());
+        if (fetched.ok() || handed_bytes) return fetched;
+      }
+    }
     absl::StatusOr<ImageInfo> found = DownTheOrder<ImageInfo>(
         m, image_id,
         [&](Client& member) { return member.FetchTo(image_id, counting, now); },
@@ -892,8 +1039,20 @@ absl::StatusOr<ImageInfo> Cluster::Stat(std::string_view image_id,
   const std::shared_ptr<const Membership> current = Current();
   const Membership& m = *current;
   if (newer_than == 0) {
-    absl::StatusOr<ImageInfo> found = DownTheOrder<ImageInfo>(
-        m, image_id, [&](Client& member) { return member.Stat(image_id); });
+    const Client* answered = nullptr;
+    absl::StatusOr<ImageInfo> found =
+        DownTheOrder<ImageInfo>(m, image_id, [&](Client& member) {
+          absl::StatusOr<ImageInfo> info = member.Stat(image_id);
+          if (info.ok()) answered = &member;
+          return info;
+        });
+    if (found.ok()) {
+      if (std::optional<ImageInfo> newer = FromNewerCopy<ImageInfo>(
+              m, image_id, answered, *found,
+              [&](Client& member) { return member.Stat(image_id); })) {
+        return *std::move(newer);
+      }
+    }
     if (wait == absl::ZeroDuration() ||
         !(absl::IsNotFound(found.status()) ||
           absl::IsUnavailable(found.status()))) {
@@ -1080,6 +1239,7 @@ absl::StatusOr<ServerLimits> Cluster::GetLimits() {
     combined->leased_generations += one->leased_generations;
     combined->leased_bytes += one->leased_bytes;
     combined->leased_superseded_bytes += one->leased_superseded_bytes;
+    combined->restored_at = std::max(combined->restored_at, one->restored_at);
   }
   if (!combined.has_value()) {
     return absl::UnavailableError(absl::StrCat(

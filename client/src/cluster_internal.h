@@ -43,6 +43,9 @@
 //   moved its placement. NOT_FOUND only when every member answered that;
 //   UNAVAILABLE if one could not be asked. A wait, or "newer than", goes to
 //   the first member of the order that answers (where pushes go first).
+//   With R >= 2, a fetch or stat of the current generation does not stop
+//   at a copy its server restored from a snapshot if another copy is newer
+//   (pushed while that server was down): see NewerThanCopy.
 // - Delete: on every member; UNAVAILABLE if one of the id's replicas could
 //   not be reached (its copy remains: delete again once it is back).
 // - List: every member's pages merged in id order, each id once; a member
@@ -68,6 +71,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -241,6 +245,40 @@ class Cluster {
       const std::function<absl::StatusOr<T>(Client&)>& call,
       const std::function<bool()>& may_go_on = nullptr);
 
+  // With R >= 2, a copy its server restored from a snapshot at its start
+  // (created before ServerLimits::restored_at) may be older than the other
+  // copies, pushed while that server was down. NewerThanCopy says whether
+  // `held`, the current generation of `image_id` on member `holder`, is
+  // such a copy: it returns the member among the first R + 1 of the order
+  // that holds the newest generation, or nullopt to keep `held` (not
+  // restored, none newer, or found current before: checked_current_, until
+  // the server restores again or a push replaces it). A stale copy is
+  // checked again at every read until a push or a rebalance replaces it.
+  // Fetch and Stat call it on the copy they read, at no cost when it was
+  // not restored; NewerThanARestoredCopy is for a read that cannot take
+  // back what it started (FetchTo): a Stat down the order first, made only
+  // when a member among the id's first R restored anything.
+  std::optional<size_t> NewerThanCopy(const Membership& m,
+                                      std::string_view image_id, size_t holder,
+                                      const ImageInfo& held);
+  std::optional<size_t> NewerThanARestoredCopy(const Membership& m,
+                                               std::string_view image_id);
+  // `call` on the member NewerThanCopy names for `held`, read from the
+  // member whose client is `answered`: its answer, or nullopt to keep
+  // what was read (no newer copy, or it could not be read).
+  template <typename T>
+  std::optional<T> FromNewerCopy(
+      const Membership& m, std::string_view image_id, const Client* answered,
+      const ImageInfo& held,
+      const std::function<absl::StatusOr<T>(Client&)>& call);
+  // The member whose client is `client`, if any.
+  static std::optional<size_t> IndexOf(const Membership& m,
+                                       const Client* client);
+  // Member `index`'s ServerLimits::restored_at, asked again once
+  // kRestoredAtRefresh has passed or the member answered UNAVAILABLE (it
+  // may have restarted); InfinitePast if it restored nothing or cannot say.
+  absl::Time RestoredAt(const Membership& m, size_t index);
+
   // Up to `most` members of `stream`'s placement order that can be
   // reached, in order, with their indices; from position `from` of the
   // order on.
@@ -284,6 +322,11 @@ class Cluster {
   };
   absl::flat_hash_map<std::string, Appending> appending_
       ABSL_GUARDED_BY(served_mutex_);
+  // Restored copies found current (NewerThanARestoredCopy), as
+  // "TARGET\nGENERATION\nID"; forgotten all at once when too many.
+  absl::Mutex checked_mutex_;
+  absl::flat_hash_set<std::string> checked_current_
+      ABSL_GUARDED_BY(checked_mutex_);
   // A list of members: fixed. Discovered ones: replaced on refresh.
   std::shared_ptr<const Membership> fixed_;
   absl::Mutex membership_mutex_;

@@ -1259,6 +1259,9 @@ absl::StatusOr<ServerLimits> GrpcTransport::GetLimits(absl::Time deadline) {
   result.leased_superseded_bytes = limits.leased_superseded_bytes();
   result.data_lane_port = static_cast<int>(limits.data_lane_port());
   result.data_lane_unix_path = limits.data_lane_unix_path();
+  if (limits.restored_at_unix_micros() != 0) {
+    result.restored_at = absl::FromUnixMicros(limits.restored_at_unix_micros());
+  }
   return result;
 }
 

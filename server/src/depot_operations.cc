@@ -442,6 +442,7 @@ absl::StatusOr<StoreLimits> DepotOperations::Limits(const Caller& caller) {
   limits.leased_generations = stats.leased_generations;
   limits.leased_bytes = stats.leased_bytes;
   limits.leased_superseded_bytes = stats.leased_superseded_bytes;
+  limits.restored_at = store_->restored_at();
   return limits;
 }
 

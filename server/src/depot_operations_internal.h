@@ -202,6 +202,8 @@ struct StoreLimits {
   uint64_t leased_generations = 0;
   uint64_t leased_bytes = 0;
   uint64_t leased_superseded_bytes = 0;
+  // ImageStore::restored_at().
+  absl::Time restored_at = absl::InfinitePast();
 };
 
 // One caller's watch of the store's changes under a prefix

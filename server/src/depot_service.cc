@@ -1103,6 +1103,10 @@ grpc::ServerUnaryReactor* DepotService::GetLimits(
   response->set_leased_generations(limits->leased_generations);
   response->set_leased_bytes(limits->leased_bytes);
   response->set_leased_superseded_bytes(limits->leased_superseded_bytes);
+  if (limits->restored_at != absl::InfinitePast()) {
+    response->set_restored_at_unix_micros(
+        absl::ToUnixMicros(limits->restored_at));
+  }
   // This transport's own limit, and where the other one listens.
   response->set_max_chunk_bytes(max_chunk_bytes_);
   response->set_data_lane_port(static_cast<uint32_t>(data_lane_.tcp_port));

@@ -863,6 +863,7 @@ absl::StatusOr<ImageRef> ImageStore::InstallRestored(
       return absl::AlreadyExistsError(
           absl::StrCat("image '", stored.image_id(), "' is restored twice"));
     }
+    restored_at_ = std::max(restored_at_, options_.clock());
     // Sequences go on after every restored generation; what came before
     // is history this store never recorded (ReadEvents calls it lost).
     next_generation_ = std::max(next_generation_, stored.generation_ + 1);
@@ -1593,6 +1594,11 @@ void ImageStore::ReaperLoop() {
     }
     reaper_wakes_at_ = absl::InfiniteFuture();
   }
+}
+
+absl::Time ImageStore::restored_at() const {
+  absl::MutexLock lock(&mutex_);
+  return restored_at_;
 }
 
 StoreStats ImageStore::Stats() const {

@@ -227,6 +227,10 @@ struct ServerLimits {
   // Unix socket path on the server's machine, empty for none.
   int data_lane_port = 0;
   std::string data_lane_unix_path;
+  // When the server restored images from a snapshot at its start;
+  // InfinitePast if it restored none. An image created before it came
+  // from the snapshot.
+  absl::Time restored_at = absl::InfinitePast();
 };
 
 // A read-only view of one generation of an image. The server keeps that

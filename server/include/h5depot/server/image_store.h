@@ -616,6 +616,12 @@ class ImageStore {
 
   StoreStats Stats() const;
 
+  // When the last image was restored (StoreOptions::clock; PushRequest::
+  // restored), InfinitePast if none was. Restores come before any other
+  // change, so an image created before this time was restored, and every
+  // image pushed since was created after it.
+  absl::Time restored_at() const;
+
   // Watching the store's changes: the history of the latest ones
   // (ImageEvent, StoreOptions::event_history), read by each watcher at its
   // own pace from its own position, so that a slow watcher costs the store
@@ -749,6 +755,7 @@ class ImageStore {
       ABSL_GUARDED_BY(mutex_);
   WaitId next_wait_ ABSL_GUARDED_BY(mutex_) = 1;
   uint64_t stored_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
+  absl::Time restored_at_ ABSL_GUARDED_BY(mutex_) = absl::InfinitePast();
   uint64_t expired_images_ ABSL_GUARDED_BY(mutex_) = 0;
   uint64_t evicted_images_ ABSL_GUARDED_BY(mutex_) = 0;
   uint64_t evicted_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
