@@ -877,7 +877,8 @@ TEST_F(ClusterTest, RebalanceRestoresTheCopiesOfARestartedServer) {
 // replicas a read that reaches it first still gets the newer generation
 // pushed to the other copies while it was down, from a client that saw it
 // go and from one that starts afterwards; a restored copy that is still
-// current is read from it as before.
+// current is read from it as before. The first fetch also replaces the
+// stale copy with the newer one.
 TEST_F(ClusterTest, AReadDoesNotStopAtAnOlderCopyRestoredFromASnapshot) {
   absl::StatusOr<testing::TempDir> snapshots = testing::TempDir::Create();
   ASSERT_TRUE(snapshots.ok()) << snapshots.status();
@@ -931,12 +932,6 @@ TEST_F(ClusterTest, AReadDoesNotStopAtAnOlderCopyRestoredFromASnapshot) {
       absl::StatusOr<ImageInfo> stat = reader->Stat(replaced_id);
       ASSERT_TRUE(stat.ok()) << stat.status();
       EXPECT_EQ(stat->generation, new_info->generation);
-      absl::StatusOr<FetchedImage> fetched = reader->Fetch(replaced_id);
-      ASSERT_TRUE(fetched.ok()) << fetched.status();
-      EXPECT_EQ(fetched->info.generation, new_info->generation);
-      EXPECT_EQ(std::string(static_cast<const char*>(fetched->buffer.data()),
-                            fetched->buffer.size()),
-                new_image);
       std::string streamed;
       absl::StatusOr<ImageInfo> fetched_to =
           reader->FetchTo(replaced_id, [&](const void* data, size_t size) {
@@ -946,6 +941,12 @@ TEST_F(ClusterTest, AReadDoesNotStopAtAnOlderCopyRestoredFromASnapshot) {
       ASSERT_TRUE(fetched_to.ok()) << fetched_to.status();
       EXPECT_EQ(fetched_to->generation, new_info->generation);
       EXPECT_EQ(streamed, new_image);
+      absl::StatusOr<FetchedImage> fetched = reader->Fetch(replaced_id);
+      ASSERT_TRUE(fetched.ok()) << fetched.status();
+      EXPECT_EQ(fetched->info.generation, new_info->generation);
+      EXPECT_EQ(std::string(static_cast<const char*>(fetched->buffer.data()),
+                            fetched->buffer.size()),
+                new_image);
 
       absl::StatusOr<FetchedImage> kept = reader->Fetch(kept_id);
       ASSERT_TRUE(kept.ok()) << kept.status();
@@ -954,6 +955,19 @@ TEST_F(ClusterTest, AReadDoesNotStopAtAnOlderCopyRestoredFromASnapshot) {
                             kept->buffer.size()),
                 old_image);
     }
+  }
+  // The first fetch put the newer generation where the stale copy was; the
+  // copy nobody changed stayed as it was.
+  {
+    std::unique_ptr<Client> direct = Connect(servers_[primary]->tcp_target());
+    ASSERT_TRUE(direct);
+    absl::StatusOr<ImageInfo> repaired = direct->Stat(replaced_id);
+    ASSERT_TRUE(repaired.ok()) << repaired.status();
+    EXPECT_EQ(repaired->generation, new_info->generation);
+    EXPECT_EQ(repaired->checksum, new_info->checksum);
+    absl::StatusOr<ImageInfo> kept = direct->Stat(kept_id);
+    ASSERT_TRUE(kept.ok()) << kept.status();
+    EXPECT_EQ(kept->generation, kept_info->generation);
   }
   absl::StatusOr<ServerLimits> limits = fresh->GetLimits();
   ASSERT_TRUE(limits.ok()) << limits.status();

@@ -740,6 +740,26 @@ std::optional<T> Cluster::FromNewerCopy(
   return *std::move(answer);
 }
 
+void Cluster::RepairCopy(const Membership& m, std::string_view image_id,
+                         const Client* stale, const ImageInfo& held,
+                         const FetchedImage& newest) {
+  const std::optional<size_t> holder = IndexOf(m, stale);
+  if (!holder.has_value()) return;
+  PushOptions copy;
+  copy.if_generation_match = held.generation;  // unless changed meanwhile
+  copy.replica_generation = newest.info.generation;
+  if (newest.info.expires != absl::InfiniteFuture()) {
+    copy.ttl = newest.info.expires - absl::Now();
+    if (copy.ttl <= absl::ZeroDuration()) return;  // gone by now anyway
+  }
+  absl::StatusOr<std::shared_ptr<Client>> client = MemberClient(m, *holder);
+  if (!client.ok()) return;
+  // A failure leaves the stale copy, for the next read or a rebalance.
+  absl::StatusOr<ImageInfo> pushed = (*client)->Push(
+      image_id, newest.buffer.data(), newest.buffer.size(), copy);
+  Note(m, *holder, pushed.status());
+}
+
 std::optional<size_t> Cluster::IndexOf(const Membership& m,
                                        const Client* client) {
   for (size_t index = 0; index < m.members.size(); ++index) {
@@ -960,6 +980,7 @@ absl::StatusOr<FetchedImage> Cluster::Fetch(std::string_view image_id,
     if (found.ok()) {
       if (std::optional<FetchedImage> newer =
               FromNewerCopy(m, image_id, answered, found->info, fetch(now))) {
+        RepairCopy(m, image_id, answered, found->info, *newer);
         return *std::move(newer);
       }
     }

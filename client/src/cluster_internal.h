@@ -253,7 +253,8 @@ class Cluster {
   // that holds the newest generation, or nullopt to keep `held` (not
   // restored, none newer, or found current before: checked_current_, until
   // the server restores again or a push replaces it). A stale copy is
-  // checked again at every read until a push or a rebalance replaces it.
+  // checked again at every read until a push, a rebalance or a Fetch
+  // (RepairCopy) replaces it.
   // Fetch and Stat call it on the copy they read, at no cost when it was
   // not restored; NewerThanARestoredCopy is for a read that cannot take
   // back what it started (FetchTo): a Stat down the order first, made only
@@ -271,6 +272,13 @@ class Cluster {
       const Membership& m, std::string_view image_id, const Client* answered,
       const ImageInfo& held,
       const std::function<absl::StatusOr<T>(Client&)>& call);
+  // Replaces `held`, the stale restored copy of `image_id` on the member
+  // whose client is `stale`, with `newest`, as a copy under its generation
+  // (as a rebalance would), unless that copy changed meanwhile. Best
+  // effort: a failure (a reader's token may not push) leaves it stale.
+  void RepairCopy(const Membership& m, std::string_view image_id,
+                  const Client* stale, const ImageInfo& held,
+                  const FetchedImage& newest);
   // The member whose client is `client`, if any.
   static std::optional<size_t> IndexOf(const Membership& m,
                                        const Client* client);
