@@ -10,16 +10,20 @@
 # on the port after its gRPC port, as deployed):
 #   put FILE / get -o FILE / get | cat   whole-process time and peak RSS
 #       (get -o into a new file, and over an existing one),
-#       warm (a running server that held the image before: median of 7)
+#       warm (a running server that held the image before: median of 15
+#       rounds up to 256 MiB, of 7 above)
 #       and cold (a fresh server for each: one run); beside them the
 #       library's push and fetch of the same bytes as bench/run.sh
 #       measures them (h5depot_bench's cases: the C++ client, one connection,
 #       warm buffers), one measurement in each round of CLI commands, and
-#       the ratio of the two rates. Beside the replacing get, `cp` of the
-#       image's file over an existing file: what the destination costs any
-#       program that replaces a file (ext4 writes the new data back first).
+#       the ratio of the two rates. Beside the gets into a file, `cp` of
+#       the image's file (already in the page cache) into a new file and
+#       over an existing one: what the destination costs any program that
+#       writes or replaces a file (ext4 writes a replacing file's data back
+#       first).
 #   get of a 4 KiB image       median of 100 whole processes, against
-#       `redis-cli GET` of the same bytes from a redis-server started here.
+#       `redis-cli GET` of the same bytes from a redis-server started here,
+#       the two alternating.
 #   --version                  median of 30: the start-up alone.
 #
 # Needs (Debian): python3 with python3-h5py, redis-server, redis-tools,
@@ -138,9 +142,12 @@ for size in sizes:
     put[2] = get_file[2] = target
     run(put)
     lib_push, lib_fetch = [], []
-    warm_put, warm_get, warm_get_new, warm_pipe, warm_cp = [], [], [], [], []
+    warm_put, warm_get, warm_get_new, warm_pipe = [], [], [], []
+    warm_cp, warm_cp_new = [], []
     pipe = f"'{cli}' --server {target} get {image_id} | cat > /dev/null"
-    for _ in range(7):
+    # Whole processes vary more than the library's loop: more rounds where
+    # they are cheap.
+    for _ in range(15 if nbytes <= 256 << 20 else 7):
         # Its own id: the library's case deletes a large image before each
         # push, so that the server never holds two.
         lib_push.append(library("push", target, f"{image_id}/library", path))
@@ -167,6 +174,13 @@ for size in sizes:
         # same flush (ext4 does it at the close of a truncated file).
         warm_cp.append(run(["cp", path, f"{work}/copy.h5"]))
         os.sync()
+        # And into a new file: what writing the bytes into the page cache
+        # costs by itself, the part of a get -o NEW_FILE that the library's
+        # fetch into memory does not do.
+        os.unlink(f"{work}/copy.h5")
+        os.sync()
+        warm_cp_new.append(run(["cp", path, f"{work}/copy.h5"]))
+        os.sync()
         warm_pipe.append(run(pipe, shell=True))
     stop(server)
     lib_push = statistics.median(lib_push)
@@ -175,6 +189,8 @@ for size in sizes:
     row(f"get -o NEW_FILE {size} (warm)", nbytes, warm_get_new, lib_fetch)
     row(f"get -o FILE {size} (warm, replacing it)", nbytes, warm_get, lib_fetch)
     row(f"get \\| cat {size} (warm)", nbytes, warm_pipe, lib_fetch)
+    row(f"cp FILE into a new file {size} (warm; a peer, not the CLI)",
+        nbytes, warm_cp_new, lib_fetch)
     row(f"cp FILE over an existing file {size} (warm; a peer, not the CLI)",
         nbytes, warm_cp, lib_fetch)
     # Cold: a fresh server for each command (its memory untouched).
@@ -210,11 +226,14 @@ for _ in range(100):
         break
     except subprocess.CalledProcessError:
         time.sleep(0.05)
-def median_ms(args, n):
-    return statistics.median(run(args)[0] for _ in range(n)) * 1e3
-get_small = median_ms([cli, "--server", target, "get", "small", "-o", "-"], 100)
-redis_get = median_ms(["redis-cli", "-p", str(redis_port), "GET", "small"], 100)
-version = median_ms([cli, "--version"], 30)
+# Alternating, so that a slow spell of the machine falls on both.
+get_small_runs, redis_get_runs = [], []
+for _ in range(100):
+    get_small_runs.append(run([cli, "--server", target, "get", "small", "-o", "-"])[0])
+    redis_get_runs.append(run(["redis-cli", "-p", str(redis_port), "GET", "small"])[0])
+get_small = statistics.median(get_small_runs) * 1e3
+redis_get = statistics.median(redis_get_runs) * 1e3
+version = statistics.median(run([cli, "--version"])[0] for _ in range(30)) * 1e3
 redis.terminate(); redis.wait(); stop(server)
 print()
 print("| row | h5depot | redis-cli | h5depot / redis-cli (speed) |")
